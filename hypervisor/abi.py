@@ -1,0 +1,277 @@
+"""The simulated Xen's public ABI: what the guest and the toolstack import.
+
+Mirrors the public headers the real actors share with Xen:
+``xen/arch/x86/include/asm/p2m.h`` (p2m_type_t values and type classes),
+``xen/include/public/domctl.h`` (XEN_DOMCTL_shadow_op op codes and flags,
+XEN_DOMCTL_PFINFO_* types), ``xen/include/public/memory.h`` (the memory_op
+sub-ops a guest issues) and the errno values Xen returns.
+
+Nothing here holds state. ``migrate`` and ``guest`` import only this module from
+``hypervisor`` (plus the ``Hypervisor`` class itself where a toolstack drives a
+domain in-process).
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import numpy as np
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+
+#: Largest GFN the model accepts: the log-dirty tree covers 2^42 PFNs
+#: (four levels, see ``logdirty.py``); x86 guests use at most 52-bit addresses.
+MAX_GFN = (1 << 40) - 1
+
+INVALID_MFN = np.uint32(0xFFFFFFFF)
+#: M2P "invalid" entry (Xen's INVALID_M2P_ENTRY), stored as -1 in an int64 M2P.
+INVALID_M2P_ENTRY = -1
+
+
+class P2MType(IntEnum):
+    """p2m_type_t, values as at Xen HEAD (xen/arch/x86/include/asm/p2m.h)."""
+
+    ram_rw = 0
+    invalid = 1
+    ram_logdirty = 2
+    ram_ro = 3
+    mmio_dm = 4
+    mmio_direct = 5
+    populate_on_demand = 6
+    grant_map_rw = 7
+    grant_map_ro = 8
+    ram_paging_out = 9
+    ram_paged = 10
+    ram_paging_in = 11
+    ram_shared = 12
+    ram_broken = 13
+    map_foreign = 14
+    ioreq_server = 15
+
+
+def _mask(*types: P2MType) -> int:
+    m = 0
+    for t in types:
+        m |= 1 << int(t)
+    return m
+
+
+#: Type classes as bit masks over P2MType values (p2m.h P2M_RAM_TYPES etc.).
+P2M_RAM_TYPES = _mask(
+    P2MType.ram_rw, P2MType.ram_logdirty, P2MType.ram_ro, P2MType.ram_paging_out,
+    P2MType.ram_paged, P2MType.ram_paging_in, P2MType.ram_shared, P2MType.ioreq_server,
+)
+P2M_HOLE_TYPES = _mask(P2MType.mmio_dm, P2MType.invalid, P2MType.ram_paging_in, P2MType.ram_paged)
+P2M_GRANT_TYPES = _mask(P2MType.grant_map_rw, P2MType.grant_map_ro)
+P2M_SPECIAL_TYPES = P2M_GRANT_TYPES | _mask(P2MType.map_foreign, P2MType.mmio_direct)
+P2M_CHANGEABLE_TYPES = _mask(P2MType.ram_rw, P2MType.ram_logdirty, P2MType.ioreq_server)
+P2M_ANY_RAM_TYPES = P2M_RAM_TYPES | P2M_GRANT_TYPES | _mask(P2MType.map_foreign)
+P2M_POD_TYPES = _mask(P2MType.populate_on_demand)
+
+
+def type_class_table(mask: int) -> np.ndarray:
+    """A 16-entry bool lookup table: ``table[p2m_types]`` tests class membership vectorised."""
+    return np.array([(mask >> i) & 1 == 1 for i in range(16)], dtype=bool)
+
+
+IS_RAM = type_class_table(P2M_RAM_TYPES)
+IS_HOLE = type_class_table(P2M_HOLE_TYPES)
+IS_SPECIAL = type_class_table(P2M_SPECIAL_TYPES)
+IS_CHANGEABLE = type_class_table(P2M_CHANGEABLE_TYPES)
+IS_POD = type_class_table(P2M_POD_TYPES)
+
+
+class ShadowOp(IntEnum):
+    """XEN_DOMCTL_SHADOW_OP_* (xen/include/public/domctl.h)."""
+
+    OFF = 0
+    ENABLE_TEST = 1
+    ENABLE_LOGDIRTY = 2
+    ENABLE_TRANSLATE = 3
+    CLEAN = 11
+    PEEK = 12
+    GET_ALLOCATION = 30
+    SET_ALLOCATION = 31
+    ENABLE = 32
+
+
+#: XEN_DOMCTL_SHADOW_ENABLE_* mode flags (for ShadowOp.ENABLE).
+SHADOW_ENABLE_REFCOUNT = 1 << 1
+SHADOW_ENABLE_LOG_DIRTY = 1 << 2
+SHADOW_ENABLE_TRANSLATE = 1 << 3
+SHADOW_ENABLE_EXTERNAL = 1 << 4
+#: XEN_DOMCTL_SHADOW_LOGDIRTY_FINAL: CLEAN/PEEK mode flag for the last, paused pass.
+SHADOW_LOGDIRTY_FINAL = 1 << 0
+
+
+class PFInfo(IntEnum):
+    """XEN_DOMCTL_PFINFO_* page types as the 4-bit nibble (domctl.h bits 28..31).
+
+    getpageframeinfo3 returns ``nibble << 28`` in a uint32; the v2 stream moves the
+    nibble to bits 63..60 of a pfn word.
+    """
+
+    NOTAB = 0x0
+    L1TAB = 0x1
+    L2TAB = 0x2
+    L3TAB = 0x3
+    L4TAB = 0x4
+    L1TAB_PINNED = 0x9
+    L2TAB_PINNED = 0xA
+    L3TAB_PINNED = 0xB
+    L4TAB_PINNED = 0xC
+    BROKEN = 0xD
+    XALLOC = 0xE
+    XTAB = 0xF
+
+
+PFINFO_LTAB_SHIFT = 28
+PFINFO_LTAB_MASK = 0xF << PFINFO_LTAB_SHIFT
+
+#: Nibbles whose pages carry data in the stream (NOTAB, L1..L4, pinned L1..L4).
+PFINFO_HAS_DATA = np.zeros(16, dtype=bool)
+PFINFO_HAS_DATA[[0x0, 0x1, 0x2, 0x3, 0x4, 0x9, 0xA, 0xB, 0xC]] = True
+#: Nibbles the restore side populates (data types and XALLOC), xg_sr_restore.c.
+PFINFO_POPULATE = PFINFO_HAS_DATA.copy()
+PFINFO_POPULATE[PFInfo.XALLOC] = True
+#: Nibbles a reader accepts at all (0x5..0x8 are reserved).
+PFINFO_KNOWN = PFINFO_POPULATE.copy()
+PFINFO_KNOWN[[PFInfo.BROKEN, PFInfo.XTAB]] = True
+
+#: getpageframeinfo3 takes at most this many PFNs (the saver's MAX_BATCH_SIZE).
+MAX_BATCH_SIZE = 1024
+
+
+class XenError(Exception):
+    """A hypercall or domctl failed with Xen's errno (``-rc`` in Xen's convention)."""
+
+    def __init__(self, err: int, message: str):
+        self.errno = err
+        super().__init__(f"{_errno.errorcode.get(err, str(err))}: {message}")
+
+
+EINVAL = _errno.EINVAL
+ENOMEM = _errno.ENOMEM
+EBUSY = _errno.EBUSY
+ENOENT = _errno.ENOENT
+ESRCH = _errno.ESRCH
+EPERM = _errno.EPERM
+E2BIG = _errno.E2BIG
+EEXIST = _errno.EEXIST
+
+
+class XenBehaviour(str):
+    """``fixed`` (seed patch 98fccdf0ac applied) or ``pre-fix`` (the code before it)."""
+
+    FIXED = "fixed"
+    PRE_FIX = "pre-fix"
+    ALL = ("fixed", "pre-fix")
+
+
+# --------------------------------------------------------------------------------------
+# Guest -> hypervisor operations (what a guest's run() yields).
+#
+# A guest step yields these in time order; the hypervisor applies each one and sends
+# the result back into the generator (``gen.send(result)``): ``None`` for writes, a
+# ``HypercallResult`` for memory_op calls. Arrays are numpy int64 GFNs.
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryWrites:
+    """The guest's vCPUs write these GFNs at virtual time ``t`` (seconds).
+
+    ``tokens[i]`` is the new 64-bit content token of ``gfns[i]`` (non-zero; token 0
+    means a zero-filled page). With repeats, the last write to a GFN wins.
+    """
+
+    t: float
+    gfns: np.ndarray
+    tokens: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class DecreaseReservation:
+    """XENMEM_decrease_reservation: balloon inflate, hand ``gfns`` back to Xen."""
+
+    t: float
+    gfns: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class PopulatePhysmap:
+    """XENMEM_populate_physmap: balloon deflate; ``pod=True`` asks for PoD entries
+    (XENMEMF_populate_on_demand) instead of real frames."""
+
+    t: float
+    gfns: np.ndarray
+    pod: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AddToPhysmap:
+    """XENMEM_add_to_physmap with XENMAPSPACE_gmfn: move the frame at ``src`` to ``dst``."""
+
+    t: float
+    src: int
+    dst: int
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveFromPhysmap:
+    """XENMEM_remove_from_physmap of ``gfn``."""
+
+    t: float
+    gfn: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetTypedEntry:
+    """A device model / toolstack mapping ``p2m_type`` (MMIO direct or foreign) over
+    ``gfn`` through set_typed_p2m_entry, replacing whatever RAM was there."""
+
+    t: float
+    gfn: int
+    p2m_type: int
+
+
+GuestOp = MemoryWrites | DecreaseReservation | PopulatePhysmap | AddToPhysmap | RemoveFromPhysmap | SetTypedEntry
+Hypercall = DecreaseReservation | PopulatePhysmap | AddToPhysmap | RemoveFromPhysmap | SetTypedEntry
+
+
+@dataclass(frozen=True, slots=True)
+class HypercallResult:
+    """What a memory_op returned: ``rc`` is Xen's return value (number of extents
+    done for decrease/populate; 0 or ``-errno`` otherwise). ``done`` are the GFNs the
+    call actually handled (a prefix of the request, as Xen stops at the first failure)."""
+
+    rc: int
+    done: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowStats:
+    """xen_domctl_shadow_op_stats: uint32 counters, saturated at UINT32_MAX."""
+
+    fault_count: int
+    dirty_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class DomainLayout:
+    """What the domain builder puts in the P2M before the guest first runs.
+
+    ``ram_gfns`` get real frames (contents ``ram_tokens``, or zero pages when None);
+    ``pod_gfns`` become populate_on_demand entries backed by a PoD cache of
+    ``pod_cache_pages`` frames (Xen's PoD target); ``mmio_gfns`` become mmio_direct
+    entries (XTAB in a save). Everything else is a hole (p2m_invalid).
+    """
+
+    ram_gfns: np.ndarray
+    ram_tokens: np.ndarray | None = None
+    pod_gfns: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    pod_cache_pages: int = 0
+    mmio_gfns: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
