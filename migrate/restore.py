@@ -1,0 +1,383 @@
+"""The restore side: rebuild a domain on a destination hypervisor from a v2 stream.
+
+Mirrors ``tools/libs/guest/xg_sr_restore.c`` (``restore``, ``process_record``,
+``handle_page_data``, ``process_page_data``, ``populate_pfns``) and the x86 HVM parts
+of ``xg_sr_restore_x86_hvm.c``:
+
+* PFNs of the data types (NOTAB, L1..L4 pinned or not) and XALLOC that are not yet
+  populated are populated (``xc_domain_populate_physmap_exact``), tracked in the
+  restorer's own populated set as Xen's ``populated_pfns`` bitmap is;
+* XTAB and BROKEN entries are skipped; nothing ever un-populates a PFN, so a page sent
+  in an early pass and ballooned out at the source later stays on the destination;
+* data pages are copied in, or, after a VERIFY record, compared with what is already
+  there (a mismatch is counted and listed, never fatal);
+* STATIC_DATA_END is inferred at the first PAGE_DATA of a version-2 image (and of
+  records applied in-process without headers); a version-3 stream without one fails;
+* END completes the restore. Any error leaves ``complete=False`` with the message.
+
+Two ways in: ``feed(bytes)`` parses stream bytes incrementally (a TCP peer, an
+in-process ``CallbackSink``), ``apply(record)`` takes already-structured records
+when no stream bytes are produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno as _errno
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from hypervisor.abi import PFINFO_HAS_DATA, PFINFO_POPULATE, PFInfo, XenError
+
+from .stream import (
+    Record,
+    RecType,
+    StreamError,
+    StreamParser,
+    TscInfo,
+    check_page_data,
+    rec_type_name,
+)
+
+#: How many mismatching PFNs a verify pass lists (all are counted).
+VERIFY_LIST_MAX = 16
+
+
+class RestoreError(StreamError):
+    """The destination could not apply a record (populate or copy failed)."""
+
+
+@dataclass
+class RestoreResult:
+    records: dict[str, int] = field(default_factory=dict)
+    pages_populated: int = 0        # PFNs newly populated (data types and XALLOC)
+    pages_written: int = 0          # data pages copied in (not in verify mode)
+    xtab_skipped: int = 0
+    broken_skipped: int = 0
+    xalloc_entries: int = 0
+    verify: bool = False            # a VERIFY record switched to verify mode
+    pages_verified: int = 0
+    verify_mismatches: int = 0
+    verify_mismatch_pfns: list[int] = field(default_factory=list)  # first few
+    static_data_end_inferred: bool = False
+    tsc_info: TscInfo | None = None
+    hvm_params: list[tuple[int, int]] = field(default_factory=list)
+    hvm_context_bytes: int = 0
+    bytes_received: int = 0
+    complete: bool = False
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.complete and self.error is None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["tsc_info"] = None if self.tsc_info is None else asdict(self.tsc_info)
+        return d
+
+
+class _PfnSet:
+    """A sparse set of PFNs held as 32768-bit leaves (like the log-dirty tree's
+    leaves), so a sparse 2^40 PFN space costs only the leaves it touches."""
+
+    SHIFT = 15
+    MASK = (1 << SHIFT) - 1
+
+    def __init__(self) -> None:
+        self._leaves: dict[int, np.ndarray] = {}
+        self.count = 0
+
+    def contains(self, pfns: np.ndarray) -> np.ndarray:
+        out = np.zeros(pfns.shape, dtype=bool)
+        if pfns.size == 0:
+            return out
+        hi = pfns >> self.SHIFT
+        lo = pfns & self.MASK
+        for h in np.unique(hi).tolist():
+            leaf = self._leaves.get(h)
+            if leaf is not None:
+                sel = hi == h
+                out[sel] = leaf[lo[sel]]
+        return out
+
+    def add(self, pfns: np.ndarray) -> None:
+        """Add PFNs known to be absent and unique."""
+        hi = pfns >> self.SHIFT
+        lo = pfns & self.MASK
+        for h in np.unique(hi).tolist():
+            leaf = self._leaves.get(h)
+            if leaf is None:
+                leaf = self._leaves[h] = np.zeros(1 << self.SHIFT, dtype=bool)
+            leaf[lo[hi == h]] = True
+        self.count += int(pfns.size)
+
+    def to_array(self) -> np.ndarray:
+        parts = [(np.flatnonzero(self._leaves[h]) + (h << self.SHIFT)) for h in sorted(self._leaves)]
+        return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, dtype=np.int64)
+
+
+class Restorer:
+    """Applies a v2 stream's records to ``dest_hv`` (a ``hypervisor.domain.Hypervisor``
+    built empty, or with whatever the destination already holds).
+
+    ``feed`` and ``apply`` raise ``StreamError`` (``RestoreError`` for a failure on
+    the destination) after recording it in ``result``; once failed, the restorer
+    refuses further input. ``finish()`` returns the result and marks a stream that
+    stopped before END as incomplete.
+    """
+
+    def __init__(self, dest_hv, *, pfn_limit: int | None = None,
+                 on_record: Callable[[Record], Any] | None = None):
+        self.hv = dest_hv
+        self.pfn_limit = pfn_limit
+        self.on_record = on_record
+        self.result = RestoreResult()
+        self._records: Counter[str] = Counter()
+        self._parser: StreamParser | None = None
+        self._populated = _PfnSet()
+        self._seen_sde = False
+        self._verify = False
+        self._done = False
+        self._failed = False
+
+    # ---- entry points ---------------------------------------------------------------
+
+    def feed(self, data) -> list[Record]:
+        """Parse stream bytes and apply every record they complete."""
+        self._check_open()
+        if self._parser is None:
+            self._parser = StreamParser(pfn_limit=self.pfn_limit)
+        self.result.bytes_received += len(data)
+        try:
+            records = self._parser.feed(data)
+        except StreamError as e:
+            self._fail(e)
+        for rec in records:
+            self._apply(rec, from_stream=True)
+        return records
+
+    def apply(self, record: Record) -> None:
+        """Apply one structured record (no stream bytes involved)."""
+        self._check_open()
+        self._apply(record, from_stream=False)
+
+    def finish(self) -> RestoreResult:
+        """End of input: a restore that has not seen END is reported incomplete."""
+        if not self._failed and not self._done:
+            msg = "stream ended before its END record"
+            if self._parser is not None:
+                try:
+                    self._parser.close()
+                except StreamError as e:
+                    msg = str(e)
+            self.result.error = msg
+            self.result.complete = False
+            self._failed = True
+        self._sync()
+        return self.result
+
+    def populated_pfns(self) -> np.ndarray:
+        """Sorted PFNs this restore populated."""
+        return self._populated.to_array()
+
+    @property
+    def complete(self) -> bool:
+        return self._done and not self._failed
+
+    # ---- internals ----------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._failed:
+            raise StreamError(f"restore already failed: {self.result.error}")
+        if self._done:
+            raise StreamError("restore already complete: data after the END record")
+
+    def _fail(self, e: Exception):
+        self._failed = True
+        self.result.complete = False
+        self.result.error = str(e)
+        self._sync()
+        if isinstance(e, StreamError):
+            raise e
+        raise RestoreError(str(e)) from e
+
+    def _sync(self) -> None:
+        self.result.records = dict(self._records)
+
+    def _apply(self, rec: Record, *, from_stream: bool) -> None:
+        try:
+            self._process(rec, from_stream)
+        except StreamError as e:
+            self._fail(e)
+        except XenError as e:
+            self._fail(RestoreError(f"record #{rec.index} ({rec.name}): destination failed: {e}",
+                                    offset=rec.offset if rec.offset >= 0 else None,
+                                    record_index=rec.index if rec.index >= 0 else None))
+        except (ValueError, TypeError, IndexError) as e:
+            self._fail(RestoreError(f"record #{rec.index} ({rec.name}): malformed record: {e}"))
+        self._records[rec.name] += 1
+        if self.on_record is not None:
+            self.on_record(rec)
+        self._sync()
+
+    def _process(self, rec: Record, from_stream: bool) -> None:
+        rt = rec.type
+        where = f"record #{rec.index} ({rec.name})" if rec.index >= 0 else rec.name
+        if rt == RecType.END:
+            self._done = True
+            self.result.complete = True
+        elif rt == RecType.PAGE_DATA:
+            if not self._seen_sde:
+                version = None
+                if from_stream and self._parser is not None and self._parser.image_header is not None:
+                    version = self._parser.image_header.version
+                if version is not None and version >= 3:
+                    raise StreamError(f"{where}: no STATIC_DATA_END seen before the first PAGE_DATA")
+                self._seen_sde = True
+                self.result.static_data_end_inferred = True
+            self._page_data(rec, where, from_stream)
+        elif rt == RecType.VERIFY:
+            self._verify = True
+            self.result.verify = True
+        elif rt == RecType.STATIC_DATA_END:
+            if self._seen_sde:
+                raise StreamError(f"{where}: multiple STATIC_DATA_END records")
+            self._seen_sde = True
+        elif rt == RecType.X86_TSC_INFO:
+            self.result.tsc_info = rec.tsc_info()
+        elif rt == RecType.HVM_PARAMS:
+            self.result.hvm_params = rec.hvm_params()
+        elif rt == RecType.HVM_CONTEXT:
+            self.result.hvm_context_bytes = len(rec.body)
+        elif rt in (RecType.X86_CPUID_POLICY, RecType.X86_MSR_POLICY):
+            pass
+        elif rt & 0x80000000:
+            pass  # optional record: ignored
+        else:
+            raise StreamError(f"{where}: mandatory record {rt:#x} ({rec_type_name(rt)}) not handled "
+                              "by an x86 HVM restore")
+
+    def _page_data(self, rec: Record, where: str, from_stream: bool) -> None:
+        pfns = np.asarray(rec.pfns, dtype=np.int64).reshape(-1)
+        nibbles = np.asarray(rec.nibbles, dtype=np.uint8).reshape(-1)
+        tokens = np.asarray(rec.tokens, dtype=np.uint64).reshape(-1)
+        if not from_stream:
+            # The parser already checked stream records; structured ones get the same checks.
+            check_page_data(pfns, nibbles, tokens.size, pfn_limit=self.pfn_limit, where=where)
+        nib = nibbles.astype(np.intp)
+        res = self.result
+        res.xtab_skipped += int(np.count_nonzero(nib == PFInfo.XTAB))
+        res.broken_skipped += int(np.count_nonzero(nib == PFInfo.BROKEN))
+        res.xalloc_entries += int(np.count_nonzero(nib == PFInfo.XALLOC))
+
+        # populate_pfns: data types and XALLOC not yet populated (never unpopulate).
+        want = pfns[PFINFO_POPULATE[nib]]
+        if want.size:
+            want = np.unique(want)
+            new = want[~self._populated.contains(want)]
+            if new.size:
+                self.hv.populate_physmap_exact(new)
+                self._populated.add(new)
+                res.pages_populated += int(new.size)
+
+        has = PFINFO_HAS_DATA[nib]
+        data_pfns = pfns[has]
+        if data_pfns.size == 0:
+            return
+        if self._verify:
+            cur, err = self.hv.read_pages(data_pfns)
+            cur = np.asarray(cur, dtype=np.uint64)
+            bad = (np.asarray(err) != 0) | (cur != tokens)
+            res.pages_verified += int(data_pfns.size)
+            nbad = int(np.count_nonzero(bad))
+            if nbad:
+                res.verify_mismatches += nbad
+                room = VERIFY_LIST_MAX - len(res.verify_mismatch_pfns)
+                if room > 0:
+                    res.verify_mismatch_pfns.extend(int(p) for p in data_pfns[bad][:room])
+        else:
+            self.hv.write_pages(data_pfns, tokens)
+            res.pages_written += int(data_pfns.size)
+
+
+# --------------------------------------------------------------------------------------
+# xmig receive: one TCP connection into a Restorer
+# --------------------------------------------------------------------------------------
+
+
+async def receive_tcp(host: str, port: int, dest_hv, on_record: Callable[[Record], Any] | None = None,
+                      *, pfn_limit: int | None = None,
+                      on_listen: Callable[[str, int], Any] | None = None,
+                      idle_timeout: float | None = None,
+                      chunk_size: int = 1 << 20) -> RestoreResult:
+    """Listen on ``host:port``, accept one connection, restore the stream it carries
+    into ``dest_hv``. ``on_listen(host, port)`` is called once listening (with the real
+    port when ``port`` is 0). ``idle_timeout`` (seconds) bounds the wait for the
+    sender and for each read. Raises ``StreamError`` when the address cannot be
+    bound; every stream or restore problem is in the returned result."""
+    restorer = Restorer(dest_hv, pfn_limit=pfn_limit, on_record=on_record)
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[RestoreResult] = loop.create_future()
+    taken = False
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal taken
+        if taken:  # one migration per receive
+            writer.close()
+            return
+        taken = True
+        try:
+            while not restorer.complete:
+                if idle_timeout is None:
+                    data = await reader.read(chunk_size)
+                else:
+                    data = await asyncio.wait_for(reader.read(chunk_size), idle_timeout)
+                if not data:
+                    break
+                try:
+                    restorer.feed(data)
+                except StreamError:
+                    break
+        except (asyncio.TimeoutError, TimeoutError):
+            if not restorer._failed:
+                restorer.result.error = f"no data from the sender for {idle_timeout} s"
+                restorer._failed = True
+        except (ConnectionError, OSError) as e:
+            if not restorer._failed:
+                restorer.result.error = f"connection lost: {e}"
+                restorer._failed = True
+        finally:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass
+            if not done.done():
+                done.set_result(restorer.finish())
+
+    try:
+        server = await asyncio.start_server(handle, host, port)
+    except OSError as e:
+        if e.errno == _errno.EADDRINUSE:
+            raise StreamError(f"cannot listen on {host}:{port}: address already in use") from None
+        raise StreamError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    try:
+        bound = server.sockets[0].getsockname()
+        if on_listen is not None:
+            on_listen(bound[0], bound[1])
+        if idle_timeout is None:
+            return await done
+        try:
+            return await asyncio.wait_for(asyncio.shield(done), idle_timeout) if not taken else await done
+        except (asyncio.TimeoutError, TimeoutError):
+            if taken:
+                return await done
+            restorer.result.error = f"no sender connected within {idle_timeout} s"
+            return restorer.result
+    finally:
+        server.close()
+        await server.wait_closed()
