@@ -1,0 +1,574 @@
+"""The live terminal dashboard, the final summary, and ``--speed`` pacing.
+
+What Xen shows through ``xc_report_progress_*`` and ``xl migrate``'s output, drawn as
+one rich screen: the header (scenario, behaviour, policy), the current pass's progress
+over its PFNs (``send_dirty_pages``' ``written``/``entries``), a table of passes
+(``struct precopy_stats`` plus what each pass sent), the balloon, the hypervisor's
+log-dirty counters and the GFN map (``migrate/gfnmap.py``).
+
+Everything here is a consumer of the event stream (``migrate/events.py``): a
+``Dashboard`` is a bus listener and never asks any actor anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from hypervisor.abi import PFINFO_HAS_DATA
+
+from .events import (BatchSent, CleanDone, CountersSampled, Event, GuestNote, MemoryOp,
+                     MigrationFinished, PassEnded, PassStarted, PhaseChanged, RoundStats,
+                     RunStarted, SaveSetup, VerifyDone)
+from .gfnmap import LEGEND, LEGEND_BY_STATE, GfnMap
+
+PAGE = 4096
+MIB = 1 << 20
+_XTAB = 0xF
+
+# ----------------------------------------------------------------------------- pacing
+
+
+class Pacer:
+    """Let virtual time advance at most ``speed`` x wall time (``None``: flat out).
+
+    The pace is measured from an anchor (the first call), so skipped tiny sleeps and
+    sleep overshoot never accumulate drift. If the run falls behind by more than
+    ``max_lag`` wall seconds (a long CLEAN, a slow terminal) the anchor moves up rather
+    than letting the next virtual seconds rush by to catch up. ``clock`` and ``sleep``
+    are injectable for tests.
+    """
+
+    def __init__(self, speed: float | None, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Any] = asyncio.sleep, min_sleep: float = 0.002,
+                 max_lag: float = 0.5):
+        if speed is not None and not speed > 0:
+            raise ValueError(f"--speed must be a positive number or 'max', not {speed!r}")
+        self.speed = None if speed is None else float(speed)
+        self._clock = clock
+        self._sleep = sleep
+        self.min_sleep = float(min_sleep)
+        self.max_lag = float(max_lag)
+        self._wall0: float | None = None
+        self._virt0 = 0.0
+        self.slept = 0.0          # total requested sleep, for tests and the header
+
+    def reset(self) -> None:
+        self._wall0 = None
+
+    async def pace(self, virtual_t: float) -> None:
+        if self.speed is None:
+            return
+        now = self._clock()
+        if self._wall0 is None:
+            self._wall0, self._virt0 = now, float(virtual_t)
+            return
+        delay = self._wall0 + (float(virtual_t) - self._virt0) / self.speed - now
+        if delay >= self.min_sleep:
+            self.slept += delay
+            await self._sleep(delay)
+        elif delay < -self.max_lag:
+            self._wall0, self._virt0 = now, float(virtual_t)
+
+
+# ----------------------------------------------------------------------------- state
+
+
+def _num(detail: Any, *keys: str) -> float | None:
+    if not isinstance(detail, dict):
+        return None
+    for k in keys:
+        v = detail.get(k)
+        if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool):
+            return v
+    return None
+
+
+def _runs_pages(runs) -> int:
+    a = np.asarray(runs if runs is not None else (), dtype=np.int64)
+    if not a.size:
+        return 0
+    a = a.reshape(-1, 2)
+    return int((a[:, 1] - a[:, 0]).clip(min=0).sum())
+
+
+@dataclass
+class DashboardState:
+    """Everything the dashboard shows, folded from events (one writer: ``Dashboard``)."""
+
+    scenario: str = ""
+    seed: int | None = None
+    behaviour: str = ""
+    policy: str = ""
+    policy_params: dict[str, Any] = field(default_factory=dict)
+    guest_pages: int = 0
+    p2m_size: int = 0
+    speed: float | None = None
+    t: float = 0.0
+    t_start: float | None = None
+    t_suspend: float | None = None
+    t_done: float | None = None
+    phase: str = "waiting"
+    phase_detail: str = ""
+    # the pass in flight
+    cur_iteration: int = 0
+    cur_phase: str = ""
+    cur_entries: int = 0
+    cur_walked: int = 0
+    cur_dirty_count: int = 0
+    cur_pages: int = 0
+    cur_xtab: int = 0
+    cur_bytes: int = 0
+    cur_start: float = 0.0
+    in_pass: bool = False
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    last_clean: dict[str, Any] | None = None
+    # balloon
+    balloon_target: float | None = None
+    ballooned_at_start: int = 0
+    decrease_ops: int = 0
+    decrease_pages: int = 0
+    populate_ops: int = 0
+    populate_pages: int = 0
+    balloon_stalled: str = ""
+    recent: deque = field(default_factory=lambda: deque(maxlen=6))
+    # hypervisor
+    counters: dict[str, Any] = field(default_factory=dict)
+    nodes_peak: int = 0
+    # end
+    verify: dict[str, Any] | None = None
+    outcome: str = ""
+    message: str = ""
+
+    @property
+    def pages_out(self) -> int:
+        return self.ballooned_at_start + self.decrease_pages - self.populate_pages
+
+
+class Dashboard:
+    """Event-bus listener holding a ``DashboardState``; ``render()`` draws it."""
+
+    def __init__(self, console: Console | None = None, speed: float | None = None, *,
+                 gfnmap: GfnMap | None = None, recent: int = 6, max_pass_rows: int = 12):
+        self.console = console
+        self.state = DashboardState(speed=speed, recent=deque(maxlen=recent))
+        self.gfnmap = gfnmap if gfnmap is not None else GfnMap()
+        self._owns_map = gfnmap is None
+        self.max_pass_rows = max_pass_rows
+        self._lock = threading.RLock()   # Live renders from its refresh thread
+
+    # ------------------------------------------------------------------ events
+
+    def __call__(self, ev: Event) -> None:
+        with self._lock:
+            if self._owns_map:
+                self.gfnmap(ev)
+            self._fold(ev)
+
+    on_event = __call__
+
+    def _fold(self, ev: Event) -> None:
+        s = self.state
+        if ev.t > s.t:
+            s.t = float(ev.t)
+        if isinstance(ev, BatchSent):
+            s.cur_walked, s.cur_entries = int(ev.walked), int(ev.entries)
+            nib = np.asarray(ev.nibbles, dtype=np.uint8) & 0xF
+            s.cur_pages += int(np.count_nonzero(PFINFO_HAS_DATA[nib]))
+            s.cur_xtab += int(np.count_nonzero(nib == _XTAB))
+            s.cur_bytes += int(ev.bytes)
+        elif isinstance(ev, CountersSampled):
+            s.counters = dict(ev.counters)
+            nodes = s.counters.get("logdirty_nodes_peak", s.counters.get("logdirty_nodes", 0))
+            s.nodes_peak = max(s.nodes_peak, int(nodes or 0))
+        elif isinstance(ev, MemoryOp):
+            self._memory_op(ev)
+        elif isinstance(ev, GuestNote):
+            self._guest_note(ev)
+        elif isinstance(ev, PassStarted):
+            s.in_pass = True
+            s.cur_iteration, s.cur_phase = int(ev.iteration), ev.phase
+            s.cur_entries, s.cur_walked = int(ev.entries), 0
+            s.cur_dirty_count = int(ev.dirty_count)
+            s.cur_pages = s.cur_xtab = s.cur_bytes = 0
+            s.cur_start = float(ev.t)
+        elif isinstance(ev, PassEnded):
+            s.in_pass = False
+            s.rounds.append(_round_dict(ev.stats))
+            s.cur_walked = int(ev.stats.pfns_walked)
+        elif isinstance(ev, CleanDone):
+            s.last_clean = {"iteration": ev.iteration, "op": ev.op, "final": ev.final,
+                            "dirty_count": ev.dirty_count, "fault_count": ev.fault_count}
+        elif isinstance(ev, PhaseChanged):
+            s.phase, s.phase_detail = ev.phase, ev.detail
+            if ev.phase == "suspended" and s.t_suspend is None:
+                s.t_suspend = float(ev.t)
+            elif ev.phase == "done":
+                s.t_done = float(ev.t)
+        elif isinstance(ev, RunStarted):
+            s.scenario, s.seed, s.behaviour = ev.scenario, ev.seed, ev.behaviour
+            s.policy, s.policy_params = ev.policy, dict(ev.policy_params or {})
+            s.guest_pages = int(ev.guest_pages)
+            s.ballooned_at_start = _runs_pages(ev.ballooned)
+            s.t_start = float(ev.t)
+        elif isinstance(ev, SaveSetup):
+            s.p2m_size = int(ev.p2m_size)
+        elif isinstance(ev, VerifyDone):
+            s.verify = ev.stats.as_dict()
+        elif isinstance(ev, MigrationFinished):
+            s.outcome, s.message = ev.outcome, ev.message
+            s.phase = "done" if ev.outcome == "completed" else ev.outcome
+
+    def _memory_op(self, ev: MemoryOp) -> None:
+        s = self.state
+        rc = int(ev.rc)
+        if ev.op == "decrease_reservation":
+            s.decrease_ops += 1
+            s.decrease_pages += max(rc, 0)
+        elif ev.op == "populate_physmap":
+            s.populate_ops += 1
+            s.populate_pages += max(rc, 0)
+        else:
+            return
+        word = "decrease" if ev.op == "decrease_reservation" else "populate"
+        res = f"{rc}/{ev.nr} pages" if rc >= 0 else f"{ev.nr} pages, rc={rc}"
+        s.recent.append((float(ev.t), f"{word} {res}"))
+
+    def _guest_note(self, ev: GuestNote) -> None:
+        s, d = self.state, ev.detail if isinstance(ev.detail, dict) else {}
+        if not ev.what.startswith("balloon"):
+            return
+        if ev.what == "balloon_target":
+            tgt = _num(d, "target_pages", "target", "pages", "value")
+            if tgt is None and _num(d, "target_bytes") is not None:
+                tgt = _num(d, "target_bytes") // PAGE
+            if tgt is not None:
+                s.balloon_target = tgt
+                s.balloon_stalled = ""
+                s.recent.append((float(ev.t), f"target → {int(tgt)} pages"))
+        elif ev.what == "balloon_stalled":
+            why = d.get("reason") or d.get("message") or d.get("error") or "no progress"
+            s.balloon_stalled = str(why)
+            s.recent.append((float(ev.t), f"stalled: {why}"))
+        else:
+            n = _num(d, "pages", "nr", "count", "done")
+            word = ev.what.removeprefix("balloon_")
+            s.recent.append((float(ev.t), f"{word} {int(n)} pages" if n is not None else word))
+
+    # ------------------------------------------------------------------ rendering
+
+    def __rich__(self) -> RenderableType:
+        return self.render()
+
+    def render(self) -> RenderableType:
+        with self._lock:
+            s = self.state
+            top = Table.grid(padding=(0, 1))
+            top.add_column()
+            top.add_column()
+            top.add_row(self._pass_table_panel(), self._counters_panel())
+            bottom = Table.grid(padding=(0, 1))
+            bottom.add_column()
+            bottom.add_column()
+            bottom.add_row(render_gfnmap(self.gfnmap), self._balloon_panel())
+            return Group(self._header(), self._progress(), top, bottom)
+
+    def _header(self) -> RenderableType:
+        s = self.state
+        t = Text()
+        t.append("xmig ", style="bold")
+        t.append(f"{s.scenario or '?'}", style="bold cyan")
+        t.append(f"  seed {s.seed if s.seed is not None else '?'}  ")
+        t.append("behaviour ")
+        t.append(s.behaviour or "?", style="bold red" if s.behaviour == "pre-fix" else "bold green")
+        t.append(f"  policy {_policy_text(s.policy, s.policy_params)}")
+        t.append("\n")
+        if s.p2m_size:
+            t.append(f"p2m_size {s.p2m_size:#x} ({s.p2m_size} pages, {_size(s.p2m_size * PAGE)})  ")
+        t.append(f"t = {s.t:.3f} s  ")
+        t.append("phase ")
+        t.append(s.phase, style="bold magenta" if s.phase in ("suspended", "final") else "bold")
+        if s.phase_detail and s.phase not in ("done",):
+            t.append(f" ({s.phase_detail})", style="dim")
+        t.append(f"  speed {'max' if s.speed is None else f'{s.speed:g}x'}", style="dim")
+        if s.outcome:
+            t.append(f"  {s.outcome.upper()}", style="bold green" if s.outcome == "completed" else "bold red")
+        return Panel(t, box=box.ROUNDED, padding=(0, 1))
+
+    def _progress(self) -> RenderableType:
+        s = self.state
+        if not s.cur_iteration:
+            return Panel(Text("waiting for the first pass", style="dim"), title="pass", title_align="left")
+        total = max(s.cur_entries, 1)
+        head = Text(f"pass {s.cur_iteration} ({s.cur_phase})  dirty_count {s.cur_dirty_count}  ")
+        head.append(f"{s.cur_walked}/{s.cur_entries} PFNs  ", style="bold")
+        head.append(f"data {s.cur_pages}  ")
+        head.append(f"XTAB {s.cur_xtab}", style="red" if s.cur_xtab else "")
+        head.append(f"  {_mib(s.cur_bytes)} MiB")
+        if not s.in_pass:
+            head.append("  (done)", style="dim")
+        bar = ProgressBar(total=total, completed=min(s.cur_walked, total), width=96)
+        return Panel(Group(head, bar), title="current pass", title_align="left", padding=(0, 1))
+
+    def _pass_table_panel(self) -> RenderableType:
+        s = self.state
+        rows = list(s.rounds)
+        live = None
+        if s.in_pass:
+            live = {"iteration": s.cur_iteration, "phase": s.cur_phase, "dirty_count": s.cur_dirty_count,
+                    "pfns_walked": s.cur_walked, "pages_sent": s.cur_pages, "xtab_sent": s.cur_xtab,
+                    "bytes": s.cur_bytes, "start_s": s.cur_start, "end_s": s.t}
+        return pass_table(rows, live=live, max_rows=self.max_pass_rows)
+
+    def _counters_panel(self) -> RenderableType:
+        s = self.state
+        g = Table.grid(padding=(0, 1))
+        g.add_column(style="dim")
+        g.add_column(justify="right")
+        c = s.counters
+        order = ("marks_dirty", "marks_clean", "logdirty_nodes", "dirty_count", "failed_allocs",
+                 "populated_pages", "pod_entries", "dropped_writes", "write_faults")
+        for k in order:
+            if k in c:
+                val = str(c[k])
+                if k == "logdirty_nodes":
+                    val += f" (peak {s.nodes_peak})"
+                g.add_row(k, Text(val, style="bold red" if k == "failed_allocs" and c[k] else ""))
+        for k in sorted(set(c) - set(order) - {"logdirty_nodes_peak"}):
+            g.add_row(k, str(c[k]))
+        if s.last_clean:
+            lc = s.last_clean
+            g.add_row("last " + lc["op"] + (" FINAL" if lc["final"] else ""),
+                      f"dirty {lc['dirty_count']} faults {lc['fault_count']}")
+        if not c and not s.last_clean:
+            g.add_row("no sample yet", "")
+        return Panel(g, title="hypervisor", title_align="left", box=box.ROUNDED, width=40)
+
+    def _balloon_panel(self) -> RenderableType:
+        s = self.state
+        g = Table.grid(padding=(0, 1))
+        g.add_column(style="dim")
+        g.add_column()
+        tgt = "-" if s.balloon_target is None else f"{int(s.balloon_target)} pages"
+        g.add_row("target", tgt)
+        g.add_row("pages out", f"{s.pages_out} ({_size(s.pages_out * PAGE)})")
+        g.add_row("decrease", f"{s.decrease_pages} pages in {s.decrease_ops} ops")
+        g.add_row("populate", f"{s.populate_pages} pages in {s.populate_ops} ops")
+        if s.balloon_stalled:
+            g.add_row("status", Text(f"stalled: {s.balloon_stalled}", style="bold yellow"))
+        body: list[RenderableType] = [g]
+        if s.recent:
+            body.append(Text("recent", style="dim"))
+            for t, line in s.recent:
+                body.append(Text(f"{t:.3f}s {line}", overflow="ellipsis", no_wrap=True))
+        return Panel(Group(*body), title="balloon", title_align="left", box=box.ROUNDED, width=40)
+
+    # ------------------------------------------------------------------ summary
+
+    def summary(self) -> dict[str, Any]:
+        """The run as a report-shaped dict (see ``migrate/report.py``), from events alone.
+
+        ``totals.bytes`` counts PAGE_DATA only and times end at "End of stream" (the
+        events carry neither the stream's header bytes nor the link latency); prefer
+        the real report when there is one.
+        """
+        with self._lock:
+            s = self.state
+            live = [r for r in s.rounds if r["phase"] != "verify"]
+            t0 = s.t_start if s.t_start is not None else (s.rounds[0]["start_s"] if s.rounds else 0.0)
+            t_end = s.t_done if s.t_done is not None else s.t
+            totals = {"pages_sent": sum(r["pages_sent"] for r in live),
+                      "xtab_sent": sum(r["xtab_sent"] for r in live),
+                      "broken_sent": sum(r.get("broken_sent", 0) for r in live),
+                      "bytes": sum(r["bytes"] for r in live),
+                      "iterations": sum(1 for r in live if r["phase"] == "live"),
+                      "total_time_s": t_end - t0,
+                      "downtime_s": (t_end - s.t_suspend) if s.t_suspend is not None else 0.0}
+            hv = dict(s.counters)
+            hv.setdefault("logdirty_nodes_peak", s.nodes_peak)
+            return {"scenario": s.scenario, "seed": s.seed, "behaviour": s.behaviour,
+                    "policy": {"name": s.policy, "params": dict(s.policy_params)},
+                    "outcome": s.outcome or s.phase, "error": s.message or None,
+                    "p2m_size": s.p2m_size, "rounds": [dict(r) for r in s.rounds],
+                    "totals": totals, "hypervisor": hv, "verify": s.verify}
+
+
+def _round_dict(r: RoundStats | dict) -> dict[str, Any]:
+    return dict(r) if isinstance(r, dict) else r.as_dict()
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def _size(nbytes: float) -> str:
+    for unit, div in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if nbytes >= div:
+            return f"{nbytes / div:.1f} {unit}"
+    return f"{int(nbytes)} B"
+
+
+def _mib(nbytes: float) -> str:
+    return f"{nbytes / MIB:.2f}"
+
+
+def _policy_text(name: str, params: dict[str, Any] | None) -> str:
+    if not params:
+        return name or "?"
+    return f"{name or '?'} (" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")"
+
+
+def pass_table(rounds: Iterable[dict[str, Any]], *, live: dict[str, Any] | None = None,
+               max_rows: int | None = None, title: str = "passes") -> Table:
+    """One row per pass (``RoundStats`` fields); the pass in flight in italics."""
+    tbl = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1),
+                show_edge=False, pad_edge=False)
+    for name, just in (("#", "right"), ("phase", "left"), ("dirty_count", "right"),
+                       ("walked", "right"), ("data", "right"), ("XTAB", "right"),
+                       ("MiB", "right"), ("time s", "right"), ("bal -/+", "right")):
+        tbl.add_column(name, justify=just, no_wrap=True)
+    rows = [_round_dict(r) for r in rounds]
+    if max_rows is not None and len(rows) + (live is not None) > max_rows:
+        keep = max(max_rows - (live is not None) - 1, 1)
+        hidden = len(rows) - keep
+        rows = rows[-keep:]
+        tbl.caption = f"… {hidden} earlier passes not shown"
+        tbl.caption_justify = "left"
+    for r in rows:
+        tbl.add_row(*_row_cells(r))
+    if live is not None:
+        tbl.add_row(*_row_cells(live), style="italic yellow")
+    return tbl
+
+
+def _row_cells(r: dict[str, Any]) -> list[RenderableType]:
+    xtab = int(r.get("xtab_sent", 0))
+    dur = float(r.get("end_s", 0.0)) - float(r.get("start_s", 0.0))
+    bal = f"{r['balloon_out']}/{r['balloon_in']}" if "balloon_out" in r else ""
+    return [str(r.get("iteration", "")), str(r.get("phase", "")), str(r.get("dirty_count", "")),
+            str(r.get("pfns_walked", "")), str(r.get("pages_sent", "")),
+            Text(str(xtab), style="bold red" if xtab else ""), _mib(int(r.get("bytes", 0))),
+            f"{dur:.3f}", bal]
+
+
+def render_gfnmap(gmap: GfnMap, *, title: str | None = None) -> RenderableType:
+    """The GFN map as coloured glyph cells, row labels (first GFN, hex) and a legend."""
+    if not gmap.ncells:
+        return Panel(Text("no address space yet", style="dim"), title="GFN map", title_align="left")
+    grid = gmap.grid()
+    totals = gmap.totals()
+    width = len(f"{gmap.p2m_size:x}")
+    lines = Text(no_wrap=True)
+    glyph = {e.state: (e.glyph, e.colour) for e in LEGEND}
+    for r, row in enumerate(grid):
+        lines.append(f"{r * gmap.columns * gmap.cell_pfns:0{width}x} ", style="dim")
+        # runs of one state become one styled span: cheap to render
+        vals = row[row >= 0]
+        if vals.size:
+            cut = np.flatnonzero(np.diff(vals)) + 1
+            for seg in np.split(vals, cut):
+                g, colour = glyph[int(seg[0])]
+                lines.append(g * seg.size, style=colour)
+        lines.append("\n")
+    legend = Text(no_wrap=True)
+    for i, e in enumerate(LEGEND):
+        if i == 3:
+            legend.append("\n")
+        legend.append(e.glyph, style=e.colour)
+        legend.append(f" {e.name} {totals[e.name]}  ")
+    title = title or (f"GFN map  {gmap.ncells} cells x {gmap.cell_pfns} PFNs"
+                      + ("" if gmap.dense else " (approximate)"))
+    return Panel(Group(lines, legend), title=title, title_align="left", box=box.ROUNDED)
+
+
+# ----------------------------------------------------------------------------- live
+
+
+class LiveDashboard:
+    """``with LiveDashboard(dash): ...`` redraws ``dash`` ~10 times a second on a terminal.
+
+    Piped output gets only the last frame (rich's behaviour); use ``progress.py``
+    there instead.
+    """
+
+    def __init__(self, dashboard: Dashboard, *, console: Console | None = None,
+                 refresh_per_second: float = 10, transient: bool = False):
+        from rich.live import Live
+
+        self.dashboard = dashboard
+        self.console = console or dashboard.console or Console()
+        self._live = Live(console=self.console, get_renderable=dashboard.render,
+                          refresh_per_second=refresh_per_second, transient=transient,
+                          redirect_stdout=True, redirect_stderr=True)
+
+    def __enter__(self) -> Dashboard:
+        self._live.__enter__()
+        return self.dashboard
+
+    def __exit__(self, *exc) -> None:
+        self._live.__exit__(*exc)
+
+    def refresh(self) -> None:
+        self._live.refresh()
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def render_summary(result: dict[str, Any]) -> RenderableType:
+    """The end-of-run summary from a report-shaped dict (``report.build_report`` or
+    ``Dashboard.summary()``): header, passes, totals, hypervisor counters, verify."""
+    r = result or {}
+    pol = r.get("policy")
+    name, params = (pol.get("name"), pol.get("params")) if isinstance(pol, dict) else (pol, r.get("policy_params"))
+    head = Text()
+    head.append(f"{r.get('scenario', '?')}", style="bold cyan")
+    head.append(f"  seed {r.get('seed', '?')}  behaviour ")
+    beh = r.get("behaviour", "?")
+    head.append(str(beh), style="bold red" if beh == "pre-fix" else "bold green")
+    head.append(f"  policy {_policy_text(name, params)}")
+    outcome = r.get("outcome") or "?"
+    head.append(f"  {outcome}", style="bold green" if outcome == "completed" else "bold red")
+    parts: list[RenderableType] = [head]
+    if r.get("error"):
+        parts.append(Text(f"error: {r['error']}", style="red"))
+    parts.append(pass_table(r.get("rounds") or [], title="passes"))
+    tot = r.get("totals") or {}
+    parts.append(Text(
+        f"totals: {tot.get('iterations', 0)} live passes, {tot.get('pages_sent', 0)} data pages, "
+        f"{tot.get('xtab_sent', 0)} XTAB, {_mib(int(tot.get('bytes', 0)))} MiB, "
+        f"total {float(tot.get('total_time_s', 0.0)):.3f} s, downtime {float(tot.get('downtime_s', 0.0)):.3f} s"))
+    hv = r.get("hypervisor") or {}
+    if hv:
+        parts.append(Text(
+            "hypervisor: " + ", ".join(f"{k} {hv[k]}" for k in
+                                       ("marks_dirty", "marks_clean", "logdirty_nodes_peak", "failed_allocs")
+                                       if k in hv)))
+    parts.append(_verify_text(r.get("verify")))
+    return Group(*parts)
+
+
+def _verify_text(v: dict[str, Any] | None) -> Text:
+    if not v:
+        return Text("verify: not run", style="dim")
+    ok = bool(v.get("ok"))
+    t = Text("verify: ")
+    t.append("OK" if ok else "FAILED", style="bold green" if ok else "bold red")
+    t.append(f" missing {v.get('missing_pages', 0)}, stale {v.get('stale_pages', 0)}, "
+             f"extra {v.get('extra_pages', 0)}")
+    return t
+
+
+__all__ = ["Dashboard", "DashboardState", "LiveDashboard", "Pacer", "pass_table", "render_gfnmap",
+           "render_summary", "LEGEND_BY_STATE"]
