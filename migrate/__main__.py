@@ -1,0 +1,5 @@
+"""``python -m migrate`` is the ``xmig`` command."""
+
+from .cli import main
+
+main()

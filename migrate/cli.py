@@ -1,0 +1,467 @@
+"""The ``xmig`` command line: what ``xl migrate`` / ``xl migrate-receive`` are to Xen.
+
+Exit codes: 0 migrated and verified; 1 the migration failed or aborted, or the
+destination has missing or stale pages (or, for ``inspect``, the stream is malformed);
+2 bad input (scenario file, option, unreachable peer, port in use); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="xmig",
+    help=(
+        "xmig: watch Xen live-migrate a guest, and see the P2M/log-dirty fix at work.\n\n"
+        "A simulated Xen (P2M, M2P, log-dirty tree) runs a simulated guest that writes memory "
+        "and balloons; a toolstack runs Xen's precopy loop and writes a real migration-stream-v2 "
+        "image; the destination restores it and is checked page by page.\n\n"
+        "Start with:  xmig run --guest examples/balloon.yaml\n"
+        "Then:        xmig compare --guest examples/balloon.yaml"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit code 2."""
+
+
+_state: dict[str, Any] = {"debug": False}
+
+
+def _err_console() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _fail_usage(message: str) -> None:
+    _err_console().print(f"xmig: error: {message}", markup=False)
+    raise typer.Exit(EXIT_USAGE)
+
+
+def _guard(fn):
+    """Turn user errors into one line and exit 2; tracebacks only with --debug."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .policy import PolicyError
+        from .scenario import ScenarioError
+        from .stream import StreamError
+
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except (UsageError, ScenarioError, PolicyError) as exc:
+            if _state["debug"]:
+                raise
+            _fail_usage(str(exc))
+        except StreamError as exc:
+            if _state["debug"]:
+                raise
+            _fail_usage(str(exc))
+        except OSError as exc:
+            if _state["debug"]:
+                raise
+            _fail_usage(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+
+    return wrapper
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show a traceback on errors.")) -> None:
+    _state["debug"] = debug
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _load(guest: Path):
+    from .scenario import load_scenario
+
+    return load_scenario(guest)
+
+
+def _parse_bandwidth(text: Optional[str]) -> Optional[float]:
+    if text is None:
+        return None
+    from .units import parse_bandwidth
+
+    try:
+        return float(parse_bandwidth(text))
+    except ValueError as exc:
+        raise UsageError(f"--bandwidth: {exc}") from None
+
+
+def _check_behaviour(b: Optional[str]) -> Optional[str]:
+    if b is not None and b not in ("fixed", "pre-fix"):
+        raise UsageError(f"--behaviour: expected 'fixed' or 'pre-fix', found {b!r}")
+    return b
+
+
+def _check_policy(name: Optional[str]) -> None:
+    if name is None:
+        return
+    from .policy import make_policy
+
+    make_policy(name, {}, p2m_size=1)
+
+
+def _parse_speed(speed: str) -> Optional[float]:
+    if speed == "max":
+        return None
+    try:
+        value = float(speed)
+    except ValueError:
+        raise UsageError(f"--speed: expected a number (virtual seconds per wall second) or 'max', found {speed!r}") from None
+    if value <= 0:
+        raise UsageError(f"--speed: expected a positive number or 'max', found {speed!r}")
+    return value
+
+
+def _check_stream_target(stream: Optional[str]) -> None:
+    if stream is None or stream.startswith("tcp://"):
+        return
+    parent = Path(stream).resolve().parent
+    if not parent.is_dir():
+        raise UsageError(f"--stream: folder {parent} does not exist")
+
+
+def _check_output(path: Optional[Path], option: str) -> None:
+    if path is not None and not path.resolve().parent.is_dir():
+        raise UsageError(f"{option}: folder {path.resolve().parent} does not exist")
+
+
+async def _run_with_interrupt(coro_fn):
+    """Run ``coro_fn()`` so that Ctrl-C cancels it (the engine then aborts cleanly and
+    resumes the source domain) instead of killing the process mid-stream."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(coro_fn())
+    interrupted = {"yes": False}
+
+    def on_sigint() -> None:
+        interrupted["yes"] = True
+        task.cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+    except (NotImplementedError, RuntimeError):
+        pass
+    try:
+        result = await task
+    finally:
+        try:
+            loop.remove_signal_handler(signal.SIGINT)
+        except (NotImplementedError, RuntimeError):
+            pass
+    return result, interrupted["yes"]
+
+
+def _one_run(scenario, opts, *, dashboard: bool, speed: Optional[float], console: Console, record_map: bool,
+             quiet: bool = False):
+    """One migration with its live view: the dashboard on a terminal, Xen-style progress
+    lines otherwise (nothing with ``quiet``). Returns (result, interrupted, recorder)."""
+    from .dashboard import Dashboard, LiveDashboard, Pacer
+    from .events import EventBus
+    from .gfnmap import GfnMapRecorder
+    from .progress import PlainProgress
+    from .runner import run_scenario
+
+    bus = EventBus()
+    pacer = Pacer(speed)
+    dash = progress = recorder = None
+    if dashboard:
+        dash = Dashboard(console, speed=speed)
+        bus.subscribe(dash)
+        if record_map:
+            recorder = GfnMapRecorder(dash.gfnmap)
+    else:
+        if not quiet:
+            progress = PlainProgress(sys.stdout)
+            bus.subscribe(progress)
+        if record_map:
+            recorder = GfnMapRecorder()
+    if recorder is not None:
+        bus.subscribe(recorder)
+
+    async def go():
+        if dash is not None:
+            with LiveDashboard(dash, console=console):
+                return await run_scenario(scenario, opts, bus=bus, pacer=pacer)
+        return await run_scenario(scenario, opts, bus=bus, pacer=pacer)
+
+    try:
+        result, interrupted = asyncio.run(_run_with_interrupt(go))
+    finally:
+        if progress is not None:
+            progress.close()
+    return result, interrupted, recorder
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@app.command()
+@_guard
+def run(
+    guest: Path = typer.Option(..., "--guest", "-g", help="Scenario file (YAML), e.g. examples/balloon.yaml."),
+    seed: Optional[int] = typer.Option(None, help="Override the scenario's seed."),
+    behaviour: Optional[str] = typer.Option(None, "--behaviour", "-b", help="fixed (with the P2M/log-dirty fix) or pre-fix (Xen before it)."),
+    policy: Optional[str] = typer.Option(None, help="xen, xen-legacy, downtime, or a dotted path pkg.mod:func."),
+    bandwidth: Optional[str] = typer.Option(None, help="Link bandwidth, e.g. 1Gbit/s or 100MiB/s."),
+    stream: Optional[str] = typer.Option(None, help="Write the migration stream to FILE or tcp://HOST:PORT (an 'xmig receive')."),
+    verify: Optional[bool] = typer.Option(None, "--verify/--no-verify", help="Add Xen's VERIFY pass (resend everything while suspended, memcmp at the destination)."),
+    report: Optional[Path] = typer.Option(None, help="Write the JSON report here."),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="Write the per-pass table as CSV here."),
+    plot: Optional[Path] = typer.Option(None, help="Draw pages sent per pass and the GFN map over passes (PNG; needs matplotlib)."),
+    speed: str = typer.Option("max", help="Virtual seconds per wall second for the dashboard (e.g. 0.5), or 'max'."),
+    no_dashboard: bool = typer.Option(False, "--no-dashboard", help="Plain progress lines instead of the live dashboard."),
+) -> None:
+    """Run one migration of the scenario and check the destination.
+
+    Exit 0 when it completed and verified, 1 when it failed or the destination has missing
+    or stale pages, 2 for bad input.
+    """
+    from .report import build_report, write_csv, write_json
+    from .runner import RunOptions
+
+    scenario = _load(guest)
+    opts = RunOptions(behaviour=_check_behaviour(behaviour), policy=policy, bandwidth=_parse_bandwidth(bandwidth),
+                      stream=stream, verify=verify, seed=seed)
+    _check_policy(policy)
+    _check_stream_target(stream)
+    for p, o in ((report, "--report"), (csv, "--csv"), (plot, "--plot")):
+        _check_output(p, o)
+    pace = _parse_speed(speed)
+    console = Console()
+    use_dash = console.is_terminal and not no_dashboard
+    result, interrupted, recorder = _one_run(scenario, opts, dashboard=use_dash, speed=pace, console=console,
+                                             record_map=plot is not None)
+    rep = build_report(result)
+    if recorder is not None:
+        rep["gfn_map"] = recorder.as_list()
+    if interrupted:
+        rep["outcome"] = "aborted"
+    _print_summary(console, rep)
+    if report is not None:
+        write_json(report, rep)
+    if csv is not None:
+        write_csv(csv, [rep])
+    if plot is not None:
+        _write_plot(plot, [rep])
+    if interrupted:
+        raise typer.Exit(EXIT_INTERRUPTED)
+    raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED)
+
+
+def _print_summary(console: Console, rep: dict[str, Any]) -> None:
+    """The same summary the dashboard ends on; plain text (no escape codes) when piped."""
+    if console.is_terminal:
+        from .dashboard import render_summary
+
+        console.print(render_summary(rep))
+    else:
+        from .progress import print_summary
+
+        print_summary(rep, file=sys.stdout)
+
+
+def _write_plot(path: Path, reps: list[dict[str, Any]]) -> None:
+    from .plot import PlotError, write_plot
+
+    try:
+        write_plot(path, reps)
+    except PlotError as exc:
+        raise UsageError(f"--plot: {exc}") from None
+
+
+@app.command()
+@_guard
+def compare(
+    guest: Path = typer.Option(..., "--guest", "-g", help="Scenario file (YAML)."),
+    seed: Optional[int] = typer.Option(None, help="Override the scenario's seed (both runs use it)."),
+    policy: Optional[str] = typer.Option(None, help="Compare policies instead, e.g. --policy xen,downtime (behaviour from the scenario or --behaviour)."),
+    behaviour: Optional[str] = typer.Option(None, "--behaviour", "-b", help="With --policy A,B: the behaviour for both runs."),
+    bandwidth: Optional[str] = typer.Option(None, help="Link bandwidth, e.g. 1Gbit/s."),
+    report: Optional[Path] = typer.Option(None, help="Write both reports into one JSON file."),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="Write both runs' per-pass tables as one CSV."),
+    plot: Optional[Path] = typer.Option(None, help="Draw both runs side by side (PNG)."),
+) -> None:
+    """Run the scenario under fixed and pre-fix (or two policies) with one seed, side by side."""
+    from .report import build_report, write_csv, write_json
+    from .runner import RunOptions
+
+    scenario = _load(guest)
+    bw = _parse_bandwidth(bandwidth)
+    _check_behaviour(behaviour)
+    for p, o in ((report, "--report"), (csv, "--csv"), (plot, "--plot")):
+        _check_output(p, o)
+    if policy:
+        names = [p.strip() for p in policy.split(",") if p.strip()]
+        if len(names) < 2:
+            raise UsageError("--policy: give two or more policies separated by commas, e.g. xen,downtime")
+        for n in names:
+            _check_policy(n)
+        variants = [RunOptions(behaviour=behaviour, policy=n, bandwidth=bw, seed=seed) for n in names]
+        labels = names
+    else:
+        variants = [RunOptions(behaviour=b, bandwidth=bw, seed=seed) for b in ("fixed", "pre-fix")]
+        labels = ["fixed", "pre-fix"]
+    console = Console()
+    reps = []
+    for opts in variants:
+        result, interrupted, recorder = _one_run(scenario, opts, dashboard=False, speed=None, console=console,
+                                                 record_map=plot is not None, quiet=True)
+        if interrupted:
+            raise typer.Exit(EXIT_INTERRUPTED)
+        rep = build_report(result)
+        if recorder is not None:
+            rep["gfn_map"] = recorder.as_list()
+        reps.append(rep)
+    console.print(_compare_table(labels, reps))
+    if report is not None:
+        write_json(report, {"schema_version": reps[0]["schema_version"], "compare": labels, "runs": reps})
+    if csv is not None:
+        write_csv(csv, reps)
+    if plot is not None:
+        _write_plot(plot, reps)
+    raise typer.Exit(EXIT_OK if all(r["outcome"] == "completed" for r in reps) else EXIT_FAILED)
+
+
+def _compare_table(labels: list[str], reps: list[dict[str, Any]]):
+    from rich.table import Table
+
+    t = Table(title=f"xmig compare: {reps[0]['scenario']} (seed {reps[0]['seed']})")
+    t.add_column("")
+    for label in labels:
+        t.add_column(label, justify="right")
+
+    def row(name, fn):
+        t.add_row(name, *[fn(r) for r in reps])
+
+    def v(r, k):
+        return "-" if r["verify"] is None else str(r["verify"][k])
+
+    row("behaviour", lambda r: r["behaviour"])
+    row("policy", lambda r: r["policy"]["name"])
+    row("outcome", lambda r: r["outcome"])
+    row("passes (live + final)", lambda r: f"{r['totals']['iterations']} + 1")
+    row("data pages sent", lambda r: f"{r['totals']['pages_sent']:,}")
+    row("XTAB entries", lambda r: f"{r['totals']['xtab_sent']:,}")
+    row("stream bytes", lambda r: f"{r['totals']['bytes']:,}")
+    row("total time (virtual s)", lambda r: f"{r['totals']['total_time_s']:.3f}")
+    row("downtime (virtual ms)", lambda r: f"{r['totals']['downtime_s'] * 1000:.1f}")
+    row("missing pages", lambda r: v(r, "missing_pages"))
+    row("stale pages", lambda r: v(r, "stale_pages"))
+    row("extra pages", lambda r: v(r, "extra_pages"))
+    row("verdict", lambda r: "OK" if r["outcome"] == "completed" and r["verify"] and r["verify"]["ok"]
+        else ("FAILED" if r["outcome"] != "completed" else "DIVERGED"))
+    return t
+
+
+@app.command()
+@_guard
+def receive(
+    listen: str = typer.Option(..., "--listen", help="HOST:PORT to accept one migration stream on, e.g. 127.0.0.1:8002."),
+    report: Optional[Path] = typer.Option(None, help="Write the restore result as JSON here."),
+    host_memory: str = typer.Option("64GiB", help="Destination host memory (frames the restore may populate)."),
+) -> None:
+    """The destination side: accept one stream over TCP and restore it (xl migrate-receive)."""
+    from hypervisor.abi import DomainLayout
+    from hypervisor.domain import Hypervisor
+
+    from .report import write_json
+    from .restore import receive_tcp
+    from .units import parse_size
+
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise UsageError(f"--listen: expected HOST:PORT like 127.0.0.1:8002, found {listen!r}")
+    _check_output(report, "--report")
+    try:
+        frames = int(parse_size(host_memory)) // 4096
+    except ValueError as exc:
+        raise UsageError(f"--host-memory: {exc}") from None
+    dst = Hypervisor(host_frames=frames, behaviour="fixed")
+    import numpy as np
+
+    dst.build(DomainLayout(ram_gfns=np.empty(0, dtype=np.int64)))
+    console = Console()
+    console.print(f"migration target: Ready to receive domain on {host}:{port}.", markup=False)
+    result = asyncio.run(receive_tcp(host, int(port), dst))
+    data = result.as_dict() if hasattr(result, "as_dict") else dict(vars(result))
+    gfns, _tokens = dst.snapshot()
+    data["populated_pages"] = int(gfns.size)
+    if report is not None:
+        write_json(report, data)
+    if getattr(result, "complete", False):
+        console.print(f"migration target: Transfer complete: {data['populated_pages']} pages populated.", markup=False)
+        raise typer.Exit(EXIT_OK)
+    console.print(f"migration target: restore failed: {getattr(result, 'error', '')}", markup=False)
+    raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+@_guard
+def inspect(
+    stream: Path = typer.Argument(..., help="A migration stream file written by 'xmig run --stream FILE'."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Summarise and validate a migration stream v2 file (exit 1 if malformed)."""
+    from .stream import summarise_stream
+
+    if not stream.exists():
+        raise UsageError(f"{stream}: no such file")
+    summary = summarise_stream(stream)
+    data = summary.as_dict() if hasattr(summary, "as_dict") else dict(vars(summary))
+    console = Console()
+    if as_json:
+        console.print_json(json.dumps(data, default=str))
+    else:
+        from rich.table import Table
+
+        t = Table(title=f"{stream}")
+        t.add_column("record")
+        t.add_column("count", justify="right")
+        for name, n in data.get("records", {}).items():
+            t.add_row(str(name), str(n))
+        console.print(t)
+        p = Table(title="PAGE_DATA entries by type")
+        p.add_column("type")
+        p.add_column("entries", justify="right")
+        for name, n in data.get("pages", {}).items():
+            p.add_row(str(name), str(n))
+        console.print(p)
+        console.print(f"PFN range: {data.get('pfn_min')} .. {data.get('pfn_max')}; bytes: {data.get('total_bytes')}",
+                      markup=False)
+        console.print("valid" if data.get("valid") else f"INVALID: {data.get('error')}", markup=False)
+    raise typer.Exit(EXIT_OK if data.get("valid") else EXIT_FAILED)
+
+
+@app.command()
+def schema() -> None:
+    """Print the scenario file's JSON Schema (for editors)."""
+    from .scenario import scenario_json_schema
+
+    typer.echo(json.dumps(scenario_json_schema(), indent=2))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""The toolstack's handle on a source domain: what libxenctrl gives ``xg_sr_save.c``.
+
+``DomainControl`` is the async interface the precopy engine calls (the ``xc_*``
+wrappers: ``xc_logdirty_control``, ``xc_get_pfn_type_batch``,
+``xenforeignmemory_map``, ``xc_domain_maximum_gpfn``, the suspend callback).
+``LocalDomain`` serves it from a ``Hypervisor`` in this process; the MQTT transport
+serves the same calls from a hypervisor in another process. After every call the
+hypervisor's and the guest's new events are published on the event bus, so every
+consumer sees balloon operations in virtual-time order with the toolstack's own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from hypervisor.abi import IS_POD, IS_RAM, ShadowOp
+
+from .events import EventBus, GuestNote, MemoryOp
+
+
+class DomainControl(Protocol):
+    async def max_gpfn(self, t: float) -> int: ...
+    async def shadow_op(self, t: float, op: ShadowOp, *, mode: int = 0, pages: int = 0,
+                        want_bitmap: bool = True, walk_s: float = 0.0) -> Any: ...
+    async def getpageframeinfo3(self, t: float, pfns: np.ndarray) -> np.ndarray: ...
+    async def map_foreign(self, t: float, pfns: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+    async def suspend(self, t: float) -> None: ...
+    async def resume(self, t: float) -> None: ...
+    async def counters(self, t: float) -> dict[str, Any]: ...
+    async def snapshot(self, t: float) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class SourceSide(Protocol):
+    """Where the source domain lives: in this process (``LocalSource``) or behind a
+    broker (``migrate.mqtt``). The runner only talks to this."""
+
+    control: DomainControl
+
+    async def setup(self, start: float) -> "SourceInfo": ...
+    async def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class SourceInfo:
+    """What the source knows once the domain is built and the guest ran to ``start``."""
+
+    p2m_size: int
+    guest_pages: int          # RAM pages in the guest's boot layout
+    populated: np.ndarray     # (k, 2) [start, end) runs of the boot layout (RAM + PoD)
+    ballooned: np.ndarray     # (k, 2) runs of those the guest has given back by ``start``
+    ram_pages: int            # RAM pages in the P2M at ``start``
+
+
+def gfn_runs(gfns: np.ndarray) -> np.ndarray:
+    """GFNs -> sorted (k, 2) int64 [start, end) runs."""
+    gfns = np.unique(np.asarray(gfns, dtype=np.int64))
+    if gfns.size == 0:
+        return np.empty((0, 2), dtype=np.int64)
+    breaks = np.flatnonzero(np.diff(gfns) != 1) + 1
+    starts = np.concatenate(([gfns[0]], gfns[breaks]))
+    ends = np.concatenate((gfns[breaks - 1], [gfns[-1]])) + 1
+    return np.stack([starts, ends], axis=1)
+
+
+def source_info(hv, layout) -> SourceInfo:
+    """Build SourceInfo from a hypervisor and the guest's boot layout."""
+    boot = np.union1d(np.asarray(layout.ram_gfns, dtype=np.int64), np.asarray(layout.pod_gfns, dtype=np.int64))
+    owned = IS_RAM[hv.p2m_types(boot)] | IS_POD[hv.p2m_types(boot)]
+    return SourceInfo(p2m_size=int(hv.max_gpfn()) + 1, guest_pages=int(np.asarray(layout.ram_gfns).size),
+                      populated=gfn_runs(boot), ballooned=gfn_runs(boot[~owned]),
+                      ram_pages=int(hv.ram_gfns().size))
+
+
+MEMORY_OP_KINDS = frozenset({"decrease_reservation", "populate_physmap", "add_to_physmap",
+                             "remove_from_physmap", "set_typed_p2m_entry", "pod_populate"})
+
+
+def hypervisor_counters(hv) -> dict[str, Any]:
+    """The hypervisor's counters as a plain dict (one place defines what is sampled)."""
+    s = hv.stats
+    names = ("marks_dirty", "marks_clean", "logdirty_nodes", "logdirty_nodes_peak",
+             "failed_allocs", "dirty_count", "populated_pages", "pod_entries", "dropped_writes",
+             "write_faults")
+    return {n: int(getattr(s, n)) for n in names if hasattr(s, n)}
+
+
+def forward_events(hv, guest, bus: EventBus) -> None:
+    """Publish what the hypervisor and the guest did since the last call."""
+    for ev in hv.drain_events():
+        if ev.kind in MEMORY_OP_KINDS:
+            gfns = np.asarray(ev.gfns if ev.gfns is not None else (), dtype=np.int64)
+            bus.publish(MemoryOp(t=float(ev.t), op=ev.kind, nr=int(ev.nr), rc=int(ev.rc), gfns=gfns))
+    if guest is not None:
+        for gev in guest.drain_events():
+            bus.publish(GuestNote(t=float(gev.t), what=gev.kind, detail=dict(gev.detail)))
+
+
+class LocalDomain:
+    """DomainControl served by a Hypervisor (and its attached guest) in this process."""
+
+    def __init__(self, hv, guest, bus: EventBus):
+        self.hv = hv
+        self.guest = guest
+        self.bus = bus
+
+    def _after(self) -> None:
+        forward_events(self.hv, self.guest, self.bus)
+
+    async def max_gpfn(self, t: float) -> int:
+        self.hv.advance_to(t)
+        self._after()
+        return int(self.hv.max_gpfn())
+
+    async def shadow_op(self, t, op, *, mode=0, pages=0, want_bitmap=True, walk_s=0.0):
+        try:
+            return self.hv.shadow_op(t, op, mode=mode, pages=pages, want_bitmap=want_bitmap, walk_s=walk_s)
+        finally:
+            self._after()
+
+    async def getpageframeinfo3(self, t, pfns):
+        try:
+            return self.hv.getpageframeinfo3(t, pfns)
+        finally:
+            self._after()
+
+    async def map_foreign(self, t, pfns):
+        try:
+            return self.hv.map_foreign(t, pfns)
+        finally:
+            self._after()
+
+    async def suspend(self, t):
+        try:
+            self.hv.suspend(t)
+        finally:
+            self._after()
+
+    async def resume(self, t):
+        try:
+            self.hv.resume(t)
+        finally:
+            self._after()
+
+    async def counters(self, t):
+        return hypervisor_counters(self.hv)
+
+    async def snapshot(self, t):
+        return self.hv.snapshot()
+
+
+class LocalSource:
+    """The source domain and its guest in this process (the embedded default)."""
+
+    def __init__(self, scenario, *, behaviour: str, seed: int, bus: EventBus, host_frames: int):
+        from guest.guest import Guest
+        from hypervisor.domain import Hypervisor
+
+        self.guest = Guest(scenario.guest, seed)
+        self.hv = Hypervisor(host_frames=host_frames, behaviour=behaviour)
+        self.control = LocalDomain(self.hv, self.guest, bus)
+
+    async def setup(self, start: float) -> SourceInfo:
+        layout = self.guest.layout()
+        self.hv.build(layout)
+        self.hv.attach_guest(self.guest)
+        self.hv.advance_to(start)
+        # What happened before the migration started is not part of it.
+        self.hv.drain_events()
+        self.guest.drain_events()
+        return source_info(self.hv, layout)
+
+    async def close(self) -> None:
+        return None

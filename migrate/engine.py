@@ -1,0 +1,345 @@
+"""The precopy engine: libxenguest's live save loop, on virtual time.
+
+Mirrors ``tools/libs/guest/xg_sr_save.c``: ``send_domain_memory_live`` =
+``enable_logdirty`` + ``send_memory_live`` + ``suspend_and_send_dirty`` (+
+``verify_frames``), with ``send_dirty_pages`` / ``write_batch`` doing the batches of
+at most MAX_BATCH_SIZE (1024) PFNs: one getpageframeinfo3, one foreign map of the
+data-carrying PFNs, one PAGE_DATA record.
+
+Everything costs virtual time through the link model; before each domctl the
+hypervisor runs the guest up to the call's time, so the guest keeps writing and
+ballooning between (and inside) batches, exactly the races Xen's saver lives with.
+
+Departures from Xen, each a named option:
+- ``tolerate_vanished``: a GFN that vanished between the type query and the map is
+  sent as XTAB instead of failing the save (Xen's write_batch fails on any map error).
+- ``stats_overflow="saturate"``: the initial ``dirty_count`` (p2m_size) is saturated
+  at UINT32_MAX instead of truncated to 32 bits (v2 03/13, never committed); with
+  ``truncate`` (Xen's behaviour) a p2m_size of 2^32 reads as 0 and pass 1 is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from hypervisor.abi import (MAX_BATCH_SIZE, PFINFO_HAS_DATA, PFINFO_KNOWN, PFINFO_LTAB_SHIFT,
+                            SHADOW_LOGDIRTY_FINAL, PFInfo, ShadowOp, XenError)
+
+from .control import DomainControl
+from .events import (BatchSent, CleanDone, CountersSampled, EventBus, MemoryOp, PassEnded,
+                     PassStarted, PhaseChanged, RoundStats, SaveSetup, Totals)
+from .link import LinkModel
+from .policy import Decision, Policy, PrecopyStats
+
+UINT32_MAX = 0xFFFFFFFF
+#: Sample the hypervisor's counters every this many batches (and at every pass end).
+COUNTER_SAMPLE_BATCHES = 32
+
+
+class MigrationFailed(Exception):
+    """The save failed the way Xen's would; ``pfn`` names the page when one is at fault."""
+
+    def __init__(self, message: str, pfn: int | None = None):
+        super().__init__(message)
+        self.pfn = pfn
+
+
+class MigrationAborted(MigrationFailed):
+    """The policy returned XGS_POLICY_ABORT, or the user interrupted the run."""
+
+
+@dataclass(slots=True)
+class SaveOptions:
+    verify: bool = False
+    tolerate_vanished: bool = False
+    stats_overflow: str = "truncate"     # "truncate" (Xen) | "saturate" (v2 03/13)
+    xen_version: tuple[int, int] = (4, 22)
+
+
+@dataclass(slots=True)
+class SaveResult:
+    outcome: str                         # completed | failed | aborted
+    p2m_size: int = 0
+    rounds: list[RoundStats] = field(default_factory=list)
+    totals: Totals = field(default_factory=Totals)
+    t_start: float = 0.0
+    t_suspend: float | None = None
+    t_last_byte: float | None = None     # when the destination has the final data
+    t_end: float = 0.0
+    error: str = ""
+    error_pfn: int | None = None
+    final_stats: dict[str, Any] = field(default_factory=dict)
+
+
+class PrecopyEngine:
+    """One live save of one domain into one stream writer."""
+
+    def __init__(self, domain: DomainControl, writer, link: LinkModel, policy: Policy,
+                 bus: EventBus, *, start: float, options: SaveOptions | None = None,
+                 pacer=None):
+        self.domain = domain
+        self.writer = writer
+        self.link = link
+        self.policy = policy
+        self.bus = bus
+        self.now = float(start)
+        self.options = options or SaveOptions()
+        self.pacer = pacer
+        self.result = SaveResult(outcome="failed", t_start=self.now)
+        self._current: RoundStats | None = None
+        self._logdirty_on = False
+        self._suspended = False
+        bus.subscribe(self._on_event)
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _on_event(self, ev) -> None:
+        cur = self._current
+        if cur is None or not isinstance(ev, MemoryOp) or ev.rc < 0:
+            return
+        if ev.op == "decrease_reservation":
+            cur.balloon_out += int(ev.rc)
+        elif ev.op == "populate_physmap":
+            cur.balloon_in += int(ev.rc)
+
+    def _phase(self, phase: str, detail: str = "") -> None:
+        self.bus.publish(PhaseChanged(t=self.now, phase=phase, detail=detail))
+
+    async def _sample_counters(self) -> None:
+        counters = await self.domain.counters(self.now)
+        self.bus.publish(CountersSampled(t=self.now, counters=counters))
+
+    # ------------------------------------------------------------------ the batches
+
+    async def _write_batch(self, pfns: np.ndarray, rnd: RoundStats) -> tuple[int, np.ndarray]:
+        """write_batch(): type query, map the data PFNs, emit one PAGE_DATA record."""
+        types = await self.domain.getpageframeinfo3(self.now, pfns)
+        nibbles = (np.asarray(types, dtype=np.uint32) >> PFINFO_LTAB_SHIFT).astype(np.uint8)
+        if not PFINFO_KNOWN[nibbles].all():
+            bad = int(pfns[~PFINFO_KNOWN[nibbles]][0])
+            raise MigrationFailed(f"Unknown page type for pfn {bad:#x}", pfn=bad)
+        self.now += self.link.hypercall_overhead
+        data = PFINFO_HAS_DATA[nibbles]
+        data_pfns = pfns[data]
+        tokens = np.empty(0, dtype=np.uint64)
+        if data_pfns.size:
+            tokens, err = await self.domain.map_foreign(self.now, data_pfns)
+            err = np.asarray(err)
+            if err.any():
+                bad = np.flatnonzero(err)
+                if not self.options.tolerate_vanished:
+                    pfn = int(data_pfns[bad[0]])
+                    raise MigrationFailed(
+                        f"Mapping of pfn {pfn:#x} (type NOTAB) failed: the GFN left the P2M "
+                        f"between getpageframeinfo3 and the map (error {int(err[bad[0]])})", pfn=pfn)
+                idx = np.flatnonzero(data)[bad]
+                nibbles = nibbles.copy()
+                nibbles[idx] = PFInfo.XTAB
+                keep = np.ones(data_pfns.size, dtype=bool)
+                keep[bad] = False
+                tokens = np.asarray(tokens)[keep]
+                data = PFINFO_HAS_DATA[nibbles]
+        self.now += self.link.hypercall_overhead
+        before = self.writer.bytes_written
+        self.writer.write_page_data(pfns, nibbles, np.asarray(tokens, dtype=np.uint64))
+        nbytes = self.writer.bytes_written - before
+        self.now += self.link.batch_overhead + self.link.transfer_time(nbytes)
+        n_data = int(data.sum())
+        rnd.pages_sent += n_data
+        rnd.xtab_sent += int((nibbles == PFInfo.XTAB).sum())
+        rnd.broken_sent += int((nibbles == PFInfo.BROKEN).sum())
+        rnd.bytes += nbytes
+        rnd.batches += 1
+        rnd.pfns_walked += int(pfns.size)
+        return nbytes, nibbles
+
+    async def _send_pfns(self, rnd: RoundStats, pfn_chunks, entries: int,
+                         pfns: np.ndarray | None = None) -> None:
+        """send_dirty_pages(): walk the PFNs in order, batch by 1024, report progress."""
+        self._current = rnd
+        self.bus.publish(PassStarted(t=self.now, iteration=rnd.iteration, phase=rnd.phase,
+                                     entries=entries, dirty_count=rnd.dirty_count, pfns=pfns))
+        for pfns in pfn_chunks:
+            for lo in range(0, pfns.size, MAX_BATCH_SIZE):
+                batch = pfns[lo:lo + MAX_BATCH_SIZE]
+                nbytes, nibbles = await self._write_batch(batch, rnd)
+                self.bus.publish(BatchSent(t=self.now, iteration=rnd.iteration, pfns=batch,
+                                           nibbles=nibbles, walked=rnd.pfns_walked,
+                                           entries=entries, bytes=nbytes))
+                if rnd.batches % COUNTER_SAMPLE_BATCHES == 0:
+                    await self._sample_counters()
+                if self.pacer is not None:
+                    await self.pacer.pace(self.now)
+                else:
+                    await asyncio.sleep(0)
+        rnd.end_s = self.now
+        self._current = None
+        self.result.rounds.append(rnd)
+        self.bus.publish(PassEnded(t=self.now, stats=rnd))
+        await self._sample_counters()
+
+    def _all_pfns(self, p2m_size: int):
+        """send_all_pages(): every PFN below p2m_size, produced lazily in batch-sized runs."""
+        step = MAX_BATCH_SIZE * 64
+        for lo in range(0, p2m_size, step):
+            yield np.arange(lo, min(lo + step, p2m_size), dtype=np.int64)
+
+    # ------------------------------------------------------------------ the domctls
+
+    async def _clean(self, p2m_size: int, *, final: bool, iteration: int, peek: bool = False):
+        op = ShadowOp.PEEK if peek else ShadowOp.CLEAN
+        mode = SHADOW_LOGDIRTY_FINAL if final else 0
+        walk = self.link.clean_time(p2m_size)
+        try:
+            res = await self.domain.shadow_op(self.now, op, mode=mode, pages=p2m_size, walk_s=walk)
+        except XenError as exc:
+            raise MigrationFailed(f"Failed to retrieve logdirty bitmap: {exc}") from None
+        self.now += walk
+        if res.pages != p2m_size:
+            raise MigrationFailed(
+                f"Failed to retrieve logdirty bitmap: got {res.pages} pages, expected {p2m_size}")
+        self.bus.publish(CleanDone(t=self.now, iteration=iteration, op=op.name, final=final,
+                                   dirty_count=int(res.stats.dirty_count),
+                                   fault_count=int(res.stats.fault_count), pages=int(res.pages)))
+        return res
+
+    async def _enable_logdirty(self) -> None:
+        """enable_logdirty(): ENABLE_LOGDIRTY, else OFF then ENABLE_LOGDIRTY again."""
+        try:
+            await self.domain.shadow_op(self.now, ShadowOp.ENABLE_LOGDIRTY)
+        except XenError:
+            try:
+                await self.domain.shadow_op(self.now, ShadowOp.OFF)
+                await self.domain.shadow_op(self.now, ShadowOp.ENABLE_LOGDIRTY)
+            except XenError as exc:
+                raise MigrationFailed(f"Failed to enable logdirty: {exc}") from None
+        self._logdirty_on = True
+        self.now += self.link.hypercall_overhead
+
+    # ------------------------------------------------------------------ the save
+
+    async def run(self) -> SaveResult:
+        res = self.result
+        try:
+            await self._save()
+            res.outcome = "completed"
+        except MigrationAborted as exc:
+            res.outcome, res.error, res.error_pfn = "aborted", str(exc), exc.pfn
+            await self._recover()
+        except MigrationFailed as exc:
+            res.outcome, res.error, res.error_pfn = "failed", str(exc), exc.pfn
+            await self._recover()
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            res.outcome, res.error = "aborted", "interrupted by the user"
+            await self._recover()
+        finally:
+            res.t_end = self.now
+        return res
+
+    async def _recover(self) -> None:
+        """A failed Xen save leaves the domain to the toolstack, which resumes it at the
+        sender (libxl's domain_suspend_done with rc != 0); log-dirty is turned off."""
+        self._phase("aborted", self.result.error)
+        if self._logdirty_on:
+            try:
+                await self.domain.shadow_op(self.now, ShadowOp.OFF)
+            except XenError:
+                pass
+            self._logdirty_on = False
+        if self._suspended:
+            await self.domain.resume(self.now)
+            self._suspended = False
+            self._phase("resumed", "source domain resumed after the failed save")
+        abort = getattr(self.writer, "abort", None)
+        if abort is not None:
+            abort()
+
+    async def _save(self) -> None:
+        res, opts = self.result, self.options
+        self._phase("setup")
+        p2m_size = await self.domain.max_gpfn(self.now) + 1   # x86_hvm_setup: fixed for the save
+        res.p2m_size = p2m_size
+        self.bus.publish(SaveSetup(t=self.now, p2m_size=p2m_size))
+        self.writer.write_image_header()
+        self.writer.write_domain_header(*opts.xen_version)
+        self.writer.write_static_data()
+        await self._enable_logdirty()
+
+        # send_memory_live()
+        initial = p2m_size & UINT32_MAX if opts.stats_overflow == "truncate" else min(p2m_size, UINT32_MAX)
+        dirty_count = initial                      # xc_shadow_op_stats_t stats.dirty_count (uint32)
+        pstats = PrecopyStats(iteration=0, total_written=0, dirty_count=p2m_size)
+        bitmap_pfns = None                         # None = the all-ones bitmap of pass 1
+        self._phase("precopy")
+        x = 0
+        while True:
+            decision = self.policy.decide(pstats)
+            x += 1
+            if dirty_count > 0 and decision != Decision.ABORT:
+                rnd = RoundStats(iteration=x, phase="live", start_s=self.now, dirty_count=int(dirty_count))
+                if bitmap_pfns is None:
+                    await self._send_pfns(rnd, self._all_pfns(p2m_size), p2m_size)
+                else:
+                    await self._send_pfns(rnd, [bitmap_pfns], int(bitmap_pfns.size), bitmap_pfns)
+                self.policy.observe_pass(rnd.bytes, rnd.end_s - rnd.start_s)
+                res.totals.iterations = x
+            if decision != Decision.CONTINUE_PRECOPY:
+                break
+            pstats = PrecopyStats(iteration=x, total_written=pstats.total_written + pstats.dirty_count,
+                                  dirty_count=-1)
+            decision = self.policy.decide(pstats)
+            if decision != Decision.CONTINUE_PRECOPY:
+                break
+            clean = await self._clean(p2m_size, final=False, iteration=x)
+            dirty_count = int(clean.stats.dirty_count)
+            bitmap_pfns = clean.bitmap.pfns()
+            pstats = PrecopyStats(iteration=pstats.iteration, total_written=pstats.total_written,
+                                  dirty_count=dirty_count)
+        if decision == Decision.ABORT:
+            raise MigrationAborted("Abort precopy loop (the policy returned XGS_POLICY_ABORT)")
+
+        # suspend_and_send_dirty()
+        await self.domain.suspend(self.now)
+        self._suspended = True
+        res.t_suspend = self.now
+        self._phase("suspended", "Domain now suspended")
+        clean = await self._clean(p2m_size, final=True, iteration=x + 1)
+        final_pfns = clean.bitmap.pfns()
+        rnd = RoundStats(iteration=x + 1, phase="final", start_s=self.now,
+                         dirty_count=int(clean.stats.dirty_count))
+        self._phase("final")
+        await self._send_pfns(rnd, [final_pfns], int(final_pfns.size), final_pfns)
+
+        if opts.verify:
+            # verify_frames(): VERIFY record, send_all_pages again, PEEK for the stats.
+            self._phase("verify")
+            self.writer.write_verify()
+            rnd = RoundStats(iteration=x + 2, phase="verify", start_s=self.now, dirty_count=p2m_size)
+            await self._send_pfns(rnd, self._all_pfns(p2m_size), p2m_size)
+            peek = await self._clean(p2m_size, final=False, iteration=x + 2, peek=True)
+            res.final_stats = {"verify_dirty_count": int(peek.stats.dirty_count),
+                               "verify_fault_count": int(peek.stats.fault_count)}
+
+        # end_of_checkpoint() for HVM, then END; cleanup() turns log-dirty off.
+        before = self.writer.bytes_written
+        self.writer.write_end_of_checkpoint()
+        self.writer.write_end()
+        self.now += self.link.transfer_time(self.writer.bytes_written - before)
+        await self.domain.shadow_op(self.now, ShadowOp.OFF)
+        self._logdirty_on = False
+        res.t_last_byte = self.now + self.link.latency
+        close = getattr(self.writer, "close", None)
+        if close is not None:
+            close()
+        live = [r for r in res.rounds if r.phase != "verify"]
+        res.totals.pages_sent = sum(r.pages_sent for r in live)
+        res.totals.xtab_sent = sum(r.xtab_sent for r in live)
+        res.totals.broken_sent = sum(r.broken_sent for r in live)
+        res.totals.bytes = int(self.writer.bytes_written)
+        res.totals.total_time_s = res.t_last_byte - res.t_start
+        res.totals.downtime_s = res.t_last_byte - res.t_suspend
+        self._phase("done", "End of stream")

@@ -1,0 +1,179 @@
+"""Wire the actors together for one migration, in one process.
+
+What ``xl migrate`` does around libxenguest (tools/xl/xl_migrate.c and
+libxl_stream_write.c), in miniature: build the source domain from the scenario and
+let the guest run until the migration starts; create an empty destination domain;
+run the precopy engine into the stream; the destination restores from the stream as
+it arrives; on success the destination resumes and the source stays suspended (and
+would be destroyed); on failure the source resumes. Then the destination is compared
+with the source as it stood at suspend.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from hypervisor.abi import DomainLayout
+from hypervisor.domain import Hypervisor
+
+from .control import LocalSource, SourceSide
+from .engine import PrecopyEngine, SaveOptions, SaveResult
+from .events import EventBus, MigrationFinished, RunStarted, VerifyDone, VerifyStats
+from .link import LinkModel
+from .policy import make_policy
+from .restore import Restorer
+from .scenario import Scenario
+from .stream import CallbackSink, FileSink, RecordSink, Sink, StreamError, StreamWriter, TcpSink, TeeSink
+from .verify import compare_memory
+
+
+@dataclass(slots=True)
+class RunOptions:
+    """Command-line overrides of the scenario's migration and link settings."""
+
+    behaviour: str | None = None
+    policy: str | None = None
+    policy_params: dict[str, Any] | None = None
+    bandwidth: float | None = None
+    stream: str | None = None        # a file path or tcp://HOST:PORT; None = counted only
+    verify: bool | None = None
+    seed: int | None = None
+
+
+@dataclass(slots=True)
+class RunResult:
+    scenario: str
+    seed: int
+    behaviour: str
+    policy: str
+    policy_params: dict[str, Any]
+    save: SaveResult
+    verify: VerifyStats | None = None
+    restore: dict[str, Any] = field(default_factory=dict)
+    hypervisor: dict[str, Any] = field(default_factory=dict)
+    destination: dict[str, Any] = field(default_factory=dict)
+    stream: dict[str, Any] = field(default_factory=dict)
+    guest: dict[str, Any] = field(default_factory=dict)
+    wall: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.save.outcome == "completed" and self.verify is not None and self.verify.ok
+
+
+def host_frames_for(scenario: Scenario) -> int:
+    """Host memory for the source: the scenario's host_memory if it sets one, else room
+    for maxmem plus a little (so a balloon can always deflate back to maxmem)."""
+    g = scenario.guest
+    explicit = getattr(g, "host_memory", None)
+    if explicit:
+        return int(explicit) // 4096
+    return int(g.maxmem) // 4096 + 4096
+
+
+def _effective(scenario: Scenario, opts: RunOptions):
+    mig = scenario.migration
+    behaviour = opts.behaviour or mig.xen_behaviour
+    policy = opts.policy or mig.policy
+    params = dict(mig.policy_params or {}) if opts.policy is None else dict(opts.policy_params or {})
+    seed = scenario.seed if opts.seed is None else int(opts.seed)
+    verify = mig.verify if opts.verify is None else bool(opts.verify)
+    link = scenario.link
+    bandwidth = float(opts.bandwidth or link.bandwidth)
+    model = LinkModel(bandwidth=bandwidth, latency=float(link.latency),
+                      batch_overhead=float(link.batch_overhead),
+                      hypercall_overhead=float(link.hypercall_overhead),
+                      clean_rate=float(link.clean_rate))
+    return behaviour, policy, params, seed, verify, model
+
+
+def open_sink(target: str | None, restorer: Restorer) -> Sink:
+    """The stream's destination(s): always the in-process restorer, plus a file or a TCP
+    peer when asked. With no target nothing is expanded or stored: bytes are counted and
+    records handed over structured. A file is restored from its own bytes, so every
+    run with ``--stream FILE`` also proves the file parses."""
+    if target is None:
+        return RecordSink(restorer.apply)
+    if target.startswith("tcp://"):
+        host, sep, port = target[len("tcp://"):].rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise StreamError(f"bad stream target {target!r}: expected tcp://HOST:PORT")
+        return TeeSink(TcpSink(host, int(port)), RecordSink(restorer.apply))
+    return TeeSink(FileSink(target, hash=True), CallbackSink(restorer.feed, copy=False))
+
+
+SourceFactory = Callable[..., SourceSide]
+
+
+async def run_scenario(scenario: Scenario, opts: RunOptions | None = None, *,
+                       bus: EventBus | None = None, pacer=None,
+                       source_factory: SourceFactory | None = None) -> RunResult:
+    """Run one migration of ``scenario`` end to end and return everything measured.
+
+    ``source_factory(scenario, behaviour=, seed=, bus=, host_frames=)`` gives the source
+    side; the default keeps the hypervisor and the guest in this process.
+    """
+    opts = opts or RunOptions()
+    bus = bus or EventBus()
+    wall0 = time.perf_counter()
+    behaviour, policy_name, params, seed, verify, link = _effective(scenario, opts)
+    frames = host_frames_for(scenario)
+    source = (source_factory or LocalSource)(scenario, behaviour=behaviour, seed=seed, bus=bus,
+                                             host_frames=frames)
+    try:
+        return await _run(scenario, opts, bus, pacer, source, behaviour, policy_name, params, seed,
+                          verify, link, frames, wall0)
+    finally:
+        await source.close()
+
+
+async def _run(scenario, opts, bus, pacer, source, behaviour, policy_name, params, seed, verify,
+               link, frames, wall0) -> RunResult:
+    start = float(scenario.migration.start)
+    info = await source.setup(start)
+    policy = make_policy(policy_name, params, p2m_size=info.p2m_size)
+    bus.publish(RunStarted(t=start, scenario=scenario.name, seed=seed, behaviour=behaviour,
+                           policy=policy.name, policy_params=policy.params(),
+                           guest_pages=info.guest_pages, populated=info.populated,
+                           ballooned=info.ballooned))
+
+    # Destination: an empty domain that the restorer populates from the stream.
+    dst = Hypervisor(host_frames=frames, behaviour=behaviour)
+    dst.build(DomainLayout(ram_gfns=np.empty(0, dtype=np.int64)))
+    restorer = Restorer(dst)
+    sink = open_sink(opts.stream, restorer)
+    writer = StreamWriter(sink)
+    options = SaveOptions(verify=verify, tolerate_vanished=scenario.migration.tolerate_vanished,
+                          stats_overflow=getattr(scenario.migration, "stats_overflow", "truncate"))
+    engine = PrecopyEngine(source.control, writer, link, policy, bus, start=start, pacer=pacer,
+                           options=options)
+    save = await engine.run()
+
+    result = RunResult(scenario=scenario.name, seed=seed, behaviour=behaviour, policy=policy.name,
+                       policy_params=policy.params(), save=save)
+    result.hypervisor = await source.control.counters(save.t_end)
+    restored = restorer.finish() if save.outcome == "completed" else restorer.result
+    result.restore = restored.as_dict()
+    result.stream = {"target": opts.stream, "bytes": int(writer.bytes_written),
+                     "records": {k.name: int(v) for k, v in sorted(writer.records_written.items())}}
+    digest = getattr(sink, "sha256", None)
+    if digest:
+        result.stream["sha256"] = digest
+    if save.outcome == "completed":
+        # The source is still suspended, so its memory is what it was at suspend.
+        sg, st = await source.control.snapshot(save.t_end)
+        dg, dt = dst.snapshot()
+        result.verify = compare_memory(sg, st, dg, dt)
+        bus.publish(VerifyDone(t=save.t_end, stats=result.verify))
+        result.destination = {"populated_pages": int(dg.size), "source_ram_pages": int(sg.size)}
+    result.guest = {"ram_pages_at_start": info.ram_pages}
+    bus.publish(MigrationFinished(t=save.t_end, outcome=save.outcome, message=save.error))
+    result.wall = {"seconds": round(time.perf_counter() - wall0, 3)}
+    return result
+
+
+__all__ = ["RunOptions", "RunResult", "run_scenario"]

@@ -1,0 +1,195 @@
+"""The precopy engine runs Xen's send_memory_live loop, on virtual time."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+
+import numpy as np
+import pytest
+
+from hypervisor.abi import PAGE_SIZE
+from migrate.events import EventBus, MemoryOp, PassStarted
+from migrate.runner import RunOptions, run_scenario
+from migrate.scenario import parse_scenario
+
+
+def scenario(**over):
+    base = {
+        "name": "t",
+        "seed": 7,
+        "guest": {"memory": "64MiB", "workloads": [{"kind": "idle"}]},
+        "link": {"bandwidth": "1Gbit/s", "latency": "1ms"},
+        "migration": {"start": "100ms"},
+    }
+    for key, value in over.items():
+        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
+    return parse_scenario(base)
+
+
+def run(sc, **opts):
+    return asyncio.run(run_scenario(sc, RunOptions(**opts)))
+
+
+def test_idle_guest_one_full_pass_then_clean_with_zero_dirty_stops():
+    res = run(scenario())
+    rounds = res.save.rounds
+    assert res.save.outcome == "completed"
+    assert [r.phase for r in rounds] == ["live", "final"]
+    assert rounds[0].pfns_walked == res.save.p2m_size
+    assert rounds[0].pages_sent == 64 * 256
+    assert rounds[1].dirty_count == 0 and rounds[1].pfns_walked == 0 and rounds[1].pages_sent == 0
+    assert res.verify.ok and res.verify.missing_pages == res.verify.stale_pages == 0
+
+
+def test_uniform_writer_follows_the_analytic_precopy_model():
+    """Each CLEAN reports N(1 - exp(-w*T/N)) distinct pages for w page-writes/s spread
+    uniformly over N pages during the T seconds since the previous CLEAN
+    (precopy-models.md, section 6: the saturating curve)."""
+    rate_pages = 4000.0
+    sc = scenario(guest={"memory": "128MiB", "tick": "1ms",
+                         "workloads": [{"kind": "uniform", "rate": f"{int(rate_pages)}pages/s"}]},
+                  migration={"start": "100ms", "policy_params": {"max_iterations": 6, "dirty_threshold": 1}})
+    res = run(sc)
+    n = 128 * 256
+    rounds = res.save.rounds
+    assert len(rounds) >= 4
+    # The guest is paused while a CLEAN walks the tree (paging_log_dirty_op), so the
+    # writes a CLEAN reports happened between the end of the previous walk and its start.
+    walk = sc.link.hypercall_overhead + res.save.p2m_size / sc.link.clean_rate
+    prev_clean = res.save.t_start    # log-dirty enabled at the start: everything after counts
+    for r in rounds[1:]:
+        span = (r.start_s - walk) - prev_clean
+        predicted = n * (1 - math.exp(-rate_pages * span / n))
+        assert r.dirty_count == pytest.approx(predicted, rel=0.05, abs=25), (r.iteration, span)
+        prev_clean = r.start_s
+    # Volumes shrink geometrically while lambda = w/R < 1.
+    sent = [r.pages_sent for r in rounds if r.phase == "live"]
+    assert all(a > b for a, b in zip(sent, sent[1:]))
+
+
+def test_iteration_cap_stops_after_five_live_passes_without_a_sixth_clean():
+    sc = scenario(guest={"memory": "64MiB", "workloads": [{"kind": "uniform", "rate": "200MiB/s"}]})
+    res = run(sc)
+    live = [r for r in res.save.rounds if r.phase == "live"]
+    assert len(live) == 5 and res.save.totals.iterations == 5
+    # The final CLEAN covers what was dirtied during pass 5 only.
+    assert res.save.rounds[-1].phase == "final"
+
+
+def test_balloon_scenario_fixed_vs_prefix():
+    from migrate.scenario import load_scenario
+
+    sc = load_scenario("examples/balloon.yaml")
+    fixed = run(sc, behaviour="fixed", verify=False)
+    prefix = run(sc, behaviour="pre-fix", verify=False)
+    assert fixed.verify.ok
+    assert fixed.verify.missing_pages == 0 and fixed.verify.stale_pages == 0
+    assert not prefix.verify.ok
+    assert prefix.verify.missing_pages + prefix.verify.stale_pages > 0
+    # pre-fix wastes XTAB entries on removed GFNs after pass 1; fixed sends none there.
+    after_pass1 = lambda res: sum(r.xtab_sent for r in res.save.rounds[1:])
+    assert after_pass1(fixed) == 0
+    assert after_pass1(prefix) > 0
+    assert prefix.save.totals.xtab_sent > fixed.save.totals.xtab_sent
+
+
+def test_two_runs_with_one_seed_write_byte_identical_streams(tmp_path):
+    sc = scenario(guest={"memory": "32MiB", "workloads": [{"kind": "uniform", "rate": "8MiB/s"}],
+                         "balloon": {"schedule": [{"at": "150ms", "target": "-4MiB"}]}})
+    a, b = tmp_path / "a.xmig", tmp_path / "b.xmig"
+    ra = run(sc, stream=str(a))
+    rb = run(sc, stream=str(b))
+    assert a.read_bytes() == b.read_bytes()
+    assert ra.stream["sha256"] == hashlib.sha256(a.read_bytes()).hexdigest() == rb.stream["sha256"]
+    c = tmp_path / "c.xmig"
+    run(sc, stream=str(c), seed=8)
+    assert c.read_bytes() != a.read_bytes()
+
+
+def test_stream_file_restores_the_same_as_the_counted_run(tmp_path):
+    sc = scenario(guest={"memory": "32MiB", "workloads": [{"kind": "uniform", "rate": "8MiB/s"}]})
+    counted = run(sc)
+    filed = run(sc, stream=str(tmp_path / "s.xmig"))
+    assert counted.save.totals.bytes == filed.save.totals.bytes == (tmp_path / "s.xmig").stat().st_size
+    assert counted.verify == filed.verify
+
+
+def test_vanished_gfn_fails_the_save_and_the_source_resumes(monkeypatch):
+    """A GFN removed between getpageframeinfo3 and the map fails the save, as
+    write_batch() does; the error names the PFN and the source domain runs again."""
+    from migrate import control
+
+    sc = scenario(guest={"memory": "16MiB", "workloads": [{"kind": "idle"}]})
+    seen = {}
+    orig = control.LocalDomain.map_foreign
+
+    async def racing_map(self, t, pfns):
+        if "hv" not in seen:
+            seen["hv"] = self.hv
+            self.hv.decrease_reservation(np.asarray(pfns[:1]))
+        return await orig(self, t, pfns)
+
+    monkeypatch.setattr(control.LocalDomain, "map_foreign", racing_map)
+    res = run(sc)
+    assert res.save.outcome == "failed"
+    assert res.save.error_pfn is not None and f"{res.save.error_pfn:#x}" in res.save.error
+    assert seen["hv"].state == "running"
+    assert res.verify is None
+
+
+def test_tolerate_vanished_sends_the_vanished_gfn_as_xtab(monkeypatch):
+    from migrate import control
+
+    sc = scenario(guest={"memory": "16MiB", "workloads": [{"kind": "idle"}]},
+                  migration={"start": "100ms", "tolerate_vanished": True})
+    done = {}
+    orig = control.LocalDomain.map_foreign
+
+    async def racing_map(self, t, pfns):
+        if not done:
+            done["pfn"] = int(pfns[0])
+            self.hv.decrease_reservation(np.asarray(pfns[:1]))
+        return await orig(self, t, pfns)
+
+    monkeypatch.setattr(control.LocalDomain, "map_foreign", racing_map)
+    res = run(sc)
+    assert res.save.outcome == "completed"
+    assert res.save.rounds[0].xtab_sent >= 1
+    assert res.verify.ok
+
+
+def test_policy_abort_fails_the_save_and_resumes_the_source():
+    sc = scenario(migration={"start": "100ms", "policy": "tests.test_engine:abort_policy"})
+    res = run(sc)
+    assert res.save.outcome == "aborted"
+    assert "Abort precopy loop" in res.save.error
+
+
+def abort_policy(stats):
+    return -1 if stats.iteration >= 1 else 0
+
+
+def test_balloon_ops_are_counted_in_the_pass_they_happen():
+    sc = scenario(guest={"memory": "64MiB", "workloads": [{"kind": "idle"}],
+                         "balloon": {"schedule": [{"at": "120ms", "target": "-8MiB"}]}})
+    bus = EventBus()
+    ops = []
+    bus.subscribe(lambda e: ops.append(e) if isinstance(e, MemoryOp) else None)
+    res = asyncio.run(run_scenario(sc, bus=bus))
+    out = sum(e.rc for e in ops if e.op == "decrease_reservation")
+    assert out == 8 * 256
+    assert sum(r.balloon_out for r in res.save.rounds) == out
+
+
+def test_pass_started_carries_the_bitmap_pfns():
+    sc = scenario(guest={"memory": "16MiB", "workloads": [{"kind": "uniform", "rate": "4MiB/s"}]})
+    bus = EventBus()
+    starts = []
+    bus.subscribe(lambda e: starts.append(e) if isinstance(e, PassStarted) else None)
+    res = asyncio.run(run_scenario(sc, bus=bus))
+    assert starts[0].pfns is None and starts[0].entries == res.save.p2m_size
+    for ev, rnd in zip(starts[1:], res.save.rounds[1:]):
+        assert ev.pfns.size == rnd.pfns_walked
+        assert np.all(np.diff(ev.pfns) > 0)
