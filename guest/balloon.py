@@ -1,0 +1,301 @@
+"""The guest's balloon driver.
+
+Mirrors Linux's ``drivers/xen/balloon.c``: the driver has a target (set by the toolstack
+through xenstore's ``memory/target``; here by the scenario's schedule) and moves the
+guest's memory towards it in batches:
+
+* inflate (``decrease_reservation``): take pages the guest owns (from the top of the
+  balloon region, as the buddy allocator hands out high pages first), hand them back to
+  Xen with XENMEM_decrease_reservation, ``batch_pages`` GFNs per hypercall, and keep
+  them on the ballooned-pages list;
+* deflate (``increase_reservation``): pop pages off that list (most recently ballooned
+  first) and ask Xen for frames with XENMEM_populate_physmap; pages Xen populates are
+  the guest's again, and a share of them is written soon after (the guest reuses the
+  memory it got back).
+
+Feedback is honoured as Linux does: Xen stops at the first extent it cannot do and
+returns how many it did (``rc``; ``done`` lists them). Only those pages change hands;
+the driver then stops moving and reports ``balloon_stalled`` (Linux backs off and
+retries; this model waits for the next target in the schedule, which keeps runs easy to
+reason about).
+
+PoD boot (Xen's ``p2m-pod.c``): a guest built with ``memory < maxmem`` sees ``maxmem``
+of RAM, all of it populate-on-demand, backed by a PoD cache of ``memory`` frames. Its
+balloon driver must inflate down to ``memory`` before it touches more pages than the
+cache holds, or Xen has to crash the domain. The model does that at the guest's first
+tick, before any write and without the rate limit.
+
+Ownership is one bool per RAM page, shared with the guest (``Guest.owned``); the
+ballooned-pages list holds int32/int64 page indices in chunks. No per-page Python loops.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Generator
+
+import numpy as np
+
+from hypervisor.abi import DecreaseReservation, HypercallResult, PopulatePhysmap
+
+from .config import GuestConfig, resolve_region
+from .layout import GuestLayout
+from .workloads import seed_key
+
+#: Writer key for reuse writes (distinct from workload indices in tokens and RNG keys).
+REUSE_KEY = 0xBA11
+
+
+@dataclass(frozen=True)
+class _Step:
+    tick: int
+    at: float
+    target: int
+    reason: str          # "schedule" or "boot"
+    unrated: bool
+
+
+class Balloon:
+    """Balloon state and the per-tick driver step (a generator of hypercalls)."""
+
+    def __init__(self, cfg: GuestConfig, layout: GuestLayout, owned: np.ndarray, seed: int,
+                 emit: Callable[[float, str, dict], None]):
+        self.cfg = cfg.balloon
+        self.layout = layout
+        self.owned = owned
+        self.seed = seed_key(seed)
+        self.tick = cfg.tick
+        self.emit = emit
+        self.nr_pages = layout.nr_pages
+        if self.cfg.region is not None:
+            self.rlo, self.rhi = resolve_region(self.cfg.region, self.nr_pages)
+        else:
+            self.rlo, self.rhi = 0, layout.n_low
+        self.current = int(self.nr_pages)           # pages the guest owns
+        steps: list[_Step] = []
+        if cfg.pod:
+            steps.append(_Step(0, 0.0, int(cfg.memory_pages), "boot (PoD: memory < maxmem)", True))
+        for at, tgt in cfg.balloon_targets():
+            steps.append(_Step(int(math.ceil(at / self.tick - 1e-9)), at, int(tgt), "schedule", False))
+        self.steps = steps
+        self.target = int(self.nr_pages)           # no target yet: the guest has what it was built with
+        self._next_step = 0
+        self._unrated = False
+        self.stalled = False
+        self._hint = self.rhi                      # no owned page of the region at or above this
+        self._stack: list[np.ndarray] = []         # ballooned pages, LIFO by chunk
+        self._stack_n = 0
+        self._dtype = np.int32 if self.nr_pages < (1 << 31) else np.int64
+        self._rate_per_tick = None if self.cfg.rate is None else float(self.cfg.rate) * self.tick
+        # pending reuse writes after a deflate: (due tick, page), sorted by due tick
+        self._reuse_due = np.empty(0, dtype=np.int64)
+        self._reuse_pages = np.empty(0, dtype=np.int64)
+        self.stats = {"released": 0, "populated": 0, "decrease_calls": 0, "populate_calls": 0,
+                      "stalls": 0}
+
+    # ----------------------------------------------------------------- schedule
+    @property
+    def ballooned(self) -> int:
+        return self._stack_n
+
+    def _moving(self) -> bool:
+        return not self.stalled and self.current != self.target
+
+    def next_active_tick(self, k: int) -> int | None:
+        """The first tick ``>= k`` at which the driver has something to do."""
+        if self._moving():
+            return k
+        if self._next_step < len(self.steps):
+            return max(k, self.steps[self._next_step].tick)
+        return None
+
+    def _budget(self, k: int) -> int:
+        if self._unrated or self._rate_per_tick is None:
+            return 1 << 62
+        r = self._rate_per_tick
+        return int(math.floor(r * (k + 1) + 1e-9) - math.floor(r * k + 1e-9))
+
+    # ----------------------------------------------------------------- the step
+    def step(self, k: int, t: float) -> Generator:
+        """Run the driver for tick ``k`` at time ``t``: yields hypercalls, expects
+        ``HypercallResult``s back."""
+        while self._next_step < len(self.steps) and self.steps[self._next_step].tick <= k:
+            s = self.steps[self._next_step]
+            self._next_step += 1
+            prev = self.target
+            self.target = min(s.target, self.nr_pages)
+            self.stalled = False
+            self._unrated = s.unrated
+            self.emit(t, "balloon_target", {"target_pages": self.target, "previous_pages": prev,
+                                            "current_pages": self.current, "scheduled_at": s.at,
+                                            "reason": s.reason})
+        if not self._moving():
+            return
+        n = min(abs(self.current - self.target), self._budget(k))
+        if n <= 0:
+            return
+        if self.current > self.target:
+            yield from self._inflate(k, t, n)
+        else:
+            yield from self._deflate(k, t, n)
+        if self.current == self.target:
+            self._unrated = False
+            self.emit(t, "balloon_reached", {"target_pages": self.target, "current_pages": self.current})
+
+    def _stall(self, t: float, op: str, requested: int, done: int, rc: int | None, reason: str) -> None:
+        self.stalled = True
+        self.stats["stalls"] += 1
+        self.emit(t, "balloon_stalled", {"op": op, "requested": requested, "done": done, "rc": rc,
+                                         "current_pages": self.current, "target_pages": self.target,
+                                         "reason": reason})
+
+    def _done_pages(self, request_pages: np.ndarray, request_gfns: np.ndarray,
+                    res: HypercallResult) -> np.ndarray:
+        if not isinstance(res, HypercallResult):
+            raise TypeError(f"the guest expected a HypercallResult back for a hypercall, got {res!r}")
+        done = np.asarray(res.done, dtype=np.int64)
+        if done.size == 0 and res.rc > 0:
+            return request_pages[: min(int(res.rc), request_pages.size)]
+        if done.size == 0:
+            return request_pages[:0]
+        # Xen handles a prefix of the request; take the GFNs it reports, as pages.
+        return request_pages[np.isin(request_gfns, done)]
+
+    def _pick_inflate(self, n: int) -> np.ndarray:
+        """Up to ``n`` owned pages of the balloon region, highest first (one scan from
+        the top, in growing windows, starting under the hint)."""
+        parts: list[np.ndarray] = []
+        need = n
+        top = self._hint
+        win = max(4 * n, 4096)
+        while need > 0 and top > self.rlo:
+            a = max(self.rlo, top - win)
+            idx = np.flatnonzero(self.owned[a:top])
+            if idx.size:
+                take = idx[-need:][::-1] + a
+                parts.append(take)
+                need -= take.size
+            top = a
+            win *= 2
+        if not parts:
+            return np.empty(0, dtype=np.int64)
+        return np.concatenate(parts).astype(np.int64)
+
+    def _inflate(self, k: int, t: float, n: int) -> Generator:
+        picked = self._pick_inflate(n)
+        released = 0
+        batches = 0
+        bp = self.cfg.batch_pages
+        stalled = False
+        for a in range(0, picked.size, bp):
+            pages = picked[a:a + bp]
+            gfns = self.layout.page_to_gfn(pages)
+            res = yield DecreaseReservation(t, gfns)
+            batches += 1
+            self.stats["decrease_calls"] += 1
+            done = self._done_pages(pages, gfns, res)
+            if done.size:
+                self.owned[done] = False
+                self.current -= int(done.size)
+                released += int(done.size)
+                self._stack.append(done.astype(self._dtype))
+                self._stack_n += int(done.size)
+                self._hint = min(self._hint, int(done.min()))
+            if done.size < pages.size:
+                self._stall(t, "decrease_reservation", int(pages.size), int(done.size), int(res.rc),
+                            "Xen released fewer pages than asked")
+                stalled = True
+                break
+        self.stats["released"] += released
+        if released or batches:
+            self.emit(t, "balloon_inflate", {"pages": released, "batches": batches,
+                                             "current_pages": self.current, "target_pages": self.target})
+        if not stalled and picked.size < n:
+            self._stall(t, "decrease_reservation", n, int(picked.size), None,
+                        f"no owned pages left in the balloon region [{self.rlo}, {self.rhi})")
+
+    def _pop(self, n: int) -> np.ndarray:
+        parts: list[np.ndarray] = []
+        need = n
+        while need > 0 and self._stack:
+            chunk = self._stack[-1]
+            if chunk.size <= need:
+                parts.append(chunk[::-1])
+                self._stack.pop()
+                need -= chunk.size
+            else:
+                parts.append(chunk[-need:][::-1])
+                self._stack[-1] = chunk[:-need]
+                need = 0
+        out = np.concatenate(parts).astype(np.int64) if parts else np.empty(0, dtype=np.int64)
+        self._stack_n -= out.size
+        return out
+
+    def _push_back(self, pages: np.ndarray) -> None:
+        """Return popped pages to the list so that they are popped again first."""
+        if pages.size:
+            self._stack.append(pages[::-1].astype(self._dtype))
+            self._stack_n += pages.size
+
+    def _deflate(self, k: int, t: float, n: int) -> Generator:
+        popped = self._pop(n)
+        populated = 0
+        batches = 0
+        bp = self.cfg.batch_pages
+        stalled = False
+        for a in range(0, popped.size, bp):
+            pages = popped[a:a + bp]
+            gfns = self.layout.page_to_gfn(pages)
+            res = yield PopulatePhysmap(t, gfns)
+            self.stats["populate_calls"] += 1
+            done = self._done_pages(pages, gfns, res)
+            if done.size:
+                self.owned[done] = True
+                self.current += int(done.size)
+                populated += int(done.size)
+                in_region = done[(done >= self.rlo) & (done < self.rhi)]
+                if in_region.size:
+                    self._hint = max(self._hint, int(in_region.max()) + 1)
+                self._schedule_reuse(k, batches, done)
+            batches += 1
+            if done.size < pages.size:
+                self._push_back(popped[a:][~np.isin(popped[a:], done)])
+                self._stall(t, "populate_physmap", int(pages.size), int(done.size), int(res.rc),
+                            "Xen populated fewer pages than asked (host out of memory?); "
+                            "the balloon stays where it is")
+                stalled = True
+                break
+        self.stats["populated"] += populated
+        if populated or batches:
+            self.emit(t, "balloon_deflate", {"pages": populated, "batches": batches,
+                                             "current_pages": self.current, "target_pages": self.target})
+        if not stalled and popped.size < n:
+            self._stall(t, "populate_physmap", n, int(popped.size), None, "no ballooned pages left")
+
+    # ----------------------------------------------------------------- reuse writes
+    def _schedule_reuse(self, k: int, batch: int, pages: np.ndarray) -> None:
+        share = self.cfg.reuse_share
+        if share <= 0 or pages.size == 0:
+            return
+        rng = np.random.default_rng([self.seed, REUSE_KEY, k, batch])
+        pick = pages[rng.random(pages.size) < share]
+        if pick.size == 0:
+            return
+        within = max(self.cfg.reuse_within, 0.0)
+        due = k + np.floor(rng.random(pick.size) * within / self.tick).astype(np.int64)
+        d = np.concatenate([self._reuse_due, due])
+        p = np.concatenate([self._reuse_pages, pick])
+        order = np.argsort(d, kind="stable")
+        self._reuse_due, self._reuse_pages = d[order], p[order]
+
+    def reuse_writes(self, k0: int, k1: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(ticks, pages)`` of reuse writes due in ``[k0, k1)``; those due before ``k0``
+        (in ticks that never ran) are dropped."""
+        if self._reuse_due.size == 0:
+            return self._reuse_due, self._reuse_pages
+        a = np.searchsorted(self._reuse_due, k0, side="left")
+        b = np.searchsorted(self._reuse_due, k1, side="left")
+        ticks, pages = self._reuse_due[a:b], self._reuse_pages[a:b]
+        self._reuse_due, self._reuse_pages = self._reuse_due[b:], self._reuse_pages[b:]
+        return ticks, pages

@@ -1,0 +1,193 @@
+"""The simulated guest: its memory map, its vCPUs' writes and its balloon driver,
+stepped on virtual time.
+
+Mirrors how Xen runs an HVM guest between the toolstack's calls: before the hypervisor
+serves a domctl stamped ``t`` it schedules the guest's vCPUs up to ``t`` (unless the
+domain is paused or suspended). Here that is ``Guest.run(t0, t1)``, a generator of the
+guest's operations (``hypervisor.abi`` GuestOps) in time order:
+
+* the guest runs on ticks (``tick``, default 10 ms); tick ``k`` at time ``k*tick``
+  belongs to the span ``[t0, t1)`` that contains it. Ticks in spans the hypervisor
+  skips (paused, suspended) never run: nothing is written for them, and the balloon
+  driver catches up on its schedule at the next tick that runs;
+* in each tick the balloon driver acts first (its hypercalls, one per batch, each
+  answered with a ``HypercallResult`` the driver sends back), then the workloads write;
+* all writes between two hypercalls come out as one ``MemoryWrites`` (stamped with the
+  time of its last tick); the driver sends back ``None``;
+* writes only touch pages the guest owns at that moment (never a ballooned-out GFN):
+  the guest keeps one bool per RAM page and filters at emission time.
+
+Randomness is keyed by (seed, workload, epoch of ticks), so the ops for ``[0, t)`` are
+the same whether ``run`` is called once or many times (given the same results back).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Generator
+
+import numpy as np
+
+from hypervisor.abi import DomainLayout, GuestOp, HypercallResult, MemoryWrites
+
+from .balloon import REUSE_KEY, Balloon
+from .config import GuestConfig
+from .layout import GuestLayout
+from .workloads import initial_tokens, make_workload, write_tokens
+
+_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class GuestEvent:
+    """Something the guest decided or noticed, at virtual time ``t``.
+
+    Kinds: ``balloon_target`` (a new target; detail: target_pages, previous_pages,
+    current_pages, scheduled_at, reason), ``balloon_inflate`` / ``balloon_deflate``
+    (one per tick that moved: pages, batches, current_pages, target_pages),
+    ``balloon_reached``, ``balloon_stalled`` (op, requested, done, rc, reason).
+    """
+
+    t: float
+    kind: str
+    detail: dict = field(default_factory=dict)
+
+
+@dataclass
+class GuestStats:
+    ticks_run: int = 0
+    ticks_skipped: int = 0
+    writes: int = 0                 # page writes emitted (with repeats)
+    writes_dropped: int = 0         # generated for pages the guest did not own
+    write_batches: int = 0
+
+
+class Guest:
+    """A guest per ``config``; ``seed`` keys its initial contents and its writes."""
+
+    def __init__(self, config: GuestConfig, seed: int = 1):
+        self.config = config
+        self.seed = int(seed)
+        self.tick = float(config.tick)
+        self.map = GuestLayout(config.layout, config.maxmem_pages)
+        self.nr_pages = self.map.nr_pages
+        #: one bool per RAM page: does the guest own it (not ballooned out)?
+        self.owned = np.ones(self.nr_pages, dtype=bool)
+        self.events: list[GuestEvent] = []
+        self.stats = GuestStats()
+        self.balloon = Balloon(config, self.map, self.owned, self.seed, self._emit)
+        self.workloads = [make_workload(w, i, self.seed, self.nr_pages, self.tick, self.map.gfn_to_page)
+                          for i, w in enumerate(config.workloads)]
+        self._next_tick = 0
+
+    # ------------------------------------------------------------------ domain builder
+    def layout(self) -> DomainLayout:
+        """What the domain builder lays out: RAM with initial contents, or (PoD boot)
+        PoD entries for the low RAM backed by a cache of ``memory`` frames; high pages
+        are always real RAM; MMIO ranges become mmio_direct."""
+        mmio = self.map.mmio_gfns()
+        if self.config.pod:
+            low = self.map.page_to_gfn(np.arange(self.map.n_low, dtype=np.int64))
+            high = self.map.high_pages.copy()
+            return DomainLayout(ram_gfns=high, ram_tokens=initial_tokens(self.seed, high),
+                                pod_gfns=low,
+                                pod_cache_pages=max(0, self.config.memory_pages - high.size),
+                                mmio_gfns=mmio)
+        ram = self.map.ram_gfns()
+        return DomainLayout(ram_gfns=ram, ram_tokens=initial_tokens(self.seed, ram), mmio_gfns=mmio)
+
+    # ------------------------------------------------------------------ running
+    def _tick_at_or_after(self, t: float) -> int:
+        return int(math.ceil(t / self.tick - _EPS))
+
+    @property
+    def now(self) -> float:
+        """Time of the next tick that has not run (or been skipped)."""
+        return self._next_tick * self.tick
+
+    def run(self, t0: float, t1: float) -> Generator[GuestOp, HypercallResult | None, None]:
+        """Yield the guest's ops for ticks in ``[t0, t1)`` (see the module docstring)."""
+        k = max(self._next_tick, self._tick_at_or_after(t0))
+        k_end = self._tick_at_or_after(t1)
+        if k_end <= k:
+            return
+        if k > self._next_tick:
+            self.stats.ticks_skipped += k - self._next_tick
+        parts: list[tuple[np.ndarray, np.ndarray, int]] = []   # (ticks, pages, writer key)
+        while k < k_end:
+            nk = self.balloon.next_active_tick(k)
+            if nk == k:
+                if parts:
+                    op = self._flush(parts, t0)
+                    parts = []
+                    if op is not None:
+                        yield op
+                yield from self.balloon.step(k, max(k * self.tick, t0))
+                seg_end = k + 1
+            else:
+                seg_end = k_end if nk is None else min(nk, k_end)
+            for w in self.workloads:
+                ticks, pages = w.pages(k, seg_end)
+                if pages.size:
+                    parts.append((ticks, pages, w.idx))
+            ticks, pages = self.balloon.reuse_writes(k, seg_end)
+            if pages.size:
+                parts.append((ticks, pages, REUSE_KEY))
+            self.stats.ticks_run += seg_end - k
+            self._next_tick = seg_end
+            k = seg_end
+        if parts:
+            op = self._flush(parts, t0)
+            if op is not None:
+                yield op
+
+    def _flush(self, parts, t0: float) -> MemoryWrites | None:
+        gparts, tparts, kparts = [], [], []
+        for ticks, pages, key in parts:
+            keep = self.owned[pages]
+            n_keep = int(np.count_nonzero(keep))
+            self.stats.writes_dropped += pages.size - n_keep
+            if n_keep == 0:
+                continue
+            if n_keep != pages.size:
+                ticks, pages = ticks[keep], pages[keep]
+            gfns = self.map.page_to_gfn(pages)
+            gparts.append(gfns)
+            tparts.append(ticks)
+            kparts.append(write_tokens(self.seed, gfns, ticks, key))
+        if not gparts:
+            return None
+        if len(gparts) == 1:
+            gfns, ticks, tokens = gparts[0], tparts[0], kparts[0]
+        else:
+            ticks = np.concatenate(tparts)
+            order = np.argsort(ticks, kind="stable")     # time order: the last write wins
+            gfns, ticks, tokens = np.concatenate(gparts)[order], ticks[order], np.concatenate(kparts)[order]
+        self.stats.writes += gfns.size
+        self.stats.write_batches += 1
+        return MemoryWrites(max(int(ticks[-1]) * self.tick, t0), gfns, tokens)
+
+    # ------------------------------------------------------------------ state & events
+    def _emit(self, t: float, kind: str, detail: dict) -> None:
+        self.events.append(GuestEvent(t, kind, detail))
+
+    def drain_events(self) -> list[GuestEvent]:
+        out, self.events = self.events, []
+        return out
+
+    def owned_gfns(self) -> np.ndarray:
+        """GFNs of the RAM pages the guest owns now (ascending)."""
+        return self.map.page_to_gfn(np.flatnonzero(self.owned))
+
+    def ballooned_gfns(self) -> np.ndarray:
+        """GFNs the guest has ballooned out (ascending)."""
+        return self.map.page_to_gfn(np.flatnonzero(~self.owned))
+
+    @property
+    def current_pages(self) -> int:
+        return self.balloon.current
+
+    @property
+    def target_pages(self) -> int:
+        return self.balloon.target

@@ -1,0 +1,145 @@
+"""The guest's physical memory map: RAM page order <-> GFN, holes, MMIO, high pages.
+
+Mirrors what Xen's HVM domain builder (``tools/libs/guest/xg_dom_x86.c`` meminit_hvm,
+hvmloader's MMIO hole) does: RAM is laid out from GFN 0 upwards around holes (the
+VGA hole, the MMIO hole below 4 GiB) and MMIO ranges, and a few special pages may sit
+at high GFNs. The guest model works in a dense "RAM page index" space ``[0, nr_pages)``
+(per-page state is a bool array over it); this module maps indices to GFNs and back,
+vectorised with ``searchsorted`` over a handful of contiguous runs, so that a 256 GiB
+guest (64 Mi pages) never needs a per-page GFN table except when the domain builder
+asks for one (``ram_gfns()``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from hypervisor.abi import MAX_GFN
+
+if TYPE_CHECKING:
+    from .config import LayoutConfig
+
+
+class LayoutError(ValueError):
+    """The layout cannot hold the RAM asked for; ``at`` is the offending field path
+    (relative to ``layout``)."""
+
+    def __init__(self, at: str, expected: str, found: object):
+        self.at, self.expected, self.found = at, expected, found
+        super().__init__(f"layout.{at}: expected {expected}, found {found}")
+
+
+@dataclass(frozen=True)
+class Run:
+    page: int   # first RAM page index of the run
+    gfn: int    # its GFN
+    count: int
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(ranges):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+class GuestLayout:
+    """RAM runs of a guest with ``nr_pages`` RAM pages laid out per ``cfg``."""
+
+    def __init__(self, cfg: "LayoutConfig", nr_pages: int):
+        self.nr_pages = int(nr_pages)
+        for name, ranges in (("holes", cfg.holes), ("mmio", cfg.mmio)):
+            for i, r in enumerate(ranges):
+                if r.stop - 1 > MAX_GFN:
+                    raise LayoutError(f"{name}[{i}]", f"a range below GFN {MAX_GFN:#x}", f"end GFN {r.stop - 1:#x}")
+        self.holes = [(r.start, r.stop) for r in cfg.holes]
+        self.mmio = [(r.start, r.stop) for r in cfg.mmio]
+        excluded = _merge(self.holes + self.mmio)
+        high = sorted(int(g) for g in cfg.high_pages)
+        if len(set(high)) != len(high):
+            dup = next(g for g in high if high.count(g) > 1)
+            raise LayoutError("high_pages", "distinct GFNs", f"GFN {dup:#x} twice")
+        n_low = self.nr_pages - len(high)
+        if n_low < 1:
+            raise LayoutError("high_pages", f"fewer high pages than RAM pages ({self.nr_pages})", len(high))
+        runs: list[Run] = []
+        page = 0
+        cursor = 0
+        left = n_low
+        for a, b in excluded:
+            if left == 0:
+                break
+            if cursor < a:
+                take = min(left, a - cursor)
+                runs.append(Run(page, cursor, take))
+                page += take
+                left -= take
+            cursor = max(cursor, b)
+        if left:
+            runs.append(Run(page, cursor, left))
+            page += left
+        last_low = runs[-1].gfn + runs[-1].count - 1
+        if last_low > MAX_GFN:
+            raise LayoutError("holes", "a layout whose RAM fits below MAX_GFN", f"last RAM GFN {last_low:#x}")
+        for g in high:
+            where = None
+            if g <= last_low:
+                where = "low RAM (or a hole inside it)"
+            for name, rs in (("holes", self.holes), ("mmio", self.mmio)):
+                if any(a <= g < b for a, b in rs):
+                    where = f"a range of {name}"
+            if where is not None:
+                raise LayoutError("high_pages", f"GFNs above the low RAM (which ends at GFN {last_low:#x}) "
+                                                f"and outside holes and MMIO", f"GFN {g:#x} in {where}")
+            runs.append(Run(page, g, 1))
+            page += 1
+        self.runs = runs
+        self.n_low = n_low
+        self.high_pages = np.asarray(high, dtype=np.int64)
+        self._page0 = np.array([r.page for r in runs], dtype=np.int64)
+        self._gfn0 = np.array([r.gfn for r in runs], dtype=np.int64)
+        self._count = np.array([r.count for r in runs], dtype=np.int64)
+
+    # ------------------------------------------------------------------ mapping
+    def page_to_gfn(self, pages: np.ndarray) -> np.ndarray:
+        """RAM page indices (int, in range) -> GFNs (int64)."""
+        pages = np.asarray(pages, dtype=np.int64)
+        r = np.searchsorted(self._page0, pages, side="right") - 1
+        return self._gfn0[r] + (pages - self._page0[r])
+
+    def gfn_to_page(self, gfns: np.ndarray) -> np.ndarray:
+        """GFNs -> RAM page indices, -1 where a GFN is not guest RAM."""
+        gfns = np.asarray(gfns, dtype=np.int64)
+        r = np.searchsorted(self._gfn0, gfns, side="right") - 1
+        rc = np.maximum(r, 0)
+        off = gfns - self._gfn0[rc]
+        ok = (r >= 0) & (off >= 0) & (off < self._count[rc])
+        return np.where(ok, self._page0[rc] + off, -1)
+
+    # ------------------------------------------------------------------ views
+    def ram_gfns(self) -> np.ndarray:
+        """Every RAM GFN, ascending (index i is RAM page i)."""
+        out = np.empty(self.nr_pages, dtype=np.int64)
+        for r in self.runs:
+            out[r.page:r.page + r.count] = np.arange(r.gfn, r.gfn + r.count, dtype=np.int64)
+        return out
+
+    def mmio_gfns(self) -> np.ndarray:
+        parts = [np.arange(a, b, dtype=np.int64) for a, b in _merge(self.mmio)]
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
+    def max_gfn(self) -> int:
+        top = int(self._gfn0[-1] + self._count[-1] - 1)
+        for _, b in self.mmio:
+            top = max(top, b - 1)
+        return top
+
+    def describe(self) -> list[tuple[int, int]]:
+        """RAM runs as ``(first_gfn, count)``."""
+        return [(r.gfn, r.count) for r in self.runs]

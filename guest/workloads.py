@@ -1,0 +1,321 @@
+"""Page-write workloads: which RAM pages a guest's vCPUs write, tick by tick.
+
+Mirrors the synthetic dirtiers used to characterise precopy (see
+``reference/precopy-models.md`` section 6): mig_mon's ``mm_dirty -p random|sequential|once``,
+a hot set (a writable working set, "80 % of accesses to 20 % of data"), YCSB's Zipfian
+distribution (constant 0.99), and replay of a recorded ``(time, gfn)`` trace.
+
+Determinism: a workload's output for tick ``k`` depends only on (seed, workload index,
+k). Ticks are grouped in epochs of up to 100 ticks; an epoch is generated in one numpy
+call from ``np.random.default_rng([seed, index, epoch])`` and cached, so running the
+guest to ``t`` in one call or in many gives identical pages. How many writes fall in a
+tick is not random: tick ``j`` (counted from the workload's start) gets
+``floor(r*(j+1)) - floor(r*j)`` writes for ``r = rate * tick``, so a long run writes
+exactly ``rate * duration`` pages (to within one).
+
+Everything here is in RAM page index space ``[0, nr_pages)``; the guest filters against
+its ownership map and maps indices to GFNs when it emits the writes.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from hypervisor.content import splitmix64
+
+from .config import (HotsetWorkload, IdleWorkload, OnceWorkload, SequentialWorkload,
+                     TraceWorkload, UniformWorkload, ZipfWorkload, resolve_region)
+
+#: Ticks per generated epoch (fewer for very fast workloads, to bound array sizes).
+EPOCH_TICKS = 100
+#: Upper bound on writes generated per epoch.
+MAX_EPOCH_WRITES = 2_000_000
+
+_EMPTY = np.empty(0, dtype=np.int64)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_TICK_MUL = np.uint64(0xD1B54A32D192ED03)
+_KEY_MUL = np.uint64(0xA24BAED4963EE407)
+
+
+def seed_key(seed: int) -> int:
+    """A guest seed as a non-negative int for ``np.random.default_rng``."""
+    return int(seed) & ((1 << 64) - 1)
+
+
+def write_tokens(seed: int, gfns: np.ndarray, ticks: np.ndarray, key: int) -> np.ndarray:
+    """Content tokens of writes: non-zero, distinct per (seed, gfn, tick, writer key),
+    and never equal (barring a 2^-64 accident) to an initial token (``initial_tokens``)."""
+    with np.errstate(over="ignore"):
+        s = splitmix64(np.uint64(seed_key(seed)) ^ np.uint64(0x5EED))
+        x = splitmix64(np.asarray(gfns, dtype=np.int64).astype(np.uint64) ^ s)
+        x = x + (np.asarray(ticks, dtype=np.int64).astype(np.uint64) + np.uint64(1)) * _TICK_MUL
+        x = splitmix64(x + np.uint64(key + 1) * _KEY_MUL)
+    x[x == 0] = 1
+    return x
+
+
+def initial_tokens(seed: int, gfns: np.ndarray) -> np.ndarray:
+    """Boot-time contents of RAM pages (non-zero)."""
+    with np.errstate(over="ignore"):
+        s = splitmix64(np.uint64(seed_key(seed)) ^ np.uint64(0xB007))
+        x = splitmix64(splitmix64(np.asarray(gfns, dtype=np.int64).astype(np.uint64) ^ s) + _GOLDEN)
+    x[x == 0] = 1
+    return x
+
+
+def affine_permutation(n: int, seed: int, idx: int) -> tuple[int, int]:
+    """``(a, b)`` such that ``x -> (a*x + b) mod n`` is a bijection of ``[0, n)`` that
+    scatters neighbours far apart (a near n/phi, coprime with n). No per-page table."""
+    if n <= 1:
+        return 1, 0
+    rng = np.random.default_rng([seed_key(seed), idx, 0xAFF1])
+    a = max(1, int(n * 0.6180339887498949) + int(rng.integers(0, max(1, n // 64))))
+    a %= n
+    while math.gcd(a, n) != 1 or a == 0:
+        a = (a + 1) % n
+    return a, int(rng.integers(0, n))
+
+
+class WorkloadGen:
+    """Base: a workload over RAM pages ``[lo, hi)`` ticking every ``tick`` seconds."""
+
+    def __init__(self, cfg, idx: int, seed: int, nr_pages: int, tick: float):
+        self.cfg = cfg
+        self.idx = idx
+        self.seed = seed_key(seed)
+        self.tick = tick
+        region = getattr(cfg, "region", None)
+        if region is not None:
+            self.lo, self.hi = resolve_region(region, nr_pages)
+        else:
+            self.lo, self.hi = 0, nr_pages
+        self.n = self.hi - self.lo
+        self.start_k = int(math.ceil(cfg.start / tick - 1e-9))
+        self.stop_k = None if cfg.stop is None else int(math.ceil(cfg.stop / tick - 1e-9))
+        rate = float(getattr(cfg, "rate", 0.0))
+        self.per_tick = rate * tick
+        self.epoch_ticks = max(1, min(EPOCH_TICKS, int(MAX_EPOCH_WRITES // max(self.per_tick, 1.0))))
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    # ------------------------------------------------------------- counting
+    def _cum(self, ks: np.ndarray) -> np.ndarray:
+        """Writes done before tick k (int64), for an array of ks."""
+        j = ks - self.start_k
+        if self.stop_k is not None:
+            j = np.minimum(j, self.stop_k - self.start_k)
+        j = np.maximum(j, 0)
+        return np.floor(self.per_tick * j.astype(np.float64) + 1e-9).astype(np.int64)
+
+    def _epoch(self, e: int) -> tuple[np.ndarray, np.ndarray]:
+        hit = self._cache.get(e)
+        if hit is not None:
+            return hit
+        k0 = e * self.epoch_ticks
+        ks = np.arange(k0, k0 + self.epoch_ticks + 1, dtype=np.int64)
+        cum = self._cum(ks)
+        counts = np.diff(cum)
+        total = int(cum[-1] - cum[0])
+        if total == 0 or self.n <= 0:
+            out = (_EMPTY, _EMPTY)
+        else:
+            ticks = np.repeat(ks[:-1], counts)
+            pages = self._generate(e, int(cum[0]), total, ticks)
+            if pages.shape[0] != ticks.shape[0]:       # a workload that stops (once, no-wrap)
+                ticks = ticks[: pages.shape[0]] if pages.shape[0] else _EMPTY
+            out = (ticks, pages.astype(np.int64, copy=False))
+        if len(self._cache) >= 2:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[e] = out
+        return out
+
+    def _rng(self, e: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.idx, e])
+
+    def _generate(self, e: int, first: int, total: int, ticks: np.ndarray) -> np.ndarray:
+        """``total`` page indices (in [lo, hi)) for epoch ``e``; ``first`` is the number
+        of writes this workload did before the epoch."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------- public
+    def pages(self, k0: int, k1: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(ticks, pages)`` written in ticks ``[k0, k1)``, sorted by tick."""
+        if k1 <= k0 or self.per_tick <= 0:
+            return _EMPTY, _EMPTY
+        if self.stop_k is not None:
+            k1 = min(k1, self.stop_k)
+        k0 = max(k0, self.start_k)
+        if k1 <= k0:
+            return _EMPTY, _EMPTY
+        E = self.epoch_ticks
+        tparts, pparts = [], []
+        for e in range(k0 // E, (k1 - 1) // E + 1):
+            ticks, pages = self._epoch(e)
+            if ticks.shape[0] == 0:
+                continue
+            a = np.searchsorted(ticks, k0, side="left") if e * E < k0 else 0
+            b = np.searchsorted(ticks, k1, side="left") if (e + 1) * E > k1 else ticks.shape[0]
+            if b > a:
+                tparts.append(ticks[a:b])
+                pparts.append(pages[a:b])
+        if not tparts:
+            return _EMPTY, _EMPTY
+        if len(tparts) == 1:
+            return tparts[0], pparts[0]
+        return np.concatenate(tparts), np.concatenate(pparts)
+
+
+class IdleGen(WorkloadGen):
+    def __init__(self, cfg, idx, seed, nr_pages, tick):
+        super().__init__(cfg, idx, seed, nr_pages, tick)
+        self.per_tick = 0.0
+
+
+class UniformGen(WorkloadGen):
+    def _generate(self, e, first, total, ticks):
+        return self.lo + self._rng(e).integers(0, self.n, size=total, dtype=np.int64)
+
+
+class HotsetGen(WorkloadGen):
+    def __init__(self, cfg, idx, seed, nr_pages, tick):
+        super().__init__(cfg, idx, seed, nr_pages, tick)
+        self.hot_n = min(self.n, max(1, int(round(cfg.hot_fraction * self.n))))
+
+    def _generate(self, e, first, total, ticks):
+        rng = self._rng(e)
+        hot = rng.random(total) < self.cfg.hot_share
+        cold_n = self.n - self.hot_n
+        v = rng.random(total)
+        if cold_n == 0:
+            hot[:] = True
+        off = np.where(hot, np.floor(v * self.hot_n), self.hot_n + np.floor(v * max(cold_n, 1)))
+        return self.lo + np.minimum(off.astype(np.int64), self.n - 1)
+
+
+class ZipfGen(WorkloadGen):
+    """Inverse-CDF sampling of the continuous power law on ``[1, n+1)`` (no per-rank
+    table, so it scales to 64 Mi pages); rank ``r`` has weight close to ``(r+1)^-s``."""
+
+    def __init__(self, cfg, idx, seed, nr_pages, tick):
+        super().__init__(cfg, idx, seed, nr_pages, tick)
+        self.a, self.b = affine_permutation(self.n, seed, idx)
+
+    def ranks(self, u: np.ndarray) -> np.ndarray:
+        s = self.cfg.exponent
+        top = float(self.n + 1)
+        if abs(1.0 - s) < 1e-9:
+            x = np.power(top, u)
+        else:
+            q = 1.0 - s
+            x = np.power(1.0 + u * (top ** q - 1.0), 1.0 / q)
+        return np.clip(np.floor(x).astype(np.int64) - 1, 0, self.n - 1)
+
+    def _generate(self, e, first, total, ticks):
+        r = self.ranks(self._rng(e).random(total))
+        return self.lo + (self.a * r + self.b) % self.n
+
+
+class SequentialGen(WorkloadGen):
+    def _generate(self, e, first, total, ticks):
+        pos = np.arange(first, first + total, dtype=np.int64)
+        if self.cfg.wrap:
+            return self.lo + pos % self.n
+        return self.lo + pos[pos < self.n]
+
+
+class OnceGen(WorkloadGen):
+    def __init__(self, cfg, idx, seed, nr_pages, tick):
+        super().__init__(cfg, idx, seed, nr_pages, tick)
+        self.a, self.b = affine_permutation(self.n, seed, idx)
+
+    def _generate(self, e, first, total, ticks):
+        pos = np.arange(first, min(first + total, self.n), dtype=np.int64)
+        return self.lo + (self.a * pos + self.b) % self.n
+
+
+class TraceGen(WorkloadGen):
+    """Replays ``(time_s, gfn)`` rows; GFNs are mapped to RAM pages by the guest's
+    layout (a GFN that is not guest RAM is an error at load)."""
+
+    def __init__(self, cfg, idx, seed, nr_pages, tick, gfn_to_page=None):
+        super().__init__(cfg, idx, seed, nr_pages, tick)
+        times, gfns = load_trace(cfg.path)
+        pages = gfn_to_page(gfns) if gfn_to_page is not None else gfns
+        bad = np.flatnonzero((pages < 0) | (pages >= nr_pages))
+        if bad.size:
+            raise ValueError(f"trace {cfg.path}: GFN {int(gfns[bad[0]]):#x} (row {int(bad[0]) + 1}) "
+                             f"is not guest RAM")
+        t = times + cfg.start
+        ks = np.floor(t / tick + 1e-9).astype(np.int64)
+        keep = np.ones(ks.shape[0], dtype=bool) if cfg.stop is None else t < cfg.stop
+        order = np.argsort(ks[keep], kind="stable")
+        self.ticks = ks[keep][order]
+        self.trace_pages = pages[keep][order].astype(np.int64)
+        self.per_tick = 1.0 if self.ticks.size else 0.0
+        self.start_k = 0
+
+    def pages(self, k0, k1):
+        if k1 <= k0 or self.ticks.size == 0:
+            return _EMPTY, _EMPTY
+        a = np.searchsorted(self.ticks, k0, side="left")
+        b = np.searchsorted(self.ticks, k1, side="left")
+        return self.ticks[a:b], self.trace_pages[a:b]
+
+
+def _is_float(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
+
+
+def load_trace(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(time_s float64, gfn int64)`` from a CSV (header optional, ``#`` comments,
+    hex GFNs allowed) or an ``.npz`` with arrays ``time_s`` and ``gfn``."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        with np.load(path) as z:
+            if "time_s" in z and "gfn" in z:
+                t, g = z["time_s"], z["gfn"]
+            else:
+                names = list(z.keys())
+                if len(names) < 2:
+                    raise ValueError(f"trace {path}: expected arrays time_s and gfn, found {names}")
+                t, g = z[names[0]], z[names[1]]
+        t = np.asarray(t, dtype=np.float64).reshape(-1)
+        g = np.asarray(g, dtype=np.int64).reshape(-1)
+    else:
+        with open(path) as f:
+            text = f.read()
+        lines = [ln.split("#", 1)[0].strip() for ln in text.splitlines()]
+        lines = [ln for ln in lines if ln]
+        if lines and not _is_float(lines[0].replace(",", " ").split()[0]):
+            lines = lines[1:]          # header row
+        data = np.array([ln.replace(",", " ").split()[:2] for ln in lines], dtype=object).reshape(-1, 2) \
+            if lines else np.empty((0, 2), dtype=object)
+        try:
+            rows_t = np.array([float(x) for x in data[:, 0]], dtype=np.float64)
+            rows_g = np.array([int(x, 0) for x in data[:, 1]], dtype=np.int64)
+        except (ValueError, IndexError) as e:
+            raise ValueError(f"trace {path}: expected rows of time_s,gfn ({e})") from None
+        t, g = rows_t, rows_g
+    if t.shape != g.shape:
+        raise ValueError(f"trace {path}: time_s and gfn differ in length")
+    if t.size and (t.min() < 0 or not np.isfinite(t).all()):
+        raise ValueError(f"trace {path}: expected non-negative times")
+    return t, g
+
+
+_GENERATORS = {
+    IdleWorkload: IdleGen, UniformWorkload: UniformGen, HotsetWorkload: HotsetGen,
+    ZipfWorkload: ZipfGen, SequentialWorkload: SequentialGen, OnceWorkload: OnceGen,
+}
+
+
+def make_workload(cfg, idx: int, seed: int, nr_pages: int, tick: float, gfn_to_page=None) -> WorkloadGen:
+    if isinstance(cfg, TraceWorkload):
+        return TraceGen(cfg, idx, seed, nr_pages, tick, gfn_to_page)
+    return _GENERATORS[type(cfg)](cfg, idx, seed, nr_pages, tick)

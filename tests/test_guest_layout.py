@@ -1,0 +1,62 @@
+"""The guest's memory map and what the domain builder is told (incl. PoD boot)."""
+
+import numpy as np
+import pytest
+
+from guest import Guest, GuestConfig
+from guest.layout import GuestLayout
+
+
+def cfg(**kw):
+    return GuestConfig.model_validate(kw)
+
+
+def test_default_layout_skips_the_vga_hole_and_the_mmio_hole_below_4g():
+    g = Guest(cfg(memory="4GiB"), seed=1)
+    ram = g.layout().ram_gfns
+    assert ram.size == 1 << 20 and np.all(np.diff(ram) > 0)
+    assert not np.any((ram >= 0xA0) & (ram < 0x100))
+    assert not np.any((ram >= 0xF0000) & (ram < 0x100000))
+    # what the two holes displace (0x10000 + 0x60 pages) is relocated above 4 GiB
+    assert ram[-1] == 0x100000 + (0x10000 + 0x60) - 1
+
+
+def test_page_index_and_gfn_map_both_ways_around_holes_mmio_and_high_pages():
+    c = cfg(memory="64MiB", layout={"holes": [{"start": "1MiB", "size": "1MiB"}],
+                                    "mmio": {"start": 0x3000, "end": 0x3100},
+                                    "high_pages": [0xFFFFFFFF, "8TiB"]})
+    lay = GuestLayout(c.layout, c.maxmem_pages)
+    ram = lay.ram_gfns()
+    assert ram.size == 16384 and ram[-2:].tolist() == [(8 << 40) >> 12, 0xFFFFFFFF]
+    assert not np.any((ram >= 0x100) & (ram < 0x200)) and not np.any((ram >= 0x3000) & (ram < 0x3100))
+    idx = np.arange(ram.size)
+    assert np.array_equal(lay.page_to_gfn(idx), ram)
+    assert np.array_equal(lay.gfn_to_page(ram), idx)
+    assert lay.gfn_to_page(np.array([0x150, 0x3050, 0xFFFFFFFE, 1 << 39])).tolist() == [-1, -1, -1, -1]
+    assert np.array_equal(lay.mmio_gfns(), np.arange(0x3000, 0x3100))
+    assert lay.max_gfn() == 0xFFFFFFFF
+    dl = Guest(c, seed=1).layout()
+    assert np.array_equal(dl.mmio_gfns, np.arange(0x3000, 0x3100)) and dl.pod_gfns.size == 0
+
+
+def test_initial_contents_are_nonzero_and_depend_on_the_seed():
+    a = Guest(cfg(memory="16MiB"), seed=1).layout()
+    b = Guest(cfg(memory="16MiB"), seed=2).layout()
+    assert a.ram_tokens.dtype == np.uint64 and np.all(a.ram_tokens != 0)
+    assert np.unique(a.ram_tokens).size == a.ram_tokens.size
+    assert np.array_equal(a.ram_gfns, b.ram_gfns) and not np.array_equal(a.ram_tokens, b.ram_tokens)
+
+
+def test_pod_boot_lays_out_maxmem_as_pod_backed_by_a_cache_of_memory():
+    c = cfg(memory="64MiB", maxmem="128MiB", layout={"holes": [], "high_pages": [0xFFFFF000]})
+    dl = Guest(c, seed=1).layout()
+    assert dl.pod_gfns.size == 32768 - 1 and dl.ram_gfns.tolist() == [0xFFFFF000]
+    assert dl.pod_cache_pages == 16384 - 1
+    assert np.all(dl.ram_tokens != 0)
+
+
+def test_layout_errors_say_where():
+    with pytest.raises(ValueError, match="high_pages"):
+        cfg(memory="16MiB", layout={"high_pages": [0x10], "holes": []})
+    with pytest.raises(ValueError, match="exactly one of size or end"):
+        cfg(memory="16MiB", layout={"holes": [{"start": 1, "size": 2, "end": 5}]})
