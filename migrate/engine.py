@@ -57,6 +57,7 @@ class SaveOptions:
     verify: bool = False
     tolerate_vanished: bool = False
     stats_overflow: str = "truncate"     # "truncate" (Xen) | "saturate" (v2 03/13)
+    deadline: float | None = None        # abort when the save runs longer (virtual s)
     xen_version: tuple[int, int] = (4, 22)
 
 
@@ -105,6 +106,12 @@ class PrecopyEngine:
             cur.balloon_out += int(ev.rc)
         elif ev.op == "populate_physmap":
             cur.balloon_in += int(ev.rc)
+
+    def _check_deadline(self) -> None:
+        limit = self.options.deadline
+        if limit is not None and self.now - self.result.t_start > limit:
+            raise MigrationAborted(f"deadline of {limit:g} s exceeded at t={self.now:.3f} s "
+                                   "(migration.deadline): the save was abandoned")
 
     def _phase(self, phase: str, detail: str = "") -> None:
         self.bus.publish(PhaseChanged(t=self.now, phase=phase, detail=detail))
@@ -170,6 +177,7 @@ class PrecopyEngine:
                 self.bus.publish(BatchSent(t=self.now, iteration=rnd.iteration, pfns=batch,
                                            nibbles=nibbles, walked=rnd.pfns_walked,
                                            entries=entries, bytes=nbytes))
+                self._check_deadline()
                 if rnd.batches % COUNTER_SAMPLE_BATCHES == 0:
                     await self._sample_counters()
                 if self.pacer is not None:

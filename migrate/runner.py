@@ -69,9 +69,8 @@ def host_frames_for(scenario: Scenario) -> int:
     """Host memory for the source: the scenario's host_memory if it sets one, else room
     for maxmem plus a little (so a balloon can always deflate back to maxmem)."""
     g = scenario.guest
-    explicit = getattr(g, "host_memory", None)
-    if explicit:
-        return int(explicit) // 4096
+    if g.host_memory:
+        return int(g.host_memory) // 4096
     return int(g.maxmem) // 4096 + 4096
 
 
@@ -147,8 +146,9 @@ async def _run(scenario, opts, bus, pacer, source, behaviour, policy_name, param
     restorer = Restorer(dst)
     sink = open_sink(opts.stream, restorer)
     writer = StreamWriter(sink)
-    options = SaveOptions(verify=verify, tolerate_vanished=scenario.migration.tolerate_vanished,
-                          stats_overflow=getattr(scenario.migration, "stats_overflow", "truncate"))
+    mig = scenario.migration
+    options = SaveOptions(verify=verify, tolerate_vanished=mig.tolerate_vanished,
+                          stats_overflow=mig.stats_overflow, deadline=mig.deadline)
     engine = PrecopyEngine(source.control, writer, link, policy, bus, start=start, pacer=pacer,
                            options=options)
     save = await engine.run()

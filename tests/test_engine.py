@@ -193,3 +193,26 @@ def test_pass_started_carries_the_bitmap_pfns():
     for ev, rnd in zip(starts[1:], res.save.rounds[1:]):
         assert ev.pfns.size == rnd.pfns_walked
         assert np.all(np.diff(ev.pfns) > 0)
+
+
+def test_deadline_aborts_the_save_and_resumes_the_source():
+    sc = scenario(guest={"memory": "64MiB", "workloads": [{"kind": "uniform", "rate": "200MiB/s"}]},
+                  migration={"start": "100ms", "deadline": "300ms"})
+    res = run(sc)
+    assert res.save.outcome == "aborted"
+    assert "deadline of 0.3 s exceeded" in res.save.error
+    assert res.save.t_end - res.save.t_start < 0.4
+
+
+def test_truncated_initial_dirty_count_skips_pass_one_as_xen_does():
+    """p2m_size = 2^32 (a page just under 16 TiB) truncates to dirty_count 0 in the
+    saver's uint32 stats: Xen skips the send-everything pass. 'saturate' (v2 03/13) sends it."""
+    from migrate.engine import PrecopyEngine, SaveOptions  # noqa: F401  (documented names)
+
+    sc = scenario(guest={"memory": "8MiB", "workloads": [{"kind": "idle"}],
+                         "layout": {"high_pages": [(1 << 32) - 1]}},
+                  migration={"start": "100ms", "stats_overflow": "truncate"})
+    res = run(sc)
+    assert res.save.p2m_size == 1 << 32
+    assert all(r.pfns_walked < 1 << 20 for r in res.save.rounds)
+    assert res.verify.missing_pages > 0
