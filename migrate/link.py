@@ -6,7 +6,9 @@ hypercalls take. Bytes cost ``bytes / bandwidth``; every 1024-PFN batch costs a 
 overhead plus two hypercalls (getpageframeinfo3 and the foreign map, as in
 ``write_batch``); a CLEAN or PEEK walks ``pages`` PFNs at ``clean_rate`` while the
 domain is paused (paging_log_dirty_op pauses the domain for the walk). The last byte
-reaches the destination ``latency`` after it is sent.
+reaches the destination ``latency`` after it is sent. ``restore_rate`` (pages/s), when
+set, caps how fast the destination takes data pages in: a batch then lasts at least
+``data_pages / restore_rate``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ class LinkModel:
     latency: float = 0.001    # seconds
     batch_overhead: float = 50e-6
     hypercall_overhead: float = 5e-6
-    clean_rate: float = 64 * 2**30  # PFNs walked per second by CLEAN/PEEK
+    clean_rate: float = float(1 << 30)  # PFNs walked per second by CLEAN/PEEK
+    restore_rate: float | None = None   # data pages per second the destination takes in
 
     def __post_init__(self) -> None:
         if self.bandwidth <= 0:
@@ -28,11 +31,11 @@ class LinkModel:
         if self.clean_rate <= 0:
             raise ValueError("link clean_rate must be positive")
 
-    def transfer_time(self, nbytes: int) -> float:
-        return nbytes / self.bandwidth
-
-    def batch_time(self, nbytes: int, hypercalls: int = 2) -> float:
-        return self.batch_overhead + hypercalls * self.hypercall_overhead + nbytes / self.bandwidth
+    def transfer_time(self, nbytes: int, data_pages: int = 0) -> float:
+        t = nbytes / self.bandwidth
+        if self.restore_rate:
+            t = max(t, data_pages / self.restore_rate)
+        return t
 
     def clean_time(self, pages: int) -> float:
         return self.hypercall_overhead + pages / self.clean_rate

@@ -86,7 +86,8 @@ def _effective(scenario: Scenario, opts: RunOptions):
     model = LinkModel(bandwidth=bandwidth, latency=float(link.latency),
                       batch_overhead=float(link.batch_overhead),
                       hypercall_overhead=float(link.hypercall_overhead),
-                      clean_rate=float(link.clean_rate))
+                      clean_rate=float(link.clean_rate),
+                      restore_rate=None if link.restore_rate is None else float(link.restore_rate))
     return behaviour, policy, params, seed, verify, model
 
 

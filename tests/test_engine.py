@@ -216,3 +216,11 @@ def test_truncated_initial_dirty_count_skips_pass_one_as_xen_does():
     assert res.save.p2m_size == 1 << 32
     assert all(r.pfns_walked < 1 << 20 for r in res.save.rounds)
     assert res.verify.missing_pages > 0
+
+
+def test_restore_rate_caps_how_fast_pages_arrive():
+    fast = run(scenario())
+    slow = run(scenario(link={"bandwidth": "1Gbit/s", "restore_rate": "1000pages/s"}))
+    pass1 = lambda res: res.save.rounds[0].end_s - res.save.rounds[0].start_s
+    assert pass1(slow) == pytest.approx(64 * 256 / 1000, rel=0.02)
+    assert pass1(fast) < pass1(slow) / 10

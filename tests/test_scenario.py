@@ -56,7 +56,7 @@ def test_tiny_file_gets_defaults(tmp_path):
     assert sc.guest.tick == 0.01 and sc.guest.workloads == []
     assert sc.link.bandwidth == 125e6 and sc.link.latency == 0.001
     assert sc.link.batch_overhead == 50e-6 and sc.link.hypercall_overhead == 5e-6
-    assert sc.link.clean_rate == 4 << 20 and sc.link.restore_rate is None
+    assert sc.link.clean_rate == 1 << 30 and sc.link.restore_rate is None
     m = sc.migration
     assert (m.start, m.policy, m.policy_params, m.xen_behaviour, m.verify, m.tolerate_vanished, m.deadline) == \
         (1.0, "xen", {}, "fixed", False, False, None)
