@@ -1,0 +1,715 @@
+"""The simulated Xen: one domain, its scheduling, and the hypercall and domctl surface.
+
+Mirrors, for an HVM/PVH guest under HAP:
+* ``xen/common/memory.c`` - XENMEM_decrease_reservation, populate_physmap,
+  add_to_physmap (XENMAPSPACE_gmfn), remove_from_physmap, with Xen's return
+  conventions (number of extents done, stopping at the first failure);
+* ``xen/arch/x86/mm/p2m.c`` - ``p2m_remove_entry``, ``p2m_add_page``,
+  ``set_typed_p2m_entry``, ``xenmem_add_to_physmap_one``; and the seed patch
+  98fccdf0ac ("x86/mm: update log-dirty bitmap when manipulating P2M"), switched by
+  ``behaviour``: ``fixed`` marks a GFN clean where it leaves the P2M and dirty where it
+  enters it; ``pre-fix`` does neither. Nothing else differs;
+* ``xen/arch/x86/mm/p2m-pod.c`` (through ``pod.py``) - PoD cache, demand populate,
+  cache stealing;
+* ``xen/arch/x86/mm/hap/hap.c`` and ``xen/arch/x86/hvm/hvm.c`` - HAP log-dirty: enable
+  turns ram_rw into ram_logdirty, the first write to a logdirty GFN marks it and turns
+  it back to rw, CLEAN re-protects, OFF turns logdirty back into rw;
+* ``xen/arch/x86/mm/paging.c`` (through ``logdirty.py``) and ``xen/arch/x86/domctl.c``
+  - XEN_DOMCTL_shadow_op, getpageframeinfo3, and the foreign map a toolstack does;
+* the scheduler, as far as this model needs one: before serving a request stamped
+  ``t`` the hypervisor runs the guest up to ``t`` unless the domain is paused or
+  suspended (or held paused by a CLEAN/PEEK walk).
+
+Deliberate simplifications (each noted where it applies): extents are order 0; a
+page unmapped by remove_from_physmap, or replaced by populate_physmap over RAM, stays
+the domain's (as in Xen, it is freed only at teardown) and is counted in
+``orphaned_frames``; a demand-populate with an empty PoD cache (Xen crashes the
+domain) is counted in ``pod_failures`` and the access is dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .abi import (E2BIG, EBUSY, EINVAL, ENOENT, ENOMEM, EPERM, INVALID_M2P_ENTRY, INVALID_MFN,
+                  IS_POD, IS_RAM, IS_SPECIAL, MAX_BATCH_SIZE, MAX_GFN, PFINFO_LTAB_SHIFT,
+                  SHADOW_LOGDIRTY_FINAL, AddToPhysmap, DecreaseReservation, DomainLayout,
+                  HypercallResult, MemoryWrites, P2MType, PFInfo, PopulatePhysmap,
+                  RemoveFromPhysmap, SetTypedEntry, ShadowOp, ShadowStats, XenBehaviour, XenError)
+from .frames import HostFrames
+from .logdirty import TREE_PFNS, DirtyBitmap, LogDirtyTree, sorted_unique
+from .p2m import M2P, P2M
+from .pod import PoDCache, decrease_plan
+
+_EMPTY = np.empty(0, dtype=np.int64)
+
+#: Types a guest write lands in (HAP: rw is writable; logdirty faults once, then rw).
+_WRITABLE = np.zeros(16, dtype=bool)
+_WRITABLE[[P2MType.ram_rw, P2MType.ram_logdirty]] = True
+#: RAM types get_page_from_gfn can give a page for (paged-out ones have no frame).
+_MAPPABLE = IS_RAM.copy()
+_MAPPABLE[[P2MType.ram_paged, P2MType.ram_paging_in]] = False
+#: Types guest_remove_page removes (RAM, and broken frames).
+_REMOVABLE = IS_RAM.copy()
+_REMOVABLE[P2MType.ram_broken] = True
+#: Types guest_remove_page answers -ENOENT for.
+_ENOENT_REMOVE = np.zeros(16, dtype=bool)
+_ENOENT_REMOVE[[P2MType.invalid, P2MType.mmio_dm]] = True
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowOpResult:
+    """What XEN_DOMCTL_shadow_op hands back: ``pages`` (the walked count, normally the
+    requested one), ``stats`` read before the walk, and the bitmap (CLEAN/PEEK with
+    ``want_bitmap``; None otherwise)."""
+
+    pages: int
+    stats: ShadowStats
+    bitmap: DirtyBitmap | None
+
+
+@dataclass(frozen=True, slots=True)
+class HypervisorEvent:
+    """A memory op or domain-state change: ``rc`` is Xen's return value (extents done for
+    decrease/populate, 0 or -errno otherwise); ``gfns`` the GFNs it handled."""
+
+    t: float
+    kind: str
+    nr: int
+    rc: int
+    gfns: np.ndarray | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HypervisorStats:
+    marks_dirty: int            # bits actually set in the log-dirty tree, by any path
+    marks_clean: int            # bits actually cleared by removal sites (fixed only)
+    logdirty_nodes: int         # tree pages held now (Xen's log_dirty.allocs)
+    logdirty_nodes_peak: int
+    failed_allocs: int
+    dirty_count: int            # internal (unsaturated) counter
+    fault_count: int
+    log_dirty_enabled: bool
+    populated_pages: int        # P2M entries of RAM types
+    pod_entries: int
+    pod_cache_pages: int
+    host_free_frames: int
+    dropped_writes: int         # guest writes to non-RAM / read-only GFNs
+    write_faults: int           # first writes to ram_logdirty GFNs
+    # additions beyond CONTRACTS.md
+    logdirty_levels: tuple[int, int, int, int] = (0, 0, 0, 0)   # nodes at L4, L3, L2, L1
+    pod_failures: int = 0       # demand-populates that found the PoD cache empty
+    orphaned_frames: int = 0    # frames unmapped but still the domain's
+    now: float = 0.0
+
+
+def _i64(a) -> np.ndarray:
+    return np.asarray(a, dtype=np.int64).reshape(-1)
+
+
+def _first_repeat(g: np.ndarray) -> int:
+    """Index of the first element equal to an earlier one (``len(g)`` if none)."""
+    if g.size < 2:
+        return g.size
+    order = np.argsort(g, kind="stable")
+    s = g[order]
+    rep = np.flatnonzero(s[1:] == s[:-1])
+    return int(order[rep + 1].min()) if rep.size else g.size
+
+
+def _last_wins(g: np.ndarray, tok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unique GFNs (sorted) with the token of each one's last occurrence."""
+    if g.size < 2:
+        return g, tok
+    order = np.argsort(g, kind="stable")
+    s = g[order]
+    last = np.ones(s.size, dtype=bool)
+    last[:-1] = s[1:] != s[:-1]
+    return s[last], tok[order][last]
+
+
+def _first_true(mask: np.ndarray) -> int:
+    i = np.flatnonzero(mask)
+    return int(i[0]) if i.size else mask.size
+
+
+class Hypervisor:
+    """One domain on a simulated Xen host (see docs/CONTRACTS.md)."""
+
+    def __init__(self, host_frames: int, behaviour: str = "fixed", logdirty_pool_pages: int | None = None):
+        if behaviour not in XenBehaviour.ALL:
+            raise ValueError(f"behaviour must be one of {XenBehaviour.ALL}, not {behaviour!r}")
+        self.behaviour = behaviour
+        self.fixed = behaviour == XenBehaviour.FIXED
+        self.frames = HostFrames(host_frames)
+        self.p2m = P2M()
+        self.m2p = M2P()
+        self.logdirty = LogDirtyTree(logdirty_pool_pages)
+        self.pod = PoDCache()
+        self.log_dirty_enabled = False
+        self.now = 0.0
+        self.guest = None
+        self._built = False
+        self._pause_count = 0
+        self._suspended = False
+        self._walk_until = -math.inf
+        self._running_guest = False
+        self._op_t: float | None = None
+        self._events: list[HypervisorEvent] = []
+        self._last_errno = 0
+        # counters
+        self.marks_dirty = 0
+        self.marks_clean = 0
+        self.dropped_writes = 0
+        self.write_faults = 0
+        self.pod_failures = 0
+        self.orphaned_frames = 0
+
+    # ================================================================ building
+
+    def build(self, layout: DomainLayout) -> None:
+        """The domain builder: RAM, PoD entries + cache, MMIO; log-dirty off, nothing marked."""
+        if self._built:
+            raise RuntimeError("domain already built")
+        ram = _i64(layout.ram_gfns)
+        pod = _i64(layout.pod_gfns)
+        mmio = _i64(layout.mmio_gfns)
+        for name, arr in (("ram_gfns", ram), ("pod_gfns", pod), ("mmio_gfns", mmio)):
+            if arr.size and (int(arr.min()) < 0 or int(arr.max()) > MAX_GFN):
+                raise ValueError(f"layout {name} must be in [0, {MAX_GFN:#x}]")
+            # Strictly increasing arrays (the usual layout) skip the sort.
+            if arr.size > 1 and not (arr[1:] > arr[:-1]).all() and sorted_unique(arr).size != arr.size:
+                raise ValueError(f"layout {name} has repeated GFNs")
+        need = ram.size + int(layout.pod_cache_pages)
+        if need > self.frames.free_frames:
+            raise XenError(ENOMEM, f"domain needs {need} frames, host has {self.frames.free_frames}")
+        mfns = self.frames.alloc(ram.size)
+        self.p2m.set(ram, P2MType.ram_rw, mfns)
+        self.m2p.set(mfns, ram)
+        if layout.ram_tokens is not None:
+            tok = np.asarray(layout.ram_tokens, dtype=np.uint64).reshape(-1)
+            if tok.size != ram.size:
+                raise ValueError("ram_tokens must match ram_gfns in length")
+            self.frames.write(mfns, tok)
+        if (pod.size and (self.p2m.get_types(pod) != P2MType.invalid).any()) or \
+                (mmio.size and (self.p2m.get_types(mmio) != P2MType.invalid).any()) or \
+                (pod.size and mmio.size and np.intersect1d(pod, mmio).size):
+            raise ValueError("layout GFNs must be unique across ram_gfns, pod_gfns and mmio_gfns")
+        self.p2m.set(pod, P2MType.populate_on_demand, INVALID_MFN)
+        self.pod.add(self.frames.alloc(int(layout.pod_cache_pages)))
+        self.p2m.set(mmio, P2MType.mmio_direct, INVALID_MFN)
+        self._built = True
+
+    def attach_guest(self, guest) -> None:
+        self.guest = guest
+
+    # ================================================================ scheduling
+
+    @property
+    def state(self) -> str:
+        if self._suspended:
+            return "suspended"
+        return "paused" if self._pause_count else "running"
+
+    def advance_to(self, t: float) -> None:
+        """Run the guest's vCPUs up to virtual time ``t``.
+
+        Time passes without the guest while the domain is paused or suspended, and
+        during a CLEAN/PEEK walk window (paging_log_dirty_op pauses the domain)."""
+        t = float(t)
+        if t <= self.now or self._running_guest:
+            return
+        if self.state != "running" or self.guest is None:
+            self.now = t
+            return
+        if self.now < self._walk_until:
+            self.now = min(t, self._walk_until)
+            if self.now >= t:
+                return
+        t0 = self.now
+        self._running_guest = True
+        try:
+            gen = self.guest.run(t0, t)
+            try:
+                op = next(gen)
+                while True:
+                    op = gen.send(self.apply(op))
+            except StopIteration:
+                pass
+        finally:
+            self._running_guest = False
+            self._op_t = None
+        self.now = t
+
+    def apply(self, op):
+        """Serve one guest operation; returns what the guest's generator is sent."""
+        self._op_t = float(op.t)
+        if isinstance(op, MemoryWrites):
+            self.guest_write(op.gfns, op.tokens)
+            return None
+        if isinstance(op, DecreaseReservation):
+            return self.decrease_reservation(op.gfns)
+        if isinstance(op, PopulatePhysmap):
+            return self.populate_physmap(op.gfns, pod=op.pod)
+        if isinstance(op, AddToPhysmap):
+            return self.add_to_physmap(op.src, op.dst)
+        if isinstance(op, RemoveFromPhysmap):
+            return self.remove_from_physmap(op.gfn)
+        if isinstance(op, SetTypedEntry):
+            return self.set_typed_p2m_entry(op.gfn, op.p2m_type)
+        raise TypeError(f"not a guest operation: {op!r}")
+
+    def _t(self) -> float:
+        return self._op_t if self._op_t is not None else self.now
+
+    def _event(self, kind: str, nr: int, rc: int, gfns=None, t: float | None = None) -> None:
+        self._events.append(HypervisorEvent(self._t() if t is None else float(t), kind, int(nr), int(rc),
+                                            None if gfns is None else _i64(gfns).copy()))
+
+    def drain_events(self) -> list[HypervisorEvent]:
+        ev, self._events = self._events, []
+        return ev
+
+    # ================================================================ marking
+
+    def _mark_dirty(self, gfns: np.ndarray) -> None:
+        # paging_mark_pfn_dirty: nothing unless the domain is in log-dirty mode.
+        if self.log_dirty_enabled and gfns.size:
+            self.marks_dirty += self.logdirty.mark_dirty(gfns)
+
+    def _fix_mark_dirty(self, gfns: np.ndarray) -> None:
+        # 98fccdf0ac: p2m_add_page marks each added GFN dirty.
+        if self.fixed:
+            self._mark_dirty(gfns)
+
+    def _fix_mark_clean(self, gfns: np.ndarray) -> None:
+        # 98fccdf0ac: set_pfn_logdirty(d, gfn, false) next to set_gpfn_from_mfn(INVALID).
+        if self.fixed and self.log_dirty_enabled and gfns.size:
+            self.marks_clean += self.logdirty.mark_clean(gfns)
+
+    # ================================================================ P2M primitives
+
+    def _unmap(self, gfns: np.ndarray, mfns: np.ndarray) -> None:
+        """p2m_remove_entry for RAM GFNs: M2P invalid, (fix) mark clean, P2M invalid."""
+        if gfns.size == 0:
+            return
+        self.m2p.set(mfns[mfns != INVALID_MFN], INVALID_M2P_ENTRY)
+        self._fix_mark_clean(gfns)
+        self.p2m.set(gfns, P2MType.invalid, INVALID_MFN)
+
+    def _map_ram(self, gfns: np.ndarray, mfns: np.ndarray) -> None:
+        """p2m_add_page(..., p2m_ram_rw): a fresh entry is ram_rw in both behaviours, so
+        under pre-fix its writes go unlogged until the next CLEAN re-protects it."""
+        if gfns.size == 0:
+            return
+        self.p2m.set(gfns, P2MType.ram_rw, mfns)
+        self.m2p.set(mfns, gfns)
+        self._fix_mark_dirty(gfns)
+
+    def _pod_demand_populate(self, gfns: np.ndarray) -> np.ndarray:
+        """p2m_pod_demand_populate for unique PoD GFNs; returns the mask of those backed.
+
+        Marks each populated GFN dirty in both behaviours (pre-seed code already did)."""
+        n = gfns.size
+        k = min(n, self.pod.count)
+        done = gfns[:k]
+        if k:
+            mfns = self.pod.take(k)
+            self.frames.write(mfns, np.zeros(k, dtype=np.uint64))   # cache pages are zeroed
+            self.p2m.set(done, P2MType.ram_rw, mfns)
+            self.m2p.set(mfns, done)
+            self._mark_dirty(done)
+        if k < n:
+            # Xen: "PoD cache exhausted" -> domain_crash(). Counted here instead.
+            self.pod_failures += n - k
+        self._event("pod_populate", n, k if k == n else -ENOMEM, done)
+        ok = np.zeros(n, dtype=bool)
+        ok[:k] = True
+        return ok
+
+    def _populate_pod_in(self, g: np.ndarray, types: np.ndarray) -> np.ndarray:
+        """P2M_ALLOC lookups: demand-populate the PoD GFNs among ``g``; new types."""
+        pod = IS_POD[types]
+        if pod.any():
+            ug = sorted_unique(g[pod])
+            self._pod_demand_populate(ug)
+            types = self.p2m.get_types(g)
+        return types
+
+    # ================================================================ guest-facing
+
+    def guest_write(self, gfns, tokens) -> None:
+        """The guest's vCPUs write ``gfns`` (last write wins) with content ``tokens``."""
+        g = _i64(gfns)
+        tok = np.asarray(tokens, dtype=np.uint64).reshape(-1)
+        if g.size == 0:
+            return
+        g, tok = _last_wins(g, tok)
+        types = self._populate_pod_in(g, self.p2m.get_types(g))
+        ld = types == P2MType.ram_logdirty
+        if ld.any():
+            # hvm_hap_nested_page_fault: paging_mark_pfn_dirty, then p2m_change_type_one
+            # logdirty -> rw; later writes this round are not seen.
+            fg = g[ld]
+            self.write_faults += fg.size
+            self._mark_dirty(fg)
+            self.p2m.set(fg, P2MType.ram_rw, self.p2m.mfns.get(fg))
+        ok = _WRITABLE[types]
+        nbad = g.size - int(np.count_nonzero(ok))
+        if nbad:
+            self.dropped_writes += nbad
+            g, tok = g[ok], tok[ok]
+        if g.size:
+            self.frames.write(self.p2m.mfns.get(g), tok)
+
+    def decrease_reservation(self, gfns) -> HypercallResult:
+        """XENMEM_decrease_reservation (balloon inflate), order-0 extents.
+
+        Per extent: p2m_pod_decrease_reservation first (PoD entries dropped, RAM stolen
+        into a short PoD cache), else guest_remove_page -> p2m_remove_entry, the frame
+        going back to the host. Stops at the first failure (-ENOENT for a hole or
+        mmio_dm, -EPERM for special entries); returns the number of extents done."""
+        g = _i64(gfns)
+        n = g.size
+        inrange = (g >= 0) & (g <= MAX_GFN)
+        types, mfns = self.p2m.get(g)
+        bad = ~inrange | ~(_REMOVABLE[types] | IS_POD[types])
+        k = min(_first_true(bad), _first_repeat(g))   # a repeat finds its GFN already gone
+        if k == n:
+            self._last_errno = 0
+        elif not bad[k] or not inrange[k] or _ENOENT_REMOVE[types[k]]:
+            self._last_errno = ENOENT       # guest_remove_page: nothing mapped there
+        else:
+            self._last_errno = EPERM        # mmio_direct and other special entries
+        g, types, mfns = g[:k], types[:k], mfns[:k]
+        is_pod, steal = decrease_plan(types, int(self.p2m.type_counts[P2MType.populate_on_demand]),
+                                      self.pod.count)
+        if is_pod.any():
+            self.p2m.set(g[is_pod], P2MType.invalid, INVALID_MFN)
+        if steal.any():
+            # p2m-pod.c decrease_reservation: steal for the cache (M2P invalid, with the
+            # fix mark clean), then p2m_pod_cache_add.
+            self._unmap(g[steal], mfns[steal].astype(np.int64))
+            self.pod.add(mfns[steal])
+        rest = ~(is_pod | steal)
+        if rest.any():
+            rm = mfns[rest].astype(np.int64)
+            self._unmap(g[rest], rm)
+            self.frames.free(rm[rm != INVALID_MFN])
+        self._event("decrease_reservation", n, k, g)
+        return HypercallResult(rc=k, done=g.copy())
+
+    def populate_physmap(self, gfns, pod: bool = False) -> HypercallResult:
+        """XENMEM_populate_physmap (balloon deflate), order-0 extents.
+
+        Real frames: alloc_domheap_pages then p2m_add_page(ram_rw); stops when the
+        host is out of frames (rc = extents done). With ``pod``:
+        guest_physmap_mark_populate_on_demand, which refuses (-EBUSY) over RAM."""
+        g = _i64(gfns)
+        n = g.size
+        inrange = (g >= 0) & (g <= MAX_GFN)
+        types, mfns = self.p2m.get(g)
+        if pod:
+            ok = inrange & ((types == P2MType.invalid) | (types == P2MType.mmio_dm) | IS_POD[types])
+            k = _first_true(~ok)
+            self._last_errno = 0 if k == n else (EINVAL if not inrange[k] else EBUSY)
+            done = g[:k]
+            self.p2m.set(sorted_unique(done), P2MType.populate_on_demand, INVALID_MFN)
+            self._event("populate_physmap", n, k, done)
+            return HypercallResult(rc=k, done=done.copy())
+        # p2m_add_page refuses special entries (Xen crashes the domain); a bad GFN fails.
+        ok = inrange & ~IS_SPECIAL[types]
+        k = _first_true(~ok)
+        self._last_errno = 0 if k == n else (EINVAL if not inrange[k] else EBUSY)
+        if k > self.frames.free_frames:
+            k = self.frames.free_frames
+            self._last_errno = ENOMEM
+        done = g[:k]
+        if k:
+            new = self.frames.alloc(k)
+            # Repeats: each extent gets a frame; only the last one stays mapped.
+            order = np.argsort(done, kind="stable")
+            s = done[order]
+            last = np.ones(k, dtype=bool)
+            last[:-1] = s[1:] != s[:-1]
+            ug, umfn = s[last], new[order][last]
+            old_t, old_m = types[:k][order][last], mfns[:k][order][last]
+            # p2m_add_page over RAM invalidates the old frame's M2P; the page stays the
+            # domain's (no mark clean: the GFN is re-marked dirty by the add).
+            was_ram = _REMOVABLE[old_t]
+            if was_ram.any():
+                self.m2p.set(old_m[was_ram].astype(np.int64), INVALID_M2P_ENTRY)
+                self.orphaned_frames += int(np.count_nonzero(was_ram))
+            if k - ug.size:
+                self.orphaned_frames += k - ug.size
+            self._map_ram(ug, umfn)
+        self._event("populate_physmap", n, k, done)
+        return HypercallResult(rc=k, done=done.copy())
+
+    def add_to_physmap(self, src: int, dst: int) -> HypercallResult:
+        """XENMEM_add_to_physmap, XENMAPSPACE_gmfn: move the frame at ``src`` to ``dst``
+        (xenmem_add_to_physmap_one): the page at ``dst`` goes (guest_remove_page), ``src``
+        is unhooked (p2m_remove_entry: clean with the fix) and the frame is added at
+        ``dst`` as ram_rw (p2m_add_page: dirty with the fix)."""
+        src, dst = int(src), int(dst)
+        rc = self._add_to_physmap(src, dst)
+        self._event("add_to_physmap", 1, rc, [src, dst] if rc == 0 else [])
+        return HypercallResult(rc=rc, done=np.array([dst] if rc == 0 else [], dtype=np.int64))
+
+    def _add_to_physmap(self, src: int, dst: int) -> int:
+        if not (0 <= src <= MAX_GFN and 0 <= dst <= MAX_GFN):
+            return -EINVAL
+        (ts, td), (ms, md) = self.p2m.get([src, dst])
+        # c9491ea21a: the source must be p2m_ram_rw or p2m_ram_logdirty.
+        if ts not in (P2MType.ram_rw, P2MType.ram_logdirty):
+            return -EINVAL
+        if dst != src and IS_SPECIAL[td]:
+            return -EBUSY       # p2m_add_page refuses special entries (Xen crashes the domain)
+        S = np.array([src], dtype=np.int64)
+        D = np.array([dst], dtype=np.int64)
+        if dst != src and _REMOVABLE[td]:
+            self._unmap(D, np.array([md], dtype=np.int64))
+            self.frames.free(np.array([md], dtype=np.int64))
+        self._unmap(S, np.array([ms], dtype=np.int64))
+        self._map_ram(D, np.array([ms], dtype=np.int64))
+        return 0
+
+    def remove_from_physmap(self, gfn: int) -> HypercallResult:
+        """XENMEM_remove_from_physmap: get_page_from_gfn(P2M_ALLOC) then
+        guest_physmap_remove_page. The page stays the domain's (orphaned)."""
+        gfn = int(gfn)
+        rc = -ENOENT
+        if 0 <= gfn <= MAX_GFN:
+            G = np.array([gfn], dtype=np.int64)
+            t = self._populate_pod_in(G, self.p2m.get_types(G))[0]
+            if _MAPPABLE[t]:
+                m = self.p2m.mfns.get(G).astype(np.int64)
+                self._unmap(G, m)
+                self.orphaned_frames += 1
+                rc = 0
+        self._event("remove_from_physmap", 1, rc, [gfn] if rc == 0 else [])
+        return HypercallResult(rc=rc, done=np.array([gfn] if rc == 0 else [], dtype=np.int64))
+
+    def set_typed_p2m_entry(self, gfn: int, p2m_type: int) -> HypercallResult:
+        """set_typed_p2m_entry: map ``p2m_type`` (mmio_direct or map_foreign) over ``gfn``.
+        RAM that was there is freed (M2P invalid, clean with the fix); a PoD entry is
+        simply dropped from entry_count."""
+        gfn, nt = int(gfn), int(p2m_type)
+        rc = 0
+        if nt not in (P2MType.mmio_direct, P2MType.map_foreign) or not 0 <= gfn <= MAX_GFN:
+            rc = -EINVAL
+        else:
+            G = np.array([gfn], dtype=np.int64)
+            (t,), (m,) = self.p2m.get(G)
+            if IS_SPECIAL[t]:
+                # An identical mapping is fine; anything else crashes the domain in Xen.
+                rc = 0 if t == nt else -EBUSY
+            else:
+                if _REMOVABLE[t]:
+                    mm = np.array([m], dtype=np.int64)
+                    self.m2p.set(mm, INVALID_M2P_ENTRY)
+                    self._fix_mark_clean(G)
+                    self.frames.free(mm)
+                self.p2m.set(G, nt, INVALID_MFN)
+        self._event("set_typed_p2m_entry", 1, rc, [gfn] if rc == 0 else [])
+        return HypercallResult(rc=rc, done=np.array([gfn] if rc == 0 else [], dtype=np.int64))
+
+    # ================================================================ toolstack domctls
+
+    def shadow_op(self, t: float, op: int, *, mode: int = 0, pages: int = 0, want_bitmap: bool = True,
+                  walk_s: float = 0.0) -> ShadowOpResult:
+        """XEN_DOMCTL_shadow_op: ENABLE_LOGDIRTY, OFF, CLEAN, PEEK (mode: FINAL only).
+
+        Raises XenError: EINVAL for an unknown op or mode bit, or enabling twice; ENOMEM
+        from CLEAN/PEEK after failed node allocations (nothing is cleared then)."""
+        self.advance_to(t)
+        try:
+            op = ShadowOp(op)
+        except ValueError:
+            raise XenError(EINVAL, f"unknown shadow op {op}") from None
+        if op == ShadowOp.ENABLE_LOGDIRTY:
+            if self.log_dirty_enabled:
+                raise XenError(EINVAL, "log-dirty mode is already enabled")
+            # hap_enable_log_dirty: no tree yet; every rw entry becomes logdirty.
+            self.log_dirty_enabled = True
+            self.p2m.change_type_global(P2MType.ram_rw, P2MType.ram_logdirty)
+            self._event("logdirty_enable", 0, 0, t=t)
+            return ShadowOpResult(0, self.logdirty.stats(), None)
+        if op == ShadowOp.OFF:
+            # paging_log_dirty_disable: hap disable (logdirty -> rw), free the whole tree
+            # (resets failed_allocs, keeps dirty_count).
+            self.log_dirty_enabled = False
+            self.p2m.change_type_global(P2MType.ram_logdirty, P2MType.ram_rw)
+            nodes = self.logdirty.nodes
+            self.logdirty.free()
+            self._event("logdirty_off", nodes, 0, t=t)
+            return ShadowOpResult(0, self.logdirty.stats(), None)
+        if op in (ShadowOp.CLEAN, ShadowOp.PEEK):
+            if mode & ~SHADOW_LOGDIRTY_FINAL:
+                raise XenError(EINVAL, f"mode {mode:#x} has bits other than LOGDIRTY_FINAL")
+            if pages < 0:
+                raise XenError(EINVAL, f"pages must be >= 0, not {pages}")
+            # (FINAL: hvm_mapped_guest_frames_mark_dirty; Xen holds no guest frames
+            # write-mapped in this model, so it marks nothing.)
+            clean = op == ShadowOp.CLEAN
+            kind = "clean" if clean else "peek"
+            try:
+                bitmap, stats = (self.logdirty.clean if clean else self.logdirty.peek)(pages, want_bitmap)
+            except XenError as e:
+                self._event(kind, pages, -e.errno, t=t)
+                raise
+            if clean and self.log_dirty_enabled:
+                # hap_clean_dirty_bitmap: re-protect every rw entry.
+                self.p2m.change_type_global(P2MType.ram_rw, P2MType.ram_logdirty)
+            # paging_log_dirty_op pauses the domain for the walk.
+            self._walk_until = max(self._walk_until, float(t) + float(walk_s))
+            self._event(kind, pages, stats.dirty_count, t=t)
+            return ShadowOpResult(min(int(pages), TREE_PFNS), stats, bitmap)
+        raise XenError(EINVAL, f"shadow op {op.name} is not modelled")
+
+    def getpageframeinfo3(self, t: float, pfns) -> np.ndarray:
+        """XEN_DOMCTL_getpageframeinfo3: per PFN the PFINFO nibble << 28 (uint32).
+
+        get_page_from_gfn(P2M_ALLOC): PoD entries are demand-populated (and marked
+        dirty) and read NOTAB; RAM -> NOTAB; ram_broken -> BROKEN; anything else
+        (holes, MMIO, grant, foreign, out of range) -> XTAB."""
+        p = _i64(pfns)
+        if p.size > MAX_BATCH_SIZE:
+            raise XenError(E2BIG, f"getpageframeinfo3 takes at most {MAX_BATCH_SIZE} PFNs, got {p.size}")
+        self.advance_to(t)
+        types = self._populate_pod_in(p, self.p2m.get_types(p))
+        out = np.full(p.size, PFInfo.XTAB << PFINFO_LTAB_SHIFT, dtype=np.uint32)
+        out[_MAPPABLE[types]] = PFInfo.NOTAB << PFINFO_LTAB_SHIFT
+        out[types == P2MType.ram_broken] = PFInfo.BROKEN << PFINFO_LTAB_SHIFT
+        return out
+
+    def _read(self, p: np.ndarray, types: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ok = _MAPPABLE[types]
+        err = np.where(ok, 0, -EINVAL).astype(np.int32)
+        err[(types == P2MType.ram_paged) | (types == P2MType.ram_paging_in)] = -ENOENT
+        tokens = np.zeros(p.size, dtype=np.uint64)
+        if ok.any():
+            tokens[ok] = self.frames.read(self.p2m.mfns.get(p[ok]))
+        return tokens, err
+
+    def map_foreign(self, t: float, pfns) -> tuple[np.ndarray, np.ndarray]:
+        """xenforeignmemory_map of a batch, read-only: ``(tokens, err)`` with err 0 or
+        -errno per page (-EINVAL where the GFN is not mappable RAM, as mod_l1_entry)."""
+        p = _i64(pfns)
+        self.advance_to(t)
+        types = self._populate_pod_in(p, self.p2m.get_types(p))
+        return self._read(p, types)
+
+    def pause(self, t: float) -> None:
+        """domain_pause (nestable)."""
+        self.advance_to(t)
+        self._pause_count += 1
+        self._event("pause", self._pause_count, 0, t=t)
+
+    def unpause(self, t: float) -> None:
+        self.advance_to(t)
+        if self._pause_count == 0:
+            raise XenError(EINVAL, "domain is not paused")
+        self._pause_count -= 1
+        self._event("unpause", self._pause_count, 0, t=t)
+
+    def suspend(self, t: float) -> None:
+        """The guest suspends (SCHEDOP_shutdown, reason suspend): it runs no more."""
+        self.advance_to(t)
+        if self._suspended:
+            raise XenError(EINVAL, "domain is already suspended")
+        self._suspended = True
+        self._event("suspend", 0, 0, t=t)
+
+    def resume(self, t: float) -> None:
+        """Resume a suspended domain (a failed migration's sender side)."""
+        self.advance_to(t)
+        if not self._suspended:
+            raise XenError(EINVAL, "domain is not suspended")
+        self._suspended = False
+        self._event("resume", 0, 0, t=t)
+
+    def max_gpfn(self) -> int:
+        """domain_get_maximum_gpfn: p2m->max_mapped_pfn (never lowered)."""
+        return max(0, self.p2m.max_mapped_pfn)
+
+    # ================================================================ destination side
+
+    def populate_physmap_exact(self, pfns) -> None:
+        """xc_domain_populate_physmap_exact: all extents or XenError."""
+        p = _i64(pfns)
+        res = self.populate_physmap(p)
+        if res.rc != p.size:
+            raise XenError(self._last_errno or ENOMEM,
+                           f"populate_physmap_exact: {res.rc} of {p.size} PFNs populated; "
+                           f"pfn {int(p[res.rc]):#x} failed")
+
+    def write_pages(self, pfns, tokens) -> None:
+        """Foreign-map ``pfns`` read-write and copy ``tokens`` in (last write wins).
+        Nothing is written unless every page maps."""
+        p = _i64(pfns)
+        tok = np.asarray(tokens, dtype=np.uint64).reshape(-1)
+        if tok.size != p.size:
+            raise ValueError("write_pages: pfns and tokens differ in length")
+        p, tok = _last_wins(p, tok)
+        types = self.p2m.get_types(p)
+        ok = _MAPPABLE[types]
+        if not ok.all():
+            bad = int(p[np.flatnonzero(~ok)[0]])
+            raise XenError(EINVAL, f"Mapping of pfn {bad:#x} failed (p2m type "
+                                   f"{P2MType(int(types[~ok][0])).name})")
+        self.frames.write(self.p2m.mfns.get(p), tok)
+        # A writable foreign mapping marks the page dirty when dropped (paging_mark_dirty).
+        self._mark_dirty(p)
+
+    def read_pages(self, pfns) -> tuple[np.ndarray, np.ndarray]:
+        """Read-only map without P2M_ALLOC and without running the guest: ``(tokens, err)``."""
+        p = _i64(pfns)
+        return self._read(p, self.p2m.get_types(p))
+
+    # ================================================================ introspection
+
+    def p2m_types(self, gfns) -> np.ndarray:
+        return self.p2m.get_types(_i64(gfns))
+
+    def p2m_mfns(self, gfns) -> np.ndarray:
+        return self.p2m.get(_i64(gfns))[1]
+
+    def ram_gfns(self) -> np.ndarray:
+        """Sorted GFNs whose entry is a RAM type."""
+        return self.p2m.gfns_where(IS_RAM)
+
+    def pod_gfns(self) -> np.ndarray:
+        return self.p2m.gfns_where(IS_POD)
+
+    def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(gfns, tokens)`` of every RAM entry, sorted by GFN."""
+        g = self.ram_gfns()
+        return g, self.frames.read(self.p2m.mfns.get(g))
+
+    @property
+    def stats(self) -> HypervisorStats:
+        nc = self.logdirty.node_counts()
+        return HypervisorStats(
+            marks_dirty=self.marks_dirty,
+            marks_clean=self.marks_clean,
+            logdirty_nodes=nc.total,
+            logdirty_nodes_peak=self.logdirty.nodes_peak,
+            failed_allocs=self.logdirty.failed_allocs,
+            dirty_count=self.logdirty.dirty_count,
+            fault_count=self.logdirty.fault_count,
+            log_dirty_enabled=self.log_dirty_enabled,
+            populated_pages=self.p2m.ram_count(),
+            pod_entries=int(self.p2m.type_counts[P2MType.populate_on_demand]),
+            pod_cache_pages=self.pod.count,
+            host_free_frames=self.frames.free_frames,
+            dropped_writes=self.dropped_writes,
+            write_faults=self.write_faults,
+            logdirty_levels=(nc.l4, nc.l3, nc.l2, nc.l1),
+            pod_failures=self.pod_failures,
+            orphaned_frames=self.orphaned_frames,
+            now=self.now,
+        )

@@ -1,0 +1,77 @@
+"""Host machine frames: the allocator and the frame contents.
+
+Mirrors Xen's heap allocator as a domain sees it (``alloc_domheap_pages`` /
+``free_domheap_pages`` in ``xen/common/page_alloc.c``): a host holds ``host_frames``
+frames; an allocation of n frames either gets all n or fails with ENOMEM and takes
+nothing. Freshly allocated frames are scrubbed (token 0, an all-zero page), as Xen
+scrubs pages it hands a guest.
+
+Allocation is deterministic: freed frames go on a LIFO free stack and are reused first
+(most recently freed first); otherwise frames come from a never-used watermark in MFN
+order. Memory is O(freed frames), so a host limit of billions of frames costs nothing
+up front.
+
+Frame contents are one 64-bit content token per MFN (``content.py`` expands a token to
+its 4 KiB page), held in a :class:`~hypervisor.p2m.ChunkedArray`: 8 bytes per MFN.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .abi import ENOMEM, XenError
+from .p2m import ChunkedArray
+
+
+class HostFrames:
+    """Frame allocator with a host limit, plus the per-frame content tokens."""
+
+    def __init__(self, host_frames: int):
+        if host_frames < 0 or host_frames > 0xFFFFFFFF:
+            raise ValueError(f"host_frames must be in [0, 2^32): {host_frames}")
+        self.host_frames = int(host_frames)
+        self._watermark = 0                                   # next never-used MFN
+        self._stack = np.empty(0, dtype=np.int64)             # freed MFNs; top = end
+        self._nstack = 0
+        self.tokens = ChunkedArray(np.uint64, 0)
+
+    @property
+    def free_frames(self) -> int:
+        return self.host_frames - self._watermark + self._nstack
+
+    def alloc(self, n: int) -> np.ndarray:
+        """Allocate ``n`` scrubbed frames (int64 MFNs), or raise ENOMEM taking none."""
+        n = int(n)
+        if n > self.free_frames:
+            raise XenError(ENOMEM, f"host out of memory: {n} frames asked, "
+                                   f"{self.free_frames} free of {self.host_frames}")
+        k = min(n, self._nstack)
+        # Pop most-recently-freed first.
+        from_stack = self._stack[self._nstack - k:self._nstack][::-1].copy()
+        self._nstack -= k
+        fresh = np.arange(self._watermark, self._watermark + (n - k), dtype=np.int64)
+        self._watermark += n - k
+        mfns = np.concatenate([from_stack, fresh]) if k else fresh
+        if from_stack.size:
+            self.tokens.set(from_stack, 0)   # scrub reused frames; fresh ones read 0 already
+        return mfns
+
+    def free(self, mfns) -> None:
+        """Return frames to the host (pushed in the given order)."""
+        m = np.asarray(mfns, dtype=np.int64).reshape(-1)
+        if m.size == 0:
+            return
+        need = self._nstack + m.size
+        if need > self._stack.size:
+            grown = np.empty(max(need, 2 * self._stack.size, 64), dtype=np.int64)
+            grown[: self._nstack] = self._stack[: self._nstack]
+            self._stack = grown
+        self._stack[self._nstack:need] = m
+        self._nstack = need
+
+    def read(self, mfns) -> np.ndarray:
+        return self.tokens.get(np.asarray(mfns, dtype=np.int64))
+
+    def write(self, mfns, tokens) -> None:
+        """Store content tokens into unique frames."""
+        self.tokens.set(np.asarray(mfns, dtype=np.int64), np.asarray(tokens, dtype=np.uint64))

@@ -1,0 +1,224 @@
+"""The P2M (guest frame -> machine frame, with p2m types) and the M2P.
+
+Mirrors ``xen/arch/x86/mm/p2m.c``'s view of a domain's physmap: one entry per GFN
+holding a ``p2m_type_t`` and an MFN (``p2m_set_entry`` / ``p2m_get_entry``), and the
+machine-to-physical table that ``set_gpfn_from_mfn`` keeps in step on every add,
+remove and replace (``INVALID_M2P_ENTRY`` when a frame is in no physmap). The
+``max_mapped_pfn`` high-water mark is what ``domain_get_maximum_gpfn`` reports; like
+Xen's, it never goes down.
+
+GFNs reach 2^40 - 1 and guests are dense (256 GiB = 64 Mi pages) or sparse (1 GiB plus
+one page near 2^32), so both tables are :class:`ChunkedArray`: a directory indexed by
+``index >> CHUNK_BITS`` naming rows of a growable 2-D pool; an absent chunk reads as
+the default (p2m_invalid / INVALID_MFN / INVALID_M2P_ENTRY). Every get and set is
+vectorised over numpy index arrays.
+
+Memory per page:
+* P2M: 5 bytes per GFN (1 byte type + 4 bytes MFN) in every touched 2^18-GFN chunk,
+  plus a 4-byte directory entry per chunk up to the highest chunk touched (16 MiB per
+  table for a GFN near 2^40, 64 KiB for one near 2^32);
+* M2P: 8 bytes per MFN (int64 GFN), chunked the same way over MFNs (``frames.py`` adds
+  another 8 bytes per MFN for the content token: 16 bytes/MFN in all).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .logdirty import sorted_unique
+from .abi import INVALID_M2P_ENTRY, INVALID_MFN, IS_RAM, MAX_GFN, P2MType
+
+CHUNK_BITS = 18
+CHUNK = 1 << CHUNK_BITS
+_CHUNK_MASK = CHUNK - 1
+
+
+def _unique_chunks(chunk: np.ndarray) -> np.ndarray:
+    if chunk.size == 0:
+        return chunk
+    lo, hi = int(chunk.min()), int(chunk.max())
+    if lo == hi:
+        return np.array([lo], dtype=np.int64)
+    if hi - lo < (1 << 22):
+        present = np.zeros(hi - lo + 1, dtype=bool)
+        present[chunk - lo] = True
+        return np.flatnonzero(present) + lo
+    return sorted_unique(chunk)
+
+
+class ChunkedArray:
+    """A sparse 1-D array over ``[0, 2^40)`` stored in 2^CHUNK_BITS-entry chunks."""
+
+    def __init__(self, dtype, default):
+        self.dtype = np.dtype(dtype)
+        self.default = self.dtype.type(default)
+        self.directory = np.empty(0, dtype=np.int32)   # chunk number -> pool row, -1 absent
+        self.pool = np.empty((0, CHUNK), dtype=self.dtype)
+        self.nrows = 0
+
+    def _rows(self, chunk: np.ndarray) -> np.ndarray:
+        d = self.directory
+        if chunk.size and int(chunk.max()) < d.size:
+            return d[chunk]
+        out = np.full(chunk.size, -1, dtype=np.int64)
+        inside = chunk < d.size
+        out[inside] = d[chunk[inside]]
+        return out
+
+    @staticmethod
+    def _run(idx: np.ndarray) -> bool:
+        """Is ``idx`` one contiguous increasing run (the builder's and scans' shape)?"""
+        n = idx.size
+        return n > 4096 and int(idx[-1]) - int(idx[0]) == n - 1 and bool((np.diff(idx) == 1).all())
+
+    def _slices(self, start: int, n: int):
+        """(chunk, offset in chunk, position in run, length) pieces of a run."""
+        pos = 0
+        while pos < n:
+            i = start + pos
+            c, off = i >> CHUNK_BITS, i & _CHUNK_MASK
+            k = min(CHUNK - off, n - pos)
+            yield c, off, pos, k
+            pos += k
+
+    def get(self, idx: np.ndarray) -> np.ndarray:
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        if self._run(idx):
+            out = np.full(idx.size, self.default, dtype=self.dtype)
+            d = self.directory
+            for c, off, pos, k in self._slices(int(idx[0]), idx.size):
+                if c < d.size and d[c] >= 0:
+                    out[pos:pos + k] = self.pool[d[c], off:off + k]
+            return out
+        rows = self._rows(idx >> CHUNK_BITS)
+        flat = self.pool.reshape(-1)
+        if rows.size and int(rows.min()) >= 0:
+            return flat[(rows << CHUNK_BITS) | (idx & _CHUNK_MASK)]
+        out = np.full(idx.size, self.default, dtype=self.dtype)
+        ok = rows >= 0
+        out[ok] = flat[(rows[ok] << CHUNK_BITS) | (idx[ok] & _CHUNK_MASK)]
+        return out
+
+    def _ensure(self, chunks: np.ndarray) -> None:
+        if chunks.size == 0:
+            return
+        top = int(chunks.max())
+        if top >= self.directory.size:
+            grown = np.full(max(top + 1, 2 * self.directory.size), -1, dtype=np.int32)
+            grown[: self.directory.size] = self.directory
+            self.directory = grown
+        missing = chunks[self.directory[chunks] < 0]
+        if missing.size == 0:
+            return
+        need = self.nrows + missing.size
+        if need > self.pool.shape[0]:
+            cap = max(need, 2 * self.pool.shape[0], 4)
+            grown = np.empty((cap, CHUNK), dtype=self.dtype)
+            grown[: self.nrows] = self.pool[: self.nrows]
+            self.pool = grown
+        self.pool[self.nrows:need] = self.default
+        self.directory[missing] = np.arange(self.nrows, need)
+        self.nrows = need
+
+    def set(self, idx: np.ndarray, values) -> None:
+        """``a[idx] = values``; with repeated indices the result is unspecified, so
+        callers pass unique indices."""
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        if idx.size == 0:
+            return
+        if self._run(idx):
+            start, n = int(idx[0]), idx.size
+            self._ensure(np.arange(start >> CHUNK_BITS, ((start + n - 1) >> CHUNK_BITS) + 1))
+            vals = np.broadcast_to(np.asarray(values, dtype=self.dtype), (n,))
+            for c, off, pos, k in self._slices(start, n):
+                self.pool[self.directory[c], off:off + k] = vals[pos:pos + k]
+            return
+        chunk = idx >> CHUNK_BITS
+        self._ensure(_unique_chunks(chunk))
+        rows = self.directory[chunk].astype(np.int64)
+        self.pool.reshape(-1)[(rows << CHUNK_BITS) | (idx & _CHUNK_MASK)] = values
+
+    def chunks(self):
+        """Yield ``(base_index, row_view)`` for every allocated chunk, in index order."""
+        for c in np.flatnonzero(self.directory >= 0).tolist():
+            yield c << CHUNK_BITS, self.pool[self.directory[c]]
+
+    def rows_in_use(self) -> np.ndarray:
+        """The pool rows in use, as one 2-D view (for whole-table updates)."""
+        return self.pool[: self.nrows]
+
+    @property
+    def nbytes(self) -> int:
+        return self.nrows * CHUNK * self.dtype.itemsize + self.directory.nbytes
+
+
+class P2M:
+    """Per-GFN p2m type (uint8) and MFN (uint32), with a per-type entry histogram."""
+
+    def __init__(self):
+        self.types = ChunkedArray(np.uint8, P2MType.invalid)
+        self.mfns = ChunkedArray(np.uint32, INVALID_MFN)
+        #: Entries per p2m type (p2m_invalid's count is relative: default entries are not held).
+        self.type_counts = np.zeros(16, dtype=np.int64)
+        self.max_mapped_pfn = -1
+
+    def get(self, gfns) -> tuple[np.ndarray, np.ndarray]:
+        """p2m_get_entry over an array: ``(types uint8, mfns uint32)``; GFNs outside
+        ``[0, MAX_GFN]`` read as p2m_invalid."""
+        g = np.asarray(gfns, dtype=np.int64).reshape(-1)
+        bad = (g < 0) | (g > MAX_GFN)
+        if bad.any():
+            t = np.full(g.size, P2MType.invalid, dtype=np.uint8)
+            m = np.full(g.size, INVALID_MFN, dtype=np.uint32)
+            ok = ~bad
+            t[ok] = self.types.get(g[ok])
+            m[ok] = self.mfns.get(g[ok])
+            return t, m
+        return self.types.get(g), self.mfns.get(g)
+
+    def get_types(self, gfns) -> np.ndarray:
+        return self.get(gfns)[0]
+
+    def set(self, gfns, types, mfns) -> None:
+        """p2m_set_entry over unique, in-range GFNs."""
+        g = np.asarray(gfns, dtype=np.int64).reshape(-1)
+        if g.size == 0:
+            return
+        old = self.types.get(g)
+        self.type_counts -= np.bincount(old, minlength=16)
+        new = np.broadcast_to(np.asarray(types, dtype=np.uint8), g.shape)
+        self.type_counts += np.bincount(new, minlength=16)
+        self.types.set(g, new)
+        self.mfns.set(g, mfns)
+        mapped = g[new != P2MType.invalid]
+        if mapped.size:
+            self.max_mapped_pfn = max(self.max_mapped_pfn, int(mapped.max()))
+
+    def change_type_global(self, ot: P2MType, nt: P2MType) -> None:
+        """p2m_change_entry_type_global: every ``ot`` entry becomes ``nt``."""
+        rows = self.types.rows_in_use()
+        rows[rows == ot] = nt
+        self.type_counts[nt] += self.type_counts[ot]
+        self.type_counts[ot] = 0
+
+    def gfns_where(self, table: np.ndarray) -> np.ndarray:
+        """Sorted GFNs whose type is in a 16-entry bool class table (abi.IS_RAM, ...)."""
+        parts = [np.flatnonzero(table[row]) + base for base, row in self.types.chunks()]
+        return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, dtype=np.int64)
+
+    def ram_count(self) -> int:
+        return int(self.type_counts[IS_RAM].sum())
+
+
+class M2P:
+    """The machine-to-physical table: per-MFN GFN, INVALID_M2P_ENTRY (-1) when unmapped."""
+
+    def __init__(self):
+        self.table = ChunkedArray(np.int64, INVALID_M2P_ENTRY)
+
+    def get(self, mfns) -> np.ndarray:
+        return self.table.get(np.asarray(mfns, dtype=np.int64))
+
+    def set(self, mfns, gfns) -> None:
+        """set_gpfn_from_mfn over unique MFNs."""
+        self.table.set(np.asarray(mfns, dtype=np.int64), gfns)
