@@ -224,3 +224,37 @@ def test_restore_rate_caps_how_fast_pages_arrive():
     pass1 = lambda res: res.save.rounds[0].end_s - res.save.rounds[0].start_s
     assert pass1(slow) == pytest.approx(64 * 256 / 1000, rel=0.02)
     assert pass1(fast) < pass1(slow) / 10
+
+
+def _balloon_after_pass1(behaviour):
+    """32 MiB over 100 Mbit/s: pass 1 takes ~2.7 s, passes 2-8 run to ~4 s. The balloon gives 4 MiB back at 3 s
+    (after pass 1 sent those pages) and takes it back at 3.5 s, reusing half of it."""
+    sc = scenario(guest={"memory": "32MiB", "workloads": [{"kind": "uniform", "rate": "4MiB/s"}],
+                         "balloon": {"schedule": [{"at": "3s", "target": "-4MiB"},
+                                                  {"at": "3.5s", "target": "+4MiB"}],
+                                     "reuse_share": 0.5, "reuse_within": "100ms"}},
+                  link={"bandwidth": "100Mbit/s"},
+                  migration={"start": "100ms", "policy_params": {"dirty_threshold": 1, "max_iterations": 8}})
+    return run(sc, behaviour=behaviour)
+
+
+def test_prefix_leaves_pages_ballooned_out_and_back_stale_at_the_destination():
+    """Reference 6.2 (ii): a GFN sent in pass 1, ballooned out, then re-populated with a
+    new scrubbed page keeps its pass-1 contents at the destination under pre-fix."""
+    fixed, prefix = _balloon_after_pass1("fixed"), _balloon_after_pass1("pre-fix")
+    assert fixed.save.rounds[0].end_s < 3.0
+    assert fixed.verify.ok and fixed.verify.stale_pages == 0
+    assert prefix.verify.stale_pages > 0
+    assert prefix.verify.missing_pages == 0
+
+
+def test_fixed_marks_every_removed_gfn_clean_so_later_bitmaps_hold_no_xtab():
+    """The inflate at 3 s lands inside pass 2: GFNs removed after the CLEAN that built
+    pass 2's bitmap are XTAB in both behaviours (the saver cannot know). From pass 3 on,
+    fixed bitmaps hold no removed GFN; pre-fix ones still do."""
+    fixed, prefix = _balloon_after_pass1("fixed"), _balloon_after_pass1("pre-fix")
+    assert fixed.save.rounds[1].balloon_out > 0
+    assert fixed.save.rounds[1].xtab_sent == prefix.save.rounds[1].xtab_sent
+    assert sum(r.xtab_sent for r in fixed.save.rounds[2:]) == 0
+    assert sum(r.xtab_sent for r in prefix.save.rounds[2:]) > 0
+    assert fixed.hypervisor["marks_clean"] > 0 and prefix.hypervisor["marks_clean"] == 0
