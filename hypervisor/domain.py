@@ -139,7 +139,8 @@ def _first_true(mask: np.ndarray) -> int:
 class Hypervisor:
     """One domain on a simulated Xen host (see docs/CONTRACTS.md)."""
 
-    def __init__(self, host_frames: int, behaviour: str = "fixed", logdirty_pool_pages: int | None = None):
+    def __init__(self, host_frames: int, behaviour: str = "fixed", logdirty_pool_pages: int | None = None,
+                 record_events: bool = True):
         if behaviour not in XenBehaviour.ALL:
             raise ValueError(f"behaviour must be one of {XenBehaviour.ALL}, not {behaviour!r}")
         self.behaviour = behaviour
@@ -152,6 +153,8 @@ class Hypervisor:
         self.log_dirty_enabled = False
         self.now = 0.0
         self.guest = None
+        #: A destination domain has nobody reading its events: don't keep them.
+        self.record_events = record_events
         self._built = False
         self._pause_count = 0
         self._suspended = False
@@ -266,6 +269,8 @@ class Hypervisor:
         return self._op_t if self._op_t is not None else self.now
 
     def _event(self, kind: str, nr: int, rc: int, gfns=None, t: float | None = None) -> None:
+        if not self.record_events:
+            return
         self._events.append(HypervisorEvent(self._t() if t is None else float(t), kind, int(nr), int(rc),
                                             None if gfns is None else _i64(gfns).copy()))
 
@@ -678,17 +683,23 @@ class Hypervisor:
     def p2m_mfns(self, gfns) -> np.ndarray:
         return self.p2m.get(_i64(gfns))[1]
 
-    def ram_gfns(self) -> np.ndarray:
-        """Sorted GFNs whose entry is a RAM type."""
-        return self.p2m.gfns_where(IS_RAM)
+    def ram_gfns(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """Sorted GFNs in [lo, hi) whose entry is a RAM type."""
+        return self.p2m.gfns_where(IS_RAM, lo, hi)
 
     def pod_gfns(self) -> np.ndarray:
         return self.p2m.gfns_where(IS_POD)
 
-    def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(gfns, tokens)`` of every RAM entry, sorted by GFN."""
-        g = self.ram_gfns()
+    def snapshot(self, lo: int = 0, hi: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(gfns, tokens)`` of every RAM entry in [lo, hi), sorted by GFN."""
+        g = self.ram_gfns(lo, hi)
         return g, self.frames.read(self.p2m.mfns.get(g))
+
+    def mapped_runs(self, lo: int, hi: int) -> np.ndarray:
+        """``(k, 2)`` GFN runs within [lo, hi) outside which no P2M entry has ever been
+        set (the P2M's never-allocated chunks). Not a Xen call: the engine uses it to
+        account, in bulk, the all-XTAB batches Xen's saver walks through such holes."""
+        return self.p2m.types.present_runs(int(lo), int(hi))
 
     @property
     def stats(self) -> HypervisorStats:

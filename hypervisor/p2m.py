@@ -138,10 +138,30 @@ class ChunkedArray:
         rows = self.directory[chunk].astype(np.int64)
         self.pool.reshape(-1)[(rows << CHUNK_BITS) | (idx & _CHUNK_MASK)] = values
 
-    def chunks(self):
-        """Yield ``(base_index, row_view)`` for every allocated chunk, in index order."""
-        for c in np.flatnonzero(self.directory >= 0).tolist():
-            yield c << CHUNK_BITS, self.pool[self.directory[c]]
+    def chunks(self, lo: int = 0, hi: int | None = None):
+        """Yield ``(base_index, row_view)`` for every allocated chunk overlapping
+        [lo, hi), in index order (whole chunks: callers trim)."""
+        d = self.directory
+        c0 = lo >> CHUNK_BITS
+        c1 = d.size if hi is None else min(d.size, ((hi - 1) >> CHUNK_BITS) + 1)
+        for c in (np.flatnonzero(d[c0:c1] >= 0) + c0).tolist():
+            yield c << CHUNK_BITS, self.pool[d[c]]
+
+    def present_runs(self, lo: int, hi: int) -> np.ndarray:
+        """``(k, 2)`` [start, end) index runs within [lo, hi) covered by allocated chunks.
+        Chunks are never freed, so everything outside these runs has always held the
+        default value."""
+        if hi <= lo:
+            return np.empty((0, 2), dtype=np.int64)
+        c0, c1 = lo >> CHUNK_BITS, ((hi - 1) >> CHUNK_BITS) + 1
+        d = self.directory[c0:min(c1, self.directory.size)]
+        present = np.flatnonzero(d >= 0) + c0
+        if present.size == 0:
+            return np.empty((0, 2), dtype=np.int64)
+        breaks = np.flatnonzero(np.diff(present) != 1) + 1
+        starts = np.concatenate(([present[0]], present[breaks])) << CHUNK_BITS
+        ends = (np.concatenate((present[breaks - 1], [present[-1]])) + 1) << CHUNK_BITS
+        return np.stack([np.maximum(starts, lo), np.minimum(ends, hi)], axis=1).astype(np.int64)
 
     def rows_in_use(self) -> np.ndarray:
         """The pool rows in use, as one 2-D view (for whole-table updates)."""
@@ -201,10 +221,16 @@ class P2M:
         self.type_counts[nt] += self.type_counts[ot]
         self.type_counts[ot] = 0
 
-    def gfns_where(self, table: np.ndarray) -> np.ndarray:
-        """Sorted GFNs whose type is in a 16-entry bool class table (abi.IS_RAM, ...)."""
-        parts = [np.flatnonzero(table[row]) + base for base, row in self.types.chunks()]
-        return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, dtype=np.int64)
+    def gfns_where(self, table: np.ndarray, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """Sorted GFNs in [lo, hi) whose type is in a 16-entry bool class table
+        (abi.IS_RAM, ...)."""
+        parts = [np.flatnonzero(table[row]) + base for base, row in self.types.chunks(lo, hi)]
+        if not parts:
+            return np.empty(0, dtype=np.int64)
+        g = np.concatenate(parts).astype(np.int64)
+        if lo > 0 or hi is not None:
+            g = g[(g >= lo) & (g < (hi if hi is not None else MAX_GFN + 1))]
+        return g
 
     def ram_count(self) -> int:
         return int(self.type_counts[IS_RAM].sum())

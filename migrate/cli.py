@@ -25,7 +25,11 @@ app = typer.Typer(
         "and balloons; a toolstack runs Xen's precopy loop and writes a real migration-stream-v2 "
         "image; the destination restores it and is checked page by page.\n\n"
         "Start with:  xmig run --guest examples/balloon.yaml\n"
-        "Then:        xmig compare --guest examples/balloon.yaml"
+        "Then:        xmig compare --guest examples/balloon.yaml\n\n"
+        "Exit codes: 0 migrated and verified; 1 the migration failed or aborted, the destination "
+        "has missing or stale pages, or (inspect) the stream is malformed; 2 bad input (scenario "
+        "file, option, unit, unreachable peer, port in use), one line, no traceback unless --debug; "
+        "130 interrupted (Ctrl-C aborts the migration and the source resumes)."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -51,6 +55,15 @@ def _fail_usage(message: str) -> None:
     raise typer.Exit(EXIT_USAGE)
 
 
+def _debug_traceback() -> None:
+    """With --debug, print the traceback of the exception being handled (the exit code
+    stays the same as without --debug)."""
+    if _state["debug"]:
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+
+
 def _guard(fn):
     """Turn user errors into one line and exit 2; tracebacks only with --debug."""
     import functools
@@ -65,17 +78,17 @@ def _guard(fn):
             return fn(*args, **kwargs)
         except typer.Exit:
             raise
-        except (UsageError, ScenarioError, PolicyError) as exc:
-            if _state["debug"]:
-                raise
-            _fail_usage(str(exc))
-        except StreamError as exc:
-            if _state["debug"]:
-                raise
+        except KeyboardInterrupt:
+            # Ctrl-C outside a migration (loading, writing outputs, a receive waiting
+            # for its sender): nothing to abort, so one line and 130.
+            _debug_traceback()
+            _err_console().print("xmig: interrupted", markup=False)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except (UsageError, ScenarioError, PolicyError, StreamError) as exc:
+            _debug_traceback()
             _fail_usage(str(exc))
         except OSError as exc:
-            if _state["debug"]:
-                raise
+            _debug_traceback()
             _fail_usage(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
 
     return wrapper
@@ -127,22 +140,48 @@ def _parse_speed(speed: str) -> Optional[float]:
         value = float(speed)
     except ValueError:
         raise UsageError(f"--speed: expected a number (virtual seconds per wall second) or 'max', found {speed!r}") from None
-    if value <= 0:
+    if not value > 0:   # also rejects nan
         raise UsageError(f"--speed: expected a positive number or 'max', found {speed!r}")
     return value
 
 
 def _check_stream_target(stream: Optional[str]) -> None:
-    if stream is None or stream.startswith("tcp://"):
+    if stream is None:
         return
-    parent = Path(stream).resolve().parent
-    if not parent.is_dir():
-        raise UsageError(f"--stream: folder {parent} does not exist")
+    if stream.startswith("tcp://"):
+        host, sep, port = stream[len("tcp://"):].rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise UsageError(f"--stream: bad target {stream!r}: expected tcp://HOST:PORT "
+                             "(an 'xmig receive --listen HOST:PORT'), e.g. tcp://127.0.0.1:8002")
+        return
+    _check_output(Path(stream), "--stream")
+
+
+def _check_plot_possible(plot: Optional[Path]) -> None:
+    """--plot needs matplotlib (an optional extra): say so before the run, not after it."""
+    if plot is None:
+        return
+    from .plot import PlotError, _matplotlib
+
+    try:
+        _matplotlib()
+    except PlotError as exc:
+        raise UsageError(f"--plot: {exc}") from None
 
 
 def _check_output(path: Optional[Path], option: str) -> None:
-    if path is not None and not path.resolve().parent.is_dir():
-        raise UsageError(f"{option}: folder {path.resolve().parent} does not exist")
+    """Fail before the migration, not after it, when an output cannot be written."""
+    if path is None:
+        return
+    import os
+
+    parent = path.resolve().parent
+    if not parent.is_dir():
+        raise UsageError(f"{option}: folder {parent} does not exist")
+    if path.is_dir():
+        raise UsageError(f"{option}: {path} is a folder; give a file path")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"{option}: folder {parent} is not writable")
 
 
 async def _run_with_interrupt(coro_fn):
@@ -170,6 +209,24 @@ async def _run_with_interrupt(coro_fn):
     return result, interrupted["yes"]
 
 
+class _YieldingPacer:
+    """A ``Pacer`` that always lets the event loop run once per batch.
+
+    ``Pacer.pace`` returns without awaiting anything when it has no sleep to do (``--speed
+    max``, or a run that cannot keep up with the asked speed), and the engine only yields
+    by itself when it has no pacer. Without a yield the loop never reads the SIGINT that
+    ``_run_with_interrupt`` installed, so Ctrl-C did nothing until the migration ended."""
+
+    def __init__(self, pacer) -> None:
+        self.pacer = pacer
+
+    async def pace(self, virtual_t: float) -> None:
+        slept = self.pacer.slept
+        await self.pacer.pace(virtual_t)
+        if self.pacer.slept == slept:
+            await asyncio.sleep(0)
+
+
 def _one_run(scenario, opts, *, dashboard: bool, speed: Optional[float], console: Console, record_map: bool,
              quiet: bool = False):
     """One migration with its live view: the dashboard on a terminal, Xen-style progress
@@ -181,7 +238,7 @@ def _one_run(scenario, opts, *, dashboard: bool, speed: Optional[float], console
     from .runner import run_scenario
 
     bus = EventBus()
-    pacer = Pacer(speed)
+    pacer = _YieldingPacer(Pacer(speed))
     dash = progress = recorder = None
     if dashboard:
         dash = Dashboard(console, speed=speed)
@@ -214,7 +271,13 @@ def _one_run(scenario, opts, *, dashboard: bool, speed: Optional[float], console
 # --------------------------------------------------------------------------- commands
 
 
-@app.command()
+@app.command(short_help="Run one migration of the scenario and check the destination.", help=(
+    "Run one migration of the scenario and check the destination, e.g. "
+    "xmig run --guest examples/balloon.yaml --behaviour pre-fix --report run.json\n\n"
+    "Exit codes: 0 completed and verified; 1 the migration failed, or the destination has missing "
+    "or stale pages; 2 bad input; 130 interrupted (Ctrl-C: the migration is aborted, the source "
+    "domain resumes, the report says aborted)."
+))
 @_guard
 def run(
     guest: Path = typer.Option(..., "--guest", "-g", help="Scenario file (YAML), e.g. examples/balloon.yaml."),
@@ -230,11 +293,7 @@ def run(
     speed: str = typer.Option("max", help="Virtual seconds per wall second for the dashboard (e.g. 0.5), or 'max'."),
     no_dashboard: bool = typer.Option(False, "--no-dashboard", help="Plain progress lines instead of the live dashboard."),
 ) -> None:
-    """Run one migration of the scenario and check the destination.
-
-    Exit 0 when it completed and verified, 1 when it failed or the destination has missing
-    or stale pages, 2 for bad input.
-    """
+    """Run one migration of the scenario and check the destination (help text above)."""
     from .report import build_report, write_csv, write_json
     from .runner import RunOptions
 
@@ -245,6 +304,7 @@ def run(
     _check_stream_target(stream)
     for p, o in ((report, "--report"), (csv, "--csv"), (plot, "--plot")):
         _check_output(p, o)
+    _check_plot_possible(plot)
     pace = _parse_speed(speed)
     console = Console()
     use_dash = console.is_terminal and not no_dashboard
@@ -253,9 +313,16 @@ def run(
     rep = build_report(result)
     if recorder is not None:
         rep["gfn_map"] = recorder.as_list()
-    if interrupted:
+    if interrupted and rep["outcome"] == "completed":
+        # Ctrl-C landed after the save had finished: nothing was aborted, say so.
+        interrupted_msg = "xmig: interrupted after the migration had completed"
+    elif interrupted:
         rep["outcome"] = "aborted"
+        interrupted_msg = ("xmig: interrupted: the migration was aborted and the source domain resumed "
+                           "(it keeps running on the source host)")
     _print_summary(console, rep)
+    if interrupted:
+        console.print(interrupted_msg, markup=False, soft_wrap=True)
     if report is not None:
         write_json(report, rep)
     if csv is not None:
@@ -309,6 +376,7 @@ def compare(
     _check_behaviour(behaviour)
     for p, o in ((report, "--report"), (csv, "--csv"), (plot, "--plot")):
         _check_output(p, o)
+    _check_plot_possible(plot)
     if policy:
         names = [p.strip() for p in policy.split(",") if p.strip()]
         if len(names) < 2:
@@ -326,6 +394,8 @@ def compare(
         result, interrupted, recorder = _one_run(scenario, opts, dashboard=False, speed=None, console=console,
                                                  record_map=plot is not None, quiet=True)
         if interrupted:
+            console.print("xmig: interrupted: the migration was aborted and the source domain resumed",
+                          markup=False, soft_wrap=True)
             raise typer.Exit(EXIT_INTERRUPTED)
         rep = build_report(result)
         if recorder is not None:
@@ -378,6 +448,7 @@ def receive(
     listen: str = typer.Option(..., "--listen", help="HOST:PORT to accept one migration stream on, e.g. 127.0.0.1:8002."),
     report: Optional[Path] = typer.Option(None, help="Write the restore result as JSON here."),
     host_memory: str = typer.Option("64GiB", help="Destination host memory (frames the restore may populate)."),
+    timeout: Optional[float] = typer.Option(None, help="Give up (exit 1) after this many seconds without a sender or without data."),
 ) -> None:
     """The destination side: accept one stream over TCP and restore it (xl migrate-receive)."""
     from hypervisor.abi import DomainLayout
@@ -388,20 +459,30 @@ def receive(
     from .units import parse_size
 
     host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise UsageError(f"--listen: expected HOST:PORT like 127.0.0.1:8002, found {listen!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]          # [::1]:8002
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UsageError(f"--listen: expected HOST:PORT like 127.0.0.1:8002 (port 0-65535), found {listen!r}")
+    if timeout is not None and not timeout > 0:
+        raise UsageError(f"--timeout: expected a positive number of seconds, found {timeout!r}")
     _check_output(report, "--report")
     try:
         frames = int(parse_size(host_memory)) // 4096
     except ValueError as exc:
         raise UsageError(f"--host-memory: {exc}") from None
-    dst = Hypervisor(host_frames=frames, behaviour="fixed")
+    dst = Hypervisor(host_frames=frames, behaviour="fixed", record_events=False)
     import numpy as np
 
     dst.build(DomainLayout(ram_gfns=np.empty(0, dtype=np.int64)))
     console = Console()
-    console.print(f"migration target: Ready to receive domain on {host}:{port}.", markup=False)
-    result = asyncio.run(receive_tcp(host, int(port), dst))
+
+    def ready(bound_host: str, bound_port: int) -> None:
+        # Printed once the socket is listening (not before: a sender that starts on
+        # this line must find the port open), with the real port when 0 was asked.
+        console.print(f"migration target: Ready to receive domain on {bound_host}:{bound_port}.", markup=False)
+        sys.stdout.flush()
+
+    result = asyncio.run(receive_tcp(host, int(port), dst, on_listen=ready, idle_timeout=timeout))
     data = result.as_dict() if hasattr(result, "as_dict") else dict(vars(result))
     gfns, _tokens = dst.snapshot()
     data["populated_pages"] = int(gfns.size)
@@ -436,18 +517,24 @@ def inspect(
         t = Table(title=f"{stream}")
         t.add_column("record")
         t.add_column("count", justify="right")
-        for name, n in data.get("records", {}).items():
+        for name, n in data.get("records_by_type", {}).items():
             t.add_row(str(name), str(n))
         console.print(t)
         p = Table(title="PAGE_DATA entries by type")
         p.add_column("type")
         p.add_column("entries", justify="right")
-        for name, n in data.get("pages", {}).items():
+        for name, n in data.get("pages_by_type", {}).items():
             p.add_row(str(name), str(n))
         console.print(p)
-        console.print(f"PFN range: {data.get('pfn_min')} .. {data.get('pfn_max')}; bytes: {data.get('total_bytes')}",
-                      markup=False)
-        console.print("valid" if data.get("valid") else f"INVALID: {data.get('error')}", markup=False)
+        if data.get("pfn_min") is None:
+            console.print(f"PFN range: none (no PAGE_DATA); bytes: {data.get('total_bytes')}", markup=False)
+        else:
+            console.print(f"PFN range: {data['pfn_min']:#x} .. {data['pfn_max']:#x}; "
+                          f"data pages: {data.get('data_pages')}; bytes: {data.get('total_bytes')}", markup=False)
+        console.print("valid" if data.get("valid") else f"INVALID: {data.get('error')}", markup=False,
+                      soft_wrap=True)
+    if not data.get("valid"):
+        _err_console().print(f"xmig: {stream}: malformed migration stream: {data.get('error')}", markup=False)
     raise typer.Exit(EXIT_OK if data.get("valid") else EXIT_FAILED)
 
 

@@ -19,21 +19,52 @@ SAMPLE = 16
 
 def compare_memory(src_gfns: np.ndarray, src_tokens: np.ndarray,
                    dst_gfns: np.ndarray, dst_tokens: np.ndarray) -> VerifyStats:
-    """Compare two (sorted-or-not) GFN -> content-token maps, vectorised."""
-    src_gfns = np.asarray(src_gfns, dtype=np.int64)
-    dst_gfns = np.asarray(dst_gfns, dtype=np.int64)
-    so = np.argsort(src_gfns, kind="stable")
-    do = np.argsort(dst_gfns, kind="stable")
-    sg, st = src_gfns[so], np.asarray(src_tokens, dtype=np.uint64)[so]
-    dg, dt = dst_gfns[do], np.asarray(dst_tokens, dtype=np.uint64)[do]
-    common, si, di = np.intersect1d(sg, dg, assume_unique=True, return_indices=True)
-    missing = np.setdiff1d(sg, dg, assume_unique=True)
-    extra = np.setdiff1d(dg, sg, assume_unique=True)
-    stale = common[st[si] != dt[di]]
-    return VerifyStats(
-        ok=bool(missing.size == 0 and stale.size == 0),
-        missing_pages=int(missing.size), stale_pages=int(stale.size), extra_pages=int(extra.size),
-        missing_sample=[int(x) for x in missing[:SAMPLE]],
-        stale_sample=[int(x) for x in stale[:SAMPLE]],
-        extra_sample=[int(x) for x in extra[:SAMPLE]],
-    )
+    """Compare two GFN -> content-token maps (GFNs sorted and unique, as snapshots are)."""
+    acc = VerifyAccumulator()
+    acc.add(src_gfns, src_tokens, dst_gfns, dst_tokens)
+    return acc.result()
+
+
+class VerifyAccumulator:
+    """Compares the two address spaces range by range, so a guest of hundreds of GiB
+    never needs both whole snapshots in memory at once."""
+
+    def __init__(self) -> None:
+        self.missing = self.stale = self.extra = 0
+        self.samples: dict[str, list[int]] = {"missing": [], "stale": [], "extra": []}
+
+    def _note(self, kind: str, gfns: np.ndarray) -> None:
+        setattr(self, kind, getattr(self, kind) + int(gfns.size))
+        room = SAMPLE - len(self.samples[kind])
+        if room > 0 and gfns.size:
+            self.samples[kind].extend(int(x) for x in gfns[:room])
+
+    def add(self, sg, st, dg, dt) -> None:
+        """One GFN range of both sides; each side sorted by GFN, unique."""
+        sg = np.asarray(sg, dtype=np.int64)
+        dg = np.asarray(dg, dtype=np.int64)
+        st = np.asarray(st, dtype=np.uint64)
+        dt = np.asarray(dt, dtype=np.uint64)
+        if sg.size and (np.diff(sg) <= 0).any():
+            o = np.argsort(sg, kind="stable")
+            sg, st = sg[o], st[o]
+        if dg.size and (np.diff(dg) <= 0).any():
+            o = np.argsort(dg, kind="stable")
+            dg, dt = dg[o], dt[o]
+        pos = np.searchsorted(dg, sg)
+        inside = pos < dg.size
+        found = np.zeros(sg.size, dtype=bool)
+        found[inside] = dg[pos[inside]] == sg[inside]
+        self._note("missing", sg[~found])
+        stale = found.copy()
+        stale[found] = dt[pos[found]] != st[found]
+        self._note("stale", sg[stale])
+        matched = np.zeros(dg.size, dtype=bool)
+        matched[pos[found]] = True
+        self._note("extra", dg[~matched])
+
+    def result(self) -> VerifyStats:
+        return VerifyStats(ok=self.missing == 0 and self.stale == 0,
+                           missing_pages=self.missing, stale_pages=self.stale, extra_pages=self.extra,
+                           missing_sample=self.samples["missing"], stale_sample=self.samples["stale"],
+                           extra_sample=self.samples["extra"])
