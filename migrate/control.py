@@ -172,7 +172,11 @@ class LocalDomain:
         return self.hv.snapshot(lo, hi)
 
     async def mapped_runs(self, t, lo, hi):
-        return self.hv.mapped_runs(lo, hi)
+        try:
+            self.hv.advance_to(t)
+            return self.hv.mapped_runs(lo, hi)
+        finally:
+            self._after()
 
 
 class LocalSource:

@@ -34,8 +34,11 @@ from .events import (BatchSent, CleanDone, CountersSampled, EventBus, MemoryOp, 
                      PassStarted, PhaseChanged, RoundStats, SaveSetup, Totals)
 from .link import LinkModel
 from .policy import Decision, Policy, PrecopyStats
+from .stream import StreamError
 
 UINT32_MAX = 0xFFFFFFFF
+_EMPTY_PFNS = np.empty(0, dtype=np.int64)
+_EMPTY_NIBBLES = np.empty(0, dtype=np.uint8)
 #: Sample the hypervisor's counters every this many batches (and at every pass end).
 COUNTER_SAMPLE_BATCHES = 32
 
@@ -134,7 +137,9 @@ class PrecopyEngine:
         data_pfns = pfns[data]
         tokens = np.empty(0, dtype=np.uint64)
         if data_pfns.size:
+            # write_batch() maps only when the batch has data pages.
             tokens, err = await self.domain.map_foreign(self.now, data_pfns)
+            self.now += self.link.hypercall_overhead
             err = np.asarray(err)
             if err.any():
                 bad = np.flatnonzero(err)
@@ -150,7 +155,6 @@ class PrecopyEngine:
                 keep[bad] = False
                 tokens = np.asarray(tokens)[keep]
                 data = PFINFO_HAS_DATA[nibbles]
-        self.now += self.link.hypercall_overhead
         before = self.writer.bytes_written
         self.writer.write_page_data(pfns, nibbles, np.asarray(tokens, dtype=np.uint64))
         nbytes = self.writer.bytes_written - before
@@ -164,37 +168,89 @@ class PrecopyEngine:
         rnd.pfns_walked += int(pfns.size)
         return nbytes, nibbles
 
-    async def _send_pfns(self, rnd: RoundStats, pfn_chunks, entries: int,
-                         pfns: np.ndarray | None = None) -> None:
-        """send_dirty_pages(): walk the PFNs in order, batch by 1024, report progress."""
+    def _pass_started(self, rnd: RoundStats, entries: int, pfns: np.ndarray | None) -> None:
         self._current = rnd
         self.bus.publish(PassStarted(t=self.now, iteration=rnd.iteration, phase=rnd.phase,
                                      entries=entries, dirty_count=rnd.dirty_count, pfns=pfns))
-        for pfns in pfn_chunks:
-            for lo in range(0, pfns.size, MAX_BATCH_SIZE):
-                batch = pfns[lo:lo + MAX_BATCH_SIZE]
-                nbytes, nibbles = await self._write_batch(batch, rnd)
-                self.bus.publish(BatchSent(t=self.now, iteration=rnd.iteration, pfns=batch,
-                                           nibbles=nibbles, walked=rnd.pfns_walked,
-                                           entries=entries, bytes=nbytes))
-                self._check_deadline()
-                if rnd.batches % COUNTER_SAMPLE_BATCHES == 0:
-                    await self._sample_counters()
-                if self.pacer is not None:
-                    await self.pacer.pace(self.now)
-                else:
-                    await asyncio.sleep(0)
+
+    async def _pass_ended(self, rnd: RoundStats) -> None:
         rnd.end_s = self.now
         self._current = None
         self.result.rounds.append(rnd)
         self.bus.publish(PassEnded(t=self.now, stats=rnd))
         await self._sample_counters()
 
-    def _all_pfns(self, p2m_size: int):
-        """send_all_pages(): every PFN below p2m_size, produced lazily in batch-sized runs."""
-        step = MAX_BATCH_SIZE * 64
-        for lo in range(0, p2m_size, step):
-            yield np.arange(lo, min(lo + step, p2m_size), dtype=np.int64)
+    async def _yield(self) -> None:
+        if self.pacer is not None:
+            await self.pacer.pace(self.now)
+        else:
+            await asyncio.sleep(0)
+
+    async def _batch(self, rnd: RoundStats, batch: np.ndarray, entries: int) -> None:
+        nbytes, nibbles = await self._write_batch(batch, rnd)
+        self.bus.publish(BatchSent(t=self.now, iteration=rnd.iteration, pfns=batch, nibbles=nibbles,
+                                   walked=rnd.pfns_walked, entries=entries, bytes=nbytes))
+        self._check_deadline()
+        if rnd.batches % COUNTER_SAMPLE_BATCHES == 0:
+            await self._sample_counters()
+        await self._yield()
+
+    async def _send_pfns(self, rnd: RoundStats, pfns: np.ndarray) -> None:
+        """send_dirty_pages(): walk the bitmap's PFNs in order, batch by 1024."""
+        self._pass_started(rnd, int(pfns.size), pfns)
+        for lo in range(0, pfns.size, MAX_BATCH_SIZE):
+            await self._batch(rnd, pfns[lo:lo + MAX_BATCH_SIZE], int(pfns.size))
+        await self._pass_ended(rnd)
+
+    async def _send_all(self, rnd: RoundStats, p2m_size: int) -> None:
+        """send_all_pages(): every PFN below p2m_size, in batches [k*1024, (k+1)*1024).
+
+        Where the P2M has never held an entry (whole never-allocated chunks of the
+        model's P2M) every batch is all XTAB: those batches are accounted in bulk, with
+        the same records, bytes and virtual time Xen's saver spends on them, but no
+        per-batch calls, so memory and time follow what is populated, not p2m_size.
+        After each bulk span the engine checks that the span is still unmapped; a GFN
+        added there meanwhile (not something the guest model does) is sent right away
+        instead of at its exact batch time."""
+        self._pass_started(rnd, p2m_size, None)
+        runs = np.asarray(await self.domain.mapped_runs(self.now, 0, p2m_size), dtype=np.int64).reshape(-1, 2)
+        pos = 0
+        for a, b in runs.tolist() + [[p2m_size, p2m_size]]:
+            a = a - a % MAX_BATCH_SIZE
+            b = min(p2m_size, -(-b // MAX_BATCH_SIZE) * MAX_BATCH_SIZE)
+            if pos < a:
+                await self._walk_hole(rnd, pos, a, p2m_size)
+                pos = a
+            for lo in range(max(pos, a), b, MAX_BATCH_SIZE):
+                await self._batch(rnd, np.arange(lo, min(lo + MAX_BATCH_SIZE, b), dtype=np.int64), p2m_size)
+            pos = max(pos, b)
+        await self._pass_ended(rnd)
+
+    #: PFNs of a hole accounted per step (4096 batches).
+    HOLE_STEP = MAX_BATCH_SIZE * 4096
+
+    async def _walk_hole(self, rnd: RoundStats, lo: int, hi: int, entries: int) -> None:
+        per_batch = self.link.hypercall_overhead + self.link.batch_overhead
+        # At most ~64 steps per hole, each a multiple of the batch size.
+        step = max(self.HOLE_STEP, -(-(hi - lo) // (64 * MAX_BATCH_SIZE)) * MAX_BATCH_SIZE)
+        for a in range(lo, hi, step):
+            b = min(a + step, hi)
+            nbytes = self.writer.write_xtab_run(a, b)
+            nbatches = -(-(b - a) // MAX_BATCH_SIZE)
+            self.now += nbatches * per_batch + self.link.transfer_time(nbytes)
+            rnd.xtab_sent += b - a
+            rnd.pfns_walked += b - a
+            rnd.bytes += nbytes
+            rnd.batches += nbatches
+            self.bus.publish(BatchSent(t=self.now, iteration=rnd.iteration, pfns=_EMPTY_PFNS,
+                                       nibbles=_EMPTY_NIBBLES, walked=rnd.pfns_walked, entries=entries,
+                                       bytes=nbytes, hole=(a, b)))
+            self._check_deadline()
+            late = np.asarray(await self.domain.mapped_runs(self.now, a, b), dtype=np.int64).reshape(-1, 2)
+            for c, d in late.tolist():
+                await self._batch(rnd, np.arange(c, d, dtype=np.int64), entries)
+            await self._sample_counters()
+            await self._yield()
 
     # ------------------------------------------------------------------ the domctls
 
@@ -240,6 +296,11 @@ class PrecopyEngine:
             await self._recover()
         except MigrationFailed as exc:
             res.outcome, res.error, res.error_pfn = "failed", str(exc), exc.pfn
+            await self._recover()
+        except (StreamError, OSError) as exc:
+            # The stream could not be written (disk full, the receiver went away):
+            # write_stream() failing makes xc_domain_save fail the same way.
+            res.outcome, res.error = "failed", f"stream write failed: {exc}"
             await self._recover()
         except (asyncio.CancelledError, KeyboardInterrupt):
             res.outcome, res.error = "aborted", "interrupted by the user"
@@ -290,9 +351,9 @@ class PrecopyEngine:
             if dirty_count > 0 and decision != Decision.ABORT:
                 rnd = RoundStats(iteration=x, phase="live", start_s=self.now, dirty_count=int(dirty_count))
                 if bitmap_pfns is None:
-                    await self._send_pfns(rnd, self._all_pfns(p2m_size), p2m_size)
+                    await self._send_all(rnd, p2m_size)
                 else:
-                    await self._send_pfns(rnd, [bitmap_pfns], int(bitmap_pfns.size), bitmap_pfns)
+                    await self._send_pfns(rnd, bitmap_pfns)
                 self.policy.observe_pass(rnd.bytes, rnd.end_s - rnd.start_s)
                 res.totals.iterations = x
             if decision != Decision.CONTINUE_PRECOPY:
@@ -320,14 +381,14 @@ class PrecopyEngine:
         rnd = RoundStats(iteration=x + 1, phase="final", start_s=self.now,
                          dirty_count=int(clean.stats.dirty_count))
         self._phase("final")
-        await self._send_pfns(rnd, [final_pfns], int(final_pfns.size), final_pfns)
+        await self._send_pfns(rnd, final_pfns)
 
         if opts.verify:
             # verify_frames(): VERIFY record, send_all_pages again, PEEK for the stats.
             self._phase("verify")
             self.writer.write_verify()
             rnd = RoundStats(iteration=x + 2, phase="verify", start_s=self.now, dirty_count=p2m_size)
-            await self._send_pfns(rnd, self._all_pfns(p2m_size), p2m_size)
+            await self._send_all(rnd, p2m_size)
             peek = await self._clean(p2m_size, final=False, iteration=x + 2, peek=True)
             res.final_stats = {"verify_dirty_count": int(peek.stats.dirty_count),
                                "verify_fault_count": int(peek.stats.fault_count)}

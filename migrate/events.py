@@ -120,11 +120,12 @@ class PassStarted(Event):
 @dataclass(slots=True)
 class BatchSent(Event):
     iteration: int
-    pfns: np.ndarray          # the batch's PFNs
+    pfns: np.ndarray          # the batch's PFNs (empty for a walked hole)
     nibbles: np.ndarray       # PFINFO type nibble per PFN
     walked: int               # PFNs of this pass done so far
     entries: int
     bytes: int
+    hole: tuple[int, int] | None = None   # [lo, hi): never-mapped PFNs sent as XTAB in bulk
 
 
 @dataclass(slots=True)

@@ -172,6 +172,17 @@ class Restorer:
         self._check_open()
         self._apply(record, from_stream=False)
 
+    def skip_xtab_run(self, lo: int, hi: int, records: int) -> None:
+        """``records`` PAGE_DATA records holding only XTAB entries for PFNs [lo, hi)
+        (a hole the saver walked): nothing to populate, only counted."""
+        self._check_open()
+        if not self._seen_sde:
+            self._seen_sde = True
+            self.result.static_data_end_inferred = True
+        self.result.xtab_skipped += int(hi) - int(lo)
+        self._records["PAGE_DATA"] += int(records)
+        self._sync()
+
     def finish(self) -> RestoreResult:
         """End of input: a restore that has not seen END is reported incomplete."""
         if not self._failed and not self._done:

@@ -117,12 +117,12 @@ def open_sink(target: str | None, restorer: Restorer) -> Sink:
     records handed over structured. A file is restored from its own bytes, so every
     run with ``--stream FILE`` also proves the file parses."""
     if target is None:
-        return RecordSink(restorer.apply)
+        return RecordSink(restorer.apply, restorer.skip_xtab_run)
     if target.startswith("tcp://"):
         host, sep, port = target[len("tcp://"):].rpartition(":")
         if not sep or not host or not port.isdigit():
             raise StreamError(f"bad stream target {target!r}: expected tcp://HOST:PORT")
-        return TeeSink(TcpSink(host, int(port)), RecordSink(restorer.apply))
+        return TeeSink(TcpSink(host, int(port)), RecordSink(restorer.apply, restorer.skip_xtab_run))
     return TeeSink(FileSink(target, hash=True), CallbackSink(restorer.feed, copy=False))
 
 

@@ -657,9 +657,10 @@ class RecordSink(Sink):
     counting_only = True
     accepts_records = True
 
-    def __init__(self, fn: Callable[["Record"], Any]):
+    def __init__(self, fn: Callable[["Record"], Any], xtab_run: Callable[[int, int, int], Any] | None = None):
         super().__init__()
         self._fn = fn
+        self._xtab_run = xtab_run
 
     def write(self, data) -> None:
         self.bytes_written += memoryview(data).nbytes
@@ -669,6 +670,17 @@ class RecordSink(Sink):
 
     def put_record(self, record: "Record") -> None:
         self._fn(record)
+
+    def put_xtab_run(self, lo: int, hi: int, records: int) -> None:
+        """``records`` PAGE_DATA records of XTAB entries for PFNs [lo, hi)."""
+        if self._xtab_run is not None:
+            self._xtab_run(lo, hi, records)
+            return
+        step = MAX_BATCH_SIZE
+        for a in range(lo, hi, step):
+            pfns = np.arange(a, min(a + step, hi), dtype=np.int64)
+            self._fn(Record.page_data(pfns, np.full(pfns.size, PFInfo.XTAB, dtype=np.uint8),
+                                      np.empty(0, dtype=np.uint64)))
 
 
 def _oserror_text(e: OSError) -> str:
@@ -800,6 +812,41 @@ class StreamWriter:
         self.write_record(RecType.STATIC_DATA_END)
 
     # ---- memory --------------------------------------------------------------------
+
+    #: Batches of an XTAB run written per write_page_data call when bytes are produced.
+    _XTAB_CHUNK_BATCHES = 64
+
+    def write_xtab_run(self, lo: int, hi: int) -> int:
+        """PAGE_DATA records of XTAB entries for every PFN in [lo, hi), in batches of
+        1024 starting at ``lo``: what Xen's saver writes while it walks a hole. A
+        counting sink gets the byte count without any array being built; a record sink
+        gets one ``put_xtab_run`` call. Returns the bytes written."""
+        n = int(hi) - int(lo)
+        if n <= 0:
+            return 0
+        if not self._counting:
+            total = 0
+            step = MAX_BATCH_SIZE * self._XTAB_CHUNK_BATCHES
+            for a in range(int(lo), int(hi), step):
+                pfns = np.arange(a, min(a + step, int(hi)), dtype=np.int64)
+                total += self.write_page_data(pfns, np.full(pfns.size, PFInfo.XTAB, dtype=np.uint8),
+                                              np.empty(0, dtype=np.uint64))
+            return total
+        if self._ended:
+            raise StreamError("cannot write PAGE_DATA: the stream already has its END record")
+        full, rest = divmod(n, MAX_BATCH_SIZE)
+        per_full = RHDR_SIZE + 8 + 8 * MAX_BATCH_SIZE
+        total = full * per_full + ((RHDR_SIZE + 8 + 8 * rest) if rest else 0)
+        nrec = full + (1 if rest else 0)
+        self.records_written[RecType.PAGE_DATA] += nrec
+        self.pfns_written += n
+        self.page_data_bytes += total
+        if self._records:
+            self.sink.put_xtab_run(int(lo), int(hi), nrec)
+        self.sink.count(total)
+        self.bytes_written += total
+        return total
+
 
     def write_page_data(self, pfns, nibbles, tokens) -> int:
         """Write PAGE_DATA records for ``pfns`` (one per batch of at most 1024 PFNs).
