@@ -125,6 +125,13 @@ def _check_behaviour(b: Optional[str]) -> Optional[str]:
     return b
 
 
+def _check_seed(seed: Optional[int]) -> Optional[int]:
+    # The same range as a scenario file's seed: (scenario.py, Scenario.seed).
+    if seed is not None and not 0 <= seed <= (1 << 63) - 1:
+        raise UsageError(f"--seed: expected an integer from 0 to 2^63-1, found {seed}")
+    return seed
+
+
 def _check_policy(name: Optional[str]) -> None:
     if name is None:
         return
@@ -209,24 +216,6 @@ async def _run_with_interrupt(coro_fn):
     return result, interrupted["yes"]
 
 
-class _YieldingPacer:
-    """A ``Pacer`` that always lets the event loop run once per batch.
-
-    ``Pacer.pace`` returns without awaiting anything when it has no sleep to do (``--speed
-    max``, or a run that cannot keep up with the asked speed), and the engine only yields
-    by itself when it has no pacer. Without a yield the loop never reads the SIGINT that
-    ``_run_with_interrupt`` installed, so Ctrl-C did nothing until the migration ended."""
-
-    def __init__(self, pacer) -> None:
-        self.pacer = pacer
-
-    async def pace(self, virtual_t: float) -> None:
-        slept = self.pacer.slept
-        await self.pacer.pace(virtual_t)
-        if self.pacer.slept == slept:
-            await asyncio.sleep(0)
-
-
 def _one_run(scenario, opts, *, dashboard: bool, speed: Optional[float], console: Console, record_map: bool,
              quiet: bool = False):
     """One migration with its live view: the dashboard on a terminal, Xen-style progress
@@ -238,7 +227,7 @@ def _one_run(scenario, opts, *, dashboard: bool, speed: Optional[float], console
     from .runner import run_scenario
 
     bus = EventBus()
-    pacer = _YieldingPacer(Pacer(speed))
+    pacer = Pacer(speed)
     dash = progress = recorder = None
     if dashboard:
         dash = Dashboard(console, speed=speed)
@@ -299,7 +288,7 @@ def run(
 
     scenario = _load(guest)
     opts = RunOptions(behaviour=_check_behaviour(behaviour), policy=policy, bandwidth=_parse_bandwidth(bandwidth),
-                      stream=stream, verify=verify, seed=seed)
+                      stream=stream, verify=verify, seed=_check_seed(seed))
     _check_policy(policy)
     _check_stream_target(stream)
     for p, o in ((report, "--report"), (csv, "--csv"), (plot, "--plot")):
@@ -374,6 +363,7 @@ def compare(
     scenario = _load(guest)
     bw = _parse_bandwidth(bandwidth)
     _check_behaviour(behaviour)
+    _check_seed(seed)
     for p, o in ((report, "--report"), (csv, "--csv"), (plot, "--plot")):
         _check_output(p, o)
     _check_plot_possible(plot)

@@ -181,10 +181,11 @@ class PrecopyEngine:
         await self._sample_counters()
 
     async def _yield(self) -> None:
+        """Between batches: pace virtual time against wall time, and always let the
+        event loop run (Ctrl-C, the dashboard, an MQTT client's keep-alives)."""
         if self.pacer is not None:
             await self.pacer.pace(self.now)
-        else:
-            await asyncio.sleep(0)
+        await asyncio.sleep(0)
 
     async def _batch(self, rnd: RoundStats, batch: np.ndarray, entries: int) -> None:
         nbytes, nibbles = await self._write_batch(batch, rnd)
@@ -312,6 +313,13 @@ class PrecopyEngine:
     async def _recover(self) -> None:
         """A failed Xen save leaves the domain to the toolstack, which resumes it at the
         sender (libxl's domain_suspend_done with rc != 0); log-dirty is turned off."""
+        if self._current is not None:
+            # The pass that was cut short still sent what it sent: keep it in the rounds.
+            cut = self._current
+            cut.end_s = self.now
+            self._current = None
+            self.result.rounds.append(cut)
+            self.bus.publish(PassEnded(t=self.now, stats=cut))
         self._phase("aborted", self.result.error)
         if self._logdirty_on:
             try:

@@ -202,6 +202,9 @@ def test_deadline_aborts_the_save_and_resumes_the_source():
     assert res.save.outcome == "aborted"
     assert "deadline of 0.3 s exceeded" in res.save.error
     assert res.save.t_end - res.save.t_start < 0.4
+    # The pass that was cut short is still reported with what it sent.
+    cut = res.save.rounds[-1]
+    assert cut.end_s == res.save.t_end and cut.pages_sent > 0
 
 
 def test_truncated_initial_dirty_count_skips_pass_one_as_xen_does():
@@ -258,3 +261,22 @@ def test_fixed_marks_every_removed_gfn_clean_so_later_bitmaps_hold_no_xtab():
     assert sum(r.xtab_sent for r in fixed.save.rounds[2:]) == 0
     assert sum(r.xtab_sent for r in prefix.save.rounds[2:]) > 0
     assert fixed.hypervisor["marks_clean"] > 0 and prefix.hypervisor["marks_clean"] == 0
+
+
+def test_a_stream_write_failure_fails_the_save_cleanly(tmp_path, monkeypatch):
+    from migrate.stream import FileSink, StreamError
+
+    calls = {"n": 0}
+    orig = FileSink.write
+
+    def failing_write(self, data):
+        calls["n"] += 1
+        if calls["n"] > 20:
+            raise StreamError(f"cannot write stream file {self.path}: No space left on device")
+        return orig(self, data)
+
+    monkeypatch.setattr(FileSink, "write", failing_write)
+    res = run(scenario(), stream=str(tmp_path / "s.xmig"))
+    assert res.save.outcome == "failed"
+    assert "No space left on device" in res.save.error
+    assert not (tmp_path / "s.xmig").exists()
