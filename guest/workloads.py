@@ -57,13 +57,21 @@ def write_tokens(seed: int, gfns: np.ndarray, ticks: np.ndarray, key: int) -> np
     return x
 
 
+#: Pages hashed per step by initial_tokens (bounds its temporaries for huge guests).
+_TOKEN_SLICE = 1 << 22
+
+
 def initial_tokens(seed: int, gfns: np.ndarray) -> np.ndarray:
     """Boot-time contents of RAM pages (non-zero)."""
+    gfns = np.asarray(gfns, dtype=np.int64).reshape(-1)
+    out = np.empty(gfns.size, dtype=np.uint64)
     with np.errstate(over="ignore"):
         s = splitmix64(np.uint64(seed_key(seed)) ^ np.uint64(0xB007))
-        x = splitmix64(splitmix64(np.asarray(gfns, dtype=np.int64).astype(np.uint64) ^ s) + _GOLDEN)
-    x[x == 0] = 1
-    return x
+        for lo in range(0, gfns.size, _TOKEN_SLICE):
+            part = gfns[lo:lo + _TOKEN_SLICE].astype(np.uint64)
+            out[lo:lo + part.size] = splitmix64(splitmix64(part ^ s) + _GOLDEN)
+    out[out == 0] = 1
+    return out
 
 
 def affine_permutation(n: int, seed: int, idx: int) -> tuple[int, int]:

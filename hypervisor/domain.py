@@ -71,6 +71,10 @@ class ShadowOpResult:
     bitmap: DirtyBitmap | None
 
 
+#: RAM entries the domain builder maps per step.
+_BUILD_SLICE = 1 << 22
+
+
 @dataclass(frozen=True, slots=True)
 class HypervisorEvent:
     """A memory op or domain-state change: ``rc`` is Xen's return value (extents done for
@@ -189,14 +193,20 @@ class Hypervisor:
         need = ram.size + int(layout.pod_cache_pages)
         if need > self.frames.free_frames:
             raise XenError(ENOMEM, f"domain needs {need} frames, host has {self.frames.free_frames}")
-        mfns = self.frames.alloc(ram.size)
-        self.p2m.set(ram, P2MType.ram_rw, mfns)
-        self.m2p.set(mfns, ram)
+        tok = None
         if layout.ram_tokens is not None:
             tok = np.asarray(layout.ram_tokens, dtype=np.uint64).reshape(-1)
             if tok.size != ram.size:
                 raise ValueError("ram_tokens must match ram_gfns in length")
-            self.frames.write(mfns, tok)
+        # In slices, so a guest of hundreds of GiB never holds more than one slice of
+        # temporaries on top of its tables.
+        for lo in range(0, ram.size, _BUILD_SLICE):
+            part = ram[lo:lo + _BUILD_SLICE]
+            mfns = self.frames.alloc(part.size)
+            self.p2m.set(part, P2MType.ram_rw, mfns)
+            self.m2p.set(mfns, part)
+            if tok is not None:
+                self.frames.write(mfns, tok[lo:lo + _BUILD_SLICE])
         if (pod.size and (self.p2m.get_types(pod) != P2MType.invalid).any()) or \
                 (mmio.size and (self.p2m.get_types(mmio) != P2MType.invalid).any()) or \
                 (pod.size and mmio.size and np.intersect1d(pod, mmio).size):

@@ -197,7 +197,13 @@ class P2M:
         return self.types.get(g), self.mfns.get(g)
 
     def get_types(self, gfns) -> np.ndarray:
-        return self.get(gfns)[0]
+        g = np.asarray(gfns, dtype=np.int64).reshape(-1)
+        bad = (g < 0) | (g > MAX_GFN)
+        if bad.any():
+            t = np.full(g.size, P2MType.invalid, dtype=np.uint8)
+            t[~bad] = self.types.get(g[~bad])
+            return t
+        return self.types.get(g)
 
     def set(self, gfns, types, mfns) -> None:
         """p2m_set_entry over unique, in-range GFNs."""

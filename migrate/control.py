@@ -88,11 +88,20 @@ def source_info(hv, layout) -> SourceInfo:
     sort of the whole address space)."""
     ram = np.asarray(layout.ram_gfns, dtype=np.int64)
     pod = np.asarray(layout.pod_gfns, dtype=np.int64)
-    gone = [g[~(IS_RAM | IS_POD)[hv.p2m_types(g)]] for g in (ram, pod)]
+    owned = IS_RAM | IS_POD
+    populated, ballooned = [], []
+    for g in (ram, pod):
+        for lo in range(0, g.size, INFO_SLICE):   # slices bound the temporaries
+            part = g[lo:lo + INFO_SLICE]
+            populated.append(gfn_runs(part))
+            ballooned.append(gfn_runs(part[~owned[hv.p2m_types(part)]]))
     return SourceInfo(p2m_size=int(hv.max_gpfn()) + 1, guest_pages=int(ram.size),
-                      populated=merge_runs(gfn_runs(ram), gfn_runs(pod)),
-                      ballooned=merge_runs(gfn_runs(gone[0]), gfn_runs(gone[1])),
+                      populated=merge_runs(*populated) if populated else np.empty((0, 2), np.int64),
+                      ballooned=merge_runs(*ballooned) if ballooned else np.empty((0, 2), np.int64),
                       ram_pages=int(hv.stats.populated_pages))
+
+
+INFO_SLICE = 1 << 22
 
 
 MEMORY_OP_KINDS = frozenset({"decrease_reservation", "populate_physmap", "add_to_physmap",

@@ -74,7 +74,7 @@ def host_frames_for(scenario: Scenario) -> int:
     return int(g.maxmem) // 4096 + 4096
 
 
-VERIFY_SPAN = 1 << 22  # GFNs compared per step (32 MiB of tokens per side at most)
+VERIFY_SPAN = 1 << 20  # GFNs compared per step (8 MiB of tokens per side at most)
 
 
 async def _verify(control, dst: Hypervisor, t: float, p2m_size: int):
