@@ -1,0 +1,754 @@
+"""The RPC + event layer between the actors: in-process or through an MQTT broker.
+
+Xen's toolstack reaches the hypervisor through hypercalls (libxenctrl) and
+xenstore; the project card's three actors reach each other through this instead. One
+small interface, ``Transport``: ``serve`` a handler, ``call`` a peer's method, publish
+and subscribe to event batches, and learn when a peer is lost. Two implementations:
+
+- ``InProcessTransport``: actors as tasks of one event loop sharing an
+  ``InProcessHub`` (optionally passing every message through the wire codec).
+- ``MqttTransport``: aiomqtt, MQTT v5. Topics, all under ``xmig/<run-id>/``::
+
+      <actor>/rpc                 requests (QoS 1; v5 response topic + correlation data)
+      <actor>/reply/<client-id>   replies to one client (QoS 1)
+      events/<actor>              event batches (QoS 1, in order)
+      alive/<actor>               heartbeats (QoS 0, every ``heartbeat`` s)
+      presence/<actor>/<client>   retained claim; the client's will clears it, so a
+                                  killed peer is seen at once and a second actor
+                                  (a second toolstack) on the same run id is refused
+
+A call never hangs: it fails with ``PeerLost`` when the callee's claim is cleared,
+when it has not been heard from (reply or heartbeat) for ``timeout`` seconds, or when
+the broker connection is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import socket
+import ssl
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+from urllib.parse import unquote, urlsplit
+
+from hypervisor.abi import XenError
+
+from . import wire
+from .engine import MigrationAborted
+
+log = logging.getLogger("xmig.bus")
+
+DEFAULT_TIMEOUT = 5.0
+DEFAULT_HEARTBEAT = 1.0
+#: How long a toolstack (or hypervisor) waits for its peer to show up on the run.
+DEFAULT_PEER_WAIT = 10.0
+#: Even a callee that keeps heartbeating must answer within this (a hung handler).
+DEFAULT_CALL_LIMIT = 120.0
+ACTORS = ("toolstack", "hypervisor", "guest")
+
+
+class TransportError(Exception):
+    """The transport cannot do its job (bad broker URL, broker unreachable, run id
+    taken); a message a user can act on."""
+
+
+class BrokerUnreachable(TransportError):
+    """The broker refused or did not answer the connection."""
+
+
+class PeerLost(MigrationAborted, TransportError):
+    """A peer (or the broker) went away or stopped answering. A ``MigrationAborted``, so
+    the precopy engine aborts the save and resumes the source when it sees one."""
+
+    def __init__(self, message: str, peer: str = ""):
+        super().__init__(message)
+        self.peer = peer
+
+
+class RunRefused(TransportError):
+    """Another actor of the same kind already holds this run id."""
+
+
+Handler = Callable[[str, dict, str], Awaitable[Any]]   # (method, args, caller actor) -> result
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass(slots=True)
+class BrokerConfig:
+    """Where the broker is and how to talk to it (``mqtt://host:port`` or ``mqtts://``)."""
+
+    url: str = "mqtt://127.0.0.1:1883"
+    host: str = "127.0.0.1"
+    port: int = 1883
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+    tls_ca: str | None = None
+    tls_insecure: bool = False
+    timeout: float = DEFAULT_TIMEOUT        # RPC liveness: no sign of the callee for this long
+    heartbeat: float = DEFAULT_HEARTBEAT
+    peer_wait: float = DEFAULT_PEER_WAIT    # how long to wait for a peer to join the run
+    call_limit: float = DEFAULT_CALL_LIMIT  # no call waits longer, even on a live peer
+    keepalive: int = 10
+
+    @property
+    def display(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+def parse_broker_url(url: str, *, username: str | None = None, password: str | None = None,
+                     tls_ca: str | None = None, tls_insecure: bool = False,
+                     timeout: float = DEFAULT_TIMEOUT) -> BrokerConfig:
+    """``mqtt://[user[:pass]@]host[:port]`` or ``mqtts://...``; options win over the URL.
+    The password may also come from ``XMIG_MQTT_PASSWORD`` (kept out of ``ps``)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise TransportError(f"--broker: expected mqtt://HOST:PORT or mqtts://HOST:PORT, found {url!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise TransportError(f"--broker: bad port in {url!r}") from None
+    if not parts.hostname:
+        raise TransportError(f"--broker: no host in {url!r}")
+    if parts.path not in ("", "/") or parts.query:
+        raise TransportError(f"--broker: expected mqtt://HOST:PORT with no path, found {url!r}")
+    tls = parts.scheme == "mqtts"
+    if timeout <= 0:
+        raise TransportError(f"--timeout: expected a positive number of seconds, found {timeout}")
+    if tls_ca is not None and not os.path.isfile(tls_ca):
+        raise TransportError(f"--tls-ca: no such file {tls_ca}")
+    if (tls_ca or tls_insecure) and not tls:
+        raise TransportError("--tls-ca/--tls-insecure need an mqtts:// broker URL")
+    user = username if username is not None else (unquote(parts.username) if parts.username else None)
+    pw = password if password is not None else (unquote(parts.password) if parts.password else None)
+    if pw is None:
+        pw = os.environ.get("XMIG_MQTT_PASSWORD") or None
+    return BrokerConfig(url=url, host=parts.hostname, port=port or (8883 if tls else 1883), tls=tls,
+                        username=user, password=pw, tls_ca=tls_ca, tls_insecure=tls_insecure,
+                        timeout=float(timeout), peer_wait=max(DEFAULT_PEER_WAIT, 2 * float(timeout)))
+
+
+def check_run_id(run_id: str) -> str:
+    if not run_id or any(c in run_id for c in "/+#\0") or len(run_id) > 100:
+        raise TransportError(f"--run: expected a name without '/', '+' or '#', found {run_id!r}")
+    return run_id
+
+
+# ----------------------------------------------------------------------------- interface
+
+
+class Transport:
+    """What an actor needs from the world: serve, call, events, and peer loss."""
+
+    actor: str
+    run_id: str
+    client_id: str
+    timeout: float
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+
+    def serve(self, handler: Handler) -> None:
+        """Handle calls addressed to this actor, one at a time, in arrival order. Call it
+        before ``claim``: peers send requests once they see the claim."""
+        raise NotImplementedError
+
+    async def call(self, actor: str, method: str, args: dict | None = None) -> Any:
+        raise NotImplementedError
+
+    def call_threadsafe(self, loop: asyncio.AbstractEventLoop, actor: str, method: str,
+                        args: dict | None = None) -> Any:
+        """``call`` from a worker thread (the synchronous hypervisor's guest scheduling)."""
+        fut = asyncio.run_coroutine_threadsafe(self.call(actor, method, args), loop)
+        return fut.result()
+
+    async def claim(self) -> None:
+        """Announce this actor on the run; refuse if another of its kind is there."""
+
+    async def wait_for_peer(self, actor: str, timeout: float) -> None:
+        raise NotImplementedError
+
+    async def publish_events(self, items: list) -> None:
+        raise NotImplementedError
+
+    def subscribe_events(self, actor: str, callback: Callable[[list], None]) -> Awaitable[None]:
+        raise NotImplementedError
+
+    def on_peer_lost(self, callback: Callable[[str, PeerLost], None]) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self):
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+
+class _Peers:
+    """Who is on the run, when each was last heard from, and who to tell when one goes."""
+
+    def __init__(self) -> None:
+        self.present: dict[str, set[str]] = {}
+        self.last_seen: dict[str, float] = {}
+        self.lost_callbacks: list[Callable[[str, PeerLost], None]] = []
+        self.pending: dict[bytes, tuple[str, asyncio.Future]] = {}
+        self.broken: PeerLost | None = None
+        self.changed = asyncio.Event()
+
+    def seen(self, actor: str) -> None:
+        self.last_seen[actor] = time.monotonic()
+
+    def lose(self, actor: str, exc: PeerLost) -> None:
+        for cid, (target, fut) in list(self.pending.items()):
+            if (actor == "*" or target == actor) and not fut.done():
+                fut.set_exception(exc)
+        for cb in list(self.lost_callbacks):
+            try:
+                cb(actor, exc)
+            except Exception:  # a listener's bug must not stop the others
+                log.exception("peer-lost callback failed")
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+
+def _error_reply(exc: BaseException) -> dict:
+    if isinstance(exc, PeerLost):
+        return {"lost": str(exc), "peer": exc.peer}
+    if isinstance(exc, XenError):
+        return {"err": exc}
+    if isinstance(exc, TransportError):
+        return {"transport": type(exc).__name__, "msg": str(exc)}
+    return {"err": wire.RemoteError(f"{type(exc).__name__}: {exc}")}
+
+
+def _raise_reply(reply: dict, callee: str) -> Any:
+    if "ok" in reply:
+        return reply["ok"]
+    if "lost" in reply:
+        raise PeerLost(reply["lost"], reply.get("peer") or callee)
+    if "transport" in reply:
+        cls = {"RunRefused": RunRefused, "BrokerUnreachable": BrokerUnreachable}.get(reply["transport"],
+                                                                                      TransportError)
+        raise cls(reply["msg"])
+    err = reply.get("err")
+    if isinstance(err, XenError):
+        raise err
+    raise wire.RemoteError(f"{callee}: {err}")
+
+
+async def _wait_reply(peers: _Peers, fut: asyncio.Future, callee: str, timeout: float,
+                      limit: float = DEFAULT_CALL_LIMIT) -> Any:
+    """Wait for ``fut`` while the callee shows signs of life (heartbeats), at most
+    ``limit`` seconds in all; PeerLost otherwise."""
+    sent = time.monotonic()
+    while True:
+        now = time.monotonic()
+        heard = max(peers.last_seen.get(callee, 0.0), sent)
+        remaining = min(heard + timeout, sent + limit) - now
+        if remaining <= 0:
+            if now - heard < timeout:
+                raise PeerLost(f"{callee} did not answer within {limit:g} s (it is connected but busy)", callee)
+            raise PeerLost(f"{callee} did not answer within {timeout:g} s", callee)
+        done, _ = await asyncio.wait({fut}, timeout=remaining)
+        if done:
+            return fut.result()
+
+
+# ----------------------------------------------------------------------------- in-process
+
+
+class InProcessHub:
+    """The 'broker' of in-process actors. ``codec=True`` sends every message through
+    ``wire.encode``/``decode`` so the in-process run exercises the same codec."""
+
+    def __init__(self, *, codec: bool = True):
+        self.codec = codec
+        self.handlers: dict[str, tuple[Handler, asyncio.Lock]] = {}
+        self.members: dict[str, "InProcessTransport"] = {}
+        self.event_subs: dict[str, list[Callable[[list], None]]] = {}
+        self.joined = asyncio.Event()
+
+    def _pass(self, msg: Any) -> Any:
+        return wire.roundtrip(msg) if self.codec else msg
+
+
+class InProcessTransport(Transport):
+    def __init__(self, hub: InProcessHub, run_id: str, actor: str, *, timeout: float = DEFAULT_TIMEOUT):
+        self.hub = hub
+        self.run_id = run_id
+        self.actor = actor
+        self.client_id = f"{actor}-{uuid.uuid4().hex[:8]}"
+        self.timeout = timeout
+        self.peers = _Peers()
+        self._closed = False
+
+    async def start(self) -> None:
+        return None
+
+    async def claim(self) -> None:
+        other = self.hub.members.get(self.actor)
+        if other is not None and other is not self:
+            raise RunRefused(f"run id {self.run_id!r} already has a {self.actor} ({other.client_id}); "
+                             "choose another --run")
+        self.hub.members[self.actor] = self
+        self.hub.joined.set()
+        self.hub.joined = asyncio.Event()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.hub.members.get(self.actor) is self:
+            del self.hub.members[self.actor]
+            self.hub.handlers.pop(self.actor, None)
+            exc = PeerLost(f"{self.actor} left the run", self.actor)
+            for member in list(self.hub.members.values()):
+                member.peers.lose(self.actor, exc)
+
+    def serve(self, handler: Handler) -> None:
+        self.hub.handlers[self.actor] = (handler, asyncio.Lock())
+
+    async def wait_for_peer(self, actor: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while actor not in self.hub.members:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise PeerLost(f"no {actor} joined run {self.run_id!r} within {timeout:g} s", actor)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.hub.joined.wait(), remaining)
+
+    async def call(self, actor: str, method: str, args: dict | None = None) -> Any:
+        if self._closed:
+            raise PeerLost(f"{self.actor} has left run {self.run_id!r}", self.actor)
+        entry = self.hub.handlers.get(actor)
+        if entry is None or actor not in self.hub.members:
+            raise PeerLost(f"{actor} is not on run {self.run_id!r}", actor)
+        handler, lock = entry
+        request = self.hub._pass({"m": method, "a": args or {}})
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
+        key = uuid.uuid4().bytes
+        self.peers.pending[key] = (actor, fut)
+
+        async def serve_one() -> None:
+            async with lock:
+                try:
+                    reply = {"ok": await handler(request["m"], request["a"], self.actor)}
+                except Exception as exc:  # the caller gets it, as over MQTT
+                    reply = _error_reply(exc)
+            if not fut.done():
+                fut.set_result(self.hub._pass(reply))
+
+        task = asyncio.ensure_future(serve_one())
+        try:
+            self.peers.seen(actor)
+            while True:
+                done, _ = await asyncio.wait({fut}, timeout=self.timeout)
+                if done:
+                    break
+                if task.done():   # the handler finished but did not answer: a bug
+                    raise PeerLost(f"{actor} did not answer within {self.timeout:g} s", actor)
+            return _raise_reply(fut.result(), actor)
+        finally:
+            self.peers.pending.pop(key, None)
+
+    async def publish_events(self, items: list) -> None:
+        payload = self.hub._pass({"events": items})
+        for cb in list(self.hub.event_subs.get(self.actor, ())):
+            cb(self.hub._pass(payload)["events"] if self.hub.codec else list(items))
+
+    async def subscribe_events(self, actor: str, callback: Callable[[list], None]) -> None:
+        self.hub.event_subs.setdefault(actor, []).append(callback)
+
+    def on_peer_lost(self, callback: Callable[[str, PeerLost], None]) -> None:
+        self.peers.lost_callbacks.append(callback)
+
+
+# ----------------------------------------------------------------------------- MQTT
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    low = text.lower()
+    if "refused" in low and "errno" in low:
+        return "connection refused"
+    if "timed out" in low:
+        return "timed out"
+    if "name or service not known" in low or "nodename nor servname" in low:
+        return "unknown host"
+    if "not authorized" in low or "bad user name or password" in low:
+        return "not authorised (check --username/--password)"
+    if "certificate" in low or "ssl" in low:
+        return f"TLS failed ({text}); check --tls-ca or --tls-insecure"
+    if "[code:" in low or "unexpected disconnect" in low or "disconnected" in low:
+        return "the connection closed"
+    return text
+
+
+def _quiet_closed_socket_noise(loop: asyncio.AbstractEventLoop) -> None:
+    """paho asks the loop to watch a socket that a lost broker already closed; asyncio
+    then logs a harmless EBADF traceback. Keep it out of the user's terminal."""
+    previous = loop.get_exception_handler()
+
+    def handler(lp, context) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno == 9 and "add_" in repr(context.get("handle", "")):
+            return
+        if previous is not None:
+            previous(lp, context)
+        else:
+            lp.default_exception_handler(context)
+
+    if getattr(previous, "__name__", "") != "handler":
+        loop.set_exception_handler(handler)
+
+
+class MqttTransport(Transport):
+    """One aiomqtt client = one actor on one run."""
+
+    def __init__(self, config: BrokerConfig, run_id: str, actor: str):
+        self.config = config
+        self.run_id = check_run_id(run_id)
+        self.actor = actor
+        self.client_id = f"xmig-{actor}-{uuid.uuid4().hex[:10]}"
+        self.timeout = config.timeout
+        self.peers = _Peers()
+        self.prefix = f"xmig/{run_id}"
+        self._client = None
+        self._stack = contextlib.AsyncExitStack()
+        self._tasks: list[asyncio.Task] = []
+        self._handler: Handler | None = None
+        self._requests: asyncio.Queue = asyncio.Queue()
+        self._event_cbs: dict[str, list[Callable[[list], None]]] = {}
+        self._sync: dict[bytes, asyncio.Future] = {}
+        self._ids = itertools.count(1)
+        self._closed = False
+        self._claimed = False
+        self._serving = False
+        self._inflight: set[asyncio.Task] = set()
+        self._event_seq = 0
+
+    # ---------------------------------------------------------------- topics
+
+    def t_rpc(self, actor: str) -> str:
+        return f"{self.prefix}/{actor}/rpc"
+
+    def t_presence(self, actor: str, cid: str = "+") -> str:
+        return f"{self.prefix}/presence/{actor}/{cid}"
+
+    def t_events(self, actor: str) -> str:
+        return f"{self.prefix}/events/{actor}"
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        cfg = self.config
+        if not cfg.tls:
+            return None
+        ctx = ssl.create_default_context(cafile=cfg.tls_ca)
+        if cfg.tls_insecure:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+    async def start(self) -> None:
+        import aiomqtt
+        from paho.mqtt.properties import Properties
+        from paho.mqtt.packettypes import PacketTypes
+
+        self._Properties, self._PacketTypes = Properties, PacketTypes
+        cfg = self.config
+        will = aiomqtt.Will(topic=self.t_presence(self.actor, self.client_id), payload=b"", qos=1, retain=True)
+        transport = self
+
+        class DispatchQueue(asyncio.Queue):
+            """aiomqtt's incoming queue, replaced by dispatch on arrival: no task and no
+            queue hop per message (the reader only waits for a disconnection)."""
+
+            def put_nowait(self, item) -> None:
+                try:
+                    transport._dispatch(item)
+                except Exception:
+                    log.exception("bad message on %s", item.topic)
+
+        client = aiomqtt.Client(
+            cfg.host, cfg.port, queue_type=DispatchQueue, username=cfg.username, password=cfg.password,
+            identifier=self.client_id, protocol=aiomqtt.ProtocolVersion.V5, will=will,
+            keepalive=cfg.keepalive, timeout=max(cfg.timeout, 1.0), tls_context=self._tls_context(),
+            tls_insecure=cfg.tls_insecure if cfg.tls else None,
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            logger=logging.getLogger("xmig.mqtt.paho"),
+        )
+        client.pending_calls_threshold = 1000
+        try:
+            await self._stack.enter_async_context(client)
+        except aiomqtt.MqttError as exc:
+            raise BrokerUnreachable(f"cannot reach the MQTT broker at {cfg.display}: {_reason(exc)}") from None
+        except OSError as exc:
+            raise BrokerUnreachable(f"cannot reach the MQTT broker at {cfg.display}: {_reason(exc)}") from None
+        self._client = client
+        _quiet_closed_socket_noise(asyncio.get_running_loop())
+        self._tasks.append(asyncio.ensure_future(self._reader()))
+        await client.subscribe([
+            (f"{self.prefix}/+/reply/{self.client_id}", 1),
+            (f"{self.prefix}/presence/#", 1),
+            (f"{self.prefix}/alive/+", 0),
+            (f"{self.prefix}/sync/{self.client_id}", 1),
+        ])
+        await self._barrier()
+        self._tasks.append(asyncio.ensure_future(self._heartbeat()))
+
+    async def _barrier(self) -> None:
+        """Publish to ourselves and wait for it: by then the broker has sent us every
+        retained presence claim (it sends them before handling our later publish)."""
+        key = uuid.uuid4().bytes
+        fut = asyncio.get_running_loop().create_future()
+        self._sync[key] = fut
+        try:
+            await self._client.publish(f"{self.prefix}/sync/{self.client_id}", key, qos=1)
+            await _wait_reply(self.peers, fut, "the MQTT broker", self.timeout)
+        except PeerLost:
+            raise BrokerUnreachable(f"the MQTT broker at {self.config.display} did not answer within "
+                                    f"{self.timeout:g} s") from None
+        finally:
+            self._sync.pop(key, None)
+
+    async def claim(self) -> None:
+        others = self.peers.present.get(self.actor, set()) - {self.client_id}
+        if others:
+            raise RunRefused(f"run id {self.run_id!r} already has a {self.actor} ({sorted(others)[0]}) on "
+                             f"{self.config.display}; choose another --run")
+        if self._handler is not None and not self._serving:
+            # Subscribed before the claim is visible: no request can reach us unheard.
+            await self._client.subscribe(self.t_rpc(self.actor), qos=1)
+            self._serving = True
+            self._tasks.append(asyncio.ensure_future(self._serve_loop()))
+        await self._client.publish(self.t_presence(self.actor, self.client_id),
+                                   wire.encode({"actor": self.actor, "client": self.client_id,
+                                                "pid": os.getpid(), "host": socket.gethostname()}),
+                                   qos=1, retain=True)
+        self._claimed = True
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        client = self._client
+        if client is not None and self.peers.broken is None:
+            with contextlib.suppress(Exception):
+                if self._claimed:
+                    await asyncio.wait_for(client.publish(self.t_presence(self.actor, self.client_id), b"",
+                                                          qos=1, retain=True), self.timeout)
+        if self._inflight and self.peers.broken is None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait(set(self._inflight), timeout=self.timeout)
+        for task in self._tasks + list(self._inflight):
+            task.cancel()
+        for task in self._tasks + list(self._inflight):
+            with contextlib.suppress(BaseException):
+                await task
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._stack.aclose(), self.timeout)
+
+    # ---------------------------------------------------------------- background tasks
+
+    async def _heartbeat(self) -> None:
+        beat = wire.encode({"client": self.client_id})
+        topic = f"{self.prefix}/alive/{self.actor}"
+        with contextlib.suppress(Exception):
+            while True:
+                await self._client.publish(topic, beat, qos=0)
+                await asyncio.sleep(self.config.heartbeat)
+
+    async def _reader(self) -> None:
+        import aiomqtt
+
+        try:
+            async for _msg in self._client.messages:   # never yields: DispatchQueue dispatches
+                pass
+        except aiomqtt.MqttError as exc:
+            if not self._closed:
+                self._broker_lost(exc)
+        except asyncio.CancelledError:
+            raise
+
+    def _broker_lost(self, exc: BaseException) -> None:
+        lost = PeerLost(f"lost the MQTT broker at {self.config.display}: {_reason(exc.__cause__ or exc)}",
+                        "broker")
+        self.peers.broken = lost
+        for fut in self._sync.values():
+            if not fut.done():
+                fut.set_exception(lost)
+        self.peers.lose("*", lost)
+        self._requests.put_nowait(None)
+
+    def _dispatch(self, msg) -> None:
+        parts = str(msg.topic).split("/")
+        # xmig/<run>/<a>/<b>[/<c>]
+        kind = parts[2] if len(parts) > 2 else ""
+        if kind == "alive" and len(parts) == 4:
+            self.peers.seen(parts[3])
+        elif kind == "presence" and len(parts) == 5:
+            actor, cid = parts[3], parts[4]
+            members = self.peers.present.setdefault(actor, set())
+            if msg.payload:
+                members.add(cid)
+                self.peers.seen(actor)
+                self.peers.changed.set()
+                self.peers.changed = asyncio.Event()
+            elif cid in members:
+                members.discard(cid)
+                if cid != self.client_id and not members:
+                    self.peers.lose(actor, PeerLost(
+                        f"{actor} left the run (its connection to the broker closed)", actor))
+        elif kind == "sync":
+            fut = self._sync.get(bytes(msg.payload))
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+        elif kind == "events" and len(parts) == 4:
+            cbs = self._event_cbs.get(parts[3])
+            if cbs:
+                items = wire.decode(msg.payload)["events"]
+                for cb in cbs:
+                    cb(items)
+        elif len(parts) >= 4 and parts[3] == "reply":
+            corr = getattr(msg.properties, "CorrelationData", None)
+            entry = self.peers.pending.get(bytes(corr) if corr is not None else b"")
+            self.peers.seen(parts[2])
+            if entry is not None and not entry[1].done():
+                try:
+                    entry[1].set_result(wire.decode(msg.payload))
+                except wire.WireError as exc:
+                    entry[1].set_exception(TransportError(f"{parts[2]}: {exc}"))
+        elif len(parts) == 4 and parts[3] == "rpc" and parts[2] == self.actor:
+            self._requests.put_nowait(msg)
+
+    # ---------------------------------------------------------------- RPC
+
+    def serve(self, handler: Handler) -> None:
+        self._handler = handler
+        if self._claimed and not self._serving:
+            self._serving = True
+
+            async def subscribe_then_serve() -> None:
+                await self._client.subscribe(self.t_rpc(self.actor), qos=1)
+                await self._serve_loop()
+
+            self._tasks.append(asyncio.ensure_future(subscribe_then_serve()))
+
+    async def _serve_loop(self) -> None:
+        while True:
+            msg = await self._requests.get()
+            if msg is None:
+                return
+            props = msg.properties
+            topic = getattr(props, "ResponseTopic", None)
+            corr = getattr(props, "CorrelationData", None)
+            try:
+                req = wire.decode(msg.payload)
+                caller = req.get("from", "?")
+                self.peers.seen(caller)
+                reply = {"ok": await self._handler(req["m"], req.get("a") or {}, caller)}
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                reply = _error_reply(exc)
+            if not topic:
+                continue
+            out = self._Properties(self._PacketTypes.PUBLISH)
+            if corr is not None:
+                out.CorrelationData = corr
+            try:
+                payload = wire.encode(reply)
+            except TypeError as exc:
+                payload = wire.encode(_error_reply(exc))
+            self._send(topic, payload, out, None)
+
+    async def call(self, actor: str, method: str, args: dict | None = None) -> Any:
+        if self.peers.broken is not None:
+            raise self.peers.broken
+        if self._closed:
+            raise PeerLost(f"{self.actor} has left run {self.run_id!r}", self.actor)
+        if actor in self.peers.present and not self.peers.present[actor]:
+            raise PeerLost(f"{actor} left the run (its connection to the broker closed)", actor)
+        corr = f"{next(self._ids)}".encode()
+        fut = asyncio.get_running_loop().create_future()
+        self.peers.pending[corr] = (actor, fut)
+        props = self._Properties(self._PacketTypes.PUBLISH)
+        props.ResponseTopic = f"{self.prefix}/{actor}/reply/{self.client_id}"
+        props.CorrelationData = corr
+        try:
+            payload = wire.encode({"m": method, "a": args or {}, "from": self.actor})
+
+            def failed(exc: BaseException) -> None:
+                if not fut.done():
+                    fut.set_exception(self.peers.broken or PeerLost(f"cannot send to {actor}: {exc}", actor))
+
+            # Not awaited: the PUBACK overlaps the call, and a publish stuck on a dead
+            # connection must not hold the call past the broker-lost notice.
+            self._send(self.t_rpc(actor), payload, props, failed)
+            reply = await _wait_reply(self.peers, fut, actor, self.timeout, self.config.call_limit)
+        finally:
+            self.peers.pending.pop(corr, None)
+        return _raise_reply(reply, actor)
+
+    def _send(self, topic: str, payload: bytes, props, on_error: Callable[[BaseException], None] | None) -> None:
+        """Publish QoS 1 in the background, in call order (tasks start FIFO)."""
+        task = asyncio.ensure_future(self._client.publish(topic, payload, qos=1, properties=props))
+        self._inflight.add(task)
+
+        def done(t: asyncio.Task) -> None:
+            self._inflight.discard(t)
+            if t.cancelled():
+                return
+            exc = t.exception()
+            if exc is not None:
+                if on_error is not None:
+                    on_error(exc)
+                elif self.peers.broken is None:
+                    log.warning("publish to %s failed: %s", topic, exc)
+
+        task.add_done_callback(done)
+
+    async def wait_for_peer(self, actor: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.peers.present.get(actor):
+            if self.peers.broken is not None:
+                raise self.peers.broken
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise PeerLost(f"no {actor} joined run {self.run_id!r} on {self.config.display} within "
+                               f"{timeout:g} s: start `xmig {actor} --broker {self.config.display} "
+                               f"--run {self.run_id}`", actor)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.peers.changed.wait(), min(remaining, 0.5))
+
+    # ---------------------------------------------------------------- events
+
+    async def publish_events(self, items: list) -> None:
+        if self.peers.broken is not None:
+            raise self.peers.broken
+        self._event_seq += 1
+        await self._client.publish(self.t_events(self.actor),
+                                   wire.encode({"seq": self._event_seq, "events": items}), qos=1)
+
+    async def subscribe_events(self, actor: str, callback: Callable[[list], None]) -> None:
+        self._event_cbs.setdefault(actor, []).append(callback)
+        await self._client.subscribe(self.t_events(actor), qos=1)
+
+    def on_peer_lost(self, callback: Callable[[str, PeerLost], None]) -> None:
+        self.peers.lost_callbacks.append(callback)
+
+
+__all__ = ["Transport", "InProcessHub", "InProcessTransport", "MqttTransport", "BrokerConfig",
+           "parse_broker_url", "check_run_id", "TransportError", "BrokerUnreachable", "PeerLost",
+           "RunRefused", "DEFAULT_TIMEOUT"]

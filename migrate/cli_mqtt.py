@@ -1,0 +1,230 @@
+"""``xmig hypervisor``, ``xmig guest``, ``xmig watch``, and ``xmig run --broker``'s helper.
+
+The project card's actors as separate processes through an MQTT broker (what the
+hosts of a Xen pool are to each other, with the broker standing in for the network):
+
+    xmig hypervisor --broker mqtt://HOST:1883 --run demo
+    xmig guest      --broker mqtt://HOST:1883 --run demo --guest examples/balloon.yaml
+    xmig watch      --broker mqtt://HOST:1883 --run demo
+    xmig run        --broker mqtt://HOST:1883 --run demo --guest examples/balloon.yaml
+
+``register(app)`` adds the first three commands; ``remote_run`` is what ``xmig run``
+calls when given ``--broker``. Errors are one line; exit 2 for bad input or an
+unreachable broker or peer, 1 when the migration was aborted under an actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .bus import DEFAULT_TIMEOUT, BrokerConfig, TransportError, parse_broker_url
+
+BROKER_HELP = "MQTT broker URL: mqtt://HOST:PORT or mqtts://HOST:PORT (TLS)."
+RUN_HELP = "Run id: the actors of one migration share it (topics xmig/<run>/...)."
+
+
+def broker_config(broker: str, *, username: Optional[str] = None, password: Optional[str] = None,
+                  tls_ca: Optional[Path] = None, tls_insecure: bool = False,
+                  timeout: float = DEFAULT_TIMEOUT) -> BrokerConfig:
+    """The broker options of every command, checked (``TransportError`` when unusable)."""
+    return parse_broker_url(broker, username=username, password=password,
+                            tls_ca=None if tls_ca is None else str(tls_ca), tls_insecure=tls_insecure,
+                            timeout=timeout)
+
+
+async def remote_run(scenario, opts, broker: str | BrokerConfig, run_id: str, bus=None, pacer=None, *,
+                     username: Optional[str] = None, password: Optional[str] = None,
+                     tls_ca: Optional[Path] = None, tls_insecure: bool = False,
+                     timeout: float = DEFAULT_TIMEOUT):
+    """``xmig run --broker URL --run ID``: the toolstack drives the migration against the
+    ``xmig hypervisor`` and ``xmig guest`` of that run; every event of ``bus`` is also
+    published for ``xmig watch``. Returns the ``RunResult``. A problem before the
+    migration starts (broker unreachable, no hypervisor, run id taken) raises
+    ``cli.UsageError`` (one line, exit 2); a peer lost mid-run aborts the migration
+    (the result says aborted, the hypervisor resumes the source)."""
+    from .bus import check_run_id
+    from .cli import UsageError
+    from .mqtt import remote_run as _remote_run
+
+    try:
+        check_run_id(run_id)
+        cfg = broker if isinstance(broker, BrokerConfig) else broker_config(
+            broker, username=username, password=password, tls_ca=tls_ca, tls_insecure=tls_insecure,
+            timeout=timeout)
+        return await _remote_run(scenario, opts, broker=cfg, run_id=run_id, bus=bus, pacer=pacer)
+    except TransportError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _echo(text: str) -> None:
+    print(f"xmig: {text}", file=sys.stderr, flush=True)
+
+
+def _run_main(coro_fn) -> object:
+    """asyncio.run with Ctrl-C / SIGTERM cancelling the task (clean disconnect)."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(coro_fn())
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, task.cancel)
+            except (NotImplementedError, RuntimeError):
+                pass
+        return await task
+
+    return asyncio.run(main())
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``hypervisor``, ``guest`` and ``watch`` to the ``xmig`` app."""
+    from .cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, _err_console, _guard
+
+    def usage(message: str) -> None:
+        _err_console().print(f"xmig: error: {message}", markup=False)
+        raise typer.Exit(EXIT_USAGE)
+
+    def config_or_exit(broker, run, username, password, tls_ca, tls_insecure, timeout) -> BrokerConfig:
+        from .bus import check_run_id
+
+        try:
+            check_run_id(run)
+            return broker_config(broker, username=username, password=password, tls_ca=tls_ca,
+                                 tls_insecure=tls_insecure, timeout=timeout)
+        except TransportError as exc:
+            usage(str(exc))
+
+    @app.command()
+    @_guard
+    def hypervisor(
+        broker: str = typer.Option(..., "--broker", help=BROKER_HELP),
+        run: str = typer.Option(..., "--run", help=RUN_HELP),
+        username: Optional[str] = typer.Option(None, "--username", help="Broker user name."),
+        password: Optional[str] = typer.Option(None, "--password", help="Broker password (or set XMIG_MQTT_PASSWORD)."),
+        tls_ca: Optional[Path] = typer.Option(None, "--tls-ca", help="CA certificate file for mqtts://."),
+        tls_insecure: bool = typer.Option(False, "--tls-insecure", help="Do not check the broker's certificate."),
+        timeout: float = typer.Option(DEFAULT_TIMEOUT, "--timeout", help="Seconds without an answer before a peer counts as lost."),
+    ) -> None:
+        """The hypervisor actor: holds the source domain, serves the toolstack, schedules the guest.
+
+        Exits 0 when the toolstack releases the domain, 1 when the toolstack is lost
+        (after resuming the source domain, as a failed Xen migration does), 2 when the
+        broker cannot be reached or the run id already has a hypervisor."""
+        from .mqtt import run_actor
+
+        cfg = config_or_exit(broker, run, username, password, tls_ca, tls_insecure, timeout)
+        try:
+            why = _run_main(lambda: run_actor("hypervisor", cfg, run, echo=_echo))
+        except TransportError as exc:
+            usage(str(exc))
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            raise typer.Exit(EXIT_INTERRUPTED)
+        raise typer.Exit(EXIT_OK if why == "released" else EXIT_FAILED)
+
+    @app.command()
+    @_guard
+    def guest(
+        guest: Path = typer.Option(..., "--guest", "-g", help="Scenario file (YAML) whose guest to run."),
+        broker: str = typer.Option(..., "--broker", help=BROKER_HELP),
+        run: str = typer.Option(..., "--run", help=RUN_HELP),
+        username: Optional[str] = typer.Option(None, "--username", help="Broker user name."),
+        password: Optional[str] = typer.Option(None, "--password", help="Broker password (or set XMIG_MQTT_PASSWORD)."),
+        tls_ca: Optional[Path] = typer.Option(None, "--tls-ca", help="CA certificate file for mqtts://."),
+        tls_insecure: bool = typer.Option(False, "--tls-insecure", help="Do not check the broker's certificate."),
+        timeout: float = typer.Option(DEFAULT_TIMEOUT, "--timeout", help="Seconds without an answer before a peer counts as lost."),
+    ) -> None:
+        """The guest actor: runs the scenario's workloads and balloon when the hypervisor schedules it.
+
+        Exits 0 when the hypervisor is done with it, 1 when the hypervisor is lost, 2 for
+        a bad scenario file, an unreachable broker or a run id that already has a guest."""
+        from .mqtt import run_actor
+        from .scenario import load_scenario
+
+        scenario = load_scenario(guest)
+        cfg = config_or_exit(broker, run, username, password, tls_ca, tls_insecure, timeout)
+        try:
+            why = _run_main(lambda: run_actor("guest", cfg, run, scenario=scenario, echo=_echo))
+        except TransportError as exc:
+            usage(str(exc))
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            raise typer.Exit(EXIT_INTERRUPTED)
+        if why != "released":
+            _echo(why)
+        raise typer.Exit(EXIT_OK if why == "released" else EXIT_FAILED)
+
+    @app.command()
+    @_guard
+    def watch(
+        broker: str = typer.Option(..., "--broker", help=BROKER_HELP),
+        run: str = typer.Option(..., "--run", help=RUN_HELP),
+        username: Optional[str] = typer.Option(None, "--username", help="Broker user name."),
+        password: Optional[str] = typer.Option(None, "--password", help="Broker password (or set XMIG_MQTT_PASSWORD)."),
+        tls_ca: Optional[Path] = typer.Option(None, "--tls-ca", help="CA certificate file for mqtts://."),
+        tls_insecure: bool = typer.Option(False, "--tls-insecure", help="Do not check the broker's certificate."),
+        timeout: float = typer.Option(DEFAULT_TIMEOUT, "--timeout", help="Seconds without an answer before a peer counts as lost."),
+        no_dashboard: bool = typer.Option(False, "--no-dashboard", help="Only print the final dashboard."),
+    ) -> None:
+        """The dashboard of a migration on the broker, fed only by its event topics.
+
+        Start it before `xmig run --broker`; it ends with the run: exit 0 if the migration
+        completed, 1 if it failed or the toolstack was lost."""
+        from rich.console import Console
+
+        cfg = config_or_exit(broker, run, username, password, tls_ca, tls_insecure, timeout)
+        console = Console()
+        try:
+            outcome = _run_main(lambda: watch_run(cfg, run, console=console, live=console.is_terminal and not no_dashboard))
+        except TransportError as exc:
+            usage(str(exc))
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            raise typer.Exit(EXIT_INTERRUPTED)
+        if outcome != "completed":
+            _echo(f"run {run!r}: {outcome}")
+        raise typer.Exit(EXIT_OK if outcome == "completed" else EXIT_FAILED)
+
+
+async def watch_run(cfg: BrokerConfig, run_id: str, *, console=None, live: bool = False, dashboard=None,
+                    ready: asyncio.Event | None = None) -> str:
+    """Subscribe to the run's events and fold them into a ``Dashboard``; print its
+    final frame. Returns the outcome (``completed``...) or why the watch stopped.
+    ``ready`` is set once subscribed (events published before that are not seen)."""
+    from .dashboard import Dashboard, LiveDashboard
+    from .mqtt import mqtt_transport, watch
+
+    dash = dashboard if dashboard is not None else Dashboard(console)
+    transport = await mqtt_transport(cfg, run_id, "watch")
+    if console is not None:
+        _echo(f"watching run {run_id!r} at {cfg.display}")
+    try:
+        await transport.subscribe_events("hypervisor", lambda items: [dash(ev) for ev in items])
+        if live:
+            with LiveDashboard(dash, console=console):
+                outcome = await watch(transport, dash, ready=ready)
+        else:
+            outcome = await watch(transport, dash, ready=ready)
+            if console is not None:
+                console.print(dash.render())
+        return outcome
+    finally:
+        await transport.close()
+
+
+def main() -> None:
+    """``python -m migrate.cli_mqtt hypervisor|guest|watch ...`` (the same commands as
+    ``xmig``, for a tree whose ``xmig`` does not register them)."""
+    app = typer.Typer(name="xmig", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+    register(app)
+    app()
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["register", "remote_run", "broker_config", "watch_run", "main"]

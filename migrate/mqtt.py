@@ -1,0 +1,806 @@
+"""The three actors over a transport: a hypervisor, a guest and a toolstack process.
+
+Mirrors the split of a real Xen host: the hypervisor holds the domain and schedules
+the guest's vCPUs; the guest runs its own kernel (here: ``guest.Guest``) and traps
+into the hypervisor with hypercalls; the toolstack (libxenctrl + xg_sr_save) drives
+the domain through domctls. ``migrate.control.LocalSource`` wires them in one
+process; this module wires the same objects through a ``migrate.bus.Transport``:
+
+- ``serve_hypervisor``: builds a ``hypervisor.domain.Hypervisor`` on the toolstack's
+  ``create`` and serves the ``DomainControl`` calls through ``LocalDomain`` itself, so
+  every reply carries exactly the events ``forward_events`` would have published
+  in-process (the toolstack republishes them in the same order: same report). The
+  synchronous hypervisor runs in one worker thread; its guest is a ``RemoteGuest``
+  whose ``run(t0, t1)`` generator fetches the guest's ops in chunks ending at each
+  hypercall (one round trip per hypercall, none for a span with no guest tick).
+- ``serve_guest``: holds the ``Guest`` and answers ``layout``, ``run``, ``resume``.
+- ``RemoteSource`` / ``RemoteDomain``: the toolstack's ``SourceSide``, passed to
+  ``run_scenario(..., source_factory=...)``.
+
+Batching, all exact (the same calls reach the same Hypervisor at the same virtual
+times): ``getpageframeinfo3`` carries the link's hypercall overhead, so the
+hypervisor also does the foreign map the saver will ask for next (``write_batch``
+always maps the data PFNs of a batch whose types are all known, ``hypercall_overhead``
+later) and the reply holds both; every reply carries the hypervisor's counters, so
+``counters`` needs no round trip. Speculation starts only after one batch has shown
+the engine mapping at exactly ``t + hypercall_overhead``; a later mismatch stops it
+(and is logged: the guest may then have run a few microseconds ahead). Calls that
+cannot run the guest are served on the event loop, the others in the worker thread.
+
+Faults: a peer that dies or stops answering makes the call raise ``PeerLost`` (a
+``MigrationAborted``: the engine aborts and "resumes" the source); the hypervisor
+resumes the source domain itself when the toolstack vanishes, as libxl does on a
+failed save, and carries on without a guest that vanished (its vCPUs stop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import hashlib
+import inspect
+import logging
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from hypervisor.abi import (PFINFO_HAS_DATA, PFINFO_KNOWN, PFINFO_LTAB_SHIFT, MemoryWrites, ShadowOp,
+                            XenError)
+
+from .bus import (BrokerConfig, InProcessHub, InProcessTransport, MqttTransport, PeerLost, Transport,
+                  TransportError)
+from .control import DomainControl, LocalDomain, SourceInfo, source_info
+from .events import Event, EventBus, MigrationFinished, PhaseChanged
+
+log = logging.getLogger("xmig.mqtt")
+
+#: Event batches for watchers: at most this long between flushes, or this many events.
+EVENT_FLUSH_S = 0.05
+EVENT_FLUSH_N = 256
+
+
+class ScenarioMismatch(TransportError):
+    """The guest actor runs another scenario than the toolstack."""
+
+
+def scenario_digest(scenario) -> str:
+    """A short fingerprint of the guest section, so the guest actor can check it runs
+    the scenario the toolstack migrates."""
+    g = scenario.guest
+    text = g.model_dump_json() if hasattr(g, "model_dump_json") else repr(g)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _drive(coro) -> Any:
+    """Run a coroutine that never awaits (LocalDomain's methods) to completion, here."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    coro.close()
+    raise RuntimeError("LocalDomain awaited something: it cannot be driven synchronously")
+
+
+class _Collector(EventBus):
+    """The hypervisor actor's event bus: keeps what ``forward_events`` publishes for the reply."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.items: list[Event] = []
+
+    def publish(self, event: Event) -> None:
+        self.items.append(event)
+
+    def take(self) -> list[Event]:
+        out, self.items = self.items, []
+        return out
+
+
+# ============================================================================ guest side
+
+
+class RemoteGuest:
+    """The guest as the hypervisor sees it: ``run(t0, t1)`` yields the guest actor's ops.
+
+    Used from the hypervisor's worker thread; ``call(method, args)`` blocks on an RPC."""
+
+    def __init__(self, call: Callable[[str, dict], Any]):
+        self._call = call
+        self.events: list = []
+        self.now: float | None = None    # the guest's next unrun tick (None: unknown)
+        self.dead: PeerLost | None = None
+        self.rpcs = 0
+        self.wait_s = 0.0
+
+    def _rpc(self, method: str, args: dict | None = None) -> dict:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass              # a worker thread: blocking here is fine
+        else:
+            raise RuntimeError("a guest round trip from the event loop would deadlock")
+        self.rpcs += 1
+        t0 = time.perf_counter()
+        try:
+            reply = self._call(method, args or {})
+            self.wait_s += time.perf_counter() - t0
+        except PeerLost as exc:
+            self.dead = exc
+            raise
+        self.events.extend(reply.get("ev", ()))
+        if reply.get("now") is not None:
+            self.now = float(reply["now"])
+        return reply
+
+    def layout(self):
+        return self._rpc("layout")["layout"]
+
+    def run(self, t0: float, t1: float):
+        if self.dead is not None:
+            return   # a guest that is gone runs no more (its vCPUs are stopped)
+        if self.now is not None and t1 < self.now:
+            return   # no guest tick in [t0, t1): Guest.run would yield nothing
+        reply = self._rpc("run", {"t0": float(t0), "t1": float(t1)})
+        more = False
+        try:
+            while True:
+                result = None
+                for op in reply["ops"]:
+                    result = yield op
+                more = reply["more"]
+                if not more:
+                    return
+                reply = self._rpc("resume", {"result": result})
+        except GeneratorExit:
+            if more and self.dead is None:
+                with contextlib.suppress(PeerLost):
+                    self._rpc("close")
+            raise
+
+    def drain_events(self) -> list:
+        out, self.events = self.events, []
+        return out
+
+
+class GuestActor:
+    """Serves one ``guest.Guest`` to the hypervisor actor."""
+
+    def __init__(self, scenario, transport: Transport):
+        self.scenario = scenario
+        self.transport = transport
+        self.guest = None
+        self.gen = None
+        self.busy_s = 0.0
+        self.done: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def _chunk(self, send: Any, first: bool) -> dict:
+        """Run the generator up to and including the next hypercall (or to its end)."""
+        ops: list = []
+        more = True
+        value = send
+        try:
+            while True:
+                op = next(self.gen) if first else self.gen.send(value)
+                first = False
+                ops.append(op)
+                if not isinstance(op, MemoryWrites):
+                    break        # a hypercall: the guest waits for its result
+                value = None     # writes get None back, as the hypervisor would send
+        except StopIteration:
+            more = False
+            self.gen = None
+        return {"ops": ops, "more": more, "ev": self.guest.drain_events(),
+                "now": float(self.guest.now) if not more and hasattr(self.guest, "now") else None}
+
+    def _run(self, t0: float, t1: float) -> dict:
+        if self.gen is not None:
+            self.gen.close()
+        self.gen = self.guest.run(t0, t1)
+        return self._chunk(None, True)
+
+    def _resume(self, result) -> dict:
+        if self.gen is None:
+            raise RuntimeError("resume without a running guest step")
+        return self._chunk(result, False)
+
+    async def handle(self, method: str, args: dict, caller: str) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return await self._handle(method, args)
+        finally:
+            self.busy_s += time.perf_counter() - t0
+
+    async def _handle(self, method: str, args: dict) -> Any:
+        if method == "open":
+            return self._open(args)
+        if self.guest is None and method != "bye":
+            raise RuntimeError(f"guest not opened (got {method!r} before 'open')")
+        if method == "layout":
+            layout = await asyncio.to_thread(self.guest.layout)
+            return {"layout": layout, "ev": self.guest.drain_events(), "now": float(self.guest.now)}
+        # Chunks end at the next hypercall and are short: computed on the loop, which
+        # saves two thread switches per round trip (the hypervisor waits anyway).
+        if method == "run":
+            return self._run(float(args["t0"]), float(args["t1"]))
+        if method == "resume":
+            return self._resume(args.get("result"))
+        if method == "close":
+            if self.gen is not None:
+                self.gen.close()
+                self.gen = None
+            return {"ev": self.guest.drain_events()}
+        if method == "drain_events":
+            return {"ev": self.guest.drain_events()}
+        if method == "bye":
+            if not self.done.done():
+                self.done.set_result("released")
+            return {"busy_s": self.busy_s}
+        raise RuntimeError(f"unknown guest method {method!r}")
+
+    def _open(self, args: dict) -> dict:
+        from guest.guest import Guest
+
+        digest = scenario_digest(self.scenario)
+        if args.get("digest") and args["digest"] != digest:
+            raise ScenarioMismatch(
+                f"the guest actor runs scenario {self.scenario.name!r} but the toolstack migrates "
+                f"{args.get('scenario')!r} (a different guest section): start both with the same --guest file")
+        if self.guest is not None:
+            raise TransportError("this guest actor already runs a guest; start a new one per migration")
+        self.guest = Guest(self.scenario.guest, int(args["seed"]))
+        return {"name": self.scenario.name}
+
+
+async def serve_guest(scenario, transport: Transport) -> str:
+    """Run the guest actor until the hypervisor releases it or goes away.
+    Returns why it stopped ("released" or the PeerLost message)."""
+    if not hasattr(scenario, "guest"):
+        from .scenario import load_scenario
+
+        scenario = load_scenario(scenario)
+    actor = GuestActor(scenario, transport)
+
+    def lost(peer: str, exc: PeerLost) -> None:
+        if peer in ("hypervisor", "*") and not actor.done.done():
+            actor.done.set_result(str(exc))
+
+    transport.on_peer_lost(lost)
+    transport.serve(actor.handle)
+    await transport.claim()
+    return await actor.done
+
+
+# ============================================================================ hypervisor side
+
+
+#: Calls cheap enough to serve on the event loop when they cannot run the guest (the
+#: loop must keep beating: a long call there would look like a dead hypervisor).
+_LIGHT_CALLS = frozenset({"getpageframeinfo3", "map_foreign", "counters", "max_gpfn", "suspend", "resume"})
+
+
+class HypervisorActor:
+    """Holds the source domain for one toolstack; serves its DomainControl calls."""
+
+    def __init__(self, transport: Transport, *, echo: Callable[[str], None] | None = None):
+        self.transport = transport
+        self.loop = asyncio.get_running_loop()
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="xmig-hv")
+        self.hv = None
+        self.guest: RemoteGuest | None = None
+        self.domain: LocalDomain | None = None
+        self.bus = _Collector()
+        self.owner: str | None = None
+        self.released = False
+        self.recovered: str | None = None
+        self.echo = echo or (lambda text: None)
+        self.calls = 0
+        self.busy_s = 0.0
+        self.done: asyncio.Future = self.loop.create_future()
+
+    async def _in_worker(self, fn, *args):
+        t0 = time.perf_counter()
+        try:
+            return await self.loop.run_in_executor(self.pool, fn, *args)
+        finally:
+            self.calls += 1
+            self.busy_s += time.perf_counter() - t0
+
+    def _guest_call(self, method: str, args: dict) -> Any:
+        return self.transport.call_threadsafe(self.loop, "guest", method, args)
+
+    # ------------------------------------------------------------------ calls
+
+    async def handle(self, method: str, args: dict, caller: str) -> Any:
+        if method == "create":
+            return await self._create(args)
+        if method == "release":
+            return await self._release(args)
+        if self.recovered is not None:
+            raise PeerLost(f"hypervisor gave the source domain back ({self.recovered})", "hypervisor")
+        if self.domain is None:
+            raise TransportError("no domain yet: the toolstack must call create first")
+        if args.get("owner") != self.owner:
+            raise TransportError(f"run is driven by toolstack {self.owner}, not {args.get('owner')}")
+        if method in _LIGHT_CALLS and not self._may_run_guest(args):
+            self.calls += 1
+            return self._domctl(method, args)       # no guest round trip: no thread hop either
+        return await self._in_worker(self._domctl, method, args)
+
+    def _may_run_guest(self, args: dict) -> bool:
+        """Could this call make the hypervisor run the guest (a guest round trip, which
+        must happen off the event loop)? Conservative: True unless surely not."""
+        hv, g = self.hv, self.guest
+        if g is None or g.dead is not None or hv.state != "running":
+            return False          # paused or suspended domains do not run the guest
+        t = float(args.get("t", 0.0)) + float(args.get("then_map_after") or 0.0)
+        if t <= hv.now:
+            return False
+        return g.now is None or t >= g.now
+
+    async def _create(self, args: dict) -> SourceInfo:
+        owner = args["owner"]
+        if self.owner is not None:
+            if owner == self.owner:
+                raise TransportError("create called twice")
+            raise TransportError(f"run is already driven by toolstack {self.owner}; refused {owner}")
+        self.owner = owner
+        self.echo(f"toolstack {owner} creates the domain ({args['behaviour']}, seed {args['seed']})")
+        try:
+            await self.transport.wait_for_peer("guest", self.transport.timeout * 2)
+            await self.transport.call("guest", "open", {"seed": int(args["seed"]), "digest": args.get("digest"),
+                                                        "scenario": args.get("scenario")})
+        except TransportError as exc:
+            self.owner = None     # nothing was built: another toolstack may try again
+            self.echo(f"create refused: {exc}")
+            raise
+        self.guest = RemoteGuest(self._guest_call)
+        return await self._in_worker(self._build, args)
+
+    def _build(self, args: dict) -> SourceInfo:
+        from hypervisor.domain import Hypervisor
+
+        layout = self.guest.layout()
+        hv = Hypervisor(host_frames=int(args["host_frames"]), behaviour=args["behaviour"])
+        hv.build(layout)
+        hv.attach_guest(self.guest)
+        self.hv = hv
+        hv.advance_to(float(args["start"]))
+        # What happened before the migration started is not part of it (LocalSource.setup).
+        hv.drain_events()
+        self.guest.drain_events()
+        self.domain = LocalDomain(hv, self.guest, self.bus)
+        return source_info(hv, layout)
+
+    def _domctl(self, method: str, args: dict) -> dict:
+        """One DomainControl call, served by LocalDomain's method of that name."""
+        fn = getattr(LocalDomain, method, None)
+        if method.startswith("_") or fn is None or not inspect.iscoroutinefunction(fn):
+            raise TransportError(f"unknown hypervisor method {method!r}")
+        kwargs = {k: v for k, v in args.items() if k not in ("owner", "then_map_after")}
+        if method == "shadow_op":
+            kwargs["op"] = ShadowOp(kwargs["op"])
+        reply: dict[str, Any] = {}
+        try:
+            reply["r"] = _drive(getattr(self.domain, method)(**kwargs))
+            if method == "getpageframeinfo3" and args.get("then_map_after") is not None:
+                self._speculate(reply, float(args["t"]), float(args["then_map_after"]), args["pfns"], reply["r"])
+        except XenError as exc:
+            reply["x"] = exc
+        except PeerLost as exc:
+            reply["lost"], reply["peer"] = str(exc), exc.peer
+            self.echo(f"{exc}: the guest's vCPUs are stopped")
+        if "ev" not in reply:           # (a speculated map already split them)
+            reply["ev"] = self.bus.take()
+        # LocalDomain.counters never advances time (t=0 would be a no-op if it did).
+        reply["c"] = _drive(self.domain.counters(0.0))
+        return reply
+
+    def _speculate(self, reply: dict, t: float, h: float, pfns, types) -> None:
+        """write_batch's next call, done now: map the data PFNs at ``t + h``."""
+        nibbles = (np.asarray(types, dtype=np.uint32) >> PFINFO_LTAB_SHIFT).astype(np.uint8)
+        if not PFINFO_KNOWN[nibbles].all():
+            return                      # the saver fails the batch; it maps nothing
+        data_pfns = np.asarray(pfns)[PFINFO_HAS_DATA[nibbles]]
+        if data_pfns.size == 0:
+            return                      # nothing to map: the saver does not call
+        reply["ev"] = self.bus.take()
+        t_map = t + h                   # the engine's ``self.now += hypercall_overhead``
+        spec: dict[str, Any] = {"t": t_map}
+        try:
+            spec["r"] = _drive(self.domain.map_foreign(t_map, data_pfns))
+        except XenError as exc:
+            spec["x"] = exc
+        except PeerLost as exc:
+            spec["lost"], spec["peer"] = str(exc), exc.peer
+        spec["ev"] = self.bus.take()
+        reply["spec"] = spec
+
+    # ------------------------------------------------------------------ endings
+
+    async def _release(self, args: dict) -> dict:
+        if self.owner is None:
+            return {"state": None}          # nothing was created: keep waiting for a toolstack
+        if args.get("owner") != self.owner:
+            raise TransportError(f"run is driven by toolstack {self.owner}, not {args.get('owner')}")
+        self.released = True
+        state = None if self.hv is None else self.hv.state
+        bye = await self._bye_guest()
+        g = self.guest
+        self.echo(f"toolstack released the domain ({state}); {self.calls} calls served in {self.busy_s:.2f} s, "
+                  f"{0 if g is None else g.rpcs} guest round trips took {0.0 if g is None else g.wait_s:.2f} s "
+                  f"(guest busy {bye.get('busy_s', 0.0):.2f} s)")
+        if not self.done.done():
+            self.done.set_result("released")
+        return {"state": state}
+
+    async def _bye_guest(self) -> dict:
+        if self.guest is not None and self.guest.dead is None:
+            with contextlib.suppress(Exception):
+                return await self.transport.call("guest", "bye") or {}
+        return {}
+
+    def _recover_sync(self) -> str:
+        hv = self.hv
+        if hv is None:
+            return "no domain was built"
+        done = []
+        if getattr(hv, "log_dirty_enabled", False):
+            with contextlib.suppress(XenError):
+                hv.shadow_op(hv.now, ShadowOp.OFF)
+                done.append("log-dirty off")
+        if hv.state == "suspended":
+            hv.resume(hv.now)
+            done.append("source domain resumed")
+        return ", ".join(done) or f"source domain left {hv.state}"
+
+    async def recover(self, why: str) -> None:
+        """The toolstack is gone mid-migration: resume the source, as libxl would."""
+        if self.released or self.recovered is not None:
+            return
+        self.recovered = why
+        outcome = await self._in_worker(self._recover_sync)
+        self.echo(f"{why}: {outcome}")
+        self.recovered = f"{why}: {outcome}"
+        t = 0.0 if self.hv is None else float(self.hv.now)
+        with contextlib.suppress(Exception):
+            await self.transport.publish_events([PhaseChanged(t=t, phase="resumed", detail=self.recovered)])
+        await self._bye_guest()
+        if not self.done.done():
+            self.done.set_result(self.recovered)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def serve_hypervisor(transport: Transport, *, echo: Callable[[str], None] | None = None,
+                           actor_box: list | None = None) -> str:
+    """Run the hypervisor actor until its toolstack releases the domain or is lost.
+    Returns why it stopped. ``actor_box`` (tests) receives the HypervisorActor."""
+    actor = HypervisorActor(transport, echo=echo)
+    if actor_box is not None:
+        actor_box.append(actor)
+    tasks: list[asyncio.Task] = []
+
+    def lost(peer: str, exc: PeerLost) -> None:
+        if peer == "*" or (peer == "toolstack" and actor.owner is not None):
+            tasks.append(asyncio.ensure_future(actor.recover(f"toolstack lost ({exc})")))
+
+    async def watchdog() -> None:
+        # A toolstack that is connected but silent (hung) for too long counts as lost. A
+        # killed one is seen at once (its will); this covers a hung or half-open one, so
+        # it is generous: a busy toolstack must not lose its domain.
+        keepalive = getattr(getattr(transport, "config", None), "keepalive", 10)
+        limit = max(2 * transport.timeout, 1.5 * keepalive + transport.timeout)
+        while True:
+            await asyncio.sleep(min(1.0, limit / 4))
+            if actor.owner is None or actor.released:
+                continue
+            last = getattr(transport, "peers", None)
+            seen = None if last is None else last.last_seen.get("toolstack")
+            if seen is not None and time.monotonic() - seen > limit:
+                await actor.recover(f"toolstack lost (not heard from for {limit:g} s)")
+                return
+
+    transport.on_peer_lost(lost)
+    transport.serve(actor.handle)
+    await transport.claim()
+    wd = asyncio.ensure_future(watchdog())
+    try:
+        return await actor.done
+    finally:
+        wd.cancel()
+        for t in tasks:
+            with contextlib.suppress(BaseException):
+                await t
+        actor.close()
+
+
+# ============================================================================ toolstack side
+
+
+class RemoteDomain:
+    """``DomainControl`` over the transport: the hypervisor actor's LocalDomain."""
+
+    def __init__(self, transport: Transport, bus: EventBus, *, hypercall_overhead: float | None = None):
+        self.transport = transport
+        self.bus = bus
+        self.owner = transport.client_id
+        self.lost: PeerLost | None = None
+        self.hypercall_overhead = hypercall_overhead
+        self._spec: tuple[float, np.ndarray, dict] | None = None
+        self._counters: dict[str, Any] | None = None
+        self._verified = False        # saw write_batch map at gpfi3's t + hypercall_overhead
+        self._probe_t: float | None = None
+        self.rpcs = 0
+        self.spec_hits = 0
+
+    async def _call(self, method: str, args: dict) -> dict:
+        if self.lost is not None:
+            raise self.lost
+        args["owner"] = self.owner
+        self.rpcs += 1
+        try:
+            reply = await self.transport.call("hypervisor", method, args)
+        except PeerLost as exc:
+            self.lost = exc
+            raise
+        if isinstance(reply, dict) and "c" in reply:
+            self._counters = reply["c"]
+        return reply
+
+    def _finish(self, reply: dict) -> Any:
+        for ev in reply.get("ev", ()):
+            self.bus.publish(ev)
+        if "lost" in reply:
+            raise PeerLost(reply["lost"], reply.get("peer", ""))
+        if "x" in reply:
+            raise reply["x"]
+        return reply.get("r")
+
+    async def _op(self, method: str, **args) -> Any:
+        if self._spec is not None:
+            self._spec_missed(method)
+        self._probe_t = None
+        return self._finish(await self._call(method, args))
+
+    def _spec_missed(self, method: str) -> None:
+        log.warning("the engine did not call map_foreign as write_batch does (got %s): "
+                    "speculative maps are off for the rest of this run", method)
+        self._spec = None
+        self.hypercall_overhead = None
+
+    async def shadow_op(self, t, op, *, mode=0, pages=0, want_bitmap=True, walk_s=0.0):
+        if self.lost is not None and int(op) == ShadowOp.OFF:
+            return None      # the hypervisor actor turns log-dirty off itself when we go
+        return await self._op("shadow_op", t=float(t), op=int(op), mode=int(mode), pages=int(pages),
+                              want_bitmap=bool(want_bitmap), walk_s=float(walk_s))
+
+    async def getpageframeinfo3(self, t, pfns):
+        if self._spec is not None:
+            self._spec_missed("getpageframeinfo3")
+        args = {"t": float(t), "pfns": np.asarray(pfns, dtype=np.int64)}
+        if self.hypercall_overhead is not None and self._verified:
+            args["then_map_after"] = self.hypercall_overhead
+        # Until one batch has shown that the engine maps at exactly t + overhead, ask for
+        # nothing speculative (a wrong guess would run the guest ahead: not undoable).
+        self._probe_t = float(t) if self.hypercall_overhead is not None and not self._verified else None
+        reply = await self._call("getpageframeinfo3", args)
+        spec = reply.get("spec")
+        if spec is not None:
+            nibbles = (np.asarray(reply["r"], dtype=np.uint32) >> PFINFO_LTAB_SHIFT).astype(np.uint8)
+            self._spec = (spec["t"], args["pfns"][PFINFO_HAS_DATA[nibbles]], spec)
+        return self._finish(reply)
+
+    async def map_foreign(self, t, pfns):
+        if self._spec is not None:
+            t_spec, spfns, spec = self._spec
+            self._spec = None
+            if float(t) == t_spec and np.array_equal(np.asarray(pfns), spfns):
+                self.spec_hits += 1
+                return self._finish(spec)
+            self._spec_missed("map_foreign with other arguments")
+        if self._probe_t is not None:
+            if self._probe_t + self.hypercall_overhead == float(t):
+                self._verified = True
+            else:
+                log.info("the engine maps at another time than getpageframeinfo3 + hypercall_overhead: "
+                         "no speculative maps")
+                self.hypercall_overhead = None
+        return await self._op("map_foreign", t=float(t), pfns=np.asarray(pfns, dtype=np.int64))
+
+    async def resume(self, t):
+        if self.lost is not None:
+            return None      # the hypervisor actor resumes the domain itself when we go
+        return await self._op("resume", t=float(t))
+
+    async def counters(self, t):
+        # Every reply carries the counters as they stood after the call, and nothing
+        # changes in the hypervisor between calls: the last reply's are the current ones.
+        if self._counters is not None and self._spec is None:
+            return dict(self._counters)
+        if self.lost is not None:
+            return {}
+        return await self._op("counters", t=float(t))
+
+    def __getattr__(self, name: str):
+        """Any other DomainControl call (max_gpfn, suspend, snapshot, mapped_runs, ...):
+        bound to the protocol's signature and sent by name."""
+        proto = getattr(DomainControl, name, None)
+        if name.startswith("_") or proto is None:
+            raise AttributeError(name)
+        sig = inspect.signature(proto)
+
+        async def call(*args, **kwargs):
+            bound = sig.bind(None, *args, **kwargs)
+            params = dict(list(bound.arguments.items())[1:])
+            params["t"] = float(params["t"])
+            return await self._op(name, **params)
+
+        call.__name__ = name
+        return call
+
+
+class EventPublisher:
+    """Bus listener that republishes every event on ``events/<actor>`` in batches."""
+
+    def __init__(self, transport: Transport, *, interval: float = EVENT_FLUSH_S, max_batch: int = EVENT_FLUSH_N):
+        self.transport = transport
+        self.interval = interval
+        self.max_batch = max_batch
+        self._buf: list[Event] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        self.failed: BaseException | None = None
+        self.published = 0
+        self._task = asyncio.ensure_future(self._loop())
+
+    def __call__(self, ev: Event) -> None:
+        self._buf.append(ev)
+        if len(self._buf) >= self.max_batch:
+            self._wake.set()
+
+    async def _loop(self) -> None:
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            self._wake.clear()
+            batch, self._buf = self._buf, []
+            if batch and self.failed is None:
+                try:
+                    await self.transport.publish_events(batch)
+                    self.published += len(batch)
+                except Exception as exc:   # watchers are best effort; the run goes on
+                    self.failed = exc
+            if self._closing and not self._buf:
+                return
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(self._task), 2 * self.transport.timeout)
+        if not self._task.done():
+            self._task.cancel()
+
+
+class RemoteSource:
+    """``SourceSide`` whose domain lives in a hypervisor actor (``source_factory``)."""
+
+    def __init__(self, transport: Transport, scenario, *, behaviour: str, seed: int, bus: EventBus,
+                 host_frames: int, publish_events: bool = True, speculate: bool = True):
+        self.transport = transport
+        self.scenario = scenario
+        self.behaviour = behaviour
+        self.seed = seed
+        self.bus = bus
+        self.host_frames = host_frames
+        h = float(scenario.link.hypercall_overhead) if speculate else None
+        self.control = RemoteDomain(transport, bus, hypercall_overhead=h)
+        self.publisher = EventPublisher(transport) if publish_events else None
+        if self.publisher is not None:
+            bus.subscribe(self.publisher)
+        self.created = False
+
+    async def setup(self, start: float) -> SourceInfo:
+        config = getattr(self.transport, "config", None)
+        await self.transport.wait_for_peer("hypervisor", getattr(config, "peer_wait", self.transport.timeout))
+        info = await self.control._call("create", {
+            "behaviour": self.behaviour, "host_frames": int(self.host_frames), "start": float(start),
+            "seed": int(self.seed), "scenario": self.scenario.name, "digest": scenario_digest(self.scenario)})
+        self.created = True
+        return info
+
+    async def close(self) -> None:
+        if self.publisher is not None:
+            await self.publisher.close()
+        if self.created and self.control.lost is None:
+            with contextlib.suppress(TransportError):
+                await self.control._call("release", {})
+
+
+# ============================================================================ wiring
+
+
+async def mqtt_transport(config: BrokerConfig, run_id: str, actor: str) -> MqttTransport:
+    t = MqttTransport(config, run_id, actor)
+    await t.start()
+    return t
+
+
+async def run_actor(kind: str, config: BrokerConfig, run_id: str, *, scenario=None,
+                    echo: Callable[[str], None] | None = None) -> str:
+    """``xmig hypervisor`` / ``xmig guest``: connect, serve until done, disconnect."""
+    transport = await mqtt_transport(config, run_id, kind)
+    if echo is not None:
+        waiting = "a toolstack" if kind == "hypervisor" else "the hypervisor"
+        echo(f"{kind} on run {run_id!r} at {config.display}: waiting for {waiting}")
+    try:
+        if kind == "hypervisor":
+            return await serve_hypervisor(transport, echo=echo)
+        return await serve_guest(scenario, transport)
+    finally:
+        await transport.close()
+
+
+async def remote_run(scenario, opts=None, *, broker: BrokerConfig | None = None, run_id: str = "xmig",
+                     bus: EventBus | None = None, pacer=None, transport: Transport | None = None,
+                     speculate: bool = True):
+    """``xmig run --broker URL --run ID``: the toolstack against remote actors.
+
+    Claims the run id (a second toolstack is refused with ``RunRefused``), runs
+    ``run_scenario`` with a ``RemoteSource``, and returns its ``RunResult``. Setup
+    problems raise ``TransportError`` (``BrokerUnreachable``, ``PeerLost``...)."""
+    from .runner import run_scenario
+
+    bus = bus or EventBus()
+    own = transport is None
+    if own:
+        if broker is None:
+            raise TransportError("remote_run needs a broker or a transport")
+        transport = await mqtt_transport(broker, run_id, "toolstack")
+    try:
+        await transport.claim()
+
+        def factory(sc, *, behaviour, seed, bus, host_frames):
+            return RemoteSource(transport, sc, behaviour=behaviour, seed=seed, bus=bus, host_frames=host_frames,
+                                speculate=speculate)
+
+        return await run_scenario(scenario, opts, bus=bus, pacer=pacer, source_factory=factory)
+    finally:
+        if own:
+            await transport.close()
+
+
+async def watch(transport: Transport, dashboard: Callable[[Event], None], *,
+                stop_when_finished: bool = True, ready: asyncio.Event | None = None) -> str:
+    """Feed the toolstack's event topic to ``dashboard`` (any bus listener) until the
+    run finishes or the toolstack goes. Returns the outcome or why it stopped."""
+    done: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def on_batch(items: list) -> None:
+        for ev in items:
+            dashboard(ev)
+            if isinstance(ev, MigrationFinished) and stop_when_finished and not done.done():
+                done.set_result(ev.outcome)
+
+    def lost(peer: str, exc: PeerLost) -> None:
+        if peer in ("toolstack", "*") and not done.done():
+            done.set_result(f"stopped: {exc}")
+
+    transport.on_peer_lost(lost)
+    await transport.subscribe_events("toolstack", on_batch)
+    if ready is not None:
+        ready.set()
+    return await done
+
+
+def in_process_actors(*, codec: bool = True, timeout: float = 5.0, run_id: str = "local"):
+    """Three InProcessTransports on one hub (tests, and the same code paths without a broker)."""
+    hub = InProcessHub(codec=codec)
+    return tuple(InProcessTransport(hub, run_id, a, timeout=timeout) for a in ("toolstack", "hypervisor", "guest"))
+
+
+__all__ = ["RemoteSource", "RemoteDomain", "RemoteGuest", "serve_hypervisor", "serve_guest", "remote_run",
+           "watch", "run_actor", "EventPublisher", "ScenarioMismatch", "scenario_digest", "in_process_actors"]
