@@ -217,9 +217,11 @@ async def _run_with_interrupt(coro_fn):
 
 
 def _one_run(scenario, opts, *, dashboard: bool, speed: Optional[float], console: Console, record_map: bool,
-             quiet: bool = False):
+             quiet: bool = False, remote: Optional[dict[str, Any]] = None):
     """One migration with its live view: the dashboard on a terminal, Xen-style progress
-    lines otherwise (nothing with ``quiet``). Returns (result, interrupted, recorder)."""
+    lines otherwise (nothing with ``quiet``). ``remote`` holds the broker settings when
+    the hypervisor and the guest are ``xmig hypervisor`` / ``xmig guest`` processes.
+    Returns (result, interrupted, recorder)."""
     from .dashboard import Dashboard, LiveDashboard, Pacer
     from .events import EventBus
     from .gfnmap import GfnMapRecorder
@@ -243,11 +245,21 @@ def _one_run(scenario, opts, *, dashboard: bool, speed: Optional[float], console
     if recorder is not None:
         bus.subscribe(recorder)
 
+    async def migrate():
+        if remote is not None:
+            from .cli_mqtt import remote_run
+
+            return await remote_run(scenario, opts, remote["broker"], remote["run_id"], bus, pacer,
+                                    username=remote["username"], password=remote["password"],
+                                    tls_ca=remote["tls_ca"], tls_insecure=remote["tls_insecure"],
+                                    timeout=remote["timeout"])
+        return await run_scenario(scenario, opts, bus=bus, pacer=pacer)
+
     async def go():
         if dash is not None:
             with LiveDashboard(dash, console=console):
-                return await run_scenario(scenario, opts, bus=bus, pacer=pacer)
-        return await run_scenario(scenario, opts, bus=bus, pacer=pacer)
+                return await migrate()
+        return await migrate()
 
     try:
         result, interrupted = asyncio.run(_run_with_interrupt(go))
@@ -281,6 +293,13 @@ def run(
     plot: Optional[Path] = typer.Option(None, help="Draw pages sent per pass and the GFN map over passes (PNG; needs matplotlib)."),
     speed: str = typer.Option("max", help="Virtual seconds per wall second for the dashboard (e.g. 0.5), or 'max'."),
     no_dashboard: bool = typer.Option(False, "--no-dashboard", help="Plain progress lines instead of the live dashboard."),
+    broker: Optional[str] = typer.Option(None, "--broker", help="mqtt://HOST:PORT: drive the 'xmig hypervisor' and 'xmig guest' of --run over this broker instead of running them in this process."),
+    run_id: Optional[str] = typer.Option(None, "--run", help="With --broker: the run id the actors were started with."),
+    username: Optional[str] = typer.Option(None, "--username", help="With --broker: broker user name."),
+    password: Optional[str] = typer.Option(None, "--password", help="With --broker: broker password (or set XMIG_MQTT_PASSWORD)."),
+    tls_ca: Optional[Path] = typer.Option(None, "--tls-ca", help="With --broker mqtts://: CA certificate file."),
+    tls_insecure: bool = typer.Option(False, "--tls-insecure", help="With --broker mqtts://: do not check the broker's certificate."),
+    timeout: float = typer.Option(5.0, "--timeout", help="With --broker: seconds without an answer before a peer counts as lost."),
 ) -> None:
     """Run one migration of the scenario and check the destination (help text above)."""
     from .report import build_report, write_csv, write_json
@@ -294,11 +313,18 @@ def run(
     for p, o in ((report, "--report"), (csv, "--csv"), (plot, "--plot")):
         _check_output(p, o)
     _check_plot_possible(plot)
+    remote = None
+    if broker is not None or run_id is not None:
+        if broker is None or run_id is None:
+            raise UsageError("--broker and --run go together: the broker URL and the run id the "
+                             "'xmig hypervisor' and 'xmig guest' processes were started with")
+        remote = {"broker": broker, "run_id": run_id, "username": username, "password": password,
+                  "tls_ca": tls_ca, "tls_insecure": tls_insecure, "timeout": timeout}
     pace = _parse_speed(speed)
     console = Console()
     use_dash = console.is_terminal and not no_dashboard
     result, interrupted, recorder = _one_run(scenario, opts, dashboard=use_dash, speed=pace, console=console,
-                                             record_map=plot is not None)
+                                             record_map=plot is not None, remote=remote)
     rep = build_report(result)
     if recorder is not None:
         rep["gfn_map"] = recorder.as_list()
@@ -309,7 +335,7 @@ def run(
         rep["outcome"] = "aborted"
         interrupted_msg = ("xmig: interrupted: the migration was aborted and the source domain resumed "
                            "(it keeps running on the source host)")
-    _print_summary(console, rep)
+    _print_summary(console, rep, after_dashboard=use_dash)
     if interrupted:
         console.print(interrupted_msg, markup=False, soft_wrap=True)
     if report is not None:
@@ -323,12 +349,14 @@ def run(
     raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED)
 
 
-def _print_summary(console: Console, rep: dict[str, Any]) -> None:
-    """The same summary the dashboard ends on; plain text (no escape codes) when piped."""
+def _print_summary(console: Console, rep: dict[str, Any], *, after_dashboard: bool = False) -> None:
+    """The same summary the dashboard ends on; plain text (no escape codes) when piped.
+    After a live dashboard, whose last frame already shows the passes, only the totals
+    and the verdict follow."""
     if console.is_terminal:
         from .dashboard import render_summary
 
-        console.print(render_summary(rep))
+        console.print(render_summary(rep, passes=not after_dashboard))
     else:
         from .progress import print_summary
 
@@ -534,6 +562,16 @@ def schema() -> None:
     from .scenario import scenario_json_schema
 
     typer.echo(json.dumps(scenario_json_schema(), indent=2))
+
+
+def _register_actor_commands() -> None:
+    """``xmig hypervisor``, ``xmig guest`` and ``xmig watch`` (the MQTT actors)."""
+    from .cli_mqtt import register
+
+    register(app)
+
+
+_register_actor_commands()
 
 
 def main() -> None:

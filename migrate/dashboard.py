@@ -526,9 +526,10 @@ class LiveDashboard:
 # ----------------------------------------------------------------------------- summary
 
 
-def render_summary(result: dict[str, Any]) -> RenderableType:
+def render_summary(result: dict[str, Any], *, passes: bool = True) -> RenderableType:
     """The end-of-run summary from a report-shaped dict (``report.build_report`` or
-    ``Dashboard.summary()``): header, passes, totals, hypervisor counters, verify."""
+    ``Dashboard.summary()``): header, passes, totals, hypervisor counters, verify.
+    ``passes=False`` leaves out the pass table (the dashboard's last frame shows it)."""
     r = result or {}
     pol = r.get("policy")
     name, params = (pol.get("name"), pol.get("params")) if isinstance(pol, dict) else (pol, r.get("policy_params"))
@@ -543,7 +544,8 @@ def render_summary(result: dict[str, Any]) -> RenderableType:
     parts: list[RenderableType] = [head]
     if r.get("error"):
         parts.append(Text(f"error: {r['error']}", style="red"))
-    parts.append(pass_table(r.get("rounds") or [], title="passes"))
+    if passes:
+        parts.append(pass_table(r.get("rounds") or [], title="passes"))
     tot = r.get("totals") or {}
     parts.append(Text(
         f"totals: {tot.get('iterations', 0)} live passes, {tot.get('pages_sent', 0)} data pages, "
