@@ -274,7 +274,6 @@ class Dashboard:
 
     def render(self) -> RenderableType:
         with self._lock:
-            s = self.state
             top = Table.grid(padding=(0, 1))
             top.add_column()
             top.add_column()

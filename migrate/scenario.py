@@ -227,7 +227,6 @@ def _convert(err: dict, data: Any, file: str | None, lines: dict) -> ScenarioErr
     loc = tuple(err["loc"])
     found_value = err.get("input")
     suggestion = None
-    unknown = False
     if etype == "extra_forbidden":
         ppath, model, _ = _walk(loc[:-1], data)
         key = loc[-1]

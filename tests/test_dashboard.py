@@ -9,7 +9,7 @@ import pytest
 from rich.console import Console
 
 from migrate.dashboard import Dashboard, LiveDashboard, Pacer, render_summary
-from migrate.events import BatchSent, EventBus, GuestNote, PassEnded
+from migrate.events import BatchSent, EventBus, GuestNote
 from migrate.gfnmap import BALLOONED, XTAB, GfnMap
 
 from .test_gfnmap import BALLOON_CELLS, ended, feed, make_events

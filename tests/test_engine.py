@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 
-from hypervisor.abi import PAGE_SIZE
 from migrate.events import EventBus, MemoryOp, PassStarted
 from migrate.runner import RunOptions, run_scenario
 from migrate.scenario import parse_scenario

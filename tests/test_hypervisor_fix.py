@@ -3,44 +3,9 @@
 import numpy as np
 import pytest
 
-from hypervisor.abi import DomainLayout, P2MType, ShadowOp
-from hypervisor.domain import Hypervisor
+from hypervisor.abi import P2MType, ShadowOp
 
-# ---- helpers (kept per file: tests/ is not a package)
-def a(*x):
-    return np.array(x, dtype=np.int64)
-
-
-def make_hv(behaviour="fixed", ram=range(0, 64), host_frames=1000, enable=True, pool=None, **layout):
-    hv = Hypervisor(host_frames=host_frames, behaviour=behaviour, logdirty_pool_pages=pool)
-    hv.build(DomainLayout(ram_gfns=np.asarray(list(ram), dtype=np.int64), **layout))
-    if enable:
-        hv.shadow_op(0.0, ShadowOp.ENABLE_LOGDIRTY)
-    return hv
-
-
-def clean(hv, pages=1 << 16, t=None):
-    return hv.shadow_op(hv.now if t is None else t, ShadowOp.CLEAN, pages=pages)
-
-
-def peek(hv, pages=1 << 16):
-    return hv.shadow_op(hv.now, ShadowOp.PEEK, pages=pages)
-
-
-class ScriptedGuest:
-    """A fake guest: ``script`` is a list of ops (abi dataclasses with ``.t``); run(t0, t1)
-    yields those with t0 <= t < t1 and records what the hypervisor sent back."""
-
-    def __init__(self, script):
-        self.script = list(script)
-        self.results = []
-        self.calls = []
-
-    def run(self, t0, t1):
-        self.calls.append((t0, t1))
-        for op in self.script:
-            if t0 <= op.t < t1:
-                self.results.append((op, (yield op)))
+from tests.hv_helpers import ScriptedGuest, a, clean, make_hv, peek  # noqa: F401
 
 
 BOTH = pytest.mark.parametrize("behaviour", ["fixed", "pre-fix"])

@@ -19,7 +19,6 @@ from migrate.stream import (
     StreamParser,
     StreamWriter,
     TscInfo,
-    parse_stream,
 )
 
 
