@@ -127,10 +127,11 @@ def micro_cases() -> list[dict]:
                      "ratio": r["ratio"], "goal": f"<= {r['goal_ratio']:.0f}x floor",
                      "pages_per_s": r["n"] / r["seconds"]})
     s = {r["name"]: r for r in bench_stream.run(mib=256, repeats=3)}
-    w, c = s["stream_writer_file"], s["memcpy_np_copyto"]
+    w, c, k = s["stream_writer_file"], s["memcpy_np_copyto"], s["os_write_ceiling"]
     rows.append({"name": "stream writer to a file (256 MiB)", "wall": w["seconds"],
                  "baseline_seconds": c["seconds"], "ratio": w["seconds"] / c["seconds"],
-                 "goal": "<= 3.3x memcpy time (>= 0.3x its speed)",
+                 "goal": f"<= 3.3x memcpy time (>= 0.3x its speed); raw os.write of the same bytes: "
+                         f"{k['seconds'] / c['seconds']:.1f}x",
                  "pages_per_s": (w["mib"] << 8) / w["seconds"]})
     return rows
 
