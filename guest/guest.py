@@ -23,6 +23,7 @@ the same whether ``run`` is called once or many times (given the same results ba
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Generator
@@ -37,6 +38,19 @@ from .layout import GuestLayout
 from .workloads import initial_tokens, make_workload, write_tokens
 
 _EPS = 1e-9
+_EMPTY_I64 = np.empty(0, dtype=np.int64)
+_EMPTY_U64 = np.empty(0, dtype=np.uint64)
+
+
+def tick_at_or_after(t: float, tick: float) -> int:
+    """The first tick (index) at or after virtual time ``t``."""
+    return math.ceil(t / tick - _EPS)
+
+
+def write_time(last_tick: int, tick: float, t0: float) -> float:
+    """The stamp of a ``MemoryWrites`` whose last write is in tick ``last_tick``, for a
+    span starting at ``t0``."""
+    return max(int(last_tick) * tick, t0)
 
 
 @dataclass(frozen=True)
@@ -99,7 +113,7 @@ class Guest:
 
     # ------------------------------------------------------------------ running
     def _tick_at_or_after(self, t: float) -> int:
-        return int(math.ceil(t / self.tick - _EPS))
+        return tick_at_or_after(t, self.tick)
 
     @property
     def now(self) -> float:
@@ -108,12 +122,10 @@ class Guest:
 
     def run(self, t0: float, t1: float) -> Generator[GuestOp, HypercallResult | None, None]:
         """Yield the guest's ops for ticks in ``[t0, t1)`` (see the module docstring)."""
-        k = max(self._next_tick, self._tick_at_or_after(t0))
+        k = self._start(t0)
         k_end = self._tick_at_or_after(t1)
         if k_end <= k:
             return
-        if k > self._next_tick:
-            self.stats.ticks_skipped += k - self._next_tick
         parts: list[tuple[np.ndarray, np.ndarray, int]] = []   # (ticks, pages, writer key)
         while k < k_end:
             nk = self.balloon.next_active_tick(k)
@@ -127,22 +139,64 @@ class Guest:
                 seg_end = k + 1
             else:
                 seg_end = k_end if nk is None else min(nk, k_end)
-            for w in self.workloads:
-                ticks, pages = w.pages(k, seg_end)
-                if pages.size:
-                    parts.append((ticks, pages, w.idx))
-            ticks, pages = self.balloon.reuse_writes(k, seg_end)
-            if pages.size:
-                parts.append((ticks, pages, REUSE_KEY))
-            self.stats.ticks_run += seg_end - k
-            self._next_tick = seg_end
+            self._collect(k, seg_end, parts)
             k = seg_end
         if parts:
             op = self._flush(parts, t0)
             if op is not None:
                 yield op
 
-    def _flush(self, parts, t0: float) -> MemoryWrites | None:
+    def _start(self, t0: float) -> int:
+        """The first tick a span starting at ``t0`` runs (ticks before it that never ran
+        are skipped: counted when the span runs)."""
+        return max(self._next_tick, self._tick_at_or_after(t0))
+
+    def _collect(self, k: int, seg_end: int, parts: list) -> None:
+        """Run the balloon-free ticks ``[k, seg_end)``: their writes join ``parts``."""
+        if k > self._next_tick:
+            self.stats.ticks_skipped += k - self._next_tick
+        for w in self.workloads:
+            ticks, pages = w.pages(k, seg_end)
+            if pages.size:
+                parts.append((ticks, pages, w.idx))
+        ticks, pages = self.balloon.reuse_writes(k, seg_end)
+        if pages.size:
+            parts.append((ticks, pages, REUSE_KEY))
+        self.stats.ticks_run += seg_end - k
+        self._next_tick = seg_end
+
+    def window_end(self, k: int, max_ticks: int) -> tuple[int, int | None]:
+        """``(K, next_active)`` for a write window starting at tick ``k``: ``K`` is at most
+        ``k + max_ticks`` and no later than the balloon driver's next active tick
+        (``next_active``, None if it has nothing scheduled)."""
+        nk = self.balloon.next_active_tick(k)
+        end = k + max(1, int(max_ticks))
+        return (end if nk is None else min(nk, end)), nk
+
+    def write_window(self, k_from: int, k_to: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Run the balloon-free ticks ``[max(next tick, k_from), k_to)`` as ``run`` would
+        and return their writes as ``(ticks, gfns, tokens)`` (int64, int64, uint64), in
+        the order ``run`` emits them (by tick; within a tick by workload, then reuse) and
+        filtered by ownership. The balloon driver must have nothing to do before ``k_to``
+        (see ``window_end``): then any ``run`` over these ticks writes exactly these
+        (a span that skips ticks drops theirs), in one ``MemoryWrites`` per stretch
+        between hypercalls, stamped ``max(last write's tick * tick, t0)``."""
+        k = max(self._next_tick, int(k_from))
+        k_to = int(k_to)
+        if k_to <= k:
+            return _EMPTY_I64, _EMPTY_I64, _EMPTY_U64
+        nk = self.balloon.next_active_tick(k)
+        if nk is not None and nk < k_to:
+            raise ValueError(f"the balloon driver acts at tick {nk}, inside the window [{k}, {k_to})")
+        parts: list[tuple[np.ndarray, np.ndarray, int]] = []
+        self._collect(k, k_to, parts)
+        merged = self._merge(parts)
+        if merged is None:
+            return _EMPTY_I64, _EMPTY_I64, _EMPTY_U64
+        return merged
+
+    def _merge(self, parts) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """``(ticks, gfns, tokens)`` of the owned pages' writes in ``parts``, in time order."""
         gparts, tparts, kparts = [], [], []
         for ticks, pages, key in parts:
             keep = self.owned[pages]
@@ -166,7 +220,34 @@ class Guest:
             gfns, ticks, tokens = np.concatenate(gparts)[order], ticks[order], np.concatenate(kparts)[order]
         self.stats.writes += gfns.size
         self.stats.write_batches += 1
-        return MemoryWrites(max(int(ticks[-1]) * self.tick, t0), gfns, tokens)
+        return ticks, gfns, tokens
+
+    def _flush(self, parts, t0: float) -> MemoryWrites | None:
+        merged = self._merge(parts)
+        if merged is None:
+            return None
+        ticks, gfns, tokens = merged
+        return MemoryWrites(write_time(int(ticks[-1]), self.tick, t0), gfns, tokens)
+
+    def checkpoint(self):
+        """What a ``run`` can change (ownership, the balloon driver, events, stats, the
+        next tick; not the workloads' caches, which only memoise), for ``restore``."""
+        b = self.balloon
+        bs = dict(vars(b))
+        bs["_stack"] = list(b._stack)
+        bs["_reuse_new"] = list(b._reuse_new)
+        bs["stats"] = dict(b.stats)
+        return (self.owned.copy(), bs, list(self.events), dataclasses.replace(self.stats), self._next_tick)
+
+    def restore(self, cp) -> None:
+        """Put the guest back as it was at ``checkpoint`` (once per checkpoint)."""
+        owned, bs, events, stats, next_tick = cp
+        self.owned[:] = owned
+        vars(self.balloon).clear()
+        vars(self.balloon).update(bs)
+        self.events = events
+        self.stats = stats
+        self._next_tick = next_tick
 
     # ------------------------------------------------------------------ state & events
     def _emit(self, t: float, kind: str, detail: dict) -> None:
