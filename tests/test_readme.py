@@ -1,0 +1,24 @@
+"""The README's scenario examples are real: every YAML block in it loads."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from migrate.scenario import load_scenario
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+BLOCKS = re.findall(r"```yaml\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_the_readme_has_scenario_examples():
+    assert len(BLOCKS) >= 2
+
+
+@pytest.mark.parametrize("text", BLOCKS)
+def test_every_readme_scenario_loads(text, tmp_path):
+    (tmp_path / "writes.csv").write_text("time_s,gfn\n0.5,10\n1.0,11\n")
+    path = tmp_path / "scenario.yaml"
+    path.write_text(text)
+    scenario = load_scenario(path)
+    assert scenario.guest.memory > 0
