@@ -193,6 +193,9 @@ def main(argv=None) -> int:
         for row in mqtt_cases():
             show(row)
     ok = [r for r in sweep if "error" not in r]
+    if ok:
+        print("\nsweep, wall time per populated page: " + ", ".join(
+            f"{r['name'].split(', ')[-1]} {r['wall'] / r['populated'] * 1e9:.0f} ns" for r in ok))
     if len(ok) >= 2:
         a, b = ok[1], ok[-1]   # skip the 1 GiB point: fixed costs dominate it
         growth = (b["wall"] / a["wall"]) / (b["populated"] / a["populated"])
