@@ -17,6 +17,8 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
+from . import cli_mqtt
+
 app = typer.Typer(
     name="xmig",
     help=(
@@ -295,11 +297,11 @@ def run(
     no_dashboard: bool = typer.Option(False, "--no-dashboard", help="Plain progress lines instead of the live dashboard."),
     broker: Optional[str] = typer.Option(None, "--broker", help="mqtt://HOST:PORT: drive the 'xmig hypervisor' and 'xmig guest' of --run over this broker instead of running them in this process."),
     run_id: Optional[str] = typer.Option(None, "--run", help="With --broker: the run id the actors were started with."),
-    username: Optional[str] = typer.Option(None, "--username", help="With --broker: broker user name."),
-    password: Optional[str] = typer.Option(None, "--password", help="With --broker: broker password (or set XMIG_MQTT_PASSWORD)."),
-    tls_ca: Optional[Path] = typer.Option(None, "--tls-ca", help="With --broker mqtts://: CA certificate file."),
-    tls_insecure: bool = typer.Option(False, "--tls-insecure", help="With --broker mqtts://: do not check the broker's certificate."),
-    timeout: float = typer.Option(5.0, "--timeout", help="With --broker: seconds without an answer before a peer counts as lost."),
+    username: Optional[str] = cli_mqtt.USERNAME_OPT,
+    password: Optional[str] = cli_mqtt.PASSWORD_OPT,
+    tls_ca: Optional[Path] = cli_mqtt.TLS_CA_OPT,
+    tls_insecure: bool = cli_mqtt.TLS_INSECURE_OPT,
+    timeout: float = cli_mqtt.TIMEOUT_OPT,
 ) -> None:
     """Run one migration of the scenario and check the destination (help text above)."""
     from .report import build_report, write_csv, write_json
@@ -564,14 +566,8 @@ def schema() -> None:
     typer.echo(json.dumps(scenario_json_schema(), indent=2))
 
 
-def _register_actor_commands() -> None:
-    """``xmig hypervisor``, ``xmig guest`` and ``xmig watch`` (the MQTT actors)."""
-    from .cli_mqtt import register
-
-    register(app)
-
-
-_register_actor_commands()
+# ``xmig hypervisor``, ``xmig guest`` and ``xmig watch`` (the MQTT actors).
+cli_mqtt.register(app)
 
 
 def main() -> None:

@@ -28,6 +28,15 @@ from .bus import DEFAULT_TIMEOUT, BrokerConfig, TransportError, parse_broker_url
 BROKER_HELP = "MQTT broker URL: mqtt://HOST:PORT or mqtts://HOST:PORT (TLS)."
 RUN_HELP = "Run id: the actors of one migration share it (topics xmig/<run>/...)."
 
+# The connection options every actor command takes, defined once (typer accepts one
+# OptionInfo as the default of several commands).
+USERNAME_OPT = typer.Option(None, "--username", help="Broker user name.")
+PASSWORD_OPT = typer.Option(None, "--password", help="Broker password (or set XMIG_MQTT_PASSWORD).")
+TLS_CA_OPT = typer.Option(None, "--tls-ca", help="CA certificate file for mqtts://.")
+TLS_INSECURE_OPT = typer.Option(False, "--tls-insecure", help="Do not check the broker's certificate.")
+TIMEOUT_OPT = typer.Option(DEFAULT_TIMEOUT, "--timeout",
+                           help="Seconds without an answer before a peer counts as lost.")
+
 
 def broker_config(broker: str, *, username: Optional[str] = None, password: Optional[str] = None,
                   tls_ca: Optional[Path] = None, tls_insecure: bool = False,
@@ -105,11 +114,11 @@ def register(app: typer.Typer) -> None:
     def hypervisor(
         broker: str = typer.Option(..., "--broker", help=BROKER_HELP),
         run: str = typer.Option(..., "--run", help=RUN_HELP),
-        username: Optional[str] = typer.Option(None, "--username", help="Broker user name."),
-        password: Optional[str] = typer.Option(None, "--password", help="Broker password (or set XMIG_MQTT_PASSWORD)."),
-        tls_ca: Optional[Path] = typer.Option(None, "--tls-ca", help="CA certificate file for mqtts://."),
-        tls_insecure: bool = typer.Option(False, "--tls-insecure", help="Do not check the broker's certificate."),
-        timeout: float = typer.Option(DEFAULT_TIMEOUT, "--timeout", help="Seconds without an answer before a peer counts as lost."),
+        username: Optional[str] = USERNAME_OPT,
+        password: Optional[str] = PASSWORD_OPT,
+        tls_ca: Optional[Path] = TLS_CA_OPT,
+        tls_insecure: bool = TLS_INSECURE_OPT,
+        timeout: float = TIMEOUT_OPT,
     ) -> None:
         """The hypervisor actor: holds the source domain, serves the toolstack, schedules the guest.
 
@@ -133,11 +142,11 @@ def register(app: typer.Typer) -> None:
         guest: Path = typer.Option(..., "--guest", "-g", help="Scenario file (YAML) whose guest to run."),
         broker: str = typer.Option(..., "--broker", help=BROKER_HELP),
         run: str = typer.Option(..., "--run", help=RUN_HELP),
-        username: Optional[str] = typer.Option(None, "--username", help="Broker user name."),
-        password: Optional[str] = typer.Option(None, "--password", help="Broker password (or set XMIG_MQTT_PASSWORD)."),
-        tls_ca: Optional[Path] = typer.Option(None, "--tls-ca", help="CA certificate file for mqtts://."),
-        tls_insecure: bool = typer.Option(False, "--tls-insecure", help="Do not check the broker's certificate."),
-        timeout: float = typer.Option(DEFAULT_TIMEOUT, "--timeout", help="Seconds without an answer before a peer counts as lost."),
+        username: Optional[str] = USERNAME_OPT,
+        password: Optional[str] = PASSWORD_OPT,
+        tls_ca: Optional[Path] = TLS_CA_OPT,
+        tls_insecure: bool = TLS_INSECURE_OPT,
+        timeout: float = TIMEOUT_OPT,
     ) -> None:
         """The guest actor: runs the scenario's workloads and balloon when the hypervisor schedules it.
 
@@ -163,11 +172,11 @@ def register(app: typer.Typer) -> None:
     def watch(
         broker: str = typer.Option(..., "--broker", help=BROKER_HELP),
         run: str = typer.Option(..., "--run", help=RUN_HELP),
-        username: Optional[str] = typer.Option(None, "--username", help="Broker user name."),
-        password: Optional[str] = typer.Option(None, "--password", help="Broker password (or set XMIG_MQTT_PASSWORD)."),
-        tls_ca: Optional[Path] = typer.Option(None, "--tls-ca", help="CA certificate file for mqtts://."),
-        tls_insecure: bool = typer.Option(False, "--tls-insecure", help="Do not check the broker's certificate."),
-        timeout: float = typer.Option(DEFAULT_TIMEOUT, "--timeout", help="Seconds without an answer before a peer counts as lost."),
+        username: Optional[str] = USERNAME_OPT,
+        password: Optional[str] = PASSWORD_OPT,
+        tls_ca: Optional[Path] = TLS_CA_OPT,
+        tls_insecure: bool = TLS_INSECURE_OPT,
+        timeout: float = TIMEOUT_OPT,
         no_dashboard: bool = typer.Option(False, "--no-dashboard", help="Only print the final dashboard."),
     ) -> None:
         """The dashboard of a migration on the broker, fed only by its event topics.
