@@ -188,6 +188,8 @@ class Dashboard:
             nib = np.asarray(ev.nibbles, dtype=np.uint8) & 0xF
             s.cur_pages += int(np.count_nonzero(PFINFO_HAS_DATA[nib]))
             s.cur_xtab += int(np.count_nonzero(nib == _XTAB))
+            if ev.hole is not None:          # a never-mapped range walked in bulk: all XTAB
+                s.cur_xtab += int(ev.hole[1]) - int(ev.hole[0])
             s.cur_bytes += int(ev.bytes)
         elif isinstance(ev, CountersSampled):
             s.counters = dict(ev.counters)

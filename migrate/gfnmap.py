@@ -153,6 +153,8 @@ class GfnMap:
         if isinstance(ev, BatchSent):
             if not self._in_ignored_pass:
                 self._on_batch(np.asarray(ev.pfns, dtype=np.int64), np.asarray(ev.nibbles, dtype=np.uint8))
+                if ev.hole is not None:
+                    self._on_hole(int(ev.hole[0]), int(ev.hole[1]))
         elif isinstance(ev, MemoryOp):
             if ev.rc > 0 and ev.op in ("decrease_reservation", "populate_physmap"):
                 gfns = np.asarray(ev.gfns, dtype=np.int64)[: ev.rc]
@@ -279,6 +281,20 @@ class GfnMap:
             self._pending = np.clip(self._pending - self._bincount(pfns), 0, None)
             if nodata.any():
                 self._xtab = np.minimum(self._xtab + self._bincount(pfns[nodata]), self._sizes)
+
+    def _on_hole(self, lo: int, hi: int) -> None:
+        """A never-mapped range the engine walked in bulk: every PFN went out as XTAB."""
+        lo, hi = max(lo, 0), min(hi, self.p2m_size)
+        if lo >= hi:
+            return
+        if self.dense:
+            st = self._state
+            st[lo:hi] = _AFTER_XTAB[st[lo:hi]]
+            self._stale[lo // self.cell_pfns:(hi - 1) // self.cell_pfns + 1] = True
+        else:
+            per = self._per_cell_range(lo, hi)
+            self._pending = np.clip(self._pending - per, 0, None)
+            self._xtab = np.minimum(self._xtab + per, self._sizes)
 
     # ------------------------------------------------------------------ views
 

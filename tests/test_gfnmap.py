@@ -274,3 +274,26 @@ def test_verify_pass_does_not_repaint_the_map_by_default():
 def test_bad_mode_is_refused():
     with pytest.raises(ValueError, match="majority"):
         GfnMap(mode="average")
+
+
+def test_a_hole_walked_in_bulk_shows_as_xtab_in_both_models():
+    """BatchSent.hole (a never-mapped range the engine accounted in bulk) moves its PFNs
+    from pending to XTAB, like a batch of XTAB entries would."""
+    import numpy as np
+
+    from migrate.events import BatchSent, PassStarted, RunStarted, SaveSetup
+    from migrate.gfnmap import PENDING, XTAB, GfnMap
+
+    for p2m_size, dense_limit in ((1 << 20, 1 << 26), (1 << 32, 1 << 26)):
+        gm = GfnMap(dense_limit=dense_limit)
+        empty = np.empty((0, 2), dtype=np.int64)
+        gm(RunStarted(t=0.0, scenario="s", seed=1, behaviour="fixed", policy="xen", policy_params={},
+                      guest_pages=256, populated=np.array([[0, 256]], dtype=np.int64), ballooned=empty))
+        gm(SaveSetup(t=0.0, p2m_size=p2m_size))
+        gm(PassStarted(t=0.0, iteration=1, phase="live", entries=p2m_size, dirty_count=p2m_size, pfns=None))
+        before = gm.counts()[:, PENDING].sum()
+        gm(BatchSent(t=1.0, iteration=1, pfns=np.empty(0, np.int64), nibbles=np.empty(0, np.uint8),
+                     walked=p2m_size - 1024, entries=p2m_size, bytes=0, hole=(1024, p2m_size)))
+        c = gm.counts()
+        assert c[:, XTAB].sum() == p2m_size - 1024
+        assert c[:, PENDING].sum() == before - (p2m_size - 1024)
