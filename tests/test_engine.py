@@ -279,3 +279,13 @@ def test_a_stream_write_failure_fails_the_save_cleanly(tmp_path, monkeypatch):
     assert res.save.outcome == "failed"
     assert "No space left on device" in res.save.error
     assert not (tmp_path / "s.xmig").exists()
+
+
+def test_balloon_stale_example_shows_stale_and_missing_pages_only_before_the_fix():
+    """examples/balloon-stale.yaml: the balloon moves while pass 1 walks the region."""
+    from migrate.scenario import load_scenario
+
+    sc = load_scenario("examples/balloon-stale.yaml")
+    fixed, prefix = run(sc, behaviour="fixed"), run(sc, behaviour="pre-fix")
+    assert fixed.verify.ok and fixed.verify.stale_pages == fixed.verify.missing_pages == 0
+    assert prefix.verify.stale_pages > 1000 and prefix.verify.missing_pages > 1000
