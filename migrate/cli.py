@@ -163,7 +163,24 @@ def _check_stream_target(stream: Optional[str]) -> None:
             raise UsageError(f"--stream: bad target {stream!r}: expected tcp://HOST:PORT "
                              "(an 'xmig receive --listen HOST:PORT'), e.g. tcp://127.0.0.1:8002")
         return
+    if "://" in stream:
+        raise UsageError(f"--stream: expected a file path or tcp://HOST:PORT, found {stream!r}")
     _check_output(Path(stream), "--stream")
+
+
+def _check_scenario_policy(scenario, guest: Path, override: Optional[str]) -> None:
+    """The scenario's own policy and parameters, checked before anything runs, with the
+    file and field named (the CLI's --policy replaces them)."""
+    if override is not None:
+        return
+    from .policy import PolicyError, make_policy
+
+    mig = scenario.migration
+    try:
+        make_policy(mig.policy, mig.policy_params, p2m_size=1)
+    except PolicyError as exc:
+        field = "migration.policy_params" if "parameter" in str(exc) else "migration.policy"
+        raise UsageError(f"{guest}: {field}: {exc}") from None
 
 
 def _check_plot_possible(plot: Optional[Path]) -> None:
@@ -311,6 +328,7 @@ def run(
     opts = RunOptions(behaviour=_check_behaviour(behaviour), policy=policy, bandwidth=_parse_bandwidth(bandwidth),
                       stream=stream, verify=verify, seed=_check_seed(seed))
     _check_policy(policy)
+    _check_scenario_policy(scenario, guest, policy)
     _check_stream_target(stream)
     for p, o in ((report, "--report"), (csv, "--csv"), (plot, "--plot")):
         _check_output(p, o)
@@ -394,6 +412,7 @@ def compare(
     bw = _parse_bandwidth(bandwidth)
     _check_behaviour(behaviour)
     _check_seed(seed)
+    _check_scenario_policy(scenario, guest, policy)
     for p, o in ((report, "--report"), (csv, "--csv"), (plot, "--plot")):
         _check_output(p, o)
     _check_plot_possible(plot)
@@ -443,7 +462,7 @@ def _compare_table(labels: list[str], reps: list[dict[str, Any]]):
         t.add_row(name, *[fn(r) for r in reps])
 
     def v(r, k):
-        return "-" if r["verify"] is None else str(r["verify"][k])
+        return "-" if r["verify"] is None else f"{r['verify'][k]:,}"
 
     row("behaviour", lambda r: r["behaviour"])
     row("policy", lambda r: r["policy"]["name"])
@@ -451,6 +470,7 @@ def _compare_table(labels: list[str], reps: list[dict[str, Any]]):
     row("passes (live + final)", lambda r: f"{r['totals']['iterations']} + 1")
     row("data pages sent", lambda r: f"{r['totals']['pages_sent']:,}")
     row("XTAB entries", lambda r: f"{r['totals']['xtab_sent']:,}")
+    row("  of which after pass 1", lambda r: f"{sum(x['xtab_sent'] for x in r['rounds'][1:] if x['phase'] != 'verify'):,}")
     row("stream bytes", lambda r: f"{r['totals']['bytes']:,}")
     row("total time (virtual s)", lambda r: f"{r['totals']['total_time_s']:.3f}")
     row("downtime (virtual ms)", lambda r: f"{r['totals']['downtime_s'] * 1000:.1f}")
@@ -526,6 +546,8 @@ def inspect(
 
     if not stream.exists():
         raise UsageError(f"{stream}: no such file")
+    if stream.is_dir():
+        raise UsageError(f"{stream}: is a folder, expected a stream file")
     summary = summarise_stream(stream)
     data = summary.as_dict() if hasattr(summary, "as_dict") else dict(vars(summary))
     console = Console()

@@ -215,6 +215,22 @@ async def watch_run(cfg: BrokerConfig, run_id: str, *, console=None, live: bool 
         if live:
             with LiveDashboard(dash, console=console):
                 outcome = await watch(transport, dash, ready=ready)
+        elif console is not None and not console.is_terminal:
+            # Piped or --no-dashboard: Xen-style progress lines and a plain summary, as
+            # ``xmig run`` prints them (never escape codes, never a squeezed frame).
+            from .progress import PlainProgress, print_summary
+
+            progress = PlainProgress(sys.stdout)
+
+            def both(ev) -> None:
+                dash(ev)
+                progress(ev)
+
+            try:
+                outcome = await watch(transport, both, ready=ready)
+            finally:
+                progress.close()
+            print_summary(dash.summary(), file=sys.stdout)
         else:
             outcome = await watch(transport, dash, ready=ready)
             if console is not None:

@@ -102,9 +102,15 @@ class PrecopyEngine:
     # ------------------------------------------------------------------ bookkeeping
 
     def _on_event(self, ev) -> None:
-        cur = self._current
-        if cur is None or not isinstance(ev, MemoryOp) or ev.rc < 0:
+        """Balloon operations count in the pass they happen in; those between two
+        passes (the guest runs until the next call, e.g. the CLEAN) in the pass before."""
+        if not isinstance(ev, MemoryOp) or ev.rc < 0:
             return
+        cur = self._current
+        if cur is None:
+            if not self.result.rounds:
+                return
+            cur = self.result.rounds[-1]
         if ev.op == "decrease_reservation":
             cur.balloon_out += int(ev.rc)
         elif ev.op == "populate_physmap":
@@ -308,7 +314,22 @@ class PrecopyEngine:
             await self._recover()
         finally:
             res.t_end = self.now
+            self._totals()
         return res
+
+    def _totals(self) -> None:
+        """Whole-run totals, from the passes (also for a save that failed or aborted)."""
+        res = self.result
+        live = [r for r in res.rounds if r.phase != "verify"]
+        t = res.totals
+        t.pages_sent = sum(r.pages_sent for r in live)
+        t.xtab_sent = sum(r.xtab_sent for r in live)
+        t.broken_sent = sum(r.broken_sent for r in live)
+        t.iterations = sum(1 for r in live if r.phase == "live")
+        t.bytes = int(self.writer.bytes_written)
+        end = res.t_last_byte if res.t_last_byte is not None else res.t_end
+        t.total_time_s = end - res.t_start
+        t.downtime_s = (end - res.t_suspend) if (res.t_suspend is not None and res.outcome == "completed") else 0.0
 
     async def _recover(self) -> None:
         """A failed Xen save leaves the domain to the toolstack, which resumes it at the
@@ -363,7 +384,6 @@ class PrecopyEngine:
                 else:
                     await self._send_pfns(rnd, bitmap_pfns)
                 self.policy.observe_pass(rnd.bytes, rnd.end_s - rnd.start_s)
-                res.totals.iterations = x
             if decision != Decision.CONTINUE_PRECOPY:
                 break
             pstats = PrecopyStats(iteration=x, total_written=pstats.total_written + pstats.dirty_count,
@@ -412,11 +432,4 @@ class PrecopyEngine:
         close = getattr(self.writer, "close", None)
         if close is not None:
             close()
-        live = [r for r in res.rounds if r.phase != "verify"]
-        res.totals.pages_sent = sum(r.pages_sent for r in live)
-        res.totals.xtab_sent = sum(r.xtab_sent for r in live)
-        res.totals.broken_sent = sum(r.broken_sent for r in live)
-        res.totals.bytes = int(self.writer.bytes_written)
-        res.totals.total_time_s = res.t_last_byte - res.t_start
-        res.totals.downtime_s = res.t_last_byte - res.t_suspend
         self._phase("done", "End of stream")

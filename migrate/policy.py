@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Callable
@@ -168,6 +170,17 @@ def _load_callable(path: str) -> Callable:
             "or a dotted path like mypkg.policies:my_policy")
     try:
         module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        # A policy file next to the user (./mypol.py) is found as a script would find it.
+        cwd = os.getcwd()
+        if exc.name != module_name.split(".")[0] or cwd in sys.path:
+            raise PolicyError(f"cannot load policy {path!r}: {exc}") from None
+        sys.path.insert(0, cwd)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc2:
+            raise PolicyError(f"cannot load policy {path!r}: {exc2} (looked in the current folder "
+                              "and on PYTHONPATH)") from None
     except ImportError as exc:
         raise PolicyError(f"cannot load policy {path!r}: {exc}") from None
     fn = getattr(module, attr, None)

@@ -627,3 +627,33 @@ def test_run_help_teaches():
     for opt in ("--guest", "--behaviour", "--policy", "--bandwidth", "--stream", "--report", "--csv",
                 "--plot", "--speed", "--no-dashboard"):
         assert opt in text
+
+
+@pytest.mark.parametrize("migration,needle", [
+    ("{policy: qemu}", "migration.policy: unknown policy 'qemu'"),
+    ("{policy_params: {max_iter: 3}}", "migration.policy_params: policy xen: unknown parameter(s) max_iter"),
+])
+def test_a_bad_policy_in_the_scenario_names_the_file_and_field(tmp_path, migration, needle):
+    from typer.testing import CliRunner
+
+    from migrate.cli import app
+
+    path = tmp_path / "p.yaml"
+    path.write_text(f"guest: {{memory: 32MiB}}\nmigration: {migration}\n")
+    res = CliRunner().invoke(app, ["run", "--guest", str(path), "--no-dashboard"])
+    assert res.exit_code == 2
+    assert f"{path}: {needle}" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_unsupported_stream_scheme_and_inspecting_a_folder_are_usage_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from migrate.cli import app
+
+    path = tmp_path / "ok.yaml"
+    path.write_text("guest: {memory: 32MiB}\n")
+    res = CliRunner().invoke(app, ["run", "--guest", str(path), "--stream", "ftp://x"])
+    assert res.exit_code == 2 and "expected a file path or tcp://HOST:PORT" in res.output
+    res = CliRunner().invoke(app, ["inspect", str(tmp_path)])
+    assert res.exit_code == 2 and "is a folder" in res.output

@@ -211,3 +211,19 @@ async def test_pacer_re_anchors_after_falling_far_behind():
 def test_pacer_refuses_non_positive_speed():
     with pytest.raises(ValueError, match="positive"):
         Pacer(0)
+
+
+def test_header_gives_the_destination_verdict():
+    from rich.console import Console
+
+    from migrate.dashboard import Dashboard
+    from migrate.events import MigrationFinished, VerifyDone, VerifyStats
+
+    for ok, needle in ((True, "destination VERIFIED"), (False, "destination DIVERGED: 44,946 missing, 3 stale")):
+        console = Console(record=True, width=140)
+        dash = Dashboard(console)
+        dash(VerifyDone(t=1.0, stats=VerifyStats(ok=ok, missing_pages=0 if ok else 44946,
+                                                 stale_pages=0 if ok else 3, extra_pages=0)))
+        dash(MigrationFinished(t=1.0, outcome="completed"))
+        console.print(dash.render())
+        assert needle in console.export_text()

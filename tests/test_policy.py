@@ -70,3 +70,13 @@ def test_bad_policies_say_what_is_wrong(name, params, needle):
     with pytest.raises(PolicyError) as exc:
         make_policy(name, params, p2m_size=1)
     assert needle in str(exc.value)
+
+
+def test_a_policy_file_in_the_current_folder_is_found(tmp_path, monkeypatch):
+    import sys
+
+    (tmp_path / "my_local_policy.py").write_text("def stop_now(stats):\n    return 1\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    p = make_policy("my_local_policy:stop_now", None, p2m_size=1)
+    assert p.decide(S(0, 10**6)) == Decision.STOP_AND_COPY
