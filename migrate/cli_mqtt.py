@@ -177,7 +177,7 @@ def register(app: typer.Typer) -> None:
         tls_ca: Optional[Path] = TLS_CA_OPT,
         tls_insecure: bool = TLS_INSECURE_OPT,
         timeout: float = TIMEOUT_OPT,
-        no_dashboard: bool = typer.Option(False, "--no-dashboard", help="Only print the final dashboard."),
+        no_dashboard: bool = typer.Option(False, "--no-dashboard", help="Plain progress lines and a summary instead of the live dashboard."),
     ) -> None:
         """The dashboard of a migration on the broker, fed only by its event topics.
 
@@ -200,8 +200,10 @@ def register(app: typer.Typer) -> None:
 
 async def watch_run(cfg: BrokerConfig, run_id: str, *, console=None, live: bool = False, dashboard=None,
                     ready: asyncio.Event | None = None) -> str:
-    """Subscribe to the run's events and fold them into a ``Dashboard``; print its
-    final frame. Returns the outcome (``completed``...) or why the watch stopped.
+    """Subscribe to the run's events and fold them into a ``Dashboard``: shown live
+    (``live``), or as progress lines and a plain summary on ``console``'s stdout, or not
+    shown (no console: the caller reads ``dashboard``). Returns the outcome
+    (``completed``...) or why the watch stopped.
     ``ready`` is set once subscribed (events published before that are not seen)."""
     from .dashboard import Dashboard, LiveDashboard
     from .mqtt import mqtt_transport, watch
@@ -215,7 +217,7 @@ async def watch_run(cfg: BrokerConfig, run_id: str, *, console=None, live: bool 
         if live:
             with LiveDashboard(dash, console=console):
                 outcome = await watch(transport, dash, ready=ready)
-        elif console is not None and not console.is_terminal:
+        elif console is not None:
             # Piped or --no-dashboard: Xen-style progress lines and a plain summary, as
             # ``xmig run`` prints them (never escape codes, never a squeezed frame).
             from .progress import PlainProgress, print_summary
@@ -233,8 +235,6 @@ async def watch_run(cfg: BrokerConfig, run_id: str, *, console=None, live: bool 
             print_summary(dash.summary(), file=sys.stdout)
         else:
             outcome = await watch(transport, dash, ready=ready)
-            if console is not None:
-                console.print(dash.render())
         return outcome
     finally:
         await transport.close()
