@@ -165,7 +165,7 @@ class PrecopyEngine:
         self.writer.write_page_data(pfns, nibbles, np.asarray(tokens, dtype=np.uint64))
         nbytes = self.writer.bytes_written - before
         n_data = int(data.sum())
-        self.now += self.link.batch_overhead + self.link.transfer_time(nbytes, n_data)
+        self.now += self.link.batch_cost(nbytes, n_data)
         rnd.pages_sent += n_data
         rnd.xtab_sent += int((nibbles == PFInfo.XTAB).sum())
         rnd.broken_sent += int((nibbles == PFInfo.BROKEN).sum())

@@ -16,6 +16,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+#: Stream record framing (stream.py's RHDR_SIZE / PAGE_SIZE; a test keeps them equal).
+_RHDR_SIZE = 8
+_PAGE_SIZE = 4096
+
+
+def page_data_record_bytes(count: int, data_pages: int) -> int:
+    """Bytes of one PAGE_DATA record of ``count`` PFNs (at most 1024) of which
+    ``data_pages`` carry a page: header, count word, one pfn word per PFN, the pages,
+    padded to 8 bytes (what ``StreamWriter.write_page_data`` writes for one batch)."""
+    length = 8 + 8 * int(count) + _PAGE_SIZE * int(data_pages)
+    return _RHDR_SIZE + length + ((-length) & 7)
+
+
 @dataclass(frozen=True, slots=True)
 class LinkModel:
     bandwidth: float          # bytes per virtual second
@@ -36,6 +49,21 @@ class LinkModel:
         if self.restore_rate:
             t = max(t, data_pages / self.restore_rate)
         return t
+
+    def batch_cost(self, nbytes: int, data_pages: int) -> float:
+        """What a batch costs after its hypercalls: the fixed overhead plus sending its
+        PAGE_DATA record of ``nbytes`` carrying ``data_pages`` pages."""
+        return self.batch_overhead + self.transfer_time(nbytes, data_pages)
+
+    def next_batch_time(self, t: float, nbytes: int, data_pages: int, mapped: bool) -> float:
+        """When the saver's next batch starts, given this one's getpageframeinfo3 at ``t``:
+        the type query's overhead, the foreign map's when the batch has data pages (it
+        is only mapped then), then ``batch_cost`` -- the same float steps, in the same
+        order, as ``PrecopyEngine._write_batch`` (the MQTT transport relies on that)."""
+        t += self.hypercall_overhead
+        if mapped:
+            t += self.hypercall_overhead
+        return t + self.batch_cost(nbytes, data_pages)
 
     def clean_time(self, pages: int) -> float:
         return self.hypercall_overhead + pages / self.clean_rate

@@ -307,3 +307,60 @@ def test_every_balloon_operation_is_counted_in_some_pass():
         total = sum(e.rc for e in ops if e.op == op and e.rc > 0)
         assert total > 0
         assert sum(getattr(r, column) for r in res.save.rounds) == total
+
+
+def test_page_data_record_bytes_is_what_the_writer_writes_for_one_batch():
+    from hypervisor.abi import PFInfo
+    from migrate.link import page_data_record_bytes
+    from migrate.stream import PAGE_SIZE, RHDR_SIZE, CallbackSink, NullSink, StreamWriter
+
+    assert (RHDR_SIZE, PAGE_SIZE) == (8, 4096)
+    rng = np.random.default_rng(3)
+    for count in (1, 2, 3, 7, 511, 1023, 1024):
+        for n_data in sorted({0, 1, count // 2, count}):
+            nib = np.full(count, PFInfo.XTAB, dtype=np.uint8)
+            nib[rng.choice(count, n_data, replace=False)] = PFInfo.NOTAB
+            tokens = np.arange(1, n_data + 1, dtype=np.uint64)
+            chunks: list = []
+            for sink in (NullSink(), CallbackSink(chunks.append)):
+                writer = StreamWriter(sink)
+                got = writer.write_page_data(np.arange(count, dtype=np.int64), nib, tokens)
+                writer.close()
+                assert got == writer.bytes_written == page_data_record_bytes(count, n_data)
+            assert sum(len(c) for c in chunks) == page_data_record_bytes(count, n_data)
+
+
+def test_link_next_batch_time_is_the_engines_batch_time_to_the_bit():
+    """The MQTT transport serves batches ahead at LinkModel.next_batch_time: it must be
+    exactly (float for float) when the engine starts its next batch."""
+    from hypervisor.abi import PFINFO_HAS_DATA
+    from migrate.control import LocalDomain
+    from migrate.events import BatchSent
+    from migrate.link import page_data_record_bytes
+
+    sc = scenario(guest={"memory": "64MiB", "workloads": [{"kind": "uniform", "rate": "40MiB/s"}]},
+                  link={"bandwidth": "300Mbit/s", "restore_rate": "20000pages/s", "batch_overhead": "37us",
+                        "hypercall_overhead": "3us"})
+    starts: list[float] = []
+    orig = LocalDomain.getpageframeinfo3
+
+    async def spy(self, t, pfns):
+        starts.append(float(t))
+        return await orig(self, t, pfns)
+
+    sent: list = []
+    bus = EventBus()
+    bus.subscribe(lambda ev: sent.append(ev) if isinstance(ev, BatchSent) and ev.hole is None else None)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(LocalDomain, "getpageframeinfo3", spy)
+    try:
+        res = asyncio.run(run_scenario(sc, RunOptions(), bus=bus))
+    finally:
+        mp.undo()
+    from migrate.runner import RunOptions as _RO, _effective
+    link = _effective(sc, _RO())[-1]
+    assert res.save.outcome == "completed" and len(sent) == len(starts) > 10
+    for t0, ev in zip(starts, sent):
+        n_data = int(PFINFO_HAS_DATA[ev.nibbles].sum())
+        assert ev.bytes == page_data_record_bytes(ev.pfns.size, n_data)
+        assert link.next_batch_time(t0, ev.bytes, n_data, n_data > 0) == ev.t

@@ -318,3 +318,59 @@ async def test_guest_actor_refuses_another_scenario(mqtt_broker):
     res = await mqtt.remote_run(scenario("idle"), RunOptions(), broker=cfg, run_id="mix")
     assert res.save.outcome == "completed"
     assert await asyncio.wait_for(hv, 5) == "released" and await asyncio.wait_for(g, 5) == "released"
+
+
+# ----------------------------------------------------------------------------- batches ahead
+
+
+async def _in_process_remote(sc, opts, monkeypatch) -> tuple:
+    """``remote_run`` over an InProcessHub; returns the result and the RemoteDomain."""
+    hub = InProcessHub(codec=True)
+    ts, hvt, gt = (InProcessTransport(hub, "local", a) for a in ("toolstack", "hypervisor", "guest"))
+    sources: list = []
+    orig = mqtt.RemoteSource.__init__
+
+    def init(self, *args, **kwargs):
+        orig(self, *args, **kwargs)
+        sources.append(self)
+
+    monkeypatch.setattr(mqtt.RemoteSource, "__init__", init)
+    hv = asyncio.ensure_future(mqtt.serve_hypervisor(hvt))
+    g = asyncio.ensure_future(mqtt.serve_guest(sc, gt))
+    rem = await mqtt.remote_run(sc, opts, transport=ts)
+    assert await asyncio.wait_for(hv, 5) == "released" and await asyncio.wait_for(g, 5) == "released"
+    return rem, sources[0].control
+
+
+async def test_batches_served_ahead_save_round_trips_and_keep_the_report(monkeypatch, caplog):
+    sc = scenario("balloon")
+    emb = await run_scenario(sc, RunOptions())
+    rem, control = await _in_process_remote(sc, RunOptions(), monkeypatch)
+    assert comparable(rem) == comparable(emb)
+    batches = sum(r.batches for r in rem.save.rounds)
+    assert control.ahead_hits > batches // 2
+    assert control.rpcs < batches // 2
+    assert not [r for r in caplog.records if "served ahead" in r.getMessage()]   # no wasted batch
+
+
+@pytest.mark.parametrize("deadline", [0.3, 2.1234, 6.5, 8.77])
+async def test_a_deadline_abort_mid_pass_sees_no_batch_served_ahead(monkeypatch, caplog, deadline):
+    """The engine aborts between two batches of a pass: the hypervisor must not have
+    served the next one (its guest would have run ahead of the embedded run's)."""
+    sc = scenario("balloon")
+    sc = sc.model_copy(update={"migration": sc.migration.model_copy(update={"deadline": deadline})})
+    emb = await run_scenario(sc, RunOptions())
+    assert emb.save.outcome == "aborted"
+    rem, control = await _in_process_remote(sc, RunOptions(), monkeypatch)
+    assert comparable(rem) == comparable(emb)
+    assert control.ahead_hits > 0
+    assert not [r for r in caplog.records if "served ahead" in r.getMessage()]
+
+
+async def test_bandwidth_override_and_verify_keep_the_report_with_batches_ahead(monkeypatch):
+    sc = scenario("pod-boot")
+    opts = RunOptions(bandwidth=3e8, verify=True)
+    emb = await run_scenario(sc, opts)
+    rem, control = await _in_process_remote(sc, opts, monkeypatch)
+    assert comparable(rem) == comparable(emb)
+    assert control.ahead_hits > 0
