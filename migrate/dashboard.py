@@ -308,10 +308,11 @@ class Dashboard:
             t.append(f"  {s.outcome.upper()}", style="bold green" if s.outcome == "completed" else "bold red")
         if s.verify is not None:
             # The verdict: does the destination match the source as it stood at suspend?
+            t.append("\n")
             if s.verify.get("ok"):
-                t.append("  destination VERIFIED", style="bold green")
+                t.append("destination VERIFIED", style="bold green")
             else:
-                t.append(f"  destination DIVERGED: {s.verify.get('missing_pages', 0):,} missing, "
+                t.append(f"destination DIVERGED: {s.verify.get('missing_pages', 0):,} missing, "
                          f"{s.verify.get('stale_pages', 0):,} stale", style="bold red")
         return Panel(t, box=box.ROUNDED, padding=(0, 1))
 
