@@ -103,79 +103,77 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _quantity(value: Any, expected: str, plain, with_unit):
+    """The one shape of every parser: a plain number goes through ``plain(v)``, a string
+    ``"<num><unit>"`` through ``with_unit(num, unit)``; either returns the value in base
+    units or None when it does not fit, which becomes ``UnitError(expected, value)``."""
+    out = None
+    if _is_number(value):
+        if math.isfinite(value):
+            out = plain(value)
+    elif isinstance(value, str):
+        parts = _split(value)
+        if parts is not None and math.isfinite(parts[0]):
+            out = with_unit(parts[0], parts[1])
+    if out is None:
+        raise UnitError(expected, value)
+    return out
+
+
+def _size_with_unit(num: float, unit: str) -> int | None:
+    mult = _BYTE_UNITS.get(unit)
+    if mult is None:
+        return None
+    nbytes = num * mult
+    return int(round(nbytes)) if abs(nbytes - round(nbytes)) < 1e-6 else None
+
+
+def _rate_with_unit(num: float, unit: str) -> float | None:
+    for suffix in ("/s", "ps"):
+        base = unit[: -len(suffix)]
+        if unit.endswith(suffix) and base not in ("", "b"):
+            mult = _BYTE_UNITS.get(base)
+            if mult is not None:
+                return num * mult / PAGE_SIZE
+    return None
+
+
+def _bandwidth_with_unit(num: float, unit: str) -> float | None:
+    bps = None
+    m = re.fullmatch(r"([kKMGT]?)(?:bit/s|bps|b/s)", unit)
+    if m:
+        bps = num * _BIT_PREFIX[m.group(1)] / 8.0
+    else:
+        m = re.fullmatch(r"([A-Za-z]+)(?:/s|ps)", unit)
+        if m and m.group(1) in _BW_BYTE_UNITS:
+            bps = num * _BW_BYTE_UNITS[m.group(1)]
+    return float(bps) if bps is not None and bps > 0 and math.isfinite(bps) else None
+
+
+def _duration_with_unit(num: float, unit: str) -> float | None:
+    md = _DURATION_UNITS.get(unit)
+    return None if md is None else num * md[0] / md[1]
+
+
 def parse_size(value: Any, *, expected: str = SIZE_EXPECTED) -> int:
     """A size in bytes (int). Plain integers are bytes; fractional bytes are refused."""
-    if _is_number(value):
-        if value < 0 or not math.isfinite(value) or value != int(value):
-            raise UnitError(expected, value)
-        return int(value)
-    if isinstance(value, str):
-        parts = _split(value)
-        if parts is not None:
-            num, unit, _ = parts
-            mult = _BYTE_UNITS.get(unit)
-            if mult is not None and math.isfinite(num):
-                nbytes = num * mult
-                if abs(nbytes - round(nbytes)) < 1e-6:
-                    return int(round(nbytes))
-    raise UnitError(expected, value)
+    return _quantity(value, expected, lambda v: int(v) if v >= 0 and v == int(v) else None,
+                     _size_with_unit)
 
 
 def parse_rate(value: Any, *, expected: str = RATE_EXPECTED) -> float:
     """A page-write rate in pages per second (float). Plain numbers are pages/s."""
-    if _is_number(value):
-        if value < 0 or not math.isfinite(value):
-            raise UnitError(expected, value)
-        return float(value)
-    if isinstance(value, str):
-        parts = _split(value)
-        if parts is not None:
-            num, unit, _ = parts
-            for suffix in ("/s", "ps"):
-                if unit.endswith(suffix) and unit != suffix:
-                    mult = _BYTE_UNITS.get(unit[: -len(suffix)])
-                    if mult is not None and math.isfinite(num) and unit[: -len(suffix)] not in ("", "b"):
-                        return num * mult / PAGE_SIZE
-    raise UnitError(expected, value)
+    return _quantity(value, expected, lambda v: float(v) if v >= 0 else None, _rate_with_unit)
 
 
 def parse_bandwidth(value: Any, *, expected: str = BANDWIDTH_EXPECTED) -> float:
     """A link bandwidth in bytes per second (float). Plain numbers are bytes/s."""
-    if _is_number(value):
-        if value <= 0 or not math.isfinite(value):
-            raise UnitError(expected, value)
-        return float(value)
-    if isinstance(value, str):
-        parts = _split(value)
-        if parts is not None:
-            num, unit, _ = parts
-            bps = None
-            m = re.fullmatch(r"([kKMGT]?)(?:bit/s|bps|b/s)", unit)
-            if m:
-                bps = num * _BIT_PREFIX[m.group(1)] / 8.0
-            else:
-                m = re.fullmatch(r"([A-Za-z]+)(?:/s|ps)", unit)
-                if m and m.group(1) in _BW_BYTE_UNITS:
-                    bps = num * _BW_BYTE_UNITS[m.group(1)]
-            if bps is not None and bps > 0 and math.isfinite(bps):
-                return float(bps)
-    raise UnitError(expected, value)
+    return _quantity(value, expected, lambda v: float(v) if v > 0 else None, _bandwidth_with_unit)
 
 
 def parse_duration(value: Any, *, expected: str = DURATION_EXPECTED) -> float:
     """A duration in seconds (float). Plain numbers are seconds."""
-    if _is_number(value):
-        if value < 0 or not math.isfinite(value):
-            raise UnitError(expected, value)
-        return float(value)
-    if isinstance(value, str):
-        parts = _split(value)
-        if parts is not None:
-            num, unit, _ = parts
-            md = _DURATION_UNITS.get(unit)
-            if md is not None and math.isfinite(num):
-                return num * md[0] / md[1]
-    raise UnitError(expected, value)
+    return _quantity(value, expected, lambda v: float(v) if v >= 0 else None, _duration_with_unit)
 
 
 def format_size(nbytes: int) -> str:
