@@ -134,12 +134,31 @@ def _check_seed(seed: Optional[int]) -> Optional[int]:
     return seed
 
 
-def _check_policy(name: Optional[str]) -> None:
+ALLOW_POLICY_OPT = typer.Option(
+    None, "--allow-policy", metavar="MODULE:FUNCTION",
+    help="Enable your own policy function (repeatable), e.g. --allow-policy mypkg.policies:mine. "
+         "A scenario file may name only built-in policies and the ones enabled here or in "
+         "$XMIG_ALLOW_POLICY; nothing else is imported.")
+
+
+def _allowed(allow_policy: Optional[list[str]]) -> frozenset[str]:
+    from .policy import PolicyError, allowed_policies
+
+    try:
+        return allowed_policies(allow_policy or ())
+    except PolicyError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _check_policy(name: Optional[str], allowed: frozenset[str] = frozenset()) -> None:
     if name is None:
         return
-    from .policy import make_policy
+    from .policy import PolicyError, make_policy
 
-    make_policy(name, {}, p2m_size=1)
+    try:
+        make_policy(name, {}, p2m_size=1, allowed=allowed)
+    except PolicyError as exc:
+        raise UsageError(f"--policy: {exc}") from None
 
 
 def _parse_speed(speed: str) -> Optional[float]:
@@ -168,18 +187,22 @@ def _check_stream_target(stream: Optional[str]) -> None:
     _check_output(Path(stream), "--stream")
 
 
-def _check_scenario_policy(scenario, guest: Path, override: Optional[str]) -> None:
+def _check_scenario_policy(scenario, guest: Path, override: Optional[str],
+                           allowed: frozenset[str] = frozenset()) -> None:
     """The scenario's own policy and parameters, checked before anything runs, with the
-    file and field named (the CLI's --policy replaces them)."""
+    file and field named (the CLI's --policy replaces them). Only built-in policies and
+    the user's --allow-policy names can pass; nothing named by the file is imported
+    otherwise."""
     if override is not None:
         return
     from .policy import PolicyError, make_policy
 
     mig = scenario.migration
     try:
-        make_policy(mig.policy, mig.policy_params, p2m_size=1)
+        make_policy(mig.policy, mig.policy_params, p2m_size=1, allowed=allowed)
     except PolicyError as exc:
-        field = "migration.policy_params" if "parameter" in str(exc) else "migration.policy"
+        field = (f"migration.policy_params.{exc.field}" if exc.field
+                 else "migration.policy_params" if "parameter" in str(exc) else "migration.policy")
         raise UsageError(f"{guest}: {field}: {exc}") from None
 
 
@@ -319,16 +342,18 @@ def run(
     tls_ca: Optional[Path] = cli_mqtt.TLS_CA_OPT,
     tls_insecure: bool = cli_mqtt.TLS_INSECURE_OPT,
     timeout: float = cli_mqtt.TIMEOUT_OPT,
+    allow_policy: Optional[list[str]] = ALLOW_POLICY_OPT,
 ) -> None:
     """Run one migration of the scenario and check the destination (help text above)."""
     from .report import build_report, write_csv, write_json
     from .runner import RunOptions
 
     scenario = _load(guest)
+    allowed = _allowed(allow_policy)
     opts = RunOptions(behaviour=_check_behaviour(behaviour), policy=policy, bandwidth=_parse_bandwidth(bandwidth),
-                      stream=stream, verify=verify, seed=_check_seed(seed))
-    _check_policy(policy)
-    _check_scenario_policy(scenario, guest, policy)
+                      stream=stream, verify=verify, seed=_check_seed(seed), allow_policies=allowed)
+    _check_policy(policy, allowed)
+    _check_scenario_policy(scenario, guest, policy, allowed)
     _check_stream_target(stream)
     for p, o in ((report, "--report"), (csv, "--csv"), (plot, "--plot")):
         _check_output(p, o)
@@ -403,6 +428,7 @@ def compare(
     report: Optional[Path] = typer.Option(None, help="Write both reports into one JSON file."),
     csv: Optional[Path] = typer.Option(None, "--csv", help="Write both runs' per-pass tables as one CSV."),
     plot: Optional[Path] = typer.Option(None, help="Draw both runs side by side (PNG)."),
+    allow_policy: Optional[list[str]] = ALLOW_POLICY_OPT,
 ) -> None:
     """Run the scenario under fixed and pre-fix (or two policies) with one seed, side by side."""
     from .report import build_report, write_csv, write_json
@@ -412,7 +438,8 @@ def compare(
     bw = _parse_bandwidth(bandwidth)
     _check_behaviour(behaviour)
     _check_seed(seed)
-    _check_scenario_policy(scenario, guest, policy)
+    allowed = _allowed(allow_policy)
+    _check_scenario_policy(scenario, guest, policy, allowed)
     for p, o in ((report, "--report"), (csv, "--csv"), (plot, "--plot")):
         _check_output(p, o)
     _check_plot_possible(plot)
@@ -421,11 +448,13 @@ def compare(
         if len(names) < 2:
             raise UsageError("--policy: give two or more policies separated by commas, e.g. xen,downtime")
         for n in names:
-            _check_policy(n)
-        variants = [RunOptions(behaviour=behaviour, policy=n, bandwidth=bw, seed=seed) for n in names]
+            _check_policy(n, allowed)
+        variants = [RunOptions(behaviour=behaviour, policy=n, bandwidth=bw, seed=seed, allow_policies=allowed)
+                    for n in names]
         labels = names
     else:
-        variants = [RunOptions(behaviour=b, bandwidth=bw, seed=seed) for b in ("fixed", "pre-fix")]
+        variants = [RunOptions(behaviour=b, bandwidth=bw, seed=seed, allow_policies=allowed)
+                    for b in ("fixed", "pre-fix")]
         labels = ["fixed", "pre-fix"]
     console = Console()
     reps = []

@@ -12,18 +12,22 @@ Policies:
   guest's pages sent, or fewer than 50 dirty pages).
 - ``downtime``: QEMU-style switch-over (``migration/migration.c``): stop once the
   pending bytes fit measured bandwidth x downtime limit (300 ms), with an iteration cap.
-- a user policy: ``package.module:callable`` taking the same ``PrecopyStats``.
+- a user policy: ``package.module:function`` taking the same ``PrecopyStats``. A
+  scenario file is data people share, so it may name a user policy only when the user
+  enabled that exact name (``--allow-policy`` or ``$XMIG_ALLOW_POLICY``); nothing is
+  imported otherwise, and only a plain function is ever called, as ``f(stats)``.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
+import math
 import os
-import sys
+import pkgutil
+import re
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Mapping
 
 from hypervisor.abi import PAGE_SIZE
 
@@ -46,7 +50,12 @@ class PrecopyStats:
 
 
 class PolicyError(ValueError):
-    """An unknown policy name, bad parameter, or a user policy that cannot be loaded."""
+    """An unknown policy name, bad parameter, or a user policy that cannot be loaded.
+    ``field`` names the parameter at fault when there is one."""
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 class Policy:
@@ -141,76 +150,157 @@ class DowntimePolicy(Policy):
 
 
 class CallablePolicy(Policy):
-    """A user policy: any callable ``f(stats: PrecopyStats) -> int`` (an XGS_POLICY_* value)."""
+    """A user policy: a plain Python function ``f(stats: PrecopyStats) -> int`` (an
+    XGS_POLICY_* value), or ``f(stats, params)`` when the scenario gives
+    ``policy_params`` (one plain dict of numbers, strings and booleans)."""
 
-    def __init__(self, path: str, fn: Callable[[PrecopyStats], int]):
+    def __init__(self, path: str, fn: Callable[..., int], params: dict[str, Any] | None = None):
         self.name = path
         self.fn = fn
+        self._params = dict(params or {})
 
     def decide(self, stats: PrecopyStats) -> Decision:
-        value = self.fn(stats)
+        try:
+            value = self.fn(stats, dict(self._params)) if self._params else self.fn(stats)
+        except Exception as exc:  # a user function failing is the user's error to read
+            raise PolicyError(f"policy {self.name} raised {type(exc).__name__}: "
+                              f"{short(str(exc))}") from exc
         try:
             return Decision(int(value))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise PolicyError(
-                f"policy {self.name} returned {value!r}; expected -1 (abort), 0 (continue) or 1 (stop and copy)"
-            ) from None
+                f"policy {self.name} returned {short(repr(value))}; expected -1 (abort), 0 (continue) "
+                "or 1 (stop and copy)") from None
+
+    def params(self) -> dict[str, Any]:
+        return dict(self._params)
 
 
 BUILTIN_POLICIES = ("xen", "xen-legacy", "downtime")
 
+#: The environment variable that enables user policies (comma- or space-separated
+#: ``module:function`` names), as ``--allow-policy`` does on the command line.
+ALLOW_ENV = "XMIG_ALLOW_POLICY"
 
-def _load_callable(path: str) -> Callable:
-    module_name, sep, attr = path.partition(":")
-    if not sep:
-        module_name, _, attr = path.rpartition(".")
-    if not module_name or not attr:
-        raise PolicyError(
-            f"unknown policy {path!r}: expected one of {', '.join(BUILTIN_POLICIES)} "
-            "or a dotted path like mypkg.policies:my_policy")
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def short(text: str, limit: int = 40) -> str:
+    """At most ``limit`` characters of a value for an error line."""
+    text = str(text).replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def allowed_policies(cli: Iterable[str] = (), environ: Mapping[str, str] | None = None) -> frozenset[str]:
+    """The user policies the user enabled: ``--allow-policy`` values plus ``$XMIG_ALLOW_POLICY``.
+    A scenario file never adds to this set: it can only name what is in it."""
+    env = os.environ if environ is None else environ
+    names = [n for n in re.split(r"[,\s]+", env.get(ALLOW_ENV, "")) if n]
+    out = set()
+    for n in [*cli, *names]:
+        n = n.strip()
+        if not _NAME_RE.match(n):
+            raise PolicyError(f"--allow-policy / ${ALLOW_ENV}: expected module:function like "
+                              f"mypkg.policies:my_policy, found {short(repr(n))}")
+        out.add(n)
+    return frozenset(out)
+
+
+def _load_function(path: str, allowed: frozenset[str]) -> Callable:
+    if path not in allowed:
+        hint = ("; a scenario may name your own policy function only once you enable it "
+                f"with --allow-policy MODULE:FUNCTION or ${ALLOW_ENV}" if _NAME_RE.match(path) else "")
+        raise PolicyError(f"unknown policy {short(repr(path))}: expected one of "
+                          f"{', '.join(BUILTIN_POLICIES)}{hint}")
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        # A policy file next to the user (./mypol.py) is found as a script would find it.
-        cwd = os.getcwd()
-        if exc.name != module_name.split(".")[0] or cwd in sys.path:
-            raise PolicyError(f"cannot load policy {path!r}: {exc}") from None
-        sys.path.insert(0, cwd)
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc2:
-            raise PolicyError(f"cannot load policy {path!r}: {exc2} (looked in the current folder "
-                              "and on PYTHONPATH)") from None
-    except ImportError as exc:
-        raise PolicyError(f"cannot load policy {path!r}: {exc}") from None
-    fn = getattr(module, attr, None)
-    if fn is None or not callable(fn):
-        raise PolicyError(f"cannot load policy {path!r}: {module_name} has no callable {attr!r}")
+        fn = pkgutil.resolve_name(path)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise PolicyError(f"cannot load policy {path!r}: {short(str(exc), 80)}") from None
+    # Only a plain Python function is called, and only as fn(stats): never a class (it
+    # would be instantiated) nor a builtin such as os.system.
+    if not inspect.isfunction(fn):
+        raise PolicyError(f"cannot load policy {path!r}: it is not a Python function "
+                          f"(found {type(fn).__name__}); a policy is def f(stats) -> int")
     return fn
 
 
-def make_policy(name: str, params: dict[str, Any] | None = None, *, p2m_size: int) -> Policy:
-    """Build a policy from its scenario/CLI name and parameters."""
+def _check_user_params(name: str, fn: Callable, params: dict[str, Any]) -> dict[str, Any]:
+    for key, value in params.items():
+        if not isinstance(key, str) or not isinstance(value, (bool, int, float, str)):
+            raise PolicyError(f"policy {name}: parameter {short(str(key))} must be a number, string "
+                              f"or boolean, found {type(value).__name__}", field=str(key))
+        if isinstance(value, float) and not math.isfinite(value):
+            raise PolicyError(f"policy {name}: parameter {key} must be finite, found {value}", field=key)
+        if isinstance(value, int) and abs(value) > _INT_MAX:
+            raise PolicyError(f"policy {name}: parameter {key} is too large", field=key)
+    try:
+        sig = inspect.signature(fn)
+        sig.bind(None, {}) if params else sig.bind(None)
+    except (TypeError, ValueError):
+        want = "f(stats, params)" if params else "f(stats)"
+        raise PolicyError(f"policy {name}: the function cannot be called as {want}") from None
+    return dict(params)
+
+
+# Each built-in policy's parameters: (kind, lowest, highest). Counts are integers;
+# ``ratio`` a positive number; ``duration`` takes units (``30ms``) as the scenario does.
+_INT_MAX = 1 << 53
+_PARAM_SPECS: dict[str, dict[str, tuple[str, float, float]]] = {
+    "xen": {"max_iterations": ("count", 1, 100_000), "dirty_threshold": ("count", 0, 1 << 40)},
+    "xen-legacy": {"max_iterations": ("count", 1, 100_000), "max_factor": ("ratio", 0, 1e6),
+                   "dirty_threshold": ("count", 0, 1 << 40)},
+    "downtime": {"downtime_limit": ("duration", 0, 3600.0), "max_iterations": ("count", 1, 100_000)},
+}
+
+
+def _check_builtin_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    from guest.units import UnitError, parse_duration
+
+    spec = _PARAM_SPECS[name]
+    unknown = sorted(str(k) for k in params if k not in spec)
+    if unknown:
+        raise PolicyError(f"policy {name}: unknown parameter(s) {short(', '.join(unknown))}; "
+                          f"expected some of {', '.join(spec)}", field=unknown[0])
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        kind, lo, hi = spec[key]
+        found = short(repr(value))
+        if kind == "count":
+            ok = isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+            if not ok:
+                raise PolicyError(f"policy {name}: {key}: expected an integer from {lo} to {hi:,}, "
+                                  f"found {found}", field=key)
+            out[key] = int(value)
+            continue
+        if kind == "duration":
+            try:
+                v = parse_duration(value)
+            except UnitError:
+                v = None
+            what = "a duration like 300ms"
+        else:
+            v = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+            what = "a number"
+        if v is None or not math.isfinite(v) or not lo < v <= hi:
+            raise PolicyError(f"policy {name}: {key}: expected {what} above {lo:g} and at most {hi:g}, "
+                              f"found {found}", field=key)
+        out[key] = v
+    return out
+
+
+def make_policy(name: str, params: dict[str, Any] | None = None, *, p2m_size: int,
+                allowed: Iterable[str] = ()) -> Policy:
+    """Build a policy from its scenario/CLI name and parameters. ``allowed`` is the set of
+    user policy functions the user enabled (``allowed_policies``); any other name that is
+    not built in is refused without importing anything."""
     params = dict(params or {})
     classes: dict[str, type[Policy]] = {"xen": XenPolicy, "xen-legacy": XenLegacyPolicy,
                                         "downtime": DowntimePolicy}
     cls = classes.get(name)
     if cls is None:
-        fn = _load_callable(name)
-        if inspect.isclass(fn):
-            obj = fn(**params)
-            if not callable(getattr(obj, "decide", None)):
-                raise PolicyError(f"policy class {name} has no decide(stats) method")
-            return obj
-        if params:
-            raise PolicyError(f"policy {name} is a function and takes no parameters (got {sorted(params)})")
-        return CallablePolicy(name, fn)
-    sig = inspect.signature(cls.__init__)
-    allowed = [p for p in sig.parameters if p not in ("self", "p2m_size")]
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise PolicyError(f"policy {name}: unknown parameter(s) {', '.join(unknown)}; "
-                          f"expected some of {', '.join(allowed)}")
+        fn = _load_function(name, frozenset(allowed))
+        return CallablePolicy(name, fn, _check_user_params(name, fn, params))
+    params = _check_builtin_params(name, params)
     if cls is XenLegacyPolicy:
         return XenLegacyPolicy(p2m_size, **params)
     return cls(**params)

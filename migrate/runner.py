@@ -42,6 +42,8 @@ class RunOptions:
     stream: str | None = None        # a file path or tcp://HOST:PORT; None = counted only
     verify: bool | None = None
     seed: int | None = None
+    #: User policy functions the user enabled (``--allow-policy``); see policy.allowed_policies.
+    allow_policies: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -155,7 +157,7 @@ async def _run(scenario, opts, bus, pacer, source, behaviour, policy_name, param
                link, frames, wall0) -> RunResult:
     start = float(scenario.migration.start)
     info = await source.setup(start)
-    policy = make_policy(policy_name, params, p2m_size=info.p2m_size)
+    policy = make_policy(policy_name, params, p2m_size=info.p2m_size, allowed=opts.allow_policies)
     bus.publish(RunStarted(t=start, scenario=scenario.name, seed=seed, behaviour=behaviour,
                            policy=policy.name, policy_params=policy.params(),
                            guest_pages=info.guest_pages, populated=info.populated,

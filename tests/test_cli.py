@@ -631,7 +631,7 @@ def test_run_help_teaches():
 
 @pytest.mark.parametrize("migration,needle", [
     ("{policy: qemu}", "migration.policy: unknown policy 'qemu'"),
-    ("{policy_params: {max_iter: 3}}", "migration.policy_params: policy xen: unknown parameter(s) max_iter"),
+    ("{policy_params: {max_iter: 3}}", "migration.policy_params.max_iter: policy xen: unknown parameter(s) max_iter"),
 ])
 def test_a_bad_policy_in_the_scenario_names_the_file_and_field(tmp_path, migration, needle):
     from typer.testing import CliRunner

@@ -161,7 +161,7 @@ def test_tolerate_vanished_sends_the_vanished_gfn_as_xtab(monkeypatch):
 
 def test_policy_abort_fails_the_save_and_resumes_the_source():
     sc = scenario(migration={"start": "100ms", "policy": "tests.test_engine:abort_policy"})
-    res = run(sc)
+    res = run(sc, allow_policies=frozenset({"tests.test_engine:abort_policy"}))
     assert res.save.outcome == "aborted"
     assert "Abort precopy loop" in res.save.error
 
