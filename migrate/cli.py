@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -17,7 +16,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from . import cli_mqtt
+from . import cli_mqtt, outputs
 
 app = typer.Typer(
     name="xmig",
@@ -72,6 +71,7 @@ def _guard(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from .outputs import OutputError
         from .policy import PolicyError
         from .scenario import ScenarioError
         from .stream import StreamError
@@ -86,7 +86,7 @@ def _guard(fn):
             _debug_traceback()
             _err_console().print("xmig: interrupted", markup=False)
             raise typer.Exit(EXIT_INTERRUPTED) from None
-        except (UsageError, ScenarioError, PolicyError, StreamError) as exc:
+        except (UsageError, ScenarioError, PolicyError, StreamError, OutputError) as exc:
             _debug_traceback()
             _fail_usage(str(exc))
         except OSError as exc:
@@ -179,12 +179,11 @@ def _check_stream_target(stream: Optional[str]) -> None:
     if stream.startswith("tcp://"):
         host, sep, port = stream[len("tcp://"):].rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
-            raise UsageError(f"--stream: bad target {stream!r}: expected tcp://HOST:PORT "
+            raise UsageError(f"--stream: bad target {_short(stream)!r}: expected tcp://HOST:PORT "
                              "(an 'xmig receive --listen HOST:PORT'), e.g. tcp://127.0.0.1:8002")
         return
     if "://" in stream:
-        raise UsageError(f"--stream: expected a file path or tcp://HOST:PORT, found {stream!r}")
-    _check_output(Path(stream), "--stream")
+        raise UsageError(f"--stream: expected a file path or tcp://HOST:PORT, found {_short(stream)!r}")
 
 
 def _check_scenario_policy(scenario, guest: Path, override: Optional[str],
@@ -218,44 +217,49 @@ def _check_plot_possible(plot: Optional[Path]) -> None:
         raise UsageError(f"--plot: {exc}") from None
 
 
-def _check_output(path: Optional[Path], option: str) -> None:
-    """Fail before the migration, not after it, when an output cannot be written."""
-    if path is None:
-        return
-    import os
-
-    parent = path.resolve().parent
-    if not parent.is_dir():
-        raise UsageError(f"{option}: folder {parent} does not exist")
-    if path.is_dir():
-        raise UsageError(f"{option}: {path} is a folder; give a file path")
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"{option}: folder {parent} is not writable")
-
-
 async def _run_with_interrupt(coro_fn):
-    """Run ``coro_fn()`` so that Ctrl-C cancels it (the engine then aborts cleanly and
-    resumes the source domain) instead of killing the process mid-stream."""
-    loop = asyncio.get_running_loop()
+    """Run ``coro_fn()`` so that Ctrl-C, SIGTERM or SIGHUP cancels it (the engine then
+    aborts cleanly, resumes the source domain and removes a half-written stream file)
+    instead of killing the process mid-stream."""
     task = asyncio.ensure_future(coro_fn())
     interrupted = {"yes": False}
 
-    def on_sigint() -> None:
+    def on_stop() -> None:
         interrupted["yes"] = True
         task.cancel()
 
-    try:
-        loop.add_signal_handler(signal.SIGINT, on_sigint)
-    except (NotImplementedError, RuntimeError):
-        pass
-    try:
+    with outputs.stop_on_signals(on_stop):
         result = await task
-    finally:
-        try:
-            loop.remove_signal_handler(signal.SIGINT)
-        except (NotImplementedError, RuntimeError):
-            pass
     return result, interrupted["yes"]
+
+
+def _short(text: Any, limit: int = 40) -> str:
+    from .policy import short
+
+    return short(str(text), limit)
+
+
+def _check_outputs(guest: Path, scenario, **targets: Any) -> None:
+    """Every output target, before the run: a regular file or a new one, each its own
+    file, none of them the scenario or a trace it reads."""
+    inputs: dict[str, Any] = {"the scenario file": guest}
+    for i, w in enumerate(scenario.guest.workloads):
+        if getattr(w, "path", None):
+            inputs[f"the trace of guest.workloads[{i}]"] = w.path
+    named = {f"--{k}": v for k, v in targets.items()}
+    stream = named.get("--stream")
+    if stream is not None and str(stream).startswith("tcp://"):
+        named.pop("--stream")
+    outputs.check_targets(named, inputs)
+
+
+def _save_outputs(items: dict[str, Any], dump) -> None:
+    """Write the results; when a write fails say where they went instead, exit 2."""
+    problems = outputs.write_results({k: v for k, v in items.items() if v[0] is not None}, dump=dump)
+    for line in problems:
+        _err_console().print(f"xmig: error: {line}", markup=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(EXIT_USAGE)
 
 
 def _one_run(scenario, opts, *, dashboard: bool, speed: Optional[float], console: Console, record_map: bool,
@@ -345,7 +349,7 @@ def run(
     allow_policy: Optional[list[str]] = ALLOW_POLICY_OPT,
 ) -> None:
     """Run one migration of the scenario and check the destination (help text above)."""
-    from .report import build_report, write_csv, write_json
+    from .report import build_report, jsonable, write_csv, write_json
     from .runner import RunOptions
 
     scenario = _load(guest)
@@ -355,8 +359,7 @@ def run(
     _check_policy(policy, allowed)
     _check_scenario_policy(scenario, guest, policy, allowed)
     _check_stream_target(stream)
-    for p, o in ((report, "--report"), (csv, "--csv"), (plot, "--plot")):
-        _check_output(p, o)
+    _check_outputs(guest, scenario, report=report, csv=csv, plot=plot, stream=stream)
     _check_plot_possible(plot)
     remote = None
     if broker is not None or run_id is not None:
@@ -383,12 +386,10 @@ def run(
     _print_summary(console, rep, after_dashboard=use_dash)
     if interrupted:
         console.print(interrupted_msg, markup=False, soft_wrap=True)
-    if report is not None:
-        write_json(report, rep)
-    if csv is not None:
-        write_csv(csv, [rep])
-    if plot is not None:
-        _write_plot(plot, [rep])
+    _save_outputs({"--report": (report, lambda p: write_json(p, rep)),
+                   "--csv": (csv, lambda p: write_csv(p, [rep])),
+                   "--plot": (plot, lambda p: _write_plot(p, [rep]))},
+                  dump=lambda: json.dumps(rep, indent=2, default=jsonable) + "\n")
     if interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)
     raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED)
@@ -431,7 +432,7 @@ def compare(
     allow_policy: Optional[list[str]] = ALLOW_POLICY_OPT,
 ) -> None:
     """Run the scenario under fixed and pre-fix (or two policies) with one seed, side by side."""
-    from .report import build_report, write_csv, write_json
+    from .report import build_report, jsonable, write_csv, write_json
     from .runner import RunOptions
 
     scenario = _load(guest)
@@ -440,8 +441,7 @@ def compare(
     _check_seed(seed)
     allowed = _allowed(allow_policy)
     _check_scenario_policy(scenario, guest, policy, allowed)
-    for p, o in ((report, "--report"), (csv, "--csv"), (plot, "--plot")):
-        _check_output(p, o)
+    _check_outputs(guest, scenario, report=report, csv=csv, plot=plot)
     _check_plot_possible(plot)
     if policy:
         names = [p.strip() for p in policy.split(",") if p.strip()]
@@ -470,12 +470,11 @@ def compare(
             rep["gfn_map"] = recorder.as_list()
         reps.append(rep)
     console.print(_compare_table(labels, reps))
-    if report is not None:
-        write_json(report, {"schema_version": reps[0]["schema_version"], "compare": labels, "runs": reps})
-    if csv is not None:
-        write_csv(csv, reps)
-    if plot is not None:
-        _write_plot(plot, reps)
+    both = {"schema_version": reps[0]["schema_version"], "compare": labels, "runs": reps}
+    _save_outputs({"--report": (report, lambda p: write_json(p, both)),
+                   "--csv": (csv, lambda p: write_csv(p, reps)),
+                   "--plot": (plot, lambda p: _write_plot(p, reps))},
+                  dump=lambda: json.dumps(both, indent=2, default=jsonable) + "\n")
     raise typer.Exit(EXIT_OK if all(r["outcome"] == "completed" for r in reps) else EXIT_FAILED)
 
 
@@ -517,13 +516,15 @@ def receive(
     listen: str = typer.Option(..., "--listen", help="HOST:PORT to accept one migration stream on, e.g. 127.0.0.1:8002."),
     report: Optional[Path] = typer.Option(None, help="Write the restore result as JSON here."),
     host_memory: str = typer.Option("64GiB", help="Destination host memory (frames the restore may populate)."),
-    timeout: Optional[float] = typer.Option(None, help="Give up (exit 1) after this many seconds without a sender or without data."),
+    timeout: float = typer.Option(600.0, help="Give up (exit 1) when the whole receive, waiting for the sender included, takes longer than this many seconds."),
 ) -> None:
-    """The destination side: accept one stream over TCP and restore it (xl migrate-receive)."""
+    """The destination side: accept one stream over TCP and restore it (xl migrate-receive).
+
+    Exit codes: 0 restored; 1 the restore failed, timed out, or the VERIFY pass found pages
+    that differ; 2 bad input; 130 interrupted (Ctrl-C, SIGTERM, SIGHUP; the report says so)."""
     from hypervisor.abi import DomainLayout
     from hypervisor.domain import Hypervisor
 
-    from .report import write_json
     from .restore import receive_tcp
     from .units import parse_size
 
@@ -531,14 +532,17 @@ def receive(
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]          # [::1]:8002
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise UsageError(f"--listen: expected HOST:PORT like 127.0.0.1:8002 (port 0-65535), found {listen!r}")
-    if timeout is not None and not timeout > 0:
+        raise UsageError(f"--listen: expected HOST:PORT like 127.0.0.1:8002 (port 0-65535), found {_short(listen)!r}")
+    if not 0 < timeout < 1e9:
         raise UsageError(f"--timeout: expected a positive number of seconds, found {timeout!r}")
-    _check_output(report, "--report")
+    outputs.check_targets({"--report": report}, inputs={})
+    from .report import write_json
     try:
         frames = int(parse_size(host_memory)) // 4096
     except ValueError as exc:
         raise UsageError(f"--host-memory: {exc}") from None
+    if not 0 < frames <= 1 << 40 - 12:
+        raise UsageError(f"--host-memory: expected a size from 4KiB to 1TiB, found {_short(host_memory)!r}")
     dst = Hypervisor(host_frames=frames, behaviour="fixed", record_events=False)
     import numpy as np
 
@@ -551,17 +555,34 @@ def receive(
         console.print(f"migration target: Ready to receive domain on {bound_host}:{bound_port}.", markup=False)
         sys.stdout.flush()
 
-    result = asyncio.run(receive_tcp(host, int(port), dst, on_listen=ready, idle_timeout=timeout))
-    data = result.as_dict() if hasattr(result, "as_dict") else dict(vars(result))
+    async def go():
+        stop = asyncio.Event()
+        with outputs.stop_on_signals(stop.set):
+            res = await receive_tcp(host, int(port), dst, on_listen=ready, timeout=timeout, stop=stop)
+        return res, stop.is_set()
+
+    result, interrupted = asyncio.run(go())
+    data = result.as_dict()
     gfns, _tokens = dst.snapshot()
     data["populated_pages"] = int(gfns.size)
     if report is not None:
-        write_json(report, data)
-    if getattr(result, "complete", False):
-        console.print(f"migration target: Transfer complete: {data['populated_pages']} pages populated.", markup=False)
-        raise typer.Exit(EXIT_OK)
-    console.print(f"migration target: restore failed: {getattr(result, 'error', '')}", markup=False)
-    raise typer.Exit(EXIT_FAILED)
+        _save_outputs({"--report": (report, lambda p: write_json(p, data))},
+                      dump=lambda: json.dumps(data, indent=2) + "\n")
+    err = _err_console()
+    if interrupted:
+        err.print(f"xmig: interrupted: the receive stopped after {data['bytes_received']} bytes "
+                  f"({data['populated_pages']} pages populated)", markup=False)
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if not result.complete:
+        err.print(f"migration target: restore failed: {result.error}", markup=False)
+        raise typer.Exit(EXIT_FAILED)
+    if result.verify_mismatches:
+        err.print(f"migration target: destination diverged: {result.verify_mismatches} pages differ from "
+                  f"the source in the VERIFY pass (first: {', '.join(hex(p) for p in result.verify_mismatch_pfns[:4])})",
+                  markup=False)
+        raise typer.Exit(EXIT_FAILED)
+    console.print(f"migration target: Transfer complete: {data['populated_pages']} pages populated.", markup=False)
+    raise typer.Exit(EXIT_OK)
 
 
 @app.command()

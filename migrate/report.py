@@ -10,7 +10,6 @@ reports outside it.
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Any
 
@@ -64,13 +63,13 @@ def build_report(res: RunResult) -> dict[str, Any]:
 
 
 def write_json(path: str | Path, data: Any) -> None:
-    p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n")
-    tmp.replace(p)
+    """The report as JSON, written atomically (``outputs.atomic_file``)."""
+    from .outputs import write_json as _write
+
+    _write(path, data)
 
 
-def _jsonable(o: Any):
+def jsonable(o: Any):
     import numpy as np
 
     if isinstance(o, np.integer):
@@ -84,13 +83,12 @@ def _jsonable(o: Any):
 
 def write_csv(path: str | Path, reports: list[dict[str, Any]]) -> None:
     """One row per pass; with several runs (compare) a leading behaviour/policy column."""
-    p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    with tmp.open("w", newline="") as fh:
+    from .outputs import atomic_file
+
+    with atomic_file(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(("scenario", "behaviour", "policy") + ROUND_FIELDS)
         for rep in reports:
             for r in rep["rounds"]:
                 w.writerow((rep["scenario"], rep["behaviour"], rep["policy"]["name"])
                            + tuple(r[k] for k in ROUND_FIELDS))
-    tmp.replace(p)

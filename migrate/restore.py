@@ -30,7 +30,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from hypervisor.abi import PFINFO_HAS_DATA, PFINFO_POPULATE, PFInfo, XenError
+from hypervisor.abi import PFINFO_HAS_DATA, PFINFO_POPULATE, P2MType, PFInfo, XenError
+from hypervisor.p2m import CHUNK_BITS
 
 from .stream import (
     Record,
@@ -49,6 +50,15 @@ VERIFY_LIST_MAX = 16
 #: destination is not read until the stream ends, a VERIFY record or another record
 #: type flushes first, and a later copy of a PFN still wins) and saves per-call costs.
 APPLY_GROUP = 1 << 16
+#: How much P2M a stream may make the destination allocate for how much it carries.
+#: The emulated P2M holds 2^18-PFN chunks (``hypervisor.p2m``, ~1.25 MiB each), so a
+#: stream scattering one XALLOC entry (8 bytes) per chunk would cost 160,000 times its
+#: size. A real stream is dense (xg_sr_save sends PFNs in ascending batches of 1024),
+#: so the destination allows CHUNK_ALLOWANCE chunks outright plus one per
+#: PAGES_PER_CHUNK data pages received (1 MiB of page data buys 1.25 MiB of P2M; 32 chunks cover 8 GiB of dense guest), and
+#: refuses the record that would go past that, naming it and its byte offset.
+CHUNK_ALLOWANCE = 32
+PAGES_PER_CHUNK = 256
 
 
 class RestoreError(StreamError):
@@ -149,7 +159,10 @@ class Restorer:
         self._done = False
         self._failed = False
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._pending_where: list[str] = []     # the record that carried each pending part
         self._pending_n = 0
+        self._chunks: set[int] = set()          # P2M chunks this restore has populated into
+        self._data_pages = 0
 
     # ---- entry points ---------------------------------------------------------------
 
@@ -203,10 +216,26 @@ class Restorer:
         if not self._pending:
             return
         parts, self._pending, self._pending_n = self._pending, [], 0
+        wheres, self._pending_where = self._pending_where, []
         pfns = np.concatenate([p[0] for p in parts])
         nibbles = np.concatenate([p[1] for p in parts])
         tokens = np.concatenate([p[2] for p in parts])
-        self._apply_pages(pfns, nibbles, tokens)
+        try:
+            self._apply_pages(pfns, nibbles, tokens)
+        except XenError as e:
+            # Name the record that carried the PFN the destination refused, not the
+            # record that happened to flush the group.
+            bad = self._first_unpopulated(pfns)
+            where = next((w for (p, _, _), w in zip(parts, wheres) if bad is not None and (p == bad).any()),
+                         None)
+            if where is None:
+                raise
+            raise RestoreError(f"{where} carried pfn {bad:#x}: destination failed: {e}") from None
+
+    def _first_unpopulated(self, pfns: np.ndarray) -> int | None:
+        want = np.unique(pfns)
+        missing = want[self.hv.p2m_types(want) == P2MType.invalid]
+        return int(missing[0]) if missing.size else (int(want[0]) if want.size else None)
 
     def populated_pfns(self) -> np.ndarray:
         """Sorted PFNs this restore populated."""
@@ -215,6 +244,19 @@ class Restorer:
     @property
     def complete(self) -> bool:
         return self._done and not self._failed
+
+    @property
+    def failed(self) -> bool:
+        return self._failed
+
+    def abort(self, reason: str) -> RestoreResult:
+        """Stop here (timeout, Ctrl-C, lost sender): the result keeps what was applied."""
+        if not self._failed and not self._done:
+            self._failed = True
+            self.result.complete = False
+            self.result.error = reason
+        self._sync()
+        return self.result
 
     # ---- internals ----------------------------------------------------------------
 
@@ -240,6 +282,8 @@ class Restorer:
         try:
             self._process(rec, from_stream)
         except StreamError as e:
+            self._fail(e)
+        except RestoreError as e:
             self._fail(e)
         except XenError as e:
             self._fail(RestoreError(f"record #{rec.index} ({rec.name}): destination failed: {e}",
@@ -306,10 +350,32 @@ class Restorer:
         keep = PFINFO_POPULATE[nib]
         if not keep.any():
             return
+        self._data_pages += int(tokens.size)
+        self._check_chunks(pfns[keep], where, rec.offset)
         self._pending.append((pfns[keep], nibbles[keep], tokens))
+        self._pending_where.append(where if rec.offset < 0 else f"{where} at byte {rec.offset}")
         self._pending_n += int(keep.sum())
         if self._pending_n >= APPLY_GROUP:
             self.flush()
+
+    def _check_chunks(self, pfns: np.ndarray, where: str, offset: int) -> None:
+        """Refuse a record whose PFNs would make the destination allocate far more P2M
+        than the stream has carried data for (see CHUNK_ALLOWANCE)."""
+        chunks = pfns >> CHUNK_BITS
+        first = int(chunks[0])
+        if first in self._chunks and bool((chunks == first).all()):
+            return
+        new = [c for c in np.unique(chunks).tolist() if c not in self._chunks]
+        allowed = CHUNK_ALLOWANCE + self._data_pages // PAGES_PER_CHUNK
+        total = len(self._chunks) + len(new)
+        if total > allowed:
+            at = f" at byte {offset}" if offset >= 0 else ""
+            raise StreamError(
+                f"{where}{at}: its PFNs would spread the destination over {total} P2M chunks "
+                f"(2^{CHUNK_BITS} PFNs each) after only {self._data_pages} data pages; a stream may use "
+                f"{CHUNK_ALLOWANCE} chunks plus one per {PAGES_PER_CHUNK} data pages it carries",
+                offset=offset if offset >= 0 else None)
+        self._chunks.update(new)
 
     def _apply_pages(self, pfns: np.ndarray, nibbles: np.ndarray, tokens: np.ndarray) -> None:
         """populate_pfns + the copy (or the verify compare) for gathered entries, in
@@ -358,51 +424,54 @@ class Restorer:
 async def receive_tcp(host: str, port: int, dest_hv, on_record: Callable[[Record], Any] | None = None,
                       *, pfn_limit: int | None = None,
                       on_listen: Callable[[str, int], Any] | None = None,
-                      idle_timeout: float | None = None,
+                      timeout: float | None = None,
+                      stop: asyncio.Event | None = None,
                       chunk_size: int = 1 << 20) -> RestoreResult:
-    """Listen on ``host:port``, accept one connection, restore the stream it carries
-    into ``dest_hv``. ``on_listen(host, port)`` is called once listening (with the real
-    port when ``port`` is 0). ``idle_timeout`` (seconds) bounds the wait for the
-    sender and for each read. Raises ``StreamError`` when the address cannot be
-    bound; every stream or restore problem is in the returned result."""
+    """Listen on ``host:port`` and restore into ``dest_hv`` the one stream that arrives.
+    ``on_listen(host, port)`` is called once listening (with the real port when ``port``
+    is 0).
+
+    ``timeout`` (seconds) bounds the whole receive, waiting for the sender included,
+    not each read, so a sender trickling a byte at a time cannot hold the destination
+    forever. The first connection that sends bytes owns the restore: one that connects
+    and stays silent does not lock out the real sender, and later ones are closed.
+    Setting ``stop`` ends the receive (Ctrl-C) with what has been restored so far.
+    Raises ``StreamError`` when the address cannot be bound; every stream or restore
+    problem is in the returned result."""
     restorer = Restorer(dest_hv, pfn_limit=pfn_limit, on_record=on_record)
     loop = asyncio.get_running_loop()
     done: asyncio.Future[RestoreResult] = loop.create_future()
-    taken = False
+    owner: list[asyncio.StreamWriter] = []
+    writers: set[asyncio.StreamWriter] = set()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal taken
-        if taken:  # one migration per receive
-            writer.close()
-            return
-        taken = True
+        writers.add(writer)
         try:
-            while not restorer.complete:
-                if idle_timeout is None:
-                    data = await reader.read(chunk_size)
-                else:
-                    data = await asyncio.wait_for(reader.read(chunk_size), idle_timeout)
-                if not data:
-                    break
+            if owner or done.done():       # one migration per receive
+                return
+            data = await reader.read(chunk_size)
+            if not data or owner or done.done():
+                return                     # silent or late: never the owner
+            owner.append(writer)
+            while data:
                 try:
                     restorer.feed(data)
                 except StreamError:
                     break
-        except (asyncio.TimeoutError, TimeoutError):
-            if not restorer._failed:
-                restorer.result.error = f"no data from the sender for {idle_timeout} s"
-                restorer._failed = True
+                if restorer.complete:
+                    break
+                data = await reader.read(chunk_size)
         except (ConnectionError, OSError) as e:
-            if not restorer._failed:
-                restorer.result.error = f"connection lost: {e}"
-                restorer._failed = True
+            if owner and owner[0] is writer and not restorer.failed:
+                restorer.abort(f"connection lost: {e}")
         finally:
+            writers.discard(writer)
             writer.close()
             try:
                 await writer.wait_closed()
             except (ConnectionError, OSError):
                 pass
-            if not done.done():
+            if owner and owner[0] is writer and not done.done():
                 done.set_result(restorer.finish())
 
     try:
@@ -411,19 +480,26 @@ async def receive_tcp(host: str, port: int, dest_hv, on_record: Callable[[Record
         if e.errno == _errno.EADDRINUSE:
             raise StreamError(f"cannot listen on {host}:{port}: address already in use") from None
         raise StreamError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    stopper = asyncio.ensure_future(stop.wait()) if stop is not None else None
     try:
         bound = server.sockets[0].getsockname()
         if on_listen is not None:
             on_listen(bound[0], bound[1])
-        if idle_timeout is None:
-            return await done
-        try:
-            return await asyncio.wait_for(asyncio.shield(done), idle_timeout) if not taken else await done
-        except (asyncio.TimeoutError, TimeoutError):
-            if taken:
-                return await done
-            restorer.result.error = f"no sender connected within {idle_timeout} s"
-            return restorer.result
+        waiting = {done} | ({stopper} if stopper is not None else set())
+        await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if done.done():
+            return done.result()
+        if stop is not None and stop.is_set():
+            restorer.abort("interrupted")
+        elif not owner:
+            restorer.abort(f"no sender connected within {timeout:g} s")
+        else:
+            restorer.abort(f"transfer not finished within {timeout:g} s (--timeout bounds the whole receive)")
+        return restorer.result
     finally:
+        if stopper is not None:
+            stopper.cancel()
         server.close()
+        for w in list(writers):
+            w.close()
         await server.wait_closed()

@@ -545,7 +545,7 @@ def test_receive_times_out_without_a_sender():
     assert res.exit_code == 1
     assert re.match(r"migration target: Ready to receive domain on 127\.0\.0\.1:\d+\.", res.stdout)
     assert ":0." not in res.stdout.splitlines()[0]      # the real port, not 0
-    assert "no sender connected" in res.stdout
+    assert "no sender connected within 0.3 s" in res.stderr      # errors go to stderr
 
 
 # --------------------------------------------------------------------------- Ctrl-C
@@ -560,7 +560,7 @@ def test_ctrl_c_while_receive_waits_exits_130():
     finally:
         stop(proc)
     assert proc.returncode == 130
-    assert err.strip() == "xmig: interrupted"
+    assert err.strip().startswith("xmig: interrupted") and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("scenario,speed,wait", [("slow", "2", 0.6), ("big", "max", 0.2)], ids=["speed-2", "speed-max"])

@@ -227,7 +227,7 @@ async def _send_in_thread(port: int, data: bytes | None = None, batches=None, cu
 async def _receive(hv, **kw):
     listening: asyncio.Future = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(receive_tcp("127.0.0.1", 0, hv, on_listen=lambda h, p: listening.set_result(p),
-                                           idle_timeout=20, **kw))
+                                           timeout=20, **kw))
     port = await asyncio.wait_for(listening, 10)
     return task, port
 
