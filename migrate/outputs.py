@@ -106,10 +106,14 @@ def atomic_file(path: Path | str, mode: str = "w", **kw) -> Iterator[Any]:
         st = os.stat(target)
         if not stat.S_ISREG(st.st_mode):
             raise OutputError(f"{path} is {_kind(st.st_mode)}; not replaced")
+        perm = stat.S_IMODE(st.st_mode)
     except FileNotFoundError:
-        pass
+        umask = os.umask(0)
+        os.umask(umask)
+        perm = 0o666 & ~umask           # what open(path, "w") would have given
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.fchmod(fd, perm)
         with os.fdopen(fd, mode, **kw) as fh:
             yield fh
         os.replace(tmp, target)
