@@ -443,9 +443,13 @@ async def receive_tcp(host: str, port: int, dest_hv, on_record: Callable[[Record
     done: asyncio.Future[RestoreResult] = loop.create_future()
     owner: list[asyncio.StreamWriter] = []
     writers: set[asyncio.StreamWriter] = set()
+    handlers: set[asyncio.Task] = set()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writers.add(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            handlers.add(task)
         try:
             if owner or done.done():       # one migration per receive
                 return
@@ -502,4 +506,9 @@ async def receive_tcp(host: str, port: int, dest_hv, on_record: Callable[[Record
         server.close()
         for w in list(writers):
             w.close()
+        # Let every connection's handler see its socket closed and end on its own (a
+        # handler cancelled by asyncio.run's clean-up would log a traceback).
+        pending = [t for t in handlers if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=2)
         await server.wait_closed()

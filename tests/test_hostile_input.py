@@ -229,3 +229,168 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
         assert '"outcome": "aborted"' in (tmp_path / "r.json").read_text()
         assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "slow.yaml"]   # no .partial
         (tmp_path / "r.json").unlink()
+
+
+# --------------------------------------------------------------------------- xmig receive
+
+def _stream(build) -> bytes:
+    from migrate.stream import CallbackSink, StreamWriter
+
+    chunks: list[bytes] = []
+    w = StreamWriter(CallbackSink(chunks.append))
+    w.write_image_header()
+    w.write_domain_header(4, 20)
+    w.write_static_data()
+    build(w)
+    w.write_end()
+    w.close()
+    return b"".join(chunks)
+
+
+def _scattered(w, records=8, per=128):
+    """XALLOC entries one per 2^18-PFN P2M chunk: 8 bytes of stream, a chunk each."""
+    import numpy as np
+
+    from hypervisor.abi import PFInfo
+
+    for r in range(records):
+        pfns = (np.arange(r * per, (r + 1) * per, dtype=np.int64) + 1) << 18
+        w.write_page_data(pfns, np.full(per, PFInfo.XALLOC, np.uint8), np.empty(0, np.uint64))
+
+
+class Receiver:
+    def __init__(self, *args, cwd=None):
+        import re
+
+        env = {k: v for k, v in os.environ.items() if k not in _TTY_ENV}
+        self.proc = subprocess.Popen([sys.executable, "-m", "migrate", "receive", "--listen", "127.0.0.1:0", *map(str, args)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+        line = self.proc.stdout.readline()
+        m = re.search(r":(\d+)\.$", line.strip())
+        assert m, (line, self.proc.stderr.read() if self.proc.poll() is not None else "")
+        self.port = int(m.group(1))
+
+    def connect(self):
+        import socket
+
+        return socket.create_connection(("127.0.0.1", self.port))
+
+    def finish(self, timeout=60):
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.communicate()
+        return self.proc.returncode, out, err
+
+
+_RSS_PROBE = """
+import resource, socket, subprocess, sys, re
+data = open(sys.argv[1], 'rb').read()
+p = subprocess.Popen([sys.executable, '-m', 'migrate', 'receive', '--listen', '127.0.0.1:0'],
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+port = int(re.search(r':(\\d+)\\.', p.stdout.readline()).group(1))
+s = socket.create_connection(('127.0.0.1', port)); s.sendall(data); s.shutdown(socket.SHUT_WR)
+out, err = p.communicate(timeout=120)
+print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+print(err)
+"""
+
+
+def test_an_8kb_scattered_stream_keeps_receive_under_200mb(tmp_path):
+    data = _stream(_scattered)
+    assert len(data) < 9000
+    (tmp_path / "a.bin").write_bytes(data)
+    # A fresh parent process, so RUSAGE_CHILDREN sees only this receive.
+    res = subprocess.run([sys.executable, "-c", _RSS_PROBE, tmp_path / "a.bin"], capture_output=True,
+                         text=True, timeout=180, cwd=ROOT)
+    first, *rest = res.stdout.splitlines()
+    rc, maxrss_kib = map(int, first.split())
+    assert maxrss_kib < 200 * 1024, maxrss_kib
+    assert rc == 1
+    err = "\n".join(rest)
+    assert "record #3 (PAGE_DATA) at byte 288" in err and "P2M chunks" in err
+
+
+def test_a_bad_pfn_names_the_record_that_carried_it_on_stderr(tmp_path):
+    import numpy as np
+
+    from hypervisor.abi import PFInfo
+
+    def build(w):
+        w.write_page_data(np.arange(4, dtype=np.int64), np.zeros(4, np.uint8), np.arange(1, 5, dtype=np.uint64))
+        w.write_page_data(np.arange(100, 104, dtype=np.int64), np.full(4, PFInfo.XALLOC, np.uint8),
+                          np.empty(0, np.uint64))
+
+    r = Receiver("--host-memory", "16KiB", "--report", tmp_path / "d.json")
+    with r.connect() as s:
+        s.sendall(_stream(build))
+    rc, out, err = r.finish()
+    assert rc == 1
+    # The second PAGE_DATA carried the PFN that did not fit (the END record flushed it).
+    assert "restore failed: record #4 (PAGE_DATA) at byte 16720 carried pfn 0x64" in err
+    assert "restore failed" not in out
+    assert '"complete": false' in (tmp_path / "d.json").read_text()
+
+
+def test_timeout_bounds_the_whole_receive_not_each_read(tmp_path):
+    import time
+
+    data = _stream(lambda w: None)
+    r = Receiver("--timeout", "2")
+    t0 = time.monotonic()
+    with r.connect() as s:
+        for b in data[:12]:                    # a byte every 0.5 s: each read is quick
+            s.sendall(bytes([b]))
+            time.sleep(0.5)
+            if r.proc.poll() is not None:
+                break
+    rc, out, err = r.finish()
+    assert rc == 1 and time.monotonic() - t0 < 10
+    assert "not finished within 2 s" in err
+
+
+def test_a_silent_first_connection_does_not_lock_out_the_sender(tmp_path):
+    data = _stream(lambda w: None)
+    r = Receiver("--timeout", "30")
+    with r.connect() as idle, r.connect() as real:
+        real.sendall(data)
+        real.shutdown(1)
+        rc, out, err = r.finish()
+    assert rc == 0, err
+    assert "Transfer complete" in out
+
+
+def test_ctrl_c_during_a_transfer_writes_the_report(tmp_path):
+    import signal
+    import time
+
+    data = _stream(lambda w: None)
+    r = Receiver("--report", tmp_path / "d.json")
+    with r.connect() as s:
+        s.sendall(data[:60])
+        time.sleep(0.5)
+        r.proc.send_signal(signal.SIGINT)
+        rc, out, err = r.finish()
+    assert rc == 130
+    assert err.strip().startswith("xmig: interrupted: the receive stopped after 60 bytes")
+    assert len(err.strip().splitlines()) == 1
+    assert '"error": "interrupted"' in (tmp_path / "d.json").read_text()
+
+
+def test_receive_exits_1_when_the_verify_pass_finds_differences(tmp_path):
+    import numpy as np
+
+    def build(w):
+        w.write_page_data(np.arange(4, dtype=np.int64), np.zeros(4, np.uint8), np.arange(1, 5, dtype=np.uint64))
+        w.write_verify()
+        w.write_page_data(np.arange(4, dtype=np.int64), np.zeros(4, np.uint8), np.array([1, 2, 9, 4], np.uint64))
+
+    r = Receiver()
+    with r.connect() as s:
+        s.sendall(_stream(build))
+        s.shutdown(1)
+        rc, out, err = r.finish()
+    assert rc == 1
+    assert "destination diverged: 1 pages differ" in err and "0x2" in err
