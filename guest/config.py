@@ -378,6 +378,10 @@ class BalloonConfig(_Model):
 
 # ----------------------------------------------------------------------------- guest
 
+#: The shortest guest tick (see GuestConfig._consistent).
+TICK_MIN = 10e-6
+
+
 class GuestConfig(_Model):
     """The simulated guest: memory, layout, write workloads, balloon driver.
 
@@ -426,8 +430,13 @@ class GuestConfig(_Model):
         if self.host_memory is not None and (self.host_memory <= 0 or self.host_memory % PAGE_SIZE):
             raise field_error("host_memory", "a whole number of 4 KiB pages, " + SIZE_EXPECTED,
                               format_size(self.host_memory))
-        if not (self.tick > 0):
-            raise field_error("tick", "a duration above zero like 10ms", self.tick)
+        if self.host_memory is not None and self.host_memory < self.memory:
+            raise field_error("host_memory", f"at least memory ({format_size(self.memory)}): the host must "
+                              "hold the domain it builds", format_size(self.host_memory))
+        # A guest acts once per tick; below 10 us a second of guest time is 100,000+
+        # steps, which only makes a run crawl without changing what it shows.
+        if not (self.tick >= TICK_MIN):
+            raise field_error("tick", "a duration of at least 10us like 10ms", self.tick)
         nr = self.maxmem_pages
         from .layout import GuestLayout, LayoutError
         try:

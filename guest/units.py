@@ -62,7 +62,9 @@ class UnitError(ValueError):
     def __init__(self, expected: str, found: Any):
         self.expected = expected
         self.found = found
-        super().__init__(f"expected {expected}, found {found!r}")
+        text = repr(found)
+        text = text if len(text) <= 40 else text[:37] + "..."   # an excerpt, never a whole value
+        super().__init__(f"expected {expected}, found {text}")
 
 
 _BYTE_UNITS = {
@@ -103,19 +105,30 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+# Upper bounds past which a quantity cannot mean anything the simulation can honour
+# (a float overflows to inf in the tick arithmetic, or a run would never end): a size
+# of 1 PiB, a write rate of 2^32 pages/s (16 TiB/s), a link of 100 Tbit/s, 30 days.
+SIZE_MAX = 1 << 50
+RATE_MAX = float(1 << 32)
+BANDWIDTH_MAX = 12.5e12
+DURATION_MAX = 30 * 86400.0
+
+
 def _quantity(value: Any, expected: str, plain, with_unit):
     """The one shape of every parser: a plain number goes through ``plain(v)``, a string
     ``"<num><unit>"`` through ``with_unit(num, unit)``; either returns the value in base
     units or None when it does not fit, which becomes ``UnitError(expected, value)``."""
     out = None
     if _is_number(value):
-        if math.isfinite(value):
+        if isinstance(value, int) and abs(value) > 1 << 63:
+            out = None                 # math.isfinite would overflow on a huge int
+        elif math.isfinite(value):
             out = plain(value)
     elif isinstance(value, str):
         parts = _split(value)
         if parts is not None and math.isfinite(parts[0]):
             out = with_unit(parts[0], parts[1])
-    if out is None:
+    if out is None or (isinstance(out, float) and math.isnan(out)):
         raise UnitError(expected, value)
     return out
 
@@ -125,6 +138,8 @@ def _size_with_unit(num: float, unit: str) -> int | None:
     if mult is None:
         return None
     nbytes = num * mult
+    if not math.isfinite(nbytes):
+        return None
     return int(round(nbytes)) if abs(nbytes - round(nbytes)) < 1e-6 else None
 
 
@@ -155,25 +170,35 @@ def _duration_with_unit(num: float, unit: str) -> float | None:
     return None if md is None else num * md[0] / md[1]
 
 
+def _bounded(out, limit: float, expected: str, value: Any, limit_text: str):
+    if out is not None and out > limit:
+        raise UnitError(f"{expected}, at most {limit_text}", value)
+    return out
+
+
 def parse_size(value: Any, *, expected: str = SIZE_EXPECTED) -> int:
     """A size in bytes (int). Plain integers are bytes; fractional bytes are refused."""
-    return _quantity(value, expected, lambda v: int(v) if v >= 0 and v == int(v) else None,
-                     _size_with_unit)
+    out = _quantity(value, expected, lambda v: int(v) if v >= 0 and v == int(v) else None,
+                    _size_with_unit)
+    return _bounded(out, SIZE_MAX, expected, value, "1PiB")
 
 
 def parse_rate(value: Any, *, expected: str = RATE_EXPECTED) -> float:
     """A page-write rate in pages per second (float). Plain numbers are pages/s."""
-    return _quantity(value, expected, lambda v: float(v) if v >= 0 else None, _rate_with_unit)
+    out = _quantity(value, expected, lambda v: float(v) if v >= 0 else None, _rate_with_unit)
+    return _bounded(out, RATE_MAX, expected, value, "16TiB/s")
 
 
 def parse_bandwidth(value: Any, *, expected: str = BANDWIDTH_EXPECTED) -> float:
     """A link bandwidth in bytes per second (float). Plain numbers are bytes/s."""
-    return _quantity(value, expected, lambda v: float(v) if v > 0 else None, _bandwidth_with_unit)
+    out = _quantity(value, expected, lambda v: float(v) if v > 0 else None, _bandwidth_with_unit)
+    return _bounded(out, BANDWIDTH_MAX, expected, value, "100Tbit/s")
 
 
 def parse_duration(value: Any, *, expected: str = DURATION_EXPECTED) -> float:
     """A duration in seconds (float). Plain numbers are seconds."""
-    return _quantity(value, expected, lambda v: float(v) if v >= 0 else None, _duration_with_unit)
+    out = _quantity(value, expected, lambda v: float(v) if v >= 0 else None, _duration_with_unit)
+    return _bounded(out, DURATION_MAX, expected, value, "30 days")
 
 
 def format_size(nbytes: int) -> str:

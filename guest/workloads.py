@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hypervisor.abi import MAX_GFN
 from hypervisor.content import splitmix64
 
 from .config import (HotsetWorkload, IdleWorkload, OnceWorkload, SequentialWorkload,
@@ -253,8 +254,8 @@ class TraceGen(WorkloadGen):
         pages = gfn_to_page(gfns) if gfn_to_page is not None else gfns
         bad = np.flatnonzero((pages < 0) | (pages >= nr_pages))
         if bad.size:
-            raise ValueError(f"trace {cfg.path}: GFN {int(gfns[bad[0]]):#x} (row {int(bad[0]) + 1}) "
-                             f"is not guest RAM")
+            raise TraceError(cfg.path, "GFNs of guest RAM",
+                             f"GFN {int(gfns[bad[0]]):#x} (row {int(bad[0]) + 1})")
         t = times + cfg.start
         ks = np.floor(t / tick + 1e-9).astype(np.int64)
         keep = np.ones(ks.shape[0], dtype=bool) if cfg.stop is None else t < cfg.stop
@@ -280,40 +281,115 @@ def _is_float(s: str) -> bool:
     return True
 
 
-def load_trace(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """``(time_s float64, gfn int64)`` from a CSV (header optional, ``#`` comments,
-    hex GFNs allowed) or an ``.npz`` with arrays ``time_s`` and ``gfn``."""
-    path = Path(path)
-    if path.suffix == ".npz":
-        with np.load(path) as z:
+#: Trace limits: the file on disk, the rows it may hold, and (for .npz) the bytes its
+#: arrays may expand to, so a small compressed file cannot unpack into gigabytes.
+TRACE_MAX_BYTES = 512 << 20
+TRACE_MAX_ROWS = 50_000_000
+_NPZ_MAX_UNPACKED = TRACE_MAX_ROWS * 16 + (1 << 20)
+
+
+class TraceError(ValueError):
+    """A trace file that cannot be replayed: ``expected`` and ``found`` say why."""
+
+    def __init__(self, path, expected: str, found: str):
+        self.expected, self.found = expected, found
+        super().__init__(f"trace {path}: expected {expected}, found {found}")
+
+
+def _npz_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            unpacked = sum(i.file_size for i in infos)
+            if unpacked > _NPZ_MAX_UNPACKED:
+                raise TraceError(path, f"arrays of at most {TRACE_MAX_ROWS:,} rows",
+                                 f"{unpacked:,} bytes once unpacked")
+    except zipfile.BadZipFile:
+        raise TraceError(path, "an .npz file (a zip of .npy arrays)", "not a zip file") from None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            names = list(z.keys())
             if "time_s" in z and "gfn" in z:
                 t, g = z["time_s"], z["gfn"]
-            else:
-                names = list(z.keys())
-                if len(names) < 2:
-                    raise ValueError(f"trace {path}: expected arrays time_s and gfn, found {names}")
+            elif len(names) >= 2:
                 t, g = z[names[0]], z[names[1]]
+            else:
+                raise TraceError(path, "arrays time_s and gfn", ", ".join(names)[:60] or "no arrays")
+    except TraceError:
+        raise
+    except Exception as e:     # a corrupt member: numpy raises many kinds
+        raise TraceError(path, "readable .npy arrays time_s and gfn",
+                         f"{type(e).__name__}: {str(e)[:60]}") from None
+    for name, a in (("time_s", t), ("gfn", g)):
+        if a.dtype.kind not in "iuf":
+            raise TraceError(path, f"{name} as numbers", f"dtype {a.dtype}")
+    try:
         t = np.asarray(t, dtype=np.float64).reshape(-1)
+        if g.dtype.kind == "f" and not (np.isfinite(g).all() and (g == np.floor(g)).all()):
+            raise TraceError(path, "whole-number GFNs", "fractions or NaN")
         g = np.asarray(g, dtype=np.int64).reshape(-1)
-    else:
-        with open(path) as f:
-            text = f.read()
-        lines = [ln.split("#", 1)[0].strip() for ln in text.splitlines()]
-        lines = [ln for ln in lines if ln]
-        if lines and not _is_float(lines[0].replace(",", " ").split()[0]):
-            lines = lines[1:]          # header row
-        data = np.array([ln.replace(",", " ").split()[:2] for ln in lines], dtype=object).reshape(-1, 2) \
-            if lines else np.empty((0, 2), dtype=object)
+    except (ValueError, OverflowError) as e:
+        raise TraceError(path, "numeric arrays", str(e)[:60]) from None
+    return t, g
+
+
+def _csv_arrays(path: Path, text: str) -> tuple[np.ndarray, np.ndarray]:
+    lines = [ln.split("#", 1)[0].strip() for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln]
+    if lines and not _is_float(lines[0].replace(",", " ").split()[0]):
+        lines = lines[1:]          # header row
+    if len(lines) > TRACE_MAX_ROWS:
+        raise TraceError(path, f"at most {TRACE_MAX_ROWS:,} rows", f"{len(lines):,}")
+    times, gfns = [], []
+    for n, ln in enumerate(lines, 1):
+        cells = ln.replace(",", " ").split()
         try:
-            rows_t = np.array([float(x) for x in data[:, 0]], dtype=np.float64)
-            rows_g = np.array([int(x, 0) for x in data[:, 1]], dtype=np.int64)
-        except (ValueError, IndexError) as e:
-            raise ValueError(f"trace {path}: expected rows of time_s,gfn ({e})") from None
-        t, g = rows_t, rows_g
+            if len(cells) < 2:
+                raise ValueError
+            times.append(float(cells[0]))
+            gfns.append(int(cells[1], 0))
+        except ValueError:
+            raise TraceError(path, "rows of time_s,gfn (a number and an integer GFN)",
+                             f"{ln[:40]!r} in data row {n}") from None
+    return np.array(times, dtype=np.float64), np.array(gfns, dtype=object)
+
+
+def load_trace(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(time_s float64, gfn int64)`` from a CSV (header optional, ``#`` comments,
+    hex GFNs allowed) or an ``.npz`` with arrays ``time_s`` and ``gfn``. Every problem
+    is a ``TraceError``; special files, oversized files and zip bombs are refused before
+    they are read."""
+    from .inputs import InputError, check_input, read_input
+
+    path = Path(path)
+    try:
+        if path.suffix == ".npz":
+            check_input(path, TRACE_MAX_BYTES, "trace file")
+            t, g = _npz_arrays(path)
+        else:
+            t, g = _csv_arrays(path, read_input(path, TRACE_MAX_BYTES, "trace file"))
+    except InputError as e:
+        raise TraceError(path, e.expected, e.found) from None
+    except UnicodeDecodeError:
+        raise TraceError(path, "a UTF-8 CSV or an .npz file", "binary data") from None
+    except OSError as e:
+        raise TraceError(path, "a readable trace file", e.strerror or str(e)) from None
     if t.shape != g.shape:
-        raise ValueError(f"trace {path}: time_s and gfn differ in length")
-    if t.size and (t.min() < 0 or not np.isfinite(t).all()):
-        raise ValueError(f"trace {path}: expected non-negative times")
+        raise TraceError(path, "time_s and gfn of one length", f"{t.size} and {g.size}")
+    if t.size > TRACE_MAX_ROWS:
+        raise TraceError(path, f"at most {TRACE_MAX_ROWS:,} rows", f"{t.size:,}")
+    if t.size and not np.isfinite(t).all():
+        raise TraceError(path, "finite times", "NaN or infinity")
+    if t.size and (t.min() < 0 or t.max() > 30 * 86400):
+        raise TraceError(path, "times from 0 to 30 days in seconds", f"{t.min():g}..{t.max():g}")
+    if g.dtype == object:      # CSV: Python ints, any size
+        if g.size and (min(g) < 0 or max(g) > MAX_GFN):
+            raise TraceError(path, f"GFNs from 0 to {MAX_GFN:#x}", "a GFN outside that")
+        g = g.astype(np.int64)
+    elif g.size and (g.min() < 0 or g.max() > MAX_GFN):
+        raise TraceError(path, f"GFNs from 0 to {MAX_GFN:#x}", f"{int(g.min()):#x}..{int(g.max()):#x}")
     return t, g
 
 

@@ -18,7 +18,38 @@ from rich.console import Console
 
 from . import cli_mqtt, outputs
 
+class _OneLineErrors(typer.core.TyperGroup):
+    """typer's own usage errors (a missing option, a bad integer, an unknown command)
+    as one line ``xmig: error: ...`` with exit 2, like every other bad input, instead of
+    a boxed multi-line panel."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:   # typer >= 0.17 carries its own copy of click
+            from typer import _click as click
+        except ImportError:
+            import click
+
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.ClickException as e:
+            if type(e).__name__ == "NoArgsIsHelpError":     # bare `xmig`: the help, as before
+                click.echo(e.ctx.get_help() if e.ctx is not None else e.format_message())
+            else:
+                ctx = getattr(e, "ctx", None)
+                where = ctx.command_path if ctx is not None else "xmig"
+                msg = " ".join(e.format_message().split())
+                click.echo(f"xmig: error: {_short(msg, 200)} (see '{where} --help')", err=True)
+            rv = e.exit_code
+        except typer.Abort:
+            click.echo("xmig: interrupted", err=True)
+            rv = EXIT_INTERRUPTED
+        if standalone_mode:
+            sys.exit(rv if isinstance(rv, int) else 0)
+        return rv
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="xmig",
     help=(
         "xmig: watch Xen live-migrate a guest, and see the P2M/log-dirty fix at work.\n\n"
@@ -71,6 +102,8 @@ def _guard(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from guest.workloads import TraceError
+
         from .outputs import OutputError
         from .policy import PolicyError
         from .scenario import ScenarioError
@@ -86,7 +119,7 @@ def _guard(fn):
             _debug_traceback()
             _err_console().print("xmig: interrupted", markup=False)
             raise typer.Exit(EXIT_INTERRUPTED) from None
-        except (UsageError, ScenarioError, PolicyError, StreamError, OutputError) as exc:
+        except (UsageError, ScenarioError, PolicyError, StreamError, OutputError, TraceError) as exc:
             _debug_traceback()
             _fail_usage(str(exc))
         except OSError as exc:
@@ -105,9 +138,15 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show a traceback on
 
 
 def _load(guest: Path):
+    from .runner import memory_shortfall
     from .scenario import load_scenario
 
-    return load_scenario(guest)
+    scenario = load_scenario(guest)
+    why = memory_shortfall(scenario)
+    if why is not None:
+        field = "guest.maxmem" if scenario.guest.maxmem != scenario.guest.memory else "guest.memory"
+        raise UsageError(f"{guest}: {field}: expected {why}")
+    return scenario
 
 
 def _parse_bandwidth(text: Optional[str]) -> Optional[float]:

@@ -21,6 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+from guest.inputs import file_kind as _kind
+
 #: Signals that stop a run cleanly (the migration aborts, the source resumes, the
 #: report says ``aborted``): Ctrl-C, a service manager's stop, a closed terminal.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -31,18 +33,6 @@ PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".webp", ".eps", ".ps"
 
 class OutputError(ValueError):
     """An output target that cannot be used: the CLI turns it into one line, exit 2."""
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device node"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a regular file"
 
 
 def _identity(path: Path) -> tuple:

@@ -76,6 +76,32 @@ def host_frames_for(scenario: Scenario) -> int:
     return int(g.maxmem) // 4096 + 4096
 
 
+#: What the emulator spends per guest page, source and destination together: P2M
+#: (5 bytes) + M2P (8) + content token (8) on each side, plus the log-dirty bitmap.
+EMULATOR_BYTES_PER_PAGE = 48
+
+
+def memory_shortfall(scenario: Scenario) -> str | None:
+    """Why this machine cannot simulate the scenario's guest, or None when it can.
+
+    A guest of N pages costs about 48 * N bytes of this machine's memory (4 TiB of
+    guest: 48 GiB), so a guest is refused up front when that exceeds the memory the
+    kernel reports available, instead of being killed by the OOM killer part-way."""
+    need = scenario.guest.maxmem_pages * EMULATOR_BYTES_PER_PAGE
+    try:
+        with open("/proc/meminfo") as fh:
+            avail = next(int(ln.split()[1]) * 1024 for ln in fh if ln.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None             # no way to tell: let the run try
+    if need <= avail:
+        return None
+    from .units import format_size
+
+    return (f"a guest this machine can simulate: {format_size(scenario.guest.maxmem)} needs about "
+            f"{need / 2**30:.1f} GiB ({EMULATOR_BYTES_PER_PAGE} bytes per 4 KiB page, source and destination) "
+            f"and {avail / 2**30:.1f} GiB is available")
+
+
 VERIFY_SPAN = 1 << 20  # GFNs compared per step (8 MiB of tokens per side at most)
 
 

@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from guest.config import WORKLOAD_KINDS, GuestConfig, TraceWorkload
+from guest.config import WORKLOAD_KINDS, GuestConfig, TraceWorkload, field_error
+from guest.inputs import InputError, read_input
 
 from .units import Bandwidth, Duration, Rate
 
@@ -36,6 +37,14 @@ __all__ = ["Scenario", "LinkConfig", "MigrationConfig", "ScenarioError", "load_s
            "parse_scenario", "scenario_json_schema", "SCHEMA_PATH"]
 
 SCHEMA_PATH = Path(__file__).with_name("scenario.schema.json")
+
+#: Limits on what a scenario file may ask of the loader, checked before anything is
+#: built: the file's size, its YAML nodes once aliases are expanded, how deep they nest,
+#: and the guest ticks before the migration starts.
+MAX_FILE_BYTES = 1 << 20
+MAX_NODES = 100_000
+MAX_DEPTH = 64
+MAX_TICKS = 10_000_000
 
 
 class _Model(BaseModel):
@@ -59,6 +68,15 @@ class LinkConfig(_Model):
     hypercall_overhead: Duration = 5e-6
     clean_rate: Rate = float(1 << 30)
     restore_rate: Rate | None = None
+
+    @model_validator(mode="after")
+    def _positive_rates(self) -> "LinkConfig":
+        # A walk or a restore at 0 pages/s never ends: the rate must be above zero.
+        for name in ("clean_rate", "restore_rate"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise field_error(name, "a rate above zero like 1Gpages/s or 100MiB/s", value)
+        return self
 
 
 class MigrationConfig(_Model):
@@ -91,10 +109,21 @@ class Scenario(_Model):
 
     name: str = "scenario"
     description: str = ""
-    seed: int = Field(1, ge=0, le=(1 << 63) - 1)
+    seed: int = Field(1, ge=0, le=(1 << 63) - 1, strict=True)   # strict: `seed: true` is not 1
     guest: GuestConfig
     link: LinkConfig = Field(default_factory=LinkConfig)
     migration: MigrationConfig = Field(default_factory=MigrationConfig)
+
+    @model_validator(mode="after")
+    def _bounded_span(self) -> "Scenario":
+        # The guest runs tick by tick until the migration starts (and until a deadline):
+        # past MAX_TICKS steps a run would take hours without showing anything more.
+        for name, value in (("start", self.migration.start), ("deadline", self.migration.deadline)):
+            if value is not None and value / self.guest.tick > MAX_TICKS:
+                raise field_error(f"migration.{name}",
+                                  f"at most {MAX_TICKS:,} guest ticks ({MAX_TICKS * self.guest.tick:g}s with "
+                                  f"guest.tick {self.guest.tick:g}s)", f"{value:g}s")
+        return self
 
 
 # ---------------------------------------------------------------------------- errors
@@ -139,7 +168,10 @@ def _describe(value: Any) -> str:
         return "a mapping"
     if isinstance(value, (list, tuple)):
         return "a list"
-    return repr(value)
+    if isinstance(value, int) and abs(value) >= 10**30:
+        return f"an integer of {len(str(abs(value)))} digits"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."      # an excerpt, never a whole value
 
 
 def _format_path(loc: tuple) -> str:
@@ -333,6 +365,40 @@ def _line_index(text: str) -> dict:
     return out
 
 
+# ---------------------------------------------------------------------------- limits
+
+def _check_shape(root, file: str | None) -> None:
+    """Refuse YAML whose aliases expand past MAX_NODES nodes (a "billion laughs"), that
+    refers to itself, or nests deeper than MAX_DEPTH: counted on the node graph, so
+    a bomb is measured without being expanded."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node, depth: int) -> int:
+        if depth > MAX_DEPTH:
+            raise ScenarioError(file, "", f"YAML nested at most {MAX_DEPTH} levels deep", "deeper nesting")
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise ScenarioError(file, "", "YAML without self-referencing aliases", "an alias inside itself")
+        active.add(key)
+        n = 1
+        if isinstance(node, yaml.SequenceNode):
+            n += sum(size(v, depth + 1) for v in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            n += sum(size(k, depth + 1) + size(v, depth + 1) for k, v in node.value)
+        active.discard(key)
+        if n > MAX_NODES:
+            raise ScenarioError(file, "", f"at most {MAX_NODES:,} YAML values once aliases are expanded",
+                                f"more than {MAX_NODES:,}")
+        sizes[key] = n
+        return n
+
+    if root is not None:
+        size(root, 0)
+
+
 # ---------------------------------------------------------------------------- loading
 
 def parse_scenario(data: Any, source: str | Path | None = None, *, _text: str | None = None) -> Scenario:
@@ -368,7 +434,13 @@ def _resolve_traces(scenario: Scenario, base: Path, file: str | None) -> Scenari
             if not full.is_file():
                 raise ScenarioError(file, f"guest.workloads[{i}].path",
                                     "an existing CSV or .npz trace file (relative to the scenario file)",
-                                    repr(w.path))
+                                    _describe(w.path))
+            from guest.workloads import TraceError, load_trace
+
+            try:
+                load_trace(full)
+            except TraceError as e:
+                raise ScenarioError(file, f"guest.workloads[{i}].path", e.expected, e.found) from None
             workloads[i] = w.model_copy(update={"path": str(full)})
             changed = True
     if not changed:
@@ -381,7 +453,9 @@ def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario YAML file (``ScenarioError`` on any problem)."""
     file = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_input(path, MAX_FILE_BYTES, "scenario file")
+    except InputError as e:
+        raise ScenarioError(file, "", e.expected, e.found) from None
     except FileNotFoundError:
         raise ScenarioError(file, "", "a scenario file", "no such file") from None
     except IsADirectoryError:
@@ -389,7 +463,12 @@ def load_scenario(path: str | Path) -> Scenario:
     except (OSError, UnicodeDecodeError) as e:
         raise ScenarioError(file, "", "a readable UTF-8 scenario file", str(e)) from None
     try:
+        _check_shape(yaml.compose(text, Loader=_Loader), file)
         data = yaml.load(text, Loader=_Loader)
+    except RecursionError:
+        raise ScenarioError(file, "", f"YAML nested at most {MAX_DEPTH} levels deep", "deeper nesting") from None
+    except ValueError as e:    # e.g. an integer past Python's digit limit
+        raise ScenarioError(file, "", "valid YAML values", _describe(str(e))) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark is not None else None
