@@ -53,6 +53,12 @@ def write_time(last_tick: int, tick: float, t0: float) -> float:
     return max(int(last_tick) * tick, t0)
 
 
+#: See Guest.run: ticks collected at once in a long balloon-free stretch, and the
+#: writes gathered before they are handed to the hypervisor.
+SPAN_TICKS = 4096
+SPAN_WRITES = 1 << 20
+
+
 @dataclass(frozen=True)
 class GuestEvent:
     """Something the guest decided or noticed, at virtual time ``t``.
@@ -139,8 +145,17 @@ class Guest:
                 seg_end = k + 1
             else:
                 seg_end = k_end if nk is None else min(nk, k_end)
+                # A long stretch (the run up to a late migration start) goes in pieces of
+                # SPAN_TICKS, flushed once they hold SPAN_WRITES writes: memory follows
+                # the piece, not the stretch, and the writes and their order are the same.
+                seg_end = min(seg_end, k + SPAN_TICKS)
             self._collect(k, seg_end, parts)
             k = seg_end
+            if k < k_end and sum(p[1].size for p in parts) >= SPAN_WRITES:
+                op = self._flush(parts, t0)
+                parts = []
+                if op is not None:
+                    yield op
         if parts:
             op = self._flush(parts, t0)
             if op is not None:

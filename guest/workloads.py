@@ -284,7 +284,7 @@ def _is_float(s: str) -> bool:
 #: Trace limits: the file on disk, the rows it may hold, and (for .npz) the bytes its
 #: arrays may expand to, so a small compressed file cannot unpack into gigabytes.
 TRACE_MAX_BYTES = 512 << 20
-TRACE_MAX_ROWS = 50_000_000
+TRACE_MAX_ROWS = 20_000_000
 _NPZ_MAX_UNPACKED = TRACE_MAX_ROWS * 16 + (1 << 20)
 
 
@@ -330,6 +330,8 @@ def _npz_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
         if g.dtype.kind == "f" and not (np.isfinite(g).all() and (g == np.floor(g)).all()):
             raise TraceError(path, "whole-number GFNs", "fractions or NaN")
         g = np.asarray(g, dtype=np.int64).reshape(-1)
+    except TraceError:
+        raise
     except (ValueError, OverflowError) as e:
         raise TraceError(path, "numeric arrays", str(e)[:60]) from None
     return t, g

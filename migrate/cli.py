@@ -637,6 +637,12 @@ def inspect(
         raise UsageError(f"{stream}: no such file")
     if stream.is_dir():
         raise UsageError(f"{stream}: is a folder, expected a stream file")
+    from guest.inputs import InputError, check_input
+
+    try:      # /dev/zero or a FIFO would never end; the parser bounds what a file holds
+        check_input(stream, 1 << 62, "stream file")
+    except InputError as e:
+        raise UsageError(f"{stream}: {e}") from None
     summary = summarise_stream(stream)
     data = summary.as_dict() if hasattr(summary, "as_dict") else dict(vars(summary))
     console = Console()

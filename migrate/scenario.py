@@ -44,7 +44,7 @@ SCHEMA_PATH = Path(__file__).with_name("scenario.schema.json")
 MAX_FILE_BYTES = 1 << 20
 MAX_NODES = 100_000
 MAX_DEPTH = 64
-MAX_TICKS = 10_000_000
+MAX_TICKS = 2_000_000
 
 
 class _Model(BaseModel):
@@ -465,6 +465,8 @@ def load_scenario(path: str | Path) -> Scenario:
     try:
         _check_shape(yaml.compose(text, Loader=_Loader), file)
         data = yaml.load(text, Loader=_Loader)
+    except ScenarioError:
+        raise
     except RecursionError:
         raise ScenarioError(file, "", f"YAML nested at most {MAX_DEPTH} levels deep", "deeper nesting") from None
     except ValueError as e:    # e.g. an integer past Python's digit limit

@@ -394,3 +394,182 @@ def test_receive_exits_1_when_the_verify_pass_finds_differences(tmp_path):
         rc, out, err = r.finish()
     assert rc == 1
     assert "destination diverged: 1 pages differ" in err and "0x2" in err
+
+
+# --------------------------------------------------------------------------- bad values: one line, exit 2
+
+def run_inproc(*args, cwd=None):
+    from typer.testing import CliRunner
+
+    from migrate.cli import app
+
+    old = os.getcwd()
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        return CliRunner().invoke(app, [str(a) for a in args], env={k: None for k in _TTY_ENV})
+    finally:
+        os.chdir(old)
+
+
+def one_line_inproc(res, *needles):
+    assert res.exit_code == 2, (res.exit_code, res.output)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("xmig: error: "), res.stderr
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    assert len(lines[0]) < 400
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+_ALIAS_BOMB = "a: &a [x,x,x,x,x,x,x,x,x,x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(6)) + \
+    "guest: {memory: 16MiB, workloads: *g}\n"
+
+
+@pytest.mark.parametrize("text,needles", [
+    ("guest: {memory: 16MiB}\nmigration: {policy: downtime, policy_params: {downtime_limit: fast}}",
+     ["migration.policy_params.downtime_limit", "expected a duration"]),
+    ("guest: {memory: 16MiB}\nmigration: {policy: downtime, policy_params: {downtime_limit: .nan}}",
+     ["migration.policy_params.downtime_limit"]),
+    ("guest: {memory: 16MiB}\nmigration: {policy: downtime, policy_params: {downtime_limit: -.inf}}",
+     ["migration.policy_params.downtime_limit"]),
+    ("guest: {memory: 16MiB}\nmigration: {policy_params: {max_iterations: -5}}",
+     ["migration.policy_params.max_iterations", "from 1"]),
+    ("guest: {memory: 16MiB}\nmigration: {policy_params: {max_iterations: [1]}}",
+     ["migration.policy_params.max_iterations"]),
+    ("guest: {memory: 16MiB, host_memory: 8MiB}", ["guest.host_memory", "at least memory (16MiB)"]),
+    ("guest: {memory: 16MiB, tick: 1ns}", ["guest.tick", "at least 10us"]),
+    ("guest: {memory: 16MiB, workloads: [{kind: uniform, rate: 1e300GiB/s}]}",
+     ["guest.workloads[0].rate", "at most 16TiB/s"]),
+    ("guest: {memory: 16MiB}\nlink: {bandwidth: 1e300GiB/s}", ["link.bandwidth"]),
+    ("guest: {memory: 16MiB}\nlink: {clean_rate: 0}", ["link.clean_rate", "above zero"]),
+    ("guest: {memory: 16MiB}\nmigration: {start: 1e30s}", ["migration.start", "at most 30 days"]),
+    ("guest: {memory: 16MiB}\nmigration: {start: 100000s}", ["migration.start", "2,000,000 guest ticks"]),
+    ("seed: true\nguest: {memory: 16MiB}", ["seed", "an integer", "found true"]),
+    ("guest: {memory: 1" + "0" * 5000 + "}", ["valid YAML values"]),
+    ("guest: {memory: 1" + "0" * 400 + "}", ["guest.memory", "an integer of 401 digits"]),
+    ("guest: {memory: 16MiB, workloads: " + "[" * 200 + "]" * 200 + "}", ["nested at most 64"]),
+    ("a: &a [1, *a]\nguest: {memory: 16MiB}", ["self-referencing"]),
+    (_ALIAS_BOMB, ["at most 100,000 YAML values"]),
+    ("guest: {memory: 2000TiB}", ["guest.memory", "at most 1PiB"]),
+    ("guest: {memory: 512TiB}", ["guest.memory", "a guest this machine can simulate", "48 bytes per 4 KiB page"]),
+])
+def test_bad_values_are_one_line_naming_file_and_field(tmp_path, text, needles):
+    (tmp_path / "s.yaml").write_text(text + "\n")
+    res = run_inproc("run", "--guest", "s.yaml", "--no-dashboard", cwd=tmp_path)
+    one_line_inproc(res, "s.yaml: ", *needles)
+
+
+def test_a_100mb_list_is_refused_before_it_is_parsed(tmp_path):
+    p = tmp_path / "big.yaml"
+    with open(p, "w") as fh:
+        fh.write("guest: {memory: 16MiB}\ndescription: [")
+        fh.write("1," * (2 << 20))
+        fh.write("1]\n")
+    one_line_inproc(run_inproc("run", "--guest", p), "a scenario file of at most 1 MiB")
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "FIFO"])
+def test_special_files_are_refused_as_scenario_trace_and_stream(tmp_path, special):
+    if special == "FIFO":
+        special = tmp_path / "fifo"
+        os.mkfifo(special)
+    one_line_inproc(run_inproc("run", "--guest", special), "expected a regular scenario file")
+    (tmp_path / "t.yaml").write_text(f"guest: {{memory: 16MiB, workloads: [{{kind: trace, path: '{special}'}}]}}\n")
+    one_line_inproc(run_inproc("run", "--guest", tmp_path / "t.yaml"), "guest.workloads[0].path")
+    res = xmig("inspect", special, timeout=20)
+    one_error_line(res, "expected a regular stream file")
+
+
+def _trace(tmp_path, name, content) -> Path:
+    import numpy as np
+
+    p = tmp_path / name
+    if isinstance(content, dict):
+        np.savez_compressed(p, **content)
+    else:
+        p.write_bytes(content if isinstance(content, bytes) else content.encode())
+    (tmp_path / "t.yaml").write_text(f"guest: {{memory: 16MiB, workloads: [{{kind: trace, path: {name}}}]}}\n")
+    return tmp_path / "t.yaml"
+
+
+@pytest.mark.parametrize("name,content,needle", [
+    ("t.csv", "time_s,gfn\n0.1,zz\n", "data row 1"),
+    ("t.csv", "0.1\n", "data row 1"),
+    ("t.csv", "nan,1\n", "finite times"),
+    ("t.csv", "-1,1\n", "times from 0"),
+    ("t.csv", "1e30,1\n", "times from 0"),
+    ("t.csv", "0.1,-1\n", "GFNs from 0"),
+    ("t.csv", "0.1,0x" + "f" * 40 + "\n", "GFNs from 0"),
+    ("t.csv", b"\xff\xfe\x00binary", "binary data"),
+    ("t.npz", b"PK not a zip", "not a zip file"),
+    ("t.npz", {"only": [1.0]}, "arrays time_s and gfn"),
+    ("t.npz", {"time_s": [0.1, 0.2], "gfn": [1]}, "of one length"),
+    ("t.npz", {"time_s": ["a"], "gfn": [1]}, "time_s as numbers"),
+    ("t.npz", {"time_s": [0.1], "gfn": [1.5]}, "whole-number GFNs"),
+    ("t.csv", "0.1,999999\n", "GFNs of guest RAM"),
+])
+def test_every_trace_content_error_is_one_line(tmp_path, name, content, needle):
+    import numpy as np
+
+    if isinstance(content, dict):
+        content = {k: np.asarray(v) for k, v in content.items()}
+    scen = _trace(tmp_path, name, content)
+    one_line_inproc(run_inproc("run", "--guest", scen, "--no-dashboard"), needle)
+
+
+def test_a_zip_bomb_trace_is_refused_from_its_headers(tmp_path):
+    import io
+    import zipfile
+
+    import numpy as np
+
+    rows = 50_000_000                                  # 400 MB of float64 zeros, ~400 KB on disk
+    p = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(p, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("time_s.npy", "w", force_zip64=True) as fh:
+            head = io.BytesIO()
+            np.lib.format.write_array_header_1_0(head, {"descr": "<f8", "fortran_order": False, "shape": (rows,)})
+            fh.write(head.getvalue())
+            zero = bytes(1 << 20)
+            for _ in range(rows * 8 >> 20):
+                fh.write(zero)
+        buf = io.BytesIO()
+        np.save(buf, np.zeros(1, np.int64))
+        zf.writestr("gfn.npy", buf.getvalue())
+    assert p.stat().st_size < 2_000_000
+    (tmp_path / "t.yaml").write_text("guest: {memory: 16MiB, workloads: [{kind: trace, path: bomb.npz}]}\n")
+    one_line_inproc(run_inproc("run", "--guest", tmp_path / "t.yaml"), "bytes once unpacked")
+
+
+def test_a_long_pre_migration_span_is_streamed_not_materialised(tmp_path):
+    from migrate.scenario import parse_scenario
+    from guest import guest as guest_mod
+
+    sc = parse_scenario({"guest": {"memory": "16MiB", "workloads": [{"kind": "uniform", "rate": "64MiB/s"}]},
+                         "migration": {"start": "200s"}})
+    from guest.guest import Guest
+
+    g = Guest(sc.guest, seed=1)
+    biggest = max(op.gfns.size for op in _ops(g.run(0.0, 200.0)))
+    assert biggest <= guest_mod.SPAN_WRITES + 64 * 1024 * 10        # one piece, not 200 s of writes
+
+
+def _ops(gen):
+    try:
+        op = next(gen)
+        while True:
+            yield op
+            op = gen.send(None)
+    except StopIteration:
+        return
+
+
+def test_usage_errors_from_typer_are_one_line():
+    for args, needle in ((["run"], "Missing option '--guest'"), (["run", "--guest", "x", "--seed", "abc"], "--seed"),
+                         (["frobnicate"], "No such command")):
+        res = xmig(*args)
+        line = one_error_line(res, needle)
+        assert "--help" in line and "╭" not in res.stderr
