@@ -9,7 +9,7 @@ case the table gives wall time, peak RSS, simulated pages per wall second, and a
 against a baseline measured in the same run:
 
 - micro-benchmarks (log-dirty mark and CLEAN, stream writer) against the numpy floors
-  of their own scripts (``bench_logdirty.py``, ``bench_stream.py``);
+  of their own scripts (``bench_logdirty.py``, ``bench_stream.py``, ``bench_guest.py``);
 - whole migrations against a *numpy floor*: the minimum array work the case needs:
   allocate the source's and the destination's content tokens for the populated pages
   and copy, pass by pass, as many tokens as the migration sent. The ratio says how
@@ -119,10 +119,10 @@ def run_case(name: str, spec: str, timeout: float = 900) -> dict:
 
 
 def micro_cases() -> list[dict]:
-    from benchmarks import bench_logdirty, bench_stream
+    from benchmarks import bench_guest, bench_logdirty, bench_stream
 
     rows = []
-    for r in bench_logdirty.run():
+    for r in bench_logdirty.run() + bench_guest.run():
         rows.append({"name": r["name"], "wall": r["seconds"], "baseline_seconds": r["baseline_seconds"],
                      "ratio": r["ratio"], "goal": f"<= {r['goal_ratio']:.0f}x floor",
                      "pages_per_s": r["n"] / r["seconds"]})

@@ -187,11 +187,10 @@ def test_pod_boot_inflates_to_memory_before_the_first_write():
     assert g.drain_events()[0].detail["reason"].startswith("boot")
 
 
-def test_a_256gib_guest_stays_compact_and_quick():
-    import time
+def test_a_256gib_guest_stays_compact():
+    # How quick it is: benchmarks/bench_guest.py (a ratio against a numpy floor).
     c = GuestConfig.model_validate({"memory": "256GiB", "workloads": [{"kind": "uniform", "rate": "1GiB/s"}],
                                     "balloon": {"schedule": [{"at": "0.5s", "target": "-1GiB"}]}})
-    t = time.perf_counter()
     g = Guest(c, 1)
     assert g.owned.nbytes == 64 << 20
     ops = []
@@ -206,34 +205,29 @@ def test_a_256gib_guest_stays_compact_and_quick():
         res = None if isinstance(op, MemoryWrites) else HypercallResult(rc=len(op.gfns), done=op.gfns)
     assert g.current_pages == (255 << 30) >> 12
     assert sum(o.gfns.size for o in ops if isinstance(o, MemoryWrites)) > 200000
-    assert time.perf_counter() - t < 5.0
 
 
 def test_with_the_real_hypervisor_p2m_matches_the_guest_view():
-    domain = pytest.importorskip("hypervisor.domain")
+    from hypervisor import domain
+
     g = make({"rate": "64MiB/s", "schedule": [{"at": "0.3s", "target": "40MiB"}, {"at": "1.2s", "target": "+8MiB"}]})
-    try:
-        hv = domain.Hypervisor(host_frames=20000, behaviour="fixed")
-        hv.build(g.layout())
-        hv.attach_guest(g)
-        hv.advance_to(2.0)
-    except NotImplementedError:
-        pytest.skip("hypervisor not complete yet")
+    hv = domain.Hypervisor(host_frames=20000, behaviour="fixed")
+    hv.build(g.layout())
+    hv.attach_guest(g)
+    hv.advance_to(2.0)
     assert np.array_equal(np.sort(hv.ram_gfns()), g.owned_gfns())
     assert g.current_pages == 12288
 
 
 def test_with_the_real_hypervisor_pod_boot_stays_within_the_cache():
-    domain = pytest.importorskip("hypervisor.domain")
+    from hypervisor import domain
+
     c = GuestConfig.model_validate({"memory": "32MiB", "maxmem": "64MiB",
                                     "workloads": [{"kind": "uniform", "rate": 20000}]})
     g = Guest(c, 1)
-    try:
-        hv = domain.Hypervisor(host_frames=20000, behaviour="fixed")
-        hv.build(g.layout())
-        hv.attach_guest(g)
-        hv.advance_to(2.0)
-    except NotImplementedError:
-        pytest.skip("hypervisor not complete yet")
+    hv = domain.Hypervisor(host_frames=20000, behaviour="fixed")
+    hv.build(g.layout())
+    hv.attach_guest(g)
+    hv.advance_to(2.0)
     assert g.current_pages == 8192
     assert hv.stats.pod_failures == 0 and hv.ram_gfns().size + hv.stats.pod_entries == 8192
