@@ -41,7 +41,7 @@ def _drive(g: Guest, t1: float) -> int:
             res = HypercallResult(rc=len(op.gfns), done=op.gfns)
 
 
-def bench_256gib_guest(repeats: int = 3) -> dict:
+def bench_256gib_guest(repeats: int = 7) -> dict:
     c = GuestConfig.model_validate({"memory": "256GiB", "workloads": [{"kind": "uniform", "rate": "1GiB/s"}],
                                     "balloon": {"schedule": [{"at": "0.5s", "target": "-1GiB"}]}})
     best, written = float("inf"), 0
@@ -69,11 +69,11 @@ def run() -> list[dict]:
 
 
 def main() -> int:
-    for r in run():
-        ok = "ok" if r["ratio"] <= r["goal_ratio"] else "MISSED"
-        print(f"{r['name']}: {r['seconds']:.3f} s, floor {r['baseline_seconds']:.3f} s, "
-              f"ratio {r['ratio']:.1f} (goal <= {r['goal_ratio']:.0f}x) {ok}")
-    return 0
+    r = bench_256gib_guest()
+    verdict = "ok" if r["ratio"] <= r["goal_ratio"] else "MISSED"
+    print(f"{r['name']}: {r['seconds']:.3f} s, floor {r['baseline_seconds']:.3f} s, "
+          f"ratio {r['ratio']:.1f} (goal <= {r['goal_ratio']:.0f}x) {verdict}")
+    return 0 if verdict == "ok" else 1
 
 
 if __name__ == "__main__":
