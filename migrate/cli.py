@@ -162,14 +162,14 @@ def _parse_bandwidth(text: Optional[str]) -> Optional[float]:
 
 def _check_behaviour(b: Optional[str]) -> Optional[str]:
     if b is not None and b not in ("fixed", "pre-fix"):
-        raise UsageError(f"--behaviour: expected 'fixed' or 'pre-fix', found {b!r}")
+        raise UsageError(f"--behaviour: expected 'fixed' or 'pre-fix', found {_short(b)!r}")
     return b
 
 
 def _check_seed(seed: Optional[int]) -> Optional[int]:
     # The same range as a scenario file's seed: (scenario.py, Scenario.seed).
     if seed is not None and not 0 <= seed <= (1 << 63) - 1:
-        raise UsageError(f"--seed: expected an integer from 0 to 2^63-1, found {seed}")
+        raise UsageError(f"--seed: expected an integer from 0 to 2^63-1, found {_short(seed)}")
     return seed
 
 
@@ -206,9 +206,9 @@ def _parse_speed(speed: str) -> Optional[float]:
     try:
         value = float(speed)
     except ValueError:
-        raise UsageError(f"--speed: expected a number (virtual seconds per wall second) or 'max', found {speed!r}") from None
+        raise UsageError(f"--speed: expected a number (virtual seconds per wall second) or 'max', found {_short(speed)!r}") from None
     if not value > 0:   # also rejects nan
-        raise UsageError(f"--speed: expected a positive number or 'max', found {speed!r}")
+        raise UsageError(f"--speed: expected a positive number or 'max', found {_short(speed)!r}")
     return value
 
 
