@@ -160,15 +160,19 @@ class CallablePolicy(Policy):
         self._params = dict(params or {})
 
     def decide(self, stats: PrecopyStats) -> Decision:
+        # A user function that fails aborts the save, as a precopy_policy callback
+        # returning XGS_POLICY_ABORT does: the source resumes and the report says why.
+        from .engine import MigrationAborted
+
         try:
             value = self.fn(stats, dict(self._params)) if self._params else self.fn(stats)
         except Exception as exc:  # a user function failing is the user's error to read
-            raise PolicyError(f"policy {self.name} raised {type(exc).__name__}: "
-                              f"{short(str(exc))}") from exc
+            raise MigrationAborted(f"policy {self.name} raised {type(exc).__name__}: "
+                                   f"{short(str(exc))}") from exc
         try:
             return Decision(int(value))
         except (TypeError, ValueError, OverflowError):
-            raise PolicyError(
+            raise MigrationAborted(
                 f"policy {self.name} returned {short(repr(value))}; expected -1 (abort), 0 (continue) "
                 "or 1 (stop and copy)") from None
 

@@ -573,3 +573,18 @@ def test_usage_errors_from_typer_are_one_line():
         res = xmig(*args)
         line = one_error_line(res, needle)
         assert "--help" in line and "╭" not in res.stderr
+
+
+def test_a_user_policy_that_raises_aborts_the_run_and_the_report_says_why(tmp_path):
+    pkg = tmp_path / "lib"
+    pkg.mkdir()
+    (pkg / "badpol.py").write_text("def boom(stats):\n    raise RuntimeError('no ' * 100)\n")
+    (tmp_path / "b.yaml").write_text("guest: {memory: 16MiB}\nmigration: {start: 10ms, policy: 'badpol:boom'}\n")
+    res = xmig("run", "--guest", "b.yaml", "--no-dashboard", "--report", "r.json", "--allow-policy", "badpol:boom",
+               cwd=tmp_path, env_extra={"PYTHONPATH": str(pkg)})
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    import json
+
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["outcome"] == "aborted" and rep["error"].startswith("policy badpol:boom raised RuntimeError: no no")
+    assert len(rep["error"]) < 120
