@@ -78,36 +78,64 @@ class EventRecorder:
     """A bus listener writing each event as it comes (flushed, so a crash loses at most
     the event being written); ``close()`` adds the end record.
 
-    ``header`` is the caller's description of the run (scenario, seed, behaviour,
-    policy, scenario_text, tracked...); the format and versions are added here."""
+    ``header`` is the caller's description of the run (scenario_text, scenario_file,
+    anything else JSON can hold). The run's own facts (scenario, seed, behaviour,
+    per-site behaviour, policy, tracked GFNs) are taken from its RunStarted event, so
+    the header is written when that first event arrives (or at ``close()`` if none
+    came: a run that failed before starting)."""
 
-    def __init__(self, path: str | Path, header: dict[str, Any]):
+    def __init__(self, path: str | Path, header: dict[str, Any] | None = None):
         self.path = Path(path)
-        head = {"format": "xmig-events", "format_version": FORMAT_VERSION, "xmig_version": xmig_version(),
-                "wire_protocol": wire.PROTOCOL_VERSION, **header}
-        raw = json.dumps(head, separators=(",", ":"), default=_jsonable).encode()
-        if len(raw) > MAX_HEADER_BYTES:
-            raise ValueError(f"event log header of {len(raw)} bytes is over {MAX_HEADER_BYTES}")
+        self._header = {"format": "xmig-events", "format_version": FORMAT_VERSION,
+                        "xmig_version": xmig_version(), "wire_protocol": wire.PROTOCOL_VERSION,
+                        **(header or {})}
         self._fh: BinaryIO | None = self.path.open("wb")
-        self._fh.write(_FILE_HEAD.pack(MAGIC, FORMAT_VERSION, 0, len(raw)) + raw + b"\0" * _pad(len(raw)))
-        self._fh.flush()
+        self._pending: list[_events.Event] = []
+        self._head_written = False
         self.events = 0
 
-    def __call__(self, ev: _events.Event) -> None:
-        if self._fh is None:
-            return
+    @property
+    def header(self) -> dict[str, Any]:
+        return dict(self._header)
+
+    def _write_header(self) -> None:
+        raw = json.dumps(self._header, separators=(",", ":"), default=_jsonable).encode()
+        if len(raw) > MAX_HEADER_BYTES:
+            raise ValueError(f"event log header of {len(raw)} bytes is over {MAX_HEADER_BYTES}")
+        self._fh.write(_FILE_HEAD.pack(MAGIC, FORMAT_VERSION, 0, len(raw)) + raw + b"\0" * _pad(len(raw)))
+        self._head_written = True
+        for ev in self._pending:
+            self._write(ev)
+        self._pending = []
+
+    def _write(self, ev: _events.Event) -> None:
         frame = wire.encode(ev)
         stored = zlib.compress(frame, 1)
         self._fh.write(_REC_HEAD.pack(len(stored), len(frame), zlib.crc32(stored)) + stored
                        + b"\0" * _pad(len(stored)))
-        self._fh.flush()
         self.events += 1
+
+    def __call__(self, ev: _events.Event) -> None:
+        if self._fh is None:
+            return
+        if not self._head_written:
+            if not isinstance(ev, _events.RunStarted):
+                self._pending.append(ev)
+                return
+            self._header.update(scenario=ev.scenario, seed=int(ev.seed), behaviour=ev.behaviour,
+                                sites=dict(ev.sites), policy=ev.policy, policy_params=ev.policy_params,
+                                tracked=[int(g) for g in ev.tracked])
+            self._write_header()
+        self._write(ev)
+        self._fh.flush()
 
     on_event = __call__
 
     def close(self) -> None:
         if self._fh is None:
             return
+        if not self._head_written:
+            self._write_header()
         self._fh.write(_REC_HEAD.pack(0, 0, 0))
         self._fh.close()
         self._fh = None

@@ -241,6 +241,34 @@ class TrackedFinal(Event):
 
 
 @dataclass(slots=True)
+class RunSummary(Event):
+    """What the run knows at its end and no earlier event said: the restore side's,
+    the stream writer's and the hypervisor's final numbers (published by the runner
+    just before MigrationFinished, so a recorded log rebuilds the whole report)."""
+
+    scenario: str
+    seed: int
+    behaviour: str
+    policy: str
+    policy_params: dict[str, Any]
+    outcome: str
+    error: str
+    error_pfn: int | None
+    p2m_size: int
+    totals: Totals
+    t_start: float
+    t_suspend: float | None
+    t_last_byte: float | None
+    final_stats: dict[str, Any]
+    hypervisor: dict[str, Any]
+    restore: dict[str, Any]
+    destination: dict[str, Any]
+    stream: dict[str, Any]
+    guest: dict[str, Any]
+    wall: dict[str, Any]
+
+
+@dataclass(slots=True)
 class MigrationFinished(Event):
     outcome: str              # completed | failed | aborted
     message: str = ""

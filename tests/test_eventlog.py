@@ -26,7 +26,7 @@ def recorded(tmp_path_factory):
     sc = load_scenario("examples/balloon.yaml")
     bus, live = EventBus(), []
     bus.subscribe(live.append)
-    rec = EventRecorder(path, {**HEADER, "scenario_text": open("examples/balloon.yaml").read()})
+    rec = EventRecorder(path, {"scenario_text": open("examples/balloon.yaml").read()})
     bus.subscribe(rec)
     result = asyncio.run(run_scenario(sc, RunOptions(behaviour="pre-fix"), bus=bus))
     rec.close()
