@@ -99,6 +99,8 @@ class EventRecorder:
         return dict(self._header)
 
     def _write_header(self) -> None:
+        from .report import _jsonable    # numpy scalars and arrays as JSON, as in reports
+
         raw = json.dumps(self._header, separators=(",", ":"), default=_jsonable).encode()
         if len(raw) > MAX_HEADER_BYTES:
             raise ValueError(f"event log header of {len(raw)} bytes is over {MAX_HEADER_BYTES}")
@@ -145,18 +147,6 @@ class EventRecorder:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _jsonable(o: Any):
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, tuple):
-        return list(o)
-    raise TypeError(f"not JSON serialisable in an event log header: {type(o).__name__}")
 
 
 @dataclass(slots=True)
