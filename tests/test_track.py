@@ -95,8 +95,24 @@ t= 10.939398 s  the domain is suspended: no more writes
 t= 11.018076 s  destination: STALE, the destination holds older contents than the source"""
 
 
+_RECORDED: dict = {}
+
+
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory):
+    """Recordings shared by the tests of this module, made once each."""
+    folder = tmp_path_factory.mktemp("logs")
+
+    def get(example, behaviour, gfn=0x30060):
+        key = (example, behaviour, gfn)
+        if key not in _RECORDED:
+            _RECORDED[key] = record(folder, example, behaviour, gfn)
+        return _RECORDED[key]
+    return get
+
+
 def record(tmp_path, example, behaviour, gfn):
-    path = tmp_path / f"{example}.{behaviour}.events"
+    path = tmp_path / f"{example}.{behaviour}.{gfn}.events"
     bus = EventBus()
     rec = EventRecorder(path)
     bus.subscribe(rec)
@@ -109,19 +125,19 @@ def record(tmp_path, example, behaviour, gfn):
 @pytest.mark.parametrize("example,behaviour,expected", [
     ("balloon", "fixed", BALLOON_FIXED), ("balloon", "pre-fix", BALLOON_PREFIX),
     ("balloon-stale", "fixed", STALE_FIXED), ("balloon-stale", "pre-fix", STALE_PREFIX)])
-def test_explain_tells_a_ballooned_page_s_life(tmp_path, example, behaviour, expected):
+def test_explain_tells_a_ballooned_page_s_life(logs, example, behaviour, expected):
     """GFN 0x30060 is in the 256 MiB both examples balloon out and back: pre-fix, the
     add at guest_physmap_add_entry does not mark it, so it ends missing (balloon.yaml,
     never sent) or stale (balloon-stale.yaml, sent in pass 1 before the balloon moved)."""
-    path = record(tmp_path, example, behaviour, 0x30060)
+    path = logs(example, behaviour)
     out = subprocess.run([sys.executable, "-m", "migrate", "explain", str(path), "--gfn", "0x30060"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.rstrip("\n") == expected
 
 
-def test_explain_of_an_untracked_gfn_says_what_it_cannot_know(tmp_path):
-    path = record(tmp_path, "balloon", "pre-fix", 0x30060)
+def test_explain_of_an_untracked_gfn_says_what_it_cannot_know(logs):
+    path = logs("balloon", "pre-fix")
     out = subprocess.run([sys.executable, "-m", "migrate", "explain", str(path), "--gfn", "196705"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0
