@@ -28,13 +28,55 @@ from .events import (BatchSent, Event, MemoryOp, PassEnded, PassStarted, PhaseCh
 _EMPTY = np.empty(0, dtype=np.int64)
 
 
-def _drop(pending: np.ndarray, gfns: np.ndarray) -> tuple[np.ndarray, int]:
-    """``pending`` (sorted, unique) without ``gfns``; and how many were in it."""
-    if pending.size == 0 or gfns.size == 0:
-        return pending, 0
-    hit = np.isin(pending, gfns)
-    n = int(np.count_nonzero(hit))
-    return (pending[~hit], n) if n else (pending, 0)
+class _GfnSet:
+    """A set of GFNs: a sorted array with a live mask (membership and removal by
+    searchsorted) plus a small unsorted tail of recent additions, folded into the
+    sorted part only when it has grown to half its size (amortised n log n)."""
+
+    def __init__(self) -> None:
+        self._gfns = _EMPTY
+        self._live = np.empty(0, dtype=bool)
+        self._tail = _EMPTY
+        self._nlive = 0
+
+    def add(self, gfns: np.ndarray) -> None:
+        if gfns.size:
+            self._tail = np.concatenate((self._tail, np.asarray(gfns, dtype=np.int64)))
+            if self._tail.size > max(4096, self._nlive // 2):
+                self._fold()
+
+    def _fold(self) -> None:
+        self._gfns = np.unique(np.concatenate((self._gfns[self._live], self._tail)))
+        self._live = np.ones(self._gfns.size, dtype=bool)
+        self._tail = _EMPTY
+        self._nlive = int(self._gfns.size)
+
+    def __bool__(self) -> bool:
+        return bool(self._nlive or self._tail.size)
+
+    def drop(self, gfns: np.ndarray) -> int:
+        """Remove ``gfns`` (unique) from the set; how many of them were in it."""
+        n = 0
+        if self._tail.size and gfns.size:
+            hit = np.isin(self._tail, gfns)
+            if hit.any():
+                n += int(np.unique(self._tail[hit]).size)
+                self._tail = self._tail[~hit]
+        if self._nlive and gfns.size:
+            idx = np.searchsorted(self._gfns, gfns)
+            idx[idx == self._gfns.size] = 0
+            hit = np.unique(idx[self._gfns[idx] == gfns])
+            hit = hit[self._live[hit]]
+            if hit.size:
+                self._live[hit] = False
+                self._nlive -= int(hit.size)
+                n += int(hit.size)
+        return n
+
+    def count(self) -> int:
+        if self._tail.size:
+            self._fold()
+        return self._nlive
 
 
 class PageLedger:
@@ -57,35 +99,35 @@ class PageLedger:
         self.cleared: dict[str, int] = {}
         self.set: dict[str, int] = {}
         self.xtab_last_pass = 0
-        self._leftover = _EMPTY
-        self._unmarked = _EMPTY
+        self._leftover = _GfnSet()
+        self._unmarked = _GfnSet()
 
     def __call__(self, ev: Event) -> None:
         if isinstance(ev, BatchSent):
-            if (self._leftover.size or self._unmarked.size) and ev.pfns.size:
+            if (self._leftover or self._unmarked) and ev.pfns.size:
                 pfns = np.asarray(ev.pfns, dtype=np.int64)
                 data = PFINFO_HAS_DATA[np.asarray(ev.nibbles, dtype=np.uint8)]
-                self._leftover, n = _drop(self._leftover, pfns[~data])
-                self.leftover_sent_as_xtab += n
-                self._unmarked, n = _drop(self._unmarked, pfns[data])
-                self.unmarked_sent += n
+                if self._leftover:
+                    self.leftover_sent_as_xtab += self._leftover.drop(pfns[~data])
+                if self._unmarked:
+                    self.unmarked_sent += self._unmarked.drop(pfns[data])
         elif isinstance(ev, MemoryOp):
             for s in ev.sites:
                 if s.cleared:
                     self.cleared[s.site] = self.cleared.get(s.site, 0) + int(s.cleared)
                 if s.set and s.site != POD_DEMAND_POPULATE:
                     self.set[s.site] = self.set.get(s.site, 0) + int(s.set)
-                if s.change == "add":
+                if s.change == "add" and self._leftover:
                     # back in the P2M: no longer a leftover; a new page to be sent
-                    self._leftover, _ = _drop(self._leftover, s.gfns)
+                    self._leftover.drop(s.gfns)
                 if s.leftover.size:
                     self.leftover_bits += int(s.leftover.size)
-                    self._leftover = np.union1d(self._leftover, s.leftover)
+                    self._leftover.add(s.leftover)
                 if s.unmarked.size:
                     self.unmarked_additions += int(s.unmarked.size)
-                    self._unmarked = np.union1d(self._unmarked, s.unmarked)
-                elif s.change == "remove" and self._unmarked.size:
-                    self._unmarked, _ = _drop(self._unmarked, s.gfns)
+                    self._unmarked.add(s.unmarked)
+                elif s.change == "remove" and self._unmarked:
+                    self._unmarked.drop(s.gfns)
         elif isinstance(ev, PassEnded) and ev.stats.phase != "verify":
             self.xtab_last_pass = int(ev.stats.xtab_sent)
 
@@ -94,10 +136,10 @@ class PageLedger:
     def as_dict(self) -> dict[str, Any]:
         return {"leftover_bits": self.leftover_bits,
                 "leftover_sent_as_xtab": self.leftover_sent_as_xtab,
-                "leftover_pending": int(self._leftover.size),
+                "leftover_pending": self._leftover.count(),
                 "unmarked_additions": self.unmarked_additions,
                 "unmarked_sent": self.unmarked_sent,
-                "unmarked_never_sent": int(self._unmarked.size),
+                "unmarked_never_sent": self._unmarked.count(),
                 "cleared_by_fix": dict(sorted(self.cleared.items())),
                 "set_by_fix": dict(sorted(self.set.items())),
                 "xtab_last_pass": self.xtab_last_pass}
