@@ -16,7 +16,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from . import cli_mqtt, outputs
+from . import cli_mqtt, cli_teach, outputs
 
 class _OneLineErrors(typer.core.TyperGroup):
     """typer's own usage errors (a missing option, a bad integer, an unknown command)
@@ -46,7 +46,6 @@ class _OneLineErrors(typer.core.TyperGroup):
         if standalone_mode:
             sys.exit(rv if isinstance(rv, int) else 0)
         return rv
-
 
 app = typer.Typer(
     cls=_OneLineErrors,
@@ -302,7 +301,7 @@ def _save_outputs(items: dict[str, Any], dump) -> None:
 
 
 def _one_run(scenario, opts, *, dashboard: bool, speed: Optional[float], console: Console, record_map: bool,
-             quiet: bool = False, remote: Optional[dict[str, Any]] = None):
+             quiet: bool = False, remote: Optional[dict[str, Any]] = None, listeners=()):
     """One migration with its live view: the dashboard on a terminal, Xen-style progress
     lines otherwise (nothing with ``quiet``). ``remote`` holds the broker settings when
     the hypervisor and the guest are ``xmig hypervisor`` / ``xmig guest`` processes.
@@ -329,6 +328,8 @@ def _one_run(scenario, opts, *, dashboard: bool, speed: Optional[float], console
             recorder = GfnMapRecorder()
     if recorder is not None:
         bus.subscribe(recorder)
+    for fn in listeners:
+        bus.subscribe(fn)
 
     async def migrate():
         if remote is not None:
@@ -386,32 +387,56 @@ def run(
     tls_insecure: bool = cli_mqtt.TLS_INSECURE_OPT,
     timeout: float = cli_mqtt.TIMEOUT_OPT,
     allow_policy: Optional[list[str]] = ALLOW_POLICY_OPT,
+    record: Optional[Path] = typer.Option(None, "--record", help="Write every event of the run to FILE (replay it with xmig replay FILE, explain a page with xmig explain FILE --gfn N)."),
+    track: list[str] = typer.Option([], "--track", help="Follow this GFN (repeatable; decimal or 0x-hex): its whole story is printed at the end and kept in --record."),
 ) -> None:
     """Run one migration of the scenario and check the destination (help text above)."""
+    from .cli_teach import parse_gfn
     from .report import build_report, jsonable, write_csv, write_json
     from .runner import RunOptions
 
     scenario = _load(guest)
     allowed = _allowed(allow_policy)
+    tracked = tuple(parse_gfn(g, "--track") for g in track)
     opts = RunOptions(behaviour=_check_behaviour(behaviour), policy=policy, bandwidth=_parse_bandwidth(bandwidth),
-                      stream=stream, verify=verify, seed=_check_seed(seed), allow_policies=allowed)
+                      stream=stream, verify=verify, seed=_check_seed(seed), allow_policies=allowed,
+                      track=tracked)
     _check_policy(policy, allowed)
     _check_scenario_policy(scenario, guest, policy, allowed)
     _check_stream_target(stream)
-    _check_outputs(guest, scenario, report=report, csv=csv, plot=plot, stream=stream)
+    _check_outputs(guest, scenario, report=report, csv=csv, plot=plot, stream=stream, record=record)
     _check_plot_possible(plot)
     remote = None
     if broker is not None or run_id is not None:
         if broker is None or run_id is None:
             raise UsageError("--broker and --run go together: the broker URL and the run id the "
                              "'xmig hypervisor' and 'xmig guest' processes were started with")
+        if tracked:
+            raise UsageError("--track needs the hypervisor in this process; it cannot follow a GFN "
+                             "through 'xmig hypervisor' over a broker yet")
         remote = {"broker": broker, "run_id": run_id, "username": username, "password": password,
                   "tls_ca": tls_ca, "tls_insecure": tls_insecure, "timeout": timeout}
     pace = _parse_speed(speed)
     console = Console()
     use_dash = console.is_terminal and not no_dashboard
-    result, interrupted, recorder = _one_run(scenario, opts, dashboard=use_dash, speed=pace, console=console,
-                                             record_map=plot is not None, remote=remote)
+    listeners, events_log, story = [], None, None
+    if record is not None:
+        from .eventlog import EventRecorder
+
+        events_log = EventRecorder(record, {"scenario_file": str(guest),
+                                            "scenario_text": guest.read_text(encoding="utf-8")})
+        listeners.append(events_log)
+    if tracked:
+        from .track import PageStory
+
+        story = PageStory(tracked)
+        listeners.append(story)
+    try:
+        result, interrupted, recorder = _one_run(scenario, opts, dashboard=use_dash, speed=pace, console=console,
+                                                 record_map=plot is not None, remote=remote, listeners=listeners)
+    finally:
+        if events_log is not None:
+            events_log.close()
     rep = build_report(result)
     if recorder is not None:
         rep["gfn_map"] = recorder.as_list()
@@ -425,6 +450,8 @@ def run(
     _print_summary(console, rep, after_dashboard=use_dash)
     if interrupted:
         console.print(interrupted_msg, markup=False, soft_wrap=True)
+    if story is not None:
+        cli_teach.print_stories(console, story)
     _save_outputs({"--report": (report, lambda p: write_json(p, rep)),
                    "--csv": (csv, lambda p: write_csv(p, [rep])),
                    "--plot": (plot, lambda p: _write_plot(p, [rep]))},
@@ -685,6 +712,7 @@ def schema() -> None:
 
 # ``xmig hypervisor``, ``xmig guest`` and ``xmig watch`` (the MQTT actors).
 cli_mqtt.register(app)
+cli_teach.register(app)
 
 
 def main() -> None:
