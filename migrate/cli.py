@@ -271,7 +271,8 @@ def _one_run(scenario, opts, *, dashboard: bool, speed: Optional[float], console
             return await remote_run(scenario, opts, remote["broker"], remote["run_id"], bus, pacer,
                                     username=remote["username"], password=remote["password"],
                                     tls_ca=remote["tls_ca"], tls_insecure=remote["tls_insecure"],
-                                    timeout=remote["timeout"])
+                                    timeout=remote["timeout"], key_file=remote["key_file"],
+                                    insecure=remote["insecure"])
         return await run_scenario(scenario, opts, bus=bus, pacer=pacer)
 
     async def go():
@@ -319,6 +320,8 @@ def run(
     tls_ca: Optional[Path] = cli_mqtt.TLS_CA_OPT,
     tls_insecure: bool = cli_mqtt.TLS_INSECURE_OPT,
     timeout: float = cli_mqtt.TIMEOUT_OPT,
+    key_file: Optional[Path] = cli_mqtt.KEY_FILE_OPT,
+    insecure: bool = cli_mqtt.INSECURE_OPT,
 ) -> None:
     """Run one migration of the scenario and check the destination (help text above)."""
     from .report import build_report, write_csv, write_json
@@ -339,7 +342,8 @@ def run(
             raise UsageError("--broker and --run go together: the broker URL and the run id the "
                              "'xmig hypervisor' and 'xmig guest' processes were started with")
         remote = {"broker": broker, "run_id": run_id, "username": username, "password": password,
-                  "tls_ca": tls_ca, "tls_insecure": tls_insecure, "timeout": timeout}
+                  "tls_ca": tls_ca, "tls_insecure": tls_insecure, "timeout": timeout, "key_file": key_file,
+                  "insecure": insecure}
     pace = _parse_speed(speed)
     console = Console()
     use_dash = console.is_terminal and not no_dashboard

@@ -24,6 +24,23 @@ import pytest
 
 CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 
+#: The run key of the tests' actors (``XMIG_RUN_KEY`` for their subprocesses).
+TEST_KEY_TEXT = "xmig-tests-run-key-5f1c0de2a9b34e77"
+
+
+def test_key() -> bytes:
+    from migrate.runkey import KEY_ENV, load_key
+
+    return load_key(environ={KEY_ENV: TEST_KEY_TEXT})
+
+
+test_key.__test__ = False   # (not a test: pytest collects test_* names)
+
+
+def key_env(**extra: str) -> dict[str, str]:
+    """The environment of an actor subprocess that holds the tests' run key."""
+    return {**os.environ, "XMIG_RUN_KEY": TEST_KEY_TEXT, **extra}
+
 
 def mosquitto_binary() -> str | None:
     for c in CANDIDATES:

@@ -13,6 +13,7 @@ import pytest
 
 from hypervisor.abi import EINVAL, XenError
 from migrate import bus, wire
+from tests.mqtt_broker import test_key
 from migrate.bus import (BrokerUnreachable, InProcessHub, InProcessTransport, MqttTransport, PeerLost, RunRefused,
                          TransportError, parse_broker_url)
 
@@ -94,7 +95,7 @@ async def test_in_process_peer_that_leaves_mid_call_is_lost():
 
 
 def cfg_for(broker, timeout=2.0):
-    cfg = parse_broker_url(broker.url, timeout=timeout)
+    cfg = parse_broker_url(broker.url, timeout=timeout, key=test_key())
     cfg.heartbeat = 0.2
     return cfg
 
@@ -212,7 +213,7 @@ async def test_mqtt_broker_lost_mid_call_is_reported(mqtt_broker):
 async def test_mqtt_broker_down_at_start_is_a_clear_error(mqtt_broker):
     port = mqtt_broker.port
     mqtt_broker.kill()
-    t = MqttTransport(parse_broker_url(f"mqtt://127.0.0.1:{port}"), "t", "toolstack")
+    t = MqttTransport(parse_broker_url(f"mqtt://127.0.0.1:{port}", key=test_key()), "t", "toolstack")
     with pytest.raises(BrokerUnreachable) as exc:
         await t.start()
     assert str(exc.value) == f"cannot reach the MQTT broker at mqtt://127.0.0.1:{port}: connection refused"
@@ -262,7 +263,7 @@ async def test_mqtts_with_a_password_works_and_bad_credentials_are_one_line(tmp_
     broker = start_tls_broker(tmp_path, "teacher", "s3cret")
     try:
         ca = str(tmp_path / "ca.pem")
-        cfg = parse_broker_url(broker.url, username="teacher", password="s3cret", tls_ca=ca)
+        cfg = parse_broker_url(broker.url, username="teacher", password="s3cret", tls_ca=ca, key=test_key())
         server, client = MqttTransport(cfg, "tls", "hypervisor"), MqttTransport(cfg, "tls", "toolstack")
         await server.start()
         await client.start()
@@ -275,16 +276,16 @@ async def test_mqtts_with_a_password_works_and_bad_credentials_are_one_line(tmp_
         finally:
             await client.close()
             await server.close()
-        bad = MqttTransport(parse_broker_url(broker.url, username="teacher", password="wrong", tls_ca=ca), "tls",
+        bad = MqttTransport(parse_broker_url(broker.url, username="teacher", password="wrong", tls_ca=ca, key=test_key()), "tls",
                             "toolstack")
         with pytest.raises(BrokerUnreachable, match=f"^cannot reach the MQTT broker at {broker.url}: not authorised"):
             await bad.start()
-        untrusted = MqttTransport(parse_broker_url(broker.url, username="teacher", password="s3cret"), "tls",
+        untrusted = MqttTransport(parse_broker_url(broker.url, username="teacher", password="s3cret", key=test_key()), "tls",
                                   "toolstack")
         with pytest.raises(BrokerUnreachable, match="TLS failed .*--tls-ca or --tls-insecure"):
             await untrusted.start()
         insecure = MqttTransport(parse_broker_url(broker.url, username="teacher", password="s3cret",
-                                                  tls_insecure=True), "tls", "toolstack")
+                                                  tls_insecure=True, key=test_key()), "tls", "toolstack")
         await insecure.start()
         await insecure.close()
     finally:

@@ -20,6 +20,7 @@ from migrate.events import BatchSent, EventBus, PhaseChanged
 from migrate.report import build_report
 from migrate.runner import RunOptions, run_scenario
 from migrate.scenario import load_scenario
+from tests.mqtt_broker import key_env, test_key
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -32,11 +33,12 @@ def scenario(name: str):
 def comparable(result) -> dict:
     rep = build_report(result)
     rep.pop("wall", None)
+    rep.pop("broker", None)     # over MQTT only: what the run key kept out
     return rep
 
 
 def cfg_for(broker, timeout: float = 3.0):
-    cfg = parse_broker_url(broker.url, timeout=timeout)
+    cfg = parse_broker_url(broker.url, timeout=timeout, key=test_key())
     cfg.heartbeat = 0.25
     return cfg
 
@@ -58,7 +60,7 @@ class Procs:
         self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
-        p = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        p = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=key_env(),
                              stderr=subprocess.PIPE, text=True)
         self.procs[name] = p
         return p
@@ -178,7 +180,7 @@ async def test_watch_renders_the_same_final_dashboard(mqtt_broker):
 async def test_broker_down_at_start_is_one_line_and_exit_2(mqtt_broker, procs):
     port = mqtt_broker.port
     mqtt_broker.kill()
-    cfg = parse_broker_url(f"mqtt://127.0.0.1:{port}")
+    cfg = parse_broker_url(f"mqtt://127.0.0.1:{port}", key=test_key())
     with pytest.raises(BrokerUnreachable, match=f"^cannot reach the MQTT broker at mqtt://127.0.0.1:{port}: "
                                                 "connection refused$"):
         await mqtt.remote_run(scenario("idle"), RunOptions(), broker=cfg, run_id="down")
@@ -260,7 +262,7 @@ async def test_killed_toolstack_makes_the_hypervisor_resume_the_source(mqtt_brok
               "        print('suspended', flush=True)\n"
               "        time.sleep(60)\n"
               "bus = EventBus()\nbus.subscribe(hang)\n"
-              f"cfg = parse_broker_url({mqtt_broker.url!r}, timeout=3)\n"
+              f"cfg = parse_broker_url({mqtt_broker.url!r}, timeout=3, key={test_key()!r})\n"
               f"sc = load_scenario({str(EXAMPLES / 'idle.yaml')!r})\n"
               "asyncio.run(mqtt.remote_run(sc, RunOptions(), broker=cfg, run_id='ts', bus=bus))\n")
     toolstack = procs.start("toolstack", [sys.executable, "-c", script])
