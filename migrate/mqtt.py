@@ -1223,30 +1223,31 @@ async def run_actor(kind: str, config: BrokerConfig, run_id: str, *, scenario=No
                     echo: Callable[[str], None] | None = None, serve: bool = False,
                     runs: int | None = None) -> str:
     """``xmig hypervisor`` / ``xmig guest``: connect, serve until done, disconnect.
-    With ``serve``, again for the next run (a fresh domain or guest and a fresh
-    connection each time, so nothing of one run leaks into the next), ``runs`` times
-    (None: until cancelled). Returns why the last run ended."""
+    With ``serve``, again for the next run on the same connection (a fresh domain or
+    guest each time: nothing of one run leaks into the next), ``runs`` times (None:
+    until cancelled). Returns why the last run ended."""
+    transport = await mqtt_transport(config, run_id, kind)
     done = 0
-    while True:
-        transport = await mqtt_transport(config, run_id, kind)
-        if echo is not None:
-            waiting = "a toolstack" if kind == "hypervisor" else "the hypervisor"
-            nth = f" (run {done + 1})" if serve else ""
-            echo(f"{kind} on run {run_id!r} at {config.display}: waiting for {waiting}{nth}")
-        try:
+    try:
+        while True:
+            if echo is not None:
+                waiting = "a toolstack" if kind == "hypervisor" else "the hypervisor"
+                nth = f" (run {done + 1})" if serve else ""
+                echo(f"{kind} on run {run_id!r} at {config.display}: waiting for {waiting}{nth}")
+            transport.peers.lost_callbacks.clear()      # the last run's actor listens no more
             if kind == "hypervisor":
                 why = await serve_hypervisor(transport, echo=echo)
             else:
                 why = await serve_guest(scenario, transport)
-        finally:
-            await transport.close()
-            if transport.dropped and echo is not None:
-                echo(f"{kind} dropped messages that were not this run's: {transport.drop_summary()}")
-        done += 1
-        if not serve or (runs is not None and done >= runs):
-            return why
-        if echo is not None and kind == "guest" and why != "released":
-            echo(why)
+            done += 1
+            if transport.peers.broken is not None or not serve or (runs is not None and done >= runs):
+                return why
+            if echo is not None and kind == "guest" and why != "released":
+                echo(why)
+    finally:
+        await transport.close()
+        if transport.dropped and echo is not None:
+            echo(f"{kind} dropped messages that were not this run's: {transport.drop_summary()}")
 
 
 async def remote_run(scenario, opts=None, *, broker: BrokerConfig | None = None, run_id: str = "xmig",

@@ -246,13 +246,9 @@ async def test_killed_actor_process_aborts_the_migration(mqtt_broker, procs, vic
         assert rc == 1 and "hypervisor left the run" in err
 
 
-@pytest.mark.mqtt
-async def test_killed_toolstack_makes_the_hypervisor_resume_the_source(mqtt_broker, procs):
-    sc = scenario("idle")
-    cfg = cfg_for(mqtt_broker)
-    box: list = []
-    hv, g = await start_actor_tasks(cfg, "ts", sc, box)
-    # The toolstack stops (as if hung) once the domain is suspended, says so, and is killed.
+def hanging_toolstack(broker, run: str) -> list[str]:
+    """A toolstack process that stops (its event loop blocked, as if frozen) once the
+    domain is suspended, after saying so."""
     script = ("import asyncio, sys, time\n"
               "from migrate import mqtt\nfrom migrate.bus import parse_broker_url\n"
               "from migrate.events import EventBus, PhaseChanged\n"
@@ -262,20 +258,121 @@ async def test_killed_toolstack_makes_the_hypervisor_resume_the_source(mqtt_brok
               "        print('suspended', flush=True)\n"
               "        time.sleep(60)\n"
               "bus = EventBus()\nbus.subscribe(hang)\n"
-              f"cfg = parse_broker_url({mqtt_broker.url!r}, timeout=3, key={test_key()!r})\n"
+              f"cfg = parse_broker_url({broker.url!r}, timeout=3, key={test_key()!r})\n"
               f"sc = load_scenario({str(EXAMPLES / 'idle.yaml')!r})\n"
-              "asyncio.run(mqtt.remote_run(sc, RunOptions(), broker=cfg, run_id='ts', bus=bus))\n")
-    toolstack = procs.start("toolstack", [sys.executable, "-c", script])
+              f"asyncio.run(mqtt.remote_run(sc, RunOptions(), broker=cfg, run_id={run!r}, bus=bus))\n")
+    return [sys.executable, "-c", script]
+
+
+@pytest.mark.mqtt
+@pytest.mark.parametrize("how", ["killed", "frozen"])
+async def test_a_killed_or_frozen_toolstack_makes_the_hypervisor_resume_the_source(mqtt_broker, procs, how):
+    sc = scenario("idle")
+    cfg = cfg_for(mqtt_broker)
+    box: list = []
+    hv, g = await start_actor_tasks(cfg, "ts", sc, box)
+    toolstack = procs.start("toolstack", hanging_toolstack(mqtt_broker, "ts"))
     line = await asyncio.wait_for(asyncio.to_thread(toolstack.stdout.readline), 30)
     assert line.strip() == "suspended"
     assert box[0].hv.state == "suspended"
-    os.kill(toolstack.pid, signal.SIGKILL)
-    t_kill = time.monotonic()
-    why = await asyncio.wait_for(hv, 10)
-    assert time.monotonic() - t_kill < 5
+    if how == "killed":
+        os.kill(toolstack.pid, signal.SIGKILL)         # seen at once (its will)
+    else:
+        os.kill(toolstack.pid, signal.SIGSTOP)         # silent: seen within --timeout (3 s)
+    t0 = time.monotonic()
+    why = await asyncio.wait_for(hv, 15)
+    took = time.monotonic() - t0
+    assert took < (2 if how == "killed" else cfg.timeout + 2), took
     assert why.startswith("toolstack lost") and "source domain resumed" in why
     assert box[0].hv.state == "running" and not box[0].hv.log_dirty_enabled
     assert await asyncio.wait_for(g, 10) == "released"
+    if how == "frozen":
+        os.kill(toolstack.pid, signal.SIGKILL)
+
+
+@pytest.mark.mqtt
+async def test_serving_actors_take_run_after_run(mqtt_broker, procs):
+    sc = scenario("idle")
+    emb = comparable(await run_scenario(sc, RunOptions()))
+    procs.start("hypervisor", actor_command("hypervisor", mqtt_broker, "class", "--serve"))
+    procs.start("guest", actor_command("guest", mqtt_broker, "class", "--serve", "--guest",
+                                       str(EXAMPLES / "idle.yaml")))
+    for _ in range(2):
+        res = await mqtt.remote_run(sc, RunOptions(), broker=cfg_for(mqtt_broker), run_id="class")
+        assert res.ok and comparable(res) == emb
+    for name in ("hypervisor", "guest"):
+        assert procs.procs[name].poll() is None        # still serving
+        procs.procs[name].send_signal(signal.SIGINT)
+        rc, err = procs.wait(name)
+        assert "(run 2)" in err and "Traceback" not in err, err   # one process, both runs
+
+
+SMALL_PREFIX = """\
+name: small-balloon
+seed: 1
+guest:
+  memory: 128MiB
+  workloads: [{kind: uniform, rate: 8MiB/s}]
+  balloon:
+    batch_pages: 512
+    rate: 512MiB/s
+    reuse_share: 0.5
+    reuse_within: 200ms
+    schedule: [{at: 1.2s, target: -32MiB}, {at: 1.6s, target: +32MiB}]
+link: {bandwidth: 1Gbit/s, latency: 1ms}
+migration: {start: 1s, policy: xen, xen_behaviour: pre-fix}
+"""
+
+
+@pytest.mark.mqtt
+async def test_forged_replies_and_events_from_a_second_client_leave_the_verdict_true(mqtt_broker, tmp_path):
+    """The attack: a pre-fix run that loses pages printed `verify: OK` after one forged
+    RPC reply, and `watch` said completed after a forged event. Both are dropped now."""
+    import aiomqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from migrate import wire
+    from migrate.cli_mqtt import watch_run
+    from migrate.dashboard import Dashboard
+    from migrate.events import MigrationFinished, VerifyDone, VerifyStats
+
+    (tmp_path / "small.yaml").write_text(SMALL_PREFIX)
+    sc = load_scenario(tmp_path / "small.yaml")
+    emb = await run_scenario(sc, RunOptions())
+    assert not emb.verify.ok                                   # pre-fix: the destination diverges
+    cfg = cfg_for(mqtt_broker)
+    ready = asyncio.Event()
+    watcher = asyncio.ensure_future(watch_run(cfg, "atk", dashboard=Dashboard(), ready=ready))
+    await asyncio.wait_for(ready.wait(), 10)
+    all_ok = VerifyStats(ok=True, missing_pages=0, stale_pages=0, extra_pages=0)
+    fake_end = wire.encode({"seq": 1, "events": [VerifyDone(t=2.0, stats=all_ok),
+                                                 MigrationFinished(t=2.0, outcome="completed")]})
+    forged = []
+    async with aiomqtt.Client("127.0.0.1", mqtt_broker.port, identifier="evil",
+                              protocol=aiomqtt.ProtocolVersion.V5) as evil:
+        await evil.publish("xmig/atk/events/toolstack", fake_end, qos=1)
+        await asyncio.sleep(0.3)
+        assert not watcher.done()                              # the forged "completed" was dropped
+        await evil.subscribe("xmig/atk/hypervisor/rpc")
+
+        async def forge():
+            async for msg in evil.messages:                    # answer every request first, falsely
+                p = Properties(PacketTypes.PUBLISH)
+                p.CorrelationData = msg.properties.CorrelationData
+                await evil.publish(msg.properties.ResponseTopic, wire.encode({"ok": {"r": None, "c": {}, "ev": []}}),
+                                   qos=1, properties=p)
+                forged.append(1)
+
+        task = asyncio.ensure_future(forge())
+        hv, g = await start_actor_tasks(cfg, "atk", sc)
+        rem = await mqtt.remote_run(sc, RunOptions(), broker=cfg, run_id="atk")
+        task.cancel()
+    assert forged and rem.broker["authenticated"] and rem.broker["dropped"].get("unsigned", 0) >= 1
+    assert comparable(rem) == comparable(emb) and not rem.verify.ok
+    outcome = await asyncio.wait_for(watcher, 10)
+    assert outcome.startswith("completed, but the destination diverged"), outcome   # xmig watch: exit 1
+    await asyncio.gather(hv, g)
 
 
 class Gate:
