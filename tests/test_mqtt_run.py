@@ -5,6 +5,7 @@ clear error or an aborted migration within seconds, with the source domain resum
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -473,3 +474,72 @@ async def test_bandwidth_override_and_verify_keep_the_report_with_batches_ahead(
     rem, control = await _in_process_remote(sc, opts, monkeypatch)
     assert comparable(rem) == comparable(emb)
     assert control.ahead_hits > 0
+
+
+@pytest.mark.mqtt
+async def test_the_example_acl_gives_each_actor_only_its_topics(tmp_path):
+    """examples/mosquitto/acl on a real Mosquitto: a migration runs with one broker user
+    per actor, and another user can neither read the run nor publish into it."""
+    import shutil
+
+    import aiomqtt
+
+    from migrate import wire
+    from migrate.cli_mqtt import watch_run
+    from migrate.dashboard import Dashboard
+    from migrate.events import MigrationFinished
+    from tests.mqtt_broker import Broker, free_port, mosquitto_binary
+
+    if mosquitto_binary() is None or shutil.which("mosquitto_passwd") is None:
+        pytest.skip("mosquitto and mosquitto_passwd are needed")
+    users = ("toolstack", "hypervisor", "guest", "watch", "student")
+    passwd = tmp_path / "passwd"
+    for i, user in enumerate(users):
+        subprocess.run(["mosquitto_passwd", "-b", *([] if i else ["-c"]), str(passwd), user, f"pw-{user}"],
+                       check=True, capture_output=True)
+    extra = (f"allow_anonymous false\npassword_file {passwd}\nuser root\n"
+             f"acl_file {ROOT / 'examples' / 'mosquitto' / 'acl'}\n")
+    broker = Broker(mosquitto_binary(), free_port(), tmp_path / "mosquitto.conf", tmp_path / "mosquitto.log",
+                    extra=extra).start()
+    try:
+        def cfg(user):
+            c = parse_broker_url(broker.url, username=user, password=f"pw-{user}", timeout=3.0, key=test_key())
+            c.heartbeat = 0.25
+            return c
+
+        sc = scenario("idle")
+        emb = await run_scenario(sc, RunOptions())
+        ready = asyncio.Event()
+        watcher = asyncio.ensure_future(watch_run(cfg("watch"), "acl", dashboard=Dashboard(), ready=ready))
+        await asyncio.wait_for(ready.wait(), 10)
+        hv_t = await mqtt.mqtt_transport(cfg("hypervisor"), "acl", "hypervisor")
+        g_t = await mqtt.mqtt_transport(cfg("guest"), "acl", "guest")
+        hv = asyncio.ensure_future(mqtt.serve_hypervisor(hv_t))
+        g = asyncio.ensure_future(mqtt.serve_guest(sc, g_t))
+        seen = []
+        async with aiomqtt.Client("127.0.0.1", broker.port, username="student", password="pw-student",
+                                  protocol=aiomqtt.ProtocolVersion.V5) as student:
+            await student.subscribe("xmig/#")
+
+            async def listen():
+                async for msg in student.messages:
+                    seen.append(str(msg.topic))
+
+            listening = asyncio.ensure_future(listen())
+            fake = wire.encode({"seq": 1, "events": [MigrationFinished(t=0.0, outcome="completed")]})
+            for topic in ("xmig/acl/events/toolstack", "xmig/acl/hypervisor/rpc",
+                          "xmig/acl/presence/toolstack/xmig-toolstack-0000000000"):
+                with contextlib.suppress(aiomqtt.MqttError):    # a v5 broker may refuse it openly
+                    await student.publish(topic, fake, qos=1)
+            res = await mqtt.remote_run(sc, RunOptions(), broker=cfg("toolstack"), run_id="acl")
+            listening.cancel()
+        assert res.ok and comparable(res) == comparable(emb)
+        assert await asyncio.wait_for(watcher, 10) == "completed"
+        # The broker kept the student out: nothing reached the actors to drop, nothing
+        # of the run reached the student.
+        assert res.broker["dropped"] == {} and hv_t.dropped == {} and seen == []
+        assert await asyncio.wait_for(hv, 10) == "released" and await asyncio.wait_for(g, 10) == "released"
+        await hv_t.close()
+        await g_t.close()
+    finally:
+        broker.kill()
