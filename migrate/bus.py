@@ -278,7 +278,10 @@ async def _wait_reply(peers: _Peers, fut: asyncio.Future, callee: str, timeout: 
         if remaining <= 0:
             if now - heard < timeout:
                 raise PeerLost(f"{callee} did not answer within {limit:g} s (it is connected but busy)", callee)
-            raise PeerLost(f"{callee} did not answer within {timeout:g} s", callee)
+            # Not "lost the broker": the broker is fine (it would have said so); the
+            # callee is connected or was, and silent (stopped, frozen, or cut off).
+            raise PeerLost(f"{callee} did not answer within {timeout:g} s and sent no heartbeat "
+                           "(frozen, hung, or cut off from the broker)", callee)
         done, _ = await asyncio.wait({fut}, timeout=remaining)
         if done:
             return fut.result()

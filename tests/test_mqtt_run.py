@@ -266,6 +266,32 @@ def hanging_toolstack(broker, run: str) -> list[str]:
 
 
 @pytest.mark.mqtt
+async def test_a_frozen_guest_is_reported_as_frozen_not_as_a_lost_broker(mqtt_broker, procs):
+    run = "frozen-guest"
+    procs.start("hypervisor", actor_command("hypervisor", mqtt_broker, run))
+    guest = procs.start("guest", actor_command("guest", mqtt_broker, run, "--guest", str(EXAMPLES / "idle.yaml")))
+    bus = EventBus()
+    batches = []
+
+    def freeze_after_some_batches(ev) -> None:
+        if isinstance(ev, BatchSent):
+            batches.append(ev)
+            if len(batches) == 20:
+                os.kill(guest.pid, signal.SIGSTOP)
+
+    bus.subscribe(freeze_after_some_batches)
+    t0 = time.monotonic()
+    res = await mqtt.remote_run(scenario("idle"), RunOptions(), broker=cfg_for(mqtt_broker), run_id=run, bus=bus)
+    assert time.monotonic() - t0 < 15
+    assert res.save.outcome == "aborted"
+    assert res.save.error.startswith("guest did not answer within 3 s") and "broker" not in res.save.error.split(
+        "(")[0], res.save.error
+    rc, err = procs.wait("hypervisor")
+    assert "lost the MQTT broker" not in err and "guest did not answer" in err, err
+    os.kill(guest.pid, signal.SIGKILL)
+
+
+@pytest.mark.mqtt
 @pytest.mark.parametrize("how", ["killed", "frozen"])
 async def test_a_killed_or_frozen_toolstack_makes_the_hypervisor_resume_the_source(mqtt_broker, procs, how):
     sc = scenario("idle")
