@@ -553,3 +553,19 @@ async def test_the_example_acl_gives_each_actor_only_its_topics(tmp_path):
         await g_t.close()
     finally:
         broker.kill()
+
+
+def test_an_actor_without_a_run_key_refuses_in_one_line_and_keygen_makes_one(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "XMIG_RUN_KEY"}
+    out = subprocess.run([sys.executable, "-m", "migrate.cli_mqtt", "hypervisor", "--broker", "mqtt://127.0.0.1:1",
+                          "--run", "r"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()]
+    assert out.stderr.startswith("xmig: error: no run key") and "--insecure" in out.stderr
+    key = tmp_path / "run.key"
+    made = subprocess.run([sys.executable, "-m", "migrate.cli_mqtt", "keygen", "--out", str(key)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0 and len(key.read_text().strip()) == 64 and (key.stat().st_mode & 0o077) == 0
+    again = subprocess.run([sys.executable, "-m", "migrate.cli_mqtt", "keygen", "--out", str(key)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and "exists" in again.stderr
