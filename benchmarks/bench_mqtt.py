@@ -29,7 +29,7 @@ from migrate.bus import MqttTransport, parse_broker_url  # noqa: E402
 from migrate.report import build_report  # noqa: E402
 from migrate.runner import RunOptions, run_scenario  # noqa: E402
 from migrate.scenario import load_scenario  # noqa: E402
-from tests.mqtt_broker import Broker, free_port, mosquitto_binary  # noqa: E402
+from tests.mqtt_broker import Broker, free_port, key_env, mosquitto_binary, test_key  # noqa: E402
 
 GOAL_RATIO = 3.0
 SCENARIO = ROOT / "examples" / "balloon.yaml"
@@ -68,10 +68,11 @@ def _embedded(scenario) -> tuple[float, dict]:
 def _over_mqtt(scenario, broker: Broker, run_id: str) -> tuple[float, dict]:
     cmd = [sys.executable, "-m", "migrate.cli_mqtt"]
     common = ["--broker", broker.url, "--run", run_id]
-    procs = [subprocess.Popen(cmd + ["hypervisor", *common], cwd=ROOT, stderr=subprocess.DEVNULL),
+    # Every message sealed with a run key, as a class runs it (HMAC-SHA256 per message).
+    procs = [subprocess.Popen(cmd + ["hypervisor", *common], cwd=ROOT, stderr=subprocess.DEVNULL, env=key_env()),
              subprocess.Popen(cmd + ["guest", *common, "--guest", str(SCENARIO)], cwd=ROOT,
-                              stderr=subprocess.DEVNULL)]
-    cfg = parse_broker_url(broker.url)
+                              stderr=subprocess.DEVNULL, env=key_env())]
+    cfg = parse_broker_url(broker.url, key=test_key())
 
     async def go():
         transport = MqttTransport(cfg, run_id, "toolstack")
@@ -105,7 +106,7 @@ def run(repeats: int = 3) -> list[dict]:
         port = free_port()
         broker = Broker(binary, port, Path(tmp) / "mosquitto.conf", Path(tmp) / "mosquitto.log").start()
         try:
-            cfg = parse_broker_url(broker.url)
+            cfg = parse_broker_url(broker.url, key=test_key())
             rpc = asyncio.run(_rpc_latency(cfg))
             _embedded(scenario)                                   # warm-up (imports, page cache)
             emb, rem = float("inf"), float("inf")
@@ -115,6 +116,7 @@ def run(repeats: int = 3) -> list[dict]:
                 tm, rep_m = _over_mqtt(scenario, broker, f"bench-{i}")
                 rep_e.pop("wall")
                 rep_m.pop("wall")
+                rep_m.pop("broker")
                 same = same and rep_e == rep_m
                 emb, rem = min(emb, te), min(rem, tm)
         finally:

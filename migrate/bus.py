@@ -13,11 +13,19 @@ and subscribe to event batches, and learn when a peer is lost. Two implementatio
       <actor>/reply/<client-id>   replies to one client (QoS 1)
       events/<actor>              event batches (QoS 1, in order)
       alive/<actor>               heartbeats (QoS 0, every ``heartbeat`` s)
-      presence/<actor>/<client>   retained claim; the client's will clears it, so a
-                                  killed peer is seen at once and a second actor
-                                  (a second toolstack) on the same run id is refused
+      presence/<actor>/<client>   retained claim; the client's will replaces it with
+                                  "gone", so a killed peer is seen at once and a
+                                  second live actor (a second toolstack) on the same
+                                  run id is refused
 
-A call never hangs: it fails with ``PeerLost`` when the callee's claim is cleared,
+Every message is sealed with the run key (``migrate.runkey``): what fails the seal, is
+replayed, stale, from the wrong sender for its topic, or does not decode to a known
+message is dropped and counted in ``MqttTransport.dropped`` (each reason logged once).
+A reply is bound to its request. A claim counts only while its client heartbeats, so
+a stale or replayed retained claim cannot squat a run id, and an empty retained
+message (anyone may publish one) changes nothing.
+
+A call never hangs: it fails with ``PeerLost`` when the callee says it is gone,
 when it has not been heard from (reply or heartbeat) for ``timeout`` seconds, or when
 the broker connection is lost.
 """
@@ -25,6 +33,7 @@ the broker connection is lost.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -39,7 +48,7 @@ from urllib.parse import unquote, urlsplit
 
 from hypervisor.abi import XenError
 
-from . import wire
+from . import runkey, wire
 from .engine import MigrationAborted
 
 log = logging.getLogger("xmig.bus")
@@ -98,6 +107,8 @@ class BrokerConfig:
     peer_wait: float = DEFAULT_PEER_WAIT    # how long to wait for a peer to join the run
     call_limit: float = DEFAULT_CALL_LIMIT  # no call waits longer, even on a live peer
     keepalive: int = 10
+    key: bytes | None = None                # the run key (runkey.load_key); None only with insecure
+    insecure: bool = False                  # explicitly unauthenticated (--insecure)
 
     @property
     def display(self) -> str:
@@ -106,9 +117,11 @@ class BrokerConfig:
 
 def parse_broker_url(url: str, *, username: str | None = None, password: str | None = None,
                      tls_ca: str | None = None, tls_insecure: bool = False,
-                     timeout: float = DEFAULT_TIMEOUT) -> BrokerConfig:
+                     timeout: float = DEFAULT_TIMEOUT, key: bytes | None = None,
+                     insecure: bool = False) -> BrokerConfig:
     """``mqtt://[user[:pass]@]host[:port]`` or ``mqtts://...``; options win over the URL.
-    The password may also come from ``XMIG_MQTT_PASSWORD`` (kept out of ``ps``)."""
+    The password may also come from ``XMIG_MQTT_PASSWORD`` (kept out of ``ps``).
+    ``key`` is the run key (``runkey.load_key``); without one, ``insecure`` must say so."""
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "mqtts"):
         raise TransportError(f"--broker: expected mqtt://HOST:PORT or mqtts://HOST:PORT, found {url!r}")
@@ -133,7 +146,8 @@ def parse_broker_url(url: str, *, username: str | None = None, password: str | N
         pw = os.environ.get("XMIG_MQTT_PASSWORD") or None
     return BrokerConfig(url=url, host=parts.hostname, port=port or (8883 if tls else 1883), tls=tls,
                         username=user, password=pw, tls_ca=tls_ca, tls_insecure=tls_insecure,
-                        timeout=float(timeout), peer_wait=max(DEFAULT_PEER_WAIT, 2 * float(timeout)))
+                        timeout=float(timeout), peer_wait=max(DEFAULT_PEER_WAIT, 2 * float(timeout)),
+                        key=key, insecure=bool(insecure))
 
 
 def check_run_id(run_id: str) -> str:
@@ -199,6 +213,8 @@ class _Peers:
     def __init__(self) -> None:
         self.present: dict[str, set[str]] = {}
         self.last_seen: dict[str, float] = {}
+        self.heard: dict[str, float] = {}      # per client id: last heartbeat
+        self.gone: set[str] = set()            # client ids that left (or whose claim was stale)
         self.lost_callbacks: list[Callable[[str, PeerLost], None]] = []
         self.pending: dict[bytes, tuple[str, asyncio.Future]] = {}
         self.broken: PeerLost | None = None
@@ -206,6 +222,11 @@ class _Peers:
 
     def seen(self, actor: str) -> None:
         self.last_seen[actor] = time.monotonic()
+
+    def live(self, actor: str, within: float) -> set[str]:
+        """The clients claiming ``actor`` that heartbeat within the last ``within`` s."""
+        now = time.monotonic()
+        return {c for c in self.present.get(actor, ()) if now - self.heard.get(c, -1e18) < within}
 
     def lose(self, actor: str, exc: PeerLost) -> None:
         for cid, (target, fut) in list(self.pending.items()):
@@ -257,7 +278,10 @@ async def _wait_reply(peers: _Peers, fut: asyncio.Future, callee: str, timeout: 
         if remaining <= 0:
             if now - heard < timeout:
                 raise PeerLost(f"{callee} did not answer within {limit:g} s (it is connected but busy)", callee)
-            raise PeerLost(f"{callee} did not answer within {timeout:g} s", callee)
+            # Not "lost the broker": the broker is fine (it would have said so); the
+            # callee is connected or was, and silent (stopped, frozen, or cut off).
+            raise PeerLost(f"{callee} did not answer within {timeout:g} s and sent no heartbeat "
+                           "(frozen, hung, or cut off from the broker)", callee)
         done, _ = await asyncio.wait({fut}, timeout=remaining)
         if done:
             return fut.result()
@@ -412,15 +436,40 @@ def _quiet_closed_socket_noise(loop: asyncio.AbstractEventLoop) -> None:
         loop.set_exception_handler(handler)
 
 
+#: Why a message was dropped, as the counters name it.
+DROP_REASONS = {
+    "unsigned": "not sealed with a run key",
+    "forged": "sealed with another key (or altered)",
+    "replayed": "a sequence number already seen from its sender",
+    "stale": f"stamped more than {runkey.MAX_AGE:g} s away from this clock",
+    "wrong-sender": "sent by another actor than its topic belongs to",
+    "malformed": "not a message this xmig knows",
+    "oversized": "arrays larger than the frame justifies",
+    "empty": "an empty (retained-clearing) message",
+}
+
+
+def _actor_of(client_id: str) -> str:
+    """``xmig-<actor>-<hex>`` -> ``<actor>`` (client ids are made by ``MqttTransport``)."""
+    parts = client_id.split("-")
+    return parts[1] if len(parts) == 3 and parts[0] == "xmig" else ""
+
+
 class MqttTransport(Transport):
     """One aiomqtt client = one actor on one run."""
 
     def __init__(self, config: BrokerConfig, run_id: str, actor: str):
+        if config.key is None and not config.insecure:
+            raise TransportError(
+                "no run key: anyone on the broker could fake this run's messages. Make one with "
+                f"`xmig keygen > run.key` and give every actor `--key-file run.key` (or {runkey.KEY_ENV}); "
+                "or pass --insecure to every actor")
         self.config = config
         self.run_id = check_run_id(run_id)
         self.actor = actor
         self.client_id = f"xmig-{actor}-{uuid.uuid4().hex[:10]}"
         self.timeout = config.timeout
+        self.key = config.key
         self.peers = _Peers()
         self.prefix = f"xmig/{run_id}"
         self._client = None
@@ -431,11 +480,19 @@ class MqttTransport(Transport):
         self._event_cbs: dict[str, list[Callable[[list], None]]] = {}
         self._sync: dict[bytes, asyncio.Future] = {}
         self._ids = itertools.count(1)
+        self._seq = itertools.count(1)
+        self._window = runkey.ReplayWindow()
+        self._req_tags: dict[bytes, bytes] = {}
         self._closed = False
         self._claimed = False
         self._serving = False
         self._inflight: set[asyncio.Task] = set()
         self._event_seq = 0
+        #: Messages dropped, by reason (``DROP_REASONS``); each reason is logged once.
+        self.dropped: collections.Counter = collections.Counter()
+        #: Event batches missed per actor (a gap in its batch numbers).
+        self.events_missed: collections.Counter = collections.Counter()
+        self._events_last: dict[str, int] = {}
 
     # ---------------------------------------------------------------- topics
 
@@ -447,6 +504,33 @@ class MqttTransport(Transport):
 
     def t_events(self, actor: str) -> str:
         return f"{self.prefix}/events/{actor}"
+
+    # ---------------------------------------------------------------- sealing
+
+    def _seal(self, topic: str, payload: bytes, bind: bytes = b"") -> bytes:
+        if self.key is None:
+            return payload
+        return runkey.seal(self.key, topic, self.client_id, next(self._seq), payload, bind=bind)
+
+    def _drop(self, reason: str, topic: str, detail: str = "") -> None:
+        self.dropped[reason] += 1
+        if self.dropped[reason] == 1:
+            log.warning("%s dropped a message on %s: %s%s (further ones are counted, not logged)",
+                        self.actor, topic, DROP_REASONS.get(reason, reason), f" ({detail})" if detail else "")
+
+    def drop_summary(self) -> str:
+        """``3 unsigned, 1 replayed`` (empty when nothing was dropped)."""
+        return ", ".join(f"{n} {r}" for r, n in sorted(self.dropped.items()))
+
+    def _decode(self, payload, topic: str) -> Any:
+        """The message, or None (dropped and counted) if it is not one this xmig knows."""
+        try:
+            return wire.decode(payload)
+        except wire.FrameTooLarge as exc:
+            self._drop("oversized", topic, str(exc))
+        except wire.WireError as exc:
+            self._drop("malformed", topic, str(exc))
+        return None
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -467,7 +551,11 @@ class MqttTransport(Transport):
 
         self._Properties, self._PacketTypes = Properties, PacketTypes
         cfg = self.config
-        will = aiomqtt.Will(topic=self.t_presence(self.actor, self.client_id), payload=b"", qos=1, retain=True)
+        me = self.t_presence(self.actor, self.client_id)
+        # The will says "gone" (sealed now, so it needs no key when the broker sends it);
+        # never an empty message, which anyone could publish.
+        will = aiomqtt.Will(topic=me, payload=self._seal(me, wire.encode({"gone": self.client_id})), qos=1,
+                            retain=True)
         transport = self
 
         class DispatchQueue(asyncio.Queue):
@@ -477,8 +565,8 @@ class MqttTransport(Transport):
             def put_nowait(self, item) -> None:
                 try:
                     transport._dispatch(item)
-                except Exception:
-                    log.exception("bad message on %s", item.topic)
+                except Exception as exc:   # a bug, or a message we did not foresee: counted
+                    transport._drop("malformed", str(item.topic), f"{type(exc).__name__}: {str(exc)[:80]}")
 
         client = aiomqtt.Client(
             cfg.host, cfg.port, queue_type=DispatchQueue, username=cfg.username, password=cfg.password,
@@ -504,8 +592,8 @@ class MqttTransport(Transport):
             (f"{self.prefix}/alive/+", 0),
             (f"{self.prefix}/sync/{self.client_id}", 1),
         ])
-        await self._barrier()
         self._tasks.append(asyncio.ensure_future(self._heartbeat()))
+        await self._barrier()
 
     async def _barrier(self) -> None:
         """Publish to ourselves and wait for it: by then the broker has sent us every
@@ -513,8 +601,9 @@ class MqttTransport(Transport):
         key = uuid.uuid4().bytes
         fut = asyncio.get_running_loop().create_future()
         self._sync[key] = fut
+        topic = f"{self.prefix}/sync/{self.client_id}"
         try:
-            await self._client.publish(f"{self.prefix}/sync/{self.client_id}", key, qos=1)
+            await self._client.publish(topic, self._seal(topic, key), qos=1)
             await _wait_reply(self.peers, fut, "the MQTT broker", self.timeout)
         except PeerLost:
             raise BrokerUnreachable(f"the MQTT broker at {self.config.display} did not answer within "
@@ -525,17 +614,31 @@ class MqttTransport(Transport):
     async def claim(self) -> None:
         others = self.peers.present.get(self.actor, set()) - {self.client_id}
         if others:
-            raise RunRefused(f"run id {self.run_id!r} already has a {self.actor} ({sorted(others)[0]}) on "
-                             f"{self.config.display}; choose another --run")
+            # A claim counts only while its client heartbeats: a retained claim of a
+            # client that is gone (or a replayed one) must not squat the run id.
+            deadline = time.monotonic() + self.timeout
+            while True:
+                live = self.peers.live(self.actor, self.timeout) - {self.client_id}
+                if live:
+                    raise RunRefused(f"run id {self.run_id!r} already has a {self.actor} ({sorted(live)[0]}) "
+                                     f"on {self.config.display}; choose another --run")
+                if time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(0.05)
+            log.warning("ignored a claim of %s on run %r by %s, which has not been heard from for %g s",
+                        self.actor, self.run_id, ", ".join(sorted(others)), self.timeout)
+            for cid in others:
+                self.peers.present[self.actor].discard(cid)
+                self.peers.gone.add(cid)
         if self._handler is not None and not self._serving:
             # Subscribed before the claim is visible: no request can reach us unheard.
             await self._client.subscribe(self.t_rpc(self.actor), qos=1)
             self._serving = True
             self._tasks.append(asyncio.ensure_future(self._serve_loop()))
-        await self._client.publish(self.t_presence(self.actor, self.client_id),
-                                   wire.encode({"actor": self.actor, "client": self.client_id,
-                                                "pid": os.getpid(), "host": socket.gethostname()}),
-                                   qos=1, retain=True)
+        topic = self.t_presence(self.actor, self.client_id)
+        await self._client.publish(topic, self._seal(topic, wire.encode(
+            {"actor": self.actor, "client": self.client_id, "pid": os.getpid(), "host": socket.gethostname()})),
+            qos=1, retain=True)
         self._claimed = True
 
     async def close(self) -> None:
@@ -546,8 +649,9 @@ class MqttTransport(Transport):
         if client is not None and self.peers.broken is None:
             with contextlib.suppress(Exception):
                 if self._claimed:
-                    await asyncio.wait_for(client.publish(self.t_presence(self.actor, self.client_id), b"",
-                                                          qos=1, retain=True), self.timeout)
+                    topic = self.t_presence(self.actor, self.client_id)
+                    await asyncio.wait_for(client.publish(topic, self._seal(topic, wire.encode(
+                        {"gone": self.client_id})), qos=1, retain=True), self.timeout)
         if self._inflight and self.peers.broken is None:
             with contextlib.suppress(Exception):
                 await asyncio.wait(set(self._inflight), timeout=self.timeout)
@@ -566,7 +670,7 @@ class MqttTransport(Transport):
         topic = f"{self.prefix}/alive/{self.actor}"
         with contextlib.suppress(Exception):
             while True:
-                await self._client.publish(topic, beat, qos=0)
+                await self._client.publish(topic, self._seal(topic, beat), qos=0)
                 await asyncio.sleep(self.config.heartbeat)
 
     async def _reader(self) -> None:
@@ -591,46 +695,137 @@ class MqttTransport(Transport):
         self.peers.lose("*", lost)
         self._requests.put_nowait(None)
 
+    def _open(self, msg, topic: str, kind: str, parts: list[str]) -> tuple[str | None, bytes, bytes] | None:
+        """(sender, payload, tag) of a message whose seal and sender check out; None
+        (dropped and counted) otherwise. Without a key: (None, payload, b"")."""
+        payload = msg.payload
+        if not payload:
+            self._drop("empty", topic)
+            return None
+        if self.key is None:
+            return None, payload, b""
+        bind = b""
+        if kind == "reply":
+            corr = getattr(msg.properties, "CorrelationData", None)
+            bind = self._req_tags.get(bytes(corr) if corr is not None else b"")
+            if bind is None:
+                return None            # a reply to no call of ours (or one that timed out)
+        try:
+            opened = runkey.unseal(self.key, topic, payload, bind=bind,
+                                   max_age=None if kind == "presence" else runkey.MAX_AGE)
+        except runkey.SealError as exc:
+            self._drop(exc.reason, topic)
+            return None
+        sender = opened.sender
+        if kind == "presence":
+            ok = sender == parts[4] and _actor_of(sender) == parts[3]
+        elif kind in ("alive", "events"):
+            ok = _actor_of(sender) == parts[3]
+        elif kind == "reply":
+            ok = _actor_of(sender) == parts[2]
+        elif kind == "sync":
+            ok = sender == self.client_id
+        else:   # rpc: any actor of the run may call
+            ok = _actor_of(sender) in ACTORS
+        if not ok:
+            self._drop("wrong-sender", topic, sender[:60])
+            return None
+        if kind != "presence" and not self._window.accept(sender, opened.seq):
+            # (Presence is state, not a stream: a claim or "gone" may be delivered
+            # again, retained, and means the same.)
+            self._drop("replayed", topic)
+            return None
+        return sender, bytes(opened.payload), opened.tag
+
     def _dispatch(self, msg) -> None:
-        parts = str(msg.topic).split("/")
+        topic = str(msg.topic)
+        parts = topic.split("/")
         # xmig/<run>/<a>/<b>[/<c>]
         kind = parts[2] if len(parts) > 2 else ""
         if kind == "alive" and len(parts) == 4:
-            self.peers.seen(parts[3])
+            pass
         elif kind == "presence" and len(parts) == 5:
-            actor, cid = parts[3], parts[4]
-            members = self.peers.present.setdefault(actor, set())
-            if msg.payload:
-                members.add(cid)
-                self.peers.seen(actor)
-                self.peers.changed.set()
-                self.peers.changed = asyncio.Event()
-            elif cid in members:
-                members.discard(cid)
-                if cid != self.client_id and not members:
-                    self.peers.lose(actor, PeerLost(
-                        f"{actor} left the run (its connection to the broker closed)", actor))
+            pass
+        elif kind == "sync" and len(parts) == 4:
+            pass
+        elif kind == "events" and len(parts) == 4:
+            if not self._event_cbs.get(parts[3]):
+                return
+        elif len(parts) == 5 and parts[3] == "reply":
+            kind = "reply"
+        elif len(parts) == 4 and parts[3] == "rpc" and parts[2] == self.actor:
+            kind = "rpc"
+        else:
+            return
+        opened = self._open(msg, topic, kind, parts)
+        if opened is None:
+            return
+        sender, payload, tag = opened
+        if kind == "alive":
+            if sender is None:
+                beat = self._decode(payload, topic)
+                sender = beat.get("client") if isinstance(beat, dict) else None
+                if not isinstance(sender, str):
+                    return
+            self.peers.seen(parts[3])
+            self.peers.heard[sender] = time.monotonic()
+        elif kind == "presence":
+            self._presence(parts[3], parts[4], payload, topic)
         elif kind == "sync":
-            fut = self._sync.get(bytes(msg.payload))
+            fut = self._sync.get(payload)
             if fut is not None and not fut.done():
                 fut.set_result(None)
-        elif kind == "events" and len(parts) == 4:
-            cbs = self._event_cbs.get(parts[3])
-            if cbs:
-                items = wire.decode(msg.payload)["events"]
-                for cb in cbs:
-                    cb(items)
-        elif len(parts) >= 4 and parts[3] == "reply":
+        elif kind == "events":
+            batch = self._decode(payload, topic)
+            if not (isinstance(batch, dict) and isinstance(batch.get("events"), list)):
+                if batch is not None:
+                    self._drop("malformed", topic, "not an event batch")
+                return
+            seq, last = batch.get("seq"), self._events_last.get(parts[3])
+            if isinstance(seq, int):
+                if last is not None and seq > last + 1:
+                    self.events_missed[parts[3]] += seq - last - 1
+                self._events_last[parts[3]] = seq
+            for cb in self._event_cbs.get(parts[3], ()):
+                cb(batch["events"])
+        elif kind == "reply":
             corr = getattr(msg.properties, "CorrelationData", None)
             entry = self.peers.pending.get(bytes(corr) if corr is not None else b"")
             self.peers.seen(parts[2])
             if entry is not None and not entry[1].done():
                 try:
-                    entry[1].set_result(wire.decode(msg.payload))
+                    entry[1].set_result(wire.decode(payload))
                 except wire.WireError as exc:
+                    self._drop("oversized" if isinstance(exc, wire.FrameTooLarge) else "malformed", topic)
                     entry[1].set_exception(TransportError(f"{parts[2]}: {exc}"))
-        elif len(parts) == 4 and parts[3] == "rpc" and parts[2] == self.actor:
-            self._requests.put_nowait(msg)
+        elif kind == "rpc":
+            self._requests.put_nowait((msg, sender, payload, tag))
+
+    def _presence(self, actor: str, cid: str, payload: bytes, topic: str) -> None:
+        """A claim (the client is on the run) or "gone" (its will, or its goodbye)."""
+        claim = self._decode(payload, topic)
+        if not isinstance(claim, dict):
+            if claim is not None:
+                self._drop("malformed", topic, "not a presence claim")
+            return
+        members = self.peers.present.setdefault(actor, set())
+        if claim.get("gone") == cid:
+            self.peers.gone.add(cid)
+            if cid in members:
+                members.discard(cid)
+                if cid != self.client_id and not members:
+                    self.peers.lose(actor, PeerLost(
+                        f"{actor} left the run (its connection to the broker closed)", actor))
+            return
+        if claim.get("client") != cid or claim.get("actor") != actor:
+            self._drop("malformed", topic, "a claim for another client")
+            return
+        if cid in self.peers.gone:
+            return                     # a client that left does not come back
+        members.add(cid)
+        self.peers.seen(actor)
+        self.peers.changed.set()
+        self.peers.changed = asyncio.Event()
 
     # ---------------------------------------------------------------- RPC
 
@@ -647,23 +842,29 @@ class MqttTransport(Transport):
 
     async def _serve_loop(self) -> None:
         while True:
-            msg = await self._requests.get()
-            if msg is None:
+            item = await self._requests.get()
+            if item is None:
                 return
+            msg, sender, payload, tag = item
             props = msg.properties
             topic = getattr(props, "ResponseTopic", None)
             corr = getattr(props, "CorrelationData", None)
-            try:
-                req = wire.decode(msg.payload)
-                caller = req.get("from", "?")
+            req = self._decode(payload, str(msg.topic))
+            if not (isinstance(req, dict) and isinstance(req.get("m"), str) and isinstance(req.get("a") or {}, dict)):
+                if req is not None:
+                    self._drop("malformed", str(msg.topic), "not a request")
+                reply = _error_reply(TransportError("the request did not decode"))
+            else:
+                caller = _actor_of(sender) if sender is not None else str(req.get("from", "?"))
                 self.peers.seen(caller)
-                reply = {"ok": await self._handler(req["m"], req.get("a") or {}, caller)}
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                reply = _error_reply(exc)
-            if not topic:
-                continue
+                try:
+                    reply = {"ok": await self._handler(req["m"], req.get("a") or {}, caller)}
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    reply = _error_reply(exc)
+            if not isinstance(topic, str) or not topic.startswith(f"{self.prefix}/{self.actor}/reply/"):
+                continue               # replies go to the caller's reply topic of this run only
             out = self._Properties(self._PacketTypes.PUBLISH)
             if corr is not None:
                 out.CorrelationData = corr
@@ -671,7 +872,7 @@ class MqttTransport(Transport):
                 payload = wire.encode(reply)
             except TypeError as exc:
                 payload = wire.encode(_error_reply(exc))
-            self._send(topic, payload, out, None)
+            self._send(topic, self._seal(topic, payload, bind=tag), out, None)
 
     async def call(self, actor: str, method: str, args: dict | None = None) -> Any:
         if self.peers.broken is not None:
@@ -687,7 +888,10 @@ class MqttTransport(Transport):
         props.ResponseTopic = f"{self.prefix}/{actor}/reply/{self.client_id}"
         props.CorrelationData = corr
         try:
-            payload = wire.encode({"m": method, "a": args or {}, "from": self.actor})
+            topic = self.t_rpc(actor)
+            payload = self._seal(topic, wire.encode({"m": method, "a": args or {}, "from": self.actor}))
+            if self.key is not None:
+                self._req_tags[corr] = runkey.tag_of(payload)
 
             def failed(exc: BaseException) -> None:
                 if not fut.done():
@@ -695,10 +899,13 @@ class MqttTransport(Transport):
 
             # Not awaited: the PUBACK overlaps the call, and a publish stuck on a dead
             # connection must not hold the call past the broker-lost notice.
-            self._send(self.t_rpc(actor), payload, props, failed)
+            self._send(topic, payload, props, failed)
             reply = await _wait_reply(self.peers, fut, actor, self.timeout, self.config.call_limit)
         finally:
             self.peers.pending.pop(corr, None)
+            self._req_tags.pop(corr, None)
+        if not isinstance(reply, dict):
+            raise TransportError(f"{actor}: the reply is not one this xmig knows")
         return _raise_reply(reply, actor)
 
     def _send(self, topic: str, payload: bytes, props, on_error: Callable[[BaseException], None] | None) -> None:
@@ -720,17 +927,18 @@ class MqttTransport(Transport):
         task.add_done_callback(done)
 
     async def wait_for_peer(self, actor: str, timeout: float) -> None:
+        """Until a client claiming ``actor`` is on the run and heartbeating."""
         deadline = time.monotonic() + timeout
-        while not self.peers.present.get(actor):
+        while not self.peers.live(actor, self.timeout):
             if self.peers.broken is not None:
                 raise self.peers.broken
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise PeerLost(f"no {actor} joined run {self.run_id!r} on {self.config.display} within "
                                f"{timeout:g} s: start `xmig {actor} --broker {self.config.display} "
-                               f"--run {self.run_id}`", actor)
+                               f"--run {self.run_id}` (with the run's key)", actor)
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.peers.changed.wait(), min(remaining, 0.5))
+                await asyncio.wait_for(self.peers.changed.wait(), min(remaining, 0.1))
 
     # ---------------------------------------------------------------- events
 
@@ -738,8 +946,9 @@ class MqttTransport(Transport):
         if self.peers.broken is not None:
             raise self.peers.broken
         self._event_seq += 1
-        await self._client.publish(self.t_events(self.actor),
-                                   wire.encode({"seq": self._event_seq, "events": items}), qos=1)
+        topic = self.t_events(self.actor)
+        await self._client.publish(topic, self._seal(topic, wire.encode({"seq": self._event_seq, "events": items})),
+                                   qos=1)
 
     async def subscribe_events(self, actor: str, callback: Callable[[list], None]) -> None:
         self._event_cbs.setdefault(actor, []).append(callback)
@@ -751,4 +960,4 @@ class MqttTransport(Transport):
 
 __all__ = ["Transport", "InProcessHub", "InProcessTransport", "MqttTransport", "BrokerConfig",
            "parse_broker_url", "check_run_id", "TransportError", "BrokerUnreachable", "PeerLost",
-           "RunRefused", "DEFAULT_TIMEOUT"]
+           "RunRefused", "DEFAULT_TIMEOUT", "DROP_REASONS"]

@@ -338,7 +338,8 @@ def _one_run(scenario, opts, *, dashboard: bool, speed: Optional[float], console
             return await remote_run(scenario, opts, remote["broker"], remote["run_id"], bus, pacer,
                                     username=remote["username"], password=remote["password"],
                                     tls_ca=remote["tls_ca"], tls_insecure=remote["tls_insecure"],
-                                    timeout=remote["timeout"])
+                                    timeout=remote["timeout"], key_file=remote["key_file"],
+                                    insecure=remote["insecure"])
         return await run_scenario(scenario, opts, bus=bus, pacer=pacer)
 
     async def go():
@@ -389,6 +390,8 @@ def run(
     allow_policy: Optional[list[str]] = ALLOW_POLICY_OPT,
     record: Optional[Path] = typer.Option(None, "--record", help="Write every event of the run to FILE (replay it with xmig replay FILE, explain a page with xmig explain FILE --gfn N)."),
     track: list[str] = typer.Option([], "--track", help="Follow this GFN (repeatable; decimal or 0x-hex): its whole story is printed at the end and kept in --record."),
+    key_file: Optional[Path] = cli_mqtt.KEY_FILE_OPT,
+    insecure: bool = cli_mqtt.INSECURE_OPT,
 ) -> None:
     """Run one migration of the scenario and check the destination (help text above)."""
     from .cli_teach import parse_gfn
@@ -415,7 +418,8 @@ def run(
             raise UsageError("--track needs the hypervisor in this process; it cannot follow a GFN "
                              "through 'xmig hypervisor' over a broker yet")
         remote = {"broker": broker, "run_id": run_id, "username": username, "password": password,
-                  "tls_ca": tls_ca, "tls_insecure": tls_insecure, "timeout": timeout}
+                  "tls_ca": tls_ca, "tls_insecure": tls_insecure, "timeout": timeout, "key_file": key_file,
+                  "insecure": insecure}
     pace = _parse_speed(speed)
     console = Console()
     use_dash = console.is_terminal and not no_dashboard

@@ -3,14 +3,17 @@
 The project card's actors as separate processes through an MQTT broker (what the
 hosts of a Xen pool are to each other, with the broker standing in for the network):
 
-    xmig hypervisor --broker mqtt://HOST:1883 --run demo
-    xmig guest      --broker mqtt://HOST:1883 --run demo --guest examples/balloon.yaml
-    xmig watch      --broker mqtt://HOST:1883 --run demo
-    xmig run        --broker mqtt://HOST:1883 --run demo --guest examples/balloon.yaml
+    xmig keygen > run.key                    # once; give the file to every actor
+    xmig hypervisor --broker mqtt://HOST:1883 --run demo --key-file run.key
+    xmig guest      --broker mqtt://HOST:1883 --run demo --key-file run.key --guest examples/balloon.yaml
+    xmig watch      --broker mqtt://HOST:1883 --run demo --key-file run.key
+    xmig run        --broker mqtt://HOST:1883 --run demo --key-file run.key --guest examples/balloon.yaml
 
-``register(app)`` adds the first three commands; ``remote_run`` is what ``xmig run``
-calls when given ``--broker``. Errors are one line; exit 2 for bad input or an
-unreachable broker or peer, 1 when the migration was aborted under an actor.
+``register(app)`` adds ``hypervisor``, ``guest``, ``watch`` and ``keygen``; ``remote_run``
+is what ``xmig run`` calls when given ``--broker``. Every actor needs the run key
+(``--key-file`` or ``XMIG_RUN_KEY``) or an explicit ``--insecure``. Errors are one line;
+exit 2 for bad input or an unreachable broker or peer, 1 when the migration was aborted
+under an actor.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Optional
 import typer
 
 from .bus import DEFAULT_TIMEOUT, BrokerConfig, TransportError, parse_broker_url
+from .runkey import KEY_ENV, RunKeyError, load_key, new_key_text
 
 BROKER_HELP = "MQTT broker URL: mqtt://HOST:PORT or mqtts://HOST:PORT (TLS)."
 RUN_HELP = "Run id: the actors of one migration share it (topics xmig/<run>/...)."
@@ -36,27 +40,40 @@ TLS_CA_OPT = typer.Option(None, "--tls-ca", help="CA certificate file for mqtts:
 TLS_INSECURE_OPT = typer.Option(False, "--tls-insecure", help="Do not check the broker's certificate.")
 TIMEOUT_OPT = typer.Option(DEFAULT_TIMEOUT, "--timeout",
                            help="Seconds without an answer before a peer counts as lost.")
+KEY_FILE_OPT = typer.Option(None, "--key-file", help=(
+    "The run key (make one with `xmig keygen > run.key`); every actor of the run needs the same "
+    f"one. Or set {KEY_ENV}."))
+INSECURE_OPT = typer.Option(False, "--insecure", help=(
+    "Run without a run key: anyone on the broker can then fake this run's messages and results."))
 
 
 def broker_config(broker: str, *, username: Optional[str] = None, password: Optional[str] = None,
                   tls_ca: Optional[Path] = None, tls_insecure: bool = False,
-                  timeout: float = DEFAULT_TIMEOUT) -> BrokerConfig:
-    """The broker options of every command, checked (``TransportError`` when unusable)."""
+                  timeout: float = DEFAULT_TIMEOUT, key_file: Optional[Path] = None,
+                  insecure: bool = False) -> BrokerConfig:
+    """The broker options of every command, checked (``TransportError`` when unusable),
+    with the run key (``--key-file``, else ``XMIG_RUN_KEY``; none only with ``insecure``)."""
+    try:
+        key = load_key(key_file, insecure=insecure)
+    except RunKeyError as exc:
+        raise TransportError(str(exc)) from None
     return parse_broker_url(broker, username=username, password=password,
                             tls_ca=None if tls_ca is None else str(tls_ca), tls_insecure=tls_insecure,
-                            timeout=timeout)
+                            timeout=timeout, key=key, insecure=insecure)
 
 
 async def remote_run(scenario, opts, broker: str | BrokerConfig, run_id: str, bus=None, pacer=None, *,
                      username: Optional[str] = None, password: Optional[str] = None,
                      tls_ca: Optional[Path] = None, tls_insecure: bool = False,
-                     timeout: float = DEFAULT_TIMEOUT):
+                     timeout: float = DEFAULT_TIMEOUT, key_file: Optional[Path] = None, insecure: bool = False):
     """``xmig run --broker URL --run ID``: the toolstack drives the migration against the
     ``xmig hypervisor`` and ``xmig guest`` of that run; every event of ``bus`` is also
     published for ``xmig watch``. Returns the ``RunResult``. A problem before the
     migration starts (broker unreachable, no hypervisor, run id taken) raises
     ``cli.UsageError`` (one line, exit 2); a peer lost mid-run aborts the migration
-    (the result says aborted, the hypervisor resumes the source)."""
+    (the result says aborted, the hypervisor resumes the source). Messages the
+    toolstack dropped (unsigned, forged, replayed...) are counted in the report's
+    ``broker`` object and named in one line on stderr."""
     from .bus import check_run_id
     from .cli import UsageError
     from .mqtt import remote_run as _remote_run
@@ -65,10 +82,16 @@ async def remote_run(scenario, opts, broker: str | BrokerConfig, run_id: str, bu
         check_run_id(run_id)
         cfg = broker if isinstance(broker, BrokerConfig) else broker_config(
             broker, username=username, password=password, tls_ca=tls_ca, tls_insecure=tls_insecure,
-            timeout=timeout)
-        return await _remote_run(scenario, opts, broker=cfg, run_id=run_id, bus=bus, pacer=pacer)
+            timeout=timeout, key_file=key_file, insecure=insecure)
+        result = await _remote_run(scenario, opts, broker=cfg, run_id=run_id, bus=bus, pacer=pacer)
     except TransportError as exc:
         raise UsageError(str(exc)) from None
+    dropped = (getattr(result, "broker", None) or {}).get("dropped") or {}
+    if dropped:
+        _echo(f"the toolstack dropped {sum(dropped.values())} messages on the broker that were not this "
+              f"run's ({', '.join(f'{n} {r}' for r, n in sorted(dropped.items()))}); the result stands on "
+              "authenticated messages only")
+    return result
 
 
 def _echo(text: str) -> None:
@@ -99,15 +122,40 @@ def register(app: typer.Typer) -> None:
         _err_console().print(f"xmig: error: {message}", markup=False)
         raise typer.Exit(EXIT_USAGE)
 
-    def config_or_exit(broker, run, username, password, tls_ca, tls_insecure, timeout) -> BrokerConfig:
+    def config_or_exit(broker, run, username, password, tls_ca, tls_insecure, timeout, key_file,
+                       insecure) -> BrokerConfig:
         from .bus import check_run_id
 
         try:
             check_run_id(run)
             return broker_config(broker, username=username, password=password, tls_ca=tls_ca,
-                                 tls_insecure=tls_insecure, timeout=timeout)
+                                 tls_insecure=tls_insecure, timeout=timeout, key_file=key_file, insecure=insecure)
         except TransportError as exc:
             usage(str(exc))
+
+    @app.command()
+    @_guard
+    def keygen(
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the key to this new file (mode 0600) instead of stdout."),
+    ) -> None:
+        """Make a run key: give the same file to every actor of a run (--key-file).
+
+        Anyone holding it can act as any actor of the run, so share it the way you share
+        the broker password (not on the broker). A fresh key per class session is best."""
+        import os as _os
+
+        text = new_key_text() + "\n"
+        if out is None:
+            sys.stdout.write(text)
+            return
+        try:
+            fd = _os.open(out, _os.O_WRONLY | _os.O_CREAT | _os.O_EXCL, 0o600)
+        except FileExistsError:
+            usage(f"--out: {out} exists; choose a new file (a run key is never overwritten)")
+        except OSError as exc:
+            usage(f"--out: cannot create {out}: {exc.strerror}")
+        with _os.fdopen(fd, "w") as f:
+            f.write(text)
 
     @app.command()
     @_guard
@@ -119,17 +167,21 @@ def register(app: typer.Typer) -> None:
         tls_ca: Optional[Path] = TLS_CA_OPT,
         tls_insecure: bool = TLS_INSECURE_OPT,
         timeout: float = TIMEOUT_OPT,
+        key_file: Optional[Path] = KEY_FILE_OPT,
+        insecure: bool = INSECURE_OPT,
+        serve: bool = typer.Option(False, "--serve", help="Serve run after run (a class's hypervisor) until Ctrl-C."),
     ) -> None:
         """The hypervisor actor: holds the source domain, serves the toolstack, schedules the guest.
 
         Exits 0 when the toolstack releases the domain, 1 when the toolstack is lost
         (after resuming the source domain, as a failed Xen migration does), 2 when the
-        broker cannot be reached or the run id already has a hypervisor."""
+        broker cannot be reached or the run id already has a hypervisor. With --serve it
+        builds a fresh domain for each toolstack that comes, until Ctrl-C."""
         from .mqtt import run_actor
 
-        cfg = config_or_exit(broker, run, username, password, tls_ca, tls_insecure, timeout)
+        cfg = config_or_exit(broker, run, username, password, tls_ca, tls_insecure, timeout, key_file, insecure)
         try:
-            why = _run_main(lambda: run_actor("hypervisor", cfg, run, echo=_echo))
+            why = _run_main(lambda: run_actor("hypervisor", cfg, run, echo=_echo, serve=serve))
         except TransportError as exc:
             usage(str(exc))
         except (KeyboardInterrupt, asyncio.CancelledError):
@@ -147,18 +199,22 @@ def register(app: typer.Typer) -> None:
         tls_ca: Optional[Path] = TLS_CA_OPT,
         tls_insecure: bool = TLS_INSECURE_OPT,
         timeout: float = TIMEOUT_OPT,
+        key_file: Optional[Path] = KEY_FILE_OPT,
+        insecure: bool = INSECURE_OPT,
+        serve: bool = typer.Option(False, "--serve", help="Serve run after run (a fresh guest each time) until Ctrl-C."),
     ) -> None:
         """The guest actor: runs the scenario's workloads and balloon when the hypervisor schedules it.
 
         Exits 0 when the hypervisor is done with it, 1 when the hypervisor is lost, 2 for
-        a bad scenario file, an unreachable broker or a run id that already has a guest."""
+        a bad scenario file, an unreachable broker or a run id that already has a guest.
+        With --serve it boots a fresh guest for each run, until Ctrl-C."""
         from .mqtt import run_actor
         from .scenario import load_scenario
 
         scenario = load_scenario(guest)
-        cfg = config_or_exit(broker, run, username, password, tls_ca, tls_insecure, timeout)
+        cfg = config_or_exit(broker, run, username, password, tls_ca, tls_insecure, timeout, key_file, insecure)
         try:
-            why = _run_main(lambda: run_actor("guest", cfg, run, scenario=scenario, echo=_echo))
+            why = _run_main(lambda: run_actor("guest", cfg, run, scenario=scenario, echo=_echo, serve=serve))
         except TransportError as exc:
             usage(str(exc))
         except (KeyboardInterrupt, asyncio.CancelledError):
@@ -177,16 +233,20 @@ def register(app: typer.Typer) -> None:
         tls_ca: Optional[Path] = TLS_CA_OPT,
         tls_insecure: bool = TLS_INSECURE_OPT,
         timeout: float = TIMEOUT_OPT,
+        key_file: Optional[Path] = KEY_FILE_OPT,
+        insecure: bool = INSECURE_OPT,
         no_dashboard: bool = typer.Option(False, "--no-dashboard", help="Plain progress lines and a summary instead of the live dashboard."),
         record: Optional[Path] = typer.Option(None, "--record", help="Write every event watched to FILE (xmig replay FILE, xmig explain FILE --gfn N)."),
     ) -> None:
         """The dashboard of a migration on the broker, fed only by its event topics.
 
-        Start it before `xmig run --broker`; it ends with the run: exit 0 if the migration
-        completed, 1 if it failed or the toolstack was lost."""
+        Start it before `xmig run --broker`; it ends with the run: exit 0 only if the
+        migration completed and the destination was verified equal to the source, every
+        event batch from the start having arrived, sealed with the run key; 1 if it
+        failed, the destination diverged, events were missed, or the toolstack was lost."""
         from rich.console import Console
 
-        cfg = config_or_exit(broker, run, username, password, tls_ca, tls_insecure, timeout)
+        cfg = config_or_exit(broker, run, username, password, tls_ca, tls_insecure, timeout, key_file, insecure)
         console = Console()
         recorder = None
         if record is not None:

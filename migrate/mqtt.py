@@ -83,7 +83,7 @@ from .bus import (
     TransportError,
 )
 from .control import DomainControl, LocalDomain, SourceInfo, source_info
-from .events import Event, EventBus, MigrationFinished, PhaseChanged
+from .events import Event, EventBus, MigrationFinished, PhaseChanged, VerifyDone
 from .link import LinkModel, page_data_record_bytes
 
 log = logging.getLogger("xmig.mqtt")
@@ -822,13 +822,13 @@ async def serve_hypervisor(transport: Transport, *, echo: Callable[[str], None] 
             tasks.append(asyncio.ensure_future(actor.recover(f"toolstack lost ({exc})")))
 
     async def watchdog() -> None:
-        # A toolstack that is connected but silent (hung) for too long counts as lost. A
-        # killed one is seen at once (its will); this covers a hung or half-open one, so
-        # it is generous: a busy toolstack must not lose its domain.
-        keepalive = getattr(getattr(transport, "config", None), "keepalive", 10)
-        limit = max(2 * transport.timeout, 1.5 * keepalive + transport.timeout)
+        # A toolstack that is connected but silent (frozen, hung, or half-open) for
+        # ``timeout`` counts as lost, as any peer does: its heartbeats come from its
+        # event loop every ``heartbeat`` s while it computes, so silence means it stopped.
+        # (A killed one is seen at once, by its will.)
+        limit = transport.timeout
         while True:
-            await asyncio.sleep(min(1.0, limit / 4))
+            await asyncio.sleep(min(0.25, limit / 4))
             if actor.owner is None or actor.released:
                 continue
             last = getattr(transport, "peers", None)
@@ -1220,18 +1220,34 @@ async def mqtt_transport(config: BrokerConfig, run_id: str, actor: str) -> MqttT
 
 
 async def run_actor(kind: str, config: BrokerConfig, run_id: str, *, scenario=None,
-                    echo: Callable[[str], None] | None = None) -> str:
-    """``xmig hypervisor`` / ``xmig guest``: connect, serve until done, disconnect."""
+                    echo: Callable[[str], None] | None = None, serve: bool = False,
+                    runs: int | None = None) -> str:
+    """``xmig hypervisor`` / ``xmig guest``: connect, serve until done, disconnect.
+    With ``serve``, again for the next run on the same connection (a fresh domain or
+    guest each time: nothing of one run leaks into the next), ``runs`` times (None:
+    until cancelled). Returns why the last run ended."""
     transport = await mqtt_transport(config, run_id, kind)
-    if echo is not None:
-        waiting = "a toolstack" if kind == "hypervisor" else "the hypervisor"
-        echo(f"{kind} on run {run_id!r} at {config.display}: waiting for {waiting}")
+    done = 0
     try:
-        if kind == "hypervisor":
-            return await serve_hypervisor(transport, echo=echo)
-        return await serve_guest(scenario, transport)
+        while True:
+            if echo is not None:
+                waiting = "a toolstack" if kind == "hypervisor" else "the hypervisor"
+                nth = f" (run {done + 1})" if serve else ""
+                echo(f"{kind} on run {run_id!r} at {config.display}: waiting for {waiting}{nth}")
+            transport.peers.lost_callbacks.clear()      # the last run's actor listens no more
+            if kind == "hypervisor":
+                why = await serve_hypervisor(transport, echo=echo)
+            else:
+                why = await serve_guest(scenario, transport)
+            done += 1
+            if transport.peers.broken is not None or not serve or (runs is not None and done >= runs):
+                return why
+            if echo is not None and kind == "guest" and why != "released":
+                echo(why)
     finally:
         await transport.close()
+        if transport.dropped and echo is not None:
+            echo(f"{kind} dropped messages that were not this run's: {transport.drop_summary()}")
 
 
 async def remote_run(scenario, opts=None, *, broker: BrokerConfig | None = None, run_id: str = "xmig",
@@ -1260,7 +1276,12 @@ async def remote_run(scenario, opts=None, *, broker: BrokerConfig | None = None,
             return RemoteSource(transport, sc, behaviour=behaviour, seed=seed, bus=bus, host_frames=host_frames,
                                 speculate=speculate, link=link)
 
-        return await run_scenario(scenario, opts, bus=bus, pacer=pacer, source_factory=factory)
+        result = await run_scenario(scenario, opts, bus=bus, pacer=pacer, source_factory=factory)
+        if isinstance(transport, MqttTransport):
+            # Not part of the migration's result (it is the same as embedded): what the
+            # broker threw at the toolstack that the run key kept out.
+            result.broker = {"authenticated": transport.key is not None, "dropped": dict(transport.dropped)}
+        return result
     finally:
         if own:
             await transport.close()
@@ -1269,14 +1290,33 @@ async def remote_run(scenario, opts=None, *, broker: BrokerConfig | None = None,
 async def watch(transport: Transport, dashboard: Callable[[Event], None], *,
                 stop_when_finished: bool = True, ready: asyncio.Event | None = None) -> str:
     """Feed the toolstack's event topic to ``dashboard`` (any bus listener) until the
-    run finishes or the toolstack goes. Returns the outcome or why it stopped."""
+    run finishes or the toolstack goes. Returns ``"completed"`` only for a completed
+    migration whose destination was verified equal to the source, with no event batch
+    of the toolstack missed since the first one seen; else what happened."""
     done: asyncio.Future = asyncio.get_running_loop().create_future()
+    verified: list[VerifyDone] = []
+
+    def verdict(ev: MigrationFinished) -> str:
+        if ev.outcome != "completed":
+            return f"{ev.outcome}: {ev.message}" if ev.message else ev.outcome
+        missed = getattr(transport, "events_missed", {}).get("toolstack", 0)
+        if missed:
+            return f"completed, but {missed} event batches of the toolstack never arrived: no verdict to trust"
+        if not verified:
+            return "completed, but no destination check was seen"
+        st = verified[-1].stats
+        if not st.ok:
+            return (f"completed, but the destination diverged: {st.missing_pages} missing, {st.stale_pages} "
+                    f"stale, {st.extra_pages} extra pages")
+        return "completed"
 
     def on_batch(items: list) -> None:
         for ev in items:
             dashboard(ev)
+            if isinstance(ev, VerifyDone):
+                verified.append(ev)
             if isinstance(ev, MigrationFinished) and stop_when_finished and not done.done():
-                done.set_result(ev.outcome)
+                done.set_result(verdict(ev))
 
     def lost(peer: str, exc: PeerLost) -> None:
         if peer in ("toolstack", "*") and not done.done():

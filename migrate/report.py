@@ -61,6 +61,8 @@ def build_report(res: RunResult) -> dict[str, Any]:
     }
     if s.final_stats:
         report["verify_pass"] = s.final_stats
+    if res.broker is not None:
+        report["broker"] = res.broker
     return report
 
 

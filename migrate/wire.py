@@ -16,16 +16,20 @@ Tags inside the tree (a JSON object whose single reserved key starts with ``$``)
 ``$a`` array, ``$s`` numpy scalar, ``$t`` tuple, ``$m`` dict with non-string keys,
 ``$e`` IntEnum member, ``$c`` dataclass instance (by registered name), ``$x`` an
 exception (XenError keeps its errno), ``$bm`` a DirtyBitmap (rebuilt as ``WireBitmap``).
-No pickle: decoding never runs code from the peer; dataclasses are looked up in one
-registry (``register``) or imported from this project's own packages only.
+No pickle and no import: decoding never runs code from the peer; dataclasses and enums
+are looked up in one registry (``register``) of the project's message types, and a frame
+naming any other type is refused. A frame never allocates more than the bytes that
+carried it justify: a plain array's blob is exactly its size, a run ``[start, end)``
+stands for at most ``MAX_RUN`` elements (longer runs are sent as several), and one
+frame decodes to at most ``MAX_DECODED_BYTES`` of arrays (``FrameTooLarge`` otherwise).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-import importlib
 import json
+import math
 import struct
 from typing import Any
 
@@ -39,12 +43,24 @@ MAGIC = b"XMIG"
 _HEAD = struct.Struct("<4sBBHI")
 #: Arrays longer than this are checked for a compact run encoding.
 RUNS_MIN_ELEMENTS = 4096
-#: Packages whose dataclasses and enums may be rebuilt from a frame.
-ALLOWED_PACKAGES = ("hypervisor.", "guest.", "migrate.")
+#: Most elements one ``[start, end)`` run may stand for (the encoder splits longer runs),
+#: so a run of 16 bytes never decodes to more than 512 KiB of int64.
+MAX_RUN = 1 << 16
+#: Most bytes of arrays one frame may decode to (the largest honest message, a pass's
+#: PFNs of a guest at the 16 Mi-page bitmap limit, is 128 MiB of int64).
+MAX_DECODED_BYTES = 1 << 28
+#: Deepest nesting of a frame's tree (the project's messages nest a handful of levels).
+MAX_DEPTH = 64
+#: dtype kinds an array on the wire may have: booleans, integers and floats.
+_DTYPE_KINDS = "biuf"
 
 
 class WireError(ValueError):
     """A frame that cannot be decoded (wrong magic, protocol version, unknown type)."""
+
+
+class FrameTooLarge(WireError):
+    """A frame whose arrays would decode to more than its bytes justify."""
 
 
 class WireBitmap:
@@ -93,33 +109,28 @@ def register(*classes: type) -> None:
 
 
 def _lookup(name: str) -> type:
-    cls = _TYPES.get(name)
-    if cls is not None:
-        return cls
-    module, _, qual = name.rpartition(".")
-    if not module.startswith(ALLOWED_PACKAGES) or "." in qual:
-        raise WireError(f"unknown type {name!r} in a frame")
-    try:
-        cls = getattr(importlib.import_module(module), qual)
-    except (ImportError, AttributeError):
-        raise WireError(f"unknown type {name!r} in a frame") from None
-    if not (dataclasses.is_dataclass(cls) or (isinstance(cls, type) and issubclass(cls, enum.Enum))):
-        raise WireError(f"type {name!r} is neither a dataclass nor an enum")
-    _TYPES[name] = cls
+    cls = _TYPES.get(name) if isinstance(name, str) else None
+    if cls is None:
+        # Never imported: a frame naming a module must not make the receiver run it.
+        raise WireError(f"unknown type {str(name)[:80]!r} in a frame")
     return cls
 
 
 def _register_known() -> None:
-    from hypervisor import abi
+    """The message types: every dataclass and enum of the hypervisor ABI and of the
+    event stream, and the few result types the actors exchange. Nothing else decodes."""
+    from guest import guest as guest_mod
+    from hypervisor import abi, domain
 
     from . import control, events
 
-    register(abi.MemoryWrites, abi.DecreaseReservation, abi.PopulatePhysmap, abi.AddToPhysmap,
-             abi.RemoveFromPhysmap, abi.SetTypedEntry, abi.HypercallResult, abi.ShadowStats,
-             abi.DomainLayout, abi.ShadowOp, abi.P2MType, abi.PFInfo, control.SourceInfo)
-    for obj in vars(events).values():
-        if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__ == events.__name__:
-            register(obj)
+    for mod in (abi, events):
+        for obj in vars(mod).values():
+            if (isinstance(obj, type) and obj.__module__ == mod.__name__
+                    and (dataclasses.is_dataclass(obj) or issubclass(obj, enum.Enum))):
+                register(obj)
+    register(domain.ShadowOpResult, domain.HypervisorEvent, domain.HypervisorStats, guest_mod.GuestEvent,
+             guest_mod.GuestStats, control.SourceInfo)
 
 
 _register_known()
@@ -129,7 +140,8 @@ _register_known()
 
 
 def _as_runs(a: np.ndarray) -> np.ndarray | None:
-    """``(k, 2)`` runs when ``a`` is strictly increasing and runs save at least half."""
+    """``(k, 2)`` runs of at most ``MAX_RUN`` elements when ``a`` is strictly increasing
+    and runs save at least half."""
     if a.ndim != 1 or a.size < RUNS_MIN_ELEMENTS or a.dtype.kind not in "iu":
         return None
     d = np.diff(a)
@@ -140,6 +152,14 @@ def _as_runs(a: np.ndarray) -> np.ndarray | None:
         return None
     starts = np.concatenate(([a[0]], a[breaks]))
     ends = np.concatenate((a[breaks - 1], [a[-1]])) + 1
+    lengths = (ends - starts).astype(np.int64)
+    if (lengths > MAX_RUN).any():
+        # Cut each run into pieces of MAX_RUN (the decoder refuses longer ones).
+        pieces = (lengths + MAX_RUN - 1) // MAX_RUN
+        idx = np.repeat(np.arange(starts.size), pieces)
+        first = np.cumsum(pieces) - pieces
+        starts = starts[idx] + ((np.arange(idx.size) - first[idx]) * MAX_RUN).astype(a.dtype)
+        ends = np.minimum(starts + a.dtype.type(MAX_RUN), ends[idx])
     return np.stack([starts, ends], axis=1).astype(a.dtype)
 
 
@@ -165,6 +185,8 @@ class _Encoder:
         if v is None or isinstance(v, (bool, str)):
             return v
         if isinstance(v, enum.Enum):
+            if _TYPES.get(type_name(type(v))) is not type(v):
+                raise TypeError(f"enum {type_name(type(v))} is not a registered message type (wire.register)")
             return {"$e": type_name(type(v)), "v": v.value}
         if isinstance(v, int):
             return int(v)
@@ -191,10 +213,8 @@ class _Encoder:
         if dataclasses.is_dataclass(v) and not isinstance(v, type):
             cls = type(v)
             name = type_name(cls)
-            if name not in _TYPES:
-                if not cls.__module__.startswith(ALLOWED_PACKAGES):
-                    raise TypeError(f"dataclass {name} is not from this project")
-                _TYPES[name] = cls
+            if _TYPES.get(name) is not cls:
+                raise TypeError(f"dataclass {name} is not a registered message type (wire.register)")
             return {"$c": name, "f": {f.name: self.value(getattr(v, f.name)) for f in dataclasses.fields(v)}}
         if callable(getattr(v, "pfns", None)) and hasattr(v, "pages"):
             return {"$bm": int(v.pages), "pfns": self.array(np.asarray(v.pfns(), dtype=np.int64))}
@@ -230,79 +250,126 @@ def encode(msg: Any) -> bytes:
 # ----------------------------------------------------------------------------- decode
 
 
+def _dtype(text: Any) -> np.dtype:
+    try:
+        dt = np.dtype(text) if isinstance(text, str) and len(text) <= 8 else None
+    except TypeError:
+        dt = None
+    if dt is None or dt.kind not in _DTYPE_KINDS or dt.itemsize > 8:
+        raise WireError(f"array dtype {str(text)[:20]!r} is not one the wire carries")
+    return dt
+
+
+def _shape(sh: Any) -> tuple[int, ...]:
+    if not isinstance(sh, list) or len(sh) > 8 or not all(type(x) is int and x >= 0 for x in sh):
+        raise WireError(f"bad array shape {str(sh)[:40]}")
+    return tuple(sh)
+
+
 class _Decoder:
     def __init__(self, buf: memoryview, base: int, offsets: list[list[int]]):
         self.buf = buf
         self.base = base
         self.offsets = offsets
+        self.budget = MAX_DECODED_BYTES
+
+    def _spend(self, nbytes: int) -> None:
+        self.budget -= nbytes
+        if self.budget < 0:
+            raise FrameTooLarge(f"a frame's arrays would take more than {MAX_DECODED_BYTES} bytes")
 
     def array(self, d: dict) -> np.ndarray:
         idx = d["$a"]
         try:
             off, n = self.offsets[idx]
+            off, n = int(off), int(n)
         except (IndexError, TypeError, ValueError):
-            raise WireError(f"array blob {idx!r} missing from the frame") from None
-        dt = np.dtype(d["dt"])
-        if dt.hasobject:
-            raise WireError("object arrays are refused")
+            raise WireError(f"array blob {str(idx)[:20]!r} missing from the frame") from None
+        dt = _dtype(d["dt"])
         start = self.base + off
-        if start + n > len(self.buf):
+        if off < 0 or n < 0 or start + n > len(self.buf):
             raise WireError("truncated frame")
         raw = self.buf[start:start + n]
         if d.get("bytes"):
+            self._spend(n)
             return bytes(raw)
+        shape = _shape(d["sh"])
+        count = math.prod(shape)
         if d.get("runs"):
-            runs = np.frombuffer(raw, dtype=dt).reshape(-1, 2)
+            if n % (2 * dt.itemsize) or dt.kind not in "iu" or len(shape) != 1:
+                raise WireError("bad run-encoded array")
+            runs = np.frombuffer(raw, dtype=dt).reshape(-1, 2).astype(np.int64)
             lengths = runs[:, 1] - runs[:, 0]
+            # Each run non-empty and at most MAX_RUN long, runs in increasing order: the
+            # array is then bounded by the bytes that carried it.
+            if runs.size and ((lengths <= 0).any() or (lengths > MAX_RUN).any()
+                              or (runs[1:, 0] < runs[:-1, 1]).any()):
+                raise WireError("bad runs in a run-encoded array")
             total = int(lengths.sum())
+            if total != count:
+                raise WireError("run-encoded array does not match its shape")
+            self._spend(total * dt.itemsize)
             if total == 0:
                 return np.empty(0, dtype=dt)
             out = np.ones(total, dtype=dt)
             out[0] = runs[0, 0]
             ends = np.cumsum(lengths)[:-1]
             out[ends] = runs[1:, 0] - runs[:-1, 1] + 1
-            return np.cumsum(out, dtype=dt).reshape(d["sh"])
-        shape = tuple(d["sh"])
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+            return np.cumsum(out, dtype=dt)
         if count * dt.itemsize != n:
             raise WireError("array blob size does not match its shape")
+        self._spend(n)
         # A copy: receivers own their arrays (frombuffer over bytes would be read-only).
         return np.frombuffer(raw, dtype=dt, count=count).reshape(shape).copy()
 
-    def value(self, v: Any) -> Any:
+    def value(self, v: Any, depth: int = 0) -> Any:
+        if depth > MAX_DEPTH:
+            raise WireError(f"a frame nests deeper than {MAX_DEPTH} levels")
+        d = depth + 1
         if isinstance(v, list):
-            return [self.value(x) for x in v]
+            return [self.value(x, d) for x in v]
         if not isinstance(v, dict):
             return v
         if not v or not next(iter(v)).startswith("$"):
-            return {k: self.value(x) for k, x in v.items()}
+            return {k: self.value(x, d) for k, x in v.items()}
         if "$a" in v:
             return self.array(v)
         if "$t" in v:
-            return tuple(self.value(x) for x in v["$t"])
+            return tuple(self.value(x, d) for x in v["$t"])
         if "$s" in v:
-            return np.dtype(v["$s"]).type(v["v"])
+            return _dtype(v["$s"]).type(v["v"])
         if "$m" in v:
-            return {self.value(k): self.value(x) for k, x in v["$m"]}
+            return {self.value(k, d): self.value(x, d) for k, x in v["$m"]}
         if "$e" in v:
-            return _lookup(v["$e"])(v["v"])
+            cls = _lookup(v["$e"])
+            if not (isinstance(cls, type) and issubclass(cls, enum.Enum)):
+                raise WireError(f"{str(v['$e'])[:80]} is not an enum")
+            return cls(v["v"])
         if "$bm" in v:
-            return WireBitmap(v["$bm"], self.array(v["pfns"]))
+            pages = v["$bm"]
+            pfns = self.array(v["pfns"])
+            if (type(pages) is not int or not 0 <= pages < 1 << 52 or pfns.ndim != 1
+                    or (pfns.size and (int(pfns.min()) < 0 or int(pfns.max()) >= pages))):
+                raise WireError("bad dirty bitmap in a frame")
+            return WireBitmap(pages, pfns)
         if "$x" in v:
             if v["$x"] == "XenError":
-                return XenError(int(v["errno"]), v["msg"])
-            return RemoteError(f"{v['$x']}: {v['msg']}")
+                return XenError(int(v["errno"]), str(v["msg"]))
+            return RemoteError(f"{str(v['$x'])[:80]}: {v['msg']}")
         if "$c" in v:
             cls = _lookup(v["$c"])
             if not dataclasses.is_dataclass(cls):
-                raise WireError(f"{v['$c']} is not a dataclass")
-            fields = {k: self.value(x) for k, x in v["f"].items()}
+                raise WireError(f"{str(v['$c'])[:80]} is not a dataclass")
+            fields = {k: self.value(x, d) for k, x in v["f"].items()}
             init = {f.name: fields.pop(f.name) for f in dataclasses.fields(cls) if f.init and f.name in fields}
+            known = {f.name for f in dataclasses.fields(cls)}
+            if not set(fields) <= known:
+                raise WireError(f"{v['$c']} has no field {sorted(set(fields) - known)[0][:40]!r}")
             obj = cls(**init)
             for k, x in fields.items():
                 object.__setattr__(obj, k, x)
             return obj
-        raise WireError(f"unknown tag {next(iter(v))!r} in a frame")
+        raise WireError(f"unknown tag {next(iter(v))[:20]!r} in a frame")
 
 
 class RemoteError(Exception):
@@ -325,16 +392,18 @@ def decode(frame: bytes | bytearray | memoryview) -> Any:
         raise WireError("truncated frame header")
     try:
         head = json.loads(bytes(buf[_HEAD.size:end]))
-    except ValueError as exc:
-        raise WireError(f"bad frame header: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise WireError(f"bad frame header: {str(exc)[:80]}") from None
+    if not isinstance(head, dict) or not isinstance(head.get("b", []), list):
+        raise WireError("bad frame header: not an xmig message")
     base = end + ((-end) % 8)
     dec = _Decoder(buf, base, head.get("b", []))
     try:
         return dec.value(head["v"])
     except WireError:
         raise
-    except (KeyError, TypeError, ValueError) as exc:
-        raise WireError(f"malformed frame: {exc!r}") from None
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as exc:
+        raise WireError(f"malformed frame: {str(exc)[:80]}") from None
 
 
 def roundtrip(msg: Any) -> Any:
@@ -343,5 +412,5 @@ def roundtrip(msg: Any) -> Any:
     return decode(encode(msg))
 
 
-__all__ = ["PROTOCOL_VERSION", "WireError", "WireBitmap", "RemoteError", "encode", "decode", "roundtrip",
+__all__ = ["PROTOCOL_VERSION", "WireError", "FrameTooLarge", "WireBitmap", "RemoteError", "encode", "decode", "roundtrip",
            "register", "type_name"]

@@ -24,6 +24,23 @@ import pytest
 
 CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 
+#: The run key of the tests' actors (``XMIG_RUN_KEY`` for their subprocesses).
+TEST_KEY_TEXT = "xmig-tests-run-key-5f1c0de2a9b34e77"
+
+
+def test_key() -> bytes:
+    from migrate.runkey import KEY_ENV, load_key
+
+    return load_key(environ={KEY_ENV: TEST_KEY_TEXT})
+
+
+test_key.__test__ = False   # (not a test: pytest collects test_* names)
+
+
+def key_env(**extra: str) -> dict[str, str]:
+    """The environment of an actor subprocess that holds the tests' run key."""
+    return {**os.environ, "XMIG_RUN_KEY": TEST_KEY_TEXT, **extra}
+
 
 def mosquitto_binary() -> str | None:
     for c in CANDIDATES:
@@ -119,11 +136,19 @@ def start_tls_broker(tmp_path: Path, username: str, password: str) -> Broker:
     def run(*cmd: str) -> None:
         subprocess.run(cmd, cwd=d, check=True, capture_output=True)
 
+    # What Python 3.13's strict X.509 checking (VERIFY_X509_STRICT) wants, and what the
+    # README asks of a class CA: a CA marked critical CA:TRUE with keyUsage
+    # keyCertSign/cRLSign; a server certificate with the broker's address in its SAN,
+    # keyUsage and extendedKeyUsage serverAuth, and key identifiers linking the two.
     run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=xmig test CA",
-        "-keyout", "ca.key", "-out", "ca.pem")
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "-addext", "subjectKeyIdentifier=hash", "-keyout", "ca.key", "-out", "ca.pem")
     run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
         "-keyout", "server.key", "-out", "server.csr")
-    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n"
+                               "keyUsage=critical,digitalSignature,keyEncipherment\n"
+                               "extendedKeyUsage=serverAuth\nsubjectKeyIdentifier=hash\n"
+                               "authorityKeyIdentifier=keyid,issuer\n")
     run("openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
         "-days", "2", "-extfile", "san.ext", "-out", "server.pem")
     run("mosquitto_passwd", "-b", "-c", str(d / "passwords"), username, password)

@@ -13,6 +13,7 @@ import pytest
 
 from hypervisor.abi import EINVAL, XenError
 from migrate import bus, wire
+from tests.mqtt_broker import test_key
 from migrate.bus import (BrokerUnreachable, InProcessHub, InProcessTransport, MqttTransport, PeerLost, RunRefused,
                          TransportError, parse_broker_url)
 
@@ -94,7 +95,7 @@ async def test_in_process_peer_that_leaves_mid_call_is_lost():
 
 
 def cfg_for(broker, timeout=2.0):
-    cfg = parse_broker_url(broker.url, timeout=timeout)
+    cfg = parse_broker_url(broker.url, timeout=timeout, key=test_key())
     cfg.heartbeat = 0.2
     return cfg
 
@@ -212,7 +213,7 @@ async def test_mqtt_broker_lost_mid_call_is_reported(mqtt_broker):
 async def test_mqtt_broker_down_at_start_is_a_clear_error(mqtt_broker):
     port = mqtt_broker.port
     mqtt_broker.kill()
-    t = MqttTransport(parse_broker_url(f"mqtt://127.0.0.1:{port}"), "t", "toolstack")
+    t = MqttTransport(parse_broker_url(f"mqtt://127.0.0.1:{port}", key=test_key()), "t", "toolstack")
     with pytest.raises(BrokerUnreachable) as exc:
         await t.start()
     assert str(exc.value) == f"cannot reach the MQTT broker at mqtt://127.0.0.1:{port}: connection refused"
@@ -262,7 +263,7 @@ async def test_mqtts_with_a_password_works_and_bad_credentials_are_one_line(tmp_
     broker = start_tls_broker(tmp_path, "teacher", "s3cret")
     try:
         ca = str(tmp_path / "ca.pem")
-        cfg = parse_broker_url(broker.url, username="teacher", password="s3cret", tls_ca=ca)
+        cfg = parse_broker_url(broker.url, username="teacher", password="s3cret", tls_ca=ca, key=test_key())
         server, client = MqttTransport(cfg, "tls", "hypervisor"), MqttTransport(cfg, "tls", "toolstack")
         await server.start()
         await client.start()
@@ -275,17 +276,164 @@ async def test_mqtts_with_a_password_works_and_bad_credentials_are_one_line(tmp_
         finally:
             await client.close()
             await server.close()
-        bad = MqttTransport(parse_broker_url(broker.url, username="teacher", password="wrong", tls_ca=ca), "tls",
+        bad = MqttTransport(parse_broker_url(broker.url, username="teacher", password="wrong", tls_ca=ca, key=test_key()), "tls",
                             "toolstack")
         with pytest.raises(BrokerUnreachable, match=f"^cannot reach the MQTT broker at {broker.url}: not authorised"):
             await bad.start()
-        untrusted = MqttTransport(parse_broker_url(broker.url, username="teacher", password="s3cret"), "tls",
+        untrusted = MqttTransport(parse_broker_url(broker.url, username="teacher", password="s3cret", key=test_key()), "tls",
                                   "toolstack")
         with pytest.raises(BrokerUnreachable, match="TLS failed .*--tls-ca or --tls-insecure"):
             await untrusted.start()
         insecure = MqttTransport(parse_broker_url(broker.url, username="teacher", password="s3cret",
-                                                  tls_insecure=True), "tls", "toolstack")
+                                                  tls_insecure=True, key=test_key()), "tls", "toolstack")
         await insecure.start()
         await insecure.close()
     finally:
         broker.kill()
+
+
+# ----------------------------------------------------------------------------- hostile broker users
+
+
+@contextlib.asynccontextmanager
+async def intruder(broker):
+    """A second MQTT client on the broker without the run key: sees and publishes anything."""
+    import aiomqtt
+
+    async with aiomqtt.Client("127.0.0.1", broker.port, identifier="intruder",
+                              protocol=aiomqtt.ProtocolVersion.V5) as c:
+        yield c
+
+
+def props(**kw):
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    p = Properties(PacketTypes.PUBLISH)
+    for k, v in kw.items():
+        setattr(p, k, v)
+    return p
+
+
+def test_run_key_is_required_unless_insecure_is_explicit(tmp_path):
+    from migrate import runkey
+
+    with pytest.raises(TransportError, match="no run key.*xmig keygen.*--insecure"):
+        MqttTransport(parse_broker_url("mqtt://127.0.0.1:1"), "t", "toolstack")
+    MqttTransport(parse_broker_url("mqtt://127.0.0.1:1", insecure=True), "t", "toolstack")
+    with pytest.raises(runkey.RunKeyError, match="no run key"):
+        runkey.load_key(None, environ={})
+    short = tmp_path / "short.key"
+    short.write_text("abc\n")
+    with pytest.raises(runkey.RunKeyError, match="at least 16"):
+        runkey.load_key(short, environ={})
+    with pytest.raises(runkey.RunKeyError, match="not a regular file"):
+        runkey.load_key(tmp_path, environ={})
+    good = tmp_path / "run.key"
+    good.write_text(runkey.new_key_text() + "\n")
+    with pytest.raises(runkey.RunKeyError, match="contradict"):
+        runkey.load_key(good, insecure=True, environ={})
+    assert runkey.load_key(good, environ={}) == runkey.load_key(None, environ={runkey.KEY_ENV: good.read_text()})
+
+
+def test_the_seal_covers_topic_sender_and_request_and_refuses_replays():
+    from migrate import runkey
+
+    k = runkey.load_key(None, environ={runkey.KEY_ENV: "k" * 32})
+    other = runkey.load_key(None, environ={runkey.KEY_ENV: "o" * 32})
+    m = runkey.seal(k, "xmig/r/hypervisor/rpc", "xmig-toolstack-0123456789", 7, b"payload", bind=b"req")
+    assert bytes(runkey.unseal(k, "xmig/r/hypervisor/rpc", m, bind=b"req").payload) == b"payload"
+    for topic, key, bind, data in (("xmig/r/guest/rpc", k, b"req", m), ("xmig/r/hypervisor/rpc", other, b"req", m),
+                                   ("xmig/r/hypervisor/rpc", k, b"other request", m),
+                                   ("xmig/r/hypervisor/rpc", k, b"req", m[:-1] + b"X")):
+        with pytest.raises(runkey.SealError) as e:
+            runkey.unseal(key, topic, data, bind=bind)
+        assert e.value.reason == "forged"
+    with pytest.raises(runkey.SealError, match="unsigned"):
+        runkey.unseal(k, "t", b"XMIG....")
+    old = runkey.seal(k, "t", "s", 1, b"x", wall=time.time() - 2 * runkey.MAX_AGE)
+    with pytest.raises(runkey.SealError, match="stale"):
+        runkey.unseal(k, "t", old)
+    w = runkey.ReplayWindow(size=64)
+    assert [w.accept("a", s) for s in (1, 3, 2, 3, 1, 100, 37, 36, 37)] == \
+        [True, True, True, False, False, True, True, False, False]
+
+
+@pytest.mark.mqtt
+async def test_forged_and_replayed_requests_and_replies_are_dropped_and_counted(mqtt_broker):
+    calls = []
+
+    async def handler(method, args, caller):
+        calls.append(method)
+        await asyncio.sleep(0.3)          # time for the forgeries to arrive first
+        return {"truth": 1}
+
+    async with actors(mqtt_broker, "hypervisor", "toolstack") as (server, client), intruder(mqtt_broker) as evil:
+        server.serve(handler)
+        await server.claim()
+        await client.claim()
+        await client.wait_for_peer("hypervisor", 5)
+        await evil.subscribe("xmig/t/#")
+        seen = []
+
+        async def forge():
+            async for msg in evil.messages:
+                if str(msg.topic).endswith("/rpc"):
+                    seen.append(msg)
+                    p = msg.properties
+                    # A forged reply to the request's response topic with its correlation data,
+                    # unsigned and then "sealed" with a guessed key.
+                    for body in (wire.encode({"ok": {"truth": 0}}),
+                                 bus.runkey.seal(b"guess" * 7, p.ResponseTopic, "xmig-hypervisor-0000000000", 1,
+                                                 wire.encode({"ok": {"truth": 0}}))):
+                        await evil.publish(p.ResponseTopic, body, qos=1,
+                                           properties=props(CorrelationData=p.CorrelationData))
+                    return
+
+        task = asyncio.ensure_future(forge())
+        assert await client.call("hypervisor", "ping") == {"truth": 1}
+        await asyncio.wait_for(task, 5)
+        assert client.dropped["unsigned"] == 1 and client.dropped["forged"] == 1
+        # The genuine request replayed verbatim: the handler does not run again.
+        req = seen[0]
+        await evil.publish(str(req.topic), req.payload, qos=1, properties=req.properties)
+        await asyncio.sleep(0.5)
+        assert calls == ["ping"] and server.dropped["replayed"] == 1
+        # A request sealed for another topic (a guest request sent to the hypervisor).
+        moved = bus.runkey.seal(test_key(), "xmig/t/guest/rpc", client.client_id, 10**6, req.payload[-50:])
+        await evil.publish("xmig/t/hypervisor/rpc", moved, qos=1, properties=req.properties)
+        await asyncio.sleep(0.3)
+        assert calls == ["ping"] and server.dropped["forged"] == 1
+
+
+@pytest.mark.mqtt
+async def test_empty_or_forged_presence_neither_aborts_nor_squats_a_run(mqtt_broker, caplog):
+    async with intruder(mqtt_broker) as evil:
+        # Before the run: a forged retained claim and a genuine-looking but silent one.
+        await evil.publish("xmig/t/presence/toolstack/xmig-toolstack-aaaaaaaaaa",
+                           wire.encode({"actor": "toolstack", "client": "xmig-toolstack-aaaaaaaaaa"}), qos=1,
+                           retain=True)
+        stale = "xmig-toolstack-bbbbbbbbbb"
+        topic = f"xmig/t/presence/toolstack/{stale}"
+        await evil.publish(topic, bus.runkey.seal(test_key(), topic, stale, 1, wire.encode(
+            {"actor": "toolstack", "client": stale})), qos=1, retain=True)
+        async with actors(mqtt_broker, "hypervisor", "toolstack") as (server, client):
+            server.serve(echo_handler)
+            await server.claim()
+            await client.claim()              # not refused: one claim is unsigned, the other silent
+            assert client.dropped["unsigned"] == 1
+            assert "ignored a claim of toolstack" in caplog.text
+            await client.wait_for_peer("hypervisor", 5)
+            lost = []
+            client.on_peer_lost(lambda peer, exc: lost.append(peer))
+            # Mid-run: an empty retained message on the hypervisor's presence entry (what
+            # a will used to send) and garbage on its event topic, 255 times.
+            await evil.publish(f"xmig/t/presence/hypervisor/{server.client_id}", b"", qos=1, retain=True)
+            await client.subscribe_events("hypervisor", lambda items: None)
+            for i in range(255):
+                await evil.publish("xmig/t/events/hypervisor", bytes([i]) * 40, qos=1)
+            assert (await client.call("hypervisor", "echo", {"x": 1}))["args"] == {"x": 1}
+            await asyncio.sleep(0.3)
+            assert lost == [] and client.dropped["empty"] == 1 and client.dropped["unsigned"] == 256
+            # Logged once per reason (unsigned, empty), not once per message.
+            assert caplog.text.count("toolstack dropped a message") == 2

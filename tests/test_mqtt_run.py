@@ -5,6 +5,7 @@ clear error or an aborted migration within seconds, with the source domain resum
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from migrate.events import BatchSent, EventBus, PhaseChanged
 from migrate.report import build_report
 from migrate.runner import RunOptions, run_scenario
 from migrate.scenario import load_scenario
+from tests.mqtt_broker import key_env, test_key
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -32,11 +34,12 @@ def scenario(name: str):
 def comparable(result) -> dict:
     rep = build_report(result)
     rep.pop("wall", None)
+    rep.pop("broker", None)     # over MQTT only: what the run key kept out
     return rep
 
 
 def cfg_for(broker, timeout: float = 3.0):
-    cfg = parse_broker_url(broker.url, timeout=timeout)
+    cfg = parse_broker_url(broker.url, timeout=timeout, key=test_key())
     cfg.heartbeat = 0.25
     return cfg
 
@@ -58,7 +61,7 @@ class Procs:
         self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
-        p = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        p = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=key_env(),
                              stderr=subprocess.PIPE, text=True)
         self.procs[name] = p
         return p
@@ -178,7 +181,7 @@ async def test_watch_renders_the_same_final_dashboard(mqtt_broker):
 async def test_broker_down_at_start_is_one_line_and_exit_2(mqtt_broker, procs):
     port = mqtt_broker.port
     mqtt_broker.kill()
-    cfg = parse_broker_url(f"mqtt://127.0.0.1:{port}")
+    cfg = parse_broker_url(f"mqtt://127.0.0.1:{port}", key=test_key())
     with pytest.raises(BrokerUnreachable, match=f"^cannot reach the MQTT broker at mqtt://127.0.0.1:{port}: "
                                                 "connection refused$"):
         await mqtt.remote_run(scenario("idle"), RunOptions(), broker=cfg, run_id="down")
@@ -215,10 +218,13 @@ async def test_broker_lost_mid_run_aborts_and_the_hypervisor_resumes_the_source(
 
 
 @pytest.mark.mqtt
-@pytest.mark.parametrize("victim", ["guest", "hypervisor"])
-async def test_killed_actor_process_aborts_the_migration(mqtt_broker, procs, victim):
+@pytest.mark.parametrize("victim,sig", [("guest", signal.SIGKILL), ("hypervisor", signal.SIGKILL),
+                                        ("guest", signal.SIGSTOP)])
+async def test_killed_or_frozen_actor_process_aborts_the_migration(mqtt_broker, procs, victim, sig):
+    """A killed actor is seen at once (its will); a frozen one (SIGSTOP) within
+    --timeout, and named as frozen, not as a lost broker."""
     sc = scenario("idle")
-    run = f"kill-{victim}"
+    run = f"kill-{victim}-{int(sig)}"
     procs.start("hypervisor", actor_command("hypervisor", mqtt_broker, run))
     procs.start("guest", actor_command("guest", mqtt_broker, run, "--guest", str(EXAMPLES / "idle.yaml")))
     bus = EventBus()
@@ -228,13 +234,20 @@ async def test_killed_actor_process_aborts_the_migration(mqtt_broker, procs, vic
         if isinstance(ev, BatchSent):
             batches.append(ev)
             if len(batches) == 20:
-                os.kill(procs.procs[victim].pid, signal.SIGKILL)
+                os.kill(procs.procs[victim].pid, sig)
 
     bus.subscribe(kill_after_some_batches)
     t0 = time.monotonic()
     res = await mqtt.remote_run(sc, RunOptions(), broker=cfg_for(mqtt_broker), run_id=run, bus=bus)
     assert time.monotonic() - t0 < 20
     assert res.save.outcome == "aborted"
+    if sig == signal.SIGSTOP:
+        assert res.save.error.startswith(f"{victim} did not answer within 3 s and sent no heartbeat"), \
+            res.save.error
+        rc, err = procs.wait("hypervisor")
+        assert rc == 0 and "lost the MQTT broker" not in err and "guest did not answer" in err, err
+        procs.procs[victim].kill()
+        return
     assert res.save.error.startswith(f"{victim} left the run"), res.save.error
     survivor = "hypervisor" if victim == "guest" else "guest"
     rc, err = procs.wait(survivor)           # it exits by itself: no orphan
@@ -244,13 +257,9 @@ async def test_killed_actor_process_aborts_the_migration(mqtt_broker, procs, vic
         assert rc == 1 and "hypervisor left the run" in err
 
 
-@pytest.mark.mqtt
-async def test_killed_toolstack_makes_the_hypervisor_resume_the_source(mqtt_broker, procs):
-    sc = scenario("idle")
-    cfg = cfg_for(mqtt_broker)
-    box: list = []
-    hv, g = await start_actor_tasks(cfg, "ts", sc, box)
-    # The toolstack stops (as if hung) once the domain is suspended, says so, and is killed.
+def hanging_toolstack(broker, run: str) -> list[str]:
+    """A toolstack process that stops (its event loop blocked, as if frozen) once the
+    domain is suspended, after saying so."""
     script = ("import asyncio, sys, time\n"
               "from migrate import mqtt\nfrom migrate.bus import parse_broker_url\n"
               "from migrate.events import EventBus, PhaseChanged\n"
@@ -260,20 +269,121 @@ async def test_killed_toolstack_makes_the_hypervisor_resume_the_source(mqtt_brok
               "        print('suspended', flush=True)\n"
               "        time.sleep(60)\n"
               "bus = EventBus()\nbus.subscribe(hang)\n"
-              f"cfg = parse_broker_url({mqtt_broker.url!r}, timeout=3)\n"
+              f"cfg = parse_broker_url({broker.url!r}, timeout=3, key={test_key()!r})\n"
               f"sc = load_scenario({str(EXAMPLES / 'idle.yaml')!r})\n"
-              "asyncio.run(mqtt.remote_run(sc, RunOptions(), broker=cfg, run_id='ts', bus=bus))\n")
-    toolstack = procs.start("toolstack", [sys.executable, "-c", script])
+              f"asyncio.run(mqtt.remote_run(sc, RunOptions(), broker=cfg, run_id={run!r}, bus=bus))\n")
+    return [sys.executable, "-c", script]
+
+
+@pytest.mark.mqtt
+@pytest.mark.parametrize("how", ["killed", "frozen"])
+async def test_a_killed_or_frozen_toolstack_makes_the_hypervisor_resume_the_source(mqtt_broker, procs, how):
+    sc = scenario("idle")
+    cfg = cfg_for(mqtt_broker)
+    box: list = []
+    hv, g = await start_actor_tasks(cfg, "ts", sc, box)
+    toolstack = procs.start("toolstack", hanging_toolstack(mqtt_broker, "ts"))
     line = await asyncio.wait_for(asyncio.to_thread(toolstack.stdout.readline), 30)
     assert line.strip() == "suspended"
     assert box[0].hv.state == "suspended"
-    os.kill(toolstack.pid, signal.SIGKILL)
-    t_kill = time.monotonic()
-    why = await asyncio.wait_for(hv, 10)
-    assert time.monotonic() - t_kill < 5
+    if how == "killed":
+        os.kill(toolstack.pid, signal.SIGKILL)         # seen at once (its will)
+    else:
+        os.kill(toolstack.pid, signal.SIGSTOP)         # silent: seen within --timeout (3 s)
+    t0 = time.monotonic()
+    why = await asyncio.wait_for(hv, 15)
+    took = time.monotonic() - t0
+    assert took < (2 if how == "killed" else cfg.timeout + 2), took
     assert why.startswith("toolstack lost") and "source domain resumed" in why
     assert box[0].hv.state == "running" and not box[0].hv.log_dirty_enabled
     assert await asyncio.wait_for(g, 10) == "released"
+    if how == "frozen":
+        os.kill(toolstack.pid, signal.SIGKILL)
+
+
+@pytest.mark.mqtt
+async def test_serving_actors_take_run_after_run(mqtt_broker, procs):
+    sc = scenario("idle")
+    emb = comparable(await run_scenario(sc, RunOptions()))
+    procs.start("hypervisor", actor_command("hypervisor", mqtt_broker, "class", "--serve"))
+    procs.start("guest", actor_command("guest", mqtt_broker, "class", "--serve", "--guest",
+                                       str(EXAMPLES / "idle.yaml")))
+    for _ in range(2):
+        res = await mqtt.remote_run(sc, RunOptions(), broker=cfg_for(mqtt_broker), run_id="class")
+        assert res.ok and comparable(res) == emb
+    for name in ("hypervisor", "guest"):
+        assert procs.procs[name].poll() is None        # still serving
+        procs.procs[name].send_signal(signal.SIGINT)
+        rc, err = procs.wait(name)
+        assert "(run 2)" in err and "Traceback" not in err, err   # one process, both runs
+
+
+SMALL_PREFIX = """\
+name: small-balloon
+seed: 1
+guest:
+  memory: 128MiB
+  workloads: [{kind: uniform, rate: 8MiB/s}]
+  balloon:
+    batch_pages: 512
+    rate: 512MiB/s
+    reuse_share: 0.5
+    reuse_within: 200ms
+    schedule: [{at: 1.2s, target: -32MiB}, {at: 1.6s, target: +32MiB}]
+link: {bandwidth: 1Gbit/s, latency: 1ms}
+migration: {start: 1s, policy: xen, xen_behaviour: pre-fix}
+"""
+
+
+@pytest.mark.mqtt
+async def test_forged_replies_and_events_from_a_second_client_leave_the_verdict_true(mqtt_broker, tmp_path):
+    """The attack: a pre-fix run that loses pages printed `verify: OK` after one forged
+    RPC reply, and `watch` said completed after a forged event. Both are dropped now."""
+    import aiomqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from migrate import wire
+    from migrate.cli_mqtt import watch_run
+    from migrate.dashboard import Dashboard
+    from migrate.events import MigrationFinished, VerifyDone, VerifyStats
+
+    (tmp_path / "small.yaml").write_text(SMALL_PREFIX)
+    sc = load_scenario(tmp_path / "small.yaml")
+    emb = await run_scenario(sc, RunOptions())
+    assert not emb.verify.ok                                   # pre-fix: the destination diverges
+    cfg = cfg_for(mqtt_broker)
+    ready = asyncio.Event()
+    watcher = asyncio.ensure_future(watch_run(cfg, "atk", dashboard=Dashboard(), ready=ready))
+    await asyncio.wait_for(ready.wait(), 10)
+    all_ok = VerifyStats(ok=True, missing_pages=0, stale_pages=0, extra_pages=0)
+    fake_end = wire.encode({"seq": 1, "events": [VerifyDone(t=2.0, stats=all_ok),
+                                                 MigrationFinished(t=2.0, outcome="completed")]})
+    forged = []
+    async with aiomqtt.Client("127.0.0.1", mqtt_broker.port, identifier="evil",
+                              protocol=aiomqtt.ProtocolVersion.V5) as evil:
+        await evil.publish("xmig/atk/events/toolstack", fake_end, qos=1)
+        await asyncio.sleep(0.3)
+        assert not watcher.done()                              # the forged "completed" was dropped
+        await evil.subscribe("xmig/atk/hypervisor/rpc")
+
+        async def forge():
+            async for msg in evil.messages:                    # answer every request first, falsely
+                p = Properties(PacketTypes.PUBLISH)
+                p.CorrelationData = msg.properties.CorrelationData
+                await evil.publish(msg.properties.ResponseTopic, wire.encode({"ok": {"r": None, "c": {}, "ev": []}}),
+                                   qos=1, properties=p)
+                forged.append(1)
+
+        task = asyncio.ensure_future(forge())
+        hv, g = await start_actor_tasks(cfg, "atk", sc)
+        rem = await mqtt.remote_run(sc, RunOptions(), broker=cfg, run_id="atk")
+        task.cancel()
+    assert forged and rem.broker["authenticated"] and rem.broker["dropped"].get("unsigned", 0) >= 1
+    assert comparable(rem) == comparable(emb) and not rem.verify.ok
+    outcome = await asyncio.wait_for(watcher, 10)
+    assert outcome.startswith("completed, but the destination diverged"), outcome   # xmig watch: exit 1
+    await asyncio.gather(hv, g)
 
 
 class Gate:
@@ -403,3 +513,88 @@ async def test_watch_records_the_events_with_their_call_site_effects(mqtt_broker
     ops = [e for e in log.events if isinstance(e, MemoryOp)]
     assert sum(e.leftover.size for e in ops) == 3357
     assert build_report(result_from_events(log.events)) == build_report(rem)
+
+
+@pytest.mark.mqtt
+async def test_the_example_acl_gives_each_actor_only_its_topics(tmp_path):
+    """examples/mosquitto/acl on a real Mosquitto: a migration runs with one broker user
+    per actor, and another user can neither read the run nor publish into it."""
+    import shutil
+
+    import aiomqtt
+
+    from migrate import wire
+    from migrate.cli_mqtt import watch_run
+    from migrate.dashboard import Dashboard
+    from migrate.events import MigrationFinished
+    from tests.mqtt_broker import Broker, free_port, mosquitto_binary
+
+    if mosquitto_binary() is None or shutil.which("mosquitto_passwd") is None:
+        pytest.skip("mosquitto and mosquitto_passwd are needed")
+    users = ("toolstack", "hypervisor", "guest", "watch", "student")
+    passwd = tmp_path / "passwd"
+    for i, user in enumerate(users):
+        subprocess.run(["mosquitto_passwd", "-b", *([] if i else ["-c"]), str(passwd), user, f"pw-{user}"],
+                       check=True, capture_output=True)
+    extra = (f"allow_anonymous false\npassword_file {passwd}\nuser root\n"
+             f"acl_file {ROOT / 'examples' / 'mosquitto' / 'acl'}\n")
+    broker = Broker(mosquitto_binary(), free_port(), tmp_path / "mosquitto.conf", tmp_path / "mosquitto.log",
+                    extra=extra).start()
+    try:
+        def cfg(user):
+            c = parse_broker_url(broker.url, username=user, password=f"pw-{user}", timeout=3.0, key=test_key())
+            c.heartbeat = 0.25
+            return c
+
+        sc = scenario("idle")
+        emb = await run_scenario(sc, RunOptions())
+        ready = asyncio.Event()
+        watcher = asyncio.ensure_future(watch_run(cfg("watch"), "acl", dashboard=Dashboard(), ready=ready))
+        await asyncio.wait_for(ready.wait(), 10)
+        hv_t = await mqtt.mqtt_transport(cfg("hypervisor"), "acl", "hypervisor")
+        g_t = await mqtt.mqtt_transport(cfg("guest"), "acl", "guest")
+        hv = asyncio.ensure_future(mqtt.serve_hypervisor(hv_t))
+        g = asyncio.ensure_future(mqtt.serve_guest(sc, g_t))
+        seen = []
+        async with aiomqtt.Client("127.0.0.1", broker.port, username="student", password="pw-student",
+                                  protocol=aiomqtt.ProtocolVersion.V5) as student:
+            await student.subscribe("xmig/#")
+
+            async def listen():
+                async for msg in student.messages:
+                    seen.append(str(msg.topic))
+
+            listening = asyncio.ensure_future(listen())
+            fake = wire.encode({"seq": 1, "events": [MigrationFinished(t=0.0, outcome="completed")]})
+            for topic in ("xmig/acl/events/toolstack", "xmig/acl/hypervisor/rpc",
+                          "xmig/acl/presence/toolstack/xmig-toolstack-0000000000"):
+                with contextlib.suppress(aiomqtt.MqttError):    # a v5 broker may refuse it openly
+                    await student.publish(topic, fake, qos=1)
+            res = await mqtt.remote_run(sc, RunOptions(), broker=cfg("toolstack"), run_id="acl")
+            listening.cancel()
+        assert res.ok and comparable(res) == comparable(emb)
+        assert await asyncio.wait_for(watcher, 10) == "completed"
+        # The broker kept the student out: nothing reached the actors to drop, nothing
+        # of the run reached the student.
+        assert res.broker["dropped"] == {} and hv_t.dropped == {} and seen == []
+        assert await asyncio.wait_for(hv, 10) == "released" and await asyncio.wait_for(g, 10) == "released"
+        await hv_t.close()
+        await g_t.close()
+    finally:
+        broker.kill()
+
+
+def test_an_actor_without_a_run_key_refuses_in_one_line_and_keygen_makes_one(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "XMIG_RUN_KEY"}
+    out = subprocess.run([sys.executable, "-m", "migrate.cli_mqtt", "hypervisor", "--broker", "mqtt://127.0.0.1:1",
+                          "--run", "r"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()]
+    assert out.stderr.startswith("xmig: error: no run key") and "--insecure" in out.stderr
+    key = tmp_path / "run.key"
+    made = subprocess.run([sys.executable, "-m", "migrate.cli_mqtt", "keygen", "--out", str(key)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0 and len(key.read_text().strip()) == 64 and (key.stat().st_mode & 0o077) == 0
+    again = subprocess.run([sys.executable, "-m", "migrate.cli_mqtt", "keygen", "--out", str(key)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and "exists" in again.stderr

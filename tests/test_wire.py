@@ -180,3 +180,71 @@ def test_only_project_values_can_be_sent():
         wire.encode(object())
     with pytest.raises(TypeError):
         wire.encode(np.array([object()]))
+
+
+def test_a_frame_naming_a_module_never_imports_it():
+    # The attack: a frame naming migrate.__main__ made the receiver import it (and run
+    # the CLI). Only registered message types decode; nothing is ever imported.
+    import sys
+
+    for name in ("migrate.__main__", "tests.test_cli", "guest.balloon._Step"):
+        mod = name if name.count(".") == 1 else name.rsplit(".", 1)[0]
+        before = mod in sys.modules
+        for tag in ("$c", "$e"):
+            with pytest.raises(wire.WireError, match="unknown type"):
+                wire.decode(_frame(b'{"v":{"' + tag.encode() + b'":"' + name.encode() + b'.X","f":{},"v":1},"b":[]}'))
+        assert (mod in sys.modules) == before, f"decoding imported {mod}"
+
+
+def _array_frame(meta: bytes, blob: bytes) -> bytes:
+    head = b'{"v":' + meta + b',"b":[[0,' + str(len(blob)).encode() + b']]}'
+    frame = _frame(head)
+    return frame + bytes((-len(frame)) % 8) + blob
+
+
+@pytest.mark.parametrize("meta,blob", [
+    # 160 bytes that claimed 4 GB: one run of 2**29 int64 PFNs.
+    (b'{"$a":0,"dt":"<i8","sh":[536870912],"runs":true}', np.array([[0, 1 << 29]], dtype="<i8").tobytes()),
+    # the shape disagreeing with the runs
+    (b'{"$a":0,"dt":"<i8","sh":[536870912],"runs":true}', np.array([[0, 10]], dtype="<i8").tobytes()),
+    # runs out of order, or empty, or backwards
+    (b'{"$a":0,"dt":"<i8","sh":[20],"runs":true}', np.array([[10, 20], [0, 10]], dtype="<i8").tobytes()),
+    (b'{"$a":0,"dt":"<i8","sh":[0],"runs":true}', np.array([[5, 5]], dtype="<i8").tobytes()),
+    # a plain array whose shape claims more than its blob
+    (b'{"$a":0,"dt":"<i8","sh":[1073741824]}', bytes(8)),
+    # dtypes the wire never carries
+    (b'{"$a":0,"dt":"|V1073741824","sh":[1]}', bytes(8)),
+    (b'{"$a":0,"dt":"|O","sh":[1]}', bytes(8)),
+    # a bitmap whose PFNs lie outside its pages
+    (b'{"$bm":4,"pfns":{"$a":0,"dt":"<i8","sh":[1]}}', np.array([9], dtype="<i8").tobytes()),
+])
+def test_frames_never_decode_to_more_than_their_bytes_justify(meta, blob):
+    import resource
+
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(wire.WireError):
+        wire.decode(_array_frame(meta, blob))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0 < 100_000   # KiB: nothing big allocated
+
+
+def test_long_runs_travel_in_pieces_and_decode_to_the_same_array():
+    a = np.concatenate([np.arange(0, 300_000), np.arange(400_000, 410_000)]).astype(np.int64)
+    frame = wire.encode(a)
+    assert len(frame) < 1024                       # still runs, cut at MAX_RUN
+    assert np.array_equal(wire.decode(frame), a)
+
+
+def test_deep_nesting_is_refused_not_a_recursion_error():
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(wire.WireError):
+        wire.decode(_frame(b'{"v":' + deep + b',"b":[]}'))
+    with pytest.raises(wire.WireError, match="deeper"):
+        wire.decode(_frame(b'{"v":' + b"[" * 200 + b"]" * 200 + b',"b":[]}'))
+
+
+def test_too_many_arrays_in_one_frame_are_refused(monkeypatch):
+    monkeypatch.setattr(wire, "MAX_DECODED_BYTES", 1 << 16)
+    ok = wire.encode([np.zeros(4096, dtype=np.int64)])
+    wire.decode(ok)
+    with pytest.raises(wire.FrameTooLarge):
+        wire.decode(wire.encode([np.zeros(4096, dtype=np.int64)] * 3))
