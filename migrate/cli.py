@@ -17,7 +17,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from . import cli_mqtt
+from . import cli_mqtt, cli_sweep
 
 app = typer.Typer(
     name="xmig",
@@ -590,6 +590,7 @@ def schema() -> None:
 
 # ``xmig hypervisor``, ``xmig guest`` and ``xmig watch`` (the MQTT actors).
 cli_mqtt.register(app)
+cli_sweep.register(app)  # ``xmig sweep`` (parameter studies)
 
 
 def main() -> None:
