@@ -157,6 +157,12 @@ def register(app: typer.Typer) -> None:
         console.print(f"xmig sweep: {len(outcome.rows)} of {outcome.total} runs in {out} "
                       f"({outcome.skipped} kept from before, {outcome.ran} run now in {outcome.wall_s:.1f}s, "
                       f"{failed} not completed)", markup=False, soft_wrap=True)
+        if outcome.error:
+            from .cli import _err_console
+
+            _err_console().print(f"xmig: error: the sweep stopped: {outcome.error}; {out} holds the "
+                                 f"{len(outcome.rows)} runs finished so far; --resume continues", markup=False)
+            raise typer.Exit(EXIT_FAILED)
         if outcome.interrupted:
             console.print(f"xmig: interrupted: {out} holds the {len(outcome.rows)} runs finished so far; "
                           "run again with --resume to finish the sweep", markup=False, soft_wrap=True)

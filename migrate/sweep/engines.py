@@ -134,7 +134,7 @@ def dask_rows(plan: SweepPlan, points: list[Point], address: str) -> Iterator[di
             f = client.submit(run_point, base, plan.base_source, plan.axis_names, p.key(), p.values,
                               key=f"xmig-sweep-{tag}-{p.index}", pure=False)
             futures[f] = p
-        for f in as_completed(list(futures)):
+        for f in as_completed(list(futures), loop=client.loop):
             p = futures[f]
             try:
                 row = f.result()

@@ -32,6 +32,7 @@ class SweepOutcome:
     ran: int = 0
     failed: int = 0                  # runs that did not complete (of those run now)
     interrupted: bool = False
+    error: str | None = None         # the engine stopped (a scheduler lost): rows so far are kept
     wall_s: float = 0.0
     rows: list[dict[str, Any]] = field(default_factory=list)
 
@@ -74,8 +75,8 @@ def _resumed_rows(plan: SweepPlan, out: Path, fmt: str) -> dict[str, dict[str, A
 def run_sweep(plan: SweepPlan, out: Path, fmt: str, engine: Engine, *, resume: bool = False,
               progress: Progress | None = None, meta: dict[str, Any] | None = None) -> SweepOutcome:
     """Run every point of ``plan`` not already done; write ``out``. Ctrl-C
-    (``KeyboardInterrupt``) stops the engine and still writes ``out``; the outcome says
-    ``interrupted``."""
+    (``KeyboardInterrupt``) or a broken engine stops the sweep and still writes ``out``;
+    the outcome says ``interrupted`` (and ``error`` for an engine)."""
     progress = progress or Progress()
     axes = plan.axis_names
     points = plan.points()
@@ -99,6 +100,9 @@ def run_sweep(plan: SweepPlan, out: Path, fmt: str, engine: Engine, *, resume: b
             progress.advance(full)
     except KeyboardInterrupt:
         result.interrupted = True
+    except Exception as e:  # the engine itself broke (runs never raise): keep what finished
+        result.interrupted = True
+        result.error = f"{type(e).__name__}: {e}".strip()
     finally:
         writer.close()
         progress.close()

@@ -346,6 +346,9 @@ def load_sweep(path: str | Path) -> SweepPlan:
         raise SweepError(f"{file}: expected valid YAML, found {problem}{where}") from None
     if not isinstance(data, dict):
         raise SweepError(f"{file}: expected a mapping with base: and axes:, found {_describe(data)}")
+    if "guest" in data and "base" not in data:
+        raise SweepError(f"{file}: expected a sweep file (base: and axes:), found a scenario file; "
+                         "name it as the base: of a sweep file")
     try:
         model = SweepFile.model_validate(data)
     except ValidationError as e:
