@@ -114,7 +114,7 @@ def dask_client(address: str):
     if "://" not in address:
         raise EngineError(f"--scheduler: expected an address like tcp://HOST:8786, found {address!r}")
     try:
-        return Client(address, timeout="10s", set_as_default=False)
+        return Client(address, timeout="5s", set_as_default=False)
     except (OSError, TimeoutError) as e:
         raise EngineError(f"--scheduler: cannot reach the Dask scheduler at {address}: {e}") from None
     except ValueError as e:
