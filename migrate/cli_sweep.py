@@ -148,7 +148,8 @@ def register(app: typer.Typer) -> None:
             else:
                 n = workers or engines.default_workers()
                 engine = lambda pts: engines.local_rows(plan, pts, n)  # noqa: E731
-            console = Console(stderr=False)
+            # piped: wide enough that the summary table never wraps its numbers
+            console = Console() if Console().is_terminal else Console(width=200)
             bar = _Bar(Console(stderr=True), plan.name)
             outcome = session.run_sweep(plan, out, form, engine, resume=resume, progress=bar)
         except (spec.SweepError, results.ResultsError, engines.EngineError, stats.StatsError) as exc:
