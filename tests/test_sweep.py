@@ -196,6 +196,19 @@ def test_shipped_schema_equals_the_generated_one_and_checks_examples():
             jsonschema.validate(bad, schema)
 
 
+def test_the_readme_sweep_example_loads(tmp_path: Path):
+    import re
+    import shutil
+
+    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+              if re.search(r"^base:", b, flags=re.M)]
+    assert blocks
+    shutil.copy(ROOT / "examples" / "balloon.yaml", tmp_path / "balloon.yaml")
+    for text in blocks:
+        (tmp_path / "s.yaml").write_text(text)
+        assert len(load_sweep(tmp_path / "s.yaml")) > 1
+
+
 # ------------------------------------------------------------------------ running
 
 def test_a_row_is_what_xmig_run_reports_for_those_values(reference: dict, tmp_path: Path):
