@@ -21,8 +21,9 @@ from migrate.sweep.results import read_part, read_results
 from migrate.sweep.spec import SCHEMA_PATH, SweepError, load_sweep, sweep_json_schema
 from migrate.sweep.stats import group_by, t95
 
+from tests.test_cli import _env, one_error_line
+
 ROOT = Path(__file__).resolve().parents[1]
-_TTY_ENV = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "CLICOLOR_FORCE")
 
 TINY = """\
 name: tiny
@@ -50,24 +51,9 @@ axes:
 """
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _TTY_ENV}
-    env["PYTHONUNBUFFERED"] = "1"
-    env["COLUMNS"] = "150"
-    return env
-
-
 def xmig(*args, timeout: float = 120, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "migrate", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, env=_env(), cwd=cwd)
-
-
-def one_error_line(stderr: str) -> str:
-    assert "Traceback" not in stderr
-    lines = [ln for ln in stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("xmig: error: ")
-    return lines[0]
 
 
 @pytest.fixture

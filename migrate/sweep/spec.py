@@ -21,7 +21,7 @@ file), or an integer ``{range: [first, last]}`` / ``{range: [first, last, step]}
 
 Every value of every axis is checked on its own against the base scenario through
 ``migrate.scenario`` (the one definition of the scenario rules) and, for policies,
-``migrate.policy.make_policy``: a value that is wrong by itself is a ``SweepError``
+the policy check of ``xmig run``: a value that is wrong by itself is a ``SweepError``
 naming the file, the axis and the value. A combination that is wrong only together
 (say a balloon target past a ``maxmem`` another axis lowered) is left to the run, which
 records it as a row with its error.
@@ -315,9 +315,7 @@ def _column(v: Any) -> Any:
 
 def _model_error(file: str, e: ValidationError) -> SweepError:
     err = sorted(e.errors(), key=lambda x: x["type"] != "extra_forbidden")[0]
-    loc = tuple(x for x in err["loc"] if x not in ("list[any]", "StepRange", "IntRange"))
-    path = _format_path(loc) if not any(isinstance(x, str) and "." in x for x in loc) else \
-        ".".join(str(x) if not isinstance(x, int) else f"[{x}]" for x in loc)
+    path = _format_path(tuple(x for x in err["loc"] if x not in ("list[any]", "StepRange", "IntRange")))
     if err["type"] == "extra_forbidden":
         return SweepError(f"{file}: {path}: unknown key (expected one of the keys name, description, base, "
                           "axes, zip; an axis takes a list, {from, to, step} or {range: [first, last]})")
@@ -431,8 +429,6 @@ def _checked_axis(file: str, name: str, spec: Any, where: str, seen: dict[str, s
 def _check_scenario(file: str, data: dict, source: str, axis: str | None, value: Any) -> None:
     """Validate ``data`` as a scenario (the scenario loader's rules, and the policy's).
     With ``axis``, an error names the sweep file, the axis and the value."""
-    from ..policy import PolicyError, make_policy
-
     prefix = f"{file}: axis {axis} = {_show(value)}: " if axis else ""
     try:
         scenario = parse_scenario(data, source)
@@ -443,12 +439,16 @@ def _check_scenario(file: str, data: dict, source: str, axis: str | None, value:
         if e.file and msg.startswith(f"{e.file}: "):
             msg = msg[len(e.file) + 2:]
         raise SweepError(prefix + msg) from None
-    mig = scenario.migration
+    # The policy as ``xmig run`` checks it (one rule for which policies a scenario may name).
+    from ..cli import UsageError, _check_scenario_policy
+
     try:
-        make_policy(mig.policy, mig.policy_params, p2m_size=1)
-    except PolicyError as e:
-        field = "migration.policy_params" if "parameter" in str(e) else "migration.policy"
-        raise SweepError(f"{prefix or source + ': '}{field}: {e}") from None
+        _check_scenario_policy(scenario, Path(source), None)
+    except UsageError as e:
+        msg = str(e)
+        if axis and msg.startswith(f"{source}: "):
+            msg = prefix + msg[len(source) + 2:]
+        raise SweepError(msg) from None
 
 
 def _show(value: Any) -> str:
