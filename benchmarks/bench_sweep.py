@@ -70,26 +70,35 @@ def _local(sweep: Path, out: Path, workers: int) -> float:
     return wall
 
 
-def overhead(d: Path, runs: int) -> dict:
-    (d / "small64.yaml").write_text(SMALL)
-    sweep = _sweep_file(d, "small64", "small64.yaml", runs)
-    plan = load_sweep(sweep)
+def _in_process(plan) -> float:
     walls = []
     for p in plan.points():
         t0 = time.perf_counter()
         row = run_point(plan.base, plan.base_source, plan.axis_names, p.key(), p.values)
         walls.append(time.perf_counter() - t0)
         assert row["outcome"] == "completed"
-    base = sum(walls)
-    wall = _local(sweep, d / "small64.parquet", 1)
+    return sum(walls)
+
+
+def overhead(d: Path, runs: int, repeat: int) -> dict:
+    (d / "small64.yaml").write_text(SMALL)
+    sweep = _sweep_file(d, "small64", "small64.yaml", runs)
+    plan = load_sweep(sweep)
+    # alternated, best of each: other processes' load hits both sides alike
+    base = wall = float("inf")
+    for _ in range(repeat):
+        base = min(base, _in_process(plan))
+        wall = min(wall, _local(sweep, d / "small64.parquet", 1))
     return {"case": f"overhead: {runs} runs of a 64 MiB scenario, 1 worker", "baseline_s": base, "engine_s": wall,
             "ratio": wall / base, "goal": f"<= {GOALS['overhead']}", "met": wall / base <= GOALS["overhead"]}
 
 
-def scaling(d: Path, runs: int) -> tuple[dict, float, Path]:
+def scaling(d: Path, runs: int, repeat: int) -> tuple[dict, float, Path]:
     sweep = _sweep_file(d, "balloon", str(ROOT / "examples" / "balloon.yaml"), runs)
-    one = _local(sweep, d / "balloon-1.parquet", 1)
-    two = _local(sweep, d / "balloon-2.parquet", 2)
+    one = two = float("inf")
+    for _ in range(repeat):
+        one = min(one, _local(sweep, d / "balloon-1.parquet", 1))
+        two = min(two, _local(sweep, d / "balloon-2.parquet", 2))
     assert (d / "balloon-1.parquet").read_bytes() == (d / "balloon-2.parquet").read_bytes()
     return ({"case": f"scaling: {runs} runs of balloon.yaml, 1 vs 2 workers", "baseline_s": one, "engine_s": two,
              "ratio": one / two, "goal": f">= {GOALS['scaling']}", "met": one / two >= GOALS["scaling"]},
@@ -137,6 +146,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="20 balloon runs and 40 small runs")
     ap.add_argument("--runs", type=int, help="balloon.yaml runs (default 200, --quick 20)")
     ap.add_argument("--small-runs", type=int, help="64 MiB runs for the overhead case (default 200, --quick 40)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="alternate the overhead and scaling measurements this many times, keep the best of each")
     ap.add_argument("--no-shell", action="store_true", help="skip the shell loop (the slowest case)")
     ap.add_argument("--no-dask", action="store_true", help="skip the Dask cluster case")
     a = ap.parse_args()
@@ -146,9 +157,9 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="xmig-bench-sweep-") as tmp:
         d = Path(tmp)
-        rows.append(overhead(d, small))
+        rows.append(overhead(d, small, a.repeat))
         print(rows[-1], flush=True)
-        row, two, sweep = scaling(d, runs)
+        row, two, sweep = scaling(d, runs, a.repeat)
         rows.append(row)
         print(rows[-1], flush=True)
         if not a.no_shell:
