@@ -18,7 +18,7 @@ import typer
 SWEEP_HELP = (
     "Run a parameter study: every combination of a sweep file's axes, one migration each, "
     "one row per run in a Parquet or CSV file.\n\n"
-    "Example: xmig sweep examples/balloon-deflate-sweep.yaml --out deflate.parquet "
+    "Example: xmig sweep examples/sweeps/balloon-deflate-sweep.yaml --out deflate.parquet "
     "--summary guest.balloon.schedule[1].at --plot deflate.png\n\n"
     "Runs go to local worker processes (--workers, default: one per core), or to a Dask "
     "cluster with --scheduler tcp://HOST:8786 (started with 'dask scheduler --port 8786' and "
@@ -107,7 +107,7 @@ def register(app: typer.Typer) -> None:
                  help=SWEEP_HELP)
     @_guard
     def sweep(
-        file: Path = typer.Argument(..., help="Sweep file (YAML): base scenario and axes; see examples/*sweep*.yaml."),
+        file: Path = typer.Argument(..., help="Sweep file (YAML): base scenario and axes; see examples/sweeps/."),
         out: Path = typer.Option(..., "--out", "-o", help="Results file: .parquet or .csv (one row per run)."),
         fmt: Optional[str] = typer.Option(None, "--format", help="parquet or csv (default: from --out's extension)."),
         workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Local worker processes (default: one per core)."),

@@ -170,7 +170,7 @@ def test_shipped_schema_equals_the_generated_one_and_checks_examples():
     jsonschema = pytest.importorskip("jsonschema")
     assert json.loads(SCHEMA_PATH.read_text()) == sweep_json_schema(), "run: python -m migrate.sweep.spec"
     schema = sweep_json_schema()
-    examples = sorted((ROOT / "examples").glob("*sweep*.yaml"))
+    examples = sorted((ROOT / "examples").glob("sweeps/*.yaml"))
     assert examples
     for path in examples:
         jsonschema.validate(yaml.safe_load(path.read_text()), schema)
