@@ -89,7 +89,7 @@ class _Bar:
         left = self.total - self.done
         eta = f"{left / rate:.0f}s" if rate > 0 else "-"
         print(f"xmig sweep: {self.done}/{self.total} runs, {self.failed} failed, {rate:.1f} runs/s, ETA {eta}",
-              flush=True)
+              file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:

@@ -74,7 +74,8 @@ def reference(tmp_path_factory) -> dict:
     assert r.returncode == 0, r.stderr
     c = xmig("sweep", d / "sweep.yaml", "--out", d / "r.csv", "-j", "1")
     assert c.returncode == 0, c.stderr
-    return {"dir": d, "parquet": d / "r.parquet", "csv": d / "r.csv", "stdout": r.stdout, "plot": d / "p.png"}
+    return {"dir": d, "parquet": d / "r.parquet", "csv": d / "r.csv", "stdout": r.stdout, "stderr": r.stderr,
+            "plot": d / "p.png"}
 
 
 # ------------------------------------------------------------------------ the file
@@ -240,6 +241,26 @@ def test_summary_groups_by_the_axis_and_plot_is_drawn(reference: dict):
     assert "missing by guest.balloon.schedule[1].at" in out and "95% interval" in out
     assert f"{g.mean:,.1f}".rstrip("0").rstrip(".") in out
     assert reference["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_progress_is_plain_lines_when_piped_and_a_bar_on_a_terminal(reference: dict):
+    import io
+
+    from rich.console import Console
+
+    from migrate.cli_sweep import _Bar
+
+    lines = reference["stderr"].splitlines()
+    assert lines[0] == "xmig sweep: 0/24 runs, 0 failed, 0.0 runs/s, ETA -"
+    assert lines[-1].startswith("xmig sweep: 24/24 runs, 0 failed, ") and "\x1b" not in reference["stderr"]
+    buf = io.StringIO()
+    bar = _Bar(Console(file=buf, force_terminal=True, color_system=None, width=120), "tiny")
+    bar.start(10, 2)
+    for outcome in ("completed", "failed", "completed"):
+        bar.advance({"outcome": outcome})
+    bar.close()
+    text = buf.getvalue()
+    assert "5/10" in text and "1 failed" in text and "runs/s" in text and "ETA" in text
 
 
 def test_t95_quantiles():
