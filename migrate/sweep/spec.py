@@ -65,7 +65,6 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-Number = Union[int, float]
 Quantity = Annotated[Union[int, float, str], WithJsonSchema(
     {"anyOf": [{"type": "number"}, {"type": "string", "pattern": _QTY_RE.pattern}],
      "description": "a number, or a quantity with a unit such as 5s, 250ms or 256MiB"})]
