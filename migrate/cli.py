@@ -16,7 +16,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from . import cli_mqtt, cli_teach, outputs
+from . import cli_mqtt, cli_sweep, cli_teach, outputs
 
 class _OneLineErrors(typer.core.TyperGroup):
     """typer's own usage errors (a missing option, a bad integer, an unknown command)
@@ -717,6 +717,7 @@ def schema() -> None:
 # ``xmig hypervisor``, ``xmig guest`` and ``xmig watch`` (the MQTT actors).
 cli_mqtt.register(app)
 cli_teach.register(app)
+cli_sweep.register(app)  # ``xmig sweep`` (parameter studies)
 
 
 def main() -> None:

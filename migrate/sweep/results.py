@@ -1,0 +1,244 @@
+"""A sweep's results: one row per run, written as runs finish and put in order at the end.
+
+A row is the run's axis values (its identity) and the report's key outcomes
+(``OUTCOME_COLUMNS``, taken from ``report.build_report`` by ``row_from_report``).
+While a sweep runs, every finished row is appended to ``OUT.part`` (JSON lines, one
+flushed line per run, so a killed sweep loses at most the line being written). At the
+end, or when the sweep is interrupted, the rows are written to ``OUT`` (Parquet or CSV)
+in the sweep's canonical order (the product order of its axes), whatever order the
+runs finished in, and the part file is removed. ``--resume`` reads both files back.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+# name -> type ("int", "float", "str", "bool"); None in any column means "not known"
+# (a run that failed has no verify result, an invalid combination has no totals).
+OUTCOME_COLUMNS: dict[str, str] = {
+    "seed": "int",
+    "behaviour": "str",
+    "policy": "str",
+    "outcome": "str",         # completed / failed / aborted (the report's) or invalid / error / lost
+    "ok": "bool",             # completed and the destination matches the source
+    "error": "str",
+    "missing": "int",
+    "stale": "int",
+    "extra": "int",
+    "xtab_after_pass1": "int",
+    "xtab": "int",
+    "data_pages": "int",
+    "bytes": "int",
+    "iterations": "int",
+    "total_time_s": "float",
+    "downtime_s": "float",
+    "marks_dirty": "int",
+    "marks_clean": "int",
+}
+METRICS = [c for c, t in OUTCOME_COLUMNS.items() if t in ("int", "float") and c != "seed"]
+FORMATS = ("parquet", "csv")
+PARQUET_MISSING = ("pyarrow is needed for Parquet results: install the sweep extra: "
+                   "pip install 'xmig[sweep]' (or write CSV: --out results.csv)")
+
+
+class ResultsError(ValueError):
+    """A results file cannot be written or read back (one line, exit 2)."""
+
+
+def xtab_after_pass1(report: dict[str, Any]) -> int:
+    """XTAB entries sent by the live passes after pass 1 and the final pass (under
+    ``pre-fix``, GFNs dirtied then ballooned out, queried again for nothing)."""
+    return sum(r["xtab_sent"] for r in report["rounds"][1:] if r["phase"] != "verify")
+
+
+def row_from_report(report: dict[str, Any] | None, *, outcome: str | None = None, error: str | None = None,
+                    **known: Any) -> dict[str, Any]:
+    """The outcome columns of one run from its ``build_report`` dict; without a report
+    (the run never started) only ``outcome``, ``error`` and what is ``known``."""
+    row: dict[str, Any] = dict.fromkeys(OUTCOME_COLUMNS)
+    if report is None:
+        row.update(known, outcome=outcome, ok=False, error=error)
+        return row
+    tot, ver, hv = report["totals"], report["verify"], report["hypervisor"]
+    row.update(
+        seed=report["seed"], behaviour=report["behaviour"], policy=report["policy"]["name"],
+        outcome=report["outcome"], ok=bool(report["outcome"] == "completed" and ver and ver["ok"]),
+        error=report["error"],
+        missing=None if ver is None else ver["missing_pages"],
+        stale=None if ver is None else ver["stale_pages"],
+        extra=None if ver is None else ver["extra_pages"],
+        xtab_after_pass1=xtab_after_pass1(report), xtab=tot["xtab_sent"], data_pages=tot["pages_sent"],
+        bytes=tot["bytes"], iterations=tot["iterations"], total_time_s=tot["total_time_s"],
+        downtime_s=tot["downtime_s"], marks_dirty=hv.get("marks_dirty"), marks_clean=hv.get("marks_clean"))
+    return row
+
+
+def columns_for(axes: list[str]) -> list[str]:
+    """A results file's columns: the axes, then the outcomes (``seed`` once)."""
+    return list(axes) + [c for c in OUTCOME_COLUMNS if c not in axes]
+
+
+def format_of(path: Path, fmt: str | None) -> str:
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise ResultsError(f"--format: expected one of {', '.join(FORMATS)}, found {fmt!r}")
+        return fmt
+    ext = path.suffix.lower().lstrip(".")
+    if ext in ("parquet", "pq"):
+        return "parquet"
+    if ext == "csv":
+        return "csv"
+    raise ResultsError(f"--out: expected a .parquet or .csv file (or --format parquet|csv), found {str(path)!r}")
+
+
+def require_parquet() -> None:
+    try:
+        import pyarrow  # noqa: F401
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        raise ResultsError(PARQUET_MISSING) from None
+
+
+def part_path(out: Path) -> Path:
+    return out.with_name(out.name + ".part")
+
+
+# ---------------------------------------------------------------------------- part file
+
+class PartWriter:
+    """Append-only JSON lines: one line per finished run, flushed as it is written."""
+
+    def __init__(self, path: Path, axes: list[str], *, append: bool):
+        self.path = path
+        fresh = not (append and path.exists() and path.stat().st_size > 0)
+        self._fh = path.open("a" if not fresh else "w", encoding="utf-8")
+        if fresh:
+            self._write({"xmig_sweep_part": 1, "axes": axes})
+
+    def _write(self, obj: dict[str, Any]) -> None:
+        self._fh.write(json.dumps(obj, separators=(",", ":")) + "\n")
+        self._fh.flush()
+
+    def add(self, row: dict[str, Any]) -> None:
+        self._write(row)
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def read_part(path: Path) -> tuple[list[str] | None, list[dict[str, Any]]]:
+    """Rows of a part file; a last line cut short by a kill is ignored."""
+    if not path.exists():
+        return None, []
+    axes = None
+    rows: list[dict[str, Any]] = []
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "xmig_sweep_part" in obj:
+                axes = obj.get("axes")
+            elif isinstance(obj, dict):
+                rows.append(obj)
+    return axes, rows
+
+
+# ---------------------------------------------------------------------------- final file
+
+def _axis_type(values: Iterable[Any]) -> str:
+    vals = [v for v in values if v is not None]
+    if vals and all(isinstance(v, bool) for v in vals):
+        return "bool"
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+        return "int"
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+        return "float"
+    return "str"
+
+
+def column_types(axes: list[str], rows: list[dict[str, Any]]) -> dict[str, str]:
+    types = {a: _axis_type(r.get(a) for r in rows) for a in axes}
+    types.update({c: t for c, t in OUTCOME_COLUMNS.items() if c not in axes})
+    return types
+
+
+def _cast(value: Any, typ: str) -> Any:
+    if value is None:
+        return None
+    if typ == "str":
+        return value if isinstance(value, str) else json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+    if typ == "float":
+        return float(value)
+    return value
+
+
+def write_results(path: Path, fmt: str, axes: list[str], rows: list[dict[str, Any]],
+                  meta: dict[str, Any] | None = None) -> None:
+    """Write ``rows`` (already in canonical order) atomically: a temporary file renamed
+    over ``path``, so a reader never sees half a file."""
+    cols = columns_for(axes)
+    types = column_types(axes, rows)
+    tmp = path.with_name(path.name + ".tmp")
+    if fmt == "csv":
+        with tmp.open("w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(cols)
+            for r in rows:
+                w.writerow(["" if r.get(c) is None else _csv_cell(_cast(r.get(c), types[c])) for c in cols])
+    else:
+        require_parquet()
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pa_types = {"int": pa.int64(), "float": pa.float64(), "str": pa.string(), "bool": pa.bool_()}
+        schema = pa.schema([(c, pa_types[types[c]]) for c in cols],
+                           metadata={b"xmig.sweep": json.dumps(meta or {}).encode()})
+        table = pa.Table.from_pydict({c: [_cast(r.get(c), types[c]) for r in rows] for c in cols}, schema=schema)
+        pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def _csv_cell(v: Any) -> Any:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return v
+
+
+def read_results(path: Path, fmt: str) -> list[dict[str, Any]]:
+    """Rows of a results file written by ``write_results`` (types restored for CSV)."""
+    if not path.exists():
+        return []
+    try:
+        if fmt == "parquet":
+            require_parquet()
+            import pyarrow.parquet as pq
+
+            return pq.read_table(path).to_pylist()
+        with path.open(newline="", encoding="utf-8") as fh:
+            return [{k: _from_csv(k, v) for k, v in r.items()} for r in csv.DictReader(fh)]
+    except ResultsError:
+        raise
+    except Exception as e:
+        raise ResultsError(f"{path}: expected a results file written by xmig sweep, found {type(e).__name__}: {e}") from None
+
+
+def _from_csv(column: str, text: str | None) -> Any:
+    if text is None or text == "":
+        return None
+    typ = OUTCOME_COLUMNS.get(column)
+    if typ == "str":
+        return text
+    if typ == "bool" or (typ is None and text in ("true", "false")):
+        return text == "true"
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return text
