@@ -101,7 +101,7 @@ class _Bar:
 
 def register(app: typer.Typer) -> None:
     """Add ``sweep`` to the ``xmig`` app."""
-    from .cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError, _check_output, _guard
+    from .cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError, _guard
 
     @app.command(short_help="Run a parameter study (many migrations) and write one row per run.",
                  help=SWEEP_HELP)
@@ -126,8 +126,12 @@ def register(app: typer.Typer) -> None:
             form = results.format_of(out, fmt)
             if form == "parquet":
                 results.require_parquet()
-            _check_output(out, "--out")
-            _check_output(plot, "--plot")
+            from .outputs import OutputError, check_targets
+
+            try:
+                check_targets({"--out": out, "--plot": plot}, {"the sweep file": file})
+            except OutputError as exc:
+                raise UsageError(str(exc)) from None
             if plot is not None:
                 from .plot import PlotError, _matplotlib
 

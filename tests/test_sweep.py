@@ -133,7 +133,7 @@ axes:
      "axis guest.balloon.schedule[1].at = '0.5s': guest.balloon.schedule[1].at: expected times in order"),
     ("axes:\n  migration.xen_behavour: [fixed]\n", "axis migration.xen_behavour = 'fixed': migration.xen_behavour: unknown key"),
     ("axes:\n  migration.xen_behaviour: [fixed, prefix]\n",
-     "axis migration.xen_behaviour = 'prefix': migration.xen_behaviour: expected one of 'fixed' or 'pre-fix'"),
+     "axis migration.xen_behaviour = 'prefix': migration.xen_behaviour: expected 'fixed' or 'pre-fix', or a mapping"),
     ("axes:\n  guest.balloon.schedule[5].at: [2s]\n", "axis guest.balloon.schedule[5].at: guest.balloon.schedule has 2 entries"),
     ("axes:\n  migration.policy: [xen, nosuch]\n", "axis migration.policy = 'nosuch': migration.policy:"),
     ("axes:\n  link.latency: {from: 1ms, to: 1s, step: 1ms}\n", "expected from, to and step in one unit"),
