@@ -132,6 +132,8 @@ class DashboardState:
     cur_xtab: int = 0
     cur_bytes: int = 0
     cur_start: float = 0.0
+    cur_balloon_out: int = 0
+    cur_balloon_in: int = 0
     in_pass: bool = False
     rounds: list[dict[str, Any]] = field(default_factory=list)
     last_clean: dict[str, Any] | None = None
@@ -205,6 +207,7 @@ class Dashboard:
             s.cur_entries, s.cur_walked = int(ev.entries), 0
             s.cur_dirty_count = int(ev.dirty_count)
             s.cur_pages = s.cur_xtab = s.cur_bytes = 0
+            s.cur_balloon_out = s.cur_balloon_in = 0
             s.cur_start = float(ev.t)
         elif isinstance(ev, PassEnded):
             s.in_pass = False
@@ -244,6 +247,13 @@ class Dashboard:
             s.populate_pages += max(rc, 0)
         else:
             return
+        # The pass table's "bal -/+" column, counted as the engine counts RoundStats:
+        # in the pass it happens in; between two passes, in the pass before.
+        key = "balloon_out" if ev.op == "decrease_reservation" else "balloon_in"
+        if s.in_pass:
+            setattr(s, "cur_" + key, getattr(s, "cur_" + key) + max(rc, 0))
+        elif s.rounds:
+            s.rounds[-1][key] = int(s.rounds[-1].get(key, 0)) + max(rc, 0)
         word = "decrease" if ev.op == "decrease_reservation" else "populate"
         res = f"{rc}/{ev.nr} pages" if rc >= 0 else f"{ev.nr} pages, rc={rc}"
         s.recent.append((float(ev.t), f"{word} {res}"))
@@ -338,7 +348,8 @@ class Dashboard:
         if s.in_pass:
             live = {"iteration": s.cur_iteration, "phase": s.cur_phase, "dirty_count": s.cur_dirty_count,
                     "pfns_walked": s.cur_walked, "pages_sent": s.cur_pages, "xtab_sent": s.cur_xtab,
-                    "bytes": s.cur_bytes, "start_s": s.cur_start, "end_s": s.t}
+                    "bytes": s.cur_bytes, "start_s": s.cur_start, "end_s": s.t,
+                    "balloon_out": s.cur_balloon_out, "balloon_in": s.cur_balloon_in}
         return pass_table(rows, live=live, max_rows=self.max_pass_rows)
 
     def _counters_panel(self) -> RenderableType:
