@@ -154,6 +154,8 @@ class GfnMap:
         self._in_ignored_pass = False
         self.finished = False
         self.verify = None
+        # what the latest bitmap said about the balloon's GFNs (for captions)
+        self.pass_start: dict[str, int] = {}
         self.iteration = 0
         self.phase = ""
         self.p2m_size = 0
@@ -333,11 +335,17 @@ class GfnMap:
             return
         # Additions still waiting were not in the bitmap this pass was cut from: lost.
         waiting = np.flatnonzero((st & (_F_ADDED | _F_PENDING)) == (_F_ADDED | _F_PENDING))
-        if waiting.size:
-            st[waiting] = (st[waiting] & ~np.uint8(_F_PENDING)) | np.uint8(_F_LOST)
         pfns = self._clip(np.asarray(pfns, dtype=np.int64))
+        listed = np.zeros(waiting.size, dtype=bool)
+        if waiting.size and pfns.size:
+            listed = np.isin(waiting, pfns)
+        lost = waiting[~listed]
+        if lost.size:
+            st[lost] = (st[lost] & ~np.uint8(_F_PENDING)) | np.uint8(_F_LOST)
         in_p2m = (st[pfns] & _BASE_MASK) == _B_RAM
         ram, gone = pfns[in_p2m], pfns[~in_p2m]
+        self.pass_start = {"listed": int(pfns.size), "leftover": int(gone.size),
+                           "added_listed": int(listed.sum()), "added_lost": int(lost.size)}
         st[ram] = (st[ram] & ~np.uint8(_F_LOST)) | np.uint8(_F_PENDING)
         st[gone] |= np.uint8(_F_LEFTOVER)        # a dirty bit on a GFN not in the P2M
         self._stale[:] = True
@@ -414,6 +422,20 @@ class GfnMap:
             present = c > 0
             # highest state index with a nonzero count
             return (NSTATES - 1 - np.argmax(present[:, ::-1], axis=1)).astype(np.int8)
+        return (NSTATES - 1 - np.argmax(c[:, ::-1], axis=1)).astype(np.int8)
+
+    def cells_binned(self, k: int) -> np.ndarray:
+        """``cells()`` for cells ``k`` times as wide (``k`` adjacent cells pooled), by the
+        same rule: how a small terminal draws the same map with fewer cells."""
+        c = self.counts()
+        if k <= 1 or not self.ncells:
+            return self.cells()
+        pad = (-self.ncells) % k
+        if pad:
+            c = np.vstack([c, np.zeros((pad, NSTATES), dtype=c.dtype)])
+        c = c.reshape(-1, k, NSTATES).sum(axis=1)
+        if self.mode == "priority":
+            return (NSTATES - 1 - np.argmax((c > 0)[:, ::-1], axis=1)).astype(np.int8)
         return (NSTATES - 1 - np.argmax(c[:, ::-1], axis=1)).astype(np.int8)
 
     def grid(self) -> np.ndarray:

@@ -62,7 +62,7 @@ def test_gfn_map_cells_show_the_pre_fix_pass_visiting_the_balloon():
     text = export(dash.render())
     assert map_rows(text)["08000"] == "X" * 64
     assert map_rows(text)["0f000"] == "·" * 64              # MMIO hole: pass 1 listed it, pass 2 did not
-    assert "X xtab 4096" in text
+    assert "X xtab 4,096" in text
 
 
 def test_fixed_map_keeps_the_balloon_ballooned():
