@@ -154,6 +154,16 @@ def _parse_speed(speed: str) -> Optional[float]:
     return value
 
 
+def _default_speed(speed: Optional[str], interactive: bool) -> Optional[float]:
+    if speed is not None:
+        return _parse_speed(speed)
+    if interactive:
+        from .view.playback import default_tty_speed
+
+        return default_tty_speed()
+    return None
+
+
 def _check_stream_target(stream: Optional[str]) -> None:
     if stream is None:
         return
@@ -235,50 +245,51 @@ async def _run_with_interrupt(coro_fn):
     return result, interrupted["yes"]
 
 
+def _runner_for(remote: Optional[dict[str, Any]]):
+    """``run(scenario, opts, *, bus, pacer)``: in this process, or driving the actors of
+    ``remote`` (broker settings) over MQTT."""
+    if remote is None:
+        from .runner import run_scenario
+
+        return run_scenario
+    from .cli_mqtt import remote_run
+
+    async def run(scenario, opts, *, bus, pacer):
+        return await remote_run(scenario, opts, remote["broker"], remote["run_id"], bus, pacer,
+                                username=remote["username"], password=remote["password"],
+                                tls_ca=remote["tls_ca"], tls_insecure=remote["tls_insecure"],
+                                timeout=remote["timeout"])
+    return run
+
+
 def _one_run(scenario, opts, *, dashboard: bool, speed: Optional[float], console: Console, record_map: bool,
-             quiet: bool = False, remote: Optional[dict[str, Any]] = None):
-    """One migration with its live view: the dashboard on a terminal, Xen-style progress
-    lines otherwise (nothing with ``quiet``). ``remote`` holds the broker settings when
-    the hypervisor and the guest are ``xmig hypervisor`` / ``xmig guest`` processes.
+             quiet: bool = False, remote: Optional[dict[str, Any]] = None, guided: bool = False):
+    """One migration with its live view: the interactive app on a terminal, Xen-style
+    progress lines otherwise (nothing with ``quiet``). ``remote`` holds the broker settings
+    when the hypervisor and the guest are ``xmig hypervisor`` / ``xmig guest`` processes.
     Returns (result, interrupted, recorder)."""
-    from .dashboard import Dashboard, LiveDashboard, Pacer
+    run = _runner_for(remote)
+    if dashboard:
+        from .view.commands import interactive_run
+
+        return interactive_run(scenario, opts, speed=speed, guided=guided, record_map=record_map, run=run)
+    from .dashboard import Pacer
     from .events import EventBus
     from .gfnmap import GfnMapRecorder
     from .progress import PlainProgress
-    from .runner import run_scenario
 
     bus = EventBus()
     pacer = Pacer(speed)
-    dash = progress = recorder = None
-    if dashboard:
-        dash = Dashboard(console, speed=speed)
-        bus.subscribe(dash)
-        if record_map:
-            recorder = GfnMapRecorder(dash.gfnmap)
-    else:
-        if not quiet:
-            progress = PlainProgress(sys.stdout)
-            bus.subscribe(progress)
-        if record_map:
-            recorder = GfnMapRecorder()
-    if recorder is not None:
+    progress = recorder = None
+    if not quiet:
+        progress = PlainProgress(sys.stdout)
+        bus.subscribe(progress)
+    if record_map:
+        recorder = GfnMapRecorder()
         bus.subscribe(recorder)
 
-    async def migrate():
-        if remote is not None:
-            from .cli_mqtt import remote_run
-
-            return await remote_run(scenario, opts, remote["broker"], remote["run_id"], bus, pacer,
-                                    username=remote["username"], password=remote["password"],
-                                    tls_ca=remote["tls_ca"], tls_insecure=remote["tls_insecure"],
-                                    timeout=remote["timeout"])
-        return await run_scenario(scenario, opts, bus=bus, pacer=pacer)
-
     async def go():
-        if dash is not None:
-            with LiveDashboard(dash, console=console):
-                return await migrate()
-        return await migrate()
+        return await run(scenario, opts, bus=bus, pacer=pacer)
 
     try:
         result, interrupted = asyncio.run(_run_with_interrupt(go))
@@ -310,8 +321,9 @@ def run(
     report: Optional[Path] = typer.Option(None, help="Write the JSON report here."),
     csv: Optional[Path] = typer.Option(None, "--csv", help="Write the per-pass table as CSV here."),
     plot: Optional[Path] = typer.Option(None, help="Draw pages sent per pass and the GFN map over passes (PNG; needs matplotlib)."),
-    speed: str = typer.Option("max", help="Virtual seconds per wall second for the dashboard (e.g. 0.5), or 'max'."),
-    no_dashboard: bool = typer.Option(False, "--no-dashboard", help="Plain progress lines instead of the live dashboard."),
+    speed: Optional[str] = typer.Option(None, help="Virtual seconds per wall second (e.g. 0.5), or 'max'. Default: 0.4 in the interactive app (examples/balloon.yaml lasts ~25 s), max otherwise."),
+    guided: bool = typer.Option(False, "--guided", help="In the app: pause at every event of interest (a balloon move, a pass that meets its GFNs, the verdict) until a key is pressed."),
+    no_dashboard: bool = typer.Option(False, "--no-dashboard", help="Plain progress lines instead of the interactive app."),
     broker: Optional[str] = typer.Option(None, "--broker", help="mqtt://HOST:PORT: drive the 'xmig hypervisor' and 'xmig guest' of --run over this broker instead of running them in this process."),
     run_id: Optional[str] = typer.Option(None, "--run", help="With --broker: the run id the actors were started with."),
     username: Optional[str] = cli_mqtt.USERNAME_OPT,
@@ -340,11 +352,11 @@ def run(
                              "'xmig hypervisor' and 'xmig guest' processes were started with")
         remote = {"broker": broker, "run_id": run_id, "username": username, "password": password,
                   "tls_ca": tls_ca, "tls_insecure": tls_insecure, "timeout": timeout}
-    pace = _parse_speed(speed)
     console = Console()
     use_dash = console.is_terminal and not no_dashboard
+    pace = _default_speed(speed, use_dash)
     result, interrupted, recorder = _one_run(scenario, opts, dashboard=use_dash, speed=pace, console=console,
-                                             record_map=plot is not None, remote=remote)
+                                             record_map=plot is not None, remote=remote, guided=guided)
     rep = build_report(result)
     if recorder is not None:
         rep["gfn_map"] = recorder.as_list()
@@ -355,7 +367,7 @@ def run(
         rep["outcome"] = "aborted"
         interrupted_msg = ("xmig: interrupted: the migration was aborted and the source domain resumed "
                            "(it keeps running on the source host)")
-    _print_summary(console, rep, after_dashboard=use_dash)
+    _print_summary(console, rep)
     if interrupted:
         console.print(interrupted_msg, markup=False, soft_wrap=True)
     if report is not None:
@@ -369,14 +381,13 @@ def run(
     raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED)
 
 
-def _print_summary(console: Console, rep: dict[str, Any], *, after_dashboard: bool = False) -> None:
-    """The same summary the dashboard ends on; plain text (no escape codes) when piped.
-    After a live dashboard, whose last frame already shows the passes, only the totals
-    and the verdict follow."""
+def _print_summary(console: Console, rep: dict[str, Any]) -> None:
+    """The run's summary (passes, totals, verdict) after the app closes; plain text (no
+    escape codes) when piped."""
     if console.is_terminal:
         from .dashboard import render_summary
 
-        console.print(render_summary(rep, passes=not after_dashboard))
+        console.print(render_summary(rep))
     else:
         from .progress import print_summary
 

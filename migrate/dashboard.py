@@ -352,7 +352,8 @@ class Dashboard:
         bar = ProgressBar(total=total, completed=min(s.cur_walked, total), width=width)
         return Panel(Group(head, bar), title="current pass", title_align="left", padding=(0, 1))
 
-    def pass_table_panel(self, max_rows: int | None = None, compact: bool = False) -> RenderableType:
+    def pass_table_panel(self, max_rows: int | None = None, compact: bool = False,
+                         title: str | None = "passes") -> RenderableType:
         s = self.state
         rows = list(s.rounds)
         live = None
@@ -361,7 +362,8 @@ class Dashboard:
                     "pfns_walked": s.cur_walked, "pages_sent": s.cur_pages, "xtab_sent": s.cur_xtab,
                     "bytes": s.cur_bytes, "start_s": s.cur_start, "end_s": s.t,
                     "balloon_out": s.cur_balloon_out, "balloon_in": s.cur_balloon_in}
-        return pass_table(rows, live=live, max_rows=max_rows or self.max_pass_rows, compact=compact)
+        return pass_table(rows, live=live, max_rows=max_rows or self.max_pass_rows, compact=compact,
+                          title=title)
 
     def counters_panel(self) -> RenderableType:
         s = self.state
@@ -398,7 +400,7 @@ class Dashboard:
         g.add_row("decrease", f"{s.decrease_pages} pages in {s.decrease_ops} ops")
         g.add_row("populate", f"{s.populate_pages} pages in {s.populate_ops} ops")
         out_, in_ = s.balloon_during_passes
-        g.add_row("in passes", f"-{out_}/+{in_} (the bal -/+ column's sum)")
+        g.add_row("in passes", f"-{out_}/+{in_} (bal -/+ summed)")
         if s.balloon_stalled:
             g.add_row("status", Text(f"stalled: {s.balloon_stalled}", style="bold yellow"))
         body: list[RenderableType] = [g]
@@ -545,6 +547,7 @@ def render_gfnmap(gmap: GfnMap, *, title: str | None = None, width: int | None =
             g, colour = glyph[int(seg[0])]
             lines.append(g * seg.size, style=colour)
         lines.append("\n")
+    lines.rstrip()
     legend = Text(no_wrap=True, overflow="crop")
     for i, ln in enumerate(legend_lines):
         if i:

@@ -1,0 +1,219 @@
+"""One plain-words caption for each event that matters, with its numbers from the events.
+
+What a teacher would say over ``xl migrate``'s progress lines: the save loop of
+``tools/libs/guest/xg_sr_save.c`` (pass 1 sends every PFN; each later pass sends what
+the CLEAN of the log-dirty bitmap returned; suspend; the final pass), and the two call
+sites the P2M/log-dirty fix changes: ``p2m_remove_page`` (a GFN that leaves the P2M is
+marked clean) and ``guest_physmap_add_entry`` (a GFN that joins it is marked dirty),
+both in ``xen/arch/x86/mm/p2m.c``.
+
+A ``Narrator`` is a listener that reads the same ``GfnMap`` the screen draws (it must be
+fed after the map), so a caption never states a number the map does not show.
+``Caption.interesting`` marks the moments ``--guided`` stops at and ``n`` steps to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..events import (BatchSent, Event, GuestNote, MemoryOp, MigrationFinished, PassEnded,
+                      PassStarted, PhaseChanged, RunStarted, VerifyDone)
+from ..gfnmap import GfnMap
+from hypervisor.abi import PFINFO_HAS_DATA
+
+PAGE = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Caption:
+    t: float
+    text: str
+    interesting: bool = False
+    slow: bool = False          # a short moment the playback shows in slow motion
+
+    def line(self) -> str:
+        return f"t={self.t:.2f} s {self.text}"
+
+
+def _size(pages: int) -> str:
+    b = pages * PAGE
+    for unit, div in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if b >= div:
+            v = b / div
+            return f"{v:.0f} {unit}" if v == int(v) else f"{v:.1f} {unit}"
+    return f"{b} B"
+
+
+def _fixed(behaviour: Any, site: str) -> bool:
+    """Does the hypervisor run the fixed code at this call site? (``xen_behaviour`` is
+    ``fixed``, ``pre-fix``, or a mapping of call site to either.)"""
+    if isinstance(behaviour, dict):
+        return behaviour.get(site, "fixed") == "fixed"
+    return behaviour == "fixed"
+
+
+class Narrator:
+    """Event listener turning the stream into ``Caption``s (``captions``, newest last)."""
+
+    def __init__(self, gfnmap: GfnMap, *, keep: int = 200):
+        self.gfnmap = gfnmap
+        self.behaviour: Any = ""
+        self.captions: list[Caption] = []
+        self.keep = keep
+        self._move: dict[str, Any] | None = None     # the balloon move in progress
+        self._removed_since_pass = 0
+        self._added_since_pass = 0
+        self._xtab_told = False
+        self._iteration = 0
+
+    def __call__(self, ev: Event) -> Caption | None:
+        cap = self._caption(ev)
+        if cap is not None:
+            self.captions.append(cap)
+            if len(self.captions) > self.keep:
+                del self.captions[: len(self.captions) - self.keep]
+        return cap
+
+    on_event = __call__
+
+    @property
+    def last(self) -> Caption | None:
+        return self.captions[-1] if self.captions else None
+
+    # ------------------------------------------------------------------ rules
+
+    def _caption(self, ev: Event) -> Caption | None:
+        t = float(ev.t)
+        if isinstance(ev, BatchSent):
+            return self._batch(ev)
+        if isinstance(ev, MemoryOp):
+            if ev.rc > 0 and ev.op == "decrease_reservation":
+                self._removed_since_pass += int(ev.rc)
+            elif ev.rc > 0 and ev.op == "populate_physmap":
+                self._added_since_pass += int(ev.rc)
+            return None
+        if isinstance(ev, GuestNote):
+            return self._guest(ev)
+        if isinstance(ev, PassStarted):
+            return self._pass_started(ev)
+        if isinstance(ev, PassEnded):
+            st = ev.stats
+            if st.phase == "verify":
+                return None
+            dur = st.end_s - st.start_s
+            text = (f"pass {st.iteration} done: {st.pages_sent:,} data pages, {st.xtab_sent:,} XTAB "
+                    f"entries, {st.bytes / (1 << 20):.1f} MiB in {dur:.2f} s")
+            if st.xtab_sent and st.iteration > 1:
+                text += f" ({st.xtab_sent:,} GFNs queried for nothing)"
+            return Caption(t, text, interesting=bool(st.xtab_sent and st.iteration > 1))
+        if isinstance(ev, PhaseChanged) and ev.phase == "suspended":
+            why = f" ({ev.detail})" if ev.detail else ""
+            return Caption(t, f"the policy ends the live passes{why}: the domain is suspended, "
+                              "downtime starts", interesting=True)
+        if isinstance(ev, RunStarted):
+            self.behaviour = ev.behaviour
+            return Caption(t, f"migration of '{ev.scenario}' starts ({ev.behaviour}): "
+                              f"{ev.guest_pages:,} RAM pages; pass 1 sends every PFN", interesting=True)
+        if isinstance(ev, VerifyDone):
+            return self._verify(ev)
+        if isinstance(ev, MigrationFinished) and ev.outcome != "completed":
+            return Caption(t, f"migration {ev.outcome}: {ev.message}", interesting=True)
+        return None
+
+    def _guest(self, ev: GuestNote) -> Caption | None:
+        d = ev.detail if isinstance(ev.detail, dict) else {}
+        t = float(ev.t)
+        if ev.what == "balloon_target" and "target_pages" in d and "current_pages" in d:
+            delta = int(d["target_pages"]) - int(d["current_pages"])
+            if not delta:
+                return None
+            self._move = {"out": delta < 0, "pages": 0, "ops": 0, "target": int(d["target_pages"])}
+            if delta < 0:
+                fix = ("fixed: any of them that are dirty are marked clean"
+                       if _fixed(self.behaviour, "p2m_remove_page")
+                       else "pre-fix: the dirty bits of those already dirtied stay set")
+                text = (f"balloon inflates {_size(-delta)}: decrease_reservation removes "
+                        f"{-delta:,} GFNs from the P2M. {fix}")
+            else:
+                fix = ("fixed: each one is marked dirty, so the next pass sends it"
+                       if _fixed(self.behaviour, "guest_physmap_add_entry")
+                       else "pre-fix: none is marked dirty, and writes to them go unlogged "
+                            "until the next CLEAN")
+                text = (f"balloon deflates {_size(delta)}: populate_physmap adds {delta:,} "
+                        f"GFNs back. {fix}")
+            return Caption(t, text, interesting=True)
+        if ev.what in ("balloon_inflate", "balloon_deflate") and self._move is not None:
+            # the guest's own account of each step of the move (pages, hypercalls)
+            self._move["pages"] += int(d.get("pages", 0))
+            self._move["ops"] += int(d.get("batches", 0))
+            if int(d.get("current_pages", -1)) == self._move["target"]:
+                m, self._move = self._move, None
+                verb = "left" if m["out"] else "joined"
+                call = "decrease_reservation" if m["out"] else "populate_physmap"
+                return Caption(t, f"balloon done: {m['pages']:,} GFNs {verb} the P2M in "
+                                  f"{m['ops']:,} {call} calls")
+        return None
+
+    def _pass_started(self, ev: PassStarted) -> Caption | None:
+        t = float(ev.t)
+        self._iteration = int(ev.iteration)
+        self._xtab_told = False
+        removed, added = self._removed_since_pass, self._added_since_pass
+        self._removed_since_pass = self._added_since_pass = 0
+        if ev.phase == "verify":
+            return Caption(t, "VERIFY pass: everything is sent again while the domain is suspended")
+        if ev.pfns is None:
+            return None           # pass 1: said when the run started
+        ps = self.gfnmap.pass_start
+        head = ("final pass" if ev.phase == "final" else f"pass {ev.iteration}")
+        parts = [f"{head}: the CLEAN returned dirty_count {ev.dirty_count:,}; "
+                 f"the saver walks these {ev.entries:,} PFNs"]
+        interesting = ev.phase == "final"
+        left, lost, listed = ps.get("leftover", 0), ps.get("added_lost", 0), ps.get("added_listed", 0)
+        if left:
+            parts.append(f"{left:,} of them are not in the P2M: dirty bits left behind when the "
+                         f"balloon removed them (pre-fix). This pass sends {left:,} XTAB entries")
+            interesting = True
+        elif removed and _fixed(self.behaviour, "p2m_remove_page"):
+            parts.append(f"none of the {removed:,} GFNs the balloon removed is listed: "
+                         "the fix marked them clean")
+            interesting = True
+        if lost:
+            parts.append(f"{lost:,} GFNs populate_physmap added are not listed: never marked dirty "
+                         "(pre-fix), no pass will send their new contents")
+            interesting = True
+        elif listed and added:
+            parts.append(f"it lists the {listed:,} GFNs populate_physmap added "
+                         "(the fix marked them dirty)")
+            interesting = True
+        return Caption(t, ". ".join(parts), interesting=interesting)
+
+    def _batch(self, ev: BatchSent) -> Caption | None:
+        if self._xtab_told:
+            return None
+        nib = np.asarray(ev.nibbles, dtype=np.uint8) & 0xF
+        nodata = int(np.count_nonzero(~PFINFO_HAS_DATA[nib]))
+        if not nodata:
+            return None
+        self._xtab_told = True
+        pfns = np.asarray(ev.pfns, dtype=np.int64)
+        first = int(pfns[~PFINFO_HAS_DATA[nib]][0]) if pfns.size else 0
+        return Caption(float(ev.t), f"pass {ev.iteration} reaches GFNs not in the P2M (from {first:#x}): "
+                                    "getpageframeinfo3 says XTAB, the stream gets the PFN and no data",
+                       interesting=self._iteration > 1, slow=True)
+
+    def _verify(self, ev: VerifyDone) -> Caption:
+        v = ev.stats
+        t = float(ev.t)
+        if v.ok:
+            return Caption(t, "the destination matches the source as it stood at suspend", interesting=True)
+        bits = [f"{v.missing_pages:,} missing", f"{v.stale_pages:,} stale"]
+        why = ("GFNs populate_physmap added were never marked dirty, so no pass sent their "
+               "new contents")
+        return Caption(t, f"the destination DIVERGED: {', '.join(bits)}: {why}", interesting=True)
+
+
+__all__ = ["Caption", "Narrator"]
