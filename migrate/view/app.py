@@ -356,17 +356,16 @@ class XmigApp(App):
             self._pause(True)
 
     def _pause(self, on: bool) -> None:
+        # The view holds at once (events already queued wait), and the engine or the
+        # replay stops at its next step; a watched run goes on in its own processes.
         if self.playback is not None and self.mode != "watch":
             (self.playback.pause if on else self.playback.resume)()
-        else:
-            self.view_paused = on
-            if not on:
-                self._view_resume.set()
+        self.view_paused = on
+        if not on:
+            self._view_resume.set()
 
     @property
     def paused(self) -> bool:
-        if self.playback is not None and self.mode != "watch":
-            return self.playback.paused
         return self.view_paused
 
     def _status(self) -> Text:

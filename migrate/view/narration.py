@@ -169,25 +169,23 @@ class Narrator:
             return None           # pass 1: said when the run started
         ps = self.gfnmap.pass_start
         head = ("final pass" if ev.phase == "final" else f"pass {ev.iteration}")
-        parts = [f"{head}: the CLEAN returned dirty_count {ev.dirty_count:,}; "
-                 f"the saver walks these {ev.entries:,} PFNs"]
+        parts = [f"{head}: the CLEAN gave dirty_count {ev.dirty_count:,}"]
         interesting = ev.phase == "final"
         left, lost, listed = ps.get("leftover", 0), ps.get("added_lost", 0), ps.get("added_listed", 0)
         if left:
-            parts.append(f"{left:,} of them are not in the P2M: dirty bits left behind when the "
-                         f"balloon removed them (pre-fix). This pass sends {left:,} XTAB entries")
+            parts.append(f"{left:,} of them are not in the P2M (bits the balloon left set, pre-fix): "
+                         f"{left:,} XTAB entries to come")
             interesting = True
         elif removed and _fixed(self.behaviour, "p2m_remove_page"):
-            parts.append(f"none of the {removed:,} GFNs the balloon removed is listed: "
-                         "the fix marked them clean")
+            parts.append(f"none of the {removed:,} ballooned GFNs is listed: the fix cleaned their bits")
             interesting = True
         if lost:
-            parts.append(f"{lost:,} GFNs populate_physmap added are not listed: never marked dirty "
-                         "(pre-fix), no pass will send their new contents")
+            parts.append(f"{lost:,} GFNs added by populate_physmap are not listed: never marked "
+                         "dirty (pre-fix)")
             interesting = True
         elif listed and added:
-            parts.append(f"it lists the {listed:,} GFNs populate_physmap added "
-                         "(the fix marked them dirty)")
+            parts.append(f"the {listed:,} GFNs populate_physmap added are listed: the fix marked "
+                         "them dirty")
             interesting = True
         return Caption(t, ". ".join(parts), interesting=interesting)
 
@@ -196,14 +194,14 @@ class Narrator:
             return None
         nib = np.asarray(ev.nibbles, dtype=np.uint8) & 0xF
         nodata = int(np.count_nonzero(~PFINFO_HAS_DATA[nib]))
-        if not nodata:
-            return None
+        if not nodata or (self._iteration <= 1 and nodata < 512):
+            return None         # pass 1 lists every hole too: only a region is worth a word
         self._xtab_told = True
         pfns = np.asarray(ev.pfns, dtype=np.int64)
         first = int(pfns[~PFINFO_HAS_DATA[nib]][0]) if pfns.size else 0
         return Caption(float(ev.t), f"pass {ev.iteration} reaches GFNs not in the P2M (from {first:#x}): "
                                     "getpageframeinfo3 says XTAB, the stream gets the PFN and no data",
-                       interesting=self._iteration > 1, slow=True)
+                       interesting=True, slow=True)
 
     def _verify(self, ev: VerifyDone) -> Caption:
         v = ev.stats
