@@ -114,34 +114,6 @@ def shown(app, pid: str) -> bool:
     return w.display and w.parent.display and w.region.area > 0
 
 
-@pytest.mark.parametrize("size", SIZES)
-async def test_run_at_every_size_shows_header_pass_table_and_map(size):
-    app = XmigApp.for_run(load_scenario(EX / "balloon.yaml"), RunOptions(behaviour="pre-fix"), speed=None)
-    async with app.run_test(size=size) as pilot:
-        await until(pilot, lambda: app.done)
-        text = app.screen_text()
-        assert "balloon  seed 1  pre-fix  policy xen" in text
-        assert "destination DIVERGED: 44,946 missing, 0 stale" in text
-        assert "pass 6 final  18,631/18,631 PFNs" in text
-        table = app.query_one("#table").plain()
-        head = next(ln for ln in table.splitlines() if ln.lstrip().startswith("#"))
-        assert "…" not in head and "bal -/+" in head and "XTAB" in head
-        assert "0/7865" in table                           # pass 5's balloon moves, readable
-        legend = app.query_one("#map").plain()
-        assert "missing 44,946" in legend and "sent 217,198" in legend
-        for pid in ("header", "caption", "pass", "table", "map"):
-            assert shown(app, pid), pid
-        small = size[0] < 120
-        assert shown(app, "balloon") is not small and shown(app, "hv") is not small
-        if small:
-            await pilot.press("d")                         # details: balloon and hypervisor
-            await pilot.pause(0.1)
-            assert shown(app, "balloon") and shown(app, "hv") and not shown(app, "map")
-            assert "-65536/+65536" in app.query_one("#balloon").plain()
-        await pilot.press("q")
-    assert app.return_value[0].save.outcome == "completed"
-
-
 async def test_keys_pause_step_speed_help_and_quit_aborts_cleanly():
     app = XmigApp.for_run(load_scenario(EX / "balloon.yaml"), RunOptions(behaviour="pre-fix"), speed=2.0)
     async with app.run_test(size=(100, 30)) as pilot:
@@ -194,13 +166,38 @@ def _final_screen(app) -> str:
 
 
 @pytest.mark.parametrize("size", SIZES)
-async def test_replay_reaches_the_live_runs_final_screen_and_seeks(size):
-    events, _ = recorded("balloon.yaml", "pre-fix")
-    live = XmigApp.for_run(load_scenario(EX / "balloon.yaml"), RunOptions(behaviour="pre-fix"), speed=None)
-    async with live.run_test(size=size) as pilot:
-        await until(pilot, lambda: live.done)
-        want = _final_screen(live)
+async def test_run_then_its_replay_at_every_size(size):
+    """The live run shows header, pass table and map at every size; its recorded events
+    replayed reach the same final screen, and seek to a pass."""
+    app = XmigApp.for_run(load_scenario(EX / "balloon.yaml"), RunOptions(behaviour="pre-fix"), speed=None)
+    async with app.run_test(size=size) as pilot:
+        await until(pilot, lambda: app.done)
+        text = app.screen_text()
+        assert "balloon  seed 1  pre-fix  policy xen" in text
+        assert "destination DIVERGED: 44,946 missing, 0 stale" in text
+        assert "pass 6 final  18,631/18,631 PFNs" in text
+        table = app.query_one("#table").plain()
+        head = next(ln for ln in table.splitlines() if ln.lstrip().startswith("#"))
+        assert "…" not in head and "bal -/+" in head and "XTAB" in head
+        assert "0/7865" in table                           # pass 5's balloon moves, readable
+        legend = app.query_one("#map").plain()
+        assert "missing 44,946" in legend and "sent 217,198" in legend
+        for pid in ("header", "caption", "pass", "table", "map"):
+            assert shown(app, pid), pid
+        small = size[0] < 120
+        assert shown(app, "balloon") is not small and shown(app, "hv") is not small
+        if small:
+            await pilot.press("d")                         # details: balloon and hypervisor
+            await pilot.pause(0.1)
+            assert shown(app, "balloon") and shown(app, "hv") and not shown(app, "map")
+            assert "-65536/+65536" in app.query_one("#balloon").plain()
+            await pilot.press("d")
+            await pilot.pause(0.1)
+        want = _final_screen(app)
         await pilot.press("q")
+    assert app.return_value[0].save.outcome == "completed"
+
+    events, _ = recorded("balloon.yaml", "pre-fix")
     app = XmigApp.for_replay(events, speed=None)
     async with app.run_test(size=size) as pilot:
         await until(pilot, lambda: app.done)
