@@ -14,6 +14,7 @@ domain in-process).
 from __future__ import annotations
 
 import errno as _errno
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -169,6 +170,88 @@ class XenBehaviour(str):
     FIXED = "fixed"
     PRE_FIX = "pre-fix"
     ALL = ("fixed", "pre-fix")
+    #: The label of a per-site mapping that is neither all fixed nor all pre-fix.
+    MIXED = "mixed"
+
+
+#: The four places seed patch 98fccdf0ac touches, by the names the patch as posted
+#: (2021) used; today's names in brackets:
+#: * ``p2m_remove_page`` [p2m_remove_entry], xen/arch/x86/mm/p2m.c: every RAM removal
+#:   (balloon inflate through guest_remove_page, remove_from_physmap, the old GFN of
+#:   add_to_physmap) marks the GFN clean;
+#: * ``set_typed_p2m_entry``, p2m.c: RAM overlaid by an MMIO / foreign entry, clean;
+#: * ``pod_decrease_reservation`` [decrease_reservation], xen/arch/x86/mm/p2m-pod.c:
+#:   RAM stolen into the PoD cache by a balloon inflate, clean;
+#: * ``guest_physmap_add_entry`` [p2m_add_page], p2m.c: every RAM addition
+#:   (populate_physmap, the new GFN of add_to_physmap) marks the GFN dirty.
+FIX_SITES = ("p2m_remove_page", "set_typed_p2m_entry", "pod_decrease_reservation",
+             "guest_physmap_add_entry")
+
+#: Where a P2M change touches the log-dirty bitmap outside the patch: a PoD entry
+#: demand-populated (p2m_pod_demand_populate) was always marked dirty.
+POD_DEMAND_POPULATE = "p2m_pod_demand_populate"
+
+
+def site_behaviours(behaviour) -> dict[str, str]:
+    """``fixed`` / ``pre-fix`` (every site) or a mapping ``{site: fixed|pre-fix}`` ->
+    the behaviour of each of ``FIX_SITES`` (a mapping must name every site).
+
+    Raises ValueError naming the bad key (with a did-you-mean) or value."""
+    if isinstance(behaviour, str):
+        if behaviour not in XenBehaviour.ALL:
+            raise ValueError(f"behaviour must be one of {XenBehaviour.ALL}, not {behaviour!r}")
+        return {s: behaviour for s in FIX_SITES}
+    if not isinstance(behaviour, Mapping):
+        raise ValueError(f"behaviour must be 'fixed', 'pre-fix' or a mapping of {', '.join(FIX_SITES)}")
+    import difflib
+
+    out: dict[str, str] = {}
+    for key, val in behaviour.items():
+        if key not in FIX_SITES:
+            close = difflib.get_close_matches(str(key), FIX_SITES, n=1, cutoff=0.5)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ValueError(f"unknown call site {key!r}{hint}: expected one of {', '.join(FIX_SITES)}")
+        if val not in XenBehaviour.ALL:
+            raise ValueError(f"call site {key}: expected 'fixed' or 'pre-fix', found {val!r}")
+        out[key] = val
+    missing = [s for s in FIX_SITES if s not in out]
+    if missing:
+        raise ValueError(f"behaviour mapping must name every call site; missing: {', '.join(missing)}")
+    return {s: out[s] for s in FIX_SITES}
+
+
+def behaviour_label(sites: Mapping[str, str]) -> str:
+    """``fixed`` / ``pre-fix`` when every site agrees, else ``mixed``."""
+    vals = set(sites.values())
+    return vals.pop() if len(vals) == 1 else XenBehaviour.MIXED
+
+
+@dataclass(frozen=True, slots=True)
+class LogDirtyEffect:
+    """What one call site did to the log-dirty bitmap while serving one memory op.
+
+    ``change`` is ``remove`` (the GFNs left the P2M) or ``add`` (they entered it);
+    ``fixed`` says whether the seed patch's mark is active at this site. ``gfns`` are
+    the GFNs the site changed (int64, op order); ``dirty`` those among them whose bit
+    was set when it ran. ``cleared`` / ``set`` count the bits this site flipped.
+    ``leftover``: removed GFNs whose bit stays set (pre-fix: the next CLEAN hands them
+    to the saver, which sends them as XTAB); ``unmarked``: added GFNs left with no bit
+    (pre-fix: lost unless written after the next CLEAN). All empty when log-dirty
+    mode is off."""
+
+    site: str
+    change: str
+    fixed: bool
+    gfns: np.ndarray
+    dirty: np.ndarray
+    cleared: int = 0
+    set: int = 0
+    leftover: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    unmarked: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+
+    @property
+    def were_dirty(self) -> int:
+        return int(self.dirty.size)
 
 
 # --------------------------------------------------------------------------------------

@@ -37,8 +37,9 @@ import numpy as np
 from .abi import (E2BIG, EBUSY, EINVAL, ENOENT, ENOMEM, EPERM, INVALID_M2P_ENTRY, INVALID_MFN,
                   IS_POD, IS_RAM, IS_SPECIAL, MAX_BATCH_SIZE, MAX_GFN, PFINFO_LTAB_SHIFT,
                   SHADOW_LOGDIRTY_FINAL, AddToPhysmap, DecreaseReservation, DomainLayout,
-                  HypercallResult, MemoryWrites, P2MType, PFInfo, PopulatePhysmap,
-                  RemoveFromPhysmap, SetTypedEntry, ShadowOp, ShadowStats, XenBehaviour, XenError)
+                  POD_DEMAND_POPULATE, HypercallResult, LogDirtyEffect, MemoryWrites, P2MType,
+                  PFInfo, PopulatePhysmap, RemoveFromPhysmap, SetTypedEntry, ShadowOp, ShadowStats,
+                  XenError, behaviour_label, site_behaviours)
 from .frames import HostFrames
 from .logdirty import TREE_PFNS, DirtyBitmap, LogDirtyTree, sorted_unique
 from .p2m import M2P, P2M
@@ -78,13 +79,16 @@ _BUILD_SLICE = 1 << 22
 @dataclass(frozen=True, slots=True)
 class HypervisorEvent:
     """A memory op or domain-state change: ``rc`` is Xen's return value (extents done for
-    decrease/populate, 0 or -errno otherwise); ``gfns`` the GFNs it handled."""
+    decrease/populate, 0 or -errno otherwise); ``gfns`` the GFNs it handled; ``sites``
+    what each P2M call site it went through did to the log-dirty bitmap."""
 
     t: float
     kind: str
     nr: int
     rc: int
     gfns: np.ndarray | None = None
+    sites: tuple[LogDirtyEffect, ...] = ()
+    detail: dict | None = None    # kind ``track_writes``: per tracked GFN arrays
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,12 +147,13 @@ def _first_true(mask: np.ndarray) -> int:
 class Hypervisor:
     """One domain on a simulated Xen host (see docs/CONTRACTS.md)."""
 
-    def __init__(self, host_frames: int, behaviour: str = "fixed", logdirty_pool_pages: int | None = None,
+    def __init__(self, host_frames: int, behaviour="fixed", logdirty_pool_pages: int | None = None,
                  record_events: bool = True):
-        if behaviour not in XenBehaviour.ALL:
-            raise ValueError(f"behaviour must be one of {XenBehaviour.ALL}, not {behaviour!r}")
-        self.behaviour = behaviour
-        self.fixed = behaviour == XenBehaviour.FIXED
+        #: ``fixed`` / ``pre-fix`` for every call site of the seed patch, or a mapping
+        #: site -> behaviour (hypervisor.abi.FIX_SITES) to switch them one at a time.
+        self.sites = site_behaviours(behaviour)
+        self.behaviour = behaviour_label(self.sites)
+        self._site_fixed = {s: b == "fixed" for s, b in self.sites.items()}
         self.frames = HostFrames(host_frames)
         self.p2m = P2M()
         self.m2p = M2P()
@@ -166,6 +171,10 @@ class Hypervisor:
         self._running_guest = False
         self._op_t: float | None = None
         self._events: list[HypervisorEvent] = []
+        self._effects: list[LogDirtyEffect] = []
+        #: GFNs followed one by one (``track``); their writes are reported in summary.
+        self._tracked = _EMPTY
+        self._tw: dict[int, list[float]] = {}     # gfn -> [writes, first, last, logged]
         self._last_errno = 0
         # counters
         self.marks_dirty = 0
@@ -278,13 +287,46 @@ class Hypervisor:
     def _t(self) -> float:
         return self._op_t if self._op_t is not None else self.now
 
+    def track(self, gfns) -> None:
+        """Follow these GFNs: their writes are reported as ``track_writes`` events (one
+        per span between two other events), so a consumer can tell a page's whole story."""
+        self._tracked = sorted_unique(_i64(gfns))
+
+    def _track_writes(self, g: np.ndarray, faulted: np.ndarray) -> None:
+        hit = np.isin(g, self._tracked)
+        if not hit.any():
+            return
+        t = self._t()
+        u, n = np.unique(g[hit], return_counts=True)
+        logged = set(faulted[np.isin(faulted, u)].tolist()) if faulted.size else set()
+        for gfn, cnt in zip(u.tolist(), n.tolist()):
+            acc = self._tw.setdefault(gfn, [0, t, t, math.nan])
+            acc[0] += cnt
+            acc[2] = t
+            if gfn in logged and math.isnan(acc[3]):
+                acc[3] = t
+
+    def _flush_tracked(self) -> None:
+        if not self._tw:
+            return
+        gfns = sorted(self._tw)
+        rows = np.array([self._tw[g] for g in gfns], dtype=np.float64).reshape(-1, 4)
+        self._tw = {}
+        detail = {"writes": rows[:, 0].astype(np.int64), "first_s": rows[:, 1].copy(),
+                  "last_s": rows[:, 2].copy(), "logged_s": rows[:, 3].copy()}
+        self._events.append(HypervisorEvent(float(rows[:, 2].max()), "track_writes", len(gfns), 0,
+                                            np.array(gfns, dtype=np.int64), (), detail))
+
     def _event(self, kind: str, nr: int, rc: int, gfns=None, t: float | None = None) -> None:
         if not self.record_events:
             return
+        self._flush_tracked()
+        effects, self._effects = tuple(self._effects), []
         self._events.append(HypervisorEvent(self._t() if t is None else float(t), kind, int(nr), int(rc),
-                                            None if gfns is None else _i64(gfns).copy()))
+                                            None if gfns is None else _i64(gfns).copy(), effects))
 
     def drain_events(self) -> list[HypervisorEvent]:
+        self._flush_tracked()
         ev, self._events = self._events, []
         return ev
 
@@ -295,24 +337,48 @@ class Hypervisor:
         if self.log_dirty_enabled and gfns.size:
             self.marks_dirty += self.logdirty.mark_dirty(gfns)
 
-    def _fix_mark_dirty(self, gfns: np.ndarray) -> None:
-        # 98fccdf0ac: p2m_add_page marks each added GFN dirty.
-        if self.fixed:
-            self._mark_dirty(gfns)
+    def _was_dirty(self, gfns: np.ndarray) -> np.ndarray:
+        """Those of ``gfns`` whose bit is set now (only what the effect record needs)."""
+        if not (self.record_events and self.log_dirty_enabled and gfns.size):
+            return _EMPTY
+        return gfns[self.logdirty.is_dirty(gfns)]
 
-    def _fix_mark_clean(self, gfns: np.ndarray) -> None:
-        # 98fccdf0ac: set_pfn_logdirty(d, gfn, false) next to set_gpfn_from_mfn(INVALID).
-        if self.fixed and self.log_dirty_enabled and gfns.size:
-            self.marks_clean += self.logdirty.mark_clean(gfns)
+    def _fix_mark_dirty(self, gfns: np.ndarray, site: str = "guest_physmap_add_entry") -> None:
+        # 98fccdf0ac: p2m_add_page marks each added GFN dirty.
+        fixed = self._site_fixed[site]
+        dirty = self._was_dirty(gfns)
+        n = 0
+        if fixed and self.log_dirty_enabled and gfns.size:
+            n = self.logdirty.mark_dirty(gfns)
+            self.marks_dirty += n
+        if self.record_events:
+            unmarked = _EMPTY
+            if not fixed and self.log_dirty_enabled and gfns.size:
+                unmarked = gfns[~np.isin(gfns, dirty)] if dirty.size else gfns.copy()
+            self._effects.append(LogDirtyEffect(site, "add", fixed, gfns.copy(), dirty, 0, n,
+                                                _EMPTY, unmarked))
+
+    def _fix_mark_clean(self, gfns: np.ndarray, site: str) -> None:
+        # 98fccdf0ac: paging_mark_pfn_clean next to set_gpfn_from_mfn(INVALID) in
+        # p2m_remove_entry, set_typed_p2m_entry and p2m-pod.c's decrease_reservation.
+        fixed = self._site_fixed[site]
+        dirty = self._was_dirty(gfns)
+        n = 0
+        if fixed and self.log_dirty_enabled and gfns.size:
+            n = self.logdirty.mark_clean(gfns)
+            self.marks_clean += n
+        if self.record_events:
+            self._effects.append(LogDirtyEffect(site, "remove", fixed, gfns.copy(), dirty, n, 0,
+                                                _EMPTY if fixed else dirty, _EMPTY))
 
     # ================================================================ P2M primitives
 
-    def _unmap(self, gfns: np.ndarray, mfns: np.ndarray) -> None:
+    def _unmap(self, gfns: np.ndarray, mfns: np.ndarray, site: str = "p2m_remove_page") -> None:
         """p2m_remove_entry for RAM GFNs: M2P invalid, (fix) mark clean, P2M invalid."""
         if gfns.size == 0:
             return
         self.m2p.set(mfns[mfns != INVALID_MFN], INVALID_M2P_ENTRY)
-        self._fix_mark_clean(gfns)
+        self._fix_mark_clean(gfns, site)
         self.p2m.set(gfns, P2MType.invalid, INVALID_MFN)
 
     def _map_ram(self, gfns: np.ndarray, mfns: np.ndarray) -> None:
@@ -336,7 +402,12 @@ class Hypervisor:
             self.frames.write(mfns, np.zeros(k, dtype=np.uint64))   # cache pages are zeroed
             self.p2m.set(done, P2MType.ram_rw, mfns)
             self.m2p.set(mfns, done)
+            dirty = self._was_dirty(done)
+            before = self.marks_dirty
             self._mark_dirty(done)
+            if self.record_events:
+                self._effects.append(LogDirtyEffect(POD_DEMAND_POPULATE, "add", True, done.copy(), dirty,
+                                                    0, self.marks_dirty - before))
         if k < n:
             # Xen: "PoD cache exhausted" -> domain_crash(). Counted here instead.
             self.pod_failures += n - k
@@ -362,9 +433,11 @@ class Hypervisor:
         tok = np.asarray(tokens, dtype=np.uint64).reshape(-1)
         if g.size == 0:
             return
+        raw = g
         g, tok = _last_wins(g, tok)
         types = self._populate_pod_in(g, self.p2m.get_types(g))
         ld = types == P2MType.ram_logdirty
+        fg = _EMPTY
         if ld.any():
             # hvm_hap_nested_page_fault: paging_mark_pfn_dirty, then p2m_change_type_one
             # logdirty -> rw; later writes this round are not seen.
@@ -372,6 +445,8 @@ class Hypervisor:
             self.write_faults += fg.size
             self._mark_dirty(fg)
             self.p2m.set(fg, P2MType.ram_rw, self.p2m.mfns.get(fg))
+        if self._tracked.size and self.record_events:
+            self._track_writes(raw, fg if self.log_dirty_enabled else _EMPTY)
         ok = _WRITABLE[types]
         nbad = g.size - int(np.count_nonzero(ok))
         if nbad:
@@ -407,7 +482,7 @@ class Hypervisor:
         if steal.any():
             # p2m-pod.c decrease_reservation: steal for the cache (M2P invalid, with the
             # fix mark clean), then p2m_pod_cache_add.
-            self._unmap(g[steal], mfns[steal].astype(np.int64))
+            self._unmap(g[steal], mfns[steal].astype(np.int64), "pod_decrease_reservation")
             self.pod.add(mfns[steal])
         rest = ~(is_pod | steal)
         if rest.any():
@@ -526,7 +601,7 @@ class Hypervisor:
                 if _REMOVABLE[t]:
                     mm = np.array([m], dtype=np.int64)
                     self.m2p.set(mm, INVALID_M2P_ENTRY)
-                    self._fix_mark_clean(G)
+                    self._fix_mark_clean(G, "set_typed_p2m_entry")
                     self.frames.free(mm)
                 self.p2m.set(G, nt, INVALID_MFN)
         self._event("set_typed_p2m_entry", 1, rc, [gfn] if rc == 0 else [])

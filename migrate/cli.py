@@ -17,7 +17,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from . import cli_mqtt
+from . import cli_mqtt, cli_teach
 
 app = typer.Typer(
     name="xmig",
@@ -263,16 +263,19 @@ def _runner_for(remote: Optional[dict[str, Any]]):
 
 
 def _one_run(scenario, opts, *, dashboard: bool, speed: Optional[float], console: Console, record_map: bool,
-             quiet: bool = False, remote: Optional[dict[str, Any]] = None, guided: bool = False):
+             quiet: bool = False, remote: Optional[dict[str, Any]] = None, listeners=(),
+             guided: bool = False):
     """One migration with its live view: the interactive app on a terminal, Xen-style
     progress lines otherwise (nothing with ``quiet``). ``remote`` holds the broker settings
-    when the hypervisor and the guest are ``xmig hypervisor`` / ``xmig guest`` processes.
+    when the hypervisor and the guest are ``xmig hypervisor`` / ``xmig guest`` processes;
+    ``listeners`` are subscribed to the run's events too.
     Returns (result, interrupted, recorder)."""
     run = _runner_for(remote)
     if dashboard:
         from .view.commands import interactive_run
 
-        return interactive_run(scenario, opts, speed=speed, guided=guided, record_map=record_map, run=run)
+        return interactive_run(scenario, opts, speed=speed, guided=guided, record_map=record_map, run=run,
+                               listeners=listeners)
     from .dashboard import Pacer
     from .events import EventBus
     from .gfnmap import GfnMapRecorder
@@ -287,6 +290,8 @@ def _one_run(scenario, opts, *, dashboard: bool, speed: Optional[float], console
     if record_map:
         recorder = GfnMapRecorder()
         bus.subscribe(recorder)
+    for fn in listeners:
+        bus.subscribe(fn)
 
     async def go():
         return await run(scenario, opts, bus=bus, pacer=pacer)
@@ -331,18 +336,22 @@ def run(
     tls_ca: Optional[Path] = cli_mqtt.TLS_CA_OPT,
     tls_insecure: bool = cli_mqtt.TLS_INSECURE_OPT,
     timeout: float = cli_mqtt.TIMEOUT_OPT,
+    record: Optional[Path] = typer.Option(None, "--record", help="Write every event of the run to FILE (replay it with xmig replay FILE, explain a page with xmig explain FILE --gfn N)."),
+    track: list[str] = typer.Option([], "--track", help="Follow this GFN (repeatable; decimal or 0x-hex): its whole story is printed at the end and kept in --record."),
 ) -> None:
     """Run one migration of the scenario and check the destination (help text above)."""
+    from .cli_teach import parse_gfn
     from .report import build_report, write_csv, write_json
     from .runner import RunOptions
 
     scenario = _load(guest)
+    tracked = tuple(parse_gfn(g, "--track") for g in track)
     opts = RunOptions(behaviour=_check_behaviour(behaviour), policy=policy, bandwidth=_parse_bandwidth(bandwidth),
-                      stream=stream, verify=verify, seed=_check_seed(seed))
+                      stream=stream, verify=verify, seed=_check_seed(seed), track=tracked)
     _check_policy(policy)
     _check_scenario_policy(scenario, guest, policy)
     _check_stream_target(stream)
-    for p, o in ((report, "--report"), (csv, "--csv"), (plot, "--plot")):
+    for p, o in ((report, "--report"), (csv, "--csv"), (plot, "--plot"), (record, "--record")):
         _check_output(p, o)
     _check_plot_possible(plot)
     remote = None
@@ -350,13 +359,33 @@ def run(
         if broker is None or run_id is None:
             raise UsageError("--broker and --run go together: the broker URL and the run id the "
                              "'xmig hypervisor' and 'xmig guest' processes were started with")
+        if tracked:
+            raise UsageError("--track needs the hypervisor in this process; it cannot follow a GFN "
+                             "through 'xmig hypervisor' over a broker yet")
         remote = {"broker": broker, "run_id": run_id, "username": username, "password": password,
                   "tls_ca": tls_ca, "tls_insecure": tls_insecure, "timeout": timeout}
     console = Console()
     use_dash = console.is_terminal and not no_dashboard
     pace = _default_speed(speed, use_dash)
-    result, interrupted, recorder = _one_run(scenario, opts, dashboard=use_dash, speed=pace, console=console,
-                                             record_map=plot is not None, remote=remote, guided=guided)
+    listeners, events_log, story = [], None, None
+    if record is not None:
+        from .eventlog import EventRecorder
+
+        events_log = EventRecorder(record, {"scenario_file": str(guest),
+                                            "scenario_text": guest.read_text(encoding="utf-8")})
+        listeners.append(events_log)
+    if tracked:
+        from .track import PageStory
+
+        story = PageStory(tracked)
+        listeners.append(story)
+    try:
+        result, interrupted, recorder = _one_run(scenario, opts, dashboard=use_dash, speed=pace, console=console,
+                                                 record_map=plot is not None, remote=remote, listeners=listeners,
+                                                 guided=guided)
+    finally:
+        if events_log is not None:
+            events_log.close()
     rep = build_report(result)
     if recorder is not None:
         rep["gfn_map"] = recorder.as_list()
@@ -370,6 +399,8 @@ def run(
     _print_summary(console, rep)
     if interrupted:
         console.print(interrupted_msg, markup=False, soft_wrap=True)
+    if story is not None:
+        cli_teach.print_stories(console, story)
     if report is not None:
         write_json(report, rep)
     if csv is not None:
@@ -601,6 +632,7 @@ def schema() -> None:
 
 # ``xmig hypervisor``, ``xmig guest`` and ``xmig watch`` (the MQTT actors).
 cli_mqtt.register(app)
+cli_teach.register(app)
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from hypervisor.abi import IS_POD, IS_RAM, ShadowOp
 
-from .events import EventBus, GuestNote, MemoryOp
+from .events import EventBus, GuestNote, MemoryOp, TrackedWrites
 
 
 class DomainControl(Protocol):
@@ -118,14 +118,26 @@ def hypervisor_counters(hv) -> dict[str, Any]:
 
 
 def forward_events(hv, guest, bus: EventBus) -> None:
-    """Publish what the hypervisor and the guest did since the last call."""
+    """Publish what the hypervisor and the guest did since the last call, merged in
+    virtual-time order (at one instant the guest's decision, e.g. a new balloon target,
+    comes before the hypercalls it makes)."""
+    out = []
     for ev in hv.drain_events():
         if ev.kind in MEMORY_OP_KINDS:
             gfns = np.asarray(ev.gfns if ev.gfns is not None else (), dtype=np.int64)
-            bus.publish(MemoryOp(t=float(ev.t), op=ev.kind, nr=int(ev.nr), rc=int(ev.rc), gfns=gfns))
+            out.append((1, MemoryOp(t=float(ev.t), op=ev.kind, nr=int(ev.nr), rc=int(ev.rc), gfns=gfns,
+                                    sites=tuple(ev.sites))))
+        elif ev.kind == "track_writes":
+            d = ev.detail
+            out.append((1, TrackedWrites(t=float(ev.t), gfns=np.asarray(ev.gfns, dtype=np.int64),
+                                         writes=d["writes"], first_s=d["first_s"], last_s=d["last_s"],
+                                         logged_s=d["logged_s"])))
     if guest is not None:
-        for gev in guest.drain_events():
-            bus.publish(GuestNote(t=float(gev.t), what=gev.kind, detail=dict(gev.detail)))
+        out.extend((0, GuestNote(t=float(gev.t), what=gev.kind, detail=dict(gev.detail)))
+                   for gev in guest.drain_events())
+    out.sort(key=lambda item: (item[1].t, item[0]))     # stable: each side keeps its order
+    for _side, ev in out:
+        bus.publish(ev)
 
 
 class LocalDomain:
@@ -198,6 +210,10 @@ class LocalSource:
         self.guest = Guest(scenario.guest, seed)
         self.hv = Hypervisor(host_frames=host_frames, behaviour=behaviour)
         self.control = LocalDomain(self.hv, self.guest, bus)
+
+    def track(self, gfns) -> None:
+        """Report every write to these GFNs (``--track``)."""
+        self.hv.track(gfns)
 
     async def setup(self, start: float) -> SourceInfo:
         layout = self.guest.layout()

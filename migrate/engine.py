@@ -21,6 +21,7 @@ Departures from Xen, each a named option:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +32,7 @@ from hypervisor.abi import (MAX_BATCH_SIZE, PFINFO_HAS_DATA, PFINFO_KNOWN, PFINF
 
 from .control import DomainControl
 from .events import (BatchSent, CleanDone, CountersSampled, EventBus, MemoryOp, PassEnded,
-                     PassStarted, PhaseChanged, RoundStats, SaveSetup, Totals)
+                     PassStarted, PhaseChanged, RoundStats, SaveSetup, Totals, count_balloon)
 from .link import LinkModel
 from .policy import Decision, Policy, PrecopyStats
 from .stream import StreamError
@@ -104,17 +105,14 @@ class PrecopyEngine:
     def _on_event(self, ev) -> None:
         """Balloon operations count in the pass they happen in; those between two
         passes (the guest runs until the next call, e.g. the CLEAN) in the pass before."""
-        if not isinstance(ev, MemoryOp) or ev.rc < 0:
+        if not isinstance(ev, MemoryOp):
             return
         cur = self._current
         if cur is None:
             if not self.result.rounds:
                 return
             cur = self.result.rounds[-1]
-        if ev.op == "decrease_reservation":
-            cur.balloon_out += int(ev.rc)
-        elif ev.op == "populate_physmap":
-            cur.balloon_in += int(ev.rc)
+        count_balloon(cur, ev)
 
     def _check_deadline(self) -> None:
         limit = self.options.deadline
@@ -183,7 +181,9 @@ class PrecopyEngine:
         rnd.end_s = self.now
         self._current = None
         self.result.rounds.append(rnd)
-        self.bus.publish(PassEnded(t=self.now, stats=rnd))
+        # A copy: the engine still adds balloon ops between passes to ``rnd``; the
+        # event says what the pass was when it ended (count_balloon replays the rest).
+        self.bus.publish(PassEnded(t=self.now, stats=dataclasses.replace(rnd)))
         await self._sample_counters()
 
     async def _yield(self) -> None:
@@ -340,7 +340,7 @@ class PrecopyEngine:
             cut.end_s = self.now
             self._current = None
             self.result.rounds.append(cut)
-            self.bus.publish(PassEnded(t=self.now, stats=cut))
+            self.bus.publish(PassEnded(t=self.now, stats=dataclasses.replace(cut)))
         self._phase("aborted", self.result.error)
         if self._logdirty_on:
             try:

@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from hypervisor.abi import LogDirtyEffect
+
 
 @dataclass(slots=True)
 class RoundStats:
@@ -87,12 +89,16 @@ class RunStarted(Event):
 
     scenario: str
     seed: int
-    behaviour: str            # fixed | pre-fix
+    behaviour: str            # fixed | pre-fix | mixed (see ``sites``)
     policy: str
     policy_params: dict[str, Any]
     guest_pages: int          # RAM pages the guest booted with (memory)
     populated: np.ndarray     # (k, 2) int64 [start, end) GFN runs of RAM/PoD at start
     ballooned: np.ndarray     # (k, 2) int64 runs the guest had ballooned out at start
+    #: the effective behaviour of each of the seed patch's call sites (hypervisor.abi.FIX_SITES)
+    sites: dict[str, str] = field(default_factory=dict)
+    #: GFNs followed one by one (``--track``): TrackedWrites and TrackedFinal name them
+    tracked: tuple[int, ...] = ()
 
 
 @dataclass(slots=True)
@@ -145,12 +151,62 @@ class CleanDone(Event):
 
 @dataclass(slots=True)
 class MemoryOp(Event):
-    """A guest hypercall the hypervisor served (balloon inflate/deflate and friends)."""
+    """A guest hypercall the hypervisor served (balloon inflate/deflate and friends).
+
+    ``sites``: per P2M call site it went through (p2m_remove_page,
+    pod_decrease_reservation, set_typed_p2m_entry, guest_physmap_add_entry,
+    p2m_pod_demand_populate), what that site did to the log-dirty bitmap: the GFNs it
+    changed, those whose bit was set, the bits the fix cleared or set, and what pre-fix
+    leaves behind (``leftover`` bits on GFNs gone from the P2M, ``unmarked`` additions)."""
 
     op: str
     nr: int
     rc: int
     gfns: np.ndarray
+    sites: tuple[LogDirtyEffect, ...] = ()
+
+    @property
+    def leftover(self) -> np.ndarray:
+        """GFNs this op removed from the P2M whose dirty bit stays set (pre-fix)."""
+        return _cat([s.leftover for s in self.sites])
+
+    @property
+    def unmarked(self) -> np.ndarray:
+        """GFNs this op added to the P2M with no dirty bit (pre-fix)."""
+        return _cat([s.unmarked for s in self.sites])
+
+
+def count_balloon(rnd: RoundStats, ev: MemoryOp) -> None:
+    """Count a balloon op in ``rnd``: the pass it happened in, or, between two passes
+    (the guest runs until the next call, e.g. the CLEAN), the pass before. The engine
+    and any consumer rebuilding the passes from events apply this one rule."""
+    if ev.rc < 0:
+        return
+    if ev.op == "decrease_reservation":
+        rnd.balloon_out += int(ev.rc)
+    elif ev.op == "populate_physmap":
+        rnd.balloon_in += int(ev.rc)
+
+
+def _cat(parts: list[np.ndarray]) -> np.ndarray:
+    parts = [p for p in parts if p.size]
+    if not parts:
+        return np.empty(0, dtype=np.int64)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+@dataclass(slots=True)
+class TrackedWrites(Event):
+    """The guest's writes to tracked GFNs since the hypervisor last reported (``t`` is
+    the last of them). Per GFN: how many writes, the first and last write's time, and
+    whether a write fault logged it (set its dirty bit and made the entry ram_rw again:
+    hvm_hap_nested_page_fault), with the time of that fault (NaN if none)."""
+
+    gfns: np.ndarray          # int64, sorted
+    writes: np.ndarray        # int64
+    first_s: np.ndarray       # float64
+    last_s: np.ndarray        # float64
+    logged_s: np.ndarray      # float64, NaN where no write was logged
 
 
 @dataclass(slots=True)
@@ -171,6 +227,45 @@ class CountersSampled(Event):
 @dataclass(slots=True)
 class VerifyDone(Event):
     stats: VerifyStats
+
+
+@dataclass(slots=True)
+class TrackedFinal(Event):
+    """Each tracked GFN at the end, destination against the suspended source:
+    ``ok`` (same contents), ``missing`` (RAM at the source, absent at the destination),
+    ``stale`` (both hold it, contents differ), ``extra`` (only the destination holds
+    it), ``absent`` (neither holds it)."""
+
+    gfns: np.ndarray
+    states: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class RunSummary(Event):
+    """What the run knows at its end and no earlier event said: the restore side's,
+    the stream writer's and the hypervisor's final numbers (published by the runner
+    just before MigrationFinished, so a recorded log rebuilds the whole report)."""
+
+    scenario: str
+    seed: int
+    behaviour: str
+    policy: str
+    policy_params: dict[str, Any]
+    outcome: str
+    error: str
+    error_pfn: int | None
+    p2m_size: int
+    totals: Totals
+    t_start: float
+    t_suspend: float | None
+    t_last_byte: float | None
+    final_stats: dict[str, Any]
+    hypervisor: dict[str, Any]
+    restore: dict[str, Any]
+    destination: dict[str, Any]
+    stream: dict[str, Any]
+    guest: dict[str, Any]
+    wall: dict[str, Any]
 
 
 @dataclass(slots=True)

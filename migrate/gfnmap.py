@@ -205,10 +205,11 @@ class GfnMap:
         elif isinstance(ev, MemoryOp):
             if ev.rc > 0 and ev.op in ("decrease_reservation", "populate_physmap"):
                 gfns = np.asarray(ev.gfns, dtype=np.int64)[: ev.rc]
+                sites = bool(getattr(ev, "sites", ()))
                 if ev.op == "decrease_reservation":
-                    self._removed(gfns, _pfns_field(ev, "left_dirty"))
+                    self._removed(gfns, np.asarray(ev.leftover, dtype=np.int64) if sites else None)
                 else:
-                    self._added(gfns, _pfns_field(ev, "never_marked"))
+                    self._added(gfns, np.asarray(ev.unmarked, dtype=np.int64) if sites else None)
         elif isinstance(ev, PassStarted):
             self._in_ignored_pass = ev.phase == "verify" and not self.track_verify
             if not self._in_ignored_pass:
@@ -477,12 +478,6 @@ class GfnMap:
     def geometry(self) -> dict[str, int]:
         return {"p2m_size": self.p2m_size, "cell_pfns": self.cell_pfns, "ncells": self.ncells,
                 "columns": self.columns, "rows": self.rows}
-
-
-def _pfns_field(ev: Event, name: str) -> np.ndarray | None:
-    """An optional PFN array a newer event may carry (absent: derive it later)."""
-    v = getattr(ev, name, None)
-    return None if v is None else np.asarray(v, dtype=np.int64)
 
 
 def _runs(a) -> np.ndarray:

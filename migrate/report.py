@@ -57,10 +57,24 @@ def build_report(res: RunResult) -> dict[str, Any]:
         "guest": res.guest,
         "stream": res.stream,
         "wall": res.wall,
+        "xen_behaviour_sites": res.sites,
+        "pages": _pages(res),
     }
     if s.final_stats:
         report["verify_pass"] = s.final_stats
     return report
+
+
+def _pages(res: RunResult) -> dict[str, Any]:
+    """Where the pages ended, in the states the teaching view draws: at the destination
+    (current = the source's RAM pages that arrived with their last contents, missing,
+    stale, extra) and what pre-fix left behind on the way (``track.PageLedger``)."""
+    out: dict[str, Any] = dict(res.pages)
+    v, src = res.verify, res.destination.get("source_ram_pages")
+    if v is not None and src is not None:
+        out["destination"] = {"current": int(src) - v.missing_pages - v.stale_pages,
+                              "missing": v.missing_pages, "stale": v.stale_pages, "extra": v.extra_pages}
+    return out
 
 
 def write_json(path: str | Path, data: Any) -> None:

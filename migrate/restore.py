@@ -73,6 +73,9 @@ class RestoreResult:
     hvm_context_bytes: int = 0
     bytes_received: int = 0
     complete: bool = False
+    #: PFNs the VERIFY pass populated: populate_pfns runs before the compare, so pages
+    #: no earlier pass sent arrive as the zeroed pages populate gives (not copied).
+    pages_populated_by_verify: int = 0
     error: str | None = None
 
     @property
@@ -324,6 +327,8 @@ class Restorer:
             self.hv.populate_physmap_exact(new)
             self._populated.add(new)
             res.pages_populated += int(new.size)
+            if self._verify:
+                res.pages_populated_by_verify += int(new.size)
 
         has = PFINFO_HAS_DATA[nib]
         data_pfns = pfns[has]

@@ -11,24 +11,27 @@ with the source as it stood at suspend.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
-from hypervisor.abi import DomainLayout
+from hypervisor.abi import DomainLayout, behaviour_label, site_behaviours
 from hypervisor.domain import Hypervisor
 
 from .control import LocalSource, SourceSide
 from .engine import PrecopyEngine, SaveOptions, SaveResult
-from .events import EventBus, MigrationFinished, RunStarted, VerifyDone, VerifyStats
+from .events import (EventBus, MigrationFinished, RunStarted, RunSummary, TrackedFinal, VerifyDone,
+                     VerifyStats)
 from .link import LinkModel
 from .policy import make_policy
 from .restore import Restorer
 from .scenario import Scenario
 from .stream import CallbackSink, FileSink, RecordSink, Sink, StreamError, StreamWriter, TcpSink, TeeSink
-from .verify import VerifyAccumulator
+from .track import PageLedger
+from .verify import VerifyAccumulator, compare_memory
 
 
 @dataclass(slots=True)
@@ -42,6 +45,7 @@ class RunOptions:
     stream: str | None = None        # a file path or tcp://HOST:PORT; None = counted only
     verify: bool | None = None
     seed: int | None = None
+    track: tuple[int, ...] = ()      # GFNs whose every event is reported (--track)
 
 
 @dataclass(slots=True)
@@ -53,6 +57,8 @@ class RunResult:
     policy_params: dict[str, Any]
     save: SaveResult
     verify: VerifyStats | None = None
+    sites: dict[str, str] = field(default_factory=dict)      # behaviour per call site of the fix
+    pages: dict[str, Any] = field(default_factory=dict)      # PageLedger's counts
     restore: dict[str, Any] = field(default_factory=dict)
     hypervisor: dict[str, Any] = field(default_factory=dict)
     destination: dict[str, Any] = field(default_factory=dict)
@@ -144,6 +150,8 @@ async def run_scenario(scenario: Scenario, opts: RunOptions | None = None, *,
     frames = host_frames_for(scenario)
     source = (source_factory or LocalSource)(scenario, behaviour=behaviour, seed=seed, bus=bus,
                                              host_frames=frames)
+    if opts.track and not hasattr(source, "track"):
+        raise ValueError("--track needs the hypervisor in this process (not over a broker)")
     try:
         return await _run(scenario, opts, bus, pacer, source, behaviour, policy_name, params, seed,
                           verify, link, frames, wall0)
@@ -155,11 +163,17 @@ async def _run(scenario, opts, bus, pacer, source, behaviour, policy_name, param
                link, frames, wall0) -> RunResult:
     start = float(scenario.migration.start)
     info = await source.setup(start)
+    tracked = tuple(sorted({int(g) for g in opts.track}))
+    if tracked:
+        source.track(np.array(tracked, dtype=np.int64))
     policy = make_policy(policy_name, params, p2m_size=info.p2m_size)
-    bus.publish(RunStarted(t=start, scenario=scenario.name, seed=seed, behaviour=behaviour,
+    sites = site_behaviours(behaviour)
+    ledger = PageLedger()
+    bus.subscribe(ledger)
+    bus.publish(RunStarted(t=start, scenario=scenario.name, seed=seed, behaviour=behaviour_label(sites),
                            policy=policy.name, policy_params=policy.params(),
                            guest_pages=info.guest_pages, populated=info.populated,
-                           ballooned=info.ballooned))
+                           ballooned=info.ballooned, sites=dict(sites), tracked=tracked))
 
     # Destination: an empty domain that the restorer populates from the stream.
     dst = Hypervisor(host_frames=frames, behaviour=behaviour, record_events=False)
@@ -174,8 +188,8 @@ async def _run(scenario, opts, bus, pacer, source, behaviour, policy_name, param
                            options=options)
     save = await engine.run()
 
-    result = RunResult(scenario=scenario.name, seed=seed, behaviour=behaviour, policy=policy.name,
-                       policy_params=policy.params(), save=save)
+    result = RunResult(scenario=scenario.name, seed=seed, behaviour=behaviour_label(sites), policy=policy.name,
+                       policy_params=policy.params(), save=save, sites=dict(sites))
     result.hypervisor = await source.control.counters(save.t_end)
     restored = restorer.finish() if save.outcome == "completed" else restorer.result
     result.restore = restored.as_dict()
@@ -189,10 +203,80 @@ async def _run(scenario, opts, bus, pacer, source, behaviour, policy_name, param
         result.verify, counts = await _verify(source.control, dst, save.t_end, save.p2m_size)
         bus.publish(VerifyDone(t=save.t_end, stats=result.verify))
         result.destination = counts
+        if tracked:
+            bus.publish(TrackedFinal(t=save.t_end, gfns=np.array(tracked, dtype=np.int64),
+                                     states=await _final_states(source.control, dst, save.t_end, tracked)))
     result.guest = {"ram_pages_at_start": info.ram_pages}
-    bus.publish(MigrationFinished(t=save.t_end, outcome=save.outcome, message=save.error))
+    result.pages = ledger.as_dict()
     result.wall = {"seconds": round(time.perf_counter() - wall0, 3)}
+    bus.publish(run_summary(result))
+    bus.publish(MigrationFinished(t=save.t_end, outcome=save.outcome, message=save.error))
     return result
 
 
-__all__ = ["RunOptions", "RunResult", "run_scenario"]
+async def _final_states(control, dst: Hypervisor, t: float, gfns: tuple[int, ...]) -> tuple[str, ...]:
+    """ok / missing / stale / extra / absent for each tracked GFN (the same comparison
+    as the whole-domain check, one GFN at a time)."""
+    out = []
+    for g in gfns:
+        sg, st = await control.snapshot(t, g, g + 1)
+        dg, dt = dst.snapshot(g, g + 1)
+        v = compare_memory(sg, st, dg, dt)
+        out.append("missing" if v.missing_pages else "stale" if v.stale_pages else "extra" if v.extra_pages
+                   else "ok" if sg.size else "absent")
+    return tuple(out)
+
+
+def run_summary(res: RunResult) -> RunSummary:
+    """The run's facts that are not in the earlier events (what the restore side, the
+    stream writer and the hypervisor's counters say at the end), so that a recorded
+    event log rebuilds the whole report (``result_from_events``)."""
+    s = res.save
+    return RunSummary(t=s.t_end, scenario=res.scenario, seed=res.seed, behaviour=res.behaviour,
+                      policy=res.policy, policy_params=res.policy_params, outcome=s.outcome,
+                      error=s.error, error_pfn=s.error_pfn, p2m_size=s.p2m_size, totals=s.totals,
+                      t_start=s.t_start, t_suspend=s.t_suspend, t_last_byte=s.t_last_byte,
+                      final_stats=dict(s.final_stats), hypervisor=dict(res.hypervisor),
+                      restore=dict(res.restore), destination=dict(res.destination),
+                      stream=dict(res.stream), guest=dict(res.guest), wall=dict(res.wall))
+
+
+def result_from_events(events) -> RunResult:
+    """Rebuild a RunResult from a run's events (live or read back from an event log):
+    the passes from the PassEnded snapshots plus the balloon ops counted after them
+    (``count_balloon``, the engine's own rule), the page ledger by replaying it, the
+    run's end facts from RunSummary. Raises ValueError for a log without a RunSummary
+    (a run cut short)."""
+    from .events import MemoryOp, PassEnded, PassStarted, count_balloon
+
+    rounds, ledger, summary, verify, current = [], PageLedger(), None, None, None
+    sites: dict[str, str] = {}
+    for ev in events:
+        ledger(ev)
+        if isinstance(ev, PassStarted):
+            current = ev
+        elif isinstance(ev, PassEnded):
+            rounds.append(dataclasses.replace(ev.stats))
+            current = None
+        elif isinstance(ev, MemoryOp) and rounds and current is None:
+            count_balloon(rounds[-1], ev)
+        elif isinstance(ev, RunStarted):
+            sites = dict(ev.sites)
+        elif isinstance(ev, VerifyDone):
+            verify = ev.stats
+        elif isinstance(ev, RunSummary):
+            summary = ev
+    if summary is None:
+        raise ValueError("the events end before the run's summary (the run was cut short)")
+    save = SaveResult(outcome=summary.outcome, p2m_size=summary.p2m_size, rounds=rounds,
+                      totals=summary.totals, t_start=summary.t_start, t_suspend=summary.t_suspend,
+                      t_last_byte=summary.t_last_byte, t_end=summary.t, error=summary.error,
+                      error_pfn=summary.error_pfn, final_stats=dict(summary.final_stats))
+    return RunResult(scenario=summary.scenario, seed=summary.seed, behaviour=summary.behaviour,
+                     policy=summary.policy, policy_params=dict(summary.policy_params), save=save,
+                     verify=verify, restore=dict(summary.restore), hypervisor=dict(summary.hypervisor),
+                     destination=dict(summary.destination), stream=dict(summary.stream),
+                     guest=dict(summary.guest), wall=dict(summary.wall), sites=sites, pages=ledger.as_dict())
+
+
+__all__ = ["RunOptions", "RunResult", "result_from_events", "run_scenario"]

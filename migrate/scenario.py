@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from guest.config import WORKLOAD_KINDS, GuestConfig, TraceWorkload
+from guest.config import WORKLOAD_KINDS, GuestConfig, TraceWorkload, field_error
+from hypervisor.abi import FIX_SITES
 
 from .units import Bandwidth, Duration, Rate
 
@@ -67,7 +68,10 @@ class MigrationConfig(_Model):
     ``policy`` names a precopy policy (``xen`` is xg_sr_save's: stop below 50 dirty
     pages or after 5 iterations) and ``policy_params`` its knobs (``max_iterations``,
     ``dirty_threshold``, ``downtime_limit``...), checked by the policy. ``xen_behaviour``
-    switches the P2M/log-dirty fix. ``verify`` adds the VERIFY pass; ``tolerate_vanished``
+    switches the P2M/log-dirty fix: ``fixed`` or ``pre-fix`` at every call site, or a
+    mapping of each of the patch's four call sites (``p2m_remove_page``,
+    ``set_typed_p2m_entry``, ``pod_decrease_reservation``, ``guest_physmap_add_entry``)
+    to ``fixed`` or ``pre-fix``, to turn the fix on one site at a time. ``verify`` adds the VERIFY pass; ``tolerate_vanished``
     opts in to skipping a GFN removed between the type query and the map instead of
     failing the save; ``deadline`` caps the migration's virtual duration (the save is
     aborted and the source resumes, as a management layer's timeout would do);
@@ -79,11 +83,34 @@ class MigrationConfig(_Model):
     start: Duration = 1.0
     policy: str = "xen"
     policy_params: dict[str, Any] = Field(default_factory=dict)
-    xen_behaviour: Literal["fixed", "pre-fix"] = "fixed"
+    xen_behaviour: Union[Literal["fixed", "pre-fix"], dict[str, Literal["fixed", "pre-fix"]]] = "fixed"
     verify: bool = False
     tolerate_vanished: bool = False
     deadline: Duration | None = None
     stats_overflow: Literal["truncate", "saturate"] = "truncate"
+
+    @field_validator("xen_behaviour", mode="before")
+    @classmethod
+    def _check_sites(cls, v: Any) -> Any:
+        both = "'fixed' or 'pre-fix'"
+        if isinstance(v, dict):
+            for key, val in v.items():
+                if key not in FIX_SITES:
+                    close = difflib.get_close_matches(str(key), FIX_SITES, n=1, cutoff=0.5)
+                    hint = f" (did you mean '{close[0]}'?)" if close else ""
+                    raise field_error(str(key), "a call site of the fix, one of " + ", ".join(FIX_SITES),
+                                      f"{key!r}{hint}")
+                if val not in ("fixed", "pre-fix"):
+                    raise field_error(str(key), both, _describe(val))
+            missing = [s for s in FIX_SITES if s not in v]
+            if missing:
+                raise field_error("", "a behaviour for every call site of the fix",
+                                  "none for " + ", ".join(missing))
+        elif v not in ("fixed", "pre-fix"):
+            close = difflib.get_close_matches(str(v), ["fixed", "pre-fix"], n=1, cutoff=0.5)
+            hint = f" (did you mean '{close[0]}'?)" if close and isinstance(v, str) else ""
+            raise field_error("", f"{both}, or a mapping of call site to {both}", f"{_describe(v)}{hint}")
+        return v
 
 
 class Scenario(_Model):

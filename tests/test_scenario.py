@@ -141,8 +141,27 @@ def test_wrong_type():
 def test_bad_literal_suggests_the_spelling():
     with pytest.raises(ScenarioError) as ei:
         parse_scenario({"guest": {"memory": "1GiB"}, "migration": {"xen_behaviour": "prefix"}}, "s.yaml")
-    assert str(ei.value) == ("s.yaml: migration.xen_behaviour: expected one of 'fixed' or 'pre-fix', "
-                             "found 'prefix' (did you mean 'pre-fix'?)")
+    assert str(ei.value) == ("s.yaml: migration.xen_behaviour: expected 'fixed' or 'pre-fix', or a mapping "
+                             "of call site to 'fixed' or 'pre-fix', found 'prefix' (did you mean 'pre-fix'?)")
+
+
+def test_per_site_behaviour_names_the_bad_site_with_a_suggestion():
+    sites = {"p2m_remove_page": "fixed", "set_typed_p2m_entry": "fixed",
+             "pod_decrease_reservation": "fixed", "guest_physmap_add_entry": "pre-fix"}
+    sc = parse_scenario({"guest": {"memory": "1GiB"}, "migration": {"xen_behaviour": sites}}, "s.yaml")
+    assert sc.migration.xen_behaviour == sites
+    bad = {**sites, "guest_physmap_add": "fixed"}
+    with pytest.raises(ScenarioError) as ei:
+        parse_scenario({"guest": {"memory": "1GiB"}, "migration": {"xen_behaviour": bad}}, "s.yaml")
+    assert str(ei.value).startswith("s.yaml: migration.xen_behaviour.guest_physmap_add: expected a call site")
+    assert "did you mean 'guest_physmap_add_entry'?" in str(ei.value)
+    with pytest.raises(ScenarioError, match=r"xen_behaviour.p2m_remove_page: expected 'fixed' or 'pre-fix', "
+                                            r"found 'on'"):
+        parse_scenario({"guest": {"memory": "1GiB"},
+                        "migration": {"xen_behaviour": {**sites, "p2m_remove_page": "on"}}}, "s.yaml")
+    with pytest.raises(ScenarioError, match="none for set_typed_p2m_entry"):
+        parse_scenario({"guest": {"memory": "1GiB"},
+                        "migration": {"xen_behaviour": {"p2m_remove_page": "fixed"}}}, "s.yaml")
 
 
 def test_missing_required_field():

@@ -13,7 +13,7 @@ from .app import XmigApp, run_app
 
 
 def interactive_run(scenario, opts, *, speed: float | None, guided: bool = False, record_map: bool = False,
-                    run=None):
+                    run=None, listeners=()):
     """One migration in the app (``run(scenario, opts, bus=, pacer=)``, by default in
     this process). Returns (result, interrupted, recorder) like ``cli._one_run``:
     ``interrupted`` when ``q`` aborted a migration still running."""
@@ -21,7 +21,7 @@ def interactive_run(scenario, opts, *, speed: float | None, guided: bool = False
 
     recorder = GfnMapRecorder() if record_map else None
     app = XmigApp.for_run(scenario, opts, speed=speed, guided=guided, run=run,
-                          listeners=(recorder,) if recorder is not None else ())
+                          listeners=tuple(listeners) + ((recorder,) if recorder is not None else ()))
     result = run_app(app)[0]
     interrupted = result is not None and result.save.outcome == "aborted"
     return result, interrupted, recorder

@@ -90,6 +90,14 @@ class Narrator:
         if isinstance(ev, BatchSent):
             return self._batch(ev)
         if isinstance(ev, MemoryOp):
+            if self._move is not None:
+                for eff in getattr(ev, "sites", ()):
+                    self._move["dirty"] += int(eff.dirty.size)
+                    self._move["cleared"] += int(eff.cleared)
+                    self._move["set"] += int(eff.set)
+                    self._move["leftover"] += int(eff.leftover.size)
+                    self._move["unmarked"] += int(eff.unmarked.size)
+                    self._move["sites"].add(eff.site)
             if ev.rc > 0 and ev.op == "decrease_reservation":
                 self._removed_since_pass += int(ev.rc)
             elif ev.rc > 0 and ev.op == "populate_physmap":
@@ -130,7 +138,9 @@ class Narrator:
             delta = int(d["target_pages"]) - int(d["current_pages"])
             if not delta:
                 return None
-            self._move = {"out": delta < 0, "pages": 0, "ops": 0, "target": int(d["target_pages"])}
+            self._move = {"out": delta < 0, "pages": 0, "ops": 0, "target": int(d["target_pages"]),
+                          "dirty": 0, "cleared": 0, "set": 0, "leftover": 0, "unmarked": 0,
+                          "sites": set()}
             if delta < 0:
                 fix = ("fixed: any of them that are dirty are marked clean"
                        if _fixed(self.behaviour, "p2m_remove_page")
@@ -153,8 +163,22 @@ class Narrator:
                 m, self._move = self._move, None
                 verb = "left" if m["out"] else "joined"
                 call = "decrease_reservation" if m["out"] else "populate_physmap"
-                return Caption(t, f"balloon done: {m['pages']:,} GFNs {verb} the P2M in "
-                                  f"{m['ops']:,} {call} calls")
+                text = f"balloon done: {m['pages']:,} GFNs {verb} the P2M in {m['ops']:,} {call} calls"
+                site = "/".join(sorted(m["sites"]))
+                if m["out"] and m["sites"]:
+                    if m["leftover"]:
+                        text += (f". {site}, pre-fix: {m['dirty']:,} of them were dirty and their bits "
+                                 f"stay set: the next pass will query them and send {m['leftover']:,} XTAB entries")
+                    else:
+                        text += (f". {site}, fixed: {m['dirty']:,} of them were dirty and are marked clean "
+                                 f"({m['cleared']:,} bits cleared)")
+                elif m["sites"]:
+                    if m["unmarked"]:
+                        text += (f". {site}, pre-fix: {m['unmarked']:,} of them have no dirty bit: "
+                                 "lost unless written after the next CLEAN")
+                    else:
+                        text += f". {site}, fixed: {m['set']:,} dirty bits set, the next pass sends them"
+                return Caption(t, text, interesting=bool(m["sites"]))
         return None
 
     def _pass_started(self, ev: PassStarted) -> Caption | None:
