@@ -55,6 +55,10 @@ def _fixed(behaviour: Any, site: str) -> bool:
     return behaviour == "fixed"
 
 
+def _tally() -> dict[str, Any]:
+    return {"dirty": 0, "cleared": 0, "set": 0, "leftover": 0, "unmarked": 0, "sites": set()}
+
+
 class Narrator:
     """Event listener turning the stream into ``Caption``s (``captions``, newest last)."""
 
@@ -64,6 +68,7 @@ class Narrator:
         self.captions: list[Caption] = []
         self.keep = keep
         self._move: dict[str, Any] | None = None     # the balloon move in progress
+        self._tally = {True: _tally(), False: _tally()}   # call-site effects: removals, additions
         self._removed_since_pass = 0
         self._added_since_pass = 0
         self._xtab_told = False
@@ -90,14 +95,16 @@ class Narrator:
         if isinstance(ev, BatchSent):
             return self._batch(ev)
         if isinstance(ev, MemoryOp):
-            if self._move is not None:
-                for eff in getattr(ev, "sites", ()):
-                    self._move["dirty"] += int(eff.dirty.size)
-                    self._move["cleared"] += int(eff.cleared)
-                    self._move["set"] += int(eff.set)
-                    self._move["leftover"] += int(eff.leftover.size)
-                    self._move["unmarked"] += int(eff.unmarked.size)
-                    self._move["sites"].add(eff.site)
+            # tallied per direction until a move's last step says it is done (the
+            # hypervisor's events of a step may come before the guest's note of it)
+            for eff in getattr(ev, "sites", ()):
+                tally = self._tally[eff.change == "remove"]
+                tally["dirty"] += int(eff.dirty.size)
+                tally["cleared"] += int(eff.cleared)
+                tally["set"] += int(eff.set)
+                tally["leftover"] += int(eff.leftover.size)
+                tally["unmarked"] += int(eff.unmarked.size)
+                tally["sites"].add(eff.site)
             if ev.rc > 0 and ev.op == "decrease_reservation":
                 self._removed_since_pass += int(ev.rc)
             elif ev.rc > 0 and ev.op == "populate_physmap":
@@ -138,9 +145,7 @@ class Narrator:
             delta = int(d["target_pages"]) - int(d["current_pages"])
             if not delta:
                 return None
-            self._move = {"out": delta < 0, "pages": 0, "ops": 0, "target": int(d["target_pages"]),
-                          "dirty": 0, "cleared": 0, "set": 0, "leftover": 0, "unmarked": 0,
-                          "sites": set()}
+            self._move = {"out": delta < 0, "pages": 0, "ops": 0, "target": int(d["target_pages"])}
             if delta < 0:
                 fix = ("fixed: any of them that are dirty are marked clean"
                        if _fixed(self.behaviour, "p2m_remove_page")
@@ -161,14 +166,17 @@ class Narrator:
             self._move["ops"] += int(d.get("batches", 0))
             if int(d.get("current_pages", -1)) == self._move["target"]:
                 m, self._move = self._move, None
+                m.update(self._tally[m["out"]])
+                self._tally[m["out"]] = _tally()
                 verb = "left" if m["out"] else "joined"
                 call = "decrease_reservation" if m["out"] else "populate_physmap"
                 text = f"balloon done: {m['pages']:,} GFNs {verb} the P2M in {m['ops']:,} {call} calls"
                 site = "/".join(sorted(m["sites"]))
                 if m["out"] and m["sites"]:
                     if m["leftover"]:
-                        text += (f". {site}, pre-fix: {m['dirty']:,} of them were dirty and their bits "
-                                 f"stay set: the next pass will query them and send {m['leftover']:,} XTAB entries")
+                        text += (f". {site}, pre-fix: {m['dirty']:,} of them were dirty and "
+                                 f"{m['leftover']:,} bits stay set: the next pass will query those "
+                                 "GFNs and send them as XTAB")
                     else:
                         text += (f". {site}, fixed: {m['dirty']:,} of them were dirty and are marked clean "
                                  f"({m['cleared']:,} bits cleared)")
