@@ -445,8 +445,12 @@ def compare(
     report: Optional[Path] = typer.Option(None, help="Write both reports into one JSON file."),
     csv: Optional[Path] = typer.Option(None, "--csv", help="Write both runs' per-pass tables as one CSV."),
     plot: Optional[Path] = typer.Option(None, help="Draw both runs side by side (PNG)."),
+    speed: Optional[str] = typer.Option(None, help="In the app: virtual seconds per wall second (default 0.4), or 'max'."),
+    guided: bool = typer.Option(False, "--guided", help="In the app: pause at every event of interest of either run."),
+    no_dashboard: bool = typer.Option(False, "--no-dashboard", help="Only the table at the end, no live side-by-side app."),
 ) -> None:
-    """Run the scenario under fixed and pre-fix (or two policies) with one seed, side by side."""
+    """Run the scenario under fixed and pre-fix (or two policies) with one seed, side by side:
+    live on one virtual clock in a terminal, then the table."""
     from .report import build_report, write_csv, write_json
     from .runner import RunOptions
 
@@ -471,9 +475,21 @@ def compare(
         labels = ["fixed", "pre-fix"]
     console = Console()
     reps = []
+    live = None
+    if console.is_terminal and not no_dashboard:
+        from .gfnmap import GfnMapRecorder
+        from .view.commands import interactive_compare
+
+        recs = [GfnMapRecorder() if plot is not None else None for _ in variants]
+        results = interactive_compare(scenario, variants, labels, speed=_default_speed(speed, True), guided=guided,
+                                      listeners=[[r] if r is not None else [] for r in recs])
+        live = iter([(r, r is None or r.save.outcome == "aborted", rec) for r, rec in zip(results, recs)])
     for opts in variants:
-        result, interrupted, recorder = _one_run(scenario, opts, dashboard=False, speed=None, console=console,
-                                                 record_map=plot is not None, quiet=True)
+        if live is not None:
+            result, interrupted, recorder = next(live)
+        else:
+            result, interrupted, recorder = _one_run(scenario, opts, dashboard=False, speed=None, console=console,
+                                                     record_map=plot is not None, quiet=True)
         if interrupted:
             console.print("xmig: interrupted: the migration was aborted and the source domain resumed",
                           markup=False, soft_wrap=True)
@@ -521,6 +537,11 @@ def _compare_table(labels: list[str], reps: list[dict[str, Any]]):
     row("extra pages", lambda r: v(r, "extra_pages"))
     row("verdict", lambda r: "OK" if r["outcome"] == "completed" and r["verify"] and r["verify"]["ok"]
         else ("FAILED" if r["outcome"] != "completed" else "DIVERGED"))
+    from .view.compare import cheaper_because_skipped
+
+    note = cheaper_because_skipped(labels, reps)
+    if note:
+        t.caption, t.caption_justify = note, "left"
     return t
 
 

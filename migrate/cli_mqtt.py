@@ -188,7 +188,12 @@ def register(app: typer.Typer) -> None:
         cfg = config_or_exit(broker, run, username, password, tls_ca, tls_insecure, timeout)
         console = Console()
         try:
-            outcome = _run_main(lambda: watch_run(cfg, run, console=console, live=console.is_terminal and not no_dashboard))
+            if console.is_terminal and not no_dashboard:
+                from .view.commands import interactive_watch   # the teaching app
+
+                outcome = interactive_watch(lambda listener: watch_run(cfg, run, dashboard=listener))
+            else:
+                outcome = _run_main(lambda: watch_run(cfg, run, console=console, live=False))
         except TransportError as exc:
             usage(str(exc))
         except (KeyboardInterrupt, asyncio.CancelledError):

@@ -263,3 +263,14 @@ def test_the_balloon_caption_says_what_the_call_site_did(behaviour, says):
     inflate = next(c for c in caps if c.text.startswith("balloon done: 65,536 GFNs left the P2M"))
     assert inflate.interesting and says in inflate.text
     assert f"{inflate.t:.2f}" == "3.49"
+
+
+def test_compare_table_explains_why_pre_fix_looks_cheaper():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "migrate", "compare", "--guest", str(EX / "balloon.yaml")],
+                         capture_output=True, text=True, timeout=120)
+    text = " ".join(out.stdout.split())
+    assert "pre-fix looks cheaper (85,522 fewer data pages" in text
+    assert "because it skipped pages: 44,946 never reached the destination (missing)" in text

@@ -193,7 +193,7 @@ class XmigApp(App):
 
     @classmethod
     def for_compare(cls, scenario, variants: list, labels: list[str], *, speed: float | None,
-                    guided: bool = False) -> "XmigApp":
+                    guided: bool = False, listeners: list | None = None) -> "XmigApp":
         from ..runner import run_scenario
 
         pb = Playback(speed)
@@ -202,6 +202,8 @@ class XmigApp(App):
         def producer(i, opts):
             async def produce(app: "XmigApp"):
                 bus = EventBus()
+                for fn in (listeners[i] if listeners else ()):
+                    bus.subscribe(fn)
                 bus.subscribe(EventFeed(app.queue, i))
                 return await run_scenario(scenario, opts, bus=bus, pacer=pb)
             return produce

@@ -28,10 +28,10 @@ def interactive_run(scenario, opts, *, speed: float | None, guided: bool = False
 
 
 def interactive_compare(scenario, variants: list, labels: list[str], *, speed: float | None,
-                        guided: bool = False) -> list:
+                        guided: bool = False, listeners: list | None = None) -> list:
     """Both runs in the app on one clock; returns their ``RunResult``s (None if quit
-    before a run started)."""
-    app = XmigApp.for_compare(scenario, variants, labels, speed=speed, guided=guided)
+    before a run started). ``listeners[i]`` are subscribed to run i's events too."""
+    app = XmigApp.for_compare(scenario, variants, labels, speed=speed, guided=guided, listeners=listeners)
     return run_app(app)
 
 
