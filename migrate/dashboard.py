@@ -526,12 +526,9 @@ def render_gfnmap(gmap: GfnMap, *, title: str | None = None, width: int | None =
     legend_lines = _legend_lines(gmap, totals, (width or 100))
     columns = gmap.columns
     if width is not None:
-        columns = 1 << max(3, (max(width - label, 8)).bit_length() - 1)
-        columns = min(columns, 128)
+        columns = min(max(width - label, 8), 128)       # any width: rows need not be round
     rows_budget = None if height is None else max(height - len(legend_lines), 1)
     k = 1
-    if columns < gmap.columns:
-        k = gmap.columns // columns
     while rows_budget is not None and -(-gmap.ncells // (k * columns)) > rows_budget and k < gmap.ncells:
         k *= 2
     cells = gmap.cells_binned(k)
