@@ -178,6 +178,7 @@ def register(app: typer.Typer) -> None:
         tls_insecure: bool = TLS_INSECURE_OPT,
         timeout: float = TIMEOUT_OPT,
         no_dashboard: bool = typer.Option(False, "--no-dashboard", help="Plain progress lines and a summary instead of the live dashboard."),
+        record: Optional[Path] = typer.Option(None, "--record", help="Write every event watched to FILE (xmig replay FILE, xmig explain FILE --gfn N)."),
     ) -> None:
         """The dashboard of a migration on the broker, fed only by its event topics.
 
@@ -187,41 +188,55 @@ def register(app: typer.Typer) -> None:
 
         cfg = config_or_exit(broker, run, username, password, tls_ca, tls_insecure, timeout)
         console = Console()
+        recorder = None
+        if record is not None:
+            from .eventlog import EventRecorder
+
+            recorder = EventRecorder(record, {"watched_run": run, "broker": cfg.display})
         try:
             if console.is_terminal and not no_dashboard:
                 from .view.commands import interactive_watch   # the teaching app
 
-                outcome = interactive_watch(lambda listener: watch_run(cfg, run, dashboard=listener))
+                outcome = interactive_watch(lambda listener: watch_run(cfg, run, dashboard=listener, also=recorder))
             else:
-                outcome = _run_main(lambda: watch_run(cfg, run, console=console, live=False))
+                outcome = _run_main(lambda: watch_run(cfg, run, console=console, live=False, also=recorder))
         except TransportError as exc:
             usage(str(exc))
         except (KeyboardInterrupt, asyncio.CancelledError):
             raise typer.Exit(EXIT_INTERRUPTED)
+        finally:
+            if recorder is not None:
+                recorder.close()
         if outcome != "completed":
             _echo(f"run {run!r}: {outcome}")
         raise typer.Exit(EXIT_OK if outcome == "completed" else EXIT_FAILED)
 
 
 async def watch_run(cfg: BrokerConfig, run_id: str, *, console=None, live: bool = False, dashboard=None,
-                    ready: asyncio.Event | None = None) -> str:
+                    ready: asyncio.Event | None = None, also=None) -> str:
     """Subscribe to the run's events and fold them into a ``Dashboard``: shown live
     (``live``), or as progress lines and a plain summary on ``console``'s stdout, or not
     shown (no console: the caller reads ``dashboard``). Returns the outcome
     (``completed``...) or why the watch stopped.
-    ``ready`` is set once subscribed (events published before that are not seen)."""
+    ``ready`` is set once subscribed (events published before that are not seen).
+    ``also`` (e.g. an ``EventRecorder``) is called with every event too."""
     from .dashboard import Dashboard, LiveDashboard
     from .mqtt import mqtt_transport, watch
 
     dash = dashboard if dashboard is not None else Dashboard(console)
+    feed = dash
+    if also is not None:
+        def feed(ev) -> None:
+            also(ev)
+            dash(ev)
     transport = await mqtt_transport(cfg, run_id, "watch")
     if console is not None:
         _echo(f"watching run {run_id!r} at {cfg.display}")
     try:
-        await transport.subscribe_events("hypervisor", lambda items: [dash(ev) for ev in items])
+        await transport.subscribe_events("hypervisor", lambda items: [feed(ev) for ev in items])
         if live:
             with LiveDashboard(dash, console=console):
-                outcome = await watch(transport, dash, ready=ready)
+                outcome = await watch(transport, feed, ready=ready)
         elif console is not None:
             # Piped or --no-dashboard: Xen-style progress lines and a plain summary, as
             # ``xmig run`` prints them (never escape codes, never a squeezed frame).
@@ -230,7 +245,7 @@ async def watch_run(cfg: BrokerConfig, run_id: str, *, console=None, live: bool 
             progress = PlainProgress(sys.stdout)
 
             def both(ev) -> None:
-                dash(ev)
+                feed(ev)
                 progress(ev)
 
             try:
@@ -239,7 +254,7 @@ async def watch_run(cfg: BrokerConfig, run_id: str, *, console=None, live: bool 
                 progress.close()
             print_summary(dash.summary(), file=sys.stdout)
         else:
-            outcome = await watch(transport, dash, ready=ready)
+            outcome = await watch(transport, feed, ready=ready)
         return outcome
     finally:
         await transport.close()

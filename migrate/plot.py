@@ -43,6 +43,20 @@ def _get(r: Any, k: str) -> Any:
     return r.get(k, 0) if isinstance(r, dict) else getattr(r, k, 0)
 
 
+#: Bars differing by more than this factor get a log axis (a sparse guest's pass 1 walks
+#: billions of XTAB PFNs; a linear axis would draw every later pass at zero height).
+LOG_SCALE_RATIO = 100
+
+
+def pages_scale(runs: list[dict[str, Any]]) -> str:
+    """``log`` when the tallest pass's bar is over LOG_SCALE_RATIO times the shortest
+    non-empty one, else ``linear``."""
+    heights = [float(_get(r, "pages_sent")) + float(_get(r, "xtab_sent"))
+               for run in runs for r in (run.get("rounds") or [])]
+    heights = [h for h in heights if h > 0]
+    return "log" if heights and max(heights) > LOG_SCALE_RATIO * min(heights) else "linear"
+
+
 def write_plot(path: str | Path, runs: list[dict[str, Any]]) -> Path:
     """Draw ``runs`` (report-shaped dicts; ``rounds`` and optionally ``gfn_map`` from
     ``GfnMapRecorder.as_list()``, optional ``label``) into a PNG (or any format
@@ -79,7 +93,9 @@ def write_plot(path: str | Path, runs: list[dict[str, Any]]) -> Path:
             ticks = [f"{_get(r, 'iteration')}\n{_get(r, 'phase')}" for r in rounds]
     ax.set_xticks(np.arange(npass), ticks or [str(k + 1) for k in range(npass)])
     ax.set_xlabel("pass")
-    ax.set_ylabel("pages")
+    scale = pages_scale(runs)
+    ax.set_yscale(scale)
+    ax.set_ylabel("pages (log scale)" if scale == "log" else "pages")
     ax.set_title("pages sent per pass (XTAB hatched on top)")
     if npass:
         ax.legend(fontsize="small", ncols=2)
@@ -113,4 +129,4 @@ def write_plot(path: str | Path, runs: list[dict[str, Any]]) -> Path:
     return out
 
 
-__all__ = ["PlotError", "write_plot", "MISSING"]
+__all__ = ["PlotError", "write_plot", "pages_scale", "MISSING"]

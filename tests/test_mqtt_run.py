@@ -374,3 +374,32 @@ async def test_bandwidth_override_and_verify_keep_the_report_with_batches_ahead(
     rem, control = await _in_process_remote(sc, opts, monkeypatch)
     assert comparable(rem) == comparable(emb)
     assert control.ahead_hits > 0
+
+
+@pytest.mark.mqtt
+async def test_watch_records_the_events_with_their_call_site_effects(mqtt_broker, tmp_path):
+    """`xmig watch --record`: the log holds what the watcher saw over the broker,
+    MemoryOp call-site effects included, and rebuilds the run's report."""
+    from migrate.cli_mqtt import watch_run
+    from migrate.dashboard import Dashboard
+    from migrate.eventlog import EventRecorder, read_event_log
+    from migrate.events import MemoryOp
+    from migrate.report import build_report
+    from migrate.runner import result_from_events
+
+    sc = scenario("balloon")
+    cfg = cfg_for(mqtt_broker)
+    rec = EventRecorder(tmp_path / "w.events", {"watched_run": "rec"})
+    subscribed = asyncio.Event()
+    watcher = asyncio.ensure_future(watch_run(cfg, "rec", dashboard=Dashboard(), ready=subscribed, also=rec))
+    await asyncio.wait_for(subscribed.wait(), 10)
+    hv, g = await start_actor_tasks(cfg, "rec", sc)
+    rem = await mqtt.remote_run(sc, RunOptions(behaviour="pre-fix"), broker=cfg, run_id="rec")
+    assert await asyncio.wait_for(watcher, 5) == "completed"
+    rec.close()
+    await asyncio.gather(hv, g)
+    log = read_event_log(tmp_path / "w.events")
+    assert log.header["behaviour"] == "pre-fix" and log.header["watched_run"] == "rec"
+    ops = [e for e in log.events if isinstance(e, MemoryOp)]
+    assert sum(e.leftover.size for e in ops) == 3357
+    assert build_report(result_from_events(log.events)) == build_report(rem)

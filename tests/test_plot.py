@@ -50,3 +50,17 @@ def test_missing_matplotlib_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(PlotError, match=r"pip install 'xmig\[plot\]'"):
         write_plot(tmp_path / "x.png", [run_dict("fixed")])
+
+
+def test_a_sparse_guest_s_later_passes_stay_visible_on_a_log_axis():
+    """sparse-16tib.yaml: pass 1 walks 2^32 PFNs (nearly all XTAB), pass 2 sends a few
+    hundred pages; on a linear axis pass 2 would be drawn at zero height."""
+    from migrate.plot import pages_scale
+
+    sparse = {"rounds": [{"pages_sent": 262144, "xtab_sent": (1 << 32) - 262144},
+                         {"pages_sent": 310, "xtab_sent": 0}, {"pages_sent": 40, "xtab_sent": 0}]}
+    even = {"rounds": [{"pages_sent": 262144, "xtab_sent": 96}, {"pages_sent": 47518, "xtab_sent": 3357},
+                       {"pages_sent": 18631, "xtab_sent": 0}, {"pages_sent": 0, "xtab_sent": 0}]}
+    assert pages_scale([sparse]) == "log"
+    assert pages_scale([even]) == "linear"
+    assert pages_scale([{"rounds": []}]) == "linear"
