@@ -31,7 +31,7 @@ from hypervisor.abi import PFINFO_HAS_DATA
 
 from .events import (BatchSent, CleanDone, CountersSampled, Event, GuestNote, MemoryOp,
                      MigrationFinished, PassEnded, PassStarted, PhaseChanged, RoundStats,
-                     RunStarted, SaveSetup, VerifyDone)
+                     RunStarted, RunSummary, SaveSetup, VerifyDone)
 from .gfnmap import LEGEND, LEGEND_BY_STATE, GfnMap
 from .gfnmap import PENDING as PENDING_STATE
 from .gfnmap import SENT as SENT_STATE
@@ -241,6 +241,10 @@ class Dashboard:
             s.t_start = float(ev.t)
         elif isinstance(ev, SaveSetup):
             s.p2m_size = int(ev.p2m_size)
+        elif isinstance(ev, RunSummary) and not s.scenario:
+            # a watcher that joined after RunStarted learns the run's names here
+            s.scenario, s.seed, s.behaviour = ev.scenario, ev.seed, ev.behaviour
+            s.policy, s.policy_params = ev.policy, dict(ev.policy_params or {})
         elif isinstance(ev, VerifyDone):
             s.verify = ev.stats.as_dict()
         elif isinstance(ev, MigrationFinished):

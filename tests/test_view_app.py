@@ -44,6 +44,16 @@ def recorded(name: str, behaviour: str):
     return _CACHE[name, behaviour]
 
 
+@pytest.fixture
+def prefix_run():
+    return recorded("balloon.yaml", "pre-fix")
+
+
+@pytest.fixture
+def fixed_run():
+    return recorded("balloon.yaml", "fixed")
+
+
 # ----------------------------------------------------------------------------- legend = report
 
 
@@ -166,7 +176,7 @@ def _final_screen(app) -> str:
 
 
 @pytest.mark.parametrize("size", SIZES)
-async def test_run_then_its_replay_at_every_size(size):
+async def test_run_then_its_replay_at_every_size(size, prefix_run):
     """The live run shows header, pass table and map at every size; its recorded events
     replayed reach the same final screen, and seek to a pass."""
     app = XmigApp.for_run(load_scenario(EX / "balloon.yaml"), RunOptions(behaviour="pre-fix"), speed=None)
@@ -197,7 +207,7 @@ async def test_run_then_its_replay_at_every_size(size):
         await pilot.press("q")
     assert app.return_value[0].save.outcome == "completed"
 
-    events, _ = recorded("balloon.yaml", "pre-fix")
+    events, _ = prefix_run
     app = XmigApp.for_replay(events, speed=None)
     async with app.run_test(size=size) as pilot:
         await until(pilot, lambda: app.done)
@@ -214,8 +224,8 @@ async def test_run_then_its_replay_at_every_size(size):
 
 
 @pytest.mark.parametrize("size", SIZES)
-async def test_watch_fed_through_the_same_queue(size):
-    events, _ = recorded("balloon.yaml", "fixed")
+async def test_watch_fed_through_the_same_queue(size, fixed_run):
+    events, _ = fixed_run
 
     async def watch(listener):
         for ev in events:
@@ -274,3 +284,29 @@ def test_compare_table_explains_why_pre_fix_looks_cheaper():
     text = " ".join(out.stdout.split())
     assert "pre-fix looks cheaper (85,522 fewer data pages" in text
     assert "because it skipped pages: 44,946 never reached the destination (missing)" in text
+
+
+async def test_a_late_watch_says_so_then_learns_the_runs_names(prefix_run):
+    from migrate.events import RunStarted, RunSummary
+
+    events, _ = prefix_run
+    late = [ev for ev in events if not isinstance(ev, RunStarted)]
+    start = next(i for i, ev in enumerate(late) if isinstance(ev, PassStarted) and ev.iteration == 2)
+    assert any(isinstance(ev, RunSummary) for ev in late)
+
+    async def watch(listener):
+        for ev in late[start:]:
+            listener(ev)
+            await asyncio.sleep(0)
+        return "completed"
+
+    app = XmigApp.for_watch(watch, guided=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.paused)
+        assert "joined after the start" in app.query_one("#header").plain()
+        app.guided = False
+        await pilot.press("space")
+        await until(pilot, lambda: app.done)
+        head = app.query_one("#header").plain()
+        assert "joined after the start" not in head and "balloon  seed 1  pre-fix" in head
+        await pilot.press("q")

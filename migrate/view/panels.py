@@ -62,6 +62,11 @@ class HeaderPanel(RunPanel):
         s = self.view.state
         wide = self.content_size.width >= 100
         t = Text(no_wrap=False)
+        if not s.scenario:
+            # joined after the run's first event: its names come with its summary
+            t.append("joined after the start: scenario, seed and behaviour arrive with the run's end",
+                     style="italic")
+            t.append("\n")
         t.append(f"{s.scenario or '?'}", style="bold cyan")
         t.append(f"  seed {s.seed if s.seed is not None else '?'}  ")
         t.append(s.behaviour or "?", style="bold red" if s.behaviour == "pre-fix" else "bold green")
