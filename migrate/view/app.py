@@ -258,23 +258,16 @@ class XmigApp(App):
             yield self._add(PassPanel(view, classes="pass", id="pass"))
             with Horizontal(id="body"):
                 with Vertical(classes="main"):
-                    t = self._add(PassTablePanel(view, classes="table", id="table"))
-                    t.border_title = "passes"
-                    yield t
-                    m = self._add(MapPanel(view, classes="map", id="map"))
-                    m.border_title = "GFN map"
-                    yield m
+                    yield self._add(PassTablePanel(view, classes="table", id="table"), "passes")
+                    yield self._add(MapPanel(view, classes="map", id="map"), "GFN map")
                 with Vertical(id="side"):
-                    b = self._add(BalloonPanel(view, classes="side", id="balloon"))
-                    b.border_title = "balloon"
-                    yield b
-                    h = self._add(HypervisorPanel(view, classes="side", id="hv"))
-                    h.border_title = "hypervisor"
-                    yield h
+                    yield self._add(BalloonPanel(view, classes="side", id="balloon"), "balloon")
+                    yield self._add(HypervisorPanel(view, classes="side", id="hv"), "hypervisor")
 
     def _compose_compare(self) -> ComposeResult:
         with Vertical(id="top"):
-            yield self._add(HeaderPanel(self.views[0], self._status, classes="header", id="header"))
+            yield self._add(HeaderPanel(self.views[0], self._status, classes="header", id="header",
+                                        behaviour=" vs ".join(v.label for v in self.views)))
             self.compare = CompareTable(self.views, id="compare")
             self.compare.border_title = "fixed vs pre-fix, one seed, one virtual clock (differences in yellow)"
             yield self.compare
@@ -283,15 +276,13 @@ class XmigApp(App):
                     with Vertical(classes="run", id=f"run{i}"):
                         yield self._add(CaptionPanel(v, classes="caption", id=f"caption{i}"))
                         yield self._add(PassPanel(v, classes="pass", id=f"pass{i}"))
-                        t = self._add(PassTablePanel(v, classes="table", id=f"table{i}"))
-                        t.border_title = f"passes: {v.label}"
-                        yield t
-                        m = self._add(MapPanel(v, classes="map", id=f"map{i}"))
-                        m.border_title = f"GFN map: {v.label}"
-                        yield m
+                        yield self._add(PassTablePanel(v, classes="table", id=f"table{i}"), f"passes: {v.label}")
+                        yield self._add(MapPanel(v, classes="map", id=f"map{i}"), f"GFN map: {v.label}")
 
-    def _add(self, panel):
+    def _add(self, panel, title: str | None = None):
         self.panels.append(panel)
+        if title:
+            panel.border_title = title
         return panel
 
     def on_mount(self) -> None:

@@ -54,9 +54,10 @@ class HeaderPanel(RunPanel):
 
     auto_layout = True
 
-    def __init__(self, view: RunView, status, **kw: Any):
+    def __init__(self, view: RunView, status, *, behaviour: str | None = None, **kw: Any):
         super().__init__(view, **kw)
         self.status = status          # callable -> Text: paused, slow motion, speed
+        self.behaviour = behaviour    # compare: both runs' labels instead of one behaviour
 
     def render(self) -> RenderableType:
         s = self.view.state
@@ -69,7 +70,10 @@ class HeaderPanel(RunPanel):
             t.append("\n")
         t.append(f"{s.scenario or '?'}", style="bold cyan")
         t.append(f"  seed {s.seed if s.seed is not None else '?'}  ")
-        t.append(s.behaviour or "?", style="bold red" if s.behaviour == "pre-fix" else "bold green")
+        if self.behaviour:
+            t.append(self.behaviour, style="bold")
+        else:
+            t.append(s.behaviour or "?", style="bold red" if s.behaviour == "pre-fix" else "bold green")
         t.append(f"  policy {s.policy or '?'}")
         if wide and s.policy_params:
             t.append(" (" + ", ".join(f"{k}={v}" for k, v in s.policy_params.items()) + ")")
@@ -81,7 +85,7 @@ class HeaderPanel(RunPanel):
         t.append(s.phase, style="bold magenta" if s.phase in ("suspended", "final") else "bold")
         if s.outcome:
             t.append(f"  {s.outcome.upper()}", style="bold green" if s.outcome == "completed" else "bold red")
-        if s.verify is not None:
+        if s.verify is not None and not self.behaviour:
             if s.verify.get("ok"):
                 t.append("  destination VERIFIED", style="bold green")
             else:

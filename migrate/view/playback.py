@@ -4,9 +4,10 @@ Virtual time is the engine's own (``migrate/engine.py`` stamps every call); this
 decides how fast it runs against the wall clock: ``Pacer`` (``migrate/dashboard.py``)
 keeps ``speed`` virtual seconds per wall second, and ``Playback`` adds what a person
 needs: pause (virtual time stops because the engine waits here), a new speed, and
-*holds*: short wall-clock pauses the app asks for around a moment too short to see
-(the ~10 ms XTAB walk of a ballooned region), after which the pace re-anchors so the
-next virtual seconds do not rush by to catch up. The screen says when it slows down.
+*holds*: the app asks the virtual clock to stand still a little longer around a moment
+too short to see (the ~10 ms XTAB walk of a ballooned region). A hold or a pause moves
+the pace's anchor, so every run paced by the same playback (compare's two) waits alike
+and nothing rushes by afterwards to catch up. The screen says when it slows down.
 """
 
 from __future__ import annotations
@@ -36,16 +37,21 @@ class Playback(Pacer):
         self.hold_s = float(hold_s)
         self.paused = False
         self._resume: asyncio.Event | None = None
-        self._hold = 0.0
+        self._paused_at = 0.0
         self.held = 0.0             # wall seconds spent in holds (shown on screen)
         self.last_hold_wall = -1.0  # clock() of the last hold
 
     # ------------------------------------------------------------------ controls
 
     def pause(self) -> None:
+        if not self.paused:
+            self._paused_at = self._clock()
         self.paused = True
 
     def resume(self) -> None:
+        if self.paused and self._wall0 is not None:
+            # the pause is not lag: the whole virtual clock moves on by its length
+            self._wall0 += self._clock() - self._paused_at
         self.paused = False
         if self._resume is not None:
             self._resume.set()
@@ -79,9 +85,15 @@ class Playback(Pacer):
         return self.speed
 
     def hold(self, seconds: float | None = None) -> None:
-        """Ask for ``seconds`` more wall time before the next step (slow motion)."""
-        if self.speed is not None:
-            self._hold += self.hold_s if seconds is None else float(seconds)
+        """Slow motion: the virtual clock stands still for ``seconds`` more wall time,
+        for every run paced by this playback (compare's two engines stay in step)."""
+        if self.speed is None:
+            return
+        h = self.hold_s if seconds is None else float(seconds)
+        if self._wall0 is not None:
+            self._wall0 += h
+        self.held += h
+        self.last_hold_wall = self._clock()
 
     def slowing(self, within: float = 0.5) -> bool:
         return self.last_hold_wall >= 0 and self._clock() - self.last_hold_wall < within
@@ -94,13 +106,6 @@ class Playback(Pacer):
                 self._resume = asyncio.Event()
             self._resume.clear()
             await self._resume.wait()
-            self.reset()          # a pause is not lag: start the pace afresh
-        if self._hold > 0:
-            h, self._hold = self._hold, 0.0
-            self.held += h
-            self.last_hold_wall = self._clock()
-            await self._sleep(h)
-            self.reset()
         await super().pace(virtual_t)
 
 
