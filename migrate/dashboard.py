@@ -357,7 +357,7 @@ class Dashboard:
         return Panel(Group(head, bar), title="current pass", title_align="left", padding=(0, 1))
 
     def pass_table_panel(self, max_rows: int | None = None, compact: bool = False,
-                         title: str | None = "passes") -> RenderableType:
+                         title: str | None = "passes", narrow: bool = False) -> RenderableType:
         s = self.state
         rows = list(s.rounds)
         live = None
@@ -367,7 +367,7 @@ class Dashboard:
                     "bytes": s.cur_bytes, "start_s": s.cur_start, "end_s": s.t,
                     "balloon_out": s.cur_balloon_out, "balloon_in": s.cur_balloon_in}
         return pass_table(rows, live=live, max_rows=max_rows or self.max_pass_rows, compact=compact,
-                          title=title)
+                          title=title, narrow=narrow)
 
     def counters_panel(self) -> RenderableType:
         s = self.state
@@ -478,13 +478,17 @@ COMPACT_COLUMNS = (("#", "right"), ("phase", "left"), ("dirty", "right"), ("data
 
 def pass_table(rounds: Iterable[dict[str, Any]], *, live: dict[str, Any] | None = None,
                max_rows: int | None = None, title: str | None = "passes",
-               compact: bool = False) -> Table:
+               compact: bool = False, narrow: bool = False) -> Table:
     """One row per pass (``RoundStats`` fields); the pass in flight in italics.
-    ``compact`` fits 80 columns: no column is ever cut to an ellipsis."""
+    ``compact`` fits 80 columns, ``narrow`` (compact without the time column) half of
+    120: no column is ever cut to an ellipsis."""
     tbl = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1),
                 show_edge=False, pad_edge=False)
-    for name, just in (COMPACT_COLUMNS if compact else PASS_COLUMNS):
-        tbl.add_column(name, justify=just, no_wrap=True, overflow="fold", min_width=len(name))
+    cols = COMPACT_COLUMNS if compact or narrow else PASS_COLUMNS
+    drop = cols.index(("s", "right")) if narrow else None
+    for i, (name, just) in enumerate(cols):
+        if i != drop:
+            tbl.add_column(name, justify=just, no_wrap=True, overflow="fold", min_width=len(name))
     rows = [_round_dict(r) for r in rounds]
     if max_rows is not None and len(rows) + (live is not None) > max_rows:
         keep = max(max_rows - (live is not None) - 1, 1)
@@ -492,10 +496,14 @@ def pass_table(rounds: Iterable[dict[str, Any]], *, live: dict[str, Any] | None 
         rows = rows[-keep:]
         tbl.caption = f"… {hidden} earlier passes not shown"
         tbl.caption_justify = "left"
+    def cells(r):
+        c = _row_cells(r, compact or narrow)
+        return c if drop is None else c[:drop] + c[drop + 1:]
+
     for r in rows:
-        tbl.add_row(*_row_cells(r, compact))
+        tbl.add_row(*cells(r))
     if live is not None:
-        tbl.add_row(*_row_cells(live, compact), style="italic yellow")
+        tbl.add_row(*cells(live), style="italic yellow")
     return tbl
 
 

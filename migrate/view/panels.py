@@ -107,9 +107,11 @@ class PassPanel(RunPanel):
             return Text("waiting for the first pass", style="dim")
         head = Text(no_wrap=True, overflow="ellipsis")
         head.append(f"pass {s.cur_iteration} {s.cur_phase}", style="bold")
-        head.append(f"  {s.cur_walked:,}/{s.cur_entries:,} PFNs  data {s.cur_pages:,}  ")
+        narrow = self.content_size.width < 70
+        head.append(f"  {s.cur_walked:,}/{s.cur_entries:,}{'' if narrow else ' PFNs'}  data {s.cur_pages:,}  ")
         head.append(f"XTAB {s.cur_xtab:,}", style="bold red" if s.cur_xtab else "")
-        head.append(f"  {s.cur_bytes / (1 << 20):.1f} MiB")
+        if not narrow:
+            head.append(f"  {s.cur_bytes / (1 << 20):.1f} MiB")
         if self.content_size.width >= 90:
             head.append(f"  dirty_count {s.cur_dirty_count:,}", style="dim")
         if not s.in_pass:
@@ -126,8 +128,8 @@ class PassTablePanel(RunPanel):
     auto_layout = True
 
     def render(self) -> RenderableType:
-        compact = self.content_size.width < 96
-        return self.view.dash.pass_table_panel(compact=compact, title=None)
+        w = self.content_size.width
+        return self.view.dash.pass_table_panel(compact=w < 96, narrow=w < 62, title=None)
 
 
 class MapPanel(RunPanel):
