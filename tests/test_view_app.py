@@ -262,9 +262,9 @@ async def test_compare_side_by_side_highlights_what_differs(size):
 
 
 @pytest.mark.parametrize("behaviour,says", [
-    ("pre-fix", "p2m_remove_page, pre-fix: 3,275 of them were dirty and 3,275 bits stay set: the next "
+    ("pre-fix", "p2m_remove_page, pre-fix: 3,357 of them were dirty and 3,357 bits stay set: the next "
                 "pass will query those GFNs and send them as XTAB"),
-    ("fixed", "p2m_remove_page, fixed: 3,275 of them were dirty and are marked clean (3,275 bits cleared)"),
+    ("fixed", "p2m_remove_page, fixed: 3,357 of them were dirty and are marked clean (3,357 bits cleared)"),
 ])
 def test_the_balloon_caption_says_what_the_call_site_did(behaviour, says):
     events, _ = recorded("balloon.yaml", behaviour)

@@ -56,7 +56,7 @@ def _fixed(behaviour: Any, site: str) -> bool:
 
 
 def _tally() -> dict[str, Any]:
-    return {"dirty": 0, "cleared": 0, "set": 0, "leftover": 0, "unmarked": 0, "sites": set()}
+    return {"gfns": 0, "dirty": 0, "cleared": 0, "set": 0, "leftover": 0, "unmarked": 0, "sites": set()}
 
 
 class Narrator:
@@ -95,10 +95,11 @@ class Narrator:
         if isinstance(ev, BatchSent):
             return self._batch(ev)
         if isinstance(ev, MemoryOp):
-            # tallied per direction until a move's last step says it is done (the
-            # hypervisor's events of a step may come before the guest's note of it)
+            # tallied per direction until the move is done: the guest's note of its last
+            # step and the hypervisor's events of that step may come in either order
             for eff in getattr(ev, "sites", ()):
                 tally = self._tally[eff.change == "remove"]
+                tally["gfns"] += int(eff.gfns.size)
                 tally["dirty"] += int(eff.dirty.size)
                 tally["cleared"] += int(eff.cleared)
                 tally["set"] += int(eff.set)
@@ -109,7 +110,7 @@ class Narrator:
                 self._removed_since_pass += int(ev.rc)
             elif ev.rc > 0 and ev.op == "populate_physmap":
                 self._added_since_pass += int(ev.rc)
-            return None
+            return self._move_done(float(ev.t))
         if isinstance(ev, GuestNote):
             return self._guest(ev)
         if isinstance(ev, PassStarted):
@@ -165,29 +166,41 @@ class Narrator:
             self._move["pages"] += int(d.get("pages", 0))
             self._move["ops"] += int(d.get("batches", 0))
             if int(d.get("current_pages", -1)) == self._move["target"]:
-                m, self._move = self._move, None
-                m.update(self._tally[m["out"]])
-                self._tally[m["out"]] = _tally()
-                verb = "left" if m["out"] else "joined"
-                call = "decrease_reservation" if m["out"] else "populate_physmap"
-                text = f"balloon done: {m['pages']:,} GFNs {verb} the P2M in {m['ops']:,} {call} calls"
-                site = "/".join(sorted(m["sites"]))
-                if m["out"] and m["sites"]:
-                    if m["leftover"]:
-                        text += (f". {site}, pre-fix: {m['dirty']:,} of them were dirty and "
-                                 f"{m['leftover']:,} bits stay set: the next pass will query those "
-                                 "GFNs and send them as XTAB")
-                    else:
-                        text += (f". {site}, fixed: {m['dirty']:,} of them were dirty and are marked clean "
-                                 f"({m['cleared']:,} bits cleared)")
-                elif m["sites"]:
-                    if m["unmarked"]:
-                        text += (f". {site}, pre-fix: {m['unmarked']:,} of them have no dirty bit: "
-                                 "lost unless written after the next CLEAN")
-                    else:
-                        text += f". {site}, fixed: {m['set']:,} dirty bits set, the next pass sends them"
-                return Caption(t, text, interesting=bool(m["sites"]))
+                self._move["noted"] = True
+                return self._move_done(t)
         return None
+
+    def _move_done(self, t: float) -> Caption | None:
+        """The balloon move's caption, once the guest said it is done and the hypervisor's
+        call-site effects of all its pages have arrived (when it reports them)."""
+        m = self._move
+        if m is None or not m.get("noted"):
+            return None
+        tally = self._tally[m["out"]]
+        if tally["sites"] and tally["gfns"] < m["pages"]:
+            return None
+        self._move = None
+        m.update(tally)
+        self._tally[m["out"]] = _tally()
+        verb = "left" if m["out"] else "joined"
+        call = "decrease_reservation" if m["out"] else "populate_physmap"
+        text = f"balloon done: {m['pages']:,} GFNs {verb} the P2M in {m['ops']:,} {call} calls"
+        site = "/".join(sorted(m["sites"]))
+        if m["out"] and m["sites"]:
+            if m["leftover"]:
+                text += (f". {site}, pre-fix: {m['dirty']:,} of them were dirty and "
+                         f"{m['leftover']:,} bits stay set: the next pass will query those "
+                         "GFNs and send them as XTAB")
+            else:
+                text += (f". {site}, fixed: {m['dirty']:,} of them were dirty and are marked clean "
+                         f"({m['cleared']:,} bits cleared)")
+        elif m["sites"]:
+            if m["unmarked"]:
+                text += (f". {site}, pre-fix: {m['unmarked']:,} of them have no dirty bit: "
+                         "lost unless written after the next CLEAN")
+            else:
+                text += f". {site}, fixed: {m['set']:,} dirty bits set, the next pass sends them"
+        return Caption(t, text, interesting=bool(m["sites"]))
 
     def _pass_started(self, ev: PassStarted) -> Caption | None:
         t = float(ev.t)
