@@ -262,15 +262,16 @@ async def test_compare_side_by_side_highlights_what_differs(size):
 
 
 @pytest.mark.parametrize("behaviour,says", [
-    ("pre-fix", "p2m_remove_page, pre-fix: 3,357 of them were dirty and 3,357 bits stay set: the next "
-                "pass will query those GFNs and send them as XTAB"),
-    ("fixed", "p2m_remove_page, fixed: 3,357 of them were dirty and are marked clean (3,357 bits cleared)"),
+    ("pre-fix", "p2m_remove_page, pre-fix: 3,357 were dirty and 3,357 keep their bits: the next pass "
+                "sends them as XTAB"),
+    ("fixed", "p2m_remove_page, fixed: 3,357 were dirty and are marked clean"),
 ])
 def test_the_balloon_caption_says_what_the_call_site_did(behaviour, says):
     events, _ = recorded("balloon.yaml", behaviour)
     view = RunView()
     caps = [c for c in (view.feed(ev) for ev in events) if c is not None]
-    inflate = next(c for c in caps if c.text.startswith("balloon done: 65,536 GFNs left the P2M"))
+    inflate = next(c for c in caps if c.text.startswith("balloon done: 65,536 GFNs left the P2M "
+                                                        "(decrease_reservation)"))
     assert inflate.interesting and says in inflate.text
     assert f"{inflate.t:.2f}" == "3.49"
 

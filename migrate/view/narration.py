@@ -184,20 +184,18 @@ class Narrator:
         self._tally[m["out"]] = _tally()
         verb = "left" if m["out"] else "joined"
         call = "decrease_reservation" if m["out"] else "populate_physmap"
-        text = f"balloon done: {m['pages']:,} GFNs {verb} the P2M in {m['ops']:,} {call} calls"
+        text = f"balloon done: {m['pages']:,} GFNs {verb} the P2M ({call})"
         site = "/".join(sorted(m["sites"]))
         if m["out"] and m["sites"]:
             if m["leftover"]:
-                text += (f". {site}, pre-fix: {m['dirty']:,} of them were dirty and "
-                         f"{m['leftover']:,} bits stay set: the next pass will query those "
-                         "GFNs and send them as XTAB")
+                text += (f". {site}, pre-fix: {m['dirty']:,} were dirty and {m['leftover']:,} "
+                         "keep their bits: the next pass sends them as XTAB")
             else:
-                text += (f". {site}, fixed: {m['dirty']:,} of them were dirty and are marked clean "
-                         f"({m['cleared']:,} bits cleared)")
+                text += f". {site}, fixed: {m['dirty']:,} were dirty and are marked clean"
         elif m["sites"]:
             if m["unmarked"]:
-                text += (f". {site}, pre-fix: {m['unmarked']:,} of them have no dirty bit: "
-                         "lost unless written after the next CLEAN")
+                text += (f". {site}, pre-fix: {m['unmarked']:,} get no dirty bit: lost unless "
+                         "written after the next CLEAN")
             else:
                 text += f". {site}, fixed: {m['set']:,} dirty bits set, the next pass sends them"
         return Caption(t, text, interesting=bool(m["sites"]))
