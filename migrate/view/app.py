@@ -287,7 +287,7 @@ class XmigApp(App):
 
     def on_mount(self) -> None:
         self._apply_size()
-        self.set_interval(1 / 15, self._tick)
+        self.set_interval(1 / 10, self._tick)
         self._pump_task = asyncio.create_task(self._pump())
         for i, p in enumerate(self.producers):
             self._tasks.append(asyncio.create_task(self._run_producer(i, p)))
