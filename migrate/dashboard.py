@@ -31,7 +31,7 @@ from hypervisor.abi import PFINFO_HAS_DATA
 
 from .events import (BatchSent, CleanDone, CountersSampled, Event, GuestNote, MemoryOp,
                      MigrationFinished, PassEnded, PassStarted, PhaseChanged, RoundStats,
-                     RunStarted, RunSummary, SaveSetup, VerifyDone)
+                     RunStarted, RunSummary, SaveSetup, VerifyDone, count_balloon)
 from .gfnmap import LEGEND, LEGEND_BY_STATE, GfnMap
 from .gfnmap import PENDING as PENDING_STATE
 from .gfnmap import SENT as SENT_STATE
@@ -262,13 +262,17 @@ class Dashboard:
             s.populate_pages += max(rc, 0)
         else:
             return
-        # The pass table's "bal -/+" column, counted as the engine counts RoundStats:
+        # The pass table's "bal -/+" column, by the engine's own rule (count_balloon):
         # in the pass it happens in; between two passes, in the pass before.
-        key = "balloon_out" if ev.op == "decrease_reservation" else "balloon_in"
+        one = RoundStats(iteration=0, phase="", start_s=0.0)
+        count_balloon(one, ev)
         if s.in_pass:
-            setattr(s, "cur_" + key, getattr(s, "cur_" + key) + max(rc, 0))
+            s.cur_balloon_out += one.balloon_out
+            s.cur_balloon_in += one.balloon_in
         elif s.rounds:
-            s.rounds[-1][key] = int(s.rounds[-1].get(key, 0)) + max(rc, 0)
+            last = s.rounds[-1]
+            last["balloon_out"] = int(last.get("balloon_out", 0)) + one.balloon_out
+            last["balloon_in"] = int(last.get("balloon_in", 0)) + one.balloon_in
         word = "decrease" if ev.op == "decrease_reservation" else "populate"
         res = f"{rc}/{ev.nr} pages" if rc >= 0 else f"{ev.nr} pages, rc={rc}"
         s.recent.append((float(ev.t), f"{word} {res}"))
