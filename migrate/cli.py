@@ -211,6 +211,16 @@ def _parse_speed(speed: str) -> Optional[float]:
     return value
 
 
+def _default_speed(speed: Optional[str], interactive: bool) -> Optional[float]:
+    if speed is not None:
+        return _parse_speed(speed)
+    if interactive:
+        from .view.playback import default_tty_speed
+
+        return default_tty_speed()
+    return None
+
+
 def _check_stream_target(stream: Optional[str]) -> None:
     if stream is None:
         return
@@ -300,53 +310,57 @@ def _save_outputs(items: dict[str, Any], dump) -> None:
         raise typer.Exit(EXIT_USAGE)
 
 
+def _runner_for(remote: Optional[dict[str, Any]]):
+    """``run(scenario, opts, *, bus, pacer)``: in this process, or driving the actors of
+    ``remote`` (broker settings) over MQTT."""
+    if remote is None:
+        from .runner import run_scenario
+
+        return run_scenario
+    from .cli_mqtt import remote_run
+
+    async def run(scenario, opts, *, bus, pacer):
+        return await remote_run(scenario, opts, remote["broker"], remote["run_id"], bus, pacer,
+                                username=remote["username"], password=remote["password"],
+                                tls_ca=remote["tls_ca"], tls_insecure=remote["tls_insecure"],
+                                timeout=remote["timeout"], key_file=remote["key_file"],
+                                insecure=remote["insecure"])
+    return run
+
+
 def _one_run(scenario, opts, *, dashboard: bool, speed: Optional[float], console: Console, record_map: bool,
-             quiet: bool = False, remote: Optional[dict[str, Any]] = None, listeners=()):
-    """One migration with its live view: the dashboard on a terminal, Xen-style progress
-    lines otherwise (nothing with ``quiet``). ``remote`` holds the broker settings when
-    the hypervisor and the guest are ``xmig hypervisor`` / ``xmig guest`` processes.
+             quiet: bool = False, remote: Optional[dict[str, Any]] = None, listeners=(),
+             guided: bool = False):
+    """One migration with its live view: the interactive app on a terminal, Xen-style
+    progress lines otherwise (nothing with ``quiet``). ``remote`` holds the broker settings
+    when the hypervisor and the guest are ``xmig hypervisor`` / ``xmig guest`` processes;
+    ``listeners`` are subscribed to the run's events too.
     Returns (result, interrupted, recorder)."""
-    from .dashboard import Dashboard, LiveDashboard, Pacer
+    run = _runner_for(remote)
+    if dashboard:
+        from .view.commands import interactive_run
+
+        return interactive_run(scenario, opts, speed=speed, guided=guided, record_map=record_map, run=run,
+                               listeners=listeners)
+    from .dashboard import Pacer
     from .events import EventBus
     from .gfnmap import GfnMapRecorder
     from .progress import PlainProgress
-    from .runner import run_scenario
 
     bus = EventBus()
     pacer = Pacer(speed)
-    dash = progress = recorder = None
-    if dashboard:
-        dash = Dashboard(console, speed=speed)
-        bus.subscribe(dash)
-        if record_map:
-            recorder = GfnMapRecorder(dash.gfnmap)
-    else:
-        if not quiet:
-            progress = PlainProgress(sys.stdout)
-            bus.subscribe(progress)
-        if record_map:
-            recorder = GfnMapRecorder()
-    if recorder is not None:
+    progress = recorder = None
+    if not quiet:
+        progress = PlainProgress(sys.stdout)
+        bus.subscribe(progress)
+    if record_map:
+        recorder = GfnMapRecorder()
         bus.subscribe(recorder)
     for fn in listeners:
         bus.subscribe(fn)
 
-    async def migrate():
-        if remote is not None:
-            from .cli_mqtt import remote_run
-
-            return await remote_run(scenario, opts, remote["broker"], remote["run_id"], bus, pacer,
-                                    username=remote["username"], password=remote["password"],
-                                    tls_ca=remote["tls_ca"], tls_insecure=remote["tls_insecure"],
-                                    timeout=remote["timeout"], key_file=remote["key_file"],
-                                    insecure=remote["insecure"])
-        return await run_scenario(scenario, opts, bus=bus, pacer=pacer)
-
     async def go():
-        if dash is not None:
-            with LiveDashboard(dash, console=console):
-                return await migrate()
-        return await migrate()
+        return await run(scenario, opts, bus=bus, pacer=pacer)
 
     try:
         result, interrupted = asyncio.run(_run_with_interrupt(go))
@@ -378,8 +392,9 @@ def run(
     report: Optional[Path] = typer.Option(None, help="Write the JSON report here."),
     csv: Optional[Path] = typer.Option(None, "--csv", help="Write the per-pass table as CSV here."),
     plot: Optional[Path] = typer.Option(None, help="Draw pages sent per pass and the GFN map over passes (PNG; needs matplotlib)."),
-    speed: str = typer.Option("max", help="Virtual seconds per wall second for the dashboard (e.g. 0.5), or 'max'."),
-    no_dashboard: bool = typer.Option(False, "--no-dashboard", help="Plain progress lines instead of the live dashboard."),
+    speed: Optional[str] = typer.Option(None, help="Virtual seconds per wall second (e.g. 0.5), or 'max'. Default: 0.4 in the interactive app (examples/balloon.yaml lasts ~25 s), max otherwise."),
+    guided: bool = typer.Option(False, "--guided", help="In the app: pause at every event of interest (a balloon move, a pass that meets its GFNs, the verdict) until a key is pressed."),
+    no_dashboard: bool = typer.Option(False, "--no-dashboard", help="Plain progress lines instead of the interactive app."),
     broker: Optional[str] = typer.Option(None, "--broker", help="mqtt://HOST:PORT: drive the 'xmig hypervisor' and 'xmig guest' of --run over this broker instead of running them in this process."),
     run_id: Optional[str] = typer.Option(None, "--run", help="With --broker: the run id the actors were started with."),
     username: Optional[str] = cli_mqtt.USERNAME_OPT,
@@ -420,9 +435,9 @@ def run(
         remote = {"broker": broker, "run_id": run_id, "username": username, "password": password,
                   "tls_ca": tls_ca, "tls_insecure": tls_insecure, "timeout": timeout, "key_file": key_file,
                   "insecure": insecure}
-    pace = _parse_speed(speed)
     console = Console()
     use_dash = console.is_terminal and not no_dashboard
+    pace = _default_speed(speed, use_dash)
     listeners, events_log, story = [], None, None
     if record is not None:
         from .eventlog import EventRecorder
@@ -437,7 +452,8 @@ def run(
         listeners.append(story)
     try:
         result, interrupted, recorder = _one_run(scenario, opts, dashboard=use_dash, speed=pace, console=console,
-                                                 record_map=plot is not None, remote=remote, listeners=listeners)
+                                                 record_map=plot is not None, remote=remote, listeners=listeners,
+                                                 guided=guided)
     finally:
         if events_log is not None:
             events_log.close()
@@ -451,7 +467,7 @@ def run(
         rep["outcome"] = "aborted"
         interrupted_msg = ("xmig: interrupted: the migration was aborted and the source domain resumed "
                            "(it keeps running on the source host)")
-    _print_summary(console, rep, after_dashboard=use_dash)
+    _print_summary(console, rep)
     if interrupted:
         console.print(interrupted_msg, markup=False, soft_wrap=True)
     if story is not None:
@@ -465,14 +481,13 @@ def run(
     raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED)
 
 
-def _print_summary(console: Console, rep: dict[str, Any], *, after_dashboard: bool = False) -> None:
-    """The same summary the dashboard ends on; plain text (no escape codes) when piped.
-    After a live dashboard, whose last frame already shows the passes, only the totals
-    and the verdict follow."""
+def _print_summary(console: Console, rep: dict[str, Any]) -> None:
+    """The run's summary (passes, totals, verdict) after the app closes; plain text (no
+    escape codes) when piped."""
     if console.is_terminal:
         from .dashboard import render_summary
 
-        console.print(render_summary(rep, passes=not after_dashboard))
+        console.print(render_summary(rep))
     else:
         from .progress import print_summary
 
@@ -499,9 +514,13 @@ def compare(
     report: Optional[Path] = typer.Option(None, help="Write both reports into one JSON file."),
     csv: Optional[Path] = typer.Option(None, "--csv", help="Write both runs' per-pass tables as one CSV."),
     plot: Optional[Path] = typer.Option(None, help="Draw both runs side by side (PNG)."),
+    speed: Optional[str] = typer.Option(None, help="In the app: virtual seconds per wall second (default 0.4), or 'max'."),
+    guided: bool = typer.Option(False, "--guided", help="In the app: pause at every event of interest of either run."),
+    no_dashboard: bool = typer.Option(False, "--no-dashboard", help="Only the table at the end, no live side-by-side app."),
     allow_policy: Optional[list[str]] = ALLOW_POLICY_OPT,
 ) -> None:
-    """Run the scenario under fixed and pre-fix (or two policies) with one seed, side by side."""
+    """Run the scenario under fixed and pre-fix (or two policies) with one seed, side by side:
+    live on one virtual clock in a terminal, then the table."""
     from .report import build_report, jsonable, write_csv, write_json
     from .runner import RunOptions
 
@@ -528,9 +547,21 @@ def compare(
         labels = ["fixed", "pre-fix"]
     console = Console()
     reps = []
+    live = None
+    if console.is_terminal and not no_dashboard:
+        from .gfnmap import GfnMapRecorder
+        from .view.commands import interactive_compare
+
+        recs = [GfnMapRecorder() if plot is not None else None for _ in variants]
+        results = interactive_compare(scenario, variants, labels, speed=_default_speed(speed, True), guided=guided,
+                                      listeners=[[r] if r is not None else [] for r in recs])
+        live = iter([(r, r is None or r.save.outcome == "aborted", rec) for r, rec in zip(results, recs)])
     for opts in variants:
-        result, interrupted, recorder = _one_run(scenario, opts, dashboard=False, speed=None, console=console,
-                                                 record_map=plot is not None, quiet=True)
+        if live is not None:
+            result, interrupted, recorder = next(live)
+        else:
+            result, interrupted, recorder = _one_run(scenario, opts, dashboard=False, speed=None, console=console,
+                                                     record_map=plot is not None, quiet=True)
         if interrupted:
             console.print("xmig: interrupted: the migration was aborted and the source domain resumed",
                           markup=False, soft_wrap=True)
@@ -577,6 +608,11 @@ def _compare_table(labels: list[str], reps: list[dict[str, Any]]):
     row("extra pages", lambda r: v(r, "extra_pages"))
     row("verdict", lambda r: "OK" if r["outcome"] == "completed" and r["verify"] and r["verify"]["ok"]
         else ("FAILED" if r["outcome"] != "completed" else "DIVERGED"))
+    from .view.compare import cheaper_because_skipped
+
+    note = cheaper_because_skipped(labels, reps)
+    if note:
+        t.caption, t.caption_justify = note, "left"
     return t
 
 

@@ -259,8 +259,12 @@ def register(app: typer.Typer) -> None:
                 usage(str(exc))
             recorder = EventRecorder(record, {"watched_run": run, "broker": cfg.display})
         try:
-            outcome = _run_main(lambda: watch_run(cfg, run, console=console, live=console.is_terminal and not no_dashboard,
-                                                  also=recorder))
+            if console.is_terminal and not no_dashboard:
+                from .view.commands import interactive_watch   # the teaching app
+
+                outcome = interactive_watch(lambda listener: watch_run(cfg, run, dashboard=listener, also=recorder))
+            else:
+                outcome = _run_main(lambda: watch_run(cfg, run, console=console, live=False, also=recorder))
         except TransportError as exc:
             usage(str(exc))
         except (KeyboardInterrupt, asyncio.CancelledError):

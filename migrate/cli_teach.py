@@ -92,23 +92,26 @@ def register(app: typer.Typer) -> None:
     def replay(
         events: Path = typer.Argument(..., help="An event log written by xmig run --record FILE."),
         no_dashboard: bool = typer.Option(False, "--no-dashboard", help="Plain progress lines and the summary, as the live run printed them."),
-        speed: str = typer.Option("max", help="Virtual seconds per wall second for the dashboard, or 'max'."),
+        speed: Optional[str] = typer.Option(None, help="Virtual seconds per wall second, or 'max'. Default: 0.4 in the interactive app, max otherwise."),
+        guided: bool = typer.Option(False, "--guided", help="In the app: pause at every event of interest until a key is pressed."),
     ) -> None:
         """Play a recorded run through the same consumers a live run feeds: the same
         progress lines and summary (piped or --no-dashboard), or the dashboard on a
         terminal. Exit code as the live run: 0 completed and verified, 1 otherwise."""
         from rich.console import Console
 
-        from .cli import _parse_speed, _print_summary
+        from .cli import _default_speed, _print_summary
         from .report import build_report
         from .runner import result_from_events
 
         log = read_log(events)
-        pace = _parse_speed(speed)
         console = Console()
         live = console.is_terminal and not no_dashboard
+        pace = _default_speed(speed, live)
         if live:
-            _replay_dashboard(log, console, pace)
+            from .view.commands import interactive_replay
+
+            interactive_replay(log.events, speed=pace, guided=guided)
         else:
             from .progress import PlainProgress
 
@@ -121,7 +124,7 @@ def register(app: typer.Typer) -> None:
         except ValueError as exc:
             print(f"xmig: replay: {exc}; no summary", file=sys.stderr)
             raise typer.Exit(EXIT_FAILED) from None
-        _print_summary(console, build_report(result), after_dashboard=live)
+        _print_summary(console, build_report(result))
         if log.tracked:
             from .track import PageStory
 
@@ -130,24 +133,6 @@ def register(app: typer.Typer) -> None:
                 story(ev)
             print_stories(console, story)
         raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED)
-
-
-def _replay_dashboard(log, console, speed: Optional[float]) -> None:
-    import asyncio
-
-    from .dashboard import Dashboard, LiveDashboard, Pacer
-
-    dash = Dashboard(console, speed=speed)
-    pacer = Pacer(speed)
-
-    async def play() -> None:
-        with LiveDashboard(dash, console=console):
-            for ev in log.events:
-                await pacer.pace(float(ev.t))
-                dash(ev)
-                await asyncio.sleep(0)
-
-    asyncio.run(play())
 
 
 __all__ = ["register", "explain_text", "parse_gfn", "print_stories", "read_log"]

@@ -31,8 +31,10 @@ from hypervisor.abi import PFINFO_HAS_DATA
 
 from .events import (BatchSent, CleanDone, CountersSampled, Event, GuestNote, MemoryOp,
                      MigrationFinished, PassEnded, PassStarted, PhaseChanged, RoundStats,
-                     RunStarted, SaveSetup, VerifyDone)
+                     RunStarted, RunSummary, SaveSetup, VerifyDone, count_balloon)
 from .gfnmap import LEGEND, LEGEND_BY_STATE, GfnMap
+from .gfnmap import PENDING as PENDING_STATE
+from .gfnmap import SENT as SENT_STATE
 
 PAGE = 4096
 MIB = 1 << 20
@@ -132,6 +134,8 @@ class DashboardState:
     cur_xtab: int = 0
     cur_bytes: int = 0
     cur_start: float = 0.0
+    cur_balloon_out: int = 0
+    cur_balloon_in: int = 0
     in_pass: bool = False
     rounds: list[dict[str, Any]] = field(default_factory=list)
     last_clean: dict[str, Any] | None = None
@@ -151,6 +155,15 @@ class DashboardState:
     verify: dict[str, Any] | None = None
     outcome: str = ""
     message: str = ""
+
+    @property
+    def balloon_during_passes(self) -> tuple[int, int]:
+        """Pages out and in counted in the pass table's rows (the live one included)."""
+        out_ = sum(int(r.get("balloon_out", 0)) for r in self.rounds)
+        in_ = sum(int(r.get("balloon_in", 0)) for r in self.rounds)
+        if self.in_pass:
+            out_, in_ = out_ + self.cur_balloon_out, in_ + self.cur_balloon_in
+        return out_, in_
 
     @property
     def pages_out(self) -> int:
@@ -205,6 +218,7 @@ class Dashboard:
             s.cur_entries, s.cur_walked = int(ev.entries), 0
             s.cur_dirty_count = int(ev.dirty_count)
             s.cur_pages = s.cur_xtab = s.cur_bytes = 0
+            s.cur_balloon_out = s.cur_balloon_in = 0
             s.cur_start = float(ev.t)
         elif isinstance(ev, PassEnded):
             s.in_pass = False
@@ -227,6 +241,10 @@ class Dashboard:
             s.t_start = float(ev.t)
         elif isinstance(ev, SaveSetup):
             s.p2m_size = int(ev.p2m_size)
+        elif isinstance(ev, RunSummary) and not s.scenario:
+            # a watcher that joined after RunStarted learns the run's names here
+            s.scenario, s.seed, s.behaviour = ev.scenario, ev.seed, ev.behaviour
+            s.policy, s.policy_params = ev.policy, dict(ev.policy_params or {})
         elif isinstance(ev, VerifyDone):
             s.verify = ev.stats.as_dict()
         elif isinstance(ev, MigrationFinished):
@@ -244,6 +262,17 @@ class Dashboard:
             s.populate_pages += max(rc, 0)
         else:
             return
+        # The pass table's "bal -/+" column, by the engine's own rule (count_balloon):
+        # in the pass it happens in; between two passes, in the pass before.
+        one = RoundStats(iteration=0, phase="", start_s=0.0)
+        count_balloon(one, ev)
+        if s.in_pass:
+            s.cur_balloon_out += one.balloon_out
+            s.cur_balloon_in += one.balloon_in
+        elif s.rounds:
+            last = s.rounds[-1]
+            last["balloon_out"] = int(last.get("balloon_out", 0)) + one.balloon_out
+            last["balloon_in"] = int(last.get("balloon_in", 0)) + one.balloon_in
         word = "decrease" if ev.op == "decrease_reservation" else "populate"
         res = f"{rc}/{ev.nr} pages" if rc >= 0 else f"{ev.nr} pages, rc={rc}"
         s.recent.append((float(ev.t), f"{word} {res}"))
@@ -279,14 +308,14 @@ class Dashboard:
             top = Table.grid(padding=(0, 1))
             top.add_column()
             top.add_column()
-            top.add_row(self._pass_table_panel(), self._counters_panel())
+            top.add_row(self.pass_table_panel(), self.counters_panel())
             bottom = Table.grid(padding=(0, 1))
             bottom.add_column()
             bottom.add_column()
-            bottom.add_row(render_gfnmap(self.gfnmap), self._balloon_panel())
-            return Group(self._header(), self._progress(), top, bottom)
+            bottom.add_row(render_gfnmap(self.gfnmap), self.balloon_panel())
+            return Group(self.header_panel(), self.progress_panel(), top, bottom)
 
-    def _header(self) -> RenderableType:
+    def header_panel(self) -> RenderableType:
         s = self.state
         t = Text()
         t.append("xmig ", style="bold")
@@ -316,7 +345,7 @@ class Dashboard:
                          f"{s.verify.get('stale_pages', 0):,} stale", style="bold red")
         return Panel(t, box=box.ROUNDED, padding=(0, 1))
 
-    def _progress(self) -> RenderableType:
+    def progress_panel(self, width: int = 96) -> RenderableType:
         s = self.state
         if not s.cur_iteration:
             return Panel(Text("waiting for the first pass", style="dim"), title="pass", title_align="left")
@@ -328,20 +357,23 @@ class Dashboard:
         head.append(f"  {_mib(s.cur_bytes)} MiB")
         if not s.in_pass:
             head.append("  (done)", style="dim")
-        bar = ProgressBar(total=total, completed=min(s.cur_walked, total), width=96)
+        bar = ProgressBar(total=total, completed=min(s.cur_walked, total), width=width)
         return Panel(Group(head, bar), title="current pass", title_align="left", padding=(0, 1))
 
-    def _pass_table_panel(self) -> RenderableType:
+    def pass_table_panel(self, max_rows: int | None = None, compact: bool = False,
+                         title: str | None = "passes", narrow: bool = False) -> RenderableType:
         s = self.state
         rows = list(s.rounds)
         live = None
         if s.in_pass:
             live = {"iteration": s.cur_iteration, "phase": s.cur_phase, "dirty_count": s.cur_dirty_count,
                     "pfns_walked": s.cur_walked, "pages_sent": s.cur_pages, "xtab_sent": s.cur_xtab,
-                    "bytes": s.cur_bytes, "start_s": s.cur_start, "end_s": s.t}
-        return pass_table(rows, live=live, max_rows=self.max_pass_rows)
+                    "bytes": s.cur_bytes, "start_s": s.cur_start, "end_s": s.t,
+                    "balloon_out": s.cur_balloon_out, "balloon_in": s.cur_balloon_in}
+        return pass_table(rows, live=live, max_rows=max_rows or self.max_pass_rows, compact=compact,
+                          title=title, narrow=narrow)
 
-    def _counters_panel(self) -> RenderableType:
+    def counters_panel(self) -> RenderableType:
         s = self.state
         g = Table.grid(padding=(0, 1))
         g.add_column(style="dim")
@@ -365,7 +397,7 @@ class Dashboard:
             g.add_row("no sample yet", "")
         return Panel(g, title="hypervisor", title_align="left", box=box.ROUNDED, width=40)
 
-    def _balloon_panel(self) -> RenderableType:
+    def balloon_panel(self) -> RenderableType:
         s = self.state
         g = Table.grid(padding=(0, 1))
         g.add_column(style="dim")
@@ -375,6 +407,8 @@ class Dashboard:
         g.add_row("pages out", f"{s.pages_out} ({_size(s.pages_out * PAGE)})")
         g.add_row("decrease", f"{s.decrease_pages} pages in {s.decrease_ops} ops")
         g.add_row("populate", f"{s.populate_pages} pages in {s.populate_ops} ops")
+        out_, in_ = s.balloon_during_passes
+        g.add_row("in passes", f"-{out_}/+{in_} (bal -/+ summed)")
         if s.balloon_stalled:
             g.add_row("status", Text(f"stalled: {s.balloon_stalled}", style="bold yellow"))
         body: list[RenderableType] = [g]
@@ -438,15 +472,27 @@ def _policy_text(name: str, params: dict[str, Any] | None) -> str:
     return f"{name or '?'} (" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")"
 
 
+PASS_COLUMNS = (("#", "right"), ("phase", "left"), ("dirty_count", "right"),
+                ("walked", "right"), ("data", "right"), ("XTAB", "right"),
+                ("MiB", "right"), ("time s", "right"), ("bal -/+", "right"))
+# 80 columns: shorter names, no "walked" (data + XTAB + BROKEN add up to it)
+COMPACT_COLUMNS = (("#", "right"), ("phase", "left"), ("dirty", "right"), ("data", "right"),
+                   ("XTAB", "right"), ("MiB", "right"), ("s", "right"), ("bal -/+", "right"))
+
+
 def pass_table(rounds: Iterable[dict[str, Any]], *, live: dict[str, Any] | None = None,
-               max_rows: int | None = None, title: str = "passes") -> Table:
-    """One row per pass (``RoundStats`` fields); the pass in flight in italics."""
+               max_rows: int | None = None, title: str | None = "passes",
+               compact: bool = False, narrow: bool = False) -> Table:
+    """One row per pass (``RoundStats`` fields); the pass in flight in italics.
+    ``compact`` fits 80 columns, ``narrow`` (compact without the time column) half of
+    120: no column is ever cut to an ellipsis."""
     tbl = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1),
                 show_edge=False, pad_edge=False)
-    for name, just in (("#", "right"), ("phase", "left"), ("dirty_count", "right"),
-                       ("walked", "right"), ("data", "right"), ("XTAB", "right"),
-                       ("MiB", "right"), ("time s", "right"), ("bal -/+", "right")):
-        tbl.add_column(name, justify=just, no_wrap=True)
+    cols = COMPACT_COLUMNS if compact or narrow else PASS_COLUMNS
+    drop = cols.index(("s", "right")) if narrow else None
+    for i, (name, just) in enumerate(cols):
+        if i != drop:
+            tbl.add_column(name, justify=just, no_wrap=True, overflow="fold", min_width=len(name))
     rows = [_round_dict(r) for r in rounds]
     if max_rows is not None and len(rows) + (live is not None) > max_rows:
         keep = max(max_rows - (live is not None) - 1, 1)
@@ -454,51 +500,99 @@ def pass_table(rounds: Iterable[dict[str, Any]], *, live: dict[str, Any] | None 
         rows = rows[-keep:]
         tbl.caption = f"… {hidden} earlier passes not shown"
         tbl.caption_justify = "left"
+    def cells(r):
+        c = _row_cells(r, compact or narrow)
+        return c if drop is None else c[:drop] + c[drop + 1:]
+
     for r in rows:
-        tbl.add_row(*_row_cells(r))
+        tbl.add_row(*cells(r))
     if live is not None:
-        tbl.add_row(*_row_cells(live), style="italic yellow")
+        tbl.add_row(*cells(live), style="italic yellow")
     return tbl
 
 
-def _row_cells(r: dict[str, Any]) -> list[RenderableType]:
+def _row_cells(r: dict[str, Any], compact: bool = False) -> list[RenderableType]:
     xtab = int(r.get("xtab_sent", 0))
     dur = float(r.get("end_s", 0.0)) - float(r.get("start_s", 0.0))
     bal = f"{r['balloon_out']}/{r['balloon_in']}" if "balloon_out" in r else ""
-    return [str(r.get("iteration", "")), str(r.get("phase", "")), str(r.get("dirty_count", "")),
-            str(r.get("pfns_walked", "")), str(r.get("pages_sent", "")),
-            Text(str(xtab), style="bold red" if xtab else ""), _mib(int(r.get("bytes", 0))),
-            f"{dur:.3f}", bal]
+    cells = [str(r.get("iteration", "")), str(r.get("phase", "")), str(r.get("dirty_count", "")),
+             str(r.get("pfns_walked", "")), str(r.get("pages_sent", "")),
+             Text(str(xtab), style="bold red" if xtab else ""), _mib(int(r.get("bytes", 0))),
+             f"{dur:.3f}", bal]
+    if compact:
+        del cells[3]
+        cells[-3] = f"{int(r.get('bytes', 0)) / MIB:.0f}"
+        cells[-2] = f"{dur:.2f}"
+    return cells
 
 
-def render_gfnmap(gmap: GfnMap, *, title: str | None = None) -> RenderableType:
-    """The GFN map as coloured glyph cells, row labels (first GFN, hex) and a legend."""
+def render_gfnmap(gmap: GfnMap, *, title: str | None = None, width: int | None = None,
+                  height: int | None = None, panel: bool = True) -> RenderableType:
+    """The GFN map as coloured glyph cells, row labels (first GFN, hex) and a legend.
+
+    ``width`` x ``height`` (characters, inside any border) bound the drawing: adjacent
+    cells are pooled (``GfnMap.cells_binned``) until the rows fit, so a small terminal
+    shows the same map with fewer, wider cells. The legend lists every state present,
+    with its count in PFNs."""
     if not gmap.ncells:
-        return Panel(Text("no address space yet", style="dim"), title="GFN map", title_align="left")
-    grid = gmap.grid()
+        body = Text("no address space yet", style="dim")
+        return Panel(body, title="GFN map", title_align="left") if panel else body
+    label = len(f"{gmap.p2m_size:x}") + 1
     totals = gmap.totals()
-    width = len(f"{gmap.p2m_size:x}")
-    lines = Text(no_wrap=True)
+    legend_lines = _legend_lines(gmap, totals, (width or 100))
+    columns = gmap.columns
+    if width is not None:
+        columns = min(max(width - label, 8), 128)       # any width: rows need not be round
+    rows_budget = None if height is None else max(height - len(legend_lines), 1)
+    k = 1
+    while rows_budget is not None and -(-gmap.ncells // (k * columns)) > rows_budget and k < gmap.ncells:
+        k *= 2
+    cells = gmap.cells_binned(k)
+    step = k * gmap.cell_pfns
+    lines = Text(no_wrap=True, overflow="crop")
     glyph = {e.state: (e.glyph, e.colour) for e in LEGEND}
-    for r, row in enumerate(grid):
-        lines.append(f"{r * gmap.columns * gmap.cell_pfns:0{width}x} ", style="dim")
+    for r in range(-(-cells.size // columns)):
+        row = cells[r * columns:(r + 1) * columns]
+        lines.append(f"{r * columns * step:0{label - 1}x} ", style="dim")
         # runs of one state become one styled span: cheap to render
-        vals = row[row >= 0]
-        if vals.size:
-            cut = np.flatnonzero(np.diff(vals)) + 1
-            for seg in np.split(vals, cut):
-                g, colour = glyph[int(seg[0])]
-                lines.append(g * seg.size, style=colour)
+        cut = np.flatnonzero(np.diff(row)) + 1
+        for seg in np.split(row, cut):
+            g, colour = glyph[int(seg[0])]
+            lines.append(g * seg.size, style=colour)
         lines.append("\n")
-    legend = Text(no_wrap=True)
-    for i, e in enumerate(LEGEND):
-        if i == 3:
+    lines.rstrip()
+    legend = Text(no_wrap=True, overflow="crop")
+    for i, ln in enumerate(legend_lines):
+        if i:
             legend.append("\n")
-        legend.append(e.glyph, style=e.colour)
-        legend.append(f" {e.name} {totals[e.name]}  ")
-    title = title or (f"GFN map  {gmap.ncells} cells x {gmap.cell_pfns} PFNs"
+        legend.append_text(ln)
+    title = title or (f"GFN map  {cells.size} cells x {step} PFNs"
                       + ("" if gmap.dense else " (approximate)"))
-    return Panel(Group(lines, legend), title=title, title_align="left", box=box.ROUNDED)
+    body = Group(lines, legend)
+    return Panel(body, title=title, title_align="left", box=box.ROUNDED) if panel else body
+
+
+def _legend_lines(gmap: GfnMap, totals: dict[str, int], width: int) -> list[Text]:
+    """Legend entries (glyph, name, PFN count) of the states present, packed into lines
+    no wider than ``width``; an entry is never split."""
+    entries = []
+    for e in LEGEND:
+        n = totals[e.name]
+        if n or e.state in (SENT_STATE, PENDING_STATE):
+            t = Text()
+            t.append(e.glyph, style=e.colour)
+            t.append(f" {e.name} {n:,}")
+            entries.append(t)
+    if gmap.unplaced_stale:
+        entries.append(Text(f"({gmap.unplaced_stale:,} stale drawn as sent: written unlogged)", style="dim"))
+    lines: list[Text] = [Text()]
+    for t in entries:
+        if lines[-1].cell_len and lines[-1].cell_len + 2 + t.cell_len > width:
+            lines.append(Text())
+        if lines[-1].cell_len:
+            lines[-1].append("  ")
+        lines[-1].append_text(t)
+    return lines
 
 
 # ----------------------------------------------------------------------------- live

@@ -8,7 +8,8 @@ import pytest
 from migrate.events import (BatchSent, CleanDone, CountersSampled, GuestNote, MemoryOp,
                             MigrationFinished, PassEnded, PassStarted, PhaseChanged, RoundStats,
                             RunStarted, SaveSetup, VerifyDone, VerifyStats)
-from migrate.gfnmap import (BALLOONED, PENDING, SENT, UNPOPULATED, XTAB, GfnMap, GfnMapRecorder)
+from migrate.gfnmap import (BALLOONED, LEFTOVER, PENDING, SENT, UNPOPULATED, XTAB, GfnMap,
+                            GfnMapRecorder)
 
 P2M = 0x10000                       # 256 MiB of address space, 64 PFNs per cell
 RAM_RUNS = np.array([[0, 0xA0], [0x100, 0xF000]], dtype=np.int64)
@@ -160,7 +161,7 @@ def test_pre_fix_pass_visits_the_ballooned_region_as_xtab():
     gm = GfnMap()
     events = make_events("pre-fix")
     feed(gm, events, until=lambda ev: isinstance(ev, PassStarted) and ev.iteration == 2)
-    assert (gm.cells()[BALLOON_CELLS] == PENDING).all()       # in the dirty bitmap again
+    assert (gm.cells()[BALLOON_CELLS] == LEFTOVER).all()      # dirty bits on GFNs not in the P2M
     feed(gm, events[events.index(next(e for e in events if isinstance(e, PassStarted) and e.iteration == 2)) + 1:],
          until=ended(2))
     assert (gm.cells()[BALLOON_CELLS] == XTAB).all()
@@ -214,7 +215,9 @@ def test_recorder_snapshots_each_pass_end():
     rec = GfnMapRecorder()
     feed(rec, make_events("pre-fix"))
     out = rec.as_list()
-    assert [p["iteration"] for p in out["passes"]] == [1, 2, 3, 4]
+    # one row per pass, then the destination as the verify found it
+    assert [p["iteration"] for p in out["passes"]] == [1, 2, 3, 4, 5]
+    assert out["passes"][-1]["phase"] == "destination"
     assert out["ncells"] == 1024 and out["cell_pfns"] == 64
     row2 = np.array(out["passes"][1]["cells"])
     assert (row2[BALLOON_CELLS] == XTAB).all()
@@ -227,7 +230,7 @@ def test_recorder_can_share_the_dashboards_map():
     for ev in make_events():
         gm(ev)
         rec(ev)
-    assert len(rec.as_list()["passes"]) == 4
+    assert len(rec.as_list()["passes"]) == 5
 
 
 def test_coarse_counts_agree_on_the_story():
@@ -252,7 +255,8 @@ def test_sparse_16tib_guest_never_allocates_per_pfn():
     gm(BatchSent(t=0, iteration=1, pfns=np.arange(1024, dtype=np.int64),
                  nibbles=np.zeros(1024, np.uint8), walked=1024, entries=1 << 32, bytes=0))
     cells = gm.cells()
-    assert cells[0] == PENDING and cells[-1] == PENDING and cells[500] == PENDING
+    # pass 1 owes every RAM page a copy; the hole in the middle is just a hole
+    assert cells[0] == PENDING and cells[-1] == PENDING and cells[500] == UNPOPULATED
     gm(PassStarted(t=1, iteration=2, phase="live", entries=2, dirty_count=2,
                    pfns=np.array([5, (1 << 31)], dtype=np.int64)))
     gm(BatchSent(t=1, iteration=2, pfns=np.array([5, 1 << 31], dtype=np.int64),
@@ -296,4 +300,4 @@ def test_a_hole_walked_in_bulk_shows_as_xtab_in_both_models():
                      walked=p2m_size - 1024, entries=p2m_size, bytes=0, hole=(1024, p2m_size)))
         c = gm.counts()
         assert c[:, XTAB].sum() == p2m_size - 1024
-        assert c[:, PENDING].sum() == before - (p2m_size - 1024)
+        assert c[:, PENDING].sum() == before == 256      # the hole was never RAM owed a copy

@@ -1,0 +1,58 @@
+"""What one run's panels read: the dashboard's folded state, the GFN map, the captions.
+
+All three are folded from the event stream (``migrate/events.py``) and nothing else, in
+one order: the map first, then the dashboard's numbers, then the narrator (which reads
+the map). A replay folds the same events into a fresh ``RunView`` to seek.
+"""
+
+from __future__ import annotations
+
+from ..dashboard import Dashboard
+from ..events import Event, PassStarted
+from ..gfnmap import GfnMap
+from .narration import Caption, Narrator
+
+
+class RunView:
+    """One run, as the app shows it."""
+
+    def __init__(self, label: str = "", speed: float | None = None):
+        self.label = label
+        # fine cells: a big terminal draws them all, a small one pools them
+        self.gfnmap = GfnMap(max_cells=4096)
+        self.dash = Dashboard(speed=speed, gfnmap=self.gfnmap)
+        self.narrator = Narrator(self.gfnmap)
+        self.events_seen = 0
+        self.version = 0           # bumped on every event: panels redraw when it moved
+
+    @property
+    def state(self):
+        return self.dash.state
+
+    def feed(self, ev: Event) -> Caption | None:
+        self.gfnmap(ev)
+        self.dash(ev)
+        self.events_seen += 1
+        self.version += 1
+        return self.narrator(ev)
+
+    __call__ = feed
+
+    @property
+    def caption(self) -> Caption | None:
+        return self.narrator.last
+
+    def summary(self) -> dict:
+        return self.dash.summary()
+
+
+def pass_starts(events: list[Event]) -> dict[int, int]:
+    """Index in ``events`` of each live or final pass's ``PassStarted`` (for seeking)."""
+    out: dict[int, int] = {}
+    for i, ev in enumerate(events):
+        if isinstance(ev, PassStarted) and ev.phase != "verify":
+            out.setdefault(int(ev.iteration), i)
+    return out
+
+
+__all__ = ["RunView", "pass_starts"]
