@@ -249,11 +249,15 @@ class TeeSink(Sink):
         self.accepts_records = any(s.accepts_records for s in self.sinks)
 
     def put_record(self, record: Record) -> None:
+        if not self.accepts_records:
+            super().put_record(record)
         for s in self.sinks:
             if s.accepts_records:
                 s.put_record(record)
 
     def put_xtab_run(self, lo: int, hi: int, records: int) -> None:
+        if not self.accepts_records:
+            super().put_xtab_run(lo, hi, records)
         for s in self.sinks:
             if s.accepts_records:
                 s.put_xtab_run(lo, hi, records)
