@@ -39,7 +39,13 @@ from .format import (
     pad,
     rec_type_name,
 )
-from .hvm import check_hvm_context, default_cpuid_policy, default_hvm_context, default_hvm_params, default_msr_policy
+from .hvm import (
+    check_hvm_context,
+    default_cpuid_policy,
+    default_hvm_context,
+    default_hvm_params,
+    default_msr_policy,
+)
 from .records import Record, check_page_data
 from .sinks import Sink
 
