@@ -3,18 +3,17 @@ both follow it, so one entry changes how both treat a record type."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from hypervisor.abi import DomainLayout, PFInfo
+from hypervisor.abi import PFInfo
 from migrate.restore import Restorer
 from migrate.stream.format import RecType, StreamError
 from migrate.stream.parser import StreamParser
 from migrate.stream.records import HVM_HANDLED, RECORD_RULES, Body, Phase, Record, RecordRule, Step
 from migrate.stream.sinks import CallbackSink
 from migrate.stream.writer import StreamWriter
+from tests.test_restore import empty_dest
 
-domain = pytest.importorskip("hypervisor.domain")
 
 
 def test_every_record_type_has_exactly_one_rule():
@@ -28,12 +27,6 @@ def test_an_x86_hvm_restore_handles_what_xg_sr_restore_x86_hvm_handles():
                            RecType.X86_CPUID_POLICY, RecType.X86_MSR_POLICY}
     empty = {t for t, r in RECORD_RULES.items() if r.body is Body.EMPTY}
     assert empty == {RecType.END, RecType.VERIFY, RecType.STATIC_DATA_END, RecType.CHECKPOINT}
-
-
-def _dest():
-    hv = domain.Hypervisor(host_frames=1 << 12, behaviour="fixed")
-    hv.build(DomainLayout(ram_gfns=np.empty(0, np.int64)))
-    return hv
 
 
 def _stream(*toolstack_bodies: bytes, after_static: bool = False) -> bytes:
@@ -62,7 +55,7 @@ def _parse(data: bytes) -> list[Record]:
 
 
 def _restore(data: bytes):
-    r = Restorer(_dest())
+    r = Restorer(empty_dest())
     try:
         r.feed(data)
     except StreamError:
@@ -88,7 +81,7 @@ def test_refused_record_type_is_refused_by_parser_and_restorer():
     with pytest.raises(StreamError, match=r"TOOLSTACK\) not handled by an x86 HVM restore"):
         _parse(data)
     assert "TOOLSTACK) not handled by an x86 HVM restore" in _restore(data).error
-    r = Restorer(_dest())
+    r = Restorer(empty_dest())
     with pytest.raises(StreamError, match=r"^TOOLSTACK: mandatory record 0xb \(TOOLSTACK\) not handled"):
         r.apply(Record.simple(RecType.TOOLSTACK, bytes(8)))
 
@@ -110,7 +103,7 @@ def test_one_entry_gives_parser_and_restorer_its_body_and_repeat_rules(toolstack
     twice = _stream(bytes(8), bytes(8))
     with pytest.raises(StreamError, match=r"record #1 \(TOOLSTACK\) at offset 0x38: multiple TOOLSTACK"):
         _parse(twice)
-    r = Restorer(_dest())
+    r = Restorer(empty_dest())
     r.apply(Record.simple(RecType.TOOLSTACK, bytes(8)))
     with pytest.raises(StreamError, match="^TOOLSTACK: multiple TOOLSTACK records$"):
         r.apply(Record.simple(RecType.TOOLSTACK, bytes(8)))
@@ -131,6 +124,6 @@ def test_one_entry_tells_the_restorer_what_to_keep(toolstack_rule):
     toolstack_rule(keep=("hvm_context_bytes", len), step=Step.NONE)
     res = _restore(_stream(bytes(8)))
     assert res.ok and res.hvm_context_bytes != 8  # HVM_CONTEXT comes later and overwrites it
-    r = Restorer(_dest())
+    r = Restorer(empty_dest())
     r.apply(Record.simple(RecType.TOOLSTACK, bytes(8)))
     assert r.result.hvm_context_bytes == 8

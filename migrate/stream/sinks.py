@@ -32,7 +32,27 @@ from .records import Record
 # ---- sinks ------------------------------------------------------------------------------
 
 
-class Sink(ABC):
+class ClosesOnExit:
+    """``with`` finishes the object: ``close()`` when the block succeeds, ``abort()``
+    when it raises (a half-written stream is never left as if it were whole)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class Sink(ClosesOnExit, ABC):
     """Where a stream's bytes go, and what a ``StreamWriter`` may call on it.
 
     A sink declares its capabilities as three flags; the writer calls exactly:
@@ -102,15 +122,6 @@ class Sink(ABC):
 
     def abort(self) -> None:
         self.closed = True
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 class NullSink(Sink):

@@ -47,10 +47,10 @@ from .hvm import (
     default_msr_policy,
 )
 from .records import Record, check_page_data
-from .sinks import Sink
+from .sinks import ClosesOnExit, Sink
 
 
-class StreamWriter:
+class StreamWriter(ClosesOnExit):
     """Writes a migration v2 stream (x86 HVM) to a ``Sink``, as ``xg_sr_save.c`` does.
 
     Order of a save: ``write_image_header``, ``write_domain_header``,
@@ -309,12 +309,3 @@ class StreamWriter:
                     pass
         self._shutdown()
         self.sink.abort()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
