@@ -14,7 +14,7 @@ from migrate.stream.format import RHDR_SIZE, StreamError
 from migrate.stream.records import Record
 from migrate.stream.sinks import CallbackSink, FileSink, NullSink, RecordSink, Sink, TeeSink, parse_stream
 from migrate.stream.writer import StreamWriter
-from tests.test_stream import BytesSink, sample_batches, write_sample
+from tests.test_stream import BytesSink, sample_batches
 
 XTAB_LO, XTAB_HI = 1 << 20, (1 << 20) + 5000   # a hole of 5000 PFNs: 4 full batches + 904
 
