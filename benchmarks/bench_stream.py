@@ -26,7 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from migrate.stream import FileSink, NullSink, StreamWriter  # noqa: E402
+from migrate.stream.sinks import FileSink, NullSink  # noqa: E402
+from migrate.stream.writer import StreamWriter  # noqa: E402
 
 GOAL_RATIO = 0.3
 

@@ -17,31 +17,30 @@ of ``xg_sr_restore_x86_hvm.c``:
 
 Two ways in: ``feed(bytes)`` parses stream bytes incrementally (a TCP peer, an
 in-process ``CallbackSink``), ``apply(record)`` takes already-structured records
-when no stream bytes are produced.
+when no stream bytes are produced. Which records are handled, and how, is
+``migrate.stream.records.RECORD_RULES``, the table the parser checks streams with.
+The restorer does no I/O: ``receive_tcp`` hands it to ``migrate.stream.sinks``, which
+owns the socket.
 """
 
 from __future__ import annotations
 
-import asyncio
-import errno as _errno
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from hypervisor.abi import PFINFO_HAS_DATA, PFINFO_POPULATE, P2MType, PFInfo, XenError
 from hypervisor.p2m import CHUNK_BITS
 
-from .stream import (
-    Record,
-    RecType,
-    StreamError,
-    StreamParser,
-    TscInfo,
-    check_page_data,
-    rec_type_name,
-)
+from .stream.format import REC_TYPE_OPTIONAL, RecType, StreamError, TscInfo
+from .stream.parser import StreamParser
+from .stream.records import RECORD_RULES, Phase, Record, RecordOrder, Step, check_page_data, not_handled
+from .stream.sinks import receive_stream
+
+if TYPE_CHECKING:
+    import asyncio
 
 #: How many mismatching PFNs a verify pass lists (all are counted).
 VERIFY_LIST_MAX = 16
@@ -157,7 +156,7 @@ class Restorer:
         self._records: Counter[str] = Counter()
         self._parser: StreamParser | None = None
         self._populated = _PfnSet()
-        self._seen_sde = False
+        self._order = RecordOrder()             # phase and non-repeating records seen
         self._verify = False
         self._done = False
         self._failed = False
@@ -192,9 +191,8 @@ class Restorer:
         """``records`` PAGE_DATA records holding only XTAB entries for PFNs [lo, hi)
         (a hole the saver walked): nothing to populate, only counted."""
         self._check_open()
-        if not self._seen_sde:
-            self._seen_sde = True
-            self.result.static_data_end_inferred = True
+        self._order.infer(Phase.MEMORY)
+        self.result.static_data_end_inferred = self._order.inferred
         self.result.xtab_skipped += int(hi) - int(lo)
         self._records["PAGE_DATA"] += int(records)
         self._sync()
@@ -304,39 +302,31 @@ class Restorer:
         where = f"record #{rec.index} ({rec.name})" if rec.index >= 0 else rec.name
         if rt != RecType.PAGE_DATA:
             self.flush()
-        if rt == RecType.END:
-            self._done = True
-            self.result.complete = True
-        elif rt == RecType.PAGE_DATA:
-            if not self._seen_sde:
-                version = None
-                if from_stream and self._parser is not None and self._parser.image_header is not None:
-                    version = self._parser.image_header.version
-                if version is not None and version >= 3:
-                    raise StreamError(f"{where}: no STATIC_DATA_END seen before the first PAGE_DATA")
-                self._seen_sde = True
-                self.result.static_data_end_inferred = True
+        rule = RECORD_RULES.get(rt)
+        if rule is None and rt & REC_TYPE_OPTIONAL:
+            return  # optional record: ignored
+        if rule is None or not rule.handled:
+            raise StreamError(f"{where}: {not_handled(rt)}")
+        # Records applied in-process carry no image header: like a version-2 image,
+        # their first PAGE_DATA implies STATIC_DATA_END.
+        version = None
+        if from_stream and self._parser is not None and self._parser.image_header is not None:
+            version = self._parser.image_header.version
+        why = self._order.admit(rule, infer=not (version is not None and version >= 3))
+        if why:
+            raise StreamError(f"{where}: {why}")
+        self.result.static_data_end_inferred = self._order.inferred
+        if rule.keep is not None:
+            name, decode = rule.keep
+            setattr(self.result, name, decode(rec.body))
+        if rule.step is Step.PAGE_DATA:
             self._page_data(rec, where, from_stream)
-        elif rt == RecType.VERIFY:
+        elif rule.step is Step.VERIFY:
             self._verify = True
             self.result.verify = True
-        elif rt == RecType.STATIC_DATA_END:
-            if self._seen_sde:
-                raise StreamError(f"{where}: multiple STATIC_DATA_END records")
-            self._seen_sde = True
-        elif rt == RecType.X86_TSC_INFO:
-            self.result.tsc_info = rec.tsc_info()
-        elif rt == RecType.HVM_PARAMS:
-            self.result.hvm_params = rec.hvm_params()
-        elif rt == RecType.HVM_CONTEXT:
-            self.result.hvm_context_bytes = len(rec.body)
-        elif rt in (RecType.X86_CPUID_POLICY, RecType.X86_MSR_POLICY):
-            pass
-        elif rt & 0x80000000:
-            pass  # optional record: ignored
-        else:
-            raise StreamError(f"{where}: mandatory record {rt:#x} ({rec_type_name(rt)}) not handled "
-                              "by an x86 HVM restore")
+        elif rule.step is Step.END:
+            self._done = True
+            self.result.complete = True
 
     def _page_data(self, rec: Record, where: str, from_stream: bool) -> None:
         pfns = np.asarray(rec.pfns, dtype=np.int64).reshape(-1)
@@ -432,88 +422,9 @@ async def receive_tcp(host: str, port: int, dest_hv, on_record: Callable[[Record
                       timeout: float | None = None,
                       stop: asyncio.Event | None = None,
                       chunk_size: int = 1 << 20) -> RestoreResult:
-    """Listen on ``host:port`` and restore into ``dest_hv`` the one stream that arrives.
-    ``on_listen(host, port)`` is called once listening (with the real port when ``port``
-    is 0).
-
-    ``timeout`` (seconds) bounds the whole receive, waiting for the sender included,
-    not each read, so a sender trickling a byte at a time cannot hold the destination
-    forever. The first connection that sends bytes owns the restore: one that connects
-    and stays silent does not lock out the real sender, and later ones are closed.
-    Setting ``stop`` ends the receive (Ctrl-C) with what has been restored so far.
-    Raises ``StreamError`` when the address cannot be bound; every stream or restore
-    problem is in the returned result."""
+    """Restore into ``dest_hv`` the one stream that arrives on ``host:port``: a
+    ``Restorer`` fed by ``migrate.stream.sinks.receive_stream``, which owns the socket
+    and documents ``on_listen``, ``timeout`` and ``stop``."""
     restorer = Restorer(dest_hv, pfn_limit=pfn_limit, on_record=on_record)
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[RestoreResult] = loop.create_future()
-    owner: list[asyncio.StreamWriter] = []
-    writers: set[asyncio.StreamWriter] = set()
-    handlers: set[asyncio.Task] = set()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writers.add(writer)
-        task = asyncio.current_task()
-        if task is not None:
-            handlers.add(task)
-        try:
-            if owner or done.done():       # one migration per receive
-                return
-            data = await reader.read(chunk_size)
-            if not data or owner or done.done():
-                return                     # silent or late: never the owner
-            owner.append(writer)
-            while data:
-                try:
-                    restorer.feed(data)
-                except StreamError:
-                    break
-                if restorer.complete:
-                    break
-                data = await reader.read(chunk_size)
-        except (ConnectionError, OSError) as e:
-            if owner and owner[0] is writer and not restorer.failed:
-                restorer.abort(f"connection lost: {e}")
-        finally:
-            writers.discard(writer)
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except (ConnectionError, OSError):
-                pass
-            if owner and owner[0] is writer and not done.done():
-                done.set_result(restorer.finish())
-
-    try:
-        server = await asyncio.start_server(handle, host, port)
-    except OSError as e:
-        if e.errno == _errno.EADDRINUSE:
-            raise StreamError(f"cannot listen on {host}:{port}: address already in use") from None
-        raise StreamError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    stopper = asyncio.ensure_future(stop.wait()) if stop is not None else None
-    try:
-        bound = server.sockets[0].getsockname()
-        if on_listen is not None:
-            on_listen(bound[0], bound[1])
-        waiting = {done} | ({stopper} if stopper is not None else set())
-        await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        if done.done():
-            return done.result()
-        if stop is not None and stop.is_set():
-            restorer.abort("interrupted")
-        elif not owner:
-            restorer.abort(f"no sender connected within {timeout:g} s")
-        else:
-            restorer.abort(f"transfer not finished within {timeout:g} s (--timeout bounds the whole receive)")
-        return restorer.result
-    finally:
-        if stopper is not None:
-            stopper.cancel()
-        server.close()
-        for w in list(writers):
-            w.close()
-        # Let every connection's handler see its socket closed and end on its own (a
-        # handler cancelled by asyncio.run's clean-up would log a traceback).
-        pending = [t for t in handlers if not t.done()]
-        if pending:
-            await asyncio.wait(pending, timeout=2)
-        await server.wait_closed()
+    return await receive_stream(host, port, restorer, on_listen=on_listen, timeout=timeout, stop=stop,
+                                chunk_size=chunk_size)

@@ -11,26 +11,13 @@ from hypothesis import given, settings, strategies as st
 
 from hypervisor.abi import PAGE_SIZE, PFINFO_HAS_DATA, PFInfo
 from hypervisor.content import expand_tokens
-from migrate.stream import (
-    REC_LENGTH_MAX,
-    CallbackSink,
-    FileSink,
-    NullSink,
-    Record,
-    RecType,
-    StreamError,
-    StreamParser,
-    StreamWriter,
-    TcpSink,
-    TeeSink,
-    TscInfo,
-    default_hvm_context,
-    make_pfn_words,
-    parse_stream,
-    read_stream,
-    split_pfn_words,
-    summarise_stream,
-)
+from migrate.stream.format import REC_LENGTH_MAX, RecType, StreamError, TscInfo, make_pfn_words, split_pfn_words
+from migrate.stream.hvm import default_hvm_context
+from migrate.stream.parser import StreamParser
+from migrate.stream.records import Record
+from migrate.stream.sinks import CallbackSink, FileSink, NullSink, TcpSink, TeeSink, parse_stream, read_stream
+from migrate.stream.summary import summarise_stream
+from migrate.stream.writer import StreamWriter
 
 
 class BytesSink(CallbackSink):
@@ -252,7 +239,7 @@ def test_determinism_same_inputs_byte_identical():
 
 def test_null_sink_counts_the_same_bytes_without_expanding(monkeypatch):
     real = sample_bytes()
-    import migrate.stream as stream_mod
+    import migrate.stream.writer as stream_mod
 
     def boom(*a, **k):
         raise AssertionError("a counting-only sink must not expand pages")
@@ -348,8 +335,8 @@ def test_summarise_stream_reports_invalid_stream(tmp_path):
 def test_record_sink_hands_structured_records_without_expanding(monkeypatch):
     data = sample_bytes()
     expect = parse_stream(data).records
-    import migrate.stream as stream_mod
-    from migrate.stream import RecordSink
+    import migrate.stream.writer as stream_mod
+    from migrate.stream.sinks import RecordSink
 
     monkeypatch.setattr(stream_mod, "expand_tokens", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
     got: list[Record] = []
@@ -361,7 +348,7 @@ def test_record_sink_hands_structured_records_without_expanding(monkeypatch):
 
 def test_file_sink_sha256_and_tee_forwarding(tmp_path):
     import hashlib
-    from migrate.stream import RecordSink
+    from migrate.stream.sinks import RecordSink
 
     path = tmp_path / "h.xmig"
     got: list[Record] = []

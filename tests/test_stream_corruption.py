@@ -10,16 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from hypervisor.abi import PFInfo
-from migrate.stream import (
-    REC_LENGTH_MAX,
-    REC_TYPE_OPTIONAL,
-    CallbackSink,
-    RecType,
-    StreamError,
-    StreamParser,
-    StreamWriter,
-    TscInfo,
-)
+from migrate.stream.format import REC_LENGTH_MAX, REC_TYPE_OPTIONAL, RecType, StreamError, TscInfo
+from migrate.stream.parser import StreamParser
+from migrate.stream.sinks import CallbackSink
+from migrate.stream.writer import StreamWriter
 
 
 def hvm_context(cpu_len: int) -> bytes:
