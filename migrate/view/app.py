@@ -13,7 +13,8 @@ events into the app's queue through an ``EventFeed``, a bus listener) and one
 - ``xmig replay``: a recorded event list, paced by the ``Playback``, with seeking.
 
 Keys: space pause/resume, ``n`` next event of interest, ``+``/``-`` speed, ``d``
-details (balloon and hypervisor panels when the terminal is small), ``[``/``]`` and
+details (balloon and hypervisor panels when the terminal is small), ``t`` the tracked
+GFN's story (``--track``; beside the map from 120x36, behind ``t`` below), ``[``/``]`` and
 ``1``-``9`` seek to a pass (replay), ``g`` guided on/off, ``?`` help, ``q`` quit (a
 migration in flight is aborted cleanly: the source domain resumes).
 """
@@ -39,7 +40,7 @@ from hypervisor.abi import PFINFO_HAS_DATA
 from ..events import BatchSent, Event, EventBus, PassEnded
 from .model import RunView, pass_starts
 from .panels import (BalloonPanel, CaptionPanel, CompareTable, HeaderPanel, HypervisorPanel, MapPanel,
-                     PassPanel, PassTablePanel, RunPanel)
+                     PassPanel, PassTablePanel, RunPanel, StoryPanel)
 from .playback import Playback
 
 MIN_SIZE = (80, 24)           # the README's minimum terminal size
@@ -86,6 +87,7 @@ HELP = """\
   + / -   faster / slower (virtual seconds per wall second)
   g       guided: pause at every event of interest
   d       details: balloon and hypervisor panels (small terminals)
+  t       the tracked GFN's story (--track; small terminals)
   [ / ]   replay: previous / next pass;  1-9: seek to pass N
   ?       this help
   q       quit (a migration in flight is aborted; the report is still written)
@@ -124,6 +126,10 @@ class XmigApp(App):
     #side { width: 44; }
     .table { height: auto; border: round $primary; border-title-align: left; padding: 0 1; }
     .map { height: 1fr; min-height: 5; border: round $primary; border-title-align: left; }
+    #maprow { height: 1fr; }
+    .story { width: 2fr; height: 1fr; border: round $warning; border-title-align: left; padding: 0 1; }
+    #maprow .map { width: 3fr; }
+    .untracked .story { display: none; }
     .side { height: auto; border: round $secondary; border-title-align: left; }
     #runs { height: 1fr; }
     .run { width: 1fr; }
@@ -133,6 +139,9 @@ class XmigApp(App):
     .small.details .main { display: none; }
     .small.details #side { display: block; width: 1fr; layout: horizontal; }
     .small.details .side { width: 1fr; }
+    .small .story { display: none; }
+    .small.storyview .story { display: block; width: 1fr; }
+    .small.storyview .map, .small.storyview .table { display: none; }
     .small .run .pass, .small .run .table, .small .run .caption { display: none; }
     """
     BINDINGS = [
@@ -142,6 +151,7 @@ class XmigApp(App):
         Binding("minus", "slower", "slower"),
         Binding("g", "guided", "guided", show=False),
         Binding("d", "details", "details"),
+        Binding("t", "story", "story"),
         Binding("left_square_bracket", "seek(-1)", "prev pass", show=False),
         Binding("right_square_bracket", "seek(1)", "next pass", show=False),
         Binding("question_mark", "help", "help"),
@@ -259,7 +269,9 @@ class XmigApp(App):
             with Horizontal(id="body"):
                 with Vertical(classes="main"):
                     yield self._add(PassTablePanel(view, classes="table", id="table"), "passes")
-                    yield self._add(MapPanel(view, classes="map", id="map"), "GFN map")
+                    with Horizontal(id="maprow"):
+                        yield self._add(MapPanel(view, classes="map", id="map"), "GFN map")
+                        yield self._add(StoryPanel(view, classes="story", id="story"), "tracked GFN")
                 with Vertical(id="side"):
                     yield self._add(BalloonPanel(view, classes="side", id="balloon"), "balloon")
                     yield self._add(HypervisorPanel(view, classes="side", id="hv"), "hypervisor")
@@ -299,6 +311,7 @@ class XmigApp(App):
         w, h = self.size
         top = self.query_one("#top")
         top.set_class(w < WIDE or h < TALL, "small")
+        top.set_class(self.views[0].story is None, "untracked")
         for p in self.panels:
             if isinstance(p, PassTablePanel):
                 p.view.dash.max_pass_rows = 3 if h < 30 else 8 if h < TALL else 12
@@ -308,6 +321,13 @@ class XmigApp(App):
     def _tick(self) -> None:
         for p in self.panels:
             p.tick()
+        if self.mode != "compare":
+            top = self.query_one("#top")
+            if top.has_class("untracked") and self.views[0].story is not None:
+                top.remove_class("untracked")           # --track: RunStarted named the GFNs
+                self.refresh_bindings()
+            story = self.query_one("#story")
+            story.border_title = story.title() + (" (t: back to the map)" if top.has_class("storyview") else "")
         if self.mode == "compare":
             self.compare.tick()
         # the header's status (paused, slow motion) changes without events
@@ -405,6 +425,16 @@ class XmigApp(App):
 
     def action_details(self) -> None:
         self.query_one("#top").toggle_class("details")
+
+    def check_action(self, action: str, parameters) -> bool | None:
+        if action == "story":       # the footer offers t only when a GFN is tracked
+            return self.mode != "compare" and self.views[0].story is not None
+        return True
+
+    def action_story(self) -> None:
+        """Small terminals: the tracked GFN's story in place of the pass table and map."""
+        if self.mode != "compare" and self.views[0].story is not None:
+            self.query_one("#top").toggle_class("storyview")
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
