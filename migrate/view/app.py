@@ -90,11 +90,11 @@ HELP = """\
   t       the tracked GFN's story (--track; small terminals)
   [ / ]   replay: previous / next pass;  1-9: seek to pass N
   ?       this help
-  q       quit (a migration in flight is aborted; the report is still written)
+  q       quit (a migration in flight is aborted; the report is written)
 
-[b]the map[/b]: one glyph per group of GFNs, coloured by the most telling state
-in it. The legend counts PFNs; missing and stale are the destination's, after
-the end. Press any key to close."""
+[b]the map[/b]: one glyph per group of GFNs, coloured by the most telling
+state in it. The legend counts PFNs; missing and stale are the
+destination's, after the end. Press any key to close."""
 
 
 class HelpScreen(ModalScreen):
@@ -116,6 +116,7 @@ class XmigApp(App):
     """The app; build it with ``for_run``, ``for_compare``, ``for_watch`` or ``for_replay``."""
 
     TITLE = "xmig"
+    ENABLE_COMMAND_PALETTE = False     # its footer entry would push "q quit" off 80 columns
     CSS = """
     Screen { layout: vertical; }
     .header { height: auto; background: $boost; padding: 0 1; }
@@ -135,7 +136,7 @@ class XmigApp(App):
     .run { width: 1fr; }
     #compare { height: auto; border: round $primary; border-title-align: left; }
     .small #side { display: none; }
-    .small .caption { max-height: 2; }
+    .small .caption { max-height: 3; }
     .small.details .main { display: none; }
     .small.details #side { display: block; width: 1fr; layout: horizontal; }
     .small.details .side { width: 1fr; }
@@ -311,6 +312,7 @@ class XmigApp(App):
         w, h = self.size
         top = self.query_one("#top")
         top.set_class(w < WIDE or h < TALL, "small")
+        self.refresh_bindings()
         top.set_class(self.views[0].story is None, "untracked")
         for p in self.panels:
             if isinstance(p, PassTablePanel):
@@ -381,25 +383,30 @@ class XmigApp(App):
     def paused(self) -> bool:
         return self.view_paused
 
-    def _status(self) -> Text:
+    def _status(self, short: bool = False) -> Text:
+        """The header's status; ``short`` drops the hints so it fits one line at 80
+        columns (the help, ``?``, has them)."""
         t = Text()
         if self.done:
             t.append(" finished: q quits ", style="bold black on green")
         elif self.paused:
             t.append(" PAUSED ", style="bold black on yellow")
-            t.append(" space resumes, n steps  ", style="dim")
+            if not short:
+                t.append(" space resumes, n steps  ", style="dim")
         pb = self.playback
         if pb is not None and pb.slowing():
-            t.append(f" slow motion: GFNs sent as XTAB (+{pb.hold_s * 1000:.0f} ms a batch) ",
+            t.append(" slow motion: XTAB " if short else
+                     f" slow motion: GFNs sent as XTAB (+{pb.hold_s * 1000:.0f} ms a batch) ",
                      style="bold black on cyan")
-        if pb is not None:
+        if pb is not None and not (short and self.done):
             t.append(f" speed {'max' if pb.speed is None else f'{pb.speed:g}x'}", style="dim")
         if self.guided:
             t.append("  guided", style="bold cyan")
         if self.mode == "watch" and self.paused:
-            t.append("  (the run goes on; its events wait)", style="dim")
+            t.append("  (the run goes on)" if short else "  (the run goes on; its events wait)", style="dim")
         if self.mode == "replay" and self.replay is not None:
-            t.append(f"  replay {self.replay.cursor}/{len(self.replay.events)} events", style="dim")
+            t.append(f"  {self.replay.cursor}/{len(self.replay.events)}" if short else
+                     f"  replay {self.replay.cursor}/{len(self.replay.events)} events", style="dim")
         return t
 
     # ------------------------------------------------------------------ actions
@@ -427,8 +434,11 @@ class XmigApp(App):
         self.query_one("#top").toggle_class("details")
 
     def check_action(self, action: str, parameters) -> bool | None:
-        if action == "story":       # the footer offers t only when a GFN is tracked
-            return self.mode != "compare" and self.views[0].story is not None
+        small = self.mode != "compare" and self.query_one("#top").has_class("small")
+        if action == "story":       # t only where the story panel is hidden, a GFN tracked
+            return small and self.views[0].story is not None
+        if action == "details":     # d only where the details panels are hidden
+            return small
         return True
 
     def action_story(self) -> None:

@@ -93,6 +93,8 @@ class HeaderPanel(RunPanel):
                          f"{s.verify.get('stale_pages', 0):,} stale", style="bold red")
         extra = self.status()
         if extra is not None and extra.plain:
+            if len(t.plain) - t.plain.rfind("\n") + len(extra.plain) > self.content_size.width:
+                extra = self.status(short=True)     # one line at 80 columns
             t.append(" ")
             t.append_text(extra)
         return t
