@@ -1,5 +1,6 @@
-"""Make the README's screenshots of the app: examples/balloon.yaml, pre-fix, at the end
-of pass 2, at 80x24 and 160x50. Run from the repository's root:
+"""Make the README's screenshots of the app: examples/balloon.yaml, pre-fix, following
+GFN 0x30060 (--track), at the end of pass 2, at 80x24 and 160x50. Run from the
+repository's root:
 
     python docs/make_screenshots.py
 
@@ -21,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 async def shot(size: tuple[int, int], out: Path) -> None:
     app = XmigApp.for_run(load_scenario(ROOT / "examples" / "balloon.yaml"),
-                          RunOptions(behaviour="pre-fix"), speed=None)
+                          RunOptions(behaviour="pre-fix", track=(0x30060,)), speed=None)
     deliver = app.deliver
 
     def stop_after_pass_2(idx, ev):

@@ -334,3 +334,100 @@ async def test_watch_app_over_a_real_broker(mqtt_broker):
         await pilot.press("q")
     assert app.return_value == ["completed"]
     await asyncio.gather(hv, g)
+
+
+# ----------------------------------------------------------------------------- the tracked page
+
+
+GFN = 0x30060        # in balloon.yaml's ballooned region: out at t=3 s, back at t=9.25 s
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.replace("│", " ").split())
+
+
+def _story_of(events) -> list[str]:
+    from migrate.track import PageStory
+
+    story = PageStory([GFN])
+    for ev in events:
+        story(ev)
+    return [text for _, text in story.lines[GFN]]
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 50)])
+async def test_track_panel_tells_the_pages_story_as_explain_does(size, tmp_path):
+    """``run --track``: the story panel shows the lines ``xmig explain`` prints for a
+    GFN the balloon takes out and gives back; beside the map on a big terminal, behind
+    ``t`` on a small one. A replay of the recorded run shows the same panel."""
+    from migrate.eventlog import EventRecorder, read_event_log
+
+    log = tmp_path / "run.events"
+    rec = EventRecorder(log, {})
+    app = XmigApp.for_run(load_scenario(EX / "balloon.yaml"), RunOptions(behaviour="pre-fix", track=(GFN,)),
+                          speed=None, listeners=(rec,))
+    async with app.run_test(size=size) as pilot:
+        await until(pilot, lambda: app.done)
+        rec.close()
+        small = size[0] < 120
+        assert shown(app, "map") and shown(app, "story") is not small
+        if small:
+            await pilot.press("t")
+            await pilot.pause(0.2)
+            assert shown(app, "story") and not shown(app, "map") and not shown(app, "table")
+            assert "t: back to the map" in app.query_one("#story").border_title
+        panel = app.query_one("#story")
+        text = _flat(panel.plain())
+        assert panel.border_title.startswith("GFN 0x30060: its story")
+        lines = _story_of(log_events := read_event_log(log).events)
+        assert lines[-1].startswith("destination: MISSING")
+        assert _flat(lines[-1]) in text
+        assert "t=10.619" in text
+        if not small:                  # room for the whole story, pre-fix's miss in it
+            for line in lines:
+                assert _flat(line) in text
+            assert "NOT marked dirty (guest_physmap_add_entry is pre-fix)" in text
+            assert "balloon inflate (decrease_reservation): P2M remove by p2m_remove_page" in text
+        else:
+            await pilot.press("t")
+            await pilot.pause(0.1)
+            assert shown(app, "map") and not shown(app, "story")
+        await pilot.press("q")
+
+    app = XmigApp.for_replay(log_events, speed=None)
+    async with app.run_test(size=size) as pilot:
+        await until(pilot, lambda: app.done)
+        if small:
+            await pilot.press("t")
+            await pilot.pause(0.2)
+        assert _flat(app.query_one("#story").plain()) == text
+        await pilot.press("q")
+
+
+async def test_no_track_no_story_panel_and_no_t_key(fixed_run):
+    events, _ = fixed_run
+    app = XmigApp.for_replay(events, speed=None)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await until(pilot, lambda: app.done)
+        assert not shown(app, "story") and shown(app, "map")
+        await pilot.press("t")
+        await pilot.pause(0.1)
+        assert not shown(app, "story")
+        assert app.check_action("story", ()) is False
+        await pilot.press("q")
+
+
+@pytest.mark.parametrize("behaviour,says", [
+    ("pre-fix", "guest_physmap_add_entry, pre-fix: 65,536 get no dirty bit: lost unless written after the "
+                "next CLEAN"),
+    # the deflate spans a CLEAN: pass 4 listed 27,525 of them before the move was done
+    ("fixed", "guest_physmap_add_entry, fixed: 65,536 dirty bits set: the first CLEAN after each addition "
+              "lists it"),
+])
+def test_the_deflate_caption_says_what_the_call_site_did(behaviour, says):
+    events, _ = recorded("balloon.yaml", behaviour)
+    view = RunView()
+    caps = [c for c in (view.feed(ev) for ev in events) if c is not None]
+    deflate = next(c for c in caps if c.text.startswith("balloon done: 65,536 GFNs joined the P2M"))
+    assert deflate.interesting and says in deflate.text
+    assert not any("(Domain now suspended)" in c.text for c in caps)

@@ -13,7 +13,8 @@ events into the app's queue through an ``EventFeed``, a bus listener) and one
 - ``xmig replay``: a recorded event list, paced by the ``Playback``, with seeking.
 
 Keys: space pause/resume, ``n`` next event of interest, ``+``/``-`` speed, ``d``
-details (balloon and hypervisor panels when the terminal is small), ``[``/``]`` and
+details (balloon and hypervisor panels when the terminal is small), ``t`` the tracked
+GFN's story (``--track``; beside the map from 120x36, behind ``t`` below), ``[``/``]`` and
 ``1``-``9`` seek to a pass (replay), ``g`` guided on/off, ``?`` help, ``q`` quit (a
 migration in flight is aborted cleanly: the source domain resumes).
 """
@@ -39,7 +40,7 @@ from hypervisor.abi import PFINFO_HAS_DATA
 from ..events import BatchSent, Event, EventBus, PassEnded
 from .model import RunView, pass_starts
 from .panels import (BalloonPanel, CaptionPanel, CompareTable, HeaderPanel, HypervisorPanel, MapPanel,
-                     PassPanel, PassTablePanel, RunPanel)
+                     PassPanel, PassTablePanel, RunPanel, StoryPanel)
 from .playback import Playback
 
 MIN_SIZE = (80, 24)           # the README's minimum terminal size
@@ -86,13 +87,14 @@ HELP = """\
   + / -   faster / slower (virtual seconds per wall second)
   g       guided: pause at every event of interest
   d       details: balloon and hypervisor panels (small terminals)
+  t       the tracked GFN's story (--track; small terminals)
   [ / ]   replay: previous / next pass;  1-9: seek to pass N
   ?       this help
-  q       quit (a migration in flight is aborted; the report is still written)
+  q       quit (a migration in flight is aborted; the report is written)
 
-[b]the map[/b]: one glyph per group of GFNs, coloured by the most telling state
-in it. The legend counts PFNs; missing and stale are the destination's, after
-the end. Press any key to close."""
+[b]the map[/b]: one glyph per group of GFNs, coloured by the most telling
+state in it. The legend counts PFNs; missing and stale are the
+destination's, after the end. Press any key to close."""
 
 
 class HelpScreen(ModalScreen):
@@ -114,6 +116,7 @@ class XmigApp(App):
     """The app; build it with ``for_run``, ``for_compare``, ``for_watch`` or ``for_replay``."""
 
     TITLE = "xmig"
+    ENABLE_COMMAND_PALETTE = False     # its footer entry would push "q quit" off 80 columns
     CSS = """
     Screen { layout: vertical; }
     .header { height: auto; background: $boost; padding: 0 1; }
@@ -124,15 +127,22 @@ class XmigApp(App):
     #side { width: 44; }
     .table { height: auto; border: round $primary; border-title-align: left; padding: 0 1; }
     .map { height: 1fr; min-height: 5; border: round $primary; border-title-align: left; }
+    #maprow { height: 1fr; }
+    .story { width: 2fr; height: 1fr; border: round $warning; border-title-align: left; padding: 0 1; }
+    #maprow .map { width: 3fr; }
+    .untracked .story { display: none; }
     .side { height: auto; border: round $secondary; border-title-align: left; }
     #runs { height: 1fr; }
     .run { width: 1fr; }
     #compare { height: auto; border: round $primary; border-title-align: left; }
     .small #side { display: none; }
-    .small .caption { max-height: 2; }
+    .small .caption { max-height: 3; }
     .small.details .main { display: none; }
     .small.details #side { display: block; width: 1fr; layout: horizontal; }
     .small.details .side { width: 1fr; }
+    .small .story { display: none; }
+    .small.storyview .story { display: block; width: 1fr; }
+    .small.storyview .map, .small.storyview .table { display: none; }
     .small .run .pass, .small .run .table, .small .run .caption { display: none; }
     """
     BINDINGS = [
@@ -142,6 +152,7 @@ class XmigApp(App):
         Binding("minus", "slower", "slower"),
         Binding("g", "guided", "guided", show=False),
         Binding("d", "details", "details"),
+        Binding("t", "story", "story"),
         Binding("left_square_bracket", "seek(-1)", "prev pass", show=False),
         Binding("right_square_bracket", "seek(1)", "next pass", show=False),
         Binding("question_mark", "help", "help"),
@@ -259,7 +270,9 @@ class XmigApp(App):
             with Horizontal(id="body"):
                 with Vertical(classes="main"):
                     yield self._add(PassTablePanel(view, classes="table", id="table"), "passes")
-                    yield self._add(MapPanel(view, classes="map", id="map"), "GFN map")
+                    with Horizontal(id="maprow"):
+                        yield self._add(MapPanel(view, classes="map", id="map"), "GFN map")
+                        yield self._add(StoryPanel(view, classes="story", id="story"), "tracked GFN")
                 with Vertical(id="side"):
                     yield self._add(BalloonPanel(view, classes="side", id="balloon"), "balloon")
                     yield self._add(HypervisorPanel(view, classes="side", id="hv"), "hypervisor")
@@ -299,6 +312,8 @@ class XmigApp(App):
         w, h = self.size
         top = self.query_one("#top")
         top.set_class(w < WIDE or h < TALL, "small")
+        self.refresh_bindings()
+        top.set_class(self.views[0].story is None, "untracked")
         for p in self.panels:
             if isinstance(p, PassTablePanel):
                 p.view.dash.max_pass_rows = 3 if h < 30 else 8 if h < TALL else 12
@@ -308,6 +323,13 @@ class XmigApp(App):
     def _tick(self) -> None:
         for p in self.panels:
             p.tick()
+        if self.mode != "compare":
+            top = self.query_one("#top")
+            if top.has_class("untracked") and self.views[0].story is not None:
+                top.remove_class("untracked")           # --track: RunStarted named the GFNs
+                self.refresh_bindings()
+            story = self.query_one("#story")
+            story.border_title = story.title() + (" (t: back to the map)" if top.has_class("storyview") else "")
         if self.mode == "compare":
             self.compare.tick()
         # the header's status (paused, slow motion) changes without events
@@ -361,25 +383,30 @@ class XmigApp(App):
     def paused(self) -> bool:
         return self.view_paused
 
-    def _status(self) -> Text:
+    def _status(self, short: bool = False) -> Text:
+        """The header's status; ``short`` drops the hints so it fits one line at 80
+        columns (the help, ``?``, has them)."""
         t = Text()
         if self.done:
             t.append(" finished: q quits ", style="bold black on green")
         elif self.paused:
             t.append(" PAUSED ", style="bold black on yellow")
-            t.append(" space resumes, n steps  ", style="dim")
+            if not short:
+                t.append(" space resumes, n steps  ", style="dim")
         pb = self.playback
         if pb is not None and pb.slowing():
-            t.append(f" slow motion: GFNs sent as XTAB (+{pb.hold_s * 1000:.0f} ms a batch) ",
+            t.append(" slow motion: XTAB " if short else
+                     f" slow motion: GFNs sent as XTAB (+{pb.hold_s * 1000:.0f} ms a batch) ",
                      style="bold black on cyan")
-        if pb is not None:
+        if pb is not None and not (short and self.done):
             t.append(f" speed {'max' if pb.speed is None else f'{pb.speed:g}x'}", style="dim")
         if self.guided:
             t.append("  guided", style="bold cyan")
         if self.mode == "watch" and self.paused:
-            t.append("  (the run goes on; its events wait)", style="dim")
+            t.append("  (the run goes on)" if short else "  (the run goes on; its events wait)", style="dim")
         if self.mode == "replay" and self.replay is not None:
-            t.append(f"  replay {self.replay.cursor}/{len(self.replay.events)} events", style="dim")
+            t.append(f"  {self.replay.cursor}/{len(self.replay.events)}" if short else
+                     f"  replay {self.replay.cursor}/{len(self.replay.events)} events", style="dim")
         return t
 
     # ------------------------------------------------------------------ actions
@@ -405,6 +432,19 @@ class XmigApp(App):
 
     def action_details(self) -> None:
         self.query_one("#top").toggle_class("details")
+
+    def check_action(self, action: str, parameters) -> bool | None:
+        small = self.mode != "compare" and self.query_one("#top").has_class("small")
+        if action == "story":       # t only where the story panel is hidden, a GFN tracked
+            return small and self.views[0].story is not None
+        if action == "details":     # d only where the details panels are hidden
+            return small
+        return True
+
+    def action_story(self) -> None:
+        """Small terminals: the tracked GFN's story in place of the pass table and map."""
+        if self.mode != "compare" and self.views[0].story is not None:
+            self.query_one("#top").toggle_class("storyview")
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

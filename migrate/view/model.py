@@ -2,14 +2,18 @@
 
 All three are folded from the event stream (``migrate/events.py``) and nothing else, in
 one order: the map first, then the dashboard's numbers, then the narrator (which reads
-the map). A replay folds the same events into a fresh ``RunView`` to seek.
+the map). A run started with ``--track GFN`` names its tracked GFNs in its
+``RunStarted``; from then on a ``PageStory`` (``migrate/track.py``, the same one
+``xmig explain`` tells) follows them for the story panel. A replay folds the same events
+into a fresh ``RunView`` to seek.
 """
 
 from __future__ import annotations
 
 from ..dashboard import Dashboard
-from ..events import Event, PassStarted
+from ..events import Event, PassStarted, RunStarted
 from ..gfnmap import GfnMap
+from ..track import PageStory
 from .narration import Caption, Narrator
 
 
@@ -22,6 +26,7 @@ class RunView:
         self.gfnmap = GfnMap(max_cells=4096)
         self.dash = Dashboard(speed=speed, gfnmap=self.gfnmap)
         self.narrator = Narrator(self.gfnmap)
+        self.story: PageStory | None = None     # the tracked GFNs' stories (--track)
         self.events_seen = 0
         self.version = 0           # bumped on every event: panels redraw when it moved
 
@@ -30,6 +35,10 @@ class RunView:
         return self.dash.state
 
     def feed(self, ev: Event) -> Caption | None:
+        if isinstance(ev, RunStarted) and ev.tracked:
+            self.story = PageStory(ev.tracked)
+        if self.story is not None:
+            self.story(ev)
         self.gfnmap(ev)
         self.dash(ev)
         self.events_seen += 1
@@ -41,6 +50,15 @@ class RunView:
     @property
     def caption(self) -> Caption | None:
         return self.narrator.last
+
+    def story_lines(self) -> list[tuple[float, int, str]]:
+        """Every tracked GFN's story so far, ``(t, gfn, text)`` in event order."""
+        if self.story is None:
+            return []
+        out = [(t, g, text) for g, lines in self.story.lines.items() for t, text in lines]
+        if len(self.story.lines) > 1:
+            out.sort(key=lambda x: x[0])      # stable: one event's lines keep their order
+        return out
 
     def summary(self) -> dict:
         return self.dash.summary()

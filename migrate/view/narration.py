@@ -126,8 +126,8 @@ class Narrator:
                 text += f" ({st.xtab_sent:,} GFNs queried for nothing)"
             return Caption(t, text, interesting=bool(st.xtab_sent and st.iteration > 1))
         if isinstance(ev, PhaseChanged) and ev.phase == "suspended":
-            why = f" ({ev.detail})" if ev.detail else ""
-            return Caption(t, f"the policy ends the live passes{why}: the domain is suspended, "
+            # the saver's own words for it ("Domain now suspended") say no more than this
+            return Caption(t, "the policy ends the live passes: the domain is suspended, "
                               "downtime starts", interesting=True)
         if isinstance(ev, RunStarted):
             self.behaviour = ev.behaviour
@@ -197,7 +197,9 @@ class Narrator:
                 text += (f". {site}, pre-fix: {m['unmarked']:,} get no dirty bit: lost unless "
                          "written after the next CLEAN")
             else:
-                text += f". {site}, fixed: {m['set']:,} dirty bits set, the next pass sends them"
+                # a move spanning a CLEAN has had part of its GFNs listed already
+                text += (f". {site}, fixed: {m['set']:,} dirty bits set: the first CLEAN after "
+                         "each addition lists it")
         return Caption(t, text, interesting=bool(m["sites"]))
 
     def _pass_started(self, ev: PassStarted) -> Caption | None:

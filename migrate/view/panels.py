@@ -93,6 +93,8 @@ class HeaderPanel(RunPanel):
                          f"{s.verify.get('stale_pages', 0):,} stale", style="bold red")
         extra = self.status()
         if extra is not None and extra.plain:
+            if len(t.plain) - t.plain.rfind("\n") + len(extra.plain) > self.content_size.width:
+                extra = self.status(short=True)     # one line at 80 columns
             t.append(" ")
             t.append_text(extra)
         return t
@@ -159,6 +161,55 @@ class BalloonPanel(RunPanel):
 class HypervisorPanel(RunPanel):
     def render(self) -> RenderableType:
         return self.view.dash.counters_panel().renderable
+
+
+class StoryPanel(RunPanel):
+    """The tracked GFNs' stories as they unfold (``--track GFN``): the lines
+    ``xmig explain`` prints, newest at the bottom; the oldest scroll off when the panel
+    is full (``xmig explain`` or the summary has them all)."""
+
+    def render(self) -> RenderableType:
+        from rich.console import Console
+
+        lines = self.view.story_lines()
+        w = max(self.content_size.width, 20)
+        h = max(self.content_size.height, 1)
+        many = self.view.story is not None and len(self.view.story.lines) > 1
+        if not lines:
+            return Text("no events for the tracked GFN yet" if self.view.story is not None
+                        else "no GFN tracked: run with --track GFN", style="dim")
+        con = Console(width=w)
+        rows: list[Text] = []
+        for t, g, text in lines:
+            line = Text(no_wrap=False)
+            line.append(f"t={t:.3f} ", style="dim")
+            if many:
+                line.append(f"{g:#x} ", style="bold cyan")
+            line.append(text, style=_story_style(text))
+            rows.extend(line.wrap(con, w))
+        hidden = max(len(rows) - h, 0)
+        if hidden:
+            # keep the newest; say how much scrolled off
+            rows = rows[hidden + 1:]
+            rows.insert(0, Text(f"… {len(lines)} events, older ones above", style="dim italic"))
+        return Group(*rows)
+
+    def title(self) -> str:
+        story = self.view.story
+        if story is None or not story.lines:
+            return "tracked GFN"
+        names = ", ".join(f"{g:#x}" for g in story.lines)
+        return f"GFN {names}: its story"
+
+
+def _story_style(text: str) -> str:
+    """The words that matter for the fix stand out: what pre-fix leaves wrong in red,
+    what the fix does in green."""
+    if "MISSING" in text or "STALE" in text or "NOT marked dirty" in text or "stays set" in text:
+        return "bold red"
+    if "(the fix)" in text or "destination: ok" in text:
+        return "green"
+    return ""
 
 
 class CaptionPanel(RunPanel):
@@ -240,4 +291,4 @@ COMPARE_ROWS = (
 
 
 __all__ = ["BalloonPanel", "CaptionPanel", "CompareTable", "HeaderPanel", "HypervisorPanel", "MapPanel",
-           "PassPanel", "PassTablePanel", "RunPanel"]
+           "PassPanel", "PassTablePanel", "RunPanel", "StoryPanel"]
