@@ -392,7 +392,7 @@ def run(
     report: Optional[Path] = typer.Option(None, help="Write the JSON report here."),
     csv: Optional[Path] = typer.Option(None, "--csv", help="Write the per-pass table as CSV here."),
     plot: Optional[Path] = typer.Option(None, help="Draw pages sent per pass and the GFN map over passes (PNG; needs matplotlib)."),
-    speed: Optional[str] = typer.Option(None, help="Virtual seconds per wall second (e.g. 0.5), or 'max'. Default: 0.4 in the interactive app (examples/balloon.yaml lasts ~25 s), max otherwise."),
+    speed: Optional[str] = typer.Option(None, help="Virtual seconds per wall second (e.g. 0.5), or 'max'. Default: 0.4 in the interactive app (examples/balloon.yaml lasts ~30 s), max otherwise."),
     guided: bool = typer.Option(False, "--guided", help="In the app: pause at every event of interest (a balloon move, a pass that meets its GFNs, the verdict) until a key is pressed."),
     no_dashboard: bool = typer.Option(False, "--no-dashboard", help="Plain progress lines instead of the interactive app."),
     broker: Optional[str] = typer.Option(None, "--broker", help="mqtt://HOST:PORT: drive the 'xmig hypervisor' and 'xmig guest' of --run over this broker instead of running them in this process."),

@@ -23,7 +23,7 @@ SPEEDS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 1.0, 2.0, 5.0, 10.0, None)   # None: 
 
 def default_tty_speed() -> float:
     """Virtual seconds per wall second when a person watches: examples/balloon.yaml
-    (~9.6 s of virtual time from the start of the save) then lasts ~25 s, plus the
+    (~9.6 s of virtual time from the start of the save) then lasts ~25 s, ~30 s with the
     slow-motion holds."""
     return 0.4
 
