@@ -154,3 +154,60 @@ def test_a_fifo_a_device_or_a_directory_is_refused_at_once(tmp_path):
     for target, what in ((fifo, "a FIFO"), (Path("/dev/zero"), "a device"), (tmp_path, "a directory")):
         p = xmig("replay", "--no-dashboard", target, timeout=20)
         assert_usage_error(p, str(target), what)
+
+
+# ----------------------------------------------------------------------------- sweep files
+
+def _sweep(tmp_path, text, name="s.yaml"):
+    (tmp_path / "balloon.yaml").write_text(BALLOON.read_text())
+    f = tmp_path / name
+    f.write_text(text)
+    return f
+
+
+BOMB = ("base: balloon.yaml\naxes:\n  seed: [&a [1,2,3,4,5,6,7,8,9], &b [*a,*a,*a,*a,*a,*a,*a,*a,*a], "
+        "&c [*b,*b,*b,*b,*b,*b,*b,*b,*b], &d [*c,*c,*c,*c,*c,*c,*c,*c,*c], &e [*d,*d,*d,*d,*d,*d,*d,*d,*d], "
+        "&f [*e,*e,*e,*e,*e,*e,*e,*e,*e], [*f,*f,*f,*f,*f,*f,*f,*f,*f]]\n")
+
+
+@pytest.mark.parametrize("text, words", [
+    (BOMB, ("YAML values once aliases are expanded",)),
+    ("base: balloon.yaml\naxes:\n  seed: {range: [0, 1000000000000]}\n", ("axes.seed", "more than a sweep can run")),
+    ("base: /dev/zero\naxes:\n  seed: [1, 2]\n", ("base:", "a device node")),
+])
+def test_hostile_sweep_file_is_refused_in_one_line(tmp_path, text, words):
+    f = _sweep(tmp_path, text)
+    p = xmig("sweep", f, "--out", tmp_path / "r.csv", timeout=30)
+    assert_usage_error(p, str(f), *words)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_sweep_refuses_fifos_for_the_sweep_file_its_base_and_its_part_file(tmp_path):
+    os.mkfifo(tmp_path / "fifo.yaml")
+    assert_usage_error(xmig("sweep", tmp_path / "fifo.yaml", "--out", tmp_path / "r.csv", timeout=20), "a FIFO")
+    f = _sweep(tmp_path, "base: fifo.yaml\naxes:\n  seed: [1, 2]\n")
+    assert_usage_error(xmig("sweep", f, "--out", tmp_path / "r.csv", timeout=20), "base:", "a FIFO")
+    f = _sweep(tmp_path, "base: balloon.yaml\naxes:\n  seed: [1]\n")
+    os.mkfifo(tmp_path / "r.csv.part")
+    assert_usage_error(xmig("sweep", f, "--out", tmp_path / "r.csv", "--resume", timeout=20), "r.csv.part", "a FIFO")
+
+
+def test_sweep_out_never_overwrites_the_base_scenario(tmp_path):
+    f = _sweep(tmp_path, "base: balloon.yaml\naxes:\n  seed: [1]\n")
+    base = tmp_path / "balloon.yaml"
+    before = base.read_bytes()
+    p = xmig("sweep", f, "--out", base, "--format", "csv")
+    assert_usage_error(p, "--out", "the base scenario")
+    assert base.read_bytes() == before
+
+
+def test_resume_skips_garbage_lines_and_names_bad_axes_in_a_part_file(tmp_path):
+    f = _sweep(tmp_path, "base: balloon.yaml\naxes:\n  seed: [1]\n")
+    out = tmp_path / "r.csv"
+    part = tmp_path / "r.csv.part"
+    part.write_bytes(b'{"xmig_sweep_part":1,"axes":5}\n')
+    assert_usage_error(xmig("sweep", f, "--out", out, "--resume"), "r.csv.part", "axes")
+    part.write_bytes(b'garbage\x00\xff{{{\n5\n[1]\n')
+    p = xmig("sweep", f, "--out", out, "--resume")
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    assert out.read_text().count("\n") == 2      # header and the one run
