@@ -129,7 +129,8 @@ def register(app: typer.Typer) -> None:
             from .outputs import OutputError, check_targets
 
             try:
-                check_targets({"--out": out, "--plot": plot}, {"the sweep file": file})
+                check_targets({"--out": out, "--out's part file": results.part_path(Path(out)), "--plot": plot},
+                              {"the sweep file": file, "the base scenario": Path(plan.base_source)})
             except OutputError as exc:
                 raise UsageError(str(exc)) from None
             if plot is not None:

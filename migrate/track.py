@@ -26,6 +26,8 @@ from .events import (BatchSent, Event, MemoryOp, PassEnded, PassStarted, PhaseCh
                      TrackedFinal, TrackedWrites)
 
 _EMPTY = np.empty(0, dtype=np.int64)
+#: At most this many GFNs are followed one by one (each costs a line per event touching it).
+MAX_TRACKED = 1024
 
 
 class _GfnSet:
@@ -152,6 +154,7 @@ _OP_WORDS = {"decrease_reservation": "balloon inflate (decrease_reservation)",
              "add_to_physmap": "add_to_physmap", "remove_from_physmap": "remove_from_physmap",
              "set_typed_p2m_entry": "set_typed_p2m_entry", "pod_populate": "PoD demand populate"}
 
+#: TrackedFinal states (migrate.events.TrackedFinal); _FINAL_WORDS says each in words.
 _FINAL_WORDS = {
     "ok": "destination: ok, the destination holds the source's last contents",
     "missing": "destination: MISSING, RAM at the source but never populated at the destination",
@@ -160,6 +163,7 @@ _FINAL_WORDS = {
              "(restore never unpopulates)",
     "absent": "destination: absent at both ends (not RAM at the source, never sent with data)",
 }
+FINAL_STATES = frozenset(_FINAL_WORDS)
 
 
 def _in_runs(runs: np.ndarray, gfn: int) -> bool:
@@ -296,4 +300,4 @@ class PageStory:
         return "\n".join(f"t={t:10.6f} s  {line}" for t, line in self.lines[int(gfn)])
 
 
-__all__ = ["PageLedger", "PageStory"]
+__all__ = ["FINAL_STATES", "MAX_TRACKED", "PageLedger", "PageStory"]

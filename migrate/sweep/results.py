@@ -103,6 +103,10 @@ def require_parquet() -> None:
         raise ResultsError(PARQUET_MISSING) from None
 
 
+#: A part file larger than this is not read back (a million rows take ~500 MB).
+MAX_PART_BYTES = 1 << 30
+
+
 def part_path(out: Path) -> Path:
     return out.with_name(out.name + ".part")
 
@@ -136,15 +140,26 @@ def read_part(path: Path) -> tuple[list[str] | None, list[dict[str, Any]]]:
         return None, []
     axes = None
     rows: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
+    from guest.inputs import InputError, check_input
+
+    try:
+        check_input(path, MAX_PART_BYTES, "part file of xmig sweep")
+    except InputError as e:
+        raise ResultsError(f"{path}: expected {e.expected}, found {e.found}") from None
+    with path.open("rb") as fh:
+        for n, raw in enumerate(fh, 1):
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
+                obj = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError, RecursionError):
+                continue              # a line cut short by a kill, or not ours: not a row
+            if not isinstance(obj, dict):
                 continue
             if "xmig_sweep_part" in obj:
                 axes = obj.get("axes")
-            elif isinstance(obj, dict):
+                if not isinstance(axes, list) or not all(isinstance(a, str) for a in axes):
+                    raise ResultsError(f"{path}: line {n}: axes: expected a list of axis names, "
+                                       f"found {json.dumps(axes)[:40]}")
+            else:
                 rows.append(obj)
     return axes, rows
 

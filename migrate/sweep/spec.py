@@ -41,7 +41,10 @@ from typing import Annotated, Any, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 
-from ..scenario import Scenario, ScenarioError, _Loader, _describe, _format_path, parse_scenario, scenario_json_schema
+from guest.inputs import InputError, read_input
+
+from ..scenario import (MAX_DEPTH, MAX_FILE_BYTES, Scenario, ScenarioError, _check_shape, _describe, _format_path,
+                        _Loader, parse_scenario, scenario_json_schema)
 
 __all__ = ["SweepFile", "SweepError", "SweepPlan", "Axis", "Point", "load_sweep", "sweep_json_schema",
            "SCHEMA_PATH", "apply_values", "parse_axis_path"]
@@ -264,6 +267,9 @@ def _expand(axis: str, spec: Any, where: str) -> Axis:
         if step <= 0 or last < first:
             raise SweepError(f"{where}: expected range [first, last] or [first, last, step] with "
                              f"first <= last and step > 0, found {spec.range}")
+        count = (last - first) // step + 1
+        if count > MAX_RUNS:
+            raise SweepError(f"{where}: {count:,} values is more than a sweep can run ({MAX_RUNS:,})")
         vals = tuple(range(first, last + 1, step))
         return Axis(axis, vals, vals)
     parts = {}
@@ -323,24 +329,39 @@ def _model_error(file: str, e: ValidationError) -> SweepError:
     return SweepError(f"{file}: {path}: {err['msg'].lower()}, found {_describe(err.get('input'))}")
 
 
+def _yaml(text: str, file: str) -> Any:
+    """Parse YAML with the scenario loader's limits: an alias bomb, a self-reference or
+    deep nesting is measured on the node graph and refused before it is expanded."""
+    try:
+        _check_shape(yaml.compose(text, Loader=_Loader), file)
+        return yaml.load(text, Loader=_Loader)
+    except ScenarioError as e:
+        raise SweepError(e.message) from None
+    except RecursionError:
+        raise SweepError(f"{file}: expected YAML nested at most {MAX_DEPTH} levels deep, found deeper nesting") from None
+    except ValueError as e:    # e.g. an integer past Python's digit limit
+        raise SweepError(f"{file}: expected valid YAML values, found {str(e)[:80]}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).replace("\n", " ")
+        raise SweepError(f"{file}: expected valid YAML, found {problem}{where}") from None
+
+
 def load_sweep(path: str | Path) -> SweepPlan:
     """Read, validate and expand a sweep file (``SweepError`` on any problem)."""
     file = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_input(path, MAX_FILE_BYTES, "sweep file")
+    except InputError as e:
+        raise SweepError(f"{file}: expected {e.expected}, found {e.found}") from None
     except FileNotFoundError:
         raise SweepError(f"{file}: expected a sweep file, found no such file") from None
     except IsADirectoryError:
         raise SweepError(f"{file}: expected a sweep file, found a directory") from None
     except (OSError, UnicodeDecodeError) as e:
         raise SweepError(f"{file}: expected a readable UTF-8 sweep file, found {e}") from None
-    try:
-        data = yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).replace("\n", " ")
-        raise SweepError(f"{file}: expected valid YAML, found {problem}{where}") from None
+    data = _yaml(text, file)
     if not isinstance(data, dict):
         raise SweepError(f"{file}: expected a mapping with base: and axes:, found {_describe(data)}")
     if "guest" in data and "base" not in data:
@@ -359,13 +380,15 @@ def plan_sweep(model: SweepFile, file: str, raw: dict | None = None) -> SweepPla
         base_path = Path(model.base)
         base_path = base_path if base_path.is_absolute() else here / base_path
         try:
-            base_text = base_path.read_text(encoding="utf-8")
-            base = yaml.load(base_text, Loader=_Loader)
+            base_text = read_input(base_path, MAX_FILE_BYTES, "scenario file")
+        except InputError as e:
+            raise SweepError(f"{file}: base: expected {e.expected}, found {e.found} ({model.base!r})") from None
         except FileNotFoundError:
             raise SweepError(f"{file}: base: expected a scenario file (relative to the sweep file), "
                              f"found no such file {model.base!r}") from None
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        except (OSError, UnicodeDecodeError) as e:
             raise SweepError(f"{file}: base: expected a readable scenario file, found {e}".replace("\n", " ")) from None
+        base = _yaml(base_text, str(base_path))
         base_source = str(base_path)
     else:
         base = model.base
