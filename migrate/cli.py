@@ -415,6 +415,10 @@ def run(
 
     scenario = _load(guest)
     allowed = _allowed(allow_policy)
+    from .track import MAX_TRACKED
+
+    if len(track) > MAX_TRACKED:
+        raise UsageError(f"--track: at most {MAX_TRACKED} GFNs can be followed in one run, found {len(track)}")
     tracked = tuple(parse_gfn(g, "--track") for g in track)
     opts = RunOptions(behaviour=_check_behaviour(behaviour), policy=policy, bandwidth=_parse_bandwidth(bandwidth),
                       stream=stream, verify=verify, seed=_check_seed(seed), allow_policies=allowed,

@@ -3,9 +3,10 @@
 Xen's own check is the VERIFY pass (``verify_frames`` in xg_sr_save.c, memcmp on the
 restore side); this goes further and compares whole address spaces, so the three
 outcomes of the P2M/log-dirty bug are counted separately:
-missing (RAM at the source, never populated at the destination: reference 6.2 (i)),
-stale (populated at both, contents differ: 6.2 (ii)-(iv)), and extra (populated at the
-destination but ballooned out at the source: the restore side never unpopulates, 5.7).
+missing (RAM at the source, never populated at the destination: an added GFN never
+marked dirty), stale (populated at both, contents differ: a page sent, then changed
+unlogged), and extra (populated at the destination but ballooned out at the source:
+the restore side never unpopulates, see ``xg_sr_restore.c``).
 """
 
 from __future__ import annotations
@@ -15,14 +16,6 @@ import numpy as np
 from .events import VerifyStats
 
 SAMPLE = 16
-
-
-def compare_memory(src_gfns: np.ndarray, src_tokens: np.ndarray,
-                   dst_gfns: np.ndarray, dst_tokens: np.ndarray) -> VerifyStats:
-    """Compare two GFN -> content-token maps (GFNs sorted and unique, as snapshots are)."""
-    acc = VerifyAccumulator()
-    acc.add(src_gfns, src_tokens, dst_gfns, dst_tokens)
-    return acc.result()
 
 
 class VerifyAccumulator:
