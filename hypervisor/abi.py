@@ -329,10 +329,14 @@ Hypercall = DecreaseReservation | PopulatePhysmap | AddToPhysmap | RemoveFromPhy
 class HypercallResult:
     """What a memory_op returned: ``rc`` is Xen's return value (number of extents
     done for decrease/populate; 0 or ``-errno`` otherwise). ``done`` are the GFNs the
-    call actually handled (a prefix of the request, as Xen stops at the first failure)."""
+    call actually handled (a prefix of the request, as Xen stops at the first failure).
+    ``errno`` is why the call stopped short (0 when it did everything it was asked):
+    a partial decrease/populate returns a count, so its errno travels here, where
+    ``xc_domain_populate_physmap_exact`` reads it."""
 
     rc: int
     done: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    errno: int = 0
 
 
 @dataclass(frozen=True, slots=True)
