@@ -45,7 +45,8 @@ def test_idle_guest_one_full_pass_then_clean_with_zero_dirty_stops():
 def test_uniform_writer_follows_the_analytic_precopy_model():
     """Each CLEAN reports N(1 - exp(-w*T/N)) distinct pages for w page-writes/s spread
     uniformly over N pages during the T seconds since the previous CLEAN
-    (precopy-models.md, section 6: the saturating curve)."""
+    (the saturating curve: each write hits a given page with probability 1/N, so a page
+    stays clean through w*T writes with probability (1 - 1/N)^(w*T) ~ exp(-w*T/N))."""
     rate_pages = 4000.0
     sc = scenario(guest={"memory": "128MiB", "tick": "1ms",
                          "workloads": [{"kind": "uniform", "rate": f"{int(rate_pages)}pages/s"}]},
