@@ -247,19 +247,14 @@ class Guest:
     def checkpoint(self):
         """What a ``run`` can change (ownership, the balloon driver, events, stats, the
         next tick; not the workloads' caches, which only memoise), for ``restore``."""
-        b = self.balloon
-        bs = dict(vars(b))
-        bs["_stack"] = list(b._stack)
-        bs["_reuse_new"] = list(b._reuse_new)
-        bs["stats"] = dict(b.stats)
-        return (self.owned.copy(), bs, list(self.events), dataclasses.replace(self.stats), self._next_tick)
+        return (self.owned.copy(), self.balloon.snapshot(), list(self.events), dataclasses.replace(self.stats),
+                self._next_tick)
 
     def restore(self, cp) -> None:
         """Put the guest back as it was at ``checkpoint`` (once per checkpoint)."""
         owned, bs, events, stats, next_tick = cp
         self.owned[:] = owned
-        vars(self.balloon).clear()
-        vars(self.balloon).update(bs)
+        self.balloon.restore(bs)
         self.events = events
         self.stats = stats
         self._next_tick = next_tick
