@@ -39,10 +39,9 @@ import numpy as np
 
 from .abi import (E2BIG, EBUSY, EINVAL, ENOENT, ENOMEM, EPERM, INVALID_M2P_ENTRY, INVALID_MFN,
                   IS_POD, IS_RAM, IS_SPECIAL, MAX_BATCH_SIZE, MAX_GFN, PFINFO_LTAB_SHIFT,
-                  SHADOW_LOGDIRTY_FINAL, AddToPhysmap, DecreaseReservation, DomainLayout,
-                  POD_DEMAND_POPULATE, HypercallResult, LogDirtyEffect, MemoryWrites, P2MType,
-                  PFInfo, PopulatePhysmap, RemoveFromPhysmap, SetTypedEntry, ShadowOp, ShadowStats,
-                  XenError, behaviour_label, site_behaviours)
+                  SHADOW_LOGDIRTY_FINAL, DomainLayout, POD_DEMAND_POPULATE, HypercallResult,
+                  LogDirtyEffect, P2MType, PFInfo, ShadowOp, ShadowStats, XenError, behaviour_label,
+                  site_behaviours)
 from .frames import HostFrames
 from .logdirty import TREE_PFNS, DirtyBitmap, LogDirtyTree, sorted_unique
 from .p2m import M2P, P2M

@@ -342,7 +342,7 @@ def _one_run(scenario, opts, *, dashboard: bool, speed: Optional[float], console
 
         return interactive_run(scenario, opts, speed=speed, guided=guided, record_map=record_map, run=run,
                                listeners=listeners)
-    from .dashboard import Pacer
+    from .view.playback import Pacer
     from .events import EventBus
     from .gfnmap import GfnMapRecorder
     from .progress import PlainProgress

@@ -1,4 +1,4 @@
-"""The live terminal dashboard, the final summary, and ``--speed`` pacing.
+"""The live terminal dashboard and the final summary.
 
 What Xen shows through ``xc_report_progress_*`` and ``xl migrate``'s output, drawn as
 one rich screen: the header (scenario, behaviour, policy), the current pass's progress
@@ -12,12 +12,10 @@ Everything here is a consumer of the event stream (``migrate/events.py``): a
 
 from __future__ import annotations
 
-import asyncio
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 from rich import box
@@ -39,51 +37,6 @@ from .gfnmap import SENT as SENT_STATE
 PAGE = 4096
 MIB = 1 << 20
 _XTAB = 0xF
-
-# ----------------------------------------------------------------------------- pacing
-
-
-class Pacer:
-    """Let virtual time advance at most ``speed`` x wall time (``None``: flat out).
-
-    The pace is measured from an anchor (the first call), so skipped tiny sleeps and
-    sleep overshoot never accumulate drift. If the run falls behind by more than
-    ``max_lag`` wall seconds (a long CLEAN, a slow terminal) the anchor moves up rather
-    than letting the next virtual seconds rush by to catch up. ``clock`` and ``sleep``
-    are injectable for tests.
-    """
-
-    def __init__(self, speed: float | None, *, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Any] = asyncio.sleep, min_sleep: float = 0.002,
-                 max_lag: float = 0.5):
-        if speed is not None and not speed > 0:
-            raise ValueError(f"--speed must be a positive number or 'max', not {speed!r}")
-        self.speed = None if speed is None else float(speed)
-        self._clock = clock
-        self._sleep = sleep
-        self.min_sleep = float(min_sleep)
-        self.max_lag = float(max_lag)
-        self._wall0: float | None = None
-        self._virt0 = 0.0
-        self.slept = 0.0          # total requested sleep, for tests and the header
-
-    def reset(self) -> None:
-        self._wall0 = None
-
-    async def pace(self, virtual_t: float) -> None:
-        if self.speed is None:
-            return
-        now = self._clock()
-        if self._wall0 is None:
-            self._wall0, self._virt0 = now, float(virtual_t)
-            return
-        delay = self._wall0 + (float(virtual_t) - self._virt0) / self.speed - now
-        if delay >= self.min_sleep:
-            self.slept += delay
-            await self._sleep(delay)
-        elif delay < -self.max_lag:
-            self._wall0, self._virt0 = now, float(virtual_t)
-
 
 # ----------------------------------------------------------------------------- state
 
@@ -675,5 +628,5 @@ def _verify_text(v: dict[str, Any] | None) -> Text:
     return t
 
 
-__all__ = ["Dashboard", "DashboardState", "LiveDashboard", "Pacer", "pass_table", "render_gfnmap",
+__all__ = ["Dashboard", "DashboardState", "LiveDashboard", "pass_table", "render_gfnmap",
            "render_summary", "LEGEND_BY_STATE"]

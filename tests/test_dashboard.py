@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from migrate.dashboard import Dashboard, LiveDashboard, Pacer, render_summary
+from migrate.dashboard import Dashboard, LiveDashboard, render_summary
+from migrate.view.playback import Pacer
 from migrate.events import BatchSent, EventBus, GuestNote
 from migrate.gfnmap import BALLOONED, XTAB, GfnMap
 

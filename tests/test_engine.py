@@ -358,8 +358,8 @@ def test_link_next_batch_time_is_the_engines_batch_time_to_the_bit():
         res = asyncio.run(run_scenario(sc, RunOptions(), bus=bus))
     finally:
         mp.undo()
-    from migrate.runner import RunOptions as _RO, _effective
-    link = _effective(sc, _RO())[-1]
+    from migrate.runner import RunOptions as _RO, run_settings
+    link = run_settings(sc, _RO()).link
     assert res.save.outcome == "completed" and len(sent) == len(starts) > 10
     for t0, ev in zip(starts, sent):
         n_data = int(PFINFO_HAS_DATA[ev.nibbles].sum())
