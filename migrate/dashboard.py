@@ -28,8 +28,8 @@ from rich.text import Text
 from hypervisor.abi import PFINFO_HAS_DATA
 
 from .events import (BatchSent, CleanDone, CountersSampled, Event, GuestNote, MemoryOp,
-                     MigrationFinished, PassEnded, PassStarted, PhaseChanged, RoundStats,
-                     RunStarted, RunSummary, SaveSetup, VerifyDone, count_balloon)
+                     MigrationFinished, Outcome, PassEnded, PassPhase, PassStarted, Phase, PhaseChanged,
+                     RoundStats, RunStarted, RunSummary, SaveSetup, VerifyDone, count_balloon)
 from .gfnmap import LEGEND, LEGEND_BY_STATE, GfnMap
 from .gfnmap import PENDING as PENDING_STATE
 from .gfnmap import SENT as SENT_STATE
@@ -182,9 +182,9 @@ class Dashboard:
                             "dirty_count": ev.dirty_count, "fault_count": ev.fault_count}
         elif isinstance(ev, PhaseChanged):
             s.phase, s.phase_detail = ev.phase, ev.detail
-            if ev.phase == "suspended" and s.t_suspend is None:
+            if ev.phase == Phase.SUSPENDED and s.t_suspend is None:
                 s.t_suspend = float(ev.t)
-            elif ev.phase == "done":
+            elif ev.phase == Phase.DONE:
                 s.t_done = float(ev.t)
         elif isinstance(ev, RunStarted):
             s.scenario, s.seed, s.behaviour = ev.scenario, ev.seed, ev.behaviour
@@ -202,7 +202,7 @@ class Dashboard:
             s.verify = ev.stats.as_dict()
         elif isinstance(ev, MigrationFinished):
             s.outcome, s.message = ev.outcome, ev.message
-            s.phase = "done" if ev.outcome == "completed" else ev.outcome
+            s.phase = "done" if ev.outcome == Outcome.COMPLETED else ev.outcome
 
     def _memory_op(self, ev: MemoryOp) -> None:
         s = self.state
@@ -217,7 +217,7 @@ class Dashboard:
             return
         # The pass table's "bal -/+" column, by the engine's own rule (count_balloon):
         # in the pass it happens in; between two passes, in the pass before.
-        one = RoundStats(iteration=0, phase="", start_s=0.0)
+        one = RoundStats(iteration=0, phase=PassPhase.LIVE, start_s=0.0)
         count_balloon(one, ev)
         if s.in_pass:
             s.cur_balloon_out += one.balloon_out
@@ -287,7 +287,7 @@ class Dashboard:
             t.append(f" ({s.phase_detail})", style="dim")
         t.append(f"  speed {'max' if s.speed is None else f'{s.speed:g}x'}", style="dim")
         if s.outcome:
-            t.append(f"  {s.outcome.upper()}", style="bold green" if s.outcome == "completed" else "bold red")
+            t.append(f"  {s.outcome.upper()}", style="bold green" if s.outcome == Outcome.COMPLETED else "bold red")
         if s.verify is not None:
             # The verdict: does the destination match the source as it stood at suspend?
             t.append("\n")

@@ -16,8 +16,8 @@ from typing import Any, TextIO
 import numpy as np
 
 from .events import (BatchSent, CleanDone, Event, GuestNote, MemoryOp, MigrationFinished, PassEnded,
-                     PassStarted, PhaseChanged, RunStarted, RunSummary, SaveSetup, TrackedWrites,
-                     VerifyDone)
+                     PassPhase, PassStarted, Phase, PhaseChanged, RunStarted, RunSummary, SaveSetup,
+                     TrackedWrites, VerifyDone)
 
 PAGE = 4096
 MIB = 1 << 20
@@ -103,7 +103,7 @@ class PlainProgress:
     def __call__(self, ev: Event) -> None:
         guest_side = isinstance(ev, (MemoryOp, GuestNote, TrackedWrites))
         if (isinstance(ev, _AFTER_A_CALL) and getattr(ev, "hole", None) is None) or \
-                (isinstance(ev, PhaseChanged) and ev.phase == "suspended"):
+                (isinstance(ev, PhaseChanged) and ev.phase == Phase.SUSPENDED):
             self._emit(self._engine_t)
         self._fold(ev)
         if not guest_side:
@@ -130,14 +130,14 @@ class PlainProgress:
                 if self._ops_t is None:
                     self._ops_t = float(ev.t)
         elif isinstance(ev, PassStarted):
-            if ev.phase != "verify" and ev.iteration > self._iteration + 1 and self._iteration:
+            if ev.phase != PassPhase.VERIFY and ev.iteration > self._iteration + 1 and self._iteration:
                 # xg_sr_save.c's send_memory_live does x++ on every turn of its loop, and
                 # sends nothing on a turn whose CLEAN found dirty_count 0.
                 skipped = ", ".join(str(i) for i in range(self._iteration + 1, ev.iteration))
                 self._line(f"xmig: iteration {skipped} sent nothing: the CLEAN after pass "
                            f"{self._iteration} found no dirty pages, and Xen's loop counter "
                            "still counted the turn", ev.t)
-            if ev.phase != "verify":
+            if ev.phase != PassPhase.VERIFY:
                 self._iteration = int(ev.iteration)
             self._prefix = self._pass_prefix(ev.iteration, ev.phase)
             self._entries = int(ev.entries)
@@ -153,13 +153,13 @@ class PlainProgress:
         elif isinstance(ev, GuestNote):
             self._guest_note(ev)
         elif isinstance(ev, PhaseChanged):
-            if ev.phase == "suspended":
+            if ev.phase == Phase.SUSPENDED:
                 self._line(f"xc: progress: Domain now suspended (t={ev.t:.3f} s)", ev.t)
-            elif ev.phase == "done":
+            elif ev.phase == Phase.DONE:
                 self._line(f"xc: progress: End of stream (t={ev.t:.3f} s)", ev.t)
-            elif ev.phase == "aborted":
+            elif ev.phase == Phase.ABORTED:
                 self._line(f"xc: error: Save failed: {ev.detail}" if ev.detail else "xc: error: Save failed", ev.t)
-            elif ev.phase == "resumed":
+            elif ev.phase == Phase.RESUMED:
                 self._line(f"xc: info: {ev.detail or 'source domain resumed'}", ev.t)
         elif isinstance(ev, RunStarted):
             params = dict(ev.policy_params or {})

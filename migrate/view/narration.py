@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ..events import (BatchSent, Event, GuestNote, MemoryOp, MigrationFinished, PassEnded,
-                      PassStarted, PhaseChanged, RunStarted, VerifyDone)
+from ..events import (BatchSent, Event, GuestNote, MemoryOp, MigrationFinished, Outcome, PassEnded,
+                      PassPhase, PassStarted, Phase, PhaseChanged, RunStarted, VerifyDone)
 from ..gfnmap import GfnMap
 from hypervisor.abi import PFINFO_HAS_DATA
 
@@ -117,7 +117,7 @@ class Narrator:
             return self._pass_started(ev)
         if isinstance(ev, PassEnded):
             st = ev.stats
-            if st.phase == "verify":
+            if st.phase == PassPhase.VERIFY:
                 return None
             dur = st.end_s - st.start_s
             text = (f"pass {st.iteration} done: {st.pages_sent:,} data pages, {st.xtab_sent:,} XTAB "
@@ -125,7 +125,7 @@ class Narrator:
             if st.xtab_sent and st.iteration > 1:
                 text += f" ({st.xtab_sent:,} GFNs queried for nothing)"
             return Caption(t, text, interesting=bool(st.xtab_sent and st.iteration > 1))
-        if isinstance(ev, PhaseChanged) and ev.phase == "suspended":
+        if isinstance(ev, PhaseChanged) and ev.phase == Phase.SUSPENDED:
             why = f" ({ev.detail})" if ev.detail else ""
             return Caption(t, f"the policy ends the live passes{why}: the domain is suspended, "
                               "downtime starts", interesting=True)
@@ -135,7 +135,7 @@ class Narrator:
                               f"{ev.guest_pages:,} RAM pages; pass 1 sends every PFN", interesting=True)
         if isinstance(ev, VerifyDone):
             return self._verify(ev)
-        if isinstance(ev, MigrationFinished) and ev.outcome != "completed":
+        if isinstance(ev, MigrationFinished) and ev.outcome != Outcome.COMPLETED:
             return Caption(t, f"migration {ev.outcome}: {ev.message}", interesting=True)
         return None
 
@@ -206,14 +206,14 @@ class Narrator:
         self._xtab_told = False
         removed, added = self._removed_since_pass, self._added_since_pass
         self._removed_since_pass = self._added_since_pass = 0
-        if ev.phase == "verify":
+        if ev.phase == PassPhase.VERIFY:
             return Caption(t, "VERIFY pass: everything is sent again while the domain is suspended")
         if ev.pfns is None:
             return None           # pass 1: said when the run started
         ps = self.gfnmap.pass_start
-        head = ("final pass" if ev.phase == "final" else f"pass {ev.iteration}")
+        head = ("final pass" if ev.phase == PassPhase.FINAL else f"pass {ev.iteration}")
         parts = [f"{head}: the CLEAN gave dirty_count {ev.dirty_count:,}"]
-        interesting = ev.phase == "final"
+        interesting = ev.phase == PassPhase.FINAL
         left, lost, listed = ps.get("leftover", 0), ps.get("added_lost", 0), ps.get("added_listed", 0)
         if left:
             parts.append(f"{left:,} of them are not in the P2M (bits the balloon left set, pre-fix): "
