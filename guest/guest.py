@@ -66,7 +66,9 @@ class GuestEvent:
     Kinds: ``balloon_target`` (a new target; detail: target_pages, previous_pages,
     current_pages, scheduled_at, reason), ``balloon_inflate`` / ``balloon_deflate``
     (one per tick that moved: pages, batches, current_pages, target_pages),
-    ``balloon_reached``, ``balloon_stalled`` (op, requested, done, rc, reason).
+    ``balloon_reached``, ``balloon_stalled`` (op, requested, done, rc, reason); every
+    kind also carries current_pages and target_pages. The toolstack's event stream
+    turns each into its typed event (``migrate.events.balloon_note``).
     """
 
     t: float

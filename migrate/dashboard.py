@@ -27,8 +27,8 @@ from rich.text import Text
 
 from hypervisor.abi import PFINFO_HAS_DATA
 
-from .events import (BatchSent, CleanDone, CountersSampled, Event, GuestNote, MemoryOp,
-                     MigrationFinished, Outcome, PassEnded, PassPhase, PassStarted, Phase, PhaseChanged,
+from .events import (BalloonMoved, BalloonNote, BalloonStalled, BalloonTarget, BatchSent, CleanDone,
+                     CountersSampled, Event, MemoryOp, MigrationFinished, Outcome, PassEnded, PassPhase, PassStarted, Phase, PhaseChanged,
                      RoundStats, RunStarted, RunSummary, SaveSetup, VerifyDone, count_balloon)
 from .gfnmap import LEGEND, LEGEND_BY_STATE, GfnMap
 from .gfnmap import PENDING as PENDING_STATE
@@ -39,16 +39,6 @@ MIB = 1 << 20
 _XTAB = 0xF
 
 # ----------------------------------------------------------------------------- state
-
-
-def _num(detail: Any, *keys: str) -> float | None:
-    if not isinstance(detail, dict):
-        return None
-    for k in keys:
-        v = detail.get(k)
-        if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool):
-            return v
-    return None
 
 
 def _runs_pages(runs) -> int:
@@ -163,8 +153,8 @@ class Dashboard:
             s.nodes_peak = max(s.nodes_peak, int(nodes or 0))
         elif isinstance(ev, MemoryOp):
             self._memory_op(ev)
-        elif isinstance(ev, GuestNote):
-            self._guest_note(ev)
+        elif isinstance(ev, BalloonNote):
+            self._balloon_note(ev)
         elif isinstance(ev, PassStarted):
             s.in_pass = True
             s.cur_iteration, s.cur_phase = int(ev.iteration), ev.phase
@@ -230,26 +220,20 @@ class Dashboard:
         res = f"{rc}/{ev.nr} pages" if rc >= 0 else f"{ev.nr} pages, rc={rc}"
         s.recent.append((float(ev.t), f"{word} {res}"))
 
-    def _guest_note(self, ev: GuestNote) -> None:
-        s, d = self.state, ev.detail if isinstance(ev.detail, dict) else {}
-        if not ev.what.startswith("balloon"):
-            return
-        if ev.what == "balloon_target":
-            tgt = _num(d, "target_pages", "target", "pages", "value")
-            if tgt is None and _num(d, "target_bytes") is not None:
-                tgt = _num(d, "target_bytes") // PAGE
-            if tgt is not None:
+    def _balloon_note(self, ev: BalloonNote) -> None:
+        s, t = self.state, float(ev.t)
+        match ev:
+            case BalloonTarget(target_pages=tgt):
                 s.balloon_target = tgt
                 s.balloon_stalled = ""
-                s.recent.append((float(ev.t), f"target → {int(tgt)} pages"))
-        elif ev.what == "balloon_stalled":
-            why = d.get("reason") or d.get("message") or d.get("error") or "no progress"
-            s.balloon_stalled = str(why)
-            s.recent.append((float(ev.t), f"stalled: {why}"))
-        else:
-            n = _num(d, "pages", "nr", "count", "done")
-            word = ev.what.removeprefix("balloon_")
-            s.recent.append((float(ev.t), f"{word} {int(n)} pages" if n is not None else word))
+                s.recent.append((t, f"target → {int(tgt)} pages"))
+            case BalloonStalled(reason=why):
+                s.balloon_stalled = str(why)
+                s.recent.append((t, f"stalled: {why}"))
+            case BalloonMoved(direction=word, pages=n):
+                s.recent.append((t, f"{word} {int(n)} pages"))
+            case _:
+                s.recent.append((t, "reached"))
 
     # ------------------------------------------------------------------ rendering
 

@@ -38,7 +38,7 @@ from . import events as _events
 from . import wire
 
 MAGIC = b"XMIGEVTS"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2      # 2: typed balloon events (BalloonTarget, ...) replace GuestNote
 _FILE_HEAD = struct.Struct("<8sHHI")
 _REC_HEAD = struct.Struct("<III")
 #: A header longer than this is refused (the scenario's text is the big part).

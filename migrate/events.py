@@ -261,11 +261,61 @@ class TrackedWrites(Event):
 
 
 @dataclass(slots=True)
-class GuestNote(Event):
-    """A guest-side decision: balloon target change, stall, workload start."""
+class BalloonNote(Event):
+    """What the guest's balloon driver says about itself (Linux's xen-balloon driver
+    following ``memory/target`` in xenstore): where it stands after the note."""
 
-    what: str
-    detail: dict[str, Any]
+    current_pages: int        # pages the guest owns
+    target_pages: int
+
+
+@dataclass(slots=True)
+class BalloonTarget(BalloonNote):
+    """The driver got a new target."""
+
+    previous_pages: int       # the target before this one
+    scheduled_at: float       # the scenario's time for it (the driver acts on the next tick)
+    reason: str               # "schedule", or the PoD boot target
+
+
+@dataclass(slots=True)
+class BalloonMoved(BalloonNote):
+    """One tick in which the driver moved pages: ``inflate`` (decrease_reservation, the
+    guest gives pages back) or ``deflate`` (populate_physmap, it gets them back)."""
+
+    direction: str            # inflate | deflate
+    pages: int
+    batches: int              # hypercalls it took
+
+
+@dataclass(slots=True)
+class BalloonReached(BalloonNote):
+    """The driver reached its target."""
+
+
+@dataclass(slots=True)
+class BalloonStalled(BalloonNote):
+    """The driver stopped short of its target until the next one (Xen did fewer
+    extents than asked, or the driver had no page left to move)."""
+
+    op: str                   # decrease_reservation | populate_physmap
+    requested: int
+    done: int
+    rc: int | None            # the hypercall's return value; None if none was made
+    reason: str
+
+
+def balloon_note(t: float, kind: str, detail: dict[str, Any]) -> BalloonNote:
+    """The event for one of the guest's own notes (``guest.GuestEvent``: ``kind`` and
+    its ``detail``); the one place that knows the guest's keys."""
+    d = dict(detail)
+    if kind in ("balloon_inflate", "balloon_deflate"):
+        return BalloonMoved(t=float(t), direction=kind.removeprefix("balloon_"), **d)
+    cls = {"balloon_target": BalloonTarget, "balloon_reached": BalloonReached,
+           "balloon_stalled": BalloonStalled}.get(kind)
+    if cls is None:
+        raise ValueError(f"the guest noted {kind!r}, which no event stands for")
+    return cls(t=float(t), **d)
 
 
 @dataclass(slots=True)

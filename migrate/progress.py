@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from .events import (BatchSent, CleanDone, Event, GuestNote, MemoryOp, MigrationFinished, PassEnded,
+from .events import (BalloonNote, BalloonStalled, BalloonTarget, BatchSent, CleanDone, Event, MemoryOp, MigrationFinished, PassEnded,
                      PassPhase, PassStarted, Phase, PhaseChanged, RunStarted, RunSummary, SaveSetup,
                      TrackedWrites, VerifyDone)
 
@@ -101,7 +101,7 @@ class PlainProgress:
     # ------------------------------------------------------------------ events
 
     def __call__(self, ev: Event) -> None:
-        guest_side = isinstance(ev, (MemoryOp, GuestNote, TrackedWrites))
+        guest_side = isinstance(ev, (MemoryOp, BalloonNote, TrackedWrites))
         if (isinstance(ev, _AFTER_A_CALL) and getattr(ev, "hole", None) is None) or \
                 (isinstance(ev, PhaseChanged) and ev.phase == Phase.SUSPENDED):
             self._emit(self._engine_t)
@@ -150,8 +150,8 @@ class PlainProgress:
             self._line(f"xc: progress: {self._prefix}: {st.pfns_walked}/{self._entries} pages, "
                        f"{st.pages_sent} data, {st.xtab_sent} XTAB, {st.bytes / MIB:.2f} MiB, "
                        f"{dur:.3f} s", ev.t)
-        elif isinstance(ev, GuestNote):
-            self._guest_note(ev)
+        elif isinstance(ev, BalloonNote):
+            self._balloon_note(ev)
         elif isinstance(ev, PhaseChanged):
             if ev.phase == Phase.SUSPENDED:
                 self._line(f"xc: progress: Domain now suspended (t={ev.t:.3f} s)", ev.t)
@@ -205,20 +205,12 @@ class PlainProgress:
             return f"Frames iteration {iteration} of {self.max_iterations}"
         return f"Frames iteration {iteration}"
 
-    def _guest_note(self, ev: GuestNote) -> None:
-        d = ev.detail if isinstance(ev.detail, dict) else {}
-        if ev.what == "balloon_target":
-            tgt = next((d[k] for k in ("target_pages", "target", "pages", "value")
-                        if isinstance(d.get(k), (int, float, np.integer)) and not isinstance(d.get(k), bool)),
-                       None)
-            if tgt is not None:
-                self._line(f"xmig: balloon: t={ev.t:.3f} s target {int(tgt)} pages "
-                           f"({int(tgt) * PAGE / MIB:.0f} MiB)", ev.t)
-            else:
-                self._line(f"xmig: balloon: t={ev.t:.3f} s new target", ev.t)
-        elif ev.what == "balloon_stalled":
-            why = d.get("reason") or d.get("message") or d.get("error") or "no progress"
-            self._line(f"xmig: balloon: t={ev.t:.3f} s stalled: {why}", ev.t)
+    def _balloon_note(self, ev: BalloonNote) -> None:
+        if isinstance(ev, BalloonTarget):
+            tgt = int(ev.target_pages)
+            self._line(f"xmig: balloon: t={ev.t:.3f} s target {tgt} pages ({tgt * PAGE / MIB:.0f} MiB)", ev.t)
+        elif isinstance(ev, BalloonStalled):
+            self._line(f"xmig: balloon: t={ev.t:.3f} s stalled: {ev.reason}", ev.t)
 
 
 #: A pipe has no width: the plain summary is laid out as wide as its rows need, up to this.

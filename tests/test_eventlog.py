@@ -41,7 +41,7 @@ def test_recorded_run_reads_back_as_exactly_the_live_events(recorded):
     for a, b in zip(live, log.events):
         assert type(a) is type(b)
         assert same_value(a, b), a.kind
-    assert log.header["scenario"] == "balloon" and log.header["format_version"] == 1
+    assert log.header["scenario"] == "balloon" and log.header["format_version"] == 2
     assert "balloon:" in log.header["scenario_text"] or "name: balloon" in log.header["scenario_text"]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from migrate.events import (BatchSent, CleanDone, CountersSampled, GuestNote, MemoryOp,
+from migrate.events import (BalloonMoved, BalloonTarget, BatchSent, CleanDone, CountersSampled, MemoryOp,
                             MigrationFinished, PassEnded, PassStarted, PhaseChanged, RoundStats,
                             RunStarted, SaveSetup, VerifyDone, VerifyStats)
 from migrate.gfnmap import (BALLOONED, LEFTOVER, PENDING, SENT, UNPOPULATED, XTAB, GfnMap,
@@ -83,9 +83,11 @@ def make_events(behaviour: str = "pre-fix", verify_ok: bool | None = None) -> li
     b.add(SaveSetup(t=0.0, p2m_size=P2M))
     b.add(PhaseChanged(t=0.0, phase="precopy"))
     b.run_pass(1, "live", None, P2M)
-    b.add(GuestNote(t=b.tick(), what="balloon_target", detail={"target_pages": 0xEEA0 - 0x1000}))
+    b.add(BalloonTarget(t=b.tick(), current_pages=0xEEA0, target_pages=0xEEA0 - 0x1000, previous_pages=0xEEA0,
+                        scheduled_at=b.t, reason="schedule"))
     b.balloon_out(*BALLOON)
-    b.add(GuestNote(t=b.tick(), what="balloon_inflate", detail={"pages": 0x1000}))
+    b.add(BalloonMoved(t=b.tick(), current_pages=0xEEA0 - 0x1000, target_pages=0xEEA0 - 0x1000,
+                       direction="inflate", pages=0x1000, batches=4))
     ballooned = np.arange(*BALLOON, dtype=np.int64)
     dirty2 = WRITES if behaviour == "fixed" else np.concatenate([WRITES, ballooned])
     b.add(CleanDone(t=b.tick(), iteration=1, op="CLEAN", final=False, dirty_count=int(dirty2.size),

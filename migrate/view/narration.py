@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..events import (BatchSent, Event, GuestNote, MemoryOp, MigrationFinished, Outcome, PassEnded,
+from ..events import (BalloonMoved, BalloonNote, BalloonTarget, BatchSent, Event, MemoryOp, MigrationFinished, Outcome, PassEnded,
                       PassPhase, PassStarted, Phase, PhaseChanged, RunStarted, VerifyDone)
 from ..gfnmap import GfnMap
 from hypervisor.abi import PFINFO_HAS_DATA
@@ -111,8 +111,8 @@ class Narrator:
             elif ev.rc > 0 and ev.op == "populate_physmap":
                 self._added_since_pass += int(ev.rc)
             return self._move_done(float(ev.t))
-        if isinstance(ev, GuestNote):
-            return self._guest(ev)
+        if isinstance(ev, BalloonNote):
+            return self._balloon(ev)
         if isinstance(ev, PassStarted):
             return self._pass_started(ev)
         if isinstance(ev, PassEnded):
@@ -139,14 +139,13 @@ class Narrator:
             return Caption(t, f"migration {ev.outcome}: {ev.message}", interesting=True)
         return None
 
-    def _guest(self, ev: GuestNote) -> Caption | None:
-        d = ev.detail if isinstance(ev.detail, dict) else {}
+    def _balloon(self, ev: BalloonNote) -> Caption | None:
         t = float(ev.t)
-        if ev.what == "balloon_target" and "target_pages" in d and "current_pages" in d:
-            delta = int(d["target_pages"]) - int(d["current_pages"])
+        if isinstance(ev, BalloonTarget):
+            delta = int(ev.target_pages) - int(ev.current_pages)
             if not delta:
                 return None
-            self._move = {"out": delta < 0, "pages": 0, "ops": 0, "target": int(d["target_pages"])}
+            self._move = {"out": delta < 0, "pages": 0, "ops": 0, "target": int(ev.target_pages)}
             if delta < 0:
                 fix = ("fixed: any of them that are dirty are marked clean"
                        if _fixed(self.behaviour, "p2m_remove_page")
@@ -161,11 +160,11 @@ class Narrator:
                 text = (f"balloon deflates {_size(delta)}: populate_physmap adds {delta:,} "
                         f"GFNs back. {fix}")
             return Caption(t, text, interesting=True)
-        if ev.what in ("balloon_inflate", "balloon_deflate") and self._move is not None:
+        if isinstance(ev, BalloonMoved) and self._move is not None:
             # the guest's own account of each step of the move (pages, hypercalls)
-            self._move["pages"] += int(d.get("pages", 0))
-            self._move["ops"] += int(d.get("batches", 0))
-            if int(d.get("current_pages", -1)) == self._move["target"]:
+            self._move["pages"] += int(ev.pages)
+            self._move["ops"] += int(ev.batches)
+            if int(ev.current_pages) == self._move["target"]:
                 self._move["noted"] = True
                 return self._move_done(t)
         return None
