@@ -99,7 +99,7 @@ class EventRecorder:
         return dict(self._header)
 
     def _write_header(self) -> None:
-        from .report import jsonable    # numpy scalars and arrays as JSON, as in reports
+        from .view.report import jsonable    # numpy scalars and arrays as JSON, as in reports
 
         raw = json.dumps(self._header, separators=(",", ":"), default=jsonable).encode()
         if len(raw) > MAX_HEADER_BYTES:

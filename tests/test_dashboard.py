@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from migrate.dashboard import Dashboard, LiveDashboard, render_summary
+from migrate.view.dashboard import Dashboard, LiveDashboard, render_summary
 from migrate.view.playback import Pacer
 from migrate.events import (BalloonMoved, BalloonReached, BalloonStalled, BalloonTarget, BatchSent,
                             EventBus)
-from migrate.gfnmap import BALLOONED, XTAB, GfnMap
+from migrate.view.gfnmap import BALLOONED, XTAB, GfnMap
 
 from .test_gfnmap import BALLOON_CELLS, ended, feed, make_events
 
@@ -107,7 +107,7 @@ def test_summary_looks_the_same_live_and_from_the_report():
     dash = Dashboard()
     feed(dash, make_events("pre-fix"))
     live = dash.summary()
-    report = {  # what migrate/report.py writes, with the engine's own totals
+    report = {  # what migrate/view/report.py writes, with the engine's own totals
         "schema_version": 1, "scenario": "balloon", "seed": 7, "behaviour": "pre-fix",
         "policy": {"name": "xen", "params": {"max_iterations": 5, "dirty_threshold": 50}},
         "outcome": "completed", "error": None, "p2m_size": 0x10000,
@@ -224,7 +224,7 @@ def test_pacer_refuses_non_positive_speed():
 def test_header_gives_the_destination_verdict():
     from rich.console import Console
 
-    from migrate.dashboard import Dashboard
+    from migrate.view.dashboard import Dashboard
     from migrate.events import MigrationFinished, VerifyDone, VerifyStats
 
     for ok, needle in ((True, "destination VERIFIED"), (False, "destination DIVERGED: 44,946 missing, 3 stale")):

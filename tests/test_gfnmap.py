@@ -8,7 +8,7 @@ import pytest
 from migrate.events import (BalloonMoved, BalloonTarget, BatchSent, CleanDone, CountersSampled, MemoryOp,
                             MigrationFinished, PassEnded, PassStarted, PhaseChanged, RoundStats,
                             RunStarted, SaveSetup, VerifyDone, VerifyStats)
-from migrate.gfnmap import (BALLOONED, LEFTOVER, PENDING, SENT, UNPOPULATED, XTAB, GfnMap,
+from migrate.view.gfnmap import (BALLOONED, LEFTOVER, PENDING, SENT, UNPOPULATED, XTAB, GfnMap,
                             GfnMapRecorder)
 
 P2M = 0x10000                       # 256 MiB of address space, 64 PFNs per cell
@@ -288,7 +288,7 @@ def test_a_hole_walked_in_bulk_shows_as_xtab_in_both_models():
     import numpy as np
 
     from migrate.events import BatchSent, PassStarted, RunStarted, SaveSetup
-    from migrate.gfnmap import PENDING, XTAB, GfnMap
+    from migrate.view.gfnmap import PENDING, XTAB, GfnMap
 
     for p2m_size, dense_limit in ((1 << 20, 1 << 26), (1 << 32, 1 << 26)):
         gm = GfnMap(dense_limit=dense_limit)

@@ -6,9 +6,9 @@ import io
 
 import numpy as np
 
-from migrate.dashboard import Dashboard
+from migrate.view.dashboard import Dashboard
 from migrate.events import BalloonMoved, BalloonStalled, BalloonTarget, MemoryOp, MigrationFinished, PhaseChanged
-from migrate.progress import PlainProgress, print_summary
+from migrate.view.progress import PlainProgress, print_summary
 
 from .test_gfnmap import make_events
 

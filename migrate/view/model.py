@@ -7,9 +7,9 @@ the map). A replay folds the same events into a fresh ``RunView`` to seek.
 
 from __future__ import annotations
 
-from ..dashboard import Dashboard
+from .dashboard import Dashboard
 from ..events import Event, PassPhase, PassStarted
-from ..gfnmap import GfnMap
+from .gfnmap import GfnMap
 from .narration import Caption, Narrator
 
 

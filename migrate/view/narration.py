@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from ..events import (BalloonMoved, BalloonNote, BalloonTarget, BatchSent, Event, MemoryOp, MigrationFinished, Outcome, PassEnded,
-                      PassPhase, PassStarted, Phase, PhaseChanged, RunStarted, VerifyDone)
-from ..gfnmap import GfnMap
+from ..events import (BalloonMoved, BalloonNote, BalloonTarget, BatchSent, Event, MemoryOp, MigrationFinished,
+                      Outcome, PassEnded, PassPhase, PassStarted, Phase, PhaseChanged, RunStarted, VerifyDone)
+from .gfnmap import GfnMap
 from hypervisor.abi import PFINFO_HAS_DATA
 
 PAGE = 4096

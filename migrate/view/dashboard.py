@@ -4,7 +4,7 @@ What Xen shows through ``xc_report_progress_*`` and ``xl migrate``'s output, dra
 one rich screen: the header (scenario, behaviour, policy), the current pass's progress
 over its PFNs (``send_dirty_pages``' ``written``/``entries``), a table of passes
 (``struct precopy_stats`` plus what each pass sent), the balloon, the hypervisor's
-log-dirty counters and the GFN map (``migrate/gfnmap.py``).
+log-dirty counters and the GFN map (``migrate/view/gfnmap.py``).
 
 Everything here is a consumer of the event stream (``migrate/events.py``): a
 ``Dashboard`` is a bus listener and never asks any actor anything.
@@ -27,9 +27,10 @@ from rich.text import Text
 
 from hypervisor.abi import PFINFO_HAS_DATA
 
-from .events import (BalloonMoved, BalloonNote, BalloonStalled, BalloonTarget, BatchSent, CleanDone,
-                     CountersSampled, Event, MemoryOp, MigrationFinished, Outcome, PassEnded, PassPhase, PassStarted, Phase, PhaseChanged,
-                     RoundStats, RunStarted, RunSummary, SaveSetup, VerifyDone, count_balloon)
+from ..events import (BalloonMoved, BalloonNote, BalloonStalled, BalloonTarget, BatchSent, CleanDone,
+                      CountersSampled, Event, MemoryOp, MigrationFinished, Outcome, PassEnded, PassPhase,
+                      PassStarted, Phase, PhaseChanged, RoundStats, RunStarted, RunSummary, SaveSetup,
+                      VerifyDone, count_balloon)
 from .gfnmap import LEGEND, LEGEND_BY_STATE, GfnMap
 from .gfnmap import PENDING as PENDING_STATE
 from .gfnmap import SENT as SENT_STATE
@@ -358,7 +359,7 @@ class Dashboard:
     # ------------------------------------------------------------------ summary
 
     def summary(self) -> dict[str, Any]:
-        """The run as a report-shaped dict (see ``migrate/report.py``), from events alone.
+        """The run as a report-shaped dict (see ``migrate/view/report.py``), from events alone.
 
         ``totals.bytes`` counts PAGE_DATA only and times end at "End of stream" (the
         events carry neither the stream's header bytes nor the link latency); prefer

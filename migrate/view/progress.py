@@ -15,9 +15,9 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from .events import (BalloonNote, BalloonStalled, BalloonTarget, BatchSent, CleanDone, Event, MemoryOp, MigrationFinished, PassEnded,
-                     PassPhase, PassStarted, Phase, PhaseChanged, RunStarted, RunSummary, SaveSetup,
-                     TrackedWrites, VerifyDone)
+from ..events import (BalloonNote, BalloonStalled, BalloonTarget, BatchSent, CleanDone, Event, MemoryOp,
+                      MigrationFinished, PassEnded, PassPhase, PassStarted, Phase, PhaseChanged, RunStarted,
+                      RunSummary, SaveSetup, TrackedWrites, VerifyDone)
 
 PAGE = 4096
 MIB = 1 << 20
