@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from migrate import mqtt  # noqa: E402
 from migrate.bus import MqttTransport, parse_broker_url  # noqa: E402
-from migrate.report import build_report  # noqa: E402
+from migrate.view.report import build_report  # noqa: E402
 from migrate.runner import RunOptions, run_scenario  # noqa: E402
 from migrate.scenario import load_scenario  # noqa: E402
 from tests.mqtt_broker import Broker, free_port, key_env, mosquitto_binary, test_key  # noqa: E402

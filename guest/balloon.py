@@ -97,6 +97,26 @@ class Balloon:
         self.stats = {"released": 0, "populated": 0, "decrease_calls": 0, "populate_calls": 0,
                       "stalls": 0}
 
+    # ----------------------------------------------------------------- snapshots
+    #: What the driver changes as it runs; everything else is fixed when it is built
+    #: (``owned`` is the guest's, which copies it itself).
+    STATE = ("current", "target", "_next_step", "_unrated", "stalled", "_hint", "_stack", "_stack_n",
+             "_reuse_due", "_reuse_pages", "_reuse_new", "stats")
+
+    def snapshot(self) -> dict:
+        """A copy of the driver's state for ``restore`` (arrays are never changed in
+        place here, so the containers are copied, not the arrays in them)."""
+        snap = {name: getattr(self, name) for name in self.STATE}
+        snap["_stack"] = list(self._stack)
+        snap["_reuse_new"] = list(self._reuse_new)
+        snap["stats"] = dict(self.stats)
+        return snap
+
+    def restore(self, snap: dict) -> None:
+        """Put the driver back as it was at ``snapshot`` (once per snapshot)."""
+        for name in self.STATE:
+            setattr(self, name, snap[name])
+
     # ----------------------------------------------------------------- schedule
     @property
     def ballooned(self) -> int:

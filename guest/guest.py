@@ -66,7 +66,9 @@ class GuestEvent:
     Kinds: ``balloon_target`` (a new target; detail: target_pages, previous_pages,
     current_pages, scheduled_at, reason), ``balloon_inflate`` / ``balloon_deflate``
     (one per tick that moved: pages, batches, current_pages, target_pages),
-    ``balloon_reached``, ``balloon_stalled`` (op, requested, done, rc, reason).
+    ``balloon_reached``, ``balloon_stalled`` (op, requested, done, rc, reason); every
+    kind also carries current_pages and target_pages. The toolstack's event stream
+    turns each into its typed event (``migrate.events.balloon_note``).
     """
 
     t: float
@@ -247,19 +249,14 @@ class Guest:
     def checkpoint(self):
         """What a ``run`` can change (ownership, the balloon driver, events, stats, the
         next tick; not the workloads' caches, which only memoise), for ``restore``."""
-        b = self.balloon
-        bs = dict(vars(b))
-        bs["_stack"] = list(b._stack)
-        bs["_reuse_new"] = list(b._reuse_new)
-        bs["stats"] = dict(b.stats)
-        return (self.owned.copy(), bs, list(self.events), dataclasses.replace(self.stats), self._next_tick)
+        return (self.owned.copy(), self.balloon.snapshot(), list(self.events), dataclasses.replace(self.stats),
+                self._next_tick)
 
     def restore(self, cp) -> None:
         """Put the guest back as it was at ``checkpoint`` (once per checkpoint)."""
         owned, bs, events, stats, next_tick = cp
         self.owned[:] = owned
-        vars(self.balloon).clear()
-        vars(self.balloon).update(bs)
+        self.balloon.restore(bs)
         self.events = events
         self.stats = stats
         self._next_tick = next_tick

@@ -16,7 +16,7 @@ from __future__ import annotations
 import errno as _errno
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import IntEnum
+from enum import IntEnum, StrEnum, nonmember
 
 import numpy as np
 
@@ -164,14 +164,16 @@ E2BIG = _errno.E2BIG
 EEXIST = _errno.EEXIST
 
 
-class XenBehaviour(str):
-    """``fixed`` (seed patch 98fccdf0ac applied) or ``pre-fix`` (the code before it)."""
+class XenBehaviour(StrEnum):
+    """``fixed`` (seed patch 98fccdf0ac applied) or ``pre-fix`` (the code before it).
+    A member is its string, so JSON, CSV and f-strings show ``fixed`` / ``pre-fix``."""
 
     FIXED = "fixed"
     PRE_FIX = "pre-fix"
-    ALL = ("fixed", "pre-fix")
     #: The label of a per-site mapping that is neither all fixed nor all pre-fix.
     MIXED = "mixed"
+    #: What one call site (or a whole domain) can be set to.
+    ALL = nonmember(("fixed", "pre-fix"))
 
 
 #: The four places seed patch 98fccdf0ac touches, by the names the patch as posted
@@ -192,7 +194,7 @@ FIX_SITES = ("p2m_remove_page", "set_typed_p2m_entry", "pod_decrease_reservation
 POD_DEMAND_POPULATE = "p2m_pod_demand_populate"
 
 
-def site_behaviours(behaviour) -> dict[str, str]:
+def site_behaviours(behaviour) -> dict[str, XenBehaviour]:
     """``fixed`` / ``pre-fix`` (every site) or a mapping ``{site: fixed|pre-fix}`` ->
     the behaviour of each of ``FIX_SITES`` (a mapping must name every site).
 
@@ -200,12 +202,12 @@ def site_behaviours(behaviour) -> dict[str, str]:
     if isinstance(behaviour, str):
         if behaviour not in XenBehaviour.ALL:
             raise ValueError(f"behaviour must be one of {XenBehaviour.ALL}, not {behaviour!r}")
-        return {s: behaviour for s in FIX_SITES}
+        return {s: XenBehaviour(behaviour) for s in FIX_SITES}
     if not isinstance(behaviour, Mapping):
         raise ValueError(f"behaviour must be 'fixed', 'pre-fix' or a mapping of {', '.join(FIX_SITES)}")
     import difflib
 
-    out: dict[str, str] = {}
+    out: dict[str, XenBehaviour] = {}
     for key, val in behaviour.items():
         if key not in FIX_SITES:
             close = difflib.get_close_matches(str(key), FIX_SITES, n=1, cutoff=0.5)
@@ -213,17 +215,17 @@ def site_behaviours(behaviour) -> dict[str, str]:
             raise ValueError(f"unknown call site {key!r}{hint}: expected one of {', '.join(FIX_SITES)}")
         if val not in XenBehaviour.ALL:
             raise ValueError(f"call site {key}: expected 'fixed' or 'pre-fix', found {val!r}")
-        out[key] = val
+        out[key] = XenBehaviour(val)
     missing = [s for s in FIX_SITES if s not in out]
     if missing:
         raise ValueError(f"behaviour mapping must name every call site; missing: {', '.join(missing)}")
     return {s: out[s] for s in FIX_SITES}
 
 
-def behaviour_label(sites: Mapping[str, str]) -> str:
+def behaviour_label(sites: Mapping[str, str]) -> XenBehaviour:
     """``fixed`` / ``pre-fix`` when every site agrees, else ``mixed``."""
     vals = set(sites.values())
-    return vals.pop() if len(vals) == 1 else XenBehaviour.MIXED
+    return XenBehaviour(vals.pop()) if len(vals) == 1 else XenBehaviour.MIXED
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,10 +331,14 @@ Hypercall = DecreaseReservation | PopulatePhysmap | AddToPhysmap | RemoveFromPhy
 class HypercallResult:
     """What a memory_op returned: ``rc`` is Xen's return value (number of extents
     done for decrease/populate; 0 or ``-errno`` otherwise). ``done`` are the GFNs the
-    call actually handled (a prefix of the request, as Xen stops at the first failure)."""
+    call actually handled (a prefix of the request, as Xen stops at the first failure).
+    ``errno`` is why the call stopped short (0 when it did everything it was asked):
+    a partial decrease/populate returns a count, so its errno travels here, where
+    ``xc_domain_populate_physmap_exact`` reads it."""
 
     rc: int
     done: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    errno: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,9 +16,12 @@ Mirrors, for an HVM/PVH guest under HAP:
   it back to rw, CLEAN re-protects, OFF turns logdirty back into rw;
 * ``xen/arch/x86/mm/paging.c`` (through ``logdirty.py``) and ``xen/arch/x86/domctl.c``
   - XEN_DOMCTL_shadow_op, getpageframeinfo3, and the foreign map a toolstack does;
-* the scheduler, as far as this model needs one: before serving a request stamped
-  ``t`` the hypervisor runs the guest up to ``t`` unless the domain is paused or
-  suspended (or held paused by a CLEAN/PEEK walk).
+* the scheduler, as far as this model needs one (``sched.py``): before serving a
+  request stamped ``t`` the hypervisor runs the guest up to ``t`` unless the domain is
+  paused or suspended (or held paused by a CLEAN/PEEK walk).
+
+Every hypercall takes the virtual time it is served at (``t``; the domain's clock when
+omitted) and returns its errno on its result; nothing is passed through attributes.
 
 Deliberate simplifications (each noted where it applies): extents are order 0; a
 page unmapped by remove_from_physmap, or replaced by populate_physmap over RAM, stays
@@ -36,14 +39,14 @@ import numpy as np
 
 from .abi import (E2BIG, EBUSY, EINVAL, ENOENT, ENOMEM, EPERM, INVALID_M2P_ENTRY, INVALID_MFN,
                   IS_POD, IS_RAM, IS_SPECIAL, MAX_BATCH_SIZE, MAX_GFN, PFINFO_LTAB_SHIFT,
-                  SHADOW_LOGDIRTY_FINAL, AddToPhysmap, DecreaseReservation, DomainLayout,
-                  POD_DEMAND_POPULATE, HypercallResult, LogDirtyEffect, MemoryWrites, P2MType,
-                  PFInfo, PopulatePhysmap, RemoveFromPhysmap, SetTypedEntry, ShadowOp, ShadowStats,
-                  XenError, behaviour_label, site_behaviours)
+                  SHADOW_LOGDIRTY_FINAL, DomainLayout, POD_DEMAND_POPULATE, HypercallResult,
+                  LogDirtyEffect, P2MType, PFInfo, ShadowOp, ShadowStats, XenError, behaviour_label,
+                  site_behaviours)
 from .frames import HostFrames
 from .logdirty import TREE_PFNS, DirtyBitmap, LogDirtyTree, sorted_unique
 from .p2m import M2P, P2M
 from .pod import PoDCache, decrease_plan
+from .sched import VcpuScheduler
 
 _EMPTY = np.empty(0, dtype=np.int64)
 
@@ -160,22 +163,16 @@ class Hypervisor:
         self.logdirty = LogDirtyTree(logdirty_pool_pages)
         self.pod = PoDCache()
         self.log_dirty_enabled = False
-        self.now = 0.0
-        self.guest = None
+        #: The vCPUs' scheduling and the domain's virtual clock.
+        self.sched = VcpuScheduler(self, lambda kind, nr, t: self._event(kind, nr, 0, t=t))
         #: A destination domain has nobody reading its events: don't keep them.
         self.record_events = record_events
         self._built = False
-        self._pause_count = 0
-        self._suspended = False
-        self._walk_until = -math.inf
-        self._running_guest = False
-        self._op_t: float | None = None
         self._events: list[HypervisorEvent] = []
         self._effects: list[LogDirtyEffect] = []
         #: GFNs followed one by one (``track``); their writes are reported in summary.
         self._tracked = _EMPTY
         self._tw: dict[int, list[float]] = {}     # gfn -> [writes, first, last, logged]
-        self._last_errno = 0
         # counters
         self.marks_dirty = 0
         self.marks_clean = 0
@@ -226,77 +223,44 @@ class Hypervisor:
         self._built = True
 
     def attach_guest(self, guest) -> None:
-        self.guest = guest
+        self.sched.guest = guest
 
     # ================================================================ scheduling
 
     @property
+    def guest(self):
+        return self.sched.guest
+
+    @property
+    def now(self) -> float:
+        """The domain's virtual clock (seconds): the last time the guest was run to."""
+        return self.sched.now
+
+    @property
     def state(self) -> str:
-        if self._suspended:
-            return "suspended"
-        return "paused" if self._pause_count else "running"
+        """``running``, ``paused`` or ``suspended``."""
+        return self.sched.state
 
     def advance_to(self, t: float) -> None:
-        """Run the guest's vCPUs up to virtual time ``t``.
-
-        Time passes without the guest while the domain is paused or suspended, and
-        during a CLEAN/PEEK walk window (paging_log_dirty_op pauses the domain)."""
-        t = float(t)
-        if t <= self.now or self._running_guest:
-            return
-        if self.state != "running" or self.guest is None:
-            self.now = t
-            return
-        if self.now < self._walk_until:
-            self.now = min(t, self._walk_until)
-            if self.now >= t:
-                return
-        t0 = self.now
-        self._running_guest = True
-        try:
-            gen = self.guest.run(t0, t)
-            try:
-                op = next(gen)
-                while True:
-                    op = gen.send(self.apply(op))
-            except StopIteration:
-                pass
-        finally:
-            self._running_guest = False
-            self._op_t = None
-        self.now = t
+        """Run the guest's vCPUs up to virtual time ``t`` (``VcpuScheduler.advance_to``)."""
+        self.sched.advance_to(t)
 
     def apply(self, op):
         """Serve one guest operation; returns what the guest's generator is sent."""
-        self._op_t = float(op.t)
-        if isinstance(op, MemoryWrites):
-            self.guest_write(op.gfns, op.tokens)
-            return None
-        if isinstance(op, DecreaseReservation):
-            return self.decrease_reservation(op.gfns)
-        if isinstance(op, PopulatePhysmap):
-            return self.populate_physmap(op.gfns, pod=op.pod)
-        if isinstance(op, AddToPhysmap):
-            return self.add_to_physmap(op.src, op.dst)
-        if isinstance(op, RemoveFromPhysmap):
-            return self.remove_from_physmap(op.gfn)
-        if isinstance(op, SetTypedEntry):
-            return self.set_typed_p2m_entry(op.gfn, op.p2m_type)
-        raise TypeError(f"not a guest operation: {op!r}")
+        return self.sched.apply(op)
 
-    def _t(self) -> float:
-        return self._op_t if self._op_t is not None else self.now
+    def _at(self, t: float | None) -> float:
+        return self.now if t is None else float(t)
 
     def track(self, gfns) -> None:
         """Follow these GFNs: their writes are reported as ``track_writes`` events (one
         per span between two other events), so a consumer can tell a page's whole story."""
         self._tracked = sorted_unique(_i64(gfns))
 
-    def _track_writes(self, g: np.ndarray, faulted: np.ndarray) -> None:
+    def _track_writes(self, g: np.ndarray, faulted: np.ndarray, t: float) -> None:
         hit = np.isin(g, self._tracked)
         if not hit.any():
             return
-        t = self._t()
         u, n = np.unique(g[hit], return_counts=True)
         logged = set(faulted[np.isin(faulted, u)].tolist()) if faulted.size else set()
         for gfn, cnt in zip(u.tolist(), n.tolist()):
@@ -317,12 +281,12 @@ class Hypervisor:
         self._events.append(HypervisorEvent(float(rows[:, 2].max()), "track_writes", len(gfns), 0,
                                             np.array(gfns, dtype=np.int64), (), detail))
 
-    def _event(self, kind: str, nr: int, rc: int, gfns=None, t: float | None = None) -> None:
+    def _event(self, kind: str, nr: int, rc: int, gfns=None, *, t: float) -> None:
         if not self.record_events:
             return
         self._flush_tracked()
         effects, self._effects = tuple(self._effects), []
-        self._events.append(HypervisorEvent(self._t() if t is None else float(t), kind, int(nr), int(rc),
+        self._events.append(HypervisorEvent(float(t), kind, int(nr), int(rc),
                                             None if gfns is None else _i64(gfns).copy(), effects))
 
     def drain_events(self) -> list[HypervisorEvent]:
@@ -390,7 +354,7 @@ class Hypervisor:
         self.m2p.set(mfns, gfns)
         self._fix_mark_dirty(gfns)
 
-    def _pod_demand_populate(self, gfns: np.ndarray) -> np.ndarray:
+    def _pod_demand_populate(self, gfns: np.ndarray, t: float) -> np.ndarray:
         """p2m_pod_demand_populate for unique PoD GFNs; returns the mask of those backed.
 
         Marks each populated GFN dirty in both behaviours (pre-seed code already did)."""
@@ -411,31 +375,33 @@ class Hypervisor:
         if k < n:
             # Xen: "PoD cache exhausted" -> domain_crash(). Counted here instead.
             self.pod_failures += n - k
-        self._event("pod_populate", n, k if k == n else -ENOMEM, done)
+        self._event("pod_populate", n, k if k == n else -ENOMEM, done, t=t)
         ok = np.zeros(n, dtype=bool)
         ok[:k] = True
         return ok
 
-    def _populate_pod_in(self, g: np.ndarray, types: np.ndarray) -> np.ndarray:
+    def _populate_pod_in(self, g: np.ndarray, types: np.ndarray, t: float) -> np.ndarray:
         """P2M_ALLOC lookups: demand-populate the PoD GFNs among ``g``; new types."""
         pod = IS_POD[types]
         if pod.any():
             ug = sorted_unique(g[pod])
-            self._pod_demand_populate(ug)
+            self._pod_demand_populate(ug, t)
             types = self.p2m.get_types(g)
         return types
 
     # ================================================================ guest-facing
 
-    def guest_write(self, gfns, tokens) -> None:
-        """The guest's vCPUs write ``gfns`` (last write wins) with content ``tokens``."""
+    def guest_write(self, gfns, tokens, *, t: float | None = None) -> None:
+        """The guest's vCPUs write ``gfns`` (last write wins) with content ``tokens``
+        at ``t``."""
+        t = self._at(t)
         g = _i64(gfns)
         tok = np.asarray(tokens, dtype=np.uint64).reshape(-1)
         if g.size == 0:
             return
         raw = g
         g, tok = _last_wins(g, tok)
-        types = self._populate_pod_in(g, self.p2m.get_types(g))
+        types = self._populate_pod_in(g, self.p2m.get_types(g), t)
         ld = types == P2MType.ram_logdirty
         fg = _EMPTY
         if ld.any():
@@ -446,7 +412,7 @@ class Hypervisor:
             self._mark_dirty(fg)
             self.p2m.set(fg, P2MType.ram_rw, self.p2m.mfns.get(fg))
         if self._tracked.size and self.record_events:
-            self._track_writes(raw, fg if self.log_dirty_enabled else _EMPTY)
+            self._track_writes(raw, fg if self.log_dirty_enabled else _EMPTY, t)
         ok = _WRITABLE[types]
         nbad = g.size - int(np.count_nonzero(ok))
         if nbad:
@@ -455,7 +421,7 @@ class Hypervisor:
         if g.size:
             self.frames.write(self.p2m.mfns.get(g), tok)
 
-    def decrease_reservation(self, gfns) -> HypercallResult:
+    def decrease_reservation(self, gfns, *, t: float | None = None) -> HypercallResult:
         """XENMEM_decrease_reservation (balloon inflate), order-0 extents.
 
         Per extent: p2m_pod_decrease_reservation first (PoD entries dropped, RAM stolen
@@ -469,11 +435,11 @@ class Hypervisor:
         bad = ~inrange | ~(_REMOVABLE[types] | IS_POD[types])
         k = min(_first_true(bad), _first_repeat(g))   # a repeat finds its GFN already gone
         if k == n:
-            self._last_errno = 0
+            errno = 0
         elif not bad[k] or not inrange[k] or _ENOENT_REMOVE[types[k]]:
-            self._last_errno = ENOENT       # guest_remove_page: nothing mapped there
+            errno = ENOENT       # guest_remove_page: nothing mapped there
         else:
-            self._last_errno = EPERM        # mmio_direct and other special entries
+            errno = EPERM        # mmio_direct and other special entries
         g, types, mfns = g[:k], types[:k], mfns[:k]
         is_pod, steal = decrease_plan(types, int(self.p2m.type_counts[P2MType.populate_on_demand]),
                                       self.pod.count)
@@ -489,10 +455,10 @@ class Hypervisor:
             rm = mfns[rest].astype(np.int64)
             self._unmap(g[rest], rm)
             self.frames.free(rm[rm != INVALID_MFN])
-        self._event("decrease_reservation", n, k, g)
-        return HypercallResult(rc=k, done=g.copy())
+        self._event("decrease_reservation", n, k, g, t=self._at(t))
+        return HypercallResult(rc=k, done=g.copy(), errno=errno)
 
-    def populate_physmap(self, gfns, pod: bool = False) -> HypercallResult:
+    def populate_physmap(self, gfns, pod: bool = False, *, t: float | None = None) -> HypercallResult:
         """XENMEM_populate_physmap (balloon deflate), order-0 extents.
 
         Real frames: alloc_domheap_pages then p2m_add_page(ram_rw); stops when the
@@ -505,18 +471,18 @@ class Hypervisor:
         if pod:
             ok = inrange & ((types == P2MType.invalid) | (types == P2MType.mmio_dm) | IS_POD[types])
             k = _first_true(~ok)
-            self._last_errno = 0 if k == n else (EINVAL if not inrange[k] else EBUSY)
+            errno = 0 if k == n else (EINVAL if not inrange[k] else EBUSY)
             done = g[:k]
             self.p2m.set(sorted_unique(done), P2MType.populate_on_demand, INVALID_MFN)
-            self._event("populate_physmap", n, k, done)
-            return HypercallResult(rc=k, done=done.copy())
+            self._event("populate_physmap", n, k, done, t=self._at(t))
+            return HypercallResult(rc=k, done=done.copy(), errno=errno)
         # p2m_add_page refuses special entries (Xen crashes the domain); a bad GFN fails.
         ok = inrange & ~IS_SPECIAL[types]
         k = _first_true(~ok)
-        self._last_errno = 0 if k == n else (EINVAL if not inrange[k] else EBUSY)
+        errno = 0 if k == n else (EINVAL if not inrange[k] else EBUSY)
         if k > self.frames.free_frames:
             k = self.frames.free_frames
-            self._last_errno = ENOMEM
+            errno = ENOMEM
         done = g[:k]
         if k:
             new = self.frames.alloc(k)
@@ -536,18 +502,18 @@ class Hypervisor:
             if k - ug.size:
                 self.orphaned_frames += k - ug.size
             self._map_ram(ug, umfn)
-        self._event("populate_physmap", n, k, done)
-        return HypercallResult(rc=k, done=done.copy())
+        self._event("populate_physmap", n, k, done, t=self._at(t))
+        return HypercallResult(rc=k, done=done.copy(), errno=errno)
 
-    def add_to_physmap(self, src: int, dst: int) -> HypercallResult:
+    def add_to_physmap(self, src: int, dst: int, *, t: float | None = None) -> HypercallResult:
         """XENMEM_add_to_physmap, XENMAPSPACE_gmfn: move the frame at ``src`` to ``dst``
         (xenmem_add_to_physmap_one): the page at ``dst`` goes (guest_remove_page), ``src``
         is unhooked (p2m_remove_entry: clean with the fix) and the frame is added at
         ``dst`` as ram_rw (p2m_add_page: dirty with the fix)."""
         src, dst = int(src), int(dst)
         rc = self._add_to_physmap(src, dst)
-        self._event("add_to_physmap", 1, rc, [src, dst] if rc == 0 else [])
-        return HypercallResult(rc=rc, done=np.array([dst] if rc == 0 else [], dtype=np.int64))
+        self._event("add_to_physmap", 1, rc, [src, dst] if rc == 0 else [], t=self._at(t))
+        return HypercallResult(rc=rc, done=np.array([dst] if rc == 0 else [], dtype=np.int64), errno=-rc)
 
     def _add_to_physmap(self, src: int, dst: int) -> int:
         if not (0 <= src <= MAX_GFN and 0 <= dst <= MAX_GFN):
@@ -567,23 +533,23 @@ class Hypervisor:
         self._map_ram(D, np.array([ms], dtype=np.int64))
         return 0
 
-    def remove_from_physmap(self, gfn: int) -> HypercallResult:
+    def remove_from_physmap(self, gfn: int, *, t: float | None = None) -> HypercallResult:
         """XENMEM_remove_from_physmap: get_page_from_gfn(P2M_ALLOC) then
         guest_physmap_remove_page. The page stays the domain's (orphaned)."""
-        gfn = int(gfn)
+        gfn, t = int(gfn), self._at(t)
         rc = -ENOENT
         if 0 <= gfn <= MAX_GFN:
             G = np.array([gfn], dtype=np.int64)
-            t = self._populate_pod_in(G, self.p2m.get_types(G))[0]
-            if _MAPPABLE[t]:
+            typ = self._populate_pod_in(G, self.p2m.get_types(G), t)[0]
+            if _MAPPABLE[typ]:
                 m = self.p2m.mfns.get(G).astype(np.int64)
                 self._unmap(G, m)
                 self.orphaned_frames += 1
                 rc = 0
-        self._event("remove_from_physmap", 1, rc, [gfn] if rc == 0 else [])
-        return HypercallResult(rc=rc, done=np.array([gfn] if rc == 0 else [], dtype=np.int64))
+        self._event("remove_from_physmap", 1, rc, [gfn] if rc == 0 else [], t=t)
+        return HypercallResult(rc=rc, done=np.array([gfn] if rc == 0 else [], dtype=np.int64), errno=-rc)
 
-    def set_typed_p2m_entry(self, gfn: int, p2m_type: int) -> HypercallResult:
+    def set_typed_p2m_entry(self, gfn: int, p2m_type: int, *, t: float | None = None) -> HypercallResult:
         """set_typed_p2m_entry: map ``p2m_type`` (mmio_direct or map_foreign) over ``gfn``.
         RAM that was there is freed (M2P invalid, clean with the fix); a PoD entry is
         simply dropped from entry_count."""
@@ -604,8 +570,8 @@ class Hypervisor:
                     self._fix_mark_clean(G, "set_typed_p2m_entry")
                     self.frames.free(mm)
                 self.p2m.set(G, nt, INVALID_MFN)
-        self._event("set_typed_p2m_entry", 1, rc, [gfn] if rc == 0 else [])
-        return HypercallResult(rc=rc, done=np.array([gfn] if rc == 0 else [], dtype=np.int64))
+        self._event("set_typed_p2m_entry", 1, rc, [gfn] if rc == 0 else [], t=self._at(t))
+        return HypercallResult(rc=rc, done=np.array([gfn] if rc == 0 else [], dtype=np.int64), errno=-rc)
 
     # ================================================================ toolstack domctls
 
@@ -655,7 +621,7 @@ class Hypervisor:
                 # hap_clean_dirty_bitmap: re-protect every rw entry.
                 self.p2m.change_type_global(P2MType.ram_rw, P2MType.ram_logdirty)
             # paging_log_dirty_op pauses the domain for the walk.
-            self._walk_until = max(self._walk_until, float(t) + float(walk_s))
+            self.sched.hold_for_walk(t, walk_s)
             self._event(kind, pages, stats.dirty_count, t=t)
             return ShadowOpResult(min(int(pages), TREE_PFNS), stats, bitmap)
         raise XenError(EINVAL, f"shadow op {op.name} is not modelled")
@@ -670,7 +636,7 @@ class Hypervisor:
         if p.size > MAX_BATCH_SIZE:
             raise XenError(E2BIG, f"getpageframeinfo3 takes at most {MAX_BATCH_SIZE} PFNs, got {p.size}")
         self.advance_to(t)
-        types = self._populate_pod_in(p, self.p2m.get_types(p))
+        types = self._populate_pod_in(p, self.p2m.get_types(p), self.now)
         out = np.full(p.size, PFInfo.XTAB << PFINFO_LTAB_SHIFT, dtype=np.uint32)
         out[_MAPPABLE[types]] = PFInfo.NOTAB << PFINFO_LTAB_SHIFT
         out[types == P2MType.ram_broken] = PFInfo.BROKEN << PFINFO_LTAB_SHIFT
@@ -690,37 +656,23 @@ class Hypervisor:
         -errno per page (-EINVAL where the GFN is not mappable RAM, as mod_l1_entry)."""
         p = _i64(pfns)
         self.advance_to(t)
-        types = self._populate_pod_in(p, self.p2m.get_types(p))
+        types = self._populate_pod_in(p, self.p2m.get_types(p), self.now)
         return self._read(p, types)
 
     def pause(self, t: float) -> None:
         """domain_pause (nestable)."""
-        self.advance_to(t)
-        self._pause_count += 1
-        self._event("pause", self._pause_count, 0, t=t)
+        self.sched.pause(t)
 
     def unpause(self, t: float) -> None:
-        self.advance_to(t)
-        if self._pause_count == 0:
-            raise XenError(EINVAL, "domain is not paused")
-        self._pause_count -= 1
-        self._event("unpause", self._pause_count, 0, t=t)
+        self.sched.unpause(t)
 
     def suspend(self, t: float) -> None:
         """The guest suspends (SCHEDOP_shutdown, reason suspend): it runs no more."""
-        self.advance_to(t)
-        if self._suspended:
-            raise XenError(EINVAL, "domain is already suspended")
-        self._suspended = True
-        self._event("suspend", 0, 0, t=t)
+        self.sched.suspend(t)
 
     def resume(self, t: float) -> None:
         """Resume a suspended domain (a failed migration's sender side)."""
-        self.advance_to(t)
-        if not self._suspended:
-            raise XenError(EINVAL, "domain is not suspended")
-        self._suspended = False
-        self._event("resume", 0, 0, t=t)
+        self.sched.resume(t)
 
     def max_gpfn(self) -> int:
         """domain_get_maximum_gpfn: p2m->max_mapped_pfn (never lowered)."""
@@ -733,7 +685,7 @@ class Hypervisor:
         p = _i64(pfns)
         res = self.populate_physmap(p)
         if res.rc != p.size:
-            raise XenError(self._last_errno or ENOMEM,
+            raise XenError(res.errno or ENOMEM,
                            f"populate_physmap_exact: {res.rc} of {p.size} PFNs populated; "
                            f"pfn {int(p[res.rc]):#x} failed")
 

@@ -354,14 +354,16 @@ class LogDirtyTree:
 
     # ------------------------------------------------------------------ marking
 
-    def _check(self, pfns) -> np.ndarray:
+    @staticmethod
+    def _check(pfns) -> tuple[np.ndarray, int, int]:
+        """The PFNs as int64 with their bounds ``(p, lo, hi)`` (0, -1 when empty)."""
         p = _as_pfns(pfns)
-        if p.size:
-            self._pmin, self._pmax = int(p.min()), int(p.max())
-            if self._pmin < 0 or self._pmax >= TREE_PFNS:
-                raise ValueError(f"PFN outside the log-dirty tree's 2^42 range: "
-                                 f"{self._pmin}..{self._pmax}")
-        return p
+        if not p.size:
+            return p, 0, -1
+        lo, hi = int(p.min()), int(p.max())
+        if lo < 0 or hi >= TREE_PFNS:
+            raise ValueError(f"PFN outside the log-dirty tree's 2^42 range: {lo}..{hi}")
+        return p, lo, hi
 
     def _ensure_leaves(self, p: np.ndarray, ukeys: np.ndarray, allocate: bool) -> np.ndarray:
         """Slots of the unique leaf keys ``ukeys`` of PFNs ``p`` (-1 where absent).
@@ -403,9 +405,10 @@ class LogDirtyTree:
         after = int(np.bitwise_count(leaves).sum())
         return after - before if set_bits else before - after
 
-    def _set(self, p: np.ndarray, set_bits: bool) -> int:
-        klo = self._pmin >> L1_SHIFT     # _check just computed them
-        khi = self._pmax >> L1_SHIFT
+    def _set(self, p: np.ndarray, lo: int, hi: int, set_bits: bool) -> int:
+        """Set (or clear) the bits of PFNs ``p``, which lie in [``lo``, ``hi``]."""
+        klo = lo >> L1_SHIFT
+        khi = hi >> L1_SHIFT
         span = khi - klo + 1
         if p.size * 16 >= span * LEAF_BITS and span <= 4096:
             # Dense: build the request as packed leaves over [klo, khi] (plain bool
@@ -446,10 +449,10 @@ class LogDirtyTree:
         Allocates missing nodes; marks whose path cannot be allocated are dropped and
         each counts one ``failed_allocs``.
         """
-        p = self._check(pfns)
+        p, lo, hi = self._check(pfns)
         if p.size == 0:
             return 0
-        n = self._set(p, True)
+        n = self._set(p, lo, hi, True)
         self.dirty_count += n
         return n
 
@@ -459,16 +462,16 @@ class LogDirtyTree:
         Never allocates: a PFN whose leaf (or any level above it) is missing is already
         clear, so nothing happens for it.
         """
-        p = self._check(pfns)
+        p, lo, hi = self._check(pfns)
         if p.size == 0 or self._nleaves == 0:
             return 0
-        n = self._set(p, False)
+        n = self._set(p, lo, hi, False)
         self.dirty_count -= n
         return n
 
     def is_dirty(self, pfns) -> np.ndarray:
         """paging_mfn_is_dirty by PFN: per-PFN bool, read-only."""
-        p = self._check(pfns)
+        p, _, _ = self._check(pfns)
         slots = self._slots_for(p >> L1_SHIFT)
         out = np.zeros(p.size, dtype=bool)
         ok = slots >= 0

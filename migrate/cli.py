@@ -257,7 +257,7 @@ def _check_plot_possible(plot: Optional[Path]) -> None:
     """--plot needs matplotlib (an optional extra): say so before the run, not after it."""
     if plot is None:
         return
-    from .plot import PlotError, _matplotlib
+    from .view.plot import PlotError, _matplotlib
 
     try:
         _matplotlib()
@@ -342,10 +342,10 @@ def _one_run(scenario, opts, *, dashboard: bool, speed: Optional[float], console
 
         return interactive_run(scenario, opts, speed=speed, guided=guided, record_map=record_map, run=run,
                                listeners=listeners)
-    from .dashboard import Pacer
+    from .view.playback import Pacer
     from .events import EventBus
-    from .gfnmap import GfnMapRecorder
-    from .progress import PlainProgress
+    from .view.gfnmap import GfnMapRecorder
+    from .view.progress import PlainProgress
 
     bus = EventBus()
     pacer = Pacer(speed)
@@ -410,7 +410,7 @@ def run(
 ) -> None:
     """Run one migration of the scenario and check the destination (help text above)."""
     from .cli_teach import parse_gfn
-    from .report import build_report, jsonable, write_csv, write_json
+    from .view.report import build_report, jsonable, write_csv, write_json
     from .runner import RunOptions
 
     scenario = _load(guest)
@@ -489,17 +489,17 @@ def _print_summary(console: Console, rep: dict[str, Any]) -> None:
     """The run's summary (passes, totals, verdict) after the app closes; plain text (no
     escape codes) when piped."""
     if console.is_terminal:
-        from .dashboard import render_summary
+        from .view.dashboard import render_summary
 
         console.print(render_summary(rep))
     else:
-        from .progress import print_summary
+        from .view.progress import print_summary
 
         print_summary(rep, file=sys.stdout)
 
 
 def _write_plot(path: Path, reps: list[dict[str, Any]]) -> None:
-    from .plot import PlotError, write_plot
+    from .view.plot import PlotError, write_plot
 
     try:
         write_plot(path, reps)
@@ -525,7 +525,7 @@ def compare(
 ) -> None:
     """Run the scenario under fixed and pre-fix (or two policies) with one seed, side by side:
     live on one virtual clock in a terminal, then the table."""
-    from .report import build_report, jsonable, write_csv, write_json
+    from .view.report import build_report, jsonable, write_csv, write_json
     from .runner import RunOptions
 
     scenario = _load(guest)
@@ -553,7 +553,7 @@ def compare(
     reps = []
     live = None
     if console.is_terminal and not no_dashboard:
-        from .gfnmap import GfnMapRecorder
+        from .view.gfnmap import GfnMapRecorder
         from .view.commands import interactive_compare
 
         recs = [GfnMapRecorder() if plot is not None else None for _ in variants]
@@ -646,7 +646,7 @@ def receive(
     if not 0 < timeout < 1e9:
         raise UsageError(f"--timeout: expected a positive number of seconds, found {timeout!r}")
     outputs.check_targets({"--report": report}, inputs={})
-    from .report import write_json
+    from .view.report import write_json
     try:
         frames = int(parse_size(host_memory)) // 4096
     except ValueError as exc:

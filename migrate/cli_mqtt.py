@@ -285,7 +285,7 @@ async def watch_run(cfg: BrokerConfig, run_id: str, *, console=None, live: bool 
     (``completed``...) or why the watch stopped.
     ``ready`` is set once subscribed (events published before that are not seen).
     ``also`` (e.g. an ``EventRecorder``) is called with every event too."""
-    from .dashboard import Dashboard, LiveDashboard
+    from .view.dashboard import Dashboard, LiveDashboard
     from .mqtt import mqtt_transport, watch
 
     dash = dashboard if dashboard is not None else Dashboard(console)
@@ -305,7 +305,7 @@ async def watch_run(cfg: BrokerConfig, run_id: str, *, console=None, live: bool 
         elif console is not None:
             # Piped or --no-dashboard: Xen-style progress lines and a plain summary, as
             # ``xmig run`` prints them (never escape codes, never a squeezed frame).
-            from .progress import PlainProgress, print_summary
+            from .view.progress import PlainProgress, print_summary
 
             progress = PlainProgress(sys.stdout)
 

@@ -134,7 +134,7 @@ def register(app: typer.Typer) -> None:
             except OutputError as exc:
                 raise UsageError(str(exc)) from None
             if plot is not None:
-                from .plot import PlotError, _matplotlib
+                from .view.plot import PlotError, _matplotlib
 
                 try:
                     _matplotlib()
@@ -176,7 +176,7 @@ def register(app: typer.Typer) -> None:
         if summary is not None:
             console.print(stats.summary_table(outcome.rows, axis, metric))
         if plot is not None:
-            from .plot import PlotError
+            from .view.plot import PlotError
 
             try:
                 stats.write_plot(plot, outcome.rows, axis, metric, unit=plan.units.get(axis, ""),

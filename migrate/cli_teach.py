@@ -101,7 +101,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from .cli import _default_speed, _print_summary
-        from .report import build_report
+        from .view.report import build_report
         from .runner import result_from_events
 
         log = read_log(events)
@@ -113,7 +113,7 @@ def register(app: typer.Typer) -> None:
 
             interactive_replay(log.events, speed=pace, guided=guided)
         else:
-            from .progress import PlainProgress
+            from .view.progress import PlainProgress
 
             progress = PlainProgress(sys.stdout)
             for ev in log.events:

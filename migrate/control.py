@@ -18,7 +18,7 @@ import numpy as np
 
 from hypervisor.abi import IS_POD, IS_RAM, ShadowOp
 
-from .events import EventBus, GuestNote, MemoryOp, TrackedWrites
+from .events import EventBus, MemoryOp, TrackedWrites, balloon_note
 
 
 class DomainControl(Protocol):
@@ -133,8 +133,7 @@ def forward_events(hv, guest, bus: EventBus) -> None:
                                          writes=d["writes"], first_s=d["first_s"], last_s=d["last_s"],
                                          logged_s=d["logged_s"])))
     if guest is not None:
-        out.extend((0, GuestNote(t=float(gev.t), what=gev.kind, detail=dict(gev.detail)))
-                   for gev in guest.drain_events())
+        out.extend((0, balloon_note(gev.t, gev.kind, gev.detail)) for gev in guest.drain_events())
     out.sort(key=lambda item: (item[1].t, item[0]))     # stable: each side keeps its order
     for _side, ev in out:
         bus.publish(ev)

@@ -36,8 +36,9 @@ from hypervisor.abi import (MAX_BATCH_SIZE, PFINFO_HAS_DATA, PFINFO_KNOWN, PFINF
                             SHADOW_LOGDIRTY_FINAL, PFInfo, ShadowOp, XenError)
 
 from .control import DomainControl
-from .events import (BatchSent, CleanDone, CountersSampled, EventBus, MemoryOp, PassEnded,
-                     PassStarted, PhaseChanged, RoundStats, SaveSetup, Totals, count_balloon)
+from .events import (BatchSent, CleanDone, CountersSampled, EventBus, MemoryOp, Outcome, PassEnded,
+                     PassPhase, PassStarted, Phase, PhaseChanged, RoundStats, SaveSetup, Totals,
+                     count_balloon)
 from .link import LinkModel
 from .policy import Decision, Policy, PrecopyStats
 from .stream import StreamError
@@ -73,7 +74,7 @@ class SaveOptions:
 
 @dataclass(slots=True)
 class SaveResult:
-    outcome: str                         # completed | failed | aborted
+    outcome: Outcome
     p2m_size: int = 0
     rounds: list[RoundStats] = field(default_factory=list)
     totals: Totals = field(default_factory=Totals)
@@ -101,7 +102,7 @@ class PrecopyEngine:
         self.now = float(start)
         self.options = options or SaveOptions()
         self.pacer = pacer
-        self.result = SaveResult(outcome="failed", t_start=self.now, switchover=self.options.switchover)
+        self.result = SaveResult(outcome=Outcome.FAILED, t_start=self.now, switchover=self.options.switchover)
         self._current: RoundStats | None = None
         self._logdirty_on = False
         self._suspended = False
@@ -127,7 +128,7 @@ class PrecopyEngine:
             raise MigrationAborted(f"deadline of {limit:g} s exceeded at t={self.now:.3f} s "
                                    "(migration.deadline): the save was abandoned")
 
-    def _phase(self, phase: str, detail: str = "") -> None:
+    def _phase(self, phase: Phase, detail: str = "") -> None:
         self.bus.publish(PhaseChanged(t=self.now, phase=phase, detail=detail))
 
     async def _sample_counters(self) -> None:
@@ -304,20 +305,20 @@ class PrecopyEngine:
         res = self.result
         try:
             await self._save()
-            res.outcome = "completed"
+            res.outcome = Outcome.COMPLETED
         except MigrationAborted as exc:
-            res.outcome, res.error, res.error_pfn = "aborted", str(exc), exc.pfn
+            res.outcome, res.error, res.error_pfn = Outcome.ABORTED, str(exc), exc.pfn
             await self._recover()
         except MigrationFailed as exc:
-            res.outcome, res.error, res.error_pfn = "failed", str(exc), exc.pfn
+            res.outcome, res.error, res.error_pfn = Outcome.FAILED, str(exc), exc.pfn
             await self._recover()
         except (StreamError, OSError) as exc:
             # The stream could not be written (disk full, the receiver went away):
             # write_stream() failing makes xc_domain_save fail the same way.
-            res.outcome, res.error = "failed", f"stream write failed: {exc}"
+            res.outcome, res.error = Outcome.FAILED, f"stream write failed: {exc}"
             await self._recover()
         except (asyncio.CancelledError, KeyboardInterrupt):
-            res.outcome, res.error = "aborted", "interrupted by the user"
+            res.outcome, res.error = Outcome.ABORTED, "interrupted by the user"
             await self._recover()
         finally:
             res.t_end = self.now
@@ -327,16 +328,16 @@ class PrecopyEngine:
     def _totals(self) -> None:
         """Whole-run totals, from the passes (also for a save that failed or aborted)."""
         res = self.result
-        live = [r for r in res.rounds if r.phase != "verify"]
+        live = [r for r in res.rounds if r.phase != PassPhase.VERIFY]
         t = res.totals
         t.pages_sent = sum(r.pages_sent for r in live)
         t.xtab_sent = sum(r.xtab_sent for r in live)
         t.broken_sent = sum(r.broken_sent for r in live)
-        t.iterations = sum(1 for r in live if r.phase == "live")
+        t.iterations = sum(1 for r in live if r.phase == PassPhase.LIVE)
         t.bytes = int(self.writer.bytes_written)
         end = res.t_last_byte if res.t_last_byte is not None else res.t_end
         t.total_time_s = end - res.t_start
-        t.downtime_s = (end - res.t_suspend) if (res.t_suspend is not None and res.outcome == "completed") else 0.0
+        t.downtime_s = (end - res.t_suspend) if (res.t_suspend is not None and res.outcome == Outcome.COMPLETED) else 0.0
 
     async def _recover(self) -> None:
         """A failed Xen save leaves the domain to the toolstack, which resumes it at the
@@ -348,7 +349,7 @@ class PrecopyEngine:
             self._current = None
             self.result.rounds.append(cut)
             self.bus.publish(PassEnded(t=self.now, stats=dataclasses.replace(cut)))
-        self._phase("aborted", self.result.error)
+        self._phase(Phase.ABORTED, self.result.error)
         if self._logdirty_on:
             try:
                 await self.domain.shadow_op(self.now, ShadowOp.OFF)
@@ -358,14 +359,14 @@ class PrecopyEngine:
         if self._suspended:
             await self.domain.resume(self.now)
             self._suspended = False
-            self._phase("resumed", "source domain resumed after the failed save")
+            self._phase(Phase.RESUMED, "source domain resumed after the failed save")
         abort = getattr(self.writer, "abort", None)
         if abort is not None:
             abort()
 
     async def _save(self) -> None:
         res, opts = self.result, self.options
-        self._phase("setup")
+        self._phase(Phase.SETUP)
         p2m_size = await self.domain.max_gpfn(self.now) + 1   # x86_hvm_setup: fixed for the save
         res.p2m_size = p2m_size
         self.bus.publish(SaveSetup(t=self.now, p2m_size=p2m_size))
@@ -379,7 +380,7 @@ class PrecopyEngine:
         dirty_count = initial                      # xc_shadow_op_stats_t stats.dirty_count (uint32)
         pstats = PrecopyStats(iteration=0, total_written=0, dirty_count=p2m_size)
         bitmap_pfns = None                         # None = the all-ones bitmap of pass 1
-        self._phase("precopy")
+        self._phase(Phase.PRECOPY)
         x = 0
         pending = _EMPTY_PFNS                      # switchover "stopped": the set held back
         while True:
@@ -389,7 +390,7 @@ class PrecopyEngine:
                 break
             x += 1
             if dirty_count > 0 and decision != Decision.ABORT:
-                rnd = RoundStats(iteration=x, phase="live", start_s=self.now, dirty_count=int(dirty_count))
+                rnd = RoundStats(iteration=x, phase=PassPhase.LIVE, start_s=self.now, dirty_count=int(dirty_count))
                 if bitmap_pfns is None:
                     await self._send_all(rnd, p2m_size)
                 else:
@@ -414,12 +415,12 @@ class PrecopyEngine:
         await self.domain.suspend(self.now)
         self._suspended = True
         res.t_suspend = self.now
-        self._phase("suspended", "Domain now suspended")
+        self._phase(Phase.SUSPENDED, "Domain now suspended")
         clean = await self._clean(p2m_size, final=True, iteration=x + 1)
         final_pfns = clean.bitmap.pfns()
-        rnd = RoundStats(iteration=x + 1, phase="final", start_s=self.now,
+        rnd = RoundStats(iteration=x + 1, phase=PassPhase.FINAL, start_s=self.now,
                          dirty_count=int(clean.stats.dirty_count))
-        self._phase("final")
+        self._phase(Phase.FINAL)
         if pending is None:
             await self._send_all(rnd, p2m_size)
         else:
@@ -429,9 +430,9 @@ class PrecopyEngine:
 
         if opts.verify:
             # verify_frames(): VERIFY record, send_all_pages again, PEEK for the stats.
-            self._phase("verify")
+            self._phase(Phase.VERIFY)
             self.writer.write_verify()
-            rnd = RoundStats(iteration=x + 2, phase="verify", start_s=self.now, dirty_count=p2m_size)
+            rnd = RoundStats(iteration=x + 2, phase=PassPhase.VERIFY, start_s=self.now, dirty_count=p2m_size)
             await self._send_all(rnd, p2m_size)
             peek = await self._clean(p2m_size, final=False, iteration=x + 2, peek=True)
             res.final_stats = {"verify_dirty_count": int(peek.stats.dirty_count),
@@ -448,4 +449,4 @@ class PrecopyEngine:
         close = getattr(self.writer, "close", None)
         if close is not None:
             close()
-        self._phase("done", "End of stream")
+        self._phase(Phase.DONE, "End of stream")

@@ -45,7 +45,7 @@ from . import wire
 from .track import FINAL_STATES, MAX_TRACKED
 
 MAGIC = b"XMIGEVTS"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2      # 2: typed balloon events (BalloonTarget, ...) replace GuestNote
 _FILE_HEAD = struct.Struct("<8sHHI")
 _REC_HEAD = struct.Struct("<III")
 #: A header longer than this is refused (the scenario's text is the big part).
@@ -106,7 +106,7 @@ class EventRecorder:
         return dict(self._header)
 
     def _write_header(self) -> None:
-        from .report import jsonable    # numpy scalars and arrays as JSON, as in reports
+        from .view.report import jsonable    # numpy scalars and arrays as JSON, as in reports
 
         raw = json.dumps(self._header, separators=(",", ":"), default=jsonable).encode()
         if len(raw) > MAX_HEADER_BYTES:
@@ -321,7 +321,7 @@ _ONCE = (_events.RunStarted, _events.VerifyDone, _events.TrackedFinal, _events.R
 
 
 def _plain(v: Any) -> Any:
-    from .report import jsonable
+    from .view.report import jsonable
 
     return json.loads(json.dumps(v, default=jsonable, sort_keys=True))
 

@@ -12,11 +12,49 @@ numbers; the JSON report, the CSV and the dashboard all read them.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any, Callable
 
 import numpy as np
 
-from hypervisor.abi import LogDirtyEffect
+from hypervisor.abi import LogDirtyEffect, XenBehaviour
+
+
+# ----------------------------------------------------------------------------- vocabularies
+# Each is a StrEnum: a member is its string, so JSON, CSV, f-strings and comparisons
+# with plain strings see ``completed`` / ``live`` / ``suspended``. Events coerce what
+# they are given (a frame read back from the wire or a log carries plain strings).
+
+
+class Outcome(StrEnum):
+    """How a save ended (libxl's migration result)."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    ABORTED = "aborted"
+
+
+class PassPhase(StrEnum):
+    """Which pass of the save loop: a live precopy pass, the final pass with the domain
+    suspended, or the verify pass (xg_sr_save.c's ``verify_frames``: a VERIFY record,
+    then every page again)."""
+
+    LIVE = "live"
+    FINAL = "final"
+    VERIFY = "verify"
+
+
+class Phase(StrEnum):
+    """Where the migration stands (what ``xc_report_progress_single`` announces)."""
+
+    SETUP = "setup"
+    PRECOPY = "precopy"
+    SUSPENDED = "suspended"
+    FINAL = "final"
+    VERIFY = "verify"
+    RESUMED = "resumed"
+    DONE = "done"
+    ABORTED = "aborted"
 
 
 @dataclass(slots=True)
@@ -24,7 +62,7 @@ class RoundStats:
     """One pass of the save loop (a live pass, the final paused pass, or verify)."""
 
     iteration: int
-    phase: str                # "live" | "final" | "verify"
+    phase: PassPhase
     start_s: float
     end_s: float = 0.0
     dirty_count: int = 0      # what the CLEAN that produced this pass's bitmap reported
@@ -36,6 +74,9 @@ class RoundStats:
     batches: int = 0
     balloon_out: int = 0      # pages the guest gave back while this pass ran
     balloon_in: int = 0       # pages the guest got back while this pass ran
+
+    def __post_init__(self) -> None:
+        self.phase = PassPhase(self.phase)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,7 +130,7 @@ class RunStarted(Event):
 
     scenario: str
     seed: int
-    behaviour: str            # fixed | pre-fix | mixed (see ``sites``)
+    behaviour: XenBehaviour   # fixed | pre-fix | mixed (see ``sites``)
     policy: str
     policy_params: dict[str, Any]
     guest_pages: int          # RAM pages the guest booted with (memory)
@@ -99,6 +140,10 @@ class RunStarted(Event):
     sites: dict[str, str] = field(default_factory=dict)
     #: GFNs followed one by one (``--track``): TrackedWrites and TrackedFinal name them
     tracked: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.behaviour = XenBehaviour(self.behaviour)
+        self.sites = {site: XenBehaviour(b) for site, b in self.sites.items()}
 
 
 @dataclass(slots=True)
@@ -110,17 +155,23 @@ class SaveSetup(Event):
 
 @dataclass(slots=True)
 class PhaseChanged(Event):
-    phase: str                # setup | precopy | suspended | final | verify | resumed | done | aborted
+    phase: Phase
     detail: str = ""
+
+    def __post_init__(self) -> None:
+        self.phase = Phase(self.phase)
 
 
 @dataclass(slots=True)
 class PassStarted(Event):
     iteration: int
-    phase: str
+    phase: PassPhase
     entries: int              # PFNs the bitmap holds for this pass
     dirty_count: int
     pfns: np.ndarray | None   # the bitmap's PFNs; None = every PFN below p2m_size
+
+    def __post_init__(self) -> None:
+        self.phase = PassPhase(self.phase)
 
 
 @dataclass(slots=True)
@@ -210,11 +261,61 @@ class TrackedWrites(Event):
 
 
 @dataclass(slots=True)
-class GuestNote(Event):
-    """A guest-side decision: balloon target change, stall, workload start."""
+class BalloonNote(Event):
+    """What the guest's balloon driver says about itself (Linux's xen-balloon driver
+    following ``memory/target`` in xenstore): where it stands after the note."""
 
-    what: str
-    detail: dict[str, Any]
+    current_pages: int        # pages the guest owns
+    target_pages: int
+
+
+@dataclass(slots=True)
+class BalloonTarget(BalloonNote):
+    """The driver got a new target."""
+
+    previous_pages: int       # the target before this one
+    scheduled_at: float       # the scenario's time for it (the driver acts on the next tick)
+    reason: str               # "schedule", or the PoD boot target
+
+
+@dataclass(slots=True)
+class BalloonMoved(BalloonNote):
+    """One tick in which the driver moved pages: ``inflate`` (decrease_reservation, the
+    guest gives pages back) or ``deflate`` (populate_physmap, it gets them back)."""
+
+    direction: str            # inflate | deflate
+    pages: int
+    batches: int              # hypercalls it took
+
+
+@dataclass(slots=True)
+class BalloonReached(BalloonNote):
+    """The driver reached its target."""
+
+
+@dataclass(slots=True)
+class BalloonStalled(BalloonNote):
+    """The driver stopped short of its target until the next one (Xen did fewer
+    extents than asked, or the driver had no page left to move)."""
+
+    op: str                   # decrease_reservation | populate_physmap
+    requested: int
+    done: int
+    rc: int | None            # the hypercall's return value; None if none was made
+    reason: str
+
+
+def balloon_note(t: float, kind: str, detail: dict[str, Any]) -> BalloonNote:
+    """The event for one of the guest's own notes (``guest.GuestEvent``: ``kind`` and
+    its ``detail``); the one place that knows the guest's keys."""
+    d = dict(detail)
+    if kind in ("balloon_inflate", "balloon_deflate"):
+        return BalloonMoved(t=float(t), direction=kind.removeprefix("balloon_"), **d)
+    cls = {"balloon_target": BalloonTarget, "balloon_reached": BalloonReached,
+           "balloon_stalled": BalloonStalled}.get(kind)
+    if cls is None:
+        raise ValueError(f"the guest noted {kind!r}, which no event stands for")
+    return cls(t=float(t), **d)
 
 
 @dataclass(slots=True)
@@ -248,10 +349,10 @@ class RunSummary(Event):
 
     scenario: str
     seed: int
-    behaviour: str
+    behaviour: XenBehaviour
     policy: str
     policy_params: dict[str, Any]
-    outcome: str
+    outcome: Outcome
     error: str
     error_pfn: int | None
     p2m_size: int
@@ -268,11 +369,18 @@ class RunSummary(Event):
     wall: dict[str, Any]
     switchover: str = "live"  # SaveOptions.switchover: live (Xen) | stopped (QEMU, SimGrid)
 
+    def __post_init__(self) -> None:
+        self.behaviour = XenBehaviour(self.behaviour)
+        self.outcome = Outcome(self.outcome)
+
 
 @dataclass(slots=True)
 class MigrationFinished(Event):
-    outcome: str              # completed | failed | aborted
+    outcome: Outcome
     message: str = ""
+
+    def __post_init__(self) -> None:
+        self.outcome = Outcome(self.outcome)
 
 
 Listener = Callable[[Event], None]

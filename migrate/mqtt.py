@@ -1269,10 +1269,10 @@ async def remote_run(scenario, opts=None, *, broker: BrokerConfig | None = None,
     try:
         await transport.claim()
 
-        from .runner import RunOptions, _effective
+        from .runner import RunOptions, run_settings
 
         def factory(sc, *, behaviour, seed, bus, host_frames):
-            link = _effective(sc, opts or RunOptions())[-1]     # the engine's link model
+            link = run_settings(sc, opts or RunOptions()).link     # the engine's link model
             return RemoteSource(transport, sc, behaviour=behaviour, seed=seed, bus=bus, host_frames=host_frames,
                                 speculate=speculate, link=link)
 

@@ -114,7 +114,7 @@ def atomic_file(path: Path | str, mode: str = "w", **kw) -> Iterator[Any]:
 
 
 def write_json(path: Path | str, data: Any) -> None:
-    from .report import jsonable
+    from .view.report import jsonable
 
     text = json.dumps(data, indent=2, sort_keys=False, default=jsonable) + "\n"
     with atomic_file(path) as fh:

@@ -129,13 +129,23 @@ async def _verify(control, dst: Hypervisor, t: float, p2m_size: int):
     return acc.result(), {"populated_pages": dst_pages, "source_ram_pages": src_pages}
 
 
-def _effective(scenario: Scenario, opts: RunOptions):
+@dataclass(frozen=True, slots=True)
+class RunSettings:
+    """What one run uses: the scenario's migration and link settings with the command
+    line's overrides applied (``run_settings``)."""
+
+    behaviour: Any            # "fixed" / "pre-fix", or a mapping site -> behaviour
+    policy: str
+    policy_params: dict[str, Any]
+    seed: int
+    verify: bool
+    link: LinkModel
+
+
+def run_settings(scenario: Scenario, opts: RunOptions) -> RunSettings:
+    """The scenario's settings, overridden by ``opts`` where it sets them."""
     mig = scenario.migration
-    behaviour = opts.behaviour or mig.xen_behaviour
-    policy = opts.policy or mig.policy
     params = dict(mig.policy_params or {}) if opts.policy is None else dict(opts.policy_params or {})
-    seed = scenario.seed if opts.seed is None else int(opts.seed)
-    verify = mig.verify if opts.verify is None else bool(opts.verify)
     link = scenario.link
     bandwidth = float(opts.bandwidth or link.bandwidth)
     model = LinkModel(bandwidth=bandwidth, latency=float(link.latency),
@@ -143,7 +153,9 @@ def _effective(scenario: Scenario, opts: RunOptions):
                       hypercall_overhead=float(link.hypercall_overhead),
                       clean_rate=float(link.clean_rate),
                       restore_rate=None if link.restore_rate is None else float(link.restore_rate))
-    return behaviour, policy, params, seed, verify, model
+    return RunSettings(behaviour=opts.behaviour or mig.xen_behaviour, policy=opts.policy or mig.policy,
+                       policy_params=params, seed=scenario.seed if opts.seed is None else int(opts.seed),
+                       verify=mig.verify if opts.verify is None else bool(opts.verify), link=model)
 
 
 def open_sink(target: str | None, restorer: Restorer) -> Sink:
@@ -175,27 +187,26 @@ async def run_scenario(scenario: Scenario, opts: RunOptions | None = None, *,
     opts = opts or RunOptions()
     bus = bus or EventBus()
     wall0 = time.perf_counter()
-    behaviour, policy_name, params, seed, verify, link = _effective(scenario, opts)
+    settings = run_settings(scenario, opts)
     frames = host_frames_for(scenario)
-    source = (source_factory or LocalSource)(scenario, behaviour=behaviour, seed=seed, bus=bus,
+    source = (source_factory or LocalSource)(scenario, behaviour=settings.behaviour, seed=settings.seed, bus=bus,
                                              host_frames=frames)
     if opts.track and not hasattr(source, "track"):
         raise ValueError("--track needs the hypervisor in this process (not over a broker)")
     try:
-        return await _run(scenario, opts, bus, pacer, source, behaviour, policy_name, params, seed,
-                          verify, link, frames, wall0)
+        return await _run(scenario, opts, settings, bus, pacer, source, frames, wall0)
     finally:
         await source.close()
 
 
-async def _run(scenario, opts, bus, pacer, source, behaviour, policy_name, params, seed, verify,
-               link, frames, wall0) -> RunResult:
+async def _run(scenario, opts, settings: RunSettings, bus, pacer, source, frames, wall0) -> RunResult:
+    behaviour, seed = settings.behaviour, settings.seed
     start = float(scenario.migration.start)
     info = await source.setup(start)
     tracked = tuple(sorted({int(g) for g in opts.track}))
     if tracked:
         source.track(np.array(tracked, dtype=np.int64))
-    policy = make_policy(policy_name, params, p2m_size=info.p2m_size, allowed=opts.allow_policies)
+    policy = make_policy(settings.policy, settings.policy_params, p2m_size=info.p2m_size, allowed=opts.allow_policies)
     sites = site_behaviours(behaviour)
     ledger = PageLedger()
     bus.subscribe(ledger)
@@ -211,10 +222,10 @@ async def _run(scenario, opts, bus, pacer, source, behaviour, policy_name, param
     sink = open_sink(opts.stream, restorer)
     writer = StreamWriter(sink)
     mig = scenario.migration
-    options = SaveOptions(verify=verify, tolerate_vanished=mig.tolerate_vanished,
+    options = SaveOptions(verify=settings.verify, tolerate_vanished=mig.tolerate_vanished,
                           stats_overflow=mig.stats_overflow, deadline=mig.deadline,
                           switchover=mig.switchover)
-    engine = PrecopyEngine(source.control, writer, link, policy, bus, start=start, pacer=pacer,
+    engine = PrecopyEngine(source.control, writer, settings.link, policy, bus, start=start, pacer=pacer,
                            options=options)
     save = await engine.run()
 
@@ -330,4 +341,4 @@ def result_from_events(events) -> RunResult:
                      guest=dict(summary.guest), wall=dict(summary.wall), sites=sites, pages=ledger.as_dict())
 
 
-__all__ = ["RunOptions", "RunResult", "result_from_events", "run_scenario"]
+__all__ = ["RunOptions", "RunResult", "RunSettings", "result_from_events", "run_scenario", "run_settings"]

@@ -22,8 +22,8 @@ import numpy as np
 
 from hypervisor.abi import PFINFO_HAS_DATA, POD_DEMAND_POPULATE, PFInfo
 
-from .events import (BatchSent, Event, MemoryOp, PassEnded, PassStarted, PhaseChanged, RunStarted,
-                     TrackedFinal, TrackedWrites)
+from .events import (BatchSent, Event, MemoryOp, PassEnded, PassPhase, PassStarted, Phase, PhaseChanged,
+                     RunStarted, TrackedFinal, TrackedWrites)
 
 _EMPTY = np.empty(0, dtype=np.int64)
 #: At most this many GFNs are followed one by one (each costs a line per event touching it).
@@ -130,7 +130,7 @@ class PageLedger:
                     self._unmarked.add(s.unmarked)
                 elif s.change == "remove" and self._unmarked:
                     self._unmarked.drop(s.gfns)
-        elif isinstance(ev, PassEnded) and ev.stats.phase != "verify":
+        elif isinstance(ev, PassEnded) and ev.stats.phase != PassPhase.VERIFY:
             self.xtab_last_pass = int(ev.stats.xtab_sent)
 
     on_event = __call__
@@ -223,7 +223,7 @@ class PageStory:
                 else:
                     state = "a hole (never populated)"
                 self._say(g, ev.t, f"migration starts ({ev.behaviour}): GFN {g:#x} is {state}")
-        elif isinstance(ev, PhaseChanged) and ev.phase == "suspended":
+        elif isinstance(ev, PhaseChanged) and ev.phase == Phase.SUSPENDED:
             for g in self.gfns.tolist():
                 self._say(g, ev.t, "the domain is suspended: no more writes")
         elif isinstance(ev, TrackedFinal):

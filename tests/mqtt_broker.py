@@ -1,6 +1,6 @@
 """A real Mosquitto for the MQTT tests: one per test, on a free loopback port.
 
-The config is what stack-notes.md found necessary: TCP_NODELAY (else Nagle + delayed
+The config: TCP_NODELAY (the README's MQTT section asks it of every broker: else Nagle + delayed
 ACK make each QoS 1 round trip ~88 ms), no queue limit (else Mosquitto silently drops
 messages for a slow subscriber), no persistence, the log on stdout (it drops
 privileges and cannot write a log file in a root-owned folder).

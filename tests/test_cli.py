@@ -196,7 +196,7 @@ def test_run_prints_xen_style_progress_and_no_escape_codes(full_run):
 def test_run_report_fields_match_the_engines_stats(full_run, files):
     import asyncio
 
-    from migrate.report import build_report
+    from migrate.view.report import build_report
     from migrate.runner import RunOptions, run_scenario
     from migrate.scenario import load_scenario
 

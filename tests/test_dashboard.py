@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from migrate.dashboard import Dashboard, LiveDashboard, Pacer, render_summary
-from migrate.events import BatchSent, EventBus, GuestNote
-from migrate.gfnmap import BALLOONED, XTAB, GfnMap
+from migrate.view.dashboard import Dashboard, LiveDashboard, render_summary
+from migrate.view.playback import Pacer
+from migrate.events import (BalloonMoved, BalloonReached, BalloonStalled, BalloonTarget, BatchSent,
+                            EventBus)
+from migrate.view.gfnmap import BALLOONED, XTAB, GfnMap
 
 from .test_gfnmap import BALLOON_CELLS, ended, feed, make_events
 
@@ -53,11 +55,11 @@ def test_render_shows_header_pass_table_and_counters():
 def test_gfn_map_cells_show_the_pre_fix_pass_visiting_the_balloon():
     dash = Dashboard()
     events = make_events("pre-fix")
-    feed(dash, events, until=lambda ev: isinstance(ev, GuestNote) and ev.what == "balloon_inflate")
+    feed(dash, events, until=lambda ev: isinstance(ev, BalloonMoved) and ev.direction == "inflate")
     assert (dash.gfnmap.cells()[BALLOON_CELLS] == BALLOONED).all()
     assert map_rows(export(dash.render()))["08000"] == "░" * 64
-    feed(dash, events[events.index(next(e for e in events if isinstance(e, GuestNote)
-                                         and e.what == "balloon_inflate")) + 1:], until=ended(2))
+    feed(dash, events[events.index(next(e for e in events if isinstance(e, BalloonMoved)
+                                         and e.direction == "inflate")) + 1:], until=ended(2))
     assert (dash.gfnmap.cells()[BALLOON_CELLS] == XTAB).all()
     text = export(dash.render())
     assert map_rows(text)["08000"] == "X" * 64
@@ -79,16 +81,21 @@ def test_progress_bar_follows_the_batches_of_the_pass_in_flight():
     assert "pass 2 (live)  dirty_count 4296  2048/4296 PFNs  data 200  XTAB 1848" in text
 
 
-def test_balloon_notes_are_read_defensively():
+def test_each_balloon_note_shows_in_the_balloon_panel():
     dash = Dashboard()
-    for detail in ({}, {"target": "soon"}, None, {"target": 10}, {"target_bytes": 4096 * 7}):
-        dash(GuestNote(t=0.5, what="balloon_target", detail=detail))
-    dash(GuestNote(t=0.6, what="balloon_stalled", detail={"reason": "no free memory"}))
-    dash(GuestNote(t=0.7, what="balloon_deflate", detail={"oops": 1}))
-    dash(GuestNote(t=0.8, what="workload_start", detail={"x": 1}))
+    dash(BalloonTarget(t=0.5, current_pages=16, target_pages=7, previous_pages=16, scheduled_at=0.5,
+                       reason="schedule"))
+    dash(BalloonMoved(t=0.6, current_pages=12, target_pages=7, direction="inflate", pages=4, batches=1))
+    dash(BalloonStalled(t=0.7, current_pages=12, target_pages=7, op="decrease_reservation", requested=5,
+                        done=0, rc=None, reason="no free memory"))
     text = export(dash.render())
     assert "target    7 pages" in text
-    assert "stalled: no free memory" in text
+    assert "inflate 4 pages" in text and "stalled: no free memory" in text
+    dash(BalloonTarget(t=0.8, current_pages=12, target_pages=12, previous_pages=7, scheduled_at=0.8,
+                       reason="schedule"))
+    dash(BalloonReached(t=0.9, current_pages=12, target_pages=12))
+    text = export(dash.render())
+    assert "target    12 pages" in text and "status    stalled" not in text and "0.900s reached" in text
 
 
 def test_renders_before_any_event():
@@ -100,7 +107,7 @@ def test_summary_looks_the_same_live_and_from_the_report():
     dash = Dashboard()
     feed(dash, make_events("pre-fix"))
     live = dash.summary()
-    report = {  # what migrate/report.py writes, with the engine's own totals
+    report = {  # what migrate/view/report.py writes, with the engine's own totals
         "schema_version": 1, "scenario": "balloon", "seed": 7, "behaviour": "pre-fix",
         "policy": {"name": "xen", "params": {"max_iterations": 5, "dirty_threshold": 50}},
         "outcome": "completed", "error": None, "p2m_size": 0x10000,
@@ -217,7 +224,7 @@ def test_pacer_refuses_non_positive_speed():
 def test_header_gives_the_destination_verdict():
     from rich.console import Console
 
-    from migrate.dashboard import Dashboard
+    from migrate.view.dashboard import Dashboard
     from migrate.events import MigrationFinished, VerifyDone, VerifyStats
 
     for ok, needle in ((True, "destination VERIFIED"), (False, "destination DIVERGED: 44,946 missing, 3 stale")):

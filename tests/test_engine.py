@@ -45,7 +45,8 @@ def test_idle_guest_one_full_pass_then_clean_with_zero_dirty_stops():
 def test_uniform_writer_follows_the_analytic_precopy_model():
     """Each CLEAN reports N(1 - exp(-w*T/N)) distinct pages for w page-writes/s spread
     uniformly over N pages during the T seconds since the previous CLEAN
-    (precopy-models.md, section 6: the saturating curve)."""
+    (the saturating curve: each write hits a given page with probability 1/N, so a page
+    stays clean through w*T writes with probability (1 - 1/N)^(w*T) ~ exp(-w*T/N))."""
     rate_pages = 4000.0
     sc = scenario(guest={"memory": "128MiB", "tick": "1ms",
                          "workloads": [{"kind": "uniform", "rate": f"{int(rate_pages)}pages/s"}]},
@@ -357,8 +358,8 @@ def test_link_next_batch_time_is_the_engines_batch_time_to_the_bit():
         res = asyncio.run(run_scenario(sc, RunOptions(), bus=bus))
     finally:
         mp.undo()
-    from migrate.runner import RunOptions as _RO, _effective
-    link = _effective(sc, _RO())[-1]
+    from migrate.runner import RunOptions as _RO, run_settings
+    link = run_settings(sc, _RO()).link
     assert res.save.outcome == "completed" and len(sent) == len(starts) > 10
     for t0, ev in zip(starts, sent):
         n_data = int(PFINFO_HAS_DATA[ev.nibbles].sum())

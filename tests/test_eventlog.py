@@ -41,7 +41,7 @@ def test_recorded_run_reads_back_as_exactly_the_live_events(recorded):
     for a, b in zip(live, log.events):
         assert type(a) is type(b)
         assert same_value(a, b), a.kind
-    assert log.header["scenario"] == "balloon" and log.header["format_version"] == 1
+    assert log.header["scenario"] == "balloon" and log.header["format_version"] == 2
     assert "balloon:" in log.header["scenario_text"] or "name: balloon" in log.header["scenario_text"]
 
 
@@ -143,3 +143,31 @@ def test_hostile_array_runs_and_foreign_types_are_refused(tmp_path):
                                    ballooned=np.zeros((0, 2), np.int64)))
     with pytest.raises(EventLogError, match="stated length"):
         read_event_log(_one_record_log(tmp_path, frame, raw_len=10))
+
+
+def test_the_enums_are_written_as_their_plain_strings(recorded, tmp_path):
+    """Outcome, pass phase and behaviour are StrEnums in memory and after a log round
+    trip; the JSON report and the CSV show the same strings as before they were."""
+    import csv
+    import json
+
+    from hypervisor.abi import XenBehaviour
+    from migrate.events import MigrationFinished, Outcome, PassPhase, Phase, PhaseChanged
+    from migrate.view.report import build_report, write_csv, write_json
+
+    path, live, result = recorded
+    assert result.save.outcome is Outcome.COMPLETED and result.save.rounds[0].phase is PassPhase.LIVE
+    back = read_event_log(path).events
+    assert next(e for e in back if isinstance(e, RunStarted)).behaviour is XenBehaviour.PRE_FIX
+    assert next(e for e in back if isinstance(e, MigrationFinished)).outcome is Outcome.COMPLETED
+    assert {e.phase for e in back if isinstance(e, PhaseChanged)} >= {Phase.SETUP, Phase.SUSPENDED, Phase.DONE}
+    rep = build_report(result)
+    write_json(tmp_path / "r.json", rep)
+    write_csv(tmp_path / "r.csv", [rep])
+    text = (tmp_path / "r.json").read_text()
+    assert "XenBehaviour" not in text and "Outcome" not in text and "PassPhase" not in text
+    data = json.loads(text)
+    assert data["behaviour"] == "pre-fix" and data["rounds"][0]["phase"] == "live"
+    assert '"completed"' in text
+    rows = list(csv.DictReader((tmp_path / "r.csv").open()))
+    assert rows[0]["behaviour"] == "pre-fix" and rows[0]["phase"] == "live" and rows[-1]["phase"] == "final"

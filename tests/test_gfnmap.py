@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from migrate.events import (BatchSent, CleanDone, CountersSampled, GuestNote, MemoryOp,
+from migrate.events import (BalloonMoved, BalloonTarget, BatchSent, CleanDone, CountersSampled, MemoryOp,
                             MigrationFinished, PassEnded, PassStarted, PhaseChanged, RoundStats,
                             RunStarted, SaveSetup, VerifyDone, VerifyStats)
-from migrate.gfnmap import (BALLOONED, LEFTOVER, PENDING, SENT, UNPOPULATED, XTAB, GfnMap,
+from migrate.view.gfnmap import (BALLOONED, LEFTOVER, PENDING, SENT, UNPOPULATED, XTAB, GfnMap,
                             GfnMapRecorder)
 
 P2M = 0x10000                       # 256 MiB of address space, 64 PFNs per cell
@@ -83,9 +83,11 @@ def make_events(behaviour: str = "pre-fix", verify_ok: bool | None = None) -> li
     b.add(SaveSetup(t=0.0, p2m_size=P2M))
     b.add(PhaseChanged(t=0.0, phase="precopy"))
     b.run_pass(1, "live", None, P2M)
-    b.add(GuestNote(t=b.tick(), what="balloon_target", detail={"target_pages": 0xEEA0 - 0x1000}))
+    b.add(BalloonTarget(t=b.tick(), current_pages=0xEEA0, target_pages=0xEEA0 - 0x1000, previous_pages=0xEEA0,
+                        scheduled_at=b.t, reason="schedule"))
     b.balloon_out(*BALLOON)
-    b.add(GuestNote(t=b.tick(), what="balloon_inflate", detail={"pages": 0x1000}))
+    b.add(BalloonMoved(t=b.tick(), current_pages=0xEEA0 - 0x1000, target_pages=0xEEA0 - 0x1000,
+                       direction="inflate", pages=0x1000, batches=4))
     ballooned = np.arange(*BALLOON, dtype=np.int64)
     dirty2 = WRITES if behaviour == "fixed" else np.concatenate([WRITES, ballooned])
     b.add(CleanDone(t=b.tick(), iteration=1, op="CLEAN", final=False, dirty_count=int(dirty2.size),
@@ -286,7 +288,7 @@ def test_a_hole_walked_in_bulk_shows_as_xtab_in_both_models():
     import numpy as np
 
     from migrate.events import BatchSent, PassStarted, RunStarted, SaveSetup
-    from migrate.gfnmap import PENDING, XTAB, GfnMap
+    from migrate.view.gfnmap import PENDING, XTAB, GfnMap
 
     for p2m_size, dense_limit in ((1 << 20, 1 << 26), (1 << 32, 1 << 26)):
         gm = GfnMap(dense_limit=dense_limit)

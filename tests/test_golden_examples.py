@@ -60,7 +60,7 @@ def _hash_sink_factory():
 
 def run_example(name: str, behaviour: str, monkeypatch=None) -> dict:
     from migrate import runner
-    from migrate.report import build_report
+    from migrate.view.report import build_report
     from migrate.runner import RunOptions, run_scenario
     from migrate.scenario import load_scenario
 
@@ -80,7 +80,7 @@ def run_example(name: str, behaviour: str, monkeypatch=None) -> dict:
 
 
 def _jsonable(o):
-    from migrate.report import jsonable
+    from migrate.view.report import jsonable
 
     return jsonable(o)
 

@@ -231,3 +231,22 @@ def test_with_the_real_hypervisor_pod_boot_stays_within_the_cache():
     hv.advance_to(2.0)
     assert g.current_pages == 8192
     assert hv.stats.pod_failures == 0 and hv.ram_gfns().size + hv.stats.pod_entries == 8192
+
+
+def test_balloon_snapshot_holds_everything_the_driver_changes():
+    """A balloon driver restored from its snapshot is the driver at the snapshot: every
+    attribute outside ``Balloon.STATE`` is the same object after a run as before it."""
+    g = make({"rate": "64MiB/s", "schedule": [{"at": "0.3s", "target": "40MiB"}, {"at": "1.2s", "target": "+8MiB"}]})
+    drv = StrictDriver(g)
+    b = g.balloon
+    fixed = {k: v for k, v in vars(b).items() if k not in b.STATE}
+    snap = b.snapshot()
+    before = {k: (v.copy() if isinstance(v, np.ndarray) else repr(v)) for k, v in snap.items()}
+    drv.run(0, 1.0)
+    assert b.current != snap["current"] and b.stats != snap["stats"]
+    assert {k: v for k, v in vars(b).items() if k not in b.STATE}.keys() == fixed.keys()
+    assert all(vars(b)[k] is v for k, v in fixed.items())
+    b.restore(snap)
+    for k, v in before.items():
+        now = getattr(b, k)
+        assert (np.array_equal(now, v) if isinstance(v, np.ndarray) else repr(now) == v), k

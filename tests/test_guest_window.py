@@ -86,14 +86,14 @@ def _hypervisor(guest, layout, host_extra):
     hv.build(layout)
     hv.attach_guest(guest)
     rec = []
-    apply = hv.apply
+    apply = hv.sched.apply
 
     def recording(op):
         res = apply(op)
         rec.append((op_key(op), None if res is None else (int(res.rc), np.asarray(res.done).tolist())))
         return res
 
-    hv.apply = recording
+    hv.sched.apply = recording      # what the scheduler serves while it runs the guest
     return hv, rec
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from hypervisor.abi import (E2BIG, EINVAL, ENOMEM, SHADOW_LOGDIRTY_FINAL, DecreaseReservation,
+from hypervisor.abi import (E2BIG, EBUSY, EINVAL, ENOENT, ENOMEM, EPERM, SHADOW_LOGDIRTY_FINAL, DecreaseReservation,
                             DomainLayout, MemoryWrites, P2MType, PopulatePhysmap, ShadowOp, XenError)
 from hypervisor.domain import Hypervisor
 
@@ -25,6 +25,25 @@ def test_decrease_on_invalid_gfn_stops_and_leaves_it_unchanged():
     res = hv.decrease_reservation(a(1, 2, 100, 3))
     assert res.rc == 2 and res.done.tolist() == [1, 2]
     assert hv.p2m_types(a(1, 2, 3)).tolist() == [P2MType.invalid, P2MType.invalid, P2MType.ram_logdirty]
+
+
+def test_a_short_memory_op_says_why_on_its_result():
+    hv = make_hv(mmio_gfns=a(70))
+    assert hv.decrease_reservation(a(1, 2)).errno == 0
+    assert hv.decrease_reservation(a(3, 100)).errno == ENOENT      # a hole
+    assert hv.decrease_reservation(a(70)).errno == EPERM           # a special entry
+    assert hv.populate_physmap(a(70)).errno == EBUSY
+    assert hv.populate_physmap(a(1, 4), pod=True).errno == EBUSY      # 4 is RAM
+    assert hv.add_to_physmap(100, 4).errno == EINVAL
+
+
+def test_a_hypercall_event_carries_the_time_it_was_served_at():
+    hv = make_hv()
+    hv.drain_events()
+    hv.decrease_reservation(a(1), t=0.25)
+    hv.populate_physmap(a(1))                      # no time given: the domain's clock
+    assert [(e.kind, e.t) for e in hv.drain_events()] == [("decrease_reservation", 0.25),
+                                                          ("populate_physmap", hv.now)]
 
 
 def test_decrease_repeated_gfn_stops_at_the_repeat():

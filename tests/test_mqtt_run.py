@@ -18,7 +18,7 @@ import pytest
 from migrate import mqtt
 from migrate.bus import BrokerUnreachable, InProcessHub, InProcessTransport, RunRefused, parse_broker_url
 from migrate.events import BatchSent, EventBus, PhaseChanged
-from migrate.report import build_report
+from migrate.view.report import build_report
 from migrate.runner import RunOptions, run_scenario
 from migrate.scenario import load_scenario
 from tests.mqtt_broker import key_env, test_key
@@ -149,7 +149,7 @@ async def test_watch_renders_the_same_final_dashboard(mqtt_broker):
     from rich.console import Console
 
     from migrate.cli_mqtt import watch_run
-    from migrate.dashboard import Dashboard
+    from migrate.view.dashboard import Dashboard
 
     def text(dash) -> str:
         console = Console(record=True, width=140, color_system=None, file=open(os.devnull, "w"))
@@ -345,7 +345,7 @@ async def test_forged_replies_and_events_from_a_second_client_leave_the_verdict_
 
     from migrate import wire
     from migrate.cli_mqtt import watch_run
-    from migrate.dashboard import Dashboard
+    from migrate.view.dashboard import Dashboard
     from migrate.events import MigrationFinished, VerifyDone, VerifyStats
 
     (tmp_path / "small.yaml").write_text(SMALL_PREFIX)
@@ -491,10 +491,10 @@ async def test_watch_records_the_events_with_their_call_site_effects(mqtt_broker
     """`xmig watch --record`: the log holds what the watcher saw over the broker,
     MemoryOp call-site effects included, and rebuilds the run's report."""
     from migrate.cli_mqtt import watch_run
-    from migrate.dashboard import Dashboard
+    from migrate.view.dashboard import Dashboard
     from migrate.eventlog import EventRecorder, read_event_log
     from migrate.events import MemoryOp
-    from migrate.report import build_report
+    from migrate.view.report import build_report
     from migrate.runner import result_from_events
 
     sc = scenario("balloon")
@@ -528,7 +528,7 @@ async def test_the_example_acl_gives_each_actor_only_its_topics(tmp_path):
 
     from migrate import wire
     from migrate.cli_mqtt import watch_run
-    from migrate.dashboard import Dashboard
+    from migrate.view.dashboard import Dashboard
     from migrate.events import MigrationFinished
     from tests.mqtt_broker import Broker, free_port, mosquitto_binary
 

@@ -10,8 +10,8 @@ import re
 import pytest
 
 from migrate.events import EventBus
-from migrate.progress import PlainProgress, print_summary
-from migrate.report import build_report
+from migrate.view.progress import PlainProgress, print_summary
+from migrate.view.report import build_report
 from migrate.runner import RunOptions, run_scenario
 from migrate.scenario import load_scenario
 

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from migrate.dashboard import Dashboard
-from migrate.gfnmap import GfnMapRecorder
-from migrate.plot import PlotError, write_plot
+from migrate.view.dashboard import Dashboard
+from migrate.view.gfnmap import GfnMapRecorder
+from migrate.view.plot import PlotError, write_plot
 
 from .test_gfnmap import make_events
 
@@ -55,7 +55,7 @@ def test_missing_matplotlib_names_the_extra(tmp_path, monkeypatch):
 def test_a_sparse_guest_s_later_passes_stay_visible_on_a_log_axis():
     """sparse-16tib.yaml: pass 1 walks 2^32 PFNs (nearly all XTAB), pass 2 sends a few
     hundred pages; on a linear axis pass 2 would be drawn at zero height."""
-    from migrate.plot import pages_scale
+    from migrate.view.plot import pages_scale
 
     sparse = {"rounds": [{"pages_sent": 262144, "xtab_sent": (1 << 32) - 262144},
                          {"pages_sent": 310, "xtab_sent": 0}, {"pages_sent": 40, "xtab_sent": 0}]}

@@ -6,9 +6,9 @@ import io
 
 import numpy as np
 
-from migrate.dashboard import Dashboard
-from migrate.events import GuestNote, MemoryOp, MigrationFinished, PhaseChanged
-from migrate.progress import PlainProgress, print_summary
+from migrate.view.dashboard import Dashboard
+from migrate.events import BalloonMoved, BalloonStalled, BalloonTarget, MemoryOp, MigrationFinished, PhaseChanged
+from migrate.view.progress import PlainProgress, print_summary
 
 from .test_gfnmap import make_events
 
@@ -66,13 +66,15 @@ def test_balloon_bursts_fold_into_one_line_before_the_next_line():
               MemoryOp(t=1.1, op="decrease_reservation", nr=8, rc=5, gfns=g[8:]),
               MemoryOp(t=1.2, op="populate_physmap", nr=4, rc=4, gfns=g[:4]),
               MemoryOp(t=1.2, op="add_to_physmap", nr=1, rc=0, gfns=g[:1]),
-              GuestNote(t=1.3, what="balloon_stalled", detail={"reason": "host out of memory"}),
-              GuestNote(t=1.4, what="balloon_target", detail={"unexpected": True}),
-              GuestNote(t=1.5, what="balloon_inflate", detail={"pages": 3})]
+              BalloonStalled(t=1.3, current_pages=9, target_pages=12, op="populate_physmap", requested=4,
+                             done=0, rc=0, reason="host out of memory"),
+              BalloonTarget(t=1.4, current_pages=9, target_pages=1792, previous_pages=12, scheduled_at=1.4,
+                            reason="schedule"),
+              BalloonMoved(t=1.5, current_pages=6, target_pages=1792, direction="inflate", pages=3, batches=1)]
     assert run(events).splitlines() == [
         "xmig: balloon: t=1.000 s decrease_reservation 13/16 pages (2 ops), populate_physmap 4 pages (1 op)",
         "xmig: balloon: t=1.300 s stalled: host out of memory",
-        "xmig: balloon: t=1.400 s new target",
+        "xmig: balloon: t=1.400 s target 1792 pages (7 MiB)",
     ]
 
 

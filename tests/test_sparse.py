@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 
 from migrate import control
-from migrate.report import build_report
+from migrate.view.report import build_report
 from migrate.runner import RunOptions, run_scenario
 from migrate.scenario import parse_scenario
 from migrate.stream import read_stream, RecType, split_pfn_words  # noqa: F401

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from migrate.report import build_report
+from migrate.view.report import build_report
 from migrate.runner import RunOptions, result_from_events, run_scenario
 from migrate.scenario import ScenarioError, load_scenario
 from migrate.events import EventBus

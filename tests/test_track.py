@@ -154,7 +154,7 @@ def test_record_then_replay_prints_the_same_lines_and_summary(tmp_path):
     import json
 
     from migrate.eventlog import read_event_log
-    from migrate.report import build_report
+    from migrate.view.report import build_report
     from migrate.runner import result_from_events
 
     ev, rep = tmp_path / "run.events", tmp_path / "run.json"

@@ -60,7 +60,8 @@ def _pool(plan: SweepPlan, workers: int) -> ProcessPoolExecutor:
 
 def local_rows(plan: SweepPlan, points: list[Point], workers: int) -> Iterator[dict[str, Any]]:
     """Run ``points`` on ``workers`` local processes; yield each row as it finishes."""
-    from .. import report, runner  # noqa: F401  (imported once here, inherited by every worker)
+    from .. import runner  # noqa: F401
+    from ..view import report  # noqa: F401  (imported once here, inherited by every worker)
 
     attempts: dict[int, int] = {}
     todo = list(points)

@@ -126,7 +126,7 @@ def summary_table(rows: list[dict[str, Any]], axis: str, metric: str, *, title: 
 def write_plot(path: Path, rows: list[dict[str, Any]], axis: str, metric: str, *, unit: str = "",
                title: str = "") -> None:
     """``metric`` against ``axis``: one line per series, the 95 % interval shaded."""
-    from ..plot import PlotError, _matplotlib
+    from ..view.plot import PlotError, _matplotlib
 
     plt = _matplotlib()[0]
     groups = group_by(rows, axis, metric)

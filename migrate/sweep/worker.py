@@ -39,7 +39,7 @@ def run_point_here(key: str, values: tuple) -> dict[str, Any]:
 def run_point(base: dict[str, Any], source: str, axes: list[str], key: str, values) -> dict[str, Any]:
     """Run the scenario ``base`` with ``axes[i] = values[i]``; return the row's outcome
     columns plus ``key`` (the run's identity, see ``spec.run_key``)."""
-    from ..report import build_report
+    from ..view.report import build_report
     from ..runner import run_scenario
     from ..scenario import ScenarioError, parse_scenario
     from .spec import SweepError, apply_values

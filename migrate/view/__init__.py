@@ -1,4 +1,6 @@
-"""Everything a person looks at: the interactive teaching app and its pieces.
+"""Everything a person looks at: the terminal dashboard (``dashboard``), the GFN map
+(``gfnmap``), plain progress lines (``progress``), plots (``plot``), the JSON and CSV
+reports (``report``), and the interactive teaching app and its pieces.
 
 - ``narration``: one plain-words caption per event that matters;
 - ``playback``: the pacer the engine (or a replay) waits on: pause, step, speed, slow

@@ -17,7 +17,7 @@ def interactive_run(scenario, opts, *, speed: float | None, guided: bool = False
     """One migration in the app (``run(scenario, opts, bus=, pacer=)``, by default in
     this process). Returns (result, interrupted, recorder) like ``cli._one_run``:
     ``interrupted`` when ``q`` aborted a migration still running."""
-    from ..gfnmap import GfnMapRecorder
+    from .gfnmap import GfnMapRecorder
 
     recorder = GfnMapRecorder() if record_map else None
     app = XmigApp.for_run(scenario, opts, speed=speed, guided=guided, run=run,

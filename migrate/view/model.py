@@ -10,9 +10,9 @@ into a fresh ``RunView`` to seek.
 
 from __future__ import annotations
 
-from ..dashboard import Dashboard
-from ..events import Event, PassStarted, RunStarted
-from ..gfnmap import GfnMap
+from .dashboard import Dashboard
+from ..events import Event, PassPhase, PassStarted, RunStarted
+from .gfnmap import GfnMap
 from ..track import PageStory
 from .narration import Caption, Narrator
 
@@ -68,7 +68,7 @@ def pass_starts(events: list[Event]) -> dict[int, int]:
     """Index in ``events`` of each live or final pass's ``PassStarted`` (for seeking)."""
     out: dict[int, int] = {}
     for i, ev in enumerate(events):
-        if isinstance(ev, PassStarted) and ev.phase != "verify":
+        if isinstance(ev, PassStarted) and ev.phase != PassPhase.VERIFY:
             out.setdefault(int(ev.iteration), i)
     return out
 

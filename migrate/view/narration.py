@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from ..events import (BatchSent, Event, GuestNote, MemoryOp, MigrationFinished, PassEnded,
-                      PassStarted, PhaseChanged, RunStarted, VerifyDone)
-from ..gfnmap import GfnMap
+from ..events import (BalloonMoved, BalloonNote, BalloonTarget, BatchSent, Event, MemoryOp, MigrationFinished,
+                      Outcome, PassEnded, PassPhase, PassStarted, Phase, PhaseChanged, RunStarted, VerifyDone)
+from .gfnmap import GfnMap
 from hypervisor.abi import PFINFO_HAS_DATA
 
 PAGE = 4096
@@ -111,13 +111,13 @@ class Narrator:
             elif ev.rc > 0 and ev.op == "populate_physmap":
                 self._added_since_pass += int(ev.rc)
             return self._move_done(float(ev.t))
-        if isinstance(ev, GuestNote):
-            return self._guest(ev)
+        if isinstance(ev, BalloonNote):
+            return self._balloon(ev)
         if isinstance(ev, PassStarted):
             return self._pass_started(ev)
         if isinstance(ev, PassEnded):
             st = ev.stats
-            if st.phase == "verify":
+            if st.phase == PassPhase.VERIFY:
                 return None
             dur = st.end_s - st.start_s
             text = (f"pass {st.iteration} done: {st.pages_sent:,} data pages, {st.xtab_sent:,} XTAB "
@@ -125,7 +125,7 @@ class Narrator:
             if st.xtab_sent and st.iteration > 1:
                 text += f" ({st.xtab_sent:,} GFNs queried for nothing)"
             return Caption(t, text, interesting=bool(st.xtab_sent and st.iteration > 1))
-        if isinstance(ev, PhaseChanged) and ev.phase == "suspended":
+        if isinstance(ev, PhaseChanged) and ev.phase == Phase.SUSPENDED:
             # the saver's own words for it ("Domain now suspended") say no more than this
             return Caption(t, "the policy ends the live passes: the domain is suspended, "
                               "downtime starts", interesting=True)
@@ -135,18 +135,17 @@ class Narrator:
                               f"{ev.guest_pages:,} RAM pages; pass 1 sends every PFN", interesting=True)
         if isinstance(ev, VerifyDone):
             return self._verify(ev)
-        if isinstance(ev, MigrationFinished) and ev.outcome != "completed":
+        if isinstance(ev, MigrationFinished) and ev.outcome != Outcome.COMPLETED:
             return Caption(t, f"migration {ev.outcome}: {ev.message}", interesting=True)
         return None
 
-    def _guest(self, ev: GuestNote) -> Caption | None:
-        d = ev.detail if isinstance(ev.detail, dict) else {}
+    def _balloon(self, ev: BalloonNote) -> Caption | None:
         t = float(ev.t)
-        if ev.what == "balloon_target" and "target_pages" in d and "current_pages" in d:
-            delta = int(d["target_pages"]) - int(d["current_pages"])
+        if isinstance(ev, BalloonTarget):
+            delta = int(ev.target_pages) - int(ev.current_pages)
             if not delta:
                 return None
-            self._move = {"out": delta < 0, "pages": 0, "ops": 0, "target": int(d["target_pages"])}
+            self._move = {"out": delta < 0, "pages": 0, "ops": 0, "target": int(ev.target_pages)}
             if delta < 0:
                 fix = ("fixed: any of them that are dirty are marked clean"
                        if _fixed(self.behaviour, "p2m_remove_page")
@@ -161,11 +160,11 @@ class Narrator:
                 text = (f"balloon deflates {_size(delta)}: populate_physmap adds {delta:,} "
                         f"GFNs back. {fix}")
             return Caption(t, text, interesting=True)
-        if ev.what in ("balloon_inflate", "balloon_deflate") and self._move is not None:
+        if isinstance(ev, BalloonMoved) and self._move is not None:
             # the guest's own account of each step of the move (pages, hypercalls)
-            self._move["pages"] += int(d.get("pages", 0))
-            self._move["ops"] += int(d.get("batches", 0))
-            if int(d.get("current_pages", -1)) == self._move["target"]:
+            self._move["pages"] += int(ev.pages)
+            self._move["ops"] += int(ev.batches)
+            if int(ev.current_pages) == self._move["target"]:
                 self._move["noted"] = True
                 return self._move_done(t)
         return None
@@ -208,14 +207,14 @@ class Narrator:
         self._xtab_told = False
         removed, added = self._removed_since_pass, self._added_since_pass
         self._removed_since_pass = self._added_since_pass = 0
-        if ev.phase == "verify":
+        if ev.phase == PassPhase.VERIFY:
             return Caption(t, "VERIFY pass: everything is sent again while the domain is suspended")
         if ev.pfns is None:
             return None           # pass 1: said when the run started
         ps = self.gfnmap.pass_start
-        head = ("final pass" if ev.phase == "final" else f"pass {ev.iteration}")
+        head = ("final pass" if ev.phase == PassPhase.FINAL else f"pass {ev.iteration}")
         parts = [f"{head}: the CLEAN gave dirty_count {ev.dirty_count:,}"]
-        interesting = ev.phase == "final"
+        interesting = ev.phase == PassPhase.FINAL
         left, lost, listed = ps.get("leftover", 0), ps.get("added_lost", 0), ps.get("added_listed", 0)
         if left:
             parts.append(f"{left:,} of them are not in the P2M (bits the balloon left set, pre-fix): "

@@ -1,6 +1,6 @@
 """The app's panels: each a small Textual widget drawing one part of a ``RunView``.
 
-They reuse the rich pieces of ``migrate/dashboard.py`` as renderables and only decide
+They reuse the rich pieces of ``migrate/view/dashboard.py`` as renderables and only decide
 what fits: a panel redraws when its run's ``version`` moved (new events) or its size
 changed, never by folding events itself.
 """
@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.widget import Widget
 
-from ..dashboard import pass_table, render_gfnmap
+from .dashboard import pass_table, render_gfnmap
 from .model import RunView
 
 

@@ -1,9 +1,9 @@
 """The pacer the engine (or a replay) awaits between batches, with the app's controls.
 
 Virtual time is the engine's own (``migrate/engine.py`` stamps every call); this only
-decides how fast it runs against the wall clock: ``Pacer`` (``migrate/dashboard.py``)
-keeps ``speed`` virtual seconds per wall second, and ``Playback`` adds what a person
-needs: pause (virtual time stops because the engine waits here), a new speed, and
+decides how fast it runs against the wall clock: ``Pacer`` (``--speed``) keeps
+``speed`` virtual seconds per wall second, and ``Playback`` adds what a person needs:
+pause (virtual time stops because the engine waits here), a new speed, and
 *holds*: the app asks the virtual clock to stand still a little longer around a moment
 too short to see (the ~10 ms XTAB walk of a ballooned region). A hold or a pause moves
 the pace's anchor, so every run paced by the same playback (compare's two) waits alike
@@ -16,7 +16,48 @@ import asyncio
 import time
 from typing import Any, Callable
 
-from ..dashboard import Pacer
+
+class Pacer:
+    """Let virtual time advance at most ``speed`` x wall time (``None``: flat out).
+
+    The pace is measured from an anchor (the first call), so skipped tiny sleeps and
+    sleep overshoot never accumulate drift. If the run falls behind by more than
+    ``max_lag`` wall seconds (a long CLEAN, a slow terminal) the anchor moves up rather
+    than letting the next virtual seconds rush by to catch up. ``clock`` and ``sleep``
+    are injectable for tests.
+    """
+
+    def __init__(self, speed: float | None, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Any] = asyncio.sleep, min_sleep: float = 0.002,
+                 max_lag: float = 0.5):
+        if speed is not None and not speed > 0:
+            raise ValueError(f"--speed must be a positive number or 'max', not {speed!r}")
+        self.speed = None if speed is None else float(speed)
+        self._clock = clock
+        self._sleep = sleep
+        self.min_sleep = float(min_sleep)
+        self.max_lag = float(max_lag)
+        self._wall0: float | None = None
+        self._virt0 = 0.0
+        self.slept = 0.0          # total requested sleep, for tests and the header
+
+    def reset(self) -> None:
+        self._wall0 = None
+
+    async def pace(self, virtual_t: float) -> None:
+        if self.speed is None:
+            return
+        now = self._clock()
+        if self._wall0 is None:
+            self._wall0, self._virt0 = now, float(virtual_t)
+            return
+        delay = self._wall0 + (float(virtual_t) - self._virt0) / self.speed - now
+        if delay >= self.min_sleep:
+            self.slept += delay
+            await self._sleep(delay)
+        elif delay < -self.max_lag:
+            self._wall0, self._virt0 = now, float(virtual_t)
+
 
 SPEEDS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 1.0, 2.0, 5.0, 10.0, None)   # None: flat out
 
@@ -109,4 +150,4 @@ class Playback(Pacer):
         await super().pace(virtual_t)
 
 
-__all__ = ["Playback", "SPEEDS", "default_tty_speed"]
+__all__ = ["Pacer", "Playback", "SPEEDS", "default_tty_speed"]

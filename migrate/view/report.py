@@ -13,8 +13,8 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from .events import RoundStats
-from .runner import RunResult
+from ..events import RoundStats
+from ..runner import RunResult
 
 SCHEMA_VERSION = 1
 
@@ -81,7 +81,7 @@ def _pages(res: RunResult) -> dict[str, Any]:
 
 def write_json(path: str | Path, data: Any) -> None:
     """The report as JSON, written atomically (``outputs.atomic_file``)."""
-    from .outputs import write_json as _write
+    from ..outputs import write_json as _write
 
     _write(path, data)
 
@@ -100,7 +100,7 @@ def jsonable(o: Any):
 
 def write_csv(path: str | Path, reports: list[dict[str, Any]]) -> None:
     """One row per pass; with several runs (compare) a leading behaviour/policy column."""
-    from .outputs import atomic_file
+    from ..outputs import atomic_file
 
     with atomic_file(path, "w", newline="") as fh:
         w = csv.writer(fh)

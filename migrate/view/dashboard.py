@@ -1,10 +1,10 @@
-"""The live terminal dashboard, the final summary, and ``--speed`` pacing.
+"""The live terminal dashboard and the final summary.
 
 What Xen shows through ``xc_report_progress_*`` and ``xl migrate``'s output, drawn as
 one rich screen: the header (scenario, behaviour, policy), the current pass's progress
 over its PFNs (``send_dirty_pages``' ``written``/``entries``), a table of passes
 (``struct precopy_stats`` plus what each pass sent), the balloon, the hypervisor's
-log-dirty counters and the GFN map (``migrate/gfnmap.py``).
+log-dirty counters and the GFN map (``migrate/view/gfnmap.py``).
 
 Everything here is a consumer of the event stream (``migrate/events.py``): a
 ``Dashboard`` is a bus listener and never asks any actor anything.
@@ -12,12 +12,10 @@ Everything here is a consumer of the event stream (``migrate/events.py``): a
 
 from __future__ import annotations
 
-import asyncio
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 from rich import box
@@ -29,9 +27,10 @@ from rich.text import Text
 
 from hypervisor.abi import PFINFO_HAS_DATA
 
-from .events import (BatchSent, CleanDone, CountersSampled, Event, GuestNote, MemoryOp,
-                     MigrationFinished, PassEnded, PassStarted, PhaseChanged, RoundStats,
-                     RunStarted, RunSummary, SaveSetup, VerifyDone, count_balloon)
+from ..events import (BalloonMoved, BalloonNote, BalloonStalled, BalloonTarget, BatchSent, CleanDone,
+                      CountersSampled, Event, MemoryOp, MigrationFinished, Outcome, PassEnded, PassPhase,
+                      PassStarted, Phase, PhaseChanged, RoundStats, RunStarted, RunSummary, SaveSetup,
+                      VerifyDone, count_balloon)
 from .gfnmap import LEGEND, LEGEND_BY_STATE, GfnMap
 from .gfnmap import PENDING as PENDING_STATE
 from .gfnmap import SENT as SENT_STATE
@@ -40,62 +39,7 @@ PAGE = 4096
 MIB = 1 << 20
 _XTAB = 0xF
 
-# ----------------------------------------------------------------------------- pacing
-
-
-class Pacer:
-    """Let virtual time advance at most ``speed`` x wall time (``None``: flat out).
-
-    The pace is measured from an anchor (the first call), so skipped tiny sleeps and
-    sleep overshoot never accumulate drift. If the run falls behind by more than
-    ``max_lag`` wall seconds (a long CLEAN, a slow terminal) the anchor moves up rather
-    than letting the next virtual seconds rush by to catch up. ``clock`` and ``sleep``
-    are injectable for tests.
-    """
-
-    def __init__(self, speed: float | None, *, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Any] = asyncio.sleep, min_sleep: float = 0.002,
-                 max_lag: float = 0.5):
-        if speed is not None and not speed > 0:
-            raise ValueError(f"--speed must be a positive number or 'max', not {speed!r}")
-        self.speed = None if speed is None else float(speed)
-        self._clock = clock
-        self._sleep = sleep
-        self.min_sleep = float(min_sleep)
-        self.max_lag = float(max_lag)
-        self._wall0: float | None = None
-        self._virt0 = 0.0
-        self.slept = 0.0          # total requested sleep, for tests and the header
-
-    def reset(self) -> None:
-        self._wall0 = None
-
-    async def pace(self, virtual_t: float) -> None:
-        if self.speed is None:
-            return
-        now = self._clock()
-        if self._wall0 is None:
-            self._wall0, self._virt0 = now, float(virtual_t)
-            return
-        delay = self._wall0 + (float(virtual_t) - self._virt0) / self.speed - now
-        if delay >= self.min_sleep:
-            self.slept += delay
-            await self._sleep(delay)
-        elif delay < -self.max_lag:
-            self._wall0, self._virt0 = now, float(virtual_t)
-
-
 # ----------------------------------------------------------------------------- state
-
-
-def _num(detail: Any, *keys: str) -> float | None:
-    if not isinstance(detail, dict):
-        return None
-    for k in keys:
-        v = detail.get(k)
-        if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool):
-            return v
-    return None
 
 
 def _runs_pages(runs) -> int:
@@ -210,8 +154,8 @@ class Dashboard:
             s.nodes_peak = max(s.nodes_peak, int(nodes or 0))
         elif isinstance(ev, MemoryOp):
             self._memory_op(ev)
-        elif isinstance(ev, GuestNote):
-            self._guest_note(ev)
+        elif isinstance(ev, BalloonNote):
+            self._balloon_note(ev)
         elif isinstance(ev, PassStarted):
             s.in_pass = True
             s.cur_iteration, s.cur_phase = int(ev.iteration), ev.phase
@@ -229,9 +173,9 @@ class Dashboard:
                             "dirty_count": ev.dirty_count, "fault_count": ev.fault_count}
         elif isinstance(ev, PhaseChanged):
             s.phase, s.phase_detail = ev.phase, ev.detail
-            if ev.phase == "suspended" and s.t_suspend is None:
+            if ev.phase == Phase.SUSPENDED and s.t_suspend is None:
                 s.t_suspend = float(ev.t)
-            elif ev.phase == "done":
+            elif ev.phase == Phase.DONE:
                 s.t_done = float(ev.t)
         elif isinstance(ev, RunStarted):
             s.scenario, s.seed, s.behaviour = ev.scenario, ev.seed, ev.behaviour
@@ -249,7 +193,7 @@ class Dashboard:
             s.verify = ev.stats.as_dict()
         elif isinstance(ev, MigrationFinished):
             s.outcome, s.message = ev.outcome, ev.message
-            s.phase = "done" if ev.outcome == "completed" else ev.outcome
+            s.phase = "done" if ev.outcome == Outcome.COMPLETED else ev.outcome
 
     def _memory_op(self, ev: MemoryOp) -> None:
         s = self.state
@@ -264,7 +208,7 @@ class Dashboard:
             return
         # The pass table's "bal -/+" column, by the engine's own rule (count_balloon):
         # in the pass it happens in; between two passes, in the pass before.
-        one = RoundStats(iteration=0, phase="", start_s=0.0)
+        one = RoundStats(iteration=0, phase=PassPhase.LIVE, start_s=0.0)
         count_balloon(one, ev)
         if s.in_pass:
             s.cur_balloon_out += one.balloon_out
@@ -277,26 +221,20 @@ class Dashboard:
         res = f"{rc}/{ev.nr} pages" if rc >= 0 else f"{ev.nr} pages, rc={rc}"
         s.recent.append((float(ev.t), f"{word} {res}"))
 
-    def _guest_note(self, ev: GuestNote) -> None:
-        s, d = self.state, ev.detail if isinstance(ev.detail, dict) else {}
-        if not ev.what.startswith("balloon"):
-            return
-        if ev.what == "balloon_target":
-            tgt = _num(d, "target_pages", "target", "pages", "value")
-            if tgt is None and _num(d, "target_bytes") is not None:
-                tgt = _num(d, "target_bytes") // PAGE
-            if tgt is not None:
+    def _balloon_note(self, ev: BalloonNote) -> None:
+        s, t = self.state, float(ev.t)
+        match ev:
+            case BalloonTarget(target_pages=tgt):
                 s.balloon_target = tgt
                 s.balloon_stalled = ""
-                s.recent.append((float(ev.t), f"target → {int(tgt)} pages"))
-        elif ev.what == "balloon_stalled":
-            why = d.get("reason") or d.get("message") or d.get("error") or "no progress"
-            s.balloon_stalled = str(why)
-            s.recent.append((float(ev.t), f"stalled: {why}"))
-        else:
-            n = _num(d, "pages", "nr", "count", "done")
-            word = ev.what.removeprefix("balloon_")
-            s.recent.append((float(ev.t), f"{word} {int(n)} pages" if n is not None else word))
+                s.recent.append((t, f"target → {int(tgt)} pages"))
+            case BalloonStalled(reason=why):
+                s.balloon_stalled = str(why)
+                s.recent.append((t, f"stalled: {why}"))
+            case BalloonMoved(direction=word, pages=n):
+                s.recent.append((t, f"{word} {int(n)} pages"))
+            case _:
+                s.recent.append((t, "reached"))
 
     # ------------------------------------------------------------------ rendering
 
@@ -334,7 +272,7 @@ class Dashboard:
             t.append(f" ({s.phase_detail})", style="dim")
         t.append(f"  speed {'max' if s.speed is None else f'{s.speed:g}x'}", style="dim")
         if s.outcome:
-            t.append(f"  {s.outcome.upper()}", style="bold green" if s.outcome == "completed" else "bold red")
+            t.append(f"  {s.outcome.upper()}", style="bold green" if s.outcome == Outcome.COMPLETED else "bold red")
         if s.verify is not None:
             # The verdict: does the destination match the source as it stood at suspend?
             t.append("\n")
@@ -421,7 +359,7 @@ class Dashboard:
     # ------------------------------------------------------------------ summary
 
     def summary(self) -> dict[str, Any]:
-        """The run as a report-shaped dict (see ``migrate/report.py``), from events alone.
+        """The run as a report-shaped dict (see ``migrate/view/report.py``), from events alone.
 
         ``totals.bytes`` counts PAGE_DATA only and times end at "End of stream" (the
         events carry neither the stream's header bytes nor the link latency); prefer
@@ -675,5 +613,5 @@ def _verify_text(v: dict[str, Any] | None) -> Text:
     return t
 
 
-__all__ = ["Dashboard", "DashboardState", "LiveDashboard", "Pacer", "pass_table", "render_gfnmap",
+__all__ = ["Dashboard", "DashboardState", "LiveDashboard", "pass_table", "render_gfnmap",
            "render_summary", "LEGEND_BY_STATE"]

@@ -44,8 +44,8 @@ import numpy as np
 
 from hypervisor.abi import PFINFO_HAS_DATA
 
-from .events import (BatchSent, Event, MemoryOp, PassEnded, PassStarted, RunStarted, SaveSetup,
-                     VerifyDone)
+from ..events import (BatchSent, Event, MemoryOp, PassEnded, PassStarted, RunStarted, SaveSetup,
+                      VerifyDone)
 
 # displayed states: the value is also the priority a cell uses to pick its colour
 UNPOPULATED = 0

@@ -15,9 +15,9 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from .events import (BatchSent, CleanDone, Event, GuestNote, MemoryOp, MigrationFinished, PassEnded,
-                     PassStarted, PhaseChanged, RunStarted, RunSummary, SaveSetup, TrackedWrites,
-                     VerifyDone)
+from ..events import (BalloonNote, BalloonStalled, BalloonTarget, BatchSent, CleanDone, Event, MemoryOp,
+                      MigrationFinished, PassEnded, PassPhase, PassStarted, Phase, PhaseChanged, RunStarted,
+                      RunSummary, SaveSetup, TrackedWrites, VerifyDone)
 
 PAGE = 4096
 MIB = 1 << 20
@@ -101,9 +101,9 @@ class PlainProgress:
     # ------------------------------------------------------------------ events
 
     def __call__(self, ev: Event) -> None:
-        guest_side = isinstance(ev, (MemoryOp, GuestNote, TrackedWrites))
+        guest_side = isinstance(ev, (MemoryOp, BalloonNote, TrackedWrites))
         if (isinstance(ev, _AFTER_A_CALL) and getattr(ev, "hole", None) is None) or \
-                (isinstance(ev, PhaseChanged) and ev.phase == "suspended"):
+                (isinstance(ev, PhaseChanged) and ev.phase == Phase.SUSPENDED):
             self._emit(self._engine_t)
         self._fold(ev)
         if not guest_side:
@@ -130,14 +130,14 @@ class PlainProgress:
                 if self._ops_t is None:
                     self._ops_t = float(ev.t)
         elif isinstance(ev, PassStarted):
-            if ev.phase != "verify" and ev.iteration > self._iteration + 1 and self._iteration:
+            if ev.phase != PassPhase.VERIFY and ev.iteration > self._iteration + 1 and self._iteration:
                 # xg_sr_save.c's send_memory_live does x++ on every turn of its loop, and
                 # sends nothing on a turn whose CLEAN found dirty_count 0.
                 skipped = ", ".join(str(i) for i in range(self._iteration + 1, ev.iteration))
                 self._line(f"xmig: iteration {skipped} sent nothing: the CLEAN after pass "
                            f"{self._iteration} found no dirty pages, and Xen's loop counter "
                            "still counted the turn", ev.t)
-            if ev.phase != "verify":
+            if ev.phase != PassPhase.VERIFY:
                 self._iteration = int(ev.iteration)
             self._prefix = self._pass_prefix(ev.iteration, ev.phase)
             self._entries = int(ev.entries)
@@ -150,16 +150,16 @@ class PlainProgress:
             self._line(f"xc: progress: {self._prefix}: {st.pfns_walked}/{self._entries} pages, "
                        f"{st.pages_sent} data, {st.xtab_sent} XTAB, {st.bytes / MIB:.2f} MiB, "
                        f"{dur:.3f} s", ev.t)
-        elif isinstance(ev, GuestNote):
-            self._guest_note(ev)
+        elif isinstance(ev, BalloonNote):
+            self._balloon_note(ev)
         elif isinstance(ev, PhaseChanged):
-            if ev.phase == "suspended":
+            if ev.phase == Phase.SUSPENDED:
                 self._line(f"xc: progress: Domain now suspended (t={ev.t:.3f} s)", ev.t)
-            elif ev.phase == "done":
+            elif ev.phase == Phase.DONE:
                 self._line(f"xc: progress: End of stream (t={ev.t:.3f} s)", ev.t)
-            elif ev.phase == "aborted":
+            elif ev.phase == Phase.ABORTED:
                 self._line(f"xc: error: Save failed: {ev.detail}" if ev.detail else "xc: error: Save failed", ev.t)
-            elif ev.phase == "resumed":
+            elif ev.phase == Phase.RESUMED:
                 self._line(f"xc: info: {ev.detail or 'source domain resumed'}", ev.t)
         elif isinstance(ev, RunStarted):
             params = dict(ev.policy_params or {})
@@ -205,20 +205,12 @@ class PlainProgress:
             return f"Frames iteration {iteration} of {self.max_iterations}"
         return f"Frames iteration {iteration}"
 
-    def _guest_note(self, ev: GuestNote) -> None:
-        d = ev.detail if isinstance(ev.detail, dict) else {}
-        if ev.what == "balloon_target":
-            tgt = next((d[k] for k in ("target_pages", "target", "pages", "value")
-                        if isinstance(d.get(k), (int, float, np.integer)) and not isinstance(d.get(k), bool)),
-                       None)
-            if tgt is not None:
-                self._line(f"xmig: balloon: t={ev.t:.3f} s target {int(tgt)} pages "
-                           f"({int(tgt) * PAGE / MIB:.0f} MiB)", ev.t)
-            else:
-                self._line(f"xmig: balloon: t={ev.t:.3f} s new target", ev.t)
-        elif ev.what == "balloon_stalled":
-            why = d.get("reason") or d.get("message") or d.get("error") or "no progress"
-            self._line(f"xmig: balloon: t={ev.t:.3f} s stalled: {why}", ev.t)
+    def _balloon_note(self, ev: BalloonNote) -> None:
+        if isinstance(ev, BalloonTarget):
+            tgt = int(ev.target_pages)
+            self._line(f"xmig: balloon: t={ev.t:.3f} s target {tgt} pages ({tgt * PAGE / MIB:.0f} MiB)", ev.t)
+        elif isinstance(ev, BalloonStalled):
+            self._line(f"xmig: balloon: t={ev.t:.3f} s stalled: {ev.reason}", ev.t)
 
 
 #: A pipe has no width: the plain summary is laid out as wide as its rows need, up to this.
