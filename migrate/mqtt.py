@@ -20,26 +20,19 @@ process; this module wires the same objects through a ``migrate.bus.Transport``:
   ``run_scenario(..., source_factory=...)``.
 
 Batching, all exact (the same calls reach the same Hypervisor at the same virtual
-times): ``getpageframeinfo3`` carries the link's hypercall overhead, so the
-hypervisor also does the foreign map the saver will ask for next (``write_batch``
-always maps the data PFNs of a batch whose types are all known, ``hypercall_overhead``
-later) and the reply holds both; every reply carries the hypervisor's counters, so
-``counters`` needs no round trip. Speculation starts only after one batch has shown
-the engine mapping at exactly ``t + hypercall_overhead``; a later mismatch stops it
-(and is logged: the guest may then have run a few microseconds ahead). Calls that
+times): the engine states each pass's batches before the first one
+(``DomainControl.begin_pass`` with a ``PassPlan``) and times every batch with
+``LinkModel.map_time`` / ``next_batch_time``. So a type query of a planned batch
+carries the plan's link model, and the hypervisor also does the foreign map the saver
+makes next (``write_batch`` maps the data PFNs of a batch whose types are all known)
+and serves up to ``LOOKAHEAD`` batches the plan walks next, each at its time (type
+query + map), events and counters split per call; the saver's calls for them are
+answered without a round trip. Never past the end of a stretch of the plan (the saver
+walks a hole or ends the pass there), nor past the migration's deadline (the saver
+calls something else there). Every reply carries the hypervisor's counters, so
+``counters`` needs no round trip. What is left (a stream write failing, Ctrl-C, a lost
+peer between two such batches) finds the guest run up to a batch ahead. Calls that
 cannot run the guest are served on the event loop, the others in the worker thread.
-
-Batches ahead: within a pass the saver's next batch is known (pass 1: the next
-1024-aligned range of ``mapped_runs(0, p2m_size)``'s runs up to a hole; later passes:
-the next 1024 of the CLEAN bitmap's PFNs) and so is its time
-(``LinkModel.next_batch_time`` of this batch's types and map, the engine's own cost
-steps). So ``getpageframeinfo3`` sends up to ``LOOKAHEAD`` next batches' PFNs and the
-hypervisor serves them too, each at its time (type query + map), events and counters
-split per call; the saver's calls for them are answered without a round trip. Never
-past the last batch before a hole or the pass's end, nor past the migration's
-deadline (the saver calls something else there), and only after one batch came at
-the predicted time. What is left (a stream write failing, Ctrl-C, a lost peer between
-two such batches) finds the guest run up to a batch ahead, as with the map above.
 
 Faults: a peer that dies or stops answering makes the call raise ``PeerLost`` (a
 ``MigrationAborted``: the engine aborts and "resumes" the source); the hypervisor
@@ -82,7 +75,7 @@ from .bus import (
     Transport,
     TransportError,
 )
-from .control import DomainControl, LocalDomain, SourceInfo, source_info
+from .control import LocalDomain, PassPlan, SourceInfo, source_info
 from .events import Event, EventBus, MigrationFinished, PhaseChanged, VerifyDone
 from .link import LinkModel, page_data_record_bytes
 
@@ -591,18 +584,24 @@ class HypervisorActor:
             raise TransportError("no domain yet: the toolstack must call create first")
         if args.get("owner") != self.owner:
             raise TransportError(f"run is driven by toolstack {self.owner}, not {args.get('owner')}")
-        if method in _LIGHT_CALLS and not self._may_run_guest(args):
+        if method in _LIGHT_CALLS and not self._may_run_guest(self._last_time(method, args)):
             self.calls += 1
             return self._domctl(method, args, on_loop=True)   # no guest round trip: no thread hop either
         return await self._in_worker(self._domctl, method, args)
 
-    def _may_run_guest(self, args: dict) -> bool:
-        """Could this call make the hypervisor run the guest (a guest round trip, which
-        must happen off the event loop)? Conservative: True unless surely not."""
+    @staticmethod
+    def _last_time(method: str, args: dict) -> float:
+        """The latest virtual time this call serves: a type query with a plan also maps."""
+        t = float(args.get("t", 0.0))
+        plan = args.get("plan") if method == "getpageframeinfo3" else None
+        return t if plan is None else plan["link"].map_time(t)
+
+    def _may_run_guest(self, t: float) -> bool:
+        """Could serving up to ``t`` make the hypervisor run the guest (a guest round
+        trip, which must happen off the event loop)? Conservative: True unless surely not."""
         hv, g = self.hv, self.guest
         if g is None or g.dead is not None or hv.state != "running":
             return False          # paused or suspended domains do not run the guest
-        t = float(args.get("t", 0.0)) + float(args.get("then_map_after") or 0.0)
         if t <= hv.now:
             return False
         return g.now is None or t >= g.now
@@ -646,14 +645,15 @@ class HypervisorActor:
         fn = getattr(LocalDomain, method, None)
         if method.startswith("_") or fn is None or not inspect.iscoroutinefunction(fn):
             raise TransportError(f"unknown hypervisor method {method!r}")
-        kwargs = {k: v for k, v in args.items() if k not in ("owner", "then_map_after", "ahead")}
+        kwargs = {k: v for k, v in args.items() if k not in ("owner", "plan")}
+        plan = args.get("plan") if method == "getpageframeinfo3" else None
         if method == "shadow_op":
             kwargs["op"] = ShadowOp(kwargs["op"])
         reply: dict[str, Any] = {}
         try:
             reply["r"] = _drive(getattr(self.domain, method)(**kwargs))
-            if method == "getpageframeinfo3" and args.get("then_map_after") is not None:
-                self._speculate(reply, float(args["t"]), float(args["then_map_after"]), args["pfns"], reply["r"])
+            if plan is not None:
+                self._speculate(reply, plan["link"].map_time(float(args["t"])), args["pfns"], reply["r"])
         except XenError as exc:
             reply["x"] = exc
         except PeerLost as exc:
@@ -663,8 +663,8 @@ class HypervisorActor:
             reply["ev"] = self.bus.take()
         # LocalDomain.counters never advances time (t=0 would be a no-op if it did).
         reply["c"] = _drive(self.domain.counters(0.0))
-        if method == "getpageframeinfo3" and args.get("ahead") is not None and "r" in reply:
-            self._look_ahead(reply, float(args["t"]), args["pfns"], args["ahead"], on_loop)
+        if plan is not None and "r" in reply:
+            self._look_ahead(reply, float(args["t"]), args["pfns"], plan, on_loop)
         return reply
 
     @staticmethod
@@ -690,30 +690,27 @@ class HypervisorActor:
                 return None             # a map error: the saver fails or sends XTAB instead
         return link.next_batch_time(t, page_data_record_bytes(n, n_data), n_data, n_data > 0)
 
-    def _look_ahead(self, reply: dict, t: float, pfns, ahead: dict, on_loop: bool) -> None:
-        """Serve the saver's next batches now (the toolstack sends their PFNs: the rest
-        of the pass, which it knows), each at the time the saver will ask for it, with
-        its map, events and counters split per call as if they came one by one. Only
-        batches the saver certainly asks for next are sent: not past its pass or a
-        hole, not past its deadline (it would abort and call something else)."""
-        link = LinkModel(**ahead["link"])
-        deadline = ahead.get("deadline")
+    def _look_ahead(self, reply: dict, t: float, pfns, plan: dict, on_loop: bool) -> None:
+        """Serve the saver's next batches now (``plan["next"]``: those its stated pass
+        plan walks right after this one), each at the time the saver will ask for it
+        (``_next_time``), with its map, events and counters split per call as if they
+        came one by one. Not past the saver's deadline (it would abort and call
+        something else there)."""
+        link, deadline = plan["link"], plan.get("deadline")
         cur = reply
-        for nxt in ahead.get("next") or ():
+        for nxt in plan.get("next") or ():
             tn = self._next_time(link, t, pfns, cur)
             if tn is None:
                 return
-            if cur is reply:
-                reply["tn"] = tn
             if deadline is not None and tn - float(deadline[0]) > float(deadline[1]):
                 return                  # _check_deadline aborts the save at tn instead
-            if on_loop and self._may_run_guest({"t": tn, "then_map_after": link.hypercall_overhead}):
+            if on_loop and self._may_run_guest(link.map_time(tn)):
                 return                  # a guest round trip: not on the event loop
             nxt = np.asarray(nxt, dtype=np.int64)
             entry: dict[str, Any] = {"t": tn}
             try:
                 entry["r"] = _drive(self.domain.getpageframeinfo3(tn, nxt))
-                self._speculate(entry, tn, link.hypercall_overhead, nxt, entry["r"])
+                self._speculate(entry, link.map_time(tn), nxt, entry["r"])
             except XenError as exc:
                 entry["x"] = exc
             except PeerLost as exc:
@@ -724,15 +721,9 @@ class HypervisorActor:
             entry["c"] = _drive(self.domain.counters(0.0))
             reply.setdefault("ahead", []).append(entry)
             t, pfns, cur = tn, nxt, entry
-        if cur is reply:
-            # Nothing to serve: only the time of the next batch (the toolstack's check
-            # that the saver's costs are LinkModel's before it asks for more).
-            tn = self._next_time(link, t, pfns, cur)
-            if tn is not None:
-                reply["tn"] = tn
 
-    def _speculate(self, reply: dict, t: float, h: float, pfns, types) -> None:
-        """write_batch's next call, done now: map the data PFNs at ``t + h``."""
+    def _speculate(self, reply: dict, t_map: float, pfns, types) -> None:
+        """write_batch's next call, done now: map the data PFNs at ``t_map``."""
         nibbles = (np.asarray(types, dtype=np.uint32) >> PFINFO_LTAB_SHIFT).astype(np.uint8)
         if not PFINFO_KNOWN[nibbles].all():
             return                      # the saver fails the batch; it maps nothing
@@ -740,7 +731,6 @@ class HypervisorActor:
         if data_pfns.size == 0:
             return                      # nothing to map: the saver does not call
         reply["ev"] = self.bus.take()
-        t_map = t + h                   # the engine's ``self.now += hypercall_overhead``
         spec: dict[str, Any] = {"t": t_map}
         try:
             spec["r"] = _drive(self.domain.map_foreign(t_map, data_pfns))
@@ -855,37 +845,29 @@ async def serve_hypervisor(transport: Transport, *, echo: Callable[[str], None] 
 
 
 class RemoteDomain:
-    """``DomainControl`` over the transport: the hypervisor actor's LocalDomain."""
+    """``DomainControl`` over the transport: the hypervisor actor's LocalDomain.
 
-    def __init__(self, transport: Transport, bus: EventBus, *, hypercall_overhead: float | None = None,
-                 link: LinkModel | None = None, deadline: float | None = None, lookahead: int = LOOKAHEAD):
+    The engine states each pass's plan (``begin_pass``); every type query of a planned
+    batch then carries the plan's link model, so the hypervisor also does the foreign
+    map the saver makes ``LinkModel.map_time`` later, and the batches the plan walks
+    next (up to ``lookahead``), each at ``LinkModel.next_batch_time``: the engine's own
+    timing, so those calls are answered here without a round trip."""
+
+    def __init__(self, transport: Transport, bus: EventBus, *, lookahead: int = LOOKAHEAD,
+                 speculate: bool = True):
         self.transport = transport
         self.bus = bus
         self.owner = transport.client_id
         self.lost: PeerLost | None = None
-        self.hypercall_overhead = hypercall_overhead
+        self.speculate = speculate
+        self.lookahead = int(lookahead) if speculate else 0
         self._spec: tuple[float, np.ndarray, dict] | None = None
         self._counters: dict[str, Any] | None = None
-        self._verified = False        # saw write_batch map at gpfi3's t + hypercall_overhead
-        self._probe_t: float | None = None
+        self._plan: PassPlan | None = None
+        self._cursor = (0, 0)                   # (stretch, batch) the plan walks next
+        self._ahead: list[tuple[float, np.ndarray, dict]] = []
         self.rpcs = 0
         self.spec_hits = 0
-        # Batches served ahead (see the class notes): the pass's PFN batches as the saver
-        # will walk them, where it is in them, and what the hypervisor already served.
-        self.link = link
-        self.deadline = None if deadline is None else float(deadline)
-        self.t_start: float | None = None
-        ok = link is not None and hypercall_overhead is not None and link.hypercall_overhead == hypercall_overhead
-        self.lookahead = int(lookahead) if ok else 0
-        self._p2m_size: int | None = None
-        self._plan: list | None = None          # batches: (lo, hi) ranges or PFN arrays
-        self._plan_breaks: set[int] = set()     # indices after which the saver calls something else
-        self._plan_bitmap: Any = None           # a CLEAN's bitmap, made a plan at the first batch
-        self._plan_pos = 0
-        self._plan_hole = False                 # an empty send_all plan: a mapped_runs next is a hole's
-        self._ahead: list[tuple[float, np.ndarray, dict]] = []
-        self._ahead_probe: tuple[float, np.ndarray] | None = None
-        self._ahead_verified = False            # saw the saver's next batch at the predicted time
         self.ahead_hits = 0
 
     async def _call(self, method: str, args: dict) -> dict:
@@ -911,86 +893,40 @@ class RemoteDomain:
             raise reply["x"]
         return reply.get("r")
 
-    async def _op(self, method: str, **args) -> Any:
-        if self._spec is not None:
-            self._spec_missed(method)
+    def _drop_ahead(self, what: str) -> None:
+        """The engine stopped its pass early (a stream that failed, Ctrl-C): what was
+        served for it has run the guest up to a batch ahead."""
         if self._ahead:
-            self._ahead_missed(method)
-        self._probe_t = None
-        self._ahead_probe = None
-        return self._finish(await self._call(method, args))
-
-    def _ahead_missed(self, what: str) -> None:
-        log.warning("the engine did not ask for the batch the hypervisor served ahead (got %s): the guest "
-                    "may have run a few microseconds ahead; no more batches ahead in this run", what)
+            log.warning("the engine stopped before %d batches served ahead (it called %s)", len(self._ahead), what)
         self._ahead = []
-        self.lookahead = 0
+        self._spec = None
+
+    async def _op(self, method: str, **args) -> Any:
+        self._drop_ahead(method)
+        return self._finish(await self._call(method, args))
 
     # -------------------------------------------------------- the saver's batches
 
-    def _set_plan(self, plan: list | None, *, bitmap: Any = None) -> None:
-        self._plan = plan
-        self._plan_bitmap = bitmap
-        self._plan_breaks = set() if plan is None else {len(plan) - 1}
-        self._plan_pos = 0
+    async def begin_pass(self, t, plan):
+        self._drop_ahead("begin_pass")
+        self._plan = plan if self.speculate else None
+        self._cursor = (0, 0)
 
-    def _plan_send_all(self, hi: int, runs) -> None:
-        """send_all_pages' batches from its mapped_runs(0, p2m_size) (PrecopyEngine._send_all):
-        aligned ranges, with a break where a hole is walked (other calls come between)."""
-        runs = np.asarray(runs, dtype=np.int64).reshape(-1, 2)
-        plan: list = []
-        breaks: set[int] = set()
-        pos = 0
-        for a, b in runs.tolist() + [[hi, hi]]:
-            a = a - a % _BATCH
-            b = min(hi, -(-b // _BATCH) * _BATCH)
-            if pos < a:
-                if plan:
-                    breaks.add(len(plan) - 1)
-                pos = a
-            for lo in range(max(pos, a), b, _BATCH):
-                plan.append((lo, min(lo + _BATCH, b)))
-            pos = max(pos, b)
-        if plan:
-            breaks.add(len(plan) - 1)
-        self._plan, self._plan_bitmap, self._plan_breaks, self._plan_pos = plan, None, breaks, 0
-        self._plan_hole = not plan
-
-    def _plan_pfns(self, j: int) -> np.ndarray:
-        item = self._plan[j]
-        if isinstance(item, tuple):
-            return np.arange(item[0], item[1], dtype=np.int64)
-        return item
-
-    def _locate(self, pfns: np.ndarray) -> int | None:
-        """This batch's index in the plan (the saver walks it in order), else None (and
-        no plan until the next pass starts)."""
-        self._plan_hole = False
-        if self._plan_bitmap is not None:
-            all_pfns = np.asarray(self._plan_bitmap.pfns(), dtype=np.int64)
-            self._set_plan([all_pfns[i:i + _BATCH] for i in range(0, all_pfns.size, _BATCH)])
-        if self._plan is None:
+    def _next_batches(self, pfns: np.ndarray) -> list[np.ndarray] | None:
+        """If ``pfns`` is the batch the plan walks next, move past it and return the
+        ones that follow it in its stretch (up to ``lookahead``); None for a batch the
+        plan does not hold (one the engine sends between two stretches)."""
+        plan = self._plan
+        if plan is None:
             return None
-        j = self._plan_pos
-        if j < len(self._plan) and np.array_equal(self._plan_pfns(j), pfns):
-            self._plan_pos = j + 1
-            return j
-        self._set_plan(None)
-        return None
-
-    def _next_batches(self, j: int | None) -> list[np.ndarray] | None:
-        """The batches the saver certainly asks for after batch ``j`` with nothing
-        between (None: none known)."""
-        if j is None or self.lookahead <= 0 or self._plan is None or j in self._plan_breaks:
+        s, k = self._cursor
+        while s < len(plan.stretches) and k >= len(plan.stretches[s]):
+            s, k = s + 1, 0
+        if s >= len(plan.stretches) or not np.array_equal(plan.stretches[s].batch(k), pfns):
             return None
-        out: list[np.ndarray] = []
-        k = j + 1
-        while k < len(self._plan) and len(out) < self.lookahead:
-            out.append(self._plan_pfns(k))
-            if k in self._plan_breaks:
-                break
-            k += 1
-        return out or None
+        self._cursor = (s, k + 1)
+        st = plan.stretches[s]
+        return [st.batch(i) for i in range(k + 1, min(len(st), k + 1 + self.lookahead))]
 
     def _take_spec(self, reply: dict, pfns: np.ndarray) -> None:
         spec = reply.get("spec")
@@ -998,103 +934,48 @@ class RemoteDomain:
             nibbles = (np.asarray(reply["r"], dtype=np.uint32) >> PFINFO_LTAB_SHIFT).astype(np.uint8)
             self._spec = (spec["t"], pfns[PFINFO_HAS_DATA[nibbles]], spec)
 
-    async def max_gpfn(self, t):
-        r = await self._op("max_gpfn", t=float(t))
-        self._p2m_size = int(r) + 1
-        return r
-
-    async def mapped_runs(self, t, lo, hi):
-        r = await self._op("mapped_runs", t=float(t), lo=int(lo), hi=int(hi))
-        if int(lo) == 0 and self._p2m_size is not None and int(hi) == self._p2m_size and not self._plan_hole:
-            self._plan_send_all(int(hi), r)
-        else:
-            self._set_plan(None)
-            self._plan_hole = False
-        return r
-
-    def _spec_missed(self, method: str) -> None:
-        log.warning("the engine did not call map_foreign as write_batch does (got %s): "
-                    "speculative maps are off for the rest of this run", method)
-        self._spec = None
-        self.hypercall_overhead = None
-
-    async def shadow_op(self, t, op, *, mode=0, pages=0, want_bitmap=True, walk_s=0.0):
-        if self.lost is not None and int(op) == ShadowOp.OFF:
-            return None      # the hypervisor actor turns log-dirty off itself when we go
-        r = await self._op("shadow_op", t=float(t), op=int(op), mode=int(mode), pages=int(pages),
-                           want_bitmap=bool(want_bitmap), walk_s=float(walk_s))
-        self._plan_hole = False
-        bitmap = getattr(r, "bitmap", None)
-        if int(op) == ShadowOp.CLEAN and bitmap is not None:
-            self._set_plan(None, bitmap=bitmap)     # send_dirty_pages walks its PFNs next
-        else:
-            self._set_plan(None)
-        return r
-
     async def getpageframeinfo3(self, t, pfns):
-        if self._spec is not None:
-            self._spec_missed("getpageframeinfo3")
         t = float(t)
         pfns = np.asarray(pfns, dtype=np.int64)
-        j = self._locate(pfns)
+        nxt = self._next_batches(pfns)
+        if self._spec is not None:
+            raise _broke_plan(f"getpageframeinfo3 at t={t!r}", "map_foreign of the last batch's data pages")
         if self._ahead:
-            t_ahead, pfns_ahead, entry = self._ahead[0]
-            if t_ahead == t and np.array_equal(pfns_ahead, pfns):
-                # Served with an earlier batch, at this time: no round trip.
-                self._ahead.pop(0)
-                self.ahead_hits += 1
-                self._counters = entry["c"]
-                self._take_spec(entry, pfns)
-                return self._finish(entry)
-            self._ahead_missed("getpageframeinfo3 with other arguments")
-        if self._ahead_probe is not None:
-            t_next, pfns_next = self._ahead_probe
-            self._ahead_probe = None
-            if np.array_equal(pfns_next, pfns):
-                if t_next == t:
-                    self._ahead_verified = True
-                else:
-                    log.info("the engine's next batch came at another time than LinkModel.next_batch_time: "
-                             "no batches ahead")
-                    self.lookahead = 0
-        args = {"t": t, "pfns": pfns}
-        if self.hypercall_overhead is not None and self._verified:
-            args["then_map_after"] = self.hypercall_overhead
-        # Until one batch has shown that the engine maps at exactly t + overhead, ask for
-        # nothing speculative (a wrong guess would run the guest ahead: not undoable).
-        self._probe_t = t if self.hypercall_overhead is not None and not self._verified else None
-        # The same for the batches ahead: one batch must have come at the time the
-        # hypervisor predicted before it serves any.
-        nxt = self._next_batches(j) if "then_map_after" in args else None
-        if nxt is not None:
-            args["ahead"] = {"link": {f: getattr(self.link, f) for f in LinkModel.__slots__},
-                             "next": nxt if self._ahead_verified else [],
-                             "deadline": None if self.deadline is None else (self.t_start, self.deadline)}
+            t_ahead, pfns_ahead, entry = self._ahead.pop(0)
+            if t_ahead != t or not np.array_equal(pfns_ahead, pfns):
+                raise _broke_plan(f"getpageframeinfo3 of {pfns.size} PFNs at t={t!r}",
+                                  f"the plan's next batch at t={t_ahead!r}")
+            self.ahead_hits += 1
+            self._counters = entry["c"]
+            self._take_spec(entry, pfns)
+            return self._finish(entry)
+        args: dict[str, Any] = {"t": t, "pfns": pfns}
+        plan = self._plan
+        if plan is not None:
+            args["plan"] = {"link": plan.link, "next": nxt or [], "deadline": plan.deadline}
         reply = await self._call("getpageframeinfo3", args)
         self._take_spec(reply, pfns)
-        if nxt is not None:
-            if not self._ahead_verified and reply.get("tn") is not None:
-                self._ahead_probe = (float(reply["tn"]), nxt[0])
-            for i, entry in enumerate(reply.get("ahead", ())):
-                self._ahead.append((float(entry["t"]), nxt[i], entry))
+        for i, entry in enumerate(reply.get("ahead", ())):
+            self._ahead.append((float(entry["t"]), nxt[i], entry))
         return self._finish(reply)
 
     async def map_foreign(self, t, pfns):
         if self._spec is not None:
             t_spec, spfns, spec = self._spec
             self._spec = None
-            if float(t) == t_spec and np.array_equal(np.asarray(pfns), spfns):
-                self.spec_hits += 1
-                return self._finish(spec)
-            self._spec_missed("map_foreign with other arguments")
-        if self._probe_t is not None:
-            if self._probe_t + self.hypercall_overhead == float(t):
-                self._verified = True
-            else:
-                log.info("the engine maps at another time than getpageframeinfo3 + hypercall_overhead: "
-                         "no speculative maps")
-                self.hypercall_overhead = None
+            if float(t) != t_spec or not np.array_equal(np.asarray(pfns), spfns):
+                raise _broke_plan(f"map_foreign at t={float(t)!r}", f"the map at t={t_spec!r} (LinkModel.map_time)")
+            self.spec_hits += 1
+            return self._finish(spec)
         return await self._op("map_foreign", t=float(t), pfns=np.asarray(pfns, dtype=np.int64))
+
+    # -------------------------------------------------------- the other domctls
+
+    async def shadow_op(self, t, op, *, mode=0, pages=0, want_bitmap=True, walk_s=0.0):
+        if self.lost is not None and int(op) == ShadowOp.OFF:
+            return None      # the hypervisor actor turns log-dirty off itself when we go
+        return await self._op("shadow_op", t=float(t), op=int(op), mode=int(mode), pages=int(pages),
+                              want_bitmap=bool(want_bitmap), walk_s=float(walk_s))
 
     async def resume(self, t):
         if self.lost is not None:
@@ -1110,22 +991,24 @@ class RemoteDomain:
             return {}
         return await self._op("counters", t=float(t))
 
-    def __getattr__(self, name: str):
-        """Any other DomainControl call (max_gpfn, suspend, snapshot, mapped_runs, ...):
-        bound to the protocol's signature and sent by name."""
-        proto = getattr(DomainControl, name, None)
-        if name.startswith("_") or proto is None:
-            raise AttributeError(name)
-        sig = inspect.signature(proto)
+    async def max_gpfn(self, t):
+        return await self._op("max_gpfn", t=float(t))
 
-        async def call(*args, **kwargs):
-            bound = sig.bind(None, *args, **kwargs)
-            params = dict(list(bound.arguments.items())[1:])
-            params["t"] = float(params["t"])
-            return await self._op(name, **params)
+    async def suspend(self, t):
+        return await self._op("suspend", t=float(t))
 
-        call.__name__ = name
-        return call
+    async def snapshot(self, t, lo=0, hi=None):
+        return await self._op("snapshot", t=float(t), lo=int(lo), hi=None if hi is None else int(hi))
+
+    async def mapped_runs(self, t, lo, hi):
+        return await self._op("mapped_runs", t=float(t), lo=int(lo), hi=int(hi))
+
+
+def _broke_plan(got: str, expected: str) -> RuntimeError:
+    """The engine called something its stated plan and LinkModel's timing did not say:
+    a bug in the engine (the hypervisor has already run the guest for the call it
+    predicted), never a condition to recover from."""
+    return RuntimeError(f"the precopy engine broke its stated pass plan: got {got}, expected {expected}")
 
 
 class EventPublisher:
@@ -1175,18 +1058,14 @@ class RemoteSource:
     """``SourceSide`` whose domain lives in a hypervisor actor (``source_factory``)."""
 
     def __init__(self, transport: Transport, scenario, *, behaviour: str, seed: int, bus: EventBus,
-                 host_frames: int, publish_events: bool = True, speculate: bool = True,
-                 link: LinkModel | None = None):
+                 host_frames: int, publish_events: bool = True, speculate: bool = True):
         self.transport = transport
         self.scenario = scenario
         self.behaviour = behaviour
         self.seed = seed
         self.bus = bus
         self.host_frames = host_frames
-        h = float(scenario.link.hypercall_overhead) if speculate else None
-        deadline = getattr(getattr(scenario, "migration", None), "deadline", None)
-        self.control = RemoteDomain(transport, bus, hypercall_overhead=h, link=link if speculate else None,
-                                    deadline=deadline)
+        self.control = RemoteDomain(transport, bus, speculate=speculate)
         self.publisher = EventPublisher(transport) if publish_events else None
         if self.publisher is not None:
             bus.subscribe(self.publisher)
@@ -1195,7 +1074,6 @@ class RemoteSource:
     async def setup(self, start: float) -> SourceInfo:
         config = getattr(self.transport, "config", None)
         await self.transport.wait_for_peer("hypervisor", getattr(config, "peer_wait", self.transport.timeout))
-        self.control.t_start = float(start)
         info = await self.control._call("create", {
             "behaviour": self.behaviour, "host_frames": int(self.host_frames), "start": float(start),
             "seed": int(self.seed), "scenario": self.scenario.name, "digest": scenario_digest(self.scenario)})
@@ -1269,12 +1147,9 @@ async def remote_run(scenario, opts=None, *, broker: BrokerConfig | None = None,
     try:
         await transport.claim()
 
-        from .runner import RunOptions, _effective
-
         def factory(sc, *, behaviour, seed, bus, host_frames):
-            link = _effective(sc, opts or RunOptions())[-1]     # the engine's link model
             return RemoteSource(transport, sc, behaviour=behaviour, seed=seed, bus=bus, host_frames=host_frames,
-                                speculate=speculate, link=link)
+                                speculate=speculate)
 
         result = await run_scenario(scenario, opts, bus=bus, pacer=pacer, source_factory=factory)
         if isinstance(transport, MqttTransport):
