@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from migrate import mqtt  # noqa: E402
-from migrate.bus import MqttTransport, parse_broker_url  # noqa: E402
+from migrate import actors  # noqa: E402
+from migrate.transport.mqtt import MqttTransport, parse_broker_url  # noqa: E402
 from migrate.report import build_report  # noqa: E402
 from migrate.runner import RunOptions, run_scenario  # noqa: E402
 from migrate.scenario import load_scenario  # noqa: E402
@@ -81,7 +81,7 @@ def _over_mqtt(scenario, broker: Broker, run_id: str) -> tuple[float, dict]:
             await transport.wait_for_peer("hypervisor", 30)
             await transport.wait_for_peer("guest", 30)
             t0 = time.perf_counter()
-            res = await mqtt.remote_run(scenario, RunOptions(), transport=transport)
+            res = await actors.remote_run(scenario, RunOptions(), transport=transport)
             return time.perf_counter() - t0, build_report(res)
         finally:
             await transport.close()

@@ -26,8 +26,10 @@ from typing import Optional
 
 import typer
 
-from .bus import DEFAULT_TIMEOUT, BrokerConfig, TransportError, parse_broker_url
-from .runkey import KEY_ENV, RunKeyError, load_key, new_key_text
+from .errors import TransportError
+from .transport.base import DEFAULT_TIMEOUT
+from .transport.mqtt import BrokerConfig, parse_broker_url
+from .transport.runkey import KEY_ENV, RunKeyError, load_key, new_key_text
 
 BROKER_HELP = "MQTT broker URL: mqtt://HOST:PORT or mqtts://HOST:PORT (TLS)."
 RUN_HELP = "Run id: the actors of one migration share it (topics xmig/<run>/...)."
@@ -74,9 +76,9 @@ async def remote_run(scenario, opts, broker: str | BrokerConfig, run_id: str, bu
     (the result says aborted, the hypervisor resumes the source). Messages the
     toolstack dropped (unsigned, forged, replayed...) are counted in the report's
     ``broker`` object and named in one line on stderr."""
-    from .bus import check_run_id
+    from .transport.base import check_run_id
     from .cli import UsageError
-    from .mqtt import remote_run as _remote_run
+    from .actors import remote_run as _remote_run
 
     try:
         check_run_id(run_id)
@@ -124,7 +126,7 @@ def register(app: typer.Typer) -> None:
 
     def config_or_exit(broker, run, username, password, tls_ca, tls_insecure, timeout, key_file,
                        insecure) -> BrokerConfig:
-        from .bus import check_run_id
+        from .transport.base import check_run_id
 
         try:
             check_run_id(run)
@@ -177,7 +179,7 @@ def register(app: typer.Typer) -> None:
         (after resuming the source domain, as a failed Xen migration does), 2 when the
         broker cannot be reached or the run id already has a hypervisor. With --serve it
         builds a fresh domain for each toolstack that comes, until Ctrl-C."""
-        from .mqtt import run_actor
+        from .actors import run_actor
 
         cfg = config_or_exit(broker, run, username, password, tls_ca, tls_insecure, timeout, key_file, insecure)
         try:
@@ -208,7 +210,7 @@ def register(app: typer.Typer) -> None:
         Exits 0 when the hypervisor is done with it, 1 when the hypervisor is lost, 2 for
         a bad scenario file, an unreachable broker or a run id that already has a guest.
         With --serve it boots a fresh guest for each run, until Ctrl-C."""
-        from .mqtt import run_actor
+        from .actors import run_actor
         from .scenario import load_scenario
 
         scenario = load_scenario(guest)
@@ -286,7 +288,8 @@ async def watch_run(cfg: BrokerConfig, run_id: str, *, console=None, live: bool 
     ``ready`` is set once subscribed (events published before that are not seen).
     ``also`` (e.g. an ``EventRecorder``) is called with every event too."""
     from .dashboard import Dashboard, LiveDashboard
-    from .mqtt import mqtt_transport, watch
+    from .actors import watch
+    from .transport.mqtt import connect as mqtt_transport
 
     dash = dashboard if dashboard is not None else Dashboard(console)
     feed = dash

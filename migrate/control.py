@@ -75,7 +75,7 @@ class DomainControl(Protocol):
 
 class SourceSide(Protocol):
     """Where the source domain lives: in this process (``LocalSource``) or behind a
-    broker (``migrate.mqtt``). The runner only talks to this."""
+    broker (``migrate.actors.RemoteSource``). The runner only talks to this."""
 
     control: DomainControl
 

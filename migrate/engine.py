@@ -31,6 +31,7 @@ from hypervisor.abi import (MAX_BATCH_SIZE, PFINFO_HAS_DATA, PFINFO_KNOWN, PFINF
                             SHADOW_LOGDIRTY_FINAL, PFInfo, ShadowOp, XenError)
 
 from .control import DomainControl, PassPlan, Stretch
+from .errors import MigrationAborted, MigrationFailed
 from .events import (BatchSent, CleanDone, CountersSampled, EventBus, MemoryOp, PassEnded,
                      PassStarted, PhaseChanged, RoundStats, SaveSetup, Totals, count_balloon)
 from .link import LinkModel
@@ -64,18 +65,6 @@ def _send_all_walk(runs: np.ndarray, p2m_size: int) -> list:
                 out.append(Stretch(lo=lo, hi=b))
         pos = max(pos, b)
     return out
-
-
-class MigrationFailed(Exception):
-    """The save failed the way Xen's would; ``pfn`` names the page when one is at fault."""
-
-    def __init__(self, message: str, pfn: int | None = None):
-        super().__init__(message)
-        self.pfn = pfn
-
-
-class MigrationAborted(MigrationFailed):
-    """The policy returned XGS_POLICY_ABORT, or the user interrupted the run."""
 
 
 @dataclass(slots=True)

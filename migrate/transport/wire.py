@@ -122,7 +122,7 @@ def _register_known() -> None:
     from guest import guest as guest_mod
     from hypervisor import abi, domain
 
-    from . import control, events, link
+    from .. import control, events, link
 
     for mod in (abi, events):
         for obj in vars(mod).values():
