@@ -13,6 +13,7 @@ from guest.guest import Guest
 from hypervisor.abi import MemoryWrites
 from hypervisor.domain import Hypervisor
 from migrate import actors
+from migrate.actors.messages import GuestLayout
 from migrate.scenario import load_scenario
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -75,7 +76,7 @@ def _remote_guest(cfg, seed):
     def call(method, args):
         calls.append(method)
         if method == "layout":
-            return {"layout": actor.guest.layout(), "tick": actor.guest.tick, "k": actor.guest._next_tick}
+            return GuestLayout(actor.guest.layout(), actor.guest.tick, actor.guest.next_tick)
         return actors.hypervisor._drive(actor._handle(method, args))
 
     return actors.RemoteGuest(call), calls

@@ -22,6 +22,7 @@ from hypervisor.abi import (
 
 from ..errors import PeerLost, ScenarioMismatch, TransportError
 from ..transport.base import Transport
+from .messages import Bye, GuestLayout, GuestOpened, GuestStep, Speculated, WriteWindow
 
 log = logging.getLogger("xmig.actors")
 
@@ -87,7 +88,7 @@ class RemoteGuest:
         self.gk = 0                      # the guest actor's own next tick (>= pos: written ahead)
         self._win: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None   # writes of ticks [pos, gk)
 
-    def _rpc(self, method: str, args: dict | None = None) -> dict:
+    def _rpc(self, method: str, args: dict | None = None) -> Any:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -102,9 +103,9 @@ class RemoteGuest:
         except PeerLost as exc:
             self.dead = exc
             raise
-        self.events.extend(reply.get("ev", ()))
-        if reply.get("k") is not None:
-            self.gk = self.pos = int(reply["k"])
+        self.events.extend(reply.events)
+        if not isinstance(reply, WriteWindow) and reply.next_tick is not None:
+            self.gk = self.pos = int(reply.next_tick)
             self._win = None
             self._set_now()
         return reply
@@ -115,10 +116,9 @@ class RemoteGuest:
 
     def layout(self):
         reply = self._rpc("layout")
-        if reply.get("tick") is not None:
-            self.tick = float(reply["tick"])
-            self._set_now()
-        return reply["layout"]
+        self.tick = float(reply.tick)
+        self._set_now()
+        return reply.layout
 
     def _take(self, k: int, hi: int):
         """Writes of ticks ``[k, hi)`` from the window; those before ``k`` are dropped."""
@@ -161,11 +161,11 @@ class RemoteGuest:
                 if k >= k_end:
                     break
             reply = self._rpc("go", {"t0": float(t0), "t1": float(t1), "max_ticks": WINDOW_TICKS})
-            if reply.get("win") is not None:
-                k0, k1 = int(reply["win"][0]), int(reply["win"][1])
+            if isinstance(reply, WriteWindow):
+                k0, k1 = int(reply.first), int(reply.end)
                 if k0 != k or k1 <= k0:
                     raise TransportError(f"the guest wrote ahead from tick {k0} to {k1}, expected from {k}")
-                self._win = (np.asarray(reply["ticks"]), np.asarray(reply["gfns"]), np.asarray(reply["tokens"]))
+                self._win = (np.asarray(reply.ticks), np.asarray(reply.gfns), np.asarray(reply.tokens))
                 self.gk = k1
                 self._set_now()
                 continue
@@ -181,12 +181,12 @@ class RemoteGuest:
     def _run_remote(self, method: str, t0: float, t1: float):
         yield from self._ops(self._rpc(method, {"t0": float(t0), "t1": float(t1)}))
 
-    def _ops(self, reply: dict):
+    def _ops(self, reply: GuestStep | Speculated):
         """The ops of a remote ``Guest.run``: speculated in one reply (see ``GuestActor._go``)
         while every hypercall does what the guest expected, else one round trip per
         hypercall."""
-        if "spec" in reply:
-            ops, sev = reply["spec"], reply.get("sev", [])
+        if isinstance(reply, Speculated):
+            ops, sev = reply.ops, reply.spec_events
             results: list = []
             for i, op in enumerate(ops):
                 try:
@@ -211,9 +211,9 @@ class RemoteGuest:
         try:
             while True:
                 result = None
-                for op in reply["ops"]:
+                for op in reply.ops:
                     result = yield op
-                more = reply["more"]
+                more = reply.more
                 if not more:
                     return
                 reply = self._rpc("resume", {"result": result})
@@ -240,7 +240,7 @@ class GuestActor:
         self.busy_s = 0.0
         self.done: asyncio.Future = asyncio.get_running_loop().create_future()
 
-    def _chunk(self, send: Any, first: bool) -> dict:
+    def _chunk(self, send: Any, first: bool) -> GuestStep:
         """Run the generator up to and including the next hypercall (or to its end)."""
         ops: list = []
         more = True
@@ -256,10 +256,9 @@ class GuestActor:
         except StopIteration:
             more = False
             self.gen = None
-        return {"ops": ops, "more": more, "ev": self.guest.drain_events(),
-                "k": None if more else int(self.guest._next_tick)}
+        return GuestStep(ops, more, self.guest.drain_events(), None if more else int(self.guest.next_tick))
 
-    def _chunk_from(self, op) -> dict:
+    def _chunk_from(self, op) -> GuestStep:
         """The chunk that starts with ``op``, which the generator has just yielded."""
         ops: list = []
         more = op is not None
@@ -274,10 +273,9 @@ class GuestActor:
             except StopIteration:
                 more = False
                 self.gen = None
-        return {"ops": ops, "more": more, "ev": self.guest.drain_events(),
-                "k": None if more else int(self.guest._next_tick)}
+        return GuestStep(ops, more, self.guest.drain_events(), None if more else int(self.guest.next_tick))
 
-    def _speculate(self, t0: float, t1: float) -> dict | None:
+    def _speculate(self, t0: float, t1: float) -> Speculated | None:
         """Run ``Guest.run(t0, t1)`` to its end, answering each hypercall as if Xen did
         all of it (``_expected_result``); the hypervisor checks each real result and
         sends ``spec_miss`` at the first that differs (``_replay``). None if some op
@@ -298,13 +296,13 @@ class GuestActor:
                     if res is None:
                         gen.close()
                         g.restore(cp)
-                        g.events[:0] = ev
+                        g.requeue_events(ev)
                         return None
                 op = gen.send(res)
         except StopIteration:
             pass
         self.spec = (t0, t1, cp)
-        return {"spec": ops, "ev": ev, "sev": g.drain_events(), "k": int(g._next_tick)}
+        return Speculated(ops, ev, g.drain_events(), int(g.next_tick))
 
     def _replay(self, results: list, n: int):
         """Back to the checkpoint, then ``Guest.run`` again through its first ``n`` ops
@@ -325,14 +323,14 @@ class GuestActor:
             return None
         return op
 
-    def _run(self, t0: float, t1: float) -> dict:
+    def _run(self, t0: float, t1: float) -> GuestStep:
         self.spec = None
         if self.gen is not None:
             self.gen.close()
         self.gen = self.guest.run(t0, t1)
         return self._chunk(None, True)
 
-    def _go(self, t0: float, t1: float, max_ticks: int) -> dict:
+    def _go(self, t0: float, t1: float, max_ticks: int) -> GuestStep | Speculated | WriteWindow:
         """A span from the guest's next tick: a window of writes ahead when its balloon
         driver has nothing to do there, else ``run`` (see ``RemoteGuest``)."""
         self.spec = None
@@ -340,8 +338,8 @@ class GuestActor:
             self.gen.close()
             self.gen = None
         g = self.guest
-        k = g._start(t0)
-        if g.balloon.next_active_tick(k) == k or g._tick_at_or_after(t1) <= k:
+        k = g.first_tick(t0)
+        if g.balloon_acts_at(k) or tick_at_or_after(t1, g.tick) <= k:
             if g.nr_pages <= SPEC_MAX_PAGES:
                 reply = self._speculate(t0, t1)
                 if reply is not None:
@@ -349,9 +347,9 @@ class GuestActor:
             return self._run(t0, t1)
         k_to, _ = g.window_end(k, max_ticks)
         ticks, gfns, tokens = g.write_window(k, k_to)
-        return {"win": (k, k_to), "ticks": ticks, "gfns": gfns, "tokens": tokens, "ev": g.drain_events()}
+        return WriteWindow(k, k_to, ticks, gfns, tokens, g.drain_events())
 
-    def _resume(self, result) -> dict:
+    def _resume(self, result) -> GuestStep:
         if self.gen is None:
             raise RuntimeError("resume without a running guest step")
         return self._chunk(result, False)
@@ -364,44 +362,44 @@ class GuestActor:
             self.busy_s += time.perf_counter() - t0
 
     async def _handle(self, method: str, args: dict) -> Any:
-        if method == "open":
-            return self._open(args)
-        if self.guest is None and method != "bye":
+        if self.guest is None and method not in ("open", "bye"):
             raise RuntimeError(f"guest not opened (got {method!r} before 'open')")
-        if method == "layout":
-            layout = await asyncio.to_thread(self.guest.layout)
-            return {"layout": layout, "ev": self.guest.drain_events(), "tick": float(self.guest.tick),
-                    "k": int(self.guest._next_tick)}
         # Chunks end at the next hypercall and are short: computed on the loop, which
         # saves two thread switches per round trip (the hypervisor waits anyway).
-        if method == "go":
-            return self._go(float(args["t0"]), float(args["t1"]), int(args.get("max_ticks", 1)))
-        if method == "run":
-            return self._run(float(args["t0"]), float(args["t1"]))
-        if method == "resume":
-            return self._resume(args.get("result"))
-        if method == "spec_miss":
-            return self._chunk_from(self._replay(args.get("results") or [], int(args["n"])))
-        if method == "spec_abort":
-            self._replay(args.get("results") or [], int(args["n"]))
-            if self.gen is not None:
-                self.gen.close()
-                self.gen = None
-            return {"ev": self.guest.drain_events(), "k": int(self.guest._next_tick)}
-        if method == "close":
-            if self.gen is not None:
-                self.gen.close()
-                self.gen = None
-            return {"ev": self.guest.drain_events(), "k": int(self.guest._next_tick)}
-        if method == "drain_events":
-            return {"ev": self.guest.drain_events()}
-        if method == "bye":
-            if not self.done.done():
-                self.done.set_result("released")
-            return {"busy_s": self.busy_s}
+        match method:
+            case "open":
+                return self._open(args)
+            case "layout":
+                layout = await asyncio.to_thread(self.guest.layout)
+                return GuestLayout(layout, float(self.guest.tick), int(self.guest.next_tick),
+                                   self.guest.drain_events())
+            case "go":
+                return self._go(float(args["t0"]), float(args["t1"]), int(args.get("max_ticks", 1)))
+            case "run":
+                return self._run(float(args["t0"]), float(args["t1"]))
+            case "resume":
+                return self._resume(args.get("result"))
+            case "spec_miss":
+                return self._chunk_from(self._replay(args.get("results") or [], int(args["n"])))
+            case "spec_abort":
+                self._replay(args.get("results") or [], int(args["n"]))
+                return self._stop()
+            case "close":
+                return self._stop()
+            case "bye":
+                if not self.done.done():
+                    self.done.set_result("released")
+                return Bye(self.busy_s)
         raise RuntimeError(f"unknown guest method {method!r}")
 
-    def _open(self, args: dict) -> dict:
+    def _stop(self) -> GuestStep:
+        """The hypervisor stopped the guest's step before its end."""
+        if self.gen is not None:
+            self.gen.close()
+            self.gen = None
+        return GuestStep(events=self.guest.drain_events(), next_tick=int(self.guest.next_tick))
+
+    def _open(self, args: dict) -> GuestOpened:
         from guest.guest import Guest
 
         digest = scenario_digest(self.scenario)
@@ -412,7 +410,7 @@ class GuestActor:
         if self.guest is not None:
             raise TransportError("this guest actor already runs a guest; start a new one per migration")
         self.guest = Guest(self.scenario.guest, int(args["seed"]))
-        return {"name": self.scenario.name}
+        return GuestOpened(self.scenario.name)
 
 
 async def serve_guest(scenario, transport: Transport) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import inspect
 import logging
 import time
 from typing import Any, Callable
@@ -29,6 +28,7 @@ from ..link import LinkModel, page_data_record_bytes
 from ..transport.base import Transport
 
 from .guest import RemoteGuest
+from .messages import Bye, Lookahead, Released, Served
 
 log = logging.getLogger("xmig.actors")
 
@@ -58,9 +58,13 @@ class _Collector(EventBus):
         return out
 
 
-#: Calls cheap enough to serve on the event loop when they cannot run the guest (the
-#: loop must keep beating: a long call there would look like a dead hypervisor).
-_LIGHT_CALLS = frozenset({"getpageframeinfo3", "map_foreign", "counters", "max_gpfn", "suspend", "resume"})
+#: The DomainControl calls the actor serves (through LocalDomain's method of that
+#: name), and whether each is cheap enough to serve on the event loop when it cannot
+#: run the guest (the loop must keep beating: a long call there would look like a dead
+#: hypervisor).
+DOMCTLS: dict[str, bool] = {"max_gpfn": True, "shadow_op": False, "getpageframeinfo3": True,
+                            "map_foreign": True, "suspend": True, "resume": True, "counters": True,
+                            "snapshot": False, "mapped_runs": False}
 
 
 class HypervisorActor:
@@ -96,17 +100,23 @@ class HypervisorActor:
     # ------------------------------------------------------------------ calls
 
     async def handle(self, method: str, args: dict, caller: str) -> Any:
-        if method == "create":
-            return await self._create(args)
-        if method == "release":
-            return await self._release(args)
+        match method:
+            case "create":
+                return await self._create(args)
+            case "release":
+                return await self._release(args)
+            case _ if method in DOMCTLS:
+                return await self._serve(method, args)
+        raise TransportError(f"unknown hypervisor method {method!r}")
+
+    async def _serve(self, method: str, args: dict) -> Served:
         if self.recovered is not None:
             raise PeerLost(f"hypervisor gave the source domain back ({self.recovered})", "hypervisor")
         if self.domain is None:
             raise TransportError("no domain yet: the toolstack must call create first")
         if args.get("owner") != self.owner:
             raise TransportError(f"run is driven by toolstack {self.owner}, not {args.get('owner')}")
-        if method in _LIGHT_CALLS and not self._may_run_guest(self._last_time(method, args)):
+        if DOMCTLS[method] and not self._may_run_guest(self._last_time(method, args)):
             self.calls += 1
             return self._domctl(method, args, on_loop=True)   # no guest round trip: no thread hop either
         return await self._in_worker(self._domctl, method, args)
@@ -116,7 +126,7 @@ class HypervisorActor:
         """The latest virtual time this call serves: a type query with a plan also maps."""
         t = float(args.get("t", 0.0))
         plan = args.get("plan") if method == "getpageframeinfo3" else None
-        return t if plan is None else plan["link"].map_time(t)
+        return t if plan is None else plan.link.map_time(t)
 
     def _may_run_guest(self, t: float) -> bool:
         """Could serving up to ``t`` make the hypervisor run the guest (a guest round
@@ -162,66 +172,71 @@ class HypervisorActor:
         self.domain = LocalDomain(hv, self.guest, self.bus)
         return source_info(hv, layout)
 
-    def _domctl(self, method: str, args: dict, on_loop: bool = False) -> dict:
+    def _call(self, t: float, method: str, kwargs: dict) -> Served:
+        """One LocalDomain call, with what it made happen; ``events`` are left for the
+        caller to take (a speculated map splits them)."""
+        served = Served(t=t)
+        try:
+            served.result = _drive(getattr(self.domain, method)(**kwargs))
+        except XenError as exc:
+            served.error = exc
+        except PeerLost as exc:
+            served.lost, served.peer = str(exc), exc.peer
+            self.echo(f"{exc}: the guest's vCPUs are stopped")
+        return served
+
+    def _domctl(self, method: str, args: dict, on_loop: bool = False) -> Served:
         """One DomainControl call, served by LocalDomain's method of that name."""
-        fn = getattr(LocalDomain, method, None)
-        if method.startswith("_") or fn is None or not inspect.iscoroutinefunction(fn):
-            raise TransportError(f"unknown hypervisor method {method!r}")
         kwargs = {k: v for k, v in args.items() if k not in ("owner", "plan")}
-        plan = args.get("plan") if method == "getpageframeinfo3" else None
         if method == "shadow_op":
             kwargs["op"] = ShadowOp(kwargs["op"])
-        reply: dict[str, Any] = {}
-        try:
-            reply["r"] = _drive(getattr(self.domain, method)(**kwargs))
-            if plan is not None:
-                self._speculate(reply, plan["link"].map_time(float(args["t"])), args["pfns"], reply["r"])
-        except XenError as exc:
-            reply["x"] = exc
-        except PeerLost as exc:
-            reply["lost"], reply["peer"] = str(exc), exc.peer
-            self.echo(f"{exc}: the guest's vCPUs are stopped")
-        if "ev" not in reply:           # (a speculated map already split them)
-            reply["ev"] = self.bus.take()
+        plan = args.get("plan") if method == "getpageframeinfo3" else None
+        t = float(args.get("t", 0.0))
+        served = self._call(t, method, kwargs)
+        if plan is not None and served.ok:
+            self._speculate(served, plan.link.map_time(t), args["pfns"])
+        self._close(served)
+        if plan is not None and served.ok:
+            self._look_ahead(served, t, args["pfns"], plan, on_loop)
+        return served
+
+    def _close(self, served: Served) -> None:
+        if served.mapped is None:       # (a speculated map already split them)
+            served.events = self.bus.take()
         # LocalDomain.counters never advances time (t=0 would be a no-op if it did).
-        reply["c"] = _drive(self.domain.counters(0.0))
-        if plan is not None and "r" in reply:
-            self._look_ahead(reply, float(args["t"]), args["pfns"], plan, on_loop)
-        return reply
+        served.counters = _drive(self.domain.counters(0.0))
 
     @staticmethod
-    def _next_time(link: LinkModel, t: float, pfns, reply: dict) -> float | None:
+    def _next_time(link: LinkModel, pfns, served: Served) -> float | None:
         """When the saver calls getpageframeinfo3 for its next batch, given this batch's
-        type query at ``t`` (``reply``, with its speculated map): ``write_batch``'s
-        costs through ``LinkModel.next_batch_time``. None where the saver does not get
-        there that way (the batch fails, or a map error changes its record)."""
-        if "r" not in reply or "x" in reply or "lost" in reply:
+        type query (``served``, with its speculated map): ``LinkModel.next_batch_time``,
+        the engine's own timing. None where the saver does not get there that way (the
+        batch fails, or a map error changes its record)."""
+        if not served.ok:
             return None
         n = int(np.asarray(pfns).size)
         if n == 0 or n > MAX_BATCH_SIZE:
             return None
-        nibbles = (np.asarray(reply["r"], dtype=np.uint32) >> PFINFO_LTAB_SHIFT).astype(np.uint8)
+        nibbles = (np.asarray(served.result, dtype=np.uint32) >> PFINFO_LTAB_SHIFT).astype(np.uint8)
         if not PFINFO_KNOWN[nibbles].all():
             return None                 # the saver fails the batch
         n_data = int(PFINFO_HAS_DATA[nibbles].sum())
         if n_data:
-            spec = reply.get("spec")
-            if spec is None or "r" not in spec or "x" in spec or "lost" in spec:
-                return None
-            if np.asarray(spec["r"][1]).any():
+            m = served.mapped
+            if m is None or not m.ok or np.asarray(m.result[1]).any():
                 return None             # a map error: the saver fails or sends XTAB instead
-        return link.next_batch_time(t, page_data_record_bytes(n, n_data), n_data, n_data > 0)
+        return link.next_batch_time(served.t, page_data_record_bytes(n, n_data), n_data, n_data > 0)
 
-    def _look_ahead(self, reply: dict, t: float, pfns, plan: dict, on_loop: bool) -> None:
-        """Serve the saver's next batches now (``plan["next"]``: those its stated pass
-        plan walks right after this one), each at the time the saver will ask for it
+    def _look_ahead(self, served: Served, t: float, pfns, plan: Lookahead, on_loop: bool) -> None:
+        """Serve the saver's next batches now (``plan.next``: those its stated pass plan
+        walks right after this one), each at the time the saver will ask for it
         (``_next_time``), with its map, events and counters split per call as if they
         came one by one. Not past the saver's deadline (it would abort and call
         something else there)."""
-        link, deadline = plan["link"], plan.get("deadline")
-        cur = reply
-        for nxt in plan.get("next") or ():
-            tn = self._next_time(link, t, pfns, cur)
+        link, deadline = plan.link, plan.deadline
+        cur = served
+        for nxt in plan.next:
+            tn = self._next_time(link, pfns, cur)
             if tn is None:
                 return
             if deadline is not None and tn - float(deadline[0]) > float(deadline[1]):
@@ -229,45 +244,31 @@ class HypervisorActor:
             if on_loop and self._may_run_guest(link.map_time(tn)):
                 return                  # a guest round trip: not on the event loop
             nxt = np.asarray(nxt, dtype=np.int64)
-            entry: dict[str, Any] = {"t": tn}
-            try:
-                entry["r"] = _drive(self.domain.getpageframeinfo3(tn, nxt))
-                self._speculate(entry, link.map_time(tn), nxt, entry["r"])
-            except XenError as exc:
-                entry["x"] = exc
-            except PeerLost as exc:
-                entry["lost"], entry["peer"] = str(exc), exc.peer
-                self.echo(f"{exc}: the guest's vCPUs are stopped")
-            if "ev" not in entry:
-                entry["ev"] = self.bus.take()
-            entry["c"] = _drive(self.domain.counters(0.0))
-            reply.setdefault("ahead", []).append(entry)
-            t, pfns, cur = tn, nxt, entry
+            entry = self._call(tn, "getpageframeinfo3", {"t": tn, "pfns": nxt})
+            if entry.ok:
+                self._speculate(entry, link.map_time(tn), nxt)
+            self._close(entry)
+            served.ahead.append(entry)
+            pfns, cur = nxt, entry
 
-    def _speculate(self, reply: dict, t_map: float, pfns, types) -> None:
+    def _speculate(self, served: Served, t_map: float, pfns) -> None:
         """write_batch's next call, done now: map the data PFNs at ``t_map``."""
-        nibbles = (np.asarray(types, dtype=np.uint32) >> PFINFO_LTAB_SHIFT).astype(np.uint8)
+        nibbles = (np.asarray(served.result, dtype=np.uint32) >> PFINFO_LTAB_SHIFT).astype(np.uint8)
         if not PFINFO_KNOWN[nibbles].all():
             return                      # the saver fails the batch; it maps nothing
         data_pfns = np.asarray(pfns)[PFINFO_HAS_DATA[nibbles]]
         if data_pfns.size == 0:
             return                      # nothing to map: the saver does not call
-        reply["ev"] = self.bus.take()
-        spec: dict[str, Any] = {"t": t_map}
-        try:
-            spec["r"] = _drive(self.domain.map_foreign(t_map, data_pfns))
-        except XenError as exc:
-            spec["x"] = exc
-        except PeerLost as exc:
-            spec["lost"], spec["peer"] = str(exc), exc.peer
-        spec["ev"] = self.bus.take()
-        reply["spec"] = spec
+        served.events = self.bus.take()
+        mapped = self._call(t_map, "map_foreign", {"t": t_map, "pfns": data_pfns})
+        mapped.events = self.bus.take()
+        served.mapped = mapped
 
     # ------------------------------------------------------------------ endings
 
-    async def _release(self, args: dict) -> dict:
+    async def _release(self, args: dict) -> Released:
         if self.owner is None:
-            return {"state": None}          # nothing was created: keep waiting for a toolstack
+            return Released()               # nothing was created: keep waiting for a toolstack
         if args.get("owner") != self.owner:
             raise TransportError(f"run is driven by toolstack {self.owner}, not {args.get('owner')}")
         self.released = True
@@ -276,16 +277,16 @@ class HypervisorActor:
         g = self.guest
         self.echo(f"toolstack released the domain ({state}); {self.calls} calls served in {self.busy_s:.2f} s, "
                   f"{0 if g is None else g.rpcs} guest round trips took {0.0 if g is None else g.wait_s:.2f} s "
-                  f"(guest busy {bye.get('busy_s', 0.0):.2f} s)")
+                  f"(guest busy {bye.busy_s:.2f} s)")
         if not self.done.done():
             self.done.set_result("released")
-        return {"state": state}
+        return Released(state)
 
-    async def _bye_guest(self) -> dict:
+    async def _bye_guest(self) -> Bye:
         if self.guest is not None and self.guest.dead is None:
             with contextlib.suppress(Exception):
-                return await self.transport.call("guest", "bye") or {}
-        return {}
+                return await self.transport.call("guest", "bye")
+        return Bye()
 
     def _recover_sync(self) -> str:
         hv = self.hv

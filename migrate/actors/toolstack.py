@@ -23,6 +23,7 @@ from ..events import Event, EventBus
 from ..transport.base import Transport
 
 from .guest import scenario_digest
+from .messages import Lookahead, Served
 
 log = logging.getLogger("xmig.actors")
 
@@ -52,16 +53,16 @@ class RemoteDomain:
         self.lost: PeerLost | None = None
         self.speculate = speculate
         self.lookahead = int(lookahead) if speculate else 0
-        self._spec: tuple[float, np.ndarray, dict] | None = None
+        self._spec: tuple[float, np.ndarray, Served] | None = None
         self._counters: dict[str, Any] | None = None
         self._plan: PassPlan | None = None
         self._cursor = (0, 0)                   # (stretch, batch) the plan walks next
-        self._ahead: list[tuple[float, np.ndarray, dict]] = []
+        self._ahead: list[tuple[float, np.ndarray, Served]] = []
         self.rpcs = 0
         self.spec_hits = 0
         self.ahead_hits = 0
 
-    async def _call(self, method: str, args: dict) -> dict:
+    async def _call(self, method: str, args: dict) -> Any:
         if self.lost is not None:
             raise self.lost
         args["owner"] = self.owner
@@ -71,18 +72,18 @@ class RemoteDomain:
         except PeerLost as exc:
             self.lost = exc
             raise
-        if isinstance(reply, dict) and "c" in reply:
-            self._counters = reply["c"]
+        if isinstance(reply, Served) and reply.counters is not None:
+            self._counters = reply.counters
         return reply
 
-    def _finish(self, reply: dict) -> Any:
-        for ev in reply.get("ev", ()):
+    def _finish(self, served: Served) -> Any:
+        for ev in served.events:
             self.bus.publish(ev)
-        if "lost" in reply:
-            raise PeerLost(reply["lost"], reply.get("peer", ""))
-        if "x" in reply:
-            raise reply["x"]
-        return reply.get("r")
+        if served.lost is not None:
+            raise PeerLost(served.lost, served.peer)
+        if served.error is not None:
+            raise served.error
+        return served.result
 
     def _drop_ahead(self, what: str) -> None:
         """The engine stopped its pass early (a stream that failed, Ctrl-C): what was
@@ -119,11 +120,10 @@ class RemoteDomain:
         st = plan.stretches[s]
         return [st.batch(i) for i in range(k + 1, min(len(st), k + 1 + self.lookahead))]
 
-    def _take_spec(self, reply: dict, pfns: np.ndarray) -> None:
-        spec = reply.get("spec")
-        if spec is not None:
-            nibbles = (np.asarray(reply["r"], dtype=np.uint32) >> PFINFO_LTAB_SHIFT).astype(np.uint8)
-            self._spec = (spec["t"], pfns[PFINFO_HAS_DATA[nibbles]], spec)
+    def _take_spec(self, served: Served, pfns: np.ndarray) -> None:
+        if served.mapped is not None:
+            nibbles = (np.asarray(served.result, dtype=np.uint32) >> PFINFO_LTAB_SHIFT).astype(np.uint8)
+            self._spec = (served.mapped.t, pfns[PFINFO_HAS_DATA[nibbles]], served.mapped)
 
     async def getpageframeinfo3(self, t, pfns):
         t = float(t)
@@ -137,17 +137,17 @@ class RemoteDomain:
                 raise _broke_plan(f"getpageframeinfo3 of {pfns.size} PFNs at t={t!r}",
                                   f"the plan's next batch at t={t_ahead!r}")
             self.ahead_hits += 1
-            self._counters = entry["c"]
+            self._counters = entry.counters
             self._take_spec(entry, pfns)
             return self._finish(entry)
         args: dict[str, Any] = {"t": t, "pfns": pfns}
         plan = self._plan
         if plan is not None:
-            args["plan"] = {"link": plan.link, "next": nxt or [], "deadline": plan.deadline}
+            args["plan"] = Lookahead(plan.link, nxt or [], plan.deadline)
         reply = await self._call("getpageframeinfo3", args)
         self._take_spec(reply, pfns)
-        for i, entry in enumerate(reply.get("ahead", ())):
-            self._ahead.append((float(entry["t"]), nxt[i], entry))
+        for i, entry in enumerate(reply.ahead):
+            self._ahead.append((float(entry.t), nxt[i], entry))
         return self._finish(reply)
 
     async def map_foreign(self, t, pfns):
