@@ -101,7 +101,7 @@ class _Bar:
 
 def register(app: typer.Typer) -> None:
     """Add ``sweep`` to the ``xmig`` app."""
-    from .cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError, _guard
+    from .cli_common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError, _guard
 
     @app.command(short_help="Run a parameter study (many migrations) and write one row per run.",
                  help=SWEEP_HELP)
@@ -163,7 +163,7 @@ def register(app: typer.Typer) -> None:
                       f"({outcome.skipped} kept from before, {outcome.ran} run now in {outcome.wall_s:.1f}s, "
                       f"{failed} not completed)", markup=False, soft_wrap=True)
         if outcome.error:
-            from .cli import _err_console
+            from .cli_common import _err_console
 
             _err_console().print(f"xmig: error: the sweep stopped: {outcome.error}; {out} holds the "
                                  f"{len(outcome.rows)} runs finished so far; --resume continues", markup=False)

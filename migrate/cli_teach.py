@@ -25,7 +25,7 @@ def parse_gfn(text: str, option: str = "--gfn") -> int:
     except ValueError:
         value = -1
     if not 0 <= value <= MAX_GFN:
-        from .cli import UsageError
+        from .cli_common import UsageError
 
         raise UsageError(f"{option}: expected a GFN from 0 to {MAX_GFN:#x} (decimal or 0x-hex), found {text!r}")
     return value
@@ -33,7 +33,7 @@ def parse_gfn(text: str, option: str = "--gfn") -> int:
 
 def read_log(path: Path, *, partial: bool = True):
     """The event log at ``path``; a bad file is a usage error naming file and offset."""
-    from .cli import UsageError
+    from .cli_common import UsageError
     from .eventlog import EventLogError, read_event_log
 
     try:
@@ -68,7 +68,7 @@ def print_stories(console, story) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add ``explain`` and ``replay`` to the ``xmig`` app."""
-    from .cli import EXIT_FAILED, EXIT_OK, _guard
+    from .cli_common import EXIT_FAILED, EXIT_OK, _guard
 
     @app.command(short_help="Tell what happened to one page in a recorded run.")
     @_guard
