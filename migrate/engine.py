@@ -16,6 +16,11 @@ Departures from Xen, each a named option:
 - ``stats_overflow="saturate"``: the initial ``dirty_count`` (p2m_size) is saturated
   at UINT32_MAX instead of truncated to 32 bits (v2 03/13, never committed); with
   ``truncate`` (Xen's behaviour) a p2m_size of 2^32 reads as 0 and pass 1 is skipped.
+- ``switchover="stopped"``: when the policy says stop at the top of the loop, the dirty
+  set the last CLEAN returned is not sent live (Xen's ``send_memory_live`` sends it
+  before it looks at the decision again); the domain is suspended first and that set,
+  with whatever the final CLEAN adds, is sent while it is paused, as QEMU's
+  ``migration_completion`` and SimGrid's migration model do. ``live`` is Xen's.
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ class SaveOptions:
     tolerate_vanished: bool = False
     stats_overflow: str = "truncate"     # "truncate" (Xen) | "saturate" (v2 03/13)
     deadline: float | None = None        # abort when the save runs longer (virtual s)
+    switchover: str = "live"             # "live" (Xen) | "stopped" (QEMU, SimGrid)
     xen_version: tuple[int, int] = (4, 22)
 
 
@@ -89,6 +95,7 @@ class SaveResult:
     error: str = ""
     error_pfn: int | None = None
     final_stats: dict[str, Any] = field(default_factory=dict)
+    switchover: str = "live"             # SaveOptions.switchover of this save
 
 
 class PrecopyEngine:
@@ -105,7 +112,7 @@ class PrecopyEngine:
         self.now = float(start)
         self.options = options or SaveOptions()
         self.pacer = pacer
-        self.result = SaveResult(outcome="failed", t_start=self.now)
+        self.result = SaveResult(outcome="failed", t_start=self.now, switchover=self.options.switchover)
         self._current: RoundStats | None = None
         self._logdirty_on = False
         self._suspended = False
@@ -395,8 +402,12 @@ class PrecopyEngine:
         bitmap_pfns = None                         # None = the all-ones bitmap of pass 1
         self._phase("precopy")
         x = 0
+        pending = _EMPTY_PFNS                      # switchover "stopped": the set held back
         while True:
             decision = self.policy.decide(pstats)
+            if opts.switchover == "stopped" and decision == Decision.STOP_AND_COPY and dirty_count > 0:
+                pending = bitmap_pfns              # None: pass 1 never ran, so everything
+                break
             x += 1
             if dirty_count > 0 and decision != Decision.ABORT:
                 rnd = RoundStats(iteration=x, phase="live", start_s=self.now, dirty_count=int(dirty_count))
@@ -430,7 +441,12 @@ class PrecopyEngine:
         rnd = RoundStats(iteration=x + 1, phase="final", start_s=self.now,
                          dirty_count=int(clean.stats.dirty_count))
         self._phase("final")
-        await self._send_pfns(rnd, final_pfns)
+        if pending is None:
+            await self._send_all(rnd, p2m_size)
+        else:
+            if pending.size:
+                final_pfns = np.union1d(pending, final_pfns)
+            await self._send_pfns(rnd, final_pfns)
 
         if opts.verify:
             # verify_frames(): VERIFY record, send_all_pages again, PEEK for the stats.

@@ -266,6 +266,7 @@ class RunSummary(Event):
     stream: dict[str, Any]
     guest: dict[str, Any]
     wall: dict[str, Any]
+    switchover: str = "live"  # SaveOptions.switchover: live (Xen) | stopped (QEMU, SimGrid)
 
 
 @dataclass(slots=True)

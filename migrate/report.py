@@ -40,6 +40,7 @@ def build_report(res: RunResult) -> dict[str, Any]:
         "seed": res.seed,
         "behaviour": res.behaviour,
         "policy": {"name": res.policy, "params": res.policy_params},
+        "switchover": s.switchover,
         "outcome": s.outcome,
         "error": s.error or None,
         "error_pfn": s.error_pfn,

@@ -212,7 +212,8 @@ async def _run(scenario, opts, bus, pacer, source, behaviour, policy_name, param
     writer = StreamWriter(sink)
     mig = scenario.migration
     options = SaveOptions(verify=verify, tolerate_vanished=mig.tolerate_vanished,
-                          stats_overflow=mig.stats_overflow, deadline=mig.deadline)
+                          stats_overflow=mig.stats_overflow, deadline=mig.deadline,
+                          switchover=mig.switchover)
     engine = PrecopyEngine(source.control, writer, link, policy, bus, start=start, pacer=pacer,
                            options=options)
     save = await engine.run()
@@ -267,7 +268,8 @@ def run_summary(res: RunResult) -> RunSummary:
                       t_start=s.t_start, t_suspend=s.t_suspend, t_last_byte=s.t_last_byte,
                       final_stats=dict(s.final_stats), hypervisor=dict(res.hypervisor),
                       restore=dict(res.restore), destination=dict(res.destination),
-                      stream=dict(res.stream), guest=dict(res.guest), wall=dict(res.wall))
+                      stream=dict(res.stream), guest=dict(res.guest), wall=dict(res.wall),
+                      switchover=s.switchover)
 
 
 def result_from_events(events) -> RunResult:
@@ -300,7 +302,8 @@ def result_from_events(events) -> RunResult:
     save = SaveResult(outcome=summary.outcome, p2m_size=summary.p2m_size, rounds=rounds,
                       totals=summary.totals, t_start=summary.t_start, t_suspend=summary.t_suspend,
                       t_last_byte=summary.t_last_byte, t_end=summary.t, error=summary.error,
-                      error_pfn=summary.error_pfn, final_stats=dict(summary.final_stats))
+                      error_pfn=summary.error_pfn, final_stats=dict(summary.final_stats),
+                      switchover=summary.switchover)
     return RunResult(scenario=summary.scenario, seed=summary.seed, behaviour=summary.behaviour,
                      policy=summary.policy, policy_params=dict(summary.policy_params), save=save,
                      verify=verify, restore=dict(summary.restore), hypervisor=dict(summary.hypervisor),

@@ -95,7 +95,10 @@ class MigrationConfig(_Model):
     aborted and the source resumes, as a management layer's timeout would do);
     ``stats_overflow`` is how the saver's 32-bit initial ``dirty_count`` holds
     ``p2m_size``: ``truncate`` as Xen does (2^32 reads as 0 and pass 1 is skipped) or
-    ``saturate`` (v2 03/13, never committed).
+    ``saturate`` (v2 03/13, never committed). ``switchover`` is what happens when the
+    policy says stop: ``live`` as Xen does (the last dirty set is still sent live, then
+    only what was dirtied meanwhile is sent with the guest suspended) or ``stopped`` as
+    QEMU and SimGrid do (suspend first, then send the pending set).
     """
 
     start: Duration = 1.0
@@ -106,6 +109,7 @@ class MigrationConfig(_Model):
     tolerate_vanished: bool = False
     deadline: Duration | None = None
     stats_overflow: Literal["truncate", "saturate"] = "truncate"
+    switchover: Literal["live", "stopped"] = "live"
 
     @field_validator("xen_behaviour", mode="before")
     @classmethod
