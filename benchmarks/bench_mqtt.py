@@ -2,7 +2,7 @@
 
 Issue 6's benchmark. The embedded run (``run_scenario`` with the hypervisor and guest
 in this process) against the same scenario with the hypervisor and the guest as
-separate processes (``python -m migrate.cli_mqtt hypervisor|guest``, as in the
+separate processes (``python -m migrate.view.cli_broker hypervisor|guest``, as in the
 classroom demo) talking through a local Mosquitto (TCP_NODELAY, no queue limit), the
 toolstack in this process. The actors are started and connected before the clock
 starts; the MQTT figure is the toolstack's wall time, setup to release. Goal: at most
@@ -66,7 +66,7 @@ def _embedded(scenario) -> tuple[float, dict]:
 
 
 def _over_mqtt(scenario, broker: Broker, run_id: str) -> tuple[float, dict]:
-    cmd = [sys.executable, "-m", "migrate.cli_mqtt"]
+    cmd = [sys.executable, "-m", "migrate.view.cli_broker"]
     common = ["--broker", broker.url, "--run", run_id]
     # Every message sealed with a run key, as a class runs it (HMAC-SHA256 per message).
     procs = [subprocess.Popen(cmd + ["hypervisor", *common], cwd=ROOT, stderr=subprocess.DEVNULL, env=key_env()),

@@ -49,11 +49,11 @@ def cfg_for(broker, timeout: float = 3.0):
 
 def actor_command(kind: str, broker, run: str, *extra: str) -> list[str]:
     """``python -m migrate <kind> ...`` once the lead's ``xmig`` registers the MQTT commands,
-    else the same commands from ``python -m migrate.cli_mqtt``."""
-    from migrate.cli import app
+    else the same commands from ``python -m migrate.view.cli_broker``."""
+    from migrate.view.cli import app
 
     names = {c.name or c.callback.__name__ for c in app.registered_commands}
-    module = "migrate" if kind in names else "migrate.cli_mqtt"
+    module = "migrate" if kind in names else "migrate.view.cli_broker"
     return [sys.executable, "-m", module, kind, "--broker", broker.url, "--run", run, "--timeout", "3", *extra]
 
 
@@ -151,7 +151,7 @@ async def test_in_process_transport_runs_the_same_code_paths_to_the_same_report(
 async def test_watch_renders_the_same_final_dashboard(mqtt_broker):
     from rich.console import Console
 
-    from migrate.cli_mqtt import watch_run
+    from migrate.view.cli_broker import watch_run
     from migrate.dashboard import Dashboard
 
     def text(dash) -> str:
@@ -347,7 +347,7 @@ async def test_forged_replies_and_events_from_a_second_client_leave_the_verdict_
     from paho.mqtt.properties import Properties
 
     from migrate.transport import wire
-    from migrate.cli_mqtt import watch_run
+    from migrate.view.cli_broker import watch_run
     from migrate.dashboard import Dashboard
     from migrate.events import MigrationFinished, VerifyDone, VerifyStats
 
@@ -493,7 +493,7 @@ async def test_bandwidth_override_and_verify_keep_the_report_with_batches_ahead(
 async def test_watch_records_the_events_with_their_call_site_effects(mqtt_broker, tmp_path):
     """`xmig watch --record`: the log holds what the watcher saw over the broker,
     MemoryOp call-site effects included, and rebuilds the run's report."""
-    from migrate.cli_mqtt import watch_run
+    from migrate.view.cli_broker import watch_run
     from migrate.dashboard import Dashboard
     from migrate.eventlog import EventRecorder, read_event_log
     from migrate.events import MemoryOp
@@ -530,7 +530,7 @@ async def test_the_example_acl_gives_each_actor_only_its_topics(tmp_path):
     import aiomqtt
 
     from migrate.transport import wire
-    from migrate.cli_mqtt import watch_run
+    from migrate.view.cli_broker import watch_run
     from migrate.dashboard import Dashboard
     from migrate.events import MigrationFinished
     from tests.mqtt_broker import Broker, free_port, mosquitto_binary
@@ -592,15 +592,15 @@ async def test_the_example_acl_gives_each_actor_only_its_topics(tmp_path):
 
 def test_an_actor_without_a_run_key_refuses_in_one_line_and_keygen_makes_one(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XMIG_RUN_KEY"}
-    out = subprocess.run([sys.executable, "-m", "migrate.cli_mqtt", "hypervisor", "--broker", "mqtt://127.0.0.1:1",
+    out = subprocess.run([sys.executable, "-m", "migrate.view.cli_broker", "hypervisor", "--broker", "mqtt://127.0.0.1:1",
                           "--run", "r"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [out.stderr.strip()]
     assert out.stderr.startswith("xmig: error: no run key") and "--insecure" in out.stderr
     key = tmp_path / "run.key"
-    made = subprocess.run([sys.executable, "-m", "migrate.cli_mqtt", "keygen", "--out", str(key)], cwd=ROOT,
+    made = subprocess.run([sys.executable, "-m", "migrate.view.cli_broker", "keygen", "--out", str(key)], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert made.returncode == 0 and len(key.read_text().strip()) == 64 and (key.stat().st_mode & 0o077) == 0
-    again = subprocess.run([sys.executable, "-m", "migrate.cli_mqtt", "keygen", "--out", str(key)], cwd=ROOT,
+    again = subprocess.run([sys.executable, "-m", "migrate.view.cli_broker", "keygen", "--out", str(key)], cwd=ROOT,
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 2 and "exists" in again.stderr

@@ -316,7 +316,7 @@ async def test_a_late_watch_says_so_then_learns_the_runs_names(prefix_run):
 @pytest.mark.mqtt
 async def test_watch_app_over_a_real_broker(mqtt_broker):
     from migrate import actors
-    from migrate.cli_mqtt import watch_run
+    from migrate.view.cli_broker import watch_run
 
     from .test_mqtt_run import cfg_for, scenario, start_actor_tasks
 

@@ -119,21 +119,21 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from rich.console import Console
 
-        from .sweep import engines, results, session, spec, stats
+        from ..sweep import engines, results, session, spec, stats
 
         try:
             plan = spec.load_sweep(file)
             form = results.format_of(out, fmt)
             if form == "parquet":
                 results.require_parquet()
-            from .outputs import OutputError, check_targets
+            from ..outputs import OutputError, check_targets
 
             try:
                 check_targets({"--out": out, "--plot": plot}, {"the sweep file": file})
             except OutputError as exc:
                 raise UsageError(str(exc)) from None
             if plot is not None:
-                from .plot import PlotError, _matplotlib
+                from ..plot import PlotError, _matplotlib
 
                 try:
                     _matplotlib()
@@ -175,7 +175,7 @@ def register(app: typer.Typer) -> None:
         if summary is not None:
             console.print(stats.summary_table(outcome.rows, axis, metric))
         if plot is not None:
-            from .plot import PlotError
+            from ..plot import PlotError
 
             try:
                 stats.write_plot(plot, outcome.rows, axis, metric, unit=plan.units.get(axis, ""),

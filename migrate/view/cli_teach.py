@@ -34,7 +34,7 @@ def parse_gfn(text: str, option: str = "--gfn") -> int:
 def read_log(path: Path, *, partial: bool = True):
     """The event log at ``path``; a bad file is a usage error naming file and offset."""
     from .cli_common import UsageError
-    from .eventlog import EventLogError, read_event_log
+    from ..eventlog import EventLogError, read_event_log
 
     try:
         return read_event_log(path, partial=partial)
@@ -44,7 +44,7 @@ def read_log(path: Path, *, partial: bool = True):
 
 def explain_text(log, gfn: int) -> str:
     """The life story of ``gfn`` in a read event log, one line per event."""
-    from .track import PageStory
+    from ..track import PageStory
 
     story = PageStory([gfn])
     for ev in log.events:
@@ -101,19 +101,19 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from .cli import _default_speed, _print_summary
-        from .report import build_report
-        from .runner import result_from_events
+        from ..report import build_report
+        from ..runner import result_from_events
 
         log = read_log(events)
         console = Console()
         live = console.is_terminal and not no_dashboard
         pace = _default_speed(speed, live)
         if live:
-            from .view.commands import interactive_replay
+            from .commands import interactive_replay
 
             interactive_replay(log.events, speed=pace, guided=guided)
         else:
-            from .progress import PlainProgress
+            from ..progress import PlainProgress
 
             progress = PlainProgress(sys.stdout)
             for ev in log.events:
@@ -126,7 +126,7 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(EXIT_FAILED) from None
         _print_summary(console, build_report(result))
         if log.tracked:
-            from .track import PageStory
+            from ..track import PageStory
 
             story = PageStory(log.tracked)
             for ev in log.events:

@@ -46,10 +46,10 @@ def _guard(fn):
     def wrapper(*args, **kwargs):
         from guest.workloads import TraceError
 
-        from .outputs import OutputError
-        from .policy import PolicyError
-        from .scenario import ScenarioError
-        from .stream import StreamError
+        from ..outputs import OutputError
+        from ..policy import PolicyError
+        from ..scenario import ScenarioError
+        from ..stream import StreamError
 
         try:
             return fn(*args, **kwargs)

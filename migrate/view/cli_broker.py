@@ -29,11 +29,11 @@ from typing import Optional
 
 import typer
 
+from ..errors import TransportError
+from ..transport.base import DEFAULT_TIMEOUT
+from ..transport.mqtt import BrokerConfig, parse_broker_url
+from ..transport.runkey import KEY_ENV, RunKeyError, load_key, new_key_text
 from .cli_common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError, _err_console, _guard
-from .errors import TransportError
-from .transport.base import DEFAULT_TIMEOUT
-from .transport.mqtt import BrokerConfig, parse_broker_url
-from .transport.runkey import KEY_ENV, RunKeyError, load_key, new_key_text
 
 BROKER_HELP = "MQTT broker URL: mqtt://HOST:PORT or mqtts://HOST:PORT (TLS)."
 RUN_HELP = "Run id: the actors of one migration share it (topics xmig/<run>/...)."
@@ -80,8 +80,8 @@ async def remote_run(scenario, opts, broker: str | BrokerConfig, run_id: str, bu
     (the result says aborted, the hypervisor resumes the source). Messages the
     toolstack dropped (unsigned, forged, replayed...) are counted in the report's
     ``broker`` object and named in one line on stderr."""
-    from .actors import remote_run as _remote_run
-    from .transport.base import check_run_id
+    from ..actors import remote_run as _remote_run
+    from ..transport.base import check_run_id
 
     try:
         check_run_id(run_id)
@@ -173,7 +173,7 @@ def broker_command(app: typer.Typer):
 
 def parse_broker_options(*, broker_url: str, run: str, username=None, password=None, tls_ca=None,
                          tls_insecure=False, timeout=DEFAULT_TIMEOUT, key_file=None, insecure=False) -> BrokerOptions:
-    from .transport.base import check_run_id
+    from ..transport.base import check_run_id
 
     try:
         check_run_id(run)
@@ -223,7 +223,7 @@ def register(app: typer.Typer) -> None:
         (after resuming the source domain, as a failed Xen migration does), 2 when the
         broker cannot be reached or the run id already has a hypervisor. With --serve it
         builds a fresh domain for each toolstack that comes, until Ctrl-C."""
-        from .actors import run_actor
+        from ..actors import run_actor
 
         try:
             why = _run_main(lambda: run_actor("hypervisor", broker.config, broker.run, echo=_echo, serve=serve))
@@ -244,8 +244,8 @@ def register(app: typer.Typer) -> None:
         Exits 0 when the hypervisor is done with it, 1 when the hypervisor is lost, 2 for
         a bad scenario file, an unreachable broker or a run id that already has a guest.
         With --serve it boots a fresh guest for each run, until Ctrl-C."""
-        from .actors import run_actor
-        from .scenario import load_scenario
+        from ..actors import run_actor
+        from ..scenario import load_scenario
 
         scenario = load_scenario(guest)
         try:
@@ -277,8 +277,8 @@ def register(app: typer.Typer) -> None:
         console = Console()
         recorder = None
         if record is not None:
-            from .eventlog import EventRecorder
-            from .outputs import OutputError, check_target
+            from ..eventlog import EventRecorder
+            from ..outputs import OutputError, check_target
 
             try:
                 check_target(record, "--record")
@@ -287,7 +287,7 @@ def register(app: typer.Typer) -> None:
             recorder = EventRecorder(record, {"watched_run": run, "broker": cfg.display})
         try:
             if console.is_terminal and not no_dashboard:
-                from .view.commands import interactive_watch   # the teaching app
+                from .commands import interactive_watch   # the teaching app
 
                 outcome = interactive_watch(lambda listener: watch_run(cfg, run, dashboard=listener, also=recorder))
             else:
@@ -312,9 +312,9 @@ async def watch_run(cfg: BrokerConfig, run_id: str, *, console=None, live: bool 
     (``completed``...) or why the watch stopped.
     ``ready`` is set once subscribed (events published before that are not seen).
     ``also`` (e.g. an ``EventRecorder``) is called with every event too."""
-    from .dashboard import Dashboard, LiveDashboard
-    from .actors import watch
-    from .transport.mqtt import connect as mqtt_transport
+    from ..dashboard import Dashboard, LiveDashboard
+    from ..actors import watch
+    from ..transport.mqtt import connect as mqtt_transport
 
     dash = dashboard if dashboard is not None else Dashboard(console)
     feed = dash
@@ -333,7 +333,7 @@ async def watch_run(cfg: BrokerConfig, run_id: str, *, console=None, live: bool 
         elif console is not None:
             # Piped or --no-dashboard: Xen-style progress lines and a plain summary, as
             # ``xmig run`` prints them (never escape codes, never a squeezed frame).
-            from .progress import PlainProgress, print_summary
+            from ..progress import PlainProgress, print_summary
 
             progress = PlainProgress(sys.stdout)
 
@@ -354,7 +354,7 @@ async def watch_run(cfg: BrokerConfig, run_id: str, *, console=None, live: bool 
 
 
 def main() -> None:
-    """``python -m migrate.cli_mqtt hypervisor|guest|watch ...`` (the same commands as
+    """``python -m migrate.view.cli_broker hypervisor|guest|watch ...`` (the same commands as
     ``xmig``, for a tree whose ``xmig`` does not register them)."""
     app = typer.Typer(name="xmig", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
     register(app)
