@@ -2,7 +2,7 @@
 
 Issue 6's benchmark. The embedded run (``run_scenario`` with the hypervisor and guest
 in this process) against the same scenario with the hypervisor and the guest as
-separate processes (``python -m migrate.cli_mqtt hypervisor|guest``, as in the
+separate processes (``python -m migrate.view.cli_broker hypervisor|guest``, as in the
 classroom demo) talking through a local Mosquitto (TCP_NODELAY, no queue limit), the
 toolstack in this process. The actors are started and connected before the clock
 starts; the MQTT figure is the toolstack's wall time, setup to release. Goal: at most
@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from migrate import mqtt  # noqa: E402
-from migrate.bus import MqttTransport, parse_broker_url  # noqa: E402
+from migrate import actors  # noqa: E402
+from migrate.transport.mqtt import MqttTransport, parse_broker_url  # noqa: E402
 from migrate.view.report import build_report  # noqa: E402
 from migrate.runner import RunOptions, run_scenario  # noqa: E402
 from migrate.scenario import load_scenario  # noqa: E402
@@ -66,7 +66,7 @@ def _embedded(scenario) -> tuple[float, dict]:
 
 
 def _over_mqtt(scenario, broker: Broker, run_id: str) -> tuple[float, dict]:
-    cmd = [sys.executable, "-m", "migrate.cli_mqtt"]
+    cmd = [sys.executable, "-m", "migrate.view.cli_broker"]
     common = ["--broker", broker.url, "--run", run_id]
     # Every message sealed with a run key, as a class runs it (HMAC-SHA256 per message).
     procs = [subprocess.Popen(cmd + ["hypervisor", *common], cwd=ROOT, stderr=subprocess.DEVNULL, env=key_env()),
@@ -81,7 +81,7 @@ def _over_mqtt(scenario, broker: Broker, run_id: str) -> tuple[float, dict]:
             await transport.wait_for_peer("hypervisor", 30)
             await transport.wait_for_peer("guest", 30)
             t0 = time.perf_counter()
-            res = await mqtt.remote_run(scenario, RunOptions(), transport=transport)
+            res = await actors.remote_run(scenario, RunOptions(), transport=transport)
             return time.perf_counter() - t0, build_report(res)
         finally:
             await transport.close()

@@ -128,6 +128,25 @@ class Guest:
         """Time of the next tick that has not run (or been skipped)."""
         return self._next_tick * self.tick
 
+    # What a guest actor in another process asks of the guest it serves.
+
+    @property
+    def next_tick(self) -> int:
+        """The next tick that has not run (or been skipped)."""
+        return self._next_tick
+
+    def first_tick(self, t0: float) -> int:
+        """The first tick ``run(t0, ...)`` would run."""
+        return self._start(t0)
+
+    def balloon_acts_at(self, k: int) -> bool:
+        """Does the balloon driver act at tick ``k`` (a span there makes hypercalls)?"""
+        return self.balloon.next_active_tick(k) == k
+
+    def requeue_events(self, events: list) -> None:
+        """Put back events drained too early, ahead of any newer ones."""
+        self.events[:0] = events
+
     def run(self, t0: float, t1: float) -> Generator[GuestOp, HypercallResult | None, None]:
         """Yield the guest's ops for ticks in ``[t0, t1)`` (see the module docstring)."""
         k = self._start(t0)

@@ -1,5 +1,5 @@
 """``python -m migrate`` is the ``xmig`` command."""
 
-from .cli import main
+from .view.cli import main
 
 main()

@@ -16,12 +16,51 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from hypervisor.abi import IS_POD, IS_RAM, ShadowOp
+from hypervisor.abi import IS_POD, IS_RAM, MAX_BATCH_SIZE, ShadowOp
 
 from .events import EventBus, MemoryOp, TrackedWrites, balloon_note
+from .link import LinkModel
+
+
+@dataclass(frozen=True, slots=True)
+class Stretch:
+    """Batches a pass walks back to back, with no other call between two of them: the
+    PFNs ``pfns`` (send_dirty_pages: the bitmap's), or every PFN of ``[lo, hi)``
+    (send_all_pages: a populated stretch of the P2M), cut into MAX_BATCH_SIZE batches."""
+
+    pfns: np.ndarray | None = None
+    lo: int = 0
+    hi: int = 0
+
+    def __len__(self) -> int:
+        n = self.pfns.size if self.pfns is not None else max(0, self.hi - self.lo)
+        return -(-n // MAX_BATCH_SIZE)
+
+    def batch(self, k: int) -> np.ndarray:
+        a = k * MAX_BATCH_SIZE
+        if self.pfns is not None:
+            return self.pfns[a:a + MAX_BATCH_SIZE]
+        return np.arange(self.lo + a, min(self.lo + a + MAX_BATCH_SIZE, self.hi), dtype=np.int64)
+
+
+@dataclass(frozen=True, slots=True)
+class PassPlan:
+    """What the precopy engine states before a pass's first batch: the batches it will
+    walk, in order (``stretches``; between two stretches it may call other things, e.g.
+    walk a hole of the P2M in bulk), the link model that times each batch
+    (``LinkModel.map_time`` / ``next_batch_time``), and its deadline as
+    ``(t_start, limit)`` (it abandons the save once ``t - t_start > limit``). A batch
+    the engine sends that is not in the plan (a GFN added to a hole meanwhile) comes
+    between two stretches."""
+
+    iteration: int
+    stretches: tuple[Stretch, ...]
+    link: LinkModel
+    deadline: tuple[float, float] | None = None
 
 
 class DomainControl(Protocol):
+    async def begin_pass(self, t: float, plan: PassPlan) -> None: ...
     async def max_gpfn(self, t: float) -> int: ...
     async def shadow_op(self, t: float, op: ShadowOp, *, mode: int = 0, pages: int = 0,
                         want_bitmap: bool = True, walk_s: float = 0.0) -> Any: ...
@@ -36,7 +75,7 @@ class DomainControl(Protocol):
 
 class SourceSide(Protocol):
     """Where the source domain lives: in this process (``LocalSource``) or behind a
-    broker (``migrate.mqtt``). The runner only talks to this."""
+    broker (``migrate.actors.RemoteSource``). The runner only talks to this."""
 
     control: DomainControl
 
@@ -149,6 +188,10 @@ class LocalDomain:
 
     def _after(self) -> None:
         forward_events(self.hv, self.guest, self.bus)
+
+    async def begin_pass(self, t, plan):
+        """Nothing to prepare in process: each call is served when it is made."""
+        return None
 
     async def max_gpfn(self, t: float) -> int:
         self.hv.advance_to(t)

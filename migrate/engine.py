@@ -35,7 +35,8 @@ import numpy as np
 from hypervisor.abi import (MAX_BATCH_SIZE, PFINFO_HAS_DATA, PFINFO_KNOWN, PFINFO_LTAB_SHIFT,
                             SHADOW_LOGDIRTY_FINAL, PFInfo, ShadowOp, XenError)
 
-from .control import DomainControl
+from .control import DomainControl, PassPlan, Stretch
+from .errors import MigrationAborted, MigrationFailed
 from .events import (BatchSent, CleanDone, CountersSampled, EventBus, MemoryOp, Outcome, PassEnded,
                      PassPhase, PassStarted, Phase, PhaseChanged, RoundStats, SaveSetup, Totals,
                      count_balloon)
@@ -50,16 +51,26 @@ _EMPTY_NIBBLES = np.empty(0, dtype=np.uint8)
 COUNTER_SAMPLE_BATCHES = 32
 
 
-class MigrationFailed(Exception):
-    """The save failed the way Xen's would; ``pfn`` names the page when one is at fault."""
-
-    def __init__(self, message: str, pfn: int | None = None):
-        super().__init__(message)
-        self.pfn = pfn
-
-
-class MigrationAborted(MigrationFailed):
-    """The policy returned XGS_POLICY_ABORT, or the user interrupted the run."""
+def _send_all_walk(runs: np.ndarray, p2m_size: int) -> list:
+    """send_all_pages' walk of ``[0, p2m_size)`` given the P2M's populated runs: in
+    order, a ``Stretch`` of 1024-aligned batches over each populated part and a
+    ``(lo, hi)`` hole (whole batches that are all XTAB) between them."""
+    out: list = []
+    pos = 0
+    for a, b in runs.tolist() + [[p2m_size, p2m_size]]:
+        a = a - a % MAX_BATCH_SIZE
+        b = min(p2m_size, -(-b // MAX_BATCH_SIZE) * MAX_BATCH_SIZE)
+        if pos < a:
+            out.append((pos, a))
+            pos = a
+        lo = max(pos, a)
+        if lo < b:
+            if out and isinstance(out[-1], Stretch) and out[-1].hi == lo:
+                out[-1] = Stretch(lo=out[-1].lo, hi=b)     # back to back: one stretch
+            else:
+                out.append(Stretch(lo=lo, hi=b))
+        pos = max(pos, b)
+    return out
 
 
 @dataclass(slots=True)
@@ -139,19 +150,20 @@ class PrecopyEngine:
 
     async def _write_batch(self, pfns: np.ndarray, rnd: RoundStats) -> tuple[int, np.ndarray]:
         """write_batch(): type query, map the data PFNs, emit one PAGE_DATA record."""
-        types = await self.domain.getpageframeinfo3(self.now, pfns)
+        t_query = self.now
+        types = await self.domain.getpageframeinfo3(t_query, pfns)
         nibbles = (np.asarray(types, dtype=np.uint32) >> PFINFO_LTAB_SHIFT).astype(np.uint8)
         if not PFINFO_KNOWN[nibbles].all():
             bad = int(pfns[~PFINFO_KNOWN[nibbles]][0])
             raise MigrationFailed(f"Unknown page type for pfn {bad:#x}", pfn=bad)
-        self.now += self.link.hypercall_overhead
+        self.now = self.link.map_time(t_query)
         data = PFINFO_HAS_DATA[nibbles]
         data_pfns = pfns[data]
         tokens = np.empty(0, dtype=np.uint64)
         if data_pfns.size:
             # write_batch() maps only when the batch has data pages.
             tokens, err = await self.domain.map_foreign(self.now, data_pfns)
-            self.now += self.link.hypercall_overhead
+            self.now = self.link.map_done(self.now)
             err = np.asarray(err)
             if err.any():
                 bad = np.flatnonzero(err)
@@ -171,7 +183,7 @@ class PrecopyEngine:
         self.writer.write_page_data(pfns, nibbles, np.asarray(tokens, dtype=np.uint64))
         nbytes = self.writer.bytes_written - before
         n_data = int(data.sum())
-        self.now += self.link.batch_cost(nbytes, n_data)
+        self.now = self.link.next_batch_time(t_query, nbytes, n_data, mapped=data_pfns.size > 0)
         rnd.pages_sent += n_data
         rnd.xtab_sent += int((nibbles == PFInfo.XTAB).sum())
         rnd.broken_sent += int((nibbles == PFInfo.BROKEN).sum())
@@ -210,11 +222,23 @@ class PrecopyEngine:
             await self._sample_counters()
         await self._yield()
 
+    async def _begin_pass(self, rnd: RoundStats, stretches: tuple[Stretch, ...]) -> None:
+        """State the pass's batches to the domain before the first one (a remote
+        hypervisor serves batches ahead from this; in process it is a no-op)."""
+        limit = self.options.deadline
+        deadline = None if limit is None else (self.result.t_start, limit)
+        await self.domain.begin_pass(self.now, PassPlan(rnd.iteration, stretches, self.link, deadline))
+
+    async def _walk(self, rnd: RoundStats, stretch: Stretch, entries: int) -> None:
+        for k in range(len(stretch)):
+            await self._batch(rnd, stretch.batch(k), entries)
+
     async def _send_pfns(self, rnd: RoundStats, pfns: np.ndarray) -> None:
         """send_dirty_pages(): walk the bitmap's PFNs in order, batch by 1024."""
         self._pass_started(rnd, int(pfns.size), pfns)
-        for lo in range(0, pfns.size, MAX_BATCH_SIZE):
-            await self._batch(rnd, pfns[lo:lo + MAX_BATCH_SIZE], int(pfns.size))
+        stretch = Stretch(pfns=pfns)
+        await self._begin_pass(rnd, (stretch,))
+        await self._walk(rnd, stretch, int(pfns.size))
         await self._pass_ended(rnd)
 
     async def _send_all(self, rnd: RoundStats, p2m_size: int) -> None:
@@ -229,16 +253,13 @@ class PrecopyEngine:
         instead of at its exact batch time."""
         self._pass_started(rnd, p2m_size, None)
         runs = np.asarray(await self.domain.mapped_runs(self.now, 0, p2m_size), dtype=np.int64).reshape(-1, 2)
-        pos = 0
-        for a, b in runs.tolist() + [[p2m_size, p2m_size]]:
-            a = a - a % MAX_BATCH_SIZE
-            b = min(p2m_size, -(-b // MAX_BATCH_SIZE) * MAX_BATCH_SIZE)
-            if pos < a:
-                await self._walk_hole(rnd, pos, a, p2m_size)
-                pos = a
-            for lo in range(max(pos, a), b, MAX_BATCH_SIZE):
-                await self._batch(rnd, np.arange(lo, min(lo + MAX_BATCH_SIZE, b), dtype=np.int64), p2m_size)
-            pos = max(pos, b)
+        walk = _send_all_walk(runs, p2m_size)
+        await self._begin_pass(rnd, tuple(part for part in walk if isinstance(part, Stretch)))
+        for part in walk:
+            if isinstance(part, Stretch):
+                await self._walk(rnd, part, p2m_size)
+            else:
+                await self._walk_hole(rnd, part[0], part[1], p2m_size)
         await self._pass_ended(rnd)
 
     #: PFNs of a hole accounted per step (4096 batches).

@@ -11,7 +11,7 @@ is the very stream the dashboard, the report and the plots consume live::
     | stored bytes (the frame, zlib-deflated) | zero padding to 8
     and, when the recorder closed cleanly, an end record: u32 0 | u32 0 | u32 0
 
-Each frame is one ``migrate.wire`` frame (the MQTT codec: a JSON tree, numpy arrays as
+Each frame is one ``migrate.transport.wire`` frame (the MQTT codec: a JSON tree, numpy arrays as
 raw little-endian blobs, no pickle), so reading a file never runs code from it. The
 reader accepts only the event dataclasses of ``migrate.events`` (and the values they
 hold), checks every length against what is left of the file before reading it, and
@@ -41,7 +41,7 @@ import numpy as np
 from hypervisor.abi import MAX_GFN
 
 from . import events as _events
-from . import wire
+from .transport import wire
 from .track import FINAL_STATES, MAX_TRACKED
 
 MAGIC = b"XMIGEVTS"

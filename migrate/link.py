@@ -55,14 +55,25 @@ class LinkModel:
         PAGE_DATA record of ``nbytes`` carrying ``data_pages`` pages."""
         return self.batch_overhead + self.transfer_time(nbytes, data_pages)
 
+    # One batch of write_batch(), step by step. The engine times its batches with these
+    # two functions and nothing else, and a hypervisor serving batches ahead of a remote
+    # saver predicts them with the same two: one definition of a batch's timing.
+
+    def map_time(self, t: float) -> float:
+        """When write_batch() maps a batch's data pages, given its getpageframeinfo3 at ``t``."""
+        return t + self.hypercall_overhead
+
+    def map_done(self, t: float) -> float:
+        """When the foreign map made at ``t`` returns."""
+        return t + self.hypercall_overhead
+
     def next_batch_time(self, t: float, nbytes: int, data_pages: int, mapped: bool) -> float:
         """When the saver's next batch starts, given this one's getpageframeinfo3 at ``t``:
         the type query's overhead, the foreign map's when the batch has data pages (it
-        is only mapped then), then ``batch_cost`` -- the same float steps, in the same
-        order, as ``PrecopyEngine._write_batch`` (the MQTT transport relies on that)."""
-        t += self.hypercall_overhead
+        is only mapped then), then ``batch_cost`` of its PAGE_DATA record of ``nbytes``."""
+        t = self.map_time(t)
         if mapped:
-            t += self.hypercall_overhead
+            t = self.map_done(t)
         return t + self.batch_cost(nbytes, data_pages)
 
     def clean_time(self, pages: int) -> float:

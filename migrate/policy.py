@@ -162,7 +162,7 @@ class CallablePolicy(Policy):
     def decide(self, stats: PrecopyStats) -> Decision:
         # A user function that fails aborts the save, as a precopy_policy callback
         # returning XGS_POLICY_ABORT does: the source resumes and the report says why.
-        from .engine import MigrationAborted
+        from .errors import MigrationAborted
 
         try:
             value = self.fn(stats, dict(self._params)) if self._params else self.fn(stats)

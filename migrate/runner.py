@@ -67,7 +67,7 @@ class RunResult:
     stream: dict[str, Any] = field(default_factory=dict)
     guest: dict[str, Any] = field(default_factory=dict)
     wall: dict[str, float] = field(default_factory=dict)
-    broker: dict[str, Any] | None = None    # over MQTT: messages the run key kept out (bus.DROP_REASONS)
+    broker: dict[str, Any] | None = None    # over MQTT: messages the run key kept out (transport.mqtt.DROP_REASONS)
 
     @property
     def ok(self) -> bool:

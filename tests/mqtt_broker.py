@@ -29,7 +29,7 @@ TEST_KEY_TEXT = "xmig-tests-run-key-5f1c0de2a9b34e77"
 
 
 def test_key() -> bytes:
-    from migrate.runkey import KEY_ENV, load_key
+    from migrate.transport.runkey import KEY_ENV, load_key
 
     return load_key(environ={KEY_ENV: TEST_KEY_TEXT})
 

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from hypervisor.abi import EINVAL, XenError
-from migrate import bus, wire
+from migrate.errors import BrokerUnreachable, PeerLost, RunRefused, TransportError
+from migrate.transport import runkey, wire
+from migrate.transport.base import InProcessHub, InProcessTransport, check_run_id
+from migrate.transport.mqtt import MqttTransport, parse_broker_url
 from tests.mqtt_broker import test_key
-from migrate.bus import (BrokerUnreachable, InProcessHub, InProcessTransport, MqttTransport, PeerLost, RunRefused,
-                         TransportError, parse_broker_url)
 
 
 async def echo_handler(method, args, caller):
@@ -49,7 +50,7 @@ def test_broker_urls_are_parsed_and_checked(tmp_path):
         parse_broker_url("mqtt://b", tls_insecure=True)
     for bad in ("", "a/b", "a+b", "#"):
         with pytest.raises(TransportError, match="--run"):
-            bus.check_run_id(bad)
+            check_run_id(bad)
 
 
 # ----------------------------------------------------------------------------- in-process
@@ -316,7 +317,7 @@ def props(**kw):
 
 
 def test_run_key_is_required_unless_insecure_is_explicit(tmp_path):
-    from migrate import runkey
+    from migrate.transport import runkey
 
     with pytest.raises(TransportError, match="no run key.*xmig keygen.*--insecure"):
         MqttTransport(parse_broker_url("mqtt://127.0.0.1:1"), "t", "toolstack")
@@ -337,7 +338,7 @@ def test_run_key_is_required_unless_insecure_is_explicit(tmp_path):
 
 
 def test_the_seal_covers_topic_sender_and_request_and_refuses_replays():
-    from migrate import runkey
+    from migrate.transport import runkey
 
     k = runkey.load_key(None, environ={runkey.KEY_ENV: "k" * 32})
     other = runkey.load_key(None, environ={runkey.KEY_ENV: "o" * 32})
@@ -384,7 +385,7 @@ async def test_forged_and_replayed_requests_and_replies_are_dropped_and_counted(
                     # A forged reply to the request's response topic with its correlation data,
                     # unsigned and then "sealed" with a guessed key.
                     for body in (wire.encode({"ok": {"truth": 0}}),
-                                 bus.runkey.seal(b"guess" * 7, p.ResponseTopic, "xmig-hypervisor-0000000000", 1,
+                                 runkey.seal(b"guess" * 7, p.ResponseTopic, "xmig-hypervisor-0000000000", 1,
                                                  wire.encode({"ok": {"truth": 0}}))):
                         await evil.publish(p.ResponseTopic, body, qos=1,
                                            properties=props(CorrelationData=p.CorrelationData))
@@ -400,7 +401,7 @@ async def test_forged_and_replayed_requests_and_replies_are_dropped_and_counted(
         await asyncio.sleep(0.5)
         assert calls == ["ping"] and server.dropped["replayed"] == 1
         # A request sealed for another topic (a guest request sent to the hypervisor).
-        moved = bus.runkey.seal(test_key(), "xmig/t/guest/rpc", client.client_id, 10**6, req.payload[-50:])
+        moved = runkey.seal(test_key(), "xmig/t/guest/rpc", client.client_id, 10**6, req.payload[-50:])
         await evil.publish("xmig/t/hypervisor/rpc", moved, qos=1, properties=req.properties)
         await asyncio.sleep(0.3)
         assert calls == ["ping"] and server.dropped["forged"] == 1
@@ -415,7 +416,7 @@ async def test_empty_or_forged_presence_neither_aborts_nor_squats_a_run(mqtt_bro
                            retain=True)
         stale = "xmig-toolstack-bbbbbbbbbb"
         topic = f"xmig/t/presence/toolstack/{stale}"
-        await evil.publish(topic, bus.runkey.seal(test_key(), topic, stale, 1, wire.encode(
+        await evil.publish(topic, runkey.seal(test_key(), topic, stale, 1, wire.encode(
             {"actor": "toolstack", "client": stale})), qos=1, retain=True)
         async with actors(mqtt_broker, "hypervisor", "toolstack") as (server, client):
             server.serve(echo_handler)

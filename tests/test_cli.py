@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from migrate.cli import app
+from migrate.view.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 BALLOON = ROOT / "examples" / "balloon.yaml"
@@ -636,7 +636,7 @@ def test_run_help_teaches():
 def test_a_bad_policy_in_the_scenario_names_the_file_and_field(tmp_path, migration, needle):
     from typer.testing import CliRunner
 
-    from migrate.cli import app
+    from migrate.view.cli import app
 
     path = tmp_path / "p.yaml"
     path.write_text(f"guest: {{memory: 32MiB}}\nmigration: {migration}\n")
@@ -649,7 +649,7 @@ def test_a_bad_policy_in_the_scenario_names_the_file_and_field(tmp_path, migrati
 def test_unsupported_stream_scheme_and_inspecting_a_folder_are_usage_errors(tmp_path):
     from typer.testing import CliRunner
 
-    from migrate.cli import app
+    from migrate.view.cli import app
 
     path = tmp_path / "ok.yaml"
     path.write_text("guest: {memory: 32MiB}\n")

@@ -365,3 +365,67 @@ def test_link_next_batch_time_is_the_engines_batch_time_to_the_bit():
         n_data = int(PFINFO_HAS_DATA[ev.nibbles].sum())
         assert ev.bytes == page_data_record_bytes(ev.pfns.size, n_data)
         assert link.next_batch_time(t0, ev.bytes, n_data, n_data > 0) == ev.t
+
+
+@pytest.mark.parametrize("guest", [
+    {"memory": "24MiB", "workloads": [{"kind": "uniform", "rate": "16MiB/s"}],
+     "balloon": {"schedule": [{"at": "50ms", "target": "-8MiB"}]}},
+    # a P2M hole between two stretches (walked in bulk: other calls come between)
+    {"memory": "8MiB", "workloads": [{"kind": "uniform", "rate": "2MiB/s"}],
+     "layout": {"holes": [], "high_pages": [(1 << 22) + 5]}},
+], ids=["balloon", "hole"])
+def test_the_engine_walks_exactly_the_pass_plan_it_states_at_link_model_times(monkeypatch, guest):
+    """Every pass states its batches (begin_pass) before the first one and then walks
+    exactly those, each type query at ``LinkModel.next_batch_time`` of the batch before
+    it in its stretch and each map at ``LinkModel.map_time``: what a remote hypervisor
+    serving batches ahead relies on."""
+    from hypervisor.abi import PFINFO_HAS_DATA, PFINFO_LTAB_SHIFT
+    from migrate import control
+    from migrate.link import page_data_record_bytes
+
+    sc = scenario(guest=guest, migration={"start": "20ms", "verify": True})
+    plans, walked, maps = [], [], []
+    orig_begin, orig_gpfi3, orig_map = (control.LocalDomain.begin_pass, control.LocalDomain.getpageframeinfo3,
+                                        control.LocalDomain.map_foreign)
+
+    async def begin_pass(self, t, plan):
+        plans.append(plan)
+        walked.append([])
+        return await orig_begin(self, t, plan)
+
+    async def gpfi3(self, t, pfns):
+        types = await orig_gpfi3(self, t, pfns)
+        walked[-1].append((t, np.array(pfns), types))
+        return types
+
+    async def map_foreign(self, t, pfns):
+        maps.append(t)
+        return await orig_map(self, t, pfns)
+
+    monkeypatch.setattr(control.LocalDomain, "begin_pass", begin_pass)
+    monkeypatch.setattr(control.LocalDomain, "getpageframeinfo3", gpfi3)
+    monkeypatch.setattr(control.LocalDomain, "map_foreign", map_foreign)
+    res = run(sc)
+    assert res.save.outcome == "completed"
+    assert len(plans) == len(res.save.rounds) >= 3
+    if "layout" in guest:
+        assert max(len(p.stretches) for p in plans) == 2
+    n_maps = 0
+    for plan, calls in zip(plans, walked):
+        planned = [st.batch(k) for st in plan.stretches for k in range(len(st))]
+        assert len(planned) == len(calls)
+        for want, (_t, got, _types) in zip(planned, calls):
+            assert np.array_equal(want, got)
+        starts, k = set(), 0
+        for st in plan.stretches:
+            starts.add(k)
+            k += len(st)
+        for i, (t, pfns, types) in enumerate(calls):
+            n_data = int(PFINFO_HAS_DATA[(np.asarray(types, np.uint32) >> PFINFO_LTAB_SHIFT)].sum())
+            if n_data:
+                assert maps[n_maps] == plan.link.map_time(t)
+                n_maps += 1
+            if i + 1 < len(calls) and i + 1 not in starts:
+                assert calls[i + 1][0] == plan.link.next_batch_time(t, page_data_record_bytes(pfns.size, n_data),
+                                                                    n_data, n_data > 0)
+    assert n_maps == len(maps) > 0

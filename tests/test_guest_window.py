@@ -12,7 +12,8 @@ import pytest
 from guest.guest import Guest
 from hypervisor.abi import MemoryWrites
 from hypervisor.domain import Hypervisor
-from migrate import mqtt
+from migrate import actors
+from migrate.actors.messages import GuestLayout
 from migrate.scenario import load_scenario
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -66,7 +67,7 @@ def _remote_guest(cfg, seed):
         guest = cfg
 
     async def make():
-        return mqtt.GuestActor(Sc(), transport=None)
+        return actors.GuestActor(Sc(), transport=None)
 
     actor = asyncio.run(make())
     actor.guest = Guest(cfg, seed)
@@ -75,10 +76,10 @@ def _remote_guest(cfg, seed):
     def call(method, args):
         calls.append(method)
         if method == "layout":
-            return {"layout": actor.guest.layout(), "tick": actor.guest.tick, "k": actor.guest._next_tick}
-        return mqtt._drive(actor._handle(method, args))
+            return GuestLayout(actor.guest.layout(), actor.guest.tick, actor.guest.next_tick)
+        return actors.hypervisor._drive(actor._handle(method, args))
 
-    return mqtt.RemoteGuest(call), calls
+    return actors.RemoteGuest(call), calls
 
 
 def _hypervisor(guest, layout, host_extra):

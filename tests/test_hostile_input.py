@@ -404,7 +404,7 @@ def test_receive_exits_1_when_the_verify_pass_finds_differences(tmp_path):
 def run_inproc(*args, cwd=None):
     from typer.testing import CliRunner
 
-    from migrate.cli import app
+    from migrate.view.cli import app
 
     old = os.getcwd()
     if cwd is not None:

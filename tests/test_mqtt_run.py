@@ -15,8 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from migrate import mqtt
-from migrate.bus import BrokerUnreachable, InProcessHub, InProcessTransport, RunRefused, parse_broker_url
+from migrate import actors
+from migrate.transport.mqtt import connect
+from migrate.errors import BrokerUnreachable, RunRefused
+from migrate.transport.base import InProcessHub, InProcessTransport
+from migrate.transport.mqtt import parse_broker_url
 from migrate.events import BatchSent, EventBus, PhaseChanged
 from migrate.view.report import build_report
 from migrate.runner import RunOptions, run_scenario
@@ -46,11 +49,11 @@ def cfg_for(broker, timeout: float = 3.0):
 
 def actor_command(kind: str, broker, run: str, *extra: str) -> list[str]:
     """``python -m migrate <kind> ...`` once the lead's ``xmig`` registers the MQTT commands,
-    else the same commands from ``python -m migrate.cli_mqtt``."""
-    from migrate.cli import app
+    else the same commands from ``python -m migrate.view.cli_broker``."""
+    from migrate.view.cli import app
 
     names = {c.name or c.callback.__name__ for c in app.registered_commands}
-    module = "migrate" if kind in names else "migrate.cli_mqtt"
+    module = "migrate" if kind in names else "migrate.view.cli_broker"
     return [sys.executable, "-m", module, kind, "--broker", broker.url, "--run", run, "--timeout", "3", *extra]
 
 
@@ -93,8 +96,8 @@ def procs():
 
 
 async def start_actor_tasks(cfg, run, sc, box=None):
-    hv_t = await mqtt.mqtt_transport(cfg, run, "hypervisor")
-    g_t = await mqtt.mqtt_transport(cfg, run, "guest")
+    hv_t = await connect(cfg, run, "hypervisor")
+    g_t = await connect(cfg, run, "guest")
 
     async def serve(coro, transport):
         try:
@@ -102,8 +105,8 @@ async def start_actor_tasks(cfg, run, sc, box=None):
         finally:
             await transport.close()
 
-    hv = asyncio.ensure_future(serve(mqtt.serve_hypervisor(hv_t, actor_box=box), hv_t))
-    g = asyncio.ensure_future(serve(mqtt.serve_guest(sc, g_t), g_t))
+    hv = asyncio.ensure_future(serve(actors.serve_hypervisor(hv_t, actor_box=box), hv_t))
+    g = asyncio.ensure_future(serve(actors.serve_guest(sc, g_t), g_t))
     return hv, g
 
 
@@ -119,7 +122,7 @@ async def test_report_and_stream_over_mqtt_equal_the_embedded_run(mqtt_broker, t
     stream.unlink()
     cfg = cfg_for(mqtt_broker)
     hv, g = await start_actor_tasks(cfg, f"eq-{name}", sc)
-    rem = await mqtt.remote_run(sc, RunOptions(stream=str(stream)), broker=cfg, run_id=f"eq-{name}")
+    rem = await actors.remote_run(sc, RunOptions(stream=str(stream)), broker=cfg, run_id=f"eq-{name}")
     stream.unlink()
     assert rem.save.outcome == "completed" and rem.ok
     assert comparable(rem) == comparable(emb)
@@ -135,9 +138,9 @@ async def test_in_process_transport_runs_the_same_code_paths_to_the_same_report(
     emb = await run_scenario(sc, opts)
     hub = InProcessHub(codec=True)
     ts, hvt, gt = (InProcessTransport(hub, "local", a) for a in ("toolstack", "hypervisor", "guest"))
-    hv = asyncio.ensure_future(mqtt.serve_hypervisor(hvt))
-    g = asyncio.ensure_future(mqtt.serve_guest(sc, gt))
-    rem = await mqtt.remote_run(sc, opts, transport=ts)
+    hv = asyncio.ensure_future(actors.serve_hypervisor(hvt))
+    g = asyncio.ensure_future(actors.serve_guest(sc, gt))
+    rem = await actors.remote_run(sc, opts, transport=ts)
     assert comparable(rem) == comparable(emb)
     if behaviour == "pre-fix":
         assert rem.verify is not None and not rem.verify.ok    # stale or missing pages, as embedded
@@ -148,7 +151,7 @@ async def test_in_process_transport_runs_the_same_code_paths_to_the_same_report(
 async def test_watch_renders_the_same_final_dashboard(mqtt_broker):
     from rich.console import Console
 
-    from migrate.cli_mqtt import watch_run
+    from migrate.view.cli_broker import watch_run
     from migrate.view.dashboard import Dashboard
 
     def text(dash) -> str:
@@ -168,7 +171,7 @@ async def test_watch_renders_the_same_final_dashboard(mqtt_broker):
     watcher = asyncio.ensure_future(watch_run(cfg, "w", dashboard=watched, ready=subscribed))
     await asyncio.wait_for(subscribed.wait(), 10)
     hv, g = await start_actor_tasks(cfg, "w", sc)
-    await mqtt.remote_run(sc, RunOptions(), broker=cfg, run_id="w")
+    await actors.remote_run(sc, RunOptions(), broker=cfg, run_id="w")
     assert await asyncio.wait_for(watcher, 5) == "completed"
     assert text(watched) == text(local)
     await asyncio.gather(hv, g)
@@ -184,7 +187,7 @@ async def test_broker_down_at_start_is_one_line_and_exit_2(mqtt_broker, procs):
     cfg = parse_broker_url(f"mqtt://127.0.0.1:{port}", key=test_key())
     with pytest.raises(BrokerUnreachable, match=f"^cannot reach the MQTT broker at mqtt://127.0.0.1:{port}: "
                                                 "connection refused$"):
-        await mqtt.remote_run(scenario("idle"), RunOptions(), broker=cfg, run_id="down")
+        await actors.remote_run(scenario("idle"), RunOptions(), broker=cfg, run_id="down")
     procs.start("hypervisor", actor_command("hypervisor", mqtt_broker, "down"))
     rc, err = procs.wait("hypervisor")
     assert rc == 2
@@ -206,7 +209,7 @@ async def test_broker_lost_mid_run_aborts_and_the_hypervisor_resumes_the_source(
 
     bus.subscribe(kill_in_final_pass)
     t0 = time.monotonic()
-    res = await mqtt.remote_run(sc, RunOptions(), broker=cfg, run_id="lost", bus=bus)
+    res = await actors.remote_run(sc, RunOptions(), broker=cfg, run_id="lost", bus=bus)
     assert time.monotonic() - t0 < 15
     assert res.save.outcome == "aborted"
     assert "lost the MQTT broker at mqtt://127.0.0.1" in res.save.error
@@ -238,7 +241,7 @@ async def test_killed_or_frozen_actor_process_aborts_the_migration(mqtt_broker, 
 
     bus.subscribe(kill_after_some_batches)
     t0 = time.monotonic()
-    res = await mqtt.remote_run(sc, RunOptions(), broker=cfg_for(mqtt_broker), run_id=run, bus=bus)
+    res = await actors.remote_run(sc, RunOptions(), broker=cfg_for(mqtt_broker), run_id=run, bus=bus)
     assert time.monotonic() - t0 < 20
     assert res.save.outcome == "aborted"
     if sig == signal.SIGSTOP:
@@ -261,7 +264,7 @@ def hanging_toolstack(broker, run: str) -> list[str]:
     """A toolstack process that stops (its event loop blocked, as if frozen) once the
     domain is suspended, after saying so."""
     script = ("import asyncio, sys, time\n"
-              "from migrate import mqtt\nfrom migrate.bus import parse_broker_url\n"
+              "from migrate import actors\nfrom migrate.transport.mqtt import parse_broker_url\n"
               "from migrate.events import EventBus, PhaseChanged\n"
               "from migrate.runner import RunOptions\nfrom migrate.scenario import load_scenario\n"
               "def hang(ev):\n"
@@ -271,7 +274,7 @@ def hanging_toolstack(broker, run: str) -> list[str]:
               "bus = EventBus()\nbus.subscribe(hang)\n"
               f"cfg = parse_broker_url({broker.url!r}, timeout=3, key={test_key()!r})\n"
               f"sc = load_scenario({str(EXAMPLES / 'idle.yaml')!r})\n"
-              f"asyncio.run(mqtt.remote_run(sc, RunOptions(), broker=cfg, run_id={run!r}, bus=bus))\n")
+              f"asyncio.run(actors.remote_run(sc, RunOptions(), broker=cfg, run_id={run!r}, bus=bus))\n")
     return [sys.executable, "-c", script]
 
 
@@ -309,7 +312,7 @@ async def test_serving_actors_take_run_after_run(mqtt_broker, procs):
     procs.start("guest", actor_command("guest", mqtt_broker, "class", "--serve", "--guest",
                                        str(EXAMPLES / "idle.yaml")))
     for _ in range(2):
-        res = await mqtt.remote_run(sc, RunOptions(), broker=cfg_for(mqtt_broker), run_id="class")
+        res = await actors.remote_run(sc, RunOptions(), broker=cfg_for(mqtt_broker), run_id="class")
         assert res.ok and comparable(res) == emb
     for name in ("hypervisor", "guest"):
         assert procs.procs[name].poll() is None        # still serving
@@ -343,8 +346,8 @@ async def test_forged_replies_and_events_from_a_second_client_leave_the_verdict_
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
-    from migrate import wire
-    from migrate.cli_mqtt import watch_run
+    from migrate.transport import wire
+    from migrate.view.cli_broker import watch_run
     from migrate.view.dashboard import Dashboard
     from migrate.events import MigrationFinished, VerifyDone, VerifyStats
 
@@ -377,7 +380,7 @@ async def test_forged_replies_and_events_from_a_second_client_leave_the_verdict_
 
         task = asyncio.ensure_future(forge())
         hv, g = await start_actor_tasks(cfg, "atk", sc)
-        rem = await mqtt.remote_run(sc, RunOptions(), broker=cfg, run_id="atk")
+        rem = await actors.remote_run(sc, RunOptions(), broker=cfg, run_id="atk")
         task.cancel()
     assert forged and rem.broker["authenticated"] and rem.broker["dropped"].get("unsigned", 0) >= 1
     assert comparable(rem) == comparable(emb) and not rem.verify.ok
@@ -404,10 +407,10 @@ async def test_second_toolstack_on_the_same_run_is_refused(mqtt_broker):
     cfg = cfg_for(mqtt_broker)
     hv, g = await start_actor_tasks(cfg, "two", sc)
     gate = Gate()
-    first = asyncio.ensure_future(mqtt.remote_run(sc, RunOptions(), broker=cfg, run_id="two", pacer=gate))
+    first = asyncio.ensure_future(actors.remote_run(sc, RunOptions(), broker=cfg, run_id="two", pacer=gate))
     await asyncio.wait_for(gate.reached.wait(), 15)       # the first one is mid-migration
     with pytest.raises(RunRefused, match="run id 'two' already has a toolstack"):
-        await mqtt.remote_run(sc, RunOptions(), broker=cfg, run_id="two")
+        await actors.remote_run(sc, RunOptions(), broker=cfg, run_id="two")
     gate.opened.set()
     res = await asyncio.wait_for(first, 30)
     assert res.save.outcome == "completed"        # not interleaved with the refused one
@@ -420,12 +423,12 @@ async def test_second_toolstack_on_the_same_run_is_refused(mqtt_broker):
 async def test_guest_actor_refuses_another_scenario(mqtt_broker):
     cfg = cfg_for(mqtt_broker)
     hv, g = await start_actor_tasks(cfg, "mix", scenario("idle"))
-    from migrate.bus import TransportError
+    from migrate.errors import TransportError
 
     with pytest.raises(TransportError, match="guest actor runs scenario 'idle'"):
-        await mqtt.remote_run(scenario("balloon"), RunOptions(), broker=cfg, run_id="mix")
+        await actors.remote_run(scenario("balloon"), RunOptions(), broker=cfg, run_id="mix")
     # nothing was built: the right toolstack can still use the same actors
-    res = await mqtt.remote_run(scenario("idle"), RunOptions(), broker=cfg, run_id="mix")
+    res = await actors.remote_run(scenario("idle"), RunOptions(), broker=cfg, run_id="mix")
     assert res.save.outcome == "completed"
     assert await asyncio.wait_for(hv, 5) == "released" and await asyncio.wait_for(g, 5) == "released"
 
@@ -438,16 +441,16 @@ async def _in_process_remote(sc, opts, monkeypatch) -> tuple:
     hub = InProcessHub(codec=True)
     ts, hvt, gt = (InProcessTransport(hub, "local", a) for a in ("toolstack", "hypervisor", "guest"))
     sources: list = []
-    orig = mqtt.RemoteSource.__init__
+    orig = actors.RemoteSource.__init__
 
     def init(self, *args, **kwargs):
         orig(self, *args, **kwargs)
         sources.append(self)
 
-    monkeypatch.setattr(mqtt.RemoteSource, "__init__", init)
-    hv = asyncio.ensure_future(mqtt.serve_hypervisor(hvt))
-    g = asyncio.ensure_future(mqtt.serve_guest(sc, gt))
-    rem = await mqtt.remote_run(sc, opts, transport=ts)
+    monkeypatch.setattr(actors.RemoteSource, "__init__", init)
+    hv = asyncio.ensure_future(actors.serve_hypervisor(hvt))
+    g = asyncio.ensure_future(actors.serve_guest(sc, gt))
+    rem = await actors.remote_run(sc, opts, transport=ts)
     assert await asyncio.wait_for(hv, 5) == "released" and await asyncio.wait_for(g, 5) == "released"
     return rem, sources[0].control
 
@@ -490,7 +493,7 @@ async def test_bandwidth_override_and_verify_keep_the_report_with_batches_ahead(
 async def test_watch_records_the_events_with_their_call_site_effects(mqtt_broker, tmp_path):
     """`xmig watch --record`: the log holds what the watcher saw over the broker,
     MemoryOp call-site effects included, and rebuilds the run's report."""
-    from migrate.cli_mqtt import watch_run
+    from migrate.view.cli_broker import watch_run
     from migrate.view.dashboard import Dashboard
     from migrate.eventlog import EventRecorder, read_event_log
     from migrate.events import MemoryOp
@@ -504,7 +507,7 @@ async def test_watch_records_the_events_with_their_call_site_effects(mqtt_broker
     watcher = asyncio.ensure_future(watch_run(cfg, "rec", dashboard=Dashboard(), ready=subscribed, also=rec))
     await asyncio.wait_for(subscribed.wait(), 10)
     hv, g = await start_actor_tasks(cfg, "rec", sc)
-    rem = await mqtt.remote_run(sc, RunOptions(behaviour="pre-fix"), broker=cfg, run_id="rec")
+    rem = await actors.remote_run(sc, RunOptions(behaviour="pre-fix"), broker=cfg, run_id="rec")
     # pre-fix: the watcher trusts only a verified destination
     assert (await asyncio.wait_for(watcher, 5)).startswith("completed, but the destination diverged: 44946 missing")
     rec.close()
@@ -526,8 +529,8 @@ async def test_the_example_acl_gives_each_actor_only_its_topics(tmp_path):
 
     import aiomqtt
 
-    from migrate import wire
-    from migrate.cli_mqtt import watch_run
+    from migrate.transport import wire
+    from migrate.view.cli_broker import watch_run
     from migrate.view.dashboard import Dashboard
     from migrate.events import MigrationFinished
     from tests.mqtt_broker import Broker, free_port, mosquitto_binary
@@ -554,10 +557,10 @@ async def test_the_example_acl_gives_each_actor_only_its_topics(tmp_path):
         ready = asyncio.Event()
         watcher = asyncio.ensure_future(watch_run(cfg("watch"), "acl", dashboard=Dashboard(), ready=ready))
         await asyncio.wait_for(ready.wait(), 10)
-        hv_t = await mqtt.mqtt_transport(cfg("hypervisor"), "acl", "hypervisor")
-        g_t = await mqtt.mqtt_transport(cfg("guest"), "acl", "guest")
-        hv = asyncio.ensure_future(mqtt.serve_hypervisor(hv_t))
-        g = asyncio.ensure_future(mqtt.serve_guest(sc, g_t))
+        hv_t = await connect(cfg("hypervisor"), "acl", "hypervisor")
+        g_t = await connect(cfg("guest"), "acl", "guest")
+        hv = asyncio.ensure_future(actors.serve_hypervisor(hv_t))
+        g = asyncio.ensure_future(actors.serve_guest(sc, g_t))
         seen = []
         async with aiomqtt.Client("127.0.0.1", broker.port, username="student", password="pw-student",
                                   protocol=aiomqtt.ProtocolVersion.V5) as student:
@@ -573,7 +576,7 @@ async def test_the_example_acl_gives_each_actor_only_its_topics(tmp_path):
                           "xmig/acl/presence/toolstack/xmig-toolstack-0000000000"):
                 with contextlib.suppress(aiomqtt.MqttError):    # a v5 broker may refuse it openly
                     await student.publish(topic, fake, qos=1)
-            res = await mqtt.remote_run(sc, RunOptions(), broker=cfg("toolstack"), run_id="acl")
+            res = await actors.remote_run(sc, RunOptions(), broker=cfg("toolstack"), run_id="acl")
             listening.cancel()
         assert res.ok and comparable(res) == comparable(emb)
         assert await asyncio.wait_for(watcher, 10) == "completed"
@@ -589,15 +592,15 @@ async def test_the_example_acl_gives_each_actor_only_its_topics(tmp_path):
 
 def test_an_actor_without_a_run_key_refuses_in_one_line_and_keygen_makes_one(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XMIG_RUN_KEY"}
-    out = subprocess.run([sys.executable, "-m", "migrate.cli_mqtt", "hypervisor", "--broker", "mqtt://127.0.0.1:1",
+    out = subprocess.run([sys.executable, "-m", "migrate.view.cli_broker", "hypervisor", "--broker", "mqtt://127.0.0.1:1",
                           "--run", "r"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [out.stderr.strip()]
     assert out.stderr.startswith("xmig: error: no run key") and "--insecure" in out.stderr
     key = tmp_path / "run.key"
-    made = subprocess.run([sys.executable, "-m", "migrate.cli_mqtt", "keygen", "--out", str(key)], cwd=ROOT,
+    made = subprocess.run([sys.executable, "-m", "migrate.view.cli_broker", "keygen", "--out", str(key)], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert made.returncode == 0 and len(key.read_text().strip()) == 64 and (key.stat().st_mode & 0o077) == 0
-    again = subprocess.run([sys.executable, "-m", "migrate.cli_mqtt", "keygen", "--out", str(key)], cwd=ROOT,
+    again = subprocess.run([sys.executable, "-m", "migrate.view.cli_broker", "keygen", "--out", str(key)], cwd=ROOT,
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 2 and "exists" in again.stderr

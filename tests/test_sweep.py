@@ -248,7 +248,7 @@ def test_progress_is_plain_lines_when_piped_and_a_bar_on_a_terminal(reference: d
 
     from rich.console import Console
 
-    from migrate.cli_sweep import _Bar
+    from migrate.view.cli_sweep import _Bar
 
     lines = reference["stderr"].splitlines()
     assert lines[0] == "xmig sweep: 0/24 runs, 0 failed, 0.0 runs/s, ETA -"

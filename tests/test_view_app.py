@@ -315,8 +315,8 @@ async def test_a_late_watch_says_so_then_learns_the_runs_names(prefix_run):
 
 @pytest.mark.mqtt
 async def test_watch_app_over_a_real_broker(mqtt_broker):
-    from migrate import mqtt
-    from migrate.cli_mqtt import watch_run
+    from migrate import actors
+    from migrate.view.cli_broker import watch_run
 
     from .test_mqtt_run import cfg_for, scenario, start_actor_tasks
 
@@ -327,7 +327,7 @@ async def test_watch_app_over_a_real_broker(mqtt_broker):
     async with app.run_test(size=(80, 24)) as pilot:
         await asyncio.wait_for(subscribed.wait(), 10)
         hv, g = await start_actor_tasks(cfg, "app", sc)
-        await mqtt.remote_run(sc, RunOptions(), broker=cfg, run_id="app")
+        await actors.remote_run(sc, RunOptions(), broker=cfg, run_id="app")
         await until(pilot, lambda: app.done)
         head = app.query_one("#header").plain()
         assert f"{sc.name}  seed {sc.seed}" in head and "destination VERIFIED" in head

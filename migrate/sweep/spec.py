@@ -462,7 +462,7 @@ def _check_scenario(file: str, data: dict, source: str, axis: str | None, value:
             msg = msg[len(e.file) + 2:]
         raise SweepError(prefix + msg) from None
     # The policy as ``xmig run`` checks it (one rule for which policies a scenario may name).
-    from ..cli import UsageError, _check_scenario_policy
+    from ..view.cli import UsageError, _check_scenario_policy
 
     try:
         _check_scenario_policy(scenario, Path(source), None)

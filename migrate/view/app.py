@@ -226,7 +226,7 @@ class XmigApp(App):
     def for_watch(cls, watch: Callable[[Callable[[Event], None]], Awaitable[Any]], *,
                   guided: bool = False) -> "XmigApp":
         """``watch(listener)`` subscribes ``listener`` to the run's events and returns the
-        outcome (``cli_mqtt.watch_run`` with ``dashboard=listener``)."""
+        outcome (``cli_broker.watch_run`` with ``dashboard=listener``)."""
         view = RunView("")
 
         async def produce(app: "XmigApp"):

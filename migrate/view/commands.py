@@ -1,7 +1,7 @@
 """The interactive side of ``xmig run``, ``compare``, ``watch`` and ``replay``: build the
 app for the command, run it in the terminal, hand back what the command reports.
 
-The commands themselves (``migrate/cli.py``, ``migrate/cli_mqtt.py``) keep their
+The commands themselves (``migrate/view/cli.py``, ``migrate/view/cli_broker.py``) keep their
 options, checks, reports and plain output; they call here only when a person watches.
 """
 
@@ -36,7 +36,7 @@ def interactive_compare(scenario, variants: list, labels: list[str], *, speed: f
 
 
 def interactive_watch(watch: Callable, *, guided: bool = False) -> str:
-    """``watch(listener)``: subscribe and return the outcome (``cli_mqtt.watch_run``)."""
+    """``watch(listener)``: subscribe and return the outcome (``cli_broker.watch_run``)."""
     app = XmigApp.for_watch(watch, guided=guided)
     out = run_app(app)[0]
     return out if out is not None else "stopped (quit before the run ended)"

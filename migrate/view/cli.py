@@ -16,7 +16,9 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from . import cli_mqtt, cli_sweep, cli_teach, outputs
+from .. import outputs
+from . import cli_broker, cli_sweep, cli_teach
+from .cli_common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError, _err_console, _guard, _state
 
 class _OneLineErrors(typer.core.TyperGroup):
     """typer's own usage errors (a missing option, a bad integer, an unknown command)
@@ -67,67 +69,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-class UsageError(Exception):
-    """Bad input from the user: printed as one line, exit code 2."""
-
-
-_state: dict[str, Any] = {"debug": False}
-
-
-def _err_console() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def _fail_usage(message: str) -> None:
-    _err_console().print(f"xmig: error: {message}", markup=False)
-    raise typer.Exit(EXIT_USAGE)
-
-
-def _debug_traceback() -> None:
-    """With --debug, print the traceback of the exception being handled (the exit code
-    stays the same as without --debug)."""
-    if _state["debug"]:
-        import traceback
-
-        traceback.print_exc(file=sys.stderr)
-
-
-def _guard(fn):
-    """Turn user errors into one line and exit 2; tracebacks only with --debug."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from guest.workloads import TraceError
-
-        from .outputs import OutputError
-        from .policy import PolicyError
-        from .scenario import ScenarioError
-        from .stream import StreamError
-
-        try:
-            return fn(*args, **kwargs)
-        except typer.Exit:
-            raise
-        except KeyboardInterrupt:
-            # Ctrl-C outside a migration (loading, writing outputs, a receive waiting
-            # for its sender): nothing to abort, so one line and 130.
-            _debug_traceback()
-            _err_console().print("xmig: interrupted", markup=False)
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-        except (UsageError, ScenarioError, PolicyError, StreamError, OutputError, TraceError) as exc:
-            _debug_traceback()
-            _fail_usage(str(exc))
-        except OSError as exc:
-            _debug_traceback()
-            _fail_usage(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
-
-    return wrapper
-
-
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="Show a traceback on errors.")) -> None:
     _state["debug"] = debug
@@ -137,8 +78,8 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show a traceback on
 
 
 def _load(guest: Path):
-    from .runner import memory_shortfall
-    from .scenario import load_scenario
+    from ..runner import memory_shortfall
+    from ..scenario import load_scenario
 
     scenario = load_scenario(guest)
     why = memory_shortfall(scenario)
@@ -151,7 +92,7 @@ def _load(guest: Path):
 def _parse_bandwidth(text: Optional[str]) -> Optional[float]:
     if text is None:
         return None
-    from .units import parse_bandwidth
+    from ..units import parse_bandwidth
 
     try:
         return float(parse_bandwidth(text))
@@ -180,7 +121,7 @@ ALLOW_POLICY_OPT = typer.Option(
 
 
 def _allowed(allow_policy: Optional[list[str]]) -> frozenset[str]:
-    from .policy import PolicyError, allowed_policies
+    from ..policy import PolicyError, allowed_policies
 
     try:
         return allowed_policies(allow_policy or ())
@@ -191,7 +132,7 @@ def _allowed(allow_policy: Optional[list[str]]) -> frozenset[str]:
 def _check_policy(name: Optional[str], allowed: frozenset[str] = frozenset()) -> None:
     if name is None:
         return
-    from .policy import PolicyError, make_policy
+    from ..policy import PolicyError, make_policy
 
     try:
         make_policy(name, {}, p2m_size=1, allowed=allowed)
@@ -215,7 +156,7 @@ def _default_speed(speed: Optional[str], interactive: bool) -> Optional[float]:
     if speed is not None:
         return _parse_speed(speed)
     if interactive:
-        from .view.playback import default_tty_speed
+        from .playback import default_tty_speed
 
         return default_tty_speed()
     return None
@@ -242,7 +183,7 @@ def _check_scenario_policy(scenario, guest: Path, override: Optional[str],
     otherwise."""
     if override is not None:
         return
-    from .policy import PolicyError, make_policy
+    from ..policy import PolicyError, make_policy
 
     mig = scenario.migration
     try:
@@ -257,7 +198,7 @@ def _check_plot_possible(plot: Optional[Path]) -> None:
     """--plot needs matplotlib (an optional extra): say so before the run, not after it."""
     if plot is None:
         return
-    from .view.plot import PlotError, _matplotlib
+    from .plot import PlotError, _matplotlib
 
     try:
         _matplotlib()
@@ -282,7 +223,7 @@ async def _run_with_interrupt(coro_fn):
 
 
 def _short(text: Any, limit: int = 40) -> str:
-    from .policy import short
+    from ..policy import short
 
     return short(str(text), limit)
 
@@ -314,10 +255,10 @@ def _runner_for(remote: Optional[dict[str, Any]]):
     """``run(scenario, opts, *, bus, pacer)``: in this process, or driving the actors of
     ``remote`` (broker settings) over MQTT."""
     if remote is None:
-        from .runner import run_scenario
+        from ..runner import run_scenario
 
         return run_scenario
-    from .cli_mqtt import remote_run
+    from .cli_broker import remote_run
 
     async def run(scenario, opts, *, bus, pacer):
         return await remote_run(scenario, opts, remote["broker"], remote["run_id"], bus, pacer,
@@ -338,14 +279,14 @@ def _one_run(scenario, opts, *, dashboard: bool, speed: Optional[float], console
     Returns (result, interrupted, recorder)."""
     run = _runner_for(remote)
     if dashboard:
-        from .view.commands import interactive_run
+        from .commands import interactive_run
 
         return interactive_run(scenario, opts, speed=speed, guided=guided, record_map=record_map, run=run,
                                listeners=listeners)
-    from .view.playback import Pacer
-    from .events import EventBus
-    from .view.gfnmap import GfnMapRecorder
-    from .view.progress import PlainProgress
+    from .playback import Pacer
+    from ..events import EventBus
+    from .gfnmap import GfnMapRecorder
+    from .progress import PlainProgress
 
     bus = EventBus()
     pacer = Pacer(speed)
@@ -397,21 +338,21 @@ def run(
     no_dashboard: bool = typer.Option(False, "--no-dashboard", help="Plain progress lines instead of the interactive app."),
     broker: Optional[str] = typer.Option(None, "--broker", help="mqtt://HOST:PORT: drive the 'xmig hypervisor' and 'xmig guest' of --run over this broker instead of running them in this process."),
     run_id: Optional[str] = typer.Option(None, "--run", help="With --broker: the run id the actors were started with."),
-    username: Optional[str] = cli_mqtt.USERNAME_OPT,
-    password: Optional[str] = cli_mqtt.PASSWORD_OPT,
-    tls_ca: Optional[Path] = cli_mqtt.TLS_CA_OPT,
-    tls_insecure: bool = cli_mqtt.TLS_INSECURE_OPT,
-    timeout: float = cli_mqtt.TIMEOUT_OPT,
+    username: Optional[str] = cli_broker.USERNAME_OPT,
+    password: Optional[str] = cli_broker.PASSWORD_OPT,
+    tls_ca: Optional[Path] = cli_broker.TLS_CA_OPT,
+    tls_insecure: bool = cli_broker.TLS_INSECURE_OPT,
+    timeout: float = cli_broker.TIMEOUT_OPT,
     allow_policy: Optional[list[str]] = ALLOW_POLICY_OPT,
     record: Optional[Path] = typer.Option(None, "--record", help="Write every event of the run to FILE (replay it with xmig replay FILE, explain a page with xmig explain FILE --gfn N)."),
     track: list[str] = typer.Option([], "--track", help="Follow this GFN (repeatable; decimal or 0x-hex): its whole story is printed at the end and kept in --record."),
-    key_file: Optional[Path] = cli_mqtt.KEY_FILE_OPT,
-    insecure: bool = cli_mqtt.INSECURE_OPT,
+    key_file: Optional[Path] = cli_broker.KEY_FILE_OPT,
+    insecure: bool = cli_broker.INSECURE_OPT,
 ) -> None:
     """Run one migration of the scenario and check the destination (help text above)."""
     from .cli_teach import parse_gfn
-    from .view.report import build_report, jsonable, write_csv, write_json
-    from .runner import RunOptions
+    from .report import build_report, jsonable, write_csv, write_json
+    from ..runner import RunOptions
 
     scenario = _load(guest)
     allowed = _allowed(allow_policy)
@@ -444,13 +385,13 @@ def run(
     pace = _default_speed(speed, use_dash)
     listeners, events_log, story = [], None, None
     if record is not None:
-        from .eventlog import EventRecorder
+        from ..eventlog import EventRecorder
 
         events_log = EventRecorder(record, {"scenario_file": str(guest),
                                             "scenario_text": guest.read_text(encoding="utf-8")})
         listeners.append(events_log)
     if tracked:
-        from .track import PageStory
+        from ..track import PageStory
 
         story = PageStory(tracked)
         listeners.append(story)
@@ -489,17 +430,17 @@ def _print_summary(console: Console, rep: dict[str, Any]) -> None:
     """The run's summary (passes, totals, verdict) after the app closes; plain text (no
     escape codes) when piped."""
     if console.is_terminal:
-        from .view.dashboard import render_summary
+        from .dashboard import render_summary
 
         console.print(render_summary(rep))
     else:
-        from .view.progress import print_summary
+        from .progress import print_summary
 
         print_summary(rep, file=sys.stdout)
 
 
 def _write_plot(path: Path, reps: list[dict[str, Any]]) -> None:
-    from .view.plot import PlotError, write_plot
+    from .plot import PlotError, write_plot
 
     try:
         write_plot(path, reps)
@@ -525,8 +466,8 @@ def compare(
 ) -> None:
     """Run the scenario under fixed and pre-fix (or two policies) with one seed, side by side:
     live on one virtual clock in a terminal, then the table."""
-    from .view.report import build_report, jsonable, write_csv, write_json
-    from .runner import RunOptions
+    from .report import build_report, jsonable, write_csv, write_json
+    from ..runner import RunOptions
 
     scenario = _load(guest)
     bw = _parse_bandwidth(bandwidth)
@@ -553,8 +494,8 @@ def compare(
     reps = []
     live = None
     if console.is_terminal and not no_dashboard:
-        from .view.gfnmap import GfnMapRecorder
-        from .view.commands import interactive_compare
+        from .gfnmap import GfnMapRecorder
+        from .commands import interactive_compare
 
         recs = [GfnMapRecorder() if plot is not None else None for _ in variants]
         results = interactive_compare(scenario, variants, labels, speed=_default_speed(speed, True), guided=guided,
@@ -612,7 +553,7 @@ def _compare_table(labels: list[str], reps: list[dict[str, Any]]):
     row("extra pages", lambda r: v(r, "extra_pages"))
     row("verdict", lambda r: "OK" if r["outcome"] == "completed" and r["verify"] and r["verify"]["ok"]
         else ("FAILED" if r["outcome"] != "completed" else "DIVERGED"))
-    from .view.compare import cheaper_because_skipped
+    from .compare import cheaper_because_skipped
 
     note = cheaper_because_skipped(labels, reps)
     if note:
@@ -635,8 +576,8 @@ def receive(
     from hypervisor.abi import DomainLayout
     from hypervisor.domain import Hypervisor
 
-    from .restore import receive_tcp
-    from .units import parse_size
+    from ..restore import receive_tcp
+    from ..units import parse_size
 
     host, sep, port = listen.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
@@ -646,7 +587,7 @@ def receive(
     if not 0 < timeout < 1e9:
         raise UsageError(f"--timeout: expected a positive number of seconds, found {timeout!r}")
     outputs.check_targets({"--report": report}, inputs={})
-    from .view.report import write_json
+    from .report import write_json
     try:
         frames = int(parse_size(host_memory)) // 4096
     except ValueError as exc:
@@ -702,7 +643,7 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Summarise and validate a migration stream v2 file (exit 1 if malformed)."""
-    from .stream import summarise_stream
+    from ..stream import summarise_stream
 
     if not stream.exists():
         raise UsageError(f"{stream}: no such file")
@@ -749,13 +690,13 @@ def inspect(
 @app.command()
 def schema() -> None:
     """Print the scenario file's JSON Schema (for editors)."""
-    from .scenario import scenario_json_schema
+    from ..scenario import scenario_json_schema
 
     typer.echo(json.dumps(scenario_json_schema(), indent=2))
 
 
 # ``xmig hypervisor``, ``xmig guest`` and ``xmig watch`` (the MQTT actors).
-cli_mqtt.register(app)
+cli_broker.register(app)
 cli_teach.register(app)
 cli_sweep.register(app)  # ``xmig sweep`` (parameter studies)
 

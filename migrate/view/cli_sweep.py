@@ -101,7 +101,7 @@ class _Bar:
 
 def register(app: typer.Typer) -> None:
     """Add ``sweep`` to the ``xmig`` app."""
-    from .cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError, _guard
+    from .cli_common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError, _guard
 
     @app.command(short_help="Run a parameter study (many migrations) and write one row per run.",
                  help=SWEEP_HELP)
@@ -119,14 +119,14 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from rich.console import Console
 
-        from .sweep import engines, results, session, spec, stats
+        from ..sweep import engines, results, session, spec, stats
 
         try:
             plan = spec.load_sweep(file)
             form = results.format_of(out, fmt)
             if form == "parquet":
                 results.require_parquet()
-            from .outputs import OutputError, check_targets
+            from ..outputs import OutputError, check_targets
 
             try:
                 check_targets({"--out": out, "--out's part file": results.part_path(Path(out)), "--plot": plot},
@@ -134,7 +134,7 @@ def register(app: typer.Typer) -> None:
             except OutputError as exc:
                 raise UsageError(str(exc)) from None
             if plot is not None:
-                from .view.plot import PlotError, _matplotlib
+                from .plot import PlotError, _matplotlib
 
                 try:
                     _matplotlib()
@@ -164,7 +164,7 @@ def register(app: typer.Typer) -> None:
                       f"({outcome.skipped} kept from before, {outcome.ran} run now in {outcome.wall_s:.1f}s, "
                       f"{failed} not completed)", markup=False, soft_wrap=True)
         if outcome.error:
-            from .cli import _err_console
+            from .cli_common import _err_console
 
             _err_console().print(f"xmig: error: the sweep stopped: {outcome.error}; {out} holds the "
                                  f"{len(outcome.rows)} runs finished so far; --resume continues", markup=False)
@@ -176,7 +176,7 @@ def register(app: typer.Typer) -> None:
         if summary is not None:
             console.print(stats.summary_table(outcome.rows, axis, metric))
         if plot is not None:
-            from .view.plot import PlotError
+            from .plot import PlotError
 
             try:
                 stats.write_plot(plot, outcome.rows, axis, metric, unit=plan.units.get(axis, ""),

@@ -19,15 +19,21 @@ under an actor.
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from .bus import DEFAULT_TIMEOUT, BrokerConfig, TransportError, parse_broker_url
-from .runkey import KEY_ENV, RunKeyError, load_key, new_key_text
+from ..errors import TransportError
+from ..transport.base import DEFAULT_TIMEOUT
+from ..transport.mqtt import BrokerConfig, parse_broker_url
+from ..transport.runkey import KEY_ENV, RunKeyError, load_key, new_key_text
+from .cli_common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError, _err_console, _guard
 
 BROKER_HELP = "MQTT broker URL: mqtt://HOST:PORT or mqtts://HOST:PORT (TLS)."
 RUN_HELP = "Run id: the actors of one migration share it (topics xmig/<run>/...)."
@@ -74,9 +80,8 @@ async def remote_run(scenario, opts, broker: str | BrokerConfig, run_id: str, bu
     (the result says aborted, the hypervisor resumes the source). Messages the
     toolstack dropped (unsigned, forged, replayed...) are counted in the report's
     ``broker`` object and named in one line on stderr."""
-    from .bus import check_run_id
-    from .cli import UsageError
-    from .mqtt import remote_run as _remote_run
+    from ..actors import remote_run as _remote_run
+    from ..transport.base import check_run_id
 
     try:
         check_run_id(run_id)
@@ -114,24 +119,74 @@ def _run_main(coro_fn) -> object:
     return asyncio.run(main())
 
 
+@dataclass(frozen=True, slots=True)
+class BrokerOptions:
+    """The broker options of a broker command, parsed once: where the broker is, how
+    to reach it, the run key (``config``), and the run id."""
+
+    config: BrokerConfig
+    run: str
+
+
+def _usage(message: str) -> None:
+    _err_console().print(f"xmig: error: {message}", markup=False)
+    raise typer.Exit(EXIT_USAGE)
+
+
+#: The options every broker command takes, declared once (``broker_command`` adds them).
+_BROKER_PARAMS = [
+    inspect.Parameter("broker_url", inspect.Parameter.KEYWORD_ONLY, annotation=str,
+                      default=typer.Option(..., "--broker", help=BROKER_HELP)),
+    inspect.Parameter("run", inspect.Parameter.KEYWORD_ONLY, annotation=str,
+                      default=typer.Option(..., "--run", help=RUN_HELP)),
+    inspect.Parameter("username", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=USERNAME_OPT),
+    inspect.Parameter("password", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=PASSWORD_OPT),
+    inspect.Parameter("tls_ca", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path], default=TLS_CA_OPT),
+    inspect.Parameter("tls_insecure", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=TLS_INSECURE_OPT),
+    inspect.Parameter("timeout", inspect.Parameter.KEYWORD_ONLY, annotation=float, default=TIMEOUT_OPT),
+    inspect.Parameter("key_file", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path], default=KEY_FILE_OPT),
+    inspect.Parameter("insecure", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=INSECURE_OPT),
+]
+
+
+def broker_command(app: typer.Typer):
+    """Register ``fn(broker: BrokerOptions, ...)`` as a command of ``app`` that takes the
+    broker options (``_BROKER_PARAMS``) besides its own; they are checked and parsed into
+    one ``BrokerOptions`` (a bad one: one line, exit 2) before ``fn`` runs."""
+
+    def deco(fn):
+        own = [p for p in inspect.signature(fn).parameters.values() if p.name != "broker"]
+        names = [p.name for p in _BROKER_PARAMS]
+
+        @functools.wraps(fn)
+        def command(**kwargs):
+            given = {n: kwargs.pop(n) for n in names}
+            return fn(parse_broker_options(**given), **kwargs)
+
+        command.__signature__ = inspect.Signature(
+            [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + _BROKER_PARAMS)
+        del command.__wrapped__          # typer reads the signature above, not fn's
+        return app.command(name=fn.__name__)(_guard(command))
+
+    return deco
+
+
+def parse_broker_options(*, broker_url: str, run: str, username=None, password=None, tls_ca=None,
+                         tls_insecure=False, timeout=DEFAULT_TIMEOUT, key_file=None, insecure=False) -> BrokerOptions:
+    from ..transport.base import check_run_id
+
+    try:
+        check_run_id(run)
+        return BrokerOptions(broker_config(broker_url, username=username, password=password, tls_ca=tls_ca,
+                                           tls_insecure=tls_insecure, timeout=timeout, key_file=key_file,
+                                           insecure=insecure), run)
+    except TransportError as exc:
+        _usage(str(exc))
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``hypervisor``, ``guest`` and ``watch`` to the ``xmig`` app."""
-    from .cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, _err_console, _guard
-
-    def usage(message: str) -> None:
-        _err_console().print(f"xmig: error: {message}", markup=False)
-        raise typer.Exit(EXIT_USAGE)
-
-    def config_or_exit(broker, run, username, password, tls_ca, tls_insecure, timeout, key_file,
-                       insecure) -> BrokerConfig:
-        from .bus import check_run_id
-
-        try:
-            check_run_id(run)
-            return broker_config(broker, username=username, password=password, tls_ca=tls_ca,
-                                 tls_insecure=tls_insecure, timeout=timeout, key_file=key_file, insecure=insecure)
-        except TransportError as exc:
-            usage(str(exc))
+    """Add ``keygen``, ``hypervisor``, ``guest`` and ``watch`` to the ``xmig`` app."""
+    usage = _usage
 
     @app.command()
     @_guard
@@ -157,18 +212,9 @@ def register(app: typer.Typer) -> None:
         with _os.fdopen(fd, "w") as f:
             f.write(text)
 
-    @app.command()
-    @_guard
+    @broker_command(app)
     def hypervisor(
-        broker: str = typer.Option(..., "--broker", help=BROKER_HELP),
-        run: str = typer.Option(..., "--run", help=RUN_HELP),
-        username: Optional[str] = USERNAME_OPT,
-        password: Optional[str] = PASSWORD_OPT,
-        tls_ca: Optional[Path] = TLS_CA_OPT,
-        tls_insecure: bool = TLS_INSECURE_OPT,
-        timeout: float = TIMEOUT_OPT,
-        key_file: Optional[Path] = KEY_FILE_OPT,
-        insecure: bool = INSECURE_OPT,
+        broker: BrokerOptions,
         serve: bool = typer.Option(False, "--serve", help="Serve run after run (a class's hypervisor) until Ctrl-C."),
     ) -> None:
         """The hypervisor actor: holds the source domain, serves the toolstack, schedules the guest.
@@ -177,30 +223,20 @@ def register(app: typer.Typer) -> None:
         (after resuming the source domain, as a failed Xen migration does), 2 when the
         broker cannot be reached or the run id already has a hypervisor. With --serve it
         builds a fresh domain for each toolstack that comes, until Ctrl-C."""
-        from .mqtt import run_actor
+        from ..actors import run_actor
 
-        cfg = config_or_exit(broker, run, username, password, tls_ca, tls_insecure, timeout, key_file, insecure)
         try:
-            why = _run_main(lambda: run_actor("hypervisor", cfg, run, echo=_echo, serve=serve))
+            why = _run_main(lambda: run_actor("hypervisor", broker.config, broker.run, echo=_echo, serve=serve))
         except TransportError as exc:
             usage(str(exc))
         except (KeyboardInterrupt, asyncio.CancelledError):
             raise typer.Exit(EXIT_INTERRUPTED)
         raise typer.Exit(EXIT_OK if why == "released" else EXIT_FAILED)
 
-    @app.command()
-    @_guard
+    @broker_command(app)
     def guest(
+        broker: BrokerOptions,
         guest: Path = typer.Option(..., "--guest", "-g", help="Scenario file (YAML) whose guest to run."),
-        broker: str = typer.Option(..., "--broker", help=BROKER_HELP),
-        run: str = typer.Option(..., "--run", help=RUN_HELP),
-        username: Optional[str] = USERNAME_OPT,
-        password: Optional[str] = PASSWORD_OPT,
-        tls_ca: Optional[Path] = TLS_CA_OPT,
-        tls_insecure: bool = TLS_INSECURE_OPT,
-        timeout: float = TIMEOUT_OPT,
-        key_file: Optional[Path] = KEY_FILE_OPT,
-        insecure: bool = INSECURE_OPT,
         serve: bool = typer.Option(False, "--serve", help="Serve run after run (a fresh guest each time) until Ctrl-C."),
     ) -> None:
         """The guest actor: runs the scenario's workloads and balloon when the hypervisor schedules it.
@@ -208,13 +244,13 @@ def register(app: typer.Typer) -> None:
         Exits 0 when the hypervisor is done with it, 1 when the hypervisor is lost, 2 for
         a bad scenario file, an unreachable broker or a run id that already has a guest.
         With --serve it boots a fresh guest for each run, until Ctrl-C."""
-        from .mqtt import run_actor
-        from .scenario import load_scenario
+        from ..actors import run_actor
+        from ..scenario import load_scenario
 
         scenario = load_scenario(guest)
-        cfg = config_or_exit(broker, run, username, password, tls_ca, tls_insecure, timeout, key_file, insecure)
         try:
-            why = _run_main(lambda: run_actor("guest", cfg, run, scenario=scenario, echo=_echo, serve=serve))
+            why = _run_main(lambda: run_actor("guest", broker.config, broker.run, scenario=scenario, echo=_echo,
+                                              serve=serve))
         except TransportError as exc:
             usage(str(exc))
         except (KeyboardInterrupt, asyncio.CancelledError):
@@ -223,18 +259,9 @@ def register(app: typer.Typer) -> None:
             _echo(why)
         raise typer.Exit(EXIT_OK if why == "released" else EXIT_FAILED)
 
-    @app.command()
-    @_guard
+    @broker_command(app)
     def watch(
-        broker: str = typer.Option(..., "--broker", help=BROKER_HELP),
-        run: str = typer.Option(..., "--run", help=RUN_HELP),
-        username: Optional[str] = USERNAME_OPT,
-        password: Optional[str] = PASSWORD_OPT,
-        tls_ca: Optional[Path] = TLS_CA_OPT,
-        tls_insecure: bool = TLS_INSECURE_OPT,
-        timeout: float = TIMEOUT_OPT,
-        key_file: Optional[Path] = KEY_FILE_OPT,
-        insecure: bool = INSECURE_OPT,
+        broker: BrokerOptions,
         no_dashboard: bool = typer.Option(False, "--no-dashboard", help="Plain progress lines and a summary instead of the live dashboard."),
         record: Optional[Path] = typer.Option(None, "--record", help="Write every event watched to FILE (xmig replay FILE, xmig explain FILE --gfn N)."),
     ) -> None:
@@ -246,12 +273,12 @@ def register(app: typer.Typer) -> None:
         failed, the destination diverged, events were missed, or the toolstack was lost."""
         from rich.console import Console
 
-        cfg = config_or_exit(broker, run, username, password, tls_ca, tls_insecure, timeout, key_file, insecure)
+        cfg, run = broker.config, broker.run
         console = Console()
         recorder = None
         if record is not None:
-            from .eventlog import EventRecorder
-            from .outputs import OutputError, check_target
+            from ..eventlog import EventRecorder
+            from ..outputs import OutputError, check_target
 
             try:
                 check_target(record, "--record")
@@ -260,7 +287,7 @@ def register(app: typer.Typer) -> None:
             recorder = EventRecorder(record, {"watched_run": run, "broker": cfg.display})
         try:
             if console.is_terminal and not no_dashboard:
-                from .view.commands import interactive_watch   # the teaching app
+                from .commands import interactive_watch   # the teaching app
 
                 outcome = interactive_watch(lambda listener: watch_run(cfg, run, dashboard=listener, also=recorder))
             else:
@@ -285,8 +312,9 @@ async def watch_run(cfg: BrokerConfig, run_id: str, *, console=None, live: bool 
     (``completed``...) or why the watch stopped.
     ``ready`` is set once subscribed (events published before that are not seen).
     ``also`` (e.g. an ``EventRecorder``) is called with every event too."""
-    from .view.dashboard import Dashboard, LiveDashboard
-    from .mqtt import mqtt_transport, watch
+    from .dashboard import Dashboard, LiveDashboard
+    from ..actors import watch
+    from ..transport.mqtt import connect as mqtt_transport
 
     dash = dashboard if dashboard is not None else Dashboard(console)
     feed = dash
@@ -305,7 +333,7 @@ async def watch_run(cfg: BrokerConfig, run_id: str, *, console=None, live: bool 
         elif console is not None:
             # Piped or --no-dashboard: Xen-style progress lines and a plain summary, as
             # ``xmig run`` prints them (never escape codes, never a squeezed frame).
-            from .view.progress import PlainProgress, print_summary
+            from .progress import PlainProgress, print_summary
 
             progress = PlainProgress(sys.stdout)
 
@@ -326,7 +354,7 @@ async def watch_run(cfg: BrokerConfig, run_id: str, *, console=None, live: bool 
 
 
 def main() -> None:
-    """``python -m migrate.cli_mqtt hypervisor|guest|watch ...`` (the same commands as
+    """``python -m migrate.view.cli_broker hypervisor|guest|watch ...`` (the same commands as
     ``xmig``, for a tree whose ``xmig`` does not register them)."""
     app = typer.Typer(name="xmig", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
     register(app)

@@ -25,7 +25,7 @@ def parse_gfn(text: str, option: str = "--gfn") -> int:
     except ValueError:
         value = -1
     if not 0 <= value <= MAX_GFN:
-        from .cli import UsageError
+        from .cli_common import UsageError
 
         raise UsageError(f"{option}: expected a GFN from 0 to {MAX_GFN:#x} (decimal or 0x-hex), found {text!r}")
     return value
@@ -33,8 +33,8 @@ def parse_gfn(text: str, option: str = "--gfn") -> int:
 
 def read_log(path: Path, *, partial: bool = True):
     """The event log at ``path``; a bad file is a usage error naming file and offset."""
-    from .cli import UsageError
-    from .eventlog import EventLogError, read_event_log
+    from .cli_common import UsageError
+    from ..eventlog import EventLogError, read_event_log
 
     try:
         return read_event_log(path, partial=partial)
@@ -44,7 +44,7 @@ def read_log(path: Path, *, partial: bool = True):
 
 def explain_text(log, gfn: int) -> str:
     """The life story of ``gfn`` in a read event log, one line per event."""
-    from .track import PageStory
+    from ..track import PageStory
 
     story = PageStory([gfn])
     for ev in log.events:
@@ -68,7 +68,7 @@ def print_stories(console, story) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add ``explain`` and ``replay`` to the ``xmig`` app."""
-    from .cli import EXIT_FAILED, EXIT_OK, _guard
+    from .cli_common import EXIT_FAILED, EXIT_OK, _guard
 
     @app.command(short_help="Tell what happened to one page in a recorded run.")
     @_guard
@@ -101,19 +101,19 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from .cli import _default_speed, _print_summary
-        from .view.report import build_report
-        from .runner import result_from_events
+        from .report import build_report
+        from ..runner import result_from_events
 
         log = read_log(events)
         console = Console()
         live = console.is_terminal and not no_dashboard
         pace = _default_speed(speed, live)
         if live:
-            from .view.commands import interactive_replay
+            from .commands import interactive_replay
 
             interactive_replay(log.events, speed=pace, guided=guided)
         else:
-            from .view.progress import PlainProgress
+            from .progress import PlainProgress
 
             progress = PlainProgress(sys.stdout)
             for ev in log.events:
@@ -126,7 +126,7 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(EXIT_FAILED) from None
         _print_summary(console, build_report(result))
         if log.tracked:
-            from .track import PageStory
+            from ..track import PageStory
 
             story = PageStory(log.tracked)
             for ev in log.events:

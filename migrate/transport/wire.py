@@ -122,7 +122,7 @@ def _register_known() -> None:
     from guest import guest as guest_mod
     from hypervisor import abi, domain
 
-    from . import control, events
+    from .. import control, events, link
 
     for mod in (abi, events):
         for obj in vars(mod).values():
@@ -130,7 +130,7 @@ def _register_known() -> None:
                     and (dataclasses.is_dataclass(obj) or issubclass(obj, enum.Enum))):
                 register(obj)
     register(domain.ShadowOpResult, domain.HypervisorEvent, domain.HypervisorStats, guest_mod.GuestEvent,
-             guest_mod.GuestStats, control.SourceInfo)
+             guest_mod.GuestStats, control.SourceInfo, link.LinkModel)
 
 
 _register_known()

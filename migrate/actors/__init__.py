@@ -1,0 +1,51 @@
+"""The three actors over any transport: a hypervisor, a guest and a toolstack process.
+
+Mirrors the split of a real Xen host: the hypervisor holds the domain and schedules
+the guest's vCPUs; the guest runs its own kernel (here: ``guest.Guest``) and traps
+into the hypervisor with hypercalls; the toolstack (libxenctrl + xg_sr_save) drives
+the domain through domctls. ``migrate.control.LocalSource`` wires them in one
+process; this package wires the same objects through a ``migrate.transport.base.Transport``
+(in process, or MQTT: nothing here knows which):
+
+- ``hypervisor.serve_hypervisor``: builds a ``hypervisor.domain.Hypervisor`` on the toolstack's
+  ``create`` and serves the ``DomainControl`` calls through ``LocalDomain`` itself, so
+  every reply carries exactly the events ``forward_events`` would have published
+  in-process (the toolstack republishes them in the same order: same report). The
+  synchronous hypervisor runs in one worker thread; its guest is a ``RemoteGuest``
+  whose ``run(t0, t1)`` generator serves spans between balloon activity from windows
+  of writes the guest sends ahead (``go``), and runs a span where the balloon acts
+  in one round trip, its hypercalls speculated (``spec_miss`` if Xen did less).
+- ``guest.serve_guest``: holds the ``Guest`` and answers ``layout``, ``go``, ``run``, ``resume``,
+  ``spec_miss``, ``spec_abort``, ``close``.
+- ``toolstack.RemoteSource`` / ``RemoteDomain``: the toolstack's ``SourceSide``, passed to
+  ``run_scenario(..., source_factory=...)``.
+
+Batching, all exact (the same calls reach the same Hypervisor at the same virtual
+times): the engine states each pass's batches before the first one
+(``DomainControl.begin_pass`` with a ``PassPlan``) and times every batch with
+``LinkModel.map_time`` / ``next_batch_time``. So a type query of a planned batch
+carries the plan's link model, and the hypervisor also does the foreign map the saver
+makes next (``write_batch`` maps the data PFNs of a batch whose types are all known)
+and serves up to ``LOOKAHEAD`` batches the plan walks next, each at its time (type
+query + map), events and counters split per call; the saver's calls for them are
+answered without a round trip. Never past the end of a stretch of the plan (the saver
+walks a hole or ends the pass there), nor past the migration's deadline (the saver
+calls something else there). Every reply carries the hypervisor's counters, so
+``counters`` needs no round trip. What is left (a stream write failing, Ctrl-C, a lost
+peer between two such batches) finds the guest run up to a batch ahead. Calls that
+cannot run the guest are served on the event loop, the others in the worker thread.
+
+Faults: a peer that dies or stops answering makes the call raise ``PeerLost`` (a
+``MigrationAborted``: the engine aborts and "resumes" the source); the hypervisor
+resumes the source domain itself when the toolstack vanishes, as libxl does on a
+failed save, and carries on without a guest that vanished (its vCPUs stop).
+"""
+
+from .guest import GuestActor, RemoteGuest, scenario_digest, serve_guest
+from .hypervisor import HypervisorActor, serve_hypervisor
+from .toolstack import EventPublisher, RemoteDomain, RemoteSource
+from .wiring import in_process_actors, remote_run, run_actor, watch
+
+__all__ = ["RemoteSource", "RemoteDomain", "RemoteGuest", "GuestActor", "HypervisorActor", "serve_hypervisor",
+           "serve_guest", "remote_run", "watch", "run_actor", "EventPublisher", "scenario_digest",
+           "in_process_actors"]

@@ -1,0 +1,432 @@
+"""The guest actor: serves one ``guest.Guest`` to the hypervisor actor, and
+``RemoteGuest``, the guest as that hypervisor sees it (its ``run(t0, t1)``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from guest.guest import tick_at_or_after, write_time
+from hypervisor.abi import (
+    DecreaseReservation,
+    HypercallResult,
+    MemoryWrites,
+    PopulatePhysmap,
+)
+
+from ..errors import PeerLost, ScenarioMismatch, TransportError
+from ..transport.base import Transport
+from .messages import Bye, GuestLayout, GuestOpened, GuestStep, Speculated, WriteWindow
+
+log = logging.getLogger("xmig.actors")
+
+
+def scenario_digest(scenario) -> str:
+    """A short fingerprint of the guest section, so the guest actor can check it runs
+    the scenario the toolstack migrates."""
+    g = scenario.guest
+    text = g.model_dump_json() if hasattr(g, "model_dump_json") else repr(g)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+#: Most ticks the guest actor writes ahead in one reply (bounds the message size).
+WINDOW_TICKS = 256
+#: Guests up to this many RAM pages speculate their hypercalls (one checkpoint copies
+#: one bool per page).
+SPEC_MAX_PAGES = 1 << 24
+
+
+def _expected_result(op) -> HypercallResult | None:
+    """What the guest expects of a balloon hypercall it speculates past (all extents
+    done), or None if it cannot speculate past this op."""
+    if isinstance(op, (DecreaseReservation, PopulatePhysmap)):
+        gfns = np.asarray(op.gfns, dtype=np.int64)
+        return HypercallResult(rc=int(gfns.size), done=gfns)
+    return None
+
+
+def _as_expected(op, result) -> bool:
+    """Does the guest behave after ``result`` as after the expected one? (The balloon
+    driver only looks at ``rc`` and ``done``.)"""
+    exp = _expected_result(op)
+    return (exp is not None and isinstance(result, HypercallResult) and int(result.rc) == exp.rc
+            and np.array_equal(np.asarray(result.done, dtype=np.int64), exp.done))
+
+
+class RemoteGuest:
+    """The guest as the hypervisor sees it: ``run(t0, t1)`` yields the guest actor's ops.
+
+    Used from the hypervisor's worker thread; ``call(method, args)`` blocks on an RPC.
+
+    Between two ticks at which its balloon driver acts, the guest's writes need nothing
+    from the hypervisor (ownership only changes through the balloon; workloads and
+    reuse writes are keyed by seed and tick). So the guest actor answers a ``go`` that
+    starts at such a tick with a window of them (``Guest.write_window``: per-write tick,
+    GFN and token for ticks ``[k, K)``), and the spans in that window are served from it
+    here without a round trip: the writes of a span's ticks (those of skipped ticks are
+    dropped, as the guest drops them) as one ``MemoryWrites`` per stretch between
+    hypercalls, stamped as ``Guest.run`` stamps it. A span reaching a tick where the
+    balloon acts runs the guest's ``run`` remotely from there, one round trip per
+    hypercall (writes pending from the window are flushed first, as ``run`` flushes them
+    before the driver's step). The ops are exactly ``Guest.run``'s."""
+
+    def __init__(self, call: Callable[[str, dict], Any]):
+        self._call = call
+        self.events: list = []
+        self.now: float | None = None    # the guest's next unrun tick, as a time (None: unknown)
+        self.dead: PeerLost | None = None
+        self.rpcs = 0
+        self.wait_s = 0.0
+        self.tick: float | None = None   # the guest's tick (from ``layout``)
+        self.pos = 0                     # the next tick Guest.run would run (its _next_tick)
+        self.gk = 0                      # the guest actor's own next tick (>= pos: written ahead)
+        self._win: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None   # writes of ticks [pos, gk)
+
+    def _rpc(self, method: str, args: dict | None = None) -> Any:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass              # a worker thread: blocking here is fine
+        else:
+            raise RuntimeError("a guest round trip from the event loop would deadlock")
+        self.rpcs += 1
+        t0 = time.perf_counter()
+        try:
+            reply = self._call(method, args or {})
+            self.wait_s += time.perf_counter() - t0
+        except PeerLost as exc:
+            self.dead = exc
+            raise
+        self.events.extend(reply.events)
+        if not isinstance(reply, WriteWindow) and reply.next_tick is not None:
+            self.gk = self.pos = int(reply.next_tick)
+            self._win = None
+            self._set_now()
+        return reply
+
+    def _set_now(self) -> None:
+        if self.tick is not None:
+            self.now = self.gk * self.tick
+
+    def layout(self):
+        reply = self._rpc("layout")
+        self.tick = float(reply.tick)
+        self._set_now()
+        return reply.layout
+
+    def _take(self, k: int, hi: int):
+        """Writes of ticks ``[k, hi)`` from the window; those before ``k`` are dropped."""
+        ticks, gfns, tokens = self._win
+        a = int(np.searchsorted(ticks, k, side="left"))
+        b = int(np.searchsorted(ticks, hi, side="left"))
+        self._win = (ticks[b:], gfns[b:], tokens[b:])
+        self.pos = hi
+        if b > a:
+            return ticks[a:b], gfns[a:b], tokens[a:b]
+        return None
+
+    def _pending_op(self, pending: list, t0: float) -> MemoryWrites:
+        if len(pending) == 1:
+            ticks, gfns, tokens = pending[0]
+        else:
+            ticks = np.concatenate([p[0] for p in pending])
+            gfns = np.concatenate([p[1] for p in pending])
+            tokens = np.concatenate([p[2] for p in pending])
+        return MemoryWrites(write_time(int(ticks[-1]), self.tick, t0), gfns, tokens)
+
+    def run(self, t0: float, t1: float):
+        if self.dead is not None:
+            return   # a guest that is gone runs no more (its vCPUs are stopped)
+        if self.tick is None:          # (no layout yet: the plain protocol)
+            yield from self._run_remote("run", t0, t1)
+            return
+        k = max(self.pos, tick_at_or_after(t0, self.tick))
+        k_end = tick_at_or_after(t1, self.tick)
+        if k_end <= k:
+            return   # no guest tick in [t0, t1): Guest.run yields nothing
+        pending: list = []
+        while True:
+            if k < self.gk:
+                hi = min(k_end, self.gk)
+                part = self._take(k, hi)
+                if part is not None:
+                    pending.append(part)
+                k = hi
+                if k >= k_end:
+                    break
+            reply = self._rpc("go", {"t0": float(t0), "t1": float(t1), "max_ticks": WINDOW_TICKS})
+            if isinstance(reply, WriteWindow):
+                k0, k1 = int(reply.first), int(reply.end)
+                if k0 != k or k1 <= k0:
+                    raise TransportError(f"the guest wrote ahead from tick {k0} to {k1}, expected from {k}")
+                self._win = (np.asarray(reply.ticks), np.asarray(reply.gfns), np.asarray(reply.tokens))
+                self.gk = k1
+                self._set_now()
+                continue
+            # The balloon driver acts at tick k: Guest.run flushes its writes first.
+            if pending:
+                yield self._pending_op(pending, t0)
+                pending = []
+            yield from self._ops(reply)
+            return
+        if pending:
+            yield self._pending_op(pending, t0)
+
+    def _run_remote(self, method: str, t0: float, t1: float):
+        yield from self._ops(self._rpc(method, {"t0": float(t0), "t1": float(t1)}))
+
+    def _ops(self, reply: GuestStep | Speculated):
+        """The ops of a remote ``Guest.run``: speculated in one reply (see ``GuestActor._go``)
+        while every hypercall does what the guest expected, else one round trip per
+        hypercall."""
+        if isinstance(reply, Speculated):
+            ops, sev = reply.ops, reply.spec_events
+            results: list = []
+            for i, op in enumerate(ops):
+                try:
+                    result = yield op
+                except GeneratorExit:
+                    # Stopped at op i: the guest takes back what it ran past it.
+                    if self.dead is None:
+                        with contextlib.suppress(PeerLost):
+                            self._rpc("spec_abort", {"results": results, "n": i})
+                    raise
+                if isinstance(op, MemoryWrites):
+                    continue
+                results.append(result)
+                if not _as_expected(op, result):
+                    # The guest replays up to here with the real results and goes on.
+                    reply = self._rpc("spec_miss", {"results": results, "n": i + 1})
+                    break
+            else:
+                self.events.extend(sev)
+                return
+        more = False
+        try:
+            while True:
+                result = None
+                for op in reply.ops:
+                    result = yield op
+                more = reply.more
+                if not more:
+                    return
+                reply = self._rpc("resume", {"result": result})
+        except GeneratorExit:
+            if more and self.dead is None:
+                with contextlib.suppress(PeerLost):
+                    self._rpc("close")
+            raise
+
+    def drain_events(self) -> list:
+        out, self.events = self.events, []
+        return out
+
+
+class GuestActor:
+    """Serves one ``guest.Guest`` to the hypervisor actor."""
+
+    def __init__(self, scenario, transport: Transport):
+        self.scenario = scenario
+        self.transport = transport
+        self.guest = None
+        self.gen = None
+        self.spec = None           # (t0, t1, checkpoint) of the last speculated run
+        self.busy_s = 0.0
+        self.done: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def _chunk(self, send: Any, first: bool) -> GuestStep:
+        """Run the generator up to and including the next hypercall (or to its end)."""
+        ops: list = []
+        more = True
+        value = send
+        try:
+            while True:
+                op = next(self.gen) if first else self.gen.send(value)
+                first = False
+                ops.append(op)
+                if not isinstance(op, MemoryWrites):
+                    break        # a hypercall: the guest waits for its result
+                value = None     # writes get None back, as the hypervisor would send
+        except StopIteration:
+            more = False
+            self.gen = None
+        return GuestStep(ops, more, self.guest.drain_events(), None if more else int(self.guest.next_tick))
+
+    def _chunk_from(self, op) -> GuestStep:
+        """The chunk that starts with ``op``, which the generator has just yielded."""
+        ops: list = []
+        more = op is not None
+        if op is None:
+            self.gen = None
+        else:
+            ops.append(op)
+            try:
+                while isinstance(op, MemoryWrites):
+                    op = self.gen.send(None)
+                    ops.append(op)
+            except StopIteration:
+                more = False
+                self.gen = None
+        return GuestStep(ops, more, self.guest.drain_events(), None if more else int(self.guest.next_tick))
+
+    def _speculate(self, t0: float, t1: float) -> Speculated | None:
+        """Run ``Guest.run(t0, t1)`` to its end, answering each hypercall as if Xen did
+        all of it (``_expected_result``); the hypervisor checks each real result and
+        sends ``spec_miss`` at the first that differs (``_replay``). None if some op
+        cannot be speculated (the guest is then as before)."""
+        g = self.guest
+        ev = g.drain_events()
+        cp = g.checkpoint()
+        gen = g.run(t0, t1)
+        ops: list = []
+        try:
+            op = next(gen)
+            while True:
+                ops.append(op)
+                if isinstance(op, MemoryWrites):
+                    res = None
+                else:
+                    res = _expected_result(op)
+                    if res is None:
+                        gen.close()
+                        g.restore(cp)
+                        g.requeue_events(ev)
+                        return None
+                op = gen.send(res)
+        except StopIteration:
+            pass
+        self.spec = (t0, t1, cp)
+        return Speculated(ops, ev, g.drain_events(), int(g.next_tick))
+
+    def _replay(self, results: list, n: int):
+        """Back to the checkpoint, then ``Guest.run`` again through its first ``n`` ops
+        with the hypervisor's real results; returns the op it yields next (None at its end)."""
+        if self.spec is None:
+            raise RuntimeError("no speculated run to replay")
+        t0, t1, cp = self.spec
+        self.spec = None
+        self.guest.restore(cp)
+        self.gen = self.guest.run(t0, t1)
+        results = list(results)
+        try:
+            op = next(self.gen)
+            for _ in range(int(n)):
+                op = self.gen.send(None if isinstance(op, MemoryWrites) else results.pop(0))
+        except StopIteration:
+            self.gen = None
+            return None
+        return op
+
+    def _run(self, t0: float, t1: float) -> GuestStep:
+        self.spec = None
+        if self.gen is not None:
+            self.gen.close()
+        self.gen = self.guest.run(t0, t1)
+        return self._chunk(None, True)
+
+    def _go(self, t0: float, t1: float, max_ticks: int) -> GuestStep | Speculated | WriteWindow:
+        """A span from the guest's next tick: a window of writes ahead when its balloon
+        driver has nothing to do there, else ``run`` (see ``RemoteGuest``)."""
+        self.spec = None
+        if self.gen is not None:
+            self.gen.close()
+            self.gen = None
+        g = self.guest
+        k = g.first_tick(t0)
+        if g.balloon_acts_at(k) or tick_at_or_after(t1, g.tick) <= k:
+            if g.nr_pages <= SPEC_MAX_PAGES:
+                reply = self._speculate(t0, t1)
+                if reply is not None:
+                    return reply
+            return self._run(t0, t1)
+        k_to, _ = g.window_end(k, max_ticks)
+        ticks, gfns, tokens = g.write_window(k, k_to)
+        return WriteWindow(k, k_to, ticks, gfns, tokens, g.drain_events())
+
+    def _resume(self, result) -> GuestStep:
+        if self.gen is None:
+            raise RuntimeError("resume without a running guest step")
+        return self._chunk(result, False)
+
+    async def handle(self, method: str, args: dict, caller: str) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return await self._handle(method, args)
+        finally:
+            self.busy_s += time.perf_counter() - t0
+
+    async def _handle(self, method: str, args: dict) -> Any:
+        if self.guest is None and method not in ("open", "bye"):
+            raise RuntimeError(f"guest not opened (got {method!r} before 'open')")
+        # Chunks end at the next hypercall and are short: computed on the loop, which
+        # saves two thread switches per round trip (the hypervisor waits anyway).
+        match method:
+            case "open":
+                return self._open(args)
+            case "layout":
+                layout = await asyncio.to_thread(self.guest.layout)
+                return GuestLayout(layout, float(self.guest.tick), int(self.guest.next_tick),
+                                   self.guest.drain_events())
+            case "go":
+                return self._go(float(args["t0"]), float(args["t1"]), int(args.get("max_ticks", 1)))
+            case "run":
+                return self._run(float(args["t0"]), float(args["t1"]))
+            case "resume":
+                return self._resume(args.get("result"))
+            case "spec_miss":
+                return self._chunk_from(self._replay(args.get("results") or [], int(args["n"])))
+            case "spec_abort":
+                self._replay(args.get("results") or [], int(args["n"]))
+                return self._stop()
+            case "close":
+                return self._stop()
+            case "bye":
+                if not self.done.done():
+                    self.done.set_result("released")
+                return Bye(self.busy_s)
+        raise RuntimeError(f"unknown guest method {method!r}")
+
+    def _stop(self) -> GuestStep:
+        """The hypervisor stopped the guest's step before its end."""
+        if self.gen is not None:
+            self.gen.close()
+            self.gen = None
+        return GuestStep(events=self.guest.drain_events(), next_tick=int(self.guest.next_tick))
+
+    def _open(self, args: dict) -> GuestOpened:
+        from guest.guest import Guest
+
+        digest = scenario_digest(self.scenario)
+        if args.get("digest") and args["digest"] != digest:
+            raise ScenarioMismatch(
+                f"the guest actor runs scenario {self.scenario.name!r} but the toolstack migrates "
+                f"{args.get('scenario')!r} (a different guest section): start both with the same --guest file")
+        if self.guest is not None:
+            raise TransportError("this guest actor already runs a guest; start a new one per migration")
+        self.guest = Guest(self.scenario.guest, int(args["seed"]))
+        return GuestOpened(self.scenario.name)
+
+
+async def serve_guest(scenario, transport: Transport) -> str:
+    """Run the guest actor until the hypervisor releases it or goes away.
+    Returns why it stopped ("released" or the PeerLost message)."""
+    if not hasattr(scenario, "guest"):
+        from ..scenario import load_scenario
+
+        scenario = load_scenario(scenario)
+    actor = GuestActor(scenario, transport)
+
+    def lost(peer: str, exc: PeerLost) -> None:
+        if peer in ("hypervisor", "*") and not actor.done.done():
+            actor.done.set_result(str(exc))
+
+    transport.on_peer_lost(lost)
+    transport.serve(actor.handle)
+    await transport.claim()
+    return await actor.done

@@ -1,0 +1,364 @@
+"""The hypervisor actor: holds the source domain (``hypervisor.domain.Hypervisor``)
+for one toolstack and serves its ``DomainControl`` calls through ``LocalDomain``."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from hypervisor.abi import (
+    MAX_BATCH_SIZE,
+    PFINFO_HAS_DATA,
+    PFINFO_KNOWN,
+    PFINFO_LTAB_SHIFT,
+    ShadowOp,
+    XenError,
+)
+
+from ..control import LocalDomain, SourceInfo, source_info
+from ..errors import PeerLost, TransportError
+from ..events import Event, EventBus, PhaseChanged
+from ..link import LinkModel, page_data_record_bytes
+from ..transport.base import Transport
+
+from .guest import RemoteGuest
+from .messages import Bye, Lookahead, Released, Served
+
+log = logging.getLogger("xmig.actors")
+
+
+def _drive(coro) -> Any:
+    """Run a coroutine that never awaits (LocalDomain's methods) to completion, here."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    coro.close()
+    raise RuntimeError("LocalDomain awaited something: it cannot be driven synchronously")
+
+
+class _Collector(EventBus):
+    """The hypervisor actor's event bus: keeps what ``forward_events`` publishes for the reply."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.items: list[Event] = []
+
+    def publish(self, event: Event) -> None:
+        self.items.append(event)
+
+    def take(self) -> list[Event]:
+        out, self.items = self.items, []
+        return out
+
+
+#: The DomainControl calls the actor serves (through LocalDomain's method of that
+#: name), and whether each is cheap enough to serve on the event loop when it cannot
+#: run the guest (the loop must keep beating: a long call there would look like a dead
+#: hypervisor).
+DOMCTLS: dict[str, bool] = {"max_gpfn": True, "shadow_op": False, "getpageframeinfo3": True,
+                            "map_foreign": True, "suspend": True, "resume": True, "counters": True,
+                            "snapshot": False, "mapped_runs": False}
+
+
+class HypervisorActor:
+    """Holds the source domain for one toolstack; serves its DomainControl calls."""
+
+    def __init__(self, transport: Transport, *, echo: Callable[[str], None] | None = None):
+        self.transport = transport
+        self.loop = asyncio.get_running_loop()
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="xmig-hv")
+        self.hv = None
+        self.guest: RemoteGuest | None = None
+        self.domain: LocalDomain | None = None
+        self.bus = _Collector()
+        self.owner: str | None = None
+        self.released = False
+        self.recovered: str | None = None
+        self.echo = echo or (lambda text: None)
+        self.calls = 0
+        self.busy_s = 0.0
+        self.done: asyncio.Future = self.loop.create_future()
+
+    async def _in_worker(self, fn, *args):
+        t0 = time.perf_counter()
+        try:
+            return await self.loop.run_in_executor(self.pool, fn, *args)
+        finally:
+            self.calls += 1
+            self.busy_s += time.perf_counter() - t0
+
+    def _guest_call(self, method: str, args: dict) -> Any:
+        return self.transport.call_threadsafe(self.loop, "guest", method, args)
+
+    # ------------------------------------------------------------------ calls
+
+    async def handle(self, method: str, args: dict, caller: str) -> Any:
+        match method:
+            case "create":
+                return await self._create(args)
+            case "release":
+                return await self._release(args)
+            case _ if method in DOMCTLS:
+                return await self._serve(method, args)
+        raise TransportError(f"unknown hypervisor method {method!r}")
+
+    async def _serve(self, method: str, args: dict) -> Served:
+        if self.recovered is not None:
+            raise PeerLost(f"hypervisor gave the source domain back ({self.recovered})", "hypervisor")
+        if self.domain is None:
+            raise TransportError("no domain yet: the toolstack must call create first")
+        if args.get("owner") != self.owner:
+            raise TransportError(f"run is driven by toolstack {self.owner}, not {args.get('owner')}")
+        if DOMCTLS[method] and not self._may_run_guest(self._last_time(method, args)):
+            self.calls += 1
+            return self._domctl(method, args, on_loop=True)   # no guest round trip: no thread hop either
+        return await self._in_worker(self._domctl, method, args)
+
+    @staticmethod
+    def _last_time(method: str, args: dict) -> float:
+        """The latest virtual time this call serves: a type query with a plan also maps."""
+        t = float(args.get("t", 0.0))
+        plan = args.get("plan") if method == "getpageframeinfo3" else None
+        return t if plan is None else plan.link.map_time(t)
+
+    def _may_run_guest(self, t: float) -> bool:
+        """Could serving up to ``t`` make the hypervisor run the guest (a guest round
+        trip, which must happen off the event loop)? Conservative: True unless surely not."""
+        hv, g = self.hv, self.guest
+        if g is None or g.dead is not None or hv.state != "running":
+            return False          # paused or suspended domains do not run the guest
+        if t <= hv.now:
+            return False
+        return g.now is None or t >= g.now
+
+    async def _create(self, args: dict) -> SourceInfo:
+        owner = args["owner"]
+        if self.owner is not None:
+            if owner == self.owner:
+                raise TransportError("create called twice")
+            raise TransportError(f"run is already driven by toolstack {self.owner}; refused {owner}")
+        self.owner = owner
+        self.echo(f"toolstack {owner} creates the domain ({args['behaviour']}, seed {args['seed']})")
+        try:
+            await self.transport.wait_for_peer("guest", self.transport.timeout * 2)
+            await self.transport.call("guest", "open", {"seed": int(args["seed"]), "digest": args.get("digest"),
+                                                        "scenario": args.get("scenario")})
+        except TransportError as exc:
+            self.owner = None     # nothing was built: another toolstack may try again
+            self.echo(f"create refused: {exc}")
+            raise
+        self.guest = RemoteGuest(self._guest_call)
+        return await self._in_worker(self._build, args)
+
+    def _build(self, args: dict) -> SourceInfo:
+        from hypervisor.domain import Hypervisor
+
+        layout = self.guest.layout()
+        hv = Hypervisor(host_frames=int(args["host_frames"]), behaviour=args["behaviour"])
+        hv.build(layout)
+        hv.attach_guest(self.guest)
+        self.hv = hv
+        hv.advance_to(float(args["start"]))
+        # What happened before the migration started is not part of it (LocalSource.setup).
+        hv.drain_events()
+        self.guest.drain_events()
+        self.domain = LocalDomain(hv, self.guest, self.bus)
+        return source_info(hv, layout)
+
+    def _call(self, t: float, method: str, kwargs: dict) -> Served:
+        """One LocalDomain call, with what it made happen; ``events`` are left for the
+        caller to take (a speculated map splits them)."""
+        served = Served(t=t)
+        try:
+            served.result = _drive(getattr(self.domain, method)(**kwargs))
+        except XenError as exc:
+            served.error = exc
+        except PeerLost as exc:
+            served.lost, served.peer = str(exc), exc.peer
+            self.echo(f"{exc}: the guest's vCPUs are stopped")
+        return served
+
+    def _domctl(self, method: str, args: dict, on_loop: bool = False) -> Served:
+        """One DomainControl call, served by LocalDomain's method of that name."""
+        kwargs = {k: v for k, v in args.items() if k not in ("owner", "plan")}
+        if method == "shadow_op":
+            kwargs["op"] = ShadowOp(kwargs["op"])
+        plan = args.get("plan") if method == "getpageframeinfo3" else None
+        t = float(args.get("t", 0.0))
+        served = self._call(t, method, kwargs)
+        if plan is not None and served.ok:
+            self._speculate(served, plan.link.map_time(t), args["pfns"])
+        self._close(served)
+        if plan is not None and served.ok:
+            self._look_ahead(served, t, args["pfns"], plan, on_loop)
+        return served
+
+    def _close(self, served: Served) -> None:
+        if served.mapped is None:       # (a speculated map already split them)
+            served.events = self.bus.take()
+        # LocalDomain.counters never advances time (t=0 would be a no-op if it did).
+        served.counters = _drive(self.domain.counters(0.0))
+
+    @staticmethod
+    def _next_time(link: LinkModel, pfns, served: Served) -> float | None:
+        """When the saver calls getpageframeinfo3 for its next batch, given this batch's
+        type query (``served``, with its speculated map): ``LinkModel.next_batch_time``,
+        the engine's own timing. None where the saver does not get there that way (the
+        batch fails, or a map error changes its record)."""
+        if not served.ok:
+            return None
+        n = int(np.asarray(pfns).size)
+        if n == 0 or n > MAX_BATCH_SIZE:
+            return None
+        nibbles = (np.asarray(served.result, dtype=np.uint32) >> PFINFO_LTAB_SHIFT).astype(np.uint8)
+        if not PFINFO_KNOWN[nibbles].all():
+            return None                 # the saver fails the batch
+        n_data = int(PFINFO_HAS_DATA[nibbles].sum())
+        if n_data:
+            m = served.mapped
+            if m is None or not m.ok or np.asarray(m.result[1]).any():
+                return None             # a map error: the saver fails or sends XTAB instead
+        return link.next_batch_time(served.t, page_data_record_bytes(n, n_data), n_data, n_data > 0)
+
+    def _look_ahead(self, served: Served, t: float, pfns, plan: Lookahead, on_loop: bool) -> None:
+        """Serve the saver's next batches now (``plan.next``: those its stated pass plan
+        walks right after this one), each at the time the saver will ask for it
+        (``_next_time``), with its map, events and counters split per call as if they
+        came one by one. Not past the saver's deadline (it would abort and call
+        something else there)."""
+        link, deadline = plan.link, plan.deadline
+        cur = served
+        for nxt in plan.next:
+            tn = self._next_time(link, pfns, cur)
+            if tn is None:
+                return
+            if deadline is not None and tn - float(deadline[0]) > float(deadline[1]):
+                return                  # _check_deadline aborts the save at tn instead
+            if on_loop and self._may_run_guest(link.map_time(tn)):
+                return                  # a guest round trip: not on the event loop
+            nxt = np.asarray(nxt, dtype=np.int64)
+            entry = self._call(tn, "getpageframeinfo3", {"t": tn, "pfns": nxt})
+            if entry.ok:
+                self._speculate(entry, link.map_time(tn), nxt)
+            self._close(entry)
+            served.ahead.append(entry)
+            pfns, cur = nxt, entry
+
+    def _speculate(self, served: Served, t_map: float, pfns) -> None:
+        """write_batch's next call, done now: map the data PFNs at ``t_map``."""
+        nibbles = (np.asarray(served.result, dtype=np.uint32) >> PFINFO_LTAB_SHIFT).astype(np.uint8)
+        if not PFINFO_KNOWN[nibbles].all():
+            return                      # the saver fails the batch; it maps nothing
+        data_pfns = np.asarray(pfns)[PFINFO_HAS_DATA[nibbles]]
+        if data_pfns.size == 0:
+            return                      # nothing to map: the saver does not call
+        served.events = self.bus.take()
+        mapped = self._call(t_map, "map_foreign", {"t": t_map, "pfns": data_pfns})
+        mapped.events = self.bus.take()
+        served.mapped = mapped
+
+    # ------------------------------------------------------------------ endings
+
+    async def _release(self, args: dict) -> Released:
+        if self.owner is None:
+            return Released()               # nothing was created: keep waiting for a toolstack
+        if args.get("owner") != self.owner:
+            raise TransportError(f"run is driven by toolstack {self.owner}, not {args.get('owner')}")
+        self.released = True
+        state = None if self.hv is None else self.hv.state
+        bye = await self._bye_guest()
+        g = self.guest
+        self.echo(f"toolstack released the domain ({state}); {self.calls} calls served in {self.busy_s:.2f} s, "
+                  f"{0 if g is None else g.rpcs} guest round trips took {0.0 if g is None else g.wait_s:.2f} s "
+                  f"(guest busy {bye.busy_s:.2f} s)")
+        if not self.done.done():
+            self.done.set_result("released")
+        return Released(state)
+
+    async def _bye_guest(self) -> Bye:
+        if self.guest is not None and self.guest.dead is None:
+            with contextlib.suppress(Exception):
+                return await self.transport.call("guest", "bye")
+        return Bye()
+
+    def _recover_sync(self) -> str:
+        hv = self.hv
+        if hv is None:
+            return "no domain was built"
+        done = []
+        if getattr(hv, "log_dirty_enabled", False):
+            with contextlib.suppress(XenError):
+                hv.shadow_op(hv.now, ShadowOp.OFF)
+                done.append("log-dirty off")
+        if hv.state == "suspended":
+            hv.resume(hv.now)
+            done.append("source domain resumed")
+        return ", ".join(done) or f"source domain left {hv.state}"
+
+    async def recover(self, why: str) -> None:
+        """The toolstack is gone mid-migration: resume the source, as libxl would."""
+        if self.released or self.recovered is not None:
+            return
+        self.recovered = why
+        outcome = await self._in_worker(self._recover_sync)
+        self.echo(f"{why}: {outcome}")
+        self.recovered = f"{why}: {outcome}"
+        t = 0.0 if self.hv is None else float(self.hv.now)
+        with contextlib.suppress(Exception):
+            await self.transport.publish_events([PhaseChanged(t=t, phase="resumed", detail=self.recovered)])
+        await self._bye_guest()
+        if not self.done.done():
+            self.done.set_result(self.recovered)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def serve_hypervisor(transport: Transport, *, echo: Callable[[str], None] | None = None,
+                           actor_box: list | None = None) -> str:
+    """Run the hypervisor actor until its toolstack releases the domain or is lost.
+    Returns why it stopped. ``actor_box`` (tests) receives the HypervisorActor."""
+    actor = HypervisorActor(transport, echo=echo)
+    if actor_box is not None:
+        actor_box.append(actor)
+    tasks: list[asyncio.Task] = []
+
+    def lost(peer: str, exc: PeerLost) -> None:
+        if peer == "*" or (peer == "toolstack" and actor.owner is not None):
+            tasks.append(asyncio.ensure_future(actor.recover(f"toolstack lost ({exc})")))
+
+    async def watchdog() -> None:
+        # A toolstack that is connected but silent (frozen, hung, or half-open) for
+        # ``timeout`` counts as lost, as any peer does: its heartbeats come from its
+        # event loop every ``heartbeat`` s while it computes, so silence means it stopped.
+        # (A killed one is seen at once, by its will.)
+        limit = transport.timeout
+        while True:
+            await asyncio.sleep(min(0.25, limit / 4))
+            if actor.owner is None or actor.released:
+                continue
+            last = getattr(transport, "peers", None)
+            seen = None if last is None else last.last_seen.get("toolstack")
+            if seen is not None and time.monotonic() - seen > limit:
+                await actor.recover(f"toolstack lost (not heard from for {limit:g} s)")
+                return
+
+    transport.on_peer_lost(lost)
+    transport.serve(actor.handle)
+    await transport.claim()
+    wd = asyncio.ensure_future(watchdog())
+    try:
+        return await actor.done
+    finally:
+        wd.cancel()
+        for t in tasks:
+            with contextlib.suppress(BaseException):
+                await t
+        actor.close()

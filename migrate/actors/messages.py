@@ -1,0 +1,124 @@
+"""The actors' RPC replies, one dataclass each (registered with the wire codec, so
+they cross a broker as they are and nothing else of this kind decodes).
+
+The guest actor answers the hypervisor actor's ``run``/``go``/``resume``... with a
+``GuestStep`` (ops of ``Guest.run`` up to its next hypercall), a ``Speculated`` run or
+a ``WriteWindow``; the hypervisor actor answers each ``DomainControl`` call with a
+``Served``. Every reply carries the events its call made, in order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from hypervisor.abi import XenError
+
+from ..link import LinkModel
+from ..transport import wire
+
+
+@dataclass(slots=True)
+class GuestStep:
+    """``Guest.run``'s ops up to and including its next hypercall (``more``: it waits
+    for that hypercall's result), or to its end; ``next_tick`` once the run ended."""
+
+    ops: list = field(default_factory=list)
+    more: bool = False
+    events: list = field(default_factory=list)
+    next_tick: int | None = None
+
+
+@dataclass(slots=True)
+class Speculated:
+    """All of ``Guest.run(t0, t1)``, each hypercall answered as the guest expected;
+    ``spec_events`` are the run's own events (``events`` those from before it)."""
+
+    ops: list
+    events: list
+    spec_events: list
+    next_tick: int
+
+
+@dataclass(slots=True)
+class WriteWindow:
+    """The guest's writes of ticks ``[first, end)``, where its balloon does nothing
+    (``Guest.write_window``: per-write tick, GFN and token)."""
+
+    first: int
+    end: int
+    ticks: np.ndarray
+    gfns: np.ndarray
+    tokens: np.ndarray
+    events: list = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class GuestLayout:
+    """The guest's boot layout, its tick length and its next tick."""
+
+    layout: Any
+    tick: float
+    next_tick: int
+    events: list = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class GuestOpened:
+    name: str
+
+
+@dataclass(slots=True)
+class Bye:
+    """An actor released: how long it was busy serving (wall seconds)."""
+
+    busy_s: float = 0.0
+
+
+@dataclass(slots=True)
+class Served:
+    """One ``DomainControl`` call as the hypervisor actor served it at ``t``: its result,
+    or the ``error`` Xen returned, or ``lost`` (the guest went away: its vCPUs stop);
+    the events it made and the hypervisor's counters after it. A type query may carry
+    its batch's foreign map (``mapped``) and the next batches of the pass's plan,
+    served ahead (``ahead``), each a ``Served`` of its own."""
+
+    t: float = 0.0
+    result: Any = None
+    error: XenError | None = None
+    lost: str | None = None
+    peer: str = ""
+    events: list = field(default_factory=list)
+    counters: dict | None = None
+    mapped: Served | None = None
+    ahead: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.lost is None
+
+
+@dataclass(slots=True)
+class Released:
+    """The toolstack released the domain, left in ``state``."""
+
+    state: str | None = None
+
+
+wire.register(GuestStep, Speculated, WriteWindow, GuestLayout, GuestOpened, Bye, Served, Released)
+
+
+@dataclass(slots=True)
+class Lookahead:
+    """What a type query of a planned batch tells the hypervisor actor (from the
+    engine's ``PassPlan``): the link model that times the saver's batches, the PFNs of
+    the batches the plan walks right after this one, and the saver's deadline."""
+
+    link: LinkModel
+    next: list = field(default_factory=list)
+    deadline: tuple[float, float] | None = None
+
+
+wire.register(Lookahead)

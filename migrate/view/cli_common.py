@@ -1,0 +1,71 @@
+"""What every ``xmig`` command shares: exit codes, the one-line error for bad input,
+and ``_guard``, which turns a user's mistake into that line (exit 2) and a traceback
+only with ``--debug``. The command modules import this, never each other."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import typer
+from rich.console import Console
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit code 2."""
+
+
+_state: dict[str, Any] = {"debug": False}
+
+
+def _err_console() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _fail_usage(message: str) -> None:
+    _err_console().print(f"xmig: error: {message}", markup=False)
+    raise typer.Exit(EXIT_USAGE)
+
+
+def _debug_traceback() -> None:
+    """With --debug, print the traceback of the exception being handled (the exit code
+    stays the same as without --debug)."""
+    if _state["debug"]:
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+
+
+def _guard(fn):
+    """Turn user errors into one line and exit 2; tracebacks only with --debug."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from guest.workloads import TraceError
+
+        from ..outputs import OutputError
+        from ..policy import PolicyError
+        from ..scenario import ScenarioError
+        from ..stream import StreamError
+
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except KeyboardInterrupt:
+            # Ctrl-C outside a migration (loading, writing outputs, a receive waiting
+            # for its sender): nothing to abort, so one line and 130.
+            _debug_traceback()
+            _err_console().print("xmig: interrupted", markup=False)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except (UsageError, ScenarioError, PolicyError, StreamError, OutputError, TraceError) as exc:
+            _debug_traceback()
+            _fail_usage(str(exc))
+        except OSError as exc:
+            _debug_traceback()
+            _fail_usage(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+
+    return wrapper
