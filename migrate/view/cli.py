@@ -356,7 +356,7 @@ def run(
 
     scenario = _load(guest)
     allowed = _allowed(allow_policy)
-    from .track import MAX_TRACKED
+    from ..track import MAX_TRACKED
 
     if len(track) > MAX_TRACKED:
         raise UsageError(f"--track: at most {MAX_TRACKED} GFNs can be followed in one run, found {len(track)}")
