@@ -702,7 +702,15 @@ cli_sweep.register(app)  # ``xmig sweep`` (parameter studies)
 
 
 def main() -> None:
-    app()
+    from .cli_common import reader_went_away
+
+    try:
+        app()
+    except BrokenPipeError:      # a command that printed before its own guard could see it
+        try:
+            reader_went_away()
+        except typer.Exit as done:
+            sys.exit(done.exit_code)
 
 
 if __name__ == "__main__":

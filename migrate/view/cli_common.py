@@ -38,6 +38,24 @@ def _debug_traceback() -> None:
         traceback.print_exc(file=sys.stderr)
 
 
+#: Exit status when the reader of our output went away (128 + SIGPIPE, as a shell reports it).
+EXIT_BROKEN_PIPE = 141
+
+
+def reader_went_away() -> None:
+    """Output piped into ``head`` and the like: the reader closed the pipe, which is no
+    error of the user's. Stop quietly (no traceback, no error line); point stdout at
+    /dev/null so the interpreter's last flush does not fail again."""
+    import os
+
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+    except OSError:
+        pass
+    raise typer.Exit(EXIT_BROKEN_PIPE)
+
+
 def _guard(fn):
     """Turn user errors into one line and exit 2; tracebacks only with --debug."""
     import functools
@@ -64,6 +82,8 @@ def _guard(fn):
         except (UsageError, ScenarioError, PolicyError, StreamError, OutputError, TraceError) as exc:
             _debug_traceback()
             _fail_usage(str(exc))
+        except BrokenPipeError:
+            reader_went_away()
         except OSError as exc:
             _debug_traceback()
             _fail_usage(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
