@@ -109,7 +109,7 @@ def memory_shortfall(scenario: Scenario) -> str | None:
             f"and {avail / 2**30:.1f} GiB is available")
 
 
-VERIFY_SPAN = 1 << 20  # GFNs compared per step (8 MiB of tokens per side at most)
+VERIFY_SPAN = 1 << 16  # GFNs compared per step (~3 MiB of temporaries for both sides at most)
 
 
 async def _verify(control, dst: Hypervisor, t: float, p2m_size: int):
