@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .abi import ENOMEM, XenError
+from .abi import ENOMEM, HOST_FRAMES_MAX, XenError
 from .p2m import ChunkedArray
 
 
@@ -27,8 +27,8 @@ class HostFrames:
     """Frame allocator with a host limit, plus the per-frame content tokens."""
 
     def __init__(self, host_frames: int):
-        if host_frames < 0 or host_frames > 0xFFFFFFFF:
-            raise ValueError(f"host_frames must be in [0, 2^32): {host_frames}")
+        if host_frames < 0 or host_frames > HOST_FRAMES_MAX:
+            raise ValueError(f"host_frames must be in [0, {HOST_FRAMES_MAX}] (32-bit MFNs): {host_frames}")
         self.host_frames = int(host_frames)
         self._watermark = 0                                   # next never-used MFN
         self._stack = np.empty(0, dtype=np.uint32)            # freed MFNs (< 2^32); top = end
