@@ -437,10 +437,10 @@ class GuestConfig(_Model):
         # holds at most 2^32 - 1 frames; without host_memory the host is maxmem + 4096 pages.
         frames = (self.host_memory if self.host_memory is not None else self.maxmem + 4096 * PAGE_SIZE) // PAGE_SIZE
         if frames > HOST_FRAMES_MAX:
-            at = "host_memory" if self.host_memory is not None else "maxmem"
+            at, size = (("host_memory", self.host_memory) if self.host_memory is not None else
+                        ("memory", self.memory) if self.maxmem == self.memory else ("maxmem", self.maxmem))
             raise field_error(at, f"a host of at most {HOST_FRAMES_MAX} 4 KiB frames (just under 16TiB; "
-                              "machine frame numbers are 32 bits)",
-                              format_size(self.host_memory if self.host_memory is not None else self.maxmem))
+                              "machine frame numbers are 32 bits)", format_size(size))
         # A guest acts once per tick; below 10 us a second of guest time is 100,000+
         # steps, which only makes a run crawl without changing what it shows.
         if not (self.tick >= TICK_MIN):

@@ -663,7 +663,8 @@ def test_a_host_beyond_32_bit_mfns_is_a_usage_error(tmp_path):
     """MFNs are 32 bits (0xFFFFFFFF is INVALID_MFN): a host of 2^32 frames or more is
     refused up front, naming the field, not with a traceback from the frame allocator."""
     for body, field in (("guest: {memory: 1GiB, host_memory: 16TiB}\n", "guest.host_memory"),
-                        ("guest: {memory: 16TiB}\n", "guest.maxmem")):
+                        ("guest: {memory: 16TiB}\n", "guest.memory"),
+                        ("guest: {memory: 1GiB, maxmem: 16TiB}\n", "guest.maxmem")):
         path = tmp_path / "big.yaml"
         path.write_text(body)
         res = xmig("run", "--guest", path, "--no-dashboard")
