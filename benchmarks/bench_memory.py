@@ -78,9 +78,10 @@ def structure_table(src_hv, dst_hv, restorer, guest, engine) -> dict[str, int]:
     for side, hv in (("source", src_hv), ("destination", dst_hv)):
         rows[f"{side} P2M types"] = hv.p2m.types.nbytes
         rows[f"{side} P2M MFNs"] = hv.p2m.mfns.nbytes
-        rows[f"{side} M2P"] = _arrays_nbytes(hv.m2p)
+        m2p = hv.m2p
+        rows[f"{side} M2P"] = m2p.nbytes if hasattr(m2p, "nbytes") else m2p.table.nbytes
         rows[f"{side} frame tokens"] = hv.frames.tokens.nbytes
-        rows[f"{side} frame allocator"] = _arrays_nbytes(hv.frames) - hv.frames.tokens.nbytes
+        rows[f"{side} frame allocator"] = hv.frames._stack.nbytes   # the free stack
         rows[f"{side} PoD cache"] = _arrays_nbytes(hv.pod)
         rows[f"{side} log-dirty tree"] = _arrays_nbytes(hv.logdirty)
     rows["destination populated set (restorer)"] = _arrays_nbytes(restorer._populated)
