@@ -30,7 +30,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PlainSerializer, PlainValida
                       WithJsonSchema, field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
-from hypervisor.abi import MAX_GFN, PAGE_SHIFT, PAGE_SIZE
+from hypervisor.abi import HOST_FRAMES_MAX, MAX_GFN, PAGE_SHIFT, PAGE_SIZE
 from .units import (SIZE_EXPECTED, Duration, Rate, Size, UnitError, format_size,
                     parse_size, unit_error)
 
@@ -433,6 +433,14 @@ class GuestConfig(_Model):
         if self.host_memory is not None and self.host_memory < self.memory:
             raise field_error("host_memory", f"at least memory ({format_size(self.memory)}): the host must "
                               "hold the domain it builds", format_size(self.host_memory))
+        # MFNs are 32 bits with 0xFFFFFFFF as INVALID_MFN (hypervisor/p2m.py), so a host
+        # holds at most 2^32 - 1 frames; without host_memory the host is maxmem + 4096 pages.
+        frames = (self.host_memory if self.host_memory is not None else self.maxmem + 4096 * PAGE_SIZE) // PAGE_SIZE
+        if frames > HOST_FRAMES_MAX:
+            at, size = (("host_memory", self.host_memory) if self.host_memory is not None else
+                        ("memory", self.memory) if self.maxmem == self.memory else ("maxmem", self.maxmem))
+            raise field_error(at, f"a host of at most {HOST_FRAMES_MAX} 4 KiB frames (just under 16TiB; "
+                              "machine frame numbers are 32 bits)", format_size(size))
         # A guest acts once per tick; below 10 us a second of guest time is 100,000+
         # steps, which only makes a run crawl without changing what it shows.
         if not (self.tick >= TICK_MIN):

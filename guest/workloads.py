@@ -59,7 +59,7 @@ def write_tokens(seed: int, gfns: np.ndarray, ticks: np.ndarray, key: int) -> np
 
 
 #: Pages hashed per step by initial_tokens (bounds its temporaries for huge guests).
-_TOKEN_SLICE = 1 << 22
+_TOKEN_SLICE = 1 << 18
 
 
 def initial_tokens(seed: int, gfns: np.ndarray) -> np.ndarray:

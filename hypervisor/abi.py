@@ -28,7 +28,9 @@ PAGE_SIZE = 1 << PAGE_SHIFT
 MAX_GFN = (1 << 40) - 1
 
 INVALID_MFN = np.uint32(0xFFFFFFFF)
-#: M2P "invalid" entry (Xen's INVALID_M2P_ENTRY), stored as -1 in an int64 M2P.
+#: Most frames a host may hold: every MFN must fit 32 bits and differ from INVALID_MFN.
+HOST_FRAMES_MAX = 0xFFFFFFFF
+#: M2P "invalid" entry (Xen's INVALID_M2P_ENTRY): read back as -1, held as 0xFFFFFFFF (p2m.M2P).
 INVALID_M2P_ENTRY = -1
 
 

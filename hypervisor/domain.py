@@ -76,7 +76,7 @@ class ShadowOpResult:
 
 
 #: RAM entries the domain builder maps per step.
-_BUILD_SLICE = 1 << 22
+_BUILD_SLICE = 1 << 18   # 2^18 entries: ~8 MiB of temporaries per step at most
 
 
 @dataclass(frozen=True, slots=True)

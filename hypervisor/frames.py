@@ -8,8 +8,8 @@ scrubs pages it hands a guest.
 
 Allocation is deterministic: freed frames go on a LIFO free stack and are reused first
 (most recently freed first); otherwise frames come from a never-used watermark in MFN
-order. Memory is O(freed frames), so a host limit of billions of frames costs nothing
-up front.
+order. Memory is O(freed frames) (4 bytes each: MFNs are below 2^32, the host limit),
+so a host limit of billions of frames costs nothing up front.
 
 Frame contents are one 64-bit content token per MFN (``content.py`` expands a token to
 its 4 KiB page), held in a :class:`~hypervisor.p2m.ChunkedArray`: 8 bytes per MFN.
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .abi import ENOMEM, XenError
+from .abi import ENOMEM, HOST_FRAMES_MAX, XenError
 from .p2m import ChunkedArray
 
 
@@ -27,11 +27,11 @@ class HostFrames:
     """Frame allocator with a host limit, plus the per-frame content tokens."""
 
     def __init__(self, host_frames: int):
-        if host_frames < 0 or host_frames > 0xFFFFFFFF:
-            raise ValueError(f"host_frames must be in [0, 2^32): {host_frames}")
+        if host_frames < 0 or host_frames > HOST_FRAMES_MAX:
+            raise ValueError(f"host_frames must be in [0, {HOST_FRAMES_MAX}] (32-bit MFNs): {host_frames}")
         self.host_frames = int(host_frames)
         self._watermark = 0                                   # next never-used MFN
-        self._stack = np.empty(0, dtype=np.int64)             # freed MFNs; top = end
+        self._stack = np.empty(0, dtype=np.uint32)            # freed MFNs (< 2^32); top = end
         self._nstack = 0
         self.tokens = ChunkedArray(np.uint64, 0)
 
@@ -47,7 +47,7 @@ class HostFrames:
                                    f"{self.free_frames} free of {self.host_frames}")
         k = min(n, self._nstack)
         # Pop most-recently-freed first.
-        from_stack = self._stack[self._nstack - k:self._nstack][::-1].copy()
+        from_stack = self._stack[self._nstack - k:self._nstack][::-1].astype(np.int64)
         self._nstack -= k
         fresh = np.arange(self._watermark, self._watermark + (n - k), dtype=np.int64)
         self._watermark += n - k
@@ -63,7 +63,7 @@ class HostFrames:
             return
         need = self._nstack + m.size
         if need > self._stack.size:
-            grown = np.empty(max(need, 2 * self._stack.size, 64), dtype=np.int64)
+            grown = np.empty(max(need, 2 * self._stack.size, 64), dtype=np.uint32)
             grown[: self._nstack] = self._stack[: self._nstack]
             self._stack = grown
         self._stack[self._nstack:need] = m

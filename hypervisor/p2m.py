@@ -17,8 +17,9 @@ Memory per page:
 * P2M: 5 bytes per GFN (1 byte type + 4 bytes MFN) in every touched 2^18-GFN chunk,
   plus a 4-byte directory entry per chunk up to the highest chunk touched (16 MiB per
   table for a GFN near 2^40, 64 KiB for one near 2^32);
-* M2P: 8 bytes per MFN (int64 GFN), chunked the same way over MFNs (``frames.py`` adds
-  another 8 bytes per MFN for the content token: 16 bytes/MFN in all).
+* M2P: 4 bytes per MFN (uint32 GFN, 0xFFFFFFFF invalid), chunked the same way over
+  MFNs; a GFN beyond 2^32 - 2 adds a 2-byte high part in its chunk only
+  (``frames.py`` adds 8 bytes per MFN for the content token: 12 bytes/MFN in all).
 """
 
 from __future__ import annotations
@@ -163,6 +164,11 @@ class ChunkedArray:
         ends = (np.concatenate((present[breaks - 1], [present[-1]])) + 1) << CHUNK_BITS
         return np.stack([np.maximum(starts, lo), np.minimum(ends, hi)], axis=1).astype(np.int64)
 
+    def present(self, idx: np.ndarray) -> np.ndarray:
+        """Per-index bool: is its chunk allocated?"""
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        return self._rows(idx >> CHUNK_BITS) >= 0
+
     def rows_in_use(self) -> np.ndarray:
         """The pool rows in use, as one 2-D view (for whole-table updates)."""
         return self.pool[: self.nrows]
@@ -230,27 +236,84 @@ class P2M:
     def gfns_where(self, table: np.ndarray, lo: int = 0, hi: int | None = None) -> np.ndarray:
         """Sorted GFNs in [lo, hi) whose type is in a 16-entry bool class table
         (abi.IS_RAM, ...)."""
-        parts = [np.flatnonzero(table[row]) + base for base, row in self.types.chunks(lo, hi)]
+        top = MAX_GFN + 1 if hi is None else hi
+        parts = []
+        for base, row in self.types.chunks(lo, hi):
+            a, b = max(lo - base, 0), min(top - base, CHUNK)   # only the part in [lo, hi)
+            parts.append(np.flatnonzero(table[row[a:b]]) + (base + a))
         if not parts:
             return np.empty(0, dtype=np.int64)
-        g = np.concatenate(parts).astype(np.int64)
-        if lo > 0 or hi is not None:
-            g = g[(g >= lo) & (g < (hi if hi is not None else MAX_GFN + 1))]
-        return g
+        return np.concatenate(parts).astype(np.int64, copy=False)
 
     def ram_count(self) -> int:
         return int(self.type_counts[IS_RAM].sum())
 
 
+#: Largest GFN an M2P entry holds in its 32-bit word alone; larger GFNs (guest-physical
+#: addresses at or beyond 16 TiB) also take a high part, see :class:`M2P`.
+M2P_LOW_MAX = 0xFFFFFFFE
+_M2P_LOW_INVALID = np.uint32(0xFFFFFFFF)
+
+
 class M2P:
-    """The machine-to-physical table: per-MFN GFN, INVALID_M2P_ENTRY (-1) when unmapped."""
+    """The machine-to-physical table: per-MFN GFN, INVALID_M2P_ENTRY (-1) when unmapped.
+
+    Held as 4 bytes per MFN: a uint32 word with 0xFFFFFFFF for INVALID_M2P_ENTRY (Xen's
+    own value for a 32-bit M2P entry). A GFN above :data:`M2P_LOW_MAX` (the P2M reaches
+    2^40 - 1) keeps its low 32 bits there and ``(gfn >> 32) + 1`` in a uint16 ``high``
+    table whose chunks exist only where such GFNs were ever stored, so a guest below
+    16 TiB of guest-physical space pays nothing for it.
+    """
 
     def __init__(self):
-        self.table = ChunkedArray(np.int64, INVALID_M2P_ENTRY)
+        self.low = ChunkedArray(np.uint32, _M2P_LOW_INVALID)
+        self.high = ChunkedArray(np.uint16, 0)
 
     def get(self, mfns) -> np.ndarray:
-        return self.table.get(np.asarray(mfns, dtype=np.int64))
+        """int64 GFNs, -1 where unmapped."""
+        m = np.asarray(mfns, dtype=np.int64)
+        low = self.low.get(m).astype(np.int64)
+        out = np.where(low == int(_M2P_LOW_INVALID), INVALID_M2P_ENTRY, low)
+        if self.high.nrows:
+            hi = self.high.get(m).astype(np.int64)
+            big = hi > 0
+            out[big] = ((hi[big] - 1) << 32) | low[big]
+        return out
 
     def set(self, mfns, gfns) -> None:
-        """set_gpfn_from_mfn over unique MFNs."""
-        self.table.set(np.asarray(mfns, dtype=np.int64), gfns)
+        """set_gpfn_from_mfn over unique MFNs (gfns in [0, MAX_GFN] or -1)."""
+        m = np.asarray(mfns, dtype=np.int64).reshape(-1)
+        if m.size == 0:
+            return
+        g = np.asarray(gfns, dtype=np.int64)
+        if g.ndim == 0:
+            v = int(g)
+            if v != INVALID_M2P_ENTRY and not 0 <= v <= MAX_GFN:
+                raise ValueError(f"M2P entry must be a GFN in [0, {MAX_GFN:#x}] or -1: {v}")
+            if v <= M2P_LOW_MAX:
+                self.low.set(m, _M2P_LOW_INVALID if v < 0 else v)
+                self._clear_high(m)
+                return
+            g = np.full(m.size, v, dtype=np.int64)
+        g = np.broadcast_to(g.reshape(-1), m.shape)
+        if g.size:
+            lo, hi = int(g.min()), int(g.max())
+            if lo < INVALID_M2P_ENTRY or hi > MAX_GFN or (lo < 0 and bool(((g < 0) & (g != -1)).any())):
+                raise ValueError(f"M2P entries must be GFNs in [0, {MAX_GFN:#x}] or -1: {lo}..{hi}")
+        else:
+            hi = -1
+        self.low.set(m, np.where(g < 0, np.int64(_M2P_LOW_INVALID), g & 0xFFFFFFFF).astype(np.uint32))
+        if hi > M2P_LOW_MAX:
+            big = g > M2P_LOW_MAX
+            self.high.set(m[big], ((g[big] >> 32) + 1).astype(np.uint16))
+            self._clear_high(m[~big])
+        else:
+            self._clear_high(m)
+
+    def _clear_high(self, m: np.ndarray) -> None:
+        if self.high.nrows:
+            self.high.set(m[self.high.present(m)], 0)
+
+    @property
+    def nbytes(self) -> int:
+        return self.low.nbytes + self.high.nbytes

@@ -99,13 +99,14 @@ class RestoreResult:
 
 class _PfnSet:
     """A sparse set of PFNs held as 32768-bit leaves (like the log-dirty tree's
-    leaves), so a sparse 2^40 PFN space costs only the leaves it touches."""
+    leaves: one bit per PFN, 4 KiB per leaf), so a sparse 2^40 PFN space costs only
+    the leaves it touches and a dense one 1/8 byte per PFN."""
 
     SHIFT = 15
     MASK = (1 << SHIFT) - 1
 
     def __init__(self) -> None:
-        self._leaves: dict[int, np.ndarray] = {}
+        self._leaves: dict[int, np.ndarray] = {}    # leaf key -> 4096 uint8, bit i = PFN i
         self.count = 0
 
     def contains(self, pfns: np.ndarray) -> np.ndarray:
@@ -118,7 +119,8 @@ class _PfnSet:
             leaf = self._leaves.get(h)
             if leaf is not None:
                 sel = hi == h
-                out[sel] = leaf[lo[sel]]
+                q = lo[sel]
+                out[sel] = ((leaf[q >> 3] >> (q & 7).astype(np.uint8)) & 1).astype(bool)
         return out
 
     def add(self, pfns: np.ndarray) -> None:
@@ -128,12 +130,15 @@ class _PfnSet:
         for h in np.unique(hi).tolist():
             leaf = self._leaves.get(h)
             if leaf is None:
-                leaf = self._leaves[h] = np.zeros(1 << self.SHIFT, dtype=bool)
-            leaf[lo[hi == h]] = True
+                leaf = self._leaves[h] = np.zeros((1 << self.SHIFT) // 8, dtype=np.uint8)
+            bits = np.zeros(1 << self.SHIFT, dtype=bool)
+            bits[lo[hi == h]] = True
+            leaf |= np.packbits(bits, bitorder="little")
         self.count += int(pfns.size)
 
     def to_array(self) -> np.ndarray:
-        parts = [(np.flatnonzero(self._leaves[h]) + (h << self.SHIFT)) for h in sorted(self._leaves)]
+        parts = [np.flatnonzero(np.unpackbits(self._leaves[h], bitorder="little")) + (h << self.SHIFT)
+                 for h in sorted(self._leaves)]
         return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, dtype=np.int64)
 
 

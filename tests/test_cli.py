@@ -657,3 +657,21 @@ def test_unsupported_stream_scheme_and_inspecting_a_folder_are_usage_errors(tmp_
     assert res.exit_code == 2 and "expected a file path or tcp://HOST:PORT" in res.output
     res = CliRunner().invoke(app, ["inspect", str(tmp_path)])
     assert res.exit_code == 2 and "is a folder" in res.output
+
+
+def test_a_host_beyond_32_bit_mfns_is_a_usage_error(tmp_path):
+    """MFNs are 32 bits (0xFFFFFFFF is INVALID_MFN): a host of 2^32 frames or more is
+    refused up front, naming the field, not with a traceback from the frame allocator."""
+    for body, field in (("guest: {memory: 1GiB, host_memory: 16TiB}\n", "guest.host_memory"),
+                        ("guest: {memory: 16TiB}\n", "guest.memory"),
+                        ("guest: {memory: 1GiB, maxmem: 16TiB}\n", "guest.maxmem")):
+        path = tmp_path / "big.yaml"
+        path.write_text(body)
+        res = xmig("run", "--guest", path, "--no-dashboard")
+        assert res.returncode == 2, res.stderr
+        assert res.stderr.startswith("xmig: error:") and field in res.stderr
+        assert "32 bits" in res.stderr and "Traceback" not in res.stderr
+    path.write_text("guest: {memory: 1GiB, host_memory: 16383GiB}\n")   # 2^32 - 2^18 frames: fits
+    from migrate.scenario import load_scenario
+
+    assert load_scenario(path).guest.host_memory == 16383 << 30

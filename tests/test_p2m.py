@@ -70,3 +70,42 @@ def test_frames_allocate_deterministically_and_fail_cleanly():
     with pytest.raises(XenError) as e:
         f.alloc(f.free_frames + 1)
     assert e.value.errno == ENOMEM and f.free_frames == 10 - 5
+
+
+def test_m2p_holds_every_gfn_in_4_bytes_with_a_high_part_only_beyond_2_32():
+    from hypervisor.abi import MAX_GFN
+    from hypervisor.p2m import M2P_LOW_MAX, M2P
+
+    m2p = M2P()
+    m2p.set(np.arange(4), np.array([0, M2P_LOW_MAX, 3, 5]))
+    assert m2p.high.nrows == 0                      # nothing beyond 2^32 - 2: no high part
+    assert m2p.nbytes < 2 * (1 << 18) * 4           # one chunk of uint32 (+ directory)
+    big = [M2P_LOW_MAX + 1, 1 << 32, MAX_GFN]
+    m2p.set(np.array([10, 11, 12]), np.array(big))
+    m2p.set(np.array([13]), -1)
+    assert m2p.get(np.arange(14)).tolist() == [0, M2P_LOW_MAX, 3, 5] + [-1] * 6 + big + [-1]
+    # Overwriting a high entry with a small GFN or invalid drops its high part.
+    m2p.set(np.array([10, 11]), np.array([7, -1]))
+    m2p.set(np.array([12]), 9)
+    assert m2p.get(np.array([10, 11, 12])).tolist() == [7, -1, 9]
+    m2p.set(np.array([12]), MAX_GFN)
+    assert m2p.get(np.array([12])).tolist() == [MAX_GFN]
+    for bad in (MAX_GFN + 1, -2):
+        with pytest.raises(ValueError, match="M2P"):
+            m2p.set(np.array([1]), bad)
+        with pytest.raises(ValueError, match="M2P"):
+            m2p.set(np.array([1, 2]), np.array([0, bad]))
+
+
+def test_restorer_populated_set_is_one_bit_per_pfn():
+    from migrate.restore import _PfnSet
+
+    s = _PfnSet()
+    a = np.array([0, 1, 7, 8, 32767, 32768, 1 << 39], dtype=np.int64)
+    s.add(a)
+    s.add(np.array([5, 6], dtype=np.int64))
+    assert s.count == 9
+    assert s.contains(np.array([0, 2, 5, 6, 7, 9, 32767, 32768, 32769, 1 << 39])).tolist() == \
+        [True, False, True, True, True, False, True, True, False, True]
+    assert s.to_array().tolist() == sorted(a.tolist() + [5, 6])
+    assert sum(leaf.nbytes for leaf in s._leaves.values()) == 3 * 4096
