@@ -61,3 +61,12 @@ def test_speed_ladder_up_to_max_and_back():
     pb.set_speed(10.0)
     assert pb.faster() is None              # flat out
     assert pb.slower() == 10.0
+
+
+def test_settle_ends_the_slow_motion_notice_at_once():
+    c = Clock()
+    pb = Playback(1.0, clock=c, sleep=c.sleep, hold_s=0.03)
+    pb.hold()
+    assert pb.slowing()
+    pb.settle()                            # a batch of data pages: the XTAB walk is over
+    assert not pb.slowing()

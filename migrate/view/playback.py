@@ -139,6 +139,11 @@ class Playback(Pacer):
     def slowing(self, within: float = 0.5) -> bool:
         return self.last_hold_wall >= 0 and self._clock() - self.last_hold_wall < within
 
+    def settle(self) -> None:
+        """The moment that was slowed is over (the saver is sending data again): the
+        screen stops saying ``slow motion`` at once."""
+        self.last_hold_wall = -1.0
+
     # ------------------------------------------------------------------ the engine side
 
     async def pace(self, virtual_t: float) -> None:
