@@ -346,3 +346,24 @@ def test_resume_refuses_another_sweeps_results(study: Path, tmp_path: Path):
     r = xmig("sweep", study, "--out", out, "--resume")
     assert r.returncode == 2
     assert "no column for the axes" in one_error_line(r.stderr)
+
+
+@pytest.mark.parametrize("suffix", ["parquet", "part"])
+def test_resume_refuses_results_of_a_sweep_over_another_base(tmp_path: Path, suffix: str):
+    """Two sweeps with the same axes over different base scenarios: --resume of the
+    second must not take the first's rows as its own."""
+    (tmp_path / "a.yaml").write_text(TINY)
+    (tmp_path / "b.yaml").write_text(TINY.replace("rate: 4MiB/s", "rate: 6MiB/s"))
+    (tmp_path / "s.yaml").write_text("base: a.yaml\naxes:\n  seed: [1, 2]\n")
+    out = tmp_path / "r.parquet"
+    assert xmig("sweep", tmp_path / "s.yaml", "--out", out, "-j", "1").returncode == 0
+    if suffix == "part":                   # the first sweep was cut short: only its part file is left
+        part = out.with_name(out.name + ".part")
+        part.write_text(json.dumps({"xmig_sweep_part": 1, "axes": ["seed"],
+                                    "base": load_sweep(tmp_path / "s.yaml").base_digest}) + "\n"
+                        + "\n".join(json.dumps(r) for r in read_results(out, "parquet")) + "\n")
+        out.unlink()
+    (tmp_path / "s.yaml").write_text("base: b.yaml\naxes:\n  seed: [1, 2]\n")
+    r = xmig("sweep", tmp_path / "s.yaml", "--out", out, "-j", "1", "--resume")
+    assert r.returncode == 2, r.stderr
+    assert "a sweep over another base scenario" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -116,12 +116,12 @@ def part_path(out: Path) -> Path:
 class PartWriter:
     """Append-only JSON lines: one line per finished run, flushed as it is written."""
 
-    def __init__(self, path: Path, axes: list[str], *, append: bool):
+    def __init__(self, path: Path, axes: list[str], *, append: bool, base: str | None = None):
         self.path = path
         fresh = not (append and path.exists() and path.stat().st_size > 0)
         self._fh = path.open("a" if not fresh else "w", encoding="utf-8")
         if fresh:
-            self._write({"xmig_sweep_part": 1, "axes": axes})
+            self._write({"xmig_sweep_part": 1, "axes": axes, "base": base})
 
     def _write(self, obj: dict[str, Any]) -> None:
         self._fh.write(json.dumps(obj, separators=(",", ":")) + "\n")
@@ -136,9 +136,15 @@ class PartWriter:
 
 def read_part(path: Path) -> tuple[list[str] | None, list[dict[str, Any]]]:
     """Rows of a part file; a last line cut short by a kill is ignored."""
+    axes, rows, _ = read_part_with_base(path)
+    return axes, rows
+
+
+def read_part_with_base(path: Path) -> tuple[list[str] | None, list[dict[str, Any]], str | None]:
+    """``read_part`` and the base scenario digest its header names (None: not said)."""
     if not path.exists():
-        return None, []
-    axes = None
+        return None, [], None
+    axes = base = None
     rows: list[dict[str, Any]] = []
     from guest.inputs import InputError, check_input
 
@@ -156,12 +162,28 @@ def read_part(path: Path) -> tuple[list[str] | None, list[dict[str, Any]]]:
                 continue
             if "xmig_sweep_part" in obj:
                 axes = obj.get("axes")
+                base = obj.get("base") if isinstance(obj.get("base"), str) else None
                 if not isinstance(axes, list) or not all(isinstance(a, str) for a in axes):
                     raise ResultsError(f"{path}: line {n}: axes: expected a list of axis names, "
                                        f"found {json.dumps(axes)[:40]}")
             else:
                 rows.append(obj)
-    return axes, rows
+    return axes, rows, base
+
+
+def results_base(path: Path, fmt: str) -> str | None:
+    """The base scenario digest a Parquet results file names in its metadata (a CSV
+    file has no place for it: None)."""
+    if fmt != "parquet" or not path.exists():
+        return None
+    try:
+        import pyarrow.parquet as pq
+
+        meta = pq.read_schema(path).metadata or {}
+        base = json.loads(meta.get(b"xmig.sweep", b"{}")).get("base")
+    except Exception:
+        return None
+    return base if isinstance(base, str) else None
 
 
 # ---------------------------------------------------------------------------- final file

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .results import (ResultsError, PartWriter, part_path, read_part, read_results,
-                      write_results)
+from .results import (ResultsError, PartWriter, part_path, read_part_with_base, read_results,
+                      results_base, write_results)
 from .spec import Point, SweepPlan, run_key
 
 Engine = Callable[[list[Point]], Iterator[dict[str, Any]]]
@@ -53,10 +53,15 @@ class Progress:
 
 def _resumed_rows(plan: SweepPlan, out: Path, fmt: str) -> dict[str, dict[str, Any]]:
     axes = plan.axis_names
-    part_axes, part_rows = read_part(part_path(out))
+    part_axes, part_rows, part_base = read_part_with_base(part_path(out))
     if part_axes is not None and list(part_axes) != axes:
         raise ResultsError(f"{part_path(out)}: its axes ({', '.join(part_axes)}) are not this sweep's "
                            f"({', '.join(axes)}); remove it or use another --out")
+    for where, base in ((part_path(out), part_base), (out, results_base(out, fmt))):
+        if base is not None and base != plan.base_digest:
+            raise ResultsError(f"{where}: it holds the results of a sweep over another base scenario "
+                               f"(digest {base}, this one {plan.base_digest}); use another --out, or run "
+                               "without --resume to replace it")
     done: dict[str, dict[str, Any]] = {}
     file_rows = read_results(out, fmt)
     if file_rows:
@@ -86,7 +91,7 @@ def run_sweep(plan: SweepPlan, out: Path, fmt: str, engine: Engine, *, resume: b
     by_key = {p.key(): p for p in todo}
     result = SweepOutcome(total=len(points), skipped=len(keys & done.keys()))
     part = part_path(out)
-    writer = PartWriter(part, axes, append=resume)
+    writer = PartWriter(part, axes, append=resume, base=plan.base_digest)
     t0 = time.perf_counter()
     progress.start(result.total, result.skipped)
     try:
@@ -109,7 +114,8 @@ def run_sweep(plan: SweepPlan, out: Path, fmt: str, engine: Engine, *, resume: b
         result.wall_s = time.perf_counter() - t0
         result.rows = canonical_rows(plan, points, done)
         write_results(out, fmt, axes, result.rows, meta={"sweep": plan.name, "file": plan.file,
-                                                         "axes": axes, "units": plan.units, **(meta or {})})
+                                                         "axes": axes, "units": plan.units,
+                                                         "base": plan.base_digest, **(meta or {})})
         part.unlink(missing_ok=True)
     return result
 

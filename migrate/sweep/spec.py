@@ -160,6 +160,16 @@ class SweepPlan:
         return [a.path for a in self.axes]
 
     @property
+    def base_digest(self) -> str:
+        """What every row depends on besides its axis values: the base scenario, as data.
+        Stored with the results so that ``--resume`` never mixes two sweeps' rows."""
+        import hashlib
+        import json
+
+        text = json.dumps(self.base, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
     def units(self) -> dict[str, str]:
         return {a.path: a.unit for a in self.axes if a.unit}
 
