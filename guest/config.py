@@ -31,6 +31,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PlainSerializer, PlainValida
 from pydantic_core import PydanticCustomError
 
 from hypervisor.abi import HOST_FRAMES_MAX, MAX_GFN, PAGE_SHIFT, PAGE_SIZE
+from .layout import GuestLayout, LayoutError
 from .units import (SIZE_EXPECTED, Duration, Rate, Size, UnitError, format_size,
                     parse_size, unit_error)
 
@@ -446,7 +447,6 @@ class GuestConfig(_Model):
         if not (self.tick >= TICK_MIN):
             raise field_error("tick", "a duration of at least 10us like 10ms", self.tick)
         nr = self.maxmem_pages
-        from .layout import GuestLayout, LayoutError
         try:
             GuestLayout(self.layout, nr)
         except LayoutError as e:

@@ -13,14 +13,20 @@ asks for one (``ram_gfns()``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Iterable, Protocol
 
 import numpy as np
 
 from hypervisor.abi import MAX_GFN
 
-if TYPE_CHECKING:
-    from .config import LayoutConfig
+
+class LayoutSpec(Protocol):
+    """What a layout is built from (``config.LayoutConfig`` is one): GFN ranges (with
+    ``start`` and ``stop``) that are holes or MMIO, and RAM pages placed above the low RAM."""
+
+    holes: Iterable[Any]
+    mmio: Iterable[Any]
+    high_pages: Iterable[int]
 
 
 class LayoutError(ValueError):
@@ -52,7 +58,7 @@ def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
 class GuestLayout:
     """RAM runs of a guest with ``nr_pages`` RAM pages laid out per ``cfg``."""
 
-    def __init__(self, cfg: "LayoutConfig", nr_pages: int):
+    def __init__(self, cfg: LayoutSpec, nr_pages: int):
         self.nr_pages = int(nr_pages)
         for name, ranges in (("holes", cfg.holes), ("mmio", cfg.mmio)):
             for i, r in enumerate(ranges):

@@ -15,13 +15,21 @@ sent back into it.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable, Protocol
 
 from .abi import (EINVAL, AddToPhysmap, DecreaseReservation, GuestOp, HypercallResult, MemoryWrites,
                   PopulatePhysmap, RemoveFromPhysmap, SetTypedEntry, XenError)
 
-if TYPE_CHECKING:
-    from .domain import Hypervisor
+
+class MemoryOps(Protocol):
+    """The hypercalls a guest's operations become (``domain.Hypervisor`` serves them)."""
+
+    def guest_write(self, gfns: Any, tokens: Any, *, t: float) -> None: ...
+    def decrease_reservation(self, gfns: Any, *, t: float) -> HypercallResult: ...
+    def populate_physmap(self, gfns: Any, *, pod: bool, t: float) -> HypercallResult: ...
+    def add_to_physmap(self, src: int, dst: int, *, t: float) -> HypercallResult: ...
+    def remove_from_physmap(self, gfn: int, *, t: float) -> HypercallResult: ...
+    def set_typed_p2m_entry(self, gfn: int, p2m_type: Any, *, t: float) -> HypercallResult: ...
 
 #: ``(kind, nr, t)``: a pause/unpause/suspend/resume happened at ``t``.
 StateChange = Callable[[str, int, float], None]
@@ -31,7 +39,7 @@ class VcpuScheduler:
     """Whether the domain's vCPUs may run, the domain's virtual clock, and running the
     guest up to a request's time."""
 
-    def __init__(self, domain: Hypervisor, on_change: StateChange):
+    def __init__(self, domain: MemoryOps, on_change: StateChange):
         self.domain = domain
         self.on_change = on_change
         self.guest = None

@@ -106,7 +106,7 @@ class EventRecorder:
         return dict(self._header)
 
     def _write_header(self) -> None:
-        from .view.report import jsonable    # numpy scalars and arrays as JSON, as in reports
+        from .outputs import jsonable    # numpy scalars and arrays as JSON, as in reports
 
         raw = json.dumps(self._header, separators=(",", ":"), default=jsonable).encode()
         if len(raw) > MAX_HEADER_BYTES:
@@ -321,7 +321,7 @@ _ONCE = (_events.RunStarted, _events.VerifyDone, _events.TrackedFinal, _events.R
 
 
 def _plain(v: Any) -> Any:
-    from .view.report import jsonable
+    from .outputs import jsonable
 
     return json.loads(json.dumps(v, default=jsonable, sort_keys=True))
 

@@ -113,9 +113,21 @@ def atomic_file(path: Path | str, mode: str = "w", **kw) -> Iterator[Any]:
         raise
 
 
-def write_json(path: Path | str, data: Any) -> None:
-    from .view.report import jsonable
+def jsonable(o: Any):
+    """``json.dumps(default=)`` for numpy scalars and arrays (reports, event log headers)."""
+    import numpy as np
 
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_json(path: Path | str, data: Any) -> None:
+    """``data`` as indented JSON, written atomically (``atomic_file``)."""
     text = json.dumps(data, indent=2, sort_keys=False, default=jsonable) + "\n"
     with atomic_file(path) as fh:
         fh.write(text)
@@ -182,5 +194,5 @@ def stop_on_signals(on_stop: Callable[[], Any]) -> Iterator[None]:
                 loop.remove_signal_handler(sig)
 
 
-__all__ = ["OutputError", "check_targets", "check_target", "atomic_file", "write_json",
+__all__ = ["OutputError", "check_targets", "check_target", "atomic_file", "jsonable", "write_json",
            "write_results", "stop_on_signals", "STOP_SIGNALS"]

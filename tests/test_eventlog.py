@@ -153,7 +153,8 @@ def test_the_enums_are_written_as_their_plain_strings(recorded, tmp_path):
 
     from hypervisor.abi import XenBehaviour
     from migrate.events import MigrationFinished, Outcome, PassPhase, Phase, PhaseChanged
-    from migrate.view.report import build_report, write_csv, write_json
+    from migrate.outputs import write_json
+    from migrate.view.report import build_report, write_csv
 
     path, live, result = recorded
     assert result.save.outcome is Outcome.COMPLETED and result.save.rounds[0].phase is PassPhase.LIVE

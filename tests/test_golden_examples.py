@@ -73,16 +73,12 @@ def run_example(name: str, behaviour: str, monkeypatch=None) -> dict:
         result = asyncio.run(run_scenario(scenario, RunOptions(behaviour=behaviour, stream=stream)))
     finally:
         runner.open_sink = original
-    rep = json.loads(json.dumps(build_report(result), default=_jsonable))
+    from migrate.outputs import jsonable
+
+    rep = json.loads(json.dumps(build_report(result), default=jsonable))
     rep.pop("wall", None)
     rep.get("stream", {}).pop("target", None)
     return rep
-
-
-def _jsonable(o):
-    from migrate.view.report import jsonable
-
-    return jsonable(o)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,8 @@ from rich.console import Console
 
 from .. import outputs
 from . import cli_broker, cli_sweep, cli_teach
-from .cli_common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError, _err_console, _guard, _state
+from .cli_common import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError, _default_speed,
+                         _err_console, _guard, _print_summary, _state)
 
 class _OneLineErrors(typer.core.TyperGroup):
     """typer's own usage errors (a missing option, a bad integer, an unknown command)
@@ -138,28 +139,6 @@ def _check_policy(name: Optional[str], allowed: frozenset[str] = frozenset()) ->
         make_policy(name, {}, p2m_size=1, allowed=allowed)
     except PolicyError as exc:
         raise UsageError(f"--policy: {exc}") from None
-
-
-def _parse_speed(speed: str) -> Optional[float]:
-    if speed == "max":
-        return None
-    try:
-        value = float(speed)
-    except ValueError:
-        raise UsageError(f"--speed: expected a number (virtual seconds per wall second) or 'max', found {_short(speed)!r}") from None
-    if not value > 0:   # also rejects nan
-        raise UsageError(f"--speed: expected a positive number or 'max', found {_short(speed)!r}")
-    return value
-
-
-def _default_speed(speed: Optional[str], interactive: bool) -> Optional[float]:
-    if speed is not None:
-        return _parse_speed(speed)
-    if interactive:
-        from .playback import default_tty_speed
-
-        return default_tty_speed()
-    return None
 
 
 def _check_stream_target(stream: Optional[str]) -> None:
@@ -351,7 +330,8 @@ def run(
 ) -> None:
     """Run one migration of the scenario and check the destination (help text above)."""
     from .cli_teach import parse_gfn
-    from .report import build_report, jsonable, write_csv, write_json
+    from ..outputs import jsonable, write_json
+    from .report import build_report, write_csv
     from ..runner import RunOptions
 
     scenario = _load(guest)
@@ -426,19 +406,6 @@ def run(
     raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED)
 
 
-def _print_summary(console: Console, rep: dict[str, Any]) -> None:
-    """The run's summary (passes, totals, verdict) after the app closes; plain text (no
-    escape codes) when piped."""
-    if console.is_terminal:
-        from .dashboard import render_summary
-
-        console.print(render_summary(rep))
-    else:
-        from .progress import print_summary
-
-        print_summary(rep, file=sys.stdout)
-
-
 def _write_plot(path: Path, reps: list[dict[str, Any]]) -> None:
     from .plot import PlotError, write_plot
 
@@ -466,7 +433,8 @@ def compare(
 ) -> None:
     """Run the scenario under fixed and pre-fix (or two policies) with one seed, side by side:
     live on one virtual clock in a terminal, then the table."""
-    from .report import build_report, jsonable, write_csv, write_json
+    from ..outputs import jsonable, write_json
+    from .report import build_report, write_csv
     from ..runner import RunOptions
 
     scenario = _load(guest)
@@ -587,7 +555,7 @@ def receive(
     if not 0 < timeout < 1e9:
         raise UsageError(f"--timeout: expected a positive number of seconds, found {timeout!r}")
     outputs.check_targets({"--report": report}, inputs={})
-    from .report import write_json
+    from ..outputs import write_json
     try:
         frames = int(parse_size(host_memory)) // 4096
     except ValueError as exc:

@@ -89,3 +89,42 @@ def _guard(fn):
             _fail_usage(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
 
     return wrapper
+
+
+# ---- what the run, compare and replay commands share
+
+def _parse_speed(speed: str) -> float | None:
+    from ..policy import short
+
+    if speed == "max":
+        return None
+    try:
+        value = float(speed)
+    except ValueError:
+        raise UsageError(f"--speed: expected a number (virtual seconds per wall second) or 'max', found {short(str(speed), 40)!r}") from None
+    if not value > 0:   # also rejects nan
+        raise UsageError(f"--speed: expected a positive number or 'max', found {short(str(speed), 40)!r}")
+    return value
+
+
+def _default_speed(speed: str | None, interactive: bool) -> float | None:
+    if speed is not None:
+        return _parse_speed(speed)
+    if interactive:
+        from .playback import default_tty_speed
+
+        return default_tty_speed()
+    return None
+
+
+def _print_summary(console: Console, rep: dict[str, Any]) -> None:
+    """The run's summary (passes, totals, verdict) after the app closes; plain text (no
+    escape codes) when piped."""
+    if console.is_terminal:
+        from .dashboard import render_summary
+
+        console.print(render_summary(rep))
+    else:
+        from .progress import print_summary
+
+        print_summary(rep, file=sys.stdout)

@@ -100,7 +100,7 @@ def register(app: typer.Typer) -> None:
         terminal. Exit code as the live run: 0 completed and verified, 1 otherwise."""
         from rich.console import Console
 
-        from .cli import _default_speed, _print_summary
+        from .cli_common import _default_speed, _print_summary
         from .report import build_report
         from ..runner import result_from_events
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..events import RoundStats
+from ..outputs import atomic_file
 from ..runner import RunResult
 
 SCHEMA_VERSION = 1
@@ -79,29 +80,8 @@ def _pages(res: RunResult) -> dict[str, Any]:
     return out
 
 
-def write_json(path: str | Path, data: Any) -> None:
-    """The report as JSON, written atomically (``outputs.atomic_file``)."""
-    from ..outputs import write_json as _write
-
-    _write(path, data)
-
-
-def jsonable(o: Any):
-    import numpy as np
-
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
 def write_csv(path: str | Path, reports: list[dict[str, Any]]) -> None:
     """One row per pass; with several runs (compare) a leading behaviour/policy column."""
-    from ..outputs import atomic_file
-
     with atomic_file(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(("scenario", "behaviour", "policy") + ROUND_FIELDS)
