@@ -263,7 +263,7 @@ class Guest:
         if merged is None:
             return None
         ticks, gfns, tokens = merged
-        return MemoryWrites(write_time(int(ticks[-1]), self.tick, t0), gfns, tokens)
+        return MemoryWrites(write_time(int(ticks[-1]), self.tick, t0), gfns, tokens, ticks * self.tick)
 
     def checkpoint(self):
         """What a ``run`` can change (ownership, the balloon driver, events, stats, the

@@ -269,15 +269,18 @@ class LogDirtyEffect:
 
 @dataclass(frozen=True, slots=True)
 class MemoryWrites:
-    """The guest's vCPUs write these GFNs at virtual time ``t`` (seconds).
+    """The guest's vCPUs write these GFNs; ``t`` (seconds) stamps the whole set.
 
     ``tokens[i]`` is the new 64-bit content token of ``gfns[i]`` (non-zero; token 0
-    means a zero-filled page). With repeats, the last write to a GFN wins.
+    means a zero-filled page). ``times[i]``, when given, is the virtual time of write
+    ``i`` (non-decreasing, at most ``t``); the hypervisor applies exactly the writes
+    before a call's time and holds the rest. With repeats, the last write to a GFN wins.
     """
 
     t: float
     gfns: np.ndarray
     tokens: np.ndarray
+    times: np.ndarray | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -257,18 +257,25 @@ class Hypervisor:
         per span between two other events), so a consumer can tell a page's whole story."""
         self._tracked = sorted_unique(_i64(gfns))
 
-    def _track_writes(self, g: np.ndarray, faulted: np.ndarray, t: float) -> None:
+    def _track_writes(self, g: np.ndarray, times: np.ndarray, faulted: np.ndarray) -> None:
+        """Count the writes to tracked GFNs among ``g`` (in time order, at ``times``):
+        how many, the first and last, and when the first of them was logged (``faulted``:
+        the GFNs whose write faulted into the log-dirty bitmap, at their first write)."""
         hit = np.isin(g, self._tracked)
         if not hit.any():
             return
-        u, n = np.unique(g[hit], return_counts=True)
+        hg, ht = g[hit], times[hit]
+        order = np.argsort(hg, kind="stable")
+        hg, ht = hg[order], ht[order]
+        u, first, n = np.unique(hg, return_index=True, return_counts=True)
         logged = set(faulted[np.isin(faulted, u)].tolist()) if faulted.size else set()
-        for gfn, cnt in zip(u.tolist(), n.tolist()):
-            acc = self._tw.setdefault(gfn, [0, t, t, math.nan])
+        for gfn, a, cnt in zip(u.tolist(), first.tolist(), n.tolist()):
+            t_first, t_last = float(ht[a]), float(ht[a + cnt - 1])
+            acc = self._tw.setdefault(gfn, [0, t_first, t_last, math.nan])
             acc[0] += cnt
-            acc[2] = t
+            acc[2] = t_last
             if gfn in logged and math.isnan(acc[3]):
-                acc[3] = t
+                acc[3] = t_first
 
     def _flush_tracked(self) -> None:
         if not self._tw:
@@ -391,9 +398,9 @@ class Hypervisor:
 
     # ================================================================ guest-facing
 
-    def guest_write(self, gfns, tokens, *, t: float | None = None) -> None:
+    def guest_write(self, gfns, tokens, *, t: float | None = None, times=None) -> None:
         """The guest's vCPUs write ``gfns`` (last write wins) with content ``tokens``
-        at ``t``."""
+        at ``t`` (each at ``times[i]`` when given, in order)."""
         t = self._at(t)
         g = _i64(gfns)
         tok = np.asarray(tokens, dtype=np.uint64).reshape(-1)
@@ -412,7 +419,8 @@ class Hypervisor:
             self._mark_dirty(fg)
             self.p2m.set(fg, P2MType.ram_rw, self.p2m.mfns.get(fg))
         if self._tracked.size and self.record_events:
-            self._track_writes(raw, fg if self.log_dirty_enabled else _EMPTY, t)
+            raw_times = np.full(raw.size, t) if times is None else np.asarray(times, dtype=np.float64).reshape(-1)
+            self._track_writes(raw, raw_times, fg if self.log_dirty_enabled else _EMPTY)
         ok = _WRITABLE[types]
         nbad = g.size - int(np.count_nonzero(ok))
         if nbad:

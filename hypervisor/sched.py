@@ -9,13 +9,18 @@ domain paused while it walks the bitmap. A vCPU runs only while none of these ho
 There is no run queue: virtual time moves only when a request stamped ``t`` reaches the
 hypervisor, which first runs the guest up to ``t`` (``advance_to``). The guest is a
 generator of operations; each one it yields is served by ``apply`` and the result is
-sent back into it.
+sent back into it. Writes carry their own times: the scheduler holds those a tick
+produced beyond ``t`` (``pending``) and applies exactly the writes before each
+request's time; writes whose time falls while the vCPUs are held (paused, suspended,
+a CLEAN walk) never happen, as the ticks that start then never run.
 """
 
 from __future__ import annotations
 
 import math
 from typing import Any, Callable, Protocol
+
+import numpy as np
 
 from .abi import (EINVAL, AddToPhysmap, DecreaseReservation, GuestOp, HypercallResult, MemoryWrites,
                   PopulatePhysmap, RemoveFromPhysmap, SetTypedEntry, XenError)
@@ -24,12 +29,24 @@ from .abi import (EINVAL, AddToPhysmap, DecreaseReservation, GuestOp, HypercallR
 class MemoryOps(Protocol):
     """The hypercalls a guest's operations become (``domain.Hypervisor`` serves them)."""
 
-    def guest_write(self, gfns: Any, tokens: Any, *, t: float) -> None: ...
+    def guest_write(self, gfns: Any, tokens: Any, *, t: float, times: Any = None) -> None: ...
     def decrease_reservation(self, gfns: Any, *, t: float) -> HypercallResult: ...
     def populate_physmap(self, gfns: Any, *, pod: bool, t: float) -> HypercallResult: ...
     def add_to_physmap(self, src: int, dst: int, *, t: float) -> HypercallResult: ...
     def remove_from_physmap(self, gfn: int, *, t: float) -> HypercallResult: ...
     def set_typed_p2m_entry(self, gfn: int, p2m_type: Any, *, t: float) -> HypercallResult: ...
+
+_EMPTY_F64 = np.empty(0, dtype=np.float64)
+_EMPTY_I64 = np.empty(0, dtype=np.int64)
+_EMPTY_U64 = np.empty(0, dtype=np.uint64)
+
+
+def _times_of(op: MemoryWrites) -> np.ndarray:
+    """Each write's time (the set's stamp for all when it carries none)."""
+    if op.times is not None:
+        return np.asarray(op.times, dtype=np.float64)
+    return np.full(np.asarray(op.gfns).size, float(op.t))
+
 
 #: ``(kind, nr, t)``: a pause/unpause/suspend/resume happened at ``t``.
 StateChange = Callable[[str, int, float], None]
@@ -49,6 +66,9 @@ class VcpuScheduler:
         #: End of the CLEAN/PEEK walk that holds the domain paused.
         self.walk_until = -math.inf
         self._running_guest = False
+        #: Writes the guest made that are not applied yet (their times are not before
+        #: the domain's clock), oldest first.
+        self.pending: list[MemoryWrites] = []
 
     @property
     def state(self) -> str:
@@ -61,41 +81,106 @@ class VcpuScheduler:
         self.walk_until = max(self.walk_until, float(t) + float(walk_s))
 
     def advance_to(self, t: float) -> None:
-        """Run the guest's vCPUs up to virtual time ``t``.
+        """Run the guest's vCPUs up to virtual time ``t``: the writes before ``t`` are
+        applied, those a tick produced for ``t`` or later wait in ``pending``.
 
         Time passes without the guest while the domain is paused or suspended, and
-        during a CLEAN/PEEK walk window."""
+        during a CLEAN/PEEK walk window: writes that fall then are dropped."""
         t = float(t)
         if t <= self.now or self._running_guest:
             return
         if self.state != "running" or self.guest is None:
+            self._drop_pending(t)
             self.now = t
             return
         if self.now < self.walk_until:
+            self._drop_pending(min(t, self.walk_until))
             self.now = min(t, self.walk_until)
             if self.now >= t:
                 return
-        t0 = self.now
+        self._run_guest(self.now, t, hypercalls=True)
+        self._apply_pending(t)
+        self.now = t
+
+    def generate(self, t: float) -> None:
+        """Run the guest's ticks that start before ``t`` without applying their writes
+        (they wait in ``pending``): how a span of toolstack calls sees, at once, the
+        writes the guest makes in it. The caller makes sure the guest makes no
+        hypercall there (``Guest.window_end``); one is refused."""
+        if self.state != "running" or self.guest is None or float(t) <= self.now:
+            return
+        self._run_guest(max(self.now, self.walk_until), float(t), hypercalls=False)
+
+    def pending_writes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(times, gfns, tokens)`` of the pending writes, in the order they happen."""
+        if not self.pending:
+            return _EMPTY_F64, _EMPTY_I64, _EMPTY_U64
+        parts = [(_times_of(op), np.asarray(op.gfns, dtype=np.int64), np.asarray(op.tokens, dtype=np.uint64))
+                 for op in self.pending]
+        if len(parts) == 1:
+            return parts[0]
+        return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))   # type: ignore[return-value]
+
+    def _run_guest(self, t0: float, t1: float, *, hypercalls: bool) -> None:
         self._running_guest = True
         try:
-            gen = self.guest.run(t0, t)
+            gen = self.guest.run(t0, t1)
             try:
                 op = next(gen)
                 while True:
-                    op = gen.send(self.apply(op))
+                    if isinstance(op, MemoryWrites):
+                        if np.asarray(op.gfns).size:
+                            self.pending.append(op)
+                        res = None
+                    elif not hypercalls:
+                        raise RuntimeError(f"the guest made a hypercall ({type(op).__name__}) inside a "
+                                           "span planned without one")
+                    else:
+                        # What the guest wrote before this call happened before it.
+                        self._apply_pending(math.inf)
+                        res = self.apply(op)
+                    op = gen.send(res)
             except StopIteration:
                 pass
         finally:
             self._running_guest = False
-        self.now = t
+
+    def _apply_pending(self, t: float) -> None:
+        """Apply the pending writes whose time is before ``t``, oldest first."""
+        d = self.domain
+        while self.pending:
+            op = self.pending[0]
+            times = op.times
+            if times is None or t == math.inf or times[-1] < t:
+                self.pending.pop(0)
+                d.guest_write(op.gfns, op.tokens, t=float(op.t), times=times)
+                continue
+            i = int(np.searchsorted(times, t, side="left"))
+            if i:
+                d.guest_write(op.gfns[:i], op.tokens[:i], t=float(times[i - 1]), times=times[:i])
+                self.pending[0] = MemoryWrites(op.t, op.gfns[i:], op.tokens[i:], times[i:])
+            return
+
+    def _drop_pending(self, t: float) -> None:
+        """Forget the pending writes whose time is before ``t`` (the vCPUs were held)."""
+        while self.pending:
+            op = self.pending[0]
+            times = _times_of(op)
+            if times[-1] < t:
+                self.pending.pop(0)
+                continue
+            i = int(np.searchsorted(times, t, side="left"))
+            if i:
+                self.pending[0] = MemoryWrites(op.t, op.gfns[i:], op.tokens[i:], times[i:])
+            return
 
     def apply(self, op: GuestOp) -> HypercallResult | None:
         """Serve one guest operation at its own time; returns what the guest's generator
         is sent (None for writes, the hypercall's result otherwise)."""
         d = self.domain
         match op:
-            case MemoryWrites(t=t, gfns=gfns, tokens=tokens):
-                d.guest_write(gfns, tokens, t=float(t))
+            case MemoryWrites(t=t, gfns=gfns, tokens=tokens, times=times):
+                d.guest_write(gfns, tokens, t=float(t), times=times)
                 return None
             case DecreaseReservation(t=t, gfns=gfns):
                 return d.decrease_reservation(gfns, t=float(t))

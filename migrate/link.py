@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 
 #: Stream record framing (stream.py's RHDR_SIZE / PAGE_SIZE; a test keeps them equal).
 _RHDR_SIZE = 8
@@ -50,14 +52,9 @@ class LinkModel:
             t = max(t, data_pages / self.restore_rate)
         return t
 
-    def batch_cost(self, nbytes: int, data_pages: int) -> float:
-        """What a batch costs after its hypercalls: the fixed overhead plus sending its
-        PAGE_DATA record of ``nbytes`` carrying ``data_pages`` pages."""
-        return self.batch_overhead + self.transfer_time(nbytes, data_pages)
-
     # One batch of write_batch(), step by step. The engine times its batches with these
-    # two functions and nothing else, and a hypervisor serving batches ahead of a remote
-    # saver predicts them with the same two: one definition of a batch's timing.
+    # functions and nothing else, one batch at a time (``next_batch_time``) or a whole
+    # span of batches at once (``batch_steps``): one definition of a batch's timing.
 
     def map_time(self, t: float) -> float:
         """When write_batch() maps a batch's data pages, given its getpageframeinfo3 at ``t``."""
@@ -67,14 +64,29 @@ class LinkModel:
         """When the foreign map made at ``t`` returns."""
         return t + self.hypercall_overhead
 
+    def batch_steps(self, nbytes: np.ndarray, data_pages: np.ndarray, mapped: np.ndarray) -> np.ndarray:
+        """For each batch, the time from its getpageframeinfo3 to the next batch's: the
+        type query's overhead, the foreign map's when the batch has data pages (it is
+        only mapped then), then ``batch_cost`` of its PAGE_DATA record of ``nbytes``."""
+        h = self.hypercall_overhead
+        transfer = np.asarray(nbytes, dtype=np.float64) / self.bandwidth
+        if self.restore_rate:
+            transfer = np.maximum(transfer, np.asarray(data_pages, dtype=np.float64) / self.restore_rate)
+        return np.where(np.asarray(mapped, dtype=bool), h + h, h) + (self.batch_overhead + transfer)
+
+    def batch_times(self, t0: float, steps: np.ndarray) -> np.ndarray:
+        """The getpageframeinfo3 times of batches back to back from ``t0``, plus the time
+        after the last one: ``t[k+1] = t[k] + steps[k]``, added in order (the same
+        floating-point sums as ``next_batch_time`` one batch at a time)."""
+        out = np.empty(len(steps) + 1, dtype=np.float64)
+        out[0] = t0
+        out[1:] = steps
+        return np.add.accumulate(out)
+
     def next_batch_time(self, t: float, nbytes: int, data_pages: int, mapped: bool) -> float:
-        """When the saver's next batch starts, given this one's getpageframeinfo3 at ``t``:
-        the type query's overhead, the foreign map's when the batch has data pages (it
-        is only mapped then), then ``batch_cost`` of its PAGE_DATA record of ``nbytes``."""
-        t = self.map_time(t)
-        if mapped:
-            t = self.map_done(t)
-        return t + self.batch_cost(nbytes, data_pages)
+        """When the saver's next batch starts, given this one's getpageframeinfo3 at ``t``."""
+        return float(self.batch_times(t, self.batch_steps(np.array([nbytes]), np.array([data_pages]),
+                                                          np.array([mapped])))[1])
 
     def clean_time(self, pages: int) -> float:
         return self.hypercall_overhead + pages / self.clean_rate

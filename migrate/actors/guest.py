@@ -138,7 +138,7 @@ class RemoteGuest:
             ticks = np.concatenate([p[0] for p in pending])
             gfns = np.concatenate([p[1] for p in pending])
             tokens = np.concatenate([p[2] for p in pending])
-        return MemoryWrites(write_time(int(ticks[-1]), self.tick, t0), gfns, tokens)
+        return MemoryWrites(write_time(int(ticks[-1]), self.tick, t0), gfns, tokens, ticks * self.tick)
 
     def run(self, t0: float, t1: float):
         if self.dead is not None:
