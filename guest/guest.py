@@ -139,6 +139,16 @@ class Guest:
         """The first tick ``run(t0, ...)`` would run."""
         return self._start(t0)
 
+    def next_call_tick(self) -> int | None:
+        """The first tick, from the next unrun one, at which the guest may make a
+        hypercall (its balloon driver acts); None when nothing is scheduled."""
+        return self.balloon.next_active_tick(self._next_tick)
+
+    def ticks_by(self, t) -> np.ndarray:
+        """For each time in ``t``, the tick a request at that time runs the guest up to
+        (exclusive): ``tick_at_or_after``, element by element, to the bit."""
+        return np.ceil(np.asarray(t, dtype=np.float64) / self.tick - _EPS).astype(np.int64)
+
     def balloon_acts_at(self, k: int) -> bool:
         """Does the balloon driver act at tick ``k`` (a span there makes hypercalls)?"""
         return self.balloon.next_active_tick(k) == k

@@ -47,6 +47,7 @@ from .logdirty import TREE_PFNS, DirtyBitmap, LogDirtyTree, sorted_unique
 from .p2m import M2P, P2M
 from .pod import PoDCache, decrease_plan
 from .sched import VcpuScheduler
+from .span import SpanServed, serve_span
 
 _EMPTY = np.empty(0, dtype=np.int64)
 
@@ -56,6 +57,10 @@ _WRITABLE[[P2MType.ram_rw, P2MType.ram_logdirty]] = True
 #: RAM types get_page_from_gfn can give a page for (paged-out ones have no frame).
 _MAPPABLE = IS_RAM.copy()
 _MAPPABLE[[P2MType.ram_paged, P2MType.ram_paging_in]] = False
+#: getpageframeinfo3's answer per P2M type (see pfinfo_nibbles).
+_PFINFO_OF_TYPE = np.full(16, PFInfo.XTAB, dtype=np.uint8)
+_PFINFO_OF_TYPE[_MAPPABLE] = PFInfo.NOTAB
+_PFINFO_OF_TYPE[P2MType.ram_broken] = PFInfo.BROKEN
 #: Types guest_remove_page removes (RAM, and broken frames).
 _REMOVABLE = IS_RAM.copy()
 _REMOVABLE[P2MType.ram_broken] = True
@@ -115,6 +120,13 @@ class HypervisorStats:
     pod_failures: int = 0       # demand-populates that found the PoD cache empty
     orphaned_frames: int = 0    # frames unmapped but still the domain's
     now: float = 0.0
+
+
+def pfinfo_nibbles(types: np.ndarray) -> np.ndarray:
+    """getpageframeinfo3's PFINFO type (uint8 nibble) of P2M entries of ``types``, as
+    xen/arch/x86/domctl.c reports them: RAM that maps -> NOTAB, ram_broken -> BROKEN,
+    anything else (holes, MMIO, grant, foreign, PoD left unpopulated) -> XTAB."""
+    return _PFINFO_OF_TYPE[types]
 
 
 def _i64(a) -> np.ndarray:
@@ -645,10 +657,12 @@ class Hypervisor:
             raise XenError(E2BIG, f"getpageframeinfo3 takes at most {MAX_BATCH_SIZE} PFNs, got {p.size}")
         self.advance_to(t)
         types = self._populate_pod_in(p, self.p2m.get_types(p), self.now)
-        out = np.full(p.size, PFInfo.XTAB << PFINFO_LTAB_SHIFT, dtype=np.uint32)
-        out[_MAPPABLE[types]] = PFInfo.NOTAB << PFINFO_LTAB_SHIFT
-        out[types == P2MType.ram_broken] = PFInfo.BROKEN << PFINFO_LTAB_SHIFT
-        return out
+        return pfinfo_nibbles(types).astype(np.uint32) << PFINFO_LTAB_SHIFT
+
+    def serve_span(self, t: float, pfns, timing, deadline: tuple[float, float] | None = None) -> SpanServed:
+        """The saver's batches ``pfns[k*1024:(k+1)*1024]`` back to back from ``t``, as
+        many as can be served at once (``hypervisor.span``)."""
+        return serve_span(self, t, pfns, timing, deadline)
 
     def _read(self, p: np.ndarray, types: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ok = _MAPPABLE[types]

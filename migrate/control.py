@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from hypervisor.abi import IS_POD, IS_RAM, MAX_BATCH_SIZE, ShadowOp
+from hypervisor.span import SpanServed
 
 from .events import EventBus, MemoryOp, TrackedWrites, balloon_note
 from .link import LinkModel
@@ -37,10 +38,14 @@ class Stretch:
         return -(-n // MAX_BATCH_SIZE)
 
     def batch(self, k: int) -> np.ndarray:
-        a = k * MAX_BATCH_SIZE
+        return self.batches(k, 1)
+
+    def batches(self, k: int, n: int) -> np.ndarray:
+        """The PFNs of batches ``[k, k + n)``, back to back."""
+        a, b = k * MAX_BATCH_SIZE, (k + n) * MAX_BATCH_SIZE
         if self.pfns is not None:
-            return self.pfns[a:a + MAX_BATCH_SIZE]
-        return np.arange(self.lo + a, min(self.lo + a + MAX_BATCH_SIZE, self.hi), dtype=np.int64)
+            return self.pfns[a:b]
+        return np.arange(self.lo + a, min(self.lo + b, self.hi), dtype=np.int64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +70,7 @@ class DomainControl(Protocol):
     async def shadow_op(self, t: float, op: ShadowOp, *, mode: int = 0, pages: int = 0,
                         want_bitmap: bool = True, walk_s: float = 0.0) -> Any: ...
     async def getpageframeinfo3(self, t: float, pfns: np.ndarray) -> np.ndarray: ...
+    async def serve_span(self, t: float, pfns: np.ndarray, plan: PassPlan) -> SpanServed: ...
     async def map_foreign(self, t: float, pfns: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
     async def suspend(self, t: float) -> None: ...
     async def resume(self, t: float) -> None: ...
@@ -213,6 +219,12 @@ class LocalDomain:
     async def map_foreign(self, t, pfns):
         try:
             return self.hv.map_foreign(t, pfns)
+        finally:
+            self._after()
+
+    async def serve_span(self, t, pfns, plan):
+        try:
+            return self.hv.serve_span(t, pfns, plan.link, plan.deadline)
         finally:
             self._after()
 

@@ -16,6 +16,11 @@ Departures from Xen, each a named option:
 - ``stats_overflow="saturate"``: the initial ``dirty_count`` (p2m_size) is saturated
   at UINT32_MAX instead of truncated to 32 bits (v2 03/13, never committed); with
   ``truncate`` (Xen's behaviour) a p2m_size of 2^32 reads as 0 and pass 1 is skipped.
+- ``engine="reference"``: one Python step per batch, each a getpageframeinfo3 and a map
+  call (the saver's own loop, kept as the reference); ``span`` (the default) asks the
+  domain for a whole run of batches at once (``DomainControl.serve_span``; see
+  ``hypervisor/span.py``) and accounts records, bytes, time and events in bulk, with a
+  byte-identical stream and an identical report.
 - ``switchover="stopped"``: when the policy says stop at the top of the loop, the dirty
   set the last CLEAN returned is not sent live (Xen's ``send_memory_live`` sends it
   before it looks at the decision again); the domain is suspended first and that set,
@@ -40,7 +45,7 @@ from .errors import MigrationAborted, MigrationFailed
 from .events import (BatchSent, CleanDone, CountersSampled, EventBus, MemoryOp, Outcome, PassEnded,
                      PassPhase, PassStarted, Phase, PhaseChanged, RoundStats, SaveSetup, Totals,
                      count_balloon)
-from .link import LinkModel
+from .link import LinkModel, page_data_record_bytes
 from .policy import Decision, Policy, PrecopyStats
 from .stream import StreamError
 
@@ -49,6 +54,10 @@ _EMPTY_PFNS = np.empty(0, dtype=np.int64)
 _EMPTY_NIBBLES = np.empty(0, dtype=np.uint8)
 #: Sample the hypervisor's counters every this many batches (and at every pass end).
 COUNTER_SAMPLE_BATCHES = 32
+#: Batches a span asks for first, and at most (bounds its arrays: 2 Mi PFNs). With a
+#: pacer (a live view) a span is at most COUNTER_SAMPLE_BATCHES long.
+SPAN_FIRST = 64
+SPAN_MAX = 2048
 
 
 def _send_all_walk(runs: np.ndarray, p2m_size: int) -> list:
@@ -80,6 +89,7 @@ class SaveOptions:
     stats_overflow: str = "truncate"     # "truncate" (Xen) | "saturate" (v2 03/13)
     deadline: float | None = None        # abort when the save runs longer (virtual s)
     switchover: str = "live"             # "live" (Xen) | "stopped" (QEMU, SimGrid)
+    engine: str = "span"                 # "span" | "reference" (one step per batch)
     xen_version: tuple[int, int] = (4, 22)
 
 
@@ -117,6 +127,9 @@ class PrecopyEngine:
         self._current: RoundStats | None = None
         self._logdirty_on = False
         self._suspended = False
+        self._plan: PassPlan | None = None
+        #: Batches the next span asks for (grows while spans are served whole).
+        self._span_ask = SPAN_FIRST
         bus.subscribe(self._on_event)
 
     # ------------------------------------------------------------------ bookkeeping
@@ -223,15 +236,85 @@ class PrecopyEngine:
         await self._yield()
 
     async def _begin_pass(self, rnd: RoundStats, stretches: tuple[Stretch, ...]) -> None:
-        """State the pass's batches to the domain before the first one (a remote
-        hypervisor serves batches ahead from this; in process it is a no-op)."""
+        """State the pass's batches to the domain before the first one."""
         limit = self.options.deadline
         deadline = None if limit is None else (self.result.t_start, limit)
-        await self.domain.begin_pass(self.now, PassPlan(rnd.iteration, stretches, self.link, deadline))
+        self._plan = PassPlan(rnd.iteration, stretches, self.link, deadline)
+        await self.domain.begin_pass(self.now, self._plan)
 
     async def _walk(self, rnd: RoundStats, stretch: Stretch, entries: int) -> None:
-        for k in range(len(stretch)):
+        n = len(stretch)
+        k = 0
+        spans = self.options.engine == "span"
+        cap = COUNTER_SAMPLE_BATCHES if self.pacer is not None else SPAN_MAX
+        while k < n:
+            if spans:
+                ask = min(n - k, self._span_ask, cap)
+                pfns = stretch.batches(k, ask)
+                served = await self.domain.serve_span(self.now, pfns, self._plan)
+                self._span_ask = min(SPAN_MAX, 2 * ask if served.batches == ask else max(SPAN_FIRST, 2 * served.batches))
+                if served.batches:
+                    await self._span(rnd, pfns, served, entries)
+                    k += served.batches
+                    continue
             await self._batch(rnd, stretch.batch(k), entries)
+            k += 1
+
+    async def _span(self, rnd: RoundStats, pfns: np.ndarray, served, entries: int) -> None:
+        """Account a span the domain served: the PAGE_DATA records of its batches, in
+        one write; the round's counts; virtual time (the same link model, batch by
+        batch); and BatchSent events, one per batch with a pacer (a live view), else
+        one per run of batches up to each counter sample."""
+        nib = np.asarray(served.nibbles, dtype=np.uint8)
+        pfns = pfns[:served.pfns]
+        if nib.size != pfns.size or not PFINFO_KNOWN[nib].all():
+            bad = pfns[:nib.size][~PFINFO_KNOWN[nib[:pfns.size]]] if nib.size else pfns[:1]
+            pfn = int(bad[0]) if bad.size else -1
+            raise MigrationFailed(f"Unknown page type for pfn {pfn:#x}" if pfn >= 0 else
+                                  f"the domain answered {nib.size} types for {pfns.size} PFNs", pfn=pfn if pfn >= 0 else None)
+        data = PFINFO_HAS_DATA[nib]
+        counts = np.minimum(MAX_BATCH_SIZE, pfns.size - np.arange(0, pfns.size, MAX_BATCH_SIZE))
+        starts = np.cumsum(counts) - counts
+        dpb = np.add.reduceat(data.astype(np.int64), starts)
+        tokens = np.asarray(served.tokens, dtype=np.uint64)
+        if tokens.size != int(dpb.sum()):
+            raise MigrationFailed(f"the domain mapped {tokens.size} pages for {int(dpb.sum())} data PFNs")
+        times = self.link.span_times(self.now, counts, dpb)
+        if not np.array_equal(times, np.asarray(served.times, dtype=np.float64)):
+            raise MigrationFailed("the domain timed a span of batches differently from the link model")
+        nbytes = page_data_record_bytes(counts, dpb)
+        written = self.writer.write_page_data(pfns, nib, tokens)
+        if written != int(nbytes.sum()):
+            raise MigrationFailed(f"a span's PAGE_DATA records took {written} bytes, not {int(nbytes.sum())}")
+        nb = counts.size
+        b0, walked0 = rnd.batches, rnd.pfns_walked
+        rnd.pages_sent += int(dpb.sum())
+        rnd.xtab_sent += int(np.count_nonzero(nib == PFInfo.XTAB))
+        rnd.broken_sent += int(np.count_nonzero(nib == PFInfo.BROKEN))
+        rnd.bytes += written
+        rnd.batches += nb
+        rnd.pfns_walked += int(pfns.size)
+        idx = np.arange(1, nb + 1)
+        if self.pacer is None:
+            ends = idx[((b0 + idx) % COUNTER_SAMPLE_BATCHES == 0) | (idx == nb)].tolist()
+        else:
+            ends = idx.tolist()
+        ends_p = np.cumsum(counts)
+        cum_bytes = np.cumsum(nbytes)
+        i0 = 0
+        for i1 in ends:
+            a = int(starts[i0])
+            b = int(ends_p[i1 - 1])
+            self.now = float(times[i1])
+            chunk_bytes = int(cum_bytes[i1 - 1] - (cum_bytes[i0 - 1] if i0 else 0))
+            self.bus.publish(BatchSent(t=self.now, iteration=rnd.iteration, pfns=pfns[a:b], nibbles=nib[a:b],
+                                       walked=walked0 + b, entries=entries, bytes=chunk_bytes))
+            if i1 == nb:
+                self._check_deadline()
+            if (b0 + i1) % COUNTER_SAMPLE_BATCHES == 0:
+                await self._sample_counters()
+            await self._yield()
+            i0 = i1
 
     async def _send_pfns(self, rnd: RoundStats, pfns: np.ndarray) -> None:
         """send_dirty_pages(): walk the bitmap's PFNs in order, batch by 1024."""

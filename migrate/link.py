@@ -23,11 +23,12 @@ _RHDR_SIZE = 8
 _PAGE_SIZE = 4096
 
 
-def page_data_record_bytes(count: int, data_pages: int) -> int:
+def page_data_record_bytes(count, data_pages):
     """Bytes of one PAGE_DATA record of ``count`` PFNs (at most 1024) of which
     ``data_pages`` carry a page: header, count word, one pfn word per PFN, the pages,
-    padded to 8 bytes (what ``StreamWriter.write_page_data`` writes for one batch)."""
-    length = 8 + 8 * int(count) + _PAGE_SIZE * int(data_pages)
+    padded to 8 bytes (what ``StreamWriter.write_page_data`` writes for one batch).
+    Takes ints or integer arrays (one record per element)."""
+    length = 8 + 8 * count + _PAGE_SIZE * data_pages
     return _RHDR_SIZE + length + ((-length) & 7)
 
 
@@ -82,6 +83,14 @@ class LinkModel:
         out[0] = t0
         out[1:] = steps
         return np.add.accumulate(out)
+
+    def span_times(self, t0: float, counts: np.ndarray, data_pages: np.ndarray) -> np.ndarray:
+        """``batch_times`` of batches of ``counts`` PFNs carrying ``data_pages`` pages each
+        (a batch is mapped when it has data pages), from ``t0``."""
+        counts = np.asarray(counts, dtype=np.int64)
+        data_pages = np.asarray(data_pages, dtype=np.int64)
+        steps = self.batch_steps(page_data_record_bytes(counts, data_pages), data_pages, data_pages > 0)
+        return self.batch_times(t0, steps)
 
     def next_batch_time(self, t: float, nbytes: int, data_pages: int, mapped: bool) -> float:
         """When the saver's next batch starts, given this one's getpageframeinfo3 at ``t``."""

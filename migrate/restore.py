@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from hypervisor.abi import PFINFO_HAS_DATA, PFINFO_POPULATE, P2MType, PFInfo, XenError
+from hypervisor.abi import MAX_BATCH_SIZE, PFINFO_HAS_DATA, PFINFO_POPULATE, P2MType, PFInfo, XenError
 from hypervisor.p2m import CHUNK_BITS
 
 from .stream.format import REC_TYPE_OPTIONAL, RecType, StreamError, TscInfo
@@ -202,6 +202,37 @@ class Restorer:
         self._records["PAGE_DATA"] += int(records)
         self._sync()
 
+    def apply_page_data_run(self, pfns: np.ndarray, nibbles: np.ndarray, tokens: np.ndarray) -> None:
+        """PAGE_DATA records back to back (MAX_BATCH_SIZE entries each, the last may be
+        shorter), applied as ``apply`` would apply them one by one, in bulk."""
+        pfns = np.asarray(pfns, dtype=np.int64).reshape(-1)
+        nibbles = np.asarray(nibbles, dtype=np.uint8).reshape(-1)
+        tokens = np.asarray(tokens, dtype=np.uint64).reshape(-1)
+        if self.on_record is not None or pfns.size <= MAX_BATCH_SIZE:
+            t0 = 0
+            has = PFINFO_HAS_DATA[nibbles & 0xF] if pfns.shape == nibbles.shape else None
+            for a in range(0, max(pfns.size, 1), MAX_BATCH_SIZE):
+                b = a + MAX_BATCH_SIZE
+                d = int(np.count_nonzero(has[a:b])) if has is not None else tokens.size
+                self.apply(Record.page_data(pfns[a:b], nibbles[a:b], tokens[t0:t0 + d]))
+                t0 += d
+            return
+        self._check_open()
+        nrec = -(-pfns.size // MAX_BATCH_SIZE)
+        rec = Record.page_data(pfns, nibbles, tokens)
+        try:
+            self._process(rec, from_stream=False, records=nrec)
+        except StreamError as e:
+            self._fail(e)
+        except RestoreError as e:
+            self._fail(e)
+        except XenError as e:
+            self._fail(RestoreError(f"PAGE_DATA records: destination failed: {e}"))
+        except (ValueError, TypeError, IndexError) as e:
+            self._fail(RestoreError(f"PAGE_DATA records: malformed record: {e}"))
+        self._records[rec.name] += nrec
+        self._sync()
+
     def finish(self) -> RestoreResult:
         """End of input: a restore that has not seen END is reported incomplete."""
         if not self._failed and not self._done:
@@ -302,7 +333,7 @@ class Restorer:
             self.on_record(rec)
         self._sync()
 
-    def _process(self, rec: Record, from_stream: bool) -> None:
+    def _process(self, rec: Record, from_stream: bool, records: int = 1) -> None:
         rt = rec.type
         where = f"record #{rec.index} ({rec.name})" if rec.index >= 0 else rec.name
         if rt != RecType.PAGE_DATA:
@@ -325,7 +356,7 @@ class Restorer:
             name, decode = rule.keep
             setattr(self.result, name, decode(rec.body))
         if rule.step is Step.PAGE_DATA:
-            self._page_data(rec, where, from_stream)
+            self._page_data(rec, where, from_stream, records)
         elif rule.step is Step.VERIFY:
             self._verify = True
             self.result.verify = True
@@ -333,13 +364,19 @@ class Restorer:
             self._done = True
             self.result.complete = True
 
-    def _page_data(self, rec: Record, where: str, from_stream: bool) -> None:
+    def _page_data(self, rec: Record, where: str, from_stream: bool, records: int = 1) -> None:
+        """One PAGE_DATA record, or ``records`` of them back to back (MAX_BATCH_SIZE
+        entries each) carried as one."""
         pfns = np.asarray(rec.pfns, dtype=np.int64).reshape(-1)
         nibbles = np.asarray(rec.nibbles, dtype=np.uint8).reshape(-1)
         tokens = np.asarray(rec.tokens, dtype=np.uint64).reshape(-1)
         if not from_stream:
             # The parser already checked stream records; structured ones get the same checks.
             check_page_data(pfns, nibbles, tokens.size, pfn_limit=self.pfn_limit, where=where)
+            if records > 1:
+                counts = np.minimum(MAX_BATCH_SIZE, pfns.size - np.arange(0, pfns.size, MAX_BATCH_SIZE))
+                if counts.size != records:
+                    raise StreamError(f"{where}: {pfns.size} entries are not {records} records")
         nib = nibbles.astype(np.intp)
         res = self.result
         res.xtab_skipped += int(np.count_nonzero(nib == PFInfo.XTAB))
@@ -348,13 +385,40 @@ class Restorer:
         keep = PFINFO_POPULATE[nib]
         if not keep.any():
             return
-        self._data_pages += int(tokens.size)
-        self._check_chunks(pfns[keep], where, rec.offset)
+        if records > 1:
+            self._check_chunks_run(pfns, keep, PFINFO_HAS_DATA[nib], where)
+        else:
+            self._data_pages += int(tokens.size)
+            self._check_chunks(pfns[keep], where, rec.offset)
         self._pending.append((pfns[keep], nibbles[keep], tokens))
         self._pending_where.append(where if rec.offset < 0 else f"{where} at byte {rec.offset}")
         self._pending_n += int(keep.sum())
         if self._pending_n >= APPLY_GROUP:
             self.flush()
+
+    def _check_chunks_run(self, pfns: np.ndarray, keep: np.ndarray, has: np.ndarray, where: str) -> None:
+        """``_check_chunks`` for records back to back, record by record, in bulk: after
+        each record, the chunks populated into may not pass the allowance its data buys."""
+        rec_of = np.arange(pfns.size, dtype=np.int64) // MAX_BATCH_SIZE
+        nrec = int(rec_of[-1]) + 1
+        data_after = self._data_pages + np.cumsum(np.bincount(rec_of[has], minlength=nrec))
+        chunks = pfns[keep] >> CHUNK_BITS
+        uniq, first = np.unique(chunks, return_index=True)
+        seen = np.fromiter((int(c) in self._chunks for c in uniq.tolist()), dtype=bool, count=uniq.size) \
+            if uniq.size <= 4096 else np.isin(uniq, np.fromiter(self._chunks, dtype=np.int64))
+        new_rec = rec_of[keep][first[~seen]]
+        total = len(self._chunks) + np.cumsum(np.bincount(new_rec, minlength=nrec))
+        allowed = CHUNK_ALLOWANCE + data_after // PAGES_PER_CHUNK
+        over = np.flatnonzero(total > allowed)
+        if over.size:
+            i = int(over[0])
+            raise StreamError(
+                f"{where} (record {i + 1} of {nrec}): its PFNs would spread the destination over "
+                f"{int(total[i])} P2M chunks (2^{CHUNK_BITS} PFNs each) after only {int(data_after[i])} data "
+                f"pages; a stream may use {CHUNK_ALLOWANCE} chunks plus one per {PAGES_PER_CHUNK} data pages "
+                "it carries")
+        self._data_pages = int(data_after[-1])
+        self._chunks.update(uniq[~seen].tolist())
 
     def _check_chunks(self, pfns: np.ndarray, where: str, offset: int) -> None:
         """Refuse a record whose PFNs would make the destination allocate far more P2M

@@ -165,12 +165,13 @@ def open_sink(target: str | None, restorer: Restorer) -> Sink:
     records handed over structured. A file is restored from its own bytes, so every
     run with ``--stream FILE`` also proves the file parses."""
     if target is None:
-        return RecordSink(restorer.apply, restorer.skip_xtab_run)
+        return RecordSink(restorer.apply, restorer.skip_xtab_run, restorer.apply_page_data_run)
     if target.startswith("tcp://"):
         host, sep, port = target[len("tcp://"):].rpartition(":")
         if not sep or not host or not port.isdigit():
             raise StreamError(f"bad stream target {target!r}: expected tcp://HOST:PORT")
-        return TeeSink(TcpSink(host, int(port)), RecordSink(restorer.apply, restorer.skip_xtab_run))
+        return TeeSink(TcpSink(host, int(port)),
+                       RecordSink(restorer.apply, restorer.skip_xtab_run, restorer.apply_page_data_run))
     return TeeSink(FileSink(target, hash=True), CallbackSink(restorer.feed, copy=False))
 
 
@@ -225,7 +226,7 @@ async def _run(scenario, opts, settings: RunSettings, bus, pacer, source, frames
     mig = scenario.migration
     options = SaveOptions(verify=settings.verify, tolerate_vanished=mig.tolerate_vanished,
                           stats_overflow=mig.stats_overflow, deadline=mig.deadline,
-                          switchover=mig.switchover)
+                          switchover=mig.switchover, engine=mig.engine)
     engine = PrecopyEngine(source.control, writer, settings.link, policy, bus, start=start, pacer=pacer,
                            options=options)
     save = await engine.run()

@@ -98,7 +98,11 @@ class MigrationConfig(_Model):
     ``saturate`` (v2 03/13, never committed). ``switchover`` is what happens when the
     policy says stop: ``live`` as Xen does (the last dirty set is still sent live, then
     only what was dirtied meanwhile is sent with the guest suspended) or ``stopped`` as
-    QEMU and SimGrid do (suspend first, then send the pending set).
+    QEMU and SimGrid do (suspend first, then send the pending set). ``engine`` is how
+    the saver's batches are computed, not what they are: ``span`` (the default) serves a
+    run of batches between two guest hypercalls at once, ``reference`` makes the two
+    calls of every batch one by one, as ``write_batch`` does; both give the same stream
+    and the same report (the reference is what tests hold the span engine to).
     """
 
     start: Duration = 1.0
@@ -110,6 +114,7 @@ class MigrationConfig(_Model):
     deadline: Duration | None = None
     stats_overflow: Literal["truncate", "saturate"] = "truncate"
     switchover: Literal["live", "stopped"] = "live"
+    engine: Literal["span", "reference"] = "span"
 
     @field_validator("xen_behaviour", mode="before")
     @classmethod

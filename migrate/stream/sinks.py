@@ -23,7 +23,7 @@ from typing import Any, BinaryIO, Callable, Iterator, Protocol
 
 import numpy as np
 
-from hypervisor.abi import MAX_BATCH_SIZE, PFInfo
+from hypervisor.abi import MAX_BATCH_SIZE, PFINFO_HAS_DATA, PFInfo
 
 from .format import StreamError
 from .parser import ParsedStream, StreamParser
@@ -116,6 +116,19 @@ class Sink(ClosesOnExit, ABC):
             pfns = np.arange(a, min(a + MAX_BATCH_SIZE, int(hi)), dtype=np.int64)
             self.put_record(Record.page_data(pfns, np.full(pfns.size, PFInfo.XTAB, dtype=np.uint8),
                                              np.empty(0, dtype=np.uint64)))
+
+    def put_page_data_run(self, pfns: np.ndarray, nibbles: np.ndarray, tokens: np.ndarray) -> None:
+        """PAGE_DATA records back to back, in structured form (only if
+        ``accepts_records``): MAX_BATCH_SIZE entries each (the last may be shorter),
+        ``tokens`` the data-carrying entries' contents in order. By default one
+        ``put_record`` each; a sink that can take the run at once overrides this."""
+        has = PFINFO_HAS_DATA[np.asarray(nibbles, dtype=np.uint8) & 0xF]
+        t0 = 0
+        for a in range(0, pfns.size, MAX_BATCH_SIZE):
+            b = a + MAX_BATCH_SIZE
+            d = int(np.count_nonzero(has[a:b]))
+            self.put_record(Record.page_data(pfns[a:b], nibbles[a:b], tokens[t0:t0 + d]))
+            t0 += d
 
     def close(self) -> None:
         self.closed = True
@@ -273,6 +286,13 @@ class TeeSink(Sink):
             if s.accepts_records:
                 s.put_xtab_run(lo, hi, records)
 
+    def put_page_data_run(self, pfns, nibbles, tokens) -> None:
+        if not self.accepts_records:
+            super().put_page_data_run(pfns, nibbles, tokens)
+        for s in self.sinks:
+            if s.accepts_records:
+                s.put_page_data_run(pfns, nibbles, tokens)
+
     @property
     def sha256(self) -> str | None:  # type: ignore[override]
         return next((s.sha256 for s in self.sinks if s.sha256), None)
@@ -326,10 +346,12 @@ class RecordSink(Sink):
     counting_only = True
     accepts_records = True
 
-    def __init__(self, fn: Callable[[Record], Any], xtab_run: Callable[[int, int, int], Any] | None = None):
+    def __init__(self, fn: Callable[[Record], Any], xtab_run: Callable[[int, int, int], Any] | None = None,
+                 page_data_run: Callable[[np.ndarray, np.ndarray, np.ndarray], Any] | None = None):
         super().__init__()
         self._fn = fn
         self._xtab_run = xtab_run
+        self._page_data_run = page_data_run
 
     def write(self, data) -> None:
         self.bytes_written += memoryview(data).nbytes
@@ -346,6 +368,12 @@ class RecordSink(Sink):
             self._xtab_run(lo, hi, records)
         else:
             super().put_xtab_run(lo, hi, records)
+
+    def put_page_data_run(self, pfns, nibbles, tokens) -> None:
+        if self._page_data_run is not None:
+            self._page_data_run(pfns, nibbles, tokens)
+        else:
+            super().put_page_data_run(pfns, nibbles, tokens)
 
 
 def _oserror_text(e: OSError) -> str:

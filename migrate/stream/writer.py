@@ -232,10 +232,10 @@ class StreamWriter(ClosesOnExit):
         self.pages_written += int(tokens.size)
         self.page_data_bytes += total
         if self._records:
-            t0 = 0
-            for st, c, d in zip(starts.tolist(), counts.tolist(), data_per.tolist()):
-                self.sink.put_record(Record.page_data(pfns[st:st + c], nibbles[st:st + c], tokens[t0:t0 + d]))
-                t0 += d
+            if starts.size == 1:
+                self.sink.put_record(Record.page_data(pfns, nibbles, tokens))
+            else:
+                self.sink.put_page_data_run(pfns, nibbles, tokens)
         if self._counting:
             # Nothing is expanded: the byte count is all a counting sink needs.
             self.sink.count(total)

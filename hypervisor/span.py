@@ -1,0 +1,180 @@
+"""A span of the saver's ``write_batch()`` calls, served at once.
+
+Xen's saver (``tools/libs/guest/xg_sr_save.c``, ``write_batch``) makes two calls per
+batch of at most MAX_BATCH_SIZE PFNs: XEN_DOMCTL_getpageframeinfo3, then the foreign
+map of the batch's data PFNs (only when it has some). What those calls answer depends
+on the P2M types of the batch's PFNs and on the contents of their frames at the map.
+Between two hypercalls of the guest (its balloon driver's XENMEM ops) the P2M types
+change only where the hypervisor acts on its own: a PoD entry demand-populated
+(``p2m-pod.c``), by the saver's own type query or by a guest write to it. Outside those,
+a run of batches depends on the types at its start and on the guest's writes, each of
+which carries its time. So ``serve_span`` answers the longest prefix of a planned run of
+batches for which that holds, vectorised, with exactly what the calls made one at a
+time would answer, and leaves the domain exactly as they would: the guest run up to the
+span's last call, its writes before that applied. The batch after the prefix (if any)
+goes the per-batch way (``Hypervisor.getpageframeinfo3`` / ``map_foreign``).
+
+A span stops before the first batch that:
+
+* holds a PoD entry (the type query would demand-populate it);
+* the saver would reach after the guest's next hypercall (``Guest.next_call_tick``);
+* would see a guest write the hypervisor must act on (to a PoD entry, or one dropped
+  on a read-only type), so that write is served the per-batch way;
+and after the first batch that ends past the save's deadline (the saver abandons the
+save there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from .abi import IS_POD, MAX_BATCH_SIZE, P2MType, PFINFO_HAS_DATA
+
+_EMPTY_U8 = np.empty(0, dtype=np.uint8)
+_EMPTY_U64 = np.empty(0, dtype=np.uint64)
+
+#: Types a guest write lands in without the hypervisor acting on its own (HAP: rw,
+#: and logdirty, which faults into the bitmap and becomes rw).
+_PLAIN_WRITE = np.zeros(16, dtype=bool)
+_PLAIN_WRITE[[P2MType.ram_rw, P2MType.ram_logdirty]] = True
+
+
+class SpanTiming(Protocol):
+    """How the saver's batches are timed (``migrate.link.LinkModel``)."""
+
+    def span_times(self, t0: float, counts: np.ndarray, data_pages: np.ndarray) -> np.ndarray: ...
+    def map_time(self, t): ...
+
+
+@dataclass(slots=True)
+class SpanServed:
+    """What a span of ``write_batch()`` calls got: for its first ``batches`` batches
+    (``pfns`` PFNs), each PFN's PFINFO type nibble, the content token of each
+    data-carrying PFN at its batch's map (in order), and the type-query time of each
+    batch followed by the time of the call after the last one."""
+
+    batches: int
+    pfns: int
+    nibbles: np.ndarray
+    tokens: np.ndarray
+    times: np.ndarray
+    stop: str = "plan"       # plan | pod | hypercall | write | deadline
+
+    @classmethod
+    def empty(cls, t0: float, stop: str) -> "SpanServed":
+        return cls(0, 0, _EMPTY_U8, _EMPTY_U64, np.array([float(t0)]), stop)
+
+
+def _batch_counts(n: int) -> np.ndarray:
+    starts = np.arange(0, n, MAX_BATCH_SIZE, dtype=np.int64)
+    return np.minimum(MAX_BATCH_SIZE, n - starts)
+
+
+def serve_span(hv, t0: float, pfns: np.ndarray, timing: SpanTiming,
+               deadline: tuple[float, float] | None = None) -> SpanServed:
+    """Serve the batches ``pfns[k*1024:(k+1)*1024]`` back to back from ``t0`` (see the
+    module docstring): the longest prefix that can be served at once."""
+    from .domain import pfinfo_nibbles    # (domain imports this module)
+
+    p = np.asarray(pfns, dtype=np.int64).reshape(-1)
+    hv.advance_to(t0)
+    if p.size == 0:
+        return SpanServed.empty(t0, "plan")
+    types = hv.p2m.get_types(p)
+    stop = "plan"
+    pod = IS_POD[types]
+    if pod.any():
+        n_p = int(np.flatnonzero(pod)[0]) // MAX_BATCH_SIZE * MAX_BATCH_SIZE
+        p, types, stop = p[:n_p], types[:n_p], "pod"
+        if n_p == 0:
+            return SpanServed.empty(t0, stop)
+    nib = pfinfo_nibbles(types)
+    data = PFINFO_HAS_DATA[nib]
+    counts = _batch_counts(p.size)
+    starts = np.cumsum(counts) - counts
+    dpb = np.add.reduceat(data.astype(np.int64), starts)
+    times = timing.span_times(float(t0), counts, dpb)
+    maps = timing.map_time(times[:-1])
+    last_call = np.where(dpb > 0, maps, times[:-1])
+    keep = counts.size
+
+    if deadline is not None:
+        t_start, limit = deadline
+        over = np.flatnonzero(times[1:] - t_start > limit)
+        if over.size and over[0] + 1 < keep:
+            keep, stop = int(over[0]) + 1, "deadline"
+        elif over.size:
+            stop = "deadline"
+
+    guest = hv.guest
+    running = guest is not None and hv.state == "running"
+    if running:
+        k_call = guest.next_call_tick()
+        if k_call is not None:
+            late = np.flatnonzero(guest.ticks_by(last_call[:keep]) > k_call)
+            if late.size:
+                keep, stop = int(late[0]), "hypercall"
+    if keep == 0:
+        return SpanServed.empty(t0, stop)
+
+    wt, wg, wtok = _EMPTY_F64, np.empty(0, np.int64), _EMPTY_U64
+    n_w = 0
+    if running:
+        hv.sched.generate(float(last_call[keep - 1]))
+        wt, wg, wtok = hv.sched.pending_writes()
+        n_w = int(np.searchsorted(wt, last_call[keep - 1], side="left"))
+        if n_w:
+            odd = np.flatnonzero(~_PLAIN_WRITE[hv.p2m.get_types(wg[:n_w])])
+            if odd.size:
+                w = wt[odd[0]]
+                # A call at c applies the writes before c: batches whose calls are all
+                # at or before w are served without it.
+                after = np.flatnonzero(last_call[:keep] > w)
+                if after.size:
+                    keep, stop = int(after[0]), "write"
+                if keep == 0:
+                    return SpanServed.empty(t0, stop)
+                n_w = int(np.searchsorted(wt, last_call[keep - 1], side="left"))
+
+    n_p = int(counts[:keep].sum())
+    p, nib, data = p[:n_p], nib[:n_p], data[:n_p]
+    dp = p[data]
+    tokens = hv.frames.read(hv.p2m.mfns.get(dp)) if dp.size else _EMPTY_U64
+    if n_w and dp.size:
+        tokens = _overlay(tokens, dp, np.repeat(maps[:keep], dpb[:keep]), wt[:n_w], wg[:n_w], wtok[:n_w])
+    c_last = float(last_call[keep - 1])
+    hv.advance_to(c_last)
+    return SpanServed(keep, n_p, nib, np.asarray(tokens, dtype=np.uint64), times[:keep + 1].copy(), stop)
+
+
+_EMPTY_F64 = np.empty(0, dtype=np.float64)
+
+
+def _overlay(tokens: np.ndarray, dp: np.ndarray, at: np.ndarray, wt: np.ndarray, wg: np.ndarray,
+             wtok: np.ndarray) -> np.ndarray:
+    """Contents of the unique PFNs ``dp`` at times ``at``: the last of the writes
+    ``(wt, wg, wtok)`` (in time order) to each before its time, else ``tokens``."""
+    order = np.argsort(dp, kind="stable")
+    sdp = dp[order]
+    pos = np.searchsorted(sdp, wg)
+    pos[pos >= sdp.size] = 0
+    hit = sdp[pos] == wg
+    if not hit.any():
+        return tokens
+    wi = np.flatnonzero(hit)                      # the writes to span PFNs, in time order
+    ids = order[pos[wi]]                          # which data PFN each one writes
+    stride = wt.size + 1
+    key = ids.astype(np.int64) * stride + wi      # grouped by PFN, in time order inside
+    srt = np.argsort(key, kind="stable")
+    key = key[srt]
+    before = np.searchsorted(wt, at, side="left")  # writes strictly before each map
+    q = np.arange(dp.size, dtype=np.int64) * stride + before
+    j = np.searchsorted(key, q, side="left") - 1
+    ok = j >= 0
+    ok[ok] = key[j[ok]] // stride == np.flatnonzero(ok)
+    out = tokens.copy()
+    out[ok] = wtok[wi[srt[j[ok]]]]
+    return out
