@@ -47,6 +47,11 @@ def tick_at_or_after(t: float, tick: float) -> int:
     return math.ceil(t / tick - _EPS)
 
 
+def ticks_at_or_after(t, tick: float) -> np.ndarray:
+    """``tick_at_or_after`` of each time in ``t``, to the bit."""
+    return np.ceil(np.asarray(t, dtype=np.float64) / tick - _EPS).astype(np.int64)
+
+
 def write_time(last_tick: int, tick: float, t0: float) -> float:
     """The stamp of a ``MemoryWrites`` whose last write is in tick ``last_tick``, for a
     span starting at ``t0``."""
@@ -147,7 +152,7 @@ class Guest:
     def ticks_by(self, t) -> np.ndarray:
         """For each time in ``t``, the tick a request at that time runs the guest up to
         (exclusive): ``tick_at_or_after``, element by element, to the bit."""
-        return np.ceil(np.asarray(t, dtype=np.float64) / self.tick - _EPS).astype(np.int64)
+        return ticks_at_or_after(t, self.tick)
 
     def balloon_acts_at(self, k: int) -> bool:
         """Does the balloon driver act at tick ``k`` (a span there makes hypercalls)?"""

@@ -308,7 +308,8 @@ class PrecopyEngine:
             self.now = float(times[i1])
             chunk_bytes = int(cum_bytes[i1 - 1] - (cum_bytes[i0 - 1] if i0 else 0))
             self.bus.publish(BatchSent(t=self.now, iteration=rnd.iteration, pfns=pfns[a:b], nibbles=nib[a:b],
-                                       walked=walked0 + b, entries=entries, bytes=chunk_bytes))
+                                       walked=walked0 + b, entries=entries, bytes=chunk_bytes,
+                                       ends=times[i0 + 1:i1 + 1].copy() if i1 - i0 > 1 else None))
             if i1 == nb:
                 self._check_deadline()
             if (b0 + i1) % COUNTER_SAMPLE_BATCHES == 0:

@@ -38,7 +38,7 @@ from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 
-from hypervisor.abi import MAX_GFN
+from hypervisor.abi import MAX_BATCH_SIZE, MAX_GFN
 
 from . import events as _events
 from .transport import wire
@@ -289,6 +289,13 @@ def check_event(ev: _events.Event) -> None:
         if ev.nibbles.size and (ev.nibbles.dtype.kind not in "iu" or int(ev.nibbles.min()) < 0
                                 or int(ev.nibbles.max()) > 15):
             raise ValueError(f"{name}.nibbles: expected PFINFO type nibbles 0..15")
+        if ev.ends is not None:
+            ends = np.asarray(ev.ends)
+            n = -(-ev.pfns.size // MAX_BATCH_SIZE)
+            if ends.ndim != 1 or ends.size != n or ends.dtype.kind != "f" or not np.isfinite(ends).all() \
+                    or (ends.size and (np.diff(ends) < 0).any()) or (ends.size and float(ends[-1]) != ev.t):
+                raise ValueError(f"{name}.ends: expected the end time of each of its {n} batches, in order, "
+                                 "the last at t")
     elif isinstance(ev, _events.RunStarted):
         for k in ("populated", "ballooned"):
             a = getattr(ev, k)

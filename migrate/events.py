@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from hypervisor.abi import LogDirtyEffect, XenBehaviour
+from hypervisor.abi import MAX_BATCH_SIZE, LogDirtyEffect, XenBehaviour
 
 
 # ----------------------------------------------------------------------------- vocabularies
@@ -183,6 +183,15 @@ class BatchSent(Event):
     entries: int
     bytes: int
     hole: tuple[int, int] | None = None   # [lo, hi): never-mapped PFNs sent as XTAB in bulk
+    #: Several batches (the span engine's, between two counter samples): the time each
+    #: one ended, in order (the last is ``t``); None for one batch.
+    ends: np.ndarray | None = None
+
+    def batch_times(self) -> np.ndarray:
+        """The time each PFN's batch ended (``t`` for all of a single batch)."""
+        if self.ends is None:
+            return np.full(np.asarray(self.pfns).size, float(self.t))
+        return np.asarray(self.ends, dtype=np.float64)[np.arange(np.asarray(self.pfns).size) // MAX_BATCH_SIZE]
 
 
 @dataclass(slots=True)

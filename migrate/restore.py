@@ -386,15 +386,50 @@ class Restorer:
         if not keep.any():
             return
         if records > 1:
-            self._check_chunks_run(pfns, keep, PFINFO_HAS_DATA[nib], where)
-        else:
-            self._data_pages += int(tokens.size)
-            self._check_chunks(pfns[keep], where, rec.offset)
+            self._page_data_run(pfns, nibbles, tokens, keep, PFINFO_HAS_DATA[nib], where)
+            return
+        self._data_pages += int(tokens.size)
+        self._check_chunks(pfns[keep], where, rec.offset)
         self._pending.append((pfns[keep], nibbles[keep], tokens))
         self._pending_where.append(where if rec.offset < 0 else f"{where} at byte {rec.offset}")
         self._pending_n += int(keep.sum())
         if self._pending_n >= APPLY_GROUP:
             self.flush()
+
+    def _page_data_run(self, pfns: np.ndarray, nibbles: np.ndarray, tokens: np.ndarray, keep: np.ndarray,
+                       has: np.ndarray, where: str) -> None:
+        """The rest of ``_page_data`` for records back to back: gathered and applied in
+        the groups the records one by one would make (a restore cut short keeps the
+        same pages)."""
+        self._check_chunks_run(pfns, keep, has, where)
+        rec_of = np.arange(pfns.size, dtype=np.int64) // MAX_BATCH_SIZE
+        nrec = int(rec_of[-1]) + 1
+        kept = np.bincount(rec_of[keep], minlength=nrec).tolist()
+        data_end = np.cumsum(np.bincount(rec_of[has], minlength=nrec)).tolist()
+        a = 0
+        acc = self._pending_n
+        for i, k in enumerate(kept):
+            if not k:
+                continue
+            acc += k
+            if acc >= APPLY_GROUP:
+                self._gather(pfns, nibbles, tokens, keep, data_end, a, i + 1, where)
+                self.flush()
+                a, acc = i + 1, 0
+        if a < nrec:
+            self._gather(pfns, nibbles, tokens, keep, data_end, a, nrec, where)
+
+    def _gather(self, pfns, nibbles, tokens, keep, data_end: list, a: int, b: int, where: str) -> None:
+        """Gather the kept entries of records ``[a, b)`` of a run for the next flush."""
+        lo, hi = a * MAX_BATCH_SIZE, b * MAX_BATCH_SIZE
+        m = keep[lo:hi]
+        n = int(np.count_nonzero(m))
+        if not n:
+            return
+        t_lo = data_end[a - 1] if a else 0
+        self._pending.append((pfns[lo:hi][m], nibbles[lo:hi][m], tokens[t_lo:data_end[b - 1]]))
+        self._pending_where.append(where)
+        self._pending_n += n
 
     def _check_chunks_run(self, pfns: np.ndarray, keep: np.ndarray, has: np.ndarray, where: str) -> None:
         """``_check_chunks`` for records back to back, record by record, in bulk: after

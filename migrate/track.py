@@ -283,6 +283,7 @@ class PageStory:
         hit = np.isin(pfns, self.gfns)
         if not hit.any():
             return
+        when = ev.batch_times()
         for i in np.flatnonzero(hit).tolist():
             g, nib = int(pfns[i]), int(ev.nibbles[i])
             try:
@@ -293,7 +294,7 @@ class PageStory:
                 text = f"{where} {ev.iteration}: type query {name}, sent with its contents"
             else:
                 text = f"{where} {ev.iteration}: type query {name}, sent as a PFN word only (no data)"
-            self._say(g, ev.t, text)
+            self._say(g, float(when[i]), text)
 
     def text(self, gfn: int) -> str:
         """The story as text, one line per event, virtual time first."""

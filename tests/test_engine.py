@@ -118,10 +118,12 @@ def test_stream_file_restores_the_same_as_the_counted_run(tmp_path):
 
 def test_vanished_gfn_fails_the_save_and_the_source_resumes(monkeypatch):
     """A GFN removed between getpageframeinfo3 and the map fails the save, as
-    write_batch() does; the error names the PFN and the source domain runs again."""
+    write_batch() does; the error names the PFN and the source domain runs again.
+    (The reference engine: the removal is injected between its two calls; a span never
+    has a hypercall between them.)"""
     from migrate import control
 
-    sc = scenario(guest={"memory": "16MiB", "workloads": [{"kind": "idle"}]})
+    sc = scenario(guest={"memory": "16MiB", "workloads": [{"kind": "idle"}]}, migration={"engine": "reference"})
     seen = {}
     orig = control.LocalDomain.map_foreign
 
@@ -332,8 +334,9 @@ def test_page_data_record_bytes_is_what_the_writer_writes_for_one_batch():
 
 
 def test_link_next_batch_time_is_the_engines_batch_time_to_the_bit():
-    """The MQTT transport serves batches ahead at LinkModel.next_batch_time: it must be
-    exactly (float for float) when the engine starts its next batch."""
+    """LinkModel.next_batch_time is exactly (float for float) when the reference engine
+    starts its next batch (the span engine times whole spans with the same
+    ``batch_steps``/``batch_times`` and checks the hypervisor's span times equal)."""
     from hypervisor.abi import PFINFO_HAS_DATA
     from migrate.control import LocalDomain
     from migrate.events import BatchSent
@@ -341,7 +344,7 @@ def test_link_next_batch_time_is_the_engines_batch_time_to_the_bit():
 
     sc = scenario(guest={"memory": "64MiB", "workloads": [{"kind": "uniform", "rate": "40MiB/s"}]},
                   link={"bandwidth": "300Mbit/s", "restore_rate": "20000pages/s", "batch_overhead": "37us",
-                        "hypercall_overhead": "3us"})
+                        "hypercall_overhead": "3us"}, migration={"engine": "reference"})
     starts: list[float] = []
     orig = LocalDomain.getpageframeinfo3
 
@@ -377,13 +380,13 @@ def test_link_next_batch_time_is_the_engines_batch_time_to_the_bit():
 def test_the_engine_walks_exactly_the_pass_plan_it_states_at_link_model_times(monkeypatch, guest):
     """Every pass states its batches (begin_pass) before the first one and then walks
     exactly those, each type query at ``LinkModel.next_batch_time`` of the batch before
-    it in its stretch and each map at ``LinkModel.map_time``: what a remote hypervisor
-    serving batches ahead relies on."""
+    it in its stretch and each map at ``LinkModel.map_time`` (the reference engine; the
+    span engine asks for the same batches a span at a time)."""
     from hypervisor.abi import PFINFO_HAS_DATA, PFINFO_LTAB_SHIFT
     from migrate import control
     from migrate.link import page_data_record_bytes
 
-    sc = scenario(guest=guest, migration={"start": "20ms", "verify": True})
+    sc = scenario(guest=guest, migration={"start": "20ms", "verify": True, "engine": "reference"})
     plans, walked, maps = [], [], []
     orig_begin, orig_gpfi3, orig_map = (control.LocalDomain.begin_pass, control.LocalDomain.getpageframeinfo3,
                                         control.LocalDomain.map_foreign)

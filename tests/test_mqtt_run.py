@@ -225,18 +225,22 @@ async def test_broker_lost_mid_run_aborts_and_the_hypervisor_resumes_the_source(
                                         ("guest", signal.SIGSTOP)])
 async def test_killed_or_frozen_actor_process_aborts_the_migration(mqtt_broker, procs, victim, sig):
     """A killed actor is seen at once (its will); a frozen one (SIGSTOP) within
-    --timeout, and named as frozen, not as a lost broker."""
-    sc = scenario("idle")
+    --timeout, and named as frozen, not as a lost broker. (The guest is killed in a
+    run whose balloon moves later: an idle guest's writes are all known to the
+    hypervisor ahead, so a save can end before it needs the guest again.)"""
+    name = "balloon" if victim == "guest" else "idle"
+    sc = scenario(name)
     run = f"kill-{victim}-{int(sig)}"
     procs.start("hypervisor", actor_command("hypervisor", mqtt_broker, run))
-    procs.start("guest", actor_command("guest", mqtt_broker, run, "--guest", str(EXAMPLES / "idle.yaml")))
+    procs.start("guest", actor_command("guest", mqtt_broker, run, "--guest", str(EXAMPLES / f"{name}.yaml")))
     bus = EventBus()
     batches = []
 
     def kill_after_some_batches(ev) -> None:
+        # Mid pass 1: the engine's first span is of 64 batches, told in two events.
         if isinstance(ev, BatchSent):
             batches.append(ev)
-            if len(batches) == 20:
+            if len(batches) == 1:
                 os.kill(procs.procs[victim].pid, sig)
 
     bus.subscribe(kill_after_some_batches)
@@ -468,38 +472,36 @@ async def _in_process_remote(sc, opts, monkeypatch) -> tuple:
     return rem, sources[0].control
 
 
-async def test_batches_served_ahead_save_round_trips_and_keep_the_report(monkeypatch, caplog):
+async def test_spans_save_round_trips_and_keep_the_report(monkeypatch):
     sc = scenario("balloon")
     emb = await run_scenario(sc, RunOptions())
     rem, control = await _in_process_remote(sc, RunOptions(), monkeypatch)
     assert comparable(rem) == comparable(emb)
     batches = sum(r.batches for r in rem.save.rounds)
-    assert control.ahead_hits > batches // 2
-    assert control.rpcs < batches // 2
-    assert not [r for r in caplog.records if "served ahead" in r.getMessage()]   # no wasted batch
+    assert control.span_batches > batches // 2
+    assert control.rpcs < batches // 4
 
 
 @pytest.mark.parametrize("deadline", [0.3, 2.1234, 6.5, 8.77])
-async def test_a_deadline_abort_mid_pass_sees_no_batch_served_ahead(monkeypatch, caplog, deadline):
-    """The engine aborts between two batches of a pass: the hypervisor must not have
-    served the next one (its guest would have run ahead of the embedded run's)."""
+async def test_a_deadline_abort_mid_pass_keeps_the_report(monkeypatch, deadline):
+    """The engine aborts after the batch that ends past the deadline: the hypervisor
+    served no span past it (its guest would have run ahead of the embedded run's)."""
     sc = scenario("balloon")
     sc = sc.model_copy(update={"migration": sc.migration.model_copy(update={"deadline": deadline})})
     emb = await run_scenario(sc, RunOptions())
     assert emb.save.outcome == "aborted"
     rem, control = await _in_process_remote(sc, RunOptions(), monkeypatch)
     assert comparable(rem) == comparable(emb)
-    assert control.ahead_hits > 0
-    assert not [r for r in caplog.records if "served ahead" in r.getMessage()]
+    assert control.span_batches > 0
 
 
-async def test_bandwidth_override_and_verify_keep_the_report_with_batches_ahead(monkeypatch):
+async def test_bandwidth_override_and_verify_keep_the_report_with_spans(monkeypatch):
     sc = scenario("pod-boot")
     opts = RunOptions(bandwidth=3e8, verify=True)
     emb = await run_scenario(sc, opts)
     rem, control = await _in_process_remote(sc, opts, monkeypatch)
     assert comparable(rem) == comparable(emb)
-    assert control.ahead_hits > 0
+    assert control.span_batches > 0
 
 
 @pytest.mark.mqtt

@@ -21,18 +21,11 @@ process; this package wires the same objects through a ``migrate.transport.base.
   ``run_scenario(..., source_factory=...)``.
 
 Batching, all exact (the same calls reach the same Hypervisor at the same virtual
-times): the engine states each pass's batches before the first one
-(``DomainControl.begin_pass`` with a ``PassPlan``) and times every batch with
-``LinkModel.map_time`` / ``next_batch_time``. So a type query of a planned batch
-carries the plan's link model, and the hypervisor also does the foreign map the saver
-makes next (``write_batch`` maps the data PFNs of a batch whose types are all known)
-and serves up to ``LOOKAHEAD`` batches the plan walks next, each at its time (type
-query + map), events and counters split per call; the saver's calls for them are
-answered without a round trip. Never past the end of a stretch of the plan (the saver
-walks a hole or ends the pass there), nor past the migration's deadline (the saver
-calls something else there). Every reply carries the hypervisor's counters, so
-``counters`` needs no round trip. What is left (a stream write failing, Ctrl-C, a lost
-peer between two such batches) finds the guest run up to a batch ahead. Calls that
+times): the saver's batches go as spans (``DomainControl.serve_span``): one round trip
+carries the PFNs of a run of batches, the link model that times them and the save's
+deadline, and the hypervisor answers for as many as ``hypervisor/span.py`` can serve at
+once, as in process; a batch a span stops before goes as its two calls. Every reply
+carries the hypervisor's counters, so ``counters`` needs no round trip. Calls that
 cannot run the guest are served on the event loop, the others in the worker thread.
 
 Faults: a peer that dies or stops answering makes the call raise ``PeerLost`` (a

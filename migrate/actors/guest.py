@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from guest.guest import tick_at_or_after, write_time
+from guest.guest import tick_at_or_after, ticks_at_or_after, write_time
 from hypervisor.abi import (
     DecreaseReservation,
     HypercallResult,
@@ -87,6 +87,7 @@ class RemoteGuest:
         self.pos = 0                     # the next tick Guest.run would run (its _next_tick)
         self.gk = 0                      # the guest actor's own next tick (>= pos: written ahead)
         self._win: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None   # writes of ticks [pos, gk)
+        self._next_call: int | None = None   # the window's WriteWindow.next_call
 
     def _rpc(self, method: str, args: dict | None = None) -> Any:
         try:
@@ -109,6 +110,18 @@ class RemoteGuest:
             self._win = None
             self._set_now()
         return reply
+
+    def next_call_tick(self) -> int | None:
+        """``Guest.next_call_tick`` as far as the guest actor told: while a window of its
+        writes is known, the tick its balloon acts at next (``WriteWindow.next_call``);
+        otherwise the next unrun tick (it may act there)."""
+        if self._win is not None and (self._next_call is None or self._next_call >= self.pos):
+            return self._next_call
+        return self.pos
+
+    def ticks_by(self, t) -> np.ndarray:
+        """``Guest.ticks_by``: the tick a request at each time runs the guest up to."""
+        return ticks_at_or_after(t, self.tick)
 
     def _set_now(self) -> None:
         if self.tick is not None:
@@ -166,6 +179,7 @@ class RemoteGuest:
                 if k0 != k or k1 <= k0:
                     raise TransportError(f"the guest wrote ahead from tick {k0} to {k1}, expected from {k}")
                 self._win = (np.asarray(reply.ticks), np.asarray(reply.gfns), np.asarray(reply.tokens))
+                self._next_call = None if reply.next_call is None else int(reply.next_call)
                 self.gk = k1
                 self._set_now()
                 continue
@@ -345,9 +359,9 @@ class GuestActor:
                 if reply is not None:
                     return reply
             return self._run(t0, t1)
-        k_to, _ = g.window_end(k, max_ticks)
+        k_to, next_call = g.window_end(k, max_ticks)
         ticks, gfns, tokens = g.write_window(k, k_to)
-        return WriteWindow(k, k_to, ticks, gfns, tokens, g.drain_events())
+        return WriteWindow(k, k_to, ticks, gfns, tokens, g.drain_events(), next_call)
 
     def _resume(self, result) -> GuestStep:
         if self.gen is None:

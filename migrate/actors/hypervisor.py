@@ -12,25 +12,31 @@ from typing import Any, Callable
 
 import numpy as np
 
-from hypervisor.abi import (
-    MAX_BATCH_SIZE,
-    PFINFO_HAS_DATA,
-    PFINFO_KNOWN,
-    PFINFO_LTAB_SHIFT,
-    ShadowOp,
-    XenError,
-)
+from hypervisor.abi import ShadowOp, XenError
 
-from ..control import LocalDomain, SourceInfo, source_info
+from ..control import LocalDomain, PassPlan, SourceInfo, source_info
 from ..errors import PeerLost, TransportError
 from ..events import Event, EventBus, PhaseChanged
-from ..link import LinkModel, page_data_record_bytes
+from ..link import LinkModel
 from ..transport.base import Transport
 
 from .guest import RemoteGuest
-from .messages import Bye, Lookahead, Released, Served
+from .messages import Bye, Released, Served
 
 log = logging.getLogger("xmig.actors")
+
+
+def _link(link) -> LinkModel:
+    if not isinstance(link, LinkModel):
+        raise TransportError(f"serve_span needs a LinkModel, not a {type(link).__name__}")
+    return link
+
+
+def _deadline(deadline) -> tuple[float, float] | None:
+    if deadline is None:
+        return None
+    t_start, limit = deadline
+    return float(t_start), float(limit)
 
 
 def _drive(coro) -> Any:
@@ -63,8 +69,8 @@ class _Collector(EventBus):
 #: run the guest (the loop must keep beating: a long call there would look like a dead
 #: hypervisor).
 DOMCTLS: dict[str, bool] = {"max_gpfn": True, "shadow_op": False, "getpageframeinfo3": True,
-                            "map_foreign": True, "suspend": True, "resume": True, "counters": True,
-                            "snapshot": False, "mapped_runs": False}
+                            "map_foreign": True, "serve_span": False, "suspend": True, "resume": True,
+                            "counters": True, "snapshot": False, "mapped_runs": False}
 
 
 class HypervisorActor:
@@ -123,10 +129,8 @@ class HypervisorActor:
 
     @staticmethod
     def _last_time(method: str, args: dict) -> float:
-        """The latest virtual time this call serves: a type query with a plan also maps."""
-        t = float(args.get("t", 0.0))
-        plan = args.get("plan") if method == "getpageframeinfo3" else None
-        return t if plan is None else plan.link.map_time(t)
+        """The latest virtual time this call serves."""
+        return float(args.get("t", 0.0))
 
     def _may_run_guest(self, t: float) -> bool:
         """Could serving up to ``t`` make the hypervisor run the guest (a guest round
@@ -172,10 +176,16 @@ class HypervisorActor:
         self.domain = LocalDomain(hv, self.guest, self.bus)
         return source_info(hv, layout)
 
-    def _call(self, t: float, method: str, kwargs: dict) -> Served:
-        """One LocalDomain call, with what it made happen; ``events`` are left for the
-        caller to take (a speculated map splits them)."""
-        served = Served(t=t)
+    def _domctl(self, method: str, args: dict, on_loop: bool = False) -> Served:
+        """One DomainControl call, served by LocalDomain's method of that name, with the
+        events it made and the counters after it."""
+        kwargs = {k: v for k, v in args.items() if k != "owner"}
+        if method == "shadow_op":
+            kwargs["op"] = ShadowOp(kwargs["op"])
+        elif method == "serve_span":
+            kwargs = {"t": kwargs["t"], "pfns": kwargs["pfns"],
+                      "plan": PassPlan(0, (), _link(kwargs["link"]), _deadline(kwargs.get("deadline")))}
+        served = Served(t=float(args.get("t", 0.0)))
         try:
             served.result = _drive(getattr(self.domain, method)(**kwargs))
         except XenError as exc:
@@ -183,86 +193,10 @@ class HypervisorActor:
         except PeerLost as exc:
             served.lost, served.peer = str(exc), exc.peer
             self.echo(f"{exc}: the guest's vCPUs are stopped")
-        return served
-
-    def _domctl(self, method: str, args: dict, on_loop: bool = False) -> Served:
-        """One DomainControl call, served by LocalDomain's method of that name."""
-        kwargs = {k: v for k, v in args.items() if k not in ("owner", "plan")}
-        if method == "shadow_op":
-            kwargs["op"] = ShadowOp(kwargs["op"])
-        plan = args.get("plan") if method == "getpageframeinfo3" else None
-        t = float(args.get("t", 0.0))
-        served = self._call(t, method, kwargs)
-        if plan is not None and served.ok:
-            self._speculate(served, plan.link.map_time(t), args["pfns"])
-        self._close(served)
-        if plan is not None and served.ok:
-            self._look_ahead(served, t, args["pfns"], plan, on_loop)
-        return served
-
-    def _close(self, served: Served) -> None:
-        if served.mapped is None:       # (a speculated map already split them)
-            served.events = self.bus.take()
+        served.events = self.bus.take()
         # LocalDomain.counters never advances time (t=0 would be a no-op if it did).
         served.counters = _drive(self.domain.counters(0.0))
-
-    @staticmethod
-    def _next_time(link: LinkModel, pfns, served: Served) -> float | None:
-        """When the saver calls getpageframeinfo3 for its next batch, given this batch's
-        type query (``served``, with its speculated map): ``LinkModel.next_batch_time``,
-        the engine's own timing. None where the saver does not get there that way (the
-        batch fails, or a map error changes its record)."""
-        if not served.ok:
-            return None
-        n = int(np.asarray(pfns).size)
-        if n == 0 or n > MAX_BATCH_SIZE:
-            return None
-        nibbles = (np.asarray(served.result, dtype=np.uint32) >> PFINFO_LTAB_SHIFT).astype(np.uint8)
-        if not PFINFO_KNOWN[nibbles].all():
-            return None                 # the saver fails the batch
-        n_data = int(PFINFO_HAS_DATA[nibbles].sum())
-        if n_data:
-            m = served.mapped
-            if m is None or not m.ok or np.asarray(m.result[1]).any():
-                return None             # a map error: the saver fails or sends XTAB instead
-        return link.next_batch_time(served.t, page_data_record_bytes(n, n_data), n_data, n_data > 0)
-
-    def _look_ahead(self, served: Served, t: float, pfns, plan: Lookahead, on_loop: bool) -> None:
-        """Serve the saver's next batches now (``plan.next``: those its stated pass plan
-        walks right after this one), each at the time the saver will ask for it
-        (``_next_time``), with its map, events and counters split per call as if they
-        came one by one. Not past the saver's deadline (it would abort and call
-        something else there)."""
-        link, deadline = plan.link, plan.deadline
-        cur = served
-        for nxt in plan.next:
-            tn = self._next_time(link, pfns, cur)
-            if tn is None:
-                return
-            if deadline is not None and tn - float(deadline[0]) > float(deadline[1]):
-                return                  # _check_deadline aborts the save at tn instead
-            if on_loop and self._may_run_guest(link.map_time(tn)):
-                return                  # a guest round trip: not on the event loop
-            nxt = np.asarray(nxt, dtype=np.int64)
-            entry = self._call(tn, "getpageframeinfo3", {"t": tn, "pfns": nxt})
-            if entry.ok:
-                self._speculate(entry, link.map_time(tn), nxt)
-            self._close(entry)
-            served.ahead.append(entry)
-            pfns, cur = nxt, entry
-
-    def _speculate(self, served: Served, t_map: float, pfns) -> None:
-        """write_batch's next call, done now: map the data PFNs at ``t_map``."""
-        nibbles = (np.asarray(served.result, dtype=np.uint32) >> PFINFO_LTAB_SHIFT).astype(np.uint8)
-        if not PFINFO_KNOWN[nibbles].all():
-            return                      # the saver fails the batch; it maps nothing
-        data_pfns = np.asarray(pfns)[PFINFO_HAS_DATA[nibbles]]
-        if data_pfns.size == 0:
-            return                      # nothing to map: the saver does not call
-        served.events = self.bus.take()
-        mapped = self._call(t_map, "map_foreign", {"t": t_map, "pfns": data_pfns})
-        mapped.events = self.bus.take()
-        served.mapped = mapped
+        return served
 
     # ------------------------------------------------------------------ endings
 

@@ -16,7 +16,6 @@ import numpy as np
 
 from hypervisor.abi import XenError
 
-from ..link import LinkModel
 from ..transport import wire
 
 
@@ -45,7 +44,8 @@ class Speculated:
 @dataclass(slots=True)
 class WriteWindow:
     """The guest's writes of ticks ``[first, end)``, where its balloon does nothing
-    (``Guest.write_window``: per-write tick, GFN and token)."""
+    (``Guest.write_window``: per-write tick, GFN and token), and the first tick at
+    which its balloon acts next (``next_call``, None: nothing scheduled)."""
 
     first: int
     end: int
@@ -53,6 +53,7 @@ class WriteWindow:
     gfns: np.ndarray
     tokens: np.ndarray
     events: list = field(default_factory=list)
+    next_call: int | None = None
 
 
 @dataclass(slots=True)
@@ -92,8 +93,6 @@ class Served:
     peer: str = ""
     events: list = field(default_factory=list)
     counters: dict | None = None
-    mapped: Served | None = None
-    ahead: list = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -108,17 +107,3 @@ class Released:
 
 
 wire.register(GuestStep, Speculated, WriteWindow, GuestLayout, GuestOpened, Bye, Served, Released)
-
-
-@dataclass(slots=True)
-class Lookahead:
-    """What a type query of a planned batch tells the hypervisor actor (from the
-    engine's ``PassPlan``): the link model that times the saver's batches, the PFNs of
-    the batches the plan walks right after this one, and the saver's deadline."""
-
-    link: LinkModel
-    next: list = field(default_factory=list)
-    deadline: tuple[float, float] | None = None
-
-
-wire.register(Lookahead)

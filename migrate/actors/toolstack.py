@@ -11,25 +11,18 @@ from typing import Any
 
 import numpy as np
 
-from hypervisor.abi import (
-    PFINFO_HAS_DATA,
-    PFINFO_LTAB_SHIFT,
-    ShadowOp,
-)
+from hypervisor.abi import ShadowOp
+from hypervisor.span import SpanServed
 
-from ..control import PassPlan, SourceInfo
+from ..control import SourceInfo
 from ..errors import PeerLost, TransportError
 from ..events import Event, EventBus
 from ..transport.base import Transport
 
 from .guest import scenario_digest
-from .messages import Lookahead, Served
+from .messages import Served
 
 log = logging.getLogger("xmig.actors")
-
-#: Batches the hypervisor serves ahead of the saver, with the one it asks for (see
-#: ``RemoteDomain``): each saves a round trip.
-LOOKAHEAD = 8
 
 #: Event batches for watchers: at most this long between flushes, or this many events.
 EVENT_FLUSH_S = 0.05
@@ -39,28 +32,19 @@ EVENT_FLUSH_N = 256
 class RemoteDomain:
     """``DomainControl`` over the transport: the hypervisor actor's LocalDomain.
 
-    The engine states each pass's plan (``begin_pass``); every type query of a planned
-    batch then carries the plan's link model, so the hypervisor also does the foreign
-    map the saver makes ``LinkModel.map_time`` later, and the batches the plan walks
-    next (up to ``lookahead``), each at ``LinkModel.next_batch_time``: the engine's own
-    timing, so those calls are answered here without a round trip."""
+    The saver's batches go as spans (``serve_span``): one round trip carries the PFNs of
+    a run of batches, the link model that times them and the save's deadline, and the
+    hypervisor answers for as many as it can serve at once (``hypervisor/span.py``),
+    exactly as in process. A batch a span stops before goes as its two calls."""
 
-    def __init__(self, transport: Transport, bus: EventBus, *, lookahead: int = LOOKAHEAD,
-                 speculate: bool = True):
+    def __init__(self, transport: Transport, bus: EventBus):
         self.transport = transport
         self.bus = bus
         self.owner = transport.client_id
         self.lost: PeerLost | None = None
-        self.speculate = speculate
-        self.lookahead = int(lookahead) if speculate else 0
-        self._spec: tuple[float, np.ndarray, Served] | None = None
         self._counters: dict[str, Any] | None = None
-        self._plan: PassPlan | None = None
-        self._cursor = (0, 0)                   # (stretch, batch) the plan walks next
-        self._ahead: list[tuple[float, np.ndarray, Served]] = []
         self.rpcs = 0
-        self.spec_hits = 0
-        self.ahead_hits = 0
+        self.span_batches = 0
 
     async def _call(self, method: str, args: dict) -> Any:
         if self.lost is not None:
@@ -85,79 +69,27 @@ class RemoteDomain:
             raise served.error
         return served.result
 
-    def _drop_ahead(self, what: str) -> None:
-        """The engine stopped its pass early (a stream that failed, Ctrl-C): what was
-        served for it has run the guest up to a batch ahead."""
-        if self._ahead:
-            log.warning("the engine stopped before %d batches served ahead (it called %s)", len(self._ahead), what)
-        self._ahead = []
-        self._spec = None
-
     async def _op(self, method: str, **args) -> Any:
-        self._drop_ahead(method)
         return self._finish(await self._call(method, args))
 
     # -------------------------------------------------------- the saver's batches
 
     async def begin_pass(self, t, plan):
-        self._drop_ahead("begin_pass")
-        self._plan = plan if self.speculate else None
-        self._cursor = (0, 0)
+        """Nothing to prepare: each span carries what the hypervisor needs of the plan."""
+        return None
 
-    def _next_batches(self, pfns: np.ndarray) -> list[np.ndarray] | None:
-        """If ``pfns`` is the batch the plan walks next, move past it and return the
-        ones that follow it in its stretch (up to ``lookahead``); None for a batch the
-        plan does not hold (one the engine sends between two stretches)."""
-        plan = self._plan
-        if plan is None:
-            return None
-        s, k = self._cursor
-        while s < len(plan.stretches) and k >= len(plan.stretches[s]):
-            s, k = s + 1, 0
-        if s >= len(plan.stretches) or not np.array_equal(plan.stretches[s].batch(k), pfns):
-            return None
-        self._cursor = (s, k + 1)
-        st = plan.stretches[s]
-        return [st.batch(i) for i in range(k + 1, min(len(st), k + 1 + self.lookahead))]
-
-    def _take_spec(self, served: Served, pfns: np.ndarray) -> None:
-        if served.mapped is not None:
-            nibbles = (np.asarray(served.result, dtype=np.uint32) >> PFINFO_LTAB_SHIFT).astype(np.uint8)
-            self._spec = (served.mapped.t, pfns[PFINFO_HAS_DATA[nibbles]], served.mapped)
+    async def serve_span(self, t, pfns, plan):
+        served = await self._op("serve_span", t=float(t), pfns=np.asarray(pfns, dtype=np.int64),
+                                link=plan.link, deadline=plan.deadline)
+        if not isinstance(served, SpanServed):
+            raise TransportError(f"serve_span answered a {type(served).__name__}")
+        self.span_batches += served.batches
+        return served
 
     async def getpageframeinfo3(self, t, pfns):
-        t = float(t)
-        pfns = np.asarray(pfns, dtype=np.int64)
-        nxt = self._next_batches(pfns)
-        if self._spec is not None:
-            raise _broke_plan(f"getpageframeinfo3 at t={t!r}", "map_foreign of the last batch's data pages")
-        if self._ahead:
-            t_ahead, pfns_ahead, entry = self._ahead.pop(0)
-            if t_ahead != t or not np.array_equal(pfns_ahead, pfns):
-                raise _broke_plan(f"getpageframeinfo3 of {pfns.size} PFNs at t={t!r}",
-                                  f"the plan's next batch at t={t_ahead!r}")
-            self.ahead_hits += 1
-            self._counters = entry.counters
-            self._take_spec(entry, pfns)
-            return self._finish(entry)
-        args: dict[str, Any] = {"t": t, "pfns": pfns}
-        plan = self._plan
-        if plan is not None:
-            args["plan"] = Lookahead(plan.link, nxt or [], plan.deadline)
-        reply = await self._call("getpageframeinfo3", args)
-        self._take_spec(reply, pfns)
-        for i, entry in enumerate(reply.ahead):
-            self._ahead.append((float(entry.t), nxt[i], entry))
-        return self._finish(reply)
+        return await self._op("getpageframeinfo3", t=float(t), pfns=np.asarray(pfns, dtype=np.int64))
 
     async def map_foreign(self, t, pfns):
-        if self._spec is not None:
-            t_spec, spfns, spec = self._spec
-            self._spec = None
-            if float(t) != t_spec or not np.array_equal(np.asarray(pfns), spfns):
-                raise _broke_plan(f"map_foreign at t={float(t)!r}", f"the map at t={t_spec!r} (LinkModel.map_time)")
-            self.spec_hits += 1
-            return self._finish(spec)
         return await self._op("map_foreign", t=float(t), pfns=np.asarray(pfns, dtype=np.int64))
 
     # -------------------------------------------------------- the other domctls
@@ -176,7 +108,7 @@ class RemoteDomain:
     async def counters(self, t):
         # Every reply carries the counters as they stood after the call, and nothing
         # changes in the hypervisor between calls: the last reply's are the current ones.
-        if self._counters is not None and self._spec is None:
+        if self._counters is not None:
             return dict(self._counters)
         if self.lost is not None:
             return {}
@@ -193,13 +125,6 @@ class RemoteDomain:
 
     async def mapped_runs(self, t, lo, hi):
         return await self._op("mapped_runs", t=float(t), lo=int(lo), hi=int(hi))
-
-
-def _broke_plan(got: str, expected: str) -> RuntimeError:
-    """The engine called something its stated plan and LinkModel's timing did not say:
-    a bug in the engine (the hypervisor has already run the guest for the call it
-    predicted), never a condition to recover from."""
-    return RuntimeError(f"the precopy engine broke its stated pass plan: got {got}, expected {expected}")
 
 
 class EventPublisher:
@@ -249,14 +174,14 @@ class RemoteSource:
     """``SourceSide`` whose domain lives in a hypervisor actor (``source_factory``)."""
 
     def __init__(self, transport: Transport, scenario, *, behaviour: str, seed: int, bus: EventBus,
-                 host_frames: int, publish_events: bool = True, speculate: bool = True):
+                 host_frames: int, publish_events: bool = True):
         self.transport = transport
         self.scenario = scenario
         self.behaviour = behaviour
         self.seed = seed
         self.bus = bus
         self.host_frames = host_frames
-        self.control = RemoteDomain(transport, bus, speculate=speculate)
+        self.control = RemoteDomain(transport, bus)
         self.publisher = EventPublisher(transport) if publish_events else None
         if self.publisher is not None:
             bus.subscribe(self.publisher)

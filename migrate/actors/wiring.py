@@ -50,8 +50,7 @@ async def run_actor(kind: str, config: BrokerConfig, run_id: str, *, scenario=No
 
 
 async def remote_run(scenario, opts=None, *, broker: BrokerConfig | None = None, run_id: str = "xmig",
-                     bus: EventBus | None = None, pacer=None, transport: Transport | None = None,
-                     speculate: bool = True):
+                     bus: EventBus | None = None, pacer=None, transport: Transport | None = None):
     """``xmig run --broker URL --run ID``: the toolstack against remote actors.
 
     Claims the run id (a second toolstack is refused with ``RunRefused``), runs
@@ -69,8 +68,7 @@ async def remote_run(scenario, opts=None, *, broker: BrokerConfig | None = None,
         await transport.claim()
 
         def factory(sc, *, behaviour, seed, bus, host_frames):
-            return RemoteSource(transport, sc, behaviour=behaviour, seed=seed, bus=bus, host_frames=host_frames,
-                                speculate=speculate)
+            return RemoteSource(transport, sc, behaviour=behaviour, seed=seed, bus=bus, host_frames=host_frames)
 
         result = await run_scenario(scenario, opts, bus=bus, pacer=pacer, source_factory=factory)
         broker_view = transport.rejected()
