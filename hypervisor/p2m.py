@@ -116,15 +116,22 @@ class ChunkedArray:
             yield c, off, pos, k
             pos += k
 
+    def _get_run(self, idx: np.ndarray) -> np.ndarray:
+        """``get`` of one contiguous run, a chunk's slice at a time."""
+        out = np.full(idx.size, self.default, dtype=self.dtype)
+        d = self.directory
+        for c, off, pos, k in self._slices(int(idx[0]), idx.size):
+            if c < d.size and d[c] != -1:
+                self._read_slice(out[pos:pos + k], int(d[c]), off)
+        return out
+
+    def _read_slice(self, out: np.ndarray, r: int, off: int) -> None:
+        out[:] = self.pool[r, off:off + out.size]
+
     def get(self, idx: np.ndarray) -> np.ndarray:
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         if self._run(idx):
-            out = np.full(idx.size, self.default, dtype=self.dtype)
-            d = self.directory
-            for c, off, pos, k in self._slices(int(idx[0]), idx.size):
-                if c < d.size and d[c] >= 0:
-                    out[pos:pos + k] = self.pool[d[c], off:off + k]
-            return out
+            return self._get_run(idx)
         rows = self._rows(idx >> CHUNK_BITS)
         flat = self.pool.reshape(-1)
         if rows.size and int(rows.min()) >= 0:
@@ -243,21 +250,18 @@ class LinearChunkedArray(ChunkedArray):
         v = self._base[s] + off
         return np.where((off >= self._lo[s]) & (off < self._hi[s]), v, int(self.default)).astype(self.dtype)
 
+    def _read_slice(self, out: np.ndarray, r: int, off: int) -> None:
+        if r >= 0:
+            return super()._read_slice(out, r, off)
+        s = -2 - r
+        a, b = max(off, int(self._lo[s])), min(off + out.size, int(self._hi[s]))
+        if b > a:
+            out[a - off:b - off] = np.arange(a, b, dtype=np.int64) + int(self._base[s])
+
     def get(self, idx: np.ndarray) -> np.ndarray:
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         if self._run(idx):
-            out = np.full(idx.size, self.default, dtype=self.dtype)
-            d = self.directory
-            for c, off, pos, k in self._slices(int(idx[0]), idx.size):
-                r = int(d[c]) if c < d.size else -1
-                if r >= 0:
-                    out[pos:pos + k] = self.pool[r, off:off + k]
-                elif r <= -2:
-                    s = -2 - r
-                    a, b = max(off, int(self._lo[s])), min(off + k, int(self._hi[s]))
-                    if b > a:
-                        out[pos + a - off:pos + b - off] = np.arange(a, b, dtype=np.int64) + int(self._base[s])
-            return out
+            return self._get_run(idx)
         rows = self._rows(idx >> CHUNK_BITS)
         if rows.size == 0:
             return np.empty(0, dtype=self.dtype)
@@ -378,10 +382,6 @@ class LinearChunkedArray(ChunkedArray):
             row[lo:hi] = np.arange(lo, hi, dtype=np.int64) + int(self._base[s])
             self._lo[s] = self._hi[s] = 0          # the slot stays, unused
         row[off] = v
-
-    @property
-    def dense_chunks(self) -> int:
-        return self.nrows
 
     @property
     def nbytes(self) -> int:
