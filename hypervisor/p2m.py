@@ -248,7 +248,10 @@ class LinearChunkedArray(ChunkedArray):
         """Values at offsets ``off`` of run chunks (``rows`` <= -2), as the dtype."""
         s = -2 - rows
         v = self._base[s] + off
-        return np.where((off >= self._lo[s]) & (off < self._hi[s]), v, int(self.default)).astype(self.dtype)
+        outside = (off - self._lo[s]).view(np.uint64) >= (self._hi[s] - self._lo[s]).view(np.uint64)
+        if outside.any():
+            v[outside] = int(self.default)
+        return v.astype(self.dtype)
 
     def _read_slice(self, out: np.ndarray, r: int, off: int) -> None:
         if r >= 0:
@@ -296,6 +299,8 @@ class LinearChunkedArray(ChunkedArray):
         self._ensure_directory(int(chunk.max()))
         rows = self.directory[chunk].astype(np.int64)
         off = idx & _CHUNK_MASK
+        if int(rows.max()) <= -2 and (self._linear_values(rows, off) == vals).all():
+            return                                 # runs rewritten with their own values
         # Writes that change nothing (a run rewritten with its own values, the default
         # into an absent chunk) are dropped; writes into rows go straight in.
         same = np.zeros(idx.size, dtype=bool)
