@@ -64,3 +64,23 @@ def test_layout_errors_say_where():
         cfg(memory="16MiB", layout={"high_pages": [0x10], "holes": []})
     with pytest.raises(ValueError, match="exactly one of size or end"):
         cfg(memory="16MiB", layout={"holes": [{"start": 1, "size": 2, "end": 5}]})
+
+
+def test_builder_takes_the_lazy_layout_like_the_whole_arrays_and_checks_its_runs():
+    import pytest
+
+    from hypervisor.abi import DomainLayout, GfnRuns
+    from hypervisor.domain import Hypervisor
+
+    lay = Guest(cfg(memory="1GiB", maxmem="1GiB"), seed=5).layout()
+    assert isinstance(lay.ram_gfns, GfnRuns)
+    eager = DomainLayout(ram_gfns=np.asarray(lay.ram_gfns), ram_tokens=np.asarray(lay.ram_tokens),
+                         mmio_gfns=lay.mmio_gfns)
+    a, b = Hypervisor(host_frames=1 << 19), Hypervisor(host_frames=1 << 19)
+    a.build(lay)
+    b.build(eager)
+    ga, ta = a.snapshot()
+    gb, tb = b.snapshot()
+    assert np.array_equal(ga, gb) and np.array_equal(ta, tb) and ga.size == 1 << 18
+    with pytest.raises(ValueError, match="ascending and apart"):
+        Hypervisor(host_frames=100).build(DomainLayout(ram_gfns=GfnRuns(np.array([0, 5]), np.array([10, 2]))))
