@@ -296,9 +296,12 @@ class LinearChunkedArray(ChunkedArray):
                 self._set_chunk(c, np.arange(off, off + k, dtype=np.int64), vals[pos:pos + k])
             return
         chunk = idx >> CHUNK_BITS
-        self._ensure_directory(int(chunk.max()))
-        rows = self.directory[chunk].astype(np.int64)
+        c0, c1 = int(chunk.min()), int(chunk.max())
+        self._ensure_directory(c1)
         off = idx & _CHUNK_MASK
+        if c0 == c1:                               # one chunk (a batch, a restore step)
+            return self._set_chunk(c0, off, vals)
+        rows = self.directory[chunk].astype(np.int64)
         if int(rows.max()) <= -2 and (self._linear_values(rows, off) == vals).all():
             return                                 # runs rewritten with their own values
         # Writes that change nothing (a run rewritten with its own values, the default
@@ -335,6 +338,18 @@ class LinearChunkedArray(ChunkedArray):
             base, lo, hi = int(self._base[s]), int(self._lo[s]), int(self._hi[s])
         vi = v.astype(np.int64)
         keep = vi != int(self.default)
+        if keep.all():                             # the usual case: nothing cleared
+            bases = vi - off
+            if hi == lo:
+                base = int(bases[0])
+            if not (bases == base).all():
+                return self._densify(c, off, v)
+            a, b = int(off.min()), int(off.max()) + 1
+            if hi == lo or b == lo or a == hi:     # a new run, or one grown at an end
+                if b - a != off.size:
+                    return self._densify(c, off, v)
+                lo, hi = (a, b) if hi == lo else (min(a, lo), max(b, hi))
+                return self._store_run(c, r, base, lo, hi)
         gone = off[~keep]
         gone = gone[(gone >= lo) & (gone < hi)]
         if gone.size:                              # entries cleared: only an end may go
@@ -359,6 +374,9 @@ class LinearChunkedArray(ChunkedArray):
                 elif b - a != new.size:
                     return self._densify(c, off, v)
                 lo, hi = a, b
+        self._store_run(c, r, base, lo, hi)
+
+    def _store_run(self, c: int, r: int, base: int, lo: int, hi: int) -> None:
         if r == -1:
             if hi == lo:
                 return

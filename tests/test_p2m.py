@@ -132,6 +132,14 @@ def test_linear_chunked_array_matches_a_plain_array_and_stays_compact_for_runs()
     put(np.arange(1000, 1010), INVALID_MFN)
     put(np.arange(CHUNK + 5500, CHUNK + 6000), np.arange(CHUNK + 5500, CHUNK + 6000) + 77)  # a gap: row
     assert a.nrows == 1 and a.nruns == 2
+    # A restore's steps in the third chunk: grown upwards, then downwards, still one run;
+    # a step leaving a gap turns the chunk into a row.
+    c2 = 2 * CHUNK
+    for lo, hi in ((c2 + 100, c2 + 1124), (c2 + 1124, c2 + 2148), (c2 + 50, c2 + 100)):
+        put(np.arange(lo, hi), np.arange(lo, hi) + 9)
+    assert a.nrows == 1 and a.nruns == 3
+    put(np.arange(c2 + 3000, c2 + 3010), np.arange(c2 + 3000, c2 + 3010) + 9)
+    assert a.nrows == 2
     idx = np.arange(size)
     assert (a.get(idx) == ref).all() and (a.get(idx[::-1]) == ref[::-1]).all()
     # Random scattered sets, some rewriting the run's own values, some breaking it.
