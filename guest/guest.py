@@ -35,7 +35,7 @@ from hypervisor.abi import DomainLayout, GuestOp, HypercallResult, MemoryWrites
 from .balloon import REUSE_KEY, Balloon
 from .config import GuestConfig
 from .layout import GuestLayout
-from .workloads import initial_tokens, make_workload, write_tokens
+from .workloads import BootTokens, initial_tokens, make_workload, write_tokens
 
 _EPS = 1e-9
 _EMPTY_I64 = np.empty(0, dtype=np.int64)
@@ -121,8 +121,8 @@ class Guest:
                                 pod_gfns=low,
                                 pod_cache_pages=max(0, self.config.memory_pages - high.size),
                                 mmio_gfns=mmio)
-        ram = self.map.ram_gfns()
-        return DomainLayout(ram_gfns=ram, ram_tokens=initial_tokens(self.seed, ram), mmio_gfns=mmio)
+        ram = self.map.ram_runs()      # runs and lazy contents: no per-page arrays
+        return DomainLayout(ram_gfns=ram, ram_tokens=BootTokens(self.seed, ram), mmio_gfns=mmio)
 
     # ------------------------------------------------------------------ running
     def _tick_at_or_after(self, t: float) -> int:

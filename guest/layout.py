@@ -6,8 +6,9 @@ VGA hole, the MMIO hole below 4 GiB) and MMIO ranges, and a few special pages ma
 at high GFNs. The guest model works in a dense "RAM page index" space ``[0, nr_pages)``
 (per-page state is a bool array over it); this module maps indices to GFNs and back,
 vectorised with ``searchsorted`` over a handful of contiguous runs, so that a 256 GiB
-guest (64 Mi pages) never needs a per-page GFN table except when the domain builder
-asks for one (``ram_gfns()``).
+guest (64 Mi pages) never needs a per-page GFN table: the domain builder gets the RAM
+as runs (``ram_runs()``) and its boot contents as ``workloads.BootTokens``, both read a
+slice at a time.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, Iterable, Protocol
 
 import numpy as np
 
-from hypervisor.abi import MAX_GFN
+from hypervisor.abi import MAX_GFN, GfnRuns
 
 
 class LayoutSpec(Protocol):
@@ -129,6 +130,10 @@ class GuestLayout:
         return np.where(ok, self._page0[rc] + off, -1)
 
     # ------------------------------------------------------------------ views
+    def ram_runs(self) -> GfnRuns:
+        """Every RAM GFN, ascending (position i is RAM page i), as runs."""
+        return GfnRuns(self._gfn0.copy(), self._count.copy())
+
     def ram_gfns(self) -> np.ndarray:
         """Every RAM GFN, ascending (index i is RAM page i)."""
         out = np.empty(self.nr_pages, dtype=np.int64)

@@ -20,11 +20,12 @@ its ownership map and maps indices to GFNs when it emits the writes.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from hypervisor.abi import MAX_GFN
+from hypervisor.abi import MAX_GFN, GfnRuns
 from hypervisor.content import splitmix64
 
 from .config import (HotsetWorkload, IdleWorkload, OnceWorkload, SequentialWorkload,
@@ -73,6 +74,26 @@ def initial_tokens(seed: int, gfns: np.ndarray) -> np.ndarray:
             out[lo:lo + part.size] = splitmix64(splitmix64(part ^ s) + _GOLDEN)
     out[out == 0] = 1
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class BootTokens:
+    """The boot contents of the pages ``gfns`` (``initial_tokens(seed, gfn)``), computed
+    for the slice asked for: ``tokens[a:b]`` is the contents of ``gfns[a:b]``. It stands
+    for a per-page token array (8 bytes a page) in the domain layout."""
+
+    seed: int
+    gfns: GfnRuns
+
+    def __len__(self) -> int:
+        return self.gfns.size
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        return initial_tokens(self.seed, self.gfns[key])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype, copy=False)
 
 
 def affine_permutation(n: int, seed: int, idx: int) -> tuple[int, int]:

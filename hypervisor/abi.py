@@ -17,6 +17,7 @@ import errno as _errno
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum, nonmember
+from typing import Any
 
 import numpy as np
 
@@ -355,17 +356,56 @@ class ShadowStats:
 
 
 @dataclass(frozen=True, slots=True)
+class GfnRuns:
+    """Ascending GFNs held as runs ``[first[i], first[i] + count[i])``, in that order:
+    a guest's RAM (a few runs around its holes) without a per-page array. A slice
+    ``runs[a:b]`` gives positions ``a..b-1`` as an int64 array, so the domain builder
+    takes a layout a slice at a time; ``np.asarray(runs)`` gives all of it."""
+
+    first: np.ndarray
+    count: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return int(np.asarray(self.count, dtype=np.int64).sum())
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("GfnRuns takes a slice with step 1")
+        a, b, _ = key.indices(self.size)
+        out = np.empty(max(0, b - a), dtype=np.int64)
+        count = np.asarray(self.count, dtype=np.int64)
+        page0 = np.cumsum(count) - count
+        r0 = int(np.searchsorted(page0, a, side="right")) - 1
+        r1 = int(np.searchsorted(page0, b, side="left"))
+        for r in range(max(r0, 0), r1):              # the runs the slice overlaps (few)
+            lo, hi = max(a, int(page0[r])), min(b, int(page0[r] + count[r]))
+            g0 = int(self.first[r]) + lo - int(page0[r])
+            out[lo - a:hi - a] = np.arange(g0, g0 + hi - lo, dtype=np.int64)
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
+@dataclass(frozen=True, slots=True)
 class DomainLayout:
     """What the domain builder puts in the P2M before the guest first runs.
 
     ``ram_gfns`` get real frames (contents ``ram_tokens``, or zero pages when None);
+    both may be arrays or anything sliced like one (a :class:`GfnRuns`, a guest's lazy
+    boot contents), which the builder reads a slice at a time;
     ``pod_gfns`` become populate_on_demand entries backed by a PoD cache of
     ``pod_cache_pages`` frames (Xen's PoD target); ``mmio_gfns`` become mmio_direct
     entries (XTAB in a save). Everything else is a hole (p2m_invalid).
     """
 
-    ram_gfns: np.ndarray
-    ram_tokens: np.ndarray | None = None
+    ram_gfns: np.ndarray | GfnRuns
+    ram_tokens: Any = None
     pod_gfns: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     pod_cache_pages: int = 0
     mmio_gfns: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))

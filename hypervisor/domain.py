@@ -39,7 +39,7 @@ import numpy as np
 
 from .abi import (E2BIG, EBUSY, EINVAL, ENOENT, ENOMEM, EPERM, INVALID_M2P_ENTRY, INVALID_MFN,
                   IS_POD, IS_RAM, IS_SPECIAL, MAX_BATCH_SIZE, MAX_GFN, PFINFO_LTAB_SHIFT,
-                  SHADOW_LOGDIRTY_FINAL, DomainLayout, POD_DEMAND_POPULATE, HypercallResult,
+                  SHADOW_LOGDIRTY_FINAL, DomainLayout, GfnRuns, POD_DEMAND_POPULATE, HypercallResult,
                   LogDirtyEffect, P2MType, PFInfo, ShadowOp, ShadowStats, XenError, behaviour_label,
                   site_behaviours)
 from .frames import HostFrames
@@ -199,32 +199,46 @@ class Hypervisor:
         """The domain builder: RAM, PoD entries + cache, MMIO; log-dirty off, nothing marked."""
         if self._built:
             raise RuntimeError("domain already built")
-        ram = _i64(layout.ram_gfns)
+        ram = layout.ram_gfns
+        if isinstance(ram, GfnRuns):
+            first, count = _i64(ram.first), _i64(ram.count)
+            if count.size and ((count < 1).any() or int(first.min()) < 0
+                               or int(first[-1] + count[-1] - 1) > MAX_GFN):
+                raise ValueError(f"layout ram_gfns runs must be non-empty and in [0, {MAX_GFN:#x}]")
+            if (first[1:] < first[:-1] + count[:-1]).any():
+                raise ValueError("layout ram_gfns runs must be ascending and apart (repeated GFNs)")
+        else:
+            ram = _i64(ram)
         pod = _i64(layout.pod_gfns)
         mmio = _i64(layout.mmio_gfns)
         for name, arr in (("ram_gfns", ram), ("pod_gfns", pod), ("mmio_gfns", mmio)):
+            if not isinstance(arr, np.ndarray):
+                continue
             if arr.size and (int(arr.min()) < 0 or int(arr.max()) > MAX_GFN):
                 raise ValueError(f"layout {name} must be in [0, {MAX_GFN:#x}]")
             # Strictly increasing arrays (the usual layout) skip the sort.
             if arr.size > 1 and not (arr[1:] > arr[:-1]).all() and sorted_unique(arr).size != arr.size:
                 raise ValueError(f"layout {name} has repeated GFNs")
-        need = ram.size + int(layout.pod_cache_pages)
+        n_ram = int(ram.size)
+        need = n_ram + int(layout.pod_cache_pages)
         if need > self.frames.free_frames:
             raise XenError(ENOMEM, f"domain needs {need} frames, host has {self.frames.free_frames}")
-        tok = None
-        if layout.ram_tokens is not None:
-            tok = np.asarray(layout.ram_tokens, dtype=np.uint64).reshape(-1)
-            if tok.size != ram.size:
+        tok = layout.ram_tokens
+        if tok is not None:
+            if isinstance(tok, np.ndarray) or not hasattr(tok, "__getitem__"):
+                tok = np.asarray(tok, dtype=np.uint64).reshape(-1)
+            if len(tok) != n_ram:
                 raise ValueError("ram_tokens must match ram_gfns in length")
         # In slices, so a guest of hundreds of GiB never holds more than one slice of
-        # temporaries on top of its tables.
-        for lo in range(0, ram.size, _BUILD_SLICE):
-            part = ram[lo:lo + _BUILD_SLICE]
+        # temporaries on top of its tables (a GfnRuns layout and lazy contents are
+        # never whole arrays at all).
+        for lo in range(0, n_ram, _BUILD_SLICE):
+            part = _i64(ram[lo:lo + _BUILD_SLICE])
             mfns = self.frames.alloc(part.size)
             self.p2m.set(part, P2MType.ram_rw, mfns)
             self.m2p.set(mfns, part)
             if tok is not None:
-                self.frames.write(mfns, tok[lo:lo + _BUILD_SLICE])
+                self.frames.write(mfns, np.asarray(tok[lo:lo + _BUILD_SLICE], dtype=np.uint64))
         if (pod.size and (self.p2m.get_types(pod) != P2MType.invalid).any()) or \
                 (mmio.size and (self.p2m.get_types(mmio) != P2MType.invalid).any()) or \
                 (pod.size and mmio.size and np.intersect1d(pod, mmio).size):

@@ -13,16 +13,28 @@ one page near 2^32), so both tables are :class:`ChunkedArray`: a directory index
 the default (p2m_invalid / INVALID_MFN / INVALID_M2P_ENTRY). Every get and set is
 vectorised over numpy index arrays.
 
+The P2M's MFNs and the M2P are :class:`LinearChunkedArray`: a chunk whose entries are
+one contiguous run ``value = base + offset`` over an offset range (what the domain
+builder and a restore in PFN order make, like the superpage mappings Xen's P2M holds
+for contiguous memory) is held as that base and range, 24 bytes for the chunk; a chunk
+turns into a per-entry row only when a set breaks the run.
+
 Memory per page:
-* P2M: 5 bytes per GFN (1 byte type + 4 bytes MFN) in every touched 2^18-GFN chunk,
-  plus a 4-byte directory entry per chunk up to the highest chunk touched (16 MiB per
-  table for a GFN near 2^40, 64 KiB for one near 2^32);
-* M2P: 4 bytes per MFN (uint32 GFN, 0xFFFFFFFF invalid), chunked the same way over
-  MFNs; a GFN beyond 2^32 - 2 adds a 2-byte high part in its chunk only
-  (``frames.py`` adds 8 bytes per MFN for the content token: 12 bytes/MFN in all).
+* P2M: 1 byte per GFN for the type in every touched 2^18-GFN chunk; 4 bytes per GFN
+  for the MFN only in chunks that are not one run (0 for a freshly built guest); plus a
+  4-byte directory entry per chunk up to the highest chunk touched (16 MiB per table
+  for a GFN near 2^40, 64 KiB for one near 2^32);
+* M2P: the same for MFNs -> GFNs (4 bytes per MFN, uint32 GFN, 0xFFFFFFFF invalid, in
+  chunks that are not one run); a GFN beyond 2^32 - 2 adds a 2-byte high part in its
+  chunk only (``frames.py`` adds 8 bytes per MFN for the content token).
+
+Pools live in anonymous mappings that grow in place (``mremap``), so growing a table
+never holds two copies of it, and capacity not yet used costs no memory.
 """
 
 from __future__ import annotations
+
+import mmap
 
 import numpy as np
 
@@ -56,6 +68,28 @@ class ChunkedArray:
         self.directory = np.empty(0, dtype=np.int32)   # chunk number -> pool row, -1 absent
         self.pool = np.empty((0, CHUNK), dtype=self.dtype)
         self.nrows = 0
+        self._map: mmap.mmap | None = None
+
+    def _grow_pool(self, cap: int) -> None:
+        """Room for ``cap`` rows. The rows live in an anonymous mapping resized in place
+        (``mremap``): no second copy while growing, and untouched capacity costs nothing.
+        If a view of the old pool is still held somewhere the mapping cannot move, and
+        the rows are copied into a new one instead."""
+        size = cap * CHUNK * self.dtype.itemsize
+        self.pool = None
+        if self._map is not None:
+            try:
+                self._map.resize(size)
+                self.pool = np.frombuffer(self._map, dtype=self.dtype).reshape(cap, CHUNK)
+                return
+            except BufferError:
+                pass
+        new = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        if self._map is not None and self.nrows:
+            n = self.nrows * CHUNK
+            np.frombuffer(new, dtype=self.dtype, count=n)[:] = np.frombuffer(self._map, dtype=self.dtype, count=n)
+        self._map = new
+        self.pool = np.frombuffer(self._map, dtype=self.dtype).reshape(cap, CHUNK)
 
     def _rows(self, chunk: np.ndarray) -> np.ndarray:
         d = self.directory
@@ -82,15 +116,22 @@ class ChunkedArray:
             yield c, off, pos, k
             pos += k
 
+    def _get_run(self, idx: np.ndarray) -> np.ndarray:
+        """``get`` of one contiguous run, a chunk's slice at a time."""
+        out = np.full(idx.size, self.default, dtype=self.dtype)
+        d = self.directory
+        for c, off, pos, k in self._slices(int(idx[0]), idx.size):
+            if c < d.size and d[c] != -1:
+                self._read_slice(out[pos:pos + k], int(d[c]), off)
+        return out
+
+    def _read_slice(self, out: np.ndarray, r: int, off: int) -> None:
+        out[:] = self.pool[r, off:off + out.size]
+
     def get(self, idx: np.ndarray) -> np.ndarray:
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         if self._run(idx):
-            out = np.full(idx.size, self.default, dtype=self.dtype)
-            d = self.directory
-            for c, off, pos, k in self._slices(int(idx[0]), idx.size):
-                if c < d.size and d[c] >= 0:
-                    out[pos:pos + k] = self.pool[d[c], off:off + k]
-            return out
+            return self._get_run(idx)
         rows = self._rows(idx >> CHUNK_BITS)
         flat = self.pool.reshape(-1)
         if rows.size and int(rows.min()) >= 0:
@@ -100,26 +141,28 @@ class ChunkedArray:
         out[ok] = flat[(rows[ok] << CHUNK_BITS) | (idx[ok] & _CHUNK_MASK)]
         return out
 
-    def _ensure(self, chunks: np.ndarray) -> None:
-        if chunks.size == 0:
-            return
-        top = int(chunks.max())
+    def _ensure_directory(self, top: int) -> None:
         if top >= self.directory.size:
             grown = np.full(max(top + 1, 2 * self.directory.size), -1, dtype=np.int32)
             grown[: self.directory.size] = self.directory
             self.directory = grown
-        missing = chunks[self.directory[chunks] < 0]
-        if missing.size == 0:
-            return
+
+    def _alloc_rows(self, missing: np.ndarray) -> None:
+        """Give each chunk of ``missing`` a pool row holding the default."""
         need = self.nrows + missing.size
         if need > self.pool.shape[0]:
-            cap = max(need, 2 * self.pool.shape[0], 4)
-            grown = np.empty((cap, CHUNK), dtype=self.dtype)
-            grown[: self.nrows] = self.pool[: self.nrows]
-            self.pool = grown
+            self._grow_pool(max(need, 2 * self.pool.shape[0], 4))
         self.pool[self.nrows:need] = self.default
         self.directory[missing] = np.arange(self.nrows, need)
         self.nrows = need
+
+    def _ensure(self, chunks: np.ndarray) -> None:
+        if chunks.size == 0:
+            return
+        self._ensure_directory(int(chunks.max()))
+        missing = chunks[self.directory[chunks] < 0]
+        if missing.size:
+            self._alloc_rows(missing)
 
     def set(self, idx: np.ndarray, values) -> None:
         """``a[idx] = values``; with repeated indices the result is unspecified, so
@@ -156,7 +199,7 @@ class ChunkedArray:
             return np.empty((0, 2), dtype=np.int64)
         c0, c1 = lo >> CHUNK_BITS, ((hi - 1) >> CHUNK_BITS) + 1
         d = self.directory[c0:min(c1, self.directory.size)]
-        present = np.flatnonzero(d >= 0) + c0
+        present = np.flatnonzero(d != -1) + c0
         if present.size == 0:
             return np.empty((0, 2), dtype=np.int64)
         breaks = np.flatnonzero(np.diff(present) != 1) + 1
@@ -167,7 +210,7 @@ class ChunkedArray:
     def present(self, idx: np.ndarray) -> np.ndarray:
         """Per-index bool: is its chunk allocated?"""
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
-        return self._rows(idx >> CHUNK_BITS) >= 0
+        return self._rows(idx >> CHUNK_BITS) != -1
 
     def rows_in_use(self) -> np.ndarray:
         """The pool rows in use, as one 2-D view (for whole-table updates)."""
@@ -178,12 +221,202 @@ class ChunkedArray:
         return self.nrows * CHUNK * self.dtype.itemsize + self.directory.nbytes
 
 
+class LinearChunkedArray(ChunkedArray):
+    """A :class:`ChunkedArray` of integers that holds a chunk whose entries form one
+    run, ``a[i] = base + (i & (CHUNK - 1))`` for offsets in ``[lo, hi)`` and the default
+    elsewhere, as three numbers instead of a row, the way Xen's P2M maps a contiguous
+    guest range with superpage entries rather than 4 KiB ones. A set that keeps the run
+    (extends it at either end, shrinks it from either end, or rewrites what it holds)
+    keeps it compact; any other set gives the chunk a row (``_densify``), for good.
+
+    The directory says which: a row number (>= 0), -1 (absent), or ``-2 - slot`` for a
+    run whose base and range are ``_base[slot]``, ``_lo[slot]``, ``_hi[slot]``. Reads and
+    writes stay vectorised: whole batches are gathered or checked at once; only the
+    chunks a set actually changes are visited one at a time."""
+
+    def __init__(self, dtype, default):
+        super().__init__(dtype, default)
+        if self.dtype.kind not in "iu":
+            raise TypeError("a linear chunked array holds integers")
+        self._base = np.zeros(0, dtype=np.int64)
+        self._lo = np.zeros(0, dtype=np.int64)
+        self._hi = np.zeros(0, dtype=np.int64)
+        self.nruns = 0
+
+    # ------------------------------------------------------------------ reads
+    def _linear_values(self, rows: np.ndarray, off: np.ndarray) -> np.ndarray:
+        """Values at offsets ``off`` of run chunks (``rows`` <= -2), as the dtype."""
+        s = -2 - rows
+        v = self._base[s] + off
+        outside = (off - self._lo[s]).view(np.uint64) >= (self._hi[s] - self._lo[s]).view(np.uint64)
+        if outside.any():
+            v[outside] = int(self.default)
+        return v.astype(self.dtype)
+
+    def _read_slice(self, out: np.ndarray, r: int, off: int) -> None:
+        if r >= 0:
+            return super()._read_slice(out, r, off)
+        s = -2 - r
+        a, b = max(off, int(self._lo[s])), min(off + out.size, int(self._hi[s]))
+        if b > a:
+            out[a - off:b - off] = np.arange(a, b, dtype=np.int64) + int(self._base[s])
+
+    def get(self, idx: np.ndarray) -> np.ndarray:
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        if self._run(idx):
+            return self._get_run(idx)
+        rows = self._rows(idx >> CHUNK_BITS)
+        if rows.size == 0:
+            return np.empty(0, dtype=self.dtype)
+        off = idx & _CHUNK_MASK
+        if int(rows.max()) <= -2:                  # all in runs: the usual case
+            return self._linear_values(rows, off)
+        flat = self.pool.reshape(-1)
+        if int(rows.min()) >= 0:                   # all in rows
+            return flat[(rows << CHUNK_BITS) | off]
+        out = np.full(idx.size, self.default, dtype=self.dtype)
+        dense = rows >= 0
+        out[dense] = flat[(rows[dense] << CHUNK_BITS) | off[dense]]
+        lin = rows <= -2
+        if lin.any():
+            out[lin] = self._linear_values(rows[lin], off[lin])
+        return out
+
+    # ------------------------------------------------------------------ writes
+    def set(self, idx: np.ndarray, values) -> None:
+        """``a[idx] = values`` over unique indices."""
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        if idx.size == 0:
+            return
+        vals = np.broadcast_to(np.asarray(values, dtype=self.dtype), idx.shape)
+        if self._run(idx):
+            start, n = int(idx[0]), idx.size
+            self._ensure_directory((start + n - 1) >> CHUNK_BITS)
+            for c, off, pos, k in self._slices(start, n):
+                self._set_chunk(c, np.arange(off, off + k, dtype=np.int64), vals[pos:pos + k])
+            return
+        chunk = idx >> CHUNK_BITS
+        c0, c1 = int(chunk.min()), int(chunk.max())
+        self._ensure_directory(c1)
+        off = idx & _CHUNK_MASK
+        if c0 == c1:                               # one chunk (a batch, a restore step)
+            return self._set_chunk(c0, off, vals)
+        rows = self.directory[chunk].astype(np.int64)
+        if int(rows.max()) <= -2 and (self._linear_values(rows, off) == vals).all():
+            return                                 # runs rewritten with their own values
+        # Writes that change nothing (a run rewritten with its own values, the default
+        # into an absent chunk) are dropped; writes into rows go straight in.
+        same = np.zeros(idx.size, dtype=bool)
+        lin = rows <= -2
+        if lin.any():
+            same[lin] = self._linear_values(rows[lin], off[lin]) == vals[lin]
+        same |= (rows == -1) & (vals == self.default)
+        dense = rows >= 0
+        if dense.any():
+            self.pool.reshape(-1)[(rows[dense] << CHUNK_BITS) | off[dense]] = vals[dense]
+        rest = np.flatnonzero(~same & ~dense)
+        if rest.size == 0:
+            return
+        rc = chunk[rest]
+        order = np.argsort(rc, kind="stable")
+        rest, rc = rest[order], rc[order]
+        cuts = np.flatnonzero(np.diff(rc)) + 1
+        for part in np.split(rest, cuts):
+            self._set_chunk(int(chunk[part[0]]), off[part], vals[part])
+
+    def _set_chunk(self, c: int, off: np.ndarray, v: np.ndarray) -> None:
+        """Set offsets ``off`` (unique) of chunk ``c`` to ``v``, keeping it a run if the
+        result is one."""
+        r = int(self.directory[c])
+        if r >= 0:
+            self.pool[r, off] = v
+            return
+        if r == -1:
+            base, lo, hi = 0, 0, 0
+        else:
+            s = -2 - r
+            base, lo, hi = int(self._base[s]), int(self._lo[s]), int(self._hi[s])
+        vi = v.astype(np.int64)
+        keep = vi != int(self.default)
+        if keep.all():                             # the usual case: nothing cleared
+            bases = vi - off
+            if hi == lo:
+                base = int(bases[0])
+            if not (bases == base).all():
+                return self._densify(c, off, v)
+            a, b = int(off.min()), int(off.max()) + 1
+            if hi == lo or b == lo or a == hi:     # a new run, or one grown at an end
+                if b - a != off.size:
+                    return self._densify(c, off, v)
+                lo, hi = (a, b) if hi == lo else (min(a, lo), max(b, hi))
+                return self._store_run(c, r, base, lo, hi)
+        gone = off[~keep]
+        gone = gone[(gone >= lo) & (gone < hi)]
+        if gone.size:                              # entries cleared: only an end may go
+            a, b = int(gone.min()), int(gone.max()) + 1
+            if b - a != gone.size or (a != lo and b != hi):
+                return self._densify(c, off, v)
+            lo, hi = (b, hi) if a == lo else (lo, a)
+        put = off[keep]
+        if put.size:
+            bases = vi[keep] - put
+            if hi == lo:
+                base = int(bases[0])
+            if not (bases == base).all():
+                return self._densify(c, off, v)
+            new = put[(put < lo) | (put >= hi)]
+            if new.size:
+                a, b = int(new.min()), int(new.max()) + 1
+                if hi > lo:
+                    a, b = min(a, lo), max(b, hi)
+                    if b - a != (hi - lo) + new.size:
+                        return self._densify(c, off, v)
+                elif b - a != new.size:
+                    return self._densify(c, off, v)
+                lo, hi = a, b
+        self._store_run(c, r, base, lo, hi)
+
+    def _store_run(self, c: int, r: int, base: int, lo: int, hi: int) -> None:
+        if r == -1:
+            if hi == lo:
+                return
+            r = self._new_run()
+            self.directory[c] = r
+        s = -2 - r
+        self._base[s], self._lo[s], self._hi[s] = base, lo, hi
+
+    def _new_run(self) -> int:
+        if self.nruns == self._base.size:
+            cap = max(16, 2 * self._base.size)
+            self._base, self._lo, self._hi = (np.resize(a, cap) for a in (self._base, self._lo, self._hi))
+        self.nruns += 1
+        return -2 - (self.nruns - 1)
+
+    def _densify(self, c: int, off: np.ndarray, v: np.ndarray) -> None:
+        """Give chunk ``c`` a row holding what its run held, then set ``off`` to ``v``."""
+        r = int(self.directory[c])
+        chunk = np.array([c], dtype=np.int64)
+        self.directory[c] = -1
+        self._alloc_rows(chunk)
+        row = self.pool[self.directory[c]]
+        if r <= -2:
+            s = -2 - r
+            lo, hi = int(self._lo[s]), int(self._hi[s])
+            row[lo:hi] = np.arange(lo, hi, dtype=np.int64) + int(self._base[s])
+            self._lo[s] = self._hi[s] = 0          # the slot stays, unused
+        row[off] = v
+
+    @property
+    def nbytes(self) -> int:
+        return super().nbytes + 3 * 8 * self._base.size
+
+
 class P2M:
     """Per-GFN p2m type (uint8) and MFN (uint32), with a per-type entry histogram."""
 
     def __init__(self):
         self.types = ChunkedArray(np.uint8, P2MType.invalid)
-        self.mfns = ChunkedArray(np.uint32, INVALID_MFN)
+        self.mfns = LinearChunkedArray(np.uint32, INVALID_MFN)
         #: Entries per p2m type (p2m_invalid's count is relative: default entries are not held).
         self.type_counts = np.zeros(16, dtype=np.int64)
         self.max_mapped_pfn = -1
@@ -266,7 +499,7 @@ class M2P:
     """
 
     def __init__(self):
-        self.low = ChunkedArray(np.uint32, _M2P_LOW_INVALID)
+        self.low = LinearChunkedArray(np.uint32, _M2P_LOW_INVALID)
         self.high = ChunkedArray(np.uint16, 0)
 
     def get(self, mfns) -> np.ndarray:

@@ -131,13 +131,13 @@ def merge_runs(*runs: np.ndarray) -> np.ndarray:
 def source_info(hv, layout) -> SourceInfo:
     """Build SourceInfo from a hypervisor and the guest's boot layout (vectorised; no
     sort of the whole address space)."""
-    ram = np.asarray(layout.ram_gfns, dtype=np.int64)
+    ram = layout.ram_gfns          # an array or GfnRuns: both are read a slice at a time
     pod = np.asarray(layout.pod_gfns, dtype=np.int64)
     owned = IS_RAM | IS_POD
     populated, ballooned = [], []
     for g in (ram, pod):
-        for lo in range(0, g.size, INFO_SLICE):   # slices bound the temporaries
-            part = g[lo:lo + INFO_SLICE]
+        for lo in range(0, len(g), INFO_SLICE):   # slices bound the temporaries
+            part = np.asarray(g[lo:lo + INFO_SLICE], dtype=np.int64)
             populated.append(gfn_runs(part))
             ballooned.append(gfn_runs(part[~owned[hv.p2m_types(part)]]))
     return SourceInfo(p2m_size=int(hv.max_gpfn()) + 1, guest_pages=int(ram.size),
@@ -146,7 +146,7 @@ def source_info(hv, layout) -> SourceInfo:
                       ram_pages=int(hv.stats.populated_pages))
 
 
-INFO_SLICE = 1 << 22
+INFO_SLICE = 1 << 20
 
 
 MEMORY_OP_KINDS = frozenset({"decrease_reservation", "populate_physmap", "add_to_physmap",

@@ -83,17 +83,19 @@ def host_frames_for(scenario: Scenario) -> int:
     return int(g.maxmem) // 4096 + 4096
 
 
-#: What the emulator spends per guest page, source and destination together: P2M
-#: (5 bytes) + M2P (4) + content token (8) on each side is 34, the rest is room for the
-#: log-dirty bitmap and temporaries (benchmarks/bench_memory.py measures whole runs).
-EMULATOR_BYTES_PER_PAGE = 48
+#: What the emulator spends per guest page, source and destination together: P2M type
+#: (1 byte) + content token (8) on each side, MFNs and M2P held as runs, plus the guest's
+#: map is about 21 bytes; whole runs measure 26 (16 GiB) and 24 (1 TiB: 6.2 GiB peak)
+#: with benchmarks/bench_memory.py and run.py; the rest is room for chunks that stop
+#: being runs, the log-dirty bitmap and temporaries.
+EMULATOR_BYTES_PER_PAGE = 32
 
 
 def memory_shortfall(scenario: Scenario) -> str | None:
     """Why this machine cannot simulate the scenario's guest, or None when it can.
 
-    A guest of N pages costs about 48 * N bytes of this machine's memory (4 TiB of
-    guest: 48 GiB), so a guest is refused up front when that exceeds the memory the
+    A guest of N pages costs about 32 * N bytes of this machine's memory (1 TiB of
+    guest: 8 GiB), so a guest is refused up front when that exceeds the memory the
     kernel reports available, instead of being killed by the OOM killer part-way."""
     need = scenario.guest.maxmem_pages * EMULATOR_BYTES_PER_PAGE
     try:

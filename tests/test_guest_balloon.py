@@ -18,8 +18,9 @@ class StrictDriver:
     def __init__(self, guest, populate_limit=None, decrease_limit=None):
         self.g = guest
         lay = guest.layout()
-        self.held = np.zeros(int(max(lay.ram_gfns.max(initial=0), lay.pod_gfns.max(initial=0))) + 1, dtype=bool)
-        self.held[lay.ram_gfns] = True
+        ram = np.asarray(lay.ram_gfns)
+        self.held = np.zeros(int(max(ram.max(initial=0), lay.pod_gfns.max(initial=0))) + 1, dtype=bool)
+        self.held[ram] = True
         self.held[lay.pod_gfns] = True
         self.populate_limit = populate_limit
         self.decrease_limit = decrease_limit

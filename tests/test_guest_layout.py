@@ -13,7 +13,7 @@ def cfg(**kw):
 
 def test_default_layout_skips_the_vga_hole_and_the_mmio_hole_below_4g():
     g = Guest(cfg(memory="4GiB"), seed=1)
-    ram = g.layout().ram_gfns
+    ram = np.asarray(g.layout().ram_gfns)     # runs, read whole here
     assert ram.size == 1 << 20 and np.all(np.diff(ram) > 0)
     assert not np.any((ram >= 0xA0) & (ram < 0x100))
     assert not np.any((ram >= 0xF0000) & (ram < 0x100000))
@@ -42,9 +42,13 @@ def test_page_index_and_gfn_map_both_ways_around_holes_mmio_and_high_pages():
 def test_initial_contents_are_nonzero_and_depend_on_the_seed():
     a = Guest(cfg(memory="16MiB"), seed=1).layout()
     b = Guest(cfg(memory="16MiB"), seed=2).layout()
-    assert a.ram_tokens.dtype == np.uint64 and np.all(a.ram_tokens != 0)
-    assert np.unique(a.ram_tokens).size == a.ram_tokens.size
-    assert np.array_equal(a.ram_gfns, b.ram_gfns) and not np.array_equal(a.ram_tokens, b.ram_tokens)
+    ta, tb = np.asarray(a.ram_tokens), np.asarray(b.ram_tokens)
+    assert ta.dtype == np.uint64 and np.all(ta != 0) and ta.size == len(a.ram_tokens)
+    assert np.unique(ta).size == ta.size
+    assert np.array_equal(np.asarray(a.ram_gfns), np.asarray(b.ram_gfns)) and not np.array_equal(ta, tb)
+    # a slice of the lazy layout is the same slice of the whole arrays
+    assert np.array_equal(a.ram_tokens[100:5000], ta[100:5000])
+    assert np.array_equal(a.ram_gfns[100:5000], np.asarray(a.ram_gfns)[100:5000])
 
 
 def test_pod_boot_lays_out_maxmem_as_pod_backed_by_a_cache_of_memory():
@@ -60,3 +64,23 @@ def test_layout_errors_say_where():
         cfg(memory="16MiB", layout={"high_pages": [0x10], "holes": []})
     with pytest.raises(ValueError, match="exactly one of size or end"):
         cfg(memory="16MiB", layout={"holes": [{"start": 1, "size": 2, "end": 5}]})
+
+
+def test_builder_takes_the_lazy_layout_like_the_whole_arrays_and_checks_its_runs():
+    import pytest
+
+    from hypervisor.abi import DomainLayout, GfnRuns
+    from hypervisor.domain import Hypervisor
+
+    lay = Guest(cfg(memory="1GiB", maxmem="1GiB"), seed=5).layout()
+    assert isinstance(lay.ram_gfns, GfnRuns)
+    eager = DomainLayout(ram_gfns=np.asarray(lay.ram_gfns), ram_tokens=np.asarray(lay.ram_tokens),
+                         mmio_gfns=lay.mmio_gfns)
+    a, b = Hypervisor(host_frames=1 << 19), Hypervisor(host_frames=1 << 19)
+    a.build(lay)
+    b.build(eager)
+    ga, ta = a.snapshot()
+    gb, tb = b.snapshot()
+    assert np.array_equal(ga, gb) and np.array_equal(ta, tb) and ga.size == 1 << 18
+    with pytest.raises(ValueError, match="ascending and apart"):
+        Hypervisor(host_frames=100).build(DomainLayout(ram_gfns=GfnRuns(np.array([0, 5]), np.array([10, 2]))))

@@ -97,7 +97,7 @@ def test_tokens_are_nonzero_and_unique_per_write():
     gfns, tokens = writes(drive(g, [(0, 1)]))
     assert gfns.size == 50000 and np.all(tokens != 0)
     assert np.unique(tokens).size == tokens.size
-    init = dict(zip(g.layout().ram_gfns.tolist(), g.layout().ram_tokens.tolist()))
+    init = dict(zip(np.asarray(g.layout().ram_gfns).tolist(), np.asarray(g.layout().ram_tokens).tolist()))
     assert not np.any(tokens[:1000] == np.array([init[x] for x in gfns[:1000].tolist()], dtype=np.uint64))
 
 

@@ -457,7 +457,7 @@ _ALIAS_BOMB = "a: &a [x,x,x,x,x,x,x,x,x,x]\n" + "".join(
     ("a: &a [1, *a]\nguest: {memory: 16MiB}", ["self-referencing"]),
     (_ALIAS_BOMB, ["at most 100,000 YAML values"]),
     ("guest: {memory: 2000TiB}", ["guest.memory", "at most 1PiB"]),
-    ("guest: {memory: 15TiB}", ["guest.memory", "a guest this machine can simulate", "48 bytes per 4 KiB page"]),
+    ("guest: {memory: 15TiB}", ["guest.memory", "a guest this machine can simulate", "32 bytes per 4 KiB page"]),
     ("guest: {memory: 512TiB}", ["guest.memory", "4294967295 4 KiB frames", "32 bits"]),
 ])
 def test_bad_values_are_one_line_naming_file_and_field(tmp_path, text, needles):

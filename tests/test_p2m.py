@@ -109,3 +109,58 @@ def test_restorer_populated_set_is_one_bit_per_pfn():
         [True, False, True, True, True, False, True, True, False, True]
     assert s.to_array().tolist() == sorted(a.tolist() + [5, 6])
     assert sum(leaf.nbytes for leaf in s._leaves.values()) == 3 * 4096
+
+
+def test_linear_chunked_array_matches_a_plain_array_and_stays_compact_for_runs():
+    from hypervisor.p2m import LinearChunkedArray
+
+    size = 3 * CHUNK
+    a = LinearChunkedArray(np.uint32, INVALID_MFN)
+    ref = np.full(size, INVALID_MFN, dtype=np.uint32)
+
+    def put(idx, vals):
+        idx = np.asarray(idx, dtype=np.int64)
+        a.set(idx, vals)
+        ref[idx] = vals
+
+    # A builder's run over two chunks, in slices, then shrunk from the top (a balloon)
+    # and grown back with the same frames: still runs, no rows.
+    for lo in range(1000, 1000 + CHUNK + 5000, 4096):
+        hi = min(lo + 4096, 1000 + CHUNK + 5000)
+        put(np.arange(lo, hi), np.arange(lo, hi) + 77)
+    put(np.arange(CHUNK + 5000, CHUNK + 6000)[::-1], INVALID_MFN)
+    put(np.arange(1000, 1010), INVALID_MFN)
+    put(np.arange(CHUNK + 5500, CHUNK + 6000), np.arange(CHUNK + 5500, CHUNK + 6000) + 77)  # a gap: row
+    assert a.nrows == 1 and a.nruns == 2
+    # A restore's steps in the third chunk: grown upwards, then downwards, still one run;
+    # a step leaving a gap turns the chunk into a row.
+    c2 = 2 * CHUNK
+    for lo, hi in ((c2 + 100, c2 + 1124), (c2 + 1124, c2 + 2148), (c2 + 50, c2 + 100)):
+        put(np.arange(lo, hi), np.arange(lo, hi) + 9)
+    assert a.nrows == 1 and a.nruns == 3
+    put(np.arange(c2 + 3000, c2 + 3010), np.arange(c2 + 3000, c2 + 3010) + 9)
+    assert a.nrows == 2
+    idx = np.arange(size)
+    assert (a.get(idx) == ref).all() and (a.get(idx[::-1]) == ref[::-1]).all()
+    # Random scattered sets, some rewriting the run's own values, some breaking it.
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        i = rng.choice(size, 300, replace=False)
+        kind = rng.integers(3)
+        v = (i + 77) if kind == 0 else (np.full(i.size, INVALID_MFN) if kind == 1 else rng.integers(0, 1 << 31, i.size))
+        put(i, v.astype(np.uint32))
+        probe = rng.choice(size, 2000, replace=False)
+        assert (a.get(probe) == ref[probe]).all()
+    assert (a.get(idx) == ref).all()
+    assert (a.get(np.array([5 * CHUNK, 1 << 39])) == INVALID_MFN).all()
+
+
+def test_built_domain_holds_mfns_and_m2p_as_runs():
+    from tests.hv_helpers import make_hv
+
+    hv = make_hv(ram=range(0, 3 * CHUNK + 100), host_frames=4 * CHUNK, enable=False)
+    assert hv.p2m.mfns.nrows == 0 and hv.m2p.low.nrows == 0
+    g = np.arange(0, 3 * CHUNK + 100)
+    m = hv.p2m.mfns.get(g).astype(np.int64)
+    assert (hv.m2p.get(m) == g).all() and (hv.p2m.mfns.get(g[::7]) == m[::7]).all()
+    assert hv.p2m.mfns.nbytes + hv.m2p.nbytes < 1024

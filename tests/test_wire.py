@@ -253,3 +253,14 @@ def test_too_many_arrays_in_one_frame_are_refused(monkeypatch):
     wire.decode(ok)
     with pytest.raises(wire.FrameTooLarge):
         wire.decode(wire.encode([np.zeros(4096, dtype=np.int64)] * 3))
+
+
+def test_a_guest_layout_travels_as_runs_and_a_seed_not_per_page_arrays():
+    from guest import Guest, GuestConfig
+
+    lay = Guest(GuestConfig.model_validate({"memory": "1GiB"}), seed=3).layout()
+    frame = wire.encode(lay)
+    assert len(frame) < 4096                      # 2^18 pages: no per-page GFN or token array
+    back = wire.decode(frame)
+    assert np.array_equal(np.asarray(back.ram_gfns), np.asarray(lay.ram_gfns))
+    assert np.array_equal(np.asarray(back.ram_tokens), np.asarray(lay.ram_tokens))

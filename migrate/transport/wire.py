@@ -120,6 +120,7 @@ def _register_known() -> None:
     """The message types: every dataclass and enum of the hypervisor ABI and of the
     event stream, and the few result types the actors exchange. Nothing else decodes."""
     from guest import guest as guest_mod
+    from guest import workloads as workloads_mod
     from hypervisor import abi, domain, span
 
     from .. import control, events, link
@@ -130,7 +131,8 @@ def _register_known() -> None:
                     and (dataclasses.is_dataclass(obj) or issubclass(obj, enum.Enum))):
                 register(obj)
     register(domain.ShadowOpResult, domain.HypervisorEvent, domain.HypervisorStats, guest_mod.GuestEvent,
-             guest_mod.GuestStats, control.SourceInfo, link.LinkModel, span.SpanServed)
+             guest_mod.GuestStats, control.SourceInfo, link.LinkModel, span.SpanServed,
+             workloads_mod.BootTokens)
 
 
 _register_known()
