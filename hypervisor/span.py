@@ -157,11 +157,17 @@ def _overlay(tokens: np.ndarray, dp: np.ndarray, at: np.ndarray, wt: np.ndarray,
              wtok: np.ndarray) -> np.ndarray:
     """Contents of the unique PFNs ``dp`` at times ``at``: the last of the writes
     ``(wt, wg, wtok)`` (in time order) to each before its time, else ``tokens``."""
-    order = np.argsort(dp, kind="stable")
-    sdp = dp[order]
-    pos = np.searchsorted(sdp, wg)
+    ascending = dp.size < 2 or bool((dp[1:] > dp[:-1]).all())    # the saver's PFNs usually are
+    order = np.arange(dp.size) if ascending else np.argsort(dp, kind="stable")
+    sdp = dp if ascending else dp[order]
+    near = np.flatnonzero((wg >= sdp[0]) & (wg <= sdp[-1]))       # cheap: most writes are elsewhere
+    if near.size == 0:
+        return tokens
+    pos = np.zeros(wg.size, dtype=np.int64)
+    pos[near] = np.searchsorted(sdp, wg[near])
     pos[pos >= sdp.size] = 0
-    hit = sdp[pos] == wg
+    hit = np.zeros(wg.size, dtype=bool)
+    hit[near] = sdp[pos[near]] == wg[near]
     if not hit.any():
         return tokens
     wi = np.flatnonzero(hit)                      # the writes to span PFNs, in time order
