@@ -144,7 +144,7 @@ def serve_span(hv, t0: float, pfns: np.ndarray, timing: SpanTiming,
     dp = p[data]
     tokens = hv.frames.read(hv.p2m.mfns.get(dp)) if dp.size else _EMPTY_U64
     if n_w and dp.size:
-        tokens = _overlay(tokens, dp, np.repeat(maps[:keep], dpb[:keep]), wt[:n_w], wg[:n_w], wtok[:n_w])
+        tokens = _overlay(tokens, dp, maps[:keep], dpb[:keep], wt[:n_w], wg[:n_w], wtok[:n_w])
     c_last = float(last_call[keep - 1])
     hv.advance_to(c_last)
     return SpanServed(keep, n_p, nib, np.asarray(tokens, dtype=np.uint64), times[:keep + 1].copy(), stop)
@@ -153,34 +153,35 @@ def serve_span(hv, t0: float, pfns: np.ndarray, timing: SpanTiming,
 _EMPTY_F64 = np.empty(0, dtype=np.float64)
 
 
-def _overlay(tokens: np.ndarray, dp: np.ndarray, at: np.ndarray, wt: np.ndarray, wg: np.ndarray,
-             wtok: np.ndarray) -> np.ndarray:
-    """Contents of the unique PFNs ``dp`` at times ``at``: the last of the writes
-    ``(wt, wg, wtok)`` (in time order) to each before its time, else ``tokens``."""
+def _overlay(tokens: np.ndarray, dp: np.ndarray, maps: np.ndarray, data_per_batch: np.ndarray, wt: np.ndarray,
+             wg: np.ndarray, wtok: np.ndarray) -> np.ndarray:
+    """Contents of the unique PFNs ``dp`` (data PFNs of batches back to back, each
+    batch's ``data_per_batch`` of them read at its map time ``maps``): the last of the
+    writes ``(wt, wg, wtok)`` (in time order) to each before its map, else ``tokens``."""
     ascending = dp.size < 2 or bool((dp[1:] > dp[:-1]).all())    # the saver's PFNs usually are
     order = np.arange(dp.size) if ascending else np.argsort(dp, kind="stable")
     sdp = dp if ascending else dp[order]
     near = np.flatnonzero((wg >= sdp[0]) & (wg <= sdp[-1]))       # cheap: most writes are elsewhere
     if near.size == 0:
         return tokens
-    pos = np.zeros(wg.size, dtype=np.int64)
-    pos[near] = np.searchsorted(sdp, wg[near])
+    pos = np.searchsorted(sdp, wg[near])
     pos[pos >= sdp.size] = 0
-    hit = np.zeros(wg.size, dtype=bool)
-    hit[near] = sdp[pos[near]] == wg[near]
+    hit = sdp[pos] == wg[near]
     if not hit.any():
         return tokens
-    wi = np.flatnonzero(hit)                      # the writes to span PFNs, in time order
-    ids = order[pos[wi]]                          # which data PFN each one writes
+    wi = near[hit]                                # the writes to span PFNs, in time order
+    ids = order[pos[hit]]                         # which data PFN each one writes
     stride = wt.size + 1
     key = ids.astype(np.int64) * stride + wi      # grouped by PFN, in time order inside
     srt = np.argsort(key, kind="stable")
     key = key[srt]
-    before = np.searchsorted(wt, at, side="left")  # writes strictly before each map
-    q = np.arange(dp.size, dtype=np.int64) * stride + before
+    targets = np.unique(ids)                      # the data PFNs written in the window
+    batch = np.searchsorted(np.cumsum(data_per_batch), targets, side="right")
+    before = np.searchsorted(wt, maps[batch], side="left")    # writes strictly before each map
+    q = targets * stride + before
     j = np.searchsorted(key, q, side="left") - 1
     ok = j >= 0
-    ok[ok] = key[j[ok]] // stride == np.flatnonzero(ok)
+    ok[ok] = key[j[ok]] // stride == targets[ok]
     out = tokens.copy()
-    out[ok] = wtok[wi[srt[j[ok]]]]
+    out[targets[ok]] = wtok[wi[srt[j[ok]]]]
     return out
