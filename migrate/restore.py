@@ -438,7 +438,12 @@ class Restorer:
         nrec = int(rec_of[-1]) + 1
         data_after = self._data_pages + np.cumsum(np.bincount(rec_of[has], minlength=nrec))
         chunks = pfns[keep] >> CHUNK_BITS
-        uniq, first = np.unique(chunks, return_index=True)
+        if chunks.size < 2 or bool((chunks[1:] >= chunks[:-1]).all()):
+            # The saver's PFNs come in order: each chunk's first entry is where it changes.
+            first = np.flatnonzero(np.concatenate(([True], chunks[1:] != chunks[:-1])))
+            uniq = chunks[first]
+        else:
+            uniq, first = np.unique(chunks, return_index=True)
         seen = np.fromiter((int(c) in self._chunks for c in uniq.tolist()), dtype=bool, count=uniq.size) \
             if uniq.size <= 4096 else np.isin(uniq, np.fromiter(self._chunks, dtype=np.int64))
         new_rec = rec_of[keep][first[~seen]]
