@@ -171,17 +171,13 @@ def _overlay(tokens: np.ndarray, dp: np.ndarray, maps: np.ndarray, data_per_batc
         return tokens
     wi = near[hit]                                # the writes to span PFNs, in time order
     ids = order[pos[hit]]                         # which data PFN each one writes
-    stride = wt.size + 1
-    key = ids.astype(np.int64) * stride + wi      # grouped by PFN, in time order inside
-    srt = np.argsort(key, kind="stable")
-    key = key[srt]
-    targets = np.unique(ids)                      # the data PFNs written in the window
-    batch = np.searchsorted(np.cumsum(data_per_batch), targets, side="right")
-    before = np.searchsorted(wt, maps[batch], side="left")    # writes strictly before each map
-    q = targets * stride + before
-    j = np.searchsorted(key, q, side="left") - 1
-    ok = j >= 0
-    ok[ok] = key[j[ok]] // stride == targets[ok]
+    batch = np.searchsorted(np.cumsum(data_per_batch), ids, side="right")
+    before = wt[wi] < maps[batch]                 # made before that PFN's map
+    if not before.any():
+        return tokens
+    last = np.full(dp.size, -1, dtype=np.int64)
+    np.maximum.at(last, ids[before], wi[before])  # the latest such write to each PFN
+    got = last >= 0
     out = tokens.copy()
-    out[targets[ok]] = wtok[wi[srt[j[ok]]]]
+    out[got] = wtok[last[got]]
     return out
