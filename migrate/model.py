@@ -173,12 +173,15 @@ def precopy(writer: Writer, p2m_size: int, link: LinkModel, policy: Policy, *, t
             res.margins.append(m)
         return policy.decide(s)
 
-    def send(iteration: int, phase: str, count: float, first: bool) -> None:
+    def send(iteration: int, phase: str, reported: float, pages: float, walk_all: bool) -> ModelRound:
+        """A pass of ``pages`` data pages: send_all_pages over p2m_size when ``walk_all``,
+        else send_dirty_pages over the dirty PFNs."""
         nonlocal now
-        secs, nbytes = pass_time(link, p2m_size if first else count, count)
-        res.rounds.append(ModelRound(iteration, phase, now, now + secs, count if not first else p2m_size,
-                                     count, nbytes))
+        secs, nbytes = pass_time(link, p2m_size if walk_all else pages, pages)
+        r = ModelRound(iteration, phase, now, now + secs, reported, pages, nbytes)
+        res.rounds.append(r)
         now += secs
+        return r
 
     while True:
         decision = decide(stats)
@@ -188,9 +191,7 @@ def precopy(writer: Writer, p2m_size: int, link: LinkModel, policy: Policy, *, t
         x += 1
         if dirty > 0 and decision != Decision.ABORT:
             first = x == 1
-            send(x, "live", float(p2m_size) if first else dirty, first)
-            r = res.rounds[-1]
-            r.dirty_count = dirty
+            r = send(x, "live", dirty, float(p2m_size) if first else dirty, first)
             policy.observe_pass(int(round(r.bytes)), r.end_s - r.start_s)
         if decision != Decision.CONTINUE_PRECOPY:
             break
@@ -212,8 +213,10 @@ def precopy(writer: Writer, p2m_size: int, link: LinkModel, policy: Policy, *, t
     now += walk
     if held is not None:
         final = held + final - held * final / writer.pages   # the union of two independent sets
-    send(x + 1, "final", final, held is not None and x == 0)
-    res.rounds[-1].dirty_count = final
+    if held is not None and x == 0:          # stopped before pass 1: everything, suspended
+        send(x + 1, "final", final, float(p2m_size), True)
+    else:
+        send(x + 1, "final", final, final, False)
     now += link.transfer_time(_end_bytes())
     res.t_last_byte = now + link.latency
     return res
