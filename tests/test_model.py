@@ -89,6 +89,19 @@ def test_every_round_and_the_downtime_follow_the_analytic_model(lam, kind, polic
 
 
 @pytest.mark.parametrize("kind", ["uniform", "sequential"])
+def test_the_stopped_switchover_follows_the_model_too(kind):
+    """``switchover: stopped`` suspends at the decision and sends the held set paused:
+    one live pass fewer, and that set is the downtime."""
+    lam, policy, params = POLICIES[4]
+    sc = model_scenario(lam, kind, policy, params)
+    sc = sc.model_copy(update={"migration": sc.migration.model_copy(update={"switchover": "stopped"})})
+    errs, down, m, save = compare(sc)
+    assert min(m.margins) >= 0.05 and m.rounds[-1].phase == "final"
+    assert len(m.rounds) == len(predict(model_scenario(lam, kind, policy, params)).rounds) - 1
+    assert max(abs(e) for e in errs) < TOLERANCE and abs(down) < TOLERANCE
+
+
+@pytest.mark.parametrize("kind", ["uniform", "sequential"])
 def test_tick_stamped_writes_are_what_missed_the_model(kind):
     """The same save with every write of a tick at its start: the short last rounds
     (tens of ms, a few ticks) and the downtime are off by far more than 2 %; spreading
