@@ -394,12 +394,18 @@ class GuestConfig(_Model):
     ``host_memory`` is what the source host can give this domain (the toolstack sizes
     the simulated host with it; populate_physmap fails past it, which is how a balloon
     deflate runs out of memory). Unset, the host has room for ``maxmem`` and a margin.
+
+    ``write_timing`` places the vCPUs' writes in time: ``continuous`` (default) gives
+    every write its own time inside its tick, so the hypervisor applies exactly the
+    writes before each call; ``tick`` stamps all of a tick's writes at the tick's start
+    (the model before writes carried their own times: it reproduces those numbers).
     """
 
     memory: Size
     maxmem: Size | None = None
     host_memory: Size | None = None
     tick: Duration = 0.01
+    write_timing: Literal["continuous", "tick"] = "continuous"
     layout: LayoutConfig = Field(default_factory=LayoutConfig)
     workloads: list[Workload] = Field(default_factory=list)
     balloon: BalloonConfig = Field(default_factory=BalloonConfig)

@@ -6,14 +6,21 @@ serves a domctl stamped ``t`` it schedules the guest's vCPUs up to ``t`` (unless
 domain is paused or suspended). Here that is ``Guest.run(t0, t1)``, a generator of the
 guest's operations (``hypervisor.abi`` GuestOps) in time order:
 
-* the guest runs on ticks (``tick``, default 10 ms); tick ``k`` at time ``k*tick``
-  belongs to the span ``[t0, t1)`` that contains it. Ticks in spans the hypervisor
-  skips (paused, suspended) never run: nothing is written for them, and the balloon
-  driver catches up on its schedule at the next tick that runs;
-* in each tick the balloon driver acts first (its hypercalls, one per batch, each
-  answered with a ``HypercallResult`` the driver sends back), then the workloads write;
-* all writes between two hypercalls come out as one ``MemoryWrites`` (stamped with the
-  time of its last tick); the driver sends back ``None``;
+* the guest runs on ticks (``tick``, default 10 ms); tick ``k`` starts at ``k*tick``
+  and runs in the span ``[t0, t1)`` that contains its start. In each tick the balloon
+  driver acts first, at the tick's start (its hypercalls, one per batch, each answered
+  with a ``HypercallResult`` the driver sends back), then the workloads write;
+* every write carries its own virtual time inside its tick (``write_timing``:
+  ``continuous`` spreads a tick's writes over it, ``tick`` puts them all at its start;
+  see ``guest.workloads``). The hypervisor applies exactly the writes before each
+  call's time and holds the rest (``hypervisor.sched``);
+* time the hypervisor skips (the domain paused, suspended, or held for a CLEAN walk)
+  has no writes: ticks that start then never run, and the balloon driver catches up on
+  its schedule at the next tick that runs. A tick that started in skipped time and
+  ends after ``t0`` writes only its writes from ``t0`` on (none under ``tick`` timing);
+* all writes between two hypercalls come out as one ``MemoryWrites`` in time order
+  (per-write ``times``, stamped ``max(last write's time, t0)``); the driver sends
+  back ``None``;
 * writes only touch pages the guest owns at that moment (never a ballooned-out GFN):
   the guest keeps one bool per RAM page and filters at emission time.
 
@@ -35,10 +42,11 @@ from hypervisor.abi import DomainLayout, GuestOp, HypercallResult, MemoryWrites
 from .balloon import REUSE_KEY, Balloon
 from .config import GuestConfig
 from .layout import GuestLayout
-from .workloads import BootTokens, initial_tokens, make_workload, write_tokens
+from .workloads import BootTokens, hashed_fracs, initial_tokens, make_workload, tick_starts, times_in_ticks, write_tokens
 
 _EPS = 1e-9
 _EMPTY_I64 = np.empty(0, dtype=np.int64)
+_EMPTY_F64 = np.empty(0, dtype=np.float64)
 _EMPTY_U64 = np.empty(0, dtype=np.uint64)
 
 
@@ -52,10 +60,17 @@ def ticks_at_or_after(t, tick: float) -> np.ndarray:
     return np.ceil(np.asarray(t, dtype=np.float64) / tick - _EPS).astype(np.int64)
 
 
-def write_time(last_tick: int, tick: float, t0: float) -> float:
-    """The stamp of a ``MemoryWrites`` whose last write is in tick ``last_tick``, for a
-    span starting at ``t0``."""
-    return max(int(last_tick) * tick, t0)
+def write_time(last: float, t0: float) -> float:
+    """The stamp of a ``MemoryWrites`` whose last write happens at ``last``, for a span
+    starting at ``t0``."""
+    return max(float(last), float(t0))
+
+
+def straddled_tick(t0: float, tick: float, next_tick: int) -> int | None:
+    """The tick that started before ``t0`` in time the guest did not run and ends after
+    it (so a span from ``t0`` runs its writes from ``t0`` on), or None."""
+    k = tick_at_or_after(t0, tick) - 1
+    return k if k >= next_tick else None
 
 
 #: See Guest.run: ticks collected at once in a long balloon-free stretch, and the
@@ -97,6 +112,7 @@ class Guest:
         self.config = config
         self.seed = int(seed)
         self.tick = float(config.tick)
+        self.continuous = config.write_timing == "continuous"
         self.map = GuestLayout(config.layout, config.maxmem_pages)
         self.nr_pages = self.map.nr_pages
         #: one bool per RAM page: does the guest own it (not ballooned out)?
@@ -104,7 +120,8 @@ class Guest:
         self.events: list[GuestEvent] = []
         self.stats = GuestStats()
         self.balloon = Balloon(config, self.map, self.owned, self.seed, self._emit)
-        self.workloads = [make_workload(w, i, self.seed, self.nr_pages, self.tick, self.map.gfn_to_page)
+        self.workloads = [make_workload(w, i, self.seed, self.nr_pages, self.tick, self.map.gfn_to_page,
+                                        config.write_timing)
                           for i, w in enumerate(config.workloads)]
         self._next_tick = 0
 
@@ -141,8 +158,10 @@ class Guest:
         return self._next_tick
 
     def first_tick(self, t0: float) -> int:
-        """The first tick ``run(t0, ...)`` would run."""
-        return self._start(t0)
+        """The first tick ``run(t0, ...)`` would write in (a tick that started in skipped
+        time and ends after ``t0``, else the first to start at or after ``t0``)."""
+        ks = straddled_tick(t0, self.tick, self._next_tick)
+        return self._start(t0) if ks is None else ks
 
     def next_call_tick(self) -> int | None:
         """The first tick, from the next unrun one, at which the guest may make a
@@ -164,11 +183,17 @@ class Guest:
 
     def run(self, t0: float, t1: float) -> Generator[GuestOp, HypercallResult | None, None]:
         """Yield the guest's ops for ticks in ``[t0, t1)`` (see the module docstring)."""
+        if t1 <= t0:
+            return
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]] = []   # (ticks, pages, times, writer key)
+        ks = straddled_tick(t0, self.tick, self._next_tick)
+        if ks is not None:
+            # Its start (and the balloon driver's turn in it) fell in skipped time.
+            self._collect(ks, ks + 1, parts, since=t0)
+            self.stats.ticks_run -= 1
+            self.stats.ticks_skipped += 1
         k = self._start(t0)
         k_end = self._tick_at_or_after(t1)
-        if k_end <= k:
-            return
-        parts: list[tuple[np.ndarray, np.ndarray, int]] = []   # (ticks, pages, writer key)
         while k < k_end:
             nk = self.balloon.next_active_tick(k)
             if nk == k:
@@ -202,19 +227,35 @@ class Guest:
         are skipped: counted when the span runs)."""
         return max(self._next_tick, self._tick_at_or_after(t0))
 
-    def _collect(self, k: int, seg_end: int, parts: list) -> None:
-        """Run the balloon-free ticks ``[k, seg_end)``: their writes join ``parts``."""
+    def _collect(self, k: int, seg_end: int, parts: list, since: float | None = None) -> None:
+        """Run the balloon-free ticks ``[k, seg_end)``: their writes (those at or after
+        ``since`` when given) join ``parts``."""
         if k > self._next_tick:
             self.stats.ticks_skipped += k - self._next_tick
         for w in self.workloads:
-            ticks, pages = w.pages(k, seg_end)
+            ticks, pages, times = w.pages(k, seg_end)
             if pages.size:
-                parts.append((ticks, pages, w.idx))
+                parts.append((ticks, pages, times, w.idx))
         ticks, pages = self.balloon.reuse_writes(k, seg_end)
         if pages.size:
-            parts.append((ticks, pages, REUSE_KEY))
+            parts.append((*self._reuse_in_time(ticks, pages), REUSE_KEY))
+        if since is not None:
+            for i, (ticks, pages, times, key) in enumerate(parts):
+                a = int(np.searchsorted(times, since, side="left"))
+                if a:
+                    parts[i] = (ticks[a:], pages[a:], times[a:], key)
         self.stats.ticks_run += seg_end - k
         self._next_tick = seg_end
+
+    def _reuse_in_time(self, ticks: np.ndarray, pages: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(ticks, pages, times)`` of the balloon's reuse writes (due by tick), in time
+        order: spread over their tick under continuous timing, at its start under tick
+        timing."""
+        if not self.continuous:
+            return ticks, pages, tick_starts(ticks, self.tick)
+        times = times_in_ticks(ticks, hashed_fracs(self.seed, pages, ticks, REUSE_KEY), self.tick)
+        order = np.argsort(times, kind="stable")
+        return ticks[order], pages[order], times[order]
 
     def window_end(self, k: int, max_ticks: int) -> tuple[int, int | None]:
         """``(K, next_active)`` for a write window starting at tick ``k``: ``K`` is at most
@@ -226,59 +267,63 @@ class Guest:
 
     def write_window(self, k_from: int, k_to: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Run the balloon-free ticks ``[max(next tick, k_from), k_to)`` as ``run`` would
-        and return their writes as ``(ticks, gfns, tokens)`` (int64, int64, uint64), in
-        the order ``run`` emits them (by tick; within a tick by workload, then reuse) and
-        filtered by ownership. The balloon driver must have nothing to do before ``k_to``
-        (see ``window_end``): then any ``run`` over these ticks writes exactly these
-        (a span that skips ticks drops theirs), in one ``MemoryWrites`` per stretch
-        between hypercalls, stamped ``max(last write's tick * tick, t0)``."""
+        and return their writes as ``(times, gfns, tokens)`` (float64, int64, uint64), in
+        the order ``run`` emits them (by time; a write of tick ``k`` has its time in
+        ``[k*tick, (k+1)*tick)``) and filtered by ownership. The balloon driver must have
+        nothing to do before ``k_to`` (see ``window_end``): then any ``run`` over these
+        ticks writes exactly these, except those before its span's start in ticks that
+        started in skipped time (a span from ``t0`` writes those at or after
+        ``min(t0, k*tick)`` for its first tick ``k`` at or after ``t0``), in one
+        ``MemoryWrites`` per stretch between hypercalls, stamped ``max(last write's
+        time, t0)``."""
         k = max(self._next_tick, int(k_from))
         k_to = int(k_to)
         if k_to <= k:
-            return _EMPTY_I64, _EMPTY_I64, _EMPTY_U64
+            return _EMPTY_F64, _EMPTY_I64, _EMPTY_U64
         nk = self.balloon.next_active_tick(k)
         if nk is not None and nk < k_to:
             raise ValueError(f"the balloon driver acts at tick {nk}, inside the window [{k}, {k_to})")
-        parts: list[tuple[np.ndarray, np.ndarray, int]] = []
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]] = []
         self._collect(k, k_to, parts)
         merged = self._merge(parts)
         if merged is None:
-            return _EMPTY_I64, _EMPTY_I64, _EMPTY_U64
+            return _EMPTY_F64, _EMPTY_I64, _EMPTY_U64
         return merged
 
     def _merge(self, parts) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """``(ticks, gfns, tokens)`` of the owned pages' writes in ``parts``, in time order."""
+        """``(times, gfns, tokens)`` of the owned pages' writes in ``parts``, in time order
+        (ties keep the parts' order: by workload, then reuse)."""
         gparts, tparts, kparts = [], [], []
-        for ticks, pages, key in parts:
+        for ticks, pages, times, key in parts:
             keep = self.owned[pages]
             n_keep = int(np.count_nonzero(keep))
             self.stats.writes_dropped += pages.size - n_keep
             if n_keep == 0:
                 continue
             if n_keep != pages.size:
-                ticks, pages = ticks[keep], pages[keep]
+                ticks, pages, times = ticks[keep], pages[keep], times[keep]
             gfns = self.map.page_to_gfn(pages)
             gparts.append(gfns)
-            tparts.append(ticks)
+            tparts.append(times)
             kparts.append(write_tokens(self.seed, gfns, ticks, key))
         if not gparts:
             return None
         if len(gparts) == 1:
-            gfns, ticks, tokens = gparts[0], tparts[0], kparts[0]
+            gfns, times, tokens = gparts[0], tparts[0], kparts[0]
         else:
-            ticks = np.concatenate(tparts)
-            order = np.argsort(ticks, kind="stable")     # time order: the last write wins
-            gfns, ticks, tokens = np.concatenate(gparts)[order], ticks[order], np.concatenate(kparts)[order]
+            times = np.concatenate(tparts)
+            order = np.argsort(times, kind="stable")     # time order: the last write wins
+            gfns, times, tokens = np.concatenate(gparts)[order], times[order], np.concatenate(kparts)[order]
         self.stats.writes += gfns.size
         self.stats.write_batches += 1
-        return ticks, gfns, tokens
+        return times, gfns, tokens
 
     def _flush(self, parts, t0: float) -> MemoryWrites | None:
         merged = self._merge(parts)
         if merged is None:
             return None
-        ticks, gfns, tokens = merged
-        return MemoryWrites(write_time(int(ticks[-1]), self.tick, t0), gfns, tokens, ticks * self.tick)
+        times, gfns, tokens = merged
+        return MemoryWrites(write_time(times[-1], t0), gfns, tokens, times)
 
     def checkpoint(self):
         """What a ``run`` can change (ownership, the balloon driver, events, stats, the

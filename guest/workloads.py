@@ -13,6 +13,15 @@ tick is not random: tick ``j`` (counted from the workload's start) gets
 ``floor(r*(j+1)) - floor(r*j)`` writes for ``r = rate * tick``, so a long run writes
 exactly ``rate * duration`` pages (to within one).
 
+Each write also has its own virtual time inside its tick (``write_timing``, see
+``write_times``): with ``continuous`` (the default) the ``m``-th of a tick's ``n`` writes
+happens at ``(k + (m + u)/n) * tick`` for ``u`` uniform in ``[0, 1)`` drawn from
+``np.random.default_rng([seed, index, epoch, TIME_KEY])`` (a stream of its own, so the
+pages are the same in both modes): a writer at a steady rate, jittered, already in time
+order. With ``tick`` every write of tick ``k`` happens at ``k * tick`` (the model before
+writes carried their own times; kept so its numbers can be reproduced). A trace replays
+its recorded times.
+
 Everything here is in RAM page index space ``[0, nr_pages)``; the guest filters against
 its ownership map and maps indices to GFNs when it emits the writes.
 """
@@ -37,9 +46,14 @@ EPOCH_TICKS = 100
 MAX_EPOCH_WRITES = 2_000_000
 
 _EMPTY = np.empty(0, dtype=np.int64)
+_EMPTY_F64 = np.empty(0, dtype=np.float64)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _TICK_MUL = np.uint64(0xD1B54A32D192ED03)
 _KEY_MUL = np.uint64(0xA24BAED4963EE407)
+#: RNG key of the within-tick write times (never a workload index or REUSE_KEY).
+TIME_KEY = 0x71AE
+#: How a guest's writes are placed in time (``GuestConfig.write_timing``).
+WRITE_TIMINGS = ("continuous", "tick")
 
 
 def seed_key(seed: int) -> int:
@@ -57,6 +71,45 @@ def write_tokens(seed: int, gfns: np.ndarray, ticks: np.ndarray, key: int) -> np
         x = splitmix64(x + np.uint64(key + 1) * _KEY_MUL)
     x[x == 0] = 1
     return x
+
+
+def tick_starts(ticks: np.ndarray, tick: float) -> np.ndarray:
+    """``k * tick`` for each tick index ``k`` (float64): the one definition of a tick's
+    start, so that a write of tick ``k`` lies in ``[tick_starts(k), tick_starts(k+1))``
+    wherever it is computed."""
+    return np.asarray(ticks, dtype=np.int64).astype(np.float64) * tick
+
+
+def times_in_ticks(ticks: np.ndarray, frac: np.ndarray, tick: float) -> np.ndarray:
+    """Write times ``(k + frac) * tick`` for ``frac`` in ``[0, 1)``, each kept strictly
+    before its tick's end (rounding could otherwise land a write on the next tick)."""
+    start = tick_starts(ticks, tick)
+    t = start + np.asarray(frac, dtype=np.float64) * tick
+    return np.minimum(t, np.nextafter(start + tick, -np.inf))
+
+
+def write_fracs(rng: np.random.Generator, counts: np.ndarray) -> np.ndarray:
+    """Where each write falls inside its tick, as a fraction in ``[0, 1)``, for ticks of
+    ``counts`` writes each (in order): write ``m`` of ``n`` at ``(m + u) / n``, ``u``
+    uniform: a steady writer with jitter, in time order without a sort."""
+    counts = np.asarray(counts, dtype=np.int64)
+    total = int(counts.sum())
+    if total == 0:
+        return np.empty(0, dtype=np.float64)
+    first = np.cumsum(counts) - counts
+    m = np.arange(total, dtype=np.int64) - np.repeat(first, counts)
+    n = np.repeat(counts, counts).astype(np.float64)
+    return (m + rng.random(total)) / n
+
+
+def hashed_fracs(seed: int, pages: np.ndarray, ticks: np.ndarray, key: int) -> np.ndarray:
+    """A fraction in ``[0, 1)`` per write, hashed from (seed, page, tick, key): for writes
+    that come from elsewhere than a workload's epoch (the balloon's reuse writes)."""
+    with np.errstate(over="ignore"):
+        s = splitmix64(np.uint64(seed_key(seed)) ^ np.uint64(TIME_KEY))
+        x = splitmix64(np.asarray(pages, dtype=np.int64).astype(np.uint64) ^ s)
+        x = splitmix64(x + (np.asarray(ticks, dtype=np.int64).astype(np.uint64) + np.uint64(key + 1)) * _TICK_MUL)
+    return (x >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
 #: Pages hashed per step by initial_tokens (bounds its temporaries for huge guests).
@@ -112,7 +165,10 @@ def affine_permutation(n: int, seed: int, idx: int) -> tuple[int, int]:
 class WorkloadGen:
     """Base: a workload over RAM pages ``[lo, hi)`` ticking every ``tick`` seconds."""
 
-    def __init__(self, cfg, idx: int, seed: int, nr_pages: int, tick: float):
+    def __init__(self, cfg, idx: int, seed: int, nr_pages: int, tick: float, timing: str = "continuous"):
+        if timing not in WRITE_TIMINGS:
+            raise ValueError(f"write timing {timing!r}: expected one of {', '.join(WRITE_TIMINGS)}")
+        self.continuous = timing == "continuous"
         self.cfg = cfg
         self.idx = idx
         self.seed = seed_key(seed)
@@ -128,7 +184,7 @@ class WorkloadGen:
         rate = float(getattr(cfg, "rate", 0.0))
         self.per_tick = rate * tick
         self.epoch_ticks = max(1, min(EPOCH_TICKS, int(MAX_EPOCH_WRITES // max(self.per_tick, 1.0))))
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     # ------------------------------------------------------------- counting
     def _cum(self, ks: np.ndarray) -> np.ndarray:
@@ -139,7 +195,8 @@ class WorkloadGen:
         j = np.maximum(j, 0)
         return np.floor(self.per_tick * j.astype(np.float64) + 1e-9).astype(np.int64)
 
-    def _epoch(self, e: int) -> tuple[np.ndarray, np.ndarray]:
+    def _epoch(self, e: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(ticks, pages, times)`` of epoch ``e``, sorted by time (cached)."""
         hit = self._cache.get(e)
         if hit is not None:
             return hit
@@ -149,13 +206,19 @@ class WorkloadGen:
         counts = np.diff(cum)
         total = int(cum[-1] - cum[0])
         if total == 0 or self.n <= 0:
-            out = (_EMPTY, _EMPTY)
+            out = (_EMPTY, _EMPTY, _EMPTY_F64)
         else:
             ticks = np.repeat(ks[:-1], counts)
             pages = self._generate(e, int(cum[0]), total, ticks)
+            if self.continuous:
+                frac = write_fracs(np.random.default_rng([self.seed, self.idx, e, TIME_KEY]), counts)
+                times = times_in_ticks(ticks, frac, self.tick)
+            else:
+                times = tick_starts(ticks, self.tick)
             if pages.shape[0] != ticks.shape[0]:       # a workload that stops (once, no-wrap)
                 ticks = ticks[: pages.shape[0]] if pages.shape[0] else _EMPTY
-            out = (ticks, pages.astype(np.int64, copy=False))
+                times = times[: pages.shape[0]] if pages.shape[0] else _EMPTY_F64
+            out = (ticks, pages.astype(np.int64, copy=False), times)
         if len(self._cache) >= 2:
             self._cache.pop(next(iter(self._cache)))
         self._cache[e] = out
@@ -170,36 +233,35 @@ class WorkloadGen:
         raise NotImplementedError
 
     # ------------------------------------------------------------- public
-    def pages(self, k0: int, k1: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(ticks, pages)`` written in ticks ``[k0, k1)``, sorted by tick."""
+    def pages(self, k0: int, k1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(ticks, pages, times)`` written in ticks ``[k0, k1)``, sorted by time."""
         if k1 <= k0 or self.per_tick <= 0:
-            return _EMPTY, _EMPTY
+            return _EMPTY, _EMPTY, _EMPTY_F64
         if self.stop_k is not None:
             k1 = min(k1, self.stop_k)
         k0 = max(k0, self.start_k)
         if k1 <= k0:
-            return _EMPTY, _EMPTY
+            return _EMPTY, _EMPTY, _EMPTY_F64
         E = self.epoch_ticks
-        tparts, pparts = [], []
+        parts = []
         for e in range(k0 // E, (k1 - 1) // E + 1):
-            ticks, pages = self._epoch(e)
+            ticks, pages, times = self._epoch(e)
             if ticks.shape[0] == 0:
                 continue
             a = np.searchsorted(ticks, k0, side="left") if e * E < k0 else 0
             b = np.searchsorted(ticks, k1, side="left") if (e + 1) * E > k1 else ticks.shape[0]
             if b > a:
-                tparts.append(ticks[a:b])
-                pparts.append(pages[a:b])
-        if not tparts:
-            return _EMPTY, _EMPTY
-        if len(tparts) == 1:
-            return tparts[0], pparts[0]
-        return np.concatenate(tparts), np.concatenate(pparts)
+                parts.append((ticks[a:b], pages[a:b], times[a:b]))
+        if not parts:
+            return _EMPTY, _EMPTY, _EMPTY_F64
+        if len(parts) == 1:
+            return parts[0]
+        return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
 
 
 class IdleGen(WorkloadGen):
-    def __init__(self, cfg, idx, seed, nr_pages, tick):
-        super().__init__(cfg, idx, seed, nr_pages, tick)
+    def __init__(self, cfg, idx, seed, nr_pages, tick, timing="continuous"):
+        super().__init__(cfg, idx, seed, nr_pages, tick, timing)
         self.per_tick = 0.0
 
 
@@ -209,8 +271,8 @@ class UniformGen(WorkloadGen):
 
 
 class HotsetGen(WorkloadGen):
-    def __init__(self, cfg, idx, seed, nr_pages, tick):
-        super().__init__(cfg, idx, seed, nr_pages, tick)
+    def __init__(self, cfg, idx, seed, nr_pages, tick, timing="continuous"):
+        super().__init__(cfg, idx, seed, nr_pages, tick, timing)
         self.hot_n = min(self.n, max(1, int(round(cfg.hot_fraction * self.n))))
 
     def _generate(self, e, first, total, ticks):
@@ -228,8 +290,8 @@ class ZipfGen(WorkloadGen):
     """Inverse-CDF sampling of the continuous power law on ``[1, n+1)`` (no per-rank
     table, so it scales to 64 Mi pages); rank ``r`` has weight close to ``(r+1)^-s``."""
 
-    def __init__(self, cfg, idx, seed, nr_pages, tick):
-        super().__init__(cfg, idx, seed, nr_pages, tick)
+    def __init__(self, cfg, idx, seed, nr_pages, tick, timing="continuous"):
+        super().__init__(cfg, idx, seed, nr_pages, tick, timing)
         self.a, self.b = affine_permutation(self.n, seed, idx)
 
     def ranks(self, u: np.ndarray) -> np.ndarray:
@@ -256,8 +318,8 @@ class SequentialGen(WorkloadGen):
 
 
 class OnceGen(WorkloadGen):
-    def __init__(self, cfg, idx, seed, nr_pages, tick):
-        super().__init__(cfg, idx, seed, nr_pages, tick)
+    def __init__(self, cfg, idx, seed, nr_pages, tick, timing="continuous"):
+        super().__init__(cfg, idx, seed, nr_pages, tick, timing)
         self.a, self.b = affine_permutation(self.n, seed, idx)
 
     def _generate(self, e, first, total, ticks):
@@ -267,10 +329,12 @@ class OnceGen(WorkloadGen):
 
 class TraceGen(WorkloadGen):
     """Replays ``(time_s, gfn)`` rows; GFNs are mapped to RAM pages by the guest's
-    layout (a GFN that is not guest RAM is an error at load)."""
+    layout (a GFN that is not guest RAM is an error at load). With continuous timing a
+    row happens at its own time (rows in time order); with tick timing at its tick's
+    start (rows of a tick in file order)."""
 
-    def __init__(self, cfg, idx, seed, nr_pages, tick, gfn_to_page=None):
-        super().__init__(cfg, idx, seed, nr_pages, tick)
+    def __init__(self, cfg, idx, seed, nr_pages, tick, timing="continuous", gfn_to_page=None):
+        super().__init__(cfg, idx, seed, nr_pages, tick, timing)
         times, gfns = load_trace(cfg.path)
         pages = gfn_to_page(gfns) if gfn_to_page is not None else gfns
         bad = np.flatnonzero((pages < 0) | (pages >= nr_pages))
@@ -280,18 +344,24 @@ class TraceGen(WorkloadGen):
         t = times + cfg.start
         ks = np.floor(t / tick + 1e-9).astype(np.int64)
         keep = np.ones(ks.shape[0], dtype=bool) if cfg.stop is None else t < cfg.stop
-        order = np.argsort(ks[keep], kind="stable")
-        self.ticks = ks[keep][order]
-        self.trace_pages = pages[keep][order].astype(np.int64)
+        ks, t, pages = ks[keep], t[keep], pages[keep]
+        order = np.argsort(t if self.continuous else ks, kind="stable")   # ks follows t
+        self.ticks = ks[order]
+        self.trace_pages = pages[order].astype(np.int64)
+        if self.continuous:
+            start = tick_starts(self.ticks, tick)
+            self.times = np.minimum(np.maximum(t[order], start), np.nextafter(start + tick, -np.inf))
+        else:
+            self.times = tick_starts(self.ticks, tick)
         self.per_tick = 1.0 if self.ticks.size else 0.0
         self.start_k = 0
 
     def pages(self, k0, k1):
         if k1 <= k0 or self.ticks.size == 0:
-            return _EMPTY, _EMPTY
+            return _EMPTY, _EMPTY, _EMPTY_F64
         a = np.searchsorted(self.ticks, k0, side="left")
         b = np.searchsorted(self.ticks, k1, side="left")
-        return self.ticks[a:b], self.trace_pages[a:b]
+        return self.ticks[a:b], self.trace_pages[a:b], self.times[a:b]
 
 
 def _is_float(s: str) -> bool:
@@ -422,7 +492,8 @@ _GENERATORS = {
 }
 
 
-def make_workload(cfg, idx: int, seed: int, nr_pages: int, tick: float, gfn_to_page=None) -> WorkloadGen:
+def make_workload(cfg, idx: int, seed: int, nr_pages: int, tick: float, gfn_to_page=None,
+                  timing: str = "continuous") -> WorkloadGen:
     if isinstance(cfg, TraceWorkload):
-        return TraceGen(cfg, idx, seed, nr_pages, tick, gfn_to_page)
-    return _GENERATORS[type(cfg)](cfg, idx, seed, nr_pages, tick)
+        return TraceGen(cfg, idx, seed, nr_pages, tick, timing, gfn_to_page)
+    return _GENERATORS[type(cfg)](cfg, idx, seed, nr_pages, tick, timing)

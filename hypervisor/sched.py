@@ -12,7 +12,9 @@ generator of operations; each one it yields is served by ``apply`` and the resul
 sent back into it. Writes carry their own times: the scheduler holds those a tick
 produced beyond ``t`` (``pending``) and applies exactly the writes before each
 request's time; writes whose time falls while the vCPUs are held (paused, suspended,
-a CLEAN walk) never happen, as the ticks that start then never run.
+a CLEAN walk) never happen: the ticks that start then never run, pending writes that
+fall then are dropped, and a tick that started while they were held writes only from
+the moment they run again (``Guest.run``).
 """
 
 from __future__ import annotations
@@ -93,23 +95,35 @@ class VcpuScheduler:
             self._drop_pending(t)
             self.now = t
             return
-        if self.now < self.walk_until:
-            self._drop_pending(min(t, self.walk_until))
-            self.now = min(t, self.walk_until)
-            if self.now >= t:
-                return
+        if self._hold_for_walk_until(t):
+            return
         self._run_guest(self.now, t, hypercalls=True)
         self._apply_pending(t)
         self.now = t
+
+    def _hold_for_walk_until(self, t: float) -> bool:
+        """The part of ``[now, t)`` inside a CLEAN walk's window passes without the guest
+        (its pending writes there are dropped); True if that is all of it."""
+        if self.now >= self.walk_until:
+            return False
+        self._drop_pending(min(t, self.walk_until))
+        self.now = min(t, self.walk_until)
+        return self.now >= t
 
     def generate(self, t: float) -> None:
         """Run the guest's ticks that start before ``t`` without applying their writes
         (they wait in ``pending``): how a span of toolstack calls sees, at once, the
         writes the guest makes in it. The caller makes sure the guest makes no
         hypercall there (``Guest.window_end``); one is refused."""
-        if self.state != "running" or self.guest is None or float(t) <= self.now:
+        t = float(t)
+        if self.state != "running" or self.guest is None or t <= self.now or self._running_guest:
             return
-        self._run_guest(max(self.now, self.walk_until), float(t), hypercalls=False)
+        # The writes a CLEAN walk's window swallows are gone before the span sees them.
+        if self.now < self.walk_until:
+            self._drop_pending(min(t, self.walk_until))
+        t0 = max(self.now, self.walk_until)
+        if t > t0:
+            self._run_guest(t0, t, hypercalls=False)
 
     def pending_writes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(times, gfns, tokens)`` of the pending writes, in the order they happen."""

@@ -38,23 +38,27 @@ def test_windows_rebuild_the_writes_of_run(seed):
     # [0, 3 s) has no balloon activity (the first target is at 3 s = tick 300).
     k_to, nk = b.window_end(0, 1000)
     assert (k_to, nk) == (300, 300)
-    ticks, gfns, tokens = b.write_window(0, k_to)
-    assert b._next_tick == 300 and ticks.size and np.all(np.diff(ticks) >= 0)
+    times, gfns, tokens = b.write_window(0, k_to)
+    assert b._next_tick == 300 and times.size and np.all(np.diff(times) >= 0)
+    assert times[0] >= 0 and times[-1] < 3.0
     t = 0.0
     while t < 2.99:
-        t0 = t + (rng.uniform(0, 0.05) if rng.random() < 0.2 else 0.0)      # sometimes skip ticks
+        t0 = t + (rng.uniform(0, 0.05) if rng.random() < 0.2 else 0.0)      # sometimes skip time
         t1 = min(2.99, t0 + rng.uniform(0.001, 0.2))
-        k0 = max(a._next_tick, a._tick_at_or_after(t0))
+        first = a._tick_at_or_after(t0)
+        # A tick that started in the skipped time writes from t0 on; later ticks wholly.
+        lo = min(t0, first * a.tick) if first - 1 >= a._next_tick else max(a._next_tick, first) * a.tick
         k1 = a._tick_at_or_after(t1)
         ops = list(a.run(t0, t1))
-        sel = (ticks >= k0) & (ticks < k1)
-        if k1 <= k0 or not sel.any():
+        sel = (times >= lo) & (times < k1 * a.tick)
+        if not sel.any():
             assert ops == []
         else:
             (op,) = ops
             assert isinstance(op, MemoryWrites)
-            assert op.t == max(int(ticks[sel][-1]) * a.tick, t0)
+            assert op.t == max(times[sel][-1], t0)
             assert np.array_equal(op.gfns, gfns[sel]) and np.array_equal(op.tokens, tokens[sel])
+            assert np.array_equal(op.times, times[sel])
         t = t1
     with pytest.raises(ValueError, match="balloon driver acts"):
         Guest(cfg, seed).write_window(0, 301)

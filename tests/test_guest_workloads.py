@@ -27,7 +27,12 @@ def drive(g, spans):
                 op = gen.send(res)
             except StopIteration:
                 break
-            assert t0 <= op.t < t1
+            if isinstance(op, MemoryWrites):
+                # Each write at its own time, from t0 on, in a tick that started before t1.
+                assert t0 <= op.times[0] and np.all(np.diff(op.times) >= 0)
+                assert op.t == max(op.times[-1], t0) and op.times[-1] < t1 + g.tick
+            else:
+                assert t0 <= op.t < t1
             ops.append(op)
             res = None if isinstance(op, MemoryWrites) else HypercallResult(rc=len(op.gfns), done=op.gfns)
     return ops
@@ -105,13 +110,13 @@ def test_writes_between_hypercalls_come_as_one_batch_per_span():
     ops = drive(guest(MIX), [(0.0, 2.0)])
     assert len(ops) == 1 and isinstance(ops[0], MemoryWrites)
     assert ops[0].gfns.dtype == np.int64 and ops[0].tokens.dtype == np.uint64
-    assert ops[0].t == pytest.approx(1.99)
+    assert 1.99 <= ops[0].t < 2.0        # its last write, in the last tick
 
 
 def test_paused_spans_write_nothing():
     g = guest([{"kind": "uniform", "rate": 1000}])
     ops = drive(g, [(0.0, 1.0), (3.0, 4.0)])
-    assert [o.t for o in ops] == pytest.approx([0.99, 3.99])
+    assert 0.99 <= ops[0].t < 1.0 and 3.99 <= ops[1].t < 4.0
     assert sum(o.gfns.size for o in ops) == 2000
     assert g.stats.ticks_skipped == 200
 
@@ -189,7 +194,14 @@ def test_trace_replays_at_the_right_ticks(tmp_path, fmt):
         np.savez(p, time_s=t, gfn=gfn)
     g = guest([{"kind": "trace", "path": str(p)}])
     ops = drive(g, [(0, 0.5), (0.5, 1.3), (1.3, 2)])
+    # Continuous timing: each row at its recorded time.
+    assert [(o.t, o.gfns.tolist()) for o in ops] == [(0.004, [3, 16]), (pytest.approx(1.25), [7, 100, 3])]
+    assert np.concatenate([o.times for o in ops]).tolist() == pytest.approx(t.tolist())
+    # Tick timing: each row at its tick's start.
+    g = guest([{"kind": "trace", "path": str(p)}], write_timing="tick")
+    ops = drive(g, [(0, 0.5), (0.5, 1.3), (1.3, 2)])
     assert [(o.t, o.gfns.tolist()) for o in ops] == [(0.0, [3, 16]), (pytest.approx(1.25), [7, 100, 3])]
+    assert np.concatenate([o.times for o in ops]).tolist() == pytest.approx([0, 0, 0.5, 1.25, 1.25])
 
 
 def test_trace_with_a_gfn_outside_ram_is_refused(tmp_path):

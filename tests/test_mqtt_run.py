@@ -524,7 +524,7 @@ async def test_watch_records_the_events_with_their_call_site_effects(mqtt_broker
     hv, g = await start_actor_tasks(cfg, "rec", sc)
     rem = await actors.remote_run(sc, RunOptions(behaviour="pre-fix"), broker=cfg, run_id="rec")
     # pre-fix: the watcher trusts only a verified destination
-    assert (await asyncio.wait_for(watcher, 5)).startswith("completed, but the destination diverged: 44946 missing")
+    assert (await asyncio.wait_for(watcher, 5)).startswith("completed, but the destination diverged: 44868 missing")
     rec.close()
     await asyncio.gather(hv, g)
     log = read_event_log(tmp_path / "w.events")

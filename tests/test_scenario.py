@@ -105,7 +105,7 @@ def test_unknown_key_suggests_the_close_one(tmp_path):
     e = error_of(tmp_path, "guest:\n  memory: 256MiB\n  wrkloads: []\n")
     assert str(e) == (f"{tmp_path / 'x.yaml'}: guest.wrkloads: unknown key 'wrkloads'; did you mean "
                       "'workloads'? (expected one of the keys of guest: balloon, host_memory, layout, maxmem, "
-                      "memory, tick, workloads)")
+                      "memory, tick, workloads, write_timing)")
     assert e.suggestion == "workloads" and e.line == 3
 
 

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from guest.guest import tick_at_or_after, ticks_at_or_after, write_time
+from guest.guest import straddled_tick, tick_at_or_after, ticks_at_or_after, write_time
 from hypervisor.abi import (
     DecreaseReservation,
     HypercallResult,
@@ -67,11 +67,12 @@ class RemoteGuest:
     Between two ticks at which its balloon driver acts, the guest's writes need nothing
     from the hypervisor (ownership only changes through the balloon; workloads and
     reuse writes are keyed by seed and tick). So the guest actor answers a ``go`` that
-    starts at such a tick with a window of them (``Guest.write_window``: per-write tick,
+    starts at such a tick with a window of them (``Guest.write_window``: per-write time,
     GFN and token for ticks ``[k, K)``), and the spans in that window are served from it
-    here without a round trip: the writes of a span's ticks (those of skipped ticks are
-    dropped, as the guest drops them) as one ``MemoryWrites`` per stretch between
-    hypercalls, stamped as ``Guest.run`` stamps it. A span reaching a tick where the
+    here without a round trip: the writes of a span's ticks (those of skipped ticks, and
+    of a tick that started in skipped time those before the span, are dropped, as the
+    guest drops them) as one ``MemoryWrites`` per stretch between hypercalls, stamped as
+    ``Guest.run`` stamps it. A span reaching a tick where the
     balloon acts runs the guest's ``run`` remotely from there, one round trip per
     hypercall (writes pending from the window are flushed first, as ``run`` flushes them
     before the driver's step). The ops are exactly ``Guest.run``'s."""
@@ -86,7 +87,7 @@ class RemoteGuest:
         self.tick: float | None = None   # the guest's tick (from ``layout``)
         self.pos = 0                     # the next tick Guest.run would run (its _next_tick)
         self.gk = 0                      # the guest actor's own next tick (>= pos: written ahead)
-        self._win: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None   # writes of ticks [pos, gk)
+        self._win: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None   # (times, gfns, tokens) of ticks [pos, gk)
         self._next_call: int | None = None   # the window's WriteWindow.next_call
 
     def _rpc(self, method: str, args: dict | None = None) -> Any:
@@ -133,25 +134,26 @@ class RemoteGuest:
         self._set_now()
         return reply.layout
 
-    def _take(self, k: int, hi: int):
-        """Writes of ticks ``[k, hi)`` from the window; those before ``k`` are dropped."""
-        ticks, gfns, tokens = self._win
-        a = int(np.searchsorted(ticks, k, side="left"))
-        b = int(np.searchsorted(ticks, hi, side="left"))
-        self._win = (ticks[b:], gfns[b:], tokens[b:])
+    def _take(self, lo: float, hi: int):
+        """Writes of the window's ticks before ``hi`` at or after time ``lo``; the window
+        drops those before ``lo`` (ticks skipped, or a skipped tick's start)."""
+        times, gfns, tokens = self._win
+        a = int(np.searchsorted(times, lo, side="left"))
+        b = int(np.searchsorted(times, hi * self.tick, side="left"))   # a tick's writes end before the next starts
+        self._win = (times[b:], gfns[b:], tokens[b:])
         self.pos = hi
         if b > a:
-            return ticks[a:b], gfns[a:b], tokens[a:b]
+            return times[a:b], gfns[a:b], tokens[a:b]
         return None
 
     def _pending_op(self, pending: list, t0: float) -> MemoryWrites:
         if len(pending) == 1:
-            ticks, gfns, tokens = pending[0]
+            times, gfns, tokens = pending[0]
         else:
-            ticks = np.concatenate([p[0] for p in pending])
+            times = np.concatenate([p[0] for p in pending])
             gfns = np.concatenate([p[1] for p in pending])
             tokens = np.concatenate([p[2] for p in pending])
-        return MemoryWrites(write_time(int(ticks[-1]), self.tick, t0), gfns, tokens, ticks * self.tick)
+        return MemoryWrites(write_time(times[-1], t0), gfns, tokens, times)
 
     def run(self, t0: float, t1: float):
         if self.dead is not None:
@@ -159,7 +161,15 @@ class RemoteGuest:
         if self.tick is None:          # (no layout yet: the plain protocol)
             yield from self._run_remote("run", t0, t1)
             return
-        k = max(self.pos, tick_at_or_after(t0, self.tick))
+        if t1 <= t0:
+            return
+        first = tick_at_or_after(t0, self.tick)
+        k = max(self.pos, first)
+        ks = straddled_tick(t0, self.tick, self.pos)
+        if ks is not None:
+            k = ks       # a tick that started in skipped time: its writes from t0 on
+        # Writes of ticks at or after ``first`` all count; the straddled tick's from t0 on.
+        lo = min(float(t0), first * self.tick)
         k_end = tick_at_or_after(t1, self.tick)
         if k_end <= k:
             return   # no guest tick in [t0, t1): Guest.run yields nothing
@@ -167,7 +177,7 @@ class RemoteGuest:
         while True:
             if k < self.gk:
                 hi = min(k_end, self.gk)
-                part = self._take(k, hi)
+                part = self._take(lo, hi)
                 if part is not None:
                     pending.append(part)
                 k = hi
@@ -178,7 +188,7 @@ class RemoteGuest:
                 k0, k1 = int(reply.first), int(reply.end)
                 if k0 != k or k1 <= k0:
                     raise TransportError(f"the guest wrote ahead from tick {k0} to {k1}, expected from {k}")
-                self._win = (np.asarray(reply.ticks), np.asarray(reply.gfns), np.asarray(reply.tokens))
+                self._win = (np.asarray(reply.times), np.asarray(reply.gfns), np.asarray(reply.tokens))
                 self._next_call = None if reply.next_call is None else int(reply.next_call)
                 self.gk = k1
                 self._set_now()
@@ -360,8 +370,8 @@ class GuestActor:
                     return reply
             return self._run(t0, t1)
         k_to, next_call = g.window_end(k, max_ticks)
-        ticks, gfns, tokens = g.write_window(k, k_to)
-        return WriteWindow(k, k_to, ticks, gfns, tokens, g.drain_events(), next_call)
+        times, gfns, tokens = g.write_window(k, k_to)
+        return WriteWindow(k, k_to, times, gfns, tokens, g.drain_events(), next_call)
 
     def _resume(self, result) -> GuestStep:
         if self.gen is None:

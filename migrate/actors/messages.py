@@ -44,12 +44,13 @@ class Speculated:
 @dataclass(slots=True)
 class WriteWindow:
     """The guest's writes of ticks ``[first, end)``, where its balloon does nothing
-    (``Guest.write_window``: per-write tick, GFN and token), and the first tick at
-    which its balloon acts next (``next_call``, None: nothing scheduled)."""
+    (``Guest.write_window``: per-write virtual time, GFN and token, in time order),
+    and the first tick at which its balloon acts next (``next_call``, None: nothing
+    scheduled)."""
 
     first: int
     end: int
-    ticks: np.ndarray
+    times: np.ndarray
     gfns: np.ndarray
     tokens: np.ndarray
     events: list = field(default_factory=list)
