@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from hypervisor.abi import MAX_BATCH_SIZE, PFINFO_HAS_DATA, PFINFO_POPULATE, P2MType, PFInfo, XenError
+from hypervisor.logdirty import sorted_unique
 from hypervisor.p2m import CHUNK_BITS
 
 from .stream.format import REC_TYPE_OPTIONAL, RecType, StreamError, TscInfo
@@ -109,30 +110,43 @@ class _PfnSet:
         self._leaves: dict[int, np.ndarray] = {}    # leaf key -> 4096 uint8, bit i = PFN i
         self.count = 0
 
+    def _groups(self, pfns: np.ndarray):
+        """``(leaf key, positions)`` for each leaf the PFNs touch; for ascending PFNs
+        (the stream's order) the positions are slices, found without a sort."""
+        hi = pfns >> self.SHIFT
+        h0, h1 = int(hi[0]), int(hi[-1])
+        if h0 == h1 and (pfns.size < 3 or bool((hi == h0).all())):
+            yield h0, slice(0, pfns.size)
+            return
+        if h0 <= h1 and bool((hi[1:] >= hi[:-1]).all()):
+            cuts = (np.flatnonzero(hi[1:] != hi[:-1]) + 1).tolist()
+            for a, b in zip([0] + cuts, cuts + [pfns.size]):
+                yield int(hi[a]), slice(a, b)
+            return
+        for h in np.unique(hi).tolist():
+            yield h, hi == h
+
     def contains(self, pfns: np.ndarray) -> np.ndarray:
         out = np.zeros(pfns.shape, dtype=bool)
-        if pfns.size == 0:
+        if pfns.size == 0 or not self._leaves:
             return out
-        hi = pfns >> self.SHIFT
-        lo = pfns & self.MASK
-        for h in np.unique(hi).tolist():
+        for h, sel in self._groups(pfns):
             leaf = self._leaves.get(h)
             if leaf is not None:
-                sel = hi == h
-                q = lo[sel]
+                q = pfns[sel] & self.MASK
                 out[sel] = ((leaf[q >> 3] >> (q & 7).astype(np.uint8)) & 1).astype(bool)
         return out
 
     def add(self, pfns: np.ndarray) -> None:
         """Add PFNs known to be absent and unique."""
-        hi = pfns >> self.SHIFT
-        lo = pfns & self.MASK
-        for h in np.unique(hi).tolist():
+        if pfns.size == 0:
+            return
+        for h, sel in self._groups(pfns):
             leaf = self._leaves.get(h)
             if leaf is None:
                 leaf = self._leaves[h] = np.zeros((1 << self.SHIFT) // 8, dtype=np.uint8)
             bits = np.zeros(1 << self.SHIFT, dtype=bool)
-            bits[lo[hi == h]] = True
+            bits[pfns[sel] & self.MASK] = True
             leaf |= np.packbits(bits, bitorder="little")
         self.count += int(pfns.size)
 
@@ -438,7 +452,11 @@ class Restorer:
         nrec = int(rec_of[-1]) + 1
         data_after = self._data_pages + np.cumsum(np.bincount(rec_of[has], minlength=nrec))
         chunks = pfns[keep] >> CHUNK_BITS
-        uniq, first = np.unique(chunks, return_index=True)
+        if chunks.size and bool((chunks[1:] >= chunks[:-1]).all()):    # ascending: no sort
+            first = np.flatnonzero(np.concatenate(([True], chunks[1:] != chunks[:-1])))
+            uniq = chunks[first]
+        else:
+            uniq, first = np.unique(chunks, return_index=True)
         seen = np.fromiter((int(c) in self._chunks for c in uniq.tolist()), dtype=bool, count=uniq.size) \
             if uniq.size <= 4096 else np.isin(uniq, np.fromiter(self._chunks, dtype=np.int64))
         new_rec = rec_of[keep][first[~seen]]
@@ -481,7 +499,7 @@ class Restorer:
         nib = nibbles.astype(np.intp)
         # populate_pfns: data types and XALLOC not yet populated (never unpopulate).
         ascending = pfns.size < 2 or bool((pfns[1:] > pfns[:-1]).all())  # one pass: sorted, unique
-        want = pfns if ascending else np.unique(pfns)
+        want = pfns if ascending else sorted_unique(pfns)
         new = want[~self._populated.contains(want)]
         if new.size:
             self.hv.populate_physmap_exact(new)
@@ -506,12 +524,8 @@ class Restorer:
                 if room > 0:
                     res.verify_mismatch_pfns.extend(int(p) for p in data_pfns[bad][:room])
         else:
-            if ascending:
-                self.hv.write_pages(data_pfns, tokens)
-            else:
-                # Keep the last copy of each PFN (np.unique on the reversed array finds it).
-                uniq, first = np.unique(data_pfns[::-1], return_index=True)
-                self.hv.write_pages(uniq, tokens[::-1][first])
+            # write_pages keeps the last copy of a PFN that comes more than once.
+            self.hv.write_pages(data_pfns, tokens)
             res.pages_written += int(data_pfns.size)
 
 

@@ -164,3 +164,21 @@ def test_built_domain_holds_mfns_and_m2p_as_runs():
     m = hv.p2m.mfns.get(g).astype(np.int64)
     assert (hv.m2p.get(m) == g).all() and (hv.p2m.mfns.get(g[::7]) == m[::7]).all()
     assert hv.p2m.mfns.nbytes + hv.m2p.nbytes < 1024
+
+
+def test_restorer_populated_set_answers_alike_in_any_order():
+    from migrate.restore import _PfnSet
+
+    rng = np.random.default_rng(5)
+    pfns = np.unique(rng.integers(0, 1 << 17, 3000))
+    s = _PfnSet()
+    s.add(rng.permutation(pfns[::2]))                     # unsorted, across leaves
+    s.add(pfns[1::2][:100])                               # ascending, across leaves
+    s.add(np.arange(40000, 40010, dtype=np.int64)[np.isin(np.arange(40000, 40010), pfns, invert=True)])
+    want = set(pfns[::2].tolist()) | set(pfns[1::2][:100].tolist()) | \
+        (set(range(40000, 40010)) - set(pfns.tolist()))
+    q = rng.integers(0, 1 << 17, 5000)
+    for query in (q, np.sort(q), np.sort(q)[::-1].copy(), np.arange(39990, 40020, dtype=np.int64)):
+        assert s.contains(query).tolist() == [int(x) in want for x in query.tolist()]
+    assert s.to_array().tolist() == sorted(want)
+    assert s.count == len(want)
