@@ -304,8 +304,14 @@ class LinearChunkedArray(ChunkedArray):
         if self._run(idx):
             start, n = int(idx[0]), idx.size
             self._ensure_directory((start + n - 1) >> CHUNK_BITS)
+            v0, v1 = int(vals[0]), int(vals[-1])
+            # A run of values onto a run of indices (the builder's and the restore's
+            # steps): each chunk's piece is one base, checked without per-entry work.
+            linear = (vals.strides[0] != 0 and v1 - v0 == n - 1 and not v0 <= int(self.default) <= v1
+                      and bool((vals[1:] > vals[:-1]).all()))
             for c, off, pos, k in self._slices(start, n):
-                self._set_chunk(c, np.arange(off, off + k, dtype=np.int64), vals[pos:pos + k])
+                if not (linear and self._extend_run(c, off, off + k, v0 + pos - off)):
+                    self._set_chunk(c, np.arange(off, off + k, dtype=np.int64), vals[pos:pos + k])
             return
         chunk = idx >> CHUNK_BITS
         c0, c1 = int(chunk.min()), int(chunk.max())
@@ -396,6 +402,23 @@ class LinearChunkedArray(ChunkedArray):
                     return self._densify(c, off, v)
                 lo, hi = a, b
         self._store_run(c, r, base, lo, hi)
+
+    def _extend_run(self, c: int, a: int, b: int, base: int) -> bool:
+        """Set offsets [a, b) of chunk ``c`` to ``base + offset`` (no default among them)
+        if the chunk stays one run (``_set_chunk``'s outcome for it); False, changing
+        nothing, when it would not (``_set_chunk`` then gives the chunk a row)."""
+        r = int(self.directory[c])
+        if r >= 0:
+            return False
+        if r <= -2:
+            s = -2 - r
+            lo, hi = int(self._lo[s]), int(self._hi[s])
+            if hi > lo:
+                if base != int(self._base[s]) or max(a, lo) > min(b, hi):
+                    return False
+                a, b = min(a, lo), max(b, hi)
+        self._store_run(c, r, base, a, b)
+        return True
 
     def _store_run(self, c: int, r: int, base: int, lo: int, hi: int) -> None:
         if r == -1:
