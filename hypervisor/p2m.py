@@ -153,7 +153,10 @@ class ChunkedArray:
         need = self.nrows + missing.size
         if need > self.pool.shape[0]:
             self._grow_pool(max(need, 2 * self.pool.shape[0], 4))
-        self.pool[self.nrows:need] = self.default
+        # Rows past nrows were never written, and an anonymous mapping reads as zeros:
+        # a zero default (content tokens) needs no fill (nor the page touch it costs).
+        if self.default != 0 or self._map is None:
+            self.pool[self.nrows:need] = self.default
         self.directory[missing] = np.arange(self.nrows, need)
         self.nrows = need
 
