@@ -391,16 +391,15 @@ class Restorer:
                 counts = np.minimum(MAX_BATCH_SIZE, pfns.size - np.arange(0, pfns.size, MAX_BATCH_SIZE))
                 if counts.size != records:
                     raise StreamError(f"{where}: {pfns.size} entries are not {records} records")
-        nib = nibbles.astype(np.intp)
         res = self.result
-        res.xtab_skipped += int(np.count_nonzero(nib == PFInfo.XTAB))
-        res.broken_skipped += int(np.count_nonzero(nib == PFInfo.BROKEN))
-        res.xalloc_entries += int(np.count_nonzero(nib == PFInfo.XALLOC))
-        keep = PFINFO_POPULATE[nib]
+        res.xtab_skipped += int(np.count_nonzero(nibbles == PFInfo.XTAB))
+        res.broken_skipped += int(np.count_nonzero(nibbles == PFInfo.BROKEN))
+        res.xalloc_entries += int(np.count_nonzero(nibbles == PFInfo.XALLOC))
+        keep = PFINFO_POPULATE[nibbles]
         if not keep.any():
             return
         if records > 1:
-            self._page_data_run(pfns, nibbles, tokens, keep, PFINFO_HAS_DATA[nib], where)
+            self._page_data_run(pfns, nibbles, tokens, keep, PFINFO_HAS_DATA[nibbles], where)
             return
         self._data_pages += int(tokens.size)
         self._check_chunks(pfns[keep], where, rec.offset)
@@ -416,10 +415,10 @@ class Restorer:
         the groups the records one by one would make (a restore cut short keeps the
         same pages)."""
         self._check_chunks_run(pfns, keep, has, where)
-        rec_of = np.arange(pfns.size, dtype=np.int64) // MAX_BATCH_SIZE
-        nrec = int(rec_of[-1]) + 1
-        kept = np.bincount(rec_of[keep], minlength=nrec).tolist()
-        data_end = np.cumsum(np.bincount(rec_of[has], minlength=nrec)).tolist()
+        starts = np.arange(0, pfns.size, MAX_BATCH_SIZE)    # each record's first entry
+        nrec = starts.size
+        kept = np.add.reduceat(keep, starts, dtype=np.int64).tolist()
+        data_end = np.cumsum(np.add.reduceat(has, starts, dtype=np.int64)).tolist()
         a = 0
         acc = self._pending_n
         for i, k in enumerate(kept):
@@ -448,10 +447,11 @@ class Restorer:
     def _check_chunks_run(self, pfns: np.ndarray, keep: np.ndarray, has: np.ndarray, where: str) -> None:
         """``_check_chunks`` for records back to back, record by record, in bulk: after
         each record, the chunks populated into may not pass the allowance its data buys."""
-        rec_of = np.arange(pfns.size, dtype=np.int64) // MAX_BATCH_SIZE
-        nrec = int(rec_of[-1]) + 1
-        data_after = self._data_pages + np.cumsum(np.bincount(rec_of[has], minlength=nrec))
-        chunks = pfns[keep] >> CHUNK_BITS
+        starts = np.arange(0, pfns.size, MAX_BATCH_SIZE)    # each record's first entry
+        nrec = starts.size
+        data_after = self._data_pages + np.cumsum(np.add.reduceat(has, starts, dtype=np.int64))
+        kidx = np.flatnonzero(keep)
+        chunks = pfns[kidx] >> CHUNK_BITS
         if chunks.size and bool((chunks[1:] >= chunks[:-1]).all()):    # ascending: no sort
             first = np.flatnonzero(np.concatenate(([True], chunks[1:] != chunks[:-1])))
             uniq = chunks[first]
@@ -459,7 +459,7 @@ class Restorer:
             uniq, first = np.unique(chunks, return_index=True)
         seen = np.fromiter((int(c) in self._chunks for c in uniq.tolist()), dtype=bool, count=uniq.size) \
             if uniq.size <= 4096 else np.isin(uniq, np.fromiter(self._chunks, dtype=np.int64))
-        new_rec = rec_of[keep][first[~seen]]
+        new_rec = kidx[first[~seen]] // MAX_BATCH_SIZE
         total = len(self._chunks) + np.cumsum(np.bincount(new_rec, minlength=nrec))
         allowed = CHUNK_ALLOWANCE + data_after // PAGES_PER_CHUNK
         over = np.flatnonzero(total > allowed)
@@ -496,7 +496,6 @@ class Restorer:
         """populate_pfns + the copy (or the verify compare) for gathered entries, in
         stream order: where a PFN comes more than once the last copy wins."""
         res = self.result
-        nib = nibbles.astype(np.intp)
         # populate_pfns: data types and XALLOC not yet populated (never unpopulate).
         ascending = pfns.size < 2 or bool((pfns[1:] > pfns[:-1]).all())  # one pass: sorted, unique
         want = pfns if ascending else sorted_unique(pfns)
@@ -508,7 +507,7 @@ class Restorer:
             if self._verify:
                 res.pages_populated_by_verify += int(new.size)
 
-        has = PFINFO_HAS_DATA[nib]
+        has = PFINFO_HAS_DATA[nibbles]
         data_pfns = pfns[has]
         if data_pfns.size == 0:
             return
