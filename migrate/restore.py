@@ -133,8 +133,7 @@ class _PfnSet:
         for h, sel in self._groups(pfns):
             leaf = self._leaves.get(h)
             if leaf is not None:
-                q = pfns[sel] & self.MASK
-                out[sel] = ((leaf[q >> 3] >> (q & 7).astype(np.uint8)) & 1).astype(bool)
+                out[sel] = np.unpackbits(leaf, bitorder="little").view(bool)[pfns[sel] & self.MASK]
         return out
 
     def add(self, pfns: np.ndarray) -> None:
@@ -268,9 +267,12 @@ class Restorer:
             return
         parts, self._pending, self._pending_n = self._pending, [], 0
         wheres, self._pending_where = self._pending_where, []
-        pfns = np.concatenate([p[0] for p in parts])
-        nibbles = np.concatenate([p[1] for p in parts])
-        tokens = np.concatenate([p[2] for p in parts])
+        if len(parts) == 1:
+            pfns, nibbles, tokens = parts[0]
+        else:
+            pfns = np.concatenate([p[0] for p in parts])
+            nibbles = np.concatenate([p[1] for p in parts])
+            tokens = np.concatenate([p[2] for p in parts])
         try:
             self._apply_pages(pfns, nibbles, tokens)
         except XenError as e:
