@@ -267,12 +267,8 @@ class Restorer:
             return
         parts, self._pending, self._pending_n = self._pending, [], 0
         wheres, self._pending_where = self._pending_where, []
-        if len(parts) == 1:
-            pfns, nibbles, tokens = parts[0]
-        else:
-            pfns = np.concatenate([p[0] for p in parts])
-            nibbles = np.concatenate([p[1] for p in parts])
-            tokens = np.concatenate([p[2] for p in parts])
+        # One part (the usual flush of a span's group) is used as it is.
+        pfns, nibbles, tokens = parts[0] if len(parts) == 1 else (np.concatenate(c) for c in zip(*parts))
         try:
             self._apply_pages(pfns, nibbles, tokens)
         except XenError as e:
