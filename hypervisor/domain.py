@@ -133,9 +133,22 @@ def _i64(a) -> np.ndarray:
     return np.asarray(a, dtype=np.int64).reshape(-1)
 
 
+def _monotone(g: np.ndarray) -> int:
+    """1 if ``g`` is strictly increasing, -1 if strictly decreasing, else 0 (so unique:
+    the balloon's and the restore's runs skip the sort that finds repeats)."""
+    if g.size < 2:
+        return 1
+    d = g[1:] > g[:-1]
+    if d.all():
+        return 1
+    if not d.any() and bool((g[1:] < g[:-1]).all()):
+        return -1
+    return 0
+
+
 def _first_repeat(g: np.ndarray) -> int:
     """Index of the first element equal to an earlier one (``len(g)`` if none)."""
-    if g.size < 2:
+    if g.size < 2 or _monotone(g):
         return g.size
     order = np.argsort(g, kind="stable")
     s = g[order]
@@ -145,7 +158,7 @@ def _first_repeat(g: np.ndarray) -> int:
 
 def _last_wins(g: np.ndarray, tok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Unique GFNs (sorted) with the token of each one's last occurrence."""
-    if g.size < 2:
+    if g.size < 2 or bool((g[1:] > g[:-1]).all()):
         return g, tok
     order = np.argsort(g, kind="stable")
     s = g[order]
@@ -370,20 +383,23 @@ class Hypervisor:
 
     # ================================================================ P2M primitives
 
-    def _unmap(self, gfns: np.ndarray, mfns: np.ndarray, site: str = "p2m_remove_page") -> None:
-        """p2m_remove_entry for RAM GFNs: M2P invalid, (fix) mark clean, P2M invalid."""
+    def _unmap(self, gfns: np.ndarray, mfns: np.ndarray, site: str = "p2m_remove_page",
+               old: np.ndarray | None = None) -> None:
+        """p2m_remove_entry for RAM GFNs: M2P invalid, (fix) mark clean, P2M invalid.
+        ``old``: the GFNs' P2M types when the caller has just read them."""
         if gfns.size == 0:
             return
-        self.m2p.set(mfns[mfns != INVALID_MFN], INVALID_M2P_ENTRY)
+        valid = mfns != INVALID_MFN
+        self.m2p.set(mfns if valid.all() else mfns[valid], INVALID_M2P_ENTRY)
         self._fix_mark_clean(gfns, site)
-        self.p2m.set(gfns, P2MType.invalid, INVALID_MFN)
+        self.p2m.set(gfns, P2MType.invalid, INVALID_MFN, old=old)
 
-    def _map_ram(self, gfns: np.ndarray, mfns: np.ndarray) -> None:
+    def _map_ram(self, gfns: np.ndarray, mfns: np.ndarray, old: np.ndarray | None = None) -> None:
         """p2m_add_page(..., p2m_ram_rw): a fresh entry is ram_rw in both behaviours, so
         under pre-fix its writes go unlogged until the next CLEAN re-protects it."""
         if gfns.size == 0:
             return
-        self.p2m.set(gfns, P2MType.ram_rw, mfns)
+        self.p2m.set(gfns, P2MType.ram_rw, mfns, old=old)
         self.m2p.set(mfns, gfns)
         self._fix_mark_dirty(gfns)
 
@@ -478,16 +494,20 @@ class Hypervisor:
         is_pod, steal = decrease_plan(types, int(self.p2m.type_counts[P2MType.populate_on_demand]),
                                       self.pod.count)
         if is_pod.any():
-            self.p2m.set(g[is_pod], P2MType.invalid, INVALID_MFN)
+            self.p2m.set(g[is_pod], P2MType.invalid, INVALID_MFN, old=types[is_pod])
         if steal.any():
             # p2m-pod.c decrease_reservation: steal for the cache (M2P invalid, with the
             # fix mark clean), then p2m_pod_cache_add.
-            self._unmap(g[steal], mfns[steal].astype(np.int64), "pod_decrease_reservation")
+            self._unmap(g[steal], mfns[steal].astype(np.int64), "pod_decrease_reservation", types[steal])
             self.pod.add(mfns[steal])
         rest = ~(is_pod | steal)
-        if rest.any():
+        if rest.all():                 # the usual case: no PoD in the domain
+            rm = mfns.astype(np.int64)
+            self._unmap(g, rm, old=types)
+            self.frames.free(rm[rm != INVALID_MFN])
+        elif rest.any():
             rm = mfns[rest].astype(np.int64)
-            self._unmap(g[rest], rm)
+            self._unmap(g[rest], rm, old=types[rest])
             self.frames.free(rm[rm != INVALID_MFN])
         self._event("decrease_reservation", n, k, g, t=self._at(t))
         return HypercallResult(rc=k, done=g.copy(), errno=errno)
@@ -520,13 +540,20 @@ class Hypervisor:
         done = g[:k]
         if k:
             new = self.frames.alloc(k)
-            # Repeats: each extent gets a frame; only the last one stays mapped.
-            order = np.argsort(done, kind="stable")
-            s = done[order]
-            last = np.ones(k, dtype=bool)
-            last[:-1] = s[1:] != s[:-1]
-            ug, umfn = s[last], new[order][last]
-            old_t, old_m = types[:k][order][last], mfns[:k][order][last]
+            mono = _monotone(done)
+            if mono:
+                # No repeats (the balloon's runs, the restore's ascending groups):
+                # the same sorted order the general case makes, without its sort.
+                sl = slice(None) if mono > 0 else slice(None, None, -1)
+                ug, umfn, old_t, old_m = done[sl], new[sl], types[:k][sl], mfns[:k][sl]
+            else:
+                # Repeats: each extent gets a frame; only the last one stays mapped.
+                order = np.argsort(done, kind="stable")
+                s = done[order]
+                last = np.ones(k, dtype=bool)
+                last[:-1] = s[1:] != s[:-1]
+                ug, umfn = s[last], new[order][last]
+                old_t, old_m = types[:k][order][last], mfns[:k][order][last]
             # p2m_add_page over RAM invalidates the old frame's M2P; the page stays the
             # domain's (no mark clean: the GFN is re-marked dirty by the add).
             was_ram = _REMOVABLE[old_t]
@@ -535,7 +562,7 @@ class Hypervisor:
                 self.orphaned_frames += int(np.count_nonzero(was_ram))
             if k - ug.size:
                 self.orphaned_frames += k - ug.size
-            self._map_ram(ug, umfn)
+            self._map_ram(ug, umfn, old_t)
         self._event("populate_physmap", n, k, done, t=self._at(t))
         return HypercallResult(rc=k, done=done.copy(), errno=errno)
 

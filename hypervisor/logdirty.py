@@ -410,9 +410,10 @@ class LogDirtyTree:
         klo = lo >> L1_SHIFT
         khi = hi >> L1_SHIFT
         span = khi - klo + 1
-        if p.size * 16 >= span * LEAF_BITS and span <= 4096:
-            # Dense: build the request as packed leaves over [klo, khi] (plain bool
-            # assignment is safe with repeated PFNs), then OR / AND-NOT whole words.
+        if (p.size * 16 >= span * LEAF_BITS or hi - lo < p.size) and span <= 4096:
+            # Dense (or one short run, as a balloon op's: its leaves are few): build the
+            # request as packed leaves over [klo, khi] (plain bool assignment is safe
+            # with repeated PFNs), then OR / AND-NOT whole words.
             bools = np.zeros(span * LEAF_BITS, dtype=bool)
             bools[p - (klo << L1_SHIFT)] = True
             packed = np.packbits(bools, bitorder="little").view("<u8").reshape(span, LEAF_WORDS)

@@ -104,7 +104,8 @@ class ChunkedArray:
     def _run(idx: np.ndarray) -> bool:
         """Is ``idx`` one contiguous increasing run (the builder's and scans' shape)?"""
         n = idx.size
-        return n > 4096 and int(idx[-1]) - int(idx[0]) == n - 1 and bool((np.diff(idx) == 1).all())
+        # n integers spanning n - 1 and strictly increasing are exactly a run.
+        return n > 4096 and int(idx[-1]) - int(idx[0]) == n - 1 and bool((idx[1:] > idx[:-1]).all())
 
     def _slices(self, start: int, n: int):
         """(chunk, offset in chunk, position in run, length) pieces of a run."""
@@ -152,7 +153,10 @@ class ChunkedArray:
         need = self.nrows + missing.size
         if need > self.pool.shape[0]:
             self._grow_pool(max(need, 2 * self.pool.shape[0], 4))
-        self.pool[self.nrows:need] = self.default
+        # Rows past nrows were never written, and an anonymous mapping reads as zeros:
+        # a zero default (content tokens) needs no fill (nor the page touch it costs).
+        if self.default != 0 or self._map is None:
+            self.pool[self.nrows:need] = self.default
         self.directory[missing] = np.arange(self.nrows, need)
         self.nrows = need
 
@@ -176,6 +180,11 @@ class ChunkedArray:
             vals = np.broadcast_to(np.asarray(values, dtype=self.dtype), (n,))
             for c, off, pos, k in self._slices(start, n):
                 self.pool[self.directory[c], off:off + k] = vals[pos:pos + k]
+            return
+        c0, c1 = int(idx.min()) >> CHUNK_BITS, int(idx.max()) >> CHUNK_BITS
+        if c0 == c1:                               # one chunk (a balloon op, a batch)
+            self._ensure(np.array([c0], dtype=np.int64))
+            self.pool[self.directory[c0], idx & _CHUNK_MASK] = values
             return
         chunk = idx >> CHUNK_BITS
         self._ensure(_unique_chunks(chunk))
@@ -265,9 +274,15 @@ class LinearChunkedArray(ChunkedArray):
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         if self._run(idx):
             return self._get_run(idx)
-        rows = self._rows(idx >> CHUNK_BITS)
-        if rows.size == 0:
+        if idx.size == 0:
             return np.empty(0, dtype=self.dtype)
+        i0, i1 = int(idx.min()), int(idx.max())
+        c = i0 >> CHUNK_BITS
+        if c == i1 >> CHUNK_BITS and c < self.directory.size and self.directory[c] <= -2:
+            s = -2 - int(self.directory[c])        # one run chunk (a balloon op, a batch)
+            if self._lo[s] <= (i0 & _CHUNK_MASK) and (i1 & _CHUNK_MASK) < self._hi[s]:
+                return ((idx & _CHUNK_MASK) + int(self._base[s])).astype(self.dtype)
+        rows = self._rows(idx >> CHUNK_BITS)
         off = idx & _CHUNK_MASK
         if int(rows.max()) <= -2:                  # all in runs: the usual case
             return self._linear_values(rows, off)
@@ -292,8 +307,14 @@ class LinearChunkedArray(ChunkedArray):
         if self._run(idx):
             start, n = int(idx[0]), idx.size
             self._ensure_directory((start + n - 1) >> CHUNK_BITS)
+            v0, v1 = int(vals[0]), int(vals[-1])
+            # A run of values onto a run of indices (the builder's and the restore's
+            # steps): each chunk's piece is one base, checked without per-entry work.
+            linear = (vals.strides[0] != 0 and v1 - v0 == n - 1 and not v0 <= int(self.default) <= v1
+                      and bool((vals[1:] > vals[:-1]).all()))
             for c, off, pos, k in self._slices(start, n):
-                self._set_chunk(c, np.arange(off, off + k, dtype=np.int64), vals[pos:pos + k])
+                if not (linear and self._extend_run(c, off, off + k, v0 + pos - off)):
+                    self._set_chunk(c, np.arange(off, off + k, dtype=np.int64), vals[pos:pos + k])
             return
         chunk = idx >> CHUNK_BITS
         c0, c1 = int(chunk.min()), int(chunk.max())
@@ -336,6 +357,15 @@ class LinearChunkedArray(ChunkedArray):
         else:
             s = -2 - r
             base, lo, hi = int(self._base[s]), int(self._lo[s]), int(self._hi[s])
+        if v.size and v.strides[0] == 0 and v[0] == self.default:
+            # One value, the default, for all (an unmap): only entries in [lo, hi) go,
+            # and the run survives if they are one block at one of its ends.
+            a, b = int(off.min()), int(off.max()) + 1
+            if lo <= a and b <= hi:
+                if b - a != off.size or (a != lo and b != hi):
+                    return self._densify(c, off, v)
+                lo, hi = (b, hi) if a == lo else (lo, a)
+                return self._store_run(c, r, base, lo, hi)
         vi = v.astype(np.int64)
         keep = vi != int(self.default)
         if keep.all():                             # the usual case: nothing cleared
@@ -375,6 +405,23 @@ class LinearChunkedArray(ChunkedArray):
                     return self._densify(c, off, v)
                 lo, hi = a, b
         self._store_run(c, r, base, lo, hi)
+
+    def _extend_run(self, c: int, a: int, b: int, base: int) -> bool:
+        """Set offsets [a, b) of chunk ``c`` to ``base + offset`` (no default among them)
+        if the chunk stays one run (``_set_chunk``'s outcome for it); False, changing
+        nothing, when it would not (``_set_chunk`` then gives the chunk a row)."""
+        r = int(self.directory[c])
+        if r >= 0:
+            return False
+        if r <= -2:
+            s = -2 - r
+            lo, hi = int(self._lo[s]), int(self._hi[s])
+            if hi > lo:
+                if base != int(self._base[s]) or max(a, lo) > min(b, hi):
+                    return False
+                a, b = min(a, lo), max(b, hi)
+        self._store_run(c, r, base, a, b)
+        return True
 
     def _store_run(self, c: int, r: int, base: int, lo: int, hi: int) -> None:
         if r == -1:
@@ -425,8 +472,8 @@ class P2M:
         """p2m_get_entry over an array: ``(types uint8, mfns uint32)``; GFNs outside
         ``[0, MAX_GFN]`` read as p2m_invalid."""
         g = np.asarray(gfns, dtype=np.int64).reshape(-1)
-        bad = (g < 0) | (g > MAX_GFN)
-        if bad.any():
+        if g.size and (int(g.min()) < 0 or int(g.max()) > MAX_GFN):
+            bad = (g < 0) | (g > MAX_GFN)
             t = np.full(g.size, P2MType.invalid, dtype=np.uint8)
             m = np.full(g.size, INVALID_MFN, dtype=np.uint32)
             ok = ~bad
@@ -437,20 +484,30 @@ class P2M:
 
     def get_types(self, gfns) -> np.ndarray:
         g = np.asarray(gfns, dtype=np.int64).reshape(-1)
-        bad = (g < 0) | (g > MAX_GFN)
-        if bad.any():
+        if g.size and (int(g.min()) < 0 or int(g.max()) > MAX_GFN):
+            bad = (g < 0) | (g > MAX_GFN)
             t = np.full(g.size, P2MType.invalid, dtype=np.uint8)
             t[~bad] = self.types.get(g[~bad])
             return t
         return self.types.get(g)
 
-    def set(self, gfns, types, mfns) -> None:
-        """p2m_set_entry over unique, in-range GFNs."""
+    def set(self, gfns, types, mfns, old: np.ndarray | None = None) -> None:
+        """p2m_set_entry over unique, in-range GFNs (``old``: their current types, when
+        the caller has just read them)."""
         g = np.asarray(gfns, dtype=np.int64).reshape(-1)
         if g.size == 0:
             return
-        old = self.types.get(g)
+        if old is None:
+            old = self.types.get(g)
         self.type_counts -= np.bincount(old, minlength=16)
+        if np.ndim(types) == 0:                    # one type for all (every caller here)
+            t = int(types)
+            self.type_counts[t] += g.size
+            self.types.set(g, self.types.dtype.type(t))
+            self.mfns.set(g, mfns)
+            if t != P2MType.invalid:
+                self.max_mapped_pfn = max(self.max_mapped_pfn, int(g.max()))
+            return
         new = np.broadcast_to(np.asarray(types, dtype=np.uint8), g.shape)
         self.type_counts += np.bincount(new, minlength=16)
         self.types.set(g, new)
@@ -533,6 +590,10 @@ class M2P:
             lo, hi = int(g.min()), int(g.max())
             if lo < INVALID_M2P_ENTRY or hi > MAX_GFN or (lo < 0 and bool(((g < 0) & (g != -1)).any())):
                 raise ValueError(f"M2P entries must be GFNs in [0, {MAX_GFN:#x}] or -1: {lo}..{hi}")
+            if lo >= 0 and hi <= M2P_LOW_MAX:      # the usual case: all fit the low word
+                self.low.set(m, g.astype(np.uint32))
+                self._clear_high(m)
+                return
         else:
             hi = -1
         self.low.set(m, np.where(g < 0, np.int64(_M2P_LOW_INVALID), g & 0xFFFFFFFF).astype(np.uint32))

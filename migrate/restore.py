@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from hypervisor.abi import MAX_BATCH_SIZE, PFINFO_HAS_DATA, PFINFO_POPULATE, P2MType, PFInfo, XenError
+from hypervisor.logdirty import sorted_unique
 from hypervisor.p2m import CHUNK_BITS
 
 from .stream.format import REC_TYPE_OPTIONAL, RecType, StreamError, TscInfo
@@ -109,30 +110,42 @@ class _PfnSet:
         self._leaves: dict[int, np.ndarray] = {}    # leaf key -> 4096 uint8, bit i = PFN i
         self.count = 0
 
+    def _groups(self, pfns: np.ndarray):
+        """``(leaf key, positions)`` for each leaf the PFNs touch; for ascending PFNs
+        (the stream's order) the positions are slices, found without a sort."""
+        hi = pfns >> self.SHIFT
+        h0, h1 = int(hi[0]), int(hi[-1])
+        if h0 == h1 and (pfns.size < 3 or bool((hi == h0).all())):
+            yield h0, slice(0, pfns.size)
+            return
+        if h0 <= h1 and bool((hi[1:] >= hi[:-1]).all()):
+            cuts = (np.flatnonzero(hi[1:] != hi[:-1]) + 1).tolist()
+            for a, b in zip([0] + cuts, cuts + [pfns.size]):
+                yield int(hi[a]), slice(a, b)
+            return
+        for h in np.unique(hi).tolist():
+            yield h, hi == h
+
     def contains(self, pfns: np.ndarray) -> np.ndarray:
         out = np.zeros(pfns.shape, dtype=bool)
-        if pfns.size == 0:
+        if pfns.size == 0 or not self._leaves:
             return out
-        hi = pfns >> self.SHIFT
-        lo = pfns & self.MASK
-        for h in np.unique(hi).tolist():
+        for h, sel in self._groups(pfns):
             leaf = self._leaves.get(h)
             if leaf is not None:
-                sel = hi == h
-                q = lo[sel]
-                out[sel] = ((leaf[q >> 3] >> (q & 7).astype(np.uint8)) & 1).astype(bool)
+                out[sel] = np.unpackbits(leaf, bitorder="little").view(bool)[pfns[sel] & self.MASK]
         return out
 
     def add(self, pfns: np.ndarray) -> None:
         """Add PFNs known to be absent and unique."""
-        hi = pfns >> self.SHIFT
-        lo = pfns & self.MASK
-        for h in np.unique(hi).tolist():
+        if pfns.size == 0:
+            return
+        for h, sel in self._groups(pfns):
             leaf = self._leaves.get(h)
             if leaf is None:
                 leaf = self._leaves[h] = np.zeros((1 << self.SHIFT) // 8, dtype=np.uint8)
             bits = np.zeros(1 << self.SHIFT, dtype=bool)
-            bits[lo[hi == h]] = True
+            bits[pfns[sel] & self.MASK] = True
             leaf |= np.packbits(bits, bitorder="little")
         self.count += int(pfns.size)
 
@@ -254,9 +267,8 @@ class Restorer:
             return
         parts, self._pending, self._pending_n = self._pending, [], 0
         wheres, self._pending_where = self._pending_where, []
-        pfns = np.concatenate([p[0] for p in parts])
-        nibbles = np.concatenate([p[1] for p in parts])
-        tokens = np.concatenate([p[2] for p in parts])
+        # One part (the usual flush of a span's group) is used as it is.
+        pfns, nibbles, tokens = parts[0] if len(parts) == 1 else (np.concatenate(c) for c in zip(*parts))
         try:
             self._apply_pages(pfns, nibbles, tokens)
         except XenError as e:
@@ -377,16 +389,15 @@ class Restorer:
                 counts = np.minimum(MAX_BATCH_SIZE, pfns.size - np.arange(0, pfns.size, MAX_BATCH_SIZE))
                 if counts.size != records:
                     raise StreamError(f"{where}: {pfns.size} entries are not {records} records")
-        nib = nibbles.astype(np.intp)
         res = self.result
-        res.xtab_skipped += int(np.count_nonzero(nib == PFInfo.XTAB))
-        res.broken_skipped += int(np.count_nonzero(nib == PFInfo.BROKEN))
-        res.xalloc_entries += int(np.count_nonzero(nib == PFInfo.XALLOC))
-        keep = PFINFO_POPULATE[nib]
+        res.xtab_skipped += int(np.count_nonzero(nibbles == PFInfo.XTAB))
+        res.broken_skipped += int(np.count_nonzero(nibbles == PFInfo.BROKEN))
+        res.xalloc_entries += int(np.count_nonzero(nibbles == PFInfo.XALLOC))
+        keep = PFINFO_POPULATE[nibbles]
         if not keep.any():
             return
         if records > 1:
-            self._page_data_run(pfns, nibbles, tokens, keep, PFINFO_HAS_DATA[nib], where)
+            self._page_data_run(pfns, nibbles, tokens, keep, PFINFO_HAS_DATA[nibbles], where)
             return
         self._data_pages += int(tokens.size)
         self._check_chunks(pfns[keep], where, rec.offset)
@@ -402,10 +413,10 @@ class Restorer:
         the groups the records one by one would make (a restore cut short keeps the
         same pages)."""
         self._check_chunks_run(pfns, keep, has, where)
-        rec_of = np.arange(pfns.size, dtype=np.int64) // MAX_BATCH_SIZE
-        nrec = int(rec_of[-1]) + 1
-        kept = np.bincount(rec_of[keep], minlength=nrec).tolist()
-        data_end = np.cumsum(np.bincount(rec_of[has], minlength=nrec)).tolist()
+        starts = np.arange(0, pfns.size, MAX_BATCH_SIZE)    # each record's first entry
+        nrec = starts.size
+        kept = np.add.reduceat(keep, starts, dtype=np.int64).tolist()
+        data_end = np.cumsum(np.add.reduceat(has, starts, dtype=np.int64)).tolist()
         a = 0
         acc = self._pending_n
         for i, k in enumerate(kept):
@@ -434,19 +445,19 @@ class Restorer:
     def _check_chunks_run(self, pfns: np.ndarray, keep: np.ndarray, has: np.ndarray, where: str) -> None:
         """``_check_chunks`` for records back to back, record by record, in bulk: after
         each record, the chunks populated into may not pass the allowance its data buys."""
-        rec_of = np.arange(pfns.size, dtype=np.int64) // MAX_BATCH_SIZE
-        nrec = int(rec_of[-1]) + 1
-        data_after = self._data_pages + np.cumsum(np.bincount(rec_of[has], minlength=nrec))
-        chunks = pfns[keep] >> CHUNK_BITS
-        if chunks.size < 2 or bool((chunks[1:] >= chunks[:-1]).all()):
-            # The saver's PFNs come in order: each chunk's first entry is where it changes.
+        starts = np.arange(0, pfns.size, MAX_BATCH_SIZE)    # each record's first entry
+        nrec = starts.size
+        data_after = self._data_pages + np.cumsum(np.add.reduceat(has, starts, dtype=np.int64))
+        kidx = np.flatnonzero(keep)
+        chunks = pfns[kidx] >> CHUNK_BITS
+        if chunks.size and bool((chunks[1:] >= chunks[:-1]).all()):    # ascending: no sort
             first = np.flatnonzero(np.concatenate(([True], chunks[1:] != chunks[:-1])))
             uniq = chunks[first]
         else:
             uniq, first = np.unique(chunks, return_index=True)
         seen = np.fromiter((int(c) in self._chunks for c in uniq.tolist()), dtype=bool, count=uniq.size) \
             if uniq.size <= 4096 else np.isin(uniq, np.fromiter(self._chunks, dtype=np.int64))
-        new_rec = rec_of[keep][first[~seen]]
+        new_rec = kidx[first[~seen]] // MAX_BATCH_SIZE
         total = len(self._chunks) + np.cumsum(np.bincount(new_rec, minlength=nrec))
         allowed = CHUNK_ALLOWANCE + data_after // PAGES_PER_CHUNK
         over = np.flatnonzero(total > allowed)
@@ -483,10 +494,9 @@ class Restorer:
         """populate_pfns + the copy (or the verify compare) for gathered entries, in
         stream order: where a PFN comes more than once the last copy wins."""
         res = self.result
-        nib = nibbles.astype(np.intp)
         # populate_pfns: data types and XALLOC not yet populated (never unpopulate).
         ascending = pfns.size < 2 or bool((pfns[1:] > pfns[:-1]).all())  # one pass: sorted, unique
-        want = pfns if ascending else np.unique(pfns)
+        want = pfns if ascending else sorted_unique(pfns)
         new = want[~self._populated.contains(want)]
         if new.size:
             self.hv.populate_physmap_exact(new)
@@ -495,7 +505,7 @@ class Restorer:
             if self._verify:
                 res.pages_populated_by_verify += int(new.size)
 
-        has = PFINFO_HAS_DATA[nib]
+        has = PFINFO_HAS_DATA[nibbles]
         data_pfns = pfns[has]
         if data_pfns.size == 0:
             return
@@ -511,12 +521,8 @@ class Restorer:
                 if room > 0:
                     res.verify_mismatch_pfns.extend(int(p) for p in data_pfns[bad][:room])
         else:
-            if ascending:
-                self.hv.write_pages(data_pfns, tokens)
-            else:
-                # Keep the last copy of each PFN (np.unique on the reversed array finds it).
-                uniq, first = np.unique(data_pfns[::-1], return_index=True)
-                self.hv.write_pages(uniq, tokens[::-1][first])
+            # write_pages keeps the last copy of a PFN that comes more than once.
+            self.hv.write_pages(data_pfns, tokens)
             res.pages_written += int(data_pfns.size)
 
 

@@ -252,3 +252,22 @@ def test_dense_and_sparse_paths_agree_with_numpy_model(seed):
         bm, _ = tree.peek(span)
         assert np.array_equal(bm.pfns(), np.flatnonzero(ref))
         assert tree.is_dirty(np.arange(0, span, 97)).tolist() == ref[::97].tolist()
+
+
+def test_short_runs_like_balloon_ops_flip_the_bits_a_model_flips():
+    # Runs of a few hundred PFNs (a balloon op's), ascending, descending, across a
+    # leaf boundary and with a repeat, against a plain bool model.
+    tree = LogDirtyTree()
+    ref = np.zeros(4 * LEAF_BITS, dtype=bool)
+    tree.mark_dirty(np.arange(0, 4 * LEAF_BITS, 3))
+    ref[::3] = True
+    edge = LEAF_BITS - 200
+    for i, run in enumerate([np.arange(edge, edge + 512), np.arange(edge, edge + 512)[::-1],
+                             np.arange(3 * LEAF_BITS - 512, 3 * LEAF_BITS)[::-1],
+                             np.concatenate([np.arange(100, 611), [300]])]):
+        for clean in (True, False, True) if i % 2 else (False, True, False):
+            want = np.count_nonzero(ref[np.unique(run)] == clean)
+            assert (tree.mark_clean(run) if clean else tree.mark_dirty(run)) == want
+            ref[run] = not clean
+            assert tree.is_dirty(np.arange(ref.size)).tolist() == ref.tolist()
+    assert tree.dirty_count == np.count_nonzero(ref)

@@ -164,3 +164,52 @@ def test_built_domain_holds_mfns_and_m2p_as_runs():
     m = hv.p2m.mfns.get(g).astype(np.int64)
     assert (hv.m2p.get(m) == g).all() and (hv.p2m.mfns.get(g[::7]) == m[::7]).all()
     assert hv.p2m.mfns.nbytes + hv.m2p.nbytes < 1024
+
+
+def test_restorer_populated_set_answers_alike_in_any_order():
+    from migrate.restore import _PfnSet
+
+    rng = np.random.default_rng(5)
+    pfns = np.unique(rng.integers(0, 1 << 17, 3000))
+    s = _PfnSet()
+    s.add(rng.permutation(pfns[::2]))                     # unsorted, across leaves
+    s.add(pfns[1::2][:100])                               # ascending, across leaves
+    s.add(np.arange(40000, 40010, dtype=np.int64)[np.isin(np.arange(40000, 40010), pfns, invert=True)])
+    want = set(pfns[::2].tolist()) | set(pfns[1::2][:100].tolist()) | \
+        (set(range(40000, 40010)) - set(pfns.tolist()))
+    q = rng.integers(0, 1 << 17, 5000)
+    for query in (q, np.sort(q), np.sort(q)[::-1].copy(), np.arange(39990, 40020, dtype=np.int64)):
+        assert s.contains(query).tolist() == [int(x) in want for x in query.tolist()]
+    assert s.to_array().tolist() == sorted(want)
+    assert s.count == len(want)
+
+
+def test_linear_chunked_array_long_runs_stay_runs_only_when_they_join():
+    from hypervisor.p2m import LinearChunkedArray
+
+    size = 4 * CHUNK
+    a = LinearChunkedArray(np.uint32, INVALID_MFN)
+    ref = np.full(size, INVALID_MFN, dtype=np.uint32)
+
+    def put(lo, hi, base):
+        idx = np.arange(lo, hi, dtype=np.int64)
+        vals = idx + base if np.ndim(base) == 0 else base
+        a.set(idx, vals)
+        ref[idx] = vals
+
+    put(100, CHUNK + 9000, 5)                   # a new run over two chunks
+    put(CHUNK + 9000, CHUNK + 20000, 5)         # grown at its end
+    put(CHUNK + 15000, CHUNK + 30000, 5)        # overlapping, same base: joined
+    put(50, 6000, 5)                            # overlapping its start
+    assert a.nrows == 0 and a.nruns == 2
+    put(CHUNK + 40000, CHUNK + 50000, 5)        # same base, a gap: the chunk gets a row
+    put(2 * CHUNK + 10, 2 * CHUNK + 6000, 1)
+    put(2 * CHUNK + 6000, 2 * CHUNK + 12000, 2)  # another base: a row
+    assert a.nrows == 2
+    put(3 * CHUNK, 3 * CHUNK + 8000, int(INVALID_MFN) - (3 * CHUNK + 7999))  # a run ending in the default
+    put(3 * CHUNK + 9000, 3 * CHUNK + 9000 + 5000, np.arange(5000, dtype=np.uint32)[::-1])
+    a.set(np.arange(20, 30, dtype=np.int64), INVALID_MFN)  # cleared in the middle: a row
+    ref[20:30] = INVALID_MFN
+    idx = np.arange(size, dtype=np.int64)
+    assert (a.get(idx) == ref).all()
+    assert (a.get(idx[::-3]) == ref[::-3]).all()
