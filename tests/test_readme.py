@@ -24,3 +24,16 @@ def test_every_readme_scenario_loads(text, tmp_path):
     path.write_text(text)
     scenario = load_scenario(path)
     assert scenario.guest.memory > 0
+
+
+def test_the_readme_explain_transcript_is_the_pinned_one():
+    """The README's `xmig explain` transcript is the one tests/test_track.py checks
+    against the real command, so the README cannot drift when the numbers move."""
+    from tests.test_track import BALLOON_PREFIX
+
+    block = re.search(r"```text\n  \$ xmig run --guest examples/balloon.yaml -b pre-fix --record run.events"
+                      r".*?\n  \$ xmig explain run.events --gfn 0x30060\n(.*?)  ```", README.read_text(),
+                      flags=re.S)
+    assert block, "the README's explain example is gone"
+    lines = [line.removeprefix("  ") for line in block.group(1).splitlines()]
+    assert "\n".join(lines) == BALLOON_PREFIX

@@ -228,8 +228,18 @@ class Narrator:
                          "dirty (pre-fix)")
             interesting = True
         elif listed and added:
-            parts.append(f"the {listed:,} GFNs populate_physmap added are listed: the fix marked "
-                         "them dirty")
+            if _fixed(self.behaviour, "guest_physmap_add_entry"):
+                parts.append(f"the {listed:,} GFNs populate_physmap added are listed: the fix marked "
+                             "them dirty")
+            elif not _fixed(self.behaviour, "p2m_remove_page"):
+                # pre-fix: the addition sets no bit; the bit these carry was set before the
+                # balloon took them and p2m_remove_page left it set
+                parts.append(f"the {listed:,} GFNs populate_physmap added are listed, though pre-fix "
+                             "did not mark them: each kept the dirty bit it had when the balloon "
+                             "took it (pre-fix)")
+            else:
+                parts.append(f"the {listed:,} GFNs populate_physmap added are listed, though pre-fix "
+                             "did not mark them")
             interesting = True
         return Caption(t, ". ".join(parts), interesting=interesting)
 
