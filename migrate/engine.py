@@ -250,6 +250,10 @@ class PrecopyEngine:
         while k < n:
             if spans:
                 ask = min(n - k, self._span_ask, cap)
+                if self.pacer is not None:
+                    # A live view: spans end where the counters are sampled, so each
+                    # sample is the domain as it was after that batch (as per batch).
+                    ask = min(ask, COUNTER_SAMPLE_BATCHES - rnd.batches % COUNTER_SAMPLE_BATCHES)
                 pfns = stretch.batches(k, ask)
                 served = await self.domain.serve_span(self.now, pfns, self._plan)
                 self._span_ask = min(SPAN_MAX, 2 * ask if served.batches == ask else max(SPAN_FIRST, 2 * served.batches))
@@ -264,7 +268,9 @@ class PrecopyEngine:
         """Account a span the domain served: the PAGE_DATA records of its batches, in
         one write; the round's counts; virtual time (the same link model, batch by
         batch); and BatchSent events, one per batch with a pacer (a live view), else
-        one per run of batches up to each counter sample."""
+        one per run of at most COUNTER_SAMPLE_BATCHES batches. The hypervisor's counters
+        are sampled at the span's end when it crossed a sampling point (with a pacer
+        spans end at those points)."""
         nib = np.asarray(served.nibbles, dtype=np.uint8)
         pfns = pfns[:served.pfns]
         if nib.size != pfns.size or not PFINFO_KNOWN[nib].all():
@@ -312,8 +318,9 @@ class PrecopyEngine:
                                        ends=times[i0 + 1:i1 + 1].copy() if i1 - i0 > 1 else None))
             if i1 == nb:
                 self._check_deadline()
-            if (b0 + i1) % COUNTER_SAMPLE_BATCHES == 0:
-                await self._sample_counters()
+                if (b0 + nb) // COUNTER_SAMPLE_BATCHES > b0 // COUNTER_SAMPLE_BATCHES:
+                    # The domain is at the span's end: sampled there, not mid-span.
+                    await self._sample_counters()
             await self._yield()
             i0 = i1
 

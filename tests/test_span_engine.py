@@ -176,3 +176,30 @@ def small_scenarios(draw) -> dict:
 @given(spec=small_scenarios(), behaviour=st.sampled_from(["fixed", "pre-fix"]))
 def test_small_scenarios_with_balloons_and_pod_give_the_reference_stream_and_report(spec, behaviour):
     _same(spec, behaviour=behaviour)
+
+
+class _FlatOut:
+    """A pacer that never waits (a live view at full speed)."""
+
+    async def pace(self, t: float) -> None:
+        return None
+
+
+def test_with_a_pacer_the_view_sees_what_the_reference_shows():
+    """A live view paces the engine: spans are then at most 32 batches and end where the
+    counters are sampled, so the view gets one BatchSent per batch and the same counter
+    samples as the per-batch reference, at the same times."""
+    from migrate.events import CountersSampled
+
+    spec = json.loads(json.dumps(_uniform(0.4, "xen")))
+    spec["guest"]["balloon"] = {"schedule": [{"at": "80ms", "target": "48MiB"}]}
+    seen = {}
+    for engine in ("reference", "span"):
+        spec["migration"]["engine"] = engine
+        bus = EventBus()
+        evs: list = []
+        bus.subscribe(lambda ev: evs.append(ev) if isinstance(ev, (BatchSent, CountersSampled)) else None)
+        asyncio.run(run_scenario(parse_scenario(spec), RunOptions(), bus=bus, pacer=_FlatOut()))
+        seen[engine] = [(type(e).__name__, e.t, e.pfns.size if isinstance(e, BatchSent) else dict(e.counters))
+                        for e in evs]
+    assert seen["span"] == seen["reference"]
