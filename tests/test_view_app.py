@@ -448,3 +448,35 @@ def test_the_pass_caption_credits_the_fix_only_when_it_ran(behaviour, says):
     assert any(says in c for c in caps), [c for c in caps if "listed" in c]
     if behaviour == "pre-fix":
         assert not any("the fix marked" in c for c in caps)
+
+
+@pytest.mark.parametrize("behaviour", ["fixed", "pre-fix"])
+def test_pod_boot_balloon_caption_counts_what_the_report_counts(behaviour):
+    """pod-boot's deflate happens in one tick: the guest's note that the move is done
+    comes before the hypervisor's events of it, and the PoD demand-populates the saver's
+    type queries make are not the balloon's. The caption waits for the move's own
+    events and tells exactly the report's numbers."""
+    import asyncio
+
+    from migrate.events import EventBus
+    from migrate.runner import RunOptions, run_scenario
+    from migrate.scenario import load_scenario
+    from migrate.view.gfnmap import GfnMap
+    from migrate.view.narration import Narrator
+
+    bus = EventBus()
+    gfnmap = GfnMap(max_cells=4096)
+    narrator = Narrator(gfnmap)
+    bus.subscribe(gfnmap.on_event)
+    bus.subscribe(narrator)
+    res = asyncio.run(run_scenario(load_scenario(Path(__file__).parent.parent / "examples" / "pod-boot.yaml"),
+                                   RunOptions(behaviour=behaviour), bus=bus))
+    done = [c.text for c in narrator.captions if c.text.startswith("balloon done")]
+    assert len(done) == 1
+    if behaviour == "fixed":
+        n = res.pages["set_by_fix"]["guest_physmap_add_entry"]
+        assert f"fixed: {n:,} dirty bits set" in done[0]
+    else:
+        n = res.pages["unmarked_additions"]
+        assert f"pre-fix: {n:,} get no dirty bit" in done[0]
+    assert n == 32768

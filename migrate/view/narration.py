@@ -56,7 +56,8 @@ def _fixed(behaviour: Any, site: str) -> bool:
 
 
 def _tally() -> dict[str, Any]:
-    return {"gfns": 0, "dirty": 0, "cleared": 0, "set": 0, "leftover": 0, "unmarked": 0, "sites": set()}
+    return {"gfns": 0, "dirty": 0, "cleared": 0, "set": 0, "leftover": 0, "unmarked": 0, "sites": set(),
+            "done": 0}
 
 
 class Narrator:
@@ -96,8 +97,12 @@ class Narrator:
             return self._batch(ev)
         if isinstance(ev, MemoryOp):
             # tallied per direction until the move is done: the guest's note of its last
-            # step and the hypervisor's events of that step may come in either order
-            for eff in getattr(ev, "sites", ()):
+            # step and the hypervisor's events of that step may come in either order. Only
+            # the balloon's own calls count (a PoD demand-populate is the hypervisor's act).
+            balloon_call = ev.op in ("decrease_reservation", "populate_physmap")
+            if balloon_call and ev.rc > 0:
+                self._tally[ev.op == "decrease_reservation"]["done"] += int(ev.rc)
+            for eff in (getattr(ev, "sites", ()) if balloon_call else ()):
                 tally = self._tally[eff.change == "remove"]
                 tally["gfns"] += int(eff.gfns.size)
                 tally["dirty"] += int(eff.dirty.size)
@@ -176,8 +181,8 @@ class Narrator:
         if m is None or not m.get("noted"):
             return None
         tally = self._tally[m["out"]]
-        if tally["sites"] and tally["gfns"] < m["pages"]:
-            return None
+        if tally["done"] < m["pages"] or (tally["sites"] and tally["gfns"] < m["pages"]):
+            return None           # the hypervisor's events of the last step are still to come
         self._move = None
         m.update(tally)
         self._tally[m["out"]] = _tally()
