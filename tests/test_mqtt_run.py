@@ -450,7 +450,7 @@ async def test_guest_actor_refuses_another_scenario(mqtt_broker):
     assert await asyncio.wait_for(hv, 5) == "released" and await asyncio.wait_for(g, 5) == "released"
 
 
-# ----------------------------------------------------------------------------- batches ahead
+# ----------------------------------------------------------------------------- spans over the transport
 
 
 async def _in_process_remote(sc, opts, monkeypatch) -> tuple:

@@ -83,9 +83,8 @@ class Bye:
 class Served:
     """One ``DomainControl`` call as the hypervisor actor served it at ``t``: its result,
     or the ``error`` Xen returned, or ``lost`` (the guest went away: its vCPUs stop);
-    the events it made and the hypervisor's counters after it. A type query may carry
-    its batch's foreign map (``mapped``) and the next batches of the pass's plan,
-    served ahead (``ahead``), each a ``Served`` of its own."""
+    the events it made and the hypervisor's counters after it (a span of batches is
+    one call: its result is a ``hypervisor.span.SpanServed``)."""
 
     t: float = 0.0
     result: Any = None
