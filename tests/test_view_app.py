@@ -471,6 +471,8 @@ def test_pod_boot_balloon_caption_counts_what_the_report_counts(behaviour):
     bus.subscribe(narrator)
     res = asyncio.run(run_scenario(load_scenario(Path(__file__).parent.parent / "examples" / "pod-boot.yaml"),
                                    RunOptions(behaviour=behaviour), bus=bus))
+    start = next(c.text for c in narrator.captions if c.text.startswith("migration of"))
+    assert "0 RAM pages and 262,144 populate-on-demand entries" in start
     done = [c.text for c in narrator.captions if c.text.startswith("balloon done")]
     assert len(done) == 1
     if behaviour == "fixed":

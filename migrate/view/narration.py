@@ -136,8 +136,12 @@ class Narrator:
                               "downtime starts", interesting=True)
         if isinstance(ev, RunStarted):
             self.behaviour = ev.behaviour
+            runs = np.asarray(ev.populated, dtype=np.int64).reshape(-1, 2)
+            pod = int((runs[:, 1] - runs[:, 0]).sum()) - int(ev.guest_pages)
+            pages = f"{ev.guest_pages:,} RAM pages" + (
+                f" and {pod:,} populate-on-demand entries" if pod > 0 else "")
             return Caption(t, f"migration of '{ev.scenario}' starts ({ev.behaviour}): "
-                              f"{ev.guest_pages:,} RAM pages; pass 1 sends every PFN", interesting=True)
+                              f"{pages}; pass 1 sends every PFN", interesting=True)
         if isinstance(ev, VerifyDone):
             return self._verify(ev)
         if isinstance(ev, MigrationFinished) and ev.outcome != Outcome.COMPLETED:
