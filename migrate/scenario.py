@@ -289,6 +289,19 @@ _TYPE_EXPECTED = {
 }
 
 
+def _home_of(key: str, ppath: tuple) -> list[str]:
+    """Where an unknown key of a top-level section belongs when another section has it
+    (``migration.write_timing`` -> ``guest.write_timing``)."""
+    if len(ppath) != 1:
+        return []
+    for name, info in Scenario.model_fields.items():
+        model = info.annotation
+        if name != ppath[0] and isinstance(model, type) and issubclass(model, BaseModel) \
+                and key in model.model_fields:
+            return [f"{name}.{key}"]
+    return []
+
+
 def _convert(err: dict, data: Any, file: str | None, lines: dict) -> ScenarioError:
     etype = err["type"]
     ctx = err.get("ctx") or {}
@@ -299,7 +312,7 @@ def _convert(err: dict, data: Any, file: str | None, lines: dict) -> ScenarioErr
         ppath, model, _ = _walk(loc[:-1], data)
         key = loc[-1]
         fields = sorted(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
-        close = difflib.get_close_matches(str(key), fields, n=1, cutoff=0.6)
+        close = difflib.get_close_matches(str(key), fields, n=1, cutoff=0.6) or _home_of(str(key), ppath)
         where = _format_path(ppath) or "the top level"
         return ScenarioError(file, _format_path(ppath + (key,)), f"one of the keys of {where}: {', '.join(fields)}",
                              repr(key), suggestion=close[0] if close else None, unknown_key=True,
@@ -329,7 +342,9 @@ def _convert(err: dict, data: Any, file: str | None, lines: dict) -> ScenarioErr
         expected = "one of " + str(ctx.get("expected", ""))
         found = _describe(found_value)
         options = [o.strip().strip("'") for o in str(ctx.get("expected", "")).replace(" or ", ",").split(",")]
-        close = difflib.get_close_matches(str(found_value), [o for o in options if o], n=1, cutoff=0.5)
+        by_case = {o.lower(): o for o in options if o}
+        close = ([by_case[found_value.lower()]] if isinstance(found_value, str) and found_value.lower() in by_case
+                 else difflib.get_close_matches(str(found_value), [o for o in options if o], n=1, cutoff=0.5))
         suggestion = close[0] if close and isinstance(found_value, str) else None
     elif etype in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         bound = {"greater_than": ("above", "gt"), "greater_than_equal": ("at least", "ge"),

@@ -238,3 +238,16 @@ def test_examples_validate_against_the_schema():
         jsonschema.validate(yaml.safe_load(path.read_text()), schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"guest": {"memory": "1GiB", "wrkloads": []}}, schema)
+
+
+def test_a_choice_in_the_wrong_case_suggests_the_right_one(tmp_path):
+    e = error_of(tmp_path, "guest: {memory: 16MiB}\nmigration: {engine: SPAN}\n")
+    assert str(e) == (f"{tmp_path / 'x.yaml'}: migration.engine: expected one of 'span' or 'reference', "
+                      "found 'SPAN' (did you mean 'span'?)")
+
+
+def test_a_key_in_the_wrong_section_names_the_section_it_belongs_to(tmp_path):
+    e = error_of(tmp_path, "guest: {memory: 16MiB}\nmigration: {write_timing: tick}\n")
+    assert "migration.write_timing: unknown key 'write_timing'; did you mean 'guest.write_timing'?" in str(e)
+    e = error_of(tmp_path, "guest: {memory: 16MiB, engine: span}\n")
+    assert "guest.engine: unknown key 'engine'; did you mean 'migration.engine'?" in str(e)
