@@ -145,6 +145,21 @@ PFINFO_POPULATE[PFInfo.XALLOC] = True
 PFINFO_KNOWN = PFINFO_POPULATE.copy()
 PFINFO_KNOWN[[PFInfo.BROKEN, PFInfo.XTAB]] = True
 
+#: P2M types a guest write lands in (HAP: rw is writable; logdirty faults into the
+#: log-dirty bitmap once, then becomes rw); a write to any other type is the
+#: hypervisor's to act on (PoD populate) or is dropped.
+IS_GUEST_WRITABLE = np.zeros(16, dtype=bool)
+IS_GUEST_WRITABLE[[P2MType.ram_rw, P2MType.ram_logdirty]] = True
+#: P2M types get_page_from_gfn gives a page for: RAM, less paged-out entries.
+IS_MAPPABLE = IS_RAM.copy()
+IS_MAPPABLE[[P2MType.ram_paged, P2MType.ram_paging_in]] = False
+#: getpageframeinfo3's PFINFO type per P2M type (xen/arch/x86/domctl.c): RAM that maps
+#: -> NOTAB, ram_broken -> BROKEN, anything else (holes, MMIO, grant, foreign, PoD left
+#: unpopulated) -> XTAB.
+PFINFO_OF_TYPE = np.full(16, PFInfo.XTAB, dtype=np.uint8)
+PFINFO_OF_TYPE[IS_MAPPABLE] = PFInfo.NOTAB
+PFINFO_OF_TYPE[P2MType.ram_broken] = PFInfo.BROKEN
+
 #: getpageframeinfo3 takes at most this many PFNs (the saver's MAX_BATCH_SIZE).
 MAX_BATCH_SIZE = 1024
 

@@ -38,9 +38,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .abi import (E2BIG, EBUSY, EINVAL, ENOENT, ENOMEM, EPERM, INVALID_M2P_ENTRY, INVALID_MFN,
-                  IS_POD, IS_RAM, IS_SPECIAL, MAX_BATCH_SIZE, MAX_GFN, PFINFO_LTAB_SHIFT,
+                  IS_GUEST_WRITABLE, IS_MAPPABLE, IS_POD, IS_RAM, IS_SPECIAL, MAX_BATCH_SIZE, MAX_GFN, PFINFO_LTAB_SHIFT,
                   SHADOW_LOGDIRTY_FINAL, DomainLayout, GfnRuns, POD_DEMAND_POPULATE, HypercallResult,
-                  LogDirtyEffect, P2MType, PFInfo, ShadowOp, ShadowStats, XenError, behaviour_label,
+                  LogDirtyEffect, P2MType, PFINFO_OF_TYPE, ShadowOp, ShadowStats, XenError, behaviour_label,
                   site_behaviours)
 from .frames import HostFrames
 from .logdirty import TREE_PFNS, DirtyBitmap, LogDirtyTree, sorted_unique
@@ -51,16 +51,6 @@ from .span import SpanServed, serve_span
 
 _EMPTY = np.empty(0, dtype=np.int64)
 
-#: Types a guest write lands in (HAP: rw is writable; logdirty faults once, then rw).
-_WRITABLE = np.zeros(16, dtype=bool)
-_WRITABLE[[P2MType.ram_rw, P2MType.ram_logdirty]] = True
-#: RAM types get_page_from_gfn can give a page for (paged-out ones have no frame).
-_MAPPABLE = IS_RAM.copy()
-_MAPPABLE[[P2MType.ram_paged, P2MType.ram_paging_in]] = False
-#: getpageframeinfo3's answer per P2M type (see pfinfo_nibbles).
-_PFINFO_OF_TYPE = np.full(16, PFInfo.XTAB, dtype=np.uint8)
-_PFINFO_OF_TYPE[_MAPPABLE] = PFInfo.NOTAB
-_PFINFO_OF_TYPE[P2MType.ram_broken] = PFInfo.BROKEN
 #: Types guest_remove_page removes (RAM, and broken frames).
 _REMOVABLE = IS_RAM.copy()
 _REMOVABLE[P2MType.ram_broken] = True
@@ -120,13 +110,6 @@ class HypervisorStats:
     pod_failures: int = 0       # demand-populates that found the PoD cache empty
     orphaned_frames: int = 0    # frames unmapped but still the domain's
     now: float = 0.0
-
-
-def pfinfo_nibbles(types: np.ndarray) -> np.ndarray:
-    """getpageframeinfo3's PFINFO type (uint8 nibble) of P2M entries of ``types``, as
-    xen/arch/x86/domctl.c reports them: RAM that maps -> NOTAB, ram_broken -> BROKEN,
-    anything else (holes, MMIO, grant, foreign, PoD left unpopulated) -> XTAB."""
-    return _PFINFO_OF_TYPE[types]
 
 
 def _i64(a) -> np.ndarray:
@@ -463,7 +446,7 @@ class Hypervisor:
         if self._tracked.size and self.record_events:
             raw_times = np.full(raw.size, t) if times is None else np.asarray(times, dtype=np.float64).reshape(-1)
             self._track_writes(raw, raw_times, fg if self.log_dirty_enabled else _EMPTY)
-        ok = _WRITABLE[types]
+        ok = IS_GUEST_WRITABLE[types]
         nbad = g.size - int(np.count_nonzero(ok))
         if nbad:
             self.dropped_writes += nbad
@@ -602,7 +585,7 @@ class Hypervisor:
         if 0 <= gfn <= MAX_GFN:
             G = np.array([gfn], dtype=np.int64)
             typ = self._populate_pod_in(G, self.p2m.get_types(G), t)[0]
-            if _MAPPABLE[typ]:
+            if IS_MAPPABLE[typ]:
                 m = self.p2m.mfns.get(G).astype(np.int64)
                 self._unmap(G, m)
                 self.orphaned_frames += 1
@@ -698,7 +681,7 @@ class Hypervisor:
             raise XenError(E2BIG, f"getpageframeinfo3 takes at most {MAX_BATCH_SIZE} PFNs, got {p.size}")
         self.advance_to(t)
         types = self._populate_pod_in(p, self.p2m.get_types(p), self.now)
-        return pfinfo_nibbles(types).astype(np.uint32) << PFINFO_LTAB_SHIFT
+        return PFINFO_OF_TYPE[types].astype(np.uint32) << PFINFO_LTAB_SHIFT
 
     def serve_span(self, t: float, pfns, timing, deadline: tuple[float, float] | None = None) -> SpanServed:
         """The saver's batches ``pfns[k*1024:(k+1)*1024]`` back to back from ``t``, as
@@ -706,7 +689,7 @@ class Hypervisor:
         return serve_span(self, t, pfns, timing, deadline)
 
     def _read(self, p: np.ndarray, types: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ok = _MAPPABLE[types]
+        ok = IS_MAPPABLE[types]
         err = np.where(ok, 0, -EINVAL).astype(np.int32)
         err[(types == P2MType.ram_paged) | (types == P2MType.ram_paging_in)] = -ENOENT
         tokens = np.zeros(p.size, dtype=np.uint64)
@@ -761,7 +744,7 @@ class Hypervisor:
             raise ValueError("write_pages: pfns and tokens differ in length")
         p, tok = _last_wins(p, tok)
         types = self.p2m.get_types(p)
-        ok = _MAPPABLE[types]
+        ok = IS_MAPPABLE[types]
         if not ok.all():
             bad = int(p[np.flatnonzero(~ok)[0]])
             raise XenError(EINVAL, f"Mapping of pfn {bad:#x} failed (p2m type "

@@ -31,15 +31,10 @@ from typing import Protocol
 
 import numpy as np
 
-from .abi import IS_POD, MAX_BATCH_SIZE, P2MType, PFINFO_HAS_DATA
+from .abi import IS_GUEST_WRITABLE, IS_POD, MAX_BATCH_SIZE, PFINFO_HAS_DATA, PFINFO_OF_TYPE
 
 _EMPTY_U8 = np.empty(0, dtype=np.uint8)
 _EMPTY_U64 = np.empty(0, dtype=np.uint64)
-
-#: Types a guest write lands in without the hypervisor acting on its own (HAP: rw,
-#: and logdirty, which faults into the bitmap and becomes rw).
-_PLAIN_WRITE = np.zeros(16, dtype=bool)
-_PLAIN_WRITE[[P2MType.ram_rw, P2MType.ram_logdirty]] = True
 
 
 class SpanTiming(Protocol):
@@ -77,8 +72,6 @@ def serve_span(hv, t0: float, pfns: np.ndarray, timing: SpanTiming,
                deadline: tuple[float, float] | None = None) -> SpanServed:
     """Serve the batches ``pfns[k*1024:(k+1)*1024]`` back to back from ``t0`` (see the
     module docstring): the longest prefix that can be served at once."""
-    from .domain import pfinfo_nibbles    # (domain imports this module)
-
     p = np.asarray(pfns, dtype=np.int64).reshape(-1)
     hv.advance_to(t0)
     if p.size == 0:
@@ -91,7 +84,7 @@ def serve_span(hv, t0: float, pfns: np.ndarray, timing: SpanTiming,
         p, types, stop = p[:n_p], types[:n_p], "pod"
         if n_p == 0:
             return SpanServed.empty(t0, stop)
-    nib = pfinfo_nibbles(types)
+    nib = PFINFO_OF_TYPE[types]
     data = PFINFO_HAS_DATA[nib]
     counts = _batch_counts(p.size)
     starts = np.cumsum(counts) - counts
@@ -127,7 +120,7 @@ def serve_span(hv, t0: float, pfns: np.ndarray, timing: SpanTiming,
         wt, wg, wtok = hv.sched.pending_writes()
         n_w = int(np.searchsorted(wt, last_call[keep - 1], side="left"))
         if n_w:
-            odd = np.flatnonzero(~_PLAIN_WRITE[hv.p2m.get_types(wg[:n_w])])
+            odd = np.flatnonzero(~IS_GUEST_WRITABLE[hv.p2m.get_types(wg[:n_w])])
             if odd.size:
                 w = wt[odd[0]]
                 # A call at c applies the writes before c: batches whose calls are all

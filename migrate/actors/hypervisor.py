@@ -10,7 +10,6 @@ import logging
 import time
 from typing import Any, Callable
 
-import numpy as np
 
 from hypervisor.abi import ShadowOp, XenError
 
