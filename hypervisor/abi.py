@@ -164,6 +164,12 @@ PFINFO_OF_TYPE[P2MType.ram_broken] = PFInfo.BROKEN
 MAX_BATCH_SIZE = 1024
 
 
+def batch_counts(n: int) -> np.ndarray:
+    """The PFNs in each batch when ``n`` PFNs are cut into MAX_BATCH_SIZE batches in
+    order (the saver's batches, one PAGE_DATA record each): all full but the last."""
+    return np.minimum(MAX_BATCH_SIZE, n - np.arange(0, n, MAX_BATCH_SIZE, dtype=np.int64))
+
+
 class XenError(Exception):
     """A hypercall or domctl failed with Xen's errno (``-rc`` in Xen's convention)."""
 

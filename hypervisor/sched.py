@@ -43,13 +43,6 @@ _EMPTY_I64 = np.empty(0, dtype=np.int64)
 _EMPTY_U64 = np.empty(0, dtype=np.uint64)
 
 
-def _times_of(op: MemoryWrites) -> np.ndarray:
-    """Each write's time (the set's stamp for all when it carries none)."""
-    if op.times is not None:
-        return np.asarray(op.times, dtype=np.float64)
-    return np.full(np.asarray(op.gfns).size, float(op.t))
-
-
 #: ``(kind, nr, t)``: a pause/unpause/suspend/resume happened at ``t``.
 StateChange = Callable[[str, int, float], None]
 
@@ -69,7 +62,7 @@ class VcpuScheduler:
         self.walk_until = -math.inf
         self._running_guest = False
         #: Writes the guest made that are not applied yet (their times are not before
-        #: the domain's clock), oldest first.
+        #: the domain's clock), oldest first; each set carries its times.
         self.pending: list[MemoryWrites] = []
 
     @property
@@ -129,8 +122,8 @@ class VcpuScheduler:
         """``(times, gfns, tokens)`` of the pending writes, in the order they happen."""
         if not self.pending:
             return _EMPTY_F64, _EMPTY_I64, _EMPTY_U64
-        parts = [(_times_of(op), np.asarray(op.gfns, dtype=np.int64), np.asarray(op.tokens, dtype=np.uint64))
-                 for op in self.pending]
+        parts = [(np.asarray(op.times, dtype=np.float64), np.asarray(op.gfns, dtype=np.int64),
+                  np.asarray(op.tokens, dtype=np.uint64)) for op in self.pending]
         if len(parts) == 1:
             return parts[0]
         return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))   # type: ignore[return-value]
@@ -144,7 +137,9 @@ class VcpuScheduler:
                 while True:
                     if isinstance(op, MemoryWrites):
                         if np.asarray(op.gfns).size:
-                            self.pending.append(op)
+                            # (a set without times happens all at its stamp)
+                            self.pending.append(op if op.times is not None else MemoryWrites(
+                                op.t, op.gfns, op.tokens, np.full(np.asarray(op.gfns).size, float(op.t))))
                         res = None
                     elif not hypercalls:
                         raise RuntimeError(f"the guest made a hypercall ({type(op).__name__}) inside a "
@@ -159,34 +154,32 @@ class VcpuScheduler:
         finally:
             self._running_guest = False
 
-    def _apply_pending(self, t: float) -> None:
-        """Apply the pending writes whose time is before ``t``, oldest first."""
-        d = self.domain
+    def _take_pending(self, t: float) -> list[MemoryWrites]:
+        """Remove the pending writes whose time is before ``t`` (all of them for
+        ``inf``) and return them, oldest first; a set ``t`` cuts is split, its first
+        part stamped with its last time."""
+        taken: list[MemoryWrites] = []
         while self.pending:
             op = self.pending[0]
             times = op.times
-            if times is None or t == math.inf or times[-1] < t:
-                self.pending.pop(0)
-                d.guest_write(op.gfns, op.tokens, t=float(op.t), times=times)
+            if t == math.inf or times[-1] < t:
+                taken.append(self.pending.pop(0))
                 continue
             i = int(np.searchsorted(times, t, side="left"))
             if i:
-                d.guest_write(op.gfns[:i], op.tokens[:i], t=float(times[i - 1]), times=times[:i])
+                taken.append(MemoryWrites(float(times[i - 1]), op.gfns[:i], op.tokens[:i], times[:i]))
                 self.pending[0] = MemoryWrites(op.t, op.gfns[i:], op.tokens[i:], times[i:])
-            return
+            break
+        return taken
+
+    def _apply_pending(self, t: float) -> None:
+        """Apply the pending writes whose time is before ``t``, oldest first."""
+        for op in self._take_pending(t):
+            self.domain.guest_write(op.gfns, op.tokens, t=float(op.t), times=op.times)
 
     def _drop_pending(self, t: float) -> None:
         """Forget the pending writes whose time is before ``t`` (the vCPUs were held)."""
-        while self.pending:
-            op = self.pending[0]
-            times = _times_of(op)
-            if times[-1] < t:
-                self.pending.pop(0)
-                continue
-            i = int(np.searchsorted(times, t, side="left"))
-            if i:
-                self.pending[0] = MemoryWrites(op.t, op.gfns[i:], op.tokens[i:], times[i:])
-            return
+        self._take_pending(t)
 
     def apply(self, op: GuestOp) -> HypercallResult | None:
         """Serve one guest operation at its own time; returns what the guest's generator

@@ -31,7 +31,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .abi import IS_GUEST_WRITABLE, IS_POD, MAX_BATCH_SIZE, PFINFO_HAS_DATA, PFINFO_OF_TYPE
+from .abi import IS_GUEST_WRITABLE, IS_POD, MAX_BATCH_SIZE, PFINFO_HAS_DATA, PFINFO_OF_TYPE, batch_counts
 
 _EMPTY_U8 = np.empty(0, dtype=np.uint8)
 _EMPTY_U64 = np.empty(0, dtype=np.uint64)
@@ -63,11 +63,6 @@ class SpanServed:
         return cls(0, 0, _EMPTY_U8, _EMPTY_U64, np.array([float(t0)]), stop)
 
 
-def _batch_counts(n: int) -> np.ndarray:
-    starts = np.arange(0, n, MAX_BATCH_SIZE, dtype=np.int64)
-    return np.minimum(MAX_BATCH_SIZE, n - starts)
-
-
 def serve_span(hv, t0: float, pfns: np.ndarray, timing: SpanTiming,
                deadline: tuple[float, float] | None = None) -> SpanServed:
     """Serve the batches ``pfns[k*1024:(k+1)*1024]`` back to back from ``t0`` (see the
@@ -86,7 +81,7 @@ def serve_span(hv, t0: float, pfns: np.ndarray, timing: SpanTiming,
             return SpanServed.empty(t0, stop)
     nib = PFINFO_OF_TYPE[types]
     data = PFINFO_HAS_DATA[nib]
-    counts = _batch_counts(p.size)
+    counts = batch_counts(p.size)
     starts = np.cumsum(counts) - counts
     dpb = np.add.reduceat(data.astype(np.int64), starts)
     times = timing.span_times(float(t0), counts, dpb)

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from hypervisor.abi import (MAX_BATCH_SIZE, PFINFO_HAS_DATA, PFINFO_KNOWN, PFINFO_LTAB_SHIFT,
-                            SHADOW_LOGDIRTY_FINAL, PFInfo, ShadowOp, XenError)
+                            SHADOW_LOGDIRTY_FINAL, PFInfo, ShadowOp, XenError, batch_counts)
 
 from .control import DomainControl, PassPlan, Stretch
 from .errors import MigrationAborted, MigrationFailed
@@ -273,13 +273,14 @@ class PrecopyEngine:
         spans end at those points)."""
         nib = np.asarray(served.nibbles, dtype=np.uint8)
         pfns = pfns[:served.pfns]
-        if nib.size != pfns.size or not PFINFO_KNOWN[nib].all():
-            bad = pfns[:nib.size][~PFINFO_KNOWN[nib[:pfns.size]]] if nib.size else pfns[:1]
-            pfn = int(bad[0]) if bad.size else -1
-            raise MigrationFailed(f"Unknown page type for pfn {pfn:#x}" if pfn >= 0 else
-                                  f"the domain answered {nib.size} types for {pfns.size} PFNs", pfn=pfn if pfn >= 0 else None)
+        if nib.size != pfns.size:
+            raise MigrationFailed(f"the domain answered {nib.size} types for {pfns.size} PFNs")
+        unknown = ~PFINFO_KNOWN[nib]
+        if unknown.any():
+            pfn = int(pfns[unknown][0])
+            raise MigrationFailed(f"Unknown page type for pfn {pfn:#x}", pfn=pfn)
         data = PFINFO_HAS_DATA[nib]
-        counts = np.minimum(MAX_BATCH_SIZE, pfns.size - np.arange(0, pfns.size, MAX_BATCH_SIZE))
+        counts = batch_counts(pfns.size)
         starts = np.cumsum(counts) - counts
         dpb = np.add.reduceat(data.astype(np.int64), starts)
         tokens = np.asarray(served.tokens, dtype=np.uint64)

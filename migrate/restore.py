@@ -37,7 +37,8 @@ from hypervisor.p2m import CHUNK_BITS
 
 from .stream.format import REC_TYPE_OPTIONAL, RecType, StreamError, TscInfo
 from .stream.parser import StreamParser
-from .stream.records import RECORD_RULES, Phase, Record, RecordOrder, Step, check_page_data, not_handled
+from .stream.records import (RECORD_RULES, Phase, Record, RecordOrder, Step, check_page_data, not_handled,
+                             page_data_records)
 from .stream.sinks import receive_stream
 
 if TYPE_CHECKING:
@@ -222,29 +223,12 @@ class Restorer:
         nibbles = np.asarray(nibbles, dtype=np.uint8).reshape(-1)
         tokens = np.asarray(tokens, dtype=np.uint64).reshape(-1)
         if self.on_record is not None or pfns.size <= MAX_BATCH_SIZE:
-            t0 = 0
-            has = PFINFO_HAS_DATA[nibbles & 0xF] if pfns.shape == nibbles.shape else None
-            for a in range(0, max(pfns.size, 1), MAX_BATCH_SIZE):
-                b = a + MAX_BATCH_SIZE
-                d = int(np.count_nonzero(has[a:b])) if has is not None else tokens.size
-                self.apply(Record.page_data(pfns[a:b], nibbles[a:b], tokens[t0:t0 + d]))
-                t0 += d
+            for rec in page_data_records(pfns, nibbles, tokens):    # one by one (on_record sees each)
+                self.apply(rec)
             return
         self._check_open()
-        nrec = -(-pfns.size // MAX_BATCH_SIZE)
-        rec = Record.page_data(pfns, nibbles, tokens)
-        try:
-            self._process(rec, from_stream=False, records=nrec)
-        except StreamError as e:
-            self._fail(e)
-        except RestoreError as e:
-            self._fail(e)
-        except XenError as e:
-            self._fail(RestoreError(f"PAGE_DATA records: destination failed: {e}"))
-        except (ValueError, TypeError, IndexError) as e:
-            self._fail(RestoreError(f"PAGE_DATA records: malformed record: {e}"))
-        self._records[rec.name] += nrec
-        self._sync()
+        self._apply(Record.page_data(pfns, nibbles, tokens), from_stream=False,
+                    records=-(-pfns.size // MAX_BATCH_SIZE))
 
     def finish(self) -> RestoreResult:
         """End of input: a restore that has not seen END is reported incomplete."""
@@ -327,9 +311,11 @@ class Restorer:
     def _sync(self) -> None:
         self.result.records = dict(self._records)
 
-    def _apply(self, rec: Record, *, from_stream: bool) -> None:
+    def _apply(self, rec: Record, *, from_stream: bool, records: int = 1) -> None:
+        """Apply ``rec`` (or ``records`` PAGE_DATA records carried as one, see
+        ``apply_page_data_run``); a failure fails the restore, naming the record."""
         try:
-            self._process(rec, from_stream)
+            self._process(rec, from_stream, records)
         except StreamError as e:
             self._fail(e)
         except RestoreError as e:
@@ -340,7 +326,7 @@ class Restorer:
                                     record_index=rec.index if rec.index >= 0 else None))
         except (ValueError, TypeError, IndexError) as e:
             self._fail(RestoreError(f"record #{rec.index} ({rec.name}): malformed record: {e}"))
-        self._records[rec.name] += 1
+        self._records[rec.name] += records
         if self.on_record is not None:
             self.on_record(rec)
         self._sync()
@@ -385,10 +371,6 @@ class Restorer:
         if not from_stream:
             # The parser already checked stream records; structured ones get the same checks.
             check_page_data(pfns, nibbles, tokens.size, pfn_limit=self.pfn_limit, where=where)
-            if records > 1:
-                counts = np.minimum(MAX_BATCH_SIZE, pfns.size - np.arange(0, pfns.size, MAX_BATCH_SIZE))
-                if counts.size != records:
-                    raise StreamError(f"{where}: {pfns.size} entries are not {records} records")
         res = self.result
         res.xtab_skipped += int(np.count_nonzero(nibbles == PFInfo.XTAB))
         res.broken_skipped += int(np.count_nonzero(nibbles == PFInfo.BROKEN))

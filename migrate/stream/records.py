@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum, IntEnum
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from hypervisor.abi import PAGE_SIZE, PFINFO_HAS_DATA, PFINFO_KNOWN
+from hypervisor.abi import MAX_BATCH_SIZE, PAGE_SIZE, PFINFO_HAS_DATA, PFINFO_KNOWN
 
 from .format import (
     CPUID_LEAF,
@@ -258,6 +258,18 @@ class Record:
         return f"Record({self.name}, {len(self.body)} bytes, index={self.index})"
 
 
+
+
+def page_data_records(pfns: np.ndarray, nibbles: np.ndarray, tokens: np.ndarray) -> Iterator[Record]:
+    """The PAGE_DATA records of entries back to back, MAX_BATCH_SIZE each (the last may
+    be shorter); ``tokens`` holds the data-carrying entries' contents in order."""
+    has = PFINFO_HAS_DATA[np.asarray(nibbles, dtype=np.uint8) & 0xF]
+    t0 = 0
+    for a in range(0, max(pfns.size, 1), MAX_BATCH_SIZE):
+        b = a + MAX_BATCH_SIZE
+        d = int(np.count_nonzero(has[a:b]))
+        yield Record.page_data(pfns[a:b], nibbles[a:b], tokens[t0:t0 + d])
+        t0 += d
 
 
 def check_page_data(pfns: np.ndarray, nibbles: np.ndarray, n_tokens: int | None, *,

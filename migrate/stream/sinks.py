@@ -23,11 +23,11 @@ from typing import Any, BinaryIO, Callable, Iterator, Protocol
 
 import numpy as np
 
-from hypervisor.abi import MAX_BATCH_SIZE, PFINFO_HAS_DATA, PFInfo
+from hypervisor.abi import MAX_BATCH_SIZE, PFInfo
 
 from .format import StreamError
 from .parser import ParsedStream, StreamParser
-from .records import Record
+from .records import Record, page_data_records
 
 # ---- sinks ------------------------------------------------------------------------------
 
@@ -122,13 +122,8 @@ class Sink(ClosesOnExit, ABC):
         ``accepts_records``): MAX_BATCH_SIZE entries each (the last may be shorter),
         ``tokens`` the data-carrying entries' contents in order. By default one
         ``put_record`` each; a sink that can take the run at once overrides this."""
-        has = PFINFO_HAS_DATA[np.asarray(nibbles, dtype=np.uint8) & 0xF]
-        t0 = 0
-        for a in range(0, pfns.size, MAX_BATCH_SIZE):
-            b = a + MAX_BATCH_SIZE
-            d = int(np.count_nonzero(has[a:b]))
-            self.put_record(Record.page_data(pfns[a:b], nibbles[a:b], tokens[t0:t0 + d]))
-            t0 += d
+        for rec in page_data_records(pfns, nibbles, tokens):
+            self.put_record(rec)
 
     def close(self) -> None:
         self.closed = True
