@@ -37,7 +37,7 @@ from typing import Callable, Generator
 
 import numpy as np
 
-from hypervisor.abi import DecreaseReservation, HypercallResult, PopulatePhysmap
+from hypervisor.abi import DecreaseReservationRun, HypercallResult, PopulatePhysmapRun
 
 from .config import GuestConfig, resolve_region
 from .layout import GuestLayout
@@ -183,6 +183,8 @@ class Balloon:
         if done.size == 0:
             return request_pages[:0]
         # Xen handles a prefix of the request; take the GFNs it reports, as pages.
+        if done.size <= request_gfns.size and np.array_equal(done, request_gfns[:done.size]):
+            return request_pages[:done.size]
         return request_pages[np.isin(request_gfns, done)]
 
     def _pick_inflate(self, n: int) -> np.ndarray:
@@ -205,31 +207,52 @@ class Balloon:
             return np.empty(0, dtype=np.int64)
         return np.concatenate(parts).astype(np.int64)
 
+    def _run_op(self, op_class, t: float, pages: np.ndarray):
+        """One step's hypercalls as one run op: ``batch_pages`` GFNs a call (the
+        hypervisor answers with the results of the calls it made, up to the first it
+        did not finish)."""
+        bp = self.cfg.batch_pages
+        sizes = np.full(-(-pages.size // bp), bp, dtype=np.int64)
+        sizes[-1] = pages.size - bp * (sizes.size - 1)
+        return op_class(t, self.layout.page_to_gfn(pages), sizes)
+
+    def _each_call(self, op, pages: np.ndarray, results):
+        """``(pages, done, result)`` of each call the hypervisor made of run ``op``
+        (``done``: the pages Xen handled)."""
+        n = op.sizes.size
+        if not isinstance(results, (list, tuple)) or not 1 <= len(results) <= n:
+            raise TypeError(f"the guest expected 1..{n} HypercallResults back for "
+                            f"{type(op).__name__}, got {results!r:.200}")
+        bp = self.cfg.batch_pages
+        for i, res in enumerate(results):
+            part = pages[i * bp:(i + 1) * bp]
+            done = self._done_pages(part, op.gfns[i * bp:(i + 1) * bp], res)
+            if done.size < part.size and i < len(results) - 1:
+                raise TypeError(f"{type(op).__name__}: call {i} did not finish, yet more calls were made")
+            yield part, done, res
+
     def _inflate(self, k: int, t: float, n: int) -> Generator:
         picked = self._pick_inflate(n)
         released = 0
         batches = 0
-        bp = self.cfg.batch_pages
         stalled = False
-        for a in range(0, picked.size, bp):
-            pages = picked[a:a + bp]
-            gfns = self.layout.page_to_gfn(pages)
-            res = yield DecreaseReservation(t, gfns)
-            batches += 1
-            self.stats["decrease_calls"] += 1
-            done = self._done_pages(pages, gfns, res)
-            if done.size:
-                self.owned[done] = False
-                self.current -= int(done.size)
-                released += int(done.size)
-                self._stack.append(done.astype(self._dtype))
-                self._stack_n += int(done.size)
-                self._hint = min(self._hint, int(done.min()))
-            if done.size < pages.size:
-                self._stall(t, "decrease_reservation", int(pages.size), int(done.size), int(res.rc),
-                            "Xen released fewer pages than asked")
-                stalled = True
-                break
+        if picked.size:
+            op = self._run_op(DecreaseReservationRun, t, picked)
+            results = yield op
+            for pages, done, res in self._each_call(op, picked, results):
+                batches += 1
+                self.stats["decrease_calls"] += 1
+                if done.size:
+                    self.owned[done] = False
+                    self.current -= int(done.size)
+                    released += int(done.size)
+                    self._stack.append(done.astype(self._dtype))
+                    self._stack_n += int(done.size)
+                    self._hint = min(self._hint, int(done.min()))
+                if done.size < pages.size:
+                    self._stall(t, "decrease_reservation", int(pages.size), int(done.size), int(res.rc),
+                                "Xen released fewer pages than asked")
+                    stalled = True
         self.stats["released"] += released
         if released or batches:
             self.emit(t, "balloon_inflate", {"pages": released, "batches": batches,
@@ -265,30 +288,28 @@ class Balloon:
         popped = self._pop(n)
         populated = 0
         batches = 0
-        bp = self.cfg.batch_pages
         stalled = False
-        for a in range(0, popped.size, bp):
-            pages = popped[a:a + bp]
-            gfns = self.layout.page_to_gfn(pages)
-            res = yield PopulatePhysmap(t, gfns)
-            self.stats["populate_calls"] += 1
-            done = self._done_pages(pages, gfns, res)
-            if done.size:
-                self.owned[done] = True
-                self.current += int(done.size)
-                populated += int(done.size)
-                in_region = done[(done >= self.rlo) & (done < self.rhi)]
-                if in_region.size:
-                    self._hint = max(self._hint, int(in_region.max()) + 1)
-                self._schedule_reuse(k, batches, done)
-            batches += 1
-            if done.size < pages.size:
-                self._push_back(popped[a:][~np.isin(popped[a:], done)])
-                self._stall(t, "populate_physmap", int(pages.size), int(done.size), int(res.rc),
-                            "Xen populated fewer pages than asked (host out of memory?); "
-                            "the balloon stays where it is")
-                stalled = True
-                break
+        if popped.size:
+            op = self._run_op(PopulatePhysmapRun, t, popped)
+            results = yield op
+            for pages, done, res in self._each_call(op, popped, results):
+                self.stats["populate_calls"] += 1
+                if done.size:
+                    self.owned[done] = True
+                    self.current += int(done.size)
+                    populated += int(done.size)
+                    in_region = done[(done >= self.rlo) & (done < self.rhi)]
+                    if in_region.size:
+                        self._hint = max(self._hint, int(in_region.max()) + 1)
+                    self._schedule_reuse(k, batches, done)
+                a = batches * self.cfg.batch_pages
+                batches += 1
+                if done.size < pages.size:
+                    self._push_back(popped[a:][~np.isin(popped[a:], done)])
+                    self._stall(t, "populate_physmap", int(pages.size), int(done.size), int(res.rc),
+                                "Xen populated fewer pages than asked (host out of memory?); "
+                                "the balloon stays where it is")
+                    stalled = True
         self.stats["populated"] += populated
         if populated or batches:
             self.emit(t, "balloon_deflate", {"pages": populated, "batches": batches,

@@ -324,6 +324,33 @@ class PopulatePhysmap:
 
 
 @dataclass(frozen=True, slots=True)
+class DecreaseReservationRun:
+    """The balloon driver's back-to-back XENMEM_decrease_reservation calls of one step:
+    call ``i`` hands back the next ``sizes[i]`` GFNs of ``gfns``, all at ``t``, and the
+    driver makes no call after one Xen does not finish (Linux's balloon worker loops
+    over ``decrease_reservation`` in ``drivers/xen/balloon.c``). The answer is the list
+    of the calls made, one ``HypercallResult`` each: exactly what the calls served one
+    by one return. (One op instead of one per call, so the emulator serves the run at
+    once.)"""
+
+    t: float
+    gfns: np.ndarray
+    sizes: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class PopulatePhysmapRun:
+    """The balloon driver's back-to-back XENMEM_populate_physmap calls of one step (see
+    ``DecreaseReservationRun``): call ``i`` asks for the next ``sizes[i]`` GFNs of
+    ``gfns``; ``pod`` as in ``PopulatePhysmap``."""
+
+    t: float
+    gfns: np.ndarray
+    sizes: np.ndarray
+    pod: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class AddToPhysmap:
     """XENMEM_add_to_physmap with XENMAPSPACE_gmfn: move the frame at ``src`` to ``dst``."""
 
@@ -350,8 +377,10 @@ class SetTypedEntry:
     p2m_type: int
 
 
-GuestOp = MemoryWrites | DecreaseReservation | PopulatePhysmap | AddToPhysmap | RemoveFromPhysmap | SetTypedEntry
-Hypercall = DecreaseReservation | PopulatePhysmap | AddToPhysmap | RemoveFromPhysmap | SetTypedEntry
+GuestOp = (MemoryWrites | DecreaseReservation | PopulatePhysmap | DecreaseReservationRun | PopulatePhysmapRun
+           | AddToPhysmap | RemoveFromPhysmap | SetTypedEntry)
+Hypercall = (DecreaseReservation | PopulatePhysmap | DecreaseReservationRun | PopulatePhysmapRun | AddToPhysmap
+             | RemoveFromPhysmap | SetTypedEntry)
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,6 +395,19 @@ class HypercallResult:
     rc: int
     done: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     errno: int = 0
+
+
+def all_done(op) -> HypercallResult | list[HypercallResult] | None:
+    """What Xen answers a balloon hypercall, or a run of them, that does every extent
+    it is asked (a run: one full result per call); None for any other op."""
+    if isinstance(op, (DecreaseReservation, PopulatePhysmap)):
+        gfns = np.asarray(op.gfns, dtype=np.int64)
+        return HypercallResult(rc=int(gfns.size), done=gfns)
+    if isinstance(op, (DecreaseReservationRun, PopulatePhysmapRun)):
+        gfns = np.asarray(op.gfns, dtype=np.int64)
+        ends = np.cumsum(np.asarray(op.sizes, dtype=np.int64)).tolist()
+        return [HypercallResult(rc=b - a, done=gfns[a:b]) for a, b in zip([0] + ends[:-1], ends)]
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -150,6 +150,14 @@ def _last_wins(g: np.ndarray, tok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return s[last], tok[order][last]
 
 
+def _run_bounds(sizes, n: int) -> np.ndarray:
+    """Offsets ``[0, s0, s0+s1, ...]`` of a run's calls; the sizes must add up to ``n``."""
+    s = _i64(sizes)
+    if (s < 0).any() or int(s.sum()) != n:
+        raise ValueError(f"a run of calls has sizes {s.tolist()[:8]}... for {n} extents")
+    return np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(s)])
+
+
 def _first_true(mask: np.ndarray) -> int:
     i = np.flatnonzero(mask)
     return int(i[0]) if i.size else mask.size
@@ -548,6 +556,149 @@ class Hypervisor:
             self._map_ram(ug, umfn, old_t)
         self._event("populate_physmap", n, k, done, t=self._at(t))
         return HypercallResult(rc=k, done=done.copy(), errno=errno)
+
+    # ---------------------------------------------------------------- runs of calls
+
+    def _one_by_one(self, call, g: np.ndarray, bounds: np.ndarray) -> list[HypercallResult]:
+        """A run of calls served one at a time, up to the first that does not finish."""
+        out = []
+        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+            out.append(call(g[a:b]))
+            if out[-1].rc != b - a:
+                break
+        return out
+
+    def _run_calls(self, kind: str, g: np.ndarray, bounds: np.ndarray, k: int, errno: int, t: float,
+                   effect) -> list[HypercallResult]:
+        """Split a run served in one pass, whose extents ``g[:k]`` were done (``k``: where
+        the first call that does not finish stops, with ``errno``), into the calls made:
+        each gets the result, the event and the log-dirty effect (``effect(a, e)`` for
+        extents ``a..e-1``) it has when served alone."""
+        out = []
+        ncalls = int(np.searchsorted(bounds[:-1], k, side="right"))
+        for a, b in zip(bounds[:ncalls].tolist(), bounds[1:ncalls + 1].tolist()):
+            e = min(b, k)
+            gi = g[a:e]
+            if self.record_events and e > a:
+                self._effects.append(effect(a, e))
+            self._event(kind, b - a, e - a, gi, t=t)
+            out.append(HypercallResult(rc=e - a, done=gi.copy(), errno=0 if e == b else errno))
+        return out
+
+    def _dirty_now(self, gfns: np.ndarray) -> np.ndarray | None:
+        """Per-GFN "bit set now" when an effect record needs it (``_was_dirty`` as a mask)."""
+        if not (self.record_events and self.log_dirty_enabled and gfns.size):
+            return None
+        return self.logdirty.is_dirty(gfns)
+
+    def decrease_reservation_run(self, gfns, sizes, *, t: float | None = None) -> list[HypercallResult]:
+        """Back-to-back XENMEM_decrease_reservation calls (``abi.DecreaseReservationRun``).
+
+        In a domain with no PoD entries and an empty PoD cache (so
+        p2m_pod_decrease_reservation hands every extent on to guest_remove_page), one
+        call's extents never change what another's do: the run is served in one pass,
+        stopping where the first call that does not finish stops, and each call made
+        gets the result, event and effect it gets on its own. Otherwise the calls are
+        served one by one (``decrease_reservation``)."""
+        g = _i64(gfns)
+        bounds = _run_bounds(sizes, g.size)
+        t = self._at(t)
+        if bounds.size <= 2 or int(self.p2m.type_counts[P2MType.populate_on_demand]) or self.pod.count:
+            return self._one_by_one(lambda x: self.decrease_reservation(x, t=t), g, bounds)
+        n = g.size
+        inrange = (g >= 0) & (g <= MAX_GFN)
+        types, mfns = self.p2m.get(g)
+        bad = ~inrange | ~_REMOVABLE[types]
+        # A repeat finds its GFN already gone: in its own call, or in a later one, which
+        # reads it invalid (-ENOENT either way).
+        k = min(_first_true(bad), _first_repeat(g))
+        if k == n:
+            errno = 0
+        elif not bad[k] or not inrange[k] or _ENOENT_REMOVE[types[k]]:
+            errno = ENOENT
+        else:
+            errno = EPERM
+        g, types, mfns = g[:k], types[:k], mfns[:k].astype(np.int64)
+        site = "p2m_remove_page"
+        fixed = self._site_fixed[site]
+        was = self._dirty_now(g)
+        # guest_remove_page -> p2m_remove_entry for every extent done (see _unmap).
+        valid = mfns != INVALID_MFN
+        if k:
+            self.m2p.set(mfns if valid.all() else mfns[valid], INVALID_M2P_ENTRY)
+            if fixed and self.log_dirty_enabled:
+                self.marks_clean += self.logdirty.mark_clean(g)
+            self.p2m.set(g, P2MType.invalid, INVALID_MFN, old=types)
+            self.frames.free(mfns[valid])
+        marking = fixed and self.log_dirty_enabled
+
+        def effect(a: int, e: int) -> LogDirtyEffect:
+            gi = g[a:e]
+            dirty = _EMPTY if was is None else gi[was[a:e]]
+            return LogDirtyEffect(site, "remove", fixed, gi.copy(), dirty, dirty.size if marking else 0, 0,
+                                  _EMPTY if fixed else dirty, _EMPTY)
+
+        return self._run_calls("decrease_reservation", g, bounds, k, errno, t, effect)
+
+    def populate_physmap_run(self, gfns, sizes, pod: bool = False, *,
+                             t: float | None = None) -> list[HypercallResult]:
+        """Back-to-back XENMEM_populate_physmap calls (``abi.PopulatePhysmapRun``).
+
+        Real frames for ascending GFNs (the balloon's deflate) are served in one pass:
+        the extents are distinct, the frames come off the allocator in the order the
+        calls would take them, and the run stops where the first call that does not
+        finish stops (a bad GFN, or the host out of frames); each call made gets the
+        result, event and effect it gets on its own. PoD entries, other orders and a
+        bounded log-dirty pool (where the order marks are made in matters) are served
+        one by one (``populate_physmap``)."""
+        g = _i64(gfns)
+        bounds = _run_bounds(sizes, g.size)
+        t = self._at(t)
+        if pod or bounds.size <= 2 or self.logdirty.pool_pages is not None or _monotone(g) != 1:
+            return self._one_by_one(lambda x: self.populate_physmap(x, pod=pod, t=t), g, bounds)
+        n = g.size
+        inrange = (g >= 0) & (g <= MAX_GFN)
+        types, mfns = self.p2m.get(g)
+        ok = inrange & ~IS_SPECIAL[types]
+        kf = _first_true(~ok)
+        kfree = self.frames.free_frames
+        k = min(kf, kfree)
+        if kfree < kf:
+            errno = ENOMEM
+        elif kf < n:
+            errno = EINVAL if not inrange[kf] else EBUSY
+        else:
+            errno = 0
+        g, types, mfns = g[:k], types[:k], mfns[:k]
+        site = "guest_physmap_add_entry"
+        fixed = self._site_fixed[site]
+        was = None
+        if k:
+            new = self.frames.alloc(k)
+            # As populate_physmap: over RAM the old frame's M2P goes, the page stays the domain's.
+            was_ram = _REMOVABLE[types]
+            if was_ram.any():
+                self.m2p.set(mfns[was_ram].astype(np.int64), INVALID_M2P_ENTRY)
+                self.orphaned_frames += int(np.count_nonzero(was_ram))
+            # _map_ram: p2m_add_page(ram_rw), then (with the fix) mark dirty.
+            self.p2m.set(g, P2MType.ram_rw, new, old=types)
+            self.m2p.set(new, g)
+            was = self._dirty_now(g)
+            if fixed and self.log_dirty_enabled:
+                self.marks_dirty += self.logdirty.mark_dirty(g)
+        marking = fixed and self.log_dirty_enabled
+        logging = self.log_dirty_enabled
+
+        def effect(a: int, e: int) -> LogDirtyEffect:
+            gi = g[a:e]
+            dirty = _EMPTY if was is None else gi[was[a:e]]
+            unmarked = _EMPTY
+            if not fixed and logging:
+                unmarked = gi[~was[a:e]] if dirty.size else gi.copy()
+            return LogDirtyEffect(site, "add", fixed, gi.copy(), dirty, 0,
+                                  gi.size - dirty.size if marking else 0, _EMPTY, unmarked)
+
+        return self._run_calls("populate_physmap", g, bounds, k, errno, t, effect)
 
     def add_to_physmap(self, src: int, dst: int, *, t: float | None = None) -> HypercallResult:
         """XENMEM_add_to_physmap, XENMAPSPACE_gmfn: move the frame at ``src`` to ``dst``

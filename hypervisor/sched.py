@@ -24,8 +24,8 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from .abi import (EINVAL, AddToPhysmap, DecreaseReservation, GuestOp, HypercallResult, MemoryWrites,
-                  PopulatePhysmap, RemoveFromPhysmap, SetTypedEntry, XenError)
+from .abi import (EINVAL, AddToPhysmap, DecreaseReservation, DecreaseReservationRun, GuestOp, HypercallResult,
+                  MemoryWrites, PopulatePhysmap, PopulatePhysmapRun, RemoveFromPhysmap, SetTypedEntry, XenError)
 
 
 class MemoryOps(Protocol):
@@ -34,6 +34,8 @@ class MemoryOps(Protocol):
     def guest_write(self, gfns: Any, tokens: Any, *, t: float, times: Any = None) -> None: ...
     def decrease_reservation(self, gfns: Any, *, t: float) -> HypercallResult: ...
     def populate_physmap(self, gfns: Any, *, pod: bool, t: float) -> HypercallResult: ...
+    def decrease_reservation_run(self, gfns: Any, sizes: Any, *, t: float) -> list[HypercallResult]: ...
+    def populate_physmap_run(self, gfns: Any, sizes: Any, *, pod: bool, t: float) -> list[HypercallResult]: ...
     def add_to_physmap(self, src: int, dst: int, *, t: float) -> HypercallResult: ...
     def remove_from_physmap(self, gfn: int, *, t: float) -> HypercallResult: ...
     def set_typed_p2m_entry(self, gfn: int, p2m_type: Any, *, t: float) -> HypercallResult: ...
@@ -181,9 +183,10 @@ class VcpuScheduler:
         """Forget the pending writes whose time is before ``t`` (the vCPUs were held)."""
         self._take_pending(t)
 
-    def apply(self, op: GuestOp) -> HypercallResult | None:
+    def apply(self, op: GuestOp) -> HypercallResult | list[HypercallResult] | None:
         """Serve one guest operation at its own time; returns what the guest's generator
-        is sent (None for writes, the hypercall's result otherwise)."""
+        is sent (None for writes, the hypercall's result otherwise: a list of them for a
+        run of calls)."""
         d = self.domain
         match op:
             case MemoryWrites(t=t, gfns=gfns, tokens=tokens, times=times):
@@ -193,6 +196,10 @@ class VcpuScheduler:
                 return d.decrease_reservation(gfns, t=float(t))
             case PopulatePhysmap(t=t, gfns=gfns, pod=pod):
                 return d.populate_physmap(gfns, pod=pod, t=float(t))
+            case DecreaseReservationRun(t=t, gfns=gfns, sizes=sizes):
+                return d.decrease_reservation_run(gfns, sizes, t=float(t))
+            case PopulatePhysmapRun(t=t, gfns=gfns, sizes=sizes, pod=pod):
+                return d.populate_physmap_run(gfns, sizes, pod=pod, t=float(t))
             case AddToPhysmap(t=t, src=src, dst=dst):
                 return d.add_to_physmap(src, dst, t=float(t))
             case RemoveFromPhysmap(t=t, gfn=gfn):

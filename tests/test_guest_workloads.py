@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from guest import Guest, GuestConfig
-from hypervisor.abi import HypercallResult, MemoryWrites
+from hypervisor.abi import MemoryWrites, all_done
 
 N = 16384          # pages of a 64 MiB guest laid out flat (no holes: GFN == page index)
 
@@ -34,7 +34,7 @@ def drive(g, spans):
             else:
                 assert t0 <= op.t < t1
             ops.append(op)
-            res = None if isinstance(op, MemoryWrites) else HypercallResult(rc=len(op.gfns), done=op.gfns)
+            res = all_done(op)
     return ops
 
 

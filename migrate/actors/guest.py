@@ -13,12 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from guest.guest import straddled_tick, tick_at_or_after, ticks_at_or_after, write_time
-from hypervisor.abi import (
-    DecreaseReservation,
-    HypercallResult,
-    MemoryWrites,
-    PopulatePhysmap,
-)
+from hypervisor.abi import HypercallResult, MemoryWrites, all_done
 
 from ..errors import PeerLost, ScenarioMismatch, TransportError
 from ..transport.base import Transport
@@ -42,21 +37,19 @@ WINDOW_TICKS = 256
 SPEC_MAX_PAGES = 1 << 24
 
 
-def _expected_result(op) -> HypercallResult | None:
-    """What the guest expects of a balloon hypercall it speculates past (all extents
-    done), or None if it cannot speculate past this op."""
-    if isinstance(op, (DecreaseReservation, PopulatePhysmap)):
-        gfns = np.asarray(op.gfns, dtype=np.int64)
-        return HypercallResult(rc=int(gfns.size), done=gfns)
-    return None
+def _same_result(result, exp: HypercallResult) -> bool:
+    return (isinstance(result, HypercallResult) and int(result.rc) == exp.rc
+            and np.array_equal(np.asarray(result.done, dtype=np.int64), exp.done))
 
 
 def _as_expected(op, result) -> bool:
     """Does the guest behave after ``result`` as after the expected one? (The balloon
     driver only looks at ``rc`` and ``done``.)"""
-    exp = _expected_result(op)
-    return (exp is not None and isinstance(result, HypercallResult) and int(result.rc) == exp.rc
-            and np.array_equal(np.asarray(result.done, dtype=np.int64), exp.done))
+    exp = all_done(op)
+    if isinstance(exp, list):
+        return (isinstance(result, (list, tuple)) and len(result) == len(exp)
+                and all(_same_result(r, e) for r, e in zip(result, exp)))
+    return exp is not None and _same_result(result, exp)
 
 
 class RemoteGuest:
@@ -301,7 +294,7 @@ class GuestActor:
 
     def _speculate(self, t0: float, t1: float) -> Speculated | None:
         """Run ``Guest.run(t0, t1)`` to its end, answering each hypercall as if Xen did
-        all of it (``_expected_result``); the hypervisor checks each real result and
+        all of it (``abi.all_done``); the hypervisor checks each real result and
         sends ``spec_miss`` at the first that differs (``_replay``). None if some op
         cannot be speculated (the guest is then as before)."""
         g = self.guest
@@ -316,7 +309,7 @@ class GuestActor:
                 if isinstance(op, MemoryWrites):
                     res = None
                 else:
-                    res = _expected_result(op)
+                    res = all_done(op)
                     if res is None:
                         gen.close()
                         g.restore(cp)
