@@ -24,7 +24,7 @@ def balloon_guest_config():
 
 
 def op_key(op):
-    arrays = tuple(np.asarray(getattr(op, f)).tolist() for f in ("gfns", "tokens") if hasattr(op, f))
+    arrays = tuple(np.asarray(getattr(op, f)).tolist() for f in ("gfns", "tokens", "sizes") if hasattr(op, f))
     return (type(op).__name__, float(op.t), arrays)
 
 
@@ -95,7 +95,8 @@ def _hypervisor(guest, layout, host_extra):
 
     def recording(op):
         res = apply(op)
-        rec.append((op_key(op), None if res is None else (int(res.rc), np.asarray(res.done).tolist())))
+        rec.append((op_key(op), None if res is None else [(int(r.rc), np.asarray(r.done).tolist())
+                                                          for r in (res if isinstance(res, list) else [res])]))
         return res
 
     hv.sched.apply = recording      # what the scheduler serves while it runs the guest
