@@ -19,7 +19,7 @@ from migrate import actors
 from migrate.transport.mqtt import connect
 from migrate.errors import BrokerUnreachable, RunRefused
 from migrate.transport.base import InProcessHub, InProcessTransport
-from migrate.transport.mqtt import parse_broker_url
+from migrate.transport.mqtt import MqttTransport, parse_broker_url
 from migrate.events import BatchSent, EventBus, PhaseChanged
 from migrate.view.report import build_report
 from migrate.runner import RunOptions, run_scenario
@@ -619,3 +619,27 @@ def test_an_actor_without_a_run_key_refuses_in_one_line_and_keygen_makes_one(tmp
     again = subprocess.run([sys.executable, "-m", "migrate.view.cli_broker", "keygen", "--out", str(key)], cwd=ROOT,
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 2 and "exists" in again.stderr
+
+
+@pytest.mark.mqtt
+async def test_a_client_that_joins_late_hears_the_others_at_once(mqtt_broker):
+    """Heartbeats every 30 s: a hypervisor that subscribes after the guest's first beat
+    still counts the guest live at once, because the guest beats when it sees the
+    hypervisor's claim (no wait of up to a heartbeat period before the first call)."""
+    cfg = cfg_for(mqtt_broker)
+    cfg.heartbeat = 30.0
+    guest = MqttTransport(cfg, "late", "guest")
+    await guest.start()
+    await guest.claim()
+    hv = MqttTransport(cfg, "late", "hypervisor")
+    try:
+        await asyncio.sleep(0.3)          # the guest's first beat is long gone
+        await hv.start()
+        await hv.claim()
+        t0 = time.monotonic()
+        await hv.wait_for_peer("guest", 5.0)
+        assert time.monotonic() - t0 < 2.0
+        await guest.wait_for_peer("hypervisor", 5.0)
+    finally:
+        await hv.close()
+        await guest.close()

@@ -389,13 +389,27 @@ class MqttTransport(Transport):
 
     # ---------------------------------------------------------------- background tasks
 
-    async def _heartbeat(self) -> None:
-        beat = wire.encode({"client": self.client_id})
+    async def _beat(self) -> None:
         topic = f"{self.prefix}/alive/{self.actor}"
+        await self._client.publish(topic, self._seal(topic, wire.encode({"client": self.client_id})), qos=0)
+
+    async def _heartbeat(self) -> None:
         with contextlib.suppress(Exception):
             while True:
-                await self._client.publish(topic, self._seal(topic, beat), qos=0)
+                await self._beat()
                 await asyncio.sleep(self.config.heartbeat)
+
+    def _greet(self) -> None:
+        """Beat once now, for a client that has just joined: it counts us as live only
+        once it hears a beat, and it may have subscribed just after our last one (it
+        would otherwise wait up to a whole heartbeat period)."""
+        async def beat_once() -> None:
+            with contextlib.suppress(Exception):
+                await self._beat()
+        if self._client is not None and not self._closed:
+            task = asyncio.ensure_future(beat_once())
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
 
     async def _reader(self) -> None:
         import aiomqtt
@@ -546,6 +560,8 @@ class MqttTransport(Transport):
             return
         if cid in self.peers.gone:
             return                     # a client that left does not come back
+        if cid not in members and cid != self.client_id:
+            self._greet()
         members.add(cid)
         self.peers.seen(actor)
         self.peers.changed.set()
