@@ -499,7 +499,11 @@ class P2M:
             return
         if old is None:
             old = self.types.get(g)
-        self.type_counts -= np.bincount(old, minlength=16)
+        o0 = int(old[0])
+        if int(old.min()) == o0 == int(old.max()):   # one old type (a build step, a balloon op)
+            self.type_counts[o0] -= g.size
+        else:
+            self.type_counts -= np.bincount(old, minlength=16)
         if np.ndim(types) == 0:                    # one type for all (every caller here)
             t = int(types)
             self.type_counts[t] += g.size
