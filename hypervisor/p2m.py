@@ -119,8 +119,12 @@ class ChunkedArray:
 
     def _get_run(self, idx: np.ndarray) -> np.ndarray:
         """``get`` of one contiguous run, a chunk's slice at a time."""
-        out = np.full(idx.size, self.default, dtype=self.dtype)
         d = self.directory
+        c0, c1 = int(idx[0]) >> CHUNK_BITS, int(idx[-1]) >> CHUNK_BITS
+        if c1 < d.size and bool((d[c0:c1 + 1] >= 0).all()):   # all rows: every entry is read
+            out = np.empty(idx.size, dtype=self.dtype)
+        else:
+            out = np.full(idx.size, self.default, dtype=self.dtype)
         for c, off, pos, k in self._slices(int(idx[0]), idx.size):
             if c < d.size and d[c] != -1:
                 self._read_slice(out[pos:pos + k], int(d[c]), off)

@@ -145,27 +145,32 @@ def _overlay(tokens: np.ndarray, dp: np.ndarray, maps: np.ndarray, data_per_batc
              wg: np.ndarray, wtok: np.ndarray) -> np.ndarray:
     """Contents of the unique PFNs ``dp`` (data PFNs of batches back to back, each
     batch's ``data_per_batch`` of them read at its map time ``maps``): the last of the
-    writes ``(wt, wg, wtok)`` (in time order) to each before its map, else ``tokens``."""
+    writes ``(wt, wg, wtok)`` (in time order) to each before its map, else ``tokens``
+    (the caller's own fresh read, updated in place and returned)."""
     ascending = dp.size < 2 or bool((dp[1:] > dp[:-1]).all())    # the saver's PFNs usually are
-    order = np.arange(dp.size) if ascending else np.argsort(dp, kind="stable")
+    order = None if ascending else np.argsort(dp, kind="stable")
     sdp = dp if ascending else dp[order]
     near = np.flatnonzero((wg >= sdp[0]) & (wg <= sdp[-1]))       # cheap: most writes are elsewhere
     if near.size == 0:
         return tokens
-    pos = np.searchsorted(sdp, wg[near])
+    # The writes by PFN (stable: each PFN's writes stay in time order), so the search
+    # through the span's PFNs walks forward instead of jumping about.
+    near = near[np.argsort(wg[near], kind="stable")]
+    keys = wg[near]
+    pos = np.searchsorted(sdp, keys)
     pos[pos >= sdp.size] = 0
-    hit = sdp[pos] == wg[near]
+    hit = sdp[pos] == keys
     if not hit.any():
         return tokens
-    wi = near[hit]                                # the writes to span PFNs, in time order
-    ids = order[pos[hit]]                         # which data PFN each one writes
+    wi = near[hit]                                # the writes to span PFNs, by PFN then time
+    ids = pos[hit] if ascending else order[pos[hit]]   # which data PFN each one writes
     batch = np.searchsorted(np.cumsum(data_per_batch), ids, side="right")
     before = wt[wi] < maps[batch]                 # made before that PFN's map
     if not before.any():
         return tokens
-    last = np.full(dp.size, -1, dtype=np.int64)
-    np.maximum.at(last, ids[before], wi[before])  # the latest such write to each PFN
-    got = last >= 0
-    out = tokens.copy()
-    out[got] = wtok[last[got]]
-    return out
+    wi, ids = wi[before], ids[before]
+    # The latest such write to each PFN: the last of its run of entries.
+    last = np.ones(ids.size, dtype=bool)
+    last[:-1] = ids[1:] != ids[:-1]
+    tokens[ids[last]] = wtok[wi[last]]
+    return tokens
