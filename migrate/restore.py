@@ -479,7 +479,8 @@ class Restorer:
         # populate_pfns: data types and XALLOC not yet populated (never unpopulate).
         ascending = pfns.size < 2 or bool((pfns[1:] > pfns[:-1]).all())  # one pass: sorted, unique
         want = pfns if ascending else sorted_unique(pfns)
-        new = want[~self._populated.contains(want)]
+        seen = self._populated.contains(want)
+        new = want[~seen] if seen.any() else want
         if new.size:
             self.hv.populate_physmap_exact(new)
             self._populated.add(new)
@@ -488,7 +489,7 @@ class Restorer:
                 res.pages_populated_by_verify += int(new.size)
 
         has = PFINFO_HAS_DATA[nibbles]
-        data_pfns = pfns[has]
+        data_pfns = pfns if has.all() else pfns[has]   # usually every entry carries data
         if data_pfns.size == 0:
             return
         if self._verify:
