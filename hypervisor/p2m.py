@@ -107,6 +107,23 @@ class ChunkedArray:
         # n integers spanning n - 1 and strictly increasing are exactly a run.
         return n > 4096 and int(idx[-1]) - int(idx[0]) == n - 1 and bool((idx[1:] > idx[:-1]).all())
 
+    @staticmethod
+    def _ascending(idx: np.ndarray) -> bool:
+        """Is ``idx`` a large strictly increasing array (a restore group, a build slice
+        with a hole, a scan): then each chunk's part of it is one slice of positions."""
+        return idx.size > 4096 and int(idx[-1]) > int(idx[0]) and bool((idx[1:] > idx[:-1]).all())
+
+    @staticmethod
+    def _pieces(idx: np.ndarray):
+        """``(chunk, a, b)``: positions ``[a, b)`` of the strictly increasing ``idx`` that
+        fall in ``chunk``, for every chunk they touch, in order (no sort, no per-entry
+        chunk numbers: one search for the chunk boundaries)."""
+        c0, c1 = int(idx[0]) >> CHUNK_BITS, int(idx[-1]) >> CHUNK_BITS
+        cuts = np.searchsorted(idx, np.arange(c0 + 1, c1 + 1, dtype=np.int64) << CHUNK_BITS).tolist()
+        for c, a, b in zip(range(c0, c1 + 1), [0] + cuts, cuts + [idx.size]):
+            if b > a:
+                yield c, a, b
+
     def _slices(self, start: int, n: int):
         """(chunk, offset in chunk, position in run, length) pieces of a run."""
         pos = 0
@@ -133,10 +150,27 @@ class ChunkedArray:
     def _read_slice(self, out: np.ndarray, r: int, off: int) -> None:
         out[:] = self.pool[r, off:off + out.size]
 
+    def _get_pieces(self, idx: np.ndarray) -> np.ndarray:
+        """``get`` of a strictly increasing ``idx``, a chunk's part at a time."""
+        d = self.directory
+        out = np.empty(idx.size, dtype=self.dtype)
+        for c, a, b in self._pieces(idx):
+            self._read_piece(out[a:b], int(d[c]) if c < d.size else -1, idx[a:b] & _CHUNK_MASK)
+        return out
+
+    def _read_piece(self, out: np.ndarray, r: int, off: np.ndarray) -> None:
+        """Entries at the increasing offsets ``off`` of the chunk whose directory entry is ``r``."""
+        if r >= 0:
+            np.take(self.pool[r], off, out=out)
+        else:
+            out[:] = self.default
+
     def get(self, idx: np.ndarray) -> np.ndarray:
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         if self._run(idx):
             return self._get_run(idx)
+        if self._ascending(idx):
+            return self._get_pieces(idx)
         rows = self._rows(idx >> CHUNK_BITS)
         flat = self.pool.reshape(-1)
         if rows.size and int(rows.min()) >= 0:
@@ -189,6 +223,13 @@ class ChunkedArray:
         if c0 == c1:                               # one chunk (a balloon op, a batch)
             self._ensure(np.array([c0], dtype=np.int64))
             self.pool[self.directory[c0], idx & _CHUNK_MASK] = values
+            return
+        if self._ascending(idx):                   # a chunk's part at a time
+            pieces = list(self._pieces(idx))
+            self._ensure(np.array([c for c, _, _ in pieces], dtype=np.int64))
+            vals = np.broadcast_to(np.asarray(values, dtype=self.dtype), idx.shape)
+            for c, a, b in pieces:
+                self.pool[self.directory[c], idx[a:b] & _CHUNK_MASK] = vals[a:b]
             return
         chunk = idx >> CHUNK_BITS
         self._ensure(_unique_chunks(chunk))
@@ -274,6 +315,18 @@ class LinearChunkedArray(ChunkedArray):
         if b > a:
             out[a - off:b - off] = np.arange(a, b, dtype=np.int64) + int(self._base[s])
 
+    def _read_piece(self, out: np.ndarray, r: int, off: np.ndarray) -> None:
+        if r >= -1:
+            return super()._read_piece(out, r, off)
+        s = -2 - r
+        lo, hi, base = int(self._lo[s]), int(self._hi[s]), int(self._base[s])
+        if lo <= int(off[0]) and int(off[-1]) < hi:          # all inside the run
+            np.add(off, base, out=out, casting="unsafe")
+            return
+        v = off + base
+        v[(off < lo) | (off >= hi)] = int(self.default)
+        out[:] = v
+
     def get(self, idx: np.ndarray) -> np.ndarray:
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         if self._run(idx):
@@ -286,6 +339,8 @@ class LinearChunkedArray(ChunkedArray):
             s = -2 - int(self.directory[c])        # one run chunk (a balloon op, a batch)
             if self._lo[s] <= (i0 & _CHUNK_MASK) and (i1 & _CHUNK_MASK) < self._hi[s]:
                 return ((idx & _CHUNK_MASK) + int(self._base[s])).astype(self.dtype)
+        if self._ascending(idx):
+            return self._get_pieces(idx)
         rows = self._rows(idx >> CHUNK_BITS)
         off = idx & _CHUNK_MASK
         if int(rows.max()) <= -2:                  # all in runs: the usual case
@@ -319,6 +374,14 @@ class LinearChunkedArray(ChunkedArray):
             for c, off, pos, k in self._slices(start, n):
                 if not (linear and self._extend_run(c, off, off + k, v0 + pos - off)):
                     self._set_chunk(c, np.arange(off, off + k, dtype=np.int64), vals[pos:pos + k])
+            return
+        if self._ascending(idx) and (int(idx[0]) ^ int(idx[-1])) >> CHUNK_BITS:
+            # Several chunks, a slice of positions each: each chunk's part is set as
+            # the general path below sets it (writes that change nothing change
+            # nothing in _set_chunk either).
+            self._ensure_directory(int(idx[-1]) >> CHUNK_BITS)
+            for c, a, b in self._pieces(idx):
+                self._set_chunk(c, idx[a:b] & _CHUNK_MASK, vals[a:b])
             return
         chunk = idx >> CHUNK_BITS
         c0, c1 = int(chunk.min()), int(chunk.max())
