@@ -48,6 +48,7 @@ from .p2m import M2P, P2M
 from .pod import PoDCache, decrease_plan
 from .sched import VcpuScheduler
 from .span import SpanServed, serve_span
+from .tables import lookup
 
 _EMPTY = np.empty(0, dtype=np.int64)
 
@@ -689,7 +690,7 @@ class Hypervisor:
         return serve_span(self, t, pfns, timing, deadline)
 
     def _read(self, p: np.ndarray, types: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ok = IS_MAPPABLE[types]
+        ok = lookup(IS_MAPPABLE, types)
         err = np.where(ok, 0, -EINVAL).astype(np.int32)
         err[(types == P2MType.ram_paged) | (types == P2MType.ram_paging_in)] = -ENOENT
         tokens = np.zeros(p.size, dtype=np.uint64)
@@ -744,7 +745,7 @@ class Hypervisor:
             raise ValueError("write_pages: pfns and tokens differ in length")
         p, tok = _last_wins(p, tok)
         types = self.p2m.get_types(p)
-        ok = IS_MAPPABLE[types]
+        ok = lookup(IS_MAPPABLE, types)
         if not ok.all():
             bad = int(p[np.flatnonzero(~ok)[0]])
             raise XenError(EINVAL, f"Mapping of pfn {bad:#x} failed (p2m type "

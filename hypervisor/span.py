@@ -32,6 +32,7 @@ from typing import Protocol
 import numpy as np
 
 from .abi import IS_GUEST_WRITABLE, IS_POD, MAX_BATCH_SIZE, PFINFO_HAS_DATA, PFINFO_OF_TYPE, batch_counts
+from .tables import batch_totals, lookup
 
 _EMPTY_U8 = np.empty(0, dtype=np.uint8)
 _EMPTY_U64 = np.empty(0, dtype=np.uint64)
@@ -73,17 +74,16 @@ def serve_span(hv, t0: float, pfns: np.ndarray, timing: SpanTiming,
         return SpanServed.empty(t0, "plan")
     types = hv.p2m.get_types(p)
     stop = "plan"
-    pod = IS_POD[types]
+    pod = lookup(IS_POD, types)
     if pod.any():
         n_p = int(np.flatnonzero(pod)[0]) // MAX_BATCH_SIZE * MAX_BATCH_SIZE
         p, types, stop = p[:n_p], types[:n_p], "pod"
         if n_p == 0:
             return SpanServed.empty(t0, stop)
-    nib = PFINFO_OF_TYPE[types]
-    data = PFINFO_HAS_DATA[nib]
+    nib = lookup(PFINFO_OF_TYPE, types)
+    data = lookup(PFINFO_HAS_DATA, nib)
     counts = batch_counts(p.size)
-    starts = np.cumsum(counts) - counts
-    dpb = np.add.reduceat(data.astype(np.int64), starts)
+    dpb = batch_totals(data, MAX_BATCH_SIZE)
     times = timing.span_times(float(t0), counts, dpb)
     maps = timing.map_time(times[:-1])
     last_call = np.where(dpb > 0, maps, times[:-1])

@@ -18,6 +18,7 @@ import numpy as np
 
 from hypervisor.abi import IS_POD, IS_RAM, MAX_BATCH_SIZE, GfnRuns, ShadowOp
 from hypervisor.span import SpanServed
+from hypervisor.tables import lookup
 
 from .events import EventBus, MemoryOp, TrackedWrites, balloon_note
 from .link import LinkModel
@@ -143,7 +144,7 @@ def source_info(hv, layout) -> SourceInfo:
         for a, b in zip(first.tolist(), end.tolist()):
             for lo in range(a, b, INFO_SLICE):
                 hi = min(lo + INFO_SLICE, b)
-                gone = np.flatnonzero(~owned[hv.p2m_types(np.arange(lo, hi, dtype=np.int64))])
+                gone = np.flatnonzero(~lookup(owned, hv.p2m_types(np.arange(lo, hi, dtype=np.int64))))
                 ballooned.append(gfn_runs(gone + lo))
     for g in (pod,) if isinstance(ram, GfnRuns) else (ram, pod):
         for lo in range(0, len(g), INFO_SLICE):   # slices bound the temporaries

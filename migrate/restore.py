@@ -34,6 +34,7 @@ import numpy as np
 from hypervisor.abi import MAX_BATCH_SIZE, PFINFO_HAS_DATA, PFINFO_POPULATE, P2MType, PFInfo, XenError
 from hypervisor.logdirty import sorted_unique
 from hypervisor.p2m import CHUNK_BITS
+from hypervisor.tables import batch_totals, lookup
 
 from .stream.format import REC_TYPE_OPTIONAL, RecType, StreamError, TscInfo
 from .stream.parser import StreamParser
@@ -375,11 +376,11 @@ class Restorer:
         res.xtab_skipped += int(np.count_nonzero(nibbles == PFInfo.XTAB))
         res.broken_skipped += int(np.count_nonzero(nibbles == PFInfo.BROKEN))
         res.xalloc_entries += int(np.count_nonzero(nibbles == PFInfo.XALLOC))
-        keep = PFINFO_POPULATE[nibbles]
+        keep = lookup(PFINFO_POPULATE, nibbles)
         if not keep.any():
             return
         if records > 1:
-            self._page_data_run(pfns, nibbles, tokens, keep, PFINFO_HAS_DATA[nibbles], where)
+            self._page_data_run(pfns, nibbles, tokens, keep, lookup(PFINFO_HAS_DATA, nibbles), where)
             return
         self._data_pages += int(tokens.size)
         self._check_chunks(pfns[keep], where, rec.offset)
@@ -395,10 +396,9 @@ class Restorer:
         the groups the records one by one would make (a restore cut short keeps the
         same pages)."""
         self._check_chunks_run(pfns, keep, has, where)
-        starts = np.arange(0, pfns.size, MAX_BATCH_SIZE)    # each record's first entry
-        nrec = starts.size
-        kept = np.add.reduceat(keep, starts, dtype=np.int64).tolist()
-        data_end = np.cumsum(np.add.reduceat(has, starts, dtype=np.int64)).tolist()
+        nrec = -(-pfns.size // MAX_BATCH_SIZE)             # records back to back
+        kept = batch_totals(keep, MAX_BATCH_SIZE).tolist()
+        data_end = np.cumsum(batch_totals(has, MAX_BATCH_SIZE)).tolist()
         a = 0
         acc = self._pending_n
         for i, k in enumerate(kept):
@@ -427,9 +427,8 @@ class Restorer:
     def _check_chunks_run(self, pfns: np.ndarray, keep: np.ndarray, has: np.ndarray, where: str) -> None:
         """``_check_chunks`` for records back to back, record by record, in bulk: after
         each record, the chunks populated into may not pass the allowance its data buys."""
-        starts = np.arange(0, pfns.size, MAX_BATCH_SIZE)    # each record's first entry
-        nrec = starts.size
-        data_after = self._data_pages + np.cumsum(np.add.reduceat(has, starts, dtype=np.int64))
+        nrec = -(-pfns.size // MAX_BATCH_SIZE)             # records back to back
+        data_after = self._data_pages + np.cumsum(batch_totals(has, MAX_BATCH_SIZE))
         kidx = np.flatnonzero(keep)
         chunks = pfns[kidx] >> CHUNK_BITS
         if chunks.size and bool((chunks[1:] >= chunks[:-1]).all()):    # ascending: no sort
@@ -488,7 +487,7 @@ class Restorer:
             if self._verify:
                 res.pages_populated_by_verify += int(new.size)
 
-        has = PFINFO_HAS_DATA[nibbles]
+        has = lookup(PFINFO_HAS_DATA, nibbles)
         data_pfns = pfns if has.all() else pfns[has]   # usually every entry carries data
         if data_pfns.size == 0:
             return

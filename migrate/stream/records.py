@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from hypervisor.abi import MAX_BATCH_SIZE, PAGE_SIZE, PFINFO_HAS_DATA, PFINFO_KNOWN
+from hypervisor.tables import lookup
 
 from .format import (
     CPUID_LEAF,
@@ -291,7 +292,7 @@ def check_page_data(pfns: np.ndarray, nibbles: np.ndarray, n_tokens: int | None,
         lim = f" (limit {pfn_limit:#x})" if pfn_limit is not None else ""
         raise StreamError(f"{where}: pfn {int(pfns[i]):#x} (index {i}) outside domain maximum{lim}")
     nib = nibbles if nibbles.dtype == np.uint8 else nibbles.astype(np.intp)
-    if int(nib.max()) > 0xF or not PFINFO_KNOWN[nib].all():
+    if int(nib.max()) > 0xF or not lookup(PFINFO_KNOWN, nib).all():
         nib = nibbles.astype(np.intp)
         bad = (nib > 0xF)
         if not bad.any():
@@ -299,7 +300,7 @@ def check_page_data(pfns: np.ndarray, nibbles: np.ndarray, n_tokens: int | None,
         i = int(np.argmax(bad))
         raise StreamError(f"{where}: unknown or reserved page type {int(nibbles[i]):#x} for pfn "
                           f"{int(pfns[i]):#x} (index {i})")
-    has = PFINFO_HAS_DATA[nib]
+    has = lookup(PFINFO_HAS_DATA, nib)
     if n_tokens is not None:
         n = int(np.count_nonzero(has))
         if n != n_tokens:
