@@ -151,6 +151,22 @@ def _last_wins(g: np.ndarray, tok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return s[last], tok[order][last]
 
 
+def _build_steps(ram, n_ram: int):
+    """``(position, gfns)`` steps of at most _BUILD_SLICE RAM GFNs in layout order; a
+    GfnRuns layout steps through each run separately, so every step is one contiguous
+    run of GFNs (made with one arange; the tables take it as a run)."""
+    if not isinstance(ram, GfnRuns):
+        for lo in range(0, n_ram, _BUILD_SLICE):
+            yield lo, _i64(ram[lo:lo + _BUILD_SLICE])
+        return
+    pos = 0
+    for first, count in zip(_i64(ram.first).tolist(), _i64(ram.count).tolist()):
+        for off in range(0, count, _BUILD_SLICE):
+            k = min(_BUILD_SLICE, count - off)
+            yield pos + off, np.arange(first + off, first + off + k, dtype=np.int64)
+        pos += count
+
+
 def _first_true(mask: np.ndarray) -> int:
     i = np.flatnonzero(mask)
     return int(i[0]) if i.size else mask.size
@@ -229,13 +245,12 @@ class Hypervisor:
         # In slices, so a guest of hundreds of GiB never holds more than one slice of
         # temporaries on top of its tables (a GfnRuns layout and lazy contents are
         # never whole arrays at all).
-        for lo in range(0, n_ram, _BUILD_SLICE):
-            part = _i64(ram[lo:lo + _BUILD_SLICE])
+        for lo, part in _build_steps(ram, n_ram):
             mfns = self.frames.alloc(part.size)
             self.p2m.set(part, P2MType.ram_rw, mfns)
             self.m2p.set(mfns, part)
             if tok is not None:
-                self.frames.write(mfns, np.asarray(tok[lo:lo + _BUILD_SLICE], dtype=np.uint64))
+                self.frames.write(mfns, np.asarray(tok[lo:lo + part.size], dtype=np.uint64))
         if (pod.size and (self.p2m.get_types(pod) != P2MType.invalid).any()) or \
                 (mmio.size and (self.p2m.get_types(mmio) != P2MType.invalid).any()) or \
                 (pod.size and mmio.size and np.intersect1d(pod, mmio).size):
