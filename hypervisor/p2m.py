@@ -61,6 +61,25 @@ def _unique_chunks(chunk: np.ndarray) -> np.ndarray:
     return sorted_unique(chunk)
 
 
+def chunk_pieces(idx: np.ndarray):
+    """``(chunk, a, b)``: positions ``[a, b)`` of the increasing ``idx`` that fall in
+    ``chunk``, for every chunk they touch, in order (no sort, no per-entry chunk
+    numbers: one search for the chunk boundaries). Indices spread over far more chunks
+    than they could fill (a sparse guest, a hostile stream) are cut where their chunk
+    number changes instead, so the work never depends on the spread."""
+    c0, c1 = int(idx[0]) >> CHUNK_BITS, int(idx[-1]) >> CHUNK_BITS
+    if c1 - c0 > 64 + (idx.size >> 12):
+        chunk = idx >> CHUNK_BITS
+        cuts = (np.flatnonzero(chunk[1:] != chunk[:-1]) + 1).tolist()
+        for a, b in zip([0] + cuts, cuts + [idx.size]):
+            yield int(chunk[a]), a, b
+        return
+    cuts = np.searchsorted(idx, np.arange(c0 + 1, c1 + 1, dtype=np.int64) << CHUNK_BITS).tolist()
+    for c, a, b in zip(range(c0, c1 + 1), [0] + cuts, cuts + [idx.size]):
+        if b > a:
+            yield c, a, b
+
+
 class ChunkedArray:
     """A sparse 1-D array over ``[0, 2^40)`` stored in 2^CHUNK_BITS-entry chunks."""
 
@@ -115,17 +134,6 @@ class ChunkedArray:
         with a hole, a scan): then each chunk's part of it is one slice of positions."""
         return idx.size > 4096 and int(idx[-1]) > int(idx[0]) and bool((idx[1:] > idx[:-1]).all())
 
-    @staticmethod
-    def _pieces(idx: np.ndarray):
-        """``(chunk, a, b)``: positions ``[a, b)`` of the strictly increasing ``idx`` that
-        fall in ``chunk``, for every chunk they touch, in order (no sort, no per-entry
-        chunk numbers: one search for the chunk boundaries)."""
-        c0, c1 = int(idx[0]) >> CHUNK_BITS, int(idx[-1]) >> CHUNK_BITS
-        cuts = np.searchsorted(idx, np.arange(c0 + 1, c1 + 1, dtype=np.int64) << CHUNK_BITS).tolist()
-        for c, a, b in zip(range(c0, c1 + 1), [0] + cuts, cuts + [idx.size]):
-            if b > a:
-                yield c, a, b
-
     def _slices(self, start: int, n: int):
         """(chunk, offset in chunk, position in run, length) pieces of a run."""
         pos = 0
@@ -156,7 +164,7 @@ class ChunkedArray:
         """``get`` of a strictly increasing ``idx``, a chunk's part at a time."""
         d = self.directory
         out = np.empty(idx.size, dtype=self.dtype)
-        for c, a, b in self._pieces(idx):
+        for c, a, b in chunk_pieces(idx):
             self._read_piece(out[a:b], int(d[c]) if c < d.size else -1, idx[a:b] & _CHUNK_MASK)
         return out
 
@@ -241,7 +249,7 @@ class ChunkedArray:
             self.pool[self.directory[c0], idx & _CHUNK_MASK] = values
             return
         if self._ascending(idx):                   # a chunk's part at a time
-            pieces = list(self._pieces(idx))
+            pieces = list(chunk_pieces(idx))
             self._ensure(np.array([c for c, _, _ in pieces], dtype=np.int64))
             vals = np.broadcast_to(np.asarray(values, dtype=self.dtype), idx.shape)
             for c, a, b in pieces:
@@ -399,7 +407,7 @@ class LinearChunkedArray(ChunkedArray):
             # the general path below sets it (writes that change nothing change
             # nothing in _set_chunk either).
             self._ensure_directory(int(idx[-1]) >> CHUNK_BITS)
-            for c, a, b in self._pieces(idx):
+            for c, a, b in chunk_pieces(idx):
                 self._set_chunk(c, idx[a:b] & _CHUNK_MASK, vals[a:b])
             return
         chunk = idx >> CHUNK_BITS

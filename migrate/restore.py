@@ -33,7 +33,7 @@ import numpy as np
 
 from hypervisor.abi import MAX_BATCH_SIZE, PFINFO_HAS_DATA, PFINFO_POPULATE, P2MType, PFInfo, XenError
 from hypervisor.logdirty import sorted_unique
-from hypervisor.p2m import CHUNK_BITS
+from hypervisor.p2m import CHUNK_BITS, chunk_pieces
 from hypervisor.tables import batch_totals, lookup
 
 from .stream.format import REC_TYPE_OPTIONAL, RecType, StreamError, TscInfo
@@ -429,16 +429,23 @@ class Restorer:
         each record, the chunks populated into may not pass the allowance its data buys."""
         nrec = -(-pfns.size // MAX_BATCH_SIZE)             # records back to back
         data_after = self._data_pages + np.cumsum(batch_totals(has, MAX_BATCH_SIZE))
-        kidx = np.flatnonzero(keep)
-        chunks = pfns[kidx] >> CHUNK_BITS
-        if chunks.size and bool((chunks[1:] >= chunks[:-1]).all()):    # ascending: no sort
-            first = np.flatnonzero(np.concatenate(([True], chunks[1:] != chunks[:-1])))
-            uniq = chunks[first]
+        if pfns.size and bool((pfns[1:] >= pfns[:-1]).all()):    # ascending (the stream's order)
+            # Each chunk's part is a slice: its first kept entry found there, with no
+            # per-entry chunk numbers.
+            uniq, at = [], []
+            for c, a, b in chunk_pieces(pfns):
+                i = int(np.argmax(keep[a:b]))
+                if keep[a + i]:
+                    uniq.append(c)
+                    at.append(a + i)
+            uniq, first_at = np.array(uniq, dtype=np.int64), np.array(at, dtype=np.int64)
         else:
-            uniq, first = np.unique(chunks, return_index=True)
+            kidx = np.flatnonzero(keep)
+            uniq, first = np.unique(pfns[kidx] >> CHUNK_BITS, return_index=True)
+            first_at = kidx[first]
         seen = np.fromiter((int(c) in self._chunks for c in uniq.tolist()), dtype=bool, count=uniq.size) \
             if uniq.size <= 4096 else np.isin(uniq, np.fromiter(self._chunks, dtype=np.int64))
-        new_rec = kidx[first[~seen]] // MAX_BATCH_SIZE
+        new_rec = first_at[~seen] // MAX_BATCH_SIZE
         total = len(self._chunks) + np.cumsum(np.bincount(new_rec, minlength=nrec))
         allowed = CHUNK_ALLOWANCE + data_after // PAGES_PER_CHUNK
         over = np.flatnonzero(total > allowed)
