@@ -135,8 +135,19 @@ class _PfnSet:
         for h, sel in self._groups(pfns):
             leaf = self._leaves.get(h)
             if leaf is not None:
-                out[sel] = np.unpackbits(leaf, bitorder="little").view(bool)[pfns[sel] & self.MASK]
+                out[sel] = np.unpackbits(leaf, bitorder="little").view(bool)[self._offsets(pfns, sel)]
         return out
+
+    def _offsets(self, pfns: np.ndarray, sel):
+        """The in-leaf offsets of ``pfns[sel]``: a slice when they are one ascending run
+        (a restore group's usual shape), else an index array."""
+        if isinstance(sel, slice):
+            p = pfns[sel]
+            a, b = int(p[0]), int(p[-1])
+            # Strictly increasing and spanning size - 1: exactly the run [a, b].
+            if b - a == p.size - 1 and (p.size < 2 or bool((p[1:] > p[:-1]).all())):
+                return slice(a & self.MASK, (b & self.MASK) + 1)
+        return pfns[sel] & self.MASK
 
     def add(self, pfns: np.ndarray) -> None:
         """Add PFNs known to be absent and unique."""
@@ -147,7 +158,7 @@ class _PfnSet:
             if leaf is None:
                 leaf = self._leaves[h] = np.zeros((1 << self.SHIFT) // 8, dtype=np.uint8)
             bits = np.zeros(1 << self.SHIFT, dtype=bool)
-            bits[pfns[sel] & self.MASK] = True
+            bits[self._offsets(pfns, sel)] = True
             leaf |= np.packbits(bits, bitorder="little")
         self.count += int(pfns.size)
 
