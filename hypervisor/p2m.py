@@ -40,6 +40,7 @@ import numpy as np
 
 from .logdirty import sorted_unique
 from .abi import INVALID_M2P_ENTRY, INVALID_MFN, IS_RAM, MAX_GFN, P2MType
+from .tables import lookup
 
 CHUNK_BITS = 18
 CHUNK = 1 << CHUNK_BITS
@@ -628,7 +629,7 @@ class P2M:
         parts = []
         for base, row in self.types.chunks(lo, hi):
             a, b = max(lo - base, 0), min(top - base, CHUNK)   # only the part in [lo, hi)
-            parts.append(np.flatnonzero(table[row[a:b]]) + (base + a))
+            parts.append(np.flatnonzero(lookup(table, row[a:b])) + (base + a))
         if not parts:
             return np.empty(0, dtype=np.int64)
         return np.concatenate(parts).astype(np.int64, copy=False)

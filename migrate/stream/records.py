@@ -227,7 +227,7 @@ class Record:
         pfns = np.asarray(pfns, dtype=np.int64).reshape(-1)
         nibbles = np.asarray(nibbles, dtype=np.uint8).reshape(-1)
         tokens = np.asarray(tokens, dtype=np.uint64).reshape(-1)
-        n_data = int(np.count_nonzero(PFINFO_HAS_DATA[nibbles & 0xF]))
+        n_data = int(np.count_nonzero(lookup(PFINFO_HAS_DATA, nibbles & 0xF)))
         return cls(RecType.PAGE_DATA, pfns=pfns, nibbles=nibbles, tokens=tokens,
                    length=8 + 8 * pfns.size + PAGE_SIZE * n_data)
 
