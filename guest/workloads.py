@@ -123,9 +123,12 @@ def initial_tokens(seed: int, gfns: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):
         s = splitmix64(np.uint64(seed_key(seed)) ^ np.uint64(0xB007))
         for lo in range(0, gfns.size, _TOKEN_SLICE):
-            part = gfns[lo:lo + _TOKEN_SLICE].astype(np.uint64)
-            out[lo:lo + part.size] = splitmix64(splitmix64(part ^ s) + _GOLDEN)
-    out[out == 0] = 1
+            z = out[lo:lo + _TOKEN_SLICE]          # hashed in place, a slice at a time
+            np.bitwise_xor(gfns[lo:lo + z.size].view(np.uint64), s, out=z)
+            splitmix64(z, out=z)
+            z += _GOLDEN
+            splitmix64(z, out=z)
+            np.maximum(z, 1, out=z)                # 0 (an all-zero page) becomes 1
     return out
 
 

@@ -22,17 +22,30 @@ WORDS_PER_PAGE = PAGE_SIZE // 8
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
+_S27, _S30, _S31 = np.uint64(27), np.uint64(30), np.uint64(31)
 
 
-def splitmix64(x: np.ndarray) -> np.ndarray:
-    """The splitmix64 finaliser over a uint64 array (wrapping arithmetic)."""
+def splitmix64(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The splitmix64 finaliser over a uint64 array (wrapping arithmetic), into ``out``
+    (which may be ``x`` itself) or a new array. Computed in place with one scratch
+    array: the hash of a whole guest's boot contents is memory-bound, and fresh
+    temporaries per step would cost more than the arithmetic."""
     x = np.asarray(x, dtype=np.uint64)
+    if x.ndim == 0:                          # a scalar in, a scalar out
+        return splitmix64(x.reshape(1))[0]
+    z = np.copy(x) if out is None else out
+    if out is not None and out is not x:
+        np.copyto(z, x)
+    tmp = np.empty_like(z)
     with np.errstate(over="ignore"):
-        z = x ^ (x >> np.uint64(30))
-        z = z * _M1
-        z ^= z >> np.uint64(27)
+        np.right_shift(z, _S30, out=tmp)
+        z ^= tmp
+        z *= _M1
+        np.right_shift(z, _S27, out=tmp)
+        z ^= tmp
         z *= _M2
-        z ^= z >> np.uint64(31)
+        np.right_shift(z, _S31, out=tmp)
+        z ^= tmp
     return z
 
 

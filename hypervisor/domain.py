@@ -48,6 +48,7 @@ from .p2m import M2P, P2M
 from .pod import PoDCache, decrease_plan
 from .sched import VcpuScheduler
 from .span import SpanServed, serve_span
+from .tables import lookup
 
 _EMPTY = np.empty(0, dtype=np.int64)
 
@@ -167,6 +168,22 @@ def _run_bounds(sizes, n: int) -> np.ndarray:
     return np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(s)])
 
 
+def _build_steps(ram, n_ram: int):
+    """``(position, gfns)`` steps of at most _BUILD_SLICE RAM GFNs in layout order; a
+    GfnRuns layout steps through each run separately, so every step is one contiguous
+    run of GFNs (made with one arange; the tables take it as a run)."""
+    if not isinstance(ram, GfnRuns):
+        for lo in range(0, n_ram, _BUILD_SLICE):
+            yield lo, _i64(ram[lo:lo + _BUILD_SLICE])
+        return
+    pos = 0
+    for first, count in zip(_i64(ram.first).tolist(), _i64(ram.count).tolist()):
+        for off in range(0, count, _BUILD_SLICE):
+            k = min(_BUILD_SLICE, count - off)
+            yield pos + off, np.arange(first + off, first + off + k, dtype=np.int64)
+        pos += count
+
+
 def _first_true(mask: np.ndarray) -> int:
     i = np.flatnonzero(mask)
     return int(i[0]) if i.size else mask.size
@@ -245,13 +262,12 @@ class Hypervisor:
         # In slices, so a guest of hundreds of GiB never holds more than one slice of
         # temporaries on top of its tables (a GfnRuns layout and lazy contents are
         # never whole arrays at all).
-        for lo in range(0, n_ram, _BUILD_SLICE):
-            part = _i64(ram[lo:lo + _BUILD_SLICE])
+        for lo, part in _build_steps(ram, n_ram):
             mfns = self.frames.alloc(part.size)
             self.p2m.set(part, P2MType.ram_rw, mfns)
             self.m2p.set(mfns, part)
             if tok is not None:
-                self.frames.write(mfns, np.asarray(tok[lo:lo + _BUILD_SLICE], dtype=np.uint64))
+                self.frames.write(mfns, np.asarray(tok[lo:lo + part.size], dtype=np.uint64))
         if (pod.size and (self.p2m.get_types(pod) != P2MType.invalid).any()) or \
                 (mmio.size and (self.p2m.get_types(mmio) != P2MType.invalid).any()) or \
                 (pod.size and mmio.size and np.intersect1d(pod, mmio).size):
@@ -849,7 +865,7 @@ class Hypervisor:
         return serve_span(self, t, pfns, timing, deadline)
 
     def _read(self, p: np.ndarray, types: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ok = IS_MAPPABLE[types]
+        ok = lookup(IS_MAPPABLE, types)
         err = np.where(ok, 0, -EINVAL).astype(np.int32)
         err[(types == P2MType.ram_paged) | (types == P2MType.ram_paging_in)] = -ENOENT
         tokens = np.zeros(p.size, dtype=np.uint64)
@@ -904,7 +920,7 @@ class Hypervisor:
             raise ValueError("write_pages: pfns and tokens differ in length")
         p, tok = _last_wins(p, tok)
         types = self.p2m.get_types(p)
-        ok = IS_MAPPABLE[types]
+        ok = lookup(IS_MAPPABLE, types)
         if not ok.all():
             bad = int(p[np.flatnonzero(~ok)[0]])
             raise XenError(EINVAL, f"Mapping of pfn {bad:#x} failed (p2m type "

@@ -40,10 +40,13 @@ import numpy as np
 
 from .logdirty import sorted_unique
 from .abi import INVALID_M2P_ENTRY, INVALID_MFN, IS_RAM, MAX_GFN, P2MType
+from .tables import lookup
 
 CHUNK_BITS = 18
 CHUNK = 1 << CHUNK_BITS
 _CHUNK_MASK = CHUNK - 1
+#: Entries a large ``get`` reads per step (512 KiB of int64 indices: cache-sized).
+GET_BLOCK = 1 << 16
 
 
 def _unique_chunks(chunk: np.ndarray) -> np.ndarray:
@@ -57,6 +60,25 @@ def _unique_chunks(chunk: np.ndarray) -> np.ndarray:
         present[chunk - lo] = True
         return np.flatnonzero(present) + lo
     return sorted_unique(chunk)
+
+
+def chunk_pieces(idx: np.ndarray):
+    """``(chunk, a, b)``: positions ``[a, b)`` of the increasing ``idx`` that fall in
+    ``chunk``, for every chunk they touch, in order (no sort, no per-entry chunk
+    numbers: one search for the chunk boundaries). Indices spread over far more chunks
+    than they could fill (a sparse guest, a hostile stream) are cut where their chunk
+    number changes instead, so the work never depends on the spread."""
+    c0, c1 = int(idx[0]) >> CHUNK_BITS, int(idx[-1]) >> CHUNK_BITS
+    if c1 - c0 > 64 + (idx.size >> 12):
+        chunk = idx >> CHUNK_BITS
+        cuts = (np.flatnonzero(chunk[1:] != chunk[:-1]) + 1).tolist()
+        for a, b in zip([0] + cuts, cuts + [idx.size]):
+            yield int(chunk[a]), a, b
+        return
+    cuts = np.searchsorted(idx, np.arange(c0 + 1, c1 + 1, dtype=np.int64) << CHUNK_BITS).tolist()
+    for c, a, b in zip(range(c0, c1 + 1), [0] + cuts, cuts + [idx.size]):
+        if b > a:
+            yield c, a, b
 
 
 class ChunkedArray:
@@ -107,6 +129,12 @@ class ChunkedArray:
         # n integers spanning n - 1 and strictly increasing are exactly a run.
         return n > 4096 and int(idx[-1]) - int(idx[0]) == n - 1 and bool((idx[1:] > idx[:-1]).all())
 
+    @staticmethod
+    def _ascending(idx: np.ndarray) -> bool:
+        """Is ``idx`` a large strictly increasing array (a restore group, a build slice
+        with a hole, a scan): then each chunk's part of it is one slice of positions."""
+        return idx.size > 4096 and int(idx[-1]) > int(idx[0]) and bool((idx[1:] > idx[:-1]).all())
+
     def _slices(self, start: int, n: int):
         """(chunk, offset in chunk, position in run, length) pieces of a run."""
         pos = 0
@@ -119,8 +147,12 @@ class ChunkedArray:
 
     def _get_run(self, idx: np.ndarray) -> np.ndarray:
         """``get`` of one contiguous run, a chunk's slice at a time."""
-        out = np.full(idx.size, self.default, dtype=self.dtype)
         d = self.directory
+        c0, c1 = int(idx[0]) >> CHUNK_BITS, int(idx[-1]) >> CHUNK_BITS
+        if c1 < d.size and bool((d[c0:c1 + 1] >= 0).all()):   # all rows: every entry is read
+            out = np.empty(idx.size, dtype=self.dtype)
+        else:
+            out = np.full(idx.size, self.default, dtype=self.dtype)
         for c, off, pos, k in self._slices(int(idx[0]), idx.size):
             if c < d.size and d[c] != -1:
                 self._read_slice(out[pos:pos + k], int(d[c]), off)
@@ -129,10 +161,41 @@ class ChunkedArray:
     def _read_slice(self, out: np.ndarray, r: int, off: int) -> None:
         out[:] = self.pool[r, off:off + out.size]
 
+    def _get_pieces(self, idx: np.ndarray) -> np.ndarray:
+        """``get`` of a strictly increasing ``idx``, a chunk's part at a time."""
+        d = self.directory
+        out = np.empty(idx.size, dtype=self.dtype)
+        for c, a, b in chunk_pieces(idx):
+            self._read_piece(out[a:b], int(d[c]) if c < d.size else -1, idx[a:b] & _CHUNK_MASK)
+        return out
+
+    def _read_piece(self, out: np.ndarray, r: int, off: np.ndarray) -> None:
+        """Entries at the increasing offsets ``off`` of the chunk whose directory entry is ``r``."""
+        if r >= 0:
+            np.take(self.pool[r], off, out=out)
+        else:
+            out[:] = self.default
+
+    def _get_blocks(self, idx: np.ndarray) -> np.ndarray | None:
+        """``get`` of a large index array that is not one run, GET_BLOCK entries at a
+        time (None when it is small): each block's temporaries stay in cache, where
+        the whole array's would each be a fresh, page-faulting pass over memory."""
+        if idx.size <= GET_BLOCK:
+            return None
+        out = np.empty(idx.size, dtype=self.dtype)
+        for a in range(0, idx.size, GET_BLOCK):
+            out[a:a + GET_BLOCK] = self.get(idx[a:a + GET_BLOCK])
+        return out
+
     def get(self, idx: np.ndarray) -> np.ndarray:
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         if self._run(idx):
             return self._get_run(idx)
+        out = self._get_blocks(idx)
+        if out is not None:
+            return out
+        if self._ascending(idx):
+            return self._get_pieces(idx)
         rows = self._rows(idx >> CHUNK_BITS)
         flat = self.pool.reshape(-1)
         if rows.size and int(rows.min()) >= 0:
@@ -185,6 +248,13 @@ class ChunkedArray:
         if c0 == c1:                               # one chunk (a balloon op, a batch)
             self._ensure(np.array([c0], dtype=np.int64))
             self.pool[self.directory[c0], idx & _CHUNK_MASK] = values
+            return
+        if self._ascending(idx):                   # a chunk's part at a time
+            pieces = list(chunk_pieces(idx))
+            self._ensure(np.array([c for c, _, _ in pieces], dtype=np.int64))
+            vals = np.broadcast_to(np.asarray(values, dtype=self.dtype), idx.shape)
+            for c, a, b in pieces:
+                self.pool[self.directory[c], idx[a:b] & _CHUNK_MASK] = vals[a:b]
             return
         chunk = idx >> CHUNK_BITS
         self._ensure(_unique_chunks(chunk))
@@ -270,18 +340,35 @@ class LinearChunkedArray(ChunkedArray):
         if b > a:
             out[a - off:b - off] = np.arange(a, b, dtype=np.int64) + int(self._base[s])
 
+    def _read_piece(self, out: np.ndarray, r: int, off: np.ndarray) -> None:
+        if r >= -1:
+            return super()._read_piece(out, r, off)
+        s = -2 - r
+        lo, hi, base = int(self._lo[s]), int(self._hi[s]), int(self._base[s])
+        if lo <= int(off[0]) and int(off[-1]) < hi:          # all inside the run
+            np.add(off, base, out=out, casting="unsafe")
+            return
+        v = off + base
+        v[(off < lo) | (off >= hi)] = int(self.default)
+        out[:] = v
+
     def get(self, idx: np.ndarray) -> np.ndarray:
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         if self._run(idx):
             return self._get_run(idx)
         if idx.size == 0:
             return np.empty(0, dtype=self.dtype)
+        out = self._get_blocks(idx)
+        if out is not None:
+            return out
         i0, i1 = int(idx.min()), int(idx.max())
         c = i0 >> CHUNK_BITS
         if c == i1 >> CHUNK_BITS and c < self.directory.size and self.directory[c] <= -2:
             s = -2 - int(self.directory[c])        # one run chunk (a balloon op, a batch)
             if self._lo[s] <= (i0 & _CHUNK_MASK) and (i1 & _CHUNK_MASK) < self._hi[s]:
                 return ((idx & _CHUNK_MASK) + int(self._base[s])).astype(self.dtype)
+        if self._ascending(idx):
+            return self._get_pieces(idx)
         rows = self._rows(idx >> CHUNK_BITS)
         off = idx & _CHUNK_MASK
         if int(rows.max()) <= -2:                  # all in runs: the usual case
@@ -315,6 +402,14 @@ class LinearChunkedArray(ChunkedArray):
             for c, off, pos, k in self._slices(start, n):
                 if not (linear and self._extend_run(c, off, off + k, v0 + pos - off)):
                     self._set_chunk(c, np.arange(off, off + k, dtype=np.int64), vals[pos:pos + k])
+            return
+        if self._ascending(idx) and (int(idx[0]) ^ int(idx[-1])) >> CHUNK_BITS:
+            # Several chunks, a slice of positions each: each chunk's part is set as
+            # the general path below sets it (writes that change nothing change
+            # nothing in _set_chunk either).
+            self._ensure_directory(int(idx[-1]) >> CHUNK_BITS)
+            for c, a, b in chunk_pieces(idx):
+                self._set_chunk(c, idx[a:b] & _CHUNK_MASK, vals[a:b])
             return
         chunk = idx >> CHUNK_BITS
         c0, c1 = int(chunk.min()), int(chunk.max())
@@ -499,7 +594,11 @@ class P2M:
             return
         if old is None:
             old = self.types.get(g)
-        self.type_counts -= np.bincount(old, minlength=16)
+        o0 = int(old[0])
+        if int(old.min()) == o0 == int(old.max()):   # one old type (a build step, a balloon op)
+            self.type_counts[o0] -= g.size
+        else:
+            self.type_counts -= np.bincount(old, minlength=16)
         if np.ndim(types) == 0:                    # one type for all (every caller here)
             t = int(types)
             self.type_counts[t] += g.size
@@ -530,7 +629,7 @@ class P2M:
         parts = []
         for base, row in self.types.chunks(lo, hi):
             a, b = max(lo - base, 0), min(top - base, CHUNK)   # only the part in [lo, hi)
-            parts.append(np.flatnonzero(table[row[a:b]]) + (base + a))
+            parts.append(np.flatnonzero(lookup(table, row[a:b])) + (base + a))
         if not parts:
             return np.empty(0, dtype=np.int64)
         return np.concatenate(parts).astype(np.int64, copy=False)

@@ -32,6 +32,7 @@ from typing import Protocol
 import numpy as np
 
 from .abi import IS_GUEST_WRITABLE, IS_POD, MAX_BATCH_SIZE, PFINFO_HAS_DATA, PFINFO_OF_TYPE, batch_counts
+from .tables import batch_totals, lookup
 
 _EMPTY_U8 = np.empty(0, dtype=np.uint8)
 _EMPTY_U64 = np.empty(0, dtype=np.uint64)
@@ -73,17 +74,16 @@ def serve_span(hv, t0: float, pfns: np.ndarray, timing: SpanTiming,
         return SpanServed.empty(t0, "plan")
     types = hv.p2m.get_types(p)
     stop = "plan"
-    pod = IS_POD[types]
+    pod = lookup(IS_POD, types)
     if pod.any():
         n_p = int(np.flatnonzero(pod)[0]) // MAX_BATCH_SIZE * MAX_BATCH_SIZE
         p, types, stop = p[:n_p], types[:n_p], "pod"
         if n_p == 0:
             return SpanServed.empty(t0, stop)
-    nib = PFINFO_OF_TYPE[types]
-    data = PFINFO_HAS_DATA[nib]
+    nib = lookup(PFINFO_OF_TYPE, types)
+    data = lookup(PFINFO_HAS_DATA, nib)
     counts = batch_counts(p.size)
-    starts = np.cumsum(counts) - counts
-    dpb = np.add.reduceat(data.astype(np.int64), starts)
+    dpb = batch_totals(data, MAX_BATCH_SIZE)
     times = timing.span_times(float(t0), counts, dpb)
     maps = timing.map_time(times[:-1])
     last_call = np.where(dpb > 0, maps, times[:-1])
@@ -145,27 +145,42 @@ def _overlay(tokens: np.ndarray, dp: np.ndarray, maps: np.ndarray, data_per_batc
              wg: np.ndarray, wtok: np.ndarray) -> np.ndarray:
     """Contents of the unique PFNs ``dp`` (data PFNs of batches back to back, each
     batch's ``data_per_batch`` of them read at its map time ``maps``): the last of the
-    writes ``(wt, wg, wtok)`` (in time order) to each before its map, else ``tokens``."""
+    writes ``(wt, wg, wtok)`` (in time order) to each before its map, else ``tokens``
+    (the caller's own fresh read, updated in place and returned)."""
     ascending = dp.size < 2 or bool((dp[1:] > dp[:-1]).all())    # the saver's PFNs usually are
-    order = np.arange(dp.size) if ascending else np.argsort(dp, kind="stable")
+    order = None if ascending else np.argsort(dp, kind="stable")
     sdp = dp if ascending else dp[order]
     near = np.flatnonzero((wg >= sdp[0]) & (wg <= sdp[-1]))       # cheap: most writes are elsewhere
     if near.size == 0:
         return tokens
-    pos = np.searchsorted(sdp, wg[near])
+    # The writes by PFN (stable: each PFN's writes stay in time order), so the search
+    # through the span's PFNs walks forward instead of jumping about.
+    near = _by_pfn(wg[near] - int(sdp[0]), near, int(sdp[-1] - sdp[0]) + 1)
+    keys = wg[near]
+    pos = np.searchsorted(sdp, keys)
     pos[pos >= sdp.size] = 0
-    hit = sdp[pos] == wg[near]
+    hit = sdp[pos] == keys
     if not hit.any():
         return tokens
-    wi = near[hit]                                # the writes to span PFNs, in time order
-    ids = order[pos[hit]]                         # which data PFN each one writes
+    wi = near[hit]                                # the writes to span PFNs, by PFN then time
+    ids = pos[hit] if ascending else order[pos[hit]]   # which data PFN each one writes
     batch = np.searchsorted(np.cumsum(data_per_batch), ids, side="right")
     before = wt[wi] < maps[batch]                 # made before that PFN's map
     if not before.any():
         return tokens
-    last = np.full(dp.size, -1, dtype=np.int64)
-    np.maximum.at(last, ids[before], wi[before])  # the latest such write to each PFN
-    got = last >= 0
-    out = tokens.copy()
-    out[got] = wtok[last[got]]
-    return out
+    wi, ids = wi[before], ids[before]
+    # The latest such write to each PFN: the last of its run of entries.
+    last = np.ones(ids.size, dtype=bool)
+    last[:-1] = ids[1:] != ids[:-1]
+    tokens[ids[last]] = wtok[wi[last]]
+    return tokens
+
+
+def _by_pfn(rel: np.ndarray, near: np.ndarray, span: int) -> np.ndarray:
+    """``near`` reordered by ``rel`` (PFN offsets in ``[0, span)``), ties kept in their
+    order: a stable argsort, done as one sort of ``rel * n + position`` values when
+    that fits 63 bits (a value sort is much cheaper than an argsort)."""
+    n = near.size
+    if span * n >= 1 << 62:
+        return near[np.argsort(rel, kind="stable")]
+    return near[np.sort(rel * n + np.arange(n, dtype=np.int64)) % n]

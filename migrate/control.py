@@ -16,8 +16,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from hypervisor.abi import IS_POD, IS_RAM, MAX_BATCH_SIZE, ShadowOp
+from hypervisor.abi import IS_POD, IS_RAM, MAX_BATCH_SIZE, GfnRuns, ShadowOp
 from hypervisor.span import SpanServed
+from hypervisor.tables import lookup
 
 from .events import EventBus, MemoryOp, TrackedWrites, balloon_note
 from .link import LinkModel
@@ -135,7 +136,17 @@ def source_info(hv, layout) -> SourceInfo:
     pod = np.asarray(layout.pod_gfns, dtype=np.int64)
     owned = IS_RAM | IS_POD
     populated, ballooned = [], []
-    for g in (ram, pod):
+    if isinstance(ram, GfnRuns):
+        # Runs already: each is read as GFN ranges, no per-page array of the layout.
+        first = np.asarray(ram.first, dtype=np.int64)
+        end = first + np.asarray(ram.count, dtype=np.int64)
+        populated.append(np.stack([first, end], axis=1))
+        for a, b in zip(first.tolist(), end.tolist()):
+            for lo in range(a, b, INFO_SLICE):
+                hi = min(lo + INFO_SLICE, b)
+                gone = np.flatnonzero(~lookup(owned, hv.p2m_types(np.arange(lo, hi, dtype=np.int64))))
+                ballooned.append(gfn_runs(gone + lo))
+    for g in (pod,) if isinstance(ram, GfnRuns) else (ram, pod):
         for lo in range(0, len(g), INFO_SLICE):   # slices bound the temporaries
             part = np.asarray(g[lo:lo + INFO_SLICE], dtype=np.int64)
             populated.append(gfn_runs(part))

@@ -39,6 +39,7 @@ import numpy as np
 
 from hypervisor.abi import (MAX_BATCH_SIZE, PFINFO_HAS_DATA, PFINFO_KNOWN, PFINFO_LTAB_SHIFT,
                             SHADOW_LOGDIRTY_FINAL, PFInfo, ShadowOp, XenError, batch_counts)
+from hypervisor.tables import batch_totals, lookup
 
 from .control import DomainControl, PassPlan, Stretch
 from .errors import MigrationAborted, MigrationFailed
@@ -275,14 +276,14 @@ class PrecopyEngine:
         pfns = pfns[:served.pfns]
         if nib.size != pfns.size:
             raise MigrationFailed(f"the domain answered {nib.size} types for {pfns.size} PFNs")
-        unknown = ~PFINFO_KNOWN[nib]
+        unknown = ~lookup(PFINFO_KNOWN, nib)
         if unknown.any():
             pfn = int(pfns[unknown][0])
             raise MigrationFailed(f"Unknown page type for pfn {pfn:#x}", pfn=pfn)
-        data = PFINFO_HAS_DATA[nib]
+        data = lookup(PFINFO_HAS_DATA, nib)
         counts = batch_counts(pfns.size)
         starts = np.cumsum(counts) - counts
-        dpb = np.add.reduceat(data.astype(np.int64), starts)
+        dpb = batch_totals(data, MAX_BATCH_SIZE)
         tokens = np.asarray(served.tokens, dtype=np.uint64)
         if tokens.size != int(dpb.sum()):
             raise MigrationFailed(f"the domain mapped {tokens.size} pages for {int(dpb.sum())} data PFNs")

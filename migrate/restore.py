@@ -33,7 +33,8 @@ import numpy as np
 
 from hypervisor.abi import MAX_BATCH_SIZE, PFINFO_HAS_DATA, PFINFO_POPULATE, P2MType, PFInfo, XenError
 from hypervisor.logdirty import sorted_unique
-from hypervisor.p2m import CHUNK_BITS
+from hypervisor.p2m import CHUNK_BITS, chunk_pieces
+from hypervisor.tables import batch_totals, lookup
 
 from .stream.format import REC_TYPE_OPTIONAL, RecType, StreamError, TscInfo
 from .stream.parser import StreamParser
@@ -134,8 +135,19 @@ class _PfnSet:
         for h, sel in self._groups(pfns):
             leaf = self._leaves.get(h)
             if leaf is not None:
-                out[sel] = np.unpackbits(leaf, bitorder="little").view(bool)[pfns[sel] & self.MASK]
+                out[sel] = np.unpackbits(leaf, bitorder="little").view(bool)[self._offsets(pfns, sel)]
         return out
+
+    def _offsets(self, pfns: np.ndarray, sel):
+        """The in-leaf offsets of ``pfns[sel]``: a slice when they are one ascending run
+        (a restore group's usual shape), else an index array."""
+        if isinstance(sel, slice):
+            p = pfns[sel]
+            a, b = int(p[0]), int(p[-1])
+            # Strictly increasing and spanning size - 1: exactly the run [a, b].
+            if b - a == p.size - 1 and (p.size < 2 or bool((p[1:] > p[:-1]).all())):
+                return slice(a & self.MASK, (b & self.MASK) + 1)
+        return pfns[sel] & self.MASK
 
     def add(self, pfns: np.ndarray) -> None:
         """Add PFNs known to be absent and unique."""
@@ -146,7 +158,7 @@ class _PfnSet:
             if leaf is None:
                 leaf = self._leaves[h] = np.zeros((1 << self.SHIFT) // 8, dtype=np.uint8)
             bits = np.zeros(1 << self.SHIFT, dtype=bool)
-            bits[pfns[sel] & self.MASK] = True
+            bits[self._offsets(pfns, sel)] = True
             leaf |= np.packbits(bits, bitorder="little")
         self.count += int(pfns.size)
 
@@ -375,11 +387,11 @@ class Restorer:
         res.xtab_skipped += int(np.count_nonzero(nibbles == PFInfo.XTAB))
         res.broken_skipped += int(np.count_nonzero(nibbles == PFInfo.BROKEN))
         res.xalloc_entries += int(np.count_nonzero(nibbles == PFInfo.XALLOC))
-        keep = PFINFO_POPULATE[nibbles]
+        keep = lookup(PFINFO_POPULATE, nibbles)
         if not keep.any():
             return
         if records > 1:
-            self._page_data_run(pfns, nibbles, tokens, keep, PFINFO_HAS_DATA[nibbles], where)
+            self._page_data_run(pfns, nibbles, tokens, keep, lookup(PFINFO_HAS_DATA, nibbles), where)
             return
         self._data_pages += int(tokens.size)
         self._check_chunks(pfns[keep], where, rec.offset)
@@ -395,10 +407,9 @@ class Restorer:
         the groups the records one by one would make (a restore cut short keeps the
         same pages)."""
         self._check_chunks_run(pfns, keep, has, where)
-        starts = np.arange(0, pfns.size, MAX_BATCH_SIZE)    # each record's first entry
-        nrec = starts.size
-        kept = np.add.reduceat(keep, starts, dtype=np.int64).tolist()
-        data_end = np.cumsum(np.add.reduceat(has, starts, dtype=np.int64)).tolist()
+        nrec = -(-pfns.size // MAX_BATCH_SIZE)             # records back to back
+        kept = batch_totals(keep, MAX_BATCH_SIZE).tolist()
+        data_end = np.cumsum(batch_totals(has, MAX_BATCH_SIZE)).tolist()
         a = 0
         acc = self._pending_n
         for i, k in enumerate(kept):
@@ -427,19 +438,25 @@ class Restorer:
     def _check_chunks_run(self, pfns: np.ndarray, keep: np.ndarray, has: np.ndarray, where: str) -> None:
         """``_check_chunks`` for records back to back, record by record, in bulk: after
         each record, the chunks populated into may not pass the allowance its data buys."""
-        starts = np.arange(0, pfns.size, MAX_BATCH_SIZE)    # each record's first entry
-        nrec = starts.size
-        data_after = self._data_pages + np.cumsum(np.add.reduceat(has, starts, dtype=np.int64))
-        kidx = np.flatnonzero(keep)
-        chunks = pfns[kidx] >> CHUNK_BITS
-        if chunks.size and bool((chunks[1:] >= chunks[:-1]).all()):    # ascending: no sort
-            first = np.flatnonzero(np.concatenate(([True], chunks[1:] != chunks[:-1])))
-            uniq = chunks[first]
+        nrec = -(-pfns.size // MAX_BATCH_SIZE)             # records back to back
+        data_after = self._data_pages + np.cumsum(batch_totals(has, MAX_BATCH_SIZE))
+        if pfns.size and bool((pfns[1:] >= pfns[:-1]).all()):    # ascending (the stream's order)
+            # Each chunk's part is a slice: its first kept entry found there, with no
+            # per-entry chunk numbers.
+            uniq, at = [], []
+            for c, a, b in chunk_pieces(pfns):
+                i = int(np.argmax(keep[a:b]))
+                if keep[a + i]:
+                    uniq.append(c)
+                    at.append(a + i)
+            uniq, first_at = np.array(uniq, dtype=np.int64), np.array(at, dtype=np.int64)
         else:
-            uniq, first = np.unique(chunks, return_index=True)
+            kidx = np.flatnonzero(keep)
+            uniq, first = np.unique(pfns[kidx] >> CHUNK_BITS, return_index=True)
+            first_at = kidx[first]
         seen = np.fromiter((int(c) in self._chunks for c in uniq.tolist()), dtype=bool, count=uniq.size) \
             if uniq.size <= 4096 else np.isin(uniq, np.fromiter(self._chunks, dtype=np.int64))
-        new_rec = kidx[first[~seen]] // MAX_BATCH_SIZE
+        new_rec = first_at[~seen] // MAX_BATCH_SIZE
         total = len(self._chunks) + np.cumsum(np.bincount(new_rec, minlength=nrec))
         allowed = CHUNK_ALLOWANCE + data_after // PAGES_PER_CHUNK
         over = np.flatnonzero(total > allowed)
@@ -479,7 +496,8 @@ class Restorer:
         # populate_pfns: data types and XALLOC not yet populated (never unpopulate).
         ascending = pfns.size < 2 or bool((pfns[1:] > pfns[:-1]).all())  # one pass: sorted, unique
         want = pfns if ascending else sorted_unique(pfns)
-        new = want[~self._populated.contains(want)]
+        seen = self._populated.contains(want)
+        new = want[~seen] if seen.any() else want
         if new.size:
             self.hv.populate_physmap_exact(new)
             self._populated.add(new)
@@ -487,8 +505,8 @@ class Restorer:
             if self._verify:
                 res.pages_populated_by_verify += int(new.size)
 
-        has = PFINFO_HAS_DATA[nibbles]
-        data_pfns = pfns[has]
+        has = lookup(PFINFO_HAS_DATA, nibbles)
+        data_pfns = pfns if has.all() else pfns[has]   # usually every entry carries data
         if data_pfns.size == 0:
             return
         if self._verify:

@@ -287,3 +287,36 @@ def test_record_sink_restores_in_process_without_stream_bytes():
     assert res.ok and not res.static_data_end_inferred
     assert res.pages_written == tok.size and res.xtab_skipped == 1000
     assert np.array_equal(tokens_of(hv, pfns[nib == 0]), tok)
+
+
+@pytest.mark.parametrize("order", ["ascending", "descending"])
+def test_run_of_records_is_refused_at_the_record_that_spreads_too_far(order):
+    # Ten records of data in chunk 0 buy 32 + 40 chunks; then records of XALLOC entries
+    # each reach 30 new chunks. Applied as one run or record by record, the 13th record
+    # is the one refused (the run path finds each chunk's first entry without
+    # per-entry chunk numbers when the PFNs ascend, and by sorting when not).
+    from hypervisor.domain import Hypervisor
+    from hypervisor.p2m import CHUNK
+
+    dense = np.arange(10 * 1024, dtype=np.int64)
+    spread = [np.sort(np.repeat(np.arange(1 + 30 * r, 31 + 30 * r) * CHUNK, 35)[:1024] + np.arange(1024) % 35)
+              for r in range(5)]
+    parts = [dense] + spread
+    if order == "descending":
+        parts = [p[::-1].copy() for p in parts]
+    pfns = np.concatenate(parts)
+    nib = np.full(pfns.size, PFInfo.XALLOC, dtype=np.uint8)
+    nib[:dense.size] = PFInfo.NOTAB
+    tokens = np.arange(1, dense.size + 1, dtype=np.uint64)
+    seen = []
+    errors = []
+    for one_by_one in (False, True):
+        hv = Hypervisor(host_frames=1 << 16, record_events=False)
+        hv.build(DomainLayout(ram_gfns=np.empty(0, dtype=np.int64)))
+        r = Restorer(hv, on_record=seen.append if one_by_one else None)
+        with pytest.raises(StreamError) as e:
+            r.apply_page_data_run(pfns, nib, tokens)
+        errors.append(str(e.value))
+        assert r.failed and r.result.error == str(e.value)
+    assert "(record 13 of 15)" in errors[0] and "P2M chunks" in errors[0]
+    assert len(seen) == 12 and "P2M chunks" in errors[1]

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from hypervisor.abi import MAX_BATCH_SIZE, PAGE_SIZE, PFINFO_HAS_DATA, PFINFO_KNOWN
+from hypervisor.tables import lookup
 
 from .format import (
     CPUID_LEAF,
@@ -226,7 +227,7 @@ class Record:
         pfns = np.asarray(pfns, dtype=np.int64).reshape(-1)
         nibbles = np.asarray(nibbles, dtype=np.uint8).reshape(-1)
         tokens = np.asarray(tokens, dtype=np.uint64).reshape(-1)
-        n_data = int(np.count_nonzero(PFINFO_HAS_DATA[nibbles & 0xF]))
+        n_data = int(np.count_nonzero(lookup(PFINFO_HAS_DATA, nibbles & 0xF)))
         return cls(RecType.PAGE_DATA, pfns=pfns, nibbles=nibbles, tokens=tokens,
                    length=8 + 8 * pfns.size + PAGE_SIZE * n_data)
 
@@ -281,22 +282,25 @@ def check_page_data(pfns: np.ndarray, nibbles: np.ndarray, n_tokens: int | None,
         raise StreamError(f"{where}: expected at least 1 pfn in PAGE_DATA record")
     if pfns.shape != nibbles.shape:
         raise StreamError(f"{where}: {pfns.size} pfns but {nibbles.size} types")
-    bad_pfn = (pfns < 0) | (pfns > PAGE_DATA_PFN_MASK)
-    if pfn_limit is not None:
-        bad_pfn |= pfns >= pfn_limit
-    if bad_pfn.any():
+    # Two reductions decide; the masks that name the culprit are made only on failure.
+    top = PAGE_DATA_PFN_MASK if pfn_limit is None else min(PAGE_DATA_PFN_MASK, pfn_limit - 1)
+    if int(pfns.min()) < 0 or int(pfns.max()) > top:
+        bad_pfn = (pfns < 0) | (pfns > PAGE_DATA_PFN_MASK)
+        if pfn_limit is not None:
+            bad_pfn |= pfns >= pfn_limit
         i = int(np.argmax(bad_pfn))
         lim = f" (limit {pfn_limit:#x})" if pfn_limit is not None else ""
         raise StreamError(f"{where}: pfn {int(pfns[i]):#x} (index {i}) outside domain maximum{lim}")
-    nib = nibbles.astype(np.intp)
-    bad = (nib > 0xF)
-    if not bad.any():
-        bad = ~PFINFO_KNOWN[nib]
-    if bad.any():
+    nib = nibbles if nibbles.dtype == np.uint8 else nibbles.astype(np.intp)
+    if int(nib.max()) > 0xF or not lookup(PFINFO_KNOWN, nib).all():
+        nib = nibbles.astype(np.intp)
+        bad = (nib > 0xF)
+        if not bad.any():
+            bad = ~PFINFO_KNOWN[nib]
         i = int(np.argmax(bad))
         raise StreamError(f"{where}: unknown or reserved page type {int(nibbles[i]):#x} for pfn "
                           f"{int(pfns[i]):#x} (index {i})")
-    has = PFINFO_HAS_DATA[nib]
+    has = lookup(PFINFO_HAS_DATA, nib)
     if n_tokens is not None:
         n = int(np.count_nonzero(has))
         if n != n_tokens:

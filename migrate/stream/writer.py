@@ -18,6 +18,7 @@ import numpy as np
 
 from hypervisor.abi import MAX_BATCH_SIZE, PAGE_SHIFT, PAGE_SIZE, PFInfo
 from hypervisor.content import expand_tokens
+from hypervisor.tables import batch_totals
 
 from .format import (
     CPUID_LEAF,
@@ -224,7 +225,7 @@ class StreamWriter(ClosesOnExit):
         n = pfns.size
         starts = np.arange(0, n, MAX_BATCH_SIZE)
         counts = np.minimum(MAX_BATCH_SIZE, n - starts)
-        data_per = np.add.reduceat(has.astype(np.int64), starts)
+        data_per = batch_totals(has, MAX_BATCH_SIZE)
         lengths = 8 + 8 * counts + PAGE_SIZE * data_per
         total = int((RHDR_SIZE + lengths + ((-lengths) & 7)).sum())
         self.records_written[RecType.PAGE_DATA] += int(starts.size)

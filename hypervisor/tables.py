@@ -1,0 +1,60 @@
+"""Class tables applied to arrays of P2M types or PFINFO type nibbles.
+
+``hypervisor.abi`` holds Xen's classifications as 16-entry tables (``IS_RAM``,
+``IS_MAPPABLE``, ``PFINFO_OF_TYPE``, ``PFINFO_HAS_DATA`` ...), read as
+``table[types]``. Over the millions of entries of a span or a restore, that gather
+costs ~20x a vectorised comparison, and such arrays hold one to a few distinct values
+(every entry ram_logdirty or NOTAB, a few ballooned out). :func:`lookup` gives exactly
+``table[x]`` and, for a large uint8 ``x`` spanning a few values, builds it from
+comparisons instead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Below this many entries the plain gather is as cheap.
+_SMALL = 4096
+#: Widest value range built from comparisons (one pass per value in the range).
+_SPREAD = 6
+
+
+def lookup(table: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``table[x]`` (a new array) for a small 1-D table and an array of indices."""
+    x = np.asarray(x)
+    if x.size < _SMALL or x.dtype != np.uint8:
+        return table[x]
+    lo, hi = int(x.min()), int(x.max())
+    if hi >= table.size or hi - lo > _SPREAD:
+        return table[x]                  # (an index past the table raises as the gather does)
+    if lo == hi:
+        return np.full(x.shape, table[lo], dtype=table.dtype)
+    if table.dtype == bool:
+        vals = table[lo:hi + 1]
+        pick = np.flatnonzero(vals if vals.sum() * 2 <= vals.size else ~vals) + lo
+        out = np.zeros(x.shape, dtype=bool)
+        for v in pick.tolist():
+            out |= x == v
+        if pick.size and not table[pick[0]]:
+            np.logical_not(out, out=out)
+        elif not pick.size and table[lo]:
+            out[...] = True
+        return out
+    out = np.full(x.shape, table[lo], dtype=table.dtype)
+    for v in range(lo + 1, hi + 1):
+        if table[v] != table[lo]:
+            np.copyto(out, table[v], where=x == v)
+    return out
+
+
+def batch_totals(mask: np.ndarray, batch: int) -> np.ndarray:
+    """int64 count of True entries of a bool array per ``batch`` entries (the last
+    batch may be shorter): ``np.add.reduceat(mask, range(0, n, batch))`` without
+    its per-entry casts."""
+    n = mask.size
+    full = n // batch
+    out = np.empty(-(-n // batch), dtype=np.int64)
+    out[:full] = np.count_nonzero(mask[:full * batch].reshape(full, batch), axis=1)
+    if full < out.size:
+        out[full] = np.count_nonzero(mask[full * batch:])
+    return out
