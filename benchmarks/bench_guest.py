@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from guest.config import GuestConfig  # noqa: E402
 from guest.guest import Guest  # noqa: E402
-from hypervisor.abi import HypercallResult, MemoryWrites  # noqa: E402
+from hypervisor.abi import MemoryWrites, all_done  # noqa: E402
 
 GOAL_RATIO = 10.0
 
@@ -38,7 +38,7 @@ def _drive(g: Guest, t1: float) -> int:
             written += int(op.gfns.size)
             res = None
         else:
-            res = HypercallResult(rc=len(op.gfns), done=op.gfns)
+            res = all_done(op)
 
 
 def bench_256gib_guest(repeats: int = 7) -> dict:

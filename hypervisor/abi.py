@@ -285,7 +285,8 @@ class LogDirtyEffect:
 #
 # A guest step yields these in time order; the hypervisor applies each one and sends
 # the result back into the generator (``gen.send(result)``): ``None`` for writes, a
-# ``HypercallResult`` for memory_op calls. Arrays are numpy int64 GFNs.
+# ``HypercallResult`` for a memory_op call, a list of them for a run of calls
+# (``all_done`` gives the answer of calls that do everything). Arrays are numpy int64 GFNs.
 # --------------------------------------------------------------------------------------
 
 

@@ -447,7 +447,7 @@ class Hypervisor:
 
     def _populate_pod_in(self, g: np.ndarray, types: np.ndarray, t: float) -> np.ndarray:
         """P2M_ALLOC lookups: demand-populate the PoD GFNs among ``g``; new types."""
-        pod = IS_POD[types]
+        pod = lookup(IS_POD, types)
         if pod.any():
             ug = sorted_unique(g[pod])
             self._pod_demand_populate(ug, t)
@@ -479,7 +479,7 @@ class Hypervisor:
         if self._tracked.size and self.record_events:
             raw_times = np.full(raw.size, t) if times is None else np.asarray(times, dtype=np.float64).reshape(-1)
             self._track_writes(raw, raw_times, fg if self.log_dirty_enabled else _EMPTY)
-        ok = IS_GUEST_WRITABLE[types]
+        ok = lookup(IS_GUEST_WRITABLE, types)
         nbad = g.size - int(np.count_nonzero(ok))
         if nbad:
             self.dropped_writes += nbad
@@ -498,7 +498,7 @@ class Hypervisor:
         n = g.size
         inrange = (g >= 0) & (g <= MAX_GFN)
         types, mfns = self.p2m.get(g)
-        bad = ~inrange | ~(_REMOVABLE[types] | IS_POD[types])
+        bad = ~inrange | ~(lookup(_REMOVABLE, types) | lookup(IS_POD, types))
         k = min(_first_true(bad), _first_repeat(g))   # a repeat finds its GFN already gone
         if k == n:
             errno = 0
@@ -539,7 +539,7 @@ class Hypervisor:
         inrange = (g >= 0) & (g <= MAX_GFN)
         types, mfns = self.p2m.get(g)
         if pod:
-            ok = inrange & ((types == P2MType.invalid) | (types == P2MType.mmio_dm) | IS_POD[types])
+            ok = inrange & ((types == P2MType.invalid) | (types == P2MType.mmio_dm) | lookup(IS_POD, types))
             k = _first_true(~ok)
             errno = 0 if k == n else (EINVAL if not inrange[k] else EBUSY)
             done = g[:k]
@@ -547,7 +547,7 @@ class Hypervisor:
             self._event("populate_physmap", n, k, done, t=self._at(t))
             return HypercallResult(rc=k, done=done.copy(), errno=errno)
         # p2m_add_page refuses special entries (Xen crashes the domain); a bad GFN fails.
-        ok = inrange & ~IS_SPECIAL[types]
+        ok = inrange & ~lookup(IS_SPECIAL, types)
         k = _first_true(~ok)
         errno = 0 if k == n else (EINVAL if not inrange[k] else EBUSY)
         if k > self.frames.free_frames:
@@ -572,7 +572,7 @@ class Hypervisor:
                 old_t, old_m = types[:k][order][last], mfns[:k][order][last]
             # p2m_add_page over RAM invalidates the old frame's M2P; the page stays the
             # domain's (no mark clean: the GFN is re-marked dirty by the add).
-            was_ram = _REMOVABLE[old_t]
+            was_ram = lookup(_REMOVABLE, old_t)
             if was_ram.any():
                 self.m2p.set(old_m[was_ram].astype(np.int64), INVALID_M2P_ENTRY)
                 self.orphaned_frames += int(np.count_nonzero(was_ram))
@@ -633,7 +633,7 @@ class Hypervisor:
         n = g.size
         inrange = (g >= 0) & (g <= MAX_GFN)
         types, mfns = self.p2m.get(g)
-        bad = ~inrange | ~_REMOVABLE[types]
+        bad = ~inrange | ~lookup(_REMOVABLE, types)
         # A repeat finds its GFN already gone: in its own call, or in a later one, which
         # reads it invalid (-ENOENT either way).
         k = min(_first_true(bad), _first_repeat(g))
@@ -684,7 +684,7 @@ class Hypervisor:
         n = g.size
         inrange = (g >= 0) & (g <= MAX_GFN)
         types, mfns = self.p2m.get(g)
-        ok = inrange & ~IS_SPECIAL[types]
+        ok = inrange & ~lookup(IS_SPECIAL, types)
         kf = _first_true(~ok)
         kfree = self.frames.free_frames
         k = min(kf, kfree)
@@ -701,7 +701,7 @@ class Hypervisor:
         if k:
             new = self.frames.alloc(k)
             # As populate_physmap: over RAM the old frame's M2P goes, the page stays the domain's.
-            was_ram = _REMOVABLE[types]
+            was_ram = lookup(_REMOVABLE, types)
             if was_ram.any():
                 self.m2p.set(mfns[was_ram].astype(np.int64), INVALID_M2P_ENTRY)
                 self.orphaned_frames += int(np.count_nonzero(was_ram))
