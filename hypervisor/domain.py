@@ -134,30 +134,50 @@ def _first_repeat(g: np.ndarray) -> int:
     """Index of the first element equal to an earlier one (``len(g)`` if none)."""
     if g.size < 2 or _monotone(g):
         return g.size
-    order = np.argsort(g, kind="stable")
+    order = _stable_order(g)
     s = g[order]
     rep = np.flatnonzero(s[1:] == s[:-1])
     return int(order[rep + 1].min()) if rep.size else g.size
+
+
+#: From this many entries a stable order is built by radix passes (below, one sort).
+_RADIX_MIN = 1 << 16
+
+
+def _stable_order(g: np.ndarray) -> np.ndarray:
+    """``np.argsort(g, kind="stable")`` for non-negative int64 ``g``: large arrays by
+    least-significant-digit radix passes over 16-bit digits (numpy sorts uint16 keys
+    stably by radix, in linear time), small ones by packing (value, position) into one
+    int64 for a plain sort; the stable argsort where neither fits."""
+    n = g.size
+    if n < 2:
+        return np.arange(n, dtype=np.int64)
+    top = int(g.max())
+    if int(g.min()) < 0:
+        return np.argsort(g, kind="stable")
+    if n < _RADIX_MIN:
+        ib = (n - 1).bit_length()
+        if top.bit_length() + ib <= 63:
+            return np.sort((g << ib) | np.arange(n, dtype=np.int64)) & ((1 << ib) - 1)
+        return np.argsort(g, kind="stable")
+    order = np.argsort((g & 0xFFFF).astype(np.uint16), kind="stable")
+    shift = 16
+    while top >> shift:
+        digit = ((g[order] >> shift) & 0xFFFF).astype(np.uint16)
+        order = order[np.argsort(digit, kind="stable")]
+        shift += 16
+    return order
 
 
 def _last_wins(g: np.ndarray, tok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Unique GFNs (sorted) with the token of each one's last occurrence."""
     if g.size < 2 or bool((g[1:] > g[:-1]).all()):
         return g, tok
-    ib = (g.size - 1).bit_length()
-    if int(g.min()) >= 0 and int(g.max()).bit_length() + ib <= 63:
-        # (GFN, position) packed in one int64 and sorted: the order a stable argsort
-        # gives, at the cost of a plain sort.
-        key = np.sort((g << ib) | np.arange(g.size, dtype=np.int64))
-        s = key >> ib
-        last = np.ones(s.size, dtype=bool)
-        last[:-1] = s[1:] != s[:-1]
-        return s[last], tok[key[last] & ((1 << ib) - 1)]
-    order = np.argsort(g, kind="stable")
+    order = _stable_order(g)
     s = g[order]
     last = np.ones(s.size, dtype=bool)
     last[:-1] = s[1:] != s[:-1]
-    return s[last], tok[order][last]
+    return s[last], tok[order[last]]
 
 
 def _run_bounds(sizes, n: int) -> np.ndarray:

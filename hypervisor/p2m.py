@@ -617,8 +617,10 @@ class P2M:
 
     def change_type_global(self, ot: P2MType, nt: P2MType) -> None:
         """p2m_change_entry_type_global: every ``ot`` entry becomes ``nt``."""
-        rows = self.types.rows_in_use()
-        rows[rows == ot] = nt
+        # A row at a time: each row's mask stays in cache (one pass over the whole
+        # table's mask would be a fresh, page-faulting array as big as the table).
+        for row in self.types.rows_in_use():
+            np.copyto(row, np.uint8(nt), where=row == np.uint8(ot))
         self.type_counts[nt] += self.type_counts[ot]
         self.type_counts[ot] = 0
 

@@ -19,6 +19,9 @@ def test_default_layout_skips_the_vga_hole_and_the_mmio_hole_below_4g():
     assert not np.any((ram >= 0xF0000) & (ram < 0x100000))
     # what the two holes displace (0x10000 + 0x60 pages) is relocated above 4 GiB
     assert ram[-1] == 0x100000 + (0x10000 + 0x60) - 1
+    # page -> GFN over the three runs (compared run by run), in any order
+    idx = np.random.default_rng(1).permutation(ram.size)
+    assert g.map._page0.size == 3 and np.array_equal(g.map.page_to_gfn(idx), ram[idx])
 
 
 def test_page_index_and_gfn_map_both_ways_around_holes_mmio_and_high_pages():

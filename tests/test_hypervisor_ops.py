@@ -227,14 +227,19 @@ def test_paused_suspended_and_walk_window_skip_guest_time():
     assert kinds == ["logdirty_enable", "pause", "pause", "unpause", "unpause", "peek", "suspend", "resume"]
 
 
-@pytest.mark.parametrize("hi", [8, 5000, 1 << 40, 1 << 52])
+@pytest.mark.parametrize("hi", [8, 5000, 1 << 28, 1 << 40, 1 << 52])
 def test_the_last_write_to_a_gfn_wins(hi):
     """guest_write and the restorer's write_pages keep, per GFN, the last token written
-    (the packed-key sort and the stable-argsort fallback for huge GFNs agree)."""
-    from hypervisor.domain import _last_wins
+    (radix passes, the packed-key sort and the stable argsort all give its order)."""
+    from hypervisor.domain import _last_wins, _stable_order
 
     rng = np.random.default_rng(hi)
-    for n in (2, 7, 300, 20000):
+    for n in (2, 7, 300, 70000):
+        g = rng.integers(0, hi, n)
+        assert np.array_equal(_stable_order(g), np.argsort(g, kind="stable"))
+    g = rng.integers(-3, 5, 70000)
+    assert np.array_equal(_stable_order(g), np.argsort(g, kind="stable"))
+    for n in (2, 7, 300, 20000, 70000):
         g = rng.integers(0, hi, n)
         tok = rng.integers(1, 1 << 62, n).astype(np.uint64)
         want = {}
