@@ -495,7 +495,7 @@ class Hypervisor:
             fg = g[ld]
             self.write_faults += fg.size
             self._mark_dirty(fg)
-            self.p2m.set(fg, P2MType.ram_rw, self.p2m.mfns.get(fg))
+            self.p2m.change_type(fg, P2MType.ram_logdirty, P2MType.ram_rw)
         if self._tracked.size and self.record_events:
             raw_times = np.full(raw.size, t) if times is None else np.asarray(times, dtype=np.float64).reshape(-1)
             self._track_writes(raw, raw_times, fg if self.log_dirty_enabled else _EMPTY)

@@ -615,6 +615,16 @@ class P2M:
         if mapped.size:
             self.max_mapped_pfn = max(self.max_mapped_pfn, int(mapped.max()))
 
+    def change_type(self, gfns, ot: P2MType, nt: P2MType) -> None:
+        """p2m_change_type_one over unique GFNs that are all of type ``ot``: they become
+        ``nt`` and keep their MFNs (so the MFN table is not touched)."""
+        g = np.asarray(gfns, dtype=np.int64).reshape(-1)
+        if g.size == 0:
+            return
+        self.type_counts[int(ot)] -= g.size
+        self.type_counts[int(nt)] += g.size
+        self.types.set(g, self.types.dtype.type(int(nt)))
+
     def change_type_global(self, ot: P2MType, nt: P2MType) -> None:
         """p2m_change_entry_type_global: every ``ot`` entry becomes ``nt``."""
         # A row at a time: each row's mask stays in cache (one pass over the whole

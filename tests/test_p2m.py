@@ -35,6 +35,11 @@ def test_type_counts_and_global_type_change():
     assert (p2m.get_types(np.array([0, 3, 9])) == [2, 6, 2]).all()
     assert p2m.type_counts[P2MType.ram_logdirty] == 8 and p2m.type_counts[P2MType.ram_rw] == 0
     assert p2m.gfns_where(np.array([i == 2 for i in range(16)])).tolist() == [0, 1, 2, 5, 6, 7, 8, 9]
+    # one entry at a time (a write fault): the type changes, the MFN stays
+    p2m.change_type(np.array([1, 8]), P2MType.ram_logdirty, P2MType.ram_rw)
+    assert p2m.get(np.array([1, 2, 8]))[0].tolist() == [P2MType.ram_rw, P2MType.ram_logdirty, P2MType.ram_rw]
+    assert p2m.get(np.array([1, 8]))[1].tolist() == [1, 8]
+    assert p2m.type_counts[P2MType.ram_logdirty] == 6 and p2m.type_counts[P2MType.ram_rw] == 2
 
 
 def test_max_mapped_pfn_never_lowers():
