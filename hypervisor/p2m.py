@@ -130,6 +130,12 @@ class ChunkedArray:
         return n > 4096 and int(idx[-1]) - int(idx[0]) == n - 1 and bool((idx[1:] > idx[:-1]).all())
 
     @staticmethod
+    def _descending(idx: np.ndarray) -> bool:
+        """Is ``idx`` a large strictly decreasing array (the balloon's highest-first
+        GFNs and their frames)? A set of unique indices may then go in reverse."""
+        return idx.size > 4096 and int(idx[-1]) < int(idx[0]) and bool((idx[1:] < idx[:-1]).all())
+
+    @staticmethod
     def _ascending(idx: np.ndarray) -> bool:
         """Is ``idx`` a large strictly increasing array (a restore group, a build slice
         with a hole, a scan): then each chunk's part of it is one slice of positions."""
@@ -237,6 +243,8 @@ class ChunkedArray:
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         if idx.size == 0:
             return
+        if self._descending(idx):
+            idx, values = idx[::-1], np.broadcast_to(np.asarray(values, dtype=self.dtype), idx.shape)[::-1]
         if self._run(idx):
             start, n = int(idx[0]), idx.size
             self._ensure(np.arange(start >> CHUNK_BITS, ((start + n - 1) >> CHUNK_BITS) + 1))
@@ -391,6 +399,8 @@ class LinearChunkedArray(ChunkedArray):
         if idx.size == 0:
             return
         vals = np.broadcast_to(np.asarray(values, dtype=self.dtype), idx.shape)
+        if self._descending(idx):
+            idx, vals = idx[::-1], vals[::-1]
         if self._run(idx):
             start, n = int(idx[0]), idx.size
             self._ensure_directory((start + n - 1) >> CHUNK_BITS)

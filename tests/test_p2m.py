@@ -255,3 +255,34 @@ def test_increasing_sets_and_gets_across_chunks_match_a_plain_array():
         assert (lin.get(probe) == ref_l[probe]).all() and (types.get(probe) == ref_t[probe]).all()
     every = np.arange(size)
     assert (lin.get(every) == ref_l).all() and (types.get(every) == ref_t).all()
+
+
+def test_decreasing_sets_match_a_plain_array_and_keep_runs():
+    # The balloon hands GFNs back highest first: a large strictly decreasing set goes
+    # in reverse (same entries), so an unmap from the top of a run keeps the run.
+    from hypervisor.p2m import LinearChunkedArray
+
+    size = 3 * CHUNK
+    lin = LinearChunkedArray(np.uint32, INVALID_MFN)
+    types = ChunkedArray(np.uint8, P2MType.invalid)
+    g = np.arange(size, dtype=np.int64)
+    lin.set(g, g + 7)
+    types.set(g, np.uint8(P2MType.ram_rw))
+    ref_l, ref_t = g + 7, np.full(size, P2MType.ram_rw, dtype=np.int64)
+    top = np.arange(size - 1, size - CHUNK // 2 - 1, -1, dtype=np.int64)   # the top half chunk, highest first
+    lin.set(top, INVALID_MFN)
+    types.set(top, np.uint8(P2MType.invalid))
+    ref_l[top], ref_t[top] = INVALID_MFN, P2MType.invalid
+    assert lin.nrows == 0                       # still runs: the top of the last one went
+    rng = np.random.default_rng(5)
+    for _ in range(10):
+        hi = int(rng.integers(10000, size))
+        idx = np.arange(hi, hi - int(rng.integers(5000, hi)), -1, dtype=np.int64)
+        idx = idx[rng.random(idx.size) < rng.choice([0.6, 1.0])]
+        v = rng.integers(0, 1 << 31, idx.size)
+        t = rng.integers(0, 16, idx.size).astype(np.uint8)
+        lin.set(idx, v)
+        types.set(idx, t)
+        ref_l[idx], ref_t[idx] = v, t
+    every = np.arange(size)
+    assert (lin.get(every) == ref_l).all() and (types.get(every) == ref_t).all()
