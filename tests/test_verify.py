@@ -36,3 +36,23 @@ def test_different_gfns_count_missing_stale_and_extra_in_any_order():
     assert _counts((sg[o], st[o], dg[p], dt[p])) == want
     # Same length, different GFNs: not mistaken for the same set.
     assert _counts((sg[:4], st[:4], dg, dt))[:4] == (False, 2, 1, 2)
+
+
+async def test_the_verdict_does_not_depend_on_the_snapshot_windows(monkeypatch):
+    """runner._verify compares the two sides a window of GFNs at a time (1 MiB of GFNs
+    in process, 16 MiB over a transport, ``RemoteDomain.snapshot_span``): a pre-fix
+    balloon run's missing, stale and extra counts and samples come out the same with
+    windows of 4 Ki GFNs or of a whole 1 GiB guest."""
+    from pathlib import Path
+
+    from migrate import runner
+    from migrate.runner import RunOptions, run_scenario
+    from migrate.scenario import load_scenario
+
+    sc = load_scenario(Path(__file__).resolve().parent.parent / "examples" / "balloon.yaml")
+    verdicts = []
+    for span in (1 << 12, 1 << 18):
+        monkeypatch.setattr(runner, "VERIFY_SPAN", span)
+        res = await run_scenario(sc, RunOptions(behaviour="pre-fix"))
+        verdicts.append(res.verify)
+    assert verdicts[0] == verdicts[1] and verdicts[0].missing_pages > 0 and verdicts[0].missing_sample
