@@ -22,6 +22,7 @@ from hypervisor.tables import lookup
 
 from .events import EventBus, MemoryOp, TrackedWrites, balloon_note
 from .link import LinkModel
+from .verify import DIGEST_BYTES, snapshot_digest
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +79,7 @@ class DomainControl(Protocol):
     async def counters(self, t: float) -> dict[str, Any]: ...
     async def snapshot(self, t: float, lo: int = 0, hi: int | None = None) -> tuple[np.ndarray, np.ndarray]: ...
     async def mapped_runs(self, t: float, lo: int, hi: int) -> np.ndarray: ...
+    async def snapshot_digests(self, t: float, windows: np.ndarray) -> np.ndarray: ...
 
 
 class SourceSide(Protocol):
@@ -256,6 +258,15 @@ class LocalDomain:
 
     async def snapshot(self, t, lo=0, hi=None):
         return self.hv.snapshot(lo, hi)
+
+    async def snapshot_digests(self, t, windows):
+        """``verify.snapshot_digest`` of ``snapshot(lo, hi)`` per ``[lo, hi)`` row of
+        ``windows``, as a ``(k, 16)`` uint8 array."""
+        w = np.asarray(windows, dtype=np.int64).reshape(-1, 2)
+        out = np.empty((w.shape[0], DIGEST_BYTES), dtype=np.uint8)
+        for i, (lo, hi) in enumerate(w.tolist()):
+            out[i] = np.frombuffer(snapshot_digest(*self.hv.snapshot(lo, hi)), dtype=np.uint8)
+        return out
 
     async def mapped_runs(self, t, lo, hi):
         try:

@@ -31,7 +31,7 @@ from .restore import Restorer
 from .scenario import Scenario
 from .stream import CallbackSink, FileSink, RecordSink, Sink, StreamError, StreamWriter, TcpSink, TeeSink
 from .track import PageLedger
-from .verify import VerifyAccumulator
+from .verify import VerifyAccumulator, snapshot_digest
 
 
 @dataclass(slots=True)
@@ -121,17 +121,22 @@ async def _verify(control, dst: Hypervisor, t: float, p2m_size: int):
     acc = VerifyAccumulator()
     src_pages = dst_pages = 0
     top = max(p2m_size, int(dst.max_gpfn()) + 1)
-    # A remote domain asks for wider windows (``snapshot_span``): fewer round trips.
-    # The counts and samples do not depend on the windows.
-    span = int(getattr(control, "snapshot_span", VERIFY_SPAN))
-    for lo, hi in np.asarray(await control.mapped_runs(t, 0, top)).tolist():
-        for a in range(lo, hi, span):
-            b = min(a + span, hi)
+    windows = [(a, min(a + VERIFY_SPAN, hi)) for lo, hi in np.asarray(await control.mapped_runs(t, 0, top)).tolist()
+               for a in range(lo, hi, VERIFY_SPAN)]
+    # A remote source sends a digest per window first, and its contents only where the
+    # digest differs from the destination's (``RemoteDomain.verify_by_digest``).
+    digests = None
+    if windows and getattr(control, "verify_by_digest", False):
+        digests = await control.snapshot_digests(t, np.asarray(windows, dtype=np.int64))
+    for i, (a, b) in enumerate(windows):
+        dg, dt = dst.snapshot(a, b)
+        if digests is not None and bytes(np.asarray(digests[i], dtype=np.uint8)) == snapshot_digest(dg, dt):
+            sg, st = dg, dt            # the source's window holds exactly this
+        else:
             sg, st = await control.snapshot(t, a, b)
-            dg, dt = dst.snapshot(a, b)
-            acc.add(sg, st, dg, dt)
-            src_pages += int(sg.size)
-            dst_pages += int(dg.size)
+        acc.add(sg, st, dg, dt)
+        src_pages += int(sg.size)
+        dst_pages += int(dg.size)
     return acc.result(), {"populated_pages": dst_pages, "source_ram_pages": src_pages}
 
 

@@ -11,11 +11,25 @@ the restore side never unpopulates, see ``xg_sr_restore.c``).
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from .events import VerifyStats
 
 SAMPLE = 16
+#: Bytes of a window's digest (BLAKE2b): a chance match of different windows is ~2^-128.
+DIGEST_BYTES = 16
+
+
+def snapshot_digest(gfns: np.ndarray, tokens: np.ndarray) -> bytes:
+    """A digest of one window of a domain (``Hypervisor.snapshot``: its RAM GFNs and
+    their contents, sorted by GFN): equal windows give equal digests, so the verify step
+    fetches a remote source's contents only where its digest differs."""
+    h = hashlib.blake2b(digest_size=DIGEST_BYTES)
+    h.update(np.ascontiguousarray(gfns, dtype="<i8").tobytes())
+    h.update(np.ascontiguousarray(tokens, dtype="<u8").tobytes())
+    return h.digest()
 
 
 class VerifyAccumulator:

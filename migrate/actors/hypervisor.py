@@ -69,7 +69,8 @@ class _Collector(EventBus):
 #: hypervisor).
 DOMCTLS: dict[str, bool] = {"max_gpfn": True, "shadow_op": False, "getpageframeinfo3": True,
                             "map_foreign": True, "serve_span": False, "suspend": True, "resume": True,
-                            "counters": True, "snapshot": False, "mapped_runs": False}
+                            "counters": True, "snapshot": False, "mapped_runs": False,
+                            "snapshot_digests": False}
 
 
 class HypervisorActor:
