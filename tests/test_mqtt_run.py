@@ -643,28 +643,3 @@ async def test_a_client_that_joins_late_hears_the_others_at_once(mqtt_broker):
     finally:
         await hv.close()
         await guest.close()
-
-
-def test_span_pfns_cross_as_runs_and_hostile_runs_are_refused_before_they_expand():
-    """A first pass's span is one run of PFNs: it crosses as ``GfnRuns`` (16 bytes, not
-    8 a PFN) and the hypervisor actor expands it to the same array; scattered PFNs go
-    as they are; runs with a bad count or too many PFNs in all are refused unexpanded."""
-    import numpy as np
-
-    from hypervisor.abi import GfnRuns
-    from migrate.actors.hypervisor import MAX_SPAN_PFNS, _span_pfns
-    from migrate.actors.toolstack import pfns_as_runs
-    from migrate.errors import TransportError
-
-    cases = [np.arange(5, 100005), np.concatenate([np.arange(0, 50000), np.arange(60000, 90000)]),
-             np.arange(10), np.random.default_rng(0).permutation(20000)]
-    kinds = []
-    for p in cases:
-        sent = pfns_as_runs(p)
-        kinds.append(type(sent).__name__)
-        assert np.array_equal(_span_pfns(sent), p)
-    assert kinds == ["GfnRuns", "GfnRuns", "ndarray", "ndarray"]
-    for bad in (GfnRuns(np.array([1]), np.array([0])), GfnRuns(np.array([1, 9]), np.array([3])),
-                GfnRuns(np.array([0]), np.array([MAX_SPAN_PFNS + 1]))):
-        with pytest.raises(TransportError, match="PFN runs"):
-            _span_pfns(bad)

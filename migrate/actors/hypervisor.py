@@ -10,9 +10,8 @@ import logging
 import time
 from typing import Any, Callable
 
-import numpy as np
 
-from hypervisor.abi import GfnRuns, ShadowOp, XenError
+from hypervisor.abi import ShadowOp, XenError
 
 from ..control import LocalDomain, PassPlan, SourceInfo, source_info
 from ..errors import PeerLost, TransportError
@@ -37,24 +36,6 @@ def _deadline(deadline) -> tuple[float, float] | None:
         return None
     t_start, limit = deadline
     return float(t_start), float(limit)
-
-
-#: Most PFNs a span may name (SPAN_MAX batches of MAX_BATCH_SIZE, with room to spare):
-#: runs that expand to more are refused before they are expanded.
-MAX_SPAN_PFNS = 1 << 23
-
-
-def _span_pfns(pfns) -> np.ndarray:
-    """A span's PFNs as the toolstack sent them: an array, or runs (``pfns_as_runs``),
-    which are checked (counts >= 1, in all at most MAX_SPAN_PFNS) before they expand."""
-    if not isinstance(pfns, GfnRuns):
-        return np.asarray(pfns, dtype=np.int64)
-    first = np.asarray(pfns.first, dtype=np.int64).reshape(-1)
-    count = np.asarray(pfns.count, dtype=np.int64).reshape(-1)
-    if first.size != count.size or (count < 1).any() or int(count.sum()) > MAX_SPAN_PFNS:
-        raise TransportError(f"serve_span: PFN runs must be as many firsts as counts, each count >= 1, "
-                             f"at most {MAX_SPAN_PFNS} PFNs in all")
-    return np.asarray(GfnRuns(first, count))
 
 
 def _drive(coro) -> Any:
@@ -202,7 +183,7 @@ class HypervisorActor:
         if method == "shadow_op":
             kwargs["op"] = ShadowOp(kwargs["op"])
         elif method == "serve_span":
-            kwargs = {"t": kwargs["t"], "pfns": _span_pfns(kwargs["pfns"]),
+            kwargs = {"t": kwargs["t"], "pfns": kwargs["pfns"],
                       "plan": PassPlan(0, (), _link(kwargs["link"]), _deadline(kwargs.get("deadline")))}
         served = Served(t=float(args.get("t", 0.0)))
         try:

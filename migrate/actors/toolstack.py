@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from hypervisor.abi import GfnRuns, ShadowOp
+from hypervisor.abi import ShadowOp
 from hypervisor.span import SpanServed
 
 from ..control import SourceInfo
@@ -27,20 +27,6 @@ log = logging.getLogger("xmig.actors")
 #: Event batches for watchers: at most this long between flushes, or this many events.
 EVENT_FLUSH_S = 0.05
 EVENT_FLUSH_N = 256
-
-
-def pfns_as_runs(pfns) -> np.ndarray | GfnRuns:
-    """A span's PFNs as runs (``GfnRuns``) when that is much shorter than the array (a
-    first pass's span is one run of PFNs: 16 bytes instead of 8 a PFN on the wire)."""
-    p = np.asarray(pfns, dtype=np.int64).reshape(-1)
-    if p.size < 4096:
-        return p
-    breaks = np.flatnonzero(np.diff(p) != 1) + 1
-    if breaks.size * 16 > p.size:
-        return p
-    first = np.concatenate(([p[0]], p[breaks]))
-    count = np.diff(np.concatenate(([0], breaks, [p.size])))
-    return GfnRuns(first, count)
 
 
 class RemoteDomain:
@@ -98,7 +84,7 @@ class RemoteDomain:
         return None
 
     async def serve_span(self, t, pfns, plan):
-        served = await self._op("serve_span", t=float(t), pfns=pfns_as_runs(pfns),
+        served = await self._op("serve_span", t=float(t), pfns=np.asarray(pfns, dtype=np.int64),
                                 link=plan.link, deadline=plan.deadline)
         if not isinstance(served, SpanServed):
             raise TransportError(f"serve_span answered a {type(served).__name__}")
