@@ -129,11 +129,15 @@ class ChunkedArray:
         # n integers spanning n - 1 and strictly increasing are exactly a run.
         return n > 4096 and int(idx[-1]) - int(idx[0]) == n - 1 and bool((idx[1:] > idx[:-1]).all())
 
-    @staticmethod
-    def _descending(idx: np.ndarray) -> bool:
-        """Is ``idx`` a large strictly decreasing array (the balloon's highest-first
-        GFNs and their frames)? A set of unique indices may then go in reverse."""
-        return idx.size > 4096 and int(idx[-1]) < int(idx[0]) and bool((idx[1:] < idx[:-1]).all())
+    def _forward(self, idx: np.ndarray, values) -> tuple[np.ndarray, np.ndarray]:
+        """``(idx, values)`` for a set, the values broadcast to the indices; reversed
+        when ``idx`` is a large strictly decreasing array (the balloon's highest-first
+        GFNs and their frames): a set of unique indices may go in reverse, and then
+        takes the run and chunk-slice paths."""
+        vals = np.broadcast_to(np.asarray(values, dtype=self.dtype), idx.shape)
+        if idx.size > 4096 and int(idx[-1]) < int(idx[0]) and bool((idx[1:] < idx[:-1]).all()):
+            return idx[::-1], vals[::-1]
+        return idx, vals
 
     @staticmethod
     def _ascending(idx: np.ndarray) -> bool:
@@ -243,31 +247,28 @@ class ChunkedArray:
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         if idx.size == 0:
             return
-        if self._descending(idx):
-            idx, values = idx[::-1], np.broadcast_to(np.asarray(values, dtype=self.dtype), idx.shape)[::-1]
+        idx, vals = self._forward(idx, values)
         if self._run(idx):
             start, n = int(idx[0]), idx.size
             self._ensure(np.arange(start >> CHUNK_BITS, ((start + n - 1) >> CHUNK_BITS) + 1))
-            vals = np.broadcast_to(np.asarray(values, dtype=self.dtype), (n,))
             for c, off, pos, k in self._slices(start, n):
                 self.pool[self.directory[c], off:off + k] = vals[pos:pos + k]
             return
         c0, c1 = int(idx.min()) >> CHUNK_BITS, int(idx.max()) >> CHUNK_BITS
         if c0 == c1:                               # one chunk (a balloon op, a batch)
             self._ensure(np.array([c0], dtype=np.int64))
-            self.pool[self.directory[c0], idx & _CHUNK_MASK] = values
+            self.pool[self.directory[c0], idx & _CHUNK_MASK] = vals
             return
         if self._ascending(idx):                   # a chunk's part at a time
             pieces = list(chunk_pieces(idx))
             self._ensure(np.array([c for c, _, _ in pieces], dtype=np.int64))
-            vals = np.broadcast_to(np.asarray(values, dtype=self.dtype), idx.shape)
             for c, a, b in pieces:
                 self.pool[self.directory[c], idx[a:b] & _CHUNK_MASK] = vals[a:b]
             return
         chunk = idx >> CHUNK_BITS
         self._ensure(_unique_chunks(chunk))
         rows = self.directory[chunk].astype(np.int64)
-        self.pool.reshape(-1)[(rows << CHUNK_BITS) | (idx & _CHUNK_MASK)] = values
+        self.pool.reshape(-1)[(rows << CHUNK_BITS) | (idx & _CHUNK_MASK)] = vals
 
     def chunks(self, lo: int = 0, hi: int | None = None):
         """Yield ``(base_index, row_view)`` for every allocated chunk overlapping
@@ -398,9 +399,7 @@ class LinearChunkedArray(ChunkedArray):
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         if idx.size == 0:
             return
-        vals = np.broadcast_to(np.asarray(values, dtype=self.dtype), idx.shape)
-        if self._descending(idx):
-            idx, vals = idx[::-1], vals[::-1]
+        idx, vals = self._forward(idx, values)
         if self._run(idx):
             start, n = int(idx[0]), idx.size
             self._ensure_directory((start + n - 1) >> CHUNK_BITS)
