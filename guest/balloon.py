@@ -37,7 +37,7 @@ from typing import Callable, Generator
 
 import numpy as np
 
-from hypervisor.abi import DecreaseReservationRun, HypercallResult, PopulatePhysmapRun
+from hypervisor.abi import DecreaseReservationRun, HypercallResult, PopulatePhysmapRun, run_bounds
 
 from .config import GuestConfig, resolve_region
 from .layout import GuestLayout
@@ -217,19 +217,20 @@ class Balloon:
         return op_class(t, self.layout.page_to_gfn(pages), sizes)
 
     def _each_call(self, op, pages: np.ndarray, results):
-        """``(pages, done, result)`` of each call the hypervisor made of run ``op``
-        (``done``: the pages Xen handled)."""
-        n = op.sizes.size
+        """``(offset, pages, done, result)`` of each call the hypervisor made of run
+        ``op`` (``offset``: where the call's pages start; ``done``: those Xen handled)."""
+        bounds = run_bounds(op.sizes, pages.size).tolist()
+        n = len(bounds) - 1
         if not isinstance(results, (list, tuple)) or not 1 <= len(results) <= n:
             raise TypeError(f"the guest expected 1..{n} HypercallResults back for "
                             f"{type(op).__name__}, got {results!r:.200}")
-        bp = self.cfg.batch_pages
         for i, res in enumerate(results):
-            part = pages[i * bp:(i + 1) * bp]
-            done = self._done_pages(part, op.gfns[i * bp:(i + 1) * bp], res)
+            a, b = bounds[i], bounds[i + 1]
+            part = pages[a:b]
+            done = self._done_pages(part, op.gfns[a:b], res)
             if done.size < part.size and i < len(results) - 1:
                 raise TypeError(f"{type(op).__name__}: call {i} did not finish, yet more calls were made")
-            yield part, done, res
+            yield a, part, done, res
 
     def _inflate(self, k: int, t: float, n: int) -> Generator:
         picked = self._pick_inflate(n)
@@ -239,7 +240,7 @@ class Balloon:
         if picked.size:
             op = self._run_op(DecreaseReservationRun, t, picked)
             results = yield op
-            for pages, done, res in self._each_call(op, picked, results):
+            for _, pages, done, res in self._each_call(op, picked, results):
                 batches += 1
                 self.stats["decrease_calls"] += 1
                 if done.size:
@@ -292,7 +293,7 @@ class Balloon:
         if popped.size:
             op = self._run_op(PopulatePhysmapRun, t, popped)
             results = yield op
-            for pages, done, res in self._each_call(op, popped, results):
+            for a, pages, done, res in self._each_call(op, popped, results):
                 self.stats["populate_calls"] += 1
                 if done.size:
                     self.owned[done] = True
@@ -302,7 +303,6 @@ class Balloon:
                     if in_region.size:
                         self._hint = max(self._hint, int(in_region.max()) + 1)
                     self._schedule_reuse(k, batches, done)
-                a = batches * self.cfg.batch_pages
                 batches += 1
                 if done.size < pages.size:
                     self._push_back(popped[a:][~np.isin(popped[a:], done)])

@@ -398,6 +398,15 @@ class HypercallResult:
     errno: int = 0
 
 
+def run_bounds(sizes, n: int) -> np.ndarray:
+    """Offsets ``[0, s0, s0+s1, ...]`` of a run's calls (``sizes`` of a
+    ``DecreaseReservationRun`` / ``PopulatePhysmapRun``); they must add up to ``n``."""
+    s = np.asarray(sizes, dtype=np.int64).reshape(-1)
+    if (s < 0).any() or int(s.sum()) != n:
+        raise ValueError(f"a run of calls has sizes {s.tolist()[:8]}... for {n} extents")
+    return np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(s)])
+
+
 def all_done(op) -> HypercallResult | list[HypercallResult] | None:
     """What Xen answers a balloon hypercall, or a run of them, that does every extent
     it is asked (a run: one full result per call); None for any other op."""
@@ -406,8 +415,8 @@ def all_done(op) -> HypercallResult | list[HypercallResult] | None:
         return HypercallResult(rc=int(gfns.size), done=gfns)
     if isinstance(op, (DecreaseReservationRun, PopulatePhysmapRun)):
         gfns = np.asarray(op.gfns, dtype=np.int64)
-        ends = np.cumsum(np.asarray(op.sizes, dtype=np.int64)).tolist()
-        return [HypercallResult(rc=b - a, done=gfns[a:b]) for a, b in zip([0] + ends[:-1], ends)]
+        b = run_bounds(op.sizes, gfns.size).tolist()
+        return [HypercallResult(rc=hi - lo, done=gfns[lo:hi]) for lo, hi in zip(b[:-1], b[1:])]
     return None
 
 

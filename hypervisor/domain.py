@@ -40,7 +40,7 @@ import numpy as np
 from .abi import (E2BIG, EBUSY, EINVAL, ENOENT, ENOMEM, EPERM, INVALID_M2P_ENTRY, INVALID_MFN,
                   IS_GUEST_WRITABLE, IS_MAPPABLE, IS_POD, IS_RAM, IS_SPECIAL, MAX_BATCH_SIZE, MAX_GFN, PFINFO_LTAB_SHIFT,
                   SHADOW_LOGDIRTY_FINAL, DomainLayout, GfnRuns, POD_DEMAND_POPULATE, HypercallResult,
-                  LogDirtyEffect, P2MType, PFINFO_OF_TYPE, ShadowOp, ShadowStats, XenError, behaviour_label,
+                  LogDirtyEffect, P2MType, PFINFO_OF_TYPE, run_bounds, ShadowOp, ShadowStats, XenError, behaviour_label,
                   site_behaviours)
 from .frames import HostFrames
 from .logdirty import TREE_PFNS, DirtyBitmap, LogDirtyTree, sorted_unique
@@ -48,7 +48,7 @@ from .p2m import M2P, P2M
 from .pod import PoDCache, decrease_plan
 from .sched import VcpuScheduler
 from .span import SpanServed, serve_span
-from .tables import lookup
+from .tables import lookup, stable_order
 
 _EMPTY = np.empty(0, dtype=np.int64)
 
@@ -134,58 +134,21 @@ def _first_repeat(g: np.ndarray) -> int:
     """Index of the first element equal to an earlier one (``len(g)`` if none)."""
     if g.size < 2 or _monotone(g):
         return g.size
-    order = _stable_order(g)
+    order = stable_order(g)
     s = g[order]
     rep = np.flatnonzero(s[1:] == s[:-1])
     return int(order[rep + 1].min()) if rep.size else g.size
-
-
-#: From this many entries a stable order is built by radix passes (below, one sort).
-_RADIX_MIN = 1 << 16
-
-
-def _stable_order(g: np.ndarray) -> np.ndarray:
-    """``np.argsort(g, kind="stable")`` for non-negative int64 ``g``: large arrays by
-    least-significant-digit radix passes over 16-bit digits (numpy sorts uint16 keys
-    stably by radix, in linear time), small ones by packing (value, position) into one
-    int64 for a plain sort; the stable argsort where neither fits."""
-    n = g.size
-    if n < 2:
-        return np.arange(n, dtype=np.int64)
-    top = int(g.max())
-    if int(g.min()) < 0:
-        return np.argsort(g, kind="stable")
-    if n < _RADIX_MIN:
-        ib = (n - 1).bit_length()
-        if top.bit_length() + ib <= 63:
-            return np.sort((g << ib) | np.arange(n, dtype=np.int64)) & ((1 << ib) - 1)
-        return np.argsort(g, kind="stable")
-    order = np.argsort((g & 0xFFFF).astype(np.uint16), kind="stable")
-    shift = 16
-    while top >> shift:
-        digit = ((g[order] >> shift) & 0xFFFF).astype(np.uint16)
-        order = order[np.argsort(digit, kind="stable")]
-        shift += 16
-    return order
 
 
 def _last_wins(g: np.ndarray, tok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Unique GFNs (sorted) with the token of each one's last occurrence."""
     if g.size < 2 or bool((g[1:] > g[:-1]).all()):
         return g, tok
-    order = _stable_order(g)
+    order = stable_order(g)
     s = g[order]
     last = np.ones(s.size, dtype=bool)
     last[:-1] = s[1:] != s[:-1]
     return s[last], tok[order[last]]
-
-
-def _run_bounds(sizes, n: int) -> np.ndarray:
-    """Offsets ``[0, s0, s0+s1, ...]`` of a run's calls; the sizes must add up to ``n``."""
-    s = _i64(sizes)
-    if (s < 0).any() or int(s.sum()) != n:
-        raise ValueError(f"a run of calls has sizes {s.tolist()[:8]}... for {n} extents")
-    return np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(s)])
 
 
 def _build_steps(ram, n_ram: int):
@@ -202,6 +165,45 @@ def _build_steps(ram, n_ram: int):
             k = min(_BUILD_SLICE, count - off)
             yield pos + off, np.arange(first + off, first + off + k, dtype=np.int64)
         pos += count
+
+
+def _removal_effect(site: str, fixed: bool, gfns: np.ndarray, was: np.ndarray | None,
+                    cleared: int) -> LogDirtyEffect:
+    """What a removal site did to the log-dirty bitmap for ``gfns``: ``was`` marks those
+    that were dirty (None: not looked at); with the fix ``cleared`` bits went, without
+    it the dirty ones are left over."""
+    dirty = _EMPTY if was is None else gfns[was]
+    return LogDirtyEffect(site, "remove", fixed, gfns.copy(), dirty, cleared, 0, _EMPTY if fixed else dirty, _EMPTY)
+
+
+def _addition_effect(site: str, fixed: bool, gfns: np.ndarray, was: np.ndarray | None,
+                     marked: int) -> LogDirtyEffect:
+    """What an addition site did for ``gfns``: with the fix ``marked`` bits were set;
+    without it the ones not already dirty stay unmarked."""
+    dirty = _EMPTY if was is None else gfns[was]
+    unmarked = gfns[~was] if not fixed and was is not None else _EMPTY
+    return LogDirtyEffect(site, "add", fixed, gfns.copy(), dirty, 0, marked, _EMPTY, unmarked)
+
+
+def _decrease_errno(k: int, n: int, bad: np.ndarray, inrange: np.ndarray, types: np.ndarray) -> int:
+    """Why a decrease_reservation of ``n`` extents stopped at extent ``k`` (0: it did
+    not): -ENOENT for a hole, an mmio_dm entry or a GFN already gone, -EPERM for
+    special entries (guest_remove_page)."""
+    if k == n:
+        return 0
+    if not bad[k] or not inrange[k] or _ENOENT_REMOVE[types[k]]:
+        return ENOENT
+    return EPERM
+
+
+def _populate_stop(ok: np.ndarray, inrange: np.ndarray, free: int) -> tuple[int, int]:
+    """``(extents done, errno)`` of a populate_physmap whose extents are ``ok`` up to
+    the first bad one (-EINVAL out of range, -EBUSY over a special entry), with
+    ``free`` frames left on the host (-ENOMEM when they run out first)."""
+    k = _first_true(~ok)
+    if k > free:
+        return free, ENOMEM
+    return k, 0 if k == ok.size else (EINVAL if not inrange[k] else EBUSY)
 
 
 def _first_true(mask: np.ndarray) -> int:
@@ -383,39 +385,39 @@ class Hypervisor:
         if self.log_dirty_enabled and gfns.size:
             self.marks_dirty += self.logdirty.mark_dirty(gfns)
 
+    def _dirty_now(self, gfns: np.ndarray) -> np.ndarray | None:
+        """Per-GFN "bit set now", when an effect record needs it (None otherwise)."""
+        if not (self.record_events and self.log_dirty_enabled and gfns.size):
+            return None
+        return self.logdirty.is_dirty(gfns)
+
     def _was_dirty(self, gfns: np.ndarray) -> np.ndarray:
         """Those of ``gfns`` whose bit is set now (only what the effect record needs)."""
-        if not (self.record_events and self.log_dirty_enabled and gfns.size):
-            return _EMPTY
-        return gfns[self.logdirty.is_dirty(gfns)]
+        was = self._dirty_now(gfns)
+        return _EMPTY if was is None else gfns[was]
 
     def _fix_mark_dirty(self, gfns: np.ndarray, site: str = "guest_physmap_add_entry") -> None:
         # 98fccdf0ac: p2m_add_page marks each added GFN dirty.
         fixed = self._site_fixed[site]
-        dirty = self._was_dirty(gfns)
+        was = self._dirty_now(gfns)
         n = 0
         if fixed and self.log_dirty_enabled and gfns.size:
             n = self.logdirty.mark_dirty(gfns)
             self.marks_dirty += n
         if self.record_events:
-            unmarked = _EMPTY
-            if not fixed and self.log_dirty_enabled and gfns.size:
-                unmarked = gfns[~np.isin(gfns, dirty)] if dirty.size else gfns.copy()
-            self._effects.append(LogDirtyEffect(site, "add", fixed, gfns.copy(), dirty, 0, n,
-                                                _EMPTY, unmarked))
+            self._effects.append(_addition_effect(site, fixed, gfns, was, n))
 
     def _fix_mark_clean(self, gfns: np.ndarray, site: str) -> None:
         # 98fccdf0ac: paging_mark_pfn_clean next to set_gpfn_from_mfn(INVALID) in
         # p2m_remove_entry, set_typed_p2m_entry and p2m-pod.c's decrease_reservation.
         fixed = self._site_fixed[site]
-        dirty = self._was_dirty(gfns)
+        was = self._dirty_now(gfns)
         n = 0
         if fixed and self.log_dirty_enabled and gfns.size:
             n = self.logdirty.mark_clean(gfns)
             self.marks_clean += n
         if self.record_events:
-            self._effects.append(LogDirtyEffect(site, "remove", fixed, gfns.copy(), dirty, n, 0,
-                                                _EMPTY if fixed else dirty, _EMPTY))
+            self._effects.append(_removal_effect(site, fixed, gfns, was, n))
 
     # ================================================================ P2M primitives
 
@@ -520,12 +522,7 @@ class Hypervisor:
         types, mfns = self.p2m.get(g)
         bad = ~inrange | ~(lookup(_REMOVABLE, types) | lookup(IS_POD, types))
         k = min(_first_true(bad), _first_repeat(g))   # a repeat finds its GFN already gone
-        if k == n:
-            errno = 0
-        elif not bad[k] or not inrange[k] or _ENOENT_REMOVE[types[k]]:
-            errno = ENOENT       # guest_remove_page: nothing mapped there
-        else:
-            errno = EPERM        # mmio_direct and other special entries
+        errno = _decrease_errno(k, n, bad, inrange, types)
         g, types, mfns = g[:k], types[:k], mfns[:k]
         is_pod, steal = decrease_plan(types, int(self.p2m.type_counts[P2MType.populate_on_demand]),
                                       self.pod.count)
@@ -560,19 +557,14 @@ class Hypervisor:
         types, mfns = self.p2m.get(g)
         if pod:
             ok = inrange & ((types == P2MType.invalid) | (types == P2MType.mmio_dm) | lookup(IS_POD, types))
-            k = _first_true(~ok)
-            errno = 0 if k == n else (EINVAL if not inrange[k] else EBUSY)
+            k, errno = _populate_stop(ok, inrange, n)
             done = g[:k]
             self.p2m.set(sorted_unique(done), P2MType.populate_on_demand, INVALID_MFN)
             self._event("populate_physmap", n, k, done, t=self._at(t))
             return HypercallResult(rc=k, done=done.copy(), errno=errno)
         # p2m_add_page refuses special entries (Xen crashes the domain); a bad GFN fails.
         ok = inrange & ~lookup(IS_SPECIAL, types)
-        k = _first_true(~ok)
-        errno = 0 if k == n else (EINVAL if not inrange[k] else EBUSY)
-        if k > self.frames.free_frames:
-            k = self.frames.free_frames
-            errno = ENOMEM
+        k, errno = _populate_stop(ok, inrange, self.frames.free_frames)
         done = g[:k]
         if k:
             new = self.frames.alloc(k)
@@ -630,12 +622,6 @@ class Hypervisor:
             out.append(HypercallResult(rc=e - a, done=gi.copy(), errno=0 if e == b else errno))
         return out
 
-    def _dirty_now(self, gfns: np.ndarray) -> np.ndarray | None:
-        """Per-GFN "bit set now" when an effect record needs it (``_was_dirty`` as a mask)."""
-        if not (self.record_events and self.log_dirty_enabled and gfns.size):
-            return None
-        return self.logdirty.is_dirty(gfns)
-
     def decrease_reservation_run(self, gfns, sizes, *, t: float | None = None) -> list[HypercallResult]:
         """Back-to-back XENMEM_decrease_reservation calls (``abi.DecreaseReservationRun``).
 
@@ -646,7 +632,7 @@ class Hypervisor:
         gets the result, event and effect it gets on its own. Otherwise the calls are
         served one by one (``decrease_reservation``)."""
         g = _i64(gfns)
-        bounds = _run_bounds(sizes, g.size)
+        bounds = run_bounds(sizes, g.size)
         t = self._at(t)
         if bounds.size <= 2 or int(self.p2m.type_counts[P2MType.populate_on_demand]) or self.pod.count:
             return self._one_by_one(lambda x: self.decrease_reservation(x, t=t), g, bounds)
@@ -657,12 +643,7 @@ class Hypervisor:
         # A repeat finds its GFN already gone: in its own call, or in a later one, which
         # reads it invalid (-ENOENT either way).
         k = min(_first_true(bad), _first_repeat(g))
-        if k == n:
-            errno = 0
-        elif not bad[k] or not inrange[k] or _ENOENT_REMOVE[types[k]]:
-            errno = ENOENT
-        else:
-            errno = EPERM
+        errno = _decrease_errno(k, n, bad, inrange, types)
         g, types, mfns = g[:k], types[:k], mfns[:k].astype(np.int64)
         site = "p2m_remove_page"
         fixed = self._site_fixed[site]
@@ -678,10 +659,8 @@ class Hypervisor:
         marking = fixed and self.log_dirty_enabled
 
         def effect(a: int, e: int) -> LogDirtyEffect:
-            gi = g[a:e]
-            dirty = _EMPTY if was is None else gi[was[a:e]]
-            return LogDirtyEffect(site, "remove", fixed, gi.copy(), dirty, dirty.size if marking else 0, 0,
-                                  _EMPTY if fixed else dirty, _EMPTY)
+            wa = None if was is None else was[a:e]
+            return _removal_effect(site, fixed, g[a:e], wa, int(np.count_nonzero(wa)) if marking else 0)
 
         return self._run_calls("decrease_reservation", g, bounds, k, errno, t, effect)
 
@@ -697,7 +676,7 @@ class Hypervisor:
         bounded log-dirty pool (where the order marks are made in matters) are served
         one by one (``populate_physmap``)."""
         g = _i64(gfns)
-        bounds = _run_bounds(sizes, g.size)
+        bounds = run_bounds(sizes, g.size)
         t = self._at(t)
         if pod or bounds.size <= 2 or self.logdirty.pool_pages is not None or _monotone(g) != 1:
             return self._one_by_one(lambda x: self.populate_physmap(x, pod=pod, t=t), g, bounds)
@@ -705,15 +684,9 @@ class Hypervisor:
         inrange = (g >= 0) & (g <= MAX_GFN)
         types, mfns = self.p2m.get(g)
         ok = inrange & ~lookup(IS_SPECIAL, types)
-        kf = _first_true(~ok)
-        kfree = self.frames.free_frames
-        k = min(kf, kfree)
-        if kfree < kf:
-            errno = ENOMEM
-        elif kf < n:
-            errno = EINVAL if not inrange[kf] else EBUSY
-        else:
-            errno = 0
+        # Earlier calls take their frames first: the run stops where the first bad
+        # extent or the last free frame is.
+        k, errno = _populate_stop(ok, inrange, self.frames.free_frames)
         g, types, mfns = g[:k], types[:k], mfns[:k]
         site = "guest_physmap_add_entry"
         fixed = self._site_fixed[site]
@@ -732,16 +705,12 @@ class Hypervisor:
             if fixed and self.log_dirty_enabled:
                 self.marks_dirty += self.logdirty.mark_dirty(g)
         marking = fixed and self.log_dirty_enabled
-        logging = self.log_dirty_enabled
 
         def effect(a: int, e: int) -> LogDirtyEffect:
-            gi = g[a:e]
-            dirty = _EMPTY if was is None else gi[was[a:e]]
-            unmarked = _EMPTY
-            if not fixed and logging:
-                unmarked = gi[~was[a:e]] if dirty.size else gi.copy()
-            return LogDirtyEffect(site, "add", fixed, gi.copy(), dirty, 0,
-                                  gi.size - dirty.size if marking else 0, _EMPTY, unmarked)
+            wa = None if was is None else was[a:e]
+            # (An unbounded pool: every bit not already set is set.)
+            marked = (e - a) - int(np.count_nonzero(wa)) if marking else 0
+            return _addition_effect(site, fixed, g[a:e], wa, marked)
 
         return self._run_calls("populate_physmap", g, bounds, k, errno, t, effect)
 

@@ -32,7 +32,7 @@ from typing import Protocol
 import numpy as np
 
 from .abi import IS_GUEST_WRITABLE, IS_POD, MAX_BATCH_SIZE, PFINFO_HAS_DATA, PFINFO_OF_TYPE, batch_counts
-from .tables import batch_totals, lookup
+from .tables import batch_totals, lookup, stable_order
 
 _EMPTY_U8 = np.empty(0, dtype=np.uint8)
 _EMPTY_U64 = np.empty(0, dtype=np.uint64)
@@ -155,7 +155,7 @@ def _overlay(tokens: np.ndarray, dp: np.ndarray, maps: np.ndarray, data_per_batc
         return tokens
     # The writes by PFN (stable: each PFN's writes stay in time order), so the search
     # through the span's PFNs walks forward instead of jumping about.
-    near = _by_pfn(wg[near] - int(sdp[0]), near, int(sdp[-1] - sdp[0]) + 1)
+    near = near[stable_order(wg[near] - int(sdp[0]))]
     keys = wg[near]
     pos = np.searchsorted(sdp, keys)
     pos[pos >= sdp.size] = 0
@@ -175,12 +175,3 @@ def _overlay(tokens: np.ndarray, dp: np.ndarray, maps: np.ndarray, data_per_batc
     tokens[ids[last]] = wtok[wi[last]]
     return tokens
 
-
-def _by_pfn(rel: np.ndarray, near: np.ndarray, span: int) -> np.ndarray:
-    """``near`` reordered by ``rel`` (PFN offsets in ``[0, span)``), ties kept in their
-    order: a stable argsort, done as one sort of ``rel * n + position`` values when
-    that fits 63 bits (a value sort is much cheaper than an argsort)."""
-    n = near.size
-    if span * n >= 1 << 62:
-        return near[np.argsort(rel, kind="stable")]
-    return near[np.sort(rel * n + np.arange(n, dtype=np.int64)) % n]

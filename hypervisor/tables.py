@@ -6,7 +6,8 @@
 costs ~20x a vectorised comparison, and such arrays hold one to a few distinct values
 (every entry ram_logdirty or NOTAB, a few ballooned out). :func:`lookup` gives exactly
 ``table[x]`` and, for a large uint8 ``x`` spanning a few values, builds it from
-comparisons instead.
+comparisons instead. :func:`batch_totals` and :func:`stable_order` are the other two
+array steps the hot paths share (a count per batch, a stable order of int keys).
 """
 
 from __future__ import annotations
@@ -58,3 +59,32 @@ def batch_totals(mask: np.ndarray, batch: int) -> np.ndarray:
     if full < out.size:
         out[full] = np.count_nonzero(mask[full * batch:])
     return out
+
+
+#: From this many entries a stable order is built by radix passes (below, one sort).
+_RADIX_MIN = 1 << 16
+
+
+def stable_order(g: np.ndarray) -> np.ndarray:
+    """``np.argsort(g, kind="stable")`` for non-negative int64 ``g``: large arrays by
+    least-significant-digit radix passes over 16-bit digits (numpy sorts uint16 keys
+    stably by radix, in linear time), small ones by packing (value, position) into one
+    int64 for a plain sort; the stable argsort where neither fits."""
+    n = g.size
+    if n < 2:
+        return np.arange(n, dtype=np.int64)
+    top = int(g.max())
+    if int(g.min()) < 0:
+        return np.argsort(g, kind="stable")
+    if n < _RADIX_MIN:
+        ib = (n - 1).bit_length()
+        if top.bit_length() + ib <= 63:
+            return np.sort((g << ib) | np.arange(n, dtype=np.int64)) & ((1 << ib) - 1)
+        return np.argsort(g, kind="stable")
+    order = np.argsort((g & 0xFFFF).astype(np.uint16), kind="stable")
+    shift = 16
+    while top >> shift:
+        digit = ((g[order] >> shift) & 0xFFFF).astype(np.uint16)
+        order = order[np.argsort(digit, kind="stable")]
+        shift += 16
+    return order
