@@ -247,7 +247,10 @@ class ChunkedArray:
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         if idx.size == 0:
             return
-        idx, vals = self._forward(idx, values)
+        self._set(*self._forward(idx, values))
+
+    def _set(self, idx: np.ndarray, vals: np.ndarray) -> None:
+        """``set`` of a non-empty ``idx`` (never large and decreasing), values broadcast."""
         if self._run(idx):
             start, n = int(idx[0]), idx.size
             self._ensure(np.arange(start >> CHUNK_BITS, ((start + n - 1) >> CHUNK_BITS) + 1))
@@ -394,12 +397,8 @@ class LinearChunkedArray(ChunkedArray):
         return out
 
     # ------------------------------------------------------------------ writes
-    def set(self, idx: np.ndarray, values) -> None:
-        """``a[idx] = values`` over unique indices."""
-        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
-        if idx.size == 0:
-            return
-        idx, vals = self._forward(idx, values)
+    def _set(self, idx: np.ndarray, vals: np.ndarray) -> None:
+        """``ChunkedArray.set``'s step for run chunks: runs kept where the set keeps them."""
         if self._run(idx):
             start, n = int(idx[0]), idx.size
             self._ensure_directory((start + n - 1) >> CHUNK_BITS)
