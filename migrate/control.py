@@ -50,6 +50,29 @@ class Stretch:
         return np.arange(self.lo + a, min(self.lo + b, self.hi), dtype=np.int64)
 
 
+#: Batches the engine's span asks for first, and at most (bounds its arrays: 2 Mi PFNs).
+SPAN_FIRST = 64
+SPAN_MAX = 2048
+
+
+def next_span_ask(ask: int, served: int) -> int:
+    """The batches the engine's next span asks for, after one that asked ``ask`` and was
+    served ``served``: twice as many while spans are served whole, else twice what was
+    served (at least SPAN_FIRST); at most SPAN_MAX. The engine walks a stretch by it, and
+    a hypervisor actor that serves a stretch's spans ahead (``migrate.actors``) predicts
+    the engine's next ask by it."""
+    return min(SPAN_MAX, 2 * ask if served == ask else max(SPAN_FIRST, 2 * served))
+
+
+@dataclass(frozen=True, slots=True)
+class SpanAt:
+    """Where a span starts: batch ``k`` of ``stretch``, which the engine walks on from
+    there span after span (see ``DomainControl``)."""
+
+    stretch: Stretch
+    k: int
+
+
 @dataclass(frozen=True, slots=True)
 class PassPlan:
     """What the precopy engine states before a pass's first batch: the batches it will
@@ -67,12 +90,20 @@ class PassPlan:
 
 
 class DomainControl(Protocol):
+    """``serve_span``'s ``at``, when given, says where the span's batches ``pfns`` start
+    in the pass: the engine walks the rest of that stretch span after span, each asking
+    ``next_span_ask`` batches from where the last ended, with no other call in between
+    unless a span stops on a PoD entry, a guest write or the deadline, or serves
+    nothing. A domain behind a broker may serve those next spans ahead in the same
+    round trip; one in this process ignores it."""
+
     async def begin_pass(self, t: float, plan: PassPlan) -> None: ...
     async def max_gpfn(self, t: float) -> int: ...
     async def shadow_op(self, t: float, op: ShadowOp, *, mode: int = 0, pages: int = 0,
                         want_bitmap: bool = True, walk_s: float = 0.0) -> Any: ...
     async def getpageframeinfo3(self, t: float, pfns: np.ndarray) -> np.ndarray: ...
-    async def serve_span(self, t: float, pfns: np.ndarray, plan: PassPlan) -> SpanServed: ...
+    async def serve_span(self, t: float, pfns: np.ndarray, plan: PassPlan,
+                         at: SpanAt | None = None) -> SpanServed: ...
     async def map_foreign(self, t: float, pfns: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
     async def suspend(self, t: float) -> None: ...
     async def resume(self, t: float) -> None: ...
@@ -235,7 +266,7 @@ class LocalDomain:
         finally:
             self._after()
 
-    async def serve_span(self, t, pfns, plan):
+    async def serve_span(self, t, pfns, plan, at=None):
         try:
             return self.hv.serve_span(t, pfns, plan.link, plan.deadline)
         finally:

@@ -41,7 +41,7 @@ from hypervisor.abi import (MAX_BATCH_SIZE, PFINFO_HAS_DATA, PFINFO_KNOWN, PFINF
                             SHADOW_LOGDIRTY_FINAL, PFInfo, ShadowOp, XenError, batch_counts)
 from hypervisor.tables import batch_totals, lookup
 
-from .control import DomainControl, PassPlan, Stretch
+from .control import SPAN_FIRST, SPAN_MAX, DomainControl, PassPlan, SpanAt, Stretch, next_span_ask
 from .errors import MigrationAborted, MigrationFailed
 from .events import (BatchSent, CleanDone, CountersSampled, EventBus, MemoryOp, Outcome, PassEnded,
                      PassPhase, PassStarted, Phase, PhaseChanged, RoundStats, SaveSetup, Totals,
@@ -55,10 +55,6 @@ _EMPTY_PFNS = np.empty(0, dtype=np.int64)
 _EMPTY_NIBBLES = np.empty(0, dtype=np.uint8)
 #: Sample the hypervisor's counters every this many batches (and at every pass end).
 COUNTER_SAMPLE_BATCHES = 32
-#: Batches a span asks for first, and at most (bounds its arrays: 2 Mi PFNs). With a
-#: pacer (a live view) a span is at most COUNTER_SAMPLE_BATCHES long.
-SPAN_FIRST = 64
-SPAN_MAX = 2048
 
 
 def _send_all_walk(runs: np.ndarray, p2m_size: int) -> list:
@@ -256,8 +252,10 @@ class PrecopyEngine:
                     # sample is the domain as it was after that batch (as per batch).
                     ask = min(ask, COUNTER_SAMPLE_BATCHES - rnd.batches % COUNTER_SAMPLE_BATCHES)
                 pfns = stretch.batches(k, ask)
-                served = await self.domain.serve_span(self.now, pfns, self._plan)
-                self._span_ask = min(SPAN_MAX, 2 * ask if served.batches == ask else max(SPAN_FIRST, 2 * served.batches))
+                # With a pacer spans end at sampling points, not as next_span_ask says.
+                at = SpanAt(stretch, k) if self.pacer is None else None
+                served = await self.domain.serve_span(self.now, pfns, self._plan, at)
+                self._span_ask = next_span_ask(ask, served.batches)
                 if served.batches:
                     await self._span(rnd, pfns, served, entries)
                     k += served.batches

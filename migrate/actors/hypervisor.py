@@ -10,19 +10,28 @@ import logging
 import time
 from typing import Any, Callable
 
+import numpy as np
 
-from hypervisor.abi import ShadowOp, XenError
+from hypervisor.abi import PFINFO_HAS_DATA, ShadowOp, XenError
+from hypervisor.span import SpanServed
+from hypervisor.tables import lookup
+from guest.workloads import BootTokens
 
-from ..control import LocalDomain, PassPlan, SourceInfo, source_info
+from ..control import SPAN_MAX, LocalDomain, PassPlan, SourceInfo, Stretch, next_span_ask, source_info
 from ..errors import PeerLost, TransportError
 from ..events import Event, EventBus, PhaseChanged
 from ..link import LinkModel
 from ..transport.base import Transport
 
 from .guest import RemoteGuest
-from .messages import Bye, Released, Served
+from .messages import BootElided, Bye, Released, Served
 
 log = logging.getLogger("xmig.actors")
+
+#: Most spans one serve_span reply carries ahead, and the PFNs after which it carries
+#: no more (the reply stays a few MiB, and the toolstack has work while the next is served).
+AHEAD_SPANS = 64
+AHEAD_PFNS = 1 << 19
 
 
 def _link(link) -> LinkModel:
@@ -36,6 +45,14 @@ def _deadline(deadline) -> tuple[float, float] | None:
         return None
     t_start, limit = deadline
     return float(t_start), float(limit)
+
+
+def _good_stretch(s) -> bool:
+    if not isinstance(s, Stretch):
+        return False
+    if s.pfns is not None:
+        return isinstance(s.pfns, np.ndarray) and s.pfns.ndim == 1 and s.pfns.dtype.kind in "iu"
+    return type(s.lo) is int and type(s.hi) is int and 0 <= s.lo <= s.hi
 
 
 def _drive(coro) -> Any:
@@ -84,6 +101,8 @@ class HypervisorActor:
         self.guest: RemoteGuest | None = None
         self.domain: LocalDomain | None = None
         self.bus = _Collector()
+        self._stretch: tuple[int, Stretch] | None = None   # (id, stretch) the toolstack last sent
+        self._boot_seed: int | None = None   # the seed of the guest's boot contents (BootElided)
         self.owner: str | None = None
         self.released = False
         self.recovered: str | None = None
@@ -167,6 +186,8 @@ class HypervisorActor:
         layout = self.guest.layout()
         hv = Hypervisor(host_frames=int(args["host_frames"]), behaviour=args["behaviour"])
         hv.build(layout)
+        boot = getattr(layout, "ram_tokens", None)
+        self._boot_seed = boot.seed if isinstance(boot, BootTokens) else None
         hv.attach_guest(self.guest)
         self.hv = hv
         hv.advance_to(float(args["start"]))
@@ -178,14 +199,64 @@ class HypervisorActor:
 
     def _domctl(self, method: str, args: dict, on_loop: bool = False) -> Served:
         """One DomainControl call, served by LocalDomain's method of that name, with the
-        events it made and the counters after it."""
+        events it made and the counters after it (a span given by its place in a
+        stretch: with the spans served after it, see ``_serve_spans``)."""
         kwargs = {k: v for k, v in args.items() if k != "owner"}
         if method == "shadow_op":
             kwargs["op"] = ShadowOp(kwargs["op"])
         elif method == "serve_span":
-            kwargs = {"t": kwargs["t"], "pfns": kwargs["pfns"],
-                      "plan": PassPlan(0, (), _link(kwargs["link"]), _deadline(kwargs.get("deadline")))}
-        served = Served(t=float(args.get("t", 0.0)))
+            plan = PassPlan(0, (), _link(kwargs["link"]), _deadline(kwargs.get("deadline")))
+            if kwargs.get("at") is not None:
+                return self._serve_spans(float(kwargs["t"]), kwargs["at"], kwargs.get("stretch"), plan)
+            kwargs = {"t": kwargs["t"], "pfns": kwargs["pfns"], "plan": plan}
+        return self._domctl_one(method, kwargs)
+
+    def _serve_spans(self, t: float, at, stretch, plan: PassPlan) -> Served:
+        """The span of batches ``[k, k + ask)`` of the pass's stretch ``id``, and the
+        spans the engine asks for after it, served now: one round trip for a run of
+        spans (a balloon moving ends a span at each of its hypercalls).
+
+        ``at`` is ``(id, k, ask)``; the toolstack sends each stretch once, with the
+        first span of it (``stretch``), and the actor keeps the last. After a span
+        served in part or whole for want of plan or at the guest's next hypercall
+        (``SpanServed.stop`` "plan" or "hypercall"), the engine asks ``next_span_ask``
+        batches next, from the time that span ended, with no call in between
+        (``DomainControl``): exactly those spans are served, in ``Served.ahead``, until
+        the stretch ends or the reply holds ``AHEAD_SPANS`` spans or ``AHEAD_PFNS``
+        PFNs."""
+        try:
+            sid, k, ask = (int(x) for x in at)
+        except (TypeError, ValueError):
+            raise TransportError("serve_span: 'at' must be (stretch id, first batch, batches)") from None
+        if stretch is not None:
+            if not _good_stretch(stretch):
+                raise TransportError("serve_span: a bad stretch (expected PFNs, or 0 <= lo <= hi)")
+            self._stretch = (sid, stretch)
+        if self._stretch is None or self._stretch[0] != sid:
+            raise TransportError(f"serve_span: stretch {sid} was never sent")
+        stretch = self._stretch[1]
+        n = len(stretch)
+        if not (0 <= k and 0 < ask <= SPAN_MAX and k + ask <= n):
+            raise TransportError(f"serve_span: batches [{k}, {k + ask}) are not in a stretch of {n}")
+        first = self._domctl_one("serve_span", {"t": t, "pfns": stretch.batches(k, ask), "plan": plan})
+        served, pfns = first, 0
+        while served.ok and len(first.ahead) < AHEAD_SPANS:
+            res = served.result
+            if not isinstance(res, SpanServed) or res.batches == 0 or res.stop not in ("plan", "hypercall"):
+                break
+            pfns += res.pfns
+            k += res.batches
+            ask = min(n - k, next_span_ask(ask, res.batches))
+            if ask <= 0 or pfns >= AHEAD_PFNS:
+                break
+            served = self._domctl_one("serve_span", {"t": float(res.times[-1]), "pfns": stretch.batches(k, ask),
+                                                     "plan": plan})
+            served.at = (k, ask)
+            first.ahead.append(served)
+        return first
+
+    def _domctl_one(self, method: str, kwargs: dict) -> Served:
+        served = Served(t=float(kwargs.get("t", 0.0)))
         try:
             served.result = _drive(getattr(self.domain, method)(**kwargs))
         except XenError as exc:
@@ -194,6 +265,10 @@ class HypervisorActor:
             served.lost, served.peer = str(exc), exc.peer
             self.echo(f"{exc}: the guest's vCPUs are stopped")
         served.events = self.bus.take()
+        res = served.result
+        if method == "serve_span" and isinstance(res, SpanServed) and self._boot_seed is not None:
+            dp = np.asarray(kwargs["pfns"], dtype=np.int64)[:res.pfns][lookup(PFINFO_HAS_DATA, res.nibbles)]
+            res.tokens = BootElided.elide(self._boot_seed, dp, res.tokens)
         # LocalDomain.counters never advances time (t=0 would be a no-op if it did).
         served.counters = _drive(self.domain.counters(0.0))
         return served

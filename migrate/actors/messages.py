@@ -84,7 +84,11 @@ class Served:
     """One ``DomainControl`` call as the hypervisor actor served it at ``t``: its result,
     or the ``error`` Xen returned, or ``lost`` (the guest went away: its vCPUs stop);
     the events it made and the hypervisor's counters after it (a span of batches is
-    one call: its result is a ``hypervisor.span.SpanServed``)."""
+    one call: its result is a ``hypervisor.span.SpanServed``).
+
+    A span asked with ``ahead`` may carry the spans the hypervisor served after it in
+    ``ahead``: each a ``Served`` of its own, whose ``at`` is ``(first batch, batches
+    asked)`` within the stretch the request sent."""
 
     t: float = 0.0
     result: Any = None
@@ -93,10 +97,58 @@ class Served:
     peer: str = ""
     events: list = field(default_factory=list)
     counters: dict | None = None
+    ahead: list = field(default_factory=list)
+    at: tuple | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None and self.lost is None
+
+
+@dataclass(slots=True)
+class BootElided:
+    """A span's page contents as they cross the broker (``SpanServed.tokens``): a page
+    that still holds its boot contents (``guest.workloads.initial_tokens(seed, gfn)``,
+    which both ends compute) goes as one bit of ``boot`` (LSB first, one per data PFN of
+    the span, in order), and only the other pages' tokens go, in ``rest``. A guest's
+    first pass is mostly pages it never wrote: their 8 bytes each need not cross."""
+
+    seed: int
+    count: int
+    boot: np.ndarray
+    rest: np.ndarray
+
+    #: Spans with fewer data pages than this, or where fewer than 1 in ELIDE_SHARE still
+    #: hold their boot contents, send their tokens as they are.
+    MIN_PAGES = 4096
+    ELIDE_SHARE = 8
+
+    @classmethod
+    def elide(cls, seed: int, gfns: np.ndarray, tokens: np.ndarray):
+        """``tokens`` of the pages ``gfns``, elided where they hold their boot contents
+        (or ``tokens`` itself when that would not save much)."""
+        from guest.workloads import initial_tokens
+
+        if tokens.size < cls.MIN_PAGES:
+            return tokens
+        boot = initial_tokens(seed, gfns) == tokens
+        n = int(np.count_nonzero(boot))
+        if n * cls.ELIDE_SHARE < tokens.size:
+            return tokens
+        return cls(int(seed), int(tokens.size), np.packbits(boot, bitorder="little"), tokens[~boot])
+
+    def expand(self, gfns: np.ndarray) -> np.ndarray:
+        """The tokens of the pages ``gfns`` (the span's data PFNs, in order)."""
+        from guest.workloads import initial_tokens
+
+        if gfns.size != self.count or self.boot.size != -(-self.count // 8):
+            raise ValueError(f"elided contents of {self.count} pages for {gfns.size} data PFNs")
+        boot = np.unpackbits(np.asarray(self.boot, dtype=np.uint8), count=self.count, bitorder="little").view(bool)
+        if int(self.count - np.count_nonzero(boot)) != self.rest.size:
+            raise ValueError("elided contents do not add up")
+        out = initial_tokens(self.seed, gfns)
+        out[~boot] = self.rest
+        return out
 
 
 @dataclass(slots=True)
@@ -106,4 +158,4 @@ class Released:
     state: str | None = None
 
 
-wire.register(GuestStep, Speculated, WriteWindow, GuestLayout, GuestOpened, Bye, Served, Released)
+wire.register(GuestStep, Speculated, WriteWindow, GuestLayout, GuestOpened, Bye, Served, Released, BootElided)

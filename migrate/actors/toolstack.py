@@ -5,22 +5,24 @@ its events, and ``watch`` for a consumer of them."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from typing import Any
 
 import numpy as np
 
-from hypervisor.abi import ShadowOp
+from hypervisor.abi import MAX_BATCH_SIZE, PFINFO_HAS_DATA, ShadowOp
 from hypervisor.span import SpanServed
+from hypervisor.tables import lookup
 
-from ..control import SourceInfo
+from ..control import SourceInfo, next_span_ask
 from ..errors import PeerLost, TransportError
 from ..events import Event, EventBus
 from ..transport.base import Transport
 
 from .guest import scenario_digest
-from .messages import Served
+from .messages import BootElided, Served
 
 log = logging.getLogger("xmig.actors")
 
@@ -50,10 +52,16 @@ class RemoteDomain:
         self._counters: dict[str, Any] | None = None
         self.rpcs = 0
         self.span_batches = 0
+        self._stretch = None          # the stretch the hypervisor holds (as id _stretch_id)
+        self._stretch_id = 0
+        self._ahead: collections.deque = collections.deque()   # (Served, k, ask) served ahead
+        self._next = None             # ((k, ask, t), task) of the span requested ahead
 
     async def _call(self, method: str, args: dict) -> Any:
         if self.lost is not None:
             raise self.lost
+        if method != "serve_span":
+            self._drop_ahead()
         args["owner"] = self.owner
         self.rpcs += 1
         try:
@@ -61,11 +69,13 @@ class RemoteDomain:
         except PeerLost as exc:
             self.lost = exc
             raise
-        if isinstance(reply, Served) and reply.counters is not None:
+        if method != "serve_span" and isinstance(reply, Served) and reply.counters is not None:
             self._counters = reply.counters
         return reply
 
     def _finish(self, served: Served) -> Any:
+        if served.counters is not None:
+            self._counters = served.counters
         for ev in served.events:
             self.bus.publish(ev)
         if served.lost is not None:
@@ -83,11 +93,84 @@ class RemoteDomain:
         """Nothing to prepare: each span carries what the hypervisor needs of the plan."""
         return None
 
-    async def serve_span(self, t, pfns, plan):
-        served = await self._op("serve_span", t=float(t), pfns=np.asarray(pfns, dtype=np.int64),
-                                link=plan.link, deadline=plan.deadline)
+    async def serve_span(self, t, pfns, plan, at=None):
+        """A span of batches. Given by its place in the pass (``at``), the stretch goes
+        to the hypervisor once, and the hypervisor serves the spans the engine will ask
+        for next with it (``Served.ahead``, see ``HypervisorActor._serve_spans``); and
+        while the engine works through those, the request for the span after them is
+        already out, so the hypervisor serves ahead while the toolstack writes and
+        restores. Each span answered from ahead is checked to be the very one the
+        engine asks for."""
+        pfns = np.asarray(pfns, dtype=np.int64)
+        ask = -(-pfns.size // MAX_BATCH_SIZE)
+        if at is None:
+            self._drop_ahead()
+            return self._span(self._finish(await self._call("serve_span", {
+                "t": float(t), "pfns": pfns, "link": plan.link, "deadline": plan.deadline})), pfns)
+        if not self._ahead and self._next is not None:
+            (k, n_ask, n_t), task = self._next
+            self._next = None
+            if at.stretch is not self._stretch or (at.k, ask, float(t)) != (k, n_ask, n_t):
+                task.cancel()
+                raise TransportError("the engine asked for another span than the one requested ahead")
+            self._queue(await task, k, n_ask, plan)
+        if not self._ahead:
+            self._drop_ahead()
+            args = {"t": float(t), "link": plan.link, "deadline": plan.deadline}
+            if at.stretch is not self._stretch:
+                self._stretch, self._stretch_id = at.stretch, self._stretch_id + 1
+                args["stretch"] = at.stretch
+            args["at"] = (self._stretch_id, int(at.k), ask)
+            self._queue(await self._call("serve_span", args), int(at.k), ask, plan)
+        entry, k, e_ask = self._ahead.popleft()
+        if at.stretch is not self._stretch or (at.k, ask, float(t)) != (k, e_ask, entry.t):
+            self._drop_ahead()
+            raise TransportError("the engine asked for another span than the hypervisor served ahead")
+        return self._span(self._finish(entry), pfns)
+
+    def _queue(self, reply: Served, k: int, ask: int, plan) -> None:
+        """Queue a serve_span reply's spans (its own and those ahead) and, when the
+        engine will ask for another span of the stretch after them, request it now."""
+        if not isinstance(reply, Served):
+            raise TransportError(f"serve_span answered a {type(reply).__name__}")
+        self._ahead.append((reply, k, ask))
+        for entry in reply.ahead:
+            if not isinstance(entry, Served) or not isinstance(entry.at, tuple) or len(entry.at) != 2:
+                raise TransportError("serve_span answered a bad span ahead")
+            self._ahead.append((entry, int(entry.at[0]), int(entry.at[1])))
+        last, k, ask = self._ahead[-1]
+        res = last.result
+        if not (last.ok and isinstance(res, SpanServed) and res.batches and res.stop in ("plan", "hypercall")):
+            return
+        k += res.batches
+        ask = min(len(self._stretch) - k, next_span_ask(ask, res.batches))
+        if ask > 0:
+            t = float(res.times[-1])
+            task = asyncio.ensure_future(self._call("serve_span", {
+                "t": t, "link": plan.link, "deadline": plan.deadline, "at": (self._stretch_id, k, ask)}))
+            # Awaited when the engine asks for it; if it never does, its error is no news.
+            task.add_done_callback(lambda done: done.cancelled() or done.exception())
+            self._next = ((k, ask, t), task)
+
+    def _drop_ahead(self) -> None:
+        """Forget spans served ahead that the engine did not ask for (a save cut short:
+        the hypervisor has run that much further)."""
+        self._ahead.clear()
+        if self._next is not None:
+            self._next[1].cancel()
+            self._next = None
+
+    def _span(self, served, pfns: np.ndarray) -> SpanServed:
         if not isinstance(served, SpanServed):
             raise TransportError(f"serve_span answered a {type(served).__name__}")
+        if isinstance(served.tokens, BootElided):
+            data = lookup(PFINFO_HAS_DATA, np.asarray(served.nibbles, dtype=np.uint8))
+            if data.size != served.pfns or served.pfns > pfns.size:
+                raise TransportError(f"serve_span answered {data.size} types for {served.pfns} PFNs")
+            try:
+                served.tokens = served.tokens.expand(pfns[:served.pfns][data])
+            except ValueError as exc:
+                raise TransportError(f"serve_span: {exc}") from None
         self.span_batches += served.batches
         return served
 

@@ -131,7 +131,7 @@ def _register_known() -> None:
                     and (dataclasses.is_dataclass(obj) or issubclass(obj, enum.Enum))):
                 register(obj)
     register(domain.ShadowOpResult, domain.HypervisorEvent, domain.HypervisorStats, guest_mod.GuestEvent,
-             guest_mod.GuestStats, control.SourceInfo, link.LinkModel, span.SpanServed,
+             guest_mod.GuestStats, control.SourceInfo, control.Stretch, link.LinkModel, span.SpanServed,
              workloads_mod.BootTokens)
 
 
