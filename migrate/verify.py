@@ -26,10 +26,11 @@ def snapshot_digest(gfns: np.ndarray, tokens: np.ndarray) -> bytes:
     """A digest of one window of a domain (``Hypervisor.snapshot``: its RAM GFNs and
     their contents, sorted by GFN): equal windows give equal digests, so the verify step
     fetches a remote source's contents only where its digest differs."""
-    h = hashlib.blake2b(digest_size=DIGEST_BYTES)
-    h.update(np.ascontiguousarray(gfns, dtype="<i8").tobytes())
-    h.update(np.ascontiguousarray(tokens, dtype="<u8").tobytes())
-    return h.digest()
+    # SHA-256: the fastest collision-resistant hash hashlib has where the CPU helps it
+    # (SHA-NI: about twice BLAKE2b's speed); fed the arrays' buffers, not copies.
+    h = hashlib.sha256(np.ascontiguousarray(gfns, dtype="<i8"))
+    h.update(np.ascontiguousarray(tokens, dtype="<u8"))
+    return h.digest()[:DIGEST_BYTES]
 
 
 class VerifyAccumulator:
