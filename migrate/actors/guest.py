@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import logging
@@ -35,6 +36,8 @@ WINDOW_TICKS = 256
 #: Guests up to this many RAM pages speculate their hypercalls (one checkpoint copies
 #: one bool per page).
 SPEC_MAX_PAGES = 1 << 24
+#: Most ticks a speculated window (one where the balloon acts) runs ahead.
+SPEC_WINDOW_TICKS = 128
 
 
 def _same_result(result, exp: HypercallResult) -> bool:
@@ -68,7 +71,17 @@ class RemoteGuest:
     ``Guest.run`` stamps it. A span reaching a tick where the
     balloon acts runs the guest's ``run`` remotely from there, one round trip per
     hypercall (writes pending from the window are flushed first, as ``run`` flushes them
-    before the driver's step). The ops are exactly ``Guest.run``'s."""
+    before the driver's step). The ops are exactly ``Guest.run``'s.
+
+    Where the balloon acts, the guest actor answers with a speculated window: its ticks
+    run ahead with each hypercall answered as the guest expects (``abi.all_done``), the
+    hypercalls of each tick where the driver acts (``WriteWindow.steps``) among the
+    writes. The spans in it are served from it too: pending writes flushed at each such
+    tick, then its hypercalls, each real result checked; the window's events are handed
+    on with the call that runs their tick. At the first result the guest did not
+    expect, a skip of the window's ticks (the domain paused) or a run stopped midway,
+    the guest actor replays from the window's start the calls made in it
+    (``spec_sync``), and the run goes on one round trip per hypercall."""
 
     def __init__(self, call: Callable[[str, dict], Any]):
         self._call = call
@@ -82,6 +95,9 @@ class RemoteGuest:
         self.gk = 0                      # the guest actor's own next tick (>= pos: written ahead)
         self._win: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None   # (times, gfns, tokens) of ticks [pos, gk)
         self._next_call: int | None = None   # the window's WriteWindow.next_call
+        self._steps: collections.deque = collections.deque()   # a speculated window's (tick, ops) not yet run
+        self._spec_events: list = []     # its events not yet handed on
+        self._spec_log: list | None = None   # its calls run so far (None: no speculated window)
 
     def _rpc(self, method: str, args: dict | None = None) -> Any:
         try:
@@ -105,10 +121,35 @@ class RemoteGuest:
             self._set_now()
         return reply
 
+    def _window_done(self) -> None:
+        """A speculated window all run as the guest expected: hand on its last events."""
+        self.events.extend(self._spec_events)
+        self._spec_events = []
+        self._spec_log = None
+
+    def _drop_window(self) -> None:
+        self._win = None
+        self.gk = self.pos
+        self._steps.clear()
+        self._spec_events = []
+        self._spec_log = None
+        self._set_now()
+
+    def _sync(self, then: str, call: tuple | None = None, results: list | None = None, n: int = 0):
+        """Leave the speculated window: the guest actor replays the calls run in it (and
+        ``n`` ops of the current ``call`` with their real ``results``); see GuestActor."""
+        args = {"log": list(self._spec_log or ()), "then": then, "results": list(results or ()), "n": int(n)}
+        if call is not None:
+            args["t0"], args["t1"] = call
+        self._drop_window()
+        return self._rpc("spec_sync", args)
+
     def next_call_tick(self) -> int | None:
         """``Guest.next_call_tick`` as far as the guest actor told: while a window of its
         writes is known, the tick its balloon acts at next (``WriteWindow.next_call``);
         otherwise the next unrun tick (it may act there)."""
+        if self._steps:
+            return self._steps[0][0]
         if self._win is not None and (self._next_call is None or self._next_call >= self.pos):
             return self._next_call
         return self.pos
@@ -161,39 +202,91 @@ class RemoteGuest:
         ks = straddled_tick(t0, self.tick, self.pos)
         if ks is not None:
             k = ks       # a tick that started in skipped time: its writes from t0 on
+        if self._steps and (k > self.pos or ks is not None):
+            self._sync("none")         # ticks of a speculated window skipped: it no longer holds
         # Writes of ticks at or after ``first`` all count; the straddled tick's from t0 on.
         lo = min(float(t0), first * self.tick)
         k_end = tick_at_or_after(t1, self.tick)
         if k_end <= k:
             return   # no guest tick in [t0, t1): Guest.run yields nothing
+        call = (float(t0), float(t1))
+        results: list = []
+        n = 0            # ops of this call handed out since a speculated window began in it
+        fresh = False    # a window began in this call: its first flush is not one of them
         pending: list = []
-        while True:
-            if k < self.gk:
-                hi = min(k_end, self.gk)
-                part = self._take(lo, hi)
-                if part is not None:
-                    pending.append(part)
-                k = hi
-                if k >= k_end:
-                    break
-            reply = self._rpc("go", {"t0": float(t0), "t1": float(t1), "max_ticks": WINDOW_TICKS})
-            if isinstance(reply, WriteWindow):
-                k0, k1 = int(reply.first), int(reply.end)
-                if k0 != k or k1 <= k0:
-                    raise TransportError(f"the guest wrote ahead from tick {k0} to {k1}, expected from {k}")
-                self._win = (np.asarray(reply.times), np.asarray(reply.gfns), np.asarray(reply.tokens))
-                self._next_call = None if reply.next_call is None else int(reply.next_call)
-                self.gk = k1
-                self._set_now()
-                continue
-            # The balloon driver acts at tick k: Guest.run flushes its writes first.
+        try:
+            while True:
+                if k < self.gk:
+                    j = self._steps[0][0] if self._steps else None
+                    hi = min(k_end, self.gk) if j is None else min(k_end, self.gk, j)
+                    if hi > k:
+                        part = self._take(lo, hi)
+                        if part is not None:
+                            pending.append(part)
+                        k = hi
+                    if j is not None and k == j < k_end:
+                        # The balloon driver acts at tick j: Guest.run flushes its writes first.
+                        ops = self._steps.popleft()[1]
+                        if pending:
+                            yield self._pending_op(pending, t0)
+                            pending = []
+                            n += not fresh
+                        fresh = False
+                        for op in ops:
+                            result = yield op
+                            n += 1
+                            results.append(result)
+                            if not _as_expected(op, result):
+                                # The guest replays up to here with the real results and goes on.
+                                reply = self._sync("chunk", call, results, n)
+                                yield from self._ops(reply)
+                                return
+                        continue
+                    if k >= k_end:
+                        break
+                if self._spec_log is not None:
+                    self._window_done()      # ran out as the guest expected: its events all ran
+                reply = self._rpc("go", {"t0": float(t0), "t1": float(t1), "max_ticks": WINDOW_TICKS})
+                if isinstance(reply, WriteWindow):
+                    k0, k1 = int(reply.first), int(reply.end)
+                    if k0 != k or k1 <= k0:
+                        raise TransportError(f"the guest wrote ahead from tick {k0} to {k1}, expected from {k}")
+                    self._win = (np.asarray(reply.times), np.asarray(reply.gfns), np.asarray(reply.tokens))
+                    self._next_call = None if reply.next_call is None else int(reply.next_call)
+                    self.gk = k1
+                    self._set_now()
+                    if reply.steps:
+                        self._steps.extend((int(j), list(ops)) for j, ops in reply.steps)
+                        if self._steps[0][0] != k0 or any(not k0 <= j < k1 for j, _ in self._steps):
+                            raise TransportError("the guest's speculated window acts outside its ticks")
+                        self._spec_events = list(reply.spec_events)
+                        self._spec_log = []
+                        results, n, fresh = [], 0, True
+                    continue
+                # The balloon driver acts at tick k: Guest.run flushes its writes first.
+                if pending:
+                    yield self._pending_op(pending, t0)
+                    pending = []
+                yield from self._ops(reply)
+                return
             if pending:
                 yield self._pending_op(pending, t0)
-                pending = []
-            yield from self._ops(reply)
-            return
-        if pending:
-            yield self._pending_op(pending, t0)
+                n += 1
+        except GeneratorExit:
+            # Stopped at op n: the guest takes back what it ran past it.
+            if self._spec_log is not None and self.dead is None:
+                with contextlib.suppress(PeerLost):
+                    self._sync("stop", call, results, n)
+            raise
+        if self._spec_log is not None:
+            self._spec_log.append(call)
+            end = k_end * self.tick
+            now = [e for e in self._spec_events if e.t < end]
+            if now:
+                self.events.extend(now)
+                self._spec_events = self._spec_events[len(now):]
+            if not self._steps and self.pos >= self.gk:
+                self._window_done()
 
     def _run_remote(self, method: str, t0: float, t1: float):
         yield from self._ops(self._rpc(method, {"t0": float(t0), "t1": float(t1)}))
@@ -253,7 +346,7 @@ class GuestActor:
         self.transport = transport
         self.guest = None
         self.gen = None
-        self.spec = None           # (t0, t1, checkpoint) of the last speculated run
+        self.spec = None           # (checkpoint, t0, t1) of the last speculation (t0 None: a window)
         self.busy_s = 0.0
         self.done: asyncio.Future = asyncio.get_running_loop().create_future()
 
@@ -292,6 +385,26 @@ class GuestActor:
                 self.gen = None
         return GuestStep(ops, more, self.guest.drain_events(), None if more else int(self.guest.next_tick))
 
+    @staticmethod
+    def _spec_ops(gen) -> list | None:
+        """Drive ``gen`` (a ``Guest.run``) to its end, answering each hypercall as if Xen
+        did all of it (``abi.all_done``); its ops, or None (``gen`` closed) at the first
+        that cannot be answered so."""
+        ops: list = []
+        try:
+            op = next(gen)
+            while True:
+                ops.append(op)
+                res = None
+                if not isinstance(op, MemoryWrites):
+                    res = all_done(op)
+                    if res is None:
+                        gen.close()
+                        return None
+                op = gen.send(res)
+        except StopIteration:
+            return ops
+
     def _speculate(self, t0: float, t1: float) -> Speculated | None:
         """Run ``Guest.run(t0, t1)`` to its end, answering each hypercall as if Xen did
         all of it (``abi.all_done``); the hypervisor checks each real result and
@@ -300,36 +413,75 @@ class GuestActor:
         g = self.guest
         ev = g.drain_events()
         cp = g.checkpoint()
-        gen = g.run(t0, t1)
-        ops: list = []
-        try:
-            op = next(gen)
-            while True:
-                ops.append(op)
-                if isinstance(op, MemoryWrites):
-                    res = None
-                else:
-                    res = all_done(op)
-                    if res is None:
-                        gen.close()
-                        g.restore(cp)
-                        g.requeue_events(ev)
-                        return None
-                op = gen.send(res)
-        except StopIteration:
-            pass
-        self.spec = (t0, t1, cp)
+        ops = self._spec_ops(g.run(t0, t1))
+        if ops is None:
+            g.restore(cp)
+            g.requeue_events(ev)
+            return None
+        self.spec = (cp, t0, t1)
         return Speculated(ops, ev, g.drain_events(), int(g.next_tick))
 
-    def _replay(self, results: list, n: int):
-        """Back to the checkpoint, then ``Guest.run`` again through its first ``n`` ops
-        with the hypervisor's real results; returns the op it yields next (None at its end)."""
+    def _spec_window(self, t0: float, k: int, max_ticks: int) -> WriteWindow | None:
+        """A speculated window from tick ``k``, where the balloon driver acts: the guest
+        runs ticks ``[k, k + n)`` (n at most ``SPEC_WINDOW_TICKS``) answering each
+        hypercall as the guest expects, and the hypervisor takes its ops from the
+        window call by call (``RemoteGuest``), as long as each real result is the one
+        expected; at the first that is not, or a skip, it has the guest replay what it
+        really ran (``spec_sync``). None if some op cannot be speculated."""
+        g = self.guest
+        ev = g.drain_events()
+        cp = g.checkpoint()
+        k_to = k + max(1, min(int(max_ticks), SPEC_WINDOW_TICKS))
+        steps: list = []
+        writes: list = []
+        t, j = float(t0), k
+        while j < k_to:
+            acts = g.balloon_acts_at(j)
+            if acts:
+                seg = j + 1
+            else:
+                nk = g.balloon.next_active_tick(j)
+                seg = k_to if nk is None else min(nk, k_to)
+            ops = self._spec_ops(g.run(t, seg * g.tick))
+            if ops is None:
+                g.restore(cp)
+                g.requeue_events(ev)
+                return None
+            writes.extend(op for op in ops if isinstance(op, MemoryWrites))
+            if acts:
+                steps.append((j, [op for op in ops if not isinstance(op, MemoryWrites)]))
+            t, j = seg * g.tick, seg
+        self.spec = (cp, None, None)
+        if writes:
+            times = np.concatenate([w.times for w in writes])
+            gfns = np.concatenate([w.gfns for w in writes])
+            tokens = np.concatenate([w.tokens for w in writes])
+        else:
+            times, gfns, tokens = np.empty(0), np.empty(0, np.int64), np.empty(0, np.uint64)
+        return WriteWindow(k, k_to, times, gfns, tokens, ev, g.balloon.next_active_tick(k_to), steps,
+                           g.drain_events())
+
+    def _replay(self, results: list, n: int, log=(), t0: float | None = None, t1: float | None = None):
+        """Back to the checkpoint of the last speculation; for a window, ``Guest.run``
+        again over each call of ``log`` the hypervisor made in it (every hypercall there
+        did as expected; their events it has), then over ``(t0, t1)``; for a speculated
+        run, over that run. Through the first ``n`` ops of the last with the
+        hypervisor's real ``results``; returns the op it yields next (None at its end)."""
         if self.spec is None:
             raise RuntimeError("no speculated run to replay")
-        t0, t1, cp = self.spec
+        cp, s0, s1 = self.spec
         self.spec = None
-        self.guest.restore(cp)
-        self.gen = self.guest.run(t0, t1)
+        g = self.guest
+        g.restore(cp)
+        if s0 is None:
+            for a, b in log:
+                if self._spec_ops(g.run(float(a), float(b))) is None:
+                    raise RuntimeError("a speculated window's run no longer speculates")
+            g.drain_events()
+            if t0 is None:
+                return None
+            s0, s1 = float(t0), float(t1)
+        self.gen = g.run(s0, s1)
         results = list(results)
         try:
             op = next(self.gen)
@@ -358,7 +510,10 @@ class GuestActor:
         k = g.first_tick(t0)
         if g.balloon_acts_at(k) or tick_at_or_after(t1, g.tick) <= k:
             if g.nr_pages <= SPEC_MAX_PAGES:
-                reply = self._speculate(t0, t1)
+                if straddled_tick(t0, g.tick, g.next_tick) is None and tick_at_or_after(t1, g.tick) > k:
+                    reply = self._spec_window(t0, k, max_ticks)
+                else:
+                    reply = self._speculate(t0, t1)
                 if reply is not None:
                     return reply
             return self._run(t0, t1)
@@ -400,6 +555,16 @@ class GuestActor:
                 return self._chunk_from(self._replay(args.get("results") or [], int(args["n"])))
             case "spec_abort":
                 self._replay(args.get("results") or [], int(args["n"]))
+                return self._stop()
+            case "spec_sync":
+                # A speculated window left: replay what the hypervisor ran of it, then
+                # go on from ``n`` ops into its current call (``then``: "chunk"), stop
+                # there ("stop"), or stand after the log's calls ("none").
+                then = args.get("then")
+                op = self._replay(args.get("results") or [], int(args.get("n") or 0), args.get("log") or (),
+                                  args.get("t0"), args.get("t1"))
+                if then == "chunk":
+                    return self._chunk_from(op)
                 return self._stop()
             case "close":
                 return self._stop()

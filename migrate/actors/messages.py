@@ -43,10 +43,16 @@ class Speculated:
 
 @dataclass(slots=True)
 class WriteWindow:
-    """The guest's writes of ticks ``[first, end)``, where its balloon does nothing
-    (``Guest.write_window``: per-write virtual time, GFN and token, in time order),
-    and the first tick at which its balloon acts next (``next_call``, None: nothing
-    scheduled)."""
+    """The guest's writes of ticks ``[first, end)`` (per-write virtual time, GFN and
+    token, in time order) and the first tick at which its balloon acts after them
+    (``next_call``, None: nothing scheduled).
+
+    Where its balloon does nothing, they are ``Guest.write_window``'s. A speculated
+    window also holds the ticks where the balloon acts: ``steps`` is ``(tick, ops)``
+    for each, the hypercalls its driver makes there, each answered as the guest
+    expects (``abi.all_done``), and the writes are those the guest makes given those
+    answers; ``spec_events`` are the window's own events (``events`` those from before
+    it)."""
 
     first: int
     end: int
@@ -55,6 +61,8 @@ class WriteWindow:
     tokens: np.ndarray
     events: list = field(default_factory=list)
     next_call: int | None = None
+    steps: list = field(default_factory=list)
+    spec_events: list = field(default_factory=list)
 
 
 @dataclass(slots=True)
