@@ -141,6 +141,20 @@ def test_contiguous_pfn_runs_are_sent_compactly():
     assert same(wire.roundtrip(shuffled), shuffled)
 
 
+def test_64_bit_integers_that_fit_in_32_bits_travel_in_4_bytes_each():
+    rng = np.random.default_rng(2)
+    gfns = rng.integers(0, 1 << 32, size=4096, dtype=np.int64)            # GFNs of writes: random
+    frame = wire.encode({"g": gfns, "u": gfns.astype(np.uint64), "t": np.arange(4096, dtype=np.uint64) << 40})
+    assert len(frame) < 4096 * (4 + 4 + 8) + 400
+    back = wire.decode(frame)
+    assert same(back["g"], gfns) and same(back["u"], gfns.astype(np.uint64))
+    assert same(back["t"], np.arange(4096, dtype=np.uint64) << 40)
+    for wide in (gfns - (1 << 31) - 5, gfns + (1 << 32)):               # negative, or past 32 bits: 8 bytes
+        assert len(wire.encode(wide)) > wide.nbytes and same(wire.roundtrip(wide), wide)
+    two_d = gfns.reshape(64, 64)
+    assert same(wire.roundtrip(two_d), two_d)
+
+
 def test_non_native_and_2d_arrays_round_trip():
     a = np.arange(12, dtype=">u4").reshape(3, 4)
     got = wire.roundtrip(a)
@@ -220,6 +234,10 @@ def _array_frame(meta: bytes, blob: bytes) -> bytes:
     # dtypes the wire never carries
     (b'{"$a":0,"dt":"|V1073741824","sh":[1]}', bytes(8)),
     (b'{"$a":0,"dt":"|O","sh":[1]}', bytes(8)),
+    # a narrowed array whose blob does not match, or that would widen into a float or shrink
+    (b'{"$a":0,"dt":"<i8","sh":[1073741824],"nw":"<u4"}', bytes(8)),
+    (b'{"$a":0,"dt":"<f8","sh":[2],"nw":"<u4"}', bytes(8)),
+    (b'{"$a":0,"dt":"<i4","sh":[1],"nw":"<i8"}', bytes(8)),
     # a bitmap whose PFNs lie outside its pages
     (b'{"$bm":4,"pfns":{"$a":0,"dt":"<i8","sh":[1]}}', np.array([9], dtype="<i8").tobytes()),
 ])

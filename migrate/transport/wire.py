@@ -7,10 +7,11 @@ actors of the project card talk through a broker. A frame is::
     | JSON header (UTF-8) | padding to 8 | blob 0 | padding | blob 1 | ...
 
 The JSON header holds the message's tree of values; numpy arrays are not JSON lists
-but references to raw little-endian blobs (dtype + shape), so a batch of 1024 PFNs is
-8 KiB of int64 and a PAGE_DATA token array is 8 KiB of uint64. Long sorted integer
+but references to raw little-endian blobs (dtype + shape), so a PAGE_DATA token array
+of 1024 pages is 8 KiB of uint64. Long sorted integer
 arrays made of a few contiguous runs (boot layouts, dirty bitmaps) travel as their
-``[start, end)`` runs instead.
+``[start, end)`` runs instead, and other 64-bit integer arrays whose values all fit in
+32 bits (GFNs, PFNs) as 32-bit ones (``"nw"``), widened back on arrival.
 
 Tags inside the tree (a JSON object whose single reserved key starts with ``$``):
 ``$a`` array, ``$s`` numpy scalar, ``$t`` tuple, ``$m`` dict with non-string keys,
@@ -38,11 +39,13 @@ import numpy as np
 from hypervisor.abi import XenError
 
 #: Bumped whenever a frame or a message changes incompatibly; both peers must agree.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAGIC = b"XMIG"
 _HEAD = struct.Struct("<4sBBHI")
 #: Arrays longer than this are checked for a compact run encoding.
 RUNS_MIN_ELEMENTS = 4096
+#: 64-bit integer arrays this long or longer whose values fit in 32 bits travel narrowed.
+NARROW_MIN_ELEMENTS = 256
 #: Most elements one ``[start, end)`` run may stand for (the encoder splits longer runs),
 #: so a run of 16 bytes never decodes to more than 512 KiB of int64.
 MAX_RUN = 1 << 16
@@ -146,6 +149,8 @@ def _as_runs(a: np.ndarray) -> np.ndarray | None:
     and runs save at least half."""
     if a.ndim != 1 or a.size < RUNS_MIN_ELEMENTS or a.dtype.kind not in "iu":
         return None
+    if (a[1:64] <= a[:63]).any():
+        return None            # not increasing (most arrays tell at once)
     d = np.diff(a)
     if (d <= 0).any():
         return None
@@ -181,6 +186,10 @@ class _Encoder:
         runs = _as_runs(a)
         if runs is not None:
             return {"$a": self.blob(runs), "dt": a.dtype.str, "sh": list(a.shape), "runs": True}
+        if a.dtype.kind in "iu" and a.dtype.itemsize == 8 and a.size >= NARROW_MIN_ELEMENTS:
+            # 64-bit integers that all fit in 32 bits (GFNs, PFNs) travel in 4 bytes each.
+            if int(a.min()) >= 0 and int(a.max()) <= 0xFFFFFFFF:
+                return {"$a": self.blob(a.astype("<u4")), "dt": a.dtype.str, "sh": list(a.shape), "nw": "<u4"}
         return {"$a": self.blob(a), "dt": a.dtype.str, "sh": list(a.shape)}
 
     def value(self, v: Any) -> Any:
@@ -318,6 +327,12 @@ class _Decoder:
             ends = np.cumsum(lengths)[:-1]
             out[ends] = runs[1:, 0] - runs[:-1, 1] + 1
             return np.cumsum(out, dtype=dt)
+        if "nw" in d:
+            nw = _dtype(d["nw"])
+            if nw.kind not in "iu" or dt.kind not in "iu" or nw.itemsize >= dt.itemsize or count * nw.itemsize != n:
+                raise WireError("bad narrowed array")
+            self._spend(count * dt.itemsize)
+            return np.frombuffer(raw, dtype=nw, count=count).reshape(shape).astype(dt)
         if count * dt.itemsize != n:
             raise WireError("array blob size does not match its shape")
         self._spend(n)
