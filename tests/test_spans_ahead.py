@@ -223,3 +223,36 @@ async def test_the_hypervisor_actor_refuses_a_bad_span_request():
     await src.close()
     assert await asyncio.wait_for(hv, 5) == "released"
     g.cancel()
+
+
+async def test_a_malformed_span_ahead_or_elided_contents_is_an_error_not_a_crash():
+    stretch = Stretch(lo=0, hi=1024 * 100)
+    plan = PassPlan(1, (stretch,), LinkModel(1.25e8))
+    for bad in (Served(t=1.5, at=("x", 1)), Served(t=1.5), "junk"):
+        first = _served(1.0, 2, "hypercall", 1.5)
+        first.ahead = [bad]
+        dom = RemoteDomain(_Script([first]), EventBus())
+        with pytest.raises(TransportError, match="bad span ahead"):
+            await dom.serve_span(1.0, stretch.batches(0, SPAN_FIRST), plan, SpanAt(stretch, 0))
+    first = _served(1.0, 1, "pod", 1.5)
+    first.result.nibbles[:] = 0                   # every PFN a data page
+    first.result.tokens = BootElided(1 << 70, 1024, np.zeros(128, np.uint8), np.empty(0, np.uint64))
+    dom = RemoteDomain(_Script([first]), EventBus())
+    with pytest.raises(TransportError, match="bad elided contents"):
+        await dom.serve_span(1.0, stretch.batches(0, SPAN_FIRST), plan, SpanAt(stretch, 0))
+
+
+def test_a_malformed_speculated_window_from_the_guest_is_refused():
+    from migrate.actors.messages import GuestLayout, WriteWindow
+    from guest.guest import Guest
+
+    cfg = load_scenario(EXAMPLES / "balloon.yaml").guest
+    g = Guest(cfg, 1)
+    layout = g.layout()
+    for steps in ([(301, [])], [("300", [])], [(300, [], 1)]):
+        replies = [GuestLayout(layout, g.tick, 300),
+                   WriteWindow(300, 310, np.empty(0), np.empty(0, np.int64), np.empty(0, np.uint64), [], 310, steps)]
+        remote = actors.RemoteGuest(lambda method, args: replies.pop(0))
+        remote.layout()
+        with pytest.raises(TransportError, match="speculated window"):
+            list(remote.run(3.0, 3.05))

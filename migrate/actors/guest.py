@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from guest.guest import straddled_tick, tick_at_or_after, ticks_at_or_after, write_time
+from guest.guest import GuestEvent, straddled_tick, tick_at_or_after, ticks_at_or_after, write_time
 from hypervisor.abi import HypercallResult, MemoryWrites, all_done
 
 from ..errors import PeerLost, ScenarioMismatch, TransportError
@@ -120,6 +120,19 @@ class RemoteGuest:
             self._win = None
             self._set_now()
         return reply
+
+    def _install_steps(self, reply: WriteWindow, k0: int, k1: int) -> None:
+        steps, events = reply.steps, reply.spec_events
+        if not (isinstance(steps, list) and isinstance(events, list)
+                and all(isinstance(st, tuple) and len(st) == 2 and type(st[0]) is int and isinstance(st[1], list)
+                        for st in steps)
+                and all(isinstance(e, GuestEvent) and isinstance(e.t, float) for e in events)):
+            raise TransportError("the guest sent a malformed speculated window")
+        ticks = [j for j, _ in steps]
+        if ticks[0] != k0 or ticks[-1] >= k1 or any(b <= a for a, b in zip(ticks, ticks[1:])):
+            raise TransportError("the guest's speculated window acts outside its ticks")
+        self._steps.extend(steps)
+        self._spec_events = list(events)
 
     def _window_done(self) -> None:
         """A speculated window all run as the guest expected: hand on its last events."""
@@ -256,10 +269,7 @@ class RemoteGuest:
                     self.gk = k1
                     self._set_now()
                     if reply.steps:
-                        self._steps.extend((int(j), list(ops)) for j, ops in reply.steps)
-                        if self._steps[0][0] != k0 or any(not k0 <= j < k1 for j, _ in self._steps):
-                            raise TransportError("the guest's speculated window acts outside its ticks")
-                        self._spec_events = list(reply.spec_events)
+                        self._install_steps(reply, k0, k1)
                         self._spec_log = []
                         results, n, fresh = [], 0, True
                     continue

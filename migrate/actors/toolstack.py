@@ -134,10 +134,12 @@ class RemoteDomain:
         if not isinstance(reply, Served):
             raise TransportError(f"serve_span answered a {type(reply).__name__}")
         self._ahead.append((reply, k, ask))
-        for entry in reply.ahead:
-            if not isinstance(entry, Served) or not isinstance(entry.at, tuple) or len(entry.at) != 2:
+        for entry in reply.ahead if isinstance(reply.ahead, list) else [None]:
+            at = getattr(entry, "at", None)
+            if not (isinstance(entry, Served) and isinstance(at, tuple) and len(at) == 2
+                    and all(type(x) is int for x in at)):
                 raise TransportError("serve_span answered a bad span ahead")
-            self._ahead.append((entry, int(entry.at[0]), int(entry.at[1])))
+            self._ahead.append((entry, at[0], at[1]))
         last, k, ask = self._ahead[-1]
         res = last.result
         if not (last.ok and isinstance(res, SpanServed) and res.batches and res.stop in ("plan", "hypercall")):
@@ -169,8 +171,8 @@ class RemoteDomain:
                 raise TransportError(f"serve_span answered {data.size} types for {served.pfns} PFNs")
             try:
                 served.tokens = served.tokens.expand(pfns[:served.pfns][data])
-            except ValueError as exc:
-                raise TransportError(f"serve_span: {exc}") from None
+            except (ValueError, TypeError, OverflowError) as exc:
+                raise TransportError(f"serve_span: bad elided contents: {exc}") from None
         self.span_batches += served.batches
         return served
 
