@@ -256,3 +256,31 @@ def test_a_malformed_speculated_window_from_the_guest_is_refused():
         remote.layout()
         with pytest.raises(TransportError, match="speculated window"):
             list(remote.run(3.0, 3.05))
+
+
+async def test_a_paced_run_asks_span_by_span_and_keeps_the_report():
+    """With a live view pacing the run, spans end at the counters' sampling points, not
+    as next_span_ask says: nothing is served ahead, and the report is the same."""
+
+    class Pacer:
+        async def pace(self, now):
+            return None
+
+    sc = load_scenario(EXAMPLES / "balloon.yaml")
+    emb = await run_scenario(sc, RunOptions())
+    ts, hvt, gt = actors.in_process_actors()
+    sent: list[dict] = []
+    call = ts.call
+
+    async def spy(actor, method, args=None):
+        if method == "serve_span":
+            sent.append(dict(args))
+        return await call(actor, method, args)
+
+    ts.call = spy
+    hv = asyncio.ensure_future(actors.serve_hypervisor(hvt))
+    g = asyncio.ensure_future(actors.serve_guest(sc, gt))
+    rem = await actors.remote_run(sc, RunOptions(), transport=ts, pacer=Pacer())
+    assert await asyncio.wait_for(hv, 5) == "released" and await asyncio.wait_for(g, 5) == "released"
+    assert comparable(rem) == comparable(emb)
+    assert sent and all("at" not in a and "pfns" in a for a in sent)
