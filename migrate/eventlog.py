@@ -397,8 +397,9 @@ def _decode(frame: bytes) -> _events.Event:
     magic, version, _f, _r, hlen = struct.unpack_from("<4sBBHI", buf, 0)
     if magic != wire.MAGIC:
         raise ValueError("not an xmig frame")
-    if version != wire.PROTOCOL_VERSION:
-        raise ValueError(f"frame of wire protocol v{version}; this xmig reads v{wire.PROTOCOL_VERSION}")
+    if version not in wire.READABLE_VERSIONS:
+        raise ValueError(f"frame of wire protocol v{version}; this xmig reads "
+                         f"v{', v'.join(map(str, wire.READABLE_VERSIONS))}")
     end = 12 + hlen
     if end > len(buf):
         raise ValueError("frame header longer than the frame")
@@ -409,7 +410,7 @@ def _decode(frame: bytes) -> _events.Event:
             for o in offsets):
         raise ValueError("bad blob table")
     _check_tree(head.get("v"), offsets, buf, end + _pad(end))
-    ev = wire.decode(frame)
+    ev = wire.decode(frame, versions=wire.READABLE_VERSIONS)
     if not isinstance(ev, _events.Event):
         raise ValueError(f"record holds a {type(ev).__name__}, not an event")
     return ev

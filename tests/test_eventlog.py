@@ -172,3 +172,42 @@ def test_the_enums_are_written_as_their_plain_strings(recorded, tmp_path):
     assert '"completed"' in text
     rows = list(csv.DictReader((tmp_path / "r.csv").open()))
     assert rows[0]["behaviour"] == "pre-fix" and rows[0]["phase"] == "live" and rows[-1]["phase"] == "final"
+
+
+def test_a_log_recorded_with_wire_protocol_v1_still_reads(tmp_path, monkeypatch):
+    """Wire v2 only added narrowed integer arrays: a log an earlier xmig recorded (v1
+    frames) replays; a frame of a protocol this xmig never spoke is refused."""
+    from migrate import eventlog
+
+    sc = load_scenario("examples/idle.yaml")
+    bus, live = EventBus(), []
+    bus.subscribe(live.append)
+    path = tmp_path / "v1.events"
+    versions = set()
+    encode = wire.encode
+
+    def v1_encode(msg):
+        frame = encode(msg)
+        versions.add(frame[4])
+        return frame
+
+    monkeypatch.setattr(wire, "PROTOCOL_VERSION", 1)
+    monkeypatch.setattr(wire, "NARROW_MIN_ELEMENTS", 1 << 62)          # as v1 wrote them
+    monkeypatch.setattr(wire, "encode", v1_encode)
+    rec = EventRecorder(path, HEADER)
+    bus.subscribe(rec)
+    asyncio.run(run_scenario(sc, RunOptions(), bus=bus))
+    rec.close()
+    monkeypatch.undo()
+    assert versions == {1}
+    log = read_event_log(path)
+    assert log.complete and len(log.events) == len(live) > 10
+    assert all(same_value(a, b) for a, b in zip(live, log.events))
+    frame = bytearray(wire.encode(live[0]))
+    frame[4] = 1
+    with pytest.raises(wire.WireError, match="protocol v1"):
+        wire.decode(bytes(frame))                  # a peer must speak v2 itself
+    assert same_value(eventlog._decode(bytes(frame)), live[0])
+    frame[4] = 7
+    with pytest.raises(ValueError, match="wire protocol v7"):
+        eventlog._decode(bytes(frame))

@@ -39,7 +39,12 @@ import numpy as np
 from hypervisor.abi import XenError
 
 #: Bumped whenever a frame or a message changes incompatibly; both peers must agree.
+#: (2: narrowed integer arrays; spans served ahead and speculated guest windows.)
 PROTOCOL_VERSION = 2
+#: Versions whose frames ``decode`` can read when asked to: a v1 frame is a v2 frame
+#: without narrowed arrays, so an event log recorded by an earlier xmig still replays
+#: (peers on a broker must speak PROTOCOL_VERSION itself).
+READABLE_VERSIONS = (1, 2)
 MAGIC = b"XMIG"
 _HEAD = struct.Struct("<4sBBHI")
 #: Arrays longer than this are checked for a compact run encoding.
@@ -393,15 +398,16 @@ class RemoteError(Exception):
     """An exception raised by the peer that has no richer mapping (its type and message)."""
 
 
-def decode(frame: bytes | bytearray | memoryview) -> Any:
-    """The message in ``frame``; raises WireError for a malformed or foreign frame."""
+def decode(frame: bytes | bytearray | memoryview, *, versions: tuple[int, ...] = (PROTOCOL_VERSION,)) -> Any:
+    """The message in ``frame`` (of one of the protocol ``versions``); raises WireError
+    for a malformed or foreign frame."""
     buf = memoryview(frame)
     if len(buf) < _HEAD.size:
         raise WireError("frame shorter than its header")
     magic, version, _flags, _res, hlen = _HEAD.unpack_from(buf, 0)
     if magic != MAGIC:
         raise WireError("not an xmig frame (bad magic)")
-    if version != PROTOCOL_VERSION:
+    if version not in versions:
         raise WireError(f"peer speaks xmig wire protocol v{version}, this xmig speaks v{PROTOCOL_VERSION}: "
                         "run the same xmig version on every actor")
     end = _HEAD.size + hlen
