@@ -281,6 +281,7 @@ class Hypervisor:
                 tok = np.asarray(tok, dtype=np.uint64).reshape(-1)
             if len(tok) != n_ram:
                 raise ValueError("ram_tokens must match ram_gfns in length")
+        into = getattr(tok, "into", None)         # a lazy source that writes where it is told
         # In slices, so a guest of hundreds of GiB never holds more than one slice of
         # temporaries on top of its tables (a GfnRuns layout and lazy contents are
         # never whole arrays at all).
@@ -288,7 +289,9 @@ class Hypervisor:
             mfns = self.frames.alloc(part.size)
             self.p2m.set(part, P2MType.ram_rw, mfns)
             self.m2p.set(mfns, part)
-            if tok is not None:
+            if into is not None:
+                self.frames.fill(mfns, lambda pos, out, lo=lo: into(lo + pos, out))
+            elif tok is not None:
                 self.frames.write(mfns, np.asarray(tok[lo:lo + part.size], dtype=np.uint64))
         if (pod.size and (self.p2m.get_types(pod) != P2MType.invalid).any()) or \
                 (mmio.size and (self.p2m.get_types(mmio) != P2MType.invalid).any()) or \

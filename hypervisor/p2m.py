@@ -252,10 +252,8 @@ class ChunkedArray:
     def _set(self, idx: np.ndarray, vals: np.ndarray) -> None:
         """``set`` of a non-empty ``idx`` (never large and decreasing), values broadcast."""
         if self._run(idx):
-            start, n = int(idx[0]), idx.size
-            self._ensure(np.arange(start >> CHUNK_BITS, ((start + n - 1) >> CHUNK_BITS) + 1))
-            for c, off, pos, k in self._slices(start, n):
-                self.pool[self.directory[c], off:off + k] = vals[pos:pos + k]
+            for pos, row in self.row_slices(int(idx[0]), idx.size):
+                row[:] = vals[pos:pos + row.size]
             return
         c0, c1 = int(idx.min()) >> CHUNK_BITS, int(idx.max()) >> CHUNK_BITS
         if c0 == c1:                               # one chunk (a balloon op, a batch)
@@ -272,6 +270,14 @@ class ChunkedArray:
         self._ensure(_unique_chunks(chunk))
         rows = self.directory[chunk].astype(np.int64)
         self.pool.reshape(-1)[(rows << CHUNK_BITS) | (idx & _CHUNK_MASK)] = vals
+
+    def row_slices(self, start: int, n: int):
+        """``(position, view)`` pieces of entries ``[start, start + n)``, in order, each a
+        writable view of its chunk's row (rows are allocated first): a run set where
+        it is made, with no array of the run's values."""
+        self._ensure(np.arange(start >> CHUNK_BITS, ((start + n - 1) >> CHUNK_BITS) + 1))
+        for c, off, pos, k in self._slices(start, n):
+            yield pos, self.pool[self.directory[c], off:off + k]
 
     def chunks(self, lo: int = 0, hi: int | None = None):
         """Yield ``(base_index, row_view)`` for every allocated chunk overlapping
@@ -397,6 +403,9 @@ class LinearChunkedArray(ChunkedArray):
         return out
 
     # ------------------------------------------------------------------ writes
+    def row_slices(self, start: int, n: int):
+        raise TypeError("a linear chunked array keeps runs without rows: use set()")
+
     def _set(self, idx: np.ndarray, vals: np.ndarray) -> None:
         """``ChunkedArray.set``'s step for run chunks: runs kept where the set keeps them."""
         if self._run(idx):
