@@ -44,7 +44,7 @@ from .abi import (E2BIG, EBUSY, EINVAL, ENOENT, ENOMEM, EPERM, INVALID_M2P_ENTRY
                   site_behaviours)
 from .frames import HostFrames
 from .logdirty import TREE_PFNS, DirtyBitmap, LogDirtyTree, sorted_unique
-from .p2m import M2P, P2M
+from .p2m import GET_BLOCK, M2P, P2M
 from .pod import PoDCache, decrease_plan
 from .sched import VcpuScheduler
 from .span import SpanServed, serve_span
@@ -944,7 +944,30 @@ class Hypervisor:
     def snapshot(self, lo: int = 0, hi: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(gfns, tokens)`` of every RAM entry in [lo, hi), sorted by GFN."""
         g = self.ram_gfns(lo, hi)
-        return g, self.frames.read(self.p2m.mfns.get(g))
+        return g, self.contents(g)
+
+    def contents(self, gfns: np.ndarray) -> np.ndarray:
+        """Content tokens of the frames RAM GFNs map (what a foreign map of them reads),
+        GET_BLOCK GFNs at a time: a large read holds no MFN array of its size, only the
+        tokens it returns."""
+        g = _i64(gfns)
+        if g.size <= GET_BLOCK:
+            return self._contents_block(g)
+        out = np.empty(g.size, dtype=np.uint64)
+        for a in range(0, g.size, GET_BLOCK):
+            self._contents_block(g[a:a + GET_BLOCK], out[a:a + GET_BLOCK])
+        return out
+
+    def _contents_block(self, g: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        # A run of GFNs mapping a run of frames (the builder's and an in-order restore's
+        # layout) reads one slice of the token table; anything else, frame by frame.
+        m0 = self.p2m.mfns.run_value(g)
+        if m0 is not None:
+            return self.frames.tokens.get_run(m0, g.size, out)
+        if out is None:
+            return self.frames.read(self.p2m.mfns.get(g))
+        out[:] = self.frames.read(self.p2m.mfns.get(g))
+        return out
 
     def mapped_runs(self, lo: int, hi: int) -> np.ndarray:
         """``(k, 2)`` GFN runs within [lo, hi) outside which no P2M entry has ever been

@@ -156,14 +156,22 @@ class ChunkedArray:
             pos += k
 
     def _get_run(self, idx: np.ndarray) -> np.ndarray:
-        """``get`` of one contiguous run, a chunk's slice at a time."""
+        """``get`` of one contiguous run."""
+        return self.get_run(int(idx[0]), idx.size)
+
+    def get_run(self, start: int, n: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Entries ``[start, start + n)`` (``get`` of that run), a chunk's slice at a
+        time, into ``out`` when given."""
         d = self.directory
-        c0, c1 = int(idx[0]) >> CHUNK_BITS, int(idx[-1]) >> CHUNK_BITS
+        c0, c1 = start >> CHUNK_BITS, (start + n - 1) >> CHUNK_BITS
         if c1 < d.size and bool((d[c0:c1 + 1] >= 0).all()):   # all rows: every entry is read
-            out = np.empty(idx.size, dtype=self.dtype)
+            if out is None:
+                out = np.empty(n, dtype=self.dtype)
+        elif out is None:
+            out = np.full(n, self.default, dtype=self.dtype)
         else:
-            out = np.full(idx.size, self.default, dtype=self.dtype)
-        for c, off, pos, k in self._slices(int(idx[0]), idx.size):
+            out[:] = self.default
+        for c, off, pos, k in self._slices(start, n):
             if c < d.size and d[c] != -1:
                 self._read_slice(out[pos:pos + k], int(d[c]), off)
         return out
@@ -369,6 +377,27 @@ class LinearChunkedArray(ChunkedArray):
         v = off + base
         v[(off < lo) | (off >= hi)] = int(self.default)
         out[:] = v
+
+    def run_value(self, idx: np.ndarray) -> int | None:
+        """``get(idx)[0]`` when ``idx`` is one contiguous run (as ``_run`` finds) whose
+        entries hold consecutive values (all inside run chunks that continue each
+        other): then ``get(idx)`` is ``arange(v, v + idx.size)``, known without it."""
+        if not self._run(idx):
+            return None
+        d = self.directory
+        v = None
+        for c, off, pos, k in self._slices(int(idx[0]), idx.size):
+            r = int(d[c]) if c < d.size else -1
+            if r > -2:
+                return None
+            s = -2 - r
+            if not (self._lo[s] <= off and off + k <= self._hi[s]):
+                return None
+            first = int(self._base[s]) + off
+            if v is not None and first != v + pos:
+                return None
+            v = first if v is None else v
+        return v
 
     def get(self, idx: np.ndarray) -> np.ndarray:
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)

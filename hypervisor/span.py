@@ -130,7 +130,7 @@ def serve_span(hv, t0: float, pfns: np.ndarray, timing: SpanTiming,
     n_p = int(counts[:keep].sum())
     p, nib, data = p[:n_p], nib[:n_p], data[:n_p]
     dp = p[data]
-    tokens = hv.frames.read(hv.p2m.mfns.get(dp)) if dp.size else _EMPTY_U64
+    tokens = hv.contents(dp) if dp.size else _EMPTY_U64
     if n_w and dp.size:
         tokens = _overlay(tokens, dp, maps[:keep], dpb[:keep], wt[:n_w], wg[:n_w], wtok[:n_w])
     c_last = float(last_call[keep - 1])
