@@ -510,7 +510,7 @@ class Hypervisor:
             self.dropped_writes += nbad
             g, tok = g[ok], tok[ok]
         if g.size:
-            self.frames.write(self.p2m.mfns.get(g), tok)
+            self._write_contents(g, tok)
 
     def decrease_reservation(self, gfns, *, t: float | None = None) -> HypercallResult:
         """XENMEM_decrease_reservation (balloon inflate), order-0 extents.
@@ -555,6 +555,11 @@ class Hypervisor:
         host is out of frames (rc = extents done). With ``pod``:
         guest_physmap_mark_populate_on_demand, which refuses (-EBUSY) over RAM."""
         g = _i64(gfns)
+        k, errno = self._populate(g, pod, self._at(t))
+        return HypercallResult(rc=k, done=g[:k].copy(), errno=errno)
+
+    def _populate(self, g: np.ndarray, pod: bool, t: float) -> tuple[int, int]:
+        """``populate_physmap`` of int64 ``g``: ``(extents done, errno)``."""
         n = g.size
         inrange = (g >= 0) & (g <= MAX_GFN)
         types, mfns = self.p2m.get(g)
@@ -563,8 +568,8 @@ class Hypervisor:
             k, errno = _populate_stop(ok, inrange, n)
             done = g[:k]
             self.p2m.set(sorted_unique(done), P2MType.populate_on_demand, INVALID_MFN)
-            self._event("populate_physmap", n, k, done, t=self._at(t))
-            return HypercallResult(rc=k, done=done.copy(), errno=errno)
+            self._event("populate_physmap", n, k, done, t=t)
+            return k, errno
         # p2m_add_page refuses special entries (Xen crashes the domain); a bad GFN fails.
         ok = inrange & ~lookup(IS_SPECIAL, types)
         k, errno = _populate_stop(ok, inrange, self.frames.free_frames)
@@ -594,8 +599,8 @@ class Hypervisor:
             if k - ug.size:
                 self.orphaned_frames += k - ug.size
             self._map_ram(ug, umfn, old_t)
-        self._event("populate_physmap", n, k, done, t=self._at(t))
-        return HypercallResult(rc=k, done=done.copy(), errno=errno)
+        self._event("populate_physmap", n, k, done, t=t)
+        return k, errno
 
     # ---------------------------------------------------------------- runs of calls
 
@@ -897,11 +902,11 @@ class Hypervisor:
     def populate_physmap_exact(self, pfns) -> None:
         """xc_domain_populate_physmap_exact: all extents or XenError."""
         p = _i64(pfns)
-        res = self.populate_physmap(p)
-        if res.rc != p.size:
-            raise XenError(res.errno or ENOMEM,
-                           f"populate_physmap_exact: {res.rc} of {p.size} PFNs populated; "
-                           f"pfn {int(p[res.rc]):#x} failed")
+        k, errno = self._populate(p, False, self.now)
+        if k != p.size:
+            raise XenError(errno or ENOMEM,
+                           f"populate_physmap_exact: {k} of {p.size} PFNs populated; "
+                           f"pfn {int(p[k]):#x} failed")
 
     def write_pages(self, pfns, tokens) -> None:
         """Foreign-map ``pfns`` read-write and copy ``tokens`` in (last write wins).
@@ -917,7 +922,7 @@ class Hypervisor:
             bad = int(p[np.flatnonzero(~ok)[0]])
             raise XenError(EINVAL, f"Mapping of pfn {bad:#x} failed (p2m type "
                                    f"{P2MType(int(types[~ok][0])).name})")
-        self.frames.write(self.p2m.mfns.get(p), tok)
+        self._write_contents(p, tok)
         # A writable foreign mapping marks the page dirty when dropped (paging_mark_dirty).
         self._mark_dirty(p)
 
@@ -963,11 +968,20 @@ class Hypervisor:
         # layout) reads one slice of the token table; anything else, frame by frame.
         m0 = self.p2m.mfns.run_value(g)
         if m0 is not None:
-            return self.frames.tokens.get_run(m0, g.size, out)
+            return self.frames.read_run(m0, g.size, out)
         if out is None:
             return self.frames.read(self.p2m.mfns.get(g))
         out[:] = self.frames.read(self.p2m.mfns.get(g))
         return out
+
+    def _write_contents(self, g: np.ndarray, tok: np.ndarray) -> None:
+        """Store ``tok`` in the frames the unique RAM GFNs ``g`` map (as ``contents``
+        reads them: a run of GFNs mapping a run of frames is one slice)."""
+        m0 = self.p2m.mfns.run_value(g)
+        if m0 is not None:
+            self.frames.write_run(m0, tok)
+        else:
+            self.frames.write(self.p2m.mfns.get(g), tok)
 
     def mapped_runs(self, lo: int, hi: int) -> np.ndarray:
         """``(k, 2)`` GFN runs within [lo, hi) outside which no P2M entry has ever been

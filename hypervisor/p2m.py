@@ -62,20 +62,20 @@ def _unique_chunks(chunk: np.ndarray) -> np.ndarray:
     return sorted_unique(chunk)
 
 
-def chunk_pieces(idx: np.ndarray):
+def chunk_pieces(idx: np.ndarray, bits: int = CHUNK_BITS):
     """``(chunk, a, b)``: positions ``[a, b)`` of the increasing ``idx`` that fall in
-    ``chunk``, for every chunk they touch, in order (no sort, no per-entry chunk
-    numbers: one search for the chunk boundaries). Indices spread over far more chunks
-    than they could fill (a sparse guest, a hostile stream) are cut where their chunk
-    number changes instead, so the work never depends on the spread."""
-    c0, c1 = int(idx[0]) >> CHUNK_BITS, int(idx[-1]) >> CHUNK_BITS
+    ``chunk`` (of ``2^bits`` indices), for every chunk they touch, in order (no sort, no
+    per-entry chunk numbers: one search for the chunk boundaries). Indices spread over
+    far more chunks than they could fill (a sparse guest, a hostile stream) are cut
+    where their chunk number changes instead, so the work never depends on the spread."""
+    c0, c1 = int(idx[0]) >> bits, int(idx[-1]) >> bits
     if c1 - c0 > 64 + (idx.size >> 12):
-        chunk = idx >> CHUNK_BITS
+        chunk = idx >> bits
         cuts = (np.flatnonzero(chunk[1:] != chunk[:-1]) + 1).tolist()
         for a, b in zip([0] + cuts, cuts + [idx.size]):
             yield int(chunk[a]), a, b
         return
-    cuts = np.searchsorted(idx, np.arange(c0 + 1, c1 + 1, dtype=np.int64) << CHUNK_BITS).tolist()
+    cuts = np.searchsorted(idx, np.arange(c0 + 1, c1 + 1, dtype=np.int64) << bits).tolist()
     for c, a, b in zip(range(c0, c1 + 1), [0] + cuts, cuts + [idx.size]):
         if b > a:
             yield c, a, b

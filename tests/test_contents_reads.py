@@ -66,3 +66,41 @@ def test_contents_reads_what_the_frames_hold_whatever_the_p2m_looks_like():
         assert np.array_equal(hv.contents(g), hv.frames.read(hv.p2m.mfns.get(g)))
     g, tok = hv.snapshot()
     assert np.array_equal(g, ram) and np.array_equal(tok, hv.frames.read(hv.p2m.mfns.get(ram)))
+
+
+def _ballooned_twins():
+    """Two identical domains: a built run, then a balloon's give-back and take-back."""
+    out = []
+    for _ in range(2):
+        hv = Hypervisor(host_frames=2 * CHUNK)
+        hv.build(DomainLayout(ram_gfns=np.arange(0, CHUNK + 20000)))
+        gone = np.arange(CHUNK - 9000, CHUNK + 9000)[::-1]
+        hv.decrease_reservation(gone)
+        hv.populate_physmap(gone[::2])
+        out.append(hv)
+    return out
+
+
+def test_writing_contents_stores_what_the_frame_by_frame_write_stores():
+    fast, ref = _ballooned_twins()
+    rng = np.random.default_rng(8)
+    ram = fast.ram_gfns()
+    for i, g in enumerate((np.arange(100, 100 + GET_BLOCK), ram[ram > CHUNK - 12000][:30000],
+                           rng.permutation(ram)[:9000], ram[:10])):
+        tok = np.arange(g.size, dtype=np.uint64) + np.uint64(1000 * i + 1)
+        fast._write_contents(g, tok)
+        ref.frames.write(ref.p2m.mfns.get(g), tok)
+        assert np.array_equal(fast.contents(ram), ref.contents(ram))
+    frames = fast.frames
+    frames.write_run(5, np.array([7, 8, 9], dtype=np.uint64))
+    assert frames.read(np.array([5, 6, 7])).tolist() == [7, 8, 9]
+    assert np.array_equal(frames.read_run(3, 6), frames.read(np.arange(3, 9)))
+
+
+def test_populate_physmap_exact_names_the_pfn_it_could_not_populate():
+    from hypervisor.abi import XenError
+
+    hv = Hypervisor(host_frames=10)
+    hv.build(DomainLayout(ram_gfns=np.arange(4)))
+    with pytest.raises(XenError, match=r"populate_physmap_exact: 6 of 8 PFNs populated; pfn 0x6 failed"):
+        hv.populate_physmap_exact(np.arange(0, 8) + 0)
