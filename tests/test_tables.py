@@ -30,3 +30,20 @@ def test_batch_totals_count_each_batch(n):
     mask = np.random.default_rng(n).random(n) < 0.7
     want = np.add.reduceat(mask, np.arange(0, n, 1024), dtype=np.int64)
     assert batch_totals(mask, 1024).tolist() == want.tolist()
+
+
+@pytest.mark.parametrize("batch", [8, 16, 24, 1024, 2040, 2048, 7, 1000])
+@pytest.mark.parametrize("share", [0.0, 0.3, 1.0])
+def test_batch_totals_by_words_count_as_the_plain_count_does(batch, share):
+    # Batches of a multiple of 8 flags up to 2040 are counted eight flags a word (up
+    # to 255 a byte lane: a full batch of 2040 fills each lane exactly); the rest,
+    # and masks that are not contiguous, flag by flag.
+    rng = np.random.default_rng(batch)
+    for n in (batch, 5 * batch, 5 * batch + 3, 3, 0):
+        mask = rng.random(n) < share
+        want = [int(np.count_nonzero(mask[a:a + batch])) for a in range(0, n, batch)]
+        assert batch_totals(mask, batch).tolist() == want
+        strided = np.repeat(mask, 2)[::2]
+        assert batch_totals(strided, batch).tolist() == want
+        shifted = np.concatenate([[True] * 3, mask])[3:]       # not on an 8-byte boundary
+        assert batch_totals(shifted, batch).tolist() == want
