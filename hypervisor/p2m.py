@@ -687,10 +687,22 @@ class P2M:
         parts = []
         for base, row in self.types.chunks(lo, hi):
             a, b = max(lo - base, 0), min(top - base, CHUNK)   # only the part in [lo, hi)
-            parts.append(np.flatnonzero(lookup(table, row[a:b])) + (base + a))
+            if b <= a:
+                continue
+            seg = row[a:b]
+            t0 = int(seg[0])
+            if int(seg.min()) == t0 == int(seg.max()):
+                # One type over the whole part (a guest's RAM, all of it ballooned out):
+                # all of it or none, with no per-entry mask.
+                if table[t0]:
+                    parts.append(np.arange(base + a, base + b, dtype=np.int64))
+                continue
+            part = np.flatnonzero(lookup(table, seg)).astype(np.int64, copy=False)
+            part += base + a
+            parts.append(part)
         if not parts:
             return np.empty(0, dtype=np.int64)
-        return np.concatenate(parts).astype(np.int64, copy=False)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def ram_count(self) -> int:
         return int(self.type_counts[IS_RAM].sum())

@@ -104,3 +104,22 @@ def test_populate_physmap_exact_names_the_pfn_it_could_not_populate():
     hv.build(DomainLayout(ram_gfns=np.arange(4)))
     with pytest.raises(XenError, match=r"populate_physmap_exact: 6 of 8 PFNs populated; pfn 0x6 failed"):
         hv.populate_physmap_exact(np.arange(0, 8) + 0)
+
+
+@pytest.mark.parametrize("lo,hi", [(0, None), (0, 5 * CHUNK), (CHUNK - 7, 2 * CHUNK + 9), (CHUNK, CHUNK + 1),
+                                   (3 * CHUNK + 5, 3 * CHUNK + 5), (2 * CHUNK + 100, 2 * CHUNK + 50)])
+def test_gfns_where_answers_as_the_per_entry_mask_does(lo, hi):
+    # Parts of one type (all RAM, all holes) are taken whole; mixed parts entry by entry.
+    from hypervisor.abi import IS_POD, IS_RAM, P2MType
+    from hypervisor.p2m import P2M
+
+    p2m = P2M()
+    p2m.set(np.arange(0, 2 * CHUNK), P2MType.ram_rw, np.arange(0, 2 * CHUNK))           # all RAM
+    p2m.set(np.arange(2 * CHUNK, 3 * CHUNK, 3), P2MType.populate_on_demand, INVALID_MFN)  # mixed
+    p2m.set(np.arange(3 * CHUNK, 4 * CHUNK), P2MType.mmio_direct, INVALID_MFN)          # none RAM
+    every = np.arange(0, 5 * CHUNK)
+    top = 5 * CHUNK if hi is None else hi
+    for table in (IS_RAM, IS_POD, np.ones(16, dtype=bool)):
+        want = every[(every >= lo) & (every < top) & table[p2m.get_types(every)] & p2m.types.present(every)]
+        got = p2m.gfns_where(table, lo, hi)
+        assert got.dtype == np.int64 and np.array_equal(got, want)
