@@ -44,7 +44,7 @@ from .abi import (E2BIG, EBUSY, EINVAL, ENOENT, ENOMEM, EPERM, INVALID_M2P_ENTRY
                   site_behaviours)
 from .frames import HostFrames
 from .logdirty import TREE_PFNS, DirtyBitmap, LogDirtyTree, sorted_unique
-from .p2m import GET_BLOCK, M2P, P2M
+from .p2m import GET_BLOCK, M2P, P2M, run_start
 from .pod import PoDCache, decrease_plan
 from .sched import VcpuScheduler
 from .span import SpanServed, serve_span
@@ -287,8 +287,7 @@ class Hypervisor:
         # never whole arrays at all).
         for lo, part in _build_steps(ram, n_ram):
             mfns = self.frames.alloc(part.size)
-            self.p2m.set(part, P2MType.ram_rw, mfns)
-            self.m2p.set(mfns, part)
+            self._set_frames(part, P2MType.ram_rw, mfns)
             if into is not None:
                 self.frames.fill(mfns, lambda pos, out, lo=lo: into(lo + pos, out))
             elif tok is not None:
@@ -435,13 +434,24 @@ class Hypervisor:
         self._fix_mark_clean(gfns, site)
         self.p2m.set(gfns, P2MType.invalid, INVALID_MFN, old=old)
 
+    def _set_frames(self, gfns: np.ndarray, t: P2MType, mfns: np.ndarray, old: np.ndarray | None = None) -> None:
+        """Map unique ``gfns`` to frames ``mfns`` as type ``t`` in the P2M and the M2P
+        (``old``: the GFNs' current types, when just read). A run of GFNs onto a run of
+        frames (a build step, a restore group) goes in as the two runs."""
+        g0, m0 = run_start(gfns), run_start(mfns)
+        if g0 is not None and m0 is not None and gfns.size == mfns.size:
+            self.p2m.set_run(g0, gfns.size, t, m0, old=old)
+            self.m2p.set_run(m0, gfns.size, g0)
+            return
+        self.p2m.set(gfns, t, mfns, old=old)
+        self.m2p.set(mfns, gfns)
+
     def _map_ram(self, gfns: np.ndarray, mfns: np.ndarray, old: np.ndarray | None = None) -> None:
         """p2m_add_page(..., p2m_ram_rw): a fresh entry is ram_rw in both behaviours, so
         under pre-fix its writes go unlogged until the next CLEAN re-protects it."""
         if gfns.size == 0:
             return
-        self.p2m.set(gfns, P2MType.ram_rw, mfns, old=old)
-        self.m2p.set(mfns, gfns)
+        self._set_frames(gfns, P2MType.ram_rw, mfns, old=old)
         self._fix_mark_dirty(gfns)
 
     def _pod_demand_populate(self, gfns: np.ndarray, t: float) -> np.ndarray:
@@ -454,8 +464,7 @@ class Hypervisor:
         if k:
             mfns = self.pod.take(k)
             self.frames.write(mfns, np.zeros(k, dtype=np.uint64))   # cache pages are zeroed
-            self.p2m.set(done, P2MType.ram_rw, mfns)
-            self.m2p.set(mfns, done)
+            self._set_frames(done, P2MType.ram_rw, mfns)
             dirty = self._was_dirty(done)
             before = self.marks_dirty
             self._mark_dirty(done)
@@ -707,8 +716,7 @@ class Hypervisor:
                 self.m2p.set(mfns[was_ram].astype(np.int64), INVALID_M2P_ENTRY)
                 self.orphaned_frames += int(np.count_nonzero(was_ram))
             # _map_ram: p2m_add_page(ram_rw), then (with the fix) mark dirty.
-            self.p2m.set(g, P2MType.ram_rw, new, old=types)
-            self.m2p.set(new, g)
+            self._set_frames(g, P2MType.ram_rw, new, old=types)
             was = self._dirty_now(g)
             if fixed and self.log_dirty_enabled:
                 self.marks_dirty += self.logdirty.mark_dirty(g)

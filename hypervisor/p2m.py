@@ -81,6 +81,12 @@ def chunk_pieces(idx: np.ndarray, bits: int = CHUNK_BITS):
             yield c, a, b
 
 
+def run_start(idx: np.ndarray) -> int | None:
+    """``idx[0]`` when ``idx`` is one large contiguous increasing run (the tables' run
+    paths take it; see ``ChunkedArray._run``), else None."""
+    return int(idx[0]) if ChunkedArray._run(idx) else None
+
+
 class ChunkedArray:
     """A sparse 1-D array over ``[0, 2^40)`` stored in 2^CHUNK_BITS-entry chunks."""
 
@@ -279,6 +285,12 @@ class ChunkedArray:
         rows = self.directory[chunk].astype(np.int64)
         self.pool.reshape(-1)[(rows << CHUNK_BITS) | (idx & _CHUNK_MASK)] = vals
 
+    def set_run(self, start: int, n: int, value) -> None:
+        """``set(arange(start, start + n), value)`` for one value, with no index array."""
+        v = self.dtype.type(value)
+        for _, row in self.row_slices(start, n):
+            row[:] = v
+
     def row_slices(self, start: int, n: int):
         """``(position, view)`` pieces of entries ``[start, start + n)``, in order, each a
         writable view of its chunk's row (rows are allocated first): a run set where
@@ -435,19 +447,40 @@ class LinearChunkedArray(ChunkedArray):
     def row_slices(self, start: int, n: int):
         raise TypeError("a linear chunked array keeps runs without rows: use set()")
 
+    def set_linear(self, start: int, n: int, v0: int) -> None:
+        """``set(arange(start, start + n), arange(v0, v0 + n))`` (the builder's and the
+        restore's steps: fresh frames for a run of GFNs, and back), with neither array
+        where the run path below takes it."""
+        if n > 4096 and 0 <= v0 and v0 + n - 1 <= np.iinfo(self.dtype).max \
+                and not v0 <= int(self.default) <= v0 + n - 1:
+            self._linear_run(start, n, v0)
+        elif n:
+            self.set(np.arange(start, start + n, dtype=np.int64), np.arange(v0, v0 + n, dtype=np.int64))
+
+    def _linear_run(self, start: int, n: int, v0: int, vals: np.ndarray | None = None) -> None:
+        """Entries ``[start, start + n)`` become ``v0, v0 + 1, ...`` (``vals``, when the
+        caller holds them; the default is not among them): each chunk's piece is one
+        base, kept a run where the chunk stays one (``_extend_run``)."""
+        self._ensure_directory((start + n - 1) >> CHUNK_BITS)
+        for c, off, pos, k in self._slices(start, n):
+            if not self._extend_run(c, off, off + k, v0 + pos - off):
+                v = (vals[pos:pos + k] if vals is not None
+                     else np.arange(v0 + pos, v0 + pos + k, dtype=np.int64).astype(self.dtype))
+                self._set_chunk(c, np.arange(off, off + k, dtype=np.int64), v)
+
     def _set(self, idx: np.ndarray, vals: np.ndarray) -> None:
         """``ChunkedArray.set``'s step for run chunks: runs kept where the set keeps them."""
         if self._run(idx):
             start, n = int(idx[0]), idx.size
-            self._ensure_directory((start + n - 1) >> CHUNK_BITS)
             v0, v1 = int(vals[0]), int(vals[-1])
             # A run of values onto a run of indices (the builder's and the restore's
             # steps): each chunk's piece is one base, checked without per-entry work.
-            linear = (vals.strides[0] != 0 and v1 - v0 == n - 1 and not v0 <= int(self.default) <= v1
-                      and bool((vals[1:] > vals[:-1]).all()))
+            if (vals.strides[0] != 0 and v1 - v0 == n - 1 and not v0 <= int(self.default) <= v1
+                    and bool((vals[1:] > vals[:-1]).all())):
+                return self._linear_run(start, n, v0, vals)
+            self._ensure_directory((start + n - 1) >> CHUNK_BITS)
             for c, off, pos, k in self._slices(start, n):
-                if not (linear and self._extend_run(c, off, off + k, v0 + pos - off)):
-                    self._set_chunk(c, np.arange(off, off + k, dtype=np.int64), vals[pos:pos + k])
+                self._set_chunk(c, np.arange(off, off + k, dtype=np.int64), vals[pos:pos + k])
             return
         if self._ascending(idx) and (int(idx[0]) ^ int(idx[-1])) >> CHUNK_BITS:
             # Several chunks, a slice of positions each: each chunk's part is set as
@@ -640,11 +673,7 @@ class P2M:
             return
         if old is None:
             old = self.types.get(g)
-        o0 = int(old[0])
-        if int(old.min()) == o0 == int(old.max()):   # one old type (a build step, a balloon op)
-            self.type_counts[o0] -= g.size
-        else:
-            self.type_counts -= np.bincount(old, minlength=16)
+        self._uncount(old)
         if np.ndim(types) == 0:                    # one type for all (every caller here)
             t = int(types)
             self.type_counts[t] += g.size
@@ -660,6 +689,27 @@ class P2M:
         mapped = g[new != P2MType.invalid]
         if mapped.size:
             self.max_mapped_pfn = max(self.max_mapped_pfn, int(mapped.max()))
+
+    def set_run(self, g0: int, n: int, t: int, m0: int, old: np.ndarray | None = None) -> None:
+        """``set(arange(g0, g0 + n), t, arange(m0, m0 + n), old)``: a run of GFNs mapped
+        to a run of frames (a build step, a restore group), with no per-GFN arrays."""
+        if n == 0:
+            return
+        self._uncount(self.types.get_run(g0, n) if old is None else old)
+        t = int(t)
+        self.type_counts[t] += n
+        self.types.set_run(g0, n, t)
+        self.mfns.set_linear(g0, n, m0)
+        if t != P2MType.invalid:
+            self.max_mapped_pfn = max(self.max_mapped_pfn, g0 + n - 1)
+
+    def _uncount(self, old: np.ndarray) -> None:
+        """Take entries of the types ``old`` out of the histogram."""
+        o0 = int(old[0])
+        if int(old.min()) == o0 == int(old.max()):   # one old type (a build step, a balloon op)
+            self.type_counts[o0] -= old.size
+        else:
+            self.type_counts -= np.bincount(old, minlength=16)
 
     def change_type(self, gfns, ot: P2MType, nt: P2MType) -> None:
         """p2m_change_type_one over unique GFNs that are all of type ``ot``: they become
@@ -772,6 +822,14 @@ class M2P:
             self._clear_high(m[~big])
         else:
             self._clear_high(m)
+
+    def set_run(self, m0: int, n: int, g0: int) -> None:
+        """``set(arange(m0, m0 + n), arange(g0, g0 + n))`` with no per-frame arrays where
+        the GFNs fit the low word and no high part was ever stored."""
+        if n and 0 <= g0 and g0 + n - 1 <= M2P_LOW_MAX and not self.high.nrows:
+            self.low.set_linear(m0, n, g0)
+        elif n:
+            self.set(np.arange(m0, m0 + n, dtype=np.int64), np.arange(g0, g0 + n, dtype=np.int64))
 
     def _clear_high(self, m: np.ndarray) -> None:
         if self.high.nrows:
