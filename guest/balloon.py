@@ -194,7 +194,9 @@ class Balloon:
         parts: list[np.ndarray] = []
         need = n
         top = self._hint
-        win = max(4 * n, 4096)
+        # A little more than asked: a region mostly owned fills it in one window (the
+        # pages taken do not depend on the windows, only the temporaries do).
+        win = max(n + (n >> 4), 4096)
         while need > 0 and top > self.rlo:
             a = max(self.rlo, top - win)
             idx = np.flatnonzero(self.owned[a:top])
