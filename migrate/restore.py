@@ -437,7 +437,10 @@ class Restorer:
         if not n:
             return
         t_lo = data_end[a - 1] if a else 0
-        self._pending.append((pfns[lo:hi][m], nibbles[lo:hi][m], tokens[t_lo:data_end[b - 1]]))
+        if n == m.size:                   # every entry kept (the usual case): the slices themselves
+            self._pending.append((pfns[lo:hi], nibbles[lo:hi], tokens[t_lo:data_end[b - 1]]))
+        else:
+            self._pending.append((pfns[lo:hi][m], nibbles[lo:hi][m], tokens[t_lo:data_end[b - 1]]))
         self._pending_where.append(where)
         self._pending_n += n
 
