@@ -646,6 +646,9 @@ class P2M:
         """p2m_get_entry over an array: ``(types uint8, mfns uint32)``; GFNs outside
         ``[0, MAX_GFN]`` read as p2m_invalid."""
         g = np.asarray(gfns, dtype=np.int64).reshape(-1)
+        g0 = self._in_range_run(g)
+        if g0 is not None:                         # a run: each table reads its slices
+            return self.types.get_run(g0, g.size), self.mfns.get_run(g0, g.size)
         if g.size and (int(g.min()) < 0 or int(g.max()) > MAX_GFN):
             bad = (g < 0) | (g > MAX_GFN)
             t = np.full(g.size, P2MType.invalid, dtype=np.uint8)
@@ -656,8 +659,17 @@ class P2M:
             return t, m
         return self.types.get(g), self.mfns.get(g)
 
+    @staticmethod
+    def _in_range_run(g: np.ndarray) -> int | None:
+        """``run_start(g)`` for a run inside ``[0, MAX_GFN]`` (checked once for both tables)."""
+        g0 = run_start(g)
+        return g0 if g0 is not None and g0 >= 0 and g0 + g.size - 1 <= MAX_GFN else None
+
     def get_types(self, gfns) -> np.ndarray:
         g = np.asarray(gfns, dtype=np.int64).reshape(-1)
+        g0 = self._in_range_run(g)
+        if g0 is not None:
+            return self.types.get_run(g0, g.size)
         if g.size and (int(g.min()) < 0 or int(g.max()) > MAX_GFN):
             bad = (g < 0) | (g > MAX_GFN)
             t = np.full(g.size, P2MType.invalid, dtype=np.uint8)

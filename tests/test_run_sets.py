@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hypervisor.abi import INVALID_MFN, DomainLayout, P2MType
+from hypervisor.abi import INVALID_MFN, MAX_GFN, DomainLayout, P2MType
 from hypervisor.domain import Hypervisor
 from hypervisor.p2m import CHUNK, M2P, M2P_LOW_MAX, P2M, ChunkedArray, LinearChunkedArray, run_start
 
@@ -127,3 +127,18 @@ def test_a_domain_built_and_refilled_in_runs_holds_what_per_entry_sets_hold(monk
     assert fast.p2m.max_mapped_pfn == ref.p2m.max_mapped_pfn
     assert (fast.p2m.mfns.nrows, fast.p2m.mfns.nruns, fast.m2p.low.nrows, fast.m2p.low.nruns) == \
         (ref.p2m.mfns.nrows, ref.p2m.mfns.nruns, ref.m2p.low.nrows, ref.m2p.low.nruns)
+
+
+@pytest.mark.parametrize("g", [np.arange(CHUNK - 3000, CHUNK + 7000), np.arange(0, 5000), np.arange(10, 200),
+                               np.arange(CHUNK + 10, CHUNK - 5000, -1), np.delete(np.arange(0, 9000), 4),
+                               np.arange(MAX_GFN - 4999, MAX_GFN + 3)])
+def test_p2m_reads_of_a_run_match_the_tables_read_entry_by_entry(g):
+    p2m = P2M()
+    p2m.set(np.arange(0, CHUNK + 3000), P2MType.ram_rw, np.arange(0, CHUNK + 3000) + 11)
+    p2m.set(np.arange(CHUNK - 100, CHUNK + 100, 3), P2MType.ram_logdirty, np.arange(5, 205, 3) + (1 << 20))
+    t, m = p2m.get(g)
+    ok = (g >= 0) & (g <= MAX_GFN)
+    want_t = np.where(ok, p2m.types.get(np.where(ok, g, 0)), P2MType.invalid)
+    want_m = np.where(ok, p2m.mfns.get(np.where(ok, g, 0)), INVALID_MFN)
+    assert np.array_equal(t, want_t) and np.array_equal(m, want_m) and np.array_equal(p2m.get_types(g), want_t)
+    assert t.dtype == np.uint8 and m.dtype == np.uint32
