@@ -427,20 +427,23 @@ class Restorer:
                 self.flush()
                 a, acc = i + 1, 0
         if a < nrec:
-            self._gather(pfns, nibbles, tokens, keep, data_end, a, nrec, where)
+            self._gather(pfns, nibbles, tokens, keep, data_end, a, nrec, where, held=True)
 
-    def _gather(self, pfns, nibbles, tokens, keep, data_end: list, a: int, b: int, where: str) -> None:
-        """Gather the kept entries of records ``[a, b)`` of a run for the next flush."""
+    def _gather(self, pfns, nibbles, tokens, keep, data_end: list, a: int, b: int, where: str,
+                held: bool = False) -> None:
+        """Gather the kept entries of records ``[a, b)`` of a run for the next flush
+        (``held``: it comes after this call, so the run's arrays are not kept for it)."""
         lo, hi = a * MAX_BATCH_SIZE, b * MAX_BATCH_SIZE
         m = keep[lo:hi]
         n = int(np.count_nonzero(m))
         if not n:
             return
         t_lo = data_end[a - 1] if a else 0
-        if n == m.size:                   # every entry kept (the usual case): the slices themselves
-            self._pending.append((pfns[lo:hi], nibbles[lo:hi], tokens[t_lo:data_end[b - 1]]))
+        tok = tokens[t_lo:data_end[b - 1]]
+        if n == m.size and not held:      # every entry kept (the usual case): the slices themselves
+            self._pending.append((pfns[lo:hi], nibbles[lo:hi], tok))
         else:
-            self._pending.append((pfns[lo:hi][m], nibbles[lo:hi][m], tokens[t_lo:data_end[b - 1]]))
+            self._pending.append((pfns[lo:hi][m], nibbles[lo:hi][m], tok.copy() if held else tok))
         self._pending_where.append(where)
         self._pending_n += n
 
