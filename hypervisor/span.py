@@ -157,9 +157,15 @@ def _overlay(tokens: np.ndarray, dp: np.ndarray, maps: np.ndarray, data_per_batc
     # through the span's PFNs walks forward instead of jumping about.
     near = near[stable_order(wg[near] - int(sdp[0]))]
     keys = wg[near]
-    pos = np.searchsorted(sdp, keys)
-    pos[pos >= sdp.size] = 0
-    hit = sdp[pos] == keys
+    if ascending and int(sdp[-1]) - int(sdp[0]) == sdp.size - 1:
+        # The span's data PFNs are one run: a PFN's place is its offset (every near
+        # write lands on one).
+        pos = keys - int(sdp[0])
+        hit = np.ones(keys.size, dtype=bool)
+    else:
+        pos = np.searchsorted(sdp, keys)
+        pos[pos >= sdp.size] = 0
+        hit = sdp[pos] == keys
     if not hit.any():
         return tokens
     wi = near[hit]                                # the writes to span PFNs, by PFN then time
