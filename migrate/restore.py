@@ -140,8 +140,12 @@ class _PfnSet:
             return out
         for h, sel in self._groups(pfns, ascending):
             leaf = self._leaves.get(h)
-            if leaf is not None:
-                out[sel] = np.unpackbits(leaf, bitorder="little").view(bool)[self._offsets(pfns, sel, ascending)]
+            if leaf is None:
+                continue
+            off = self._offsets(pfns, sel, ascending)
+            if isinstance(off, slice) and not leaf[off.start >> 3:(off.stop + 7) >> 3].any():
+                continue                  # a run over a part of the leaf holding none (a restore's new pages)
+            out[sel] = np.unpackbits(leaf, bitorder="little").view(bool)[off]
         return out
 
     def _offsets(self, pfns: np.ndarray, sel, ascending: bool = False):
