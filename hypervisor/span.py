@@ -129,7 +129,7 @@ def serve_span(hv, t0: float, pfns: np.ndarray, timing: SpanTiming,
 
     n_p = int(counts[:keep].sum())
     p, nib, data = p[:n_p], nib[:n_p], data[:n_p]
-    dp = p[data]
+    dp = p if int(dpb[:keep].sum()) == n_p else p[data]      # (every PFN a data page: no copy)
     tokens = hv.contents(dp) if dp.size else _EMPTY_U64
     if n_w and dp.size:
         tokens = _overlay(tokens, dp, maps[:keep], dpb[:keep], wt[:n_w], wg[:n_w], wtok[:n_w])
