@@ -40,7 +40,7 @@ import numpy as np
 
 from .logdirty import sorted_unique
 from .abi import INVALID_M2P_ENTRY, INVALID_MFN, IS_RAM, MAX_GFN, P2MType
-from .tables import lookup
+from .tables import add_where, lookup
 
 CHUNK_BITS = 18
 CHUNK = 1 << CHUNK_BITS
@@ -738,7 +738,7 @@ class P2M:
         # A row at a time: each row's mask stays in cache (one pass over the whole
         # table's mask would be a fresh, page-faulting array as big as the table).
         for row in self.types.rows_in_use():
-            np.copyto(row, np.uint8(nt), where=row == np.uint8(ot))
+            add_where(row, row == np.uint8(ot), int(nt) - int(ot))
         self.type_counts[nt] += self.type_counts[ot]
         self.type_counts[ot] = 0
 
