@@ -114,6 +114,21 @@ def hashed_fracs(seed: int, pages: np.ndarray, ticks: np.ndarray, key: int) -> n
 
 #: Pages hashed per step by initial_tokens (bounds its temporaries for huge guests).
 _TOKEN_SLICE = 1 << 18
+#: Pages BootTokens.fill hashes per step: its temporaries stay small enough to be
+#: reused memory, not fresh pages to fault in.
+_FILL_BLOCK = 1 << 16
+
+
+def _boot_hash(z: np.ndarray) -> None:
+    """``z`` (GFNs xor the seed's key, uint64) -> their boot tokens, in place."""
+    splitmix64(z, out=z)
+    z += _GOLDEN
+    splitmix64(z, out=z)
+    np.maximum(z, 1, out=z)                        # 0 (an all-zero page) becomes 1
+
+
+def _boot_seed(seed: int) -> np.uint64:
+    return splitmix64(np.uint64(seed_key(seed)) ^ np.uint64(0xB007))
 
 
 def initial_tokens(seed: int, gfns: np.ndarray) -> np.ndarray:
@@ -121,14 +136,11 @@ def initial_tokens(seed: int, gfns: np.ndarray) -> np.ndarray:
     gfns = np.asarray(gfns, dtype=np.int64).reshape(-1)
     out = np.empty(gfns.size, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        s = splitmix64(np.uint64(seed_key(seed)) ^ np.uint64(0xB007))
+        s = _boot_seed(seed)
         for lo in range(0, gfns.size, _TOKEN_SLICE):
             z = out[lo:lo + _TOKEN_SLICE]          # hashed in place, a slice at a time
             np.bitwise_xor(gfns[lo:lo + z.size].view(np.uint64), s, out=z)
-            splitmix64(z, out=z)
-            z += _GOLDEN
-            splitmix64(z, out=z)
-            np.maximum(z, 1, out=z)                # 0 (an all-zero page) becomes 1
+            _boot_hash(z)
     return out
 
 
@@ -146,6 +158,19 @@ class BootTokens:
 
     def __getitem__(self, key: slice) -> np.ndarray:
         return initial_tokens(self.seed, self.gfns[key])
+
+    def into(self, a: int, out: np.ndarray) -> None:
+        """``out[:] = self[a:a + out.size]`` (``out`` uint64), built in ``out`` itself:
+        the domain builder hashes boot contents straight into the frames' token table
+        (a new array per step would be fresh memory, faulted in page by page)."""
+        with np.errstate(over="ignore"):
+            s = _boot_seed(self.seed)
+            for lo, hi, g0 in self.gfns.pieces(a, a + out.size):
+                for b in range(lo, hi, _FILL_BLOCK):
+                    e = min(b + _FILL_BLOCK, hi)
+                    z = out[b - a:e - a]
+                    np.bitwise_xor(np.arange(g0 + b - lo, g0 + e - lo, dtype=np.uint64), s, out=z)
+                    _boot_hash(z)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         out = self[:]

@@ -450,15 +450,21 @@ class GfnRuns:
             raise TypeError("GfnRuns takes a slice with step 1")
         a, b, _ = key.indices(self.size)
         out = np.empty(max(0, b - a), dtype=np.int64)
+        for lo, hi, g0 in self.pieces(a, b):
+            out[lo - a:hi - a] = np.arange(g0, g0 + hi - lo, dtype=np.int64)
+        return out
+
+    def pieces(self, a: int, b: int):
+        """``(lo, hi, gfn)`` for each run positions ``[a, b)`` overlap, in order:
+        positions ``lo..hi-1`` are GFNs ``gfn..gfn + hi - lo - 1``."""
         count = np.asarray(self.count, dtype=np.int64)
         page0 = np.cumsum(count) - count
         r0 = int(np.searchsorted(page0, a, side="right")) - 1
         r1 = int(np.searchsorted(page0, b, side="left"))
         for r in range(max(r0, 0), r1):              # the runs the slice overlaps (few)
             lo, hi = max(a, int(page0[r])), min(b, int(page0[r] + count[r]))
-            g0 = int(self.first[r]) + lo - int(page0[r])
-            out[lo - a:hi - a] = np.arange(g0, g0 + hi - lo, dtype=np.int64)
-        return out
+            if hi > lo:
+                yield lo, hi, int(self.first[r]) + lo - int(page0[r])
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         out = self[:]
@@ -471,7 +477,9 @@ class DomainLayout:
 
     ``ram_gfns`` get real frames (contents ``ram_tokens``, or zero pages when None);
     both may be arrays or anything sliced like one (a :class:`GfnRuns`, a guest's lazy
-    boot contents), which the builder reads a slice at a time;
+    boot contents), which the builder reads a slice at a time; lazy contents that also
+    have ``into(a, out)`` (write ``ram_tokens[a:a + len(out)]`` into ``out``) are
+    written straight into the frames' token table;
     ``pod_gfns`` become populate_on_demand entries backed by a PoD cache of
     ``pod_cache_pages`` frames (Xen's PoD target); ``mmio_gfns`` become mmio_direct
     entries (XTAB in a save). Everything else is a hole (p2m_invalid).

@@ -44,7 +44,7 @@ from .abi import (E2BIG, EBUSY, EINVAL, ENOENT, ENOMEM, EPERM, INVALID_M2P_ENTRY
                   site_behaviours)
 from .frames import HostFrames
 from .logdirty import TREE_PFNS, DirtyBitmap, LogDirtyTree, sorted_unique
-from .p2m import M2P, P2M
+from .p2m import GET_BLOCK, M2P, P2M, run_start
 from .pod import PoDCache, decrease_plan
 from .sched import VcpuScheduler
 from .span import SpanServed, serve_span
@@ -281,14 +281,16 @@ class Hypervisor:
                 tok = np.asarray(tok, dtype=np.uint64).reshape(-1)
             if len(tok) != n_ram:
                 raise ValueError("ram_tokens must match ram_gfns in length")
+        into = getattr(tok, "into", None)         # a lazy source that writes where it is told
         # In slices, so a guest of hundreds of GiB never holds more than one slice of
         # temporaries on top of its tables (a GfnRuns layout and lazy contents are
         # never whole arrays at all).
         for lo, part in _build_steps(ram, n_ram):
             mfns = self.frames.alloc(part.size)
-            self.p2m.set(part, P2MType.ram_rw, mfns)
-            self.m2p.set(mfns, part)
-            if tok is not None:
+            self._set_frames(part, P2MType.ram_rw, mfns)
+            if into is not None:
+                self.frames.fill(mfns, lambda pos, out, lo=lo: into(lo + pos, out))
+            elif tok is not None:
                 self.frames.write(mfns, np.asarray(tok[lo:lo + part.size], dtype=np.uint64))
         if (pod.size and (self.p2m.get_types(pod) != P2MType.invalid).any()) or \
                 (mmio.size and (self.p2m.get_types(mmio) != P2MType.invalid).any()) or \
@@ -432,13 +434,24 @@ class Hypervisor:
         self._fix_mark_clean(gfns, site)
         self.p2m.set(gfns, P2MType.invalid, INVALID_MFN, old=old)
 
+    def _set_frames(self, gfns: np.ndarray, t: P2MType, mfns: np.ndarray, old: np.ndarray | None = None) -> None:
+        """Map unique ``gfns`` to frames ``mfns`` as type ``t`` in the P2M and the M2P
+        (``old``: the GFNs' current types, when just read). A run of GFNs onto a run of
+        frames (a build step, a restore group) goes in as the two runs."""
+        g0, m0 = run_start(gfns), run_start(mfns)
+        if g0 is not None and m0 is not None and gfns.size == mfns.size:
+            self.p2m.set_run(g0, gfns.size, t, m0, old=old)
+            self.m2p.set_run(m0, gfns.size, g0)
+            return
+        self.p2m.set(gfns, t, mfns, old=old)
+        self.m2p.set(mfns, gfns)
+
     def _map_ram(self, gfns: np.ndarray, mfns: np.ndarray, old: np.ndarray | None = None) -> None:
         """p2m_add_page(..., p2m_ram_rw): a fresh entry is ram_rw in both behaviours, so
         under pre-fix its writes go unlogged until the next CLEAN re-protects it."""
         if gfns.size == 0:
             return
-        self.p2m.set(gfns, P2MType.ram_rw, mfns, old=old)
-        self.m2p.set(mfns, gfns)
+        self._set_frames(gfns, P2MType.ram_rw, mfns, old=old)
         self._fix_mark_dirty(gfns)
 
     def _pod_demand_populate(self, gfns: np.ndarray, t: float) -> np.ndarray:
@@ -451,8 +464,7 @@ class Hypervisor:
         if k:
             mfns = self.pod.take(k)
             self.frames.write(mfns, np.zeros(k, dtype=np.uint64))   # cache pages are zeroed
-            self.p2m.set(done, P2MType.ram_rw, mfns)
-            self.m2p.set(mfns, done)
+            self._set_frames(done, P2MType.ram_rw, mfns)
             dirty = self._was_dirty(done)
             before = self.marks_dirty
             self._mark_dirty(done)
@@ -507,7 +519,7 @@ class Hypervisor:
             self.dropped_writes += nbad
             g, tok = g[ok], tok[ok]
         if g.size:
-            self.frames.write(self.p2m.mfns.get(g), tok)
+            self._write_contents(g, tok)
 
     def decrease_reservation(self, gfns, *, t: float | None = None) -> HypercallResult:
         """XENMEM_decrease_reservation (balloon inflate), order-0 extents.
@@ -552,6 +564,11 @@ class Hypervisor:
         host is out of frames (rc = extents done). With ``pod``:
         guest_physmap_mark_populate_on_demand, which refuses (-EBUSY) over RAM."""
         g = _i64(gfns)
+        k, errno = self._populate(g, pod, self._at(t))
+        return HypercallResult(rc=k, done=g[:k].copy(), errno=errno)
+
+    def _populate(self, g: np.ndarray, pod: bool, t: float) -> tuple[int, int]:
+        """``populate_physmap`` of int64 ``g``: ``(extents done, errno)``."""
         n = g.size
         inrange = (g >= 0) & (g <= MAX_GFN)
         types, mfns = self.p2m.get(g)
@@ -560,8 +577,8 @@ class Hypervisor:
             k, errno = _populate_stop(ok, inrange, n)
             done = g[:k]
             self.p2m.set(sorted_unique(done), P2MType.populate_on_demand, INVALID_MFN)
-            self._event("populate_physmap", n, k, done, t=self._at(t))
-            return HypercallResult(rc=k, done=done.copy(), errno=errno)
+            self._event("populate_physmap", n, k, done, t=t)
+            return k, errno
         # p2m_add_page refuses special entries (Xen crashes the domain); a bad GFN fails.
         ok = inrange & ~lookup(IS_SPECIAL, types)
         k, errno = _populate_stop(ok, inrange, self.frames.free_frames)
@@ -591,8 +608,8 @@ class Hypervisor:
             if k - ug.size:
                 self.orphaned_frames += k - ug.size
             self._map_ram(ug, umfn, old_t)
-        self._event("populate_physmap", n, k, done, t=self._at(t))
-        return HypercallResult(rc=k, done=done.copy(), errno=errno)
+        self._event("populate_physmap", n, k, done, t=t)
+        return k, errno
 
     # ---------------------------------------------------------------- runs of calls
 
@@ -699,8 +716,7 @@ class Hypervisor:
                 self.m2p.set(mfns[was_ram].astype(np.int64), INVALID_M2P_ENTRY)
                 self.orphaned_frames += int(np.count_nonzero(was_ram))
             # _map_ram: p2m_add_page(ram_rw), then (with the fix) mark dirty.
-            self.p2m.set(g, P2MType.ram_rw, new, old=types)
-            self.m2p.set(new, g)
+            self._set_frames(g, P2MType.ram_rw, new, old=types)
             was = self._dirty_now(g)
             if fixed and self.log_dirty_enabled:
                 self.marks_dirty += self.logdirty.mark_dirty(g)
@@ -894,11 +910,11 @@ class Hypervisor:
     def populate_physmap_exact(self, pfns) -> None:
         """xc_domain_populate_physmap_exact: all extents or XenError."""
         p = _i64(pfns)
-        res = self.populate_physmap(p)
-        if res.rc != p.size:
-            raise XenError(res.errno or ENOMEM,
-                           f"populate_physmap_exact: {res.rc} of {p.size} PFNs populated; "
-                           f"pfn {int(p[res.rc]):#x} failed")
+        k, errno = self._populate(p, False, self.now)
+        if k != p.size:
+            raise XenError(errno or ENOMEM,
+                           f"populate_physmap_exact: {k} of {p.size} PFNs populated; "
+                           f"pfn {int(p[k]):#x} failed")
 
     def write_pages(self, pfns, tokens) -> None:
         """Foreign-map ``pfns`` read-write and copy ``tokens`` in (last write wins).
@@ -914,7 +930,7 @@ class Hypervisor:
             bad = int(p[np.flatnonzero(~ok)[0]])
             raise XenError(EINVAL, f"Mapping of pfn {bad:#x} failed (p2m type "
                                    f"{P2MType(int(types[~ok][0])).name})")
-        self.frames.write(self.p2m.mfns.get(p), tok)
+        self._write_contents(p, tok)
         # A writable foreign mapping marks the page dirty when dropped (paging_mark_dirty).
         self._mark_dirty(p)
 
@@ -941,7 +957,39 @@ class Hypervisor:
     def snapshot(self, lo: int = 0, hi: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(gfns, tokens)`` of every RAM entry in [lo, hi), sorted by GFN."""
         g = self.ram_gfns(lo, hi)
-        return g, self.frames.read(self.p2m.mfns.get(g))
+        return g, self.contents(g)
+
+    def contents(self, gfns: np.ndarray) -> np.ndarray:
+        """Content tokens of the frames RAM GFNs map (what a foreign map of them reads),
+        GET_BLOCK GFNs at a time: a large read holds no MFN array of its size, only the
+        tokens it returns."""
+        g = _i64(gfns)
+        if g.size <= GET_BLOCK:
+            return self._contents_block(g)
+        out = np.empty(g.size, dtype=np.uint64)
+        for a in range(0, g.size, GET_BLOCK):
+            self._contents_block(g[a:a + GET_BLOCK], out[a:a + GET_BLOCK])
+        return out
+
+    def _contents_block(self, g: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        # A run of GFNs mapping a run of frames (the builder's and an in-order restore's
+        # layout) reads one slice of the token table; anything else, frame by frame.
+        m0 = self.p2m.mfns.run_value(g)
+        if m0 is not None:
+            return self.frames.read_run(m0, g.size, out)
+        if out is None:
+            return self.frames.read(self.p2m.mfns.get(g))
+        out[:] = self.frames.read(self.p2m.mfns.get(g))
+        return out
+
+    def _write_contents(self, g: np.ndarray, tok: np.ndarray) -> None:
+        """Store ``tok`` in the frames the unique RAM GFNs ``g`` map (as ``contents``
+        reads them: a run of GFNs mapping a run of frames is one slice)."""
+        m0 = self.p2m.mfns.run_value(g)
+        if m0 is not None:
+            self.frames.write_run(m0, tok)
+        else:
+            self.frames.write(self.p2m.mfns.get(g), tok)
 
     def mapped_runs(self, lo: int, hi: int) -> np.ndarray:
         """``(k, 2)`` GFN runs within [lo, hi) outside which no P2M entry has ever been

@@ -75,3 +75,28 @@ class HostFrames:
     def write(self, mfns, tokens) -> None:
         """Store content tokens into unique frames."""
         self.tokens.set(np.asarray(mfns, dtype=np.int64), np.asarray(tokens, dtype=np.uint64))
+
+    def read_run(self, first: int, n: int, out: np.ndarray | None = None) -> np.ndarray:
+        """``read(arange(first, first + n))``, one slice of the token table per chunk
+        (into ``out`` when given)."""
+        return self.tokens.get_run(int(first), int(n), out)
+
+    def write_run(self, first: int, tokens: np.ndarray) -> None:
+        """``write(arange(first, first + len(tokens)), tokens)``, a slice per chunk."""
+        tok = np.asarray(tokens, dtype=np.uint64).reshape(-1)
+        if tok.size:
+            for pos, row in self.tokens.row_slices(int(first), tok.size):
+                row[:] = tok[pos:pos + row.size]
+
+    def fill(self, mfns, fill) -> None:
+        """``write(mfns, tokens)`` for tokens a producer writes into a buffer it is given,
+        ``fill(position, out)`` for ``tokens[position:position + len(out)]``: a run of
+        frames (a build step's fresh ones) is filled in the token table itself."""
+        m = np.asarray(mfns, dtype=np.int64).reshape(-1)
+        if m.size and int(m[-1]) - int(m[0]) == m.size - 1 and bool((m[1:] > m[:-1]).all()):
+            for pos, row in self.tokens.row_slices(int(m[0]), m.size):
+                fill(pos, row)
+            return
+        buf = np.empty(m.size, dtype=np.uint64)
+        fill(0, buf)
+        self.write(m, buf)

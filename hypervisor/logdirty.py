@@ -472,7 +472,14 @@ class LogDirtyTree:
 
     def is_dirty(self, pfns) -> np.ndarray:
         """paging_mfn_is_dirty by PFN: per-PFN bool, read-only."""
-        p, _, _ = self._check(pfns)
+        p, lo, hi = self._check(pfns)
+        if p.size > 4096 and hi - lo == p.size - 1:
+            # n distinct PFNs spanning n - 1 (a balloon op's run, either way up): the
+            # leaves' bits over [lo, hi] unpacked, with no per-PFN word lookups.
+            if int(p[0]) == lo and bool((p[1:] > p[:-1]).all()):
+                return self._run_bits(lo, p.size)
+            if int(p[0]) == hi and bool((p[1:] < p[:-1]).all()):
+                return self._run_bits(lo, p.size)[::-1].copy()
         slots = self._slots_for(p >> L1_SHIFT)
         out = np.zeros(p.size, dtype=bool)
         ok = slots >= 0
@@ -480,6 +487,18 @@ class LogDirtyTree:
         w = self._words[slots[ok], (q & (LEAF_BITS - 1)) >> 6]
         out[ok] = ((w >> (q & 63).astype(np.uint64)) & _ONE).astype(bool)
         return out
+
+    def _run_bits(self, lo: int, n: int) -> np.ndarray:
+        """Per-PFN bool for PFNs ``lo .. lo + n - 1``: their leaves' words unpacked (bit
+        ``i`` of word ``w`` is the leaf's PFN ``64 w + i``; absent leaves read clear)."""
+        k0 = lo >> L1_SHIFT
+        slots = self._slots_for(np.arange(k0, ((lo + n - 1) >> L1_SHIFT) + 1, dtype=np.int64))
+        words = np.zeros((slots.size, LEAF_WORDS), dtype="<u8")
+        ok = slots >= 0
+        if ok.any():
+            words[ok] = self._words[slots[ok]]
+        off = lo - (k0 << L1_SHIFT)
+        return np.unpackbits(words.view(np.uint8), bitorder="little").view(bool)[off:off + n]
 
     def set_bits(self) -> int:
         """Bits set anywhere in the tree (can differ from ``dirty_count``: OFF frees the

@@ -40,7 +40,7 @@ import numpy as np
 
 from .logdirty import sorted_unique
 from .abi import INVALID_M2P_ENTRY, INVALID_MFN, IS_RAM, MAX_GFN, P2MType
-from .tables import lookup
+from .tables import add_where, lookup
 
 CHUNK_BITS = 18
 CHUNK = 1 << CHUNK_BITS
@@ -62,23 +62,29 @@ def _unique_chunks(chunk: np.ndarray) -> np.ndarray:
     return sorted_unique(chunk)
 
 
-def chunk_pieces(idx: np.ndarray):
+def chunk_pieces(idx: np.ndarray, bits: int = CHUNK_BITS):
     """``(chunk, a, b)``: positions ``[a, b)`` of the increasing ``idx`` that fall in
-    ``chunk``, for every chunk they touch, in order (no sort, no per-entry chunk
-    numbers: one search for the chunk boundaries). Indices spread over far more chunks
-    than they could fill (a sparse guest, a hostile stream) are cut where their chunk
-    number changes instead, so the work never depends on the spread."""
-    c0, c1 = int(idx[0]) >> CHUNK_BITS, int(idx[-1]) >> CHUNK_BITS
+    ``chunk`` (of ``2^bits`` indices), for every chunk they touch, in order (no sort, no
+    per-entry chunk numbers: one search for the chunk boundaries). Indices spread over
+    far more chunks than they could fill (a sparse guest, a hostile stream) are cut
+    where their chunk number changes instead, so the work never depends on the spread."""
+    c0, c1 = int(idx[0]) >> bits, int(idx[-1]) >> bits
     if c1 - c0 > 64 + (idx.size >> 12):
-        chunk = idx >> CHUNK_BITS
+        chunk = idx >> bits
         cuts = (np.flatnonzero(chunk[1:] != chunk[:-1]) + 1).tolist()
         for a, b in zip([0] + cuts, cuts + [idx.size]):
             yield int(chunk[a]), a, b
         return
-    cuts = np.searchsorted(idx, np.arange(c0 + 1, c1 + 1, dtype=np.int64) << CHUNK_BITS).tolist()
+    cuts = np.searchsorted(idx, np.arange(c0 + 1, c1 + 1, dtype=np.int64) << bits).tolist()
     for c, a, b in zip(range(c0, c1 + 1), [0] + cuts, cuts + [idx.size]):
         if b > a:
             yield c, a, b
+
+
+def run_start(idx: np.ndarray) -> int | None:
+    """``idx[0]`` when ``idx`` is one large contiguous increasing run (the tables' run
+    paths take it; see ``ChunkedArray._run``), else None."""
+    return int(idx[0]) if ChunkedArray._run(idx) else None
 
 
 class ChunkedArray:
@@ -156,14 +162,22 @@ class ChunkedArray:
             pos += k
 
     def _get_run(self, idx: np.ndarray) -> np.ndarray:
-        """``get`` of one contiguous run, a chunk's slice at a time."""
+        """``get`` of one contiguous run."""
+        return self.get_run(int(idx[0]), idx.size)
+
+    def get_run(self, start: int, n: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Entries ``[start, start + n)`` (``get`` of that run), a chunk's slice at a
+        time, into ``out`` when given."""
         d = self.directory
-        c0, c1 = int(idx[0]) >> CHUNK_BITS, int(idx[-1]) >> CHUNK_BITS
+        c0, c1 = start >> CHUNK_BITS, (start + n - 1) >> CHUNK_BITS
         if c1 < d.size and bool((d[c0:c1 + 1] >= 0).all()):   # all rows: every entry is read
-            out = np.empty(idx.size, dtype=self.dtype)
+            if out is None:
+                out = np.empty(n, dtype=self.dtype)
+        elif out is None:
+            out = np.full(n, self.default, dtype=self.dtype)
         else:
-            out = np.full(idx.size, self.default, dtype=self.dtype)
-        for c, off, pos, k in self._slices(int(idx[0]), idx.size):
+            out[:] = self.default
+        for c, off, pos, k in self._slices(start, n):
             if c < d.size and d[c] != -1:
                 self._read_slice(out[pos:pos + k], int(d[c]), off)
         return out
@@ -252,10 +266,8 @@ class ChunkedArray:
     def _set(self, idx: np.ndarray, vals: np.ndarray) -> None:
         """``set`` of a non-empty ``idx`` (never large and decreasing), values broadcast."""
         if self._run(idx):
-            start, n = int(idx[0]), idx.size
-            self._ensure(np.arange(start >> CHUNK_BITS, ((start + n - 1) >> CHUNK_BITS) + 1))
-            for c, off, pos, k in self._slices(start, n):
-                self.pool[self.directory[c], off:off + k] = vals[pos:pos + k]
+            for pos, row in self.row_slices(int(idx[0]), idx.size):
+                row[:] = vals[pos:pos + row.size]
             return
         c0, c1 = int(idx.min()) >> CHUNK_BITS, int(idx.max()) >> CHUNK_BITS
         if c0 == c1:                               # one chunk (a balloon op, a batch)
@@ -272,6 +284,20 @@ class ChunkedArray:
         self._ensure(_unique_chunks(chunk))
         rows = self.directory[chunk].astype(np.int64)
         self.pool.reshape(-1)[(rows << CHUNK_BITS) | (idx & _CHUNK_MASK)] = vals
+
+    def set_run(self, start: int, n: int, value) -> None:
+        """``set(arange(start, start + n), value)`` for one value, with no index array."""
+        v = self.dtype.type(value)
+        for _, row in self.row_slices(start, n):
+            row[:] = v
+
+    def row_slices(self, start: int, n: int):
+        """``(position, view)`` pieces of entries ``[start, start + n)``, in order, each a
+        writable view of its chunk's row (rows are allocated first): a run set where
+        it is made, with no array of the run's values."""
+        self._ensure(np.arange(start >> CHUNK_BITS, ((start + n - 1) >> CHUNK_BITS) + 1))
+        for c, off, pos, k in self._slices(start, n):
+            yield pos, self.pool[self.directory[c], off:off + k]
 
     def chunks(self, lo: int = 0, hi: int | None = None):
         """Yield ``(base_index, row_view)`` for every allocated chunk overlapping
@@ -364,6 +390,27 @@ class LinearChunkedArray(ChunkedArray):
         v[(off < lo) | (off >= hi)] = int(self.default)
         out[:] = v
 
+    def run_value(self, idx: np.ndarray) -> int | None:
+        """``get(idx)[0]`` when ``idx`` is one contiguous run (as ``_run`` finds) whose
+        entries hold consecutive values (all inside run chunks that continue each
+        other): then ``get(idx)`` is ``arange(v, v + idx.size)``, known without it."""
+        if not self._run(idx):
+            return None
+        d = self.directory
+        v = None
+        for c, off, pos, k in self._slices(int(idx[0]), idx.size):
+            r = int(d[c]) if c < d.size else -1
+            if r > -2:
+                return None
+            s = -2 - r
+            if not (self._lo[s] <= off and off + k <= self._hi[s]):
+                return None
+            first = int(self._base[s]) + off
+            if v is not None and first != v + pos:
+                return None
+            v = first if v is None else v
+        return v
+
     def get(self, idx: np.ndarray) -> np.ndarray:
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         if self._run(idx):
@@ -397,19 +444,43 @@ class LinearChunkedArray(ChunkedArray):
         return out
 
     # ------------------------------------------------------------------ writes
+    def row_slices(self, start: int, n: int):
+        raise TypeError("a linear chunked array keeps runs without rows: use set()")
+
+    def set_linear(self, start: int, n: int, v0: int) -> None:
+        """``set(arange(start, start + n), arange(v0, v0 + n))`` (the builder's and the
+        restore's steps: fresh frames for a run of GFNs, and back), with neither array
+        where the run path below takes it."""
+        if n > 4096 and 0 <= v0 and v0 + n - 1 <= np.iinfo(self.dtype).max \
+                and not v0 <= int(self.default) <= v0 + n - 1:
+            self._linear_run(start, n, v0)
+        elif n:
+            self.set(np.arange(start, start + n, dtype=np.int64), np.arange(v0, v0 + n, dtype=np.int64))
+
+    def _linear_run(self, start: int, n: int, v0: int, vals: np.ndarray | None = None) -> None:
+        """Entries ``[start, start + n)`` become ``v0, v0 + 1, ...`` (``vals``, when the
+        caller holds them; the default is not among them): each chunk's piece is one
+        base, kept a run where the chunk stays one (``_extend_run``)."""
+        self._ensure_directory((start + n - 1) >> CHUNK_BITS)
+        for c, off, pos, k in self._slices(start, n):
+            if not self._extend_run(c, off, off + k, v0 + pos - off):
+                v = (vals[pos:pos + k] if vals is not None
+                     else np.arange(v0 + pos, v0 + pos + k, dtype=np.int64).astype(self.dtype))
+                self._set_chunk(c, np.arange(off, off + k, dtype=np.int64), v)
+
     def _set(self, idx: np.ndarray, vals: np.ndarray) -> None:
         """``ChunkedArray.set``'s step for run chunks: runs kept where the set keeps them."""
         if self._run(idx):
             start, n = int(idx[0]), idx.size
-            self._ensure_directory((start + n - 1) >> CHUNK_BITS)
             v0, v1 = int(vals[0]), int(vals[-1])
             # A run of values onto a run of indices (the builder's and the restore's
             # steps): each chunk's piece is one base, checked without per-entry work.
-            linear = (vals.strides[0] != 0 and v1 - v0 == n - 1 and not v0 <= int(self.default) <= v1
-                      and bool((vals[1:] > vals[:-1]).all()))
+            if (vals.strides[0] != 0 and v1 - v0 == n - 1 and not v0 <= int(self.default) <= v1
+                    and bool((vals[1:] > vals[:-1]).all())):
+                return self._linear_run(start, n, v0, vals)
+            self._ensure_directory((start + n - 1) >> CHUNK_BITS)
             for c, off, pos, k in self._slices(start, n):
-                if not (linear and self._extend_run(c, off, off + k, v0 + pos - off)):
-                    self._set_chunk(c, np.arange(off, off + k, dtype=np.int64), vals[pos:pos + k])
+                self._set_chunk(c, np.arange(off, off + k, dtype=np.int64), vals[pos:pos + k])
             return
         if self._ascending(idx) and (int(idx[0]) ^ int(idx[-1])) >> CHUNK_BITS:
             # Several chunks, a slice of positions each: each chunk's part is set as
@@ -575,6 +646,9 @@ class P2M:
         """p2m_get_entry over an array: ``(types uint8, mfns uint32)``; GFNs outside
         ``[0, MAX_GFN]`` read as p2m_invalid."""
         g = np.asarray(gfns, dtype=np.int64).reshape(-1)
+        g0 = self._in_range_run(g)
+        if g0 is not None:                         # a run: each table reads its slices
+            return self.types.get_run(g0, g.size), self.mfns.get_run(g0, g.size)
         if g.size and (int(g.min()) < 0 or int(g.max()) > MAX_GFN):
             bad = (g < 0) | (g > MAX_GFN)
             t = np.full(g.size, P2MType.invalid, dtype=np.uint8)
@@ -585,8 +659,17 @@ class P2M:
             return t, m
         return self.types.get(g), self.mfns.get(g)
 
+    @staticmethod
+    def _in_range_run(g: np.ndarray) -> int | None:
+        """``run_start(g)`` for a run inside ``[0, MAX_GFN]`` (checked once for both tables)."""
+        g0 = run_start(g)
+        return g0 if g0 is not None and g0 >= 0 and g0 + g.size - 1 <= MAX_GFN else None
+
     def get_types(self, gfns) -> np.ndarray:
         g = np.asarray(gfns, dtype=np.int64).reshape(-1)
+        g0 = self._in_range_run(g)
+        if g0 is not None:
+            return self.types.get_run(g0, g.size)
         if g.size and (int(g.min()) < 0 or int(g.max()) > MAX_GFN):
             bad = (g < 0) | (g > MAX_GFN)
             t = np.full(g.size, P2MType.invalid, dtype=np.uint8)
@@ -602,11 +685,7 @@ class P2M:
             return
         if old is None:
             old = self.types.get(g)
-        o0 = int(old[0])
-        if int(old.min()) == o0 == int(old.max()):   # one old type (a build step, a balloon op)
-            self.type_counts[o0] -= g.size
-        else:
-            self.type_counts -= np.bincount(old, minlength=16)
+        self._uncount(old)
         if np.ndim(types) == 0:                    # one type for all (every caller here)
             t = int(types)
             self.type_counts[t] += g.size
@@ -623,6 +702,27 @@ class P2M:
         if mapped.size:
             self.max_mapped_pfn = max(self.max_mapped_pfn, int(mapped.max()))
 
+    def set_run(self, g0: int, n: int, t: int, m0: int, old: np.ndarray | None = None) -> None:
+        """``set(arange(g0, g0 + n), t, arange(m0, m0 + n), old)``: a run of GFNs mapped
+        to a run of frames (a build step, a restore group), with no per-GFN arrays."""
+        if n == 0:
+            return
+        self._uncount(self.types.get_run(g0, n) if old is None else old)
+        t = int(t)
+        self.type_counts[t] += n
+        self.types.set_run(g0, n, t)
+        self.mfns.set_linear(g0, n, m0)
+        if t != P2MType.invalid:
+            self.max_mapped_pfn = max(self.max_mapped_pfn, g0 + n - 1)
+
+    def _uncount(self, old: np.ndarray) -> None:
+        """Take entries of the types ``old`` out of the histogram."""
+        o0 = int(old[0])
+        if int(old.min()) == o0 == int(old.max()):   # one old type (a build step, a balloon op)
+            self.type_counts[o0] -= old.size
+        else:
+            self.type_counts -= np.bincount(old, minlength=16)
+
     def change_type(self, gfns, ot: P2MType, nt: P2MType) -> None:
         """p2m_change_type_one over unique GFNs that are all of type ``ot``: they become
         ``nt`` and keep their MFNs (so the MFN table is not touched)."""
@@ -638,7 +738,7 @@ class P2M:
         # A row at a time: each row's mask stays in cache (one pass over the whole
         # table's mask would be a fresh, page-faulting array as big as the table).
         for row in self.types.rows_in_use():
-            np.copyto(row, np.uint8(nt), where=row == np.uint8(ot))
+            add_where(row, row == np.uint8(ot), int(nt) - int(ot))
         self.type_counts[nt] += self.type_counts[ot]
         self.type_counts[ot] = 0
 
@@ -649,10 +749,22 @@ class P2M:
         parts = []
         for base, row in self.types.chunks(lo, hi):
             a, b = max(lo - base, 0), min(top - base, CHUNK)   # only the part in [lo, hi)
-            parts.append(np.flatnonzero(lookup(table, row[a:b])) + (base + a))
+            if b <= a:
+                continue
+            seg = row[a:b]
+            t0 = int(seg[0])
+            if int(seg.min()) == t0 == int(seg.max()):
+                # One type over the whole part (a guest's RAM, all of it ballooned out):
+                # all of it or none, with no per-entry mask.
+                if table[t0]:
+                    parts.append(np.arange(base + a, base + b, dtype=np.int64))
+                continue
+            part = np.flatnonzero(lookup(table, seg)).astype(np.int64, copy=False)
+            part += base + a
+            parts.append(part)
         if not parts:
             return np.empty(0, dtype=np.int64)
-        return np.concatenate(parts).astype(np.int64, copy=False)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def ram_count(self) -> int:
         return int(self.type_counts[IS_RAM].sum())
@@ -722,6 +834,14 @@ class M2P:
             self._clear_high(m[~big])
         else:
             self._clear_high(m)
+
+    def set_run(self, m0: int, n: int, g0: int) -> None:
+        """``set(arange(m0, m0 + n), arange(g0, g0 + n))`` with no per-frame arrays where
+        the GFNs fit the low word and no high part was ever stored."""
+        if n and 0 <= g0 and g0 + n - 1 <= M2P_LOW_MAX and not self.high.nrows:
+            self.low.set_linear(m0, n, g0)
+        elif n:
+            self.set(np.arange(m0, m0 + n, dtype=np.int64), np.arange(g0, g0 + n, dtype=np.int64))
 
     def _clear_high(self, m: np.ndarray) -> None:
         if self.high.nrows:

@@ -129,8 +129,8 @@ def serve_span(hv, t0: float, pfns: np.ndarray, timing: SpanTiming,
 
     n_p = int(counts[:keep].sum())
     p, nib, data = p[:n_p], nib[:n_p], data[:n_p]
-    dp = p[data]
-    tokens = hv.frames.read(hv.p2m.mfns.get(dp)) if dp.size else _EMPTY_U64
+    dp = p if int(dpb[:keep].sum()) == n_p else p[data]      # (every PFN a data page: no copy)
+    tokens = hv.contents(dp) if dp.size else _EMPTY_U64
     if n_w and dp.size:
         tokens = _overlay(tokens, dp, maps[:keep], dpb[:keep], wt[:n_w], wg[:n_w], wtok[:n_w])
     c_last = float(last_call[keep - 1])
@@ -157,9 +157,15 @@ def _overlay(tokens: np.ndarray, dp: np.ndarray, maps: np.ndarray, data_per_batc
     # through the span's PFNs walks forward instead of jumping about.
     near = near[stable_order(wg[near] - int(sdp[0]))]
     keys = wg[near]
-    pos = np.searchsorted(sdp, keys)
-    pos[pos >= sdp.size] = 0
-    hit = sdp[pos] == keys
+    if ascending and int(sdp[-1]) - int(sdp[0]) == sdp.size - 1:
+        # The span's data PFNs are one run: a PFN's place is its offset (every near
+        # write lands on one).
+        pos = keys - int(sdp[0])
+        hit = np.ones(keys.size, dtype=bool)
+    else:
+        pos = np.searchsorted(sdp, keys)
+        pos[pos >= sdp.size] = 0
+        hit = sdp[pos] == keys
     if not hit.any():
         return tokens
     wi = near[hit]                                # the writes to span PFNs, by PFN then time

@@ -112,9 +112,14 @@ class _PfnSet:
         self._leaves: dict[int, np.ndarray] = {}    # leaf key -> 4096 uint8, bit i = PFN i
         self.count = 0
 
-    def _groups(self, pfns: np.ndarray):
+    def _groups(self, pfns: np.ndarray, ascending: bool = False):
         """``(leaf key, positions)`` for each leaf the PFNs touch; for ascending PFNs
-        (the stream's order) the positions are slices, found without a sort."""
+        (the stream's order) the positions are slices, found without a sort (and with
+        no per-PFN work when the caller knows them strictly ``ascending``)."""
+        if ascending:
+            for h, a, b in chunk_pieces(pfns, self.SHIFT):
+                yield h, slice(a, b)
+            return
         hi = pfns >> self.SHIFT
         h0, h1 = int(hi[0]), int(hi[-1])
         if h0 == h1 and (pfns.size < 3 or bool((hi == h0).all())):
@@ -128,37 +133,42 @@ class _PfnSet:
         for h in np.unique(hi).tolist():
             yield h, hi == h
 
-    def contains(self, pfns: np.ndarray) -> np.ndarray:
+    def contains(self, pfns: np.ndarray, ascending: bool = False) -> np.ndarray:
+        """Per-PFN membership (``ascending``: the caller knows ``pfns`` strictly increasing)."""
         out = np.zeros(pfns.shape, dtype=bool)
         if pfns.size == 0 or not self._leaves:
             return out
-        for h, sel in self._groups(pfns):
+        for h, sel in self._groups(pfns, ascending):
             leaf = self._leaves.get(h)
-            if leaf is not None:
-                out[sel] = np.unpackbits(leaf, bitorder="little").view(bool)[self._offsets(pfns, sel)]
+            if leaf is None:
+                continue
+            off = self._offsets(pfns, sel, ascending)
+            if isinstance(off, slice) and not leaf[off.start >> 3:(off.stop + 7) >> 3].any():
+                continue                  # a run over a part of the leaf holding none (a restore's new pages)
+            out[sel] = np.unpackbits(leaf, bitorder="little").view(bool)[off]
         return out
 
-    def _offsets(self, pfns: np.ndarray, sel):
+    def _offsets(self, pfns: np.ndarray, sel, ascending: bool = False):
         """The in-leaf offsets of ``pfns[sel]``: a slice when they are one ascending run
         (a restore group's usual shape), else an index array."""
         if isinstance(sel, slice):
             p = pfns[sel]
             a, b = int(p[0]), int(p[-1])
             # Strictly increasing and spanning size - 1: exactly the run [a, b].
-            if b - a == p.size - 1 and (p.size < 2 or bool((p[1:] > p[:-1]).all())):
+            if b - a == p.size - 1 and (ascending or p.size < 2 or bool((p[1:] > p[:-1]).all())):
                 return slice(a & self.MASK, (b & self.MASK) + 1)
         return pfns[sel] & self.MASK
 
-    def add(self, pfns: np.ndarray) -> None:
-        """Add PFNs known to be absent and unique."""
+    def add(self, pfns: np.ndarray, ascending: bool = False) -> None:
+        """Add PFNs known to be absent and unique (``ascending``: and strictly increasing)."""
         if pfns.size == 0:
             return
-        for h, sel in self._groups(pfns):
+        for h, sel in self._groups(pfns, ascending):
             leaf = self._leaves.get(h)
             if leaf is None:
                 leaf = self._leaves[h] = np.zeros((1 << self.SHIFT) // 8, dtype=np.uint8)
             bits = np.zeros(1 << self.SHIFT, dtype=bool)
-            bits[self._offsets(pfns, sel)] = True
+            bits[self._offsets(pfns, sel, ascending)] = True
             leaf |= np.packbits(bits, bitorder="little")
         self.count += int(pfns.size)
 
@@ -421,17 +431,23 @@ class Restorer:
                 self.flush()
                 a, acc = i + 1, 0
         if a < nrec:
-            self._gather(pfns, nibbles, tokens, keep, data_end, a, nrec, where)
+            self._gather(pfns, nibbles, tokens, keep, data_end, a, nrec, where, held=True)
 
-    def _gather(self, pfns, nibbles, tokens, keep, data_end: list, a: int, b: int, where: str) -> None:
-        """Gather the kept entries of records ``[a, b)`` of a run for the next flush."""
+    def _gather(self, pfns, nibbles, tokens, keep, data_end: list, a: int, b: int, where: str,
+                held: bool = False) -> None:
+        """Gather the kept entries of records ``[a, b)`` of a run for the next flush
+        (``held``: it comes after this call, so the run's arrays are not kept for it)."""
         lo, hi = a * MAX_BATCH_SIZE, b * MAX_BATCH_SIZE
         m = keep[lo:hi]
         n = int(np.count_nonzero(m))
         if not n:
             return
         t_lo = data_end[a - 1] if a else 0
-        self._pending.append((pfns[lo:hi][m], nibbles[lo:hi][m], tokens[t_lo:data_end[b - 1]]))
+        tok = tokens[t_lo:data_end[b - 1]]
+        if n == m.size and not held:      # every entry kept (the usual case): the slices themselves
+            self._pending.append((pfns[lo:hi], nibbles[lo:hi], tok))
+        else:
+            self._pending.append((pfns[lo:hi][m], nibbles[lo:hi][m], tok.copy() if held else tok))
         self._pending_where.append(where)
         self._pending_n += n
 
@@ -496,11 +512,11 @@ class Restorer:
         # populate_pfns: data types and XALLOC not yet populated (never unpopulate).
         ascending = pfns.size < 2 or bool((pfns[1:] > pfns[:-1]).all())  # one pass: sorted, unique
         want = pfns if ascending else sorted_unique(pfns)
-        seen = self._populated.contains(want)
+        seen = self._populated.contains(want, ascending=True)
         new = want[~seen] if seen.any() else want
         if new.size:
             self.hv.populate_physmap_exact(new)
-            self._populated.add(new)
+            self._populated.add(new, ascending=True)
             res.pages_populated += int(new.size)
             if self._verify:
                 res.pages_populated_by_verify += int(new.size)
