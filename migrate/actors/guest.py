@@ -351,12 +351,14 @@ class RemoteGuest:
 class GuestActor:
     """Serves one ``guest.Guest`` to the hypervisor actor."""
 
-    def __init__(self, scenario, transport: Transport):
+    def __init__(self, scenario, transport: Transport, *, look_ahead: bool = True):
         self.scenario = scenario
         self.transport = transport
         self.guest = None
         self.gen = None
         self.spec = None           # (checkpoint, t0, t1) of the last speculation (t0 None: a window)
+        self._ahead: asyncio.Future | None = None   # the next window, being worked out
+        self.look_ahead = look_ahead
         self.busy_s = 0.0
         self.done: asyncio.Future = asyncio.get_running_loop().create_future()
 
@@ -510,26 +512,80 @@ class GuestActor:
         return self._chunk(None, True)
 
     def _go(self, t0: float, t1: float, max_ticks: int) -> GuestStep | Speculated | WriteWindow:
-        """A span from the guest's next tick: a window of writes ahead when its balloon
-        driver has nothing to do there, else ``run`` (see ``RemoteGuest``)."""
+        """A span from the guest's next tick: a window of writes ahead (speculated where
+        its balloon driver acts), else ``run`` (see ``RemoteGuest``)."""
         self.spec = None
         if self.gen is not None:
             self.gen.close()
             self.gen = None
+        reply = self._window(t0, t1, max_ticks)
+        if reply is not None:
+            return reply
+        if self.guest.nr_pages <= SPEC_MAX_PAGES:
+            reply = self._speculate(t0, t1)
+            if reply is not None:
+                return reply
+        return self._run(t0, t1)
+
+    def _window(self, t0: float, t1: float, max_ticks: int) -> WriteWindow | None:
+        """The window ``go(t0, t1)`` answers with, if any: of writes only while the
+        balloon driver does nothing, speculated from a tick where it acts (unless that
+        tick started before ``t0`` in skipped time, or ``t1`` ends before it)."""
         g = self.guest
         k = g.first_tick(t0)
         if g.balloon_acts_at(k) or tick_at_or_after(t1, g.tick) <= k:
-            if g.nr_pages <= SPEC_MAX_PAGES:
-                if straddled_tick(t0, g.tick, g.next_tick) is None and tick_at_or_after(t1, g.tick) > k:
-                    reply = self._spec_window(t0, k, max_ticks)
-                else:
-                    reply = self._speculate(t0, t1)
-                if reply is not None:
-                    return reply
-            return self._run(t0, t1)
+            if (g.nr_pages <= SPEC_MAX_PAGES and straddled_tick(t0, g.tick, g.next_tick) is None
+                    and tick_at_or_after(t1, g.tick) > k):
+                return self._spec_window(t0, k, max_ticks)
+            return None
         k_to, next_call = g.window_end(k, max_ticks)
         times, gfns, tokens = g.write_window(k, k_to)
         return WriteWindow(k, k_to, times, gfns, tokens, g.drain_events(), next_call)
+
+    # While the hypervisor serves from a window, the guest works out the next one: the
+    # answer to a go from the window's end tick (most go there next), in a thread.
+    # Any other request first takes it back (the guest as it was before).
+
+    def _look_ahead(self, reply) -> None:
+        if not self.look_ahead or not isinstance(reply, WriteWindow) or self.gen is not None:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return                 # driven without a loop (tests): nothing runs ahead
+        self._ahead = asyncio.ensure_future(asyncio.to_thread(self._precompute, int(reply.end)))
+
+    def _precompute(self, k: int):
+        g = self.guest
+        if g.next_tick != k:
+            return None
+        undo, spec = g.checkpoint(), self.spec
+        try:
+            reply = self._window(k * g.tick, (k + 1) * g.tick, WINDOW_TICKS)
+        except Exception:           # the request it was for will meet the error itself
+            g.restore(undo)
+            return None
+        finally:
+            ahead_spec, self.spec = self.spec, spec
+        return k, reply, undo, ahead_spec
+
+    async def _settle(self, method: str, args: dict) -> WriteWindow | None:
+        """The window worked out ahead, if it answers this request (a go whose first
+        tick is the one it starts at); else the guest is put back as it was before."""
+        task, self._ahead = self._ahead, None
+        if task is None:
+            return None
+        ahead = await task
+        if ahead is None:
+            return None
+        k, reply, undo, spec = ahead
+        if (method == "go" and reply is not None and int(args.get("max_ticks", 1)) == WINDOW_TICKS
+                and tick_at_or_after(float(args["t0"]), self.guest.tick) <= k
+                < tick_at_or_after(float(args["t1"]), self.guest.tick)):
+            self.spec = spec
+            return reply
+        self.guest.restore(undo)
+        return None
 
     def _resume(self, result) -> GuestStep:
         if self.gen is None:
@@ -546,6 +602,8 @@ class GuestActor:
     async def _handle(self, method: str, args: dict) -> Any:
         if self.guest is None and method not in ("open", "bye"):
             raise RuntimeError(f"guest not opened (got {method!r} before 'open')")
+        if method != "go":
+            await self._settle(method, args)
         # Chunks end at the next hypercall and are short: computed on the loop, which
         # saves two thread switches per round trip (the hypervisor waits anyway).
         match method:
@@ -556,7 +614,10 @@ class GuestActor:
                 return GuestLayout(layout, float(self.guest.tick), int(self.guest.next_tick),
                                    self.guest.drain_events())
             case "go":
-                return self._go(float(args["t0"]), float(args["t1"]), int(args.get("max_ticks", 1)))
+                reply = await self._settle(method, args) or self._go(float(args["t0"]), float(args["t1"]),
+                                                                     int(args.get("max_ticks", 1)))
+                self._look_ahead(reply)
+                return reply
             case "run":
                 return self._run(float(args["t0"]), float(args["t1"]))
             case "resume":

@@ -224,10 +224,9 @@ class HypervisorActor:
         (``DomainControl``): exactly those spans are served, in ``Served.ahead``, until
         the stretch ends or the reply holds ``AHEAD_SPANS`` spans or ``AHEAD_PFNS``
         PFNs."""
-        try:
-            sid, k, ask = (int(x) for x in at)
-        except (TypeError, ValueError):
-            raise TransportError("serve_span: 'at' must be (stretch id, first batch, batches)") from None
+        if not (isinstance(at, (tuple, list)) and len(at) == 3 and all(type(x) is int for x in at)):
+            raise TransportError("serve_span: 'at' must be (stretch id, first batch, batches)")
+        sid, k, ask = at
         if stretch is not None:
             if not _good_stretch(stretch):
                 raise TransportError("serve_span: a bad stretch (expected PFNs, or 0 <= lo <= hi)")
