@@ -385,7 +385,9 @@ class MqttTransport(Transport):
             with contextlib.suppress(BaseException):
                 await task
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._stack.aclose(), self.timeout)
+            # aiomqtt bounds its disconnect by the same timeout: wait past it, so the two
+            # deadlines never race (asyncio.wait_for can lose a cancellation then).
+            await asyncio.wait_for(self._stack.aclose(), 2 * self.timeout + 1)
 
     # ---------------------------------------------------------------- background tasks
 
