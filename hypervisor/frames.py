@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from .abi import ENOMEM, HOST_FRAMES_MAX, XenError
-from .p2m import ChunkedArray
+from .p2m import ChunkedArray, run_start
 
 
 class HostFrames:
@@ -85,16 +85,16 @@ class HostFrames:
         """``write(arange(first, first + len(tokens)), tokens)``, a slice per chunk."""
         tok = np.asarray(tokens, dtype=np.uint64).reshape(-1)
         if tok.size:
-            for pos, row in self.tokens.row_slices(int(first), tok.size):
-                row[:] = tok[pos:pos + row.size]
+            self.tokens.put_run(int(first), tok)
 
     def fill(self, mfns, fill) -> None:
         """``write(mfns, tokens)`` for tokens a producer writes into a buffer it is given,
         ``fill(position, out)`` for ``tokens[position:position + len(out)]``: a run of
         frames (a build step's fresh ones) is filled in the token table itself."""
         m = np.asarray(mfns, dtype=np.int64).reshape(-1)
-        if m.size and int(m[-1]) - int(m[0]) == m.size - 1 and bool((m[1:] > m[:-1]).all()):
-            for pos, row in self.tokens.row_slices(int(m[0]), m.size):
+        m0 = run_start(m) if m.size else None
+        if m0 is not None:
+            for pos, row in self.tokens.row_slices(m0, m.size):
                 fill(pos, row)
             return
         buf = np.empty(m.size, dtype=np.uint64)

@@ -266,8 +266,7 @@ class ChunkedArray:
     def _set(self, idx: np.ndarray, vals: np.ndarray) -> None:
         """``set`` of a non-empty ``idx`` (never large and decreasing), values broadcast."""
         if self._run(idx):
-            for pos, row in self.row_slices(int(idx[0]), idx.size):
-                row[:] = vals[pos:pos + row.size]
+            self.put_run(int(idx[0]), vals)
             return
         c0, c1 = int(idx.min()) >> CHUNK_BITS, int(idx.max()) >> CHUNK_BITS
         if c0 == c1:                               # one chunk (a balloon op, a batch)
@@ -290,6 +289,11 @@ class ChunkedArray:
         v = self.dtype.type(value)
         for _, row in self.row_slices(start, n):
             row[:] = v
+
+    def put_run(self, start: int, vals: np.ndarray) -> None:
+        """``set(arange(start, start + len(vals)), vals)``, a chunk's slice at a time."""
+        for pos, row in self.row_slices(start, vals.size):
+            row[:] = vals[pos:pos + row.size]
 
     def row_slices(self, start: int, n: int):
         """``(position, view)`` pieces of entries ``[start, start + n)``, in order, each a
