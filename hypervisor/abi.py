@@ -306,6 +306,18 @@ class MemoryWrites:
     times: np.ndarray | None = None
 
 
+def write_arrays(ops) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(times, gfns, tokens)`` (float64, int64, uint64) of a list of timed
+    ``MemoryWrites``, in order."""
+    parts = [(np.asarray(op.times, dtype=np.float64), np.asarray(op.gfns, dtype=np.int64),
+              np.asarray(op.tokens, dtype=np.uint64)) for op in ops]
+    if not parts:
+        return np.empty(0, dtype=np.float64), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.uint64)
+    if len(parts) == 1:
+        return parts[0]
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))   # type: ignore[return-value]
+
+
 @dataclass(frozen=True, slots=True)
 class DecreaseReservation:
     """XENMEM_decrease_reservation: balloon inflate, hand ``gfns`` back to Xen."""

@@ -25,7 +25,8 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from .abi import (EINVAL, AddToPhysmap, DecreaseReservation, DecreaseReservationRun, GuestOp, HypercallResult,
-                  MemoryWrites, PopulatePhysmap, PopulatePhysmapRun, RemoveFromPhysmap, SetTypedEntry, XenError)
+                  MemoryWrites, PopulatePhysmap, PopulatePhysmapRun, RemoveFromPhysmap, SetTypedEntry, XenError,
+                  write_arrays)
 
 
 class MemoryOps(Protocol):
@@ -124,11 +125,7 @@ class VcpuScheduler:
         """``(times, gfns, tokens)`` of the pending writes, in the order they happen."""
         if not self.pending:
             return _EMPTY_F64, _EMPTY_I64, _EMPTY_U64
-        parts = [(np.asarray(op.times, dtype=np.float64), np.asarray(op.gfns, dtype=np.int64),
-                  np.asarray(op.tokens, dtype=np.uint64)) for op in self.pending]
-        if len(parts) == 1:
-            return parts[0]
-        return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))   # type: ignore[return-value]
+        return write_arrays(self.pending)
 
     def _run_guest(self, t0: float, t1: float, *, hypercalls: bool) -> None:
         self._running_guest = True

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from guest.guest import GuestEvent, straddled_tick, tick_at_or_after, ticks_at_or_after, write_time
-from hypervisor.abi import HypercallResult, MemoryWrites, all_done
+from hypervisor.abi import HypercallResult, MemoryWrites, all_done, write_arrays
 
 from ..errors import PeerLost, ScenarioMismatch, TransportError
 from ..transport.base import Transport
@@ -464,13 +464,7 @@ class GuestActor:
                 steps.append((j, [op for op in ops if not isinstance(op, MemoryWrites)]))
             t, j = seg * g.tick, seg
         self.spec = (cp, None, None)
-        if writes:
-            times = np.concatenate([w.times for w in writes])
-            gfns = np.concatenate([w.gfns for w in writes])
-            tokens = np.concatenate([w.tokens for w in writes])
-        else:
-            times, gfns, tokens = np.empty(0), np.empty(0, np.int64), np.empty(0, np.uint64)
-        return WriteWindow(k, k_to, times, gfns, tokens, ev, g.balloon.next_active_tick(k_to), steps,
+        return WriteWindow(k, k_to, *write_arrays(writes), ev, g.balloon.next_active_tick(k_to), steps,
                            g.drain_events())
 
     def _replay(self, results: list, n: int, log=(), t0: float | None = None, t1: float | None = None):

@@ -55,7 +55,7 @@ class RemoteDomain:
         self._stretch = None          # the stretch the hypervisor holds (as id _stretch_id)
         self._stretch_id = 0
         self._ahead: collections.deque = collections.deque()   # (Served, k, ask) served ahead
-        self._next = None             # ((k, ask, t), task) of the span requested ahead
+        self._next = None             # ((k, ask), task) of the span requested ahead
 
     async def _call(self, method: str, args: dict) -> Any:
         if self.lost is not None:
@@ -108,11 +108,8 @@ class RemoteDomain:
             return self._span(self._finish(await self._call("serve_span", {
                 "t": float(t), "pfns": pfns, "link": plan.link, "deadline": plan.deadline})), pfns)
         if not self._ahead and self._next is not None:
-            (k, n_ask, n_t), task = self._next
+            (k, n_ask), task = self._next       # checked below, as every span from ahead
             self._next = None
-            if at.stretch is not self._stretch or (at.k, ask, float(t)) != (k, n_ask, n_t):
-                task.cancel()
-                raise TransportError("the engine asked for another span than the one requested ahead")
             self._queue(await task, k, n_ask, plan)
         if not self._ahead:
             self._drop_ahead()
@@ -152,7 +149,7 @@ class RemoteDomain:
                 "t": t, "link": plan.link, "deadline": plan.deadline, "at": (self._stretch_id, k, ask)}))
             # Awaited when the engine asks for it; if it never does, its error is no news.
             task.add_done_callback(lambda done: done.cancelled() or done.exception())
-            self._next = ((k, ask, t), task)
+            self._next = ((k, ask), task)
 
     def _drop_ahead(self) -> None:
         """Forget spans served ahead that the engine did not ask for (a save cut short:
