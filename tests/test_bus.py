@@ -438,3 +438,42 @@ async def test_empty_or_forged_presence_neither_aborts_nor_squats_a_run(mqtt_bro
             assert lost == [] and client.dropped["empty"] == 1 and client.dropped["unsigned"] == 256
             # Logged once per reason (unsigned, empty), not once per message.
             assert caplog.text.count("toolstack dropped a message") == 2
+
+
+@pytest.mark.mqtt
+async def test_a_lost_cancel_neither_keeps_a_heartbeat_going_nor_hangs_close(mqtt_broker):
+    """On Python 3.11 a cancel that lands just as aiomqtt's own wait_for completes is
+    swallowed. The heartbeat stops all the same, and close() waits for a task that
+    never ends at most the timeout (a test once hung there for good)."""
+    async with actors(mqtt_broker, "hypervisor", timeout=1.0) as (t,):
+        entered = asyncio.Event()
+
+        async def swallowing_beat():
+            entered.set()
+            try:
+                await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                pass                       # what the lost cancel looks like from here
+
+        t._beat = swallowing_beat
+        beat = asyncio.ensure_future(t._heartbeat())
+        await entered.wait()
+        beat.cancel()
+        await asyncio.wait({beat}, timeout=2)
+        assert beat.done() and beat.cancelled()
+
+        stop = False
+
+        async def deaf():                  # a task whose every cancel is lost
+            while not stop:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.sleep(0.05)
+
+        stuck = asyncio.ensure_future(deaf())
+        t._tasks.append(stuck)
+        await asyncio.sleep(0.01)          # running, inside its sleep
+        t0 = time.monotonic()
+        await t.close()
+        assert time.monotonic() - t0 < 4 and not stuck.done()
+        stop = True
+        await asyncio.wait_for(stuck, 1)

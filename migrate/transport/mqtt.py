@@ -379,14 +379,18 @@ class MqttTransport(Transport):
         if self._inflight and self.peers.broken is None:
             with contextlib.suppress(Exception):
                 await asyncio.wait(set(self._inflight), timeout=self.timeout)
-        for task in self._tasks + list(self._inflight):
+        tasks = self._tasks + list(self._inflight)
+        for task in tasks:
             task.cancel()
-        for task in self._tasks + list(self._inflight):
-            with contextlib.suppress(BaseException):
-                await task
+        if tasks:
+            # Bounded: on Python 3.11 a cancel that lands as aiomqtt's own wait_for
+            # completes is lost, and such a task would never end (a close that hung).
+            done, _ = await asyncio.wait(tasks, timeout=self.timeout)
+            for task in done:
+                task.cancelled() or task.exception()     # retrieved: no "never retrieved" noise
         with contextlib.suppress(Exception):
             # aiomqtt bounds its disconnect by the same timeout: wait past it, so the two
-            # deadlines never race (asyncio.wait_for can lose a cancellation then).
+            # deadlines never race.
             await asyncio.wait_for(self._stack.aclose(), 2 * self.timeout + 1)
 
     # ---------------------------------------------------------------- background tasks
@@ -396,9 +400,14 @@ class MqttTransport(Transport):
         await self._client.publish(topic, self._seal(topic, wire.encode({"client": self.client_id})), qos=0)
 
     async def _heartbeat(self) -> None:
+        me = asyncio.current_task()
         with contextlib.suppress(Exception):
-            while True:
+            while not self._closed:
                 await self._beat()
+                if me.cancelling():
+                    # Cancelled while aiomqtt's wait_for completed, which swallowed it
+                    # (Python 3.11): stop beating all the same.
+                    raise asyncio.CancelledError
                 await asyncio.sleep(self.config.heartbeat)
 
     def _greet(self) -> None:
