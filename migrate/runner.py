@@ -25,6 +25,7 @@ from .control import LocalSource, SourceSide
 from .engine import PrecopyEngine, SaveOptions, SaveResult
 from .events import (EventBus, MigrationFinished, RunStarted, RunSummary, TrackedFinal, VerifyDone,
                      VerifyStats)
+from .heap import keep_freed_arrays
 from .link import LinkModel
 from .policy import make_policy
 from .restore import Restorer
@@ -196,6 +197,7 @@ async def run_scenario(scenario: Scenario, opts: RunOptions | None = None, *,
     ``source_factory(scenario, behaviour=, seed=, bus=, host_frames=)`` gives the source
     side; the default keeps the hypervisor and the guest in this process.
     """
+    keep_freed_arrays()
     opts = opts or RunOptions()
     bus = bus or EventBus()
     wall0 = time.perf_counter()

@@ -670,8 +670,10 @@ cli_sweep.register(app)  # ``xmig sweep`` (parameter studies)
 
 
 def main() -> None:
+    from ..heap import keep_freed_arrays
     from .cli_common import reader_went_away
 
+    keep_freed_arrays()          # every xmig process: the run, the actors, a sweep's workers
     try:
         app()
     except BrokenPipeError:      # a command that printed before its own guard could see it
