@@ -48,7 +48,7 @@ from .p2m import GET_BLOCK, M2P, P2M, run_start
 from .pod import PoDCache, decrease_plan
 from .sched import VcpuScheduler
 from .span import SpanServed, serve_span
-from .tables import lookup, stable_order
+from .tables import lookup, run_array, stable_order
 
 _EMPTY = np.empty(0, dtype=np.int64)
 
@@ -163,7 +163,7 @@ def _build_steps(ram, n_ram: int):
     for first, count in zip(_i64(ram.first).tolist(), _i64(ram.count).tolist()):
         for off in range(0, count, _BUILD_SLICE):
             k = min(_BUILD_SLICE, count - off)
-            yield pos + off, np.arange(first + off, first + off + k, dtype=np.int64)
+            yield pos + off, run_array(first + off, k)
         pos += count
 
 

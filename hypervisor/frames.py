@@ -21,6 +21,7 @@ import numpy as np
 
 from .abi import ENOMEM, HOST_FRAMES_MAX, XenError
 from .p2m import ChunkedArray, run_start
+from .tables import run_array
 
 
 class HostFrames:
@@ -49,7 +50,7 @@ class HostFrames:
         # Pop most-recently-freed first.
         from_stack = self._stack[self._nstack - k:self._nstack][::-1].astype(np.int64)
         self._nstack -= k
-        fresh = np.arange(self._watermark, self._watermark + (n - k), dtype=np.int64)
+        fresh = run_array(self._watermark, n - k)
         self._watermark += n - k
         mfns = np.concatenate([from_stack, fresh]) if k else fresh
         if from_stack.size:

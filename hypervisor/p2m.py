@@ -40,7 +40,7 @@ import numpy as np
 
 from .logdirty import sorted_unique
 from .abi import INVALID_M2P_ENTRY, INVALID_MFN, IS_RAM, MAX_GFN, P2MType
-from .tables import add_where, lookup
+from .tables import add_where, known_run, lookup, run_array
 
 CHUNK_BITS = 18
 CHUNK = 1 << CHUNK_BITS
@@ -132,8 +132,12 @@ class ChunkedArray:
     def _run(idx: np.ndarray) -> bool:
         """Is ``idx`` one contiguous increasing run (the builder's and scans' shape)?"""
         n = idx.size
+        if n <= 4096:
+            return False
+        if known_run(idx):
+            return True
         # n integers spanning n - 1 and strictly increasing are exactly a run.
-        return n > 4096 and int(idx[-1]) - int(idx[0]) == n - 1 and bool((idx[1:] > idx[:-1]).all())
+        return int(idx[-1]) - int(idx[0]) == n - 1 and bool((idx[1:] > idx[:-1]).all())
 
     def _forward(self, idx: np.ndarray, values) -> tuple[np.ndarray, np.ndarray]:
         """``(idx, values)`` for a set, the values broadcast to the indices; reversed
@@ -149,7 +153,9 @@ class ChunkedArray:
     def _ascending(idx: np.ndarray) -> bool:
         """Is ``idx`` a large strictly increasing array (a restore group, a build slice
         with a hole, a scan): then each chunk's part of it is one slice of positions."""
-        return idx.size > 4096 and int(idx[-1]) > int(idx[0]) and bool((idx[1:] > idx[:-1]).all())
+        if idx.size <= 4096:
+            return False
+        return known_run(idx) or (int(idx[-1]) > int(idx[0]) and bool((idx[1:] > idx[:-1]).all()))
 
     def _slices(self, start: int, n: int):
         """(chunk, offset in chunk, position in run, length) pieces of a run."""
@@ -761,7 +767,7 @@ class P2M:
                 # One type over the whole part (a guest's RAM, all of it ballooned out):
                 # all of it or none, with no per-entry mask.
                 if table[t0]:
-                    parts.append(np.arange(base + a, base + b, dtype=np.int64))
+                    parts.append(run_array(base + a, b - a))
                 continue
             part = np.flatnonzero(lookup(table, seg)).astype(np.int64, copy=False)
             part += base + a

@@ -7,10 +7,14 @@ costs ~20x a vectorised comparison, and such arrays hold one to a few distinct v
 (every entry ram_logdirty or NOTAB, a few ballooned out). :func:`lookup` gives exactly
 ``table[x]`` and, for a large uint8 ``x`` spanning a few values, builds it from
 comparisons instead. :func:`batch_totals` and :func:`stable_order` are the other two
-array steps the hot paths share (a count per batch, a stable order of int keys).
+array steps the hot paths share (a count per batch, a stable order of int keys), and
+:func:`run_array` / :func:`known_run` let a run of PFNs or frames made in one place be
+known as one wherever it goes, without a pass over it to find out.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import numpy as np
 
@@ -109,3 +113,28 @@ def stable_order(g: np.ndarray) -> np.ndarray:
         order = order[np.argsort(digit, kind="stable")]
         shift += 16
     return order
+
+
+#: Arrays made by run_array, by id (weak: an entry goes with its array).
+_RUNS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def run_array(lo: int, n: int) -> np.ndarray:
+    """``np.arange(lo, lo + n)`` (int64), read-only, and known as a run: a send_all
+    pass's batches, a build step's GFNs, fresh frames. ``known_run`` answers for it and
+    for every increasing slice of it in O(1), where finding out costs a pass over the
+    array (the tables' run paths, the restore's order checks ask at every step). Being
+    read-only, neither it nor a view of it can ever stop being a run."""
+    a = np.arange(lo, lo + n, dtype=np.int64)
+    a.flags.writeable = False
+    _RUNS[id(a)] = a
+    return a
+
+
+def known_run(x: np.ndarray) -> bool:
+    """True when ``x`` is ``run_array`` output or a contiguous, increasing 1-D slice of
+    it: then ``x`` is ``arange(x[0], x[0] + x.size)``. False says nothing (the caller
+    checks the array itself)."""
+    owner = x if x.base is None else x.base
+    return (_RUNS.get(id(owner)) is owner and x.ndim == 1 and x.dtype == np.int64
+            and (x.size < 2 or x.strides[0] == 8))

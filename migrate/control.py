@@ -18,7 +18,7 @@ import numpy as np
 
 from hypervisor.abi import IS_POD, IS_RAM, MAX_BATCH_SIZE, GfnRuns, ShadowOp
 from hypervisor.span import SpanServed
-from hypervisor.tables import lookup
+from hypervisor.tables import lookup, run_array
 
 from .events import EventBus, MemoryOp, TrackedWrites, balloon_note
 from .link import LinkModel
@@ -47,7 +47,7 @@ class Stretch:
         a, b = k * MAX_BATCH_SIZE, (k + n) * MAX_BATCH_SIZE
         if self.pfns is not None:
             return self.pfns[a:b]
-        return np.arange(self.lo + a, min(self.lo + b, self.hi), dtype=np.int64)
+        return run_array(self.lo + a, max(0, min(self.lo + b, self.hi) - (self.lo + a)))
 
 
 #: Batches the engine's span asks for first, and at most (bounds its arrays: 2 Mi PFNs).
