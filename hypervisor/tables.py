@@ -29,6 +29,9 @@ def lookup(table: np.ndarray, x: np.ndarray) -> np.ndarray:
     x = np.asarray(x)
     if x.size < _SMALL or x.dtype != np.uint8:
         return table[x]
+    v = uniform_byte(x)
+    if v is not None and v < table.size:     # (an index past the table raises below, as the gather does)
+        return np.full(x.shape, table[v], dtype=table.dtype)
     lo, hi = int(x.min()), int(x.max())
     if hi >= table.size or hi - lo > _SPREAD:
         return table[x]                  # (an index past the table raises as the gather does)
@@ -53,6 +56,20 @@ def lookup(table: np.ndarray, x: np.ndarray) -> np.ndarray:
             else:
                 np.copyto(out, table[v], where=x == v)
     return out
+
+
+def uniform_byte(x: np.ndarray) -> int | None:
+    """The value every entry of a non-empty uint8 array holds, or None: eight entries a
+    uint64 word compared at once (a span's type nibbles are mostly all one value, and
+    the min and max that would tell cost two whole passes)."""
+    flat = x.reshape(-1)
+    if flat.size == 0:
+        return None
+    v = int(flat[0])
+    head = flat.size & ~7 if flat.flags.c_contiguous else 0
+    if head and not bool((flat[:head].view(np.uint64) == np.uint64(v * 0x0101010101010101)).all()):
+        return None
+    return v if bool((flat[head:] == v).all()) else None
 
 
 def add_where(a: np.ndarray, mask: np.ndarray, delta: int) -> None:

@@ -295,8 +295,9 @@ class PrecopyEngine:
         nb = counts.size
         b0, walked0 = rnd.batches, rnd.pfns_walked
         rnd.pages_sent += int(dpb.sum())
-        rnd.xtab_sent += int(np.count_nonzero(nib == PFInfo.XTAB))
-        rnd.broken_sent += int(np.count_nonzero(nib == PFInfo.BROKEN))
+        if int(dpb.sum()) < pfns.size:               # (every PFN a data page: neither)
+            rnd.xtab_sent += int(np.count_nonzero(nib == PFInfo.XTAB))
+            rnd.broken_sent += int(np.count_nonzero(nib == PFInfo.BROKEN))
         rnd.bytes += written
         rnd.batches += nb
         rnd.pfns_walked += int(pfns.size)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from hypervisor import abi
-from hypervisor.tables import batch_totals, lookup
+from hypervisor.tables import batch_totals, lookup, uniform_byte
 
 TABLES = [abi.IS_RAM, abi.IS_POD, abi.IS_MAPPABLE, abi.IS_GUEST_WRITABLE, abi.PFINFO_OF_TYPE,
           abi.PFINFO_HAS_DATA, abi.PFINFO_KNOWN, abi.PFINFO_POPULATE, np.ones(16, dtype=bool)]
@@ -18,6 +18,21 @@ def test_lookup_is_the_gather_for_every_spread_of_values(table):
         got, want = lookup(table, x), table[x]
         assert got.dtype == want.dtype and got.shape == want.shape and (got == want).all()
         got[:1] = got[:1]                         # a new, writable array like the gather's
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 4096, 70001])
+def test_uniform_byte_finds_one_value_held_everywhere_and_nothing_else(n):
+    for v in (0, 1, 15, 255):
+        x = np.full(n, v, dtype=np.uint8)
+        assert uniform_byte(x) == v
+        for i in {0, n // 2, n - 1} if n > 1 else ():      # one odd entry anywhere (head, words, tail)
+            y = x.copy()
+            y[i] ^= 1
+            assert uniform_byte(y) is None
+    z = np.zeros(2 * n, dtype=np.uint8)
+    z[1::2] = 3
+    assert uniform_byte(z[::2]) == 0                        # strided: no word view
+    assert uniform_byte(np.empty(0, dtype=np.uint8)) is None
 
 
 def test_lookup_past_the_table_raises_like_the_gather():
