@@ -32,7 +32,7 @@ from typing import Protocol
 import numpy as np
 
 from .abi import IS_GUEST_WRITABLE, IS_POD, MAX_BATCH_SIZE, PFINFO_HAS_DATA, PFINFO_OF_TYPE, batch_counts
-from .tables import batch_totals, lookup, stable_order
+from .tables import batch_totals, known_run, lookup, stable_order
 
 _EMPTY_U8 = np.empty(0, dtype=np.uint8)
 _EMPTY_U64 = np.empty(0, dtype=np.uint64)
@@ -147,35 +147,34 @@ def _overlay(tokens: np.ndarray, dp: np.ndarray, maps: np.ndarray, data_per_batc
     batch's ``data_per_batch`` of them read at its map time ``maps``): the last of the
     writes ``(wt, wg, wtok)`` (in time order) to each before its map, else ``tokens``
     (the caller's own fresh read, updated in place and returned)."""
-    ascending = dp.size < 2 or bool((dp[1:] > dp[:-1]).all())    # the saver's PFNs usually are
+    ascending = dp.size < 2 or known_run(dp) or bool((dp[1:] > dp[:-1]).all())   # the saver's PFNs usually are
     order = None if ascending else np.argsort(dp, kind="stable")
     sdp = dp if ascending else dp[order]
     near = np.flatnonzero((wg >= sdp[0]) & (wg <= sdp[-1]))       # cheap: most writes are elsewhere
     if near.size == 0:
         return tokens
-    # The writes by PFN (stable: each PFN's writes stay in time order), so the search
-    # through the span's PFNs walks forward instead of jumping about.
-    near = near[stable_order(wg[near] - int(sdp[0]))]
-    keys = wg[near]
+    keys = wg[near]                               # (in time order)
     if ascending and int(sdp[-1]) - int(sdp[0]) == sdp.size - 1:
         # The span's data PFNs are one run: a PFN's place is its offset (every near
         # write lands on one).
         pos = keys - int(sdp[0])
-        hit = np.ones(keys.size, dtype=bool)
     else:
         pos = np.searchsorted(sdp, keys)
         pos[pos >= sdp.size] = 0
         hit = sdp[pos] == keys
-    if not hit.any():
-        return tokens
-    wi = near[hit]                                # the writes to span PFNs, by PFN then time
-    ids = pos[hit] if ascending else order[pos[hit]]   # which data PFN each one writes
+        if not hit.any():
+            return tokens
+        near, pos = near[hit], pos[hit]
+    ids = pos if ascending else order[pos]        # which data PFN each write writes
     batch = np.searchsorted(np.cumsum(data_per_batch), ids, side="right")
-    before = wt[wi] < maps[batch]                 # made before that PFN's map
+    before = wt[near] < maps[batch]               # made before that PFN's map
     if not before.any():
         return tokens
-    wi, ids = wi[before], ids[before]
-    # The latest such write to each PFN: the last of its run of entries.
+    wi, ids = near[before], ids[before]
+    # The latest such write to each PFN: by PFN (stable, so each PFN's writes stay in
+    # time order; only the writes that count are ordered), the last of its run.
+    by_pfn = stable_order(ids)
+    wi, ids = wi[by_pfn], ids[by_pfn]
     last = np.ones(ids.size, dtype=bool)
     last[:-1] = ids[1:] != ids[:-1]
     tokens[ids[last]] = wtok[wi[last]]
