@@ -154,11 +154,16 @@ def _overlay(tokens: np.ndarray, dp: np.ndarray, maps: np.ndarray, data_per_batc
     if near.size == 0:
         return tokens
     keys = wg[near]                               # (in time order)
-    if ascending and int(sdp[-1]) - int(sdp[0]) == sdp.size - 1:
+    run = ascending and int(sdp[-1]) - int(sdp[0]) == sdp.size - 1
+    if run:
         # The span's data PFNs are one run: a PFN's place is its offset (every near
         # write lands on one).
         pos = keys - int(sdp[0])
     else:
+        # The writes by PFN (stable: each PFN's writes stay in time order), so the search
+        # through the span's PFNs walks forward instead of jumping about.
+        o = stable_order(keys - int(sdp[0]))
+        near, keys = near[o], keys[o]
         pos = np.searchsorted(sdp, keys)
         pos[pos >= sdp.size] = 0
         hit = sdp[pos] == keys
@@ -171,10 +176,12 @@ def _overlay(tokens: np.ndarray, dp: np.ndarray, maps: np.ndarray, data_per_batc
     if not before.any():
         return tokens
     wi, ids = near[before], ids[before]
-    # The latest such write to each PFN: by PFN (stable, so each PFN's writes stay in
-    # time order; only the writes that count are ordered), the last of its run.
-    by_pfn = stable_order(ids)
-    wi, ids = wi[by_pfn], ids[by_pfn]
+    if run:
+        # By PFN now (stable, so each PFN's writes stay in time order): only the writes
+        # that count are ordered. (Otherwise they already are.)
+        o = stable_order(ids)
+        wi, ids = wi[o], ids[o]
+    # The latest such write to each PFN: the last of its run of entries.
     last = np.ones(ids.size, dtype=bool)
     last[:-1] = ids[1:] != ids[:-1]
     tokens[ids[last]] = wtok[wi[last]]

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hypervisor.span import _overlay
+from hypervisor.tables import run_array
 
 
 def reference(tokens, dp, maps, dpb, wt, wg, wtok):
@@ -20,13 +21,15 @@ def reference(tokens, dp, maps, dpb, wt, wg, wtok):
 
 
 @settings(max_examples=80, deadline=None)
-@given(st.integers(0, 2**32), st.sampled_from(["run", "gaps", "shuffled"]), st.integers(1, 300),
+@given(st.integers(0, 2**32), st.sampled_from(["run", "known run", "gaps", "shuffled"]), st.integers(1, 300),
        st.integers(0, 400))
 def test_overlay_takes_each_pfns_last_write_before_its_map(seed, shape, n, nw):
     rng = np.random.default_rng(seed)
     base = int(rng.integers(0, 1 << 30))
     if shape == "run":
         dp = np.arange(base, base + n)
+    elif shape == "known run":
+        dp = run_array(base - 7, n + 7)[7:]          # a slice of the engine's batches
     else:
         dp = np.sort(rng.choice(np.arange(base, base + 3 * n), n, replace=False))
         if shape == "shuffled":
