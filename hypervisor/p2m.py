@@ -255,6 +255,7 @@ class ChunkedArray:
         # Rows past nrows were never written, and an anonymous mapping reads as zeros:
         # a zero default (content tokens) needs no fill (nor the page touch it costs).
         if self.default != 0 or self._map is None:
+            self._prefault(self.nrows, 0, (need - self.nrows) * CHUNK)    # (rows are adjacent)
             self.pool[self.nrows:need] = self.default
         self.directory[missing] = np.arange(self.nrows, need)
         self.nrows = need
@@ -321,7 +322,8 @@ class ChunkedArray:
 
     def _prefault(self, r: int, off: int, k: int) -> None:
         """Fault in, in one call, the pages of entries ``[off, off + k)`` of the new row
-        ``r`` that the caller is about to write whole (madvise MADV_POPULATE_WRITE):
+        ``r`` (and on, into the rows after it) that the caller is about to write whole
+        (madvise MADV_POPULATE_WRITE):
         a guest's or a restore's token table written page by page would take one
         fault per 4 KiB. Kernels without it (before Linux 5.14) fault as they go."""
         global _POPULATE_WRITE

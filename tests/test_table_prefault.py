@@ -39,3 +39,14 @@ def test_prefault_leaves_small_parts_and_tables_without_a_mapping_alone(monkeypa
     (opt, lo, length), = seen
     assert lo % 4096 == 0 and length % 4096 == 0 and lo >= 3 * 8 and lo + length <= CHUNK * 8
     a._map = real_map
+
+
+def test_new_rows_filled_with_a_nonzero_default_are_prefaulted_together_first(monkeypatch):
+    calls = []
+    real = ChunkedArray._prefault
+    monkeypatch.setattr(ChunkedArray, "_prefault", lambda self, r, off, k: (calls.append((r, off, k)),
+                                                                             real(self, r, off, k)))
+    a = ChunkedArray(np.uint8, 7)
+    a.set(np.array([5, CHUNK + 5, 2 * CHUNK + 5]), np.uint8(1))      # three new rows
+    assert calls == [(0, 0, 3 * CHUNK)]
+    assert int(a.get(np.array([6]))[0]) == 7 and int(a.get(np.array([CHUNK + 5]))[0]) == 1
