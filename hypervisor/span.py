@@ -153,37 +153,45 @@ def _overlay(tokens: np.ndarray, dp: np.ndarray, maps: np.ndarray, data_per_batc
     near = np.flatnonzero((wg >= sdp[0]) & (wg <= sdp[-1]))       # cheap: most writes are elsewhere
     if near.size == 0:
         return tokens
-    keys = wg[near]                               # (in time order)
     run = ascending and int(sdp[-1]) - int(sdp[0]) == sdp.size - 1
-    if run:
-        # The span's data PFNs are one run: a PFN's place is its offset (every near
-        # write lands on one).
-        pos = keys - int(sdp[0])
+    if run and bool((data_per_batch[:-1] == MAX_BATCH_SIZE).all()):
+        # One run of data PFNs in full batches (a send_all pass): a write's PFN index is
+        # its offset and its batch that over MAX_BATCH_SIZE, so the writes that came
+        # before their PFN's map are found in time order, and only they are ordered
+        # by PFN (stable: each PFN's writes stay in time order).
+        ids = wg[near] - int(sdp[0])
+        before = wt[near] < maps[ids >> _BATCH_SHIFT]
+        wi, ids = near[before], ids[before]
+        by_pfn = stable_order(ids)
+        wi, ids = wi[by_pfn], ids[by_pfn]
     else:
         # The writes by PFN (stable: each PFN's writes stay in time order), so the search
         # through the span's PFNs walks forward instead of jumping about.
-        o = stable_order(keys - int(sdp[0]))
-        near, keys = near[o], keys[o]
-        pos = np.searchsorted(sdp, keys)
-        pos[pos >= sdp.size] = 0
-        hit = sdp[pos] == keys
-        if not hit.any():
-            return tokens
-        near, pos = near[hit], pos[hit]
-    ids = pos if ascending else order[pos]        # which data PFN each write writes
-    batch = np.searchsorted(np.cumsum(data_per_batch), ids, side="right")
-    before = wt[near] < maps[batch]               # made before that PFN's map
-    if not before.any():
+        near = near[stable_order(wg[near] - int(sdp[0]))]
+        keys = wg[near]
+        if run:
+            pos = keys - int(sdp[0])              # (every near write lands on one)
+        else:
+            pos = np.searchsorted(sdp, keys)
+            pos[pos >= sdp.size] = 0
+            hit = sdp[pos] == keys
+            if not hit.any():
+                return tokens
+            near, pos = near[hit], pos[hit]
+        ids = pos if ascending else order[pos]    # which data PFN each one writes
+        batch = np.searchsorted(np.cumsum(data_per_batch), ids, side="right")
+        before = wt[near] < maps[batch]           # made before that PFN's map
+        wi, ids = near[before], ids[before]
+    if ids.size == 0:
         return tokens
-    wi, ids = near[before], ids[before]
-    if run:
-        # By PFN now (stable, so each PFN's writes stay in time order): only the writes
-        # that count are ordered. (Otherwise they already are.)
-        o = stable_order(ids)
-        wi, ids = wi[o], ids[o]
     # The latest such write to each PFN: the last of its run of entries.
     last = np.ones(ids.size, dtype=bool)
     last[:-1] = ids[1:] != ids[:-1]
     tokens[ids[last]] = wtok[wi[last]]
     return tokens
+
+
+#: A data PFN's batch in a span of full batches: its index shifted by this.
+_BATCH_SHIFT = MAX_BATCH_SIZE.bit_length() - 1
+assert 1 << _BATCH_SHIFT == MAX_BATCH_SIZE
 
