@@ -44,3 +44,33 @@ def test_overlay_takes_each_pfns_last_write_before_its_map(seed, shape, n, nw):
     want = reference(tokens, dp, maps, dpb, wt, wg, wtok)
     got = _overlay(tokens.copy(), dp, maps, dpb, wt, wg, wtok)
     assert np.array_equal(got, want)
+
+
+def reference_by_write(tokens, dp, maps, dpb, wt, wg, wtok):
+    """The same definition, write by write (fast enough for spans of full batches)."""
+    out = tokens.copy()
+    batch_of = np.repeat(np.arange(dpb.size), dpb)
+    where = {int(p): i for i, p in enumerate(dp.tolist())}
+    for j in range(wt.size):                         # in time order: the last one wins
+        i = where.get(int(wg[j]))
+        if i is not None and wt[j] < maps[batch_of[i]]:
+            out[i] = wtok[j]
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32), st.integers(1, 4), st.integers(1, 1024), st.integers(0, 3000), st.booleans())
+def test_overlay_of_a_run_of_full_batches_takes_each_pfns_last_write_before_its_map(seed, full, tail, nw, known):
+    rng = np.random.default_rng(seed)
+    n = full * 1024 + tail
+    base = int(rng.integers(0, 1 << 30))
+    dp = run_array(base, n) if known else np.arange(base, base + n)
+    dpb = np.array([1024] * full + [tail])
+    maps = np.cumsum(rng.random(dpb.size))
+    wt = np.sort(rng.random(nw) * (maps[-1] + 0.5))
+    wg = rng.integers(base - 50, base + n + 50, nw)
+    wg[: nw // 3] = rng.integers(base, base + 40, nw // 3)   # some PFNs written many times
+    wtok = rng.integers(1, 1 << 60, nw).astype(np.uint64)
+    tokens = rng.integers(1, 1 << 60, n).astype(np.uint64)
+    want = reference_by_write(tokens, dp, maps, dpb, wt, wg, wtok)
+    assert np.array_equal(_overlay(tokens.copy(), dp, maps, dpb, wt, wg, wtok), want)
