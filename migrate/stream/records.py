@@ -273,6 +273,25 @@ def page_data_records(pfns: np.ndarray, nibbles: np.ndarray, tokens: np.ndarray)
         t0 += d
 
 
+def type_counts(nibbles: np.ndarray) -> np.ndarray:
+    """int64 count of entries of each of the 16 PFInfo types in checked type nibbles
+    (uint8, at most 0xF): one min/max pass, then one comparison per further type in
+    their range (a span's run holds one to a few), or a bincount when they spread."""
+    out = np.zeros(16, dtype=np.int64)
+    n = nibbles.size
+    if n == 0:
+        return out
+    lo, hi = int(nibbles.min()), int(nibbles.max())
+    if hi - lo > 3 or n < 4096:
+        out += np.bincount(nibbles, minlength=16)[:16]
+        return out
+    for v in range(lo + 1, hi + 1):
+        # A plain int: comparing with an IntEnum member is several times slower.
+        out[v] = np.count_nonzero(nibbles == v)
+    out[lo] = n - int(out.sum())
+    return out
+
+
 def check_page_data(pfns: np.ndarray, nibbles: np.ndarray, n_tokens: int | None, *,
                     pfn_limit: int | None = None, where: str = "PAGE_DATA") -> np.ndarray:
     """handle_page_data's checks on decoded pfn words; returns the has-data mask.
