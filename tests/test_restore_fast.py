@@ -1,0 +1,222 @@
+"""The restore's run paths give exactly what the general paths give.
+
+A restore group of strictly increasing PFNs is told so (``Restorer._page_data_run``
+finds it once); a group of fresh PFNs that is one run populates as a run
+(``Hypervisor.populate_physmap_exact(run=True)``: frames taken as a run with
+``HostFrames.alloc_run``, P2M and M2P set as runs) and its pages are written as a run
+(``write_pages(run=True)``, ``LinearChunkedArray.run_value_of``). Each is pinned here
+against the path that finds everything out for itself: same destination P2M, M2P,
+frame contents, log-dirty bits, stats and events, same errors and messages."""
+
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hypervisor.abi import MAX_GFN, DomainLayout, PFInfo, ShadowOp, XenError
+from hypervisor.domain import Hypervisor
+from hypervisor.frames import HostFrames
+from hypervisor.p2m import CHUNK, LinearChunkedArray
+from migrate.restore import Restorer
+from migrate.stream.records import type_counts
+
+HOST = 1 << 17
+
+
+def _dest(*, ram=(), mmio=(), freed=(), logdirty=False, events=False, host=HOST):
+    hv = Hypervisor(host_frames=host, record_events=events)
+    hv.build(DomainLayout(ram_gfns=np.asarray(ram, dtype=np.int64),
+                          ram_tokens=np.arange(1, len(ram) + 1, dtype=np.uint64),
+                          mmio_gfns=np.asarray(mmio, dtype=np.int64)))
+    if len(freed):
+        hv.decrease_reservation(np.asarray(freed, dtype=np.int64))   # frames back on the free stack
+    if logdirty:
+        hv.shadow_op(0.0, ShadowOp.ENABLE_LOGDIRTY)
+    hv.drain_events()
+    return hv
+
+
+def _state(hv, top=3 * CHUNK):
+    g = np.arange(top, dtype=np.int64)
+    types, mfns = hv.p2m.get(g)
+    frames = np.arange(hv.frames.host_frames, dtype=np.int64)
+    with np.printoptions(threshold=sys.maxsize):
+        events = repr(hv.drain_events())
+    return (types.tolist(), mfns.tolist(), hv.m2p.get(frames).tolist(), hv.frames.read(frames).tolist(),
+            hv.logdirty.is_dirty(g).tolist(), repr(hv.stats), hv.p2m.type_counts.tolist(),
+            hv.p2m.max_mapped_pfn, hv.frames.free_frames, events)
+
+
+def _both(setup, call):
+    """Run ``call(hv, run)`` on two equal destinations, with and without the run hint:
+    the outcomes (error text included) and the destinations' states must match."""
+    out = []
+    for run in (True, False):
+        hv = setup()
+        try:
+            call(hv, run)
+            err = None
+        except XenError as e:
+            err = (e.errno, str(e))
+        out.append((err, _state(hv)))
+    assert out[0][0] == out[1][0]
+    assert out[0][1] == out[1][1]
+    return out[0][0]
+
+
+RUN = np.arange(CHUNK - 3000, CHUNK + 4000, dtype=np.int64)      # crosses a P2M chunk
+
+
+@pytest.mark.parametrize("case", ["fresh", "over_ram", "over_mmio", "freed_frames", "no_room", "logdirty",
+                                  "small", "past_max_gfn"])
+def test_populating_a_run_does_what_populating_its_pfns_does(case):
+    run = RUN
+    kw = {}
+    if case == "over_ram":
+        kw = dict(ram=np.arange(CHUNK - 100, CHUNK + 50))
+    elif case == "over_mmio":
+        kw = dict(mmio=[CHUNK + 7])
+    elif case == "freed_frames":
+        kw = dict(ram=np.arange(10, 30), freed=np.arange(12, 20))
+    elif case == "no_room":
+        kw = dict(host=run.size - 1)
+    elif case == "logdirty":
+        kw = dict(ram=np.arange(CHUNK - 10, CHUNK), logdirty=True, events=True)
+    elif case == "small":
+        run = np.arange(70, 170, dtype=np.int64)
+    elif case == "past_max_gfn":
+        run = np.arange(MAX_GFN - 5000, MAX_GFN + 3, dtype=np.int64)
+    err = _both(lambda: _dest(**kw), lambda hv, r: hv.populate_physmap_exact(run, run=r))
+    assert (err is None) == (case in ("fresh", "over_ram", "freed_frames", "logdirty", "small"))
+
+
+@pytest.mark.parametrize("case", ["fresh_run", "frames_not_a_run", "unmapped", "small", "logdirty"])
+def test_writing_a_run_does_what_writing_its_pfns_does(case):
+    run, tok = RUN, np.arange(7, 7 + RUN.size, dtype=np.uint64)
+
+    def setup():
+        if case == "frames_not_a_run":      # frames from the free stack: not one run
+            hv = _dest(ram=np.arange(10, 10 + 9000), freed=np.arange(10, 10 + 9000))
+        else:
+            hv = _dest(logdirty=case == "logdirty", events=case == "logdirty")
+        hv.populate_physmap_exact(run[:-1] if case == "unmapped" else run)
+        hv.drain_events()
+        return hv
+
+    w = run[:200] if case == "small" else run
+    err = _both(setup, lambda hv, r: hv.write_pages(w, tok[:w.size], run=r))
+    assert (err is None) == (case != "unmapped")
+    if err is None:
+        hv = setup()
+        hv.write_pages(w, tok[:w.size], run=True)
+        assert np.array_equal(hv.contents(w), tok[:w.size])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 4 * CHUNK), st.integers(1, 2 * CHUNK), st.integers(0, 1 << 30),
+                          st.booleans()), min_size=1, max_size=5),
+       st.lists(st.tuples(st.integers(0, 5 * CHUNK), st.integers(1, 3 * CHUNK)), min_size=1, max_size=8))
+def test_run_value_of_is_run_value_of_the_run(sets, queries):
+    a = LinearChunkedArray(np.uint32, 0xFFFFFFFF)
+    for start, n, v0, dense in sets:
+        if dense:                               # breaks runs into rows
+            a.set(np.arange(start, start + min(n, 50), dtype=np.int64) * 3, v0)
+        else:
+            a.set_linear(start, n, v0)
+    for start, n in queries + [(s, n) for s, n, _, _ in sets]:
+        assert a.run_value_of(start, n) == a.run_value(np.arange(start, start + n, dtype=np.int64))
+
+
+def test_alloc_run_is_alloc_when_alloc_gives_a_run():
+    f, g = HostFrames(100), HostFrames(100)
+    assert f.alloc_run(30) == 0 and np.array_equal(g.alloc(30), np.arange(30))
+    assert f.alloc_run(71) is None and f.free_frames == 70      # too many: nothing taken
+    f.free([3, 4]), g.free([3, 4])
+    assert f.alloc_run(5) is None and f.free_frames == 72       # freed frames come first: not a run
+    assert np.array_equal(f.alloc(5), g.alloc(5)) and f.alloc_run(10) == 33 and g.alloc(10)[0] == 33
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 20), min_size=0, max_size=9000), st.integers(0, 15))
+def test_type_counts_are_the_bincount(values, fill):
+    nib = np.asarray([v if v <= 15 else fill for v in values], dtype=np.uint8)
+    assert type_counts(nib).tolist() == np.bincount(nib, minlength=16)[:16].tolist()
+
+
+def _restore(pfns, nib, tokens, *, one_by_one, dest, verify_then=None):
+    hv = _dest(**dest)
+    r = Restorer(hv, on_record=(lambda rec: None) if one_by_one else None)
+    r.apply_page_data_run(pfns, nib, tokens)
+    if verify_then is not None:
+        from migrate.stream.records import Record
+        from migrate.stream.format import RecType
+        r.apply(Record.simple(RecType.VERIFY))
+        r.apply_page_data_run(*verify_then)
+    r.flush()
+    res = r.result
+    res.records = {}
+    return res, r.populated_pfns().tolist(), _state(hv)
+
+
+@pytest.mark.parametrize("shape", ["dense", "xtab_holes", "gaps", "resent", "over_ram", "repeats", "verify"])
+def test_a_run_told_increasing_restores_what_records_one_by_one_restore(shape):
+    # The records one by one go through the general path (each group looked at, no
+    # run hints); the run in bulk through the told-increasing, run-populating one.
+    pfns = np.concatenate([np.arange(CHUNK - 70000, CHUNK + 9000), np.arange(2 * CHUNK + 5, 2 * CHUNK + 3000)])
+    nib = np.zeros(pfns.size, dtype=np.uint8)
+    dest = {}
+    verify_then = None
+    if shape == "xtab_holes":
+        nib[5000:5300] = PFInfo.XTAB
+        nib[::97] = PFInfo.XALLOC
+    elif shape == "gaps":
+        pfns = pfns * 2
+    elif shape == "resent":
+        dest = dict(ram=np.arange(CHUNK - 1000, CHUNK + 100))
+    elif shape == "over_ram":
+        dest = dict(ram=np.arange(CHUNK - 1000, CHUNK + 100, 3))
+    elif shape == "repeats":
+        pfns = np.concatenate([pfns, pfns[:3000]])
+        nib = np.zeros(pfns.size, dtype=np.uint8)
+    has = nib == 0
+    tokens = np.arange(1, int(has.sum()) + 1, dtype=np.uint64)
+    if shape == "verify":
+        v = np.arange(CHUNK - 80000, CHUNK - 60000, dtype=np.int64)
+        verify_then = (v, np.zeros(v.size, dtype=np.uint8), np.arange(v.size, dtype=np.uint64) + 5000)
+    bulk = _restore(pfns, nib, tokens, one_by_one=False, dest=dest, verify_then=verify_then)
+    single = _restore(pfns, nib, tokens, one_by_one=True, dest=dest, verify_then=verify_then)
+    assert bulk[0] == single[0] and bulk[1] == single[1]
+    assert bulk[2] == single[2]
+    assert bulk[0].pages_written == int(has.sum())
+
+
+def test_a_run_the_host_cannot_hold_fails_naming_the_record_as_records_one_by_one_do():
+    pfns = np.arange(0, 20 * 1024, dtype=np.int64)
+    nib = np.zeros(pfns.size, dtype=np.uint8)
+    tokens = np.arange(pfns.size, dtype=np.uint64)
+    out = []
+    for one_by_one in (False, True):
+        hv = _dest(host=12 * 1024 + 5)
+        r = Restorer(hv, on_record=(lambda rec: None) if one_by_one else None)
+        with pytest.raises(Exception) as ei:
+            r.apply_page_data_run(pfns, nib, tokens)
+            r.flush()
+        out.append((type(ei.value), hv.stats.populated_pages))
+    assert out[0][0] is out[1][0]
+
+
+def test_run_value_of_needs_the_values_to_continue_across_chunks():
+    a = LinearChunkedArray(np.uint32, 0xFFFFFFFF)
+    a.set_linear(CHUNK - 5000, 5000, 100)
+    a.set_linear(CHUNK, 6000, 100 + 5000)        # continues: one run of values
+    a.set_linear(2 * CHUNK, 6000, 9)             # does not continue
+    a.set_linear(4 * CHUNK - 5000, 5000, 100)
+    a.set_linear(4 * CHUNK, 6000, 7)             # does not continue either
+    for start, n in ((4 * CHUNK - 4000, 8000), (CHUNK - 5000, 11000), (CHUNK - 4000, 10000), (CHUNK + 10, 5000),
+                     (CHUNK + 10, CHUNK), (CHUNK - 5001, 6000), (2 * CHUNK - 1, 5000)):
+        want = a.run_value(np.arange(start, start + n, dtype=np.int64))
+        assert a.run_value_of(start, n) == want
+    assert a.run_value_of(CHUNK - 5000, 11000) == 100 and a.run_value_of(CHUNK + 10, CHUNK) is None
+    assert a.run_value_of(4 * CHUNK - 4000, 8000) is None
