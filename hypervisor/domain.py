@@ -999,24 +999,29 @@ class Hypervisor:
     def snapshot(self, lo: int = 0, hi: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(gfns, tokens)`` of every RAM entry in [lo, hi), sorted by GFN."""
         g = self.ram_gfns(lo, hi)
-        return g, self.contents(g)
+        return g, self.contents(g, increasing=True)
 
-    def contents(self, gfns: np.ndarray) -> np.ndarray:
+    def contents(self, gfns: np.ndarray, *, increasing: bool = False) -> np.ndarray:
         """Content tokens of the frames RAM GFNs map (what a foreign map of them reads),
         GET_BLOCK GFNs at a time: a large read holds no MFN array of its size, only the
-        tokens it returns."""
+        tokens it returns. ``increasing``: the caller knows ``gfns`` strictly
+        increasing (``ram_gfns``' order), so a run among them is known by its ends."""
         g = _i64(gfns)
         if g.size <= GET_BLOCK:
-            return self._contents_block(g)
+            return self._contents_block(g, increasing=increasing)
         out = np.empty(g.size, dtype=np.uint64)
         for a in range(0, g.size, GET_BLOCK):
-            self._contents_block(g[a:a + GET_BLOCK], out[a:a + GET_BLOCK])
+            self._contents_block(g[a:a + GET_BLOCK], out[a:a + GET_BLOCK], increasing)
         return out
 
-    def _contents_block(self, g: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    def _contents_block(self, g: np.ndarray, out: np.ndarray | None = None, increasing: bool = False) -> np.ndarray:
         # A run of GFNs mapping a run of frames (the builder's and an in-order restore's
         # layout) reads one slice of the token table; anything else, frame by frame.
-        m0 = self.p2m.mfns.run_value(g)
+        if not increasing:
+            m0 = self.p2m.mfns.run_value(g)
+        else:   # strictly increasing GFNs are a run exactly when they span their count
+            m0 = self.p2m.mfns.run_value_of(int(g[0]), g.size) \
+                if g.size and int(g[-1]) - int(g[0]) == g.size - 1 else None
         if m0 is not None:
             return self.frames.read_run(m0, g.size, out)
         if out is None:

@@ -143,8 +143,13 @@ class _PfnSet:
             if leaf is None:
                 continue
             off = self._offsets(pfns, sel, ascending)
-            if isinstance(off, slice) and not leaf[off.start >> 3:(off.stop + 7) >> 3].any():
-                continue                  # a run over a part of the leaf holding none (a restore's new pages)
+            if isinstance(off, slice):
+                # A run: only the bytes holding its bits are looked at and unpacked.
+                a, b = off.start >> 3, (off.stop + 7) >> 3
+                if leaf[a:b].any():       # (none: a run of a restore's new pages)
+                    out[sel] = np.unpackbits(leaf[a:b], bitorder="little").view(bool)[
+                        off.start - 8 * a:off.stop - 8 * a]
+                continue
             out[sel] = np.unpackbits(leaf, bitorder="little").view(bool)[off]
         return out
 
@@ -167,8 +172,21 @@ class _PfnSet:
             leaf = self._leaves.get(h)
             if leaf is None:
                 leaf = self._leaves[h] = np.zeros((1 << self.SHIFT) // 8, dtype=np.uint8)
+            off = self._offsets(pfns, sel, ascending)
+            if isinstance(off, slice):
+                # A run: its whole bytes set outright, the bytes at its two ends by mask.
+                a, b = off.start, off.stop
+                if (a >> 3) == ((b - 1) >> 3):
+                    leaf[a >> 3] |= ((1 << (b - a)) - 1) << (a & 7)
+                    continue
+                leaf[(a + 7) >> 3:b >> 3] = 0xFF
+                if a & 7:
+                    leaf[a >> 3] |= (0xFF << (a & 7)) & 0xFF
+                if b & 7:
+                    leaf[b >> 3] |= (1 << (b & 7)) - 1
+                continue
             bits = np.zeros(1 << self.SHIFT, dtype=bool)
-            bits[self._offsets(pfns, sel, ascending)] = True
+            bits[off] = True
             leaf |= np.packbits(bits, bitorder="little")
         self.count += int(pfns.size)
 

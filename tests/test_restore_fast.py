@@ -220,3 +220,23 @@ def test_run_value_of_needs_the_values_to_continue_across_chunks():
         assert a.run_value_of(start, n) == want
     assert a.run_value_of(CHUNK - 5000, 11000) == 100 and a.run_value_of(CHUNK + 10, CHUNK) is None
     assert a.run_value_of(4 * CHUNK - 4000, 8000) is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3 * 32768), st.integers(1, 40000)), min_size=1, max_size=6),
+       st.integers(0, 3 * 32768), st.integers(1, 70000))
+def test_the_populated_set_sets_and_reads_runs_bit_for_bit(runs, q0, qn):
+    # A run's bits are set byte-wise (the ends by mask) and read from its bytes alone:
+    # the set must hold and answer what a per-PFN reference does.
+    from migrate.restore import _PfnSet
+
+    s, ref = _PfnSet(), np.zeros(4 * 32768 + 70000, dtype=bool)
+    for a, n in runs:
+        run = np.arange(a, a + n, dtype=np.int64)
+        run = run[~ref[run]]                     # add takes PFNs not yet in the set
+        if run.size and run[-1] - run[0] == run.size - 1:
+            s.add(run, ascending=True)
+            ref[run] = True
+    q = np.arange(q0, q0 + qn, dtype=np.int64)
+    assert np.array_equal(s.contains(q, ascending=True), ref[q])
+    assert np.array_equal(s.to_array(), np.flatnonzero(ref)) and s.count == int(ref.sum())
