@@ -240,3 +240,46 @@ def test_the_populated_set_sets_and_reads_runs_bit_for_bit(runs, q0, qn):
     q = np.arange(q0, q0 + qn, dtype=np.int64)
     assert np.array_equal(s.contains(q, ascending=True), ref[q])
     assert np.array_equal(s.to_array(), np.flatnonzero(ref)) and s.count == int(ref.sum())
+
+
+def _expected_check(pfns, nib, n_tokens, limit):
+    """handle_page_data's checks spelled out entry by entry: the has-data mask, or the
+    error message."""
+    from hypervisor.abi import PFINFO_HAS_DATA, PFINFO_KNOWN
+    top = 0x000FFFFFFFFFFFFF if limit is None else min(0x000FFFFFFFFFFFFF, limit - 1)
+    for i, p in enumerate(pfns.tolist()):
+        if p < 0 or p > top:
+            lim = f" (limit {limit:#x})" if limit is not None else ""
+            return f"W: pfn {p:#x} (index {i}) outside domain maximum{lim}"
+    for i, t in enumerate(nib.tolist()):
+        if t > 0xF or not PFINFO_KNOWN[t]:
+            return f"W: unknown or reserved page type {t:#x} for pfn {int(pfns[i]):#x} (index {i})"
+    has = PFINFO_HAS_DATA[nib]
+    if n_tokens is not None and int(has.sum()) != n_tokens:
+        return f"W: {int(has.sum())} data-carrying entries but {n_tokens} page tokens"
+    return has.tolist()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 5000), st.integers(-3, 1 << 40), st.sampled_from([0, 1, 15, 6, 13, 14, 16, 255]),
+       st.one_of(st.none(), st.none(), st.integers(0, 1 << 41)), st.integers(-1, 2), st.booleans(), st.booleans())
+def test_page_data_checks_of_one_type_throughout_are_the_checks_entry_by_entry(
+        n, p0, t, limit, tok_delta, known_count, mixed):
+    # One type throughout (the usual span) is decided from the nibbles' min and max and
+    # the PFNs' unsigned max; a second type at the end takes the general path.
+    from hypervisor.abi import PFINFO_HAS_DATA
+    from migrate.stream.format import StreamError
+    from migrate.stream.records import check_page_data
+
+    pfns = p0 + np.arange(n, dtype=np.int64)
+    nib = np.full(n, t, dtype=np.uint8)
+    if mixed:
+        nib[-1] = 0
+    n_data = int(PFINFO_HAS_DATA[np.minimum(nib, 15)].sum())
+    n_tokens = max(0, n_data + tok_delta) if known_count else None
+    want = _expected_check(pfns, nib, n_tokens, limit)
+    try:
+        got = check_page_data(pfns, nib, n_tokens, pfn_limit=limit, where="W").tolist()
+    except StreamError as e:
+        got = str(e)
+    assert got == want
