@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hypervisor.abi import MAX_GFN, DomainLayout, PFInfo, ShadowOp, XenError
+from hypervisor.abi import MAX_GFN, DomainLayout, P2MType, PFInfo, ShadowOp, XenError
 from hypervisor.domain import Hypervisor
 from hypervisor.frames import HostFrames
 from hypervisor.p2m import CHUNK, LinearChunkedArray
@@ -283,3 +283,39 @@ def test_page_data_checks_of_one_type_throughout_are_the_checks_entry_by_entry(
     except StreamError as e:
         got = str(e)
     assert got == want
+
+
+def test_a_snapshot_reads_its_sorted_gfns_as_runs_where_they_are_and_gets_what_a_plain_read_gets():
+    ram = np.concatenate([np.arange(0, 5000), np.arange(5007, 30000), np.arange(CHUNK - 6000, CHUNK + 7000),
+                          np.arange(2 * CHUNK, 2 * CHUNK + 9000, 2)])
+    hv = _dest(ram=ram, freed=np.arange(100, 9000, 7))
+    hv.populate_physmap(np.arange(100, 9000, 7))            # frames off the free stack: not a run
+    # A non-RAM entry keeping its frame inside a run of frames: the GFNs skip it, the
+    # frames do not (so the GFNs' ends, not the frames, must say they are no run).
+    g1 = np.array([CHUNK + 100], dtype=np.int64)
+    hv.p2m.set(g1, P2MType.ram_broken, hv.p2m.mfns.get(g1))
+    for lo, hi in ((0, 12000), (0, 3 * CHUNK), (CHUNK, CHUNK + 7000), (5003, 5010), (CHUNK - 6000, CHUNK + 7000), (2 * CHUNK, 3 * CHUNK)):
+        g, tok = hv.snapshot(lo, hi)
+        assert np.array_equal(g, hv.ram_gfns(lo, hi))
+        assert np.array_equal(tok, hv.contents(g))              # the general read
+        assert np.array_equal(tok, hv.frames.read(hv.p2m.mfns.get(g)))
+
+
+def test_verify_compares_sides_given_out_of_order_as_it_compares_them_sorted():
+    from migrate.verify import VerifyAccumulator
+
+    rng = np.random.default_rng(5)
+    g = np.arange(1000, 3000, dtype=np.int64)
+    st_, dt_ = rng.integers(0, 3, g.size).astype(np.uint64), rng.integers(0, 3, g.size).astype(np.uint64)
+    cases = [(g, st_, g, dt_), (g[:-5], st_[:-5], g[3:], dt_[3:])]
+    for sg, stt, dg, dtt in cases:
+        sorted_acc, shuffled_acc = VerifyAccumulator(), VerifyAccumulator()
+        sorted_acc.add(sg, stt, dg, dtt)
+        p, q = rng.permutation(sg.size), rng.permutation(dg.size)
+        shuffled_acc.add(sg[p], stt[p], dg[q], dtt[q])
+        assert sorted_acc.result() == shuffled_acc.result()
+        same = VerifyAccumulator()
+        same.add(sg[p], stt[p], sg[p], dtt[:sg.size][p])        # equal sides, one order: as sorted
+        ref = VerifyAccumulator()
+        ref.add(sg, stt, sg, dtt[:sg.size])
+        assert same.result() == ref.result()
