@@ -430,7 +430,16 @@ class Restorer:
             return
         keep = lookup(PFINFO_POPULATE, nibbles)
         if records > 1:
-            self._page_data_run(pfns, nibbles, tokens, keep, lookup(PFINFO_HAS_DATA, nibbles), where)
+            # Per record: entries kept and data pages; of one type throughout (a span's
+            # run of NOTAB pages) they are the record sizes or none, with no pass.
+            one = int(np.argmax(counts)) if int(counts.max()) == nibbles.size else None
+            if one is None:
+                kept = batch_totals(keep, MAX_BATCH_SIZE)
+                data = batch_totals(lookup(PFINFO_HAS_DATA, nibbles), MAX_BATCH_SIZE)
+            else:
+                sizes = np.minimum(MAX_BATCH_SIZE, nibbles.size - np.arange(0, nibbles.size, MAX_BATCH_SIZE))
+                kept, data = sizes * int(PFINFO_POPULATE[one]), sizes * int(PFINFO_HAS_DATA[one])
+            self._page_data_run(pfns, nibbles, tokens, keep, kept, data, where)
             return
         self._data_pages += int(tokens.size)
         self._check_chunks(pfns[keep], where, rec.offset)
@@ -442,16 +451,18 @@ class Restorer:
             self.flush()
 
     def _page_data_run(self, pfns: np.ndarray, nibbles: np.ndarray, tokens: np.ndarray, keep: np.ndarray,
-                       has: np.ndarray, where: str) -> None:
-        """The rest of ``_page_data`` for records back to back: gathered and applied in
-        the groups the records one by one would make (a restore cut short keeps the
-        same pages). Whether the run's PFNs are strictly increasing (the engine's
-        runs are) is found once here and handed on, so no later step looks again."""
+                       kept: np.ndarray, data: np.ndarray, where: str) -> None:
+        """The rest of ``_page_data`` for records back to back (``kept`` and ``data``:
+        each record's kept entries and data pages): gathered and applied in the groups
+        the records one by one would make (a restore cut short keeps the same pages).
+        Whether the run's PFNs are strictly increasing (the engine's runs are) is found
+        once here and handed on, so no later step looks again."""
         inc = pfns.size < 2 or bool((pfns[1:] > pfns[:-1]).all())
-        self._check_chunks_run(pfns, keep, has, where, inc)
+        data_end = np.cumsum(data)
+        self._check_chunks_run(pfns, keep, data_end, where, inc)
         nrec = -(-pfns.size // MAX_BATCH_SIZE)             # records back to back
-        kept = batch_totals(keep, MAX_BATCH_SIZE).tolist()
-        data_end = np.cumsum(batch_totals(has, MAX_BATCH_SIZE)).tolist()
+        kept = kept.tolist()
+        data_end = data_end.tolist()
         a = 0
         acc = self._pending_n
         for i, k in enumerate(kept):
@@ -485,13 +496,14 @@ class Restorer:
         self._pending_inc.append(inc)
         self._pending_n += n
 
-    def _check_chunks_run(self, pfns: np.ndarray, keep: np.ndarray, has: np.ndarray, where: str,
+    def _check_chunks_run(self, pfns: np.ndarray, keep: np.ndarray, data_end: np.ndarray, where: str,
                           inc: bool = False) -> None:
         """``_check_chunks`` for records back to back, record by record, in bulk: after
         each record, the chunks populated into may not pass the allowance its data buys
-        (``inc``: the caller found ``pfns`` strictly increasing)."""
+        (``data_end``: the run's data pages up to each record's end; ``inc``: the
+        caller found ``pfns`` strictly increasing)."""
         nrec = -(-pfns.size // MAX_BATCH_SIZE)             # records back to back
-        data_after = self._data_pages + np.cumsum(batch_totals(has, MAX_BATCH_SIZE))
+        data_after = self._data_pages + data_end
         if pfns.size and (inc or bool((pfns[1:] >= pfns[:-1]).all())):    # ascending (the stream's order)
             # Each chunk's part is a slice: its first kept entry found there, with no
             # per-entry chunk numbers.

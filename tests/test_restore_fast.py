@@ -319,3 +319,38 @@ def test_verify_compares_sides_given_out_of_order_as_it_compares_them_sorted():
         ref = VerifyAccumulator()
         ref.add(sg, stt, sg, dtt[:sg.size])
         assert same.result() == ref.result()
+
+
+@pytest.mark.parametrize("second_mixed", [False, True])
+def test_a_run_of_one_type_counts_its_records_as_a_run_of_mixed_types_does(second_mixed):
+    # Of one type throughout, a run's per-record kept entries and data pages are the
+    # record sizes (or none) without a pass; they feed the P2M-chunk allowance, so a
+    # run that reaches the allowance fails, or not, exactly as a mixed run does.
+    from hypervisor.p2m import CHUNK_BITS
+    from migrate.stream.format import StreamError
+
+    n1 = 5 * 1024 + 300                        # the last record short
+    xalloc = (np.arange(1, 56, dtype=np.int64)[:, None] << CHUNK_BITS) + np.arange(40)
+    xalloc = xalloc.reshape(-1)
+    out = []
+    for mixed in (False, True):
+        hv = _dest()
+        r = Restorer(hv)
+        nib1 = np.zeros(n1, dtype=np.uint8)
+        if mixed:
+            nib1[7] = PFInfo.L1TAB             # also populated, also carries data
+        r.apply_page_data_run(np.arange(n1, dtype=np.int64), nib1, np.arange(n1, dtype=np.uint64))
+        p2 = xalloc
+        nib2 = np.full(p2.size, PFInfo.XALLOC, dtype=np.uint8)
+        if mixed and second_mixed:             # a BROKEN entry beside an XALLOC one: same chunks
+            p2 = np.insert(p2, 1, p2[0] + 100)
+            nib2 = np.insert(nib2, 1, PFInfo.BROKEN)
+        try:
+            r.apply_page_data_run(p2, nib2, np.empty(0, dtype=np.uint64))
+            r.flush()
+            err = None
+        except StreamError as e:
+            err = str(e)
+        out.append((err, r._data_pages, sorted(r._chunks), r.result.pages_populated))
+    assert out[0] == out[1]
+    assert "(record 3 of 3)" in out[0][0] and "56 P2M chunks" in out[0][0] and "after only 5420 data pages" in out[0][0]
