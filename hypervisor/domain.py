@@ -623,7 +623,8 @@ class Hypervisor:
 
     def _populate_run(self, g: np.ndarray, t: float) -> bool:
         """``_populate`` of ``g`` known to be one increasing run (a restore group of
-        fresh PFNs), done as the general path does it when every extent succeeds and
+        fresh PFNs: xg_sr_restore.c populate_pfns into xen/common/memory.c
+        populate_physmap), done as the general path does it when every extent succeeds and
         the host hands out a run of fresh frames: the run's types read as one slice,
         the frames taken as a run, the P2M and M2P set as two runs, and no per-extent
         array made. False (nothing done) when any of that does not hold: then the

@@ -59,7 +59,7 @@ class HostFrames:
     def alloc_run(self, n: int) -> int | None:
         """``alloc(n)`` when it would hand out one run of frames (no freed frame to
         reuse, so all come from the watermark in MFN order): the first MFN, with no
-        array of them. None, taking nothing, when ``alloc`` would reuse freed frames
+        array of them (the frames alloc_domheap_pages would give, as ``alloc`` picks them). None, taking nothing, when ``alloc`` would reuse freed frames
         or the host lacks ``n`` free frames."""
         n = int(n)
         if self._nstack or n > self.free_frames:

@@ -198,7 +198,8 @@ class _PfnSet:
 
 def _spans_run(pfns: np.ndarray) -> bool:
     """Whether strictly increasing ``pfns`` are one contiguous run (they are exactly
-    when they span their count)."""
+    when they span their count): a group populate_pfns (xg_sr_restore.c) can hand
+    to the destination as a run."""
     return pfns.size > 0 and int(pfns[-1]) - int(pfns[0]) == pfns.size - 1
 
 
