@@ -434,24 +434,31 @@ class Hypervisor:
         self._fix_mark_clean(gfns, site)
         self.p2m.set(gfns, P2MType.invalid, INVALID_MFN, old=old)
 
-    def _set_frames(self, gfns: np.ndarray, t: P2MType, mfns: np.ndarray, old: np.ndarray | None = None) -> None:
+    def _set_frames(self, gfns: np.ndarray, t: P2MType, mfns: np.ndarray | None, old: np.ndarray | None = None,
+                    m0: int | None = None) -> None:
         """Map unique ``gfns`` to frames ``mfns`` as type ``t`` in the P2M and the M2P
         (``old``: the GFNs' current types, when just read). A run of GFNs onto a run of
-        frames (a build step, a restore group) goes in as the two runs."""
-        g0, m0 = run_start(gfns), run_start(mfns)
-        if g0 is not None and m0 is not None and gfns.size == mfns.size:
+        frames (a build step, a restore group) goes in as the two runs; ``m0``: the
+        caller knows ``gfns`` is a run and its frames the run from ``m0`` (no ``mfns``)."""
+        if m0 is not None:
+            g0 = int(gfns[0])
+        else:
+            g0, m0 = run_start(gfns), run_start(mfns)
+        if g0 is not None and m0 is not None and (mfns is None or gfns.size == mfns.size):
             self.p2m.set_run(g0, gfns.size, t, m0, old=old)
             self.m2p.set_run(m0, gfns.size, g0)
             return
         self.p2m.set(gfns, t, mfns, old=old)
         self.m2p.set(mfns, gfns)
 
-    def _map_ram(self, gfns: np.ndarray, mfns: np.ndarray, old: np.ndarray | None = None) -> None:
+    def _map_ram(self, gfns: np.ndarray, mfns: np.ndarray | None, old: np.ndarray | None = None,
+                 m0: int | None = None) -> None:
         """p2m_add_page(..., p2m_ram_rw): a fresh entry is ram_rw in both behaviours, so
-        under pre-fix its writes go unlogged until the next CLEAN re-protects it."""
+        under pre-fix its writes go unlogged until the next CLEAN re-protects it
+        (``m0``: as ``_set_frames``)."""
         if gfns.size == 0:
             return
-        self._set_frames(gfns, P2MType.ram_rw, mfns, old=old)
+        self._set_frames(gfns, P2MType.ram_rw, mfns, old=old, m0=m0)
         self._fix_mark_dirty(gfns)
 
     def _pod_demand_populate(self, gfns: np.ndarray, t: float) -> np.ndarray:
@@ -567,8 +574,11 @@ class Hypervisor:
         k, errno = self._populate(g, pod, self._at(t))
         return HypercallResult(rc=k, done=g[:k].copy(), errno=errno)
 
-    def _populate(self, g: np.ndarray, pod: bool, t: float) -> tuple[int, int]:
-        """``populate_physmap`` of int64 ``g``: ``(extents done, errno)``."""
+    def _populate(self, g: np.ndarray, pod: bool, t: float, run: bool = False) -> tuple[int, int]:
+        """``populate_physmap`` of int64 ``g``: ``(extents done, errno)``. ``run``: the
+        caller knows ``g`` is one contiguous increasing run (see ``_populate_run``)."""
+        if run and not pod and self._populate_run(g, t):
+            return g.size, 0
         n = g.size
         inrange = (g >= 0) & (g <= MAX_GFN)
         types, mfns = self.p2m.get(g)
@@ -610,6 +620,32 @@ class Hypervisor:
             self._map_ram(ug, umfn, old_t)
         self._event("populate_physmap", n, k, done, t=t)
         return k, errno
+
+    def _populate_run(self, g: np.ndarray, t: float) -> bool:
+        """``_populate`` of ``g`` known to be one increasing run (a restore group of
+        fresh PFNs: xg_sr_restore.c populate_pfns into xen/common/memory.c
+        populate_physmap), done as the general path does it when every extent succeeds and
+        the host hands out a run of fresh frames: the run's types read as one slice,
+        the frames taken as a run, the P2M and M2P set as two runs, and no per-extent
+        array made. False (nothing done) when any of that does not hold: then the
+        general path runs and finds the failing extent and its errno."""
+        n, g0 = g.size, int(g[0])
+        if n == 0 or g0 < 0 or g0 + n - 1 > MAX_GFN or n > self.frames.free_frames:
+            return False
+        types = self.p2m.types.get_run(g0, n)
+        # p2m_add_page refuses special entries: left to the general path's errors.
+        if lookup(IS_SPECIAL, types).any():
+            return False
+        m0 = self.frames.alloc_run(n)
+        if m0 is None:
+            return False
+        was_ram = lookup(_REMOVABLE, types)
+        if was_ram.any():           # as the general path: the old frames leave the M2P
+            self.m2p.set(self.p2m.mfns.get_run(g0, n)[was_ram].astype(np.int64), INVALID_M2P_ENTRY)
+            self.orphaned_frames += int(np.count_nonzero(was_ram))
+        self._map_ram(g, None, types, m0=m0)
+        self._event("populate_physmap", n, n, g, t=t)
+        return True
 
     # ---------------------------------------------------------------- runs of calls
 
@@ -907,30 +943,37 @@ class Hypervisor:
 
     # ================================================================ destination side
 
-    def populate_physmap_exact(self, pfns) -> None:
-        """xc_domain_populate_physmap_exact: all extents or XenError."""
+    def populate_physmap_exact(self, pfns, *, run: bool = False) -> None:
+        """xc_domain_populate_physmap_exact: all extents or XenError. ``run``: the
+        caller knows ``pfns`` is one contiguous increasing run (a restore group), which
+        spares the passes that would find it out."""
         p = _i64(pfns)
-        k, errno = self._populate(p, False, self.now)
+        k, errno = self._populate(p, False, self.now, run=run)
         if k != p.size:
             raise XenError(errno or ENOMEM,
                            f"populate_physmap_exact: {k} of {p.size} PFNs populated; "
                            f"pfn {int(p[k]):#x} failed")
 
-    def write_pages(self, pfns, tokens) -> None:
+    def write_pages(self, pfns, tokens, *, run: bool = False) -> None:
         """Foreign-map ``pfns`` read-write and copy ``tokens`` in (last write wins).
-        Nothing is written unless every page maps."""
+        Nothing is written unless every page maps. ``run``: the caller knows ``pfns``
+        is one contiguous increasing run (no repeats; its types one slice)."""
         p = _i64(pfns)
         tok = np.asarray(tokens, dtype=np.uint64).reshape(-1)
         if tok.size != p.size:
             raise ValueError("write_pages: pfns and tokens differ in length")
-        p, tok = _last_wins(p, tok)
-        types = self.p2m.get_types(p)
+        run = run and p.size > 0 and int(p[0]) >= 0 and int(p[-1]) <= MAX_GFN
+        if run:
+            types = self.p2m.types.get_run(int(p[0]), p.size)
+        else:
+            p, tok = _last_wins(p, tok)
+            types = self.p2m.get_types(p)
         ok = lookup(IS_MAPPABLE, types)
         if not ok.all():
             bad = int(p[np.flatnonzero(~ok)[0]])
             raise XenError(EINVAL, f"Mapping of pfn {bad:#x} failed (p2m type "
                                    f"{P2MType(int(types[~ok][0])).name})")
-        self._write_contents(p, tok)
+        self._write_contents(p, tok, run)
         # A writable foreign mapping marks the page dirty when dropped (paging_mark_dirty).
         self._mark_dirty(p)
 
@@ -957,24 +1000,29 @@ class Hypervisor:
     def snapshot(self, lo: int = 0, hi: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(gfns, tokens)`` of every RAM entry in [lo, hi), sorted by GFN."""
         g = self.ram_gfns(lo, hi)
-        return g, self.contents(g)
+        return g, self.contents(g, increasing=True)
 
-    def contents(self, gfns: np.ndarray) -> np.ndarray:
+    def contents(self, gfns: np.ndarray, *, increasing: bool = False) -> np.ndarray:
         """Content tokens of the frames RAM GFNs map (what a foreign map of them reads),
         GET_BLOCK GFNs at a time: a large read holds no MFN array of its size, only the
-        tokens it returns."""
+        tokens it returns. ``increasing``: the caller knows ``gfns`` strictly
+        increasing (``ram_gfns``' order), so a run among them is known by its ends."""
         g = _i64(gfns)
         if g.size <= GET_BLOCK:
-            return self._contents_block(g)
+            return self._contents_block(g, increasing=increasing)
         out = np.empty(g.size, dtype=np.uint64)
         for a in range(0, g.size, GET_BLOCK):
-            self._contents_block(g[a:a + GET_BLOCK], out[a:a + GET_BLOCK])
+            self._contents_block(g[a:a + GET_BLOCK], out[a:a + GET_BLOCK], increasing)
         return out
 
-    def _contents_block(self, g: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    def _contents_block(self, g: np.ndarray, out: np.ndarray | None = None, increasing: bool = False) -> np.ndarray:
         # A run of GFNs mapping a run of frames (the builder's and an in-order restore's
         # layout) reads one slice of the token table; anything else, frame by frame.
-        m0 = self.p2m.mfns.run_value(g)
+        if not increasing:
+            m0 = self.p2m.mfns.run_value(g)
+        else:   # strictly increasing GFNs are a run exactly when they span their count
+            m0 = self.p2m.mfns.run_value_of(int(g[0]), g.size) \
+                if g.size and int(g[-1]) - int(g[0]) == g.size - 1 else None
         if m0 is not None:
             return self.frames.read_run(m0, g.size, out)
         if out is None:
@@ -982,10 +1030,11 @@ class Hypervisor:
         out[:] = self.frames.read(self.p2m.mfns.get(g))
         return out
 
-    def _write_contents(self, g: np.ndarray, tok: np.ndarray) -> None:
+    def _write_contents(self, g: np.ndarray, tok: np.ndarray, run: bool = False) -> None:
         """Store ``tok`` in the frames the unique RAM GFNs ``g`` map (as ``contents``
-        reads them: a run of GFNs mapping a run of frames is one slice)."""
-        m0 = self.p2m.mfns.run_value(g)
+        reads them: a run of GFNs mapping a run of frames is one slice; ``run``: the
+        caller knows ``g`` is a run of GFNs)."""
+        m0 = self.p2m.mfns.run_value_of(int(g[0]), g.size) if run else self.p2m.mfns.run_value(g)
         if m0 is not None:
             self.frames.write_run(m0, tok)
         else:

@@ -57,6 +57,18 @@ class HostFrames:
             self.tokens.set(from_stack, 0)   # scrub reused frames; fresh ones read 0 already
         return mfns
 
+    def alloc_run(self, n: int) -> int | None:
+        """``alloc(n)`` when it would hand out one run of frames (no freed frame to
+        reuse, so all come from the watermark in MFN order): the first MFN, with no
+        array of them (the frames alloc_domheap_pages would give, as ``alloc`` picks them). None, taking nothing, when ``alloc`` would reuse freed frames
+        or the host lacks ``n`` free frames."""
+        n = int(n)
+        if self._nstack or n > self.free_frames:
+            return None
+        m0 = self._watermark
+        self._watermark += n
+        return m0
+
     def free(self, mfns) -> None:
         """Return frames to the host (pushed in the given order)."""
         m = np.asarray(mfns, dtype=np.int64).reshape(-1)

@@ -449,6 +449,29 @@ class LinearChunkedArray(ChunkedArray):
             v = first if v is None else v
         return v
 
+    def run_value_of(self, start: int, n: int) -> int | None:
+        """``run_value(arange(start, start + n))`` for ``start >= 0``, with no index
+        array (a caller that knows its indices are that run): the chunks the run
+        covers are checked at once, each a run chunk holding the piece, all with one
+        ``base - chunk start`` (so the values continue from chunk to chunk)."""
+        if n <= 4096 or start < 0:          # the sizes run_value takes as a run
+            return None
+        c0, c1 = start >> CHUNK_BITS, (start + n - 1) >> CHUNK_BITS
+        if c1 >= self.directory.size:
+            return None
+        rows = self.directory[c0:c1 + 1].astype(np.int64)
+        if int(rows.max()) > -2:
+            return None
+        s = -2 - rows
+        base = np.arange(c0, c1 + 1, dtype=np.int64) << CHUNK_BITS
+        off_a = np.maximum(base, start) - base
+        off_b = np.minimum(base + CHUNK, start + n) - base
+        shift = self._base[s] - base
+        if not (bool((self._lo[s] <= off_a).all()) and bool((off_b <= self._hi[s]).all())
+                and int(shift.min()) == int(shift.max())):
+            return None
+        return int(shift[0]) + start
+
     def get(self, idx: np.ndarray) -> np.ndarray:
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         if self._run(idx):

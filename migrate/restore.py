@@ -39,7 +39,7 @@ from hypervisor.tables import batch_totals, lookup
 from .stream.format import REC_TYPE_OPTIONAL, RecType, StreamError, TscInfo
 from .stream.parser import StreamParser
 from .stream.records import (RECORD_RULES, Phase, Record, RecordOrder, Step, check_page_data, not_handled,
-                             page_data_records)
+                             page_data_records, type_counts)
 from .stream.sinks import receive_stream
 
 if TYPE_CHECKING:
@@ -143,8 +143,13 @@ class _PfnSet:
             if leaf is None:
                 continue
             off = self._offsets(pfns, sel, ascending)
-            if isinstance(off, slice) and not leaf[off.start >> 3:(off.stop + 7) >> 3].any():
-                continue                  # a run over a part of the leaf holding none (a restore's new pages)
+            if isinstance(off, slice):
+                # A run: only the bytes holding its bits are looked at and unpacked.
+                a, b = off.start >> 3, (off.stop + 7) >> 3
+                if leaf[a:b].any():       # (none: a run of a restore's new pages)
+                    out[sel] = np.unpackbits(leaf[a:b], bitorder="little").view(bool)[
+                        off.start - 8 * a:off.stop - 8 * a]
+                continue
             out[sel] = np.unpackbits(leaf, bitorder="little").view(bool)[off]
         return out
 
@@ -167,8 +172,21 @@ class _PfnSet:
             leaf = self._leaves.get(h)
             if leaf is None:
                 leaf = self._leaves[h] = np.zeros((1 << self.SHIFT) // 8, dtype=np.uint8)
+            off = self._offsets(pfns, sel, ascending)
+            if isinstance(off, slice):
+                # A run: its whole bytes set outright, the bytes at its two ends by mask.
+                a, b = off.start, off.stop
+                if (a >> 3) == ((b - 1) >> 3):
+                    leaf[a >> 3] |= ((1 << (b - a)) - 1) << (a & 7)
+                    continue
+                leaf[(a + 7) >> 3:b >> 3] = 0xFF
+                if a & 7:
+                    leaf[a >> 3] |= (0xFF << (a & 7)) & 0xFF
+                if b & 7:
+                    leaf[b >> 3] |= (1 << (b & 7)) - 1
+                continue
             bits = np.zeros(1 << self.SHIFT, dtype=bool)
-            bits[self._offsets(pfns, sel, ascending)] = True
+            bits[off] = True
             leaf |= np.packbits(bits, bitorder="little")
         self.count += int(pfns.size)
 
@@ -176,6 +194,13 @@ class _PfnSet:
         parts = [np.flatnonzero(np.unpackbits(self._leaves[h], bitorder="little")) + (h << self.SHIFT)
                  for h in sorted(self._leaves)]
         return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, dtype=np.int64)
+
+
+def _spans_run(pfns: np.ndarray) -> bool:
+    """Whether strictly increasing ``pfns`` are one contiguous run (they are exactly
+    when they span their count): a group populate_pfns (xg_sr_restore.c) can hand
+    to the destination as a run."""
+    return pfns.size > 0 and int(pfns[-1]) - int(pfns[0]) == pfns.size - 1
 
 
 class Restorer:
@@ -203,6 +228,7 @@ class Restorer:
         self._failed = False
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._pending_where: list[str] = []     # the record that carried each pending part
+        self._pending_inc: list[bool] = []      # each pending part's PFNs known strictly increasing
         self._pending_n = 0
         self._chunks: set[int] = set()          # P2M chunks this restore has populated into
         self._data_pages = 0
@@ -273,10 +299,13 @@ class Restorer:
             return
         parts, self._pending, self._pending_n = self._pending, [], 0
         wheres, self._pending_where = self._pending_where, []
+        incs, self._pending_inc = self._pending_inc, []
         # One part (the usual flush of a span's group) is used as it is.
         pfns, nibbles, tokens = parts[0] if len(parts) == 1 else (np.concatenate(c) for c in zip(*parts))
+        # Parts each strictly increasing, each starting past the one before: so is the group.
+        inc = all(incs) and all(int(p[-1]) < int(q[0]) for (p, _, _), (q, _, _) in zip(parts, parts[1:]))
         try:
-            self._apply_pages(pfns, nibbles, tokens)
+            self._apply_pages(pfns, nibbles, tokens, increasing=inc or None)
         except XenError as e:
             # Name the record that carried the PFN the destination refused, not the
             # record that happened to flush the group.
@@ -394,32 +423,47 @@ class Restorer:
             # The parser already checked stream records; structured ones get the same checks.
             check_page_data(pfns, nibbles, tokens.size, pfn_limit=self.pfn_limit, where=where)
         res = self.result
-        res.xtab_skipped += int(np.count_nonzero(nibbles == PFInfo.XTAB))
-        res.broken_skipped += int(np.count_nonzero(nibbles == PFInfo.BROKEN))
-        res.xalloc_entries += int(np.count_nonzero(nibbles == PFInfo.XALLOC))
-        keep = lookup(PFINFO_POPULATE, nibbles)
-        if not keep.any():
+        counts = type_counts(nibbles)
+        res.xtab_skipped += int(counts[PFInfo.XTAB])
+        res.broken_skipped += int(counts[PFInfo.BROKEN])
+        res.xalloc_entries += int(counts[PFInfo.XALLOC])
+        if not counts[PFINFO_POPULATE].any():
             return
+        keep = lookup(PFINFO_POPULATE, nibbles)
         if records > 1:
-            self._page_data_run(pfns, nibbles, tokens, keep, lookup(PFINFO_HAS_DATA, nibbles), where)
+            # Per record: entries kept and data pages; of one type throughout (a span's
+            # run of NOTAB pages) they are the record sizes or none, with no pass.
+            one = int(np.argmax(counts)) if int(counts.max()) == nibbles.size else None
+            if one is None:
+                kept = batch_totals(keep, MAX_BATCH_SIZE)
+                data = batch_totals(lookup(PFINFO_HAS_DATA, nibbles), MAX_BATCH_SIZE)
+            else:
+                sizes = np.minimum(MAX_BATCH_SIZE, nibbles.size - np.arange(0, nibbles.size, MAX_BATCH_SIZE))
+                kept, data = sizes * int(PFINFO_POPULATE[one]), sizes * int(PFINFO_HAS_DATA[one])
+            self._page_data_run(pfns, nibbles, tokens, keep, kept, data, where)
             return
         self._data_pages += int(tokens.size)
         self._check_chunks(pfns[keep], where, rec.offset)
         self._pending.append((pfns[keep], nibbles[keep], tokens))
         self._pending_where.append(where if rec.offset < 0 else f"{where} at byte {rec.offset}")
+        self._pending_inc.append(False)         # not looked at (a record's own order)
         self._pending_n += int(keep.sum())
         if self._pending_n >= APPLY_GROUP:
             self.flush()
 
     def _page_data_run(self, pfns: np.ndarray, nibbles: np.ndarray, tokens: np.ndarray, keep: np.ndarray,
-                       has: np.ndarray, where: str) -> None:
-        """The rest of ``_page_data`` for records back to back: gathered and applied in
-        the groups the records one by one would make (a restore cut short keeps the
-        same pages)."""
-        self._check_chunks_run(pfns, keep, has, where)
+                       kept: np.ndarray, data: np.ndarray, where: str) -> None:
+        """The rest of ``_page_data`` for records back to back (``kept`` and ``data``:
+        each record's kept entries and data pages): gathered and applied in the groups
+        the records one by one would make (a restore cut short keeps the same pages).
+        Whether the run's PFNs are strictly increasing (the engine's runs are) is found
+        once here and handed on, so no later step looks again."""
+        inc = pfns.size < 2 or bool((pfns[1:] > pfns[:-1]).all())
+        data_end = np.cumsum(data)
+        self._check_chunks_run(pfns, keep, data_end, where, inc)
         nrec = -(-pfns.size // MAX_BATCH_SIZE)             # records back to back
-        kept = batch_totals(keep, MAX_BATCH_SIZE).tolist()
-        data_end = np.cumsum(batch_totals(has, MAX_BATCH_SIZE)).tolist()
+        kept = kept.tolist()
+        data_end = data_end.tolist()
         a = 0
         acc = self._pending_n
         for i, k in enumerate(kept):
@@ -427,16 +471,17 @@ class Restorer:
                 continue
             acc += k
             if acc >= APPLY_GROUP:
-                self._gather(pfns, nibbles, tokens, keep, data_end, a, i + 1, where)
+                self._gather(pfns, nibbles, tokens, keep, data_end, a, i + 1, where, inc)
                 self.flush()
                 a, acc = i + 1, 0
         if a < nrec:
-            self._gather(pfns, nibbles, tokens, keep, data_end, a, nrec, where, held=True)
+            self._gather(pfns, nibbles, tokens, keep, data_end, a, nrec, where, inc, held=True)
 
-    def _gather(self, pfns, nibbles, tokens, keep, data_end: list, a: int, b: int, where: str,
+    def _gather(self, pfns, nibbles, tokens, keep, data_end: list, a: int, b: int, where: str, inc: bool,
                 held: bool = False) -> None:
         """Gather the kept entries of records ``[a, b)`` of a run for the next flush
-        (``held``: it comes after this call, so the run's arrays are not kept for it)."""
+        (``held``: it comes after this call, so the run's arrays are not kept for it;
+        ``inc``: the run's PFNs are strictly increasing, and so is any part of them)."""
         lo, hi = a * MAX_BATCH_SIZE, b * MAX_BATCH_SIZE
         m = keep[lo:hi]
         n = int(np.count_nonzero(m))
@@ -449,14 +494,18 @@ class Restorer:
         else:
             self._pending.append((pfns[lo:hi][m], nibbles[lo:hi][m], tok.copy() if held else tok))
         self._pending_where.append(where)
+        self._pending_inc.append(inc)
         self._pending_n += n
 
-    def _check_chunks_run(self, pfns: np.ndarray, keep: np.ndarray, has: np.ndarray, where: str) -> None:
+    def _check_chunks_run(self, pfns: np.ndarray, keep: np.ndarray, data_end: np.ndarray, where: str,
+                          inc: bool = False) -> None:
         """``_check_chunks`` for records back to back, record by record, in bulk: after
-        each record, the chunks populated into may not pass the allowance its data buys."""
+        each record, the chunks populated into may not pass the allowance its data buys
+        (``data_end``: the run's data pages up to each record's end; ``inc``: the
+        caller found ``pfns`` strictly increasing)."""
         nrec = -(-pfns.size // MAX_BATCH_SIZE)             # records back to back
-        data_after = self._data_pages + np.cumsum(batch_totals(has, MAX_BATCH_SIZE))
-        if pfns.size and bool((pfns[1:] >= pfns[:-1]).all()):    # ascending (the stream's order)
+        data_after = self._data_pages + data_end
+        if pfns.size and (inc or bool((pfns[1:] >= pfns[:-1]).all())):    # ascending (the stream's order)
             # Each chunk's part is a slice: its first kept entry found there, with no
             # per-entry chunk numbers.
             uniq, at = [], []
@@ -505,17 +554,21 @@ class Restorer:
                 offset=offset if offset >= 0 else None)
         self._chunks.update(new)
 
-    def _apply_pages(self, pfns: np.ndarray, nibbles: np.ndarray, tokens: np.ndarray) -> None:
+    def _apply_pages(self, pfns: np.ndarray, nibbles: np.ndarray, tokens: np.ndarray,
+                     increasing: bool | None = None) -> None:
         """populate_pfns + the copy (or the verify compare) for gathered entries, in
-        stream order: where a PFN comes more than once the last copy wins."""
+        stream order: where a PFN comes more than once the last copy wins.
+        ``increasing``: the caller knows ``pfns`` strictly increasing (None: look)."""
         res = self.result
         # populate_pfns: data types and XALLOC not yet populated (never unpopulate).
-        ascending = pfns.size < 2 or bool((pfns[1:] > pfns[:-1]).all())  # one pass: sorted, unique
+        ascending = increasing or pfns.size < 2 or bool((pfns[1:] > pfns[:-1]).all())  # sorted, unique
         want = pfns if ascending else sorted_unique(pfns)
         seen = self._populated.contains(want, ascending=True)
         new = want[~seen] if seen.any() else want
         if new.size:
-            self.hv.populate_physmap_exact(new)
+            # Strictly increasing PFNs spanning their count are one run (a group of
+            # fresh PFNs, the usual case): the destination is told so.
+            self.hv.populate_physmap_exact(new, run=_spans_run(new))
             self._populated.add(new, ascending=True)
             res.pages_populated += int(new.size)
             if self._verify:
@@ -537,8 +590,9 @@ class Restorer:
                 if room > 0:
                     res.verify_mismatch_pfns.extend(int(p) for p in data_pfns[bad][:room])
         else:
-            # write_pages keeps the last copy of a PFN that comes more than once.
-            self.hv.write_pages(data_pfns, tokens)
+            # write_pages keeps the last copy of a PFN that comes more than once (with
+            # strictly increasing PFNs none does).
+            self.hv.write_pages(data_pfns, tokens, run=ascending and _spans_run(data_pfns))
             res.pages_written += int(data_pfns.size)
 
 

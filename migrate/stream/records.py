@@ -273,6 +273,25 @@ def page_data_records(pfns: np.ndarray, nibbles: np.ndarray, tokens: np.ndarray)
         t0 += d
 
 
+def type_counts(nibbles: np.ndarray) -> np.ndarray:
+    """int64 count of entries of each of the 16 PFInfo types in checked type nibbles
+    (uint8, at most 0xF): one min/max pass, then one comparison per further type in
+    their range (a span's run holds one to a few), or a bincount when they spread."""
+    out = np.zeros(16, dtype=np.int64)
+    n = nibbles.size
+    if n == 0:
+        return out
+    lo, hi = int(nibbles.min()), int(nibbles.max())
+    if hi - lo > 3 or n < 4096:
+        out += np.bincount(nibbles, minlength=16)[:16]
+        return out
+    for v in range(lo + 1, hi + 1):
+        # A plain int: comparing with an IntEnum member is several times slower.
+        out[v] = np.count_nonzero(nibbles == v)
+    out[lo] = n - int(out.sum())
+    return out
+
+
 def check_page_data(pfns: np.ndarray, nibbles: np.ndarray, n_tokens: int | None, *,
                     pfn_limit: int | None = None, where: str = "PAGE_DATA") -> np.ndarray:
     """handle_page_data's checks on decoded pfn words; returns the has-data mask.
@@ -284,7 +303,9 @@ def check_page_data(pfns: np.ndarray, nibbles: np.ndarray, n_tokens: int | None,
         raise StreamError(f"{where}: {pfns.size} pfns but {nibbles.size} types")
     # Two reductions decide; the masks that name the culprit are made only on failure.
     top = PAGE_DATA_PFN_MASK if pfn_limit is None else min(PAGE_DATA_PFN_MASK, pfn_limit - 1)
-    if int(pfns.min()) < 0 or int(pfns.max()) > top:
+    # int64 PFNs read as uint64: a negative one is past any top, so one max decides.
+    if (int(pfns.view(np.uint64).max()) > top if pfns.dtype == np.int64 and top >= 0
+            else int(pfns.min()) < 0 or int(pfns.max()) > top):
         bad_pfn = (pfns < 0) | (pfns > PAGE_DATA_PFN_MASK)
         if pfn_limit is not None:
             bad_pfn |= pfns >= pfn_limit
@@ -292,7 +313,13 @@ def check_page_data(pfns: np.ndarray, nibbles: np.ndarray, n_tokens: int | None,
         lim = f" (limit {pfn_limit:#x})" if pfn_limit is not None else ""
         raise StreamError(f"{where}: pfn {int(pfns[i]):#x} (index {i}) outside domain maximum{lim}")
     nib = nibbles if nibbles.dtype == np.uint8 else nibbles.astype(np.intp)
-    if int(nib.max()) > 0xF or not lookup(PFINFO_KNOWN, nib).all():
+    lo, hi = int(nib.min()), int(nib.max())
+    n = None
+    if lo == hi and 0 <= lo <= 0xF and PFINFO_KNOWN[lo]:
+        # One type throughout (a span's run of NOTAB pages): known, and all or none carry data.
+        has = np.full(pfns.shape, PFINFO_HAS_DATA[lo], dtype=bool)
+        n = pfns.size if PFINFO_HAS_DATA[lo] else 0
+    elif hi > 0xF or not lookup(PFINFO_KNOWN, nib).all():
         nib = nibbles.astype(np.intp)
         bad = (nib > 0xF)
         if not bad.any():
@@ -300,9 +327,10 @@ def check_page_data(pfns: np.ndarray, nibbles: np.ndarray, n_tokens: int | None,
         i = int(np.argmax(bad))
         raise StreamError(f"{where}: unknown or reserved page type {int(nibbles[i]):#x} for pfn "
                           f"{int(pfns[i]):#x} (index {i})")
-    has = lookup(PFINFO_HAS_DATA, nib)
+    else:
+        has = lookup(PFINFO_HAS_DATA, nib)
     if n_tokens is not None:
-        n = int(np.count_nonzero(has))
+        n = int(np.count_nonzero(has)) if n is None else n
         if n != n_tokens:
             raise StreamError(f"{where}: {n} data-carrying entries but {n_tokens} page tokens")
     return has
