@@ -34,7 +34,7 @@ import numpy as np
 from hypervisor.abi import MAX_BATCH_SIZE, PFINFO_HAS_DATA, PFINFO_POPULATE, P2MType, PFInfo, XenError
 from hypervisor.logdirty import sorted_unique
 from hypervisor.p2m import CHUNK_BITS, chunk_pieces
-from hypervisor.tables import batch_totals, lookup
+from hypervisor.tables import batch_totals, known_run, lookup
 
 from .stream.format import REC_TYPE_OPTIONAL, RecType, StreamError, TscInfo
 from .stream.parser import StreamParser
@@ -458,7 +458,7 @@ class Restorer:
         the records one by one would make (a restore cut short keeps the same pages).
         Whether the run's PFNs are strictly increasing (the engine's runs are) is found
         once here and handed on, so no later step looks again."""
-        inc = pfns.size < 2 or bool((pfns[1:] > pfns[:-1]).all())
+        inc = pfns.size < 2 or known_run(pfns) or bool((pfns[1:] > pfns[:-1]).all())
         data_end = np.cumsum(data)
         self._check_chunks_run(pfns, keep, data_end, where, inc)
         nrec = -(-pfns.size // MAX_BATCH_SIZE)             # records back to back
@@ -561,7 +561,7 @@ class Restorer:
         ``increasing``: the caller knows ``pfns`` strictly increasing (None: look)."""
         res = self.result
         # populate_pfns: data types and XALLOC not yet populated (never unpopulate).
-        ascending = increasing or pfns.size < 2 or bool((pfns[1:] > pfns[:-1]).all())  # sorted, unique
+        ascending = increasing or pfns.size < 2 or known_run(pfns) or bool((pfns[1:] > pfns[:-1]).all())
         want = pfns if ascending else sorted_unique(pfns)
         seen = self._populated.contains(want, ascending=True)
         new = want[~seen] if seen.any() else want
