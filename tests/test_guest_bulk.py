@@ -1,0 +1,103 @@
+"""The guest's bulk paths do what the general ones do: a balloon step whose calls all
+finish is taken as one group (not call by call), its reuse writes' RNG streams are
+seeded in bulk (``guest.keyed_rng``), and the guest's writes are ordered and merged
+without a full sort; each gives the same numbers, state, events and writes as the
+path it short-cuts."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import guest.balloon as balloon_mod
+import guest.keyed_rng as keyed_rng
+from guest import Guest, GuestConfig
+from guest.balloon import Balloon
+from hypervisor.abi import ShadowOp
+from hypervisor.domain import Hypervisor
+
+
+@settings(max_examples=40, deadline=None)
+@given(prefix=st.lists(st.integers(0, (1 << 64) - 1), min_size=0, max_size=5),
+       keys=st.lists(st.integers(0, (1 << 32) - 1), min_size=1, max_size=6))
+def test_keyed_rngs_draw_what_default_rng_draws(prefix, keys):
+    # The bulk seeding itself (not the fallback) gives numpy's states.
+    want = [np.random.PCG64(np.random.SeedSequence([*prefix, k])).state["state"] for k in keys]
+    assert keyed_rng._pcg64_states(prefix, np.asarray(keys, dtype=np.int64)) == [(w["state"], w["inc"]) for w in want]
+    assert keyed_rng._verified()
+    for k, rng in zip(keys, keyed_rng.keyed_rngs(prefix, keys)):
+        assert np.array_equal(rng.random(7), np.random.default_rng([*prefix, k]).random(7))
+
+
+def test_keyed_rngs_fall_back_where_they_cannot_follow_numpy(monkeypatch):
+    keys = [3, 1 << 40]                        # a key of two words: one generator per key
+    got = [r.random(3) for r in keyed_rng.keyed_rngs([9], keys)]
+    assert all(np.array_equal(g, np.random.default_rng([9, k]).random(3)) for g, k in zip(got, keys))
+    monkeypatch.setattr(keyed_rng, "_VERIFIED", False)     # a numpy that seeds otherwise
+    got = [r.random(3) for r in keyed_rng.keyed_rngs([9], [5, 6])]
+    assert all(np.array_equal(g, np.random.default_rng([9, k]).random(3)) for g, k in zip(got, [5, 6]))
+    with pytest.raises(ValueError):
+        list(keyed_rng.keyed_rngs([-1], [1]))
+
+
+def _one_rng_per_key(prefix, keys):
+    for k in keys:
+        yield np.random.default_rng([*prefix, k])
+
+
+def _balloon_state(g: Guest):
+    b = g.balloon
+    b._merge_reuse()
+    stack = np.concatenate(b._stack).tolist() if b._stack else []
+    return (g.owned.tolist(), b.current, b._hint, b._stack_n, stack, dict(b.stats),
+            b._reuse_due.tolist(), b._reuse_pages.tolist())
+
+
+def _run(general: bool, monkeypatch, balloon: dict, leave_free: int | None = None):
+    """A guest with a balloon against the real hypervisor; ``general``: every run
+    taken call by call and every RNG built with default_rng; ``leave_free``: at 0.4 s
+    another domain takes all but that many of the host's free frames."""
+    with monkeypatch.context() as m:
+        if general:
+            m.setattr(Balloon, "_all_done", staticmethod(lambda op, bounds, results: False))
+            m.setattr(balloon_mod, "keyed_rngs", _one_rng_per_key)
+        c = GuestConfig.model_validate({"memory": "64MiB", "workloads": [{"kind": "hotset", "rate": 20000}],
+                                        "balloon": balloon})
+        g = Guest(c, 3)
+        hv = Hypervisor(host_frames=17000, behaviour="fixed")
+        hv.build(g.layout())
+        hv.shadow_op(0.0, ShadowOp.ENABLE_LOGDIRTY)
+        hv.attach_guest(g)
+        states = []
+        for t in np.arange(0.1, 2.0, 0.1):
+            hv.advance_to(float(t))
+            if leave_free is not None and abs(t - 0.4) < 1e-9:
+                hv.frames.alloc(hv.frames.free_frames - leave_free)
+            states.append(_balloon_state(g))
+        ev = [(e.t, e.kind, e.nr, e.rc, None if e.gfns is None else e.gfns.tolist(),
+               [dataclasses.astuple(s) for s in e.sites]) for e in hv.drain_events()]
+        ev = [(t, k, n, r, gf, [tuple(np.asarray(v).tolist() if isinstance(v, np.ndarray) else v for v in s)
+                                for s in sites]) for t, k, n, r, gf, sites in ev]
+        snap = hv.snapshot()
+        return states, ev, g.events, snap[0].tolist(), snap[1].tolist()
+
+
+@pytest.mark.parametrize("balloon", [
+    {"batch_pages": 300, "schedule": [{"at": "0.2s", "target": "40MiB"}, {"at": "0.9s", "target": "+20MiB"}]},
+    {"batch_pages": 7, "rate": "16MiB/s", "reuse_share": 0.9,
+     "schedule": [{"at": "0.1s", "target": "60MiB"}, {"at": "0.5s", "target": "64MiB"}]},
+])
+def test_a_balloon_step_in_bulk_matches_the_call_by_call_path(monkeypatch, balloon):
+    bulk, general = _run(False, monkeypatch, balloon), _run(True, monkeypatch, balloon)
+    assert bulk[1] and any(k == "populate_physmap" for _, k, *_ in bulk[1])
+    assert bulk == general
+
+
+def test_a_run_xen_stops_short_takes_the_general_path_and_matches(monkeypatch):
+    # The host runs short of frames: the deflate's populate stops part-way.
+    balloon = {"batch_pages": 100, "schedule": [{"at": "0.2s", "target": "32MiB"}, {"at": "0.5s", "target": "64MiB"}]}
+    bulk, general = _run(False, monkeypatch, balloon, 1234), _run(True, monkeypatch, balloon, 1234)
+    assert any(e.kind == "balloon_stalled" for e in bulk[2])
+    assert bulk == general
