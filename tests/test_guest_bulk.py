@@ -50,6 +50,9 @@ def _one_rng_per_key(prefix, keys):
 def _balloon_state(g: Guest):
     b = g.balloon
     b._merge_reuse()
+    # What lets Guest._merge skip its ownership filter: nothing ballooned out means
+    # every page owned.
+    assert b.ballooned == np.count_nonzero(~g.owned)
     stack = np.concatenate(b._stack).tolist() if b._stack else []
     return (g.owned.tolist(), b.current, b._hint, b._stack_n, stack, dict(b.stats),
             b._reuse_due.tolist(), b._reuse_pages.tolist())
@@ -101,3 +104,19 @@ def test_a_run_xen_stops_short_takes_the_general_path_and_matches(monkeypatch):
     bulk, general = _run(False, monkeypatch, balloon, 1234), _run(True, monkeypatch, balloon, 1234)
     assert any(e.kind == "balloon_stalled" for e in bulk[2])
     assert bulk == general
+
+
+@settings(max_examples=60, deadline=None)
+@given(ticks=st.lists(st.integers(0, 400), min_size=0, max_size=300), seed=st.integers(0, 2**32 - 1),
+       ties=st.booleans(), big=st.booleans())
+def test_time_order_is_the_stable_argsort_of_the_times(ticks, seed, ties, big):
+    from guest.workloads import time_order, times_in_ticks
+    rng = np.random.default_rng(seed)
+    k = np.sort(np.asarray(ticks, dtype=np.int64))
+    frac = rng.integers(0, 4, k.size) / 4.0 if ties else rng.random(k.size)     # ties: equal times
+    t = times_in_ticks(k, frac, 0.01)[rng.permutation(k.size)]
+    if big:                                   # the radix passes (from 2**16 entries)
+        t = np.tile(t, 70_000 // max(t.size, 1) + 1)[:70_000] if t.size else t
+    assert np.array_equal(time_order(t), np.argsort(t, kind="stable"))
+    neg = np.concatenate([t, [-0.0, -1.0, 0.0]])
+    assert np.array_equal(time_order(neg), np.argsort(neg, kind="stable"))
