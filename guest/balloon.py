@@ -352,27 +352,33 @@ class Balloon:
         if share <= 0 or pages.size == 0:
             return
         u = np.empty(pages.size, dtype=np.float64)     # the first draws, call by call
+        keep = np.empty(pages.size, dtype=bool)
         later = np.empty(pages.size, dtype=np.float64)  # the second, packed
         m = 0
         calls = [(batch + i, a, b) for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])) if b > a]
         for (_, a, b), rng in zip(calls, keyed_rngs([self.seed, REUSE_KEY, k], [c[0] for c in calls])):
             rng.random(out=u[a:b])
-            c = int(np.count_nonzero(u[a:b] < share))
+            c = int(np.count_nonzero(np.less(u[a:b], share, out=keep[a:b])))
             if c:
                 rng.random(out=later[m:m + c])
                 m += c
         if m == 0:
             return
-        pick = pages[u < share]
-        within = max(self.cfg.reuse_within, 0.0)
-        due = k + np.floor(later[:m] * within / self.tick).astype(np.int64)
+        pick = pages[keep]
+        # k + floor(later * within / tick), in place.
+        d = later[:m]
+        d *= max(self.cfg.reuse_within, 0.0)
+        d /= self.tick
+        due = np.floor(d, out=d).astype(np.int64)
+        due += k
         self._reuse_new.append((due, pick))
 
     def _merge_reuse(self) -> None:
         if not self._reuse_new:
             return
-        d = np.concatenate([self._reuse_due] + [x[0] for x in self._reuse_new])
-        p = np.concatenate([self._reuse_pages] + [x[1] for x in self._reuse_new])
+        parts = ([(self._reuse_due, self._reuse_pages)] if self._reuse_due.size else []) + self._reuse_new
+        d = parts[0][0] if len(parts) == 1 else np.concatenate([x[0] for x in parts])
+        p = parts[0][1] if len(parts) == 1 else np.concatenate([x[1] for x in parts])
         self._reuse_new = []
         order = stable_order(d)          # due ticks: a radix pass or two, not a merge sort
         self._reuse_due, self._reuse_pages = d[order], p[order]

@@ -120,3 +120,33 @@ def test_time_order_is_the_stable_argsort_of_the_times(ticks, seed, ties, big):
     assert np.array_equal(time_order(t), np.argsort(t, kind="stable"))
     neg = np.concatenate([t, [-0.0, -1.0, 0.0]])
     assert np.array_equal(time_order(neg), np.argsort(neg, kind="stable"))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**64 - 1), key=st.integers(0, 0xFFFF), n=st.integers(0, 200),
+       tick=st.sampled_from([0.01, 0.001, 0.0137, 1.0]))
+def test_the_in_place_hashes_and_times_are_the_expressions_written_out(seed, key, n, tick):
+    """write_tokens, hashed_fracs and times_in_ticks work in place; these are their
+    formulas as plain expressions (fresh temporaries at every step)."""
+    from hypervisor.content import splitmix64
+    from guest.workloads import _KEY_MUL, _TICK_MUL, TIME_KEY, hashed_fracs, seed_key, times_in_ticks, write_tokens
+    rng = np.random.default_rng(seed % 1000)
+    gfns = rng.integers(0, 1 << 40, n)
+    ticks = np.sort(rng.integers(0, 1 << 20, n))
+    frac = rng.random(n)
+    frac[: n // 4] = np.nextafter(1.0, 0.0)              # the clamp before a tick's end
+    with np.errstate(over="ignore"):
+        s = splitmix64(np.uint64(seed_key(seed)) ^ np.uint64(0x5EED))
+        x = splitmix64(gfns.astype(np.uint64) ^ s)
+        x = x + (ticks.astype(np.uint64) + np.uint64(1)) * _TICK_MUL
+        want = splitmix64(x + np.uint64(key + 1) * _KEY_MUL)
+        want[want == 0] = 1
+        s = splitmix64(np.uint64(seed_key(seed)) ^ np.uint64(TIME_KEY))
+        x = splitmix64(gfns.astype(np.uint64) ^ s)
+        x = splitmix64(x + (ticks.astype(np.uint64) + np.uint64(key + 1)) * _TICK_MUL)
+        want_frac = (x >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+    start = ticks.astype(np.float64) * tick
+    want_t = np.minimum(start + frac * tick, np.nextafter(start + tick, -np.inf))
+    assert np.array_equal(write_tokens(seed, gfns, ticks, key), want)
+    assert np.array_equal(hashed_fracs(seed, gfns, ticks, key), want_frac)
+    assert np.array_equal(times_in_ticks(ticks, frac, tick), want_t)
