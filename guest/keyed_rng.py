@@ -33,6 +33,8 @@ _M128 = (1 << 128) - 1
 
 #: None until the first use checks this module against numpy; then True or False.
 _VERIFIED: bool | None = None
+#: Fewer keys than this are seeded one by one: the bulk rounds cost ~0.15 ms a run.
+BULK_MIN = 32
 
 
 def _words(n: int) -> list[int]:
@@ -118,11 +120,11 @@ def _verified() -> bool:
 
 def keyed_rngs(prefix: list[int], keys: list[int]) -> Iterator[np.random.Generator]:
     """For each key, a Generator in the state ``np.random.default_rng([*prefix, key])``
-    starts in. The same Generator object is handed out each time, re-seeded: finish
-    with one key's draws before asking for the next."""
+    starts in (from ``BULK_MIN`` keys, the same Generator object each time, re-seeded:
+    finish with one key's draws before asking for the next)."""
     if not keys:
         return
-    if not _verified() or max(keys) > _M32 or min(keys) < 0:
+    if len(keys) < BULK_MIN or not _verified() or max(keys) > _M32 or min(keys) < 0:
         for k in keys:
             yield np.random.default_rng([*prefix, k])
         return

@@ -23,6 +23,7 @@ from hypervisor.domain import Hypervisor
 @given(prefix=st.lists(st.integers(0, (1 << 64) - 1), min_size=0, max_size=5),
        keys=st.lists(st.integers(0, (1 << 32) - 1), min_size=1, max_size=6))
 def test_keyed_rngs_draw_what_default_rng_draws(prefix, keys):
+    keys = keys * keyed_rng.BULK_MIN                     # enough keys for the bulk seeding
     # The bulk seeding itself (not the fallback) gives numpy's states.
     want = [np.random.PCG64(np.random.SeedSequence([*prefix, k])).state["state"] for k in keys]
     assert keyed_rng._pcg64_states(prefix, np.asarray(keys, dtype=np.int64)) == [(w["state"], w["inc"]) for w in want]
@@ -32,6 +33,7 @@ def test_keyed_rngs_draw_what_default_rng_draws(prefix, keys):
 
 
 def test_keyed_rngs_fall_back_where_they_cannot_follow_numpy(monkeypatch):
+    monkeypatch.setattr(keyed_rng, "BULK_MIN", 1)
     keys = [3, 1 << 40]                        # a key of two words: one generator per key
     got = [r.random(3) for r in keyed_rng.keyed_rngs([9], keys)]
     assert all(np.array_equal(g, np.random.default_rng([9, k]).random(3)) for g, k in zip(got, keys))
@@ -88,7 +90,7 @@ def _run(general: bool, monkeypatch, balloon: dict, leave_free: int | None = Non
 
 
 @pytest.mark.parametrize("balloon", [
-    {"batch_pages": 300, "schedule": [{"at": "0.2s", "target": "40MiB"}, {"at": "0.9s", "target": "+20MiB"}]},
+    {"batch_pages": 64, "schedule": [{"at": "0.2s", "target": "40MiB"}, {"at": "0.9s", "target": "+20MiB"}]},
     {"batch_pages": 7, "rate": "16MiB/s", "reuse_share": 0.9,
      "schedule": [{"at": "0.1s", "target": "60MiB"}, {"at": "0.5s", "target": "64MiB"}]},
 ])
