@@ -623,7 +623,7 @@ class Hypervisor:
         return out
 
     def _run_calls(self, kind: str, g: np.ndarray, bounds: np.ndarray, k: int, errno: int, t: float,
-                   site: str, was: np.ndarray | None, marking: bool) -> list[HypercallResult]:
+                   site: str, change: str, was: np.ndarray | None, marking: bool) -> list[HypercallResult]:
         """Split a run served in one pass, whose extents ``g[:k]`` were done (``k``: where
         the first call that does not finish stops, with ``errno``), into the calls made:
         each gets the result, the event and the log-dirty effect (``_run_effects``) it
@@ -640,7 +640,7 @@ class Hypervisor:
         if not self.record_events:
             return out
         self._flush_tracked()
-        effects = self._run_effects(site, g, was, marking, starts, [min(b, k) for b in ends])
+        effects = self._run_effects(site, change, g, was, marking, starts, [min(b, k) for b in ends])
         evg = g.copy()
         t = float(t)
         for i, (a, b) in enumerate(zip(starts, ends)):
@@ -651,15 +651,15 @@ class Hypervisor:
             self._events.append(HypervisorEvent(t, kind, b - a, e - a, evg[a:e], sites))
         return out
 
-    def _run_effects(self, site: str, g: np.ndarray, was: np.ndarray | None, marking: bool,
+    def _run_effects(self, site: str, change: str, g: np.ndarray, was: np.ndarray | None, marking: bool,
                      starts: list[int], ends: list[int]) -> list[LogDirtyEffect]:
-        """The log-dirty effect of each call ``g[a:e]`` of a run at ``site`` (a removal,
-        p2m_remove_entry, or an addition, p2m_add_page), as ``_removal_effect`` /
+        """The log-dirty effect of each call ``g[a:e]`` of a run at ``site`` (``change``:
+        ``remove``, p2m_remove_entry, or ``add``, p2m_add_page), as ``_removal_effect`` /
         ``_addition_effect`` give it for the call alone: ``was`` marks the GFNs whose bit
         was set (None: not looked at); ``marking``: the fix's mark was made (and, with
         an unbounded pool, flipped every bit it could)."""
         fixed = self._site_fixed[site]
-        remove = site == "p2m_remove_page"
+        remove = change == "remove"
         gc = g.copy()
         # Bits set before each call's first extent (the calls made cover g[:k] in order;
         # only the last may be empty).
@@ -719,7 +719,7 @@ class Hypervisor:
             self.p2m.set(g, P2MType.invalid, INVALID_MFN, old=types)
             self.frames.free(mfns[valid])
         marking = fixed and self.log_dirty_enabled
-        return self._run_calls("decrease_reservation", g, bounds, k, errno, t, site, was, marking)
+        return self._run_calls("decrease_reservation", g, bounds, k, errno, t, site, "remove", was, marking)
 
     def populate_physmap_run(self, gfns, sizes, pod: bool = False, *,
                              t: float | None = None) -> list[HypercallResult]:
@@ -761,7 +761,7 @@ class Hypervisor:
             if fixed and self.log_dirty_enabled:
                 self.marks_dirty += self.logdirty.mark_dirty(g)
         marking = fixed and self.log_dirty_enabled
-        return self._run_calls("populate_physmap", g, bounds, k, errno, t, site, was, marking)
+        return self._run_calls("populate_physmap", g, bounds, k, errno, t, site, "add", was, marking)
 
     def add_to_physmap(self, src: int, dst: int, *, t: float | None = None) -> HypercallResult:
         """XENMEM_add_to_physmap, XENMAPSPACE_gmfn: move the frame at ``src`` to ``dst``
