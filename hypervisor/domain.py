@@ -629,8 +629,8 @@ class Hypervisor:
         each gets the result, the event and the log-dirty effect (``_run_effects``) it
         has when served alone (memory.c returns to the guest after each call).
 
-        The arrays of all calls are cut from one copy each (done GFNs, event GFNs,
-        effect GFNs), not copied call by call."""
+        The arrays of all calls are cut from two copies (the results' done GFNs; the
+        events' GFNs, which their effects record too), not copied call by call."""
         ncalls = int(np.searchsorted(bounds[:-1], k, side="right"))
         starts = bounds[:ncalls].tolist()
         ends = bounds[1:ncalls + 1].tolist()
@@ -640,8 +640,8 @@ class Hypervisor:
         if not self.record_events:
             return out
         self._flush_tracked()
-        effects = self._run_effects(site, change, g, was, marking, starts, [min(b, k) for b in ends])
-        evg = g.copy()
+        evg = g.copy()        # the events' record of the GFNs (their effects share it)
+        effects = self._run_effects(site, change, evg, was, marking, starts, [min(b, k) for b in ends])
         t = float(t)
         for i, (a, b) in enumerate(zip(starts, ends)):
             e = min(b, k)
@@ -657,10 +657,10 @@ class Hypervisor:
         ``remove``, p2m_remove_entry, or ``add``, p2m_add_page), as ``_removal_effect`` /
         ``_addition_effect`` give it for the call alone: ``was`` marks the GFNs whose bit
         was set (None: not looked at); ``marking``: the fix's mark was made (and, with
-        an unbounded pool, flipped every bit it could)."""
+        an unbounded pool, flipped every bit it could). ``g`` is the events' copy of the
+        run's GFNs: each effect's GFNs are a slice of it."""
         fixed = self._site_fixed[site]
         remove = change == "remove"
-        gc = g.copy()
         # Bits set before each call's first extent (the calls made cover g[:k] in order;
         # only the last may be empty).
         cw = [0] * (len(starts) + 1)
@@ -676,11 +676,11 @@ class Hypervisor:
         for a, e, ca, ce in zip(starts, ends, cw[:-1], cw[1:]):
             dirty = _EMPTY if was is None else dg[ca:ce]
             if remove:
-                out.append(LogDirtyEffect(site, "remove", fixed, gc[a:e], dirty, ce - ca if marking else 0, 0,
+                out.append(LogDirtyEffect(site, "remove", fixed, g[a:e], dirty, ce - ca if marking else 0, 0,
                                           _EMPTY if fixed else dirty, _EMPTY))
             else:
                 unmarked = ug[a - ca:e - ce] if ug is not _EMPTY else _EMPTY
-                out.append(LogDirtyEffect(site, "add", fixed, gc[a:e], dirty, 0,
+                out.append(LogDirtyEffect(site, "add", fixed, g[a:e], dirty, 0,
                                           (e - a) - (ce - ca) if marking else 0, _EMPTY, unmarked))
         return out
 
