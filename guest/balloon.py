@@ -41,6 +41,7 @@ from hypervisor.abi import DecreaseReservationRun, HypercallResult, PopulatePhys
 from hypervisor.tables import stable_order
 
 from .config import GuestConfig, resolve_region
+from .keyed_rng import keyed_rngs
 from .layout import GuestLayout
 from .workloads import seed_key
 
@@ -220,20 +221,41 @@ class Balloon:
         return op_class(t, self.layout.page_to_gfn(pages), sizes)
 
     def _each_call(self, op, pages: np.ndarray, results):
-        """``(offset, pages, done, result)`` of each call the hypervisor made of run
-        ``op`` (``offset``: where the call's pages start; ``done``: those Xen handled)."""
-        bounds = run_bounds(op.sizes, pages.size).tolist()
-        n = len(bounds) - 1
+        """``(offset, pages, done, result, cuts)`` for the calls the hypervisor made of
+        run ``op`` (``offset``: where the pages start; ``done``: those Xen handled;
+        ``cuts``: where each call's pages start in ``done``, and its end).
+
+        A run whose every call did all it was asked (the usual case: memory.c handles
+        every extent) comes as one group of all its calls (``result`` None); otherwise
+        one group per call, up to the first that did not finish."""
+        bounds = run_bounds(op.sizes, pages.size)
+        n = bounds.size - 1
         if not isinstance(results, (list, tuple)) or not 1 <= len(results) <= n:
             raise TypeError(f"the guest expected 1..{n} HypercallResults back for "
                             f"{type(op).__name__}, got {results!r:.200}")
+        if self._all_done(op, bounds, results):
+            yield 0, pages, pages, None, bounds.tolist()
+            return
+        bounds = bounds.tolist()
         for i, res in enumerate(results):
             a, b = bounds[i], bounds[i + 1]
             part = pages[a:b]
             done = self._done_pages(part, op.gfns[a:b], res)
             if done.size < part.size and i < len(results) - 1:
                 raise TypeError(f"{type(op).__name__}: call {i} did not finish, yet more calls were made")
-            yield a, part, done, res
+            yield a, part, done, res, [0, done.size]
+
+    @staticmethod
+    def _all_done(op, bounds: np.ndarray, results) -> bool:
+        """Did Xen make every call of run ``op`` and report each one's GFNs done, in
+        full (rc and done list)? Then ``_done_pages`` of each call is all its pages."""
+        if len(results) != bounds.size - 1 or not all(type(r) is HypercallResult for r in results):
+            return False
+        sizes = np.diff(bounds).tolist()
+        if [r.rc for r in results] != sizes or [np.size(r.done) for r in results] != sizes:
+            return False
+        done = np.concatenate([np.asarray(r.done, dtype=np.int64).reshape(-1) for r in results])
+        return bool(np.array_equal(done, op.gfns))
 
     def _inflate(self, k: int, t: float, n: int) -> Generator:
         picked = self._pick_inflate(n)
@@ -243,9 +265,9 @@ class Balloon:
         if picked.size:
             op = self._run_op(DecreaseReservationRun, t, picked)
             results = yield op
-            for _, pages, done, res in self._each_call(op, picked, results):
-                batches += 1
-                self.stats["decrease_calls"] += 1
+            for _, pages, done, res, cuts in self._each_call(op, picked, results):
+                batches += len(cuts) - 1
+                self.stats["decrease_calls"] += len(cuts) - 1
                 if done.size:
                     self.owned[done] = False
                     self.current -= int(done.size)
@@ -296,8 +318,8 @@ class Balloon:
         if popped.size:
             op = self._run_op(PopulatePhysmapRun, t, popped)
             results = yield op
-            for a, pages, done, res in self._each_call(op, popped, results):
-                self.stats["populate_calls"] += 1
+            for a, pages, done, res, cuts in self._each_call(op, popped, results):
+                self.stats["populate_calls"] += len(cuts) - 1
                 if done.size:
                     self.owned[done] = True
                     self.current += int(done.size)
@@ -305,8 +327,8 @@ class Balloon:
                     in_region = done[(done >= self.rlo) & (done < self.rhi)]
                     if in_region.size:
                         self._hint = max(self._hint, int(in_region.max()) + 1)
-                    self._schedule_reuse(k, batches, done)
-                batches += 1
+                    self._schedule_reuse(k, batches, done, cuts)
+                batches += len(cuts) - 1
                 if done.size < pages.size:
                     self._push_back(popped[a:][~np.isin(popped[a:], done)])
                     self._stall(t, "populate_physmap", int(pages.size), int(done.size), int(res.rc),
@@ -321,23 +343,42 @@ class Balloon:
             self._stall(t, "populate_physmap", n, int(popped.size), None, "no ballooned pages left")
 
     # ----------------------------------------------------------------- reuse writes
-    def _schedule_reuse(self, k: int, batch: int, pages: np.ndarray) -> None:
+    def _schedule_reuse(self, k: int, batch: int, pages: np.ndarray, cuts: list[int]) -> None:
+        """Schedule the reuse writes of the pages populated by calls ``batch, batch+1,
+        ...`` of tick ``k`` (call ``i``'s pages: ``pages[cuts[i]:cuts[i+1]]``). Each
+        call draws from its own RNG, keyed (seed, REUSE_KEY, k, call): whether each page
+        is written (``reuse_share``), then, for those, how many ticks later."""
         share = self.cfg.reuse_share
         if share <= 0 or pages.size == 0:
             return
-        rng = np.random.default_rng([self.seed, REUSE_KEY, k, batch])
-        pick = pages[rng.random(pages.size) < share]
-        if pick.size == 0:
+        u = np.empty(pages.size, dtype=np.float64)     # the first draws, call by call
+        keep = np.empty(pages.size, dtype=bool)
+        later = np.empty(pages.size, dtype=np.float64)  # the second, packed
+        m = 0
+        calls = [(batch + i, a, b) for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])) if b > a]
+        for (_, a, b), rng in zip(calls, keyed_rngs([self.seed, REUSE_KEY, k], [c[0] for c in calls])):
+            rng.random(out=u[a:b])
+            c = int(np.count_nonzero(np.less(u[a:b], share, out=keep[a:b])))
+            if c:
+                rng.random(out=later[m:m + c])
+                m += c
+        if m == 0:
             return
-        within = max(self.cfg.reuse_within, 0.0)
-        due = k + np.floor(rng.random(pick.size) * within / self.tick).astype(np.int64)
+        pick = pages[keep]
+        # k + floor(later * within / tick), in place.
+        d = later[:m]
+        d *= max(self.cfg.reuse_within, 0.0)
+        d /= self.tick
+        due = np.floor(d, out=d).astype(np.int64)
+        due += k
         self._reuse_new.append((due, pick))
 
     def _merge_reuse(self) -> None:
         if not self._reuse_new:
             return
-        d = np.concatenate([self._reuse_due] + [x[0] for x in self._reuse_new])
-        p = np.concatenate([self._reuse_pages] + [x[1] for x in self._reuse_new])
+        parts = ([(self._reuse_due, self._reuse_pages)] if self._reuse_due.size else []) + self._reuse_new
+        d = parts[0][0] if len(parts) == 1 else np.concatenate([x[0] for x in parts])
+        p = parts[0][1] if len(parts) == 1 else np.concatenate([x[1] for x in parts])
         self._reuse_new = []
         order = stable_order(d)          # due ticks: a radix pass or two, not a merge sort
         self._reuse_due, self._reuse_pages = d[order], p[order]

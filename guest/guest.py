@@ -42,7 +42,8 @@ from hypervisor.abi import DomainLayout, GuestOp, HypercallResult, MemoryWrites
 from .balloon import REUSE_KEY, Balloon
 from .config import GuestConfig
 from .layout import GuestLayout
-from .workloads import BootTokens, hashed_fracs, initial_tokens, make_workload, tick_starts, times_in_ticks, write_tokens
+from .workloads import (BootTokens, hashed_fracs, initial_tokens, make_workload, tick_starts, time_order,
+                        times_in_ticks, write_tokens)
 
 _EPS = 1e-9
 _EMPTY_I64 = np.empty(0, dtype=np.int64)
@@ -254,7 +255,7 @@ class Guest:
         if not self.continuous:
             return ticks, pages, tick_starts(ticks, self.tick)
         times = times_in_ticks(ticks, hashed_fracs(self.seed, pages, ticks, REUSE_KEY), self.tick)
-        order = np.argsort(times, kind="stable")
+        order = time_order(times)
         return ticks[order], pages[order], times[order]
 
     def window_end(self, k: int, max_ticks: int) -> tuple[int, int | None]:
@@ -294,9 +295,11 @@ class Guest:
         """``(times, gfns, tokens)`` of the owned pages' writes in ``parts``, in time order
         (ties keep the parts' order: by workload, then reuse)."""
         gparts, tparts, kparts = [], [], []
+        # With nothing ballooned out the guest owns every page: no filter to gather.
+        every_page = self.balloon.ballooned == 0
         for ticks, pages, times, key in parts:
-            keep = self.owned[pages]
-            n_keep = int(np.count_nonzero(keep))
+            keep = None if every_page else self.owned[pages]
+            n_keep = pages.size if keep is None else int(np.count_nonzero(keep))
             self.stats.writes_dropped += pages.size - n_keep
             if n_keep == 0:
                 continue

@@ -36,6 +36,7 @@ import numpy as np
 
 from hypervisor.abi import MAX_GFN, GfnRuns
 from hypervisor.content import splitmix64
+from hypervisor.tables import stable_order
 
 from .config import (HotsetWorkload, IdleWorkload, OnceWorkload, SequentialWorkload,
                      TraceWorkload, UniformWorkload, ZipfWorkload, resolve_region)
@@ -66,9 +67,17 @@ def write_tokens(seed: int, gfns: np.ndarray, ticks: np.ndarray, key: int) -> np
     and never equal (barring a 2^-64 accident) to an initial token (``initial_tokens``)."""
     with np.errstate(over="ignore"):
         s = splitmix64(np.uint64(seed_key(seed)) ^ np.uint64(0x5EED))
-        x = splitmix64(np.asarray(gfns, dtype=np.int64).astype(np.uint64) ^ s)
-        x = x + (np.asarray(ticks, dtype=np.int64).astype(np.uint64) + np.uint64(1)) * _TICK_MUL
-        x = splitmix64(x + np.uint64(key + 1) * _KEY_MUL)
+        # In place over two arrays (wrapping uint64 arithmetic: the same words as
+        # the expression written out, without its temporaries).
+        x = np.asarray(gfns, dtype=np.int64).astype(np.uint64)
+        x ^= s
+        splitmix64(x, out=x)
+        y = np.asarray(ticks, dtype=np.int64).astype(np.uint64)
+        y += np.uint64(1)
+        y *= _TICK_MUL
+        x += y
+        x += np.uint64(key + 1) * _KEY_MUL
+        splitmix64(x, out=x)
     x[x == 0] = 1
     return x
 
@@ -77,15 +86,35 @@ def tick_starts(ticks: np.ndarray, tick: float) -> np.ndarray:
     """``k * tick`` for each tick index ``k`` (float64): the one definition of a tick's
     start, so that a write of tick ``k`` lies in ``[tick_starts(k), tick_starts(k+1))``
     wherever it is computed."""
-    return np.asarray(ticks, dtype=np.int64).astype(np.float64) * tick
+    out = np.asarray(ticks, dtype=np.int64).astype(np.float64)
+    out *= tick
+    return out
 
 
 def times_in_ticks(ticks: np.ndarray, frac: np.ndarray, tick: float) -> np.ndarray:
     """Write times ``(k + frac) * tick`` for ``frac`` in ``[0, 1)``, each kept strictly
     before its tick's end (rounding could otherwise land a write on the next tick)."""
     start = tick_starts(ticks, tick)
-    t = start + np.asarray(frac, dtype=np.float64) * tick
-    return np.minimum(t, np.nextafter(start + tick, -np.inf))
+    t = np.asarray(frac, dtype=np.float64) * tick
+    t += start                                    # (IEEE addition commutes exactly)
+    start += tick                                 # now each tick's end ...
+    np.nextafter(start, -np.inf, out=start)       # ... and the last time before it
+    return np.minimum(t, start, out=t)
+
+
+def time_order(times: np.ndarray) -> np.ndarray:
+    """``np.argsort(times, kind="stable")`` for write times (float64, non-negative):
+    IEEE 754 doubles of one sign order as their bit patterns do as integers, so the
+    stable order of the times is that of their bits, a few 16-bit radix passes
+    (``stable_order``) instead of a merge sort of the floats."""
+    t = np.ascontiguousarray(times, dtype=np.float64)
+    if t.size < 2:
+        return np.arange(t.size, dtype=np.int64)
+    bits = t.view(np.int64)
+    lo = int(bits.min())
+    if lo < 0:                          # a negative time (or -0.0): the float sort
+        return np.argsort(t, kind="stable")
+    return stable_order(bits - lo)
 
 
 def write_fracs(rng: np.random.Generator, counts: np.ndarray) -> np.ndarray:
@@ -107,9 +136,18 @@ def hashed_fracs(seed: int, pages: np.ndarray, ticks: np.ndarray, key: int) -> n
     that come from elsewhere than a workload's epoch (the balloon's reuse writes)."""
     with np.errstate(over="ignore"):
         s = splitmix64(np.uint64(seed_key(seed)) ^ np.uint64(TIME_KEY))
-        x = splitmix64(np.asarray(pages, dtype=np.int64).astype(np.uint64) ^ s)
-        x = splitmix64(x + (np.asarray(ticks, dtype=np.int64).astype(np.uint64) + np.uint64(key + 1)) * _TICK_MUL)
-    return (x >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+        x = np.asarray(pages, dtype=np.int64).astype(np.uint64)     # in place, as write_tokens
+        x ^= s
+        splitmix64(x, out=x)
+        y = np.asarray(ticks, dtype=np.int64).astype(np.uint64)
+        y += np.uint64(key + 1)
+        y *= _TICK_MUL
+        x += y
+        splitmix64(x, out=x)
+    x >>= np.uint64(11)
+    out = x.astype(np.float64)
+    out *= 1.0 / (1 << 53)
+    return out
 
 
 #: Pages hashed per step by initial_tokens (bounds its temporaries for huge guests).

@@ -659,20 +659,65 @@ class Hypervisor:
         return out
 
     def _run_calls(self, kind: str, g: np.ndarray, bounds: np.ndarray, k: int, errno: int, t: float,
-                   effect) -> list[HypercallResult]:
+                   site: str, change: str, was: np.ndarray | None, marking: bool) -> list[HypercallResult]:
         """Split a run served in one pass, whose extents ``g[:k]`` were done (``k``: where
         the first call that does not finish stops, with ``errno``), into the calls made:
-        each gets the result, the event and the log-dirty effect (``effect(a, e)`` for
-        extents ``a..e-1``) it has when served alone."""
-        out = []
+        each gets the result, the event and the log-dirty effect (``_run_effects``) it
+        has when served alone (memory.c returns to the guest after each call).
+
+        The arrays of all calls are cut from two copies (the results' done GFNs; the
+        events' GFNs, which their effects record too), not copied call by call."""
         ncalls = int(np.searchsorted(bounds[:-1], k, side="right"))
-        for a, b in zip(bounds[:ncalls].tolist(), bounds[1:ncalls + 1].tolist()):
+        starts = bounds[:ncalls].tolist()
+        ends = bounds[1:ncalls + 1].tolist()
+        done = g.copy()
+        out = [HypercallResult(rc=min(b, k) - a, done=done[a:min(b, k)], errno=0 if b <= k else errno)
+               for a, b in zip(starts, ends)]
+        if not self.record_events:
+            return out
+        self._flush_tracked()
+        evg = g.copy()        # the events' record of the GFNs (their effects share it)
+        effects = self._run_effects(site, change, evg, was, marking, starts, [min(b, k) for b in ends])
+        t = float(t)
+        for i, (a, b) in enumerate(zip(starts, ends)):
             e = min(b, k)
-            gi = g[a:e]
-            if self.record_events and e > a:
-                self._effects.append(effect(a, e))
-            self._event(kind, b - a, e - a, gi, t=t)
-            out.append(HypercallResult(rc=e - a, done=gi.copy(), errno=0 if e == b else errno))
+            sites = (effects[i],) if e > a else ()
+            if i == 0 and self._effects:
+                sites, self._effects = tuple(self._effects) + sites, []
+            self._events.append(HypervisorEvent(t, kind, b - a, e - a, evg[a:e], sites))
+        return out
+
+    def _run_effects(self, site: str, change: str, g: np.ndarray, was: np.ndarray | None, marking: bool,
+                     starts: list[int], ends: list[int]) -> list[LogDirtyEffect]:
+        """The log-dirty effect of each call ``g[a:e]`` of a run at ``site`` (``change``:
+        ``remove``, p2m_remove_entry, or ``add``, p2m_add_page), as ``_removal_effect`` /
+        ``_addition_effect`` give it for the call alone: ``was`` marks the GFNs whose bit
+        was set (None: not looked at); ``marking``: the fix's mark was made (and, with
+        an unbounded pool, flipped every bit it could). ``g`` is the events' copy of the
+        run's GFNs: each effect's GFNs are a slice of it."""
+        fixed = self._site_fixed[site]
+        remove = change == "remove"
+        # Bits set before each call's first extent (the calls made cover g[:k] in order;
+        # only the last may be empty).
+        cw = [0] * (len(starts) + 1)
+        dg = ug = _EMPTY
+        if was is not None:
+            full = [a for a, e in zip(starts, ends) if e > a]
+            if full:
+                cw[1:len(full) + 1] = np.cumsum(np.add.reduceat(was, full, dtype=np.int64)).tolist()
+                cw[len(full) + 1:] = cw[len(full):len(full) + 1] * (len(starts) - len(full))
+            dg = g[was]
+            ug = g[~was] if not (fixed or remove) else _EMPTY
+        out = []
+        for a, e, ca, ce in zip(starts, ends, cw[:-1], cw[1:]):
+            dirty = _EMPTY if was is None else dg[ca:ce]
+            if remove:
+                out.append(LogDirtyEffect(site, "remove", fixed, g[a:e], dirty, ce - ca if marking else 0, 0,
+                                          _EMPTY if fixed else dirty, _EMPTY))
+            else:
+                unmarked = ug[a - ca:e - ce] if ug is not _EMPTY else _EMPTY
+                out.append(LogDirtyEffect(site, "add", fixed, g[a:e], dirty, 0,
+                                          (e - a) - (ce - ca) if marking else 0, _EMPTY, unmarked))
         return out
 
     def decrease_reservation_run(self, gfns, sizes, *, t: float | None = None) -> list[HypercallResult]:
@@ -710,12 +755,7 @@ class Hypervisor:
             self.p2m.set(g, P2MType.invalid, INVALID_MFN, old=types)
             self.frames.free(mfns[valid])
         marking = fixed and self.log_dirty_enabled
-
-        def effect(a: int, e: int) -> LogDirtyEffect:
-            wa = None if was is None else was[a:e]
-            return _removal_effect(site, fixed, g[a:e], wa, int(np.count_nonzero(wa)) if marking else 0)
-
-        return self._run_calls("decrease_reservation", g, bounds, k, errno, t, effect)
+        return self._run_calls("decrease_reservation", g, bounds, k, errno, t, site, "remove", was, marking)
 
     def populate_physmap_run(self, gfns, sizes, pod: bool = False, *,
                              t: float | None = None) -> list[HypercallResult]:
@@ -757,14 +797,7 @@ class Hypervisor:
             if fixed and self.log_dirty_enabled:
                 self.marks_dirty += self.logdirty.mark_dirty(g)
         marking = fixed and self.log_dirty_enabled
-
-        def effect(a: int, e: int) -> LogDirtyEffect:
-            wa = None if was is None else was[a:e]
-            # (An unbounded pool: every bit not already set is set.)
-            marked = (e - a) - int(np.count_nonzero(wa)) if marking else 0
-            return _addition_effect(site, fixed, g[a:e], wa, marked)
-
-        return self._run_calls("populate_physmap", g, bounds, k, errno, t, effect)
+        return self._run_calls("populate_physmap", g, bounds, k, errno, t, site, "add", was, marking)
 
     def add_to_physmap(self, src: int, dst: int, *, t: float | None = None) -> HypercallResult:
         """XENMEM_add_to_physmap, XENMAPSPACE_gmfn: move the frame at ``src`` to ``dst``
