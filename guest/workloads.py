@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.random  # (numpy 2 loads it on first use: here, with the module, not inside a run)
 
 from hypervisor.abi import MAX_GFN, GfnRuns
 from hypervisor.content import splitmix64
