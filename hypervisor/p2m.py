@@ -40,7 +40,7 @@ import numpy as np
 
 from .logdirty import sorted_unique
 from .abi import INVALID_M2P_ENTRY, INVALID_MFN, IS_RAM, MAX_GFN, P2MType
-from .tables import add_where, known_run, lookup, run_array
+from .tables import add_where, known_run, lookup, run_array, uniform_byte
 
 CHUNK_BITS = 18
 CHUNK = 1 << CHUNK_BITS
@@ -813,8 +813,8 @@ class P2M:
             if b <= a:
                 continue
             seg = row[a:b]
-            t0 = int(seg[0])
-            if int(seg.min()) == t0 == int(seg.max()):
+            t0 = uniform_byte(seg)                     # (types are uint8)
+            if t0 is not None:
                 # One type over the whole part (a guest's RAM, all of it ballooned out):
                 # all of it or none, with no per-entry mask.
                 if table[t0]:

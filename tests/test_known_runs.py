@@ -41,3 +41,21 @@ def test_the_run_paths_answer_the_same_for_known_and_checked_arrays():
         assert ChunkedArray._run(x) == ChunkedArray._run(plain)
         assert ChunkedArray._ascending(x) == ChunkedArray._ascending(plain)
         assert run_start(x) == run_start(plain)
+
+
+def test_verify_takes_two_known_runs_as_equal_by_their_ends_and_counts_as_with_plain_arrays():
+    from migrate.verify import VerifyAccumulator
+
+    rng = np.random.default_rng(9)
+    tok = rng.integers(1, 1 << 60, 6000).astype(np.uint64)
+    bad = tok.copy()
+    bad[[5, 4000]] ^= np.uint64(1)
+    cases = [(run_array(100, 5000), run_array(100, 5000)),        # the same window on both sides
+             (run_array(100, 5000), run_array(101, 5000)),        # shifted by one: not equal
+             (run_array(100, 5000), run_array(100, 4999)),
+             (run_array(0, 6000)[1000:], run_array(500, 5500)[500:])]
+    for sg, dg in cases:
+        got, want = VerifyAccumulator(), VerifyAccumulator()
+        got.add(sg, tok[:sg.size], dg, bad[:dg.size])
+        want.add(np.array(sg), tok[:sg.size], np.array(dg), bad[:dg.size])
+        assert got.result() == want.result()
