@@ -17,6 +17,7 @@ from guest.guest import GuestEvent, straddled_tick, tick_at_or_after, ticks_at_o
 from hypervisor.abi import HypercallResult, MemoryWrites, all_done, write_arrays
 
 from ..errors import PeerLost, ScenarioMismatch, TransportError
+from ..heap import keep_freed_arrays
 from ..transport.base import Transport
 from .messages import Bye, GuestLayout, GuestOpened, GuestStep, Speculated, WriteWindow
 
@@ -663,6 +664,7 @@ class GuestActor:
 async def serve_guest(scenario, transport: Transport) -> str:
     """Run the guest actor until the hypervisor releases it or goes away.
     Returns why it stopped ("released" or the PeerLost message)."""
+    keep_freed_arrays()          # the actor's process does the array work
     if not hasattr(scenario, "guest"):
         from ..scenario import load_scenario
 

@@ -20,6 +20,7 @@ from guest.workloads import BootTokens
 from ..control import SPAN_MAX, LocalDomain, PassPlan, SourceInfo, Stretch, next_span_ask, source_info
 from ..errors import PeerLost, TransportError
 from ..events import Event, EventBus, PhaseChanged
+from ..heap import keep_freed_arrays
 from ..link import LinkModel
 from ..transport.base import Transport
 
@@ -333,6 +334,7 @@ async def serve_hypervisor(transport: Transport, *, echo: Callable[[str], None] 
                            actor_box: list | None = None) -> str:
     """Run the hypervisor actor until its toolstack releases the domain or is lost.
     Returns why it stopped. ``actor_box`` (tests) receives the HypervisorActor."""
+    keep_freed_arrays()          # the actor's process does the array work
     actor = HypervisorActor(transport, echo=echo)
     if actor_box is not None:
         actor_box.append(actor)
