@@ -11,6 +11,7 @@ with the source as it stood at suspend.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -125,20 +126,36 @@ async def _verify(control, dst: Hypervisor, t: float, p2m_size: int):
     windows = [(a, min(a + VERIFY_SPAN, hi)) for lo, hi in np.asarray(await control.mapped_runs(t, 0, top)).tolist()
                for a in range(lo, hi, VERIFY_SPAN)]
     # A remote source sends a digest per window first, and its contents only where the
-    # digest differs from the destination's (``RemoteDomain.verify_by_digest``).
-    digests = None
+    # digest differs from the destination's (``RemoteDomain.verify_by_digest``). It
+    # digests its windows while this side digests the destination's, in a thread (the
+    # snapshot reads and the hash release the GIL), so neither waits for the other.
+    same: set[int] = set()
     if windows and getattr(control, "verify_by_digest", False):
-        digests = await control.snapshot_digests(t, np.asarray(windows, dtype=np.int64))
+        remote, local = await asyncio.gather(control.snapshot_digests(t, np.asarray(windows, dtype=np.int64)),
+                                             asyncio.to_thread(_window_digests, dst, windows))
+        for i, (n, digest) in enumerate(local):
+            if bytes(np.asarray(remote[i], dtype=np.uint8)) == digest:
+                same.add(i)            # the source's window holds exactly this: nothing to compare
+                src_pages += n
+                dst_pages += n
     for i, (a, b) in enumerate(windows):
+        if i in same:
+            continue
         dg, dt = dst.snapshot(a, b)
-        if digests is not None and bytes(np.asarray(digests[i], dtype=np.uint8)) == snapshot_digest(dg, dt):
-            sg, st = dg, dt            # the source's window holds exactly this
-        else:
-            sg, st = await control.snapshot(t, a, b)
+        sg, st = await control.snapshot(t, a, b)
         acc.add(sg, st, dg, dt)
         src_pages += int(sg.size)
         dst_pages += int(dg.size)
     return acc.result(), {"populated_pages": dst_pages, "source_ram_pages": src_pages}
+
+
+def _window_digests(dst: Hypervisor, windows: list[tuple[int, int]]) -> list[tuple[int, bytes]]:
+    """``(RAM pages, snapshot_digest)`` of each window of the destination."""
+    out = []
+    for a, b in windows:
+        dg, dt = dst.snapshot(a, b)
+        out.append((int(dg.size), snapshot_digest(dg, dt)))
+    return out
 
 
 @dataclass(frozen=True, slots=True)
