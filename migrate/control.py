@@ -55,13 +55,27 @@ SPAN_FIRST = 64
 SPAN_MAX = 2048
 
 
-def next_span_ask(ask: int, served: int) -> int:
+#: The smallest cap ``span_cap`` gives (a guest of up to 16 GiB).
+SPAN_CAP_MIN = 512
+
+
+def span_cap(p2m_size: int) -> int:
+    """The most batches a span asks for in a guest of ``p2m_size`` PFNs: about one
+    8,192th of its PFNs, as a power of two from SPAN_CAP_MIN to SPAN_MAX (512 batches at
+    16 GiB, SPAN_MAX from 64 GiB). A span's arrays (its PFNs, types and contents, about
+    25 bytes a PFN) then stay a small part of a small guest's memory, while a large
+    guest keeps long spans."""
+    cap = 1 << max(0, (int(p2m_size) // 8192).bit_length() - 1)
+    return min(SPAN_MAX, max(SPAN_CAP_MIN, cap))
+
+
+def next_span_ask(ask: int, served: int, cap: int = SPAN_MAX) -> int:
     """The batches the engine's next span asks for, after one that asked ``ask`` and was
     served ``served``: twice as many while spans are served whole, else twice what was
-    served (at least SPAN_FIRST); at most SPAN_MAX. The engine walks a stretch by it, and
-    a hypervisor actor that serves a stretch's spans ahead (``migrate.actors``) predicts
-    the engine's next ask by it."""
-    return min(SPAN_MAX, 2 * ask if served == ask else max(SPAN_FIRST, 2 * served))
+    served (at least SPAN_FIRST); at most ``cap`` (the pass's ``PassPlan.span_max``). The
+    engine walks a stretch by it, and a hypervisor actor that serves a stretch's spans
+    ahead (``migrate.actors``) predicts the engine's next ask by it."""
+    return min(cap, 2 * ask if served == ask else max(SPAN_FIRST, 2 * served))
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +92,9 @@ class PassPlan:
     """What the precopy engine states before a pass's first batch: the batches it will
     walk, in order (``stretches``; between two stretches it may call other things, e.g.
     walk a hole of the P2M in bulk), the link model that times each batch
-    (``LinkModel.map_time`` / ``next_batch_time``), and its deadline as
-    ``(t_start, limit)`` (it abandons the save once ``t - t_start > limit``). A batch
+    (``LinkModel.map_time`` / ``next_batch_time``), its deadline as ``(t_start, limit)``
+    (it abandons the save once ``t - t_start > limit``), and the most batches a span
+    asks for (``span_max``). A batch
     the engine sends that is not in the plan (a GFN added to a hole meanwhile) comes
     between two stretches."""
 
@@ -87,6 +102,7 @@ class PassPlan:
     stretches: tuple[Stretch, ...]
     link: LinkModel
     deadline: tuple[float, float] | None = None
+    span_max: int = SPAN_MAX              # the most batches a span asks for (span_cap)
 
 
 class DomainControl(Protocol):

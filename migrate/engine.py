@@ -41,7 +41,7 @@ from hypervisor.abi import (MAX_BATCH_SIZE, PFINFO_HAS_DATA, PFINFO_KNOWN, PFINF
                             SHADOW_LOGDIRTY_FINAL, PFInfo, ShadowOp, XenError, batch_counts)
 from hypervisor.tables import batch_totals, lookup
 
-from .control import SPAN_FIRST, SPAN_MAX, DomainControl, PassPlan, SpanAt, Stretch, next_span_ask
+from .control import SPAN_FIRST, DomainControl, PassPlan, SpanAt, Stretch, next_span_ask, span_cap
 from .errors import MigrationAborted, MigrationFailed
 from .events import (BatchSent, CleanDone, CountersSampled, EventBus, MemoryOp, Outcome, PassEnded,
                      PassPhase, PassStarted, Phase, PhaseChanged, RoundStats, SaveSetup, Totals,
@@ -236,14 +236,14 @@ class PrecopyEngine:
         """State the pass's batches to the domain before the first one."""
         limit = self.options.deadline
         deadline = None if limit is None else (self.result.t_start, limit)
-        self._plan = PassPlan(rnd.iteration, stretches, self.link, deadline)
+        self._plan = PassPlan(rnd.iteration, stretches, self.link, deadline, span_cap(self.result.p2m_size))
         await self.domain.begin_pass(self.now, self._plan)
 
     async def _walk(self, rnd: RoundStats, stretch: Stretch, entries: int) -> None:
         n = len(stretch)
         k = 0
         spans = self.options.engine == "span"
-        cap = COUNTER_SAMPLE_BATCHES if self.pacer is not None else SPAN_MAX
+        cap = COUNTER_SAMPLE_BATCHES if self.pacer is not None else self._plan.span_max
         while k < n:
             if spans:
                 ask = min(n - k, self._span_ask, cap)
@@ -255,7 +255,7 @@ class PrecopyEngine:
                 # With a pacer spans end at sampling points, not as next_span_ask says.
                 at = SpanAt(stretch, k) if self.pacer is None else None
                 served = await self.domain.serve_span(self.now, pfns, self._plan, at)
-                self._span_ask = next_span_ask(ask, served.batches)
+                self._span_ask = next_span_ask(ask, served.batches, self._plan.span_max)
                 if served.batches:
                     await self._span(rnd, pfns, served, entries)
                     k += served.batches

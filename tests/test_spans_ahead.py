@@ -75,6 +75,19 @@ def test_next_span_ask_doubles_while_served_whole_and_restarts_from_what_was():
     assert next_span_ask(512, 3) == SPAN_FIRST
     assert next_span_ask(512, 100) == 200
     assert next_span_ask(SPAN_MAX, SPAN_MAX - 1) == SPAN_MAX
+    assert next_span_ask(512, 512, cap=512) == 512 and next_span_ask(256, 256, cap=512) == 512
+
+
+def test_span_cap_keeps_a_small_guests_spans_short_and_a_large_guests_long():
+    from migrate.control import SPAN_CAP_MIN, span_cap
+
+    gib = 1 << 18                                   # PFNs a GiB
+    assert span_cap(0) == span_cap(gib) == span_cap(16 * gib) == SPAN_CAP_MIN == 512
+    assert span_cap(16 * gib + 96) == 512           # (the benchmark's 16 GiB guest, a little over)
+    assert span_cap(32 * gib) == 1024
+    assert span_cap(64 * gib) == span_cap(1 << 40) == SPAN_MAX
+    caps = [span_cap(n) for n in range(0, 80 * gib, gib // 4)]
+    assert caps == sorted(caps) and all(c & (c - 1) == 0 for c in caps)   # growing powers of two
 
 
 async def test_a_balloon_moving_is_served_in_a_few_round_trips_with_the_same_report():
@@ -217,7 +230,13 @@ async def test_the_hypervisor_actor_refuses_a_bad_span_request():
     for extra, words in (({"at": (7, 0, 1)}, "stretch 7 was never sent"),
                          ({"at": (1, 0, 1), "stretch": Stretch(lo=5, hi=2)}, "a bad stretch"),
                          ({"at": (1, 0, SPAN_MAX + 1), "stretch": Stretch(lo=0, hi=1 << 30)}, "not in a stretch"),
-                         ({"at": "x"}, "'at' must be")):
+                         ({"at": "x"}, "'at' must be"),
+                         ({"at": (1, 0, 1), "stretch": Stretch(lo=0, hi=1 << 20), "span_max": 1 << 20},
+                          "span_max must be"),
+                         ({"at": (1, 0, 1), "stretch": Stretch(lo=0, hi=1 << 20), "span_max": "512"},
+                          "span_max must be"),
+                         ({"at": (1, 0, 600), "stretch": Stretch(lo=0, hi=1 << 20), "span_max": 512},
+                          "not in a stretch")):
         with pytest.raises(Exception, match=words):
             await src.control._call("serve_span", {**base, **extra})
     await src.close()

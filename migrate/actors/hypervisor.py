@@ -17,7 +17,7 @@ from hypervisor.span import SpanServed
 from hypervisor.tables import lookup
 from guest.workloads import BootTokens
 
-from ..control import SPAN_MAX, LocalDomain, PassPlan, SourceInfo, Stretch, next_span_ask, source_info
+from ..control import SPAN_FIRST, SPAN_MAX, LocalDomain, PassPlan, SourceInfo, Stretch, next_span_ask, source_info
 from ..errors import PeerLost, TransportError
 from ..events import Event, EventBus, PhaseChanged
 from ..heap import keep_freed_arrays
@@ -46,6 +46,13 @@ def _deadline(deadline) -> tuple[float, float] | None:
         return None
     t_start, limit = deadline
     return float(t_start), float(limit)
+
+
+def _span_max(v) -> int:
+    """A pass's ``span_max`` as the toolstack sends it: a cap ``span_cap`` can give."""
+    if type(v) is not int or not SPAN_FIRST <= v <= SPAN_MAX:
+        raise TransportError(f"serve_span: span_max must be an int in [{SPAN_FIRST}, {SPAN_MAX}]")
+    return v
 
 
 def _good_stretch(s) -> bool:
@@ -206,7 +213,8 @@ class HypervisorActor:
         if method == "shadow_op":
             kwargs["op"] = ShadowOp(kwargs["op"])
         elif method == "serve_span":
-            plan = PassPlan(0, (), _link(kwargs["link"]), _deadline(kwargs.get("deadline")))
+            plan = PassPlan(0, (), _link(kwargs["link"]), _deadline(kwargs.get("deadline")),
+                            _span_max(kwargs.get("span_max", SPAN_MAX)))
             if kwargs.get("at") is not None:
                 return self._serve_spans(float(kwargs["t"]), kwargs["at"], kwargs.get("stretch"), plan)
             kwargs = {"t": kwargs["t"], "pfns": kwargs["pfns"], "plan": plan}
@@ -236,7 +244,7 @@ class HypervisorActor:
             raise TransportError(f"serve_span: stretch {sid} was never sent")
         stretch = self._stretch[1]
         n = len(stretch)
-        if not (0 <= k and 0 < ask <= SPAN_MAX and k + ask <= n):
+        if not (0 <= k and 0 < ask <= plan.span_max and k + ask <= n):
             raise TransportError(f"serve_span: batches [{k}, {k + ask}) are not in a stretch of {n}")
         first = self._domctl_one("serve_span", {"t": t, "pfns": stretch.batches(k, ask), "plan": plan})
         served, pfns = first, 0
@@ -246,7 +254,7 @@ class HypervisorActor:
                 break
             pfns += res.pfns
             k += res.batches
-            ask = min(n - k, next_span_ask(ask, res.batches))
+            ask = min(n - k, next_span_ask(ask, res.batches, plan.span_max))
             if ask <= 0 or pfns >= AHEAD_PFNS:
                 break
             served = self._domctl_one("serve_span", {"t": float(res.times[-1]), "pfns": stretch.batches(k, ask),

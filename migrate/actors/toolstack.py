@@ -113,7 +113,7 @@ class RemoteDomain:
             self._queue(await task, k, n_ask, plan)
         if not self._ahead:
             self._drop_ahead()
-            args = {"t": float(t), "link": plan.link, "deadline": plan.deadline}
+            args = {"t": float(t), "link": plan.link, "deadline": plan.deadline, "span_max": plan.span_max}
             if at.stretch is not self._stretch:
                 self._stretch, self._stretch_id = at.stretch, self._stretch_id + 1
                 args["stretch"] = at.stretch
@@ -142,11 +142,12 @@ class RemoteDomain:
         if not (last.ok and isinstance(res, SpanServed) and res.batches and res.stop in ("plan", "hypercall")):
             return
         k += res.batches
-        ask = min(len(self._stretch) - k, next_span_ask(ask, res.batches))
+        ask = min(len(self._stretch) - k, next_span_ask(ask, res.batches, plan.span_max))
         if ask > 0:
             t = float(res.times[-1])
             task = asyncio.ensure_future(self._call("serve_span", {
-                "t": t, "link": plan.link, "deadline": plan.deadline, "at": (self._stretch_id, k, ask)}))
+                "t": t, "link": plan.link, "deadline": plan.deadline, "span_max": plan.span_max,
+                "at": (self._stretch_id, k, ask)}))
             # Awaited when the engine asks for it; if it never does, its error is no news.
             task.add_done_callback(lambda done: done.cancelled() or done.exception())
             self._next = ((k, ask), task)
