@@ -432,25 +432,10 @@ class LinearChunkedArray(ChunkedArray):
         """``get(idx)[0]`` when ``idx`` is one contiguous run (as ``_run`` finds) whose
         entries hold consecutive values (all inside run chunks that continue each
         other): then ``get(idx)`` is ``arange(v, v + idx.size)``, known without it."""
-        if not self._run(idx):
-            return None
-        d = self.directory
-        v = None
-        for c, off, pos, k in self._slices(int(idx[0]), idx.size):
-            r = int(d[c]) if c < d.size else -1
-            if r > -2:
-                return None
-            s = -2 - r
-            if not (self._lo[s] <= off and off + k <= self._hi[s]):
-                return None
-            first = int(self._base[s]) + off
-            if v is not None and first != v + pos:
-                return None
-            v = first if v is None else v
-        return v
+        return self.run_value_of(int(idx[0]), idx.size) if self._run(idx) else None
 
     def run_value_of(self, start: int, n: int) -> int | None:
-        """``run_value(arange(start, start + n))`` for ``start >= 0``, with no index
+        """``run_value`` of ``arange(start, start + n)`` (``start >= 0``), with no index
         array (a caller that knows its indices are that run): the chunks the run
         covers are checked at once, each a run chunk holding the piece, all with one
         ``base - chunk start`` (so the values continue from chunk to chunk)."""
