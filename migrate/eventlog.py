@@ -11,7 +11,7 @@ is the very stream the dashboard, the report and the plots consume live::
     | stored bytes (the frame, zlib-deflated) | zero padding to 8
     and, when the recorder closed cleanly, an end record: u32 0 | u32 0 | u32 0
 
-Each frame is one ``migrate.transport.wire`` frame (the MQTT codec: a JSON tree, numpy arrays as
+Each frame is one ``migrate.codec.wire`` frame (the MQTT codec: a JSON tree, numpy arrays as
 raw little-endian blobs, no pickle), so reading a file never runs code from it. The
 reader accepts only the event dataclasses of ``migrate.events`` (and the values they
 hold), checks every length against what is left of the file before reading it, and
@@ -41,7 +41,8 @@ import numpy as np
 from hypervisor.abi import MAX_BATCH_SIZE, MAX_GFN
 
 from . import events as _events
-from .transport import wire
+from .codec import wire
+from .codec.names import EVENT_LOG_NAMES
 from .track import FINAL_STATES, MAX_TRACKED
 
 MAGIC = b"XMIGEVTS"
@@ -56,10 +57,7 @@ MAX_FRAME_BYTES = 256 << 20
 MAX_ARRAY_ELEMENTS = 1 << 27
 
 #: The dataclasses a frame may hold: the events and the values they carry.
-_ALLOWED = frozenset(
-    wire.type_name(obj) for obj in list(vars(_events).values())
-    if isinstance(obj, type) and dataclasses.is_dataclass(obj)
-    and obj.__module__ in (_events.__name__, "hypervisor.abi"))
+_ALLOWED = EVENT_LOG_NAMES
 
 
 class EventLogError(ValueError):

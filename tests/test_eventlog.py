@@ -9,7 +9,7 @@ import zlib
 import numpy as np
 import pytest
 
-from migrate.transport import wire
+from migrate.codec import wire
 from migrate.eventlog import (MAX_ARRAY_ELEMENTS, EventLogError, EventRecorder, read_event_log,
                               same_value)
 from migrate.events import EventBus, MemoryOp, PassEnded, RunStarted

@@ -19,7 +19,7 @@ import pytest
 
 from migrate import eventlog as el
 from migrate import events as E
-from migrate.transport import wire
+from migrate.codec import wire
 
 ROOT = Path(__file__).resolve().parent.parent
 BALLOON = ROOT / "examples" / "balloon.yaml"

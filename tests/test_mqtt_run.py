@@ -363,7 +363,7 @@ async def test_forged_replies_and_events_from_a_second_client_leave_the_verdict_
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
-    from migrate.transport import wire
+    from migrate.codec import wire
     from migrate.view.cli_broker import watch_run
     from migrate.view.dashboard import Dashboard
     from migrate.events import MigrationFinished, VerifyDone, VerifyStats
@@ -544,7 +544,7 @@ async def test_the_example_acl_gives_each_actor_only_its_topics(tmp_path):
 
     import aiomqtt
 
-    from migrate.transport import wire
+    from migrate.codec import wire
     from migrate.view.cli_broker import watch_run
     from migrate.view.dashboard import Dashboard
     from migrate.events import MigrationFinished

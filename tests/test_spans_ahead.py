@@ -22,7 +22,7 @@ from migrate.events import EventBus
 from migrate.link import LinkModel
 from migrate.runner import RunOptions, run_scenario
 from migrate.scenario import load_scenario, parse_scenario
-from migrate.transport import wire
+from migrate.codec import wire
 from migrate.view.report import build_report
 from hypervisor.span import SpanServed
 

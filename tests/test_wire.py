@@ -12,7 +12,7 @@ from hypervisor.abi import (AddToPhysmap, DecreaseReservation, DomainLayout, Hyp
                             PFInfo, PopulatePhysmap, RemoveFromPhysmap, SetTypedEntry, ShadowOp, ShadowStats,
                             XenError, EINVAL, ENOMEM)
 from migrate import events as ev
-from migrate.transport import wire
+from migrate.codec import wire
 from migrate.control import SourceInfo
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from hypervisor.abi import XenError
 
-from ..transport import wire
+from ..codec import wire
 
 
 @dataclass(slots=True)
@@ -166,4 +166,4 @@ class Released:
     state: str | None = None
 
 
-wire.register(GuestStep, Speculated, WriteWindow, GuestLayout, GuestOpened, Bye, Served, Released, BootElided)
+

@@ -27,7 +27,7 @@ from typing import Any, Awaitable, Callable
 from hypervisor.abi import XenError
 
 from ..errors import BrokerUnreachable, PeerLost, RunRefused, TransportError
-from . import wire
+from ..codec import wire
 
 log = logging.getLogger("xmig.bus")
 

@@ -48,7 +48,8 @@ from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
 from ..errors import BrokerUnreachable, PeerLost, RunRefused, TransportError
-from . import runkey, wire
+from ..codec import wire
+from . import runkey
 from .base import (ACTORS, DEFAULT_CALL_LIMIT, DEFAULT_HEARTBEAT, DEFAULT_PEER_WAIT, DEFAULT_TIMEOUT, Handler,
                    Transport, _error_reply, _Peers, _raise_reply, _wait_reply, check_run_id)
 

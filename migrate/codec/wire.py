@@ -18,7 +18,7 @@ Tags inside the tree (a JSON object whose single reserved key starts with ``$``)
 ``$e`` IntEnum member, ``$c`` dataclass instance (by registered name), ``$x`` an
 exception (XenError keeps its errno), ``$bm`` a DirtyBitmap (rebuilt as ``WireBitmap``).
 No pickle and no import: decoding never runs code from the peer; dataclasses and enums
-are looked up in one registry (``register``) of the project's message types, and a frame
+are looked up in one table (``names.WIRE_NAMES``) of the project's message types by their stable names, and a frame
 naming any other type is refused. A frame never allocates more than the bytes that
 carried it justify: a plain array's blob is exactly its size, a run ``[start, end)``
 stands for at most ``MAX_RUN`` elements (longer runs are sent as several), and one
@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 
 from hypervisor.abi import XenError
+
+from . import names
 
 #: Bumped whenever a frame or a message changes incompatibly; both peers must agree.
 #: (2: narrowed integer arrays; spans served ahead and speculated guest windows.)
@@ -103,47 +105,35 @@ class WireBitmap:
 
 # ----------------------------------------------------------------------------- registry
 
+#: wire name -> class, and back; filled from ``names.WIRE_NAMES`` on first use.
 _TYPES: dict[str, type] = {}
+_NAMES: dict[type, str] = {}
+
+
+def _table() -> dict[str, type]:
+    if not _TYPES:
+        table = names.load_table()
+        _NAMES.update({cls: name for name, cls in table.items()})
+        _TYPES.update(table)
+    return _TYPES
 
 
 def type_name(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def register(*classes: type) -> None:
-    """Make dataclasses / enums known by name (``module.QualName``)."""
-    for cls in classes:
-        _TYPES[type_name(cls)] = cls
+    """The stable name a frame gives ``cls`` (``names.WIRE_NAMES``)."""
+    _table()
+    name = _NAMES.get(cls)
+    if name is None:
+        raise TypeError(f"{cls.__module__}.{cls.__qualname__} is not a registered message type "
+                        "(add it to migrate/codec/names.py)")
+    return name
 
 
 def _lookup(name: str) -> type:
-    cls = _TYPES.get(name) if isinstance(name, str) else None
+    cls = _table().get(name) if isinstance(name, str) else None
     if cls is None:
         # Never imported: a frame naming a module must not make the receiver run it.
         raise WireError(f"unknown type {str(name)[:80]!r} in a frame")
     return cls
-
-
-def _register_known() -> None:
-    """The message types: every dataclass and enum of the hypervisor ABI and of the
-    event stream, and the few result types the actors exchange. Nothing else decodes."""
-    from guest import guest as guest_mod
-    from guest import workloads as workloads_mod
-    from hypervisor import abi, domain, span
-
-    from .. import control, events, link
-
-    for mod in (abi, events):
-        for obj in vars(mod).values():
-            if (isinstance(obj, type) and obj.__module__ == mod.__name__
-                    and (dataclasses.is_dataclass(obj) or issubclass(obj, enum.Enum))):
-                register(obj)
-    register(domain.ShadowOpResult, domain.HypervisorEvent, domain.HypervisorStats, guest_mod.GuestEvent,
-             guest_mod.GuestStats, control.SourceInfo, control.Stretch, link.LinkModel, span.SpanServed,
-             workloads_mod.BootTokens)
-
-
-_register_known()
 
 
 # ----------------------------------------------------------------------------- encode
@@ -201,8 +191,6 @@ class _Encoder:
         if v is None or isinstance(v, (bool, str)):
             return v
         if isinstance(v, enum.Enum):
-            if _TYPES.get(type_name(type(v))) is not type(v):
-                raise TypeError(f"enum {type_name(type(v))} is not a registered message type (wire.register)")
             return {"$e": type_name(type(v)), "v": v.value}
         if isinstance(v, int):
             return int(v)
@@ -229,8 +217,6 @@ class _Encoder:
         if dataclasses.is_dataclass(v) and not isinstance(v, type):
             cls = type(v)
             name = type_name(cls)
-            if _TYPES.get(name) is not cls:
-                raise TypeError(f"dataclass {name} is not a registered message type (wire.register)")
             return {"$c": name, "f": {f.name: self.value(getattr(v, f.name)) for f in dataclasses.fields(v)}}
         if callable(getattr(v, "pfns", None)) and hasattr(v, "pages"):
             return {"$bm": int(v.pages), "pfns": self.array(np.asarray(v.pfns(), dtype=np.int64))}
@@ -436,4 +422,4 @@ def roundtrip(msg: Any) -> Any:
 
 
 __all__ = ["PROTOCOL_VERSION", "WireError", "FrameTooLarge", "WireBitmap", "RemoteError", "encode", "decode", "roundtrip",
-           "register", "type_name"]
+           "type_name"]

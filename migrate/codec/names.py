@@ -1,0 +1,124 @@
+"""The stable wire names of every type the codec and the event log carry.
+
+A frame names a dataclass or an enum by a string (``$c`` / ``$e``, see ``wire``), and an
+event log written to disk keeps those strings. They were first spelt as the class's
+module path when xmig had a flat layout; they are kept here as data, so a class can move
+to another module without changing the MQTT protocol or the ``--record`` format: moving
+a class changes the right-hand side of one line below, never the left.
+
+Each value is ``"module:QualName"``, imported only when the codec first needs the table
+(never because a peer named it: a frame naming a type not listed here is refused).
+A test pins the left-hand sides (``tests/codec/test_names.py``).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+#: wire name -> where the class lives now ("module:QualName").
+WIRE_NAMES: dict[str, str] = {
+    "guest.guest.GuestEvent": "guest.guest:GuestEvent",
+    "guest.guest.GuestStats": "guest.guest:GuestStats",
+    "guest.workloads.BootTokens": "guest.workloads:BootTokens",
+    "hypervisor.abi.AddToPhysmap": "hypervisor.abi:AddToPhysmap",
+    "hypervisor.abi.DecreaseReservation": "hypervisor.abi:DecreaseReservation",
+    "hypervisor.abi.DecreaseReservationRun": "hypervisor.abi:DecreaseReservationRun",
+    "hypervisor.abi.DomainLayout": "hypervisor.abi:DomainLayout",
+    "hypervisor.abi.GfnRuns": "hypervisor.abi:GfnRuns",
+    "hypervisor.abi.HypercallResult": "hypervisor.abi:HypercallResult",
+    "hypervisor.abi.LogDirtyEffect": "hypervisor.abi:LogDirtyEffect",
+    "hypervisor.abi.MemoryWrites": "hypervisor.abi:MemoryWrites",
+    "hypervisor.abi.P2MType": "hypervisor.abi:P2MType",
+    "hypervisor.abi.PFInfo": "hypervisor.abi:PFInfo",
+    "hypervisor.abi.PopulatePhysmap": "hypervisor.abi:PopulatePhysmap",
+    "hypervisor.abi.PopulatePhysmapRun": "hypervisor.abi:PopulatePhysmapRun",
+    "hypervisor.abi.RemoveFromPhysmap": "hypervisor.abi:RemoveFromPhysmap",
+    "hypervisor.abi.SetTypedEntry": "hypervisor.abi:SetTypedEntry",
+    "hypervisor.abi.ShadowOp": "hypervisor.abi:ShadowOp",
+    "hypervisor.abi.ShadowStats": "hypervisor.abi:ShadowStats",
+    "hypervisor.abi.XenBehaviour": "hypervisor.abi:XenBehaviour",
+    "hypervisor.domain.HypervisorEvent": "hypervisor.domain:HypervisorEvent",
+    "hypervisor.domain.HypervisorStats": "hypervisor.domain:HypervisorStats",
+    "hypervisor.domain.ShadowOpResult": "hypervisor.domain:ShadowOpResult",
+    "hypervisor.span.SpanServed": "hypervisor.span:SpanServed",
+    "migrate.actors.messages.BootElided": "migrate.actors.messages:BootElided",
+    "migrate.actors.messages.Bye": "migrate.actors.messages:Bye",
+    "migrate.actors.messages.GuestLayout": "migrate.actors.messages:GuestLayout",
+    "migrate.actors.messages.GuestOpened": "migrate.actors.messages:GuestOpened",
+    "migrate.actors.messages.GuestStep": "migrate.actors.messages:GuestStep",
+    "migrate.actors.messages.Released": "migrate.actors.messages:Released",
+    "migrate.actors.messages.Served": "migrate.actors.messages:Served",
+    "migrate.actors.messages.Speculated": "migrate.actors.messages:Speculated",
+    "migrate.actors.messages.WriteWindow": "migrate.actors.messages:WriteWindow",
+    "migrate.control.SourceInfo": "migrate.control:SourceInfo",
+    "migrate.control.Stretch": "migrate.control:Stretch",
+    "migrate.events.BalloonMoved": "migrate.events:BalloonMoved",
+    "migrate.events.BalloonNote": "migrate.events:BalloonNote",
+    "migrate.events.BalloonReached": "migrate.events:BalloonReached",
+    "migrate.events.BalloonStalled": "migrate.events:BalloonStalled",
+    "migrate.events.BalloonTarget": "migrate.events:BalloonTarget",
+    "migrate.events.BatchSent": "migrate.events:BatchSent",
+    "migrate.events.CleanDone": "migrate.events:CleanDone",
+    "migrate.events.CountersSampled": "migrate.events:CountersSampled",
+    "migrate.events.Event": "migrate.events:Event",
+    "migrate.events.MemoryOp": "migrate.events:MemoryOp",
+    "migrate.events.MigrationFinished": "migrate.events:MigrationFinished",
+    "migrate.events.Outcome": "migrate.events:Outcome",
+    "migrate.events.PassEnded": "migrate.events:PassEnded",
+    "migrate.events.PassPhase": "migrate.events:PassPhase",
+    "migrate.events.PassStarted": "migrate.events:PassStarted",
+    "migrate.events.Phase": "migrate.events:Phase",
+    "migrate.events.PhaseChanged": "migrate.events:PhaseChanged",
+    "migrate.events.RoundStats": "migrate.events:RoundStats",
+    "migrate.events.RunStarted": "migrate.events:RunStarted",
+    "migrate.events.RunSummary": "migrate.events:RunSummary",
+    "migrate.events.SaveSetup": "migrate.events:SaveSetup",
+    "migrate.events.Totals": "migrate.events:Totals",
+    "migrate.events.TrackedFinal": "migrate.events:TrackedFinal",
+    "migrate.events.TrackedWrites": "migrate.events:TrackedWrites",
+    "migrate.events.VerifyDone": "migrate.events:VerifyDone",
+    "migrate.events.VerifyStats": "migrate.events:VerifyStats",
+    "migrate.link.LinkModel": "migrate.link:LinkModel",
+}
+
+#: The dataclasses an event log's frames may hold: the events and the values they carry.
+EVENT_LOG_NAMES: frozenset[str] = frozenset({
+    "hypervisor.abi.LogDirtyEffect",
+    "migrate.events.BalloonMoved",
+    "migrate.events.BalloonNote",
+    "migrate.events.BalloonReached",
+    "migrate.events.BalloonStalled",
+    "migrate.events.BalloonTarget",
+    "migrate.events.BatchSent",
+    "migrate.events.CleanDone",
+    "migrate.events.CountersSampled",
+    "migrate.events.Event",
+    "migrate.events.MemoryOp",
+    "migrate.events.MigrationFinished",
+    "migrate.events.PassEnded",
+    "migrate.events.PassStarted",
+    "migrate.events.PhaseChanged",
+    "migrate.events.RoundStats",
+    "migrate.events.RunStarted",
+    "migrate.events.RunSummary",
+    "migrate.events.SaveSetup",
+    "migrate.events.Totals",
+    "migrate.events.TrackedFinal",
+    "migrate.events.TrackedWrites",
+    "migrate.events.VerifyDone",
+    "migrate.events.VerifyStats",
+})
+
+
+def resolve(where: str) -> type:
+    """The class at ``"module:QualName"``."""
+    module, _, qualname = where.partition(":")
+    obj = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def load_table() -> dict[str, type]:
+    """Every wire name with its class (imports the modules that define them)."""
+    return {name: resolve(where) for name, where in WIRE_NAMES.items()}
