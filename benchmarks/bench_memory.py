@@ -43,8 +43,8 @@ def _peak_rss_bytes() -> int:
 def _imports() -> None:
     import numpy  # noqa: F401
 
-    import migrate.runner  # noqa: F401
-    import migrate.scenario  # noqa: F401
+    import migrate.run.runner  # noqa: F401
+    import migrate.run.scenario  # noqa: F401
 
 
 def _arrays_nbytes(obj, depth: int = 2, seen: set | None = None) -> int:
@@ -97,10 +97,10 @@ def _child_run(gib: int) -> None:
 
     from benchmarks.run import sized_scenario
     from hypervisor import domain
-    from migrate import engine as engine_mod
-    from migrate import restore as restore_mod
-    from migrate import runner
-    from migrate.scenario import parse_scenario
+    from migrate.toolstack import save as engine_mod
+    from migrate.toolstack import restore as restore_mod
+    from migrate.run import runner
+    from migrate.run.scenario import parse_scenario
 
     made: dict[str, list] = {"hv": [], "restorer": [], "engine": []}
 

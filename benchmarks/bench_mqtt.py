@@ -2,7 +2,7 @@
 
 Issue 6's benchmark. The embedded run (``run_scenario`` with the hypervisor and guest
 in this process) against the same scenario with the hypervisor and the guest as
-separate processes (``python -m migrate.view.cli_broker hypervisor|guest``, as in the
+separate processes (``python -m migrate.cli.broker hypervisor|guest``, as in the
 classroom demo) talking through a local Mosquitto (TCP_NODELAY, no queue limit), the
 toolstack in this process; and the same for the suite's 16 GiB hot-set guest with a
 balloon (``run.sized_scenario(16)``). The actors are started and connected before the
@@ -28,9 +28,9 @@ sys.path.insert(0, str(ROOT))
 
 from migrate import actors  # noqa: E402
 from migrate.transport.mqtt import MqttTransport, parse_broker_url  # noqa: E402
-from migrate.view.report import build_report  # noqa: E402
-from migrate.runner import RunOptions, run_scenario  # noqa: E402
-from migrate.scenario import load_scenario  # noqa: E402
+from migrate.run.report import build_report  # noqa: E402
+from migrate.run.runner import RunOptions, run_scenario  # noqa: E402
+from migrate.run.scenario import load_scenario  # noqa: E402
 from tests.mqtt_broker import Broker, free_port, key_env, mosquitto_binary, test_key  # noqa: E402
 
 SCENARIO = ROOT / "examples" / "balloon.yaml"
@@ -69,7 +69,7 @@ def _embedded(scenario) -> tuple[float, dict]:
 
 
 def _over_mqtt(scenario, path: Path, broker: Broker, run_id: str) -> tuple[float, dict]:
-    cmd = [sys.executable, "-m", "migrate.view.cli_broker"]
+    cmd = [sys.executable, "-m", "migrate.cli.broker"]
     common = ["--broker", broker.url, "--run", run_id]
     # Every message sealed with a run key, as a class runs it (HMAC-SHA256 per message).
     procs = [subprocess.Popen(cmd + ["hypervisor", *common], cwd=ROOT, stderr=subprocess.DEVNULL, env=key_env()),

@@ -119,7 +119,7 @@ def shell_loop(d: Path, runs: int, sweep_wall: float) -> dict:
 
 
 def dask_same_file(d: Path, sweep: Path) -> dict:
-    from tests.test_sweep_dask import Cluster
+    from tests.sweep.test_sweep_dask import Cluster
 
     c = Cluster(d)
     try:

@@ -60,8 +60,8 @@ def _case_child(spec: str) -> None:
     """Child process: run one migration, print one JSON line with what it measured."""
     import asyncio
 
-    from migrate.runner import run_scenario
-    from migrate.scenario import load_scenario, parse_scenario
+    from migrate.run.runner import run_scenario
+    from migrate.run.scenario import load_scenario, parse_scenario
 
     if spec.startswith("gib:"):
         scenario = parse_scenario(sized_scenario(int(spec[4:])))

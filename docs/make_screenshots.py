@@ -13,9 +13,9 @@ import asyncio
 from pathlib import Path
 
 from migrate.events import PassEnded
-from migrate.runner import RunOptions
-from migrate.scenario import load_scenario
-from migrate.view.app import XmigApp
+from migrate.run.runner import RunOptions
+from migrate.run.scenario import load_scenario
+from migrate.ui.app import XmigApp
 
 ROOT = Path(__file__).resolve().parent.parent
 

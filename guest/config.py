@@ -1,6 +1,6 @@
 """The ``guest:`` section of a scenario file, as pydantic v2 models.
 
-One definition serves three readers: ``migrate.scenario`` (which validates YAML against
+One definition serves three readers: ``migrate.run.scenario`` (which validates YAML against
 it and turns pydantic's errors into one-line messages), the shipped JSON Schema, and
 ``guest.Guest`` (which takes a validated ``GuestConfig``).
 
@@ -8,7 +8,7 @@ Conventions (documented once here, used by every field):
 
 * sizes are bytes (``512MiB``, ``1000pages``, or an int of bytes), rates are pages per
   second (``20MiB/s``, ``5000pages/s``), durations are seconds (``250ms``), see
-  ``guest.units`` (re-exported as ``migrate.units``);
+  ``guest.units``;
 * a *region* is a slice of guest RAM counted in the guest's own RAM page order (page 0
   is the first RAM page, the last page is the highest RAM page, whatever holes lie
   between), with ``start``/``size`` as sizes or as ``"50%"`` of RAM;

@@ -24,12 +24,12 @@ writes them) are powers of 1024; ``kB KB MB GB TB`` are powers of 1000. Bit rate
 ``Size``, ``Rate``, ``Bandwidth`` and ``Duration`` are ``typing.Annotated`` types that
 pydantic models use directly; a bad value fails validation with a
 ``PydanticCustomError`` of type ``xmig_unit`` whose context carries ``expected`` (e.g.
-"a size like 512MiB") and ``found``, which ``migrate.scenario`` turns into its one-line
+"a size like 512MiB") and ``found``, which ``migrate.run.scenario`` turns into its one-line
 error. Each type also carries its JSON Schema (a number or a patterned string).
 
 This module lives in ``guest/`` because ``guest.config`` needs it and ``guest`` imports
-nothing from ``migrate`` (imports point ``migrate -> guest -> hypervisor``);
-``migrate.units`` re-exports it as the toolstack's public name.
+nothing from ``migrate`` (imports point ``migrate -> guest -> hypervisor``); the
+toolstack imports it from here too.
 """
 
 from __future__ import annotations
@@ -220,7 +220,7 @@ def format_duration(seconds: float) -> str:
 
 
 def unit_error(expected: str, found: Any) -> PydanticCustomError:
-    """The pydantic error every unit type raises; ``migrate.scenario`` reads its ctx."""
+    """The pydantic error every unit type raises; ``migrate.run.scenario`` reads its ctx."""
     return PydanticCustomError("xmig_unit", "expected {expected}, found {found}",
                                {"expected": expected, "found": found})
 

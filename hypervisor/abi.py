@@ -210,8 +210,29 @@ class XenBehaviour(StrEnum):
 #:   RAM stolen into the PoD cache by a balloon inflate, clean;
 #: * ``guest_physmap_add_entry`` [p2m_add_page], p2m.c: every RAM addition
 #:   (populate_physmap, the new GFN of add_to_physmap) marks the GFN dirty.
-FIX_SITES = ("p2m_remove_page", "set_typed_p2m_entry", "pod_decrease_reservation",
-             "guest_physmap_add_entry")
+class FixSite(StrEnum):
+    """The four call sites seed patch 98fccdf0ac changes (p2m.c, p2m-pod.c). A member is
+    its string, so reports and scenario files spell them as Xen's function names."""
+
+    P2M_REMOVE_PAGE = "p2m_remove_page"
+    SET_TYPED_P2M_ENTRY = "set_typed_p2m_entry"
+    POD_DECREASE_RESERVATION = "pod_decrease_reservation"
+    GUEST_PHYSMAP_ADD_ENTRY = "guest_physmap_add_entry"
+
+
+FIX_SITES = tuple(FixSite)
+
+
+class MemoryOpKind(StrEnum):
+    """The P2M-changing operations a domain reports (memory.c's XENMEM_* subops, p2m.c's
+    set_typed_p2m_entry, p2m-pod.c's demand populate). A member is its string."""
+
+    DECREASE_RESERVATION = "decrease_reservation"
+    POPULATE_PHYSMAP = "populate_physmap"
+    ADD_TO_PHYSMAP = "add_to_physmap"
+    REMOVE_FROM_PHYSMAP = "remove_from_physmap"
+    SET_TYPED_P2M_ENTRY = "set_typed_p2m_entry"
+    POD_POPULATE = "pod_populate"
 
 #: Where a P2M change touches the log-dirty bitmap outside the patch: a PoD entry
 #: demand-populated (p2m_pod_demand_populate) was always marked dirty.

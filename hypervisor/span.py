@@ -39,7 +39,7 @@ _EMPTY_U64 = np.empty(0, dtype=np.uint64)
 
 
 class SpanTiming(Protocol):
-    """How the saver's batches are timed (``migrate.link.LinkModel``)."""
+    """How the saver's batches are timed (``migrate.toolstack.link.LinkModel``)."""
 
     def span_times(self, t0: float, counts: np.ndarray, data_pages: np.ndarray) -> np.ndarray: ...
     def map_time(self, t): ...

@@ -1,5 +1,5 @@
 """``python -m migrate`` is the ``xmig`` command."""
 
-from .view.cli import main
+from migrate.cli.main import main
 
 main()

@@ -46,3 +46,7 @@ class RunRefused(TransportError):
 
 class ScenarioMismatch(TransportError):
     """The guest actor runs another scenario than the toolstack."""
+
+
+class UsageError(Exception):
+    """Bad input from the user: the command line prints it as one line, exit code 2."""

@@ -3,7 +3,7 @@
 Mirrors the split of a real Xen host: the hypervisor holds the domain and schedules
 the guest's vCPUs; the guest runs its own kernel (here: ``guest.Guest``) and traps
 into the hypervisor with hypercalls; the toolstack (libxenctrl + xg_sr_save) drives
-the domain through domctls. ``migrate.control.LocalSource`` wires them in one
+the domain through domctls. ``migrate.toolstack.control.LocalSource`` wires them in one
 process; this package wires the same objects through a ``migrate.transport.base.Transport``
 (in process, or MQTT: nothing here knows which):
 
@@ -34,10 +34,10 @@ resumes the source domain itself when the toolstack vanishes, as libxl does on a
 failed save, and carries on without a guest that vanished (its vCPUs stop).
 """
 
-from .guest import GuestActor, RemoteGuest, scenario_digest, serve_guest
-from .hypervisor import HypervisorActor, serve_hypervisor
-from .toolstack import EventPublisher, RemoteDomain, RemoteSource
-from .wiring import in_process_actors, remote_run, run_actor, watch
+from migrate.actors.guest import GuestActor, RemoteGuest, scenario_digest, serve_guest
+from migrate.actors.hypervisor import HypervisorActor, serve_hypervisor
+from migrate.actors.toolstack import EventPublisher, RemoteDomain, RemoteSource
+from migrate.actors.wiring import in_process_actors, remote_run, run_actor, watch
 
 __all__ = ["RemoteSource", "RemoteDomain", "RemoteGuest", "GuestActor", "HypervisorActor", "serve_hypervisor",
            "serve_guest", "remote_run", "watch", "run_actor", "EventPublisher", "scenario_digest",

@@ -16,10 +16,10 @@ import numpy as np
 from guest.guest import GuestEvent, straddled_tick, tick_at_or_after, ticks_at_or_after, write_time
 from hypervisor.abi import HypercallResult, MemoryWrites, all_done, write_arrays
 
-from ..errors import PeerLost, ScenarioMismatch, TransportError
-from ..heap import keep_freed_arrays
-from ..transport.base import Transport
-from .messages import Bye, GuestLayout, GuestOpened, GuestStep, Speculated, WriteWindow
+from migrate.errors import PeerLost, ScenarioMismatch, TransportError
+from migrate.heap import keep_freed_arrays
+from migrate.transport.base import Transport
+from migrate.actors.messages import Bye, GuestLayout, GuestOpened, GuestStep, Speculated, WriteWindow
 
 log = logging.getLogger("xmig.actors")
 
@@ -666,7 +666,7 @@ async def serve_guest(scenario, transport: Transport) -> str:
     Returns why it stopped ("released" or the PeerLost message)."""
     keep_freed_arrays()          # the actor's process does the array work
     if not hasattr(scenario, "guest"):
-        from ..scenario import load_scenario
+        from migrate.run.scenario import load_scenario
 
         scenario = load_scenario(scenario)
     actor = GuestActor(scenario, transport)

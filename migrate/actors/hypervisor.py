@@ -17,15 +17,15 @@ from hypervisor.span import SpanServed
 from hypervisor.tables import lookup
 from guest.workloads import BootTokens
 
-from ..control import SPAN_FIRST, SPAN_MAX, LocalDomain, PassPlan, SourceInfo, Stretch, next_span_ask, source_info
-from ..errors import PeerLost, TransportError
-from ..events import Event, EventBus, PhaseChanged
-from ..heap import keep_freed_arrays
-from ..link import LinkModel
-from ..transport.base import Transport
+from migrate.toolstack.control import SPAN_FIRST, SPAN_MAX, LocalDomain, PassPlan, SourceInfo, Stretch, next_span_ask, source_info
+from migrate.errors import PeerLost, TransportError
+from migrate.events import Event, EventBus, PhaseChanged
+from migrate.heap import keep_freed_arrays
+from migrate.toolstack.link import LinkModel
+from migrate.transport.base import Transport
 
-from .guest import RemoteGuest
-from .messages import BootElided, Bye, Released, Served
+from migrate.actors.guest import RemoteGuest
+from migrate.actors.messages import BootElided, Bye, Released, Served
 
 log = logging.getLogger("xmig.actors")
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from hypervisor.abi import XenError
 
-from ..codec import wire
+from migrate.codec import wire
 
 
 @dataclass(slots=True)

@@ -16,13 +16,13 @@ from hypervisor.abi import MAX_BATCH_SIZE, PFINFO_HAS_DATA, ShadowOp
 from hypervisor.span import SpanServed
 from hypervisor.tables import lookup
 
-from ..control import SourceInfo, next_span_ask
-from ..errors import PeerLost, TransportError
-from ..events import Event, EventBus
-from ..transport.base import Transport
+from migrate.toolstack.control import SourceInfo, next_span_ask
+from migrate.errors import PeerLost, TransportError
+from migrate.events import Event, EventBus
+from migrate.transport.base import Transport
 
-from .guest import scenario_digest
-from .messages import BootElided, Served
+from migrate.actors.guest import scenario_digest
+from migrate.actors.messages import BootElided, Served
 
 log = logging.getLogger("xmig.actors")
 

@@ -7,13 +7,13 @@ import asyncio
 import logging
 from typing import Callable
 
-from ..errors import PeerLost, TransportError
-from ..events import Event, EventBus, MigrationFinished, VerifyDone
-from ..transport.base import InProcessHub, InProcessTransport, Transport
-from ..transport.mqtt import BrokerConfig, connect
-from .guest import serve_guest
-from .hypervisor import serve_hypervisor
-from .toolstack import RemoteSource
+from migrate.errors import PeerLost, TransportError
+from migrate.events import Event, EventBus, MigrationFinished, VerifyDone
+from migrate.transport.base import InProcessHub, InProcessTransport, Transport
+from migrate.transport.mqtt import BrokerConfig, connect
+from migrate.actors.guest import serve_guest
+from migrate.actors.hypervisor import serve_hypervisor
+from migrate.actors.toolstack import RemoteSource
 
 log = logging.getLogger("xmig.actors")
 
@@ -56,7 +56,7 @@ async def remote_run(scenario, opts=None, *, broker: BrokerConfig | None = None,
     Claims the run id (a second toolstack is refused with ``RunRefused``), runs
     ``run_scenario`` with a ``RemoteSource``, and returns its ``RunResult``. Setup
     problems raise ``TransportError`` (``BrokerUnreachable``, ``PeerLost``...)."""
-    from ..runner import run_scenario
+    from migrate.run.runner import run_scenario
 
     bus = bus or EventBus()
     own = transport is None

@@ -38,7 +38,7 @@ import numpy as np
 
 from hypervisor.abi import XenError
 
-from . import names
+from migrate.codec import names
 
 #: Bumped whenever a frame or a message changes incompatibly; both peers must agree.
 #: (2: narrowed integer arrays; spans served ahead and speculated guest windows.)

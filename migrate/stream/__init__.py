@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from hypervisor.abi import MAX_BATCH_SIZE, PAGE_SHIFT, PAGE_SIZE, PFINFO_HAS_DATA, PFINFO_KNOWN, PFInfo
 
-from .format import (
+from migrate.stream.format import (
     DHDR_SIZE,
     DHDR_TYPE_X86_HVM,
     DHDR_TYPE_X86_PV,
@@ -47,7 +47,7 @@ from .format import (
     split_pfn_words,
     unpack_hvm_params,
 )
-from .hvm import (
+from migrate.stream.hvm import (
     HVM_PARAM_ACPI_IOPORTS_LOCATION,
     HVM_PARAM_BUFIOREQ_PFN,
     HVM_PARAM_CONSOLE_PFN,
@@ -63,9 +63,9 @@ from .hvm import (
     default_hvm_params,
     default_msr_policy,
 )
-from .parser import ParsedStream, StreamParser
-from .records import HVM_HANDLED, RECORD_RULES, Record, RecordRule, check_page_data
-from .sinks import (
+from migrate.stream.parser import ParsedStream, StreamParser
+from migrate.stream.records import HVM_HANDLED, RECORD_RULES, Record, RecordRule, check_page_data
+from migrate.stream.sinks import (
     CallbackSink,
     FileSink,
     NullSink,
@@ -77,8 +77,8 @@ from .sinks import (
     read_stream,
     receive_stream,
 )
-from .summary import StreamSummary, summarise_stream
-from .writer import StreamWriter
+from migrate.stream.summary import StreamSummary, summarise_stream
+from migrate.stream.writer import StreamWriter
 
 __all__ = [
     "RecType", "REC_TYPE_OPTIONAL", "REC_LENGTH_MAX", "StreamError", "Record", "ImageHeader",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 
-from .format import CPUID_LEAF, MSR_ENTRY
+from migrate.stream.format import CPUID_LEAF, MSR_ENTRY
 
 # A plausible, fixed CPU policy for an x86 HVM guest (xen_cpuid_leaf_t entries,
 # leaf/subleaf ordered as xc_get_cpu_policy serialises them; XEN_CPUID_NO_SUBLEAF

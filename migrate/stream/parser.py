@@ -18,7 +18,7 @@ import numpy as np
 from hypervisor.abi import PAGE_SHIFT, PAGE_SIZE
 from hypervisor.content import pages_to_tokens
 
-from .format import (
+from migrate.stream.format import (
     DHDR,
     DHDR_SIZE,
     DHDR_TYPE_X86_HVM,
@@ -40,7 +40,7 @@ from .format import (
     rec_type_name,
     split_pfn_words,
 )
-from .records import RECORD_RULES, Body, Phase, Record, RecordOrder, RecordRule, check_page_data, not_handled
+from migrate.stream.records import RECORD_RULES, Body, Phase, Record, RecordOrder, RecordRule, check_page_data, not_handled
 
 _ST_IHDR, _ST_DHDR, _ST_RHDR, _ST_BODY, _ST_DONE, _ST_FAILED = range(6)
 

@@ -23,7 +23,7 @@ import numpy as np
 from hypervisor.abi import MAX_BATCH_SIZE, PAGE_SIZE, PFINFO_HAS_DATA, PFINFO_KNOWN
 from hypervisor.tables import lookup
 
-from .format import (
+from migrate.stream.format import (
     CPUID_LEAF,
     MSR_ENTRY,
     PAGE_DATA_PFN_MASK,
@@ -35,7 +35,7 @@ from .format import (
     rec_type_name,
     unpack_hvm_params,
 )
-from .hvm import check_hvm_context
+from migrate.stream.hvm import check_hvm_context
 
 
 class Body(Enum):

@@ -25,9 +25,9 @@ import numpy as np
 
 from hypervisor.abi import MAX_BATCH_SIZE, PFInfo
 
-from .format import StreamError
-from .parser import ParsedStream, StreamParser
-from .records import Record, page_data_records
+from migrate.stream.format import StreamError
+from migrate.stream.parser import ParsedStream, StreamParser
+from migrate.stream.records import Record, page_data_records
 
 # ---- sinks ------------------------------------------------------------------------------
 

@@ -16,9 +16,9 @@ import numpy as np
 
 from hypervisor.abi import PFInfo
 
-from .format import RecType, StreamError
-from .parser import StreamParser
-from .sinks import read_stream
+from migrate.stream.format import RecType, StreamError
+from migrate.stream.parser import StreamParser
+from migrate.stream.sinks import read_stream
 
 
 @dataclass

@@ -20,7 +20,7 @@ from hypervisor.abi import MAX_BATCH_SIZE, PAGE_SHIFT, PAGE_SIZE, PFInfo
 from hypervisor.content import expand_tokens
 from hypervisor.tables import batch_totals
 
-from .format import (
+from migrate.stream.format import (
     CPUID_LEAF,
     DHDR,
     DHDR_TYPE_X86_HVM,
@@ -40,15 +40,15 @@ from .format import (
     pad,
     rec_type_name,
 )
-from .hvm import (
+from migrate.stream.hvm import (
     check_hvm_context,
     default_cpuid_policy,
     default_hvm_context,
     default_hvm_params,
     default_msr_policy,
 )
-from .records import Record, check_page_data
-from .sinks import ClosesOnExit, Sink
+from migrate.stream.records import Record, check_page_data
+from migrate.stream.sinks import ClosesOnExit, Sink
 
 
 class StreamWriter(ClosesOnExit):

@@ -24,9 +24,9 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Iterator
 
-from .results import row_from_report
-from .spec import Point, SweepPlan
-from .worker import init_worker, run_point, run_point_here
+from migrate.sweep.results import row_from_report
+from migrate.sweep.spec import Point, SweepPlan
+from migrate.sweep.worker import init_worker, run_point, run_point_here
 
 RETRIES = 2
 
@@ -60,8 +60,8 @@ def _pool(plan: SweepPlan, workers: int) -> ProcessPoolExecutor:
 
 def local_rows(plan: SweepPlan, points: list[Point], workers: int) -> Iterator[dict[str, Any]]:
     """Run ``points`` on ``workers`` local processes; yield each row as it finishes."""
-    from .. import runner  # noqa: F401
-    from ..view import report  # noqa: F401  (imported once here, inherited by every worker)
+    from migrate.run import runner  # noqa: F401
+    from migrate.run import report  # noqa: F401  (imported once here, inherited by every worker)
 
     attempts: dict[int, int] = {}
     todo = list(points)

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .results import (ResultsError, PartWriter, part_path, read_part_with_base, read_results,
+from migrate.sweep.results import (ResultsError, PartWriter, part_path, read_part_with_base, read_results,
                       results_base, write_results)
-from .spec import Point, SweepPlan, run_key
+from migrate.sweep.spec import Point, SweepPlan, run_key
 
 Engine = Callable[[list[Point]], Iterator[dict[str, Any]]]
 # Outcomes that say nothing about the scenario (the run never got to run): --resume runs

@@ -20,7 +20,7 @@ a list, a ``{from, to, step}`` range (numbers, or quantities in one unit: ``5s``
 file), or an integer ``{range: [first, last]}`` / ``{range: [first, last, step]}``.
 
 Every value of every axis is checked on its own against the base scenario through
-``migrate.scenario`` (the one definition of the scenario rules) and, for policies,
+``migrate.run.scenario`` (the one definition of the scenario rules) and, for policies,
 the policy check of ``xmig run``: a value that is wrong by itself is a ``SweepError``
 naming the file, the axis and the value. A combination that is wrong only together
 (say a balloon target past a ``maxmem`` another axis lowered) is left to the run, which
@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSche
 
 from guest.inputs import InputError, read_input
 
-from ..scenario import (MAX_DEPTH, MAX_FILE_BYTES, Scenario, ScenarioError, _check_shape, _describe, _format_path,
+from migrate.run.scenario import (MAX_DEPTH, MAX_FILE_BYTES, Scenario, ScenarioError, _check_shape, _describe, _format_path,
                         _Loader, parse_scenario, scenario_json_schema)
 
 __all__ = ["SweepFile", "SweepError", "SweepPlan", "Axis", "Point", "load_sweep", "sweep_json_schema",
@@ -472,10 +472,11 @@ def _check_scenario(file: str, data: dict, source: str, axis: str | None, value:
             msg = msg[len(e.file) + 2:]
         raise SweepError(prefix + msg) from None
     # The policy as ``xmig run`` checks it (one rule for which policies a scenario may name).
-    from ..view.cli import UsageError, _check_scenario_policy
+    from migrate.errors import UsageError
+    from migrate.run.scenario import check_scenario_policy
 
     try:
-        _check_scenario_policy(scenario, Path(source), None)
+        check_scenario_policy(scenario, Path(source), None)
     except UsageError as e:
         msg = str(e)
         if axis and msg.startswith(f"{source}: "):

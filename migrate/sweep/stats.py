@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .results import METRICS
+from migrate.sweep.results import METRICS
 
 # Two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom.
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
@@ -126,9 +126,9 @@ def summary_table(rows: list[dict[str, Any]], axis: str, metric: str, *, title: 
 def write_plot(path: Path, rows: list[dict[str, Any]], axis: str, metric: str, *, unit: str = "",
                title: str = "") -> None:
     """``metric`` against ``axis``: one line per series, the 95 % interval shaded."""
-    from ..view.plot import PlotError, _matplotlib
+    from migrate.run.outputs import PlotError, load_matplotlib
 
-    plt = _matplotlib()[0]
+    plt = load_matplotlib()[0]
     groups = group_by(rows, axis, metric)
     if not any(g.mean is not None for g in groups):
         raise PlotError(f"no completed run has a value for {metric}")

@@ -1,5 +1,5 @@
 """One run of a sweep, as every engine executes it: the sweep's axis values applied
-to the base scenario, validated by ``migrate.scenario``, run by the same in-process
+to the base scenario, validated by ``migrate.run.scenario``, run by the same in-process
 runner as ``xmig run`` (``runner.run_scenario``) and summarised from the same report
 (``report.build_report``), so a row holds what ``xmig run`` would report for those
 values. Any failure (a combination the scenario rules refuse, a policy that will not
@@ -13,7 +13,7 @@ import asyncio
 import traceback
 from typing import Any
 
-from .results import row_from_report
+from migrate.sweep.results import row_from_report
 
 # The base scenario of the sweep this worker process serves (set once per process by
 # ``init_worker`` so a local pool does not pickle it with every run).
@@ -39,10 +39,10 @@ def run_point_here(key: str, values: tuple) -> dict[str, Any]:
 def run_point(base: dict[str, Any], source: str, axes: list[str], key: str, values) -> dict[str, Any]:
     """Run the scenario ``base`` with ``axes[i] = values[i]``; return the row's outcome
     columns plus ``key`` (the run's identity, see ``spec.run_key``)."""
-    from ..view.report import build_report
-    from ..runner import run_scenario
-    from ..scenario import ScenarioError, parse_scenario
-    from .spec import SweepError, apply_values
+    from migrate.run.report import build_report
+    from migrate.run.runner import run_scenario
+    from migrate.run.scenario import ScenarioError, parse_scenario
+    from migrate.sweep.spec import SweepError, apply_values
 
     try:
         data = apply_values(base, list(zip(axes, values)))

@@ -26,8 +26,8 @@ from typing import Any, Awaitable, Callable
 
 from hypervisor.abi import XenError
 
-from ..errors import BrokerUnreachable, PeerLost, RunRefused, TransportError
-from ..codec import wire
+from migrate.errors import BrokerUnreachable, PeerLost, RunRefused, TransportError
+from migrate.codec import wire
 
 log = logging.getLogger("xmig.bus")
 

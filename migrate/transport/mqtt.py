@@ -47,10 +47,10 @@ from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
-from ..errors import BrokerUnreachable, PeerLost, RunRefused, TransportError
-from ..codec import wire
-from . import runkey
-from .base import (ACTORS, DEFAULT_CALL_LIMIT, DEFAULT_HEARTBEAT, DEFAULT_PEER_WAIT, DEFAULT_TIMEOUT, Handler,
+from migrate.errors import BrokerUnreachable, PeerLost, RunRefused, TransportError
+from migrate.codec import wire
+from migrate.transport import runkey
+from migrate.transport.base import (ACTORS, DEFAULT_CALL_LIMIT, DEFAULT_HEARTBEAT, DEFAULT_PEER_WAIT, DEFAULT_TIMEOUT, Handler,
                    Transport, _error_reply, _Peers, _raise_reply, _wait_reply, check_run_id)
 
 log = logging.getLogger("xmig.mqtt")

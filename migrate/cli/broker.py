@@ -1,0 +1,368 @@
+"""``xmig hypervisor``, ``xmig guest``, ``xmig watch``, and ``xmig run --broker``'s helper.
+
+The project card's actors as separate processes through an MQTT broker (what the
+hosts of a Xen pool are to each other, with the broker standing in for the network):
+
+    xmig keygen > run.key                    # once; give the file to every actor
+    xmig hypervisor --broker mqtt://HOST:1883 --run demo --key-file run.key
+    xmig guest      --broker mqtt://HOST:1883 --run demo --key-file run.key --guest examples/balloon.yaml
+    xmig watch      --broker mqtt://HOST:1883 --run demo --key-file run.key
+    xmig run        --broker mqtt://HOST:1883 --run demo --key-file run.key --guest examples/balloon.yaml
+
+``register(app)`` adds ``hypervisor``, ``guest``, ``watch`` and ``keygen``; ``remote_run``
+is what ``xmig run`` calls when given ``--broker``. Every actor needs the run key
+(``--key-file`` or ``XMIG_RUN_KEY``) or an explicit ``--insecure``. Errors are one line;
+exit 2 for bad input or an unreachable broker or peer, 1 when the migration was aborted
+under an actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from migrate.errors import TransportError
+from migrate.transport.base import DEFAULT_TIMEOUT
+from migrate.transport.mqtt import BrokerConfig, parse_broker_url
+from migrate.transport.runkey import KEY_ENV, RunKeyError, load_key, new_key_text
+from migrate.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError, _err_console, _guard
+
+BROKER_HELP = "MQTT broker URL: mqtt://HOST:PORT or mqtts://HOST:PORT (TLS)."
+RUN_HELP = "Run id: the actors of one migration share it (topics xmig/<run>/...)."
+
+# The connection options every actor command takes, defined once (typer accepts one
+# OptionInfo as the default of several commands).
+USERNAME_OPT = typer.Option(None, "--username", help="Broker user name.")
+PASSWORD_OPT = typer.Option(None, "--password", help="Broker password (or set XMIG_MQTT_PASSWORD).")
+TLS_CA_OPT = typer.Option(None, "--tls-ca", help="CA certificate file for mqtts://.")
+TLS_INSECURE_OPT = typer.Option(False, "--tls-insecure", help="Do not check the broker's certificate.")
+TIMEOUT_OPT = typer.Option(DEFAULT_TIMEOUT, "--timeout",
+                           help="Seconds without an answer before a peer counts as lost.")
+KEY_FILE_OPT = typer.Option(None, "--key-file", help=(
+    "The run key (make one with `xmig keygen > run.key`); every actor of the run needs the same "
+    f"one. Or set {KEY_ENV}."))
+INSECURE_OPT = typer.Option(False, "--insecure", help=(
+    "Run without a run key: anyone on the broker can then fake this run's messages and results."))
+
+
+def broker_config(broker: str, *, username: Optional[str] = None, password: Optional[str] = None,
+                  tls_ca: Optional[Path] = None, tls_insecure: bool = False,
+                  timeout: float = DEFAULT_TIMEOUT, key_file: Optional[Path] = None,
+                  insecure: bool = False) -> BrokerConfig:
+    """The broker options of every command, checked (``TransportError`` when unusable),
+    with the run key (``--key-file``, else ``XMIG_RUN_KEY``; none only with ``insecure``)."""
+    try:
+        key = load_key(key_file, insecure=insecure)
+    except RunKeyError as exc:
+        raise TransportError(str(exc)) from None
+    return parse_broker_url(broker, username=username, password=password,
+                            tls_ca=None if tls_ca is None else str(tls_ca), tls_insecure=tls_insecure,
+                            timeout=timeout, key=key, insecure=insecure)
+
+
+async def remote_run(scenario, opts, broker: str | BrokerConfig, run_id: str, bus=None, pacer=None, *,
+                     username: Optional[str] = None, password: Optional[str] = None,
+                     tls_ca: Optional[Path] = None, tls_insecure: bool = False,
+                     timeout: float = DEFAULT_TIMEOUT, key_file: Optional[Path] = None, insecure: bool = False):
+    """``xmig run --broker URL --run ID``: the toolstack drives the migration against the
+    ``xmig hypervisor`` and ``xmig guest`` of that run; every event of ``bus`` is also
+    published for ``xmig watch``. Returns the ``RunResult``. A problem before the
+    migration starts (broker unreachable, no hypervisor, run id taken) raises
+    ``cli.UsageError`` (one line, exit 2); a peer lost mid-run aborts the migration
+    (the result says aborted, the hypervisor resumes the source). Messages the
+    toolstack dropped (unsigned, forged, replayed...) are counted in the report's
+    ``broker`` object and named in one line on stderr."""
+    from migrate.actors import remote_run as _remote_run
+    from migrate.transport.base import check_run_id
+
+    try:
+        check_run_id(run_id)
+        cfg = broker if isinstance(broker, BrokerConfig) else broker_config(
+            broker, username=username, password=password, tls_ca=tls_ca, tls_insecure=tls_insecure,
+            timeout=timeout, key_file=key_file, insecure=insecure)
+        result = await _remote_run(scenario, opts, broker=cfg, run_id=run_id, bus=bus, pacer=pacer)
+    except TransportError as exc:
+        raise UsageError(str(exc)) from None
+    dropped = (getattr(result, "broker", None) or {}).get("dropped") or {}
+    if dropped:
+        _echo(f"the toolstack dropped {sum(dropped.values())} messages on the broker that were not this "
+              f"run's ({', '.join(f'{n} {r}' for r, n in sorted(dropped.items()))}); the result stands on "
+              "authenticated messages only")
+    return result
+
+
+def _echo(text: str) -> None:
+    print(f"xmig: {text}", file=sys.stderr, flush=True)
+
+
+def _run_main(coro_fn) -> object:
+    """asyncio.run with Ctrl-C / SIGTERM cancelling the task (clean disconnect)."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(coro_fn())
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, task.cancel)
+            except (NotImplementedError, RuntimeError):
+                pass
+        return await task
+
+    return asyncio.run(main())
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerOptions:
+    """The broker options of a broker command, parsed once: where the broker is, how
+    to reach it, the run key (``config``), and the run id."""
+
+    config: BrokerConfig
+    run: str
+
+
+def _usage(message: str) -> None:
+    _err_console().print(f"xmig: error: {message}", markup=False)
+    raise typer.Exit(EXIT_USAGE)
+
+
+#: The options every broker command takes, declared once (``broker_command`` adds them).
+_BROKER_PARAMS = [
+    inspect.Parameter("broker_url", inspect.Parameter.KEYWORD_ONLY, annotation=str,
+                      default=typer.Option(..., "--broker", help=BROKER_HELP)),
+    inspect.Parameter("run", inspect.Parameter.KEYWORD_ONLY, annotation=str,
+                      default=typer.Option(..., "--run", help=RUN_HELP)),
+    inspect.Parameter("username", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=USERNAME_OPT),
+    inspect.Parameter("password", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=PASSWORD_OPT),
+    inspect.Parameter("tls_ca", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path], default=TLS_CA_OPT),
+    inspect.Parameter("tls_insecure", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=TLS_INSECURE_OPT),
+    inspect.Parameter("timeout", inspect.Parameter.KEYWORD_ONLY, annotation=float, default=TIMEOUT_OPT),
+    inspect.Parameter("key_file", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path], default=KEY_FILE_OPT),
+    inspect.Parameter("insecure", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=INSECURE_OPT),
+]
+
+
+def broker_command(app: typer.Typer):
+    """Register ``fn(broker: BrokerOptions, ...)`` as a command of ``app`` that takes the
+    broker options (``_BROKER_PARAMS``) besides its own; they are checked and parsed into
+    one ``BrokerOptions`` (a bad one: one line, exit 2) before ``fn`` runs."""
+
+    def deco(fn):
+        own = [p for p in inspect.signature(fn).parameters.values() if p.name != "broker"]
+        names = [p.name for p in _BROKER_PARAMS]
+
+        @functools.wraps(fn)
+        def command(**kwargs):
+            given = {n: kwargs.pop(n) for n in names}
+            return fn(parse_broker_options(**given), **kwargs)
+
+        command.__signature__ = inspect.Signature(
+            [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + _BROKER_PARAMS)
+        del command.__wrapped__          # typer reads the signature above, not fn's
+        return app.command(name=fn.__name__)(_guard(command))
+
+    return deco
+
+
+def parse_broker_options(*, broker_url: str, run: str, username=None, password=None, tls_ca=None,
+                         tls_insecure=False, timeout=DEFAULT_TIMEOUT, key_file=None, insecure=False) -> BrokerOptions:
+    from migrate.transport.base import check_run_id
+
+    try:
+        check_run_id(run)
+        return BrokerOptions(broker_config(broker_url, username=username, password=password, tls_ca=tls_ca,
+                                           tls_insecure=tls_insecure, timeout=timeout, key_file=key_file,
+                                           insecure=insecure), run)
+    except TransportError as exc:
+        _usage(str(exc))
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``keygen``, ``hypervisor``, ``guest`` and ``watch`` to the ``xmig`` app."""
+    usage = _usage
+
+    @app.command()
+    @_guard
+    def keygen(
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the key to this new file (mode 0600) instead of stdout."),
+    ) -> None:
+        """Make a run key: give the same file to every actor of a run (--key-file).
+
+        Anyone holding it can act as any actor of the run, so share it the way you share
+        the broker password (not on the broker). A fresh key per class session is best."""
+        import os as _os
+
+        text = new_key_text() + "\n"
+        if out is None:
+            sys.stdout.write(text)
+            return
+        try:
+            fd = _os.open(out, _os.O_WRONLY | _os.O_CREAT | _os.O_EXCL, 0o600)
+        except FileExistsError:
+            usage(f"--out: {out} exists; choose a new file (a run key is never overwritten)")
+        except OSError as exc:
+            usage(f"--out: cannot create {out}: {exc.strerror}")
+        with _os.fdopen(fd, "w") as f:
+            f.write(text)
+
+    @broker_command(app)
+    def hypervisor(
+        broker: BrokerOptions,
+        serve: bool = typer.Option(False, "--serve", help="Serve run after run (a class's hypervisor) until Ctrl-C."),
+    ) -> None:
+        """The hypervisor actor: holds the source domain, serves the toolstack, schedules the guest.
+
+        Exits 0 when the toolstack releases the domain, 1 when the toolstack is lost
+        (after resuming the source domain, as a failed Xen migration does), 2 when the
+        broker cannot be reached or the run id already has a hypervisor. With --serve it
+        builds a fresh domain for each toolstack that comes, until Ctrl-C."""
+        from migrate.actors import run_actor
+
+        try:
+            why = _run_main(lambda: run_actor("hypervisor", broker.config, broker.run, echo=_echo, serve=serve))
+        except TransportError as exc:
+            usage(str(exc))
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            raise typer.Exit(EXIT_INTERRUPTED)
+        raise typer.Exit(EXIT_OK if why == "released" else EXIT_FAILED)
+
+    @broker_command(app)
+    def guest(
+        broker: BrokerOptions,
+        guest: Path = typer.Option(..., "--guest", "-g", help="Scenario file (YAML) whose guest to run."),
+        serve: bool = typer.Option(False, "--serve", help="Serve run after run (a fresh guest each time) until Ctrl-C."),
+    ) -> None:
+        """The guest actor: runs the scenario's workloads and balloon when the hypervisor schedules it.
+
+        Exits 0 when the hypervisor is done with it, 1 when the hypervisor is lost, 2 for
+        a bad scenario file, an unreachable broker or a run id that already has a guest.
+        With --serve it boots a fresh guest for each run, until Ctrl-C."""
+        from migrate.actors import run_actor
+        from migrate.run.scenario import load_scenario
+
+        scenario = load_scenario(guest)
+        try:
+            why = _run_main(lambda: run_actor("guest", broker.config, broker.run, scenario=scenario, echo=_echo,
+                                              serve=serve))
+        except TransportError as exc:
+            usage(str(exc))
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            raise typer.Exit(EXIT_INTERRUPTED)
+        if why != "released":
+            _echo(why)
+        raise typer.Exit(EXIT_OK if why == "released" else EXIT_FAILED)
+
+    @broker_command(app)
+    def watch(
+        broker: BrokerOptions,
+        no_dashboard: bool = typer.Option(False, "--no-dashboard", help="Plain progress lines and a summary instead of the live dashboard."),
+        record: Optional[Path] = typer.Option(None, "--record", help="Write every event watched to FILE (xmig replay FILE, xmig explain FILE --gfn N)."),
+    ) -> None:
+        """The dashboard of a migration on the broker, fed only by its event topics.
+
+        Start it before `xmig run --broker`; it ends with the run: exit 0 only if the
+        migration completed and the destination was verified equal to the source, every
+        event batch from the start having arrived, sealed with the run key; 1 if it
+        failed, the destination diverged, events were missed, or the toolstack was lost."""
+        from rich.console import Console
+
+        cfg, run = broker.config, broker.run
+        console = Console()
+        recorder = None
+        if record is not None:
+            from migrate.events.log import EventRecorder
+            from migrate.run.outputs import OutputError, check_target
+
+            try:
+                check_target(record, "--record")
+            except OutputError as exc:
+                usage(str(exc))
+            recorder = EventRecorder(record, {"watched_run": run, "broker": cfg.display})
+        try:
+            if console.is_terminal and not no_dashboard:
+                from migrate.ui.commands import interactive_watch  # the teaching app
+
+                outcome = interactive_watch(lambda listener: watch_run(cfg, run, dashboard=listener, also=recorder))
+            else:
+                outcome = _run_main(lambda: watch_run(cfg, run, console=console, live=False, also=recorder))
+        except TransportError as exc:
+            usage(str(exc))
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            raise typer.Exit(EXIT_INTERRUPTED)
+        finally:
+            if recorder is not None:
+                recorder.close()
+        if outcome != "completed":
+            _echo(f"run {run!r}: {outcome}")
+        raise typer.Exit(EXIT_OK if outcome == "completed" else EXIT_FAILED)
+
+
+async def watch_run(cfg: BrokerConfig, run_id: str, *, console=None, live: bool = False, dashboard=None,
+                    ready: asyncio.Event | None = None, also=None) -> str:
+    """Subscribe to the run's events and fold them into a ``Dashboard``: shown live
+    (``live``), or as progress lines and a plain summary on ``console``'s stdout, or not
+    shown (no console: the caller reads ``dashboard``). Returns the outcome
+    (``completed``...) or why the watch stopped.
+    ``ready`` is set once subscribed (events published before that are not seen).
+    ``also`` (e.g. an ``EventRecorder``) is called with every event too."""
+    from migrate.ui.dashboard import Dashboard, LiveDashboard
+    from migrate.actors import watch
+    from migrate.transport.mqtt import connect as mqtt_transport
+
+    dash = dashboard if dashboard is not None else Dashboard(console)
+    feed = dash
+    if also is not None:
+        def feed(ev) -> None:
+            also(ev)
+            dash(ev)
+    transport = await mqtt_transport(cfg, run_id, "watch")
+    if console is not None:
+        _echo(f"watching run {run_id!r} at {cfg.display}")
+    try:
+        await transport.subscribe_events("hypervisor", lambda items: [feed(ev) for ev in items])
+        if live:
+            with LiveDashboard(dash, console=console):
+                outcome = await watch(transport, feed, ready=ready)
+        elif console is not None:
+            # Piped or --no-dashboard: Xen-style progress lines and a plain summary, as
+            # ``xmig run`` prints them (never escape codes, never a squeezed frame).
+            from migrate.ui.progress import PlainProgress, print_summary
+
+            progress = PlainProgress(sys.stdout)
+
+            def both(ev) -> None:
+                feed(ev)
+                progress(ev)
+
+            try:
+                outcome = await watch(transport, both, ready=ready)
+            finally:
+                progress.close()
+            print_summary(dash.summary(), file=sys.stdout)
+        else:
+            outcome = await watch(transport, feed, ready=ready)
+        return outcome
+    finally:
+        await transport.close()
+
+
+def main() -> None:
+    """``python -m migrate.cli.broker hypervisor|guest|watch ...`` (the same commands as
+    ``xmig``, for a tree whose ``xmig`` does not register them)."""
+    app = typer.Typer(name="xmig", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+    register(app)
+    app()
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["register", "remote_run", "broker_config", "watch_run", "main"]

@@ -1,0 +1,280 @@
+"""One plain-words caption for each event that matters, with its numbers from the events.
+
+What a teacher would say over ``xl migrate``'s progress lines: the save loop of
+``tools/libs/guest/xg_sr_save.c`` (pass 1 sends every PFN; each later pass sends what
+the CLEAN of the log-dirty bitmap returned; suspend; the final pass), and the two call
+sites the P2M/log-dirty fix changes: ``p2m_remove_page`` (a GFN that leaves the P2M is
+marked clean) and ``guest_physmap_add_entry`` (a GFN that joins it is marked dirty),
+both in ``xen/arch/x86/mm/p2m.c``.
+
+A ``Narrator`` is a listener that reads the same ``GfnMap`` the screen draws (it must be
+fed after the map), so a caption never states a number the map does not show.
+``Caption.interesting`` marks the moments ``--guided`` stops at and ``n`` steps to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from migrate.events import (BalloonMoved, BalloonNote, BalloonTarget, BatchSent, Event, MemoryOp, MigrationFinished,
+                      Outcome, PassEnded, PassPhase, PassStarted, Phase, PhaseChanged, RunStarted, VerifyDone)
+from migrate.ui.gfnmap import GfnMap
+from hypervisor.abi import PFINFO_HAS_DATA
+
+PAGE = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Caption:
+    t: float
+    text: str
+    interesting: bool = False
+    slow: bool = False          # a short moment the playback shows in slow motion
+
+    def line(self) -> str:
+        return f"t={self.t:.2f} s {self.text}"
+
+
+def _size(pages: int) -> str:
+    b = pages * PAGE
+    for unit, div in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if b >= div:
+            v = b / div
+            return f"{v:.0f} {unit}" if v == int(v) else f"{v:.1f} {unit}"
+    return f"{b} B"
+
+
+def _fixed(behaviour: Any, site: str) -> bool:
+    """Does the hypervisor run the fixed code at this call site? (``xen_behaviour`` is
+    ``fixed``, ``pre-fix``, or a mapping of call site to either.)"""
+    if isinstance(behaviour, dict):
+        return behaviour.get(site, "fixed") == "fixed"
+    return behaviour == "fixed"
+
+
+def _tally() -> dict[str, Any]:
+    return {"gfns": 0, "dirty": 0, "cleared": 0, "set": 0, "leftover": 0, "unmarked": 0, "sites": set(),
+            "done": 0}
+
+
+class Narrator:
+    """Event listener turning the stream into ``Caption``s (``captions``, newest last)."""
+
+    def __init__(self, gfnmap: GfnMap, *, keep: int = 200):
+        self.gfnmap = gfnmap
+        self.behaviour: Any = ""
+        self.captions: list[Caption] = []
+        self.keep = keep
+        self._move: dict[str, Any] | None = None     # the balloon move in progress
+        self._tally = {True: _tally(), False: _tally()}   # call-site effects: removals, additions
+        self._removed_since_pass = 0
+        self._added_since_pass = 0
+        self._xtab_told = False
+        self._iteration = 0
+
+    def __call__(self, ev: Event) -> Caption | None:
+        cap = self._caption(ev)
+        if cap is not None:
+            self.captions.append(cap)
+            if len(self.captions) > self.keep:
+                del self.captions[: len(self.captions) - self.keep]
+        return cap
+
+    on_event = __call__
+
+    @property
+    def last(self) -> Caption | None:
+        return self.captions[-1] if self.captions else None
+
+    # ------------------------------------------------------------------ rules
+
+    def _caption(self, ev: Event) -> Caption | None:
+        t = float(ev.t)
+        if isinstance(ev, BatchSent):
+            return self._batch(ev)
+        if isinstance(ev, MemoryOp):
+            # tallied per direction until the move is done: the guest's note of its last
+            # step and the hypervisor's events of that step may come in either order. Only
+            # the balloon's own calls count (a PoD demand-populate is the hypervisor's act).
+            balloon_call = ev.op in ("decrease_reservation", "populate_physmap")
+            if balloon_call and ev.rc > 0:
+                self._tally[ev.op == "decrease_reservation"]["done"] += int(ev.rc)
+            for eff in (getattr(ev, "sites", ()) if balloon_call else ()):
+                tally = self._tally[eff.change == "remove"]
+                tally["gfns"] += int(eff.gfns.size)
+                tally["dirty"] += int(eff.dirty.size)
+                tally["cleared"] += int(eff.cleared)
+                tally["set"] += int(eff.set)
+                tally["leftover"] += int(eff.leftover.size)
+                tally["unmarked"] += int(eff.unmarked.size)
+                tally["sites"].add(eff.site)
+            if ev.rc > 0 and ev.op == "decrease_reservation":
+                self._removed_since_pass += int(ev.rc)
+            elif ev.rc > 0 and ev.op == "populate_physmap":
+                self._added_since_pass += int(ev.rc)
+            return self._move_done(float(ev.t))
+        if isinstance(ev, BalloonNote):
+            return self._balloon(ev)
+        if isinstance(ev, PassStarted):
+            return self._pass_started(ev)
+        if isinstance(ev, PassEnded):
+            st = ev.stats
+            if st.phase == PassPhase.VERIFY:
+                return None
+            dur = st.end_s - st.start_s
+            text = (f"pass {st.iteration} done: {st.pages_sent:,} data pages, {st.xtab_sent:,} XTAB "
+                    f"entries, {st.bytes / (1 << 20):.1f} MiB in {dur:.2f} s")
+            if st.xtab_sent and st.iteration > 1:
+                text += f" ({st.xtab_sent:,} GFNs queried for nothing)"
+            return Caption(t, text, interesting=bool(st.xtab_sent and st.iteration > 1))
+        if isinstance(ev, PhaseChanged) and ev.phase == Phase.SUSPENDED:
+            # the saver's own words for it ("Domain now suspended") say no more than this
+            return Caption(t, "the policy ends the live passes: the domain is suspended, "
+                              "downtime starts", interesting=True)
+        if isinstance(ev, RunStarted):
+            self.behaviour = ev.behaviour
+            runs = np.asarray(ev.populated, dtype=np.int64).reshape(-1, 2)
+            pod = int((runs[:, 1] - runs[:, 0]).sum()) - int(ev.guest_pages)
+            pages = f"{ev.guest_pages:,} RAM pages" + (
+                f" and {pod:,} populate-on-demand entries" if pod > 0 else "")
+            return Caption(t, f"migration of '{ev.scenario}' starts ({ev.behaviour}): "
+                              f"{pages}; pass 1 sends every PFN", interesting=True)
+        if isinstance(ev, VerifyDone):
+            return self._verify(ev)
+        if isinstance(ev, MigrationFinished) and ev.outcome != Outcome.COMPLETED:
+            return Caption(t, f"migration {ev.outcome}: {ev.message}", interesting=True)
+        return None
+
+    def _balloon(self, ev: BalloonNote) -> Caption | None:
+        t = float(ev.t)
+        if isinstance(ev, BalloonTarget):
+            delta = int(ev.target_pages) - int(ev.current_pages)
+            if not delta:
+                return None
+            self._move = {"out": delta < 0, "pages": 0, "ops": 0, "target": int(ev.target_pages)}
+            if delta < 0:
+                fix = ("fixed: any of them that are dirty are marked clean"
+                       if _fixed(self.behaviour, "p2m_remove_page")
+                       else "pre-fix: the dirty bits of those already dirtied stay set")
+                text = (f"balloon inflates {_size(-delta)}: decrease_reservation removes "
+                        f"{-delta:,} GFNs from the P2M. {fix}")
+            else:
+                fix = ("fixed: each one is marked dirty, so the next pass sends it"
+                       if _fixed(self.behaviour, "guest_physmap_add_entry")
+                       else "pre-fix: none is marked dirty, and writes to them go unlogged "
+                            "until the next CLEAN")
+                text = (f"balloon deflates {_size(delta)}: populate_physmap adds {delta:,} "
+                        f"GFNs back. {fix}")
+            return Caption(t, text, interesting=True)
+        if isinstance(ev, BalloonMoved) and self._move is not None:
+            # the guest's own account of each step of the move (pages, hypercalls)
+            self._move["pages"] += int(ev.pages)
+            self._move["ops"] += int(ev.batches)
+            if int(ev.current_pages) == self._move["target"]:
+                self._move["noted"] = True
+                return self._move_done(t)
+        return None
+
+    def _move_done(self, t: float) -> Caption | None:
+        """The balloon move's caption, once the guest said it is done and the hypervisor's
+        call-site effects of all its pages have arrived (when it reports them)."""
+        m = self._move
+        if m is None or not m.get("noted"):
+            return None
+        tally = self._tally[m["out"]]
+        if tally["done"] < m["pages"] or (tally["sites"] and tally["gfns"] < m["pages"]):
+            return None           # the hypervisor's events of the last step are still to come
+        self._move = None
+        m.update(tally)
+        self._tally[m["out"]] = _tally()
+        verb = "left" if m["out"] else "joined"
+        call = "decrease_reservation" if m["out"] else "populate_physmap"
+        text = f"balloon done: {m['pages']:,} GFNs {verb} the P2M ({call})"
+        site = "/".join(sorted(m["sites"]))
+        if m["out"] and m["sites"]:
+            if m["leftover"]:
+                text += (f". {site}, pre-fix: {m['dirty']:,} were dirty and {m['leftover']:,} "
+                         "keep their bits: the next pass sends them as XTAB")
+            else:
+                text += f". {site}, fixed: {m['dirty']:,} were dirty and are marked clean"
+        elif m["sites"]:
+            if m["unmarked"]:
+                text += (f". {site}, pre-fix: {m['unmarked']:,} get no dirty bit: lost unless "
+                         "written after the next CLEAN")
+            else:
+                # a move spanning a CLEAN has had part of its GFNs listed already
+                text += (f". {site}, fixed: {m['set']:,} dirty bits set: the first CLEAN after "
+                         "each addition lists it")
+        return Caption(t, text, interesting=bool(m["sites"]))
+
+    def _pass_started(self, ev: PassStarted) -> Caption | None:
+        t = float(ev.t)
+        self._iteration = int(ev.iteration)
+        self._xtab_told = False
+        removed, added = self._removed_since_pass, self._added_since_pass
+        self._removed_since_pass = self._added_since_pass = 0
+        if ev.phase == PassPhase.VERIFY:
+            return Caption(t, "VERIFY pass: everything is sent again while the domain is suspended")
+        if ev.pfns is None:
+            return None           # pass 1: said when the run started
+        ps = self.gfnmap.pass_start
+        head = ("final pass" if ev.phase == PassPhase.FINAL else f"pass {ev.iteration}")
+        parts = [f"{head}: the CLEAN gave dirty_count {ev.dirty_count:,}"]
+        interesting = ev.phase == PassPhase.FINAL
+        left, lost, listed = ps.get("leftover", 0), ps.get("added_lost", 0), ps.get("added_listed", 0)
+        if left:
+            parts.append(f"{left:,} of them are not in the P2M (bits the balloon left set, pre-fix): "
+                         f"{left:,} XTAB entries to come")
+            interesting = True
+        elif removed and _fixed(self.behaviour, "p2m_remove_page"):
+            parts.append(f"none of the {removed:,} ballooned GFNs is listed: the fix cleaned their bits")
+            interesting = True
+        if lost:
+            parts.append(f"{lost:,} GFNs added by populate_physmap are not listed: never marked "
+                         "dirty (pre-fix)")
+            interesting = True
+        elif listed and added:
+            if _fixed(self.behaviour, "guest_physmap_add_entry"):
+                parts.append(f"the {listed:,} GFNs populate_physmap added are listed: the fix marked "
+                             "them dirty")
+            elif not _fixed(self.behaviour, "p2m_remove_page"):
+                # pre-fix: the addition sets no bit; the bit these carry was set before the
+                # balloon took them and p2m_remove_page left it set
+                parts.append(f"the {listed:,} GFNs populate_physmap added are listed, though pre-fix "
+                             "did not mark them: each kept the dirty bit it had when the balloon "
+                             "took it (pre-fix)")
+            else:
+                parts.append(f"the {listed:,} GFNs populate_physmap added are listed, though pre-fix "
+                             "did not mark them")
+            interesting = True
+        return Caption(t, ". ".join(parts), interesting=interesting)
+
+    def _batch(self, ev: BatchSent) -> Caption | None:
+        if self._xtab_told:
+            return None
+        nib = np.asarray(ev.nibbles, dtype=np.uint8) & 0xF
+        nodata = int(np.count_nonzero(~PFINFO_HAS_DATA[nib]))
+        if not nodata or (self._iteration <= 1 and nodata < 512):
+            return None         # pass 1 lists every hole too: only a region is worth a word
+        self._xtab_told = True
+        pfns = np.asarray(ev.pfns, dtype=np.int64)
+        first = int(pfns[~PFINFO_HAS_DATA[nib]][0]) if pfns.size else 0
+        return Caption(float(ev.t), f"pass {ev.iteration} reaches GFNs not in the P2M (from {first:#x}): "
+                                    "getpageframeinfo3 says XTAB, the stream gets the PFN and no data",
+                       interesting=True, slow=True)
+
+    def _verify(self, ev: VerifyDone) -> Caption:
+        v = ev.stats
+        t = float(ev.t)
+        if v.ok:
+            return Caption(t, "the destination matches the source as it stood at suspend", interesting=True)
+        bits = [f"{v.missing_pages:,} missing", f"{v.stale_pages:,} stale"]
+        why = ("GFNs populate_physmap added were never marked dirty, so no pass sent their "
+               "new contents")
+        return Caption(t, f"the destination DIVERGED: {', '.join(bits)}: {why}", interesting=True)
+
+
+__all__ = ["Caption", "Narrator"]

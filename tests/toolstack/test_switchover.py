@@ -1,0 +1,89 @@
+"""migration.switchover: what the saver does when the policy says stop.
+
+``live`` is Xen's send_memory_live (the dirty set the last CLEAN returned is still sent
+with the guest running; the suspended pass sends only what was dirtied meanwhile);
+``stopped`` is QEMU's and SimGrid's (suspend first, then send the pending set).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from migrate.run.report import build_report
+from migrate.run.runner import RunOptions, result_from_events, run_scenario
+from migrate.run.scenario import ScenarioError, load_scenario
+from migrate.events import EventBus
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(name: str, **migration):
+    sc = load_scenario(ROOT / "examples" / f"{name}.yaml")
+    sc = sc.model_copy(update={"migration": sc.migration.model_copy(update=migration)})
+    events: list = []
+    bus = EventBus()
+    bus.subscribe(events.append)
+    result = asyncio.run(run_scenario(sc, RunOptions(), bus=bus))
+    return result, events
+
+
+def _passes(result):
+    return [(r.iteration, r.phase, r.pages_sent) for r in result.save.rounds]
+
+
+def test_stopped_sends_the_pending_set_suspended_and_bounds_the_downtime():
+    """webserver.yaml with QEMU's rule (50 ms): the policy stops at the top of
+    iteration 4 with 1,104 dirty pages. Live (Xen) still sends them running and suspends
+    for the 294 dirtied meanwhile; stopped suspends first and sends the 1,104."""
+    policy = {"policy": "downtime", "policy_params": {"downtime_limit": 0.05}}
+    live, _ = _run("webserver", switchover="live", **policy)
+    stopped, _ = _run("webserver", switchover="stopped", **policy)
+    assert _passes(live)[3:] == [(4, "live", 1104), (5, "final", 294)]
+    assert _passes(stopped)[3:] == [(4, "final", 1104)]
+    assert _passes(stopped)[:3] == _passes(live)[:3]
+    assert live.ok and stopped.ok
+    # Stopped: the downtime is the pending set over the link, which the policy bounded.
+    assert stopped.save.totals.downtime_s <= 0.05
+    assert stopped.save.totals.downtime_s > live.save.totals.downtime_s
+
+
+def test_xens_own_policy_stops_after_the_pass_so_both_modes_agree():
+    """simple_precopy_policy's iteration cap fires on the second call of a loop turn,
+    after the pass and before the CLEAN: nothing is pending, so stopped is live."""
+    live, _ = _run("webserver", switchover="live")
+    stopped, _ = _run("webserver", switchover="stopped")
+    assert _passes(live) == _passes(stopped)
+    assert build_report(live)["totals"] == build_report(stopped)["totals"]
+
+
+def test_stopped_before_pass_1_sends_all_memory_suspended():
+    """A policy that stops at once (the dirty threshold above p2m_size): stopped
+    suspends the guest and sends every page in one paused pass (pure stop-and-copy)."""
+    res, _ = _run("idle", switchover="stopped", policy_params={"dirty_threshold": 1 << 40})
+    assert [(r.iteration, r.phase) for r in res.save.rounds] == [(1, "final")]
+    assert res.save.totals.iterations == 0
+    assert res.ok
+    assert res.save.rounds[0].pages_sent == res.destination["source_ram_pages"]
+    assert res.save.totals.downtime_s == pytest.approx(res.save.totals.total_time_s, abs=1e-3)
+
+
+def test_the_report_and_a_rebuilt_report_name_the_switchover():
+    res, events = _run("webserver", switchover="stopped",
+                       policy="downtime", policy_params={"downtime_limit": 0.05})
+    rep = build_report(res)
+    assert rep["switchover"] == "stopped"
+    assert build_report(result_from_events(events))["switchover"] == "stopped"
+    live, _ = _run("idle")
+    assert build_report(live)["switchover"] == "live"
+
+
+def test_an_unknown_switchover_is_one_error_naming_the_field(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("guest: {memory: 64MiB}\nmigration: {switchover: paused}\n")
+    with pytest.raises(ScenarioError) as exc:
+        load_scenario(path)
+    text = str(exc.value)
+    assert "migration.switchover" in text and "paused" in text and "\n" not in text
