@@ -18,6 +18,7 @@ from rich.console import Console
 
 from migrate.run import outputs
 from migrate.cli import broker as cli_broker
+from migrate.cli import examples as cli_examples
 from migrate.cli import sweep as cli_sweep
 from migrate.cli import teach as cli_teach
 from migrate.cli.common import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError, _default_speed,
@@ -654,6 +655,7 @@ def schema() -> None:
 cli_broker.register(app)
 cli_teach.register(app)
 cli_sweep.register(app)  # ``xmig sweep`` (parameter studies)
+cli_examples.register(app)  # ``xmig examples`` (the shipped scenarios)
 
 
 def main() -> None:

@@ -183,11 +183,11 @@ def test_shipped_schema_equals_the_generated_one_and_checks_examples():
             jsonschema.validate(bad, schema)
 
 
-def test_the_readme_sweep_example_loads(tmp_path: Path):
+def test_the_manuals_sweep_example_loads(tmp_path: Path):
     import re
     import shutil
 
-    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", (ROOT / "docs" / "sweeps.md").read_text(), flags=re.S)
               if re.search(r"^base:", b, flags=re.M)]
     assert blocks
     shutil.copy(ROOT / "examples" / "balloon.yaml", tmp_path / "balloon.yaml")
