@@ -42,7 +42,7 @@ from migrate.codec import names
 
 #: Bumped whenever a frame or a message changes incompatibly; both peers must agree.
 #: (2: narrowed integer arrays; spans served ahead and speculated guest windows.)
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 2
 #: Versions whose frames ``decode`` can read when asked to: a v1 frame is a v2 frame
 #: without narrowed arrays, so an event log recorded by an earlier xmig still replays
 #: (peers on a broker must speak PROTOCOL_VERSION itself).
