@@ -100,7 +100,7 @@ def remove(d, gfns: np.ndarray, site: FixSite) -> SiteMark:
     if marking and gfns.size:
         n = d.logdirty.mark_clean(gfns)
         d.marks_clean += n
-    return SiteMark(site.value, REMOVE, fixed, gfns, was, n, marking)
+    return SiteMark(FixSite(site).value, REMOVE, fixed, gfns, was, n, marking)
 
 
 def add(d, gfns: np.ndarray, site: FixSite = FixSite.GUEST_PHYSMAP_ADD_ENTRY) -> SiteMark:
@@ -113,7 +113,7 @@ def add(d, gfns: np.ndarray, site: FixSite = FixSite.GUEST_PHYSMAP_ADD_ENTRY) ->
     if marking and gfns.size:
         n = d.logdirty.mark_dirty(gfns)
         d.marks_dirty += n
-    return SiteMark(site.value, ADD, fixed, gfns, was, n, marking)
+    return SiteMark(FixSite(site).value, ADD, fixed, gfns, was, n, marking)
 
 
 def removed(d, gfns: np.ndarray, site: FixSite) -> None:
