@@ -5,7 +5,8 @@ Imports only the hypervisor's ABI (``hypervisor.abi``, ``hypervisor.content``).
 """
 
 from .config import GuestConfig
-from .guest import Guest, GuestEvent, GuestStats
+from .events import GuestEvent
+from .guest import Guest, GuestStats
 from .layout import GuestLayout
 
 __all__ = ["Guest", "GuestConfig", "GuestEvent", "GuestStats", "GuestLayout"]

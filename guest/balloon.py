@@ -37,10 +37,12 @@ from typing import Callable, Generator
 
 import numpy as np
 
-from hypervisor.abi import DecreaseReservationRun, HypercallResult, PopulatePhysmapRun, run_bounds
+from hypervisor.abi import DecreaseReservationRun, HypercallResult, MemoryOpKind, PopulatePhysmapRun, run_bounds
 from hypervisor.tables import stable_order
 
 from .config import GuestConfig, resolve_region
+from .events import (BalloonDirection, BalloonPagesMoved, BalloonStall, BalloonTargetReached, BalloonTargetSet,
+                     GuestEvent)
 from .keyed_rng import keyed_rngs
 from .layout import GuestLayout
 from .workloads import seed_key
@@ -62,7 +64,7 @@ class Balloon:
     """Balloon state and the per-tick driver step (a generator of hypercalls)."""
 
     def __init__(self, cfg: GuestConfig, layout: GuestLayout, owned: np.ndarray, seed: int,
-                 emit: Callable[[float, str, dict], None]):
+                 emit: Callable[[GuestEvent], None]):
         self.cfg = cfg.balloon
         self.layout = layout
         self.owned = owned
@@ -152,9 +154,7 @@ class Balloon:
             self.target = min(s.target, self.nr_pages)
             self.stalled = False
             self._unrated = s.unrated
-            self.emit(t, "balloon_target", {"target_pages": self.target, "previous_pages": prev,
-                                            "current_pages": self.current, "scheduled_at": s.at,
-                                            "reason": s.reason})
+            self.emit(BalloonTargetSet(t, self.current, self.target, prev, s.at, s.reason))
         if not self._moving():
             return
         n = min(abs(self.current - self.target), self._budget(k))
@@ -166,14 +166,12 @@ class Balloon:
             yield from self._deflate(k, t, n)
         if self.current == self.target:
             self._unrated = False
-            self.emit(t, "balloon_reached", {"target_pages": self.target, "current_pages": self.current})
+            self.emit(BalloonTargetReached(t, self.current, self.target))
 
-    def _stall(self, t: float, op: str, requested: int, done: int, rc: int | None, reason: str) -> None:
+    def _stall(self, t: float, op: MemoryOpKind, requested: int, done: int, rc: int | None, reason: str) -> None:
         self.stalled = True
         self.stats["stalls"] += 1
-        self.emit(t, "balloon_stalled", {"op": op, "requested": requested, "done": done, "rc": rc,
-                                         "current_pages": self.current, "target_pages": self.target,
-                                         "reason": reason})
+        self.emit(BalloonStall(t, self.current, self.target, op, requested, done, rc, reason))
 
     def _done_pages(self, request_pages: np.ndarray, request_gfns: np.ndarray,
                     res: HypercallResult) -> np.ndarray:
@@ -276,15 +274,14 @@ class Balloon:
                     self._stack_n += int(done.size)
                     self._hint = min(self._hint, int(done.min()))
                 if done.size < pages.size:
-                    self._stall(t, "decrease_reservation", int(pages.size), int(done.size), int(res.rc),
+                    self._stall(t, MemoryOpKind.DECREASE_RESERVATION, int(pages.size), int(done.size), int(res.rc),
                                 "Xen released fewer pages than asked")
                     stalled = True
         self.stats["released"] += released
         if released or batches:
-            self.emit(t, "balloon_inflate", {"pages": released, "batches": batches,
-                                             "current_pages": self.current, "target_pages": self.target})
+            self.emit(BalloonPagesMoved(t, self.current, self.target, BalloonDirection.INFLATE, released, batches))
         if not stalled and picked.size < n:
-            self._stall(t, "decrease_reservation", n, int(picked.size), None,
+            self._stall(t, MemoryOpKind.DECREASE_RESERVATION, n, int(picked.size), None,
                         f"no owned pages left in the balloon region [{self.rlo}, {self.rhi})")
 
     def _pop(self, n: int) -> np.ndarray:
@@ -331,16 +328,15 @@ class Balloon:
                 batches += len(cuts) - 1
                 if done.size < pages.size:
                     self._push_back(popped[a:][~np.isin(popped[a:], done)])
-                    self._stall(t, "populate_physmap", int(pages.size), int(done.size), int(res.rc),
+                    self._stall(t, MemoryOpKind.POPULATE_PHYSMAP, int(pages.size), int(done.size), int(res.rc),
                                 "Xen populated fewer pages than asked (host out of memory?); "
                                 "the balloon stays where it is")
                     stalled = True
         self.stats["populated"] += populated
         if populated or batches:
-            self.emit(t, "balloon_deflate", {"pages": populated, "batches": batches,
-                                             "current_pages": self.current, "target_pages": self.target})
+            self.emit(BalloonPagesMoved(t, self.current, self.target, BalloonDirection.DEFLATE, populated, batches))
         if not stalled and popped.size < n:
-            self._stall(t, "populate_physmap", n, int(popped.size), None, "no ballooned pages left")
+            self._stall(t, MemoryOpKind.POPULATE_PHYSMAP, n, int(popped.size), None, "no ballooned pages left")
 
     # ----------------------------------------------------------------- reuse writes
     def _schedule_reuse(self, k: int, batch: int, pages: np.ndarray, cuts: list[int]) -> None:

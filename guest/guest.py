@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generator
 
 import numpy as np
@@ -41,6 +41,7 @@ from hypervisor.abi import DomainLayout, GuestOp, HypercallResult, MemoryWrites
 
 from .balloon import REUSE_KEY, Balloon
 from .config import GuestConfig
+from .events import GuestEvent
 from .layout import GuestLayout
 from .workloads import (BootTokens, hashed_fracs, initial_tokens, make_workload, tick_starts, time_order,
                         times_in_ticks, write_tokens)
@@ -78,23 +79,6 @@ def straddled_tick(t0: float, tick: float, next_tick: int) -> int | None:
 #: writes gathered before they are handed to the hypervisor.
 SPAN_TICKS = 4096
 SPAN_WRITES = 1 << 20
-
-
-@dataclass(frozen=True)
-class GuestEvent:
-    """Something the guest decided or noticed, at virtual time ``t``.
-
-    Kinds: ``balloon_target`` (a new target; detail: target_pages, previous_pages,
-    current_pages, scheduled_at, reason), ``balloon_inflate`` / ``balloon_deflate``
-    (one per tick that moved: pages, batches, current_pages, target_pages),
-    ``balloon_reached``, ``balloon_stalled`` (op, requested, done, rc, reason); every
-    kind also carries current_pages and target_pages. The toolstack's event stream
-    turns each into its typed event (``migrate.events.balloon_note``).
-    """
-
-    t: float
-    kind: str
-    detail: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -344,8 +328,8 @@ class Guest:
         self._next_tick = next_tick
 
     # ------------------------------------------------------------------ state & events
-    def _emit(self, t: float, kind: str, detail: dict) -> None:
-        self.events.append(GuestEvent(t, kind, detail))
+    def _emit(self, event: GuestEvent) -> None:
+        self.events.append(event)
 
     def drain_events(self) -> list[GuestEvent]:
         out, self.events = self.events, []

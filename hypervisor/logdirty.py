@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .abi import ENOMEM, ShadowStats, XenError
+from .runs import sorted_unique
 
 #: PAGE_SHIFT + 3: bits of PFN indexed inside one leaf.
 L1_SHIFT = 15
@@ -54,18 +55,6 @@ _ONE = np.uint64(1)
 def _saturate32(v: int) -> int:
     # 17e91570c5 "x86/paging: deal with log-dirty stats overflow": copied out saturated.
     return min(int(v), _UINT32_MAX)
-
-
-def sorted_unique(a: np.ndarray) -> np.ndarray:
-    """Sorted unique values by sort + neighbour compare (numpy 2.x's hash-based
-    ``np.unique`` is several times slower on large int64 arrays)."""
-    s = np.sort(a.reshape(-1))
-    if s.size < 2:
-        return s
-    keep = np.empty(s.size, dtype=bool)
-    keep[0] = True
-    np.not_equal(s[1:], s[:-1], out=keep[1:])
-    return s[keep]
 
 
 def _unique_small(keys: np.ndarray) -> np.ndarray:

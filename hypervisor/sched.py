@@ -25,7 +25,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from .abi import (EINVAL, AddToPhysmap, DecreaseReservation, DecreaseReservationRun, GuestOp, HypercallResult,
-                  MemoryWrites, PopulatePhysmap, PopulatePhysmapRun, RemoveFromPhysmap, SetTypedEntry, XenError,
+                  MemoryWrites, PopulatePhysmap, PopulatePhysmapRun, RemoveFromPhysmap, SchedOp, SetTypedEntry, XenError,
                   write_arrays)
 
 
@@ -46,8 +46,8 @@ _EMPTY_I64 = np.empty(0, dtype=np.int64)
 _EMPTY_U64 = np.empty(0, dtype=np.uint64)
 
 
-#: ``(kind, nr, t)``: a pause/unpause/suspend/resume happened at ``t``.
-StateChange = Callable[[str, int, float], None]
+#: ``(kind, pause_count, t)``: a pause/unpause/suspend/resume happened at ``t``.
+StateChange = Callable[[SchedOp, int, float], None]
 
 
 class VcpuScheduler:
@@ -209,7 +209,7 @@ class VcpuScheduler:
         """domain_pause (nestable)."""
         self.advance_to(t)
         self.pause_count += 1
-        self.on_change("pause", self.pause_count, t)
+        self.on_change(SchedOp.PAUSE, self.pause_count, t)
 
     def unpause(self, t: float) -> None:
         """domain_unpause: the vCPUs run again once every pause is undone."""
@@ -217,7 +217,7 @@ class VcpuScheduler:
         if self.pause_count == 0:
             raise XenError(EINVAL, "domain is not paused")
         self.pause_count -= 1
-        self.on_change("unpause", self.pause_count, t)
+        self.on_change(SchedOp.UNPAUSE, self.pause_count, t)
 
     def suspend(self, t: float) -> None:
         """The guest suspends (SCHEDOP_shutdown, reason suspend): it runs no more."""
@@ -225,7 +225,7 @@ class VcpuScheduler:
         if self.suspended:
             raise XenError(EINVAL, "domain is already suspended")
         self.suspended = True
-        self.on_change("suspend", 0, t)
+        self.on_change(SchedOp.SUSPEND, 0, t)
 
     def resume(self, t: float) -> None:
         """domain_resume of a suspended domain (a failed migration's sender side)."""
@@ -233,4 +233,4 @@ class VcpuScheduler:
         if not self.suspended:
             raise XenError(EINVAL, "domain is not suspended")
         self.suspended = False
-        self.on_change("resume", 0, t)
+        self.on_change(SchedOp.RESUME, 0, t)

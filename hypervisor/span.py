@@ -26,15 +26,13 @@ save there).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-from .abi import IS_GUEST_WRITABLE, IS_POD, MAX_BATCH_SIZE, PFINFO_HAS_DATA, PFINFO_OF_TYPE, batch_counts
+from .abi import IS_GUEST_WRITABLE, IS_POD, MAX_BATCH_SIZE, PFINFO_HAS_DATA, PFINFO_OF_TYPE, SpanServed, batch_counts
 from .tables import batch_totals, known_run, lookup, stable_order
 
-_EMPTY_U8 = np.empty(0, dtype=np.uint8)
 _EMPTY_U64 = np.empty(0, dtype=np.uint64)
 
 
@@ -45,34 +43,15 @@ class SpanTiming(Protocol):
     def map_time(self, t): ...
 
 
-@dataclass(slots=True)
-class SpanServed:
-    """What a span of ``write_batch()`` calls got: for its first ``batches`` batches
-    (``pfns`` PFNs), each PFN's PFINFO type nibble, the content token of each
-    data-carrying PFN at its batch's map (in order), and the type-query time of each
-    batch followed by the time of the call after the last one."""
-
-    batches: int
-    pfns: int
-    nibbles: np.ndarray
-    tokens: np.ndarray
-    times: np.ndarray
-    stop: str = "plan"       # plan | pod | hypercall | write | deadline
-
-    @classmethod
-    def empty(cls, t0: float, stop: str) -> "SpanServed":
-        return cls(0, 0, _EMPTY_U8, _EMPTY_U64, np.array([float(t0)]), stop)
-
-
-def serve_span(hv, t0: float, pfns: np.ndarray, timing: SpanTiming,
+def serve_span(d, t0: float, pfns: np.ndarray, timing: SpanTiming,
                deadline: tuple[float, float] | None = None) -> SpanServed:
     """Serve the batches ``pfns[k*1024:(k+1)*1024]`` back to back from ``t0`` (see the
     module docstring): the longest prefix that can be served at once."""
     p = np.asarray(pfns, dtype=np.int64).reshape(-1)
-    hv.advance_to(t0)
+    d.advance_to(t0)
     if p.size == 0:
         return SpanServed.empty(t0, "plan")
-    types = hv.p2m.get_types(p)
+    types = d.p2m.get_types(p)
     stop = "plan"
     pod = lookup(IS_POD, types)
     if pod.any():
@@ -97,8 +76,8 @@ def serve_span(hv, t0: float, pfns: np.ndarray, timing: SpanTiming,
         elif over.size:
             stop = "deadline"
 
-    guest = hv.guest
-    running = guest is not None and hv.state == "running"
+    guest = d.guest
+    running = guest is not None and d.state == "running"
     if running:
         k_call = guest.next_call_tick()
         if k_call is not None:
@@ -111,11 +90,11 @@ def serve_span(hv, t0: float, pfns: np.ndarray, timing: SpanTiming,
     wt, wg, wtok = _EMPTY_F64, np.empty(0, np.int64), _EMPTY_U64
     n_w = 0
     if running:
-        hv.sched.generate(float(last_call[keep - 1]))
-        wt, wg, wtok = hv.sched.pending_writes()
+        d.sched.generate(float(last_call[keep - 1]))
+        wt, wg, wtok = d.sched.pending_writes()
         n_w = int(np.searchsorted(wt, last_call[keep - 1], side="left"))
         if n_w:
-            odd = np.flatnonzero(~IS_GUEST_WRITABLE[hv.p2m.get_types(wg[:n_w])])
+            odd = np.flatnonzero(~IS_GUEST_WRITABLE[d.p2m.get_types(wg[:n_w])])
             if odd.size:
                 w = wt[odd[0]]
                 # A call at c applies the writes before c: batches whose calls are all
@@ -130,11 +109,11 @@ def serve_span(hv, t0: float, pfns: np.ndarray, timing: SpanTiming,
     n_p = int(counts[:keep].sum())
     p, nib, data = p[:n_p], nib[:n_p], data[:n_p]
     dp = p if int(dpb[:keep].sum()) == n_p else p[data]      # (every PFN a data page: no copy)
-    tokens = hv.contents(dp) if dp.size else _EMPTY_U64
+    tokens = d.contents(dp) if dp.size else _EMPTY_U64
     if n_w and dp.size:
         tokens = _overlay(tokens, dp, maps[:keep], dpb[:keep], wt[:n_w], wg[:n_w], wtok[:n_w])
     c_last = float(last_call[keep - 1])
-    hv.advance_to(c_last)
+    d.advance_to(c_last)
     return SpanServed(keep, n_p, nib, np.asarray(tokens, dtype=np.uint64), times[:keep + 1].copy(), stop)
 
 

@@ -12,8 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from hypervisor.abi import PFINFO_HAS_DATA, ShadowOp, XenError
-from hypervisor.span import SpanServed
+from hypervisor.abi import PFINFO_HAS_DATA, ShadowOp, SpanServed, XenError
 from hypervisor.tables import lookup
 from guest.workloads import BootTokens
 

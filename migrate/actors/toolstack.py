@@ -12,8 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from hypervisor.abi import MAX_BATCH_SIZE, PFINFO_HAS_DATA, ShadowOp
-from hypervisor.span import SpanServed
+from hypervisor.abi import MAX_BATCH_SIZE, PFINFO_HAS_DATA, ShadowOp, SpanServed
 from hypervisor.tables import lookup
 
 from migrate.toolstack.control import SourceInfo, next_span_ask

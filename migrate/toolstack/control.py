@@ -16,11 +16,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from hypervisor.abi import IS_POD, IS_RAM, MAX_BATCH_SIZE, GfnRuns, ShadowOp
-from hypervisor.span import SpanServed
+from guest.events import BalloonPagesMoved, BalloonStall, BalloonTargetReached, BalloonTargetSet, GuestEvent
+from hypervisor.abi import (IS_POD, IS_RAM, MAX_BATCH_SIZE, GfnRuns, HypervisorEvent, MemoryOpServed, ShadowOp,
+                            SpanServed, TrackedWritesSeen)
+from hypervisor.runs import gfn_runs, merge_runs
 from hypervisor.tables import lookup, run_array
 
-from migrate.events import EventBus, MemoryOp, TrackedWrites, balloon_note
+from migrate.events import (BalloonMoved, BalloonNote, BalloonReached, BalloonStalled, BalloonTarget, Event, EventBus,
+                            MemoryOp, TrackedWrites)
 from migrate.toolstack.link import LinkModel
 from migrate.toolstack.verify import DIGEST_BYTES, snapshot_digest
 
@@ -150,34 +153,6 @@ class SourceInfo:
     ram_pages: int            # RAM pages in the P2M at ``start``
 
 
-def gfn_runs(gfns: np.ndarray) -> np.ndarray:
-    """GFNs -> sorted (k, 2) int64 [start, end) runs (sorts only when it must)."""
-    gfns = np.asarray(gfns, dtype=np.int64).reshape(-1)
-    if gfns.size == 0:
-        return np.empty((0, 2), dtype=np.int64)
-    step = np.diff(gfns)
-    if (step <= 0).any():
-        gfns = np.unique(gfns)
-        step = np.diff(gfns)
-    breaks = np.flatnonzero(step != 1) + 1
-    starts = np.concatenate(([gfns[0]], gfns[breaks]))
-    ends = np.concatenate((gfns[breaks - 1], [gfns[-1]])) + 1
-    return np.stack([starts, ends], axis=1)
-
-
-def merge_runs(*runs: np.ndarray) -> np.ndarray:
-    """Union of several (k, 2) run lists, as sorted, coalesced runs."""
-    r = np.concatenate([np.asarray(x, dtype=np.int64).reshape(-1, 2) for x in runs])
-    if r.shape[0] == 0:
-        return r
-    r = r[np.argsort(r[:, 0], kind="stable")]
-    reach = np.maximum.accumulate(r[:, 1])
-    new = np.ones(r.shape[0], dtype=bool)
-    new[1:] = r[1:, 0] > reach[:-1]
-    idx = np.flatnonzero(new)
-    return np.stack([r[idx, 0], reach[np.append(idx[1:] - 1, r.shape[0] - 1)]], axis=1)
-
-
 def source_info(hv, layout) -> SourceInfo:
     """Build SourceInfo from a hypervisor and the guest's boot layout (vectorised; no
     sort of the whole address space)."""
@@ -209,10 +184,6 @@ def source_info(hv, layout) -> SourceInfo:
 INFO_SLICE = 1 << 20
 
 
-MEMORY_OP_KINDS = frozenset({"decrease_reservation", "populate_physmap", "add_to_physmap",
-                             "remove_from_physmap", "set_typed_p2m_entry", "pod_populate"})
-
-
 def hypervisor_counters(hv) -> dict[str, Any]:
     """The hypervisor's counters as a plain dict (one place defines what is sampled)."""
     s = hv.stats
@@ -222,23 +193,41 @@ def hypervisor_counters(hv) -> dict[str, Any]:
     return {n: int(getattr(s, n)) for n in names if hasattr(s, n)}
 
 
+def hypervisor_event(ev: HypervisorEvent) -> Event | None:
+    """The toolstack's event for one of the hypervisor's (None: a scheduling or
+    log-dirty change, which the toolstack's own events already tell)."""
+    if isinstance(ev, MemoryOpServed):
+        return MemoryOp(t=float(ev.t), op=ev.kind.value, nr=int(ev.nr), rc=int(ev.rc),
+                        gfns=np.asarray(ev.gfns, dtype=np.int64), sites=tuple(ev.sites))
+    if isinstance(ev, TrackedWritesSeen):
+        return TrackedWrites(t=float(ev.t), gfns=np.asarray(ev.gfns, dtype=np.int64), writes=ev.writes,
+                             first_s=ev.first_s, last_s=ev.last_s, logged_s=ev.logged_s)
+    return None
+
+
+def guest_event(ev: GuestEvent) -> BalloonNote:
+    """The toolstack's event for one of the guest's notes (``guest.events``)."""
+    t, now = float(ev.t), {"current_pages": ev.current_pages, "target_pages": ev.target_pages}
+    if isinstance(ev, BalloonPagesMoved):
+        return BalloonMoved(t=t, direction=ev.direction.value, pages=ev.pages, batches=ev.batches, **now)
+    if isinstance(ev, BalloonTargetSet):
+        return BalloonTarget(t=t, previous_pages=ev.previous_pages, scheduled_at=ev.scheduled_at,
+                             reason=ev.reason, **now)
+    if isinstance(ev, BalloonTargetReached):
+        return BalloonReached(t=t, **now)
+    if isinstance(ev, BalloonStall):
+        return BalloonStalled(t=t, op=ev.op.value, requested=ev.requested, done=ev.done, rc=ev.rc,
+                              reason=ev.reason, **now)
+    raise TypeError(f"the guest noted a {type(ev).__name__}, which no event stands for")
+
+
 def forward_events(hv, guest, bus: EventBus) -> None:
     """Publish what the hypervisor and the guest did since the last call, merged in
     virtual-time order (at one instant the guest's decision, e.g. a new balloon target,
     comes before the hypercalls it makes)."""
-    out = []
-    for ev in hv.drain_events():
-        if ev.kind in MEMORY_OP_KINDS:
-            gfns = np.asarray(ev.gfns if ev.gfns is not None else (), dtype=np.int64)
-            out.append((1, MemoryOp(t=float(ev.t), op=ev.kind, nr=int(ev.nr), rc=int(ev.rc), gfns=gfns,
-                                    sites=tuple(ev.sites))))
-        elif ev.kind == "track_writes":
-            d = ev.detail
-            out.append((1, TrackedWrites(t=float(ev.t), gfns=np.asarray(ev.gfns, dtype=np.int64),
-                                         writes=d["writes"], first_s=d["first_s"], last_s=d["last_s"],
-                                         logged_s=d["logged_s"])))
+    out = [(1, e) for e in map(hypervisor_event, hv.drain_events()) if e is not None]
     if guest is not None:
-        out.extend((0, balloon_note(gev.t, gev.kind, gev.detail)) for gev in guest.drain_events())
+        out.extend((0, guest_event(gev)) for gev in guest.drain_events())
     out.sort(key=lambda item: (item[1].t, item[0]))     # stable: each side keeps its order
     for _side, ev in out:
         bus.publish(ev)

@@ -32,8 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from hypervisor.abi import MAX_BATCH_SIZE, PFINFO_HAS_DATA, PFINFO_POPULATE, P2MType, PFInfo, XenError
-from hypervisor.logdirty import sorted_unique
-from hypervisor.p2m import CHUNK_BITS, chunk_pieces
+from hypervisor.runs import CHUNK_BITS, chunk_pieces, sorted_unique
 from hypervisor.tables import batch_totals, known_run, lookup
 
 from migrate.stream.format import REC_TYPE_OPTIONAL, RecType, StreamError, TscInfo

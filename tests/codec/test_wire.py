@@ -85,17 +85,24 @@ def test_every_message_type_round_trips(name):
 
 
 def test_hypervisor_and_guest_events_round_trip():
-    from guest.guest import GuestEvent
-    from hypervisor.domain import HypervisorEvent
+    from guest.events import BalloonDirection, BalloonPagesMoved, BalloonStall
+    from hypervisor.abi import (DomainStateChanged, LogDirtyOp, LogDirtyOpServed, MemoryOpKind, MemoryOpServed,
+                                SchedOp, TrackedWritesSeen)
 
-    for msg in (HypervisorEvent(t=1.5, kind="populate_physmap", nr=512, rc=512, gfns=G),
-                HypervisorEvent(t=1.5, kind="suspend", nr=0, rc=0, gfns=None),
-                GuestEvent(t=3.0, kind="balloon_inflate", detail={"pages": 512, "current_pages": 200000})):
+    for msg in (MemoryOpServed(t=1.5, kind=MemoryOpKind.POPULATE_PHYSMAP, nr=512, rc=512, gfns=G),
+                DomainStateChanged(t=1.5, kind=SchedOp.SUSPEND),
+                LogDirtyOpServed(t=2.0, kind=LogDirtyOp.CLEAN, pages=1 << 20, rc=77),
+                TrackedWritesSeen(t=2.5, gfns=G[:3], writes=np.ones(3, np.int64), first_s=np.zeros(3),
+                                  last_s=np.ones(3), logged_s=np.array([0.5, 1.0, 0.75])),
+                BalloonPagesMoved(t=3.0, current_pages=200000, target_pages=100000,
+                                  direction=BalloonDirection.INFLATE, pages=512, batches=2),
+                BalloonStall(t=3.5, current_pages=1, target_pages=2, op=MemoryOpKind.POPULATE_PHYSMAP,
+                             requested=5, done=1, rc=None, reason="no ballooned pages left")):
         assert same(wire.roundtrip(msg), msg)
 
 
 def test_shadow_op_result_carries_the_bitmap_as_pfns():
-    from hypervisor.domain import ShadowOpResult
+    from hypervisor.abi import ShadowOpResult
     from hypervisor.logdirty import DirtyBitmap
 
     pfns = np.array([0, 3, 64, 32767, 32768, 0x3FFFF], dtype=np.int64)

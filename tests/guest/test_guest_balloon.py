@@ -146,8 +146,8 @@ def test_failed_populate_leaves_the_balloon_where_it_is_and_says_so():
     assert g.current_pages == 16384 - 2048 + 700
     stalls = [e for e in g.drain_events() if e.kind == "balloon_stalled"]
     assert len(stalls) == 1
-    assert stalls[0].detail["op"] == "populate_physmap" and stalls[0].detail["requested"] == 512
-    assert stalls[0].detail["done"] == 188 and stalls[0].detail["rc"] == 188
+    assert stalls[0].op == "populate_physmap" and stalls[0].requested == 512
+    assert stalls[0].done == 188 and stalls[0].rc == 188
     n_pop = sum(isinstance(o, PopulatePhysmap) for o in d.ops)
     d.run(0.9, 0.99)                       # stalled: no retry until a new target
     assert sum(isinstance(o, PopulatePhysmap) for o in d.ops) == n_pop
@@ -162,7 +162,7 @@ def test_failed_decrease_keeps_the_pages_xen_did_not_take():
     d.run(0, 0.5)
     assert g.current_pages == 16384 - 600 and int(g.owned.sum()) == 16384 - 600
     ev = [e for e in g.drain_events() if e.kind == "balloon_stalled"]
-    assert ev[0].detail["op"] == "decrease_reservation" and ev[0].detail["done"] == 88
+    assert ev[0].op == "decrease_reservation" and ev[0].done == 88
 
 
 def test_inflate_takes_pages_from_its_region_only():
@@ -172,7 +172,7 @@ def test_inflate_takes_pages_from_its_region_only():
     assert g.current_pages == 16384 - 4096                  # the region held only 16 MiB
     gone = np.flatnonzero(~g.owned)
     assert gone.min() == 4096 and gone.max() == 8191
-    assert [e.detail.get("reason", "") for e in g.drain_events() if e.kind == "balloon_stalled"][0].startswith(
+    assert [e.reason for e in g.drain_events() if e.kind == "balloon_stalled"][0].startswith(
         "no owned pages left")
 
 
@@ -201,7 +201,7 @@ def test_pod_boot_inflates_to_memory_before_the_first_write():
     assert g.current_pages == 8192
     touched = np.unique(np.concatenate([o.gfns for o in d.ops if isinstance(o, MemoryWrites)]))
     assert touched.size <= lay.pod_cache_pages
-    assert g.drain_events()[0].detail["reason"].startswith("boot")
+    assert g.drain_events()[0].reason.startswith("boot")
 
 
 def test_a_256gib_guest_stays_compact():

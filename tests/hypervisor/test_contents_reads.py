@@ -88,7 +88,7 @@ def test_writing_contents_stores_what_the_frame_by_frame_write_stores():
     for i, g in enumerate((np.arange(100, 100 + GET_BLOCK), ram[ram > CHUNK - 12000][:30000],
                            rng.permutation(ram)[:9000], ram[:10])):
         tok = np.arange(g.size, dtype=np.uint64) + np.uint64(1000 * i + 1)
-        fast._write_contents(g, tok)
+        fast.domain.write_contents(g, tok)
         ref.frames.write(ref.p2m.mfns.get(g), tok)
         assert np.array_equal(fast.contents(ram), ref.contents(ram))
     frames = fast.frames

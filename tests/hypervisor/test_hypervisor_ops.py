@@ -231,7 +231,7 @@ def test_paused_suspended_and_walk_window_skip_guest_time():
 def test_the_last_write_to_a_gfn_wins(hi):
     """guest_write and the restorer's write_pages keep, per GFN, the last token written
     (radix passes, the packed-key sort and the stable argsort all give its order)."""
-    from hypervisor.domain import _last_wins
+    from hypervisor.runs import last_wins as _last_wins
     from hypervisor.tables import stable_order as _stable_order
 
     rng = np.random.default_rng(hi)

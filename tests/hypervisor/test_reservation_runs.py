@@ -27,13 +27,19 @@ def one_by_one(call, gfns, sizes):
     return out
 
 
+def _plain(v):
+    """An event's field as plain values (arrays as lists, effects as tuples of them)."""
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, tuple):
+        return tuple(_plain(x) for x in v)
+    if dataclasses.is_dataclass(v):
+        return (type(v).__name__,) + tuple(_plain(getattr(v, f.name)) for f in dataclasses.fields(v))
+    return v
+
+
 def events_of(hv):
-    rows = []
-    for e in hv.drain_events():
-        sites = [tuple(np.asarray(v).tolist() if isinstance(v, np.ndarray) else v
-                       for v in dataclasses.astuple(s)) for s in e.sites]
-        rows.append((e.t, e.kind, e.nr, e.rc, None if e.gfns is None else e.gfns.tolist(), sites))
-    return rows
+    return [_plain(e) for e in hv.drain_events()]
 
 
 def state_of(hv, span=160):

@@ -103,9 +103,9 @@ def test_run_start_names_only_large_contiguous_runs():
 
 
 def test_a_domain_built_and_refilled_in_runs_holds_what_per_entry_sets_hold(monkeypatch):
-    # The builder's and the restore's steps through Hypervisor._set_frames, against the
+    # The builder's and the restore's steps through physmap.set_frames, against the
     # same domain with the run paths switched off.
-    import hypervisor.domain as domain
+    import hypervisor.physmap as physmap
 
     def build_and_restore():
         hv = Hypervisor(host_frames=3 * CHUNK)
@@ -116,7 +116,7 @@ def test_a_domain_built_and_refilled_in_runs_holds_what_per_entry_sets_hold(monk
         return hv
 
     fast = build_and_restore()
-    monkeypatch.setattr(domain, "run_start", lambda idx: None)
+    monkeypatch.setattr(physmap, "run_start", lambda idx: None)
     ref = build_and_restore()
     idx = np.arange(0, 3 * CHUNK)
     ft, fm = fast.p2m.get(idx)

@@ -2,8 +2,9 @@
 
 import numpy as np
 
-import hypervisor.p2m as p2m
-from hypervisor.p2m import CHUNK, ChunkedArray
+import hypervisor.chunked as p2m
+from hypervisor.chunked import ChunkedArray
+from hypervisor.runs import CHUNK
 
 
 def test_a_run_written_into_new_rows_prefaults_exactly_their_written_parts(monkeypatch):
