@@ -24,11 +24,10 @@ from typer.testing import CliRunner
 
 from migrate.cli.main import app
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.xmig_process import ROOT, TTY_ENV, one_error_line, xmig, xmig_popen
+
 BALLOON = ROOT / "examples" / "balloon.yaml"
 
-# Rich decides "terminal or not" from these too; keep them out so output is the piped kind.
-_TTY_ENV = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "CLICOLOR_FORCE")
 
 SMALL = """\
 name: small
@@ -82,7 +81,7 @@ migration:
 def cli(*args: str, cwd: Path | None = None):
     """Invoke the app in-process; stdout and stderr are kept apart."""
     runner = CliRunner()
-    env = {k: None for k in _TTY_ENV}
+    env = {k: None for k in TTY_ENV}
     if cwd is None:
         return runner.invoke(app, [str(a) for a in args], env=env, catch_exceptions=False)
     old = os.getcwd()
@@ -93,26 +92,6 @@ def cli(*args: str, cwd: Path | None = None):
         os.chdir(old)
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _TTY_ENV}
-    env["PYTHONUNBUFFERED"] = "1"
-    env["COLUMNS"] = "100"
-    return env
-
-
-def xmig(*args: str, timeout: float = 30, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """``python -m migrate ARGS`` as a real process, stdout piped."""
-    return subprocess.run([sys.executable, "-m", "migrate", *[str(a) for a in args]],
-                          capture_output=True, text=True, timeout=timeout, env=_env(),
-                          cwd=cwd or ROOT)
-
-
-def popen(*args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "migrate", *[str(a) for a in args]],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
-                            cwd=ROOT, **kw)
-
-
 def stop(proc: subprocess.Popen) -> None:
     """Kill a subprocess this test started (and reap it), if it is still running."""
     if proc.poll() is None:
@@ -121,15 +100,6 @@ def stop(proc: subprocess.Popen) -> None:
         proc.communicate(timeout=5)
     except (subprocess.TimeoutExpired, ValueError):
         pass
-
-
-def one_error_line(stderr: str) -> str:
-    """The whole of stderr must be one ``xmig: error:`` line, without a traceback."""
-    assert "Traceback" not in stderr
-    lines = [ln for ln in stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("xmig: error: "), stderr
-    return lines[0]
 
 
 def closed_port() -> tuple[socket.socket, int]:
@@ -521,7 +491,7 @@ def test_debug_shows_the_traceback_and_keeps_exit_2(files):
 def test_receive_and_run_over_tcp_subprocesses(files, tmp_path):
     port = free_port()
     dest_json, src_json = tmp_path / "dest.json", tmp_path / "src.json"
-    receiver = popen("receive", "--listen", f"127.0.0.1:{port}", "--report", dest_json, "--timeout", "20")
+    receiver = xmig_popen("receive", "--listen", f"127.0.0.1:{port}", "--report", dest_json, "--timeout", "20")
     try:
         ready = receiver.stdout.readline()     # printed once the socket listens
         assert f"Ready to receive domain on 127.0.0.1:{port}" in ready, (ready, receiver.stderr.read())
@@ -552,7 +522,7 @@ def test_receive_times_out_without_a_sender():
 
 
 def test_ctrl_c_while_receive_waits_exits_130():
-    proc = popen("receive", "--listen", "127.0.0.1:0", start_new_session=True)
+    proc = xmig_popen("receive", "--listen", "127.0.0.1:0", start_new_session=True)
     try:
         assert "Ready to receive domain" in proc.stdout.readline()
         proc.send_signal(signal.SIGINT)
@@ -566,7 +536,7 @@ def test_ctrl_c_while_receive_waits_exits_130():
 @pytest.mark.parametrize("scenario,speed,wait", [("slow", "2", 0.6), ("big", "max", 0.2)], ids=["speed-2", "speed-max"])
 def test_ctrl_c_aborts_the_migration_and_the_source_resumes(files, tmp_path, scenario, speed, wait):
     rep_path = tmp_path / "ab.json"
-    proc = popen("run", "--guest", files / f"{scenario}.yaml", "--no-dashboard", "--speed", speed,
+    proc = xmig_popen("run", "--guest", files / f"{scenario}.yaml", "--no-dashboard", "--speed", speed,
                  "--report", rep_path, start_new_session=True)
     try:
         # Wait until the migration is under way (the signal handler is in place by then).

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.xmig_process import xmig_popen
 
 
 @pytest.mark.parametrize("args", [["schema"], ["run", "--guest", "examples/idle.yaml", "--no-dashboard"]])
 def test_a_reader_that_closes_the_pipe_gets_no_error_line_or_traceback(args):
-    proc = subprocess.Popen([sys.executable, "-m", "migrate", *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = xmig_popen(*args, text=False)
     proc.stdout.close()                    # the reader went away before the first line
     err = proc.stderr.read().decode()
     rc = proc.wait(timeout=120)

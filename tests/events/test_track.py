@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,6 +13,7 @@ from migrate.events import EventBus
 from migrate.run.runner import RunOptions, run_scenario
 from migrate.run.scenario import load_scenario
 from tests.hv_helpers import a, clean, make_hv
+from tests.xmig_process import xmig
 
 
 def sites(**over):
@@ -130,25 +129,22 @@ def test_explain_tells_a_ballooned_page_s_life(logs, example, behaviour, expecte
     add at guest_physmap_add_entry does not mark it, so it ends missing (balloon.yaml,
     never sent) or stale (balloon-stale.yaml, sent in pass 1 before the balloon moved)."""
     path = logs(example, behaviour)
-    out = subprocess.run([sys.executable, "-m", "migrate", "explain", str(path), "--gfn", "0x30060"],
-                         capture_output=True, text=True, timeout=60)
+    out = xmig("explain", path, "--gfn", "0x30060")
     assert out.returncode == 0, out.stderr
     assert out.stdout.rstrip("\n") == expected
 
 
 def test_explain_of_an_untracked_gfn_says_what_it_cannot_know(logs):
     path = logs("balloon", "pre-fix")
-    out = subprocess.run([sys.executable, "-m", "migrate", "explain", str(path), "--gfn", "196705"],
-                         capture_output=True, text=True, timeout=60)
+    out = xmig("explain", path, "--gfn", "196705")
     assert out.returncode == 0
     assert out.stdout.startswith("note: GFN 0x30061 was not tracked")
     assert "P2M remove by p2m_remove_page" in out.stdout and "destination:" not in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "migrate", "explain", str(path), "--gfn", "lots"],
-                         capture_output=True, text=True, timeout=60)
+    bad = xmig("explain", path, "--gfn", "lots")
     assert bad.returncode == 2 and bad.stderr.startswith("xmig: error: --gfn: expected a GFN")
 
 
-def test_record_then_replay_prints_the_same_lines_and_summary(tmp_path):
+def test_record_then_replay_prints_the_same_lines_and_summary(recorded_run):
     """What `xmig run --no-dashboard` printed is what `xmig replay` prints, and the
     report rebuilt from the log equals the live report (wall time aside, it is recorded)."""
     import json
@@ -157,15 +153,11 @@ def test_record_then_replay_prints_the_same_lines_and_summary(tmp_path):
     from migrate.run.report import build_report
     from migrate.run.runner import result_from_events
 
-    ev, rep = tmp_path / "run.events", tmp_path / "run.json"
-    run = subprocess.run([sys.executable, "-m", "migrate", "run", "--guest", "examples/balloon.yaml", "-b",
-                          "pre-fix", "--no-dashboard", "--record", str(ev), "--track", "196704",
-                          "--report", str(rep)], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 1, run.stderr          # pre-fix: missing pages
-    replay = subprocess.run([sys.executable, "-m", "migrate", "replay", str(ev), "--no-dashboard"],
-                            capture_output=True, text=True, timeout=120)
+    ev, rep = recorded_run.events, recorded_run.report
+    assert recorded_run.returncode == 1 and recorded_run.tracked == 196704     # pre-fix: missing pages
+    replay = xmig("replay", ev, "--no-dashboard")
     assert replay.returncode == 1, replay.stderr
-    assert replay.stdout == run.stdout
+    assert replay.stdout == recorded_run.stdout
     assert "GFN 196704 (0x30060):" in replay.stdout
     log = read_event_log(ev)
     assert log.header["behaviour"] == "pre-fix" and log.header["tracked"] == [196704]

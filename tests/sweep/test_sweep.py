@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,9 +20,7 @@ from migrate.sweep.results import read_part, read_results
 from migrate.sweep.spec import SCHEMA_PATH, SweepError, load_sweep, sweep_json_schema
 from migrate.sweep.stats import group_by, t95
 
-from tests.cli.test_cli import _env, one_error_line
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.xmig_process import ROOT, one_error_line, xmig, xmig_popen
 
 TINY = """\
 name: tiny
@@ -49,11 +46,6 @@ axes:
   migration.xen_behaviour: [fixed, pre-fix]
   seed: {range: [1, 3]}
 """
-
-
-def xmig(*args, timeout: float = 120, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "migrate", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=_env(), cwd=cwd)
 
 
 @pytest.fixture
@@ -302,8 +294,7 @@ def _children(pid: int) -> list[int]:
 def test_resume_after_ctrl_c_gives_the_same_file_as_one_uninterrupted_run(reference: dict, study: Path, tmp_path: Path):
     out = tmp_path / "r.parquet"
     part = Path(str(out) + ".part")
-    proc = subprocess.Popen([sys.executable, "-m", "migrate", "sweep", str(study), "--out", str(out), "-j", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
+    proc = xmig_popen("sweep", study, "--out", out, "-j", "1")
     try:
         _wait_rows(part, 5, proc)
         proc.send_signal(signal.SIGINT)
@@ -324,8 +315,7 @@ def test_resume_after_ctrl_c_gives_the_same_file_as_one_uninterrupted_run(refere
 
 def test_a_local_worker_killed_mid_sweep_is_replaced(reference: dict, study: Path, tmp_path: Path):
     out = tmp_path / "r.csv"
-    proc = subprocess.Popen([sys.executable, "-m", "migrate", "sweep", str(study), "--out", str(out), "-j", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
+    proc = xmig_popen("sweep", study, "--out", out, "-j", "2")
     try:
         _wait_rows(Path(str(out) + ".part"), 3, proc)
         workers = _children(proc.pid)

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from migrate.sweep.results import read_part, read_results
-from tests.sweep.test_sweep import SWEEP, TINY, ROOT, _env, one_error_line, xmig
+from tests.sweep.test_sweep import SWEEP, TINY
+from tests.xmig_process import ROOT, one_error_line, xmig, xmig_env, xmig_popen
 
 pytest.importorskip("distributed")
 
@@ -33,7 +34,7 @@ def _dask(*args: str, log: Path) -> subprocess.Popen:
     # The `dask` console script of this interpreter's environment.
     exe = Path(sys.executable).with_name("dask")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "dask"]
-    return subprocess.Popen(cmd + list(args), stdout=log.open("w"), stderr=subprocess.STDOUT, env=_env(),
+    return subprocess.Popen(cmd + list(args), stdout=log.open("w"), stderr=subprocess.STDOUT, env=xmig_env(),
                             cwd=ROOT, start_new_session=True)
 
 
@@ -98,9 +99,7 @@ def test_a_dask_cluster_gives_the_local_engines_file_even_when_a_worker_dies(clu
     # Again, killing one of the two workers once the sweep is under way: the scheduler
     # gives its runs to the other, and the file is still the same.
     again = tmp_path / "again.parquet"
-    proc = subprocess.Popen([sys.executable, "-m", "migrate", "sweep", str(study), "--out", str(again),
-                             "--scheduler", cluster.address],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
+    proc = xmig_popen("sweep", study, "--out", again, "--scheduler", cluster.address)
     try:
         part = Path(str(again) + ".part")
         end = time.monotonic() + 60

@@ -277,11 +277,9 @@ def test_the_balloon_caption_says_what_the_call_site_did(behaviour, says):
 
 
 def test_compare_table_explains_why_pre_fix_looks_cheaper():
-    import subprocess
-    import sys
+    from tests.xmig_process import xmig
 
-    out = subprocess.run([sys.executable, "-m", "migrate", "compare", "--guest", str(EX / "balloon.yaml")],
-                         capture_output=True, text=True, timeout=120)
+    out = xmig("compare", "--guest", EX / "balloon.yaml")
     text = " ".join(out.stdout.split())
     assert "pre-fix looks cheaper (85,645 fewer data pages" in text
     assert "because it skipped pages: 44,868 never reached the destination (missing)" in text

@@ -12,27 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-_TTY_ENV = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "CLICOLOR_FORCE")
-
-
-def xmig(*args, cwd: Path | None = None, timeout: float = 60, env_extra: dict | None = None,
-         input: str | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in _TTY_ENV and k != "XMIG_ALLOW_POLICY"}
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "migrate", *[str(a) for a in args]], capture_output=True,
-                          text=True, timeout=timeout, env=env, cwd=cwd or ROOT, input=input)
-
-
-def one_error_line(res: subprocess.CompletedProcess, *needles: str) -> str:
-    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("xmig: error: "), res.stderr
-    assert "Traceback" not in res.stderr + res.stdout
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
+from tests.xmig_process import ROOT, TTY_ENV, usage_error, xmig, xmig_popen
 
 
 # --------------------------------------------------------------------------- policies: no code
@@ -51,7 +31,7 @@ def test_a_scenario_naming_code_is_refused_at_load_and_leaves_no_marker(tmp_path
         "guest: {memory: 16MiB}\n"
         f"migration: {{start: 10ms, policy: '{policy}', policy_params: {params.replace('MARKER', str(marker))}}}\n")
     res = xmig(command, "--guest", "evil.yaml", cwd=tmp_path)
-    one_error_line(res, "evil.yaml: migration.policy: unknown policy", "--allow-policy")
+    usage_error(res, "evil.yaml: migration.policy: unknown policy", "--allow-policy")
     assert not marker.exists()
 
 
@@ -61,7 +41,7 @@ def test_an_enabled_class_or_builtin_is_still_never_called(tmp_path):
         "guest: {memory: 16MiB}\n"
         f"migration: {{policy: 'subprocess:Popen', policy_params: {{args: 'touch {marker}', shell: true}}}}\n")
     res = xmig("run", "--guest", "evil.yaml", "--allow-policy", "subprocess:Popen", cwd=tmp_path)
-    one_error_line(res, "not a Python function")
+    usage_error(res, "not a Python function")
     assert not marker.exists()
 
 
@@ -101,7 +81,7 @@ def test_report_onto_a_device_node_is_refused_and_the_node_stays(tmp_path, small
     except (PermissionError, OSError) as e:
         pytest.skip(f"cannot mknod here: {e}")
     res = xmig("run", "--guest", small, "--report", node, "--no-dashboard")
-    one_error_line(res, "--report", "is a device node")
+    usage_error(res, "--report", "is a device node")
     assert stat.S_ISCHR(os.stat(node).st_mode)
 
 
@@ -112,7 +92,7 @@ def test_stream_or_csv_onto_a_fifo_is_refused(tmp_path, small):
     os.mkfifo(fifo)
     for opt in ("--stream", "--csv"):
         res = xmig("run", "--guest", small, opt, fifo, "--no-dashboard")
-        one_error_line(res, opt, "is a FIFO")
+        usage_error(res, opt, "is a FIFO")
         assert stat.S_ISFIFO(os.stat(fifo).st_mode)
 
 
@@ -127,7 +107,7 @@ def test_outputs_are_checked_before_the_run(tmp_path, small, args, needle):
     args = [str(small) if a == "SCEN" else a for a in args]
     before = small.read_text()
     res = xmig("run", "--guest", small, *args, "--no-dashboard", cwd=tmp_path)
-    one_error_line(res, needle)
+    usage_error(res, needle)
     assert res.stdout == ""                       # nothing ran
     assert small.read_text() == before
     assert not list(tmp_path.glob(".*"))          # no hidden temporary file
@@ -136,7 +116,7 @@ def test_outputs_are_checked_before_the_run(tmp_path, small, args, needle):
 def test_a_hard_link_to_the_scenario_is_the_same_file(tmp_path, small):
     os.link(small, tmp_path / "alias.json")
     res = xmig("compare", "--guest", small, "--report", tmp_path / "alias.json")
-    one_error_line(res, "is also the scenario file")
+    usage_error(res, "is also the scenario file")
     assert small.read_text() == SMALL
 
 
@@ -213,11 +193,9 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
     scen = tmp_path / "slow.yaml"
     scen.write_text("name: slow\nguest: {memory: 256MiB, workloads: [{kind: uniform, rate: 1MiB/s}]}\n"
                     "link: {bandwidth: 50Mbit/s}\nmigration: {start: 100ms}\n")
-    env = {k: v for k, v in os.environ.items() if k not in _TTY_ENV}
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        proc = subprocess.Popen([sys.executable, "-m", "migrate", "run", "--guest", scen, "--no-dashboard",
-                                 "--speed", "4", "--report", tmp_path / "r.json", "--stream", tmp_path / "s.xmig"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+        proc = xmig_popen("run", "--guest", scen, "--no-dashboard", "--speed", "4", "--report", tmp_path / "r.json",
+                          "--stream", tmp_path / "s.xmig", cwd=tmp_path)
         try:
             assert proc.stdout.readline().startswith("xmig: scenario slow")
             proc.send_signal(sig)
@@ -262,9 +240,7 @@ class Receiver:
     def __init__(self, *args, cwd=None):
         import re
 
-        env = {k: v for k, v in os.environ.items() if k not in _TTY_ENV}
-        self.proc = subprocess.Popen([sys.executable, "-m", "migrate", "receive", "--listen", "127.0.0.1:0", *map(str, args)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+        self.proc = xmig_popen("receive", "--listen", "127.0.0.1:0", *args, cwd=cwd)
         line = self.proc.stdout.readline()
         m = re.search(r":(\d+)\.$", line.strip())
         assert m, (line, self.proc.stderr.read() if self.proc.poll() is not None else "")
@@ -410,7 +386,7 @@ def run_inproc(*args, cwd=None):
     if cwd is not None:
         os.chdir(cwd)
     try:
-        return CliRunner().invoke(app, [str(a) for a in args], env={k: None for k in _TTY_ENV})
+        return CliRunner().invoke(app, [str(a) for a in args], env={k: None for k in TTY_ENV})
     finally:
         os.chdir(old)
 
@@ -484,7 +460,7 @@ def test_special_files_are_refused_as_scenario_trace_and_stream(tmp_path, specia
     (tmp_path / "t.yaml").write_text(f"guest: {{memory: 16MiB, workloads: [{{kind: trace, path: '{special}'}}]}}\n")
     one_line_inproc(run_inproc("run", "--guest", tmp_path / "t.yaml"), "guest.workloads[0].path")
     res = xmig("inspect", special, timeout=20)
-    one_error_line(res, "expected a regular stream file")
+    usage_error(res, "expected a regular stream file")
 
 
 def _trace(tmp_path, name, content) -> Path:
@@ -575,7 +551,7 @@ def test_usage_errors_from_typer_are_one_line():
     for args, needle in ((["run"], "Missing option '--guest'"), (["run", "--guest", "x", "--seed", "abc"], "--seed"),
                          (["frobnicate"], "No such command")):
         res = xmig(*args)
-        line = one_error_line(res, needle)
+        line = usage_error(res, needle)
         assert "--help" in line and "╭" not in res.stderr
 
 

@@ -9,8 +9,6 @@ import dataclasses
 import json
 import os
 import struct
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
@@ -21,33 +19,17 @@ from migrate.events import log as el
 from migrate import events as E
 from migrate.codec import wire
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.xmig_process import ROOT, usage_error, xmig
+
 BALLOON = ROOT / "examples" / "balloon.yaml"
 TRACKED = 196704
 
 
-def xmig(*args, cwd=None, timeout=60):
-    return subprocess.run([sys.executable, "-m", "migrate", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, cwd=cwd, stdin=subprocess.DEVNULL)
-
-
-def assert_usage_error(p, *words):
-    assert p.returncode == 2, (p.returncode, p.stdout[-500:], p.stderr[-2000:])
-    assert "Traceback" not in p.stderr
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("xmig: error: "), p.stderr
-    for w in words:
-        assert w in lines[0], lines[0]
-
-
 @pytest.fixture(scope="module")
-def recorded(tmp_path_factory):
+def recorded(recorded_run):
     """A pre-fix balloon run (it misses pages) recorded with one tracked GFN."""
-    d = tmp_path_factory.mktemp("hostile")
-    path = d / "pre.events"
-    p = xmig("run", "-g", BALLOON, "-b", "pre-fix", "--record", path, "--track", TRACKED, "--no-dashboard")
-    assert p.returncode == 1, p.stderr
-    return path, el.read_event_log(path)
+    assert recorded_run.tracked == TRACKED
+    return recorded_run.events, el.read_event_log(recorded_run.events)
 
 
 def _write(path, header, events, raw_frames=()):
@@ -126,18 +108,18 @@ def test_edited_recording_is_refused_not_replayed(recorded, tmp_path, name):
     header, events = build(dict(log.header), list(log.events))
     bad = _write(tmp_path / f"{name}.events", header, events)
     p = xmig("replay", "--no-dashboard", bad, timeout=30)
-    assert_usage_error(p, str(bad), *words)
+    usage_error(p, str(bad), *words)
 
 
 def test_explain_refuses_a_forged_verdict_and_a_deep_frame(recorded, tmp_path):
     _path, log = recorded
     forged = _write(tmp_path / "f.events", log.header,
                     _edit(log.events, E.VerifyDone, stats=E.VerifyStats(True, 0, 0, 0)))
-    assert_usage_error(xmig("explain", forged, "--gfn", TRACKED), "TrackedFinal")
+    usage_error(xmig("explain", forged, "--gfn", TRACKED), "TrackedFinal")
     head = b'{"v":' + b"[" * 100000 + b"]" * 100000 + b',"b":[]}'
     frame = wire.MAGIC + struct.pack("<BBHI", wire.PROTOCOL_VERSION, 0, 0, len(head)) + head
     deep = _write(tmp_path / "d.events", log.header, log.events[:1], raw_frames=[frame])
-    assert_usage_error(xmig("explain", deep, "--gfn", TRACKED), "bad record")
+    usage_error(xmig("explain", deep, "--gfn", TRACKED), "bad record")
 
 
 def test_the_untouched_recording_still_replays_with_its_verdict(recorded):
@@ -153,7 +135,7 @@ def test_a_fifo_a_device_or_a_directory_is_refused_at_once(tmp_path):
     os.mkfifo(fifo)
     for target, what in ((fifo, "a FIFO"), (Path("/dev/zero"), "a device"), (tmp_path, "a directory")):
         p = xmig("replay", "--no-dashboard", target, timeout=20)
-        assert_usage_error(p, str(target), what)
+        usage_error(p, str(target), what)
 
 
 # ----------------------------------------------------------------------------- sweep files
@@ -178,18 +160,18 @@ BOMB = ("base: balloon.yaml\naxes:\n  seed: [&a [1,2,3,4,5,6,7,8,9], &b [*a,*a,*
 def test_hostile_sweep_file_is_refused_in_one_line(tmp_path, text, words):
     f = _sweep(tmp_path, text)
     p = xmig("sweep", f, "--out", tmp_path / "r.csv", timeout=30)
-    assert_usage_error(p, str(f), *words)
+    usage_error(p, str(f), *words)
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
 def test_sweep_refuses_fifos_for_the_sweep_file_its_base_and_its_part_file(tmp_path):
     os.mkfifo(tmp_path / "fifo.yaml")
-    assert_usage_error(xmig("sweep", tmp_path / "fifo.yaml", "--out", tmp_path / "r.csv", timeout=20), "a FIFO")
+    usage_error(xmig("sweep", tmp_path / "fifo.yaml", "--out", tmp_path / "r.csv", timeout=20), "a FIFO")
     f = _sweep(tmp_path, "base: fifo.yaml\naxes:\n  seed: [1, 2]\n")
-    assert_usage_error(xmig("sweep", f, "--out", tmp_path / "r.csv", timeout=20), "base:", "a FIFO")
+    usage_error(xmig("sweep", f, "--out", tmp_path / "r.csv", timeout=20), "base:", "a FIFO")
     f = _sweep(tmp_path, "base: balloon.yaml\naxes:\n  seed: [1]\n")
     os.mkfifo(tmp_path / "r.csv.part")
-    assert_usage_error(xmig("sweep", f, "--out", tmp_path / "r.csv", "--resume", timeout=20), "r.csv.part", "a FIFO")
+    usage_error(xmig("sweep", f, "--out", tmp_path / "r.csv", "--resume", timeout=20), "r.csv.part", "a FIFO")
 
 
 def test_sweep_out_never_overwrites_the_base_scenario(tmp_path):
@@ -197,7 +179,7 @@ def test_sweep_out_never_overwrites_the_base_scenario(tmp_path):
     base = tmp_path / "balloon.yaml"
     before = base.read_bytes()
     p = xmig("sweep", f, "--out", base, "--format", "csv")
-    assert_usage_error(p, "--out", "the base scenario")
+    usage_error(p, "--out", "the base scenario")
     assert base.read_bytes() == before
 
 
@@ -206,7 +188,7 @@ def test_resume_skips_garbage_lines_and_names_bad_axes_in_a_part_file(tmp_path):
     out = tmp_path / "r.csv"
     part = tmp_path / "r.csv.part"
     part.write_bytes(b'{"xmig_sweep_part":1,"axes":5}\n')
-    assert_usage_error(xmig("sweep", f, "--out", out, "--resume"), "r.csv.part", "axes")
+    usage_error(xmig("sweep", f, "--out", out, "--resume"), "r.csv.part", "axes")
     part.write_bytes(b'garbage\x00\xff{{{\n5\n[1]\n')
     p = xmig("sweep", f, "--out", out, "--resume")
     assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
