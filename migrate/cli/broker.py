@@ -48,7 +48,7 @@ TIMEOUT_OPT = typer.Option(DEFAULT_TIMEOUT, "--timeout",
                            help="Seconds without an answer before a peer counts as lost.")
 KEY_FILE_OPT = typer.Option(None, "--key-file", help=(
     "The run key (make one with `xmig keygen > run.key`); every actor of the run needs the same "
-    f"one. Or set {KEY_ENV}."))
+    f"one. Or set {KEY_ENV}. Refused when others may read it (chmod 600; or set XMIG_KEY_LOOSE_OK=1)."))
 INSECURE_OPT = typer.Option(False, "--insecure", help=(
     "Run without a run key: anyone on the broker can then fake this run's messages and results."))
 
@@ -58,14 +58,35 @@ def broker_config(broker: str, *, username: Optional[str] = None, password: Opti
                   timeout: float = DEFAULT_TIMEOUT, key_file: Optional[Path] = None,
                   insecure: bool = False) -> BrokerConfig:
     """The broker options of every command, checked (``TransportError`` when unusable),
-    with the run key (``--key-file``, else ``XMIG_RUN_KEY``; none only with ``insecure``)."""
+    with the run key (``--key-file``, else ``XMIG_RUN_KEY``; none only with ``insecure``).
+    An error never quotes a password given in the URL."""
+    import math
+
+    if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+        raise TransportError(f"--timeout: expected a positive, finite number of seconds, found {timeout}")
     try:
         key = load_key(key_file, insecure=insecure)
     except RunKeyError as exc:
         raise TransportError(str(exc)) from None
-    return parse_broker_url(broker, username=username, password=password,
-                            tls_ca=None if tls_ca is None else str(tls_ca), tls_insecure=tls_insecure,
-                            timeout=timeout, key=key, insecure=insecure)
+    try:
+        return parse_broker_url(broker, username=username, password=password,
+                                tls_ca=None if tls_ca is None else str(tls_ca), tls_insecure=tls_insecure,
+                                timeout=timeout, key=key, insecure=insecure)
+    except TransportError as exc:
+        raise TransportError(_without_password(str(exc), broker, password)) from None
+
+
+def _without_password(message: str, url: str, password: Optional[str]) -> str:
+    """``message`` with the user-info of ``url`` (``mqtt://user:PASS@host``) shown as
+    ``user:***`` and a ``--password`` value, should it be quoted, as ``***``."""
+    head, at, tail = url.rpartition("@")
+    if at and ":" in head.partition("://")[2]:
+        scheme, sep, info = head.partition("://")
+        user = info.partition(":")[0]
+        message = message.replace(url, f"{scheme}{sep}{user}:***@{tail}")
+    if password and len(password) >= 4:
+        message = message.replace(password, "***")
+    return message
 
 
 async def remote_run(scenario, opts, broker: str | BrokerConfig, run_id: str, bus=None, pacer=None, *,
@@ -104,12 +125,12 @@ def _echo(text: str) -> None:
 
 
 def _run_main(coro_fn) -> object:
-    """asyncio.run with Ctrl-C / SIGTERM cancelling the task (clean disconnect)."""
+    """asyncio.run with Ctrl-C, SIGTERM or SIGHUP cancelling the task (clean disconnect)."""
 
     async def main():
         loop = asyncio.get_running_loop()
         task = asyncio.ensure_future(coro_fn())
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             try:
                 loop.add_signal_handler(sig, task.cancel)
             except (NotImplementedError, RuntimeError):

@@ -660,8 +660,9 @@ cli_examples.register(app)  # ``xmig examples`` (the shipped scenarios)
 
 def main() -> None:
     from migrate.heap import keep_freed_arrays
-    from migrate.cli.common import reader_went_away
+    from migrate.cli.common import reader_went_away, stop_signals_interrupt
 
+    stop_signals_interrupt()     # SIGTERM and SIGHUP act as Ctrl-C from the first moment
     keep_freed_arrays()          # every xmig process: the run, the actors, a sweep's workers
     try:
         app()
