@@ -27,6 +27,9 @@ def init_worker(base: dict[str, Any], source: str, axes: list[str], quiet_sigint
 
     if quiet_sigint:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # a closed terminal is the parent's to handle too; SIGTERM is how it stops us
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _BASE.clear()
     _BASE.update(base=base, source=source, axes=axes)
 
