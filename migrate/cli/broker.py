@@ -33,7 +33,8 @@ from migrate.errors import TransportError
 from migrate.transport.base import DEFAULT_TIMEOUT
 from migrate.transport.mqtt import BrokerConfig, parse_broker_url
 from migrate.transport.runkey import KEY_ENV, RunKeyError, load_key, new_key_text
-from migrate.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError, _err_console, _guard
+from migrate.cli.common import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError, _err_console, _guard,
+                                recording_failed)
 
 BROKER_HELP = "MQTT broker URL: mqtt://HOST:PORT or mqtts://HOST:PORT (TLS)."
 RUN_HELP = "Run id: the actors of one migration share it (topics xmig/<run>/...)."
@@ -320,6 +321,8 @@ def register(app: typer.Typer) -> None:
         finally:
             if recorder is not None:
                 recorder.close()
+        if recording_failed(recorder):
+            raise typer.Exit(EXIT_USAGE)
         if outcome != "completed":
             _echo(f"run {run!r}: {outcome}")
         raise typer.Exit(EXIT_OK if outcome == "completed" else EXIT_FAILED)

@@ -41,6 +41,15 @@ def stop_signals_interrupt() -> None:
             signal.signal(sig, interrupt)
 
 
+def recording_failed(recorder, option: str = "--record") -> bool:
+    """Whether an ``EventRecorder`` had to stop (a full disk): then one line naming the
+    option, the file and what became of it (the run itself went on)."""
+    if recorder is None or recorder.error is None:
+        return False
+    _err_console().print(f"xmig: error: {option}: {recorder.error}")
+    return True
+
+
 def check_seconds(value: float, option: str = "--timeout") -> float:
     """A number of seconds given on the command line: positive and finite (``nan`` and
     ``inf`` are refused in one line, never carried into a timer)."""

@@ -103,6 +103,9 @@ class EventRecorder:
         self._pending: list[_events.Event] = []
         self._head_written = False
         self.events = 0
+        #: Why the recording stopped early (a full disk...), or None: the run goes on
+        #: without it and the caller names the file and the reason.
+        self.error: str | None = None
 
     @property
     def header(self) -> dict[str, Any]:
@@ -130,26 +133,51 @@ class EventRecorder:
     def __call__(self, ev: _events.Event) -> None:
         if self._fh is None:
             return
-        if not self._head_written:
-            if not isinstance(ev, _events.RunStarted):
-                self._pending.append(ev)
-                return
-            self._header.update(scenario=ev.scenario, seed=int(ev.seed), behaviour=ev.behaviour,
-                                sites=dict(ev.sites), policy=ev.policy, policy_params=ev.policy_params,
-                                tracked=[int(g) for g in ev.tracked])
-            self._write_header()
-        self._write(ev)
-        self._fh.flush()
+        try:
+            if not self._head_written:
+                if not isinstance(ev, _events.RunStarted):
+                    self._pending.append(ev)
+                    return
+                self._header.update(scenario=ev.scenario, seed=int(ev.seed), behaviour=ev.behaviour,
+                                    sites=dict(ev.sites), policy=ev.policy, policy_params=ev.policy_params,
+                                    tracked=[int(g) for g in ev.tracked])
+                self._write_header()
+            self._write(ev)
+            self._fh.flush()
+        except OSError as exc:
+            self._stop(exc)
 
     on_event = __call__
+
+    def _stop(self, exc: OSError) -> None:
+        """A write failed: stop recording. A file holding no whole event is removed;
+        one that does is kept, readable as a recording cut short."""
+        fh, self._fh = self._fh, None
+        try:
+            fh.close()
+        except OSError:
+            pass
+        kept = self._head_written and self.events > 1
+        if not kept:
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
+        self.error = (f"cannot write {self.path}: {exc.strerror or exc}; "
+                      + (f"the recording stops after about {self.events - 1} events (xmig replay reads "
+                         "it as cut short)" if kept else "the partial file was removed"))
 
     def close(self) -> None:
         if self._fh is None:
             return
-        if not self._head_written:
-            self._write_header()
-        self._fh.write(_REC_HEAD.pack(0, 0, 0))
-        self._fh.close()
+        try:
+            if not self._head_written:
+                self._write_header()
+            self._fh.write(_REC_HEAD.pack(0, 0, 0))
+            self._fh.close()
+        except OSError as exc:
+            self._stop(exc)
+            return
         self._fh = None
 
     def __enter__(self) -> EventRecorder:
