@@ -8,6 +8,7 @@ one row in the results (``migrate.sweep.results``). ``register(app)`` adds the c
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -50,6 +51,9 @@ class _Bar:
         self._t0 = 0.0
         self._last = 0.0
         self._ran = 0
+
+    def planning(self, text: str) -> None:
+        print(f"xmig sweep: planning: {text}", file=sys.stderr, flush=True)
 
     def start(self, total: int, done: int) -> None:
         self.total, self.done, self._t0 = total, done, time.perf_counter()
@@ -116,13 +120,26 @@ def register(app: typer.Typer) -> None:
         summary: Optional[str] = typer.Option(None, "--summary", help="Print METRIC grouped by this axis: mean, min, max, 95% interval."),
         metric: str = typer.Option("missing", "--metric", help="The outcome --summary and --plot show (missing, stale, data_pages, downtime_s, ...)."),
         plot: Optional[Path] = typer.Option(None, "--plot", help="Draw METRIC against the --summary axis (or the first axis), one line per behaviour or policy (PNG; needs matplotlib)."),
+        allow_policy: Optional[list[str]] = typer.Option(
+            None, "--allow-policy", metavar="MODULE:FUNCTION",
+            help="Enable your own policy function for the sweep's runs (repeatable), as xmig run does; "
+                 "local workers inherit it, Dask workers need $XMIG_ALLOW_POLICY set where they run."),
     ) -> None:
         from rich.console import Console
 
         from migrate.sweep import engines, results, session, spec, stats
+        from migrate.toolstack.policy import ALLOW_ENV, PolicyError, allowed_policies
 
+        bar = _Bar(Console(stderr=True), str(file))
         try:
-            plan = spec.load_sweep(file)
+            try:
+                allowed = allowed_policies(allow_policy or ())
+            except PolicyError as exc:
+                raise UsageError(str(exc)) from None
+            plan = spec.load_sweep(file, allowed=allowed, tick=spec.Ticker(bar.planning))
+            bar.label = plan.name
+            if allowed:
+                os.environ[ALLOW_ENV] = ",".join(sorted(allowed))   # inherited by the local workers
             form = results.format_of(out, fmt)
             if form == "parquet":
                 results.require_parquet()
@@ -148,14 +165,25 @@ def register(app: typer.Typer) -> None:
                 raise UsageError("--workers is for local runs; a Dask cluster has the workers its "
                                  "'dask worker' processes started")
             if scheduler is not None:
-                engines.dask_client(scheduler).close()    # unreachable: one line now, not later
+                from migrate.sweep.scheduler import SchedulerError, check_scheduler
+
+                try:
+                    check_scheduler(scheduler)            # not a scheduler: one line in seconds
+                except SchedulerError as exc:
+                    raise UsageError(str(exc)) from None
+                try:
+                    engines.dask_client(scheduler).close()    # unreachable: one line now, not later
+                except engines.EngineError:
+                    raise
+                except Exception as exc:   # dask's own (a tls:// address without TLS settings...)
+                    raise UsageError(f"--scheduler: {scheduler}: {type(exc).__name__}: "
+                                     f"{' '.join(str(exc).split())[:160]}") from None
                 engine = lambda pts: engines.dask_rows(plan, pts, scheduler)  # noqa: E731
             else:
                 n = workers or engines.default_workers()
                 engine = lambda pts: engines.local_rows(plan, pts, n)  # noqa: E731
             # piped: wide enough that the summary table never wraps its numbers
             console = Console() if Console().is_terminal else Console(width=200)
-            bar = _Bar(Console(stderr=True), plan.name)
             outcome = session.run_sweep(plan, out, form, engine, resume=resume, progress=bar)
         except (spec.SweepError, results.ResultsError, engines.EngineError, stats.StatsError) as exc:
             raise UsageError(str(exc)) from None
