@@ -430,7 +430,9 @@ def plan_sweep(model: SweepFile, file: str, raw: dict | None = None, *, allowed:
         base = model.base
         base_source = file
     if not isinstance(base, dict):
-        raise SweepError(f"{base_source}: expected a scenario mapping with a guest: section, found {_describe(base)}")
+        # described, never quoted: base: may point at the wrong file (a password file)
+        raise SweepError(f"{base_source}: expected a scenario mapping with a guest: section, found "
+                         f"{_shape_of(base)} (base: of {file})")
     if "name" not in base:
         base = {"name": model.name if not isinstance(model.base, str) else Path(base_source).stem, **base}
     _check_scenario(file, base, base_source, None, None, allowed)
@@ -513,6 +515,17 @@ def _check_scenario(file: str, data: dict, source: str, axis: str | None, value:
         if axis and msg.startswith(f"{source}: "):
             msg = prefix + msg[len(source) + 2:]
         raise SweepError(msg) from None
+
+
+def _shape_of(value: Any) -> str:
+    """What a parsed file holds, without its contents."""
+    if value is None:
+        return "an empty file"
+    if isinstance(value, str):
+        return f"one line of text ({len(value)} characters)" if "\n" not in value else "plain text"
+    if isinstance(value, list):
+        return f"a list of {len(value)} entries"
+    return f"a {type(value).__name__}"
 
 
 def _show(value: Any) -> str:
