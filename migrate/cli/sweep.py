@@ -25,8 +25,8 @@ SWEEP_HELP = (
     "cluster with --scheduler tcp://HOST:8786 (started with 'dask scheduler --port 8786' and "
     "'dask worker tcp://HOST:8786 --nworkers 2 --nthreads 1' on machines where xmig is "
     "installed). Rows are appended to OUT.part as runs finish; OUT is written in the sweep's "
-    "order at the end, or when interrupted (Ctrl-C). --resume skips runs already in OUT or "
-    "OUT.part. A run that fails (a combination the scenario rules refuse, an aborted "
+    "order at the end, or when interrupted (Ctrl-C, SIGTERM, SIGHUP). --resume skips runs already "
+    "in OUT or OUT.part (after checking every row is one of this sweep's runs). A run that fails (a combination the scenario rules refuse, an aborted "
     "migration) is a row with its error.\n\n"
     "Exit codes: 0 every run completed (pre-fix divergence is a result, not a failure); 1 some "
     "run did not complete (see its error column); 2 bad input (sweep file, option, "
@@ -190,7 +190,7 @@ def register(app: typer.Typer) -> None:
         failed = sum(r.get("outcome") != "completed" for r in outcome.rows)
         console.print(f"xmig sweep: {len(outcome.rows)} of {outcome.total} runs in {out} "
                       f"({outcome.skipped} kept from before, {outcome.ran} run now in {outcome.wall_s:.1f}s, "
-                      f"{failed} not completed)", markup=False, soft_wrap=True)
+                      f"{failed} not completed)", markup=False, emoji=False, soft_wrap=True)
         if outcome.error:
             from migrate.cli.common import _err_console
 
@@ -199,7 +199,7 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(EXIT_FAILED)
         if outcome.interrupted:
             console.print(f"xmig: interrupted: {out} holds the {len(outcome.rows)} runs finished so far; "
-                          "run again with --resume to finish the sweep", markup=False, soft_wrap=True)
+                          "run again with --resume to finish the sweep", markup=False, emoji=False, soft_wrap=True)
             raise typer.Exit(EXIT_INTERRUPTED)
         if summary is not None:
             console.print(stats.summary_table(outcome.rows, axis, metric))
