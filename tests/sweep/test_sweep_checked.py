@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from migrate.sweep.results import read_part, read_results
+from migrate.sweep.results import read_results
 from tests.sweep.test_sweep import SWEEP, TINY, _children, _wait_rows, xmig
 from tests.cli.test_cli import _env
 from tests.cli.test_hostile_input import one_error_line
