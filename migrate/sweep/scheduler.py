@@ -71,11 +71,11 @@ def check_scheduler(address: str, timeout: float = PROBE_TIMEOUT) -> None:
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except socket.timeout:
-        raise SchedulerError(f"{where}: no connection within {timeout:g} s (is 'dask scheduler' running "
-                             "there, and the port open?)") from None
+        raise SchedulerError(f"--scheduler: cannot reach the Dask scheduler at {address}: no connection "
+                             f"within {timeout:g} s (is 'dask scheduler' running there, and the port open?)") from None
     except OSError as exc:
-        raise SchedulerError(f"{where}: cannot connect: {exc.strerror or exc} (is 'dask scheduler' "
-                             "running there?)") from None
+        raise SchedulerError(f"--scheduler: cannot reach the Dask scheduler at {address}: "
+                             f"{exc.strerror or exc} (is 'dask scheduler' running there?)") from None
     try:
         sock.settimeout(timeout)
         if scheme == "tls":
