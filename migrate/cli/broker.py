@@ -3,7 +3,7 @@
 The project card's actors as separate processes through an MQTT broker (what the
 hosts of a Xen pool are to each other, with the broker standing in for the network):
 
-    xmig keygen > run.key                    # once; give the file to every actor
+    xmig keygen --out run.key                # once (mode 0600); give the file to every actor
     xmig hypervisor --broker mqtt://HOST:1883 --run demo --key-file run.key
     xmig guest      --broker mqtt://HOST:1883 --run demo --key-file run.key --guest examples/balloon.yaml
     xmig watch      --broker mqtt://HOST:1883 --run demo --key-file run.key
@@ -48,7 +48,7 @@ TLS_INSECURE_OPT = typer.Option(False, "--tls-insecure", help="Do not check the 
 TIMEOUT_OPT = typer.Option(DEFAULT_TIMEOUT, "--timeout",
                            help="Seconds without an answer before a peer counts as lost.")
 KEY_FILE_OPT = typer.Option(None, "--key-file", help=(
-    "The run key (make one with `xmig keygen > run.key`); every actor of the run needs the same "
+    "The run key (make one with `xmig keygen --out run.key`); every actor of the run needs the same "
     f"one. Or set {KEY_ENV}. Refused when others may read it (chmod 600; or set XMIG_KEY_LOOSE_OK=1)."))
 INSECURE_OPT = typer.Option(False, "--insecure", help=(
     "Run without a run key: anyone on the broker can then fake this run's messages and results."))
@@ -380,6 +380,9 @@ async def watch_run(cfg: BrokerConfig, run_id: str, *, console=None, live: bool 
 def main() -> None:
     """``python -m migrate.cli.broker hypervisor|guest|watch ...`` (the same commands as
     ``xmig``, for a tree whose ``xmig`` does not register them)."""
+    from migrate.cli.common import stop_signals_interrupt
+
+    stop_signals_interrupt()
     app = typer.Typer(name="xmig", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
     register(app)
     app()

@@ -119,7 +119,7 @@ def load_key(key_file: str | os.PathLike | None = None, *, insecure: bool = Fals
             return None
         raise RunKeyError(
             "no run key: anyone on the broker could fake this run's messages. Make one with "
-            "`xmig keygen > run.key` and give every actor of the run `--key-file run.key` "
+            "`xmig keygen --out run.key` and give every actor of the run `--key-file run.key` "
             f"(or set {KEY_ENV}); or pass --insecure to every actor to run unauthenticated")
     if insecure:
         raise RunKeyError(f"--insecure and a run key ({source}) contradict each other: drop one")
