@@ -507,12 +507,17 @@ def _csv_arrays(path: Path, text: str) -> tuple[np.ndarray, np.ndarray]:
         cells = ln.replace(",", " ").split()
         try:
             if len(cells) < 2:
-                raise ValueError
+                raise ValueError(f"{len(cells)} cell")
+            what = "a time_s that is not a number"
             times.append(float(cells[0]))
+            what = "a gfn that is not an integer"
             gfns.append(int(cells[1], 0))
-        except ValueError:
+        except ValueError as e:
+            # the row is described, never quoted: a path pointing at the wrong file
+            # (a password file) must not show its contents in an error line
+            found = f"{len(cells)} cell" if str(e).endswith(" cell") else what
             raise TraceError(path, "rows of time_s,gfn (a number and an integer GFN)",
-                             f"{ln[:40]!r} in data row {n}") from None
+                             f"{found} in data row {n}") from None
     return np.array(times, dtype=np.float64), np.array(gfns, dtype=object)
 
 

@@ -3,7 +3,7 @@
 The project card's actors as separate processes through an MQTT broker (what the
 hosts of a Xen pool are to each other, with the broker standing in for the network):
 
-    xmig keygen > run.key                    # once; give the file to every actor
+    xmig keygen --out run.key                # once (mode 0600); give the file to every actor
     xmig hypervisor --broker mqtt://HOST:1883 --run demo --key-file run.key
     xmig guest      --broker mqtt://HOST:1883 --run demo --key-file run.key --guest examples/balloon.yaml
     xmig watch      --broker mqtt://HOST:1883 --run demo --key-file run.key
@@ -33,7 +33,8 @@ from migrate.errors import TransportError
 from migrate.transport.base import DEFAULT_TIMEOUT
 from migrate.transport.mqtt import BrokerConfig, parse_broker_url
 from migrate.transport.runkey import KEY_ENV, RunKeyError, load_key, new_key_text
-from migrate.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError, _err_console, _guard
+from migrate.cli.common import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError, _err_console, _guard,
+                                recording_failed)
 
 BROKER_HELP = "MQTT broker URL: mqtt://HOST:PORT or mqtts://HOST:PORT (TLS)."
 RUN_HELP = "Run id: the actors of one migration share it (topics xmig/<run>/...)."
@@ -47,8 +48,8 @@ TLS_INSECURE_OPT = typer.Option(False, "--tls-insecure", help="Do not check the 
 TIMEOUT_OPT = typer.Option(DEFAULT_TIMEOUT, "--timeout",
                            help="Seconds without an answer before a peer counts as lost.")
 KEY_FILE_OPT = typer.Option(None, "--key-file", help=(
-    "The run key (make one with `xmig keygen > run.key`); every actor of the run needs the same "
-    f"one. Or set {KEY_ENV}."))
+    "The run key (make one with `xmig keygen --out run.key`); every actor of the run needs the same "
+    f"one. Or set {KEY_ENV}. Refused when others may read it (chmod 600; or set XMIG_KEY_LOOSE_OK=1)."))
 INSECURE_OPT = typer.Option(False, "--insecure", help=(
     "Run without a run key: anyone on the broker can then fake this run's messages and results."))
 
@@ -58,14 +59,35 @@ def broker_config(broker: str, *, username: Optional[str] = None, password: Opti
                   timeout: float = DEFAULT_TIMEOUT, key_file: Optional[Path] = None,
                   insecure: bool = False) -> BrokerConfig:
     """The broker options of every command, checked (``TransportError`` when unusable),
-    with the run key (``--key-file``, else ``XMIG_RUN_KEY``; none only with ``insecure``)."""
+    with the run key (``--key-file``, else ``XMIG_RUN_KEY``; none only with ``insecure``).
+    An error never quotes a password given in the URL."""
+    import math
+
+    if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+        raise TransportError(f"--timeout: expected a positive, finite number of seconds, found {timeout}")
     try:
         key = load_key(key_file, insecure=insecure)
     except RunKeyError as exc:
         raise TransportError(str(exc)) from None
-    return parse_broker_url(broker, username=username, password=password,
-                            tls_ca=None if tls_ca is None else str(tls_ca), tls_insecure=tls_insecure,
-                            timeout=timeout, key=key, insecure=insecure)
+    try:
+        return parse_broker_url(broker, username=username, password=password,
+                                tls_ca=None if tls_ca is None else str(tls_ca), tls_insecure=tls_insecure,
+                                timeout=timeout, key=key, insecure=insecure)
+    except TransportError as exc:
+        raise TransportError(_without_password(str(exc), broker, password)) from None
+
+
+def _without_password(message: str, url: str, password: Optional[str]) -> str:
+    """``message`` with the user-info of ``url`` (``mqtt://user:PASS@host``) shown as
+    ``user:***`` and a ``--password`` value, should it be quoted, as ``***``."""
+    head, at, tail = url.rpartition("@")
+    if at and ":" in head.partition("://")[2]:
+        scheme, sep, info = head.partition("://")
+        user = info.partition(":")[0]
+        message = message.replace(url, f"{scheme}{sep}{user}:***@{tail}")
+    if password and len(password) >= 4:
+        message = message.replace(password, "***")
+    return message
 
 
 async def remote_run(scenario, opts, broker: str | BrokerConfig, run_id: str, bus=None, pacer=None, *,
@@ -104,12 +126,12 @@ def _echo(text: str) -> None:
 
 
 def _run_main(coro_fn) -> object:
-    """asyncio.run with Ctrl-C / SIGTERM cancelling the task (clean disconnect)."""
+    """asyncio.run with Ctrl-C, SIGTERM or SIGHUP cancelling the task (clean disconnect)."""
 
     async def main():
         loop = asyncio.get_running_loop()
         task = asyncio.ensure_future(coro_fn())
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             try:
                 loop.add_signal_handler(sig, task.cancel)
             except (NotImplementedError, RuntimeError):
@@ -299,6 +321,8 @@ def register(app: typer.Typer) -> None:
         finally:
             if recorder is not None:
                 recorder.close()
+        if recording_failed(recorder):
+            raise typer.Exit(EXIT_USAGE)
         if outcome != "completed":
             _echo(f"run {run!r}: {outcome}")
         raise typer.Exit(EXIT_OK if outcome == "completed" else EXIT_FAILED)
@@ -356,6 +380,9 @@ async def watch_run(cfg: BrokerConfig, run_id: str, *, console=None, live: bool 
 def main() -> None:
     """``python -m migrate.cli.broker hypervisor|guest|watch ...`` (the same commands as
     ``xmig``, for a tree whose ``xmig`` does not register them)."""
+    from migrate.cli.common import stop_signals_interrupt
+
+    stop_signals_interrupt()
     app = typer.Typer(name="xmig", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
     register(app)
     app()

@@ -20,7 +20,44 @@ _state: dict[str, Any] = {"debug": False}
 
 
 def _err_console() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    # Error lines quote what the user typed: never read them as rich markup or emoji
+    # codes (``:two:`` stays as typed).
+    return Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
+
+
+def stop_signals_interrupt() -> None:
+    """From start-up on, SIGTERM and SIGHUP stop any command as Ctrl-C does (a
+    KeyboardInterrupt: one line and exit 130, or the command's own clean stop), instead
+    of killing it by the default action mid-way. A running migration, receive or actor
+    installs its own handlers on its event loop (``outputs.stop_on_signals``)."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            signal.signal(sig, interrupt)
+
+
+def recording_failed(recorder, option: str = "--record") -> bool:
+    """Whether an ``EventRecorder`` had to stop (a full disk): then one line naming the
+    option, the file and what became of it (the run itself went on)."""
+    if recorder is None or recorder.error is None:
+        return False
+    _err_console().print(f"xmig: error: {option}: {recorder.error}")
+    return True
+
+
+def check_seconds(value: float, option: str = "--timeout") -> float:
+    """A number of seconds given on the command line: positive and finite (``nan`` and
+    ``inf`` are refused in one line, never carried into a timer)."""
+    import math
+
+    if not (math.isfinite(value) and value > 0):
+        raise UsageError(f"{option}: expected a positive, finite number of seconds, found {value}")
+    return value
 
 
 def _fail_usage(message: str) -> None:

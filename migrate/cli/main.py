@@ -22,7 +22,7 @@ from migrate.cli import examples as cli_examples
 from migrate.cli import sweep as cli_sweep
 from migrate.cli import teach as cli_teach
 from migrate.cli.common import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError, _default_speed,
-                         _err_console, _guard, _print_summary, _state)
+                         _err_console, _guard, _print_summary, _state, check_seconds, recording_failed)
 
 class _OneLineErrors(typer.core.TyperGroup):
     """typer's own usage errors (a missing option, a bad integer, an unknown command)
@@ -182,6 +182,8 @@ async def _run_with_interrupt(coro_fn):
 
     with outputs.stop_on_signals(on_stop):
         result = await task
+        for _ in range(3):       # a stop signal delivered just before the end still counts:
+            await asyncio.sleep(0)   # the loop reads it, then calls on_stop, one turn each
     return result, interrupted["yes"]
 
 
@@ -318,6 +320,7 @@ def run(
     from migrate.run.report import build_report, write_csv
     from migrate.run.runner import RunOptions
 
+    check_seconds(timeout)
     scenario = _load(guest)
     allowed = _allowed(allow_policy)
     from migrate.events.track import MAX_TRACKED
@@ -383,12 +386,15 @@ def run(
         console.print(interrupted_msg, markup=False, soft_wrap=True)
     if story is not None:
         cli_teach.print_stories(console, story)
+    record_failed = recording_failed(events_log)
     _save_outputs({"--report": (report, lambda p: write_json(p, rep)),
                    "--csv": (csv, lambda p: write_csv(p, [rep])),
                    "--plot": (plot, lambda p: _write_plot(p, [rep]))},
                   dump=lambda: json.dumps(rep, indent=2, default=jsonable) + "\n")
     if interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)
+    if record_failed:
+        raise typer.Exit(EXIT_USAGE)
     raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED)
 
 
@@ -420,7 +426,7 @@ def compare(
     """Run the scenario under fixed and pre-fix (or two policies) with one seed, side by side:
     live on one virtual clock in a terminal, then the table."""
     from migrate.run.outputs import jsonable, write_json
-    from migrate.run.report import build_report, write_csv
+    from migrate.run.report import SCHEMA_VERSION, build_report, write_csv
     from migrate.run.runner import RunOptions
 
     scenario = _load(guest)
@@ -457,26 +463,35 @@ def compare(
         results = interactive_compare(scenario, variants, labels, speed=_default_speed(speed, True), guided=guided,
                                       listeners=[[r] if r is not None else [] for r in recs])
         live = iter([(r, r is None or r.save.outcome == "aborted", rec) for r, rec in zip(results, recs)])
+    interrupted = False
     for opts in variants:
         if live is not None:
             result, interrupted, recorder = next(live)
         else:
             result, interrupted, recorder = _one_run(scenario, opts, dashboard=False, speed=None, console=console,
                                                      record_map=plot is not None, quiet=True)
+        if result is not None:
+            rep = build_report(result)
+            if recorder is not None:
+                rep["gfn_map"] = recorder.as_list()
+            if interrupted:
+                rep["outcome"] = "aborted"
+            reps.append(rep)
         if interrupted:
+            # as ``run`` does: the runs so far (the aborted one says so) still go to
+            # --report and --csv; the table needs every run, so it is left out
             console.print("xmig: interrupted: the migration was aborted and the source domain resumed",
                           markup=False, soft_wrap=True)
-            raise typer.Exit(EXIT_INTERRUPTED)
-        rep = build_report(result)
-        if recorder is not None:
-            rep["gfn_map"] = recorder.as_list()
-        reps.append(rep)
-    console.print(_compare_table(labels, reps))
-    both = {"schema_version": reps[0]["schema_version"], "compare": labels, "runs": reps}
+            break
+    if not interrupted:
+        console.print(_compare_table(labels, reps))
+    both = {"schema_version": SCHEMA_VERSION, "compare": labels, "runs": reps}
     _save_outputs({"--report": (report, lambda p: write_json(p, both)),
                    "--csv": (csv, lambda p: write_csv(p, reps)),
-                   "--plot": (plot, lambda p: _write_plot(p, reps))},
+                   "--plot": (None if interrupted else plot, lambda p: _write_plot(p, reps))},
                   dump=lambda: json.dumps(both, indent=2, default=jsonable) + "\n")
+    if interrupted:
+        raise typer.Exit(EXIT_INTERRUPTED)
     raise typer.Exit(EXIT_OK if all(r["outcome"] == "completed" for r in reps) else EXIT_FAILED)
 
 
@@ -660,8 +675,9 @@ cli_examples.register(app)  # ``xmig examples`` (the shipped scenarios)
 
 def main() -> None:
     from migrate.heap import keep_freed_arrays
-    from migrate.cli.common import reader_went_away
+    from migrate.cli.common import reader_went_away, stop_signals_interrupt
 
+    stop_signals_interrupt()     # SIGTERM and SIGHUP act as Ctrl-C from the first moment
     keep_freed_arrays()          # every xmig process: the run, the actors, a sweep's workers
     try:
         app()

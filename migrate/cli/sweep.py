@@ -8,6 +8,7 @@ one row in the results (``migrate.sweep.results``). ``register(app)`` adds the c
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,8 +25,8 @@ SWEEP_HELP = (
     "cluster with --scheduler tcp://HOST:8786 (started with 'dask scheduler --port 8786' and "
     "'dask worker tcp://HOST:8786 --nworkers 2 --nthreads 1' on machines where xmig is "
     "installed). Rows are appended to OUT.part as runs finish; OUT is written in the sweep's "
-    "order at the end, or when interrupted (Ctrl-C). --resume skips runs already in OUT or "
-    "OUT.part. A run that fails (a combination the scenario rules refuse, an aborted "
+    "order at the end, or when interrupted (Ctrl-C, SIGTERM, SIGHUP). --resume skips runs already "
+    "in OUT or OUT.part (after checking every row is one of this sweep's runs). A run that fails (a combination the scenario rules refuse, an aborted "
     "migration) is a row with its error.\n\n"
     "Exit codes: 0 every run completed (pre-fix divergence is a result, not a failure); 1 some "
     "run did not complete (see its error column); 2 bad input (sweep file, option, "
@@ -50,6 +51,9 @@ class _Bar:
         self._t0 = 0.0
         self._last = 0.0
         self._ran = 0
+
+    def planning(self, text: str) -> None:
+        print(f"xmig sweep: planning: {text}", file=sys.stderr, flush=True)
 
     def start(self, total: int, done: int) -> None:
         self.total, self.done, self._t0 = total, done, time.perf_counter()
@@ -116,13 +120,26 @@ def register(app: typer.Typer) -> None:
         summary: Optional[str] = typer.Option(None, "--summary", help="Print METRIC grouped by this axis: mean, min, max, 95% interval."),
         metric: str = typer.Option("missing", "--metric", help="The outcome --summary and --plot show (missing, stale, data_pages, downtime_s, ...)."),
         plot: Optional[Path] = typer.Option(None, "--plot", help="Draw METRIC against the --summary axis (or the first axis), one line per behaviour or policy (PNG; needs matplotlib)."),
+        allow_policy: Optional[list[str]] = typer.Option(
+            None, "--allow-policy", metavar="MODULE:FUNCTION",
+            help="Enable your own policy function for the sweep's runs (repeatable), as xmig run does; "
+                 "local workers inherit it, Dask workers need $XMIG_ALLOW_POLICY set where they run."),
     ) -> None:
         from rich.console import Console
 
         from migrate.sweep import engines, results, session, spec, stats
+        from migrate.toolstack.policy import ALLOW_ENV, PolicyError, allowed_policies
 
+        bar = _Bar(Console(stderr=True), str(file))
         try:
-            plan = spec.load_sweep(file)
+            try:
+                allowed = allowed_policies(allow_policy or ())
+            except PolicyError as exc:
+                raise UsageError(str(exc)) from None
+            plan = spec.load_sweep(file, allowed=allowed, tick=spec.Ticker(bar.planning))
+            bar.label = plan.name
+            if allowed:
+                os.environ[ALLOW_ENV] = ",".join(sorted(allowed))   # inherited by the local workers
             form = results.format_of(out, fmt)
             if form == "parquet":
                 results.require_parquet()
@@ -148,21 +165,32 @@ def register(app: typer.Typer) -> None:
                 raise UsageError("--workers is for local runs; a Dask cluster has the workers its "
                                  "'dask worker' processes started")
             if scheduler is not None:
-                engines.dask_client(scheduler).close()    # unreachable: one line now, not later
+                from migrate.sweep.scheduler import SchedulerError, check_scheduler
+
+                try:
+                    check_scheduler(scheduler)            # not a scheduler: one line in seconds
+                except SchedulerError as exc:
+                    raise UsageError(str(exc)) from None
+                try:
+                    engines.dask_client(scheduler).close()    # unreachable: one line now, not later
+                except engines.EngineError:
+                    raise
+                except Exception as exc:   # dask's own (a tls:// address without TLS settings...)
+                    raise UsageError(f"--scheduler: {scheduler}: {type(exc).__name__}: "
+                                     f"{' '.join(str(exc).split())[:160]}") from None
                 engine = lambda pts: engines.dask_rows(plan, pts, scheduler)  # noqa: E731
             else:
                 n = workers or engines.default_workers()
                 engine = lambda pts: engines.local_rows(plan, pts, n)  # noqa: E731
             # piped: wide enough that the summary table never wraps its numbers
             console = Console() if Console().is_terminal else Console(width=200)
-            bar = _Bar(Console(stderr=True), plan.name)
             outcome = session.run_sweep(plan, out, form, engine, resume=resume, progress=bar)
         except (spec.SweepError, results.ResultsError, engines.EngineError, stats.StatsError) as exc:
             raise UsageError(str(exc)) from None
         failed = sum(r.get("outcome") != "completed" for r in outcome.rows)
         console.print(f"xmig sweep: {len(outcome.rows)} of {outcome.total} runs in {out} "
                       f"({outcome.skipped} kept from before, {outcome.ran} run now in {outcome.wall_s:.1f}s, "
-                      f"{failed} not completed)", markup=False, soft_wrap=True)
+                      f"{failed} not completed)", markup=False, emoji=False, soft_wrap=True)
         if outcome.error:
             from migrate.cli.common import _err_console
 
@@ -171,7 +199,7 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(EXIT_FAILED)
         if outcome.interrupted:
             console.print(f"xmig: interrupted: {out} holds the {len(outcome.rows)} runs finished so far; "
-                          "run again with --resume to finish the sweep", markup=False, soft_wrap=True)
+                          "run again with --resume to finish the sweep", markup=False, emoji=False, soft_wrap=True)
             raise typer.Exit(EXIT_INTERRUPTED)
         if summary is not None:
             console.print(stats.summary_table(outcome.rows, axis, metric))

@@ -14,8 +14,12 @@ is the very stream the dashboard, the report and the plots consume live::
 Each frame is one ``migrate.codec.wire`` frame (the MQTT codec: a JSON tree, numpy arrays as
 raw little-endian blobs, no pickle), so reading a file never runs code from it. The
 reader accepts only the event dataclasses of ``migrate.events`` (and the values they
-hold), checks every length against what is left of the file before reading it, and
-caps the size of any array a frame expands, so a hostile file costs bounded memory.
+hold), checks every length against what is left of the file before reading it, caps
+the size of any array a frame expands, and counts what every record's arrays will take
+against one budget for the whole log (half the memory the machine has available), so a
+hostile file costs bounded memory and ends in one line, never in a MemoryError. A
+length that cannot be right (over the record limit, or past the end of a file that
+ends with its end record) is reported as damage at its offset, not as a cut recording.
 The header names the format and xmig versions, the scenario, seed, behaviour, policy,
 the tracked GFNs and the scenario's own text, so a run can be re-run anywhere.
 """
@@ -28,8 +32,6 @@ import math
 import os
 import stat
 import struct
-import types
-import typing
 import zlib
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -38,12 +40,13 @@ from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 
-from hypervisor.abi import MAX_BATCH_SIZE, MAX_GFN
+from hypervisor.abi import MAX_GFN
 
 from migrate import events as _events
 from migrate.codec import wire
 from migrate.codec.names import EVENT_LOG_NAMES
-from migrate.events.track import FINAL_STATES, MAX_TRACKED
+from migrate.events.track import MAX_TRACKED
+from migrate.events.validate import check_event, check_run
 
 MAGIC = b"XMIGEVTS"
 FORMAT_VERSION = 2      # 2: typed balloon events (BalloonTarget, ...) replace GuestNote
@@ -55,6 +58,8 @@ MAX_HEADER_BYTES = 16 << 20
 MAX_FRAME_BYTES = 256 << 20
 #: No array in a frame may expand (from its [start, end) runs) to more elements.
 MAX_ARRAY_ELEMENTS = 1 << 27
+#: What one event costs in memory besides its arrays (the dataclass and its small values).
+EVENT_OVERHEAD = 2048
 
 #: The dataclasses a frame may hold: the events and the values they carry.
 _ALLOWED = EVENT_LOG_NAMES
@@ -98,6 +103,9 @@ class EventRecorder:
         self._pending: list[_events.Event] = []
         self._head_written = False
         self.events = 0
+        #: Why the recording stopped early (a full disk...), or None: the run goes on
+        #: without it and the caller names the file and the reason.
+        self.error: str | None = None
 
     @property
     def header(self) -> dict[str, Any]:
@@ -125,26 +133,51 @@ class EventRecorder:
     def __call__(self, ev: _events.Event) -> None:
         if self._fh is None:
             return
-        if not self._head_written:
-            if not isinstance(ev, _events.RunStarted):
-                self._pending.append(ev)
-                return
-            self._header.update(scenario=ev.scenario, seed=int(ev.seed), behaviour=ev.behaviour,
-                                sites=dict(ev.sites), policy=ev.policy, policy_params=ev.policy_params,
-                                tracked=[int(g) for g in ev.tracked])
-            self._write_header()
-        self._write(ev)
-        self._fh.flush()
+        try:
+            if not self._head_written:
+                if not isinstance(ev, _events.RunStarted):
+                    self._pending.append(ev)
+                    return
+                self._header.update(scenario=ev.scenario, seed=int(ev.seed), behaviour=ev.behaviour,
+                                    sites=dict(ev.sites), policy=ev.policy, policy_params=ev.policy_params,
+                                    tracked=[int(g) for g in ev.tracked])
+                self._write_header()
+            self._write(ev)
+            self._fh.flush()
+        except OSError as exc:
+            self._stop(exc)
 
     on_event = __call__
+
+    def _stop(self, exc: OSError) -> None:
+        """A write failed: stop recording. A file holding no whole event is removed;
+        one that does is kept, readable as a recording cut short."""
+        fh, self._fh = self._fh, None
+        try:
+            fh.close()
+        except OSError:
+            pass
+        kept = self._head_written and self.events > 1
+        if not kept:
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
+        self.error = (f"cannot write {self.path}: {exc.strerror or exc}; "
+                      + (f"the recording stops after about {self.events - 1} events (xmig replay reads "
+                         "it as cut short)" if kept else "the partial file was removed"))
 
     def close(self) -> None:
         if self._fh is None:
             return
-        if not self._head_written:
-            self._write_header()
-        self._fh.write(_REC_HEAD.pack(0, 0, 0))
-        self._fh.close()
+        try:
+            if not self._head_written:
+                self._write_header()
+            self._fh.write(_REC_HEAD.pack(0, 0, 0))
+            self._fh.close()
+        except OSError as exc:
+            self._stop(exc)
+            return
         self._fh = None
 
     def __enter__(self) -> EventRecorder:
@@ -174,9 +207,49 @@ class EventLog:
         return tuple(int(g) for g in self.header.get("tracked") or ())
 
 
-def _check_tree(v: Any, offsets: list, frame: memoryview, base: int) -> None:
+def memory_budget() -> int:
+    """How many bytes a whole log may take once read: half of the memory the machine
+    has available now, and half of what the process's address-space limit
+    (``ulimit -v``) leaves. Every record's arrays are counted against it from their
+    declared shapes before anything is expanded, so a small file of highly compressible
+    records is refused in one line instead of ending in a MemoryError."""
+    avail = None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):
+            avail = 8 << 30
+    budget = avail // 2
+    try:
+        import resource
+
+        soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            used = 0
+            with open("/proc/self/status", encoding="ascii") as fh:
+                for line in fh:
+                    if line.startswith("VmSize:"):
+                        used = int(line.split()[1]) * 1024
+                        break
+            budget = min(budget, max(0, soft - used) // 2)
+    except (ImportError, OSError, ValueError, IndexError):
+        pass
+    return max(budget, 64 << 20)
+
+
+def _check_tree(v: Any, offsets: list, frame: memoryview, base: int) -> int:
     """Refuse, before decoding, a frame naming a type outside the events or holding an
-    array whose runs expand beyond MAX_ARRAY_ELEMENTS."""
+    array whose runs expand beyond MAX_ARRAY_ELEMENTS. Returns the bytes its arrays
+    take once expanded (from their declared shapes)."""
+    total = 0
     stack = [v]
     while stack:
         x = stack.pop()
@@ -201,194 +274,12 @@ def _check_tree(v: Any, offsets: list, frame: memoryview, base: int) -> None:
                 if not isinstance(sh, list) or math.prod(int(d) for d in sh) > MAX_ARRAY_ELEMENTS \
                         or any(int(d) < 0 for d in sh):
                     raise ValueError("array shape out of bounds")
+                total += math.prod(int(d) for d in sh) * dt.itemsize
             stack.extend(y for k, y in x.items() if k not in ("$a", "dt", "sh", "runs", "bytes"))
+    return total
 
 
-#: Fields holding GFNs or PFNs: integer arrays of non-negative frame numbers.
-_FRAME_ARRAYS = frozenset({"pfns", "gfns", "dirty", "leftover", "unmarked", "populated", "ballooned"})
-_HINTS: dict[type, dict[str, Any]] = {}
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    if cls not in _HINTS:
-        _HINTS[cls] = typing.get_type_hints(cls)
-    return _HINTS[cls]
-
-
-def _fits(v: Any, tp: Any) -> bool:
-    """Whether a decoded value has the type a field of the events declares."""
-    if tp is Any:
-        return True
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(v, a) for a in args)
-    if tp is type(None):
-        return v is None
-    if tp is bool:
-        return isinstance(v, bool)
-    if tp is int:
-        return isinstance(v, int) and not isinstance(v, bool)
-    if tp is float:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-    if tp is str:
-        return isinstance(v, str)
-    if tp is np.ndarray:
-        return isinstance(v, np.ndarray) and v.dtype.kind in "biuf"
-    if origin is dict:
-        return isinstance(v, dict)
-    if origin is list:
-        return isinstance(v, list) and all(_fits(x, args[0]) for x in v)
-    if origin is tuple:
-        if not isinstance(v, tuple):
-            return False
-        if len(args) == 2 and args[1] is Ellipsis:
-            return all(_fits(x, args[0]) for x in v)
-        return len(v) == len(args) and all(_fits(x, a) for x, a in zip(v, args))
-    if dataclasses.is_dataclass(tp):
-        return isinstance(v, tp)
-    return isinstance(v, tp)
-
-
-def _check_fields(obj: Any, where: str) -> None:
-    for name, tp in _hints(type(obj)).items():
-        v = getattr(obj, name)
-        if not _fits(v, tp):
-            want = tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
-            raise ValueError(f"{where}.{name}: expected {want.replace('hypervisor.abi.', '')[:60]}, "
-                             f"found {type(v).__name__}")
-        if name in _FRAME_ARRAYS and isinstance(v, np.ndarray) and v.size:
-            if v.dtype.kind not in "iu" or int(v.min()) < 0 or int(v.max()) > MAX_GFN:
-                raise ValueError(f"{where}.{name}: expected frame numbers from 0 to {MAX_GFN:#x}")
-        if dataclasses.is_dataclass(v) and not isinstance(v, type):
-            _check_fields(v, f"{where}.{name}")
-        elif isinstance(v, tuple):
-            for i, x in enumerate(v):
-                if dataclasses.is_dataclass(x):
-                    _check_fields(x, f"{where}.{name}[{i}]")
-
-
-def _same_length(where: str, **arrays) -> None:
-    sizes = {k: len(a) for k, a in arrays.items()}
-    if len(set(sizes.values())) > 1:
-        raise ValueError(f"{where}: expected " + ", ".join(sizes) + " of one length, found "
-                         + ", ".join(map(str, sizes.values())))
-
-
-def check_event(ev: _events.Event) -> None:
-    """Refuse an event whose fields do not have the types its dataclass declares, or
-    whose arrays disagree with each other: consumers (progress, report, page story)
-    may then index and compute on it without further checks. Raises ValueError."""
-    name = type(ev).__name__
-    _check_fields(ev, name)
-    if not math.isfinite(ev.t):
-        raise ValueError(f"{name}.t: expected a finite time, found {ev.t}")
-    if isinstance(ev, _events.BatchSent):
-        _same_length(name, pfns=ev.pfns, nibbles=ev.nibbles)
-        if ev.nibbles.size and (ev.nibbles.dtype.kind not in "iu" or int(ev.nibbles.min()) < 0
-                                or int(ev.nibbles.max()) > 15):
-            raise ValueError(f"{name}.nibbles: expected PFINFO type nibbles 0..15")
-        if ev.ends is not None:
-            ends = np.asarray(ev.ends)
-            n = -(-ev.pfns.size // MAX_BATCH_SIZE)
-            if ends.ndim != 1 or ends.size != n or ends.dtype.kind != "f" or not np.isfinite(ends).all() \
-                    or (ends.size and (np.diff(ends) < 0).any()) or (ends.size and float(ends[-1]) != ev.t):
-                raise ValueError(f"{name}.ends: expected the end time of each of its {n} batches, in order, "
-                                 "the last at t")
-    elif isinstance(ev, _events.RunStarted):
-        for k in ("populated", "ballooned"):
-            a = getattr(ev, k)
-            if a.size and (a.ndim != 2 or a.shape[1] != 2):
-                raise ValueError(f"{name}.{k}: expected [start, end) GFN runs (k x 2), found shape {a.shape}")
-        if len(ev.tracked) > MAX_TRACKED or any(not 0 <= g <= MAX_GFN for g in ev.tracked):
-            raise ValueError(f"{name}.tracked: expected at most {MAX_TRACKED} GFNs from 0 to {MAX_GFN:#x}")
-    elif isinstance(ev, _events.TrackedWrites):
-        _same_length(name, gfns=ev.gfns, writes=ev.writes, first_s=ev.first_s, last_s=ev.last_s,
-                     logged_s=ev.logged_s)
-    elif isinstance(ev, _events.TrackedFinal):
-        _same_length(name, gfns=ev.gfns, states=ev.states)
-        bad = set(ev.states) - FINAL_STATES
-        if bad:
-            raise ValueError(f"{name}.states: expected one of {', '.join(sorted(FINAL_STATES))}, "
-                             f"found {sorted(bad)[0][:40]!r}")
-    elif isinstance(ev, _events.VerifyDone):
-        st = ev.stats
-        if min(st.missing_pages, st.stale_pages, st.extra_pages) < 0:
-            raise ValueError(f"{name}.stats: expected page counts of 0 or more")
-        if st.ok != (st.missing_pages == 0 and st.stale_pages == 0):
-            raise ValueError(f"{name}.stats.ok: says {st.ok} with {st.missing_pages} missing and "
-                             f"{st.stale_pages} stale pages")
-
-
-#: The facts the recorder copies from RunStarted into the header (EventRecorder.__call__).
-_HEADER_FACTS = ("scenario", "seed", "behaviour", "sites", "policy", "policy_params", "tracked")
-_ONCE = (_events.RunStarted, _events.VerifyDone, _events.TrackedFinal, _events.RunSummary,
-         _events.MigrationFinished)
-
-
-def _plain(v: Any) -> Any:
-    from migrate.codec.jsonable import jsonable
-
-    return json.loads(json.dumps(v, default=jsonable, sort_keys=True))
-
-
-def check_run(header: dict[str, Any], events: list[_events.Event]) -> None:
-    """Refuse a log whose events contradict each other or its header: one run (each of
-    RunStarted, VerifyDone, TrackedFinal, RunSummary, MigrationFinished at most once,
-    RunStarted before the rest, nothing after MigrationFinished), the header's run
-    facts equal to RunStarted's, RunSummary and MigrationFinished agreeing with them,
-    and each tracked GFN's final state agreeing with the VERIFY verdict. A recording is
-    a claim, not a proof: this catches an edited log, not one forged consistently
-    (re-run the header's scenario_text to check that). Raises ValueError."""
-    seen: dict[type, int] = {}
-    for i, ev in enumerate(events):
-        kind = type(ev)
-        if kind in _ONCE:
-            if kind in seen:
-                raise ValueError(f"event {i}: a second {kind.__name__} (event {seen[kind]} was the "
-                                 "first); an event log holds one run")
-            seen[kind] = i
-        if _events.MigrationFinished in seen and i > seen[_events.MigrationFinished]:
-            raise ValueError(f"event {i}: {kind.__name__} after MigrationFinished")
-    first = {k: events[i] for k, i in seen.items()}
-    start = first.get(_events.RunStarted)
-    if start is None:
-        if len(seen):
-            raise ValueError(f"a {next(iter(seen)).__name__} without the run's RunStarted")
-        return
-    late = [k.__name__ for k, i in seen.items() if i < seen[_events.RunStarted]]
-    if late:
-        raise ValueError(f"{late[0]} before RunStarted")
-    facts = {"scenario": start.scenario, "seed": start.seed, "behaviour": start.behaviour,
-             "sites": dict(start.sites), "policy": start.policy, "policy_params": start.policy_params,
-             "tracked": [int(g) for g in start.tracked]}
-    for k in _HEADER_FACTS:
-        if k in header and _plain(header[k]) != _plain(facts[k]):
-            raise ValueError(f"header: {k} is {json.dumps(header[k])[:60]} but the run's RunStarted "
-                             f"event says {json.dumps(_plain(facts[k]))[:60]}")
-    summary = first.get(_events.RunSummary)
-    if summary is not None:
-        for k in ("scenario", "seed", "behaviour", "policy"):
-            if getattr(summary, k) != facts[k]:
-                raise ValueError(f"RunSummary.{k} is {getattr(summary, k)!r} but RunStarted says {facts[k]!r}")
-        done = first.get(_events.MigrationFinished)
-        if done is not None and done.outcome != summary.outcome:
-            raise ValueError(f"MigrationFinished.outcome is {done.outcome!r} but RunSummary says "
-                             f"{summary.outcome!r}")
-    final = first.get(_events.TrackedFinal)
-    if final is not None:
-        if sorted(int(g) for g in final.gfns) != sorted(facts["tracked"]):
-            raise ValueError("TrackedFinal names other GFNs than RunStarted tracked")
-        verify = first.get(_events.VerifyDone)
-        if verify is not None:
-            st = verify.stats
-            for state, count in (("missing", st.missing_pages), ("stale", st.stale_pages)):
-                n = sum(1 for x in final.states if x == state)
-                if n > count:
-                    raise ValueError(f"TrackedFinal says {n} tracked GFN(s) {state} but VerifyDone "
-                                     f"counts {count} {state} pages")
-
-
-def _decode(frame: bytes) -> _events.Event:
+def _decode(frame: bytes, budget: "_Budget | None" = None) -> _events.Event:
     buf = memoryview(frame)
     if len(buf) < 12:
         raise ValueError("frame shorter than its header")
@@ -407,16 +298,52 @@ def _decode(frame: bytes) -> _events.Event:
             isinstance(o, list) and len(o) == 2 and all(isinstance(i, int) and i >= 0 for i in o)
             for o in offsets):
         raise ValueError("bad blob table")
-    _check_tree(head.get("v"), offsets, buf, end + _pad(end))
+    expands = _check_tree(head.get("v"), offsets, buf, end + _pad(end))
+    if budget is not None:
+        budget.spend(expands + EVENT_OVERHEAD)
     ev = wire.decode(frame, versions=wire.READABLE_VERSIONS)
     if not isinstance(ev, _events.Event):
         raise ValueError(f"record holds a {type(ev).__name__}, not an event")
     return ev
 
 
-def iter_event_log(path: str | Path) -> tuple[dict[str, Any], Iterator[tuple[int, _events.Event | None]]]:
+class _OverBudget(Exception):
+    """The log's events would take more memory than ``memory_budget`` allows."""
+
+
+class _Budget:
+    """Bytes left for the events of one log (``memory_budget``), spent record by record."""
+
+    def __init__(self, limit: int):
+        self.limit, self.spent = int(limit), 0
+
+    def spend(self, n: int) -> None:
+        self.spent += int(n)
+        if self.spent > self.limit:
+            raise _OverBudget(f"the events read so far expand to {self.spent / (1 << 20):,.0f} MiB in memory, "
+                              f"more than this machine allows a recording ({self.limit / (1 << 20):,.0f} MiB: "
+                              "half of the memory available to this process); read it on a machine "
+                              "with more memory")
+
+
+def _ends_with_end_record(fh: BinaryIO, size: int, first: int) -> bool:
+    """Whether the file closes with the recorder's end record (three zero words at its
+    very end, past the header): then a record claiming to run past the end is damage
+    inside the file, not a recording cut short."""
+    if size - _REC_HEAD.size < first:
+        return False
+    here = fh.tell()
+    fh.seek(size - _REC_HEAD.size)
+    tail = fh.read(_REC_HEAD.size)
+    fh.seek(here)
+    return tail == bytes(_REC_HEAD.size)
+
+
+def iter_event_log(path: str | Path, *, budget: int | None = None
+                   ) -> tuple[dict[str, Any], Iterator[tuple[int, _events.Event | None]]]:
     """``(header, records)``: records yields ``(offset, event)`` and finally
-    ``(offset, None)`` for the end record. Raises EventLogError."""
+    ``(offset, None)`` for the end record. ``budget``: the bytes all the events read
+    may take in memory (``memory_budget()`` by default). Raises EventLogError."""
     p = Path(path)
     try:
         # O_NONBLOCK: opening a FIFO must not wait for a writer; the type check follows.
@@ -453,7 +380,9 @@ def iter_event_log(path: str | Path) -> tuple[dict[str, Any], Iterator[tuple[int
         fh.close()
         raise EventLogError(p, _FILE_HEAD.size, f"bad header: {str(exc)[:120]}") from None
     pos = _FILE_HEAD.size + hlen + _pad(hlen)
+    closed = _ends_with_end_record(fh, size, pos)
     fh.seek(pos)
+    spend = _Budget(memory_budget() if budget is None else budget)
 
     def records():
         nonlocal pos
@@ -471,22 +400,37 @@ def iter_event_log(path: str | Path) -> tuple[dict[str, Any], Iterator[tuple[int
                         raise EventLogError(p, pos + _REC_HEAD.size, "data after the end record")
                     return
                 left = size - pos - _REC_HEAD.size
-                if n > min(left, MAX_FRAME_BYTES):
+                if n > MAX_FRAME_BYTES or raw_n > MAX_FRAME_BYTES:
+                    # the recorder never writes such a length: damage, wherever the file ends
+                    raise EventLogError(p, pos, f"damaged record header: it claims {max(n, raw_n)} bytes, "
+                                                f"over the {MAX_FRAME_BYTES} a record may hold")
+                if n > left:
+                    if closed:
+                        raise EventLogError(p, pos, f"damaged record header: a record of {n} bytes would run "
+                                                    f"past the end of the file ({left} bytes left), which "
+                                                    "ends with its end record")
                     raise EventLogError(p, pos, f"record of {n} bytes runs past the end of the file "
-                                                f"({left} bytes left)")
-                if raw_n > MAX_FRAME_BYTES:
-                    raise EventLogError(p, pos, f"record claims {raw_n} bytes unpacked, over {MAX_FRAME_BYTES}")
+                                                f"({left} bytes left: the recording was cut short)")
                 stored = fh.read(n)
                 if zlib.crc32(stored) != crc:
                     raise EventLogError(p, pos, "record checksum mismatch (the file is corrupt)")
                 try:
+                    # the frame itself is held while it is decoded
+                    spend.spend(raw_n)
                     # max_length bounds what a hostile stored block can expand to.
                     unz = zlib.decompressobj()
                     frame = unz.decompress(stored, raw_n)
                     if len(frame) != raw_n or unz.unconsumed_tail or not unz.eof:
                         raise ValueError("record does not unpack to its stated length")
-                    ev = _decode(frame)
+                    spend.spent -= raw_n
+                    ev = _decode(frame, spend)
+                    del frame
                     check_event(ev)
+                except _OverBudget as exc:
+                    raise EventLogError(p, pos, str(exc)) from None
+                except MemoryError:
+                    raise EventLogError(p, pos, "out of memory while reading this record; read the "
+                                                "recording on a machine with more memory") from None
                 except (ValueError, KeyError, TypeError, IndexError, OverflowError, RecursionError,
                         zlib.error) as exc:
                     raise EventLogError(p, pos, f"bad record: {str(exc)[:200]}") from None
@@ -510,7 +454,7 @@ def read_event_log(path: str | Path, *, partial: bool = False) -> EventLog:
             else:
                 log.events.append(ev)
     except EventLogError as exc:
-        if not (partial and ("cut short" in exc.what or "past the end" in exc.what)):
+        if not (partial and "cut short" in exc.what):
             raise
         _check_log(log)
         return log

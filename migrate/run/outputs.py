@@ -170,16 +170,20 @@ def stop_on_signals(on_stop: Callable[[], Any]) -> Iterator[None]:
     installed = []
     for sig in STOP_SIGNALS:
         try:
+            before = signal.getsignal(sig)
             loop.add_signal_handler(sig, on_stop)
-            installed.append(sig)
+            installed.append((sig, before))
         except (NotImplementedError, RuntimeError, ValueError):
             pass
     try:
         yield
     finally:
-        for sig in installed:
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        for sig, before in installed:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError, TypeError):
                 loop.remove_signal_handler(sig)
+                # back to what was there (the CLI's stop-as-Ctrl-C handler), not to
+                # the default action, so writing the results is not killed mid-file
+                signal.signal(sig, before)
 
 
 __all__ = ["OutputError", "check_targets", "check_target", "atomic_file", "jsonable", "write_json", "PlotError", "load_matplotlib", "MISSING",

@@ -460,7 +460,9 @@ def parse_scenario(data: Any, source: str | Path | None = None, *, _text: str | 
     if data is None:
         raise ScenarioError(file, "", "a mapping with a guest: section", "an empty file")
     if not isinstance(data, dict):
-        raise ScenarioError(file, "", "a mapping with a guest: section", _describe(data))
+        # described, never quoted: the path may name the wrong file (a password file)
+        raise ScenarioError(file, "", "a mapping with a guest: section",
+                            "plain text" if isinstance(data, str) else _describe(data)[:12])
     if "name" not in data:
         data = {"name": Path(file).stem if file else "scenario", **data}
     try:

@@ -142,10 +142,16 @@ def read_part(path: Path) -> tuple[list[str] | None, list[dict[str, Any]]]:
 
 def read_part_with_base(path: Path) -> tuple[list[str] | None, list[dict[str, Any]], str | None]:
     """``read_part`` and the base scenario digest its header names (None: not said)."""
+    axes, numbered, base = read_part_lines(path)
+    return axes, [row for _n, row in numbered], base
+
+
+def read_part_lines(path: Path) -> tuple[list[str] | None, list[tuple[int, dict[str, Any]]], str | None]:
+    """``read_part_with_base`` with each row's line number (for errors that name it)."""
     if not path.exists():
         return None, [], None
     axes = base = None
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple[int, dict[str, Any]]] = []
     from guest.inputs import InputError, check_input
 
     try:
@@ -167,8 +173,58 @@ def read_part_with_base(path: Path) -> tuple[list[str] | None, list[dict[str, An
                     raise ResultsError(f"{path}: line {n}: axes: expected a list of axis names, "
                                        f"found {json.dumps(axes)[:40]}")
             else:
-                rows.append(obj)
+                rows.append((n, obj))
     return axes, rows, base
+
+
+#: What a run's ``outcome`` column may say (the report's, then the sweep's own).
+OUTCOMES = ("completed", "failed", "aborted", "invalid", "error", "lost")
+_MAX_SEED = (1 << 63) - 1
+
+
+def _kind(v: Any) -> str:
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, (int, float)):
+        return f"{v!r}"[:24]
+    if isinstance(v, str):
+        return "a string"
+    return f"a {type(v).__name__}"
+
+
+def check_row(row: dict[str, Any], axes: list[str]) -> None:
+    """Refuse (ValueError naming the column) a row read back from a results or part
+    file that ``row_from_report`` could not have written: a column no sweep has, a
+    value of another type, a negative count, an outcome or behaviour xmig never
+    reports. The file says nothing about where its values came from, so this is what
+    keeps an edited or foreign file from passing its rows off as this sweep's runs."""
+    for col in row:
+        if col not in OUTCOME_COLUMNS and col not in axes and col != "key":
+            raise ValueError(f"column {str(col)[:40]!r} is not an axis of this sweep or a result column")
+    for col, typ in OUTCOME_COLUMNS.items():
+        if col in axes:
+            continue
+        v = row.get(col)
+        if v is None:
+            continue
+        if typ == "int":
+            ok = isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= _MAX_SEED
+            want = "a whole number from 0 to 2^63-1" if col == "seed" else "a count (a whole number, 0 or more)"
+        elif typ == "float":
+            ok = (isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and 0 <= v < float("inf"))
+            want = "a finite number of seconds, 0 or more"
+        elif typ == "bool":
+            ok, want = isinstance(v, bool), "true or false"
+        else:
+            ok, want = isinstance(v, str), "text"
+            if ok and col == "outcome":
+                ok, want = v in OUTCOMES, "one of " + ", ".join(OUTCOMES)
+            elif ok and col == "behaviour":
+                ok, want = v in ("fixed", "pre-fix"), "fixed or pre-fix"
+        if not ok:
+            raise ValueError(f"{col}: expected {want}, found {_kind(v)}")
+    if row.get("outcome") is None:
+        raise ValueError("outcome: expected one of " + ", ".join(OUTCOMES) + ", found nothing")
 
 
 def results_base(path: Path, fmt: str) -> str | None:

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from migrate.sweep.results import (ResultsError, PartWriter, part_path, read_part_with_base, read_results,
-                      results_base, write_results)
-from migrate.sweep.spec import Point, SweepPlan, run_key
+from migrate.sweep.results import (ResultsError, PartWriter, check_row, part_path, read_part_lines, read_results,
+                                   results_base, write_results)
+from migrate.sweep.spec import Point, SweepPlan, Ticker, run_key
 
 Engine = Callable[[list[Point]], Iterator[dict[str, Any]]]
 # Outcomes that say nothing about the scenario (the run never got to run): --resume runs
@@ -44,6 +44,9 @@ class SweepOutcome:
 class Progress:
     """What a session reports to: overridden by the CLI's progress bar."""
 
+    def planning(self, text: str) -> None:
+        """A line about the work before the first run (a big sweep takes a while to plan)."""
+
     def start(self, total: int, done: int) -> None: ...
 
     def advance(self, row: dict[str, Any]) -> None: ...
@@ -51,9 +54,13 @@ class Progress:
     def close(self) -> None: ...
 
 
-def _resumed_rows(plan: SweepPlan, out: Path, fmt: str) -> dict[str, dict[str, Any]]:
+def _resumed_rows(plan: SweepPlan, out: Path, fmt: str, keys: set[str]) -> dict[str, dict[str, Any]]:
+    """The rows already done in ``out`` and its part file, each checked: one of this
+    sweep's points (``keys``) and a row xmig could have written (``check_row``); a
+    forged or foreign row is refused with its file and line, never run around."""
     axes = plan.axis_names
-    part_axes, part_rows, part_base = read_part_with_base(part_path(out))
+    part = part_path(out)
+    part_axes, part_lines, part_base = read_part_lines(part)
     if part_axes is not None and list(part_axes) != axes:
         raise ResultsError(f"{part_path(out)}: its axes ({', '.join(part_axes)}) are not this sweep's "
                            f"({', '.join(axes)}); remove it or use another --out")
@@ -69,11 +76,22 @@ def _resumed_rows(plan: SweepPlan, out: Path, fmt: str) -> dict[str, dict[str, A
         if missing:
             raise ResultsError(f"{out}: it has no column for the axes {', '.join(missing)}: it holds another "
                                "sweep's results; use another --out, or run without --resume to replace it")
-    for r in file_rows + part_rows:       # the part file is newer: its rows win
+    first_line = 2 if fmt == "csv" else 1      # a CSV file's line 1 is its header
+    numbered = [(out, f"{'line' if fmt == 'csv' else 'row'} {i + first_line}", r) for i, r in enumerate(file_rows)]
+    numbered += [(part, f"line {n}", r) for n, r in part_lines]
+    for where, line, r in numbered:       # the part file is newer: its rows win
         r = {k: v for k, v in r.items() if k != "key"}
+        key = run_key([r.get(a) for a in axes])
+        try:
+            check_row(r, axes)
+            if key not in keys:
+                raise ValueError(f"its axis values ({', '.join(axes)}) are not a run of this sweep")
+        except ValueError as e:
+            raise ResultsError(f"{where}: {line}: {e}; it was not written by this sweep: remove that "
+                               "row, use another --out, or run without --resume to start over") from None
         if r.get("outcome") in RETRY_OUTCOMES:
             continue
-        done[run_key([r.get(a) for a in axes])] = r
+        done[key] = r
     return done
 
 
@@ -84,12 +102,17 @@ def run_sweep(plan: SweepPlan, out: Path, fmt: str, engine: Engine, *, resume: b
     the outcome says ``interrupted`` (and ``error`` for an engine)."""
     progress = progress or Progress()
     axes = plan.axis_names
-    points = plan.points()
-    done = _resumed_rows(plan, out, fmt) if resume else {}
-    keys = {p.key() for p in points}
-    todo = [p for p in points if p.key() not in done]
-    by_key = {p.key(): p for p in todo}
-    result = SweepOutcome(total=len(points), skipped=len(keys & done.keys()))
+    tick = Ticker(progress.planning)
+    points = plan.points(tick)
+    keyed: dict[str, Point] = {}
+    for i, p in enumerate(points):
+        keyed[p.key()] = p
+        if not i & 0xFFFF:
+            tick(f"naming {len(points):,} runs: {i:,} done")
+    done = _resumed_rows(plan, out, fmt, keyed.keys()) if resume else {}
+    todo = [p for k, p in keyed.items() if k not in done]
+    by_key = {k: p for k, p in keyed.items() if k not in done}
+    result = SweepOutcome(total=len(points), skipped=len(keyed.keys() & done.keys()))
     part = part_path(out)
     writer = PartWriter(part, axes, append=resume, base=plan.base_digest)
     t0 = time.perf_counter()

@@ -46,7 +46,7 @@ from guest.inputs import InputError, read_input
 from migrate.run.scenario import (MAX_DEPTH, MAX_FILE_BYTES, Scenario, ScenarioError, _check_shape, _describe, _format_path,
                         _Loader, parse_scenario, scenario_json_schema)
 
-__all__ = ["SweepFile", "SweepError", "SweepPlan", "Axis", "Point", "load_sweep", "sweep_json_schema",
+__all__ = ["SweepFile", "SweepError", "SweepPlan", "Axis", "Point", "Ticker", "load_sweep", "sweep_json_schema",
            "SCHEMA_PATH", "apply_values", "parse_axis_path"]
 
 SCHEMA_PATH = Path(__file__).with_name("sweep.schema.json")
@@ -60,6 +60,26 @@ MAX_RUNS = 1_000_000
 class SweepError(ValueError):
     """A sweep file is unusable: one line naming the file, the axis (when there is one)
     and the value."""
+
+
+class Ticker:
+    """Say how planning goes (``say(text)``) at most every ``every`` seconds, and not at
+    all for a sweep planned faster than that: a million-run sweep takes a while to
+    check, expand and match against earlier results, and should not look hung."""
+
+    def __init__(self, say=None, every: float = 2.0):
+        import time
+
+        self._say, self._every, self._clock = say, every, time.monotonic
+        self._last = self._clock()
+
+    def __call__(self, text) -> None:
+        if self._say is None:
+            return
+        now = self._clock()
+        if now - self._last >= self._every:
+            self._last = now
+            self._say(text() if callable(text) else text)
 
 
 # ---------------------------------------------------------------------------- models
@@ -179,12 +199,15 @@ class SweepPlan:
             n *= len(self.axes[f[0]].values)
         return n
 
-    def points(self) -> list[Point]:
+    def points(self, tick: Ticker | None = None) -> list[Point]:
         """Every run, in the canonical order: the product of the factors, the first
         factor slowest, as the file lists them."""
         out: list[Point] = []
         ranges = [range(len(self.axes[f[0]].values)) for f in self.factors]
+        total = len(self)
         for index, combo in enumerate(itertools.product(*ranges)):
+            if tick is not None and not index & 0xFFFF:
+                tick(f"listing {total:,} runs: {index:,} done")
             vals: list[Any] = [None] * len(self.axes)
             cols: list[Any] = [None] * len(self.axes)
             for f, i in zip(self.factors, combo):
@@ -358,8 +381,10 @@ def _yaml(text: str, file: str) -> Any:
         raise SweepError(f"{file}: expected valid YAML, found {problem}{where}") from None
 
 
-def load_sweep(path: str | Path) -> SweepPlan:
-    """Read, validate and expand a sweep file (``SweepError`` on any problem)."""
+def load_sweep(path: str | Path, *, allowed: frozenset[str] = frozenset(), tick: Ticker | None = None) -> SweepPlan:
+    """Read, validate and expand a sweep file (``SweepError`` on any problem).
+    ``allowed``: the user policies enabled (``--allow-policy``), as for ``xmig run``;
+    ``tick`` hears how the checking of a long axis goes."""
     file = str(path)
     try:
         text = read_input(path, MAX_FILE_BYTES, "sweep file")
@@ -381,10 +406,11 @@ def load_sweep(path: str | Path) -> SweepPlan:
         model = SweepFile.model_validate(data)
     except ValidationError as e:
         raise _model_error(file, e) from None
-    return plan_sweep(model, file, data)
+    return plan_sweep(model, file, data, allowed=allowed, tick=tick)
 
 
-def plan_sweep(model: SweepFile, file: str, raw: dict | None = None) -> SweepPlan:
+def plan_sweep(model: SweepFile, file: str, raw: dict | None = None, *, allowed: frozenset[str] = frozenset(),
+               tick: Ticker | None = None) -> SweepPlan:
     here = Path(file).parent
     if isinstance(model.base, str):
         base_path = Path(model.base)
@@ -404,10 +430,12 @@ def plan_sweep(model: SweepFile, file: str, raw: dict | None = None) -> SweepPla
         base = model.base
         base_source = file
     if not isinstance(base, dict):
-        raise SweepError(f"{base_source}: expected a scenario mapping with a guest: section, found {_describe(base)}")
+        # described, never quoted: base: may point at the wrong file (a password file)
+        raise SweepError(f"{base_source}: expected a scenario mapping with a guest: section, found "
+                         f"{_shape_of(base)} (base: of {file})")
     if "name" not in base:
         base = {"name": model.name if not isinstance(model.base, str) else Path(base_source).stem, **base}
-    _check_scenario(file, base, base_source, None, None)
+    _check_scenario(file, base, base_source, None, None, allowed)
 
     axes: list[Axis] = []
     factors: list[list[int]] = []
@@ -431,9 +459,13 @@ def plan_sweep(model: SweepFile, file: str, raw: dict | None = None) -> SweepPla
                      factors=factors)
     if len(plan) > MAX_RUNS:
         raise SweepError(f"{file}: axes: {len(plan):,} runs is more than a sweep can run ({MAX_RUNS:,})")
+    count, checked = sum(len(a.values) for a in axes), 0
     for a in axes:
         for v in a.values:
-            _check_scenario(file, apply_or_fail(file, a, base, v), base_source, a.path, v)
+            _check_scenario(file, apply_or_fail(file, a, base, v), base_source, a.path, v, allowed)
+            checked += 1
+            if tick is not None:
+                tick(lambda: f"checking {count:,} axis values: {checked:,} done")
     return plan
 
 
@@ -458,7 +490,8 @@ def _checked_axis(file: str, name: str, spec: Any, where: str, seen: dict[str, s
     return _expand(name, spec, f"{file}: {where}")
 
 
-def _check_scenario(file: str, data: dict, source: str, axis: str | None, value: Any) -> None:
+def _check_scenario(file: str, data: dict, source: str, axis: str | None, value: Any,
+                    allowed: frozenset[str] = frozenset()) -> None:
     """Validate ``data`` as a scenario (the scenario loader's rules, and the policy's).
     With ``axis``, an error names the sweep file, the axis and the value."""
     prefix = f"{file}: axis {axis} = {_show(value)}: " if axis else ""
@@ -476,12 +509,23 @@ def _check_scenario(file: str, data: dict, source: str, axis: str | None, value:
     from migrate.run.scenario import check_scenario_policy
 
     try:
-        check_scenario_policy(scenario, Path(source), None)
+        check_scenario_policy(scenario, Path(source), None, allowed)
     except UsageError as e:
         msg = str(e)
         if axis and msg.startswith(f"{source}: "):
             msg = prefix + msg[len(source) + 2:]
         raise SweepError(msg) from None
+
+
+def _shape_of(value: Any) -> str:
+    """What a parsed file holds, without its contents."""
+    if value is None:
+        return "an empty file"
+    if isinstance(value, str):
+        return f"one line of text ({len(value)} characters)" if "\n" not in value else "plain text"
+    if isinstance(value, list):
+        return f"a list of {len(value)} entries"
+    return f"a {type(value).__name__}"
 
 
 def _show(value: Any) -> str:

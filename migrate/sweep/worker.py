@@ -27,6 +27,9 @@ def init_worker(base: dict[str, Any], source: str, axes: list[str], quiet_sigint
 
     if quiet_sigint:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # a closed terminal is the parent's to handle too; SIGTERM is how it stops us
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _BASE.clear()
     _BASE.update(base=base, source=source, axes=axes)
 
@@ -50,7 +53,12 @@ def run_point(base: dict[str, Any], source: str, axes: list[str], key: str, valu
     except (ScenarioError, SweepError) as e:
         return {"key": key, **row_from_report(None, outcome="invalid", error=str(e))}
     try:
-        result = asyncio.run(run_scenario(scenario))
+        # the user policies enabled for this process: the sweep's --allow-policy reaches
+        # local workers through $XMIG_ALLOW_POLICY; a Dask worker's own environment says
+        from migrate.run.runner import RunOptions
+        from migrate.toolstack.policy import allowed_policies
+
+        result = asyncio.run(run_scenario(scenario, RunOptions(allow_policies=allowed_policies())))
     except Exception as e:  # a run that breaks is a row with its error, not a crashed sweep
         last = traceback.extract_tb(e.__traceback__)[-1:] if e.__traceback__ else []
         where = f" (at {last[0].filename.rsplit('/', 1)[-1]}:{last[0].lineno})" if last else ""

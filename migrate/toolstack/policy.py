@@ -163,9 +163,13 @@ class CallablePolicy(Policy):
         # A user function that fails aborts the save, as a precopy_policy callback
         # returning XGS_POLICY_ABORT does: the source resumes and the report says why.
         from migrate.errors import MigrationAborted
+        from migrate.toolstack.deadline import call_bounded
 
         try:
-            value = self.fn(stats, dict(self._params)) if self._params else self.fn(stats)
+            value = call_bounded(lambda: self.fn(stats, dict(self._params)) if self._params else self.fn(stats),
+                                 self.name)
+        except MigrationAborted:
+            raise
         except Exception as exc:  # a user function failing is the user's error to read
             raise MigrationAborted(f"policy {self.name} raised {type(exc).__name__}: "
                                    f"{short(str(exc))}") from exc

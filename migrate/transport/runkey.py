@@ -29,6 +29,9 @@ from dataclasses import dataclass
 
 #: The environment variable that may hold the run key (kept out of ``ps``).
 KEY_ENV = "XMIG_RUN_KEY"
+#: Set to 1 to use a key file that others may read (refused otherwise: whoever reads
+#: the key can act as any actor of the run).
+LOOSE_OK_ENV = "XMIG_KEY_LOOSE_OK"
 #: Shortest key text accepted (``xmig keygen`` writes 64 hex digits).
 MIN_KEY_CHARS = 16
 #: A key file larger than this is not a key file.
@@ -64,6 +67,12 @@ def new_key_text() -> str:
     return secrets.token_hex(32)
 
 
+def _key_text(raw: str) -> str:
+    """The key as written: an editor's byte-order mark and surrounding whitespace (a
+    trailing newline, a CRLF) are not part of it, so every actor derives the same key."""
+    return raw.lstrip("\ufeff").strip()
+
+
 def _derive(text: str) -> bytes:
     # Whatever the user put in the file, the HMAC key is 32 bytes tied to this protocol.
     return hmac.new(b"xmig run key v1", text.encode(), hashlib.sha256).digest()
@@ -90,24 +99,31 @@ def load_key(key_file: str | os.PathLike | None = None, *, insecure: bool = Fals
         if st.st_size > MAX_KEY_FILE:
             raise RunKeyError(f"--key-file: {path} is {st.st_size} bytes; a run key file holds one line "
                               "(make one with `xmig keygen`)")
+        if st.st_mode & 0o077 and env.get(LOOSE_OK_ENV) != "1":
+            raise RunKeyError(f"--key-file: {path} is readable by others (mode {_stat.S_IMODE(st.st_mode):04o}): "
+                              f"anyone who reads it can fake this run's messages; chmod 600 {path} "
+                              f"(or set {LOOSE_OK_ENV}=1 to use it anyway)")
         try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read().strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise RunKeyError(f"--key-file: cannot read {path}: {exc}") from None
+            with open(path, "rb") as f:
+                text = _key_text(f.read(MAX_KEY_FILE + 1).decode("utf-8"))
+        except UnicodeDecodeError:
+            raise RunKeyError(f"--key-file: {path}: expected one line of text (UTF-8), found other bytes "
+                              "(make one with `xmig keygen`)") from None
+        except OSError as exc:
+            raise RunKeyError(f"--key-file: cannot read {path}: {exc.strerror or exc}") from None
     elif env.get(KEY_ENV):
-        text = env[KEY_ENV].strip()
+        text = _key_text(env[KEY_ENV])
         source = KEY_ENV
     if text is None:
         if insecure:
             return None
         raise RunKeyError(
             "no run key: anyone on the broker could fake this run's messages. Make one with "
-            "`xmig keygen > run.key` and give every actor of the run `--key-file run.key` "
+            "`xmig keygen --out run.key` and give every actor of the run `--key-file run.key` "
             f"(or set {KEY_ENV}); or pass --insecure to every actor to run unauthenticated")
     if insecure:
         raise RunKeyError(f"--insecure and a run key ({source}) contradict each other: drop one")
-    if len(text) < MIN_KEY_CHARS or "\n" in text:
+    if len(text) < MIN_KEY_CHARS or "\n" in text or "\r" in text:
         raise RunKeyError(f"{source}: expected one line of at least {MIN_KEY_CHARS} characters "
                           "(make one with `xmig keygen`)")
     return _derive(text)
@@ -212,5 +228,5 @@ class ReplayWindow:
         return True
 
 
-__all__ = ["KEY_ENV", "MAX_AGE", "RunKeyError", "SealError", "Opened", "new_key_text", "load_key", "seal",
+__all__ = ["KEY_ENV", "LOOSE_OK_ENV", "MAX_AGE", "RunKeyError", "SealError", "Opened", "new_key_text", "load_key", "seal",
            "unseal", "tag_of", "sender_of", "ReplayWindow"]

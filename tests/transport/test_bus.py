@@ -327,12 +327,14 @@ def test_run_key_is_required_unless_insecure_is_explicit(tmp_path):
         runkey.load_key(None, environ={})
     short = tmp_path / "short.key"
     short.write_text("abc\n")
+    short.chmod(0o600)
     with pytest.raises(runkey.RunKeyError, match="at least 16"):
         runkey.load_key(short, environ={})
     with pytest.raises(runkey.RunKeyError, match="not a regular file"):
         runkey.load_key(tmp_path, environ={})
     good = tmp_path / "run.key"
     good.write_text(runkey.new_key_text() + "\n")
+    good.chmod(0o600)
     with pytest.raises(runkey.RunKeyError, match="contradict"):
         runkey.load_key(good, insecure=True, environ={})
     assert runkey.load_key(good, environ={}) == runkey.load_key(None, environ={runkey.KEY_ENV: good.read_text()})
