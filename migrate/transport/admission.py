@@ -113,6 +113,19 @@ class Admission:
             log.warning("%s dropped a message on %s: %s%s (further ones are counted, not logged)",
                         self.actor, topic, DROP_REASONS.get(reason, reason), f" ({detail})" if detail else "")
 
+    def drop_summary(self) -> str:
+        return ", ".join(f"{n} {r}" for r, n in sorted(self.dropped.items()))
+
+    def heard(self, sender: str | None, payload: bytes, topic: str, actor: str) -> None:
+        """A heartbeat or a proof of ``sender`` (of ``actor``): it is live now."""
+        if sender is None:             # (no key: the message names its client)
+            beat = self.decode(payload, topic)
+            sender = beat.get("client") if isinstance(beat, dict) else None
+            if not isinstance(sender, str):
+                return
+        self.peers.seen(actor)
+        self.peers.heard[sender] = time.monotonic()
+
     def decode(self, payload, topic: str):
         """The message in ``payload``, or None (dropped and counted) if it is not one
         this xmig knows."""
@@ -136,7 +149,8 @@ class Admission:
             return None
         if self.key is None:
             if runkey.is_sealed(payload):
-                self._sealed_run(runkey.sender_of(payload) or "?")
+                if not (kind == "presence" and self._gone(runkey.payload_of(payload))):
+                    self._sealed_run(runkey.sender_of(payload) or "?")
                 return None
             return None, bytes(payload)
         if bind is None:
@@ -284,6 +298,17 @@ class Admission:
             log.warning("%s: a %s without the run key (%s, started with --insecure?) is on sealed run %r; "
                         "its messages are dropped: give it the run's --key-file", self.actor, parts[3], cid,
                         self.run_id)
+
+    @staticmethod
+    def _gone(payload) -> bool:
+        """Is this the "gone" of a client that left (a retained leftover of an earlier run)?"""
+        from migrate.codec import wire
+
+        try:
+            msg = wire.decode(payload)
+        except (wire.WireError, ValueError):
+            return False
+        return isinstance(msg, dict) and "gone" in msg
 
     def _sealed_run(self, sender: str) -> None:
         if sender in self.strangers:

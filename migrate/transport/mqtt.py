@@ -158,7 +158,7 @@ class MqttTransport(Transport):
 
     def drop_summary(self) -> str:
         """``3 unsigned, 1 replayed`` (empty when nothing was dropped)."""
-        return ", ".join(f"{n} {r}" for r, n in sorted(self.dropped.items()))
+        return self.gate.drop_summary()
 
     def _decode(self, payload, topic: str) -> Any:
         """The message, or None (dropped and counted) if it is not one this xmig knows."""
@@ -329,11 +329,11 @@ class MqttTransport(Transport):
             return
         sender, payload = opened
         if kind == "alive":
-            self._alive(sender, payload, topic, parts[3])
+            self.gate.heard(sender, payload, topic, parts[3])
         elif kind == "presence":
             self._presence(parts[3], parts[4], payload, topic)
         elif kind == "proof":
-            self._alive(sender, payload, topic, parts[3])
+            self.gate.heard(sender, payload, topic, parts[3])
             self.peers.changed.set()
             self.peers.changed = asyncio.Event()
         elif kind == "sync":
@@ -354,15 +354,6 @@ class MqttTransport(Transport):
         elif kind == "rpc":
             tag = runkey.tag_of(msg.payload) if self.key is not None else b""
             self._requests.put_nowait((msg, sender, payload, tag))
-
-    def _alive(self, sender: str | None, payload: bytes, topic: str, actor: str) -> None:
-        if sender is None:             # (no key: the beat names its client)
-            beat = self._decode(payload, topic)
-            sender = beat.get("client") if isinstance(beat, dict) else None
-            if not isinstance(sender, str):
-                return
-        self.peers.seen(actor)
-        self.peers.heard[sender] = time.monotonic()
 
     def _events(self, actor: str, payload: bytes, topic: str) -> None:
         batch = self._decode(payload, topic)

@@ -176,6 +176,13 @@ def is_sealed(data) -> bool:
     return len(data) >= 4 and bytes(memoryview(data)[:2]) == _MAGIC
 
 
+def payload_of(data) -> memoryview:
+    """The payload of a sealed message, unchecked (what an ``--insecure`` client can
+    still read of a sealed run)."""
+    buf = memoryview(data)
+    return buf[4 + buf[3] + _FIXED.size + TAG_LEN:]
+
+
 def sender_of(data) -> str | None:
     """The sender a sealed message claims (unchecked), or None."""
     buf = memoryview(data)
@@ -245,4 +252,4 @@ class ReplayWindow:
 
 __all__ = ["KEY_ENV", "MAX_AGE", "NO_SESSION", "SEAL_VERSION", "RunKeyError", "SealError", "Opened",
            "new_key_text", "new_session", "new_challenge", "load_key", "seal", "unseal", "tag_of", "is_sealed",
-           "sender_of", "ReplayWindow"]
+           "payload_of", "sender_of", "ReplayWindow"]
