@@ -123,6 +123,7 @@ async def test_report_and_stream_over_mqtt_equal_the_embedded_run(mqtt_broker, t
     cfg = cfg_for(mqtt_broker)
     hv, g = await start_actor_tasks(cfg, f"eq-{name}", sc)
     rem = await actors.remote_run(sc, RunOptions(stream=str(stream)), broker=cfg, run_id=f"eq-{name}")
+    assert rem.save.outcome == "completed", rem.save.error
     stream.unlink()
     assert rem.save.outcome == "completed" and rem.ok
     assert comparable(rem) == comparable(emb)
