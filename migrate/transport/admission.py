@@ -89,10 +89,12 @@ class Admission:
         self.window = runkey.ReplayWindow()
         self._seq = itertools.count(1)
         self.dropped: collections.Counter = collections.Counter()
+        self._logged: set[str] = set()
         #: Clients seen on the run that cannot take part: ``--insecure`` ones on a
         #: sealed run (or, for an ``--insecure`` client, sealed ones).
         self.strangers: dict[str, str] = {}
         self.mismatch: str | None = None
+        self.claimed = False
 
     # ------------------------------------------------------------------ sealing
 
@@ -109,7 +111,8 @@ class Admission:
 
     def drop(self, reason: str, topic: str, detail: str = "") -> None:
         self.dropped[reason] += 1
-        if self.dropped[reason] == 1:
+        if reason not in self._logged:
+            self._logged.add(reason)
             log.warning("%s dropped a message on %s: %s%s (further ones are counted, not logged)",
                         self.actor, topic, DROP_REASONS.get(reason, reason), f" ({detail})" if detail else "")
 
@@ -161,9 +164,10 @@ class Admission:
             opened = runkey.unseal(self.key, topic, payload, bind=bind,
                                    max_age=None if kind == "presence" else runkey.MAX_AGE)
         except runkey.SealError as exc:
-            self.drop(exc.reason, topic, "" if exc.reason in ("unsigned", "forged") else str(exc))
-            if exc.reason == "unsigned" and kind == "presence":
-                self._maybe_insecure_peer(parts, payload)
+            if exc.reason == "unsigned" and kind == "presence" and self._insecure_peer(parts, payload):
+                self.dropped["unsigned"] += 1      # (named in its own line)
+            else:
+                self.drop(exc.reason, topic, "" if exc.reason in ("unsigned", "forged") else str(exc))
             return None
         sender = opened.sender
         if not self._right_sender(kind, parts, sender):
@@ -284,20 +288,24 @@ class Admission:
 
     # ------------------------------------------------------------------ strangers
 
-    def _maybe_insecure_peer(self, parts: list[str], payload) -> None:
-        """An unsealed hello or claim on a sealed run: a peer started with ``--insecure``."""
+    def _insecure_peer(self, parts: list[str], payload) -> bool:
+        """An unsealed hello or claim on a sealed run: a peer started with ``--insecure``,
+        named once. False if it is not one."""
         from migrate.codec import wire
 
         try:
             msg = wire.decode(payload)
         except wire.WireError:
-            return
+            return False
         cid = parts[4]
-        if isinstance(msg, dict) and msg.get("actor") == parts[3] and cid not in self.strangers:
+        if not (isinstance(msg, dict) and msg.get("actor") == parts[3]):
+            return False
+        if cid not in self.strangers:
             self.strangers[cid] = parts[3]
             log.warning("%s: a %s without the run key (%s, started with --insecure?) is on sealed run %r; "
                         "its messages are dropped: give it the run's --key-file", self.actor, parts[3], cid,
                         self.run_id)
+        return True
 
     @staticmethod
     def _gone(payload) -> bool:
@@ -318,7 +326,8 @@ class Admission:
             self.mismatch = (f"run {self.run_id!r} is sealed with a run key (its {actor_of(sender) or 'peer'} "
                              f"{sender[:60]} sent a sealed message) but this {self.actor} runs --insecure and "
                              "cannot check it: give it the run's --key-file")
-            log.warning("%s", self.mismatch)
+            if self.claimed and self.actor != "watch":
+                log.warning("%s", self.mismatch)   # (before its claim, or a watcher: raised instead)
             if self.on_mismatch is not None:
                 self.on_mismatch(self.mismatch)
 

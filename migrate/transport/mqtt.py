@@ -222,7 +222,7 @@ class MqttTransport(Transport):
         await self._client.publish(topic, self._seal(topic, wire.encode(
             {"actor": self.actor, "client": self.client_id, "challenge": self.gate.challenge, "pid": os.getpid(),
              "host": socket.gethostname()})), qos=1, retain=True)
-        self._claimed = True
+        self._claimed = self.gate.claimed = True
         sent = self._prove()
         if sent:                       # out before our first event batch or call
             await asyncio.wait(sent, timeout=self.timeout)

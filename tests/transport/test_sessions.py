@@ -353,3 +353,25 @@ def _warnings(caplog):
     caplog.set_level(logging.WARNING, logger="xmig.mqtt")
     yield
 
+
+
+async def test_xmig_watch_insecure_on_a_sealed_run_exits_2_in_one_line(mqtt_broker):
+    import os
+    import subprocess
+    import sys
+
+    from tests.transport.test_mqtt_run import ROOT
+
+    hv_t = await connect(cfg_for(mqtt_broker), "sealed", "hypervisor")
+    await hv_t.claim()
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "XMIG_RUN_KEY"}
+        out = await asyncio.to_thread(subprocess.run, [
+            sys.executable, "-m", "migrate.cli.broker", "watch", "--broker", mqtt_broker.url, "--run", "sealed",
+            "--insecure", "--no-dashboard", "--timeout", "2"], cwd=ROOT, env=env, capture_output=True, text=True,
+            timeout=60)
+    finally:
+        await hv_t.close()
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("xmig: error: run 'sealed' is sealed with a run key")
+    assert "--key-file" in out.stderr.strip().splitlines()[-1]
