@@ -34,7 +34,8 @@ resumes the source domain itself when the toolstack vanishes, as libxl does on a
 failed save, and carries on without a guest that vanished (its vCPUs stop).
 """
 
-from migrate.actors.guest import GuestActor, RemoteGuest, scenario_digest, serve_guest
+from migrate.actors.guest import GuestActor, scenario_digest, serve_guest
+from migrate.actors.remote_guest import RemoteGuest
 from migrate.actors.hypervisor import HypervisorActor, serve_hypervisor
 from migrate.actors.toolstack import EventPublisher, RemoteDomain, RemoteSource
 from migrate.actors.wiring import in_process_actors, remote_run, run_actor, watch

@@ -23,7 +23,7 @@ from migrate.heap import keep_freed_arrays
 from migrate.toolstack.link import LinkModel
 from migrate.transport.base import Transport
 
-from migrate.actors.guest import RemoteGuest
+from migrate.actors.remote_guest import RemoteGuest
 from migrate.actors.messages import BootElided, Bye, Released, Served
 
 log = logging.getLogger("xmig.actors")

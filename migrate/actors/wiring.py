@@ -10,7 +10,7 @@ from typing import Callable
 from migrate.errors import PeerLost, TransportError
 from migrate.events import Event, EventBus, MigrationFinished, VerifyDone
 from migrate.transport.base import InProcessHub, InProcessTransport, Transport
-from migrate.transport.mqtt import BrokerConfig, connect
+from migrate.transport.mqtt import RUN_KEY_PEER, BrokerConfig, connect
 from migrate.actors.guest import serve_guest
 from migrate.actors.hypervisor import serve_hypervisor
 from migrate.actors.toolstack import RemoteSource
@@ -86,17 +86,29 @@ async def watch(transport: Transport, dashboard: Callable[[Event], None], *,
                 stop_when_finished: bool = True, ready: asyncio.Event | None = None) -> str:
     """Feed the toolstack's event topic to ``dashboard`` (any bus listener) until the
     run finishes or the toolstack goes. Returns ``"completed"`` only for a completed
-    migration whose destination was verified equal to the source, with no event batch
-    of the toolstack missed since the first one seen; else what happened."""
+    migration whose destination was verified equal to the source, every event batch of
+    the toolstack's session seen from its first one on, sealed with the run key; else
+    what happened. The watcher claims its place on the run (once subscribed), so the
+    toolstack proves itself to it and tells it its session: batches of any other
+    session, or from a client that never proved itself, are dropped. ``RunRefused``
+    when this watcher runs ``--insecure`` on a sealed run (one line, not a silent wait)."""
+    from migrate.errors import RunRefused
+
     done: asyncio.Future = asyncio.get_running_loop().create_future()
     verified: list[VerifyDone] = []
 
     def verdict(ev: MigrationFinished) -> str:
         if ev.outcome != "completed":
             return f"{ev.outcome}: {ev.message}" if ev.message else ev.outcome
+        batches = getattr(transport, "batches", None)
         missed = getattr(transport, "events_missed", {}).get("toolstack", 0)
+        if batches is not None and not batches.saw_start("toolstack"):
+            return (f"completed, but this watcher joined after the run began ({missed} event batches of the "
+                    "toolstack came before it): no verdict for a run it did not see from the start")
         if missed:
             return f"completed, but {missed} event batches of the toolstack never arrived: no verdict to trust"
+        if getattr(transport, "key", b"") is None:
+            return "completed, but unauthenticated (--insecure): anyone on the broker could have sent these events"
         if not verified:
             return "completed, but no destination check was seen"
         st = verified[-1].stats
@@ -114,11 +126,16 @@ async def watch(transport: Transport, dashboard: Callable[[Event], None], *,
                 done.set_result(verdict(ev))
 
     def lost(peer: str, exc: PeerLost) -> None:
-        if peer in ("toolstack", "*") and not done.done():
+        if done.done():
+            return
+        if peer == RUN_KEY_PEER:
+            done.set_exception(RunRefused(str(exc)))
+        elif peer in ("toolstack", "*"):
             done.set_result(f"stopped: {exc}")
 
     transport.on_peer_lost(lost)
     await transport.subscribe_events("toolstack", on_batch)
+    await transport.claim()
     if ready is not None:
         ready.set()
     return await done

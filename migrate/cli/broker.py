@@ -292,7 +292,9 @@ def register(app: typer.Typer) -> None:
         Start it before `xmig run --broker`; it ends with the run: exit 0 only if the
         migration completed and the destination was verified equal to the source, every
         event batch from the start having arrived, sealed with the run key; 1 if it
-        failed, the destination diverged, events were missed, or the toolstack was lost."""
+        failed, the destination diverged, events were missed (a watcher that joined after
+        the run began), it ran --insecure, or the toolstack was lost; 2 if it cannot
+        watch (no broker, or --insecure on a run sealed with a run key)."""
         from rich.console import Console
 
         cfg, run = broker.config, broker.run

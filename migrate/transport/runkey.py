@@ -5,16 +5,19 @@ the project card's actors talk through a broker that anyone with a broker accoun
 publish to. So every MQTT message of a run is sealed with a key that only the run's
 actors hold (``--key-file`` or ``XMIG_RUN_KEY``; ``xmig keygen`` makes one):
 
-    b"XS" | u8 seal version | u8 len(sender) | sender (client id) | u64 seq | f64 wall time
-    | 32-byte HMAC-SHA256 tag | payload (a wire frame)
+    b"XS" | u8 seal version | u8 len(sender) | sender (client id) | 16-byte session
+    | u64 seq | f64 wall time | 32-byte HMAC-SHA256 tag | payload (a wire frame)
 
-The tag covers the topic, the sender's client id, its sequence number, its wall time,
-the tag of the request a reply answers (so a reply is bound to one request) and the
-payload. A receiver drops, and counts, what is unsigned, has a wrong tag, repeats a
-sequence number it has seen from that sender (``ReplayWindow``), or is stamped more than
-``MAX_AGE`` seconds away from its clock (a message recorded in an earlier session with
-the same key; presence claims are exempt: a claim is as old as its actor, and the bus
-checks them against heartbeats instead).
+The tag covers the topic, the sender's client id, the session, its sequence number,
+its wall time, what the message is bound to (the tag of the request a reply answers,
+or the challenge a liveness proof answers) and the payload. The session is the nonce
+the toolstack opens each run with (``new_session``; ``NO_SESSION`` before a run):
+a message of one run is no message of the next, even with the same key and run id.
+A receiver drops, and counts, what is unsigned, has a wrong tag, repeats a sequence
+number it has seen from that sender (``ReplayWindow``), or is stamped more than
+``MAX_AGE`` seconds away from its clock; which sender and which session it accepts at
+all is ``migrate.transport.admission``'s business (a sender counts once it has answered
+this receiver's fresh challenge, so nothing recorded earlier does).
 """
 
 from __future__ import annotations
@@ -44,9 +47,14 @@ MAX_AGE = 300.0
 REPLAY_WINDOW = 4096
 
 _MAGIC = b"XS"
-_VERSION = 1
-_FIXED = struct.Struct("<Qd")   # seq, wall time
+#: 2: the session nonce joined the sealed header.
+SEAL_VERSION = 2
+SESSION_LEN = 16
+_FIXED = struct.Struct(f"<{SESSION_LEN}sQd")   # session, seq, wall time
 TAG_LEN = 32
+#: The session of messages sent outside a run (claims, proofs, heartbeats of actors
+#: waiting for a toolstack).
+NO_SESSION = bytes(SESSION_LEN)
 
 
 class RunKeyError(ValueError):
@@ -60,6 +68,17 @@ class SealError(ValueError):
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(detail or reason)
         self.reason = reason
+
+
+def new_session() -> bytes:
+    """A fresh run session nonce (128 random bits)."""
+    return secrets.token_bytes(SESSION_LEN)
+
+
+def new_challenge() -> bytes:
+    """A fresh liveness challenge (128 random bits): a peer proves it is live now by
+    sealing an answer bound to it."""
+    return secrets.token_bytes(16)
 
 
 def new_key_text() -> str:
@@ -134,6 +153,7 @@ class Opened:
     """A message whose seal checked out."""
 
     sender: str
+    session: bytes
     seq: int
     wall: float
     tag: bytes
@@ -153,18 +173,30 @@ def _mac(key: bytes, topic: str, sender: bytes, fixed: bytes, bind: bytes, paylo
 
 
 def seal(key: bytes, topic: str, sender: str, seq: int, payload: bytes, *, bind: bytes = b"",
-         wall: float | None = None) -> bytes:
-    """``payload`` sealed for ``topic`` by ``sender`` (its ``seq``-th message)."""
+         wall: float | None = None, session: bytes = NO_SESSION) -> bytes:
+    """``payload`` sealed for ``topic`` by ``sender`` (its ``seq``-th message) in ``session``."""
     s = sender.encode()
-    fixed = _FIXED.pack(seq, time.time() if wall is None else wall)
+    fixed = _FIXED.pack(session, seq, time.time() if wall is None else wall)
     tag = _mac(key, topic, s, fixed, bind, payload)
-    return b"".join((_MAGIC, bytes((_VERSION, len(s))), s, fixed, tag, payload))
+    return b"".join((_MAGIC, bytes((SEAL_VERSION, len(s))), s, fixed, tag, payload))
 
 
 def tag_of(sealed: bytes) -> bytes:
     """The tag of a message ``seal`` made (a reply to it is bound to this)."""
     start = 4 + sealed[3] + _FIXED.size
     return bytes(sealed[start:start + TAG_LEN])
+
+
+def is_sealed(data) -> bool:
+    """Does ``data`` look like a sealed message (of any seal version)?"""
+    return len(data) >= 4 and bytes(memoryview(data)[:2]) == _MAGIC
+
+
+def payload_of(data) -> memoryview:
+    """The payload of a sealed message, unchecked (what an ``--insecure`` client can
+    still read of a sealed run)."""
+    buf = memoryview(data)
+    return buf[4 + buf[3] + _FIXED.size + TAG_LEN:]
 
 
 def sender_of(data) -> str | None:
@@ -186,8 +218,8 @@ def unseal(key: bytes, topic: str, data, *, bind: bytes = b"", max_age: float | 
     buf = memoryview(data)
     if len(buf) < 4 or bytes(buf[:2]) != _MAGIC:
         raise SealError("unsigned")
-    if buf[2] != _VERSION:
-        raise SealError("unsigned", f"seal version {buf[2]}")
+    if buf[2] != SEAL_VERSION:
+        raise SealError("version", f"seal v{buf[2]}, this xmig seals v{SEAL_VERSION}")
     n = buf[3]
     head = 4 + n + _FIXED.size
     if len(buf) < head + TAG_LEN:
@@ -198,10 +230,10 @@ def unseal(key: bytes, topic: str, data, *, bind: bytes = b"", max_age: float | 
     payload = buf[head + TAG_LEN:]
     if not hmac.compare_digest(tag, _mac(key, topic, s, fixed, bind, payload)):
         raise SealError("forged")
-    seq, wall = _FIXED.unpack(fixed)
+    session, seq, wall = _FIXED.unpack(fixed)
     if max_age is not None and not abs((time.time() if now is None else now) - wall) <= max_age:
         raise SealError("stale")
-    return Opened(s.decode(errors="replace"), seq, wall, tag, payload)
+    return Opened(s.decode(errors="replace"), session, seq, wall, tag, payload)
 
 
 class ReplayWindow:
@@ -227,6 +259,13 @@ class ReplayWindow:
         self._state[sender] = (hi, mask)
         return True
 
+    def start_at(self, sender: str, seq: int) -> None:
+        """Count ``sender``'s messages from ``seq`` on only: everything it sent up to
+        and including ``seq`` counts as seen (what a receiver accepts from a peer
+        starts with the peer's answer to its challenge)."""
+        self._state[sender] = (seq, self._full)
 
-__all__ = ["KEY_ENV", "LOOSE_OK_ENV", "MAX_AGE", "RunKeyError", "SealError", "Opened", "new_key_text", "load_key", "seal",
-           "unseal", "tag_of", "sender_of", "ReplayWindow"]
+
+__all__ = ["KEY_ENV", "LOOSE_OK_ENV", "MAX_AGE", "NO_SESSION", "SEAL_VERSION", "RunKeyError", "SealError", "Opened",
+           "new_key_text", "new_session", "new_challenge", "load_key", "seal", "unseal", "tag_of", "is_sealed",
+           "payload_of", "sender_of", "ReplayWindow"]

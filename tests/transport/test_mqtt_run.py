@@ -123,6 +123,7 @@ async def test_report_and_stream_over_mqtt_equal_the_embedded_run(mqtt_broker, t
     cfg = cfg_for(mqtt_broker)
     hv, g = await start_actor_tasks(cfg, f"eq-{name}", sc)
     rem = await actors.remote_run(sc, RunOptions(stream=str(stream)), broker=cfg, run_id=f"eq-{name}")
+    assert rem.save.outcome == "completed", rem.save.error
     stream.unlink()
     assert rem.save.outcome == "completed" and rem.ok
     assert comparable(rem) == comparable(emb)
@@ -554,31 +555,43 @@ async def test_watch_records_the_events_with_their_call_site_effects(mqtt_broker
     assert build_report(result_from_events(log.events)) == expected
 
 
-@pytest.mark.mqtt
-async def test_the_example_acl_gives_each_actor_only_its_topics(tmp_path):
-    """examples/mosquitto/acl on a real Mosquitto: a migration runs with one broker user
-    per actor, and another user can neither read the run nor publish into it."""
+def example_broker(tmp_path, users):
+    """A Mosquitto run with examples/mosquitto's config and ACL (its paths made absolute),
+    and a password file for ``users`` (password ``pw-<user>``)."""
     import shutil
 
+    from tests.mqtt_broker import Broker, free_port, mosquitto_binary
+
+    if mosquitto_binary() is None or shutil.which("mosquitto_passwd") is None:
+        pytest.skip("mosquitto and mosquitto_passwd are needed")
+    passwd = tmp_path / "passwd"
+    for i, user in enumerate(users):
+        subprocess.run(["mosquitto_passwd", "-b", *([] if i else ["-c"]), str(passwd), user, f"pw-{user}"],
+                       check=True, capture_output=True)
+    conf = (ROOT / "examples" / "mosquitto" / "mosquitto.conf").read_text().splitlines()
+    kept = [ln for ln in conf if ln.strip() and not ln.startswith("#") and ln.split()[0] not in
+            ("listener", "password_file", "acl_file", "persistence", "set_tcp_nodelay", "max_queued_messages")]
+    assert "use_username_as_clientid true" in kept and "allow_anonymous false" in kept
+    extra = "\n".join(kept) + (f"\npassword_file {passwd}\nuser root\n"
+                                f"acl_file {ROOT / 'examples' / 'mosquitto' / 'acl'}\n")
+    return Broker(mosquitto_binary(), free_port(), tmp_path / "mosquitto.conf", tmp_path / "mosquitto.log",
+                  extra=extra).start()
+
+
+@pytest.mark.mqtt
+async def test_the_example_broker_gives_each_actor_only_its_topics_and_resists_takeover(tmp_path):
+    """examples/mosquitto on a real Mosquitto: a migration runs with one broker user per
+    actor; a student's account can watch but publish nothing into the run, and its
+    connection under an actor's client id (read from the presence topics) does not
+    drop the actor (MQTT session takeover), so the run completes."""
     import aiomqtt
 
     from migrate.codec import wire
     from migrate.cli.broker import watch_run
     from migrate.ui.dashboard import Dashboard
     from migrate.events import MigrationFinished
-    from tests.mqtt_broker import Broker, free_port, mosquitto_binary
 
-    if mosquitto_binary() is None or shutil.which("mosquitto_passwd") is None:
-        pytest.skip("mosquitto and mosquitto_passwd are needed")
-    users = ("toolstack", "hypervisor", "guest", "watch", "student")
-    passwd = tmp_path / "passwd"
-    for i, user in enumerate(users):
-        subprocess.run(["mosquitto_passwd", "-b", *([] if i else ["-c"]), str(passwd), user, f"pw-{user}"],
-                       check=True, capture_output=True)
-    extra = (f"allow_anonymous false\npassword_file {passwd}\nuser root\n"
-             f"acl_file {ROOT / 'examples' / 'mosquitto' / 'acl'}\n")
-    broker = Broker(mosquitto_binary(), free_port(), tmp_path / "mosquitto.conf", tmp_path / "mosquitto.log",
-                    extra=extra).start()
+    broker = example_broker(tmp_path, ("toolstack", "hypervisor", "guest", "watch", "student", "intruder"))
     try:
         def cfg(user):
             c = parse_broker_url(broker.url, username=user, password=f"pw-{user}", timeout=3.0, key=test_key())
@@ -607,15 +620,37 @@ async def test_the_example_acl_gives_each_actor_only_its_topics(tmp_path):
             fake = wire.encode({"seq": 1, "events": [MigrationFinished(t=0.0, outcome="completed")]})
             for topic in ("xmig/acl/events/toolstack", "xmig/acl/hypervisor/rpc",
                           "xmig/acl/presence/toolstack/xmig-toolstack-0000000000"):
-                with contextlib.suppress(aiomqtt.MqttError):    # a v5 broker may refuse it openly
-                    await student.publish(topic, fake, qos=1)
-            res = await actors.remote_run(sc, RunOptions(), broker=cfg("toolstack"), run_id="acl")
+                # (Another account: Mosquitto closes a v5 connection that publishes where it may not.)
+                with contextlib.suppress(aiomqtt.MqttError):
+                    async with aiomqtt.Client("127.0.0.1", broker.port, username="intruder", password="pw-intruder",
+                                              protocol=aiomqtt.ProtocolVersion.V5) as other:
+                        await other.publish(topic, fake, qos=1)
+            gate = Gate()
+            run = asyncio.ensure_future(actors.remote_run(sc, RunOptions(), broker=cfg("toolstack"), run_id="acl",
+                                                          pacer=gate))
+            await asyncio.wait_for(gate.reached.wait(), 15)      # mid-migration
+            victims = [c.split("/")[-1] for c in seen if "/presence/" in c]
+            assert hv_t.client_id in victims and g_t.client_id in victims   # the ids are readable...
+            for cid in (hv_t.client_id, g_t.client_id):
+                # ...and a connection under one of them takes no actor over.
+                async with aiomqtt.Client("127.0.0.1", broker.port, identifier=cid, username="intruder",
+                                          password="pw-intruder", protocol=aiomqtt.ProtocolVersion.V5):
+                    await asyncio.sleep(0.3)
+                with pytest.raises(aiomqtt.MqttError):           # and without an account, none at all
+                    async with aiomqtt.Client("127.0.0.1", broker.port, identifier=cid,
+                                              protocol=aiomqtt.ProtocolVersion.V5):
+                        pass
+            gate.opened.set()
+            res = await asyncio.wait_for(run, 60)
             listening.cancel()
+        assert hv_t.peers.broken is None and g_t.peers.broken is None
         assert res.ok and comparable(res) == comparable(emb)
         assert await asyncio.wait_for(watcher, 10) == "completed"
-        # The broker kept the student out: nothing reached the actors to drop, nothing
-        # of the run reached the student.
-        assert res.broker["dropped"] == {} and hv_t.dropped == {} and seen == []
+        # The broker kept the student's messages out: nothing reached the actors to drop,
+        # and the student read none of the run's calls and replies.
+        assert res.broker["dropped"] == {} and hv_t.dropped == {} and g_t.dropped == {}
+        assert not [t for t in seen if "/rpc" in t or "/reply/" in t], seen
+        assert any("/events/toolstack" in t for t in seen), seen      # a class account may watch
         assert await asyncio.wait_for(hv, 10) == "released" and await asyncio.wait_for(g, 10) == "released"
         await hv_t.close()
         await g_t.close()
