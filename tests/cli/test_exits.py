@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.test_hostile_input import _TTY_ENV, one_error_line, xmig
+from tests.xmig_process import TTY_ENV as _TTY_ENV, usage_error as one_error_line, xmig
 
 SMALL = "name: small\nguest: {memory: 16MiB}\nmigration: {start: 10ms}\n"
 

@@ -20,8 +20,8 @@ import pytest
 
 from migrate.sweep.results import read_results
 from tests.sweep.test_sweep import SWEEP, TINY, _children, _wait_rows, xmig
-from tests.cli.test_cli import _env
-from tests.cli.test_hostile_input import one_error_line
+from tests.xmig_process import xmig_env as _env
+from tests.xmig_process import usage_error as one_error_line
 
 
 @pytest.fixture

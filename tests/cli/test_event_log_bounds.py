@@ -18,7 +18,9 @@ import pytest
 from migrate import events as E
 from migrate.codec import wire
 from migrate.events import log as el
-from tests.cli.test_hostile_replay_sweep import BALLOON, assert_usage_error, xmig
+from tests.xmig_process import ROOT, usage_error as assert_usage_error, xmig
+
+BALLOON = ROOT / "examples" / "balloon.yaml"
 
 ROOT = Path(__file__).resolve().parents[2]
 
