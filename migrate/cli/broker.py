@@ -25,14 +25,15 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from migrate.errors import TransportError
-from migrate.transport.base import DEFAULT_TIMEOUT
-from migrate.transport.mqtt import BrokerConfig, parse_broker_url
+from migrate.transport.limits import DEFAULT_TIMEOUT
 from migrate.transport.runkey import KEY_ENV, RunKeyError, load_key, new_key_text
+if TYPE_CHECKING:                      # the MQTT client loads when a command connects
+    from migrate.transport.mqtt import BrokerConfig
 from migrate.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError, _err_console, _guard
 
 BROKER_HELP = "MQTT broker URL: mqtt://HOST:PORT or mqtts://HOST:PORT (TLS)."
@@ -59,6 +60,8 @@ def broker_config(broker: str, *, username: Optional[str] = None, password: Opti
                   insecure: bool = False) -> BrokerConfig:
     """The broker options of every command, checked (``TransportError`` when unusable),
     with the run key (``--key-file``, else ``XMIG_RUN_KEY``; none only with ``insecure``)."""
+    from migrate.transport.mqtt import parse_broker_url
+
     try:
         key = load_key(key_file, insecure=insecure)
     except RunKeyError as exc:
@@ -82,6 +85,7 @@ async def remote_run(scenario, opts, broker: str | BrokerConfig, run_id: str, bu
     ``broker`` object and named in one line on stderr."""
     from migrate.actors import remote_run as _remote_run
     from migrate.transport.base import check_run_id
+    from migrate.transport.mqtt import BrokerConfig
 
     try:
         check_run_id(run_id)

@@ -31,12 +31,8 @@ from migrate.codec import wire
 
 log = logging.getLogger("xmig.bus")
 
-DEFAULT_TIMEOUT = 5.0
-DEFAULT_HEARTBEAT = 1.0
-#: How long a toolstack (or hypervisor) waits for its peer to show up on the run.
-DEFAULT_PEER_WAIT = 10.0
-#: Even a callee that keeps heartbeating must answer within this (a hung handler).
-DEFAULT_CALL_LIMIT = 120.0
+from migrate.transport.limits import (DEFAULT_CALL_LIMIT, DEFAULT_HEARTBEAT,  # noqa: E402,F401
+                                      DEFAULT_PEER_WAIT, DEFAULT_TIMEOUT)
 ACTORS = ("toolstack", "hypervisor", "guest")
 
 
