@@ -6,8 +6,36 @@ lines otherwise), and Ctrl-C, SIGTERM or SIGHUP aborting it cleanly."""
 from __future__ import annotations
 
 import asyncio
+import functools
+import gc
 import sys
 from typing import Any, Optional
+
+
+def collect_after_start_up(fn):
+    """Run a command with the cyclic garbage collector paused until its migration
+    starts (``one_run`` resumes it): the start-up imports (numpy, pydantic's models,
+    the simulator) make several hundred thousand long-lived objects, and the
+    collections they would trigger find nothing to free (about a tenth of a small
+    run's CPU). Resumed on every way out."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        was = gc.isenabled()
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if was:
+                gc.enable()
+    return wrapper
+
+
+def _start_collecting() -> None:
+    """What start-up made stays for the run: out of the collector's sight from here
+    (``gc.freeze``), and the collector back on for what the run makes."""
+    gc.freeze()
+    gc.enable()
 
 
 async def _run_with_interrupt(coro_fn):
@@ -69,13 +97,13 @@ def one_run(scenario, opts, *, dashboard: bool, speed: Optional[float], console,
     ``listeners`` are subscribed to the run's events too; ``detail``: see ``pacer_for``.
     Returns (result, interrupted, recorder)."""
     run = runner_for(remote)
+    _start_collecting()
     if dashboard:
         from migrate.ui.commands import interactive_run
 
         return interactive_run(scenario, opts, speed=speed, guided=guided, record_map=record_map, run=run,
                                listeners=listeners)
     from migrate.events import EventBus
-    from migrate.ui.gfnmap import GfnMapRecorder
     from migrate.ui.progress import PlainProgress
 
     bus = EventBus()
@@ -85,6 +113,8 @@ def one_run(scenario, opts, *, dashboard: bool, speed: Optional[float], console,
         progress = PlainProgress(sys.stdout)
         bus.subscribe(progress)
     if record_map:
+        from migrate.ui.gfnmap import GfnMapRecorder
+
         recorder = GfnMapRecorder()
         bus.subscribe(recorder)
     for fn in listeners:

@@ -15,7 +15,7 @@ from migrate.cli.checks import (ALLOW_POLICY_OPT, _allowed, _check_behaviour, _c
                                 _save_outputs, _write_plot)
 from migrate.cli.common import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError, _default_speed, _guard,
                                 _print_summary)
-from migrate.cli.migration import one_run
+from migrate.cli.migration import collect_after_start_up, one_run
 
 RUN_HELP = (
     "Run one migration of the scenario and check the destination, e.g. "
@@ -139,4 +139,5 @@ def run(
 
 def register(app: typer.Typer) -> None:
     """Add ``run`` to the ``xmig`` app."""
-    app.command(short_help="Run one migration of the scenario and check the destination.", help=RUN_HELP)(_guard(run))
+    app.command(short_help="Run one migration of the scenario and check the destination.",
+                help=RUN_HELP)(_guard(collect_after_start_up(run)))
