@@ -24,7 +24,8 @@ against a baseline measured in the same run:
   line's row gives its gross wall and, net of start-up (the 16 MiB run's process less
   its run), its CPU seconds and wall against the library path's; it is flagged ``CLI
   SLOWER`` when its net CPU seconds are more than 1.2x the library path's (CPU seconds,
-  because other work on the cores moves them far less than wall time);
+  because other work on the cores moves them far less than wall time); its ratio to
+  the floor is of those net CPU seconds;
 - ``balloon.yaml`` over MQTT against the same run embedded (``bench_mqtt.py``).
 
 Goals (issue 22): a 16 MiB ``xmig run --no-dashboard`` under 0.6 s and ``xmig --help``
@@ -133,7 +134,7 @@ def run_case(name: str, spec: str, timeout: float = 900) -> dict:
         return {"name": name, "error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
     data = json.loads(proc.stdout.strip().splitlines()[-1])
     floor = min(numpy_floor(data["populated"], data["pages_sent"]) for _ in range(3))
-    data.update(name=name, baseline_seconds=floor, ratio=data["wall"] / floor,
+    data.update(name=name, baseline_seconds=floor, ratio=data["wall"] / floor, cpu_ratio=data["cpu"] / floor,
                 pages_per_s=data["pfns_walked"] / data["wall"])
     return data
 
@@ -197,7 +198,7 @@ def cli_case(name: str, path: Path, lib: dict, startup: tuple[float, float], tim
     row = {"name": name, "wall": wall, "rss_mib": rss, "verify_ok": bool(rep.get("verify") and rep["verify"]["ok"]),
            "net_wall": max(wall - startup[0], 1e-9), "cpu": cpu, "net_cpu": max(cpu - startup[1], 1e-9)}
     if "error" not in lib:
-        row.update(baseline_seconds=lib["baseline_seconds"], ratio=row["net_wall"] / lib["baseline_seconds"],
+        row.update(baseline_seconds=lib["baseline_seconds"], ratio=row["net_cpu"] / lib["baseline_seconds"],
                    pages_per_s=lib["pfns_walked"] / wall, lib_wall=lib["wall"], lib_cpu=lib["cpu"],
                    vs_lib=row["net_cpu"] / lib["cpu"], wall_vs_lib=row["net_wall"] / lib["wall"],
                    gross_vs_lib=wall / lib["wall"])
@@ -289,6 +290,8 @@ def main(argv=None) -> int:
         extra = row.get("goal", "") or row.get("note", "")
         if "verify_ok" in row:
             extra = ("verified" if row["verify_ok"] else "NOT VERIFIED") + (f"; {row['goal']}" if row.get("goal") else "")
+        if "cpu_ratio" in row:
+            extra += f"; CPU {row['cpu']:.3f} s = {row['cpu_ratio']:.1f}x floor"
         if "vs_lib" in row:
             flag = "  CLI SLOWER" if row["vs_lib"] > CLI_FLAG_RATIO else ""
             extra += (f"; net of start-up: CPU {row['net_cpu']:.3f} s = {row['vs_lib']:.2f}x the library path's "
