@@ -129,14 +129,21 @@ def class_scale(d: Path, seeds: int) -> dict:
                      f"  seed: {{range: [1, {seeds}]}}\n")
     out = d / "class.parquet"
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "migrate", "sweep", str(sweep), "--out", str(out)],
-                       capture_output=True, text=True, cwd=ROOT)
-    wall = time.perf_counter() - t0
-    assert r.returncode == 0, r.stderr
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen([sys.executable, "-m", "migrate", "sweep", str(sweep), "--out", str(out)],
+                                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        _, status, usage = os.wait4(proc.pid, 0)   # its workers' CPU is counted in too
+        wall = time.perf_counter() - t0
+        log.seek(0)
+        assert os.waitstatus_to_exitcode(status) == 0, log.read().decode(errors="replace")[-2000:]
+    cpu = usage.ru_utime + usage.ru_stime
     runs = 2 * seeds
     goal = GOALS["class_s"] * runs / 1000
-    return {"case": f"class scale: xmig sweep of {runs} runs of a 64 MiB scenario ({wall / runs * 1000:.0f} ms a run)",
-            "baseline_s": None, "engine_s": wall, "ratio": None, "goal": f"< {goal:.0f} s", "met": wall < goal}
+    workers = engines.default_workers()
+    return {"case": f"class scale: xmig sweep of {runs} runs of a 64 MiB scenario", "baseline_s": None,
+            "engine_s": wall, "ratio": None, "met": wall < goal,
+            "goal": f"< {goal:.0f} s (CPU {cpu:.1f} s over {workers} workers, {cpu / runs * 1000:.0f} ms a run: "
+                    f"{cpu / workers:.1f} s of wall on idle cores)"}
 
 
 def dask_same_file(d: Path, sweep: Path) -> dict:
