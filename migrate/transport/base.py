@@ -28,11 +28,10 @@ from hypervisor.abi import XenError
 
 from migrate.errors import BrokerUnreachable, PeerLost, RunRefused, TransportError
 from migrate.codec import wire
+from migrate.transport.limits import DEFAULT_CALL_LIMIT, DEFAULT_HEARTBEAT, DEFAULT_PEER_WAIT, DEFAULT_TIMEOUT  # noqa: F401
 
 log = logging.getLogger("xmig.bus")
 
-from migrate.transport.limits import (DEFAULT_CALL_LIMIT, DEFAULT_HEARTBEAT,  # noqa: E402,F401
-                                      DEFAULT_PEER_WAIT, DEFAULT_TIMEOUT)
 ACTORS = ("toolstack", "hypervisor", "guest")
 
 
