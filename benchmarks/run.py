@@ -8,14 +8,30 @@ Each migration case runs in its own process, so its peak RSS is its own. For eve
 case the table gives wall time, peak RSS, simulated pages per wall second, and a ratio
 against a baseline measured in the same run:
 
+- start-up: ``xmig --help`` and ``xmig run --no-dashboard`` of a 16 MiB guest, each the
+  whole process's wall (median of three), against ``python -c pass`` (the interpreter's
+  own start-up) measured beside them;
+
 - micro-benchmarks (log-dirty mark and CLEAN, stream writer) against the numpy floors
   of their own scripts (``bench_logdirty.py``, ``bench_stream.py``, ``bench_guest.py``);
 - whole migrations against a *numpy floor*: the minimum array work the case needs:
   allocate the source's and the destination's content tokens for the populated pages
   and copy, pass by pass, as many tokens as the migration sent. The ratio says how
   much the emulator costs over just moving the data it moves;
+- every whole migration twice: the library path (``run_scenario`` in a child process,
+  timed inside it) and the command line a user runs (``xmig run --no-dashboard
+  --report FILE`` as a process, progress lines piped, timed from outside). The command
+  line's row gives its gross wall and, net of start-up (the 16 MiB run's process less
+  its run), its CPU seconds and wall against the library path's; it is flagged ``CLI
+  SLOWER`` when its net CPU seconds are more than 1.2x the library path's (CPU seconds,
+  because other work on the cores moves them far less than wall time); its ratio to
+  the floor is of those net CPU seconds;
 - ``balloon.yaml`` over MQTT against the same run embedded (``bench_mqtt.py``).
 
+Goals (issue 22): a 16 MiB ``xmig run --no-dashboard`` under 0.6 s and ``xmig --help``
+under 0.3 s of process wall; through the command line the 64 GiB guest within 10x of
+its numpy floor (net of start-up), 1 TiB under 60 s and 12 GiB peak RSS, and the command
+line within 1.2x of the library path at 1, 64 and 256 GiB.
 Goals (issue 7): sparse 16 TiB guest and 256 GiB guest each under 60 s wall; the
 256 GiB guest under 4 GiB peak RSS; the size sweep linear or better in populated pages.
 Issue 12: a 1 TiB guest (the same hot-set writer + balloon) under 60 s wall and under
@@ -26,9 +42,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -66,14 +85,14 @@ def _case_child(spec: str) -> None:
     if spec.startswith("gib:"):
         scenario = parse_scenario(sized_scenario(int(spec[4:])))
     else:
-        scenario = load_scenario(ROOT / spec)
-    t0 = time.perf_counter()
+        scenario = load_scenario(ROOT / spec)   # (an absolute path stays itself)
+    t0, c0 = time.perf_counter(), time.process_time()
     res = asyncio.run(run_scenario(scenario))
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     rss = peak_rss_mib()
     rounds = [r for r in res.save.rounds if r.phase != "verify"]
     print(json.dumps({
-        "wall": wall, "rss_mib": rss, "outcome": res.save.outcome,
+        "wall": wall, "cpu": cpu, "rss_mib": rss, "outcome": res.save.outcome,
         "verify_ok": bool(res.verify and res.verify.ok),
         "p2m_size": res.save.p2m_size, "populated": res.guest["ram_pages_at_start"],
         "pfns_walked": sum(r.pfns_walked for r in rounds),
@@ -108,16 +127,117 @@ def numpy_floor(populated: int, pages_sent: list[int]) -> float:
     return time.perf_counter() - t0
 
 
+def floor_in_child(populated: int, pages_sent: list[int]) -> float:
+    """``numpy_floor`` (best of three) in a fresh process: this one stays small, since a
+    process started from a parent that once held these arrays would report the parent's
+    peak RSS as its own (Linux keeps ru_maxrss across fork and exec)."""
+    spec = json.dumps([populated, pages_sent])
+    proc = subprocess.run([sys.executable, __file__, "--floor", spec], capture_output=True, text=True,
+                          check=True, cwd=ROOT)
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
 def run_case(name: str, spec: str, timeout: float = 900) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--child", spec], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT)
     if proc.returncode != 0:
         return {"name": name, "error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
     data = json.loads(proc.stdout.strip().splitlines()[-1])
-    floor = min(numpy_floor(data["populated"], data["pages_sent"]) for _ in range(3))
-    data.update(name=name, baseline_seconds=floor, ratio=data["wall"] / floor,
+    floor = floor_in_child(data["populated"], data["pages_sent"])
+    data.update(name=name, baseline_seconds=floor, ratio=data["wall"] / floor, cpu_ratio=data["cpu"] / floor,
                 pages_per_s=data["pfns_walked"] / data["wall"])
     return data
+
+
+#: The command line's wall over the library path's, net of start-up, above which a row is flagged.
+CLI_FLAG_RATIO = 1.2
+
+
+def _xmig() -> list[str]:
+    """The ``xmig`` command of the tree this file is in (``python -m migrate`` run from
+    its root: the same ``main()`` the installed console script calls)."""
+    return [sys.executable, "-m", "migrate"]
+
+
+def timed_process(cmd: list[str], timeout: float = 1800) -> tuple[float, float, int, float]:
+    """Run ``cmd`` (stdout and stderr to a file, as when piped):
+    (wall seconds, peak RSS MiB of that process, exit status, its CPU seconds). The CPU
+    seconds (user + system) move much less than the wall when other work shares the
+    cores."""
+    with tempfile.TemporaryFile() as out:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            proc.kill()
+            raise
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    return wall, usage.ru_maxrss / 1024, proc.returncode, usage.ru_utime + usage.ru_stime
+
+
+def scenario_file(d: Path, gib: float) -> Path:
+    """``sized_scenario`` as a YAML file (a 16 MiB guest for ``gib=1/64``)."""
+    import yaml
+
+    if gib >= 1:
+        data = sized_scenario(int(gib))
+    else:   # the start-up case: 16 MiB, its balloon moving 1 MiB
+        data = sized_scenario(1)
+        data.update(name="hotset-16m")
+        data["guest"].update(memory="16MiB", balloon={"schedule": [{"at": "2s", "target": "-1MiB"},
+                                                                     {"at": "2.2s", "target": "+1MiB"}]})
+    path = d / f"{data['name']}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def cli_case(name: str, path: Path, lib: dict, startup: tuple[float, float], timeout: float = 1800) -> dict:
+    """``xmig run --no-dashboard --report R`` of ``path`` as a process, beside the
+    library path's row ``lib`` of the same scenario. ``startup``: (wall, CPU) seconds a
+    process spends besides its run (see ``startup_cases``); the comparison with the
+    library path is made net of it, on CPU seconds (which other work on the cores
+    disturbs far less than wall time) and on wall time."""
+    report = path.with_suffix(".report.json")
+    wall, rss, rc, cpu = timed_process(_xmig() + ["run", "--guest", str(path), "--no-dashboard", "--report", str(report)],
+                                  timeout)
+    if rc not in (0, 1) or not report.exists():
+        return {"name": name, "error": f"xmig run exited {rc}"}
+    rep = json.loads(report.read_text())
+    row = {"name": name, "wall": wall, "rss_mib": rss, "verify_ok": bool(rep.get("verify") and rep["verify"]["ok"]),
+           "net_wall": max(wall - startup[0], 1e-9), "cpu": cpu, "net_cpu": max(cpu - startup[1], 1e-9)}
+    if "error" not in lib:
+        row.update(baseline_seconds=lib["baseline_seconds"], ratio=row["net_cpu"] / lib["baseline_seconds"],
+                   pages_per_s=lib["pfns_walked"] / wall, lib_wall=lib["wall"], lib_cpu=lib["cpu"],
+                   vs_lib=row["net_cpu"] / lib["cpu"], wall_vs_lib=row["net_wall"] / lib["wall"],
+                   gross_vs_lib=wall / lib["wall"])
+    return row
+
+
+def startup_cases(d: Path, repeats: int = 3) -> tuple[list[dict], tuple[float, float]]:
+    """Process start-up, medians of ``repeats``: ``python -c pass``, ``xmig --help``, and a
+    16 MiB ``xmig run --no-dashboard`` (with its library wall, to give the start-up the
+    command-line rows are net of)."""
+    small = scenario_file(d, 1 / 64)
+
+    def med(cmd: list[str]) -> tuple[float, float]:
+        runs = [timed_process(cmd) for _ in range(repeats)]
+        return statistics.median(r[0] for r in runs), statistics.median(r[3] for r in runs)
+
+    floor, floor_cpu = med([sys.executable, "-c", "pass"])
+    helps, helps_cpu = med(_xmig() + ["--help"])
+    run16, run16_cpu = med(_xmig() + ["run", "--guest", str(small), "--no-dashboard"])
+    libs = [run_case("lib", str(small)) for _ in range(repeats)]
+    lib16, lib16_cpu = statistics.median(r["wall"] for r in libs), statistics.median(r["cpu"] for r in libs)
+    rows = [{"name": "start-up: xmig --help", "wall": helps, "baseline_seconds": floor, "ratio": helps / floor,
+             "cpu": helps_cpu, "goal": f"< 0.3 s wall; CPU {helps_cpu:.3f} s = {helps_cpu / floor_cpu:.1f}x "
+                                       f"python -c pass's {floor_cpu:.3f} s"},
+            {"name": "start-up: xmig run, 16 MiB guest", "wall": run16, "baseline_seconds": floor,
+             "ratio": run16 / floor, "cpu": run16_cpu,
+             "goal": f"< 0.6 s wall; CPU {run16_cpu:.3f} s = {run16_cpu / floor_cpu:.1f}x python -c pass's; "
+                     f"the run itself {lib16:.3f} s"}]
+    return rows, (max(run16 - lib16, 0.0), max(run16_cpu - lib16_cpu, 0.0))
 
 
 def micro_cases() -> list[dict]:
@@ -159,11 +279,18 @@ def mqtt_cases() -> list[dict]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--floor", help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="skip the 256 GiB and 1 TiB cases and MQTT")
+    ap.add_argument("--sizes", help="only these hot-set sizes in GiB, e.g. 1,64 (no micro, sparse or MQTT cases)")
+    ap.add_argument("--no-cli", action="store_true", help="the library path only (no xmig processes)")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON")
     args = ap.parse_args(argv)
     if args.child:
         _case_child(args.child)
+        return 0
+    if args.floor:
+        populated, sent = json.loads(args.floor)
+        print(min(numpy_floor(populated, sent) for _ in range(3)))
         return 0
 
     rows: list[dict] = []
@@ -178,37 +305,70 @@ def main(argv=None) -> int:
         extra = row.get("goal", "") or row.get("note", "")
         if "verify_ok" in row:
             extra = ("verified" if row["verify_ok"] else "NOT VERIFIED") + (f"; {row['goal']}" if row.get("goal") else "")
-        print(f"{row['name']:<44} {row['wall']:9.3f} {rss} {pps} {row['baseline_seconds']:10.4f} "
-              f"{row['ratio']:8.1f}  {extra}", flush=True)
+        if "cpu_ratio" in row:
+            extra += f"; CPU {row['cpu']:.3f} s = {row['cpu_ratio']:.1f}x floor"
+        if "vs_lib" in row:
+            flag = "  CLI SLOWER" if row["vs_lib"] > CLI_FLAG_RATIO else ""
+            extra += (f"; net of start-up: CPU {row['net_cpu']:.3f} s = {row['vs_lib']:.2f}x the library path's "
+                      f"{row['lib_cpu']:.3f} s, wall {row['wall_vs_lib']:.2f}x (gross wall {row['gross_vs_lib']:.2f}x)"
+                      f"{flag}")
+        base = f"{row['baseline_seconds']:10.4f}" if "baseline_seconds" in row else f"{'-':>10}"
+        ratio = f"{row['ratio']:8.1f}" if "ratio" in row else f"{'-':>8}"
+        print(f"{row['name']:<44} {row['wall']:9.3f} {rss} {pps} {base} {ratio}  {extra}", flush=True)
 
+    print(f"cores: {os.cpu_count()}, load average: {os.getloadavg()[0]:.1f}")
     print(f"{'case':<44} {'wall s':>9} {'RSS MiB':>8} {'pages/wall s':>12} {'floor s':>10} {'ratio':>8}  notes")
-    for row in micro_cases():
-        show(row)
-    sparse = run_case("sparse: 1 GiB + a page under 16 TiB", "examples/sparse-16tib.yaml")
-    sparse["goal"] = "< 60 s wall"
-    show(sparse)
-    sizes = [1, 4, 16, 64] + ([] if args.quick else [256, 1024])
-    goals = {256: "< 60 s wall, < 4096 MiB RSS", 1024: "< 60 s wall, < 12288 MiB RSS"}
-    sweep = []
-    for gib in sizes:
-        row = run_case(f"hot-set guest, {gib} GiB" if gib < 1024 else f"hot-set guest, {gib >> 10} TiB",
-                       f"gib:{gib}", timeout=1800 if gib >= 1024 else 900)
-        if gib in goals:
-            row["goal"] = goals[gib]
-        show(row)
-        sweep.append(row)
-    if not args.quick:
-        for row in mqtt_cases():
+    with tempfile.TemporaryDirectory(prefix="xmig-bench-") as tmp:
+        d = Path(tmp)
+        startup = (0.0, 0.0)
+        if not args.no_cli:
+            srows, startup = startup_cases(d)
+            for row in srows:
+                show(row)
+        if args.sizes is None:
+            for row in micro_cases():
+                show(row)
+            sparse = run_case("sparse: 1 GiB + a page under 16 TiB", "examples/sparse-16tib.yaml")
+            sparse["goal"] = "< 60 s wall"
+            show(sparse)
+        sizes = ([int(x) for x in args.sizes.split(",")] if args.sizes else
+                 [1, 4, 16, 64] + ([] if args.quick else [256, 1024]))
+        goals = {256: "< 60 s wall, < 4096 MiB RSS", 1024: "< 60 s wall, < 12288 MiB RSS"}
+        cli_goals = {64: "<= 10x floor net of start-up", 1024: "< 60 s wall, < 12288 MiB RSS"}
+        sweep, cli_sweep = [], []
+        for gib in sizes:
+            label = f"{gib} GiB" if gib < 1024 else f"{gib >> 10} TiB"
+            timeout = 3600 if gib >= 1024 else 1800
+            row = run_case(f"hot-set guest, {label}", f"gib:{gib}", timeout=timeout)
+            if gib in goals:
+                row["goal"] = goals[gib]
             show(row)
-    ok = [r for r in sweep if "error" not in r]
-    if ok:
-        print("\nsweep, wall time per populated page: " + ", ".join(
-            f"{r['name'].split(', ')[-1]} {r['wall'] / r['populated'] * 1e9:.0f} ns" for r in ok))
-    if len(ok) >= 2:
-        a, b = ok[1], ok[-1]   # skip the 1 GiB point: fixed costs dominate it
-        growth = (b["wall"] / a["wall"]) / (b["populated"] / a["populated"])
-        print(f"\nsweep: wall time grew {b['wall'] / a['wall']:.1f}x for {b['populated'] / a['populated']:.0f}x the "
-              f"populated pages ({growth:.2f} of linear; <= 1 is linear or better)")
+            sweep.append(row)
+            if not args.no_cli:
+                crow = cli_case(f"hot-set guest, {label}: xmig run", scenario_file(d, gib), row, startup,
+                                timeout=timeout)
+                if gib in cli_goals:
+                    crow["goal"] = cli_goals[gib]
+                show(crow)
+                if "error" not in crow:
+                    crow["populated"] = row.get("populated")
+                    cli_sweep.append(crow)
+        if args.sizes is None and not args.quick:
+            for row in mqtt_cases():
+                show(row)
+    for label, points in (("library", sweep), ("command line", cli_sweep)):
+        ok = [r for r in points if "error" not in r and r.get("populated")]
+        if ok:
+            print(f"\nsize sweep ({label}), wall time per populated page: " + ", ".join(
+                f"{r['name'].split(', ')[-1].split(':')[0]} {r['wall'] / r['populated'] * 1e9:.0f} ns" for r in ok))
+        big = [r for r in ok if r["populated"] >= 4 * GIB_PAGES]   # from 4 GiB: fixed costs dominate 1 GiB
+        if len(big) >= 2:
+            a, b = big[0], big[-1]
+            growth = (b["wall"] / a["wall"]) / (b["populated"] / a["populated"])
+            print(f"size sweep ({label}): wall time grew {b['wall'] / a['wall']:.1f}x for "
+                  f"{b['populated'] / a['populated']:.0f}x the populated pages ({growth:.2f} of linear; "
+                  "<= 1 is linear or better)")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0

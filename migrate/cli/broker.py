@@ -25,14 +25,15 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from migrate.errors import TransportError
-from migrate.transport.base import DEFAULT_TIMEOUT
-from migrate.transport.mqtt import BrokerConfig, parse_broker_url
+from migrate.transport.limits import DEFAULT_TIMEOUT
 from migrate.transport.runkey import KEY_ENV, RunKeyError, load_key, new_key_text
+if TYPE_CHECKING:                      # the MQTT client loads when a command connects
+    from migrate.transport.mqtt import BrokerConfig
 from migrate.cli.common import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError, _err_console, _guard,
                                 recording_failed)
 
@@ -62,6 +63,8 @@ def broker_config(broker: str, *, username: Optional[str] = None, password: Opti
     with the run key (``--key-file``, else ``XMIG_RUN_KEY``; none only with ``insecure``).
     An error never quotes a password given in the URL."""
     import math
+
+    from migrate.transport.mqtt import parse_broker_url
 
     if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
         raise TransportError(f"--timeout: expected a positive, finite number of seconds, found {timeout}")
@@ -104,6 +107,7 @@ async def remote_run(scenario, opts, broker: str | BrokerConfig, run_id: str, bu
     ``broker`` object and named in one line on stderr."""
     from migrate.actors import remote_run as _remote_run
     from migrate.transport.base import check_run_id
+    from migrate.transport.mqtt import BrokerConfig
 
     try:
         check_run_id(run_id)

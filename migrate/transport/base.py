@@ -28,15 +28,10 @@ from hypervisor.abi import XenError
 
 from migrate.errors import BrokerUnreachable, PeerLost, RunRefused, TransportError
 from migrate.codec import wire
+from migrate.transport.limits import DEFAULT_CALL_LIMIT, DEFAULT_HEARTBEAT, DEFAULT_PEER_WAIT, DEFAULT_TIMEOUT  # noqa: F401
 
 log = logging.getLogger("xmig.bus")
 
-DEFAULT_TIMEOUT = 5.0
-DEFAULT_HEARTBEAT = 1.0
-#: How long a toolstack (or hypervisor) waits for its peer to show up on the run.
-DEFAULT_PEER_WAIT = 10.0
-#: Even a callee that keeps heartbeating must answer within this (a hung handler).
-DEFAULT_CALL_LIMIT = 120.0
 ACTORS = ("toolstack", "hypervisor", "guest")
 
 

@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from hypervisor.abi import MAX_BATCH_SIZE
 from migrate.events import (BalloonNote, BalloonStalled, BalloonTarget, BatchSent, CleanDone, Event, MemoryOp,
                       MigrationFinished, PassEnded, PassPhase, PassStarted, Phase, PhaseChanged, RunStarted,
                       RunSummary, SaveSetup, TrackedWrites, VerifyDone)
@@ -116,11 +117,20 @@ class PlainProgress:
 
     def _fold(self, ev: Event) -> None:
         if isinstance(ev, BatchSent):
-            if self._next_mark is not None and ev.walked >= self._next_mark and ev.walked < ev.entries:
-                pct = int(100 * ev.walked // max(ev.entries, 1))
-                self._line(f"xc: progress: {self._prefix}: {ev.walked}/{ev.entries} pages ({pct}%)", ev.t)
-                step = max(int(ev.entries * self.step_fraction), 1)
-                self._next_mark = (ev.walked // step + 1) * step
+            if self._next_mark is None or ev.walked < self._next_mark:
+                return
+            if ev.ends is None:
+                self._mark(ev.walked, ev.entries, ev.t)
+                return
+            # Several batches in one event (a run with nothing to pace): each mark is
+            # stated at the batch that crossed it, as one event per batch would state it.
+            n = np.asarray(ev.pfns).size
+            ends = np.asarray(ev.ends, dtype=np.float64)
+            walked = ev.walked - n + np.minimum(np.arange(1, ends.size + 1) * MAX_BATCH_SIZE, n)
+            j = int(np.searchsorted(walked, self._next_mark))
+            while self._next_mark is not None and j < walked.size and walked[j] < ev.entries:
+                self._mark(int(walked[j]), ev.entries, float(ends[j]))
+                j = int(np.searchsorted(walked, self._next_mark))
         elif isinstance(ev, MemoryOp):
             if ev.op in ("decrease_reservation", "populate_physmap"):
                 acc = self._ops.setdefault(ev.op, [0, 0, 0])
@@ -195,6 +205,15 @@ class PlainProgress:
         """Write the balloon operations still folded and every waiting line."""
         self._flush_ops()
         self._emit()
+
+    def _mark(self, walked: int, entries: int, t: float) -> None:
+        """The pass has walked past its next step mark: say how far, once."""
+        if walked >= entries:
+            return              # the pass's own line says it
+        pct = int(100 * walked // max(entries, 1))
+        self._line(f"xc: progress: {self._prefix}: {walked}/{entries} pages ({pct}%)", t)
+        step = max(int(entries * self.step_fraction), 1)
+        self._next_mark = (walked // step + 1) * step
 
     def _pass_prefix(self, iteration: int, phase: str) -> str:
         if phase == "verify":
