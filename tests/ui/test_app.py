@@ -100,10 +100,10 @@ def test_pass_table_balloon_column_agrees_with_the_report_and_adds_up():
     view = RunView()
     for ev in events:
         view.feed(ev)
-    rows = {r["iteration"]: r for r in view.state.rounds}
+    rows = {r.iteration: r for r in view.state.rounds}
     for r in result.save.rounds:
-        assert (rows[r.iteration]["balloon_out"], rows[r.iteration]["balloon_in"]) == (r.balloon_out, r.balloon_in)
-    assert rows[3]["balloon_in"] == 27525
+        assert (rows[r.iteration].balloon_out, rows[r.iteration].balloon_in) == (r.balloon_out, r.balloon_in)
+    assert rows[3].balloon_in == 27525
     assert view.state.balloon_during_passes == (65536, 65536)
 
 
@@ -215,7 +215,7 @@ async def test_run_then_its_replay_at_every_size(size, prefix_run):
         await pilot.press("2")                             # seek: as pass 2 started
         await pilot.pause(0.2)
         s = app.views[0].state
-        assert s.cur_iteration == 2 and app.paused
+        assert s.current.iteration == 2 and app.paused
         assert "leftover 3,357" in app.query_one("#map").plain()
         await pilot.press("n")                             # the first XTAB of pass 2
         await until(pilot, lambda: app.paused and app.views[0].caption.slow)
@@ -323,7 +323,7 @@ async def test_watch_app_over_a_real_broker(mqtt_broker):
     sc = scenario("idle")
     cfg = cfg_for(mqtt_broker)
     subscribed = asyncio.Event()
-    app = XmigApp.for_watch(lambda listener: watch_run(cfg, "app", dashboard=listener, ready=subscribed))
+    app = XmigApp.for_watch(lambda listener: watch_run(cfg, "app", listener=listener, ready=subscribed))
     async with app.run_test(size=(80, 24)) as pilot:
         await asyncio.wait_for(subscribed.wait(), 10)
         hv, g = await start_actor_tasks(cfg, "app", sc)
@@ -413,7 +413,7 @@ async def test_no_track_no_story_panel_and_no_t_key(fixed_run):
         await pilot.press("t")
         await pilot.pause(0.1)
         assert not shown(app, "story")
-        assert app.check_action("story", ()) is False
+        assert app.screen.check_action("story", ()) is False
         await pilot.press("q")
 
 

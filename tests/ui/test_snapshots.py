@@ -63,7 +63,7 @@ def at_pass(n: int):
         app = pilot.app
         await settle(pilot, lambda: app.views[0].events_seen > 0)
         await pilot.press(str(n))
-        await settle(pilot, lambda: app.paused and app.views[0].state.cur_iteration == n)
+        await settle(pilot, lambda: app.paused and getattr(app.views[0].state.current, "iteration", 0) == n)
     return before
 
 
