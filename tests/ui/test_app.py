@@ -482,3 +482,25 @@ def test_pod_boot_balloon_caption_counts_what_the_report_counts(behaviour):
         n = res.pages["unmarked_additions"]
         assert f"pre-fix: {n:,} get no dirty bit" in done[0]
     assert n == 32768
+
+
+def test_a_run_with_mixed_call_sites_is_narrated_site_by_site():
+    """xen_behaviour as a mapping: the inflate goes through p2m_remove_page (fixed here),
+    the deflate through guest_physmap_add_entry (pre-fix here). Each caption tells its
+    own site's behaviour, read from the run's RunStarted, not 'mixed' for all."""
+    sites = {"p2m_remove_page": "fixed", "set_typed_p2m_entry": "fixed",
+             "pod_decrease_reservation": "fixed", "guest_physmap_add_entry": "pre-fix"}
+    events = []
+    bus = EventBus()
+    bus.subscribe(events.append)
+    asyncio.run(run_scenario(load_scenario(EX / "balloon.yaml"), RunOptions(behaviour=sites), bus=bus))
+    view = RunView()
+    caps = [c.text for c in (view.feed(ev) for ev in events) if c is not None]
+    assert view.state.behaviour == "mixed"
+    assert view.state.is_fixed("p2m_remove_page") and not view.state.is_fixed("guest_physmap_add_entry")
+    assert any(c.startswith("migration of 'balloon' starts (mixed: p2m_remove_page fixed, ") for c in caps)
+    inflate = next(c for c in caps if c.startswith("balloon inflates"))
+    deflate = next(c for c in caps if c.startswith("balloon deflates"))
+    assert "fixed: any of them that are dirty are marked clean" in inflate
+    assert "pre-fix: none is marked dirty" in deflate
+    assert any("none of the 65,536 ballooned GFNs is listed: the fix cleaned their bits" in c for c in caps)

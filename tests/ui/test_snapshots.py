@@ -52,9 +52,6 @@ async def settle(pilot, cond, timeout: float = 60.0) -> None:
         waited += 0.05
         assert waited < timeout, "the app did not get there"
     await pilot.pause(0.3)
-    for w in pilot.app.screen.query("*"):    # the old app could leave a grown panel uncut
-        w.refresh(layout=True)
-    await pilot.pause(0.1)
 
 
 def at_pass(n: int):
