@@ -8,7 +8,9 @@ marked clean) and ``guest_physmap_add_entry`` (a GFN that joins it is marked dir
 both in ``xen/arch/x86/mm/p2m.c``.
 
 A ``Narrator`` is a listener that reads the same ``GfnMap`` the screen draws (it must be
-fed after the map), so a caption never states a number the map does not show.
+fed after the map), so a caption never states a number the map does not show, and asks
+the run's state (``migrate/events/fold.py``, fed before it) whether each call site runs
+the fixed code: a run whose sites are mixed is told site by site.
 ``Caption.interesting`` marks the moments ``--guided`` stops at and ``n`` steps to.
 """
 
