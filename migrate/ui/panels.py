@@ -32,21 +32,33 @@ PAGE = 4096
 
 class RunPanel(Widget):
     """Base: a widget that draws from one ``RunView``; setting ``version`` to the run's
-    (``follow``) redraws it when the run moved. Its height follows its content."""
+    (``follow``) redraws it when the run moved, and lays the screen out again only when
+    its ``shape`` (what decides its height) changed."""
 
-    version = reactive(-1, layout=True)
+    version = reactive(-1)
 
     def __init__(self, view: RunView, **kw: Any):
         super().__init__(**kw)
         self.view = view
+        self._shape: Any = None
 
     def set_view(self, view: RunView) -> None:
         self.view = view
+        self._shape = None
         self.refresh(layout=True)
         self.follow()
 
     def follow(self) -> None:
         self.version = self.view.version
+
+    def shape(self) -> Any:
+        """What the panel's height depends on (None: a fixed or fractional height)."""
+        return None
+
+    def watch_version(self) -> None:
+        shape = self.shape()
+        self.refresh(layout=shape != self._shape)
+        self._shape = shape
 
     def plain(self) -> str:
         """What the panel shows, as text (for tests and screen readers)."""
@@ -63,7 +75,14 @@ class HeaderPanel(RunPanel):
 
     DEFAULT_CSS = "HeaderPanel { height: auto; background: $boost; padding: 0 1; }"
     #: the app's status (paused, slow motion, speed) moves without events
-    status_seq = reactive(0, layout=True)
+    status_seq = reactive(0)
+
+    def shape(self) -> Any:
+        s = self.view.state
+        return (bool(s.scenario), s.outcome, s.verify is None, self.status().plain)
+
+    def watch_status_seq(self) -> None:
+        self.watch_version()
 
     def __init__(self, view: RunView, status, *, behaviour: str | None = None, **kw: Any):
         super().__init__(view, **kw)
@@ -113,7 +132,6 @@ class PassPanel(RunPanel):
     """The pass in flight: its PFNs walked out of the bitmap's, data, XTAB."""
 
     DEFAULT_CSS = "PassPanel { height: 2; padding: 0 1; }"
-    version = reactive(-1)
 
     def render(self) -> RenderableType:
         s = self.view.state
@@ -145,6 +163,10 @@ class PassTablePanel(RunPanel):
                    "padding: 0 1; }")
     max_rows = reactive(12, layout=True)
 
+    def shape(self) -> Any:
+        s = self.view.state
+        return (len(s.rounds), s.in_pass)
+
     def render(self) -> RenderableType:
         w = self.content_size.width
         s = self.view.state
@@ -157,7 +179,6 @@ class MapPanel(RunPanel):
 
     DEFAULT_CSS = ("MapPanel { height: 1fr; min-height: 5; border: round $primary; "
                    "border-title-align: left; }")
-    version = reactive(-1)
 
     def render(self) -> RenderableType:
         w, h = self.content_size.width, self.content_size.height
@@ -175,6 +196,10 @@ class BalloonPanel(RunPanel):
     """The balloon driver: its target, the pages out, the ops, the latest moves."""
 
     DEFAULT_CSS = _SIDE_CSS.format("BalloonPanel")
+
+    def shape(self) -> Any:
+        b = self.view.state.balloon
+        return (len(b.recent), bool(b.stalled))
 
     def render(self) -> RenderableType:
         b = self.view.state.balloon
@@ -207,6 +232,10 @@ class HypervisorPanel(RunPanel):
 
     DEFAULT_CSS = _SIDE_CSS.format("HypervisorPanel")
 
+    def shape(self) -> Any:
+        s = self.view.state
+        return (tuple(s.counters), s.last_clean is None)
+
     def render(self) -> RenderableType:
         s = self.view.state
         g = Table.grid(padding=(0, 1))
@@ -235,7 +264,6 @@ class StoryPanel(RunPanel):
 
     DEFAULT_CSS = ("StoryPanel { width: 2fr; height: 1fr; border: round $warning; border-title-align: left; "
                    "padding: 0 1; }")
-    version = reactive(-1)
 
     def render(self) -> RenderableType:
         from rich.console import Console
@@ -285,6 +313,9 @@ class CaptionPanel(RunPanel):
     """The latest caption: what just happened, in plain words."""
 
     DEFAULT_CSS = "CaptionPanel { height: auto; max-height: 3; padding: 0 1; }"
+
+    def shape(self) -> Any:
+        return self.view.caption
 
     def render(self) -> RenderableType:
         cap = self.view.caption
