@@ -82,9 +82,9 @@ async def remote_run(scenario, opts=None, *, broker: BrokerConfig | None = None,
             await transport.close()
 
 
-async def watch(transport: Transport, dashboard: Callable[[Event], None], *,
+async def watch(transport: Transport, listener: Callable[[Event], None], *,
                 stop_when_finished: bool = True, ready: asyncio.Event | None = None) -> str:
-    """Feed the toolstack's event topic to ``dashboard`` (any bus listener) until the
+    """Feed the toolstack's event topic to ``listener`` (any bus listener) until the
     run finishes or the toolstack goes. Returns ``"completed"`` only for a completed
     migration whose destination was verified equal to the source, every event batch of
     the toolstack's session seen from its first one on, sealed with the run key; else
@@ -119,7 +119,7 @@ async def watch(transport: Transport, dashboard: Callable[[Event], None], *,
 
     def on_batch(items: list) -> None:
         for ev in items:
-            dashboard(ev)
+            listener(ev)
             if isinstance(ev, VerifyDone):
                 verified.append(ev)
             if isinstance(ev, MigrationFinished) and stop_when_finished and not done.done():

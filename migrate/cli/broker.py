@@ -288,10 +288,11 @@ def register(app: typer.Typer) -> None:
     @broker_command(app)
     def watch(
         broker: BrokerOptions,
-        no_dashboard: bool = typer.Option(False, "--no-dashboard", help="Plain progress lines and a summary instead of the live dashboard."),
+        no_dashboard: bool = typer.Option(False, "--no-dashboard", help="Plain progress lines and the run's report as a summary instead of the app."),
         record: Optional[Path] = typer.Option(None, "--record", help="Write every event watched to FILE (xmig replay FILE, xmig explain FILE --gfn N)."),
     ) -> None:
-        """The dashboard of a migration on the broker, fed only by its event topics.
+        """The teaching app on a migration on the broker, fed only by its event topics
+        (piped or --no-dashboard: progress lines, then the run's report rebuilt from them).
 
         Start it before `xmig run --broker`; it ends with the run: exit 0 only if the
         migration completed and the destination was verified equal to the source, every
@@ -317,9 +318,9 @@ def register(app: typer.Typer) -> None:
             if console.is_terminal and not no_dashboard:
                 from migrate.ui.commands import interactive_watch  # the teaching app
 
-                outcome = interactive_watch(lambda listener: watch_run(cfg, run, dashboard=listener, also=recorder))
+                outcome = interactive_watch(lambda listener: watch_run(cfg, run, listener=listener, also=recorder))
             else:
-                outcome = _run_main(lambda: watch_run(cfg, run, console=console, live=False, also=recorder))
+                outcome = _run_main(lambda: watch_run(cfg, run, console=console, also=recorder))
         except TransportError as exc:
             usage(str(exc))
         except (KeyboardInterrupt, asyncio.CancelledError):
@@ -334,53 +335,68 @@ def register(app: typer.Typer) -> None:
         raise typer.Exit(EXIT_OK if outcome == "completed" else EXIT_FAILED)
 
 
-async def watch_run(cfg: BrokerConfig, run_id: str, *, console=None, live: bool = False, dashboard=None,
+async def watch_run(cfg: BrokerConfig, run_id: str, *, console=None, listener=None,
                     ready: asyncio.Event | None = None, also=None) -> str:
-    """Subscribe to the run's events and fold them into a ``Dashboard``: shown live
-    (``live``), or as progress lines and a plain summary on ``console``'s stdout, or not
-    shown (no console: the caller reads ``dashboard``). Returns the outcome
-    (``completed``...) or why the watch stopped.
+    """Subscribe to the run's events and hand each to ``listener`` (the app's feed);
+    with a ``console`` and no listener, print them as progress lines and, at the end,
+    the run's summary: its exact report, rebuilt from the events (``RunSummary`` and
+    the one fold, ``migrate.events.fold``). Returns the outcome (``completed``...) or
+    why the watch stopped.
     ``ready`` is set once subscribed (events published before that are not seen).
     ``also`` (e.g. an ``EventRecorder``) is called with every event too."""
-    from migrate.ui.dashboard import Dashboard, LiveDashboard
     from migrate.actors import watch
     from migrate.transport.mqtt import connect as mqtt_transport
 
-    dash = dashboard if dashboard is not None else Dashboard(console)
-    feed = dash
-    if also is not None:
-        def feed(ev) -> None:
-            also(ev)
-            dash(ev)
+    progress = None
+    if listener is None and console is not None:
+        # Piped or --no-dashboard: Xen-style progress lines and a plain summary, as
+        # ``xmig run`` prints them (never escape codes, never a squeezed frame).
+        from migrate.ui.progress import PlainProgress
+
+        progress = listener = PlainProgress(sys.stdout, pages=True)
+    sinks = [fn for fn in (also, listener) if fn is not None]
+
+    def feed(ev) -> None:
+        for fn in sinks:
+            fn(ev)
+
     transport = await mqtt_transport(cfg, run_id, "watch")
     if console is not None:
         _echo(f"watching run {run_id!r} at {cfg.display}")
     try:
         await transport.subscribe_events("hypervisor", lambda items: [feed(ev) for ev in items])
-        if live:
-            with LiveDashboard(dash, console=console):
-                outcome = await watch(transport, feed, ready=ready)
-        elif console is not None:
-            # Piped or --no-dashboard: Xen-style progress lines and a plain summary, as
-            # ``xmig run`` prints them (never escape codes, never a squeezed frame).
-            from migrate.ui.progress import PlainProgress, print_summary
-
-            progress = PlainProgress(sys.stdout)
-
-            def both(ev) -> None:
-                feed(ev)
-                progress(ev)
-
-            try:
-                outcome = await watch(transport, both, ready=ready)
-            finally:
-                progress.close()
-            print_summary(dash.summary(), file=sys.stdout)
-        else:
+        try:
             outcome = await watch(transport, feed, ready=ready)
+        finally:
+            if progress is not None:
+                progress.close()
+        if progress is not None:
+            print_watched_summary(progress.run)
         return outcome
     finally:
         await transport.close()
+
+
+def watched_report(fold) -> dict | None:
+    """The run's report as the toolstack wrote it (outside ``wall`` and what the run key
+    kept out), rebuilt from the events a ``RunFold`` saw; None if its end never came."""
+    from migrate.run.report import build_report
+    from migrate.run.runner import result_from_fold
+
+    try:
+        return build_report(result_from_fold(fold))
+    except ValueError:
+        return None
+
+
+def print_watched_summary(fold) -> None:
+    from migrate.ui.progress import print_summary
+
+    report = watched_report(fold)
+    if report is None:
+        print("xmig: watch: the run's summary never arrived; no summary", file=sys.stderr)
+    else:
+        print_summary(report, file=sys.stdout)
 
 
 def main() -> None:
@@ -398,4 +414,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["register", "remote_run", "broker_config", "watch_run", "main"]
+__all__ = ["register", "remote_run", "broker_config", "watch_run", "watched_report", "main"]

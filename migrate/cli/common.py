@@ -157,7 +157,7 @@ def _print_summary(console: Console, rep: dict[str, Any]) -> None:
     """The run's summary (passes, totals, verdict) after the app closes; plain text (no
     escape codes) when piped."""
     if console.is_terminal:
-        from migrate.ui.dashboard import render_summary
+        from migrate.ui.progress import render_summary
 
         console.print(render_summary(rep))
     else:

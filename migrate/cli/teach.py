@@ -101,8 +101,9 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from migrate.cli.common import _default_speed, _print_summary
+        from migrate.events.fold import fold_events
         from migrate.run.report import build_report
-        from migrate.run.runner import result_from_events
+        from migrate.run.runner import result_from_fold
 
         log = read_log(events)
         console = Console()
@@ -112,15 +113,17 @@ def register(app: typer.Typer) -> None:
             from migrate.ui.commands import interactive_replay
 
             interactive_replay(log.events, speed=pace, guided=guided)
+            fold = fold_events(log.events)
         else:
             from migrate.ui.progress import PlainProgress
 
-            progress = PlainProgress(sys.stdout)
+            progress = PlainProgress(sys.stdout, pages=True)
             for ev in log.events:
                 progress(ev)
             progress.close()
+            fold = progress.run            # the lines' fold is the report's too
         try:
-            result = result_from_events(log.events)
+            result = result_from_fold(fold)
         except ValueError as exc:
             print(f"xmig: replay: {exc}; no summary", file=sys.stderr)
             raise typer.Exit(EXIT_FAILED) from None

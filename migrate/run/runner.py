@@ -334,42 +334,35 @@ def run_summary(res: RunResult) -> RunSummary:
 
 
 def result_from_events(events) -> RunResult:
-    """Rebuild a RunResult from a run's events (live or read back from an event log):
-    the passes from the PassEnded snapshots plus the balloon ops counted after them
-    (``count_balloon``, the engine's own rule), the page ledger by replaying it, the
-    run's end facts from RunSummary. Raises ValueError for a log without a RunSummary
-    (a run cut short)."""
-    from migrate.events import MemoryOp, PassEnded, PassStarted, count_balloon
+    """Rebuild a RunResult from a run's events (live or read back from an event log)
+    through the one fold every consumer shares (``migrate.events.fold``). Raises
+    ValueError for a log without a RunSummary (a run cut short)."""
+    from migrate.events.fold import fold_events
 
-    rounds, ledger, summary, verify, current = [], PageLedger(), None, None, None
-    sites: dict[str, str] = {}
-    for ev in events:
-        ledger(ev)
-        if isinstance(ev, PassStarted):
-            current = ev
-        elif isinstance(ev, PassEnded):
-            rounds.append(dataclasses.replace(ev.stats))
-            current = None
-        elif isinstance(ev, MemoryOp) and rounds and current is None:
-            count_balloon(rounds[-1], ev)
-        elif isinstance(ev, RunStarted):
-            sites = dict(ev.sites)
-        elif isinstance(ev, VerifyDone):
-            verify = ev.stats
-        elif isinstance(ev, RunSummary):
-            summary = ev
+    return result_from_fold(fold_events(events))
+
+
+def result_from_fold(fold) -> RunResult:
+    """The RunResult a ``RunFold`` has seen: the passes from the PassEnded snapshots plus
+    the balloon ops counted after them (``count_balloon``, the engine's own rule), the
+    page ledger, the run's end facts from RunSummary. Raises ValueError when the
+    RunSummary never came (a run cut short)."""
+    st = fold.state
+    summary = st.summary
     if summary is None:
         raise ValueError("the events end before the run's summary (the run was cut short)")
-    save = SaveResult(outcome=summary.outcome, p2m_size=summary.p2m_size, rounds=rounds,
+    save = SaveResult(outcome=summary.outcome, p2m_size=summary.p2m_size,
+                      rounds=[dataclasses.replace(r) for r in st.rounds],
                       totals=summary.totals, t_start=summary.t_start, t_suspend=summary.t_suspend,
                       t_last_byte=summary.t_last_byte, t_end=summary.t, error=summary.error,
                       error_pfn=summary.error_pfn, final_stats=dict(summary.final_stats),
                       switchover=summary.switchover)
     return RunResult(scenario=summary.scenario, seed=summary.seed, behaviour=summary.behaviour,
                      policy=summary.policy, policy_params=dict(summary.policy_params), save=save,
-                     verify=verify, restore=dict(summary.restore), hypervisor=dict(summary.hypervisor),
+                     verify=st.verify, restore=dict(summary.restore), hypervisor=dict(summary.hypervisor),
                      destination=dict(summary.destination), stream=dict(summary.stream),
-                     guest=dict(summary.guest), wall=dict(summary.wall), sites=sites, pages=ledger.as_dict())
+                     guest=dict(summary.guest), wall=dict(summary.wall), sites=dict(st.sites),
+                     pages=fold.ledger.as_dict())
 
 
-__all__ = ["RunOptions", "RunResult", "RunSettings", "result_from_events", "run_scenario", "run_settings"]
+__all__ = ["RunOptions", "RunResult", "RunSettings", "result_from_events", "result_from_fold", "run_scenario", "run_settings"]

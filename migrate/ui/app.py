@@ -1,8 +1,8 @@
-"""The teaching app: a Textual screen of panels fed only by the event stream.
+"""The teaching app: one Textual screen per mode, fed only by the event stream.
 
 One app serves four commands. Each gives it *producers* (coroutines that publish
-events into the app's queue through an ``EventFeed``, a bus listener) and one
-``RunView`` per run:
+events into the app's queue through an ``EventFeed``, a bus listener), one ``RunView``
+per run and the screen of its mode (``migrate/ui/screens.py``):
 
 - ``xmig run``: the engine (``runner.run_scenario``) runs as a task in the app's loop and
   waits on the ``Playback`` between batches, so pausing stops virtual time;
@@ -11,6 +11,12 @@ events into the app's queue through an ``EventFeed``, a bus listener) and one
 - ``xmig watch``: the events of a run on an MQTT broker (pausing holds the view; the
   run itself goes on in its own processes);
 - ``xmig replay``: a recorded event list, paced by the ``Playback``, with seeking.
+
+The app's pump takes each event from the queue, folds it into its run's ``RunView``
+(the GFN map, the run's one fold, the narrator) and posts ``RunChanged`` to the
+screen; a newer one replaces any still queued, so the screen redraws as fast as it can
+and never more often than the run moves. Play, pause and step move through the
+transition table in ``playback.py``.
 
 Keys: space pause/resume, ``n`` next event of interest, ``+``/``-`` speed, ``d``
 details (balloon and hypervisor panels when the terminal is small), ``t`` the tracked
@@ -24,31 +30,31 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 import numpy as np
 from rich.text import Text
-from textual.app import App, ComposeResult
+from textual.app import App
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
-from textual.widgets import Footer, Static
 
 from hypervisor.abi import PFINFO_HAS_DATA
 
 from migrate.events import BatchSent, Event, EventBus, PassEnded
 from migrate.ui.model import RunView, pass_starts
-from migrate.ui.panels import (BalloonPanel, CaptionPanel, CompareTable, HeaderPanel, HypervisorPanel, MapPanel,
-                     PassPanel, PassTablePanel, RunPanel, StoryPanel)
-from migrate.ui.playback import Playback
+from migrate.ui.playback import PlayControl, PlayInput, Playback
+from migrate.ui.screens import (CompareScreen, HelpScreen, LiveRunScreen, ModeScreen, ReplayScreen, RunChanged,
+                                WatchScreen)
 
 MIN_SIZE = (80, 24)           # the README's minimum terminal size
-WIDE = 120                    # from here on the balloon and hypervisor panels have room
-TALL = 36
 #: Wall seconds the app holds each batch with XTAB entries after pass 1 (pre-fix's
 #: leftover dirty bits: 3,357 in balloon.yaml's pass 2, only ~4 batches).
 XTAB_LATE_HOLD_S = 0.4
+#: The header says "slow motion" this long after the last hold (Playback.slowing).
+SLOW_SHOWN_S = 0.5
+#: At most one redraw per this many wall seconds.
+FRAME_S = 1 / 10
 
 
 class EventFeed:
@@ -82,86 +88,13 @@ class Replay:
         self.starts = pass_starts(self.events)
 
 
-HELP = """\
-[b]xmig: keys[/b]
-
-  space   pause / resume (virtual time stops: the engine waits)
-  n       run to the next event of interest, then pause
-  + / -   faster / slower (virtual seconds per wall second)
-  g       guided: pause at every event of interest
-  d       details: balloon and hypervisor panels (small terminals)
-  t       the tracked GFN's story (--track; small terminals)
-  [ / ]   replay: previous / next pass;  1-9: seek to pass N
-  ?       this help
-  q       quit (a migration in flight is aborted; the report is written)
-
-[b]the map[/b]: one glyph per group of GFNs, coloured by the most telling
-state in it. The legend counts PFNs; missing and stale are the
-destination's, after the end. Press any key to close."""
-
-
-class HelpScreen(ModalScreen):
-    BINDINGS = [Binding("escape,q,question_mark,space", "dismiss", "close")]
-    DEFAULT_CSS = """
-    HelpScreen { align: center middle; }
-    HelpScreen > Static { width: auto; max-width: 80; border: round $accent; padding: 0 1;
-                          background: $panel; }
-    """
-
-    def compose(self) -> ComposeResult:
-        yield Static(HELP, id="help")
-
-    def on_key(self, event) -> None:
-        self.dismiss()
-
-
 class XmigApp(App):
     """The app; build it with ``for_run``, ``for_compare``, ``for_watch`` or ``for_replay``."""
 
     TITLE = "xmig"
     ENABLE_COMMAND_PALETTE = False     # its footer entry would push "q quit" off 80 columns
-    CSS = """
-    Screen { layout: vertical; }
-    .header { height: auto; background: $boost; padding: 0 1; }
-    .caption { height: auto; max-height: 3; padding: 0 1; }
-    .pass { height: 2; padding: 0 1; }
-    #body { height: 1fr; }
-    .main { width: 1fr; }
-    #side { width: 44; }
-    .table { height: auto; border: round $primary; border-title-align: left; padding: 0 1; }
-    .map { height: 1fr; min-height: 5; border: round $primary; border-title-align: left; }
-    #maprow { height: 1fr; }
-    .story { width: 2fr; height: 1fr; border: round $warning; border-title-align: left; padding: 0 1; }
-    #maprow .map { width: 3fr; }
-    .untracked .story { display: none; }
-    .side { height: auto; border: round $secondary; border-title-align: left; }
-    #runs { height: 1fr; }
-    .run { width: 1fr; }
-    #compare { height: auto; border: round $primary; border-title-align: left; }
-    .small #side { display: none; }
-    .small .caption { max-height: 3; }
-    .small.details .main { display: none; }
-    .small.details #side { display: block; width: 1fr; layout: horizontal; }
-    .small.details .side { width: 1fr; }
-    .small .story { display: none; }
-    .small.storyview .story { display: block; width: 1fr; }
-    .small.storyview .map, .small.storyview .table { display: none; }
-    .small .run .pass, .small .run .table, .small .run .caption { display: none; }
-    """
-    BINDINGS = [
-        Binding("space", "toggle_pause", "pause"),
-        Binding("n", "step", "next"),
-        Binding("plus,equals_sign", "faster", "faster"),
-        Binding("minus", "slower", "slower"),
-        Binding("g", "guided", "guided", show=False),
-        Binding("d", "details", "details"),
-        Binding("t", "story", "story"),
-        Binding("left_square_bracket", "seek(-1)", "prev pass", show=False),
-        Binding("right_square_bracket", "seek(1)", "next pass", show=False),
-        Binding("question_mark", "help", "help"),
-        Binding("q,ctrl+c", "quit_run", "quit"),
-    ] + [Binding(str(i), f"seek_to({i})", show=False) for i in range(1, 10)]
-
+    #: each mode's keys are its screen's (``screens.keys``); Ctrl-C quits as ``q`` does
+    BINDINGS = [Binding("ctrl+c", "quit_run", "quit", show=False)]
     def __init__(self, views: list[RunView], producers: list[Producer], *, mode: str,
                  playback: Playback | None = None, guided: bool = False, replay: Replay | None = None):
         super().__init__()
@@ -172,16 +105,24 @@ class XmigApp(App):
         self.guided = guided
         self.replay = replay
         self.queue: asyncio.Queue = asyncio.Queue()
-        self.view_paused = False          # watch: hold the view (the run goes on)
+        self.control = PlayControl()
         self._view_resume = asyncio.Event()
-        self.stepping = False
         self.results: list[Any] = [None] * len(producers)
         self.done = False
         self.error: BaseException | None = None
+        self.status_seq = 0                 # bumped whenever the header's status may read differently
         self._tasks: list[asyncio.Task] = []
         self._pump_task: asyncio.Task | None = None
-        self.panels: list[RunPanel] = []
+        self._slow_timer = None
+        self._post_timer = None
+        self._last_post = float("-inf")
         self._quitting = False
+        self.main: ModeScreen = self._mode_screen()
+
+    def _mode_screen(self) -> ModeScreen:
+        if self.mode == "compare":
+            return CompareScreen(self.views)
+        return {"run": LiveRunScreen, "watch": WatchScreen, "replay": ReplayScreen}[self.mode](self.views[0])
 
     # ------------------------------------------------------------------ builders
 
@@ -194,7 +135,6 @@ class XmigApp(App):
 
         run = run or run_scenario
         pb = Playback(speed)
-        view = RunView("", speed=speed)
 
         async def produce(app: "XmigApp"):
             bus = EventBus()
@@ -203,7 +143,7 @@ class XmigApp(App):
             bus.subscribe(EventFeed(app.queue, 0))
             return await run(scenario, opts, bus=bus, pacer=pb)
 
-        return cls([view], [produce], mode="run", playback=pb, guided=guided)
+        return cls([RunView("")], [produce], mode="run", playback=pb, guided=guided)
 
     @classmethod
     def for_compare(cls, scenario, variants: list, labels: list[str], *, speed: float | None,
@@ -211,7 +151,6 @@ class XmigApp(App):
         from migrate.run.runner import run_scenario
 
         pb = Playback(speed)
-        views = [RunView(label, speed=speed) for label in labels]
 
         def producer(i, opts):
             async def produce(app: "XmigApp"):
@@ -222,26 +161,23 @@ class XmigApp(App):
                 return await run_scenario(scenario, opts, bus=bus, pacer=pb)
             return produce
 
-        return cls(views, [producer(i, o) for i, o in enumerate(variants)], mode="compare",
-                   playback=pb, guided=guided)
+        return cls([RunView(label) for label in labels], [producer(i, o) for i, o in enumerate(variants)],
+                   mode="compare", playback=pb, guided=guided)
 
     @classmethod
     def for_watch(cls, watch: Callable[[Callable[[Event], None]], Awaitable[Any]], *,
                   guided: bool = False) -> "XmigApp":
         """``watch(listener)`` subscribes ``listener`` to the run's events and returns the
-        outcome (``cli_broker.watch_run`` with ``dashboard=listener``)."""
-        view = RunView("")
-
+        outcome (``cli_broker.watch_run`` with ``listener=``)."""
         async def produce(app: "XmigApp"):
             return await watch(EventFeed(app.queue, 0))
 
-        return cls([view], [produce], mode="watch", guided=guided)
+        return cls([RunView("")], [produce], mode="watch", guided=guided)
 
     @classmethod
     def for_replay(cls, events: list[Event], *, speed: float | None, guided: bool = False) -> "XmigApp":
-        pb = Playback(speed)
-        rep = Replay(list(events))
-        app = cls([RunView("", speed=speed)], [], mode="replay", playback=pb, guided=guided, replay=rep)
+        app = cls([RunView("")], [], mode="replay", playback=Playback(speed), guided=guided,
+                  replay=Replay(list(events)))
         app.producers = [app._replay_producer]
         app.results = [None]
         return app
@@ -256,89 +192,15 @@ class XmigApp(App):
             await asyncio.sleep(0)
         return "replayed"
 
-    # ------------------------------------------------------------------ layout
+    # ------------------------------------------------------------------ the stream
 
-    def compose(self) -> ComposeResult:
-        if self.mode == "compare":
-            yield from self._compose_compare()
-        else:
-            yield from self._compose_single(self.views[0])
-        yield Footer()
-
-    def _compose_single(self, view: RunView) -> ComposeResult:
-        with Vertical(id="top"):
-            yield self._add(HeaderPanel(view, self._status, classes="header", id="header"))
-            yield self._add(CaptionPanel(view, classes="caption", id="caption"))
-            yield self._add(PassPanel(view, classes="pass", id="pass"))
-            with Horizontal(id="body"):
-                with Vertical(classes="main"):
-                    yield self._add(PassTablePanel(view, classes="table", id="table"), "passes")
-                    with Horizontal(id="maprow"):
-                        yield self._add(MapPanel(view, classes="map", id="map"), "GFN map")
-                        yield self._add(StoryPanel(view, classes="story", id="story"), "tracked GFN")
-                with Vertical(id="side"):
-                    yield self._add(BalloonPanel(view, classes="side", id="balloon"), "balloon")
-                    yield self._add(HypervisorPanel(view, classes="side", id="hv"), "hypervisor")
-
-    def _compose_compare(self) -> ComposeResult:
-        with Vertical(id="top"):
-            yield self._add(HeaderPanel(self.views[0], self._status, classes="header", id="header",
-                                        behaviour=" vs ".join(v.label for v in self.views)))
-            self.compare = CompareTable(self.views, id="compare")
-            self.compare.border_title = "fixed vs pre-fix, one seed, one virtual clock (differences in yellow)"
-            yield self.compare
-            with Horizontal(id="runs"):
-                for i, v in enumerate(self.views):
-                    with Vertical(classes="run", id=f"run{i}"):
-                        yield self._add(CaptionPanel(v, classes="caption", id=f"caption{i}"))
-                        yield self._add(PassPanel(v, classes="pass", id=f"pass{i}"))
-                        yield self._add(PassTablePanel(v, classes="table", id=f"table{i}"), f"passes: {v.label}")
-                        yield self._add(MapPanel(v, classes="map", id=f"map{i}"), f"GFN map: {v.label}")
-
-    def _add(self, panel, title: str | None = None):
-        self.panels.append(panel)
-        if title:
-            panel.border_title = title
-        return panel
+    def get_default_screen(self) -> ModeScreen:
+        return self.main
 
     def on_mount(self) -> None:
-        self._apply_size()
-        self.set_interval(1 / 10, self._tick)
         self._pump_task = asyncio.create_task(self._pump())
         for i, p in enumerate(self.producers):
             self._tasks.append(asyncio.create_task(self._run_producer(i, p)))
-
-    def on_resize(self, event) -> None:
-        self._apply_size()
-
-    def _apply_size(self) -> None:
-        w, h = self.size
-        top = self.query_one("#top")
-        top.set_class(w < WIDE or h < TALL, "small")
-        self.refresh_bindings()
-        top.set_class(self.views[0].story is None, "untracked")
-        for p in self.panels:
-            if isinstance(p, PassTablePanel):
-                p.view.dash.max_pass_rows = 3 if h < 30 else 8 if h < TALL else 12
-        if self.mode == "compare":
-            self.query_one("#runs").styles.height = "1fr"
-
-    def _tick(self) -> None:
-        for p in self.panels:
-            p.tick()
-        if self.mode != "compare":
-            top = self.query_one("#top")
-            if top.has_class("untracked") and self.views[0].story is not None:
-                top.remove_class("untracked")           # --track: RunStarted named the GFNs
-                self.refresh_bindings()
-            story = self.query_one("#story")
-            story.border_title = story.title() + (" (t: back to the map)" if top.has_class("storyview") else "")
-        if self.mode == "compare":
-            self.compare.tick()
-        # the header's status (paused, slow motion) changes without events
-        self.query_one("#header").refresh(layout=True)
-
-    # ------------------------------------------------------------------ the stream
 
     async def _run_producer(self, i: int, produce: Producer) -> None:
         try:
@@ -352,12 +214,15 @@ class XmigApp(App):
                 self.queue.put_nowait((-1, None))
 
     async def _pump(self) -> None:
+        """The producer side of the screen: fold each event, post one coalescing
+        ``RunChanged``. A paused view holds the events still queued."""
         while True:
             idx, ev = await self.queue.get()
             if idx < 0:
                 self.done = True
+                self.changed(status=True)
                 continue
-            while self.view_paused:
+            while self.paused:
                 self._view_resume.clear()
                 await self._view_resume.wait()
             self.deliver(idx, ev)
@@ -365,32 +230,64 @@ class XmigApp(App):
     def deliver(self, idx: int, ev: Event) -> None:
         """Fold one event into its run's view; pause at interesting moments when asked."""
         cap = self.views[idx].feed(ev)
+        status = self.mode == "replay"          # the header counts the replay's events
         if self.playback is not None and isinstance(ev, BatchSent) and ev.hole is None:
             nib = np.asarray(ev.nibbles, dtype=np.uint8) & 0xF
             if nib.size and not PFINFO_HAS_DATA[nib].all():
                 # slow motion over the XTAB walk; after pass 1 these are pre-fix's wasted
                 # queries, a few batches only: hold each long enough to be seen
                 self.playback.hold(XTAB_LATE_HOLD_S if ev.iteration > 1 else None)
-            elif nib.size:
+                self._slow_until_shown()
+                status = True
+            elif nib.size and self.playback.slowing():
                 self.playback.settle()
-        if cap is not None and cap.interesting and (self.stepping or self.guided):
-            self.stepping = False
-            self._pause(True)
+                status = True
+        if cap is not None and cap.interesting:
+            self._send(PlayInput.STOP if self.guided else PlayInput.MARK)
+        self.changed(status=status)
 
-    def _pause(self, on: bool) -> None:
-        # The view holds at once (events already queued wait), and the engine or the
-        # replay stops at its next step; a watched run goes on in its own processes.
-        if self.playback is not None and self.mode != "watch":
-            (self.playback.pause if on else self.playback.resume)()
-        self.view_paused = on
-        if not on:
-            self._view_resume.set()
+    def _slow_until_shown(self) -> None:
+        """One timer (not a poll) to take "slow motion" off the header once it is over."""
+        if self._slow_timer is not None:
+            self._slow_timer.stop()
+        self._slow_timer = self.set_timer(SLOW_SHOWN_S + 0.05, lambda: self.changed(status=True))
+
+    def changed(self, *, status: bool = False) -> None:
+        """The runs (and, with ``status``, the header's status) moved: tell the screen,
+        now or, within a frame of the last word, once at the frame's end (a run
+        replayed flat out moves faster than a terminal can show)."""
+        if status:
+            self.status_seq += 1
+        wait = self._last_post + FRAME_S - time.monotonic()
+        if wait <= 0:
+            self._post_changed()
+        elif self._post_timer is None:
+            self._post_timer = self.set_timer(wait, self._post_changed)
+
+    def _post_changed(self) -> None:
+        self._post_timer = None
+        self._last_post = time.monotonic()
+        self.main.post_message(RunChanged())
+
+    # ------------------------------------------------------------------ play / pause / step
+
+    def _send(self, inp: PlayInput) -> None:
+        was = self.paused
+        self.control.send(inp)
+        if self.paused != was:
+            # The view holds at once (events already queued wait), and the engine or the
+            # replay stops at its next step; a watched run goes on in its own processes.
+            if self.playback is not None and self.mode != "watch":
+                (self.playback.pause if self.paused else self.playback.resume)()
+            if not self.paused:
+                self._view_resume.set()
+            self.changed(status=True)
 
     @property
     def paused(self) -> bool:
-        return self.view_paused
+        return self.control.paused
 
-    def _status(self, short: bool = False) -> Text:
+    def status_text(self, short: bool = False) -> Text:
         """The header's status; ``short`` drops the hints so it fits one line at 80
         columns (the help, ``?``, has them)."""
         t = Text()
@@ -419,39 +316,24 @@ class XmigApp(App):
     # ------------------------------------------------------------------ actions
 
     def action_toggle_pause(self) -> None:
-        self.stepping = False
-        self._pause(not self.paused)
+        self._send(PlayInput.TOGGLE)
 
     def action_step(self) -> None:
-        self.stepping = True
-        self._pause(False)
+        self._send(PlayInput.STEP)
 
     def action_faster(self) -> None:
         if self.playback is not None:
             self.playback.faster()
+            self.changed(status=True)
 
     def action_slower(self) -> None:
         if self.playback is not None:
             self.playback.slower()
+            self.changed(status=True)
 
     def action_guided(self) -> None:
         self.guided = not self.guided
-
-    def action_details(self) -> None:
-        self.query_one("#top").toggle_class("details")
-
-    def check_action(self, action: str, parameters) -> bool | None:
-        small = self.mode != "compare" and self.query_one("#top").has_class("small")
-        if action == "story":       # t only where the story panel is hidden, a GFN tracked
-            return small and self.views[0].story is not None
-        if action == "details":     # d only where the details panels are hidden
-            return small
-        return True
-
-    def action_story(self) -> None:
-        """Small terminals: the tracked GFN's story in place of the pass table and map."""
-        if self.mode != "compare" and self.views[0].story is not None:
-            self.query_one("#top").toggle_class("storyview")
+        self.changed(status=True)
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
@@ -459,8 +341,8 @@ class XmigApp(App):
     async def action_seek(self, delta: int) -> None:
         if self.replay is None:
             return
-        cur = self.views[0].state.cur_iteration or 0
-        await self.action_seek_to(max(cur + delta, 1))
+        cur = self.views[0].state.current
+        await self.action_seek_to(max((cur.iteration if cur is not None else 0) + delta, 1))
 
     async def action_seek_to(self, iteration: int) -> None:
         """Replay: show the run as it stood when pass ``iteration`` started, paused."""
@@ -474,17 +356,16 @@ class XmigApp(App):
         while not self.queue.empty():
             self.queue.get_nowait()
         self.done = False
-        view = RunView("", speed=self.playback.speed if self.playback else None)
+        view = RunView("")
         stop = rep.starts[iteration]
         for ev in rep.events[: stop + 1]:
             view.feed(ev)
         rep.cursor = stop + 1
         self.views[0] = view
-        for p in self.panels:
-            p.set_view(view)
-        self.stepping = False
-        self._pause(True)
+        self.main.set_view(view)
+        self._send(PlayInput.STOP)
         self.playback.reset()
+        self.changed(status=True)
         self._tasks.append(asyncio.create_task(self._run_producer(0, self._replay_producer)))
 
     async def action_quit_run(self) -> None:
@@ -495,7 +376,8 @@ class XmigApp(App):
         self._quitting = True
         if self.playback is not None:
             self.playback.resume()
-        self.view_paused = False
+        if self.paused:
+            self.control.send(PlayInput.TOGGLE)
         self._view_resume.set()
         for t in self._tasks:
             if not t.done():
@@ -509,22 +391,14 @@ class XmigApp(App):
 
     def screen_text(self) -> str:
         """Every panel's text, top to bottom (what the person reads)."""
-        parts = []
-        for p in self.panels:
-            if p.display and p.parent is not None and p.parent.display:
-                parts.append(p.plain())
-        if self.mode == "compare":
-            parts.insert(1, self.compare_text())
-        return "\n".join(parts)
+        return self.main.text()
 
     def compare_text(self) -> str:
-        import io
+        return self.main.compare_text()
 
-        from rich.console import Console
-
-        con = Console(width=120, file=io.StringIO(), record=True)
-        con.print(self.compare.render())
-        return con.export_text()
+    @property
+    def compare(self):
+        return self.main.compare
 
 
 def run_app(app: XmigApp) -> list[Any]:
@@ -537,4 +411,4 @@ def run_app(app: XmigApp) -> list[Any]:
     return app.results
 
 
-__all__ = ["EventFeed", "MIN_SIZE", "Replay", "XmigApp", "run_app"]
+__all__ = ["EventFeed", "HelpScreen", "MIN_SIZE", "Replay", "XmigApp", "run_app"]

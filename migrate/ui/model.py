@@ -1,8 +1,8 @@
-"""What one run's panels read: the dashboard's folded state, the GFN map, the captions.
+"""What one run's panels read: the run's state, the GFN map, the captions.
 
 All three are folded from the event stream (``migrate/events/types.py``) and nothing else, in
-one order: the map first, then the dashboard's numbers, then the narrator (which reads
-the map). A run started with ``--track GFN`` names its tracked GFNs in its
+one order: the map first, then the run's one fold (``migrate/events/fold.py``), then the
+narrator (which reads both). A run started with ``--track GFN`` names its tracked GFNs in its
 ``RunStarted``; from then on a ``PageStory`` (``migrate/events/track.py``, the same one
 ``xmig explain`` tells) follows them for the story panel. A replay folds the same events
 into a fresh ``RunView`` to seek.
@@ -10,8 +10,8 @@ into a fresh ``RunView`` to seek.
 
 from __future__ import annotations
 
-from migrate.ui.dashboard import Dashboard
 from migrate.events import Event, PassPhase, PassStarted, RunStarted
+from migrate.events.fold import RunFold, RunState
 from migrate.ui.gfnmap import GfnMap
 from migrate.events.track import PageStory
 from migrate.ui.narration import Caption, Narrator
@@ -20,19 +20,19 @@ from migrate.ui.narration import Caption, Narrator
 class RunView:
     """One run, as the app shows it."""
 
-    def __init__(self, label: str = "", speed: float | None = None):
+    def __init__(self, label: str = ""):
         self.label = label
         # fine cells: a big terminal draws them all, a small one pools them
         self.gfnmap = GfnMap(max_cells=4096)
-        self.dash = Dashboard(speed=speed, gfnmap=self.gfnmap)
-        self.narrator = Narrator(self.gfnmap)
+        self.run = RunFold(pages=False)      # the panels draw no page ledger
+        self.narrator = Narrator(self.gfnmap, self.run.state)
         self.story: PageStory | None = None     # the tracked GFNs' stories (--track)
         self.events_seen = 0
         self.version = 0           # bumped on every event: panels redraw when it moved
 
     @property
-    def state(self):
-        return self.dash.state
+    def state(self) -> RunState:
+        return self.run.state
 
     def feed(self, ev: Event) -> Caption | None:
         if isinstance(ev, RunStarted) and ev.tracked:
@@ -40,7 +40,7 @@ class RunView:
         if self.story is not None:
             self.story(ev)
         self.gfnmap(ev)
-        self.dash(ev)
+        self.run(ev)
         self.events_seen += 1
         self.version += 1
         return self.narrator(ev)
@@ -59,9 +59,6 @@ class RunView:
         if len(self.story.lines) > 1:
             out.sort(key=lambda x: x[0])      # stable: one event's lines keep their order
         return out
-
-    def summary(self) -> dict:
-        return self.dash.summary()
 
 
 def pass_starts(events: list[Event]) -> dict[int, int]:

@@ -8,7 +8,9 @@ marked clean) and ``guest_physmap_add_entry`` (a GFN that joins it is marked dir
 both in ``xen/arch/x86/mm/p2m.c``.
 
 A ``Narrator`` is a listener that reads the same ``GfnMap`` the screen draws (it must be
-fed after the map), so a caption never states a number the map does not show.
+fed after the map), so a caption never states a number the map does not show, and asks
+the run's state (``migrate/events/fold.py``, fed before it) whether each call site runs
+the fixed code: a run whose sites are mixed is told site by site.
 ``Caption.interesting`` marks the moments ``--guided`` stops at and ``n`` steps to.
 """
 
@@ -21,8 +23,9 @@ import numpy as np
 
 from migrate.events import (BalloonMoved, BalloonNote, BalloonTarget, BatchSent, Event, MemoryOp, MigrationFinished,
                       Outcome, PassEnded, PassPhase, PassStarted, Phase, PhaseChanged, RunStarted, VerifyDone)
+from migrate.events.fold import RunFold, RunState
 from migrate.ui.gfnmap import GfnMap
-from hypervisor.abi import PFINFO_HAS_DATA
+from hypervisor.abi import PFINFO_HAS_DATA, FixSite, XenBehaviour
 
 PAGE = 4096
 
@@ -47,14 +50,6 @@ def _size(pages: int) -> str:
     return f"{b} B"
 
 
-def _fixed(behaviour: Any, site: str) -> bool:
-    """Does the hypervisor run the fixed code at this call site? (``xen_behaviour`` is
-    ``fixed``, ``pre-fix``, or a mapping of call site to either.)"""
-    if isinstance(behaviour, dict):
-        return behaviour.get(site, "fixed") == "fixed"
-    return behaviour == "fixed"
-
-
 def _tally() -> dict[str, Any]:
     return {"gfns": 0, "dirty": 0, "cleared": 0, "set": 0, "leftover": 0, "unmarked": 0, "sites": set(),
             "done": 0}
@@ -63,9 +58,11 @@ def _tally() -> dict[str, Any]:
 class Narrator:
     """Event listener turning the stream into ``Caption``s (``captions``, newest last)."""
 
-    def __init__(self, gfnmap: GfnMap, *, keep: int = 200):
+    def __init__(self, gfnmap: GfnMap, run: RunState | None = None, *, keep: int = 200):
         self.gfnmap = gfnmap
-        self.behaviour: Any = ""
+        # the run's state, fed before the narrator (RunView does); without one, our own
+        self._own = RunFold(pages=False) if run is None else None
+        self.run = run if run is not None else self._own.state
         self.captions: list[Caption] = []
         self.keep = keep
         self._move: dict[str, Any] | None = None     # the balloon move in progress
@@ -76,6 +73,8 @@ class Narrator:
         self._iteration = 0
 
     def __call__(self, ev: Event) -> Caption | None:
+        if self._own is not None:
+            self._own(ev)
         cap = self._caption(ev)
         if cap is not None:
             self.captions.append(cap)
@@ -84,6 +83,10 @@ class Narrator:
         return cap
 
     on_event = __call__
+
+    def _fixed(self, site: str) -> bool:
+        """Is this call site fixed in this run? The run's own per-site mapping says."""
+        return self.run.is_fixed(site)
 
     @property
     def last(self) -> Caption | None:
@@ -135,12 +138,14 @@ class Narrator:
             return Caption(t, "the policy ends the live passes: the domain is suspended, "
                               "downtime starts", interesting=True)
         if isinstance(ev, RunStarted):
-            self.behaviour = ev.behaviour
             runs = np.asarray(ev.populated, dtype=np.int64).reshape(-1, 2)
             pod = int((runs[:, 1] - runs[:, 0]).sum()) - int(ev.guest_pages)
             pages = f"{ev.guest_pages:,} RAM pages" + (
                 f" and {pod:,} populate-on-demand entries" if pod > 0 else "")
-            return Caption(t, f"migration of '{ev.scenario}' starts ({ev.behaviour}): "
+            how = str(ev.behaviour)
+            if how == XenBehaviour.MIXED:
+                how += ": " + ", ".join(f"{site} {b}" for site, b in ev.sites.items())
+            return Caption(t, f"migration of '{ev.scenario}' starts ({how}): "
                               f"{pages}; pass 1 sends every PFN", interesting=True)
         if isinstance(ev, VerifyDone):
             return self._verify(ev)
@@ -157,13 +162,13 @@ class Narrator:
             self._move = {"out": delta < 0, "pages": 0, "ops": 0, "target": int(ev.target_pages)}
             if delta < 0:
                 fix = ("fixed: any of them that are dirty are marked clean"
-                       if _fixed(self.behaviour, "p2m_remove_page")
+                       if self._fixed(FixSite.P2M_REMOVE_PAGE)
                        else "pre-fix: the dirty bits of those already dirtied stay set")
                 text = (f"balloon inflates {_size(-delta)}: decrease_reservation removes "
                         f"{-delta:,} GFNs from the P2M. {fix}")
             else:
                 fix = ("fixed: each one is marked dirty, so the next pass sends it"
-                       if _fixed(self.behaviour, "guest_physmap_add_entry")
+                       if self._fixed(FixSite.GUEST_PHYSMAP_ADD_ENTRY)
                        else "pre-fix: none is marked dirty, and writes to them go unlogged "
                             "until the next CLEAN")
                 text = (f"balloon deflates {_size(delta)}: populate_physmap adds {delta:,} "
@@ -229,7 +234,7 @@ class Narrator:
             parts.append(f"{left:,} of them are not in the P2M (bits the balloon left set, pre-fix): "
                          f"{left:,} XTAB entries to come")
             interesting = True
-        elif removed and _fixed(self.behaviour, "p2m_remove_page"):
+        elif removed and self._fixed(FixSite.P2M_REMOVE_PAGE):
             parts.append(f"none of the {removed:,} ballooned GFNs is listed: the fix cleaned their bits")
             interesting = True
         if lost:
@@ -237,10 +242,10 @@ class Narrator:
                          "dirty (pre-fix)")
             interesting = True
         elif listed and added:
-            if _fixed(self.behaviour, "guest_physmap_add_entry"):
+            if self._fixed(FixSite.GUEST_PHYSMAP_ADD_ENTRY):
                 parts.append(f"the {listed:,} GFNs populate_physmap added are listed: the fix marked "
                              "them dirty")
-            elif not _fixed(self.behaviour, "p2m_remove_page"):
+            elif not self._fixed(FixSite.P2M_REMOVE_PAGE):
                 # pre-fix: the addition sets no bit; the bit these carry was set before the
                 # balloon took them and p2m_remove_page left it set
                 parts.append(f"the {listed:,} GFNs populate_physmap added are listed, though pre-fix "

@@ -1,43 +1,64 @@
 """The app's panels: each a small Textual widget drawing one part of a ``RunView``.
 
-They reuse the rich pieces of ``migrate/ui/dashboard.py`` as renderables and only decide
-what fits: a panel redraws when its run's ``version`` moved (new events) or its size
-changed, never by folding events itself.
+What ``xl migrate`` and libxenguest's progress reports (``xg_sr_save.c``) tell, plus the
+P2M and log-dirty state behind them, one widget per part: the header, the caption, the
+pass in flight, the pass table (``struct precopy_stats`` per pass), the GFN map, the
+balloon, the hypervisor's counters, the tracked GFN's story, and compare's table.
+
+A panel never folds events: the app folds them into the run's ``RunView`` and posts one
+coalescing ``RunChanged``; the screen sets each panel's ``version`` reactive, and a
+panel whose run moved redraws (re-laid out when its height follows its content). Each
+widget carries its own CSS.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from rich.console import Group, RenderableType
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
+from textual.reactive import reactive
 from textual.widget import Widget
 
-from migrate.ui.dashboard import pass_table, render_gfnmap
+from migrate.ui.gfnmap import LEGEND, PENDING, SENT, GfnMap
 from migrate.ui.model import RunView
+from migrate.ui.progress import pass_table, policy_text, size_text
+
+PAGE = 4096
 
 
 class RunPanel(Widget):
-    """Base: a widget that draws from one ``RunView`` and redraws when it changed."""
+    """Base: a widget that draws from one ``RunView``; setting ``version`` to the run's
+    (``follow``) redraws it when the run moved, and lays the screen out again only when
+    its ``shape`` (what decides its height) changed."""
+
+    version = reactive(-1)
 
     def __init__(self, view: RunView, **kw: Any):
         super().__init__(**kw)
         self.view = view
-        self._drawn = -1
+        self._shape: Any = None
 
     def set_view(self, view: RunView) -> None:
         self.view = view
-        self._drawn = -1
-        self.refresh()
+        self._shape = None
+        self.refresh(layout=True)
+        self.follow()
 
-    def tick(self) -> None:
-        if self.view.version != self._drawn:
-            self._drawn = self.view.version
-            self.refresh(layout=self.auto_layout)
+    def follow(self) -> None:
+        self.version = self.view.version
 
-    auto_layout = False
+    def shape(self) -> Any:
+        """What the panel's height depends on (None: a fixed or fractional height)."""
+        return None
+
+    def watch_version(self) -> None:
+        shape = self.shape()
+        self.refresh(layout=shape != self._shape)
+        self._shape = shape
 
     def plain(self) -> str:
         """What the panel shows, as text (for tests and screen readers)."""
@@ -52,7 +73,16 @@ class RunPanel(Widget):
 class HeaderPanel(RunPanel):
     """Scenario, seed, behaviour, policy; virtual time, phase, speed and the verdict."""
 
-    auto_layout = True
+    DEFAULT_CSS = "HeaderPanel { height: auto; background: $boost; padding: 0 1; }"
+    #: the app's status (paused, slow motion, speed) moves without events
+    status_seq = reactive(0)
+
+    def shape(self) -> Any:
+        s = self.view.state
+        return (bool(s.scenario), s.outcome, s.verify is None, self.status().plain)
+
+    def watch_status_seq(self) -> None:
+        self.watch_version()
 
     def __init__(self, view: RunView, status, *, behaviour: str | None = None, **kw: Any):
         super().__init__(view, **kw)
@@ -74,9 +104,7 @@ class HeaderPanel(RunPanel):
             t.append(self.behaviour, style="bold")
         else:
             t.append(s.behaviour or "?", style="bold red" if s.behaviour == "pre-fix" else "bold green")
-        t.append(f"  policy {s.policy or '?'}")
-        if wide and s.policy_params:
-            t.append(" (" + ", ".join(f"{k}={v}" for k, v in s.policy_params.items()) + ")")
+        t.append(f"  policy {policy_text(s.policy, s.policy_params) if wide else s.policy or '?'}")
         if s.p2m_size:
             t.append(f"  p2m_size {s.p2m_size:#x}", style="dim")
         t.append("\n")
@@ -86,11 +114,11 @@ class HeaderPanel(RunPanel):
         if s.outcome:
             t.append(f"  {s.outcome.upper()}", style="bold green" if s.outcome == "completed" else "bold red")
         if s.verify is not None and not self.behaviour:
-            if s.verify.get("ok"):
+            if s.verify.ok:
                 t.append("  destination VERIFIED", style="bold green")
             else:
-                t.append(f"  destination DIVERGED: {s.verify.get('missing_pages', 0):,} missing, "
-                         f"{s.verify.get('stale_pages', 0):,} stale", style="bold red")
+                t.append(f"  destination DIVERGED: {s.verify.missing_pages:,} missing, "
+                         f"{s.verify.stale_pages:,} stale", style="bold red")
         extra = self.status()
         if extra is not None and extra.plain:
             if len(t.plain) - t.plain.rfind("\n") + len(extra.plain) > self.content_size.width:
@@ -103,70 +131,139 @@ class HeaderPanel(RunPanel):
 class PassPanel(RunPanel):
     """The pass in flight: its PFNs walked out of the bitmap's, data, XTAB."""
 
+    DEFAULT_CSS = "PassPanel { height: 2; padding: 0 1; }"
+
     def render(self) -> RenderableType:
         s = self.view.state
-        if not s.cur_iteration:
+        cur = s.current
+        if cur is None:
             return Text("waiting for the first pass", style="dim")
         head = Text(no_wrap=True, overflow="ellipsis")
-        head.append(f"pass {s.cur_iteration} {s.cur_phase}", style="bold")
+        head.append(f"pass {cur.iteration} {cur.phase}", style="bold")
         narrow = self.content_size.width < 70
-        head.append(f"  {s.cur_walked:,}/{s.cur_entries:,}{'' if narrow else ' PFNs'}  data {s.cur_pages:,}  ")
-        head.append(f"XTAB {s.cur_xtab:,}", style="bold red" if s.cur_xtab else "")
+        head.append(f"  {cur.walked:,}/{cur.entries:,}{'' if narrow else ' PFNs'}  data {cur.pages:,}  ")
+        head.append(f"XTAB {cur.xtab:,}", style="bold red" if cur.xtab else "")
         if not narrow:
-            head.append(f"  {s.cur_bytes / (1 << 20):.1f} MiB")
+            head.append(f"  {cur.bytes / (1 << 20):.1f} MiB")
         if self.content_size.width >= 90:
-            head.append(f"  dirty_count {s.cur_dirty_count:,}", style="dim")
+            head.append(f"  dirty_count {cur.dirty_count:,}", style="dim")
         if not s.in_pass:
             head.append("  done", style="dim")
-        total = max(s.cur_entries, 1)
-        bar = ProgressBar(total=total, completed=min(s.cur_walked, total),
+        total = max(cur.entries, 1)
+        bar = ProgressBar(total=total, completed=min(cur.walked, total),
                           width=max(self.content_size.width, 10))
         return Group(head, bar)
 
 
 class PassTablePanel(RunPanel):
-    """One row per pass; compact (8 columns) below 100 columns of width."""
+    """One row per pass; compact (8 columns) below 96 columns of width, the latest
+    ``max_rows`` passes when the terminal is short."""
 
-    auto_layout = True
+    DEFAULT_CSS = ("PassTablePanel { height: auto; border: round $primary; border-title-align: left; "
+                   "padding: 0 1; }")
+    max_rows = reactive(12, layout=True)
+
+    def shape(self) -> Any:
+        s = self.view.state
+        return (len(s.rounds), s.in_pass)
 
     def render(self) -> RenderableType:
         w = self.content_size.width
-        return self.view.dash.pass_table_panel(compact=w < 96, narrow=w < 62, title=None)
+        s = self.view.state
+        return pass_table(s.rounds, live=s.live_round(), max_rows=self.max_rows, compact=w < 96,
+                          narrow=w < 62, title=None)
 
 
 class MapPanel(RunPanel):
     """The GFN map, pooled to fit the panel, with its legend."""
 
+    DEFAULT_CSS = ("MapPanel { height: 1fr; min-height: 5; border: round $primary; "
+                   "border-title-align: left; }")
+
     def render(self) -> RenderableType:
         w, h = self.content_size.width, self.content_size.height
-        return render_gfnmap(self.view.gfnmap, width=max(w, 16), height=max(h, 3), panel=False)
-
-    def on_resize(self) -> None:
-        self._drawn = -1
-        self.tick()
-
-    def watch_size(self) -> None:   # pragma: no cover - Textual calls on_resize
-        self.refresh()
+        return render_gfnmap(self.view.gfnmap, width=max(w, 16), height=max(h, 3))
 
     def title(self) -> str:
         gm = self.view.gfnmap
         return f"GFN map ({gm.p2m_size:,} PFNs)" if gm.p2m_size else "GFN map"
 
 
+_SIDE_CSS = "{} {{ height: auto; border: round $secondary; border-title-align: left; }}"
+
+
 class BalloonPanel(RunPanel):
+    """The balloon driver: its target, the pages out, the ops, the latest moves."""
+
+    DEFAULT_CSS = _SIDE_CSS.format("BalloonPanel")
+
+    def shape(self) -> Any:
+        b = self.view.state.balloon
+        return (len(b.recent), bool(b.stalled))
+
     def render(self) -> RenderableType:
-        return self.view.dash.balloon_panel().renderable
+        b = self.view.state.balloon
+        g = Table.grid(padding=(0, 1))
+        g.add_column(style="dim")
+        g.add_column()
+        g.add_row("target", "-" if b.target is None else f"{b.target} pages")
+        g.add_row("pages out", f"{b.pages_out} ({size_text(b.pages_out * PAGE)})")
+        g.add_row("decrease", f"{b.decrease_pages} pages in {b.decrease_ops} ops")
+        g.add_row("populate", f"{b.populate_pages} pages in {b.populate_ops} ops")
+        out_, in_ = self.view.state.balloon_during_passes
+        g.add_row("in passes", f"-{out_}/+{in_} (bal -/+ summed)")
+        if b.stalled:
+            g.add_row("status", Text(f"stalled: {b.stalled}", style="bold yellow"))
+        body: list[RenderableType] = [g]
+        if b.recent:
+            body.append(Text("recent", style="dim"))
+            for t, line in b.recent:
+                body.append(Text(f"{t:.3f}s {line}", overflow="ellipsis", no_wrap=True))
+        return Group(*body)
+
+
+#: The hypervisor counters shown first, in this order; any others follow, sorted.
+COUNTERS = ("marks_dirty", "marks_clean", "logdirty_nodes", "dirty_count", "failed_allocs",
+            "populated_pages", "pod_entries", "dropped_writes", "write_faults")
 
 
 class HypervisorPanel(RunPanel):
+    """The hypervisor's log-dirty counters as last sampled, and the last CLEAN."""
+
+    DEFAULT_CSS = _SIDE_CSS.format("HypervisorPanel")
+
+    def shape(self) -> Any:
+        s = self.view.state
+        return (tuple(s.counters), s.last_clean is None)
+
     def render(self) -> RenderableType:
-        return self.view.dash.counters_panel().renderable
+        s = self.view.state
+        g = Table.grid(padding=(0, 1))
+        g.add_column(style="dim")
+        g.add_column(justify="right")
+        c = s.counters
+        for k in COUNTERS:
+            if k in c:
+                val = str(c[k]) + (f" (peak {s.nodes_peak})" if k == "logdirty_nodes" else "")
+                g.add_row(k, Text(val, style="bold red" if k == "failed_allocs" and c[k] else ""))
+        for k in sorted(set(c) - set(COUNTERS) - {"logdirty_nodes_peak"}):
+            g.add_row(k, str(c[k]))
+        lc = s.last_clean
+        if lc is not None:
+            g.add_row("last " + lc.op + (" FINAL" if lc.final else ""),
+                      f"dirty {lc.dirty_count} faults {lc.fault_count}")
+        if not c and lc is None:
+            g.add_row("no sample yet", "")
+        return g
 
 
 class StoryPanel(RunPanel):
     """The tracked GFNs' stories as they unfold (``--track GFN``): the lines
     ``xmig explain`` prints, newest at the bottom; the oldest scroll off when the panel
     is full (``xmig explain`` or the summary has them all)."""
+
+    DEFAULT_CSS = ("StoryPanel { width: 2fr; height: 1fr; border: round $warning; border-title-align: left; "
+                   "padding: 0 1; }")
 
     def render(self) -> RenderableType:
         from rich.console import Console
@@ -215,7 +312,10 @@ def _story_style(text: str) -> str:
 class CaptionPanel(RunPanel):
     """The latest caption: what just happened, in plain words."""
 
-    auto_layout = True
+    DEFAULT_CSS = "CaptionPanel { height: auto; max-height: 3; padding: 0 1; }"
+
+    def shape(self) -> Any:
+        return self.view.caption
 
     def render(self) -> RenderableType:
         cap = self.view.caption
@@ -230,16 +330,15 @@ class CaptionPanel(RunPanel):
 class CompareTable(Widget):
     """Two runs' numbers side by side; numbers that differ are highlighted."""
 
+    DEFAULT_CSS = "CompareTable { height: auto; border: round $primary; border-title-align: left; }"
+    version = reactive((), layout=True)
+
     def __init__(self, views: list[RunView], **kw: Any):
         super().__init__(**kw)
         self.views = views
-        self._drawn: tuple = ()
 
-    def tick(self) -> None:
-        v = tuple(x.version for x in self.views)
-        if v != self._drawn:
-            self._drawn = v
-            self.refresh(layout=True)
+    def follow(self) -> None:
+        self.version = tuple(x.version for x in self.views)
 
     def rows(self) -> list[tuple[str, list[str]]]:
         out = []
@@ -259,21 +358,12 @@ class CompareTable(Widget):
 
 
 def _live_totals(v: RunView) -> dict[str, int]:
-    s = v.state
-    rounds = [r for r in s.rounds if r["phase"] != "verify"]
-    tot = {"data": sum(r["pages_sent"] for r in rounds), "xtab": sum(r["xtab_sent"] for r in rounds),
-           "bytes": sum(r["bytes"] for r in rounds), "passes": len(rounds)}
-    if s.in_pass and s.cur_phase != "verify":
-        tot["data"] += s.cur_pages
-        tot["xtab"] += s.cur_xtab
-        tot["bytes"] += s.cur_bytes
-        tot["passes"] += 1
-    return tot
+    return v.state.sent_so_far()
 
 
 def _verify_num(v: RunView, key: str) -> str:
     ver = v.state.verify
-    return "-" if ver is None else f"{int(ver.get(key, 0)):,}"
+    return "-" if ver is None else f"{int(getattr(ver, key)):,}"
 
 
 COMPARE_ROWS = (
@@ -290,5 +380,70 @@ COMPARE_ROWS = (
 )
 
 
+# ----------------------------------------------------------------------------- the map as text
+
+
+def render_gfnmap(gmap: GfnMap, *, width: int | None = None, height: int | None = None) -> RenderableType:
+    """The GFN map as coloured glyph cells, row labels (first GFN, hex) and a legend.
+
+    ``width`` x ``height`` (characters) bound the drawing: adjacent cells are pooled
+    (``GfnMap.cells_binned``) until the rows fit, so a small terminal shows the same map
+    with fewer, wider cells. The legend lists every state present, with its count in PFNs."""
+    if not gmap.ncells:
+        return Text("no address space yet", style="dim")
+    label = len(f"{gmap.p2m_size:x}") + 1
+    legend_lines = _legend_lines(gmap, gmap.totals(), (width or 100))
+    columns = gmap.columns
+    if width is not None:
+        columns = min(max(width - label, 8), 128)       # any width: rows need not be round
+    rows_budget = None if height is None else max(height - len(legend_lines), 1)
+    k = 1
+    while rows_budget is not None and -(-gmap.ncells // (k * columns)) > rows_budget and k < gmap.ncells:
+        k *= 2
+    cells = gmap.cells_binned(k)
+    step = k * gmap.cell_pfns
+    lines = Text(no_wrap=True, overflow="crop")
+    glyph = {e.state: (e.glyph, e.colour) for e in LEGEND}
+    for r in range(-(-cells.size // columns)):
+        row = cells[r * columns:(r + 1) * columns]
+        lines.append(f"{r * columns * step:0{label - 1}x} ", style="dim")
+        # runs of one state become one styled span: cheap to render
+        cut = np.flatnonzero(np.diff(row)) + 1
+        for seg in np.split(row, cut):
+            g, colour = glyph[int(seg[0])]
+            lines.append(g * seg.size, style=colour)
+        lines.append("\n")
+    lines.rstrip()
+    legend = Text(no_wrap=True, overflow="crop")
+    for i, ln in enumerate(legend_lines):
+        if i:
+            legend.append("\n")
+        legend.append_text(ln)
+    return Group(lines, legend)
+
+
+def _legend_lines(gmap: GfnMap, totals: dict[str, int], width: int) -> list[Text]:
+    """Legend entries (glyph, name, PFN count) of the states present, packed into lines
+    no wider than ``width``; an entry is never split."""
+    entries = []
+    for e in LEGEND:
+        n = totals[e.name]
+        if n or e.state in (SENT, PENDING):
+            t = Text()
+            t.append(e.glyph, style=e.colour)
+            t.append(f" {e.name} {n:,}")
+            entries.append(t)
+    if gmap.unplaced_stale:
+        entries.append(Text(f"({gmap.unplaced_stale:,} stale drawn as sent: written unlogged)", style="dim"))
+    lines: list[Text] = [Text()]
+    for t in entries:
+        if lines[-1].cell_len and lines[-1].cell_len + 2 + t.cell_len > width:
+            lines.append(Text())
+        if lines[-1].cell_len:
+            lines[-1].append("  ")
+        lines[-1].append_text(t)
+    return lines
+
+
 __all__ = ["BalloonPanel", "CaptionPanel", "CompareTable", "HeaderPanel", "HypervisorPanel", "MapPanel",
-           "PassPanel", "PassTablePanel", "RunPanel", "StoryPanel"]
+           "PassPanel", "PassTablePanel", "RunPanel", "StoryPanel", "render_gfnmap"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from enum import StrEnum
 from typing import Any, Callable
 
 
@@ -155,4 +156,53 @@ class Playback(Pacer):
         await super().pace(virtual_t)
 
 
-__all__ = ["Pacer", "Playback", "SPEEDS", "default_tty_speed"]
+# ----------------------------------------------------------------------------- play / pause / step
+
+
+class PlayState(StrEnum):
+    PLAYING = "playing"
+    PAUSED = "paused"
+    STEPPING = "stepping"       # playing until the next event of interest, then paused
+
+
+class PlayInput(StrEnum):
+    TOGGLE = "toggle"           # space
+    STEP = "step"               # n
+    MARK = "mark"               # an event of interest was shown
+    STOP = "stop"               # an event of interest was shown in guided mode; a seek
+
+
+#: (state, input) -> next state: every way the person and the run move the playback.
+TRANSITIONS: dict[tuple[PlayState, PlayInput], PlayState] = {
+    (PlayState.PLAYING, PlayInput.TOGGLE): PlayState.PAUSED,
+    (PlayState.PAUSED, PlayInput.TOGGLE): PlayState.PLAYING,
+    (PlayState.STEPPING, PlayInput.TOGGLE): PlayState.PAUSED,
+    (PlayState.PLAYING, PlayInput.STEP): PlayState.STEPPING,
+    (PlayState.PAUSED, PlayInput.STEP): PlayState.STEPPING,
+    (PlayState.STEPPING, PlayInput.STEP): PlayState.STEPPING,
+    (PlayState.PLAYING, PlayInput.MARK): PlayState.PLAYING,
+    (PlayState.PAUSED, PlayInput.MARK): PlayState.PAUSED,
+    (PlayState.STEPPING, PlayInput.MARK): PlayState.PAUSED,
+    (PlayState.PLAYING, PlayInput.STOP): PlayState.PAUSED,
+    (PlayState.PAUSED, PlayInput.STOP): PlayState.PAUSED,
+    (PlayState.STEPPING, PlayInput.STOP): PlayState.PAUSED,
+}
+
+
+class PlayControl:
+    """Where the playback stands, moved only through ``TRANSITIONS``."""
+
+    def __init__(self) -> None:
+        self.state = PlayState.PLAYING
+
+    def send(self, inp: PlayInput) -> PlayState:
+        self.state = TRANSITIONS[self.state, inp]
+        return self.state
+
+    @property
+    def paused(self) -> bool:
+        return self.state == PlayState.PAUSED
+
+
+__all__ = ["Pacer", "PlayControl", "PlayInput", "PlayState", "Playback", "SPEEDS", "TRANSITIONS",
+           "default_tty_speed"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -149,33 +150,54 @@ async def test_in_process_transport_runs_the_same_code_paths_to_the_same_report(
 
 
 @pytest.mark.mqtt
-async def test_watch_renders_the_same_final_dashboard(mqtt_broker):
+async def test_watch_rebuilds_the_toolstacks_report_from_the_events(mqtt_broker):
+    """What `xmig watch` summarises is the run's own report: rebuilt from the events it
+    saw (the one fold and the RunSummary), equal to the toolstack's JSON report outside
+    wall (and the broker's tally of what the run key kept out, not an event)."""
+    from migrate.cli.broker import watch_run, watched_report
+    from migrate.events.fold import RunFold
+
+    sc = scenario("balloon")
+    cfg = cfg_for(mqtt_broker)
+    fold = RunFold()
+    subscribed = asyncio.Event()
+    watcher = asyncio.ensure_future(watch_run(cfg, "w", listener=fold, ready=subscribed))
+    await asyncio.wait_for(subscribed.wait(), 10)
+    hv, g = await start_actor_tasks(cfg, "w", sc)
+    rem = await actors.remote_run(sc, RunOptions(behaviour="pre-fix"), broker=cfg, run_id="w")
+    assert (await asyncio.wait_for(watcher, 5)).startswith("completed, but the destination diverged")
+    await asyncio.gather(hv, g)
+    expected = build_report(rem)
+    for rep in (expected, watched := watched_report(fold)):
+        rep.pop("wall")
+        rep.pop("broker", None)
+    assert watched == expected
+    assert watched["pages"]["leftover_bits"] == 3357 and watched["totals"] == expected["totals"]
+
+
+@pytest.mark.mqtt
+async def test_plain_watch_prints_the_reports_summary(mqtt_broker, capsys):
+    """Piped: the watcher's progress lines, then the summary `xmig run` prints from its
+    report, to the byte (the totals are the toolstack's own, not approximations)."""
     from rich.console import Console
 
     from migrate.cli.broker import watch_run
-    from migrate.ui.dashboard import Dashboard
-
-    def text(dash) -> str:
-        console = Console(record=True, width=140, color_system=None, file=open(os.devnull, "w"))
-        console.print(dash.render())
-        return console.export_text()
+    from migrate.ui.progress import print_summary
 
     sc = scenario("idle")
-    local = Dashboard()
-    bus = EventBus()
-    bus.subscribe(local)
-    await run_scenario(sc, RunOptions(), bus=bus)
-
     cfg = cfg_for(mqtt_broker)
-    watched = Dashboard()
     subscribed = asyncio.Event()
-    watcher = asyncio.ensure_future(watch_run(cfg, "w", dashboard=watched, ready=subscribed))
+    watcher = asyncio.ensure_future(watch_run(cfg, "p", console=Console(file=io.StringIO()), ready=subscribed))
     await asyncio.wait_for(subscribed.wait(), 10)
-    hv, g = await start_actor_tasks(cfg, "w", sc)
-    await actors.remote_run(sc, RunOptions(), broker=cfg, run_id="w")
+    hv, g = await start_actor_tasks(cfg, "p", sc)
+    rem = await actors.remote_run(sc, RunOptions(), broker=cfg, run_id="p")
     assert await asyncio.wait_for(watcher, 5) == "completed"
-    assert text(watched) == text(local)
     await asyncio.gather(hv, g)
+    out = capsys.readouterr().out
+    want = io.StringIO()
+    print_summary(build_report(rem), want)
+    assert out.endswith(want.getvalue())
+    assert "xc: progress: End of stream" in out
 
 
 # ----------------------------------------------------------------------------- faults
@@ -384,7 +406,6 @@ async def test_forged_replies_and_events_from_a_second_client_leave_the_verdict_
 
     from migrate.codec import wire
     from migrate.cli.broker import watch_run
-    from migrate.ui.dashboard import Dashboard
     from migrate.events import MigrationFinished, VerifyDone, VerifyStats
 
     (tmp_path / "small.yaml").write_text(SMALL_PREFIX)
@@ -393,7 +414,7 @@ async def test_forged_replies_and_events_from_a_second_client_leave_the_verdict_
     assert not emb.verify.ok                                   # pre-fix: the destination diverges
     cfg = cfg_for(mqtt_broker)
     ready = asyncio.Event()
-    watcher = asyncio.ensure_future(watch_run(cfg, "atk", dashboard=Dashboard(), ready=ready))
+    watcher = asyncio.ensure_future(watch_run(cfg, "atk", ready=ready))
     await asyncio.wait_for(ready.wait(), 10)
     all_ok = VerifyStats(ok=True, missing_pages=0, stale_pages=0, extra_pages=0)
     fake_end = wire.encode({"seq": 1, "events": [VerifyDone(t=2.0, stats=all_ok),
@@ -528,7 +549,6 @@ async def test_watch_records_the_events_with_their_call_site_effects(mqtt_broker
     """`xmig watch --record`: the log holds what the watcher saw over the broker,
     MemoryOp call-site effects included, and rebuilds the run's report."""
     from migrate.cli.broker import watch_run
-    from migrate.ui.dashboard import Dashboard
     from migrate.events.log import EventRecorder, read_event_log
     from migrate.events import MemoryOp
     from migrate.run.report import build_report
@@ -538,7 +558,7 @@ async def test_watch_records_the_events_with_their_call_site_effects(mqtt_broker
     cfg = cfg_for(mqtt_broker)
     rec = EventRecorder(tmp_path / "w.events", {"watched_run": "rec"})
     subscribed = asyncio.Event()
-    watcher = asyncio.ensure_future(watch_run(cfg, "rec", dashboard=Dashboard(), ready=subscribed, also=rec))
+    watcher = asyncio.ensure_future(watch_run(cfg, "rec", ready=subscribed, also=rec))
     await asyncio.wait_for(subscribed.wait(), 10)
     hv, g = await start_actor_tasks(cfg, "rec", sc)
     rem = await actors.remote_run(sc, RunOptions(behaviour="pre-fix"), broker=cfg, run_id="rec")
@@ -588,7 +608,6 @@ async def test_the_example_broker_gives_each_actor_only_its_topics_and_resists_t
 
     from migrate.codec import wire
     from migrate.cli.broker import watch_run
-    from migrate.ui.dashboard import Dashboard
     from migrate.events import MigrationFinished
 
     broker = example_broker(tmp_path, ("toolstack", "hypervisor", "guest", "watch", "student", "intruder"))
@@ -601,7 +620,7 @@ async def test_the_example_broker_gives_each_actor_only_its_topics_and_resists_t
         sc = scenario("idle")
         emb = await run_scenario(sc, RunOptions())
         ready = asyncio.Event()
-        watcher = asyncio.ensure_future(watch_run(cfg("watch"), "acl", dashboard=Dashboard(), ready=ready))
+        watcher = asyncio.ensure_future(watch_run(cfg("watch"), "acl", ready=ready))
         await asyncio.wait_for(ready.wait(), 10)
         hv_t = await connect(cfg("hypervisor"), "acl", "hypervisor")
         g_t = await connect(cfg("guest"), "acl", "guest")

@@ -100,10 +100,10 @@ def test_pass_table_balloon_column_agrees_with_the_report_and_adds_up():
     view = RunView()
     for ev in events:
         view.feed(ev)
-    rows = {r["iteration"]: r for r in view.state.rounds}
+    rows = {r.iteration: r for r in view.state.rounds}
     for r in result.save.rounds:
-        assert (rows[r.iteration]["balloon_out"], rows[r.iteration]["balloon_in"]) == (r.balloon_out, r.balloon_in)
-    assert rows[3]["balloon_in"] == 27525
+        assert (rows[r.iteration].balloon_out, rows[r.iteration].balloon_in) == (r.balloon_out, r.balloon_in)
+    assert rows[3].balloon_in == 27525
     assert view.state.balloon_during_passes == (65536, 65536)
 
 
@@ -215,7 +215,7 @@ async def test_run_then_its_replay_at_every_size(size, prefix_run):
         await pilot.press("2")                             # seek: as pass 2 started
         await pilot.pause(0.2)
         s = app.views[0].state
-        assert s.cur_iteration == 2 and app.paused
+        assert s.current.iteration == 2 and app.paused
         assert "leftover 3,357" in app.query_one("#map").plain()
         await pilot.press("n")                             # the first XTAB of pass 2
         await until(pilot, lambda: app.paused and app.views[0].caption.slow)
@@ -321,7 +321,7 @@ async def test_watch_app_over_a_real_broker(mqtt_broker):
     sc = scenario("idle")
     cfg = cfg_for(mqtt_broker)
     subscribed = asyncio.Event()
-    app = XmigApp.for_watch(lambda listener: watch_run(cfg, "app", dashboard=listener, ready=subscribed))
+    app = XmigApp.for_watch(lambda listener: watch_run(cfg, "app", listener=listener, ready=subscribed))
     async with app.run_test(size=(80, 24)) as pilot:
         await asyncio.wait_for(subscribed.wait(), 10)
         hv, g = await start_actor_tasks(cfg, "app", sc)
@@ -411,7 +411,7 @@ async def test_no_track_no_story_panel_and_no_t_key(fixed_run):
         await pilot.press("t")
         await pilot.pause(0.1)
         assert not shown(app, "story")
-        assert app.check_action("story", ()) is False
+        assert app.screen.check_action("story", ()) is False
         await pilot.press("q")
 
 
@@ -480,3 +480,25 @@ def test_pod_boot_balloon_caption_counts_what_the_report_counts(behaviour):
         n = res.pages["unmarked_additions"]
         assert f"pre-fix: {n:,} get no dirty bit" in done[0]
     assert n == 32768
+
+
+def test_a_run_with_mixed_call_sites_is_narrated_site_by_site():
+    """xen_behaviour as a mapping: the inflate goes through p2m_remove_page (fixed here),
+    the deflate through guest_physmap_add_entry (pre-fix here). Each caption tells its
+    own site's behaviour, read from the run's RunStarted, not 'mixed' for all."""
+    sites = {"p2m_remove_page": "fixed", "set_typed_p2m_entry": "fixed",
+             "pod_decrease_reservation": "fixed", "guest_physmap_add_entry": "pre-fix"}
+    events = []
+    bus = EventBus()
+    bus.subscribe(events.append)
+    asyncio.run(run_scenario(load_scenario(EX / "balloon.yaml"), RunOptions(behaviour=sites), bus=bus))
+    view = RunView()
+    caps = [c.text for c in (view.feed(ev) for ev in events) if c is not None]
+    assert view.state.behaviour == "mixed"
+    assert view.state.is_fixed("p2m_remove_page") and not view.state.is_fixed("guest_physmap_add_entry")
+    assert any(c.startswith("migration of 'balloon' starts (mixed: p2m_remove_page fixed, ") for c in caps)
+    inflate = next(c for c in caps if c.startswith("balloon inflates"))
+    deflate = next(c for c in caps if c.startswith("balloon deflates"))
+    assert "fixed: any of them that are dirty are marked clean" in inflate
+    assert "pre-fix: none is marked dirty" in deflate
+    assert any("none of the 65,536 ballooned GFNs is listed: the fix cleaned their bits" in c for c in caps)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
-from migrate.ui.playback import Playback
+import numpy as np
+import pytest
+
+from migrate.ui.playback import TRANSITIONS, Pacer, PlayControl, PlayInput, Playback, PlayState
 
 
 class Clock:
@@ -70,3 +73,84 @@ def test_settle_ends_the_slow_motion_notice_at_once():
     assert pb.slowing()
     pb.settle()                            # a batch of data pages: the XTAB walk is over
     assert not pb.slowing()
+
+
+# ----------------------------------------------------------------------------- play / pause / step
+
+
+def test_every_state_answers_every_input():
+    assert set(TRANSITIONS) == {(s, i) for s in PlayState for i in PlayInput}
+
+
+def test_step_runs_to_the_next_event_of_interest_then_pauses():
+    c = PlayControl()
+    assert c.send(PlayInput.MARK) == PlayState.PLAYING          # not guided: plays on
+    assert c.send(PlayInput.TOGGLE) == PlayState.PAUSED
+    assert c.send(PlayInput.STEP) == PlayState.STEPPING and not c.paused
+    assert c.send(PlayInput.MARK) == PlayState.PAUSED and c.paused
+    assert c.send(PlayInput.STEP) == PlayState.STEPPING
+    assert c.send(PlayInput.TOGGLE) == PlayState.PAUSED          # space while stepping: stop there
+    assert c.send(PlayInput.TOGGLE) == PlayState.PLAYING
+    assert c.send(PlayInput.STOP) == PlayState.PAUSED            # guided, or a seek
+
+
+# ----------------------------------------------------------------------------- pacing
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, s: float) -> None:
+        self.sleeps.append(s)
+        self.now += s
+
+
+async def test_pacer_none_never_sleeps():
+    clock = FakeClock()
+    p = Pacer(None, clock=clock, sleep=clock.sleep)
+    for t in np.linspace(0, 1000, 50):
+        await p.pace(float(t))
+    assert clock.sleeps == []
+
+
+async def test_pacer_holds_virtual_time_to_speed_times_wall_time():
+    clock = FakeClock()
+    p = Pacer(10.0, clock=clock, sleep=clock.sleep)
+    await p.pace(5.0)                 # anchor
+    await p.pace(6.0)                 # one virtual second at 10x: 0.1 s wall
+    assert clock.sleeps == [pytest.approx(0.1)]
+    clock.now += 0.05                 # the work itself took half the budget
+    await p.pace(7.0)
+    assert clock.sleeps[-1] == pytest.approx(0.05)
+    assert clock.now == pytest.approx(100.2)
+
+
+async def test_pacer_does_not_drift_over_many_tiny_steps():
+    clock = FakeClock()
+    p = Pacer(2.0, clock=clock, sleep=clock.sleep, min_sleep=0.002)
+    for k in range(10001):            # steps of 1 ms virtual, 0.5 ms wall each: below min_sleep
+        clock.now += 0.0001           # the caller's own work
+        await p.pace(k * 0.001)
+    # ten virtual seconds at 2x take five wall seconds, give or take one skipped sleep
+    assert clock.now - 100.0 == pytest.approx(5.0, abs=0.003)
+    assert len(clock.sleeps) < 10001 // 2
+
+
+async def test_pacer_re_anchors_after_falling_far_behind():
+    clock = FakeClock()
+    p = Pacer(1.0, clock=clock, sleep=clock.sleep, max_lag=0.5)
+    await p.pace(0.0)
+    clock.now += 10.0                 # a very long stall
+    await p.pace(1.0)                 # behind by 9 s: no sleep, new anchor
+    await p.pace(2.0)                 # ... so the next second is paced again, not rushed
+    assert clock.sleeps == [pytest.approx(1.0)]
+
+
+def test_pacer_refuses_non_positive_speed():
+    with pytest.raises(ValueError, match="positive"):
+        Pacer(0)

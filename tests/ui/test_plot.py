@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from migrate.ui.dashboard import Dashboard
+from migrate.ui.model import RunView
 from migrate.ui.gfnmap import GfnMapRecorder
 from migrate.ui.plot import PlotError, write_plot
 
@@ -16,14 +16,14 @@ pytest.importorskip("matplotlib")
 
 
 def run_dict(behaviour: str) -> dict:
-    dash = Dashboard()
-    rec = GfnMapRecorder(dash.gfnmap)        # share the dashboard's map
+    view = RunView()
+    rec = GfnMapRecorder(view.gfnmap)        # share the app's map
     for ev in make_events(behaviour):
-        dash(ev)
+        view(ev)
         rec(ev)
-    d = dash.summary()
-    d["gfn_map"] = rec.as_list()
-    return d
+    s = view.state
+    return {"scenario": s.scenario, "behaviour": s.behaviour, "policy": {"name": s.policy},
+            "rounds": [r.as_dict() for r in s.rounds], "gfn_map": rec.as_list()}
 
 
 def test_compare_plot_is_a_non_empty_png(tmp_path):

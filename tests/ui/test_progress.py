@@ -6,7 +6,6 @@ import io
 
 import numpy as np
 
-from migrate.ui.dashboard import Dashboard
 from migrate.events import BalloonMoved, BalloonStalled, BalloonTarget, MemoryOp, MigrationFinished, PhaseChanged
 from migrate.ui.progress import PlainProgress, print_summary
 
@@ -97,11 +96,13 @@ def test_policy_without_an_iteration_cap_prints_plain_iterations():
 
 
 def test_plain_summary_has_no_escape_codes():
-    dash = Dashboard()
+    progress = PlainProgress(io.StringIO())
     for ev in make_events("pre-fix"):
-        dash(ev)
+        progress(ev)
+    s = progress.run.state
     out = io.StringIO()
-    print_summary(dash.summary(), out)
+    print_summary({"scenario": s.scenario, "seed": s.seed, "behaviour": s.behaviour, "outcome": s.outcome,
+                   "rounds": [r.as_dict() for r in s.rounds], "totals": {}, "verify": s.verify.as_dict()}, out)
     text = out.getvalue()
     assert "\x1b" not in text
     assert "verify: FAILED missing 3, stale 5, extra 4096" in text
