@@ -30,7 +30,7 @@ from hypervisor.abi import PFINFO_HAS_DATA
 from migrate.events import (BalloonMoved, BalloonNote, BalloonStalled, BalloonTarget, BatchSent, CleanDone,
                       CountersSampled, Event, MemoryOp, MigrationFinished, Outcome, PassEnded, PassPhase,
                       PassStarted, Phase, PhaseChanged, RoundStats, RunStarted, RunSummary, SaveSetup,
-                      VerifyDone, count_balloon)
+                      VerifyDone)
 from migrate.ui.gfnmap import LEGEND, LEGEND_BY_STATE, GfnMap
 from migrate.ui.gfnmap import PENDING as PENDING_STATE
 from migrate.ui.gfnmap import SENT as SENT_STATE
@@ -208,8 +208,7 @@ class Dashboard:
             return
         # The pass table's "bal -/+" column, by the engine's own rule (count_balloon):
         # in the pass it happens in; between two passes, in the pass before.
-        one = RoundStats(iteration=0, phase=PassPhase.LIVE, start_s=0.0)
-        count_balloon(one, ev)
+        one = RoundStats(iteration=0, phase=PassPhase.LIVE, start_s=0.0).with_balloon(ev)
         if s.in_pass:
             s.cur_balloon_out += one.balloon_out
             s.cur_balloon_in += one.balloon_in
