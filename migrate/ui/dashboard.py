@@ -206,7 +206,7 @@ class Dashboard:
             s.populate_pages += max(rc, 0)
         else:
             return
-        # The pass table's "bal -/+" column, by the engine's own rule (count_balloon):
+        # The pass table's "bal -/+" column, by the engine's own rule (RoundStats.with_balloon):
         # in the pass it happens in; between two passes, in the pass before.
         one = RoundStats(iteration=0, phase=PassPhase.LIVE, start_s=0.0).with_balloon(ev)
         if s.in_pass:
