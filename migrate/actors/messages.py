@@ -16,7 +16,6 @@ import numpy as np
 
 from hypervisor.abi import XenError
 
-from migrate.codec import wire
 
 
 @dataclass(slots=True)

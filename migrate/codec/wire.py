@@ -15,8 +15,16 @@ arrays made of a few contiguous runs (boot layouts, dirty bitmaps) travel as the
 
 Tags inside the tree (a JSON object whose single reserved key starts with ``$``):
 ``$a`` array, ``$s`` numpy scalar, ``$t`` tuple, ``$m`` dict with non-string keys,
-``$e`` IntEnum member, ``$c`` dataclass instance (by registered name), ``$x`` an
-exception (XenError keeps its errno), ``$bm`` a DirtyBitmap (rebuilt as ``WireBitmap``).
+``$e`` enum member that is not a string (an IntEnum: ``ShadowOp``, ``PFInfo``...),
+``$c`` dataclass instance (by registered name), ``$x`` an exception (XenError keeps
+its errno), ``$bm`` a DirtyBitmap (rebuilt as ``WireBitmap``).
+
+Enums whose members are strings (``StrEnum``: an event's phase, outcome, op kind...)
+carry no tag: a member is written as its plain string, as the field was before it had
+an enum, and the dataclass that holds it turns the string back into the member in its
+``__post_init__`` (``migrate.events.types``). So typing a field never changes a frame
+or an event log, and frames and logs written before the enum decode to it. (A bare
+string enum outside a dataclass decodes as its string.)
 No pickle and no import: decoding never runs code from the peer; dataclasses and enums
 are looked up in one table (``names.WIRE_NAMES``) of the project's message types by their stable names, and a frame
 naming any other type is refused. A frame never allocates more than the bytes that
@@ -188,8 +196,11 @@ class _Encoder:
         return {"$a": self.blob(a), "dt": a.dtype.str, "sh": list(a.shape)}
 
     def value(self, v: Any) -> Any:
-        if v is None or isinstance(v, (bool, str)):
+        if v is None or isinstance(v, bool):
             return v
+        if isinstance(v, str):
+            # A StrEnum member too: its plain string (its dataclass coerces it back).
+            return v.value if isinstance(v, enum.Enum) else v
         if isinstance(v, enum.Enum):
             return {"$e": type_name(type(v)), "v": v.value}
         if isinstance(v, int):

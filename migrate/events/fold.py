@@ -15,7 +15,6 @@ Pure: no terminal, no clock. The app, the plain progress lines, ``watch`` and
 
 from __future__ import annotations
 
-import dataclasses
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,10 +27,10 @@ from migrate.events.track import PageLedger
 from migrate.events.types import (BalloonMoved, BalloonNote, BalloonStalled, BalloonTarget, BatchSent, CleanDone,
                                   CountersSampled, Event, MemoryOp, MigrationFinished, Outcome, PassEnded,
                                   PassPhase, PassStarted, Phase, PhaseChanged, RoundStats, RunStarted, RunSummary,
-                                  SaveSetup, VerifyDone, VerifyStats, count_balloon)
+                                  SaveSetup, VerifyDone, VerifyStats, balloon_moves)
 
 _XTAB = 0xF
-#: The balloon calls the pass table's "bal -/+" column counts (``count_balloon``).
+#: The balloon calls the pass table's "bal -/+" column counts (``balloon_moves``).
 _BALLOON_OPS = ("decrease_reservation", "populate_physmap")
 
 
@@ -194,8 +193,7 @@ class RunFold:
             s.current = PassInFlight(iteration=int(ev.iteration), phase=PassPhase(ev.phase),
                                      entries=int(ev.entries), dirty_count=int(ev.dirty_count), start_s=float(ev.t))
         elif isinstance(ev, PassEnded):
-            # a copy: the engine goes on counting balloon moves into its own after the event
-            s.rounds.append(dataclasses.replace(ev.stats))
+            s.rounds.append(ev.stats)        # frozen: later balloon moves make a new value
             s.in_pass = False
             if s.current is not None:
                 s.current.walked = int(ev.stats.pfns_walked)
@@ -245,9 +243,11 @@ class RunFold:
         # The engine's own rule: a balloon op counts in the pass it happens in; between
         # two passes (the guest runs until the next call), in the pass before.
         if s.in_pass and s.current is not None:
-            count_balloon(s.current, ev)
+            out, back = balloon_moves(ev)
+            s.current.balloon_out += out
+            s.current.balloon_in += back
         elif s.rounds:
-            count_balloon(s.rounds[-1], ev)
+            s.rounds[-1] = s.rounds[-1].with_balloon(ev)
         word = "decrease" if ev.op == "decrease_reservation" else "populate"
         res = f"{rc}/{ev.nr} pages" if rc >= 0 else f"{ev.nr} pages, rc={rc}"
         b.recent.append((float(ev.t), f"{word} {res}"))

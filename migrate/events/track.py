@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from hypervisor.abi import PFINFO_HAS_DATA, POD_DEMAND_POPULATE, PFInfo
+from hypervisor.abi import PFINFO_HAS_DATA, POD_DEMAND_POPULATE, MemoryOpKind, PFInfo
 
-from migrate.events import (BatchSent, Event, MemoryOp, PassEnded, PassPhase, PassStarted, Phase, PhaseChanged,
-                     RunStarted, TrackedFinal, TrackedWrites)
+from migrate.events import (BatchSent, Event, MemoryOp, PageFate, PassEnded, PassPhase, PassStarted, Phase,
+                            PhaseChanged, RunStarted, TrackedFinal, TrackedWrites)
 
 _EMPTY = np.empty(0, dtype=np.int64)
 #: At most this many GFNs are followed one by one (each costs a line per event touching it).
@@ -149,21 +149,25 @@ class PageLedger:
 
 # ----------------------------------------------------------------------------- one page
 
-_OP_WORDS = {"decrease_reservation": "balloon inflate (decrease_reservation)",
-             "populate_physmap": "balloon deflate (populate_physmap)",
-             "add_to_physmap": "add_to_physmap", "remove_from_physmap": "remove_from_physmap",
-             "set_typed_p2m_entry": "set_typed_p2m_entry", "pod_populate": "PoD demand populate"}
+_OP_WORDS = {MemoryOpKind.DECREASE_RESERVATION: "balloon inflate (decrease_reservation)",
+             MemoryOpKind.POPULATE_PHYSMAP: "balloon deflate (populate_physmap)",
+             MemoryOpKind.ADD_TO_PHYSMAP: "add_to_physmap",
+             MemoryOpKind.REMOVE_FROM_PHYSMAP: "remove_from_physmap",
+             MemoryOpKind.SET_TYPED_P2M_ENTRY: "set_typed_p2m_entry",
+             MemoryOpKind.POD_POPULATE: "PoD demand populate"}
 
-#: TrackedFinal states (migrate.events.TrackedFinal); _FINAL_WORDS says each in words.
+#: Each fate a tracked GFN can meet (migrate.events.TrackedFinal), in words.
 _FINAL_WORDS = {
-    "ok": "destination: ok, the destination holds the source's last contents",
-    "missing": "destination: MISSING, RAM at the source but never populated at the destination",
-    "stale": "destination: STALE, the destination holds older contents than the source",
-    "extra": "destination: extra, populated at the destination but not RAM at the source "
-             "(restore never unpopulates)",
-    "absent": "destination: absent at both ends (not RAM at the source, never sent with data)",
+    PageFate.OK: "destination: ok, the destination holds the source's last contents",
+    PageFate.MISSING: "destination: MISSING, RAM at the source but never populated at the destination",
+    PageFate.STALE: "destination: STALE, the destination holds older contents than the source",
+    PageFate.EXTRA: "destination: extra, populated at the destination but not RAM at the source "
+                    "(restore never unpopulates)",
+    PageFate.ABSENT: "destination: absent at both ends (not RAM at the source, never sent with data)",
 }
-FINAL_STATES = frozenset(_FINAL_WORDS)
+FINAL_STATES = frozenset(PageFate)
+#: How a line names the pass a page is in.
+_PASS_WORDS = {PassPhase.LIVE: "pass", PassPhase.FINAL: "final pass", PassPhase.VERIFY: "VERIFY pass"}
 
 
 def _in_runs(runs: np.ndarray, gfn: int) -> bool:
@@ -180,7 +184,7 @@ class PageStory:
         self.gfns = np.unique(np.asarray(list(gfns), dtype=np.int64))
         self.lines: dict[int, list[tuple[float, str]]] = {int(g): [] for g in self.gfns}
         self._pass = 0
-        self._phase = "live"
+        self._phase = PassPhase.LIVE
         self._bitmap_pass: dict[int, int] = {}
 
     def _say(self, gfn: int, t: float, text: str) -> None:
@@ -207,7 +211,7 @@ class PageStory:
                     self._site(g, ev, s)
         elif isinstance(ev, PassStarted):
             self._pass, self._phase = int(ev.iteration), ev.phase
-            what = {"final": "final pass", "verify": "VERIFY pass"}.get(ev.phase, "pass")
+            what = _PASS_WORDS[ev.phase]
             if ev.pfns is None:
                 for g in self.gfns.tolist():
                     self._say(g, ev.t, f"{what} {ev.iteration} walks every PFN below p2m_size, this one included")
@@ -229,7 +233,7 @@ class PageStory:
         elif isinstance(ev, TrackedFinal):
             for g, st in zip(np.asarray(ev.gfns, dtype=np.int64).tolist(), ev.states):
                 if g in self.lines:
-                    self._say(g, ev.t, _FINAL_WORDS.get(st, f"destination: {st}"))
+                    self._say(g, ev.t, _FINAL_WORDS[st])
 
     on_event = __call__
 
@@ -245,7 +249,7 @@ class PageStory:
         self._say(g, b, f"guest writes it {span}; {how}")
 
     def _site(self, g: int, ev: MemoryOp, s) -> None:
-        op = _OP_WORDS.get(ev.op, ev.op)
+        op = _OP_WORDS[ev.op]
         was = bool(np.isin(g, s.dirty))
         if s.site == POD_DEMAND_POPULATE:
             self._say(g, ev.t, f"{op}: P2M add from the PoD cache (p2m_pod_demand_populate), "
@@ -272,7 +276,7 @@ class PageStory:
             self._say(g, ev.t, f"{op}: P2M add by {s.site}; {bit}")
 
     def _batch(self, ev: BatchSent) -> None:
-        where = {"final": "final pass", "verify": "VERIFY pass"}.get(self._phase, "pass")
+        where = _PASS_WORDS[self._phase]
         if ev.hole is not None:
             lo, hi = int(ev.hole[0]), int(ev.hole[1])
             for g in self.gfns[(self.gfns >= lo) & (self.gfns < hi)].tolist():

@@ -7,17 +7,34 @@ events, all stamped with virtual time ``t`` (seconds).
 
 ``RoundStats`` and ``Totals`` are the single definition of per-pass and whole-run
 numbers; the JSON report, the CSV and the dashboard all read them.
+
+Every event, and every value one carries, is a frozen dataclass: a listener cannot
+change what the next listener sees, and a pass's numbers are a new ``RoundStats`` each
+time they change (``RoundStats.added``), never an object updated behind the event that
+carried it. Kinds are enums (``Phase``, ``MemoryOpKind``, ...); each is a ``StrEnum``
+whose members are their strings, so the wire codec writes them as the plain strings
+they always were (``migrate.codec.wire``), and each event coerces the strings it is
+given back to its enums in ``__post_init__`` (which is how frames and event logs
+recorded before the enums decode).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, Callable
 
 import numpy as np
 
-from hypervisor.abi import MAX_BATCH_SIZE, LogDirtyEffect, XenBehaviour
+from hypervisor.abi import MAX_BATCH_SIZE, FixSite, LogDirtyEffect, MemoryOpKind, XenBehaviour
+
+
+def _coerce(obj: Any, **kinds: type) -> None:
+    """Set each named field of the frozen ``obj`` to its value as ``kinds[name]``
+    (an enum member from its string: a frame or an old log carries plain strings)."""
+    for name, kind in kinds.items():
+        object.__setattr__(obj, name, kind(getattr(obj, name)))
 
 
 # ----------------------------------------------------------------------------- vocabularies
@@ -57,9 +74,46 @@ class Phase(StrEnum):
     ABORTED = "aborted"
 
 
-@dataclass(slots=True)
+class Switchover(StrEnum):
+    """What the save does when the policy says stop at the top of its loop: ``live``
+    (Xen's ``send_memory_live`` sends the set the last CLEAN returned first) or
+    ``stopped`` (suspend first and send it paused, as QEMU and SimGrid do)."""
+
+    LIVE = "live"
+    STOPPED = "stopped"
+
+
+class CleanOp(StrEnum):
+    """How the saver read the log-dirty bitmap (XEN_DOMCTL_SHADOW_OP_CLEAN clears what
+    it returns; PEEK, verify_frames' read, leaves it)."""
+
+    CLEAN = "CLEAN"
+    PEEK = "PEEK"
+
+
+class BalloonDirection(StrEnum):
+    """Which way the balloon driver moved pages: ``inflate`` (decrease_reservation:
+    the guest gives them back) or ``deflate`` (populate_physmap: it gets them back)."""
+
+    INFLATE = "inflate"
+    DEFLATE = "deflate"
+
+
+class PageFate(StrEnum):
+    """A tracked GFN at the end, the destination against the suspended source."""
+
+    OK = "ok"                 # same contents at both ends
+    MISSING = "missing"       # RAM at the source, absent at the destination
+    STALE = "stale"           # both hold it, contents differ
+    EXTRA = "extra"           # only the destination holds it
+    ABSENT = "absent"         # neither holds it
+
+
+@dataclass(frozen=True, slots=True)
 class RoundStats:
-    """One pass of the save loop (a live pass, the final paused pass, or verify)."""
+    """One pass of the save loop (a live pass, the final paused pass, or verify), as it
+    stood when it was taken: whoever counts a pass holds the latest value and replaces
+    it (``added``, ``with_balloon``)."""
 
     iteration: int
     phase: PassPhase
@@ -76,13 +130,22 @@ class RoundStats:
     balloon_in: int = 0       # pages the guest got back while this pass ran
 
     def __post_init__(self) -> None:
-        self.phase = PassPhase(self.phase)
+        _coerce(self, phase=PassPhase)
+
+    def added(self, **counts: int) -> RoundStats:
+        """This pass with ``counts`` added to the counters they name (a new value)."""
+        return dataclasses.replace(self, **{k: getattr(self, k) + int(n) for k, n in counts.items()})
+
+    def with_balloon(self, ev: MemoryOp) -> RoundStats:
+        """This pass with the balloon op ``ev`` counted (``balloon_moves``)."""
+        out, back = balloon_moves(ev)
+        return self.added(balloon_out=out, balloon_in=back) if out or back else self
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Totals:
     pages_sent: int = 0
     xtab_sent: int = 0
@@ -96,7 +159,7 @@ class Totals:
         return asdict(self)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class VerifyStats:
     """Destination against the source as it stood at suspend."""
 
@@ -115,7 +178,7 @@ class VerifyStats:
 # ----------------------------------------------------------------------------- events
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Event:
     t: float
 
@@ -124,7 +187,7 @@ class Event:
         return type(self).__name__
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class RunStarted(Event):
     """Published once by the runner before the save starts."""
 
@@ -137,32 +200,32 @@ class RunStarted(Event):
     populated: np.ndarray     # (k, 2) int64 [start, end) GFN runs of RAM/PoD at start
     ballooned: np.ndarray     # (k, 2) int64 runs the guest had ballooned out at start
     #: the effective behaviour of each of the seed patch's call sites (hypervisor.abi.FIX_SITES)
-    sites: dict[str, str] = field(default_factory=dict)
+    sites: dict[FixSite, XenBehaviour] = field(default_factory=dict)
     #: GFNs followed one by one (``--track``): TrackedWrites and TrackedFinal name them
     tracked: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        self.behaviour = XenBehaviour(self.behaviour)
-        self.sites = {site: XenBehaviour(b) for site, b in self.sites.items()}
+        _coerce(self, behaviour=XenBehaviour)
+        object.__setattr__(self, "sites", {FixSite(site): XenBehaviour(b) for site, b in self.sites.items()})
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class SaveSetup(Event):
     """x86_hvm_setup(): the saver fixed p2m_size = maximum_gpfn + 1."""
 
     p2m_size: int
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class PhaseChanged(Event):
     phase: Phase
     detail: str = ""
 
     def __post_init__(self) -> None:
-        self.phase = Phase(self.phase)
+        _coerce(self, phase=Phase)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class PassStarted(Event):
     iteration: int
     phase: PassPhase
@@ -171,10 +234,10 @@ class PassStarted(Event):
     pfns: np.ndarray | None   # the bitmap's PFNs; None = every PFN below p2m_size
 
     def __post_init__(self) -> None:
-        self.phase = PassPhase(self.phase)
+        _coerce(self, phase=PassPhase)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class BatchSent(Event):
     iteration: int
     pfns: np.ndarray          # the batch's PFNs (empty for a walked hole)
@@ -194,22 +257,25 @@ class BatchSent(Event):
         return np.asarray(self.ends, dtype=np.float64)[np.arange(np.asarray(self.pfns).size) // MAX_BATCH_SIZE]
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class PassEnded(Event):
     stats: RoundStats
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class CleanDone(Event):
     iteration: int
-    op: str                   # CLEAN | PEEK
+    op: CleanOp
     final: bool
     dirty_count: int
     fault_count: int
     pages: int
 
+    def __post_init__(self) -> None:
+        _coerce(self, op=CleanOp)
 
-@dataclass(slots=True)
+
+@dataclass(frozen=True, slots=True)
 class MemoryOp(Event):
     """A guest hypercall the hypervisor served (balloon inflate/deflate and friends).
 
@@ -219,11 +285,14 @@ class MemoryOp(Event):
     changed, those whose bit was set, the bits the fix cleared or set, and what pre-fix
     leaves behind (``leftover`` bits on GFNs gone from the P2M, ``unmarked`` additions)."""
 
-    op: str
+    op: MemoryOpKind
     nr: int
     rc: int
     gfns: np.ndarray
     sites: tuple[LogDirtyEffect, ...] = ()
+
+    def __post_init__(self) -> None:
+        _coerce(self, op=MemoryOpKind)
 
     @property
     def leftover(self) -> np.ndarray:
@@ -236,16 +305,19 @@ class MemoryOp(Event):
         return _cat([s.unmarked for s in self.sites])
 
 
-def count_balloon(rnd: RoundStats, ev: MemoryOp) -> None:
-    """Count a balloon op in ``rnd``: the pass it happened in, or, between two passes
-    (the guest runs until the next call, e.g. the CLEAN), the pass before. The engine
-    and any consumer rebuilding the passes from events apply this one rule."""
+def balloon_moves(ev: MemoryOp) -> tuple[int, int]:
+    """``(pages out, pages back)`` a balloon op moves: what a pass's ``balloon_out`` /
+    ``balloon_in`` count. It counts in the pass it happened in, or, between two passes
+    (the guest runs until the next call, e.g. the CLEAN), in the pass before; the engine
+    and any consumer rebuilding the passes from events apply this one rule
+    (``RoundStats.with_balloon``)."""
     if ev.rc < 0:
-        return
-    if ev.op == "decrease_reservation":
-        rnd.balloon_out += int(ev.rc)
-    elif ev.op == "populate_physmap":
-        rnd.balloon_in += int(ev.rc)
+        return 0, 0
+    if ev.op is MemoryOpKind.DECREASE_RESERVATION:
+        return int(ev.rc), 0
+    if ev.op is MemoryOpKind.POPULATE_PHYSMAP:
+        return 0, int(ev.rc)
+    return 0, 0
 
 
 def _cat(parts: list[np.ndarray]) -> np.ndarray:
@@ -255,7 +327,7 @@ def _cat(parts: list[np.ndarray]) -> np.ndarray:
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class TrackedWrites(Event):
     """The guest's writes to tracked GFNs since the hypervisor last reported (``t`` is
     the last of them). Per GFN: how many writes, the first and last write's time, and
@@ -269,7 +341,7 @@ class TrackedWrites(Event):
     logged_s: np.ndarray      # float64, NaN where no write was logged
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class BalloonNote(Event):
     """What the guest's balloon driver says about itself (Linux's xen-balloon driver
     following ``memory/target`` in xenstore): where it stands after the note."""
@@ -278,7 +350,7 @@ class BalloonNote(Event):
     target_pages: int
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class BalloonTarget(BalloonNote):
     """The driver got a new target."""
 
@@ -287,31 +359,37 @@ class BalloonTarget(BalloonNote):
     reason: str               # "schedule", or the PoD boot target
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class BalloonMoved(BalloonNote):
     """One tick in which the driver moved pages: ``inflate`` (decrease_reservation, the
     guest gives pages back) or ``deflate`` (populate_physmap, it gets them back)."""
 
-    direction: str            # inflate | deflate
+    direction: BalloonDirection
     pages: int
     batches: int              # hypercalls it took
 
+    def __post_init__(self) -> None:
+        _coerce(self, direction=BalloonDirection)
 
-@dataclass(slots=True)
+
+@dataclass(frozen=True, slots=True)
 class BalloonReached(BalloonNote):
     """The driver reached its target."""
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class BalloonStalled(BalloonNote):
     """The driver stopped short of its target until the next one (Xen did fewer
     extents than asked, or the driver had no page left to move)."""
 
-    op: str                   # decrease_reservation | populate_physmap
+    op: MemoryOpKind          # decrease_reservation | populate_physmap
     requested: int
     done: int
     rc: int | None            # the hypercall's return value; None if none was made
     reason: str
+
+    def __post_init__(self) -> None:
+        _coerce(self, op=MemoryOpKind)
 
 
 def balloon_note(t: float, kind: str, detail: dict[str, Any]) -> BalloonNote:
@@ -327,30 +405,31 @@ def balloon_note(t: float, kind: str, detail: dict[str, Any]) -> BalloonNote:
     return cls(t=float(t), **d)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class CountersSampled(Event):
     """The hypervisor's counters (marks, nodes, dirty_count now)."""
 
     counters: dict[str, Any]
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class VerifyDone(Event):
     stats: VerifyStats
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class TrackedFinal(Event):
-    """Each tracked GFN at the end, destination against the suspended source:
-    ``ok`` (same contents), ``missing`` (RAM at the source, absent at the destination),
-    ``stale`` (both hold it, contents differ), ``extra`` (only the destination holds
-    it), ``absent`` (neither holds it)."""
+    """Each tracked GFN at the end, destination against the suspended source (see
+    ``PageFate``: ok, missing, stale, extra, absent)."""
 
     gfns: np.ndarray
-    states: tuple[str, ...]
+    states: tuple[PageFate, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "states", tuple(PageFate(s) for s in self.states))
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class RunSummary(Event):
     """What the run knows at its end and no earlier event said: the restore side's,
     the stream writer's and the hypervisor's final numbers (published by the runner
@@ -376,20 +455,19 @@ class RunSummary(Event):
     stream: dict[str, Any]
     guest: dict[str, Any]
     wall: dict[str, Any]
-    switchover: str = "live"  # SaveOptions.switchover: live (Xen) | stopped (QEMU, SimGrid)
+    switchover: Switchover = Switchover.LIVE  # SaveOptions.switchover
 
     def __post_init__(self) -> None:
-        self.behaviour = XenBehaviour(self.behaviour)
-        self.outcome = Outcome(self.outcome)
+        _coerce(self, behaviour=XenBehaviour, outcome=Outcome, switchover=Switchover)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class MigrationFinished(Event):
     outcome: Outcome
     message: str = ""
 
     def __post_init__(self) -> None:
-        self.outcome = Outcome(self.outcome)
+        _coerce(self, outcome=Outcome)
 
 
 Listener = Callable[[Event], None]
@@ -410,8 +488,8 @@ class EventBus:
 
 
 __all__ = [
-    "Outcome", "PassPhase", "Phase", "RoundStats", "Totals", "VerifyStats", "Event", "RunStarted", "SaveSetup",
-    "PhaseChanged", "PassStarted", "BatchSent", "PassEnded", "CleanDone", "MemoryOp", "count_balloon",
+    "Outcome", "PassPhase", "Phase", "Switchover", "CleanOp", "BalloonDirection", "PageFate", "RoundStats", "Totals", "VerifyStats", "Event", "RunStarted", "SaveSetup",
+    "PhaseChanged", "PassStarted", "BatchSent", "PassEnded", "CleanDone", "MemoryOp", "balloon_moves",
     "TrackedWrites", "BalloonNote", "BalloonTarget", "BalloonMoved", "BalloonReached", "BalloonStalled",
     "balloon_note", "CountersSampled", "VerifyDone", "TrackedFinal", "RunSummary", "MigrationFinished",
     "Listener", "EventBus",

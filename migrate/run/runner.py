@@ -12,7 +12,6 @@ with the source as it stood at suspend.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -24,14 +23,14 @@ from hypervisor.domain import Hypervisor
 
 from migrate.toolstack.control import LocalSource, SourceSide
 from migrate.toolstack.save import PrecopyEngine, SaveOptions, SaveResult
-from migrate.events import (EventBus, MigrationFinished, RunStarted, RunSummary, TrackedFinal, VerifyDone,
-                     VerifyStats)
+from migrate.events import (EventBus, MigrationFinished, Outcome, PageFate, RunStarted, RunSummary, TrackedFinal,
+                            VerifyDone, VerifyStats)
 from migrate.heap import keep_freed_arrays
 from migrate.toolstack.link import LinkModel
 from migrate.toolstack.policy import make_policy
 from migrate.toolstack.restore import Restorer
 from migrate.run.scenario import Scenario
-from migrate.stream import CallbackSink, FileSink, RecordSink, Sink, StreamError, StreamWriter, TcpSink, TeeSink
+from migrate.stream import CallbackSink, FileSink, RecordSink, Sink, StreamError, TcpSink, TeeSink
 from migrate.events.track import PageLedger
 from migrate.toolstack.verify import VerifyAccumulator, snapshot_digest
 
@@ -73,7 +72,7 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        return self.save.outcome == "completed" and self.verify is not None and self.verify.ok
+        return self.save.outcome == Outcome.COMPLETED and self.verify is not None and self.verify.ok
 
 
 def host_frames_for(scenario: Scenario) -> int:
@@ -251,26 +250,26 @@ async def _run(scenario, opts, settings: RunSettings, bus, pacer, source, frames
     dst.build(DomainLayout(ram_gfns=np.empty(0, dtype=np.int64)))
     restorer = Restorer(dst)
     sink = open_sink(opts.stream, restorer)
-    writer = StreamWriter(sink)
     mig = scenario.migration
     options = SaveOptions(verify=settings.verify, tolerate_vanished=mig.tolerate_vanished,
                           stats_overflow=mig.stats_overflow, deadline=mig.deadline,
                           switchover=mig.switchover, engine=mig.engine)
-    engine = PrecopyEngine(source.control, writer, settings.link, policy, bus, start=start, pacer=pacer,
+    engine = PrecopyEngine(source.control, sink, settings.link, policy, bus, start=start, pacer=pacer,
                            options=options)
     save = await engine.run()
+    writer = engine.writer
 
     result = RunResult(scenario=scenario.name, seed=seed, behaviour=behaviour_label(sites), policy=policy.name,
                        policy_params=policy.params(), save=save, sites=dict(sites))
     result.hypervisor = await source.control.counters(save.t_end)
-    restored = restorer.finish() if save.outcome == "completed" else restorer.result
+    restored = restorer.finish() if save.outcome is Outcome.COMPLETED else restorer.result
     result.restore = restored.as_dict()
     result.stream = {"target": opts.stream, "bytes": int(writer.bytes_written),
                      "records": {k.name: int(v) for k, v in sorted(writer.records_written.items())}}
     digest = getattr(sink, "sha256", None)
     if digest:
         result.stream["sha256"] = digest
-    if save.outcome == "completed":
+    if save.outcome is Outcome.COMPLETED:
         # The source is still suspended, so its memory is what it was at suspend.
         result.verify, counts = await _verify(source.control, dst, save.t_end, save.p2m_size)
         bus.publish(VerifyDone(t=save.t_end, stats=result.verify))
@@ -286,12 +285,12 @@ async def _run(scenario, opts, settings: RunSettings, bus, pacer, source, frames
     return result
 
 
-async def _final_states(control, dst: Hypervisor, t: float, gfns: tuple[int, ...]) -> tuple[str, ...]:
+async def _final_states(control, dst: Hypervisor, t: float, gfns: tuple[int, ...]) -> tuple[PageFate, ...]:
     """ok / missing / stale / extra / absent for each tracked GFN (sorted, unique): the
     whole-domain check's comparison, made on one snapshot of each side per window of
     GFNs at most VERIFY_SPAN apart, so a thousand tracked pages cost a few snapshots."""
     g = np.asarray(gfns, dtype=np.int64)
-    out = np.full(g.size, "absent", dtype=object)
+    out = np.full(g.size, PageFate.ABSENT, dtype=object)
     i = 0
     while i < g.size:
         j = int(np.searchsorted(g, g[i] + VERIFY_SPAN))
@@ -301,12 +300,12 @@ async def _final_states(control, dst: Hypervisor, t: float, gfns: tuple[int, ...
         in_s, tok_s = _lookup(np.asarray(sg, dtype=np.int64), np.asarray(st, dtype=np.uint64), w)
         in_d, tok_d = _lookup(np.asarray(dg, dtype=np.int64), np.asarray(dt, dtype=np.uint64), w)
         state = out[i:j]
-        state[in_s & ~in_d] = "missing"
-        state[in_s & in_d & (tok_s != tok_d)] = "stale"
-        state[in_s & in_d & (tok_s == tok_d)] = "ok"
-        state[~in_s & in_d] = "extra"
+        state[in_s & ~in_d] = PageFate.MISSING
+        state[in_s & in_d & (tok_s != tok_d)] = PageFate.STALE
+        state[in_s & in_d & (tok_s == tok_d)] = PageFate.OK
+        state[~in_s & in_d] = PageFate.EXTRA
         i = j
-    return tuple(str(s) for s in out)
+    return tuple(PageFate(s) for s in out)
 
 
 def _lookup(gfns: np.ndarray, tokens: np.ndarray, want: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -344,7 +343,7 @@ def result_from_events(events) -> RunResult:
 
 def result_from_fold(fold) -> RunResult:
     """The RunResult a ``RunFold`` has seen: the passes from the PassEnded snapshots plus
-    the balloon ops counted after them (``count_balloon``, the engine's own rule), the
+    the balloon ops counted after them (``RoundStats.with_balloon``, the engine's own rule), the
     page ledger, the run's end facts from RunSummary. Raises ValueError when the
     RunSummary never came (a run cut short)."""
     st = fold.state
@@ -352,7 +351,7 @@ def result_from_fold(fold) -> RunResult:
     if summary is None:
         raise ValueError("the events end before the run's summary (the run was cut short)")
     save = SaveResult(outcome=summary.outcome, p2m_size=summary.p2m_size,
-                      rounds=[dataclasses.replace(r) for r in st.rounds],
+                      rounds=list(st.rounds),
                       totals=summary.totals, t_start=summary.t_start, t_suspend=summary.t_suspend,
                       t_last_byte=summary.t_last_byte, t_end=summary.t, error=summary.error,
                       error_pfn=summary.error_pfn, final_stats=dict(summary.final_stats),

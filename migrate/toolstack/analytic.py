@@ -33,17 +33,26 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import numpy as np
 
 from hypervisor.abi import MAX_BATCH_SIZE, PAGE_SIZE
 
+from migrate.events import PassPhase, Switchover
 from migrate.toolstack.link import LinkModel, page_data_record_bytes
-from migrate.toolstack.policy import Decision, DowntimePolicy, Policy, PrecopyStats, XenPolicy, make_policy
+from migrate.toolstack.policy import Decision, DowntimePolicy, Policy, PrecopyStats, XenPolicy
 
 
 class ModelError(ValueError):
     """A scenario outside the model's scope (the message says what it needs)."""
+
+
+class WriterKind(StrEnum):
+    """The workloads the model has a distinct-pages curve for (the scenario's names)."""
+
+    UNIFORM = "uniform"
+    SEQUENTIAL = "sequential"
 
 
 @dataclass(frozen=True)
@@ -51,18 +60,21 @@ class Writer:
     """A workload as the model sees it: ``kind`` (uniform | sequential) writing
     ``rate`` pages/s over ``pages`` pages."""
 
-    kind: str
+    kind: WriterKind
     rate: float
     pages: int
+
+    def __post_init__(self) -> None:
+        if self.kind not in set(WriterKind):
+            raise ModelError(f"writer kind {self.kind!r}: the model knows uniform and sequential")
+        object.__setattr__(self, "kind", WriterKind(self.kind))
 
     def distinct(self, seconds: float) -> float:
         """``P(T)``: distinct pages written in ``seconds`` of running guest."""
         w = self.rate * max(0.0, seconds)
-        if self.kind == "uniform":
+        if self.kind is WriterKind.UNIFORM:
             return self.pages * -math.expm1(-w / self.pages)
-        if self.kind == "sequential":
-            return min(float(self.pages), w)
-        raise ModelError(f"writer kind {self.kind!r}: the model knows uniform and sequential")
+        return min(float(self.pages), w)
 
 
 @dataclass
@@ -71,7 +83,7 @@ class ModelRound:
     predicts); ``dirty_count`` is what the CLEAN before it reported."""
 
     iteration: int
-    phase: str            # "live" | "final"
+    phase: PassPhase      # live | final
     start_s: float
     end_s: float
     dirty_count: float
@@ -103,7 +115,7 @@ class ModelResult:
 
     @property
     def live(self) -> list[ModelRound]:
-        return [r for r in self.rounds if r.phase == "live"]
+        return [r for r in self.rounds if r.phase is PassPhase.LIVE]
 
 
 def pass_time(link: LinkModel, pfns: float, data_pages: float) -> tuple[float, float]:
@@ -155,8 +167,9 @@ def _margin(policy: Policy, stats: PrecopyStats) -> float | None:
 
 
 def precopy(writer: Writer, p2m_size: int, link: LinkModel, policy: Policy, *, t_start: float = 0.0,
-            switchover: str = "live") -> ModelResult:
+            switchover: Switchover = Switchover.LIVE) -> ModelResult:
     """The precopy loop of ``migrate.toolstack.save`` on the model's smooth quantities."""
+    switchover = Switchover(switchover)
     h = link.hypercall_overhead
     walk = link.clean_time(p2m_size)
     res = ModelResult(t_start=t_start)
@@ -173,7 +186,7 @@ def precopy(writer: Writer, p2m_size: int, link: LinkModel, policy: Policy, *, t
             res.margins.append(m)
         return policy.decide(s)
 
-    def send(iteration: int, phase: str, reported: float, pages: float, walk_all: bool) -> ModelRound:
+    def send(iteration: int, phase: PassPhase, reported: float, pages: float, walk_all: bool) -> ModelRound:
         """A pass of ``pages`` data pages: send_all_pages over p2m_size when ``walk_all``,
         else send_dirty_pages over the dirty PFNs."""
         nonlocal now
@@ -185,13 +198,13 @@ def precopy(writer: Writer, p2m_size: int, link: LinkModel, policy: Policy, *, t
 
     while True:
         decision = decide(stats)
-        if switchover == "stopped" and decision == Decision.STOP_AND_COPY and dirty > 0:
+        if switchover is Switchover.STOPPED and decision == Decision.STOP_AND_COPY and dirty > 0:
             held = dirty
             break
         x += 1
         if dirty > 0 and decision != Decision.ABORT:
             first = x == 1
-            r = send(x, "live", dirty, float(p2m_size) if first else dirty, first)
+            r = send(x, PassPhase.LIVE, dirty, float(p2m_size) if first else dirty, first)
             policy.observe_pass(int(round(r.bytes)), r.end_s - r.start_s)
         if decision != Decision.CONTINUE_PRECOPY:
             break
@@ -214,9 +227,9 @@ def precopy(writer: Writer, p2m_size: int, link: LinkModel, policy: Policy, *, t
     if held is not None:
         final = held + final - held * final / writer.pages   # the union of two independent sets
     if held is not None and x == 0:          # stopped before pass 1: everything, suspended
-        send(x + 1, "final", final, float(p2m_size), True)
+        send(x + 1, PassPhase.FINAL, final, float(p2m_size), True)
     else:
-        send(x + 1, "final", final, final, False)
+        send(x + 1, PassPhase.FINAL, final, final, False)
     now += link.transfer_time(_end_bytes())
     res.t_last_byte = now + link.latency
     return res

@@ -26,7 +26,7 @@ import os
 import pkgutil
 import re
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from typing import Any, Callable, Iterable, Mapping
 
 from hypervisor.abi import PAGE_SIZE
@@ -250,14 +250,23 @@ def _check_user_params(name: str, fn: Callable, params: dict[str, Any]) -> dict[
     return dict(params)
 
 
-# Each built-in policy's parameters: (kind, lowest, highest). Counts are integers;
-# ``ratio`` a positive number; ``duration`` takes units (``30ms``) as the scenario does.
+class ParamKind(StrEnum):
+    """What a built-in policy's parameter holds: ``count`` an integer, ``ratio`` a
+    positive number, ``duration`` a time with units (``30ms``) as the scenario takes it."""
+
+    COUNT = "count"
+    RATIO = "ratio"
+    DURATION = "duration"
+
+
+# Each built-in policy's parameters: (kind, lowest, highest).
 _INT_MAX = 1 << 53
-_PARAM_SPECS: dict[str, dict[str, tuple[str, float, float]]] = {
-    "xen": {"max_iterations": ("count", 1, 100_000), "dirty_threshold": ("count", 0, 1 << 40)},
-    "xen-legacy": {"max_iterations": ("count", 1, 100_000), "max_factor": ("ratio", 0, 1e6),
-                   "dirty_threshold": ("count", 0, 1 << 40)},
-    "downtime": {"downtime_limit": ("duration", 0, 3600.0), "max_iterations": ("count", 1, 100_000)},
+_COUNT, _RATIO, _DURATION = ParamKind.COUNT, ParamKind.RATIO, ParamKind.DURATION
+_PARAM_SPECS: dict[str, dict[str, tuple[ParamKind, float, float]]] = {
+    "xen": {"max_iterations": (_COUNT, 1, 100_000), "dirty_threshold": (_COUNT, 0, 1 << 40)},
+    "xen-legacy": {"max_iterations": (_COUNT, 1, 100_000), "max_factor": (_RATIO, 0, 1e6),
+                   "dirty_threshold": (_COUNT, 0, 1 << 40)},
+    "downtime": {"downtime_limit": (_DURATION, 0, 3600.0), "max_iterations": (_COUNT, 1, 100_000)},
 }
 
 
@@ -273,14 +282,14 @@ def _check_builtin_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
     for key, value in params.items():
         kind, lo, hi = spec[key]
         found = short(repr(value))
-        if kind == "count":
+        if kind is ParamKind.COUNT:
             ok = isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
             if not ok:
                 raise PolicyError(f"policy {name}: {key}: expected an integer from {lo} to {hi:,}, "
                                   f"found {found}", field=key)
             out[key] = int(value)
             continue
-        if kind == "duration":
+        if kind is ParamKind.DURATION:
             try:
                 v = parse_duration(value)
             except UnitError:

@@ -17,9 +17,12 @@ import numpy as np
 
 from hypervisor.tables import known_run
 
-from migrate.events import VerifyStats
+from migrate.events import PageFate, VerifyStats
 
 SAMPLE = 16
+#: The fates a whole-domain check counts (a page at both ends with the same contents
+#: is the rest: ``PageFate.OK``).
+_COUNTED = (PageFate.MISSING, PageFate.STALE, PageFate.EXTRA)
 #: Bytes of a window's digest (BLAKE2b): a chance match of different windows is ~2^-128.
 DIGEST_BYTES = 16
 
@@ -54,14 +57,14 @@ class VerifyAccumulator:
     never needs both whole snapshots in memory at once."""
 
     def __init__(self) -> None:
-        self.missing = self.stale = self.extra = 0
-        self.samples: dict[str, list[int]] = {"missing": [], "stale": [], "extra": []}
+        self.counts: dict[PageFate, int] = dict.fromkeys(_COUNTED, 0)
+        self.samples: dict[PageFate, list[int]] = {fate: [] for fate in _COUNTED}
 
-    def _note(self, kind: str, gfns: np.ndarray) -> None:
-        setattr(self, kind, getattr(self, kind) + int(gfns.size))
-        room = SAMPLE - len(self.samples[kind])
+    def _note(self, fate: PageFate, gfns: np.ndarray) -> None:
+        self.counts[fate] += int(gfns.size)
+        room = SAMPLE - len(self.samples[fate])
         if room > 0 and gfns.size:
-            self.samples[kind].extend(int(x) for x in gfns[:room])
+            self.samples[fate].extend(int(x) for x in gfns[:room])
 
     def add(self, sg, st, dg, dt) -> None:
         """One GFN range of both sides; each side sorted by GFN, unique."""
@@ -81,24 +84,23 @@ class VerifyAccumulator:
             same = _equal(sg, dg)
         if same:
             # Both sides populated alike: only contents can differ.
-            self._note("missing", sg[:0])
-            self._note("stale", sg[st != dt])
-            self._note("extra", dg[:0])
+            self._note(PageFate.STALE, sg[st != dt])
             return
         pos = np.searchsorted(dg, sg)
         inside = pos < dg.size
         found = np.zeros(sg.size, dtype=bool)
         found[inside] = dg[pos[inside]] == sg[inside]
-        self._note("missing", sg[~found])
+        self._note(PageFate.MISSING, sg[~found])
         stale = found.copy()
         stale[found] = dt[pos[found]] != st[found]
-        self._note("stale", sg[stale])
+        self._note(PageFate.STALE, sg[stale])
         matched = np.zeros(dg.size, dtype=bool)
         matched[pos[found]] = True
-        self._note("extra", dg[~matched])
+        self._note(PageFate.EXTRA, dg[~matched])
 
     def result(self) -> VerifyStats:
-        return VerifyStats(ok=self.missing == 0 and self.stale == 0,
-                           missing_pages=self.missing, stale_pages=self.stale, extra_pages=self.extra,
-                           missing_sample=self.samples["missing"], stale_sample=self.samples["stale"],
-                           extra_sample=self.samples["extra"])
+        n, sample = self.counts, self.samples
+        return VerifyStats(ok=n[PageFate.MISSING] == 0 and n[PageFate.STALE] == 0,
+                           missing_pages=n[PageFate.MISSING], stale_pages=n[PageFate.STALE],
+                           extra_pages=n[PageFate.EXTRA], missing_sample=list(sample[PageFate.MISSING]),
+                           stale_sample=list(sample[PageFate.STALE]), extra_sample=list(sample[PageFate.EXTRA]))

@@ -28,8 +28,6 @@ migration in flight is aborted cleanly: the source domain resumes).
 from __future__ import annotations
 
 import asyncio
-import copy
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
@@ -41,7 +39,7 @@ from textual.binding import Binding
 
 from hypervisor.abi import PFINFO_HAS_DATA
 
-from migrate.events import BatchSent, Event, EventBus, PassEnded
+from migrate.events import BatchSent, Event, EventBus
 from migrate.ui.model import RunView, pass_starts
 from migrate.ui.playback import PlayControl, PlayInput, Playback
 from migrate.ui.screens import (CompareScreen, HelpScreen, LiveRunScreen, ModeScreen, ReplayScreen, RunChanged,
@@ -66,11 +64,7 @@ class EventFeed:
         self.index = index
 
     def __call__(self, ev: Event) -> None:
-        if isinstance(ev, PassEnded):
-            # the engine keeps counting balloon moves into this RoundStats after the
-            # event; the queue must carry the pass as it was when it ended
-            ev = dataclasses.replace(ev, stats=copy.copy(ev.stats))
-        self.queue.put_nowait((self.index, ev))
+        self.queue.put_nowait((self.index, ev))      # events are frozen: no copy needed
 
 
 Producer = Callable[["XmigApp"], Awaitable[Any]]

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from migrate.toolstack.restore import _PfnSet
+from migrate.toolstack.pfnset import PfnSet
 
 
 @st.composite
@@ -25,7 +25,7 @@ def increasing_pfns(draw):
 @given(increasing_pfns(), increasing_pfns(), st.integers(0, 2**32))
 def test_told_ascending_the_set_answers_and_holds_what_it_does_untold(first, query, seed):
     rng = np.random.default_rng(seed)
-    told, untold = _PfnSet(), _PfnSet()
+    told, untold = PfnSet(), PfnSet()
     some = first[rng.random(first.size) < 0.7]
     told.add(some, ascending=True)
     untold.add(some)

@@ -228,9 +228,9 @@ def test_run_value_of_needs_the_values_to_continue_across_chunks():
 def test_the_populated_set_sets_and_reads_runs_bit_for_bit(runs, q0, qn):
     # A run's bits are set byte-wise (the ends by mask) and read from its bytes alone:
     # the set must hold and answer what a per-PFN reference does.
-    from migrate.toolstack.restore import _PfnSet
+    from migrate.toolstack.pfnset import PfnSet
 
-    s, ref = _PfnSet(), np.zeros(4 * 32768 + 70000, dtype=bool)
+    s, ref = PfnSet(), np.zeros(4 * 32768 + 70000, dtype=bool)
     for a, n in runs:
         run = np.arange(a, a + n, dtype=np.int64)
         run = run[~ref[run]]                     # add takes PFNs not yet in the set

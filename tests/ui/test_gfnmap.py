@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -53,14 +55,11 @@ class Builder:
             nib = np.where(self.ram[batch], 0x0, 0xF).astype(np.uint8)
             data = int((nib == 0).sum())
             nbytes = 16 + 8 * batch.size + 4096 * data
-            rs.pages_sent += data
-            rs.xtab_sent += int((nib == 0xF).sum())
-            rs.bytes += nbytes
-            rs.batches += 1
-            rs.pfns_walked += int(batch.size)
+            rs = rs.added(pages_sent=data, xtab_sent=int((nib == 0xF).sum()), bytes=nbytes, batches=1,
+                          pfns_walked=int(batch.size))
             self.add(BatchSent(t=self.tick(), iteration=iteration, pfns=batch, nibbles=nib,
                                walked=rs.pfns_walked, entries=entries, bytes=nbytes))
-        rs.end_s = self.t
+        rs = dataclasses.replace(rs, end_s=self.t)
         self.add(PassEnded(t=self.t, stats=rs))
         self.counters["marks_dirty"] += 100 * iteration
         self.add(CountersSampled(t=self.t, counters=dict(self.counters)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
@@ -90,7 +91,7 @@ def test_failed_save_says_why_and_that_the_source_resumed():
 
 def test_policy_without_an_iteration_cap_prints_plain_iterations():
     events = make_events("fixed")
-    events[0].policy, events[0].policy_params = "mypolicy:decide", {}
+    events[0] = dataclasses.replace(events[0], policy="mypolicy:decide", policy_params={})
     text = run(events)
     assert "xc: progress: Frames iteration 2: 200/200 pages" in text
 
