@@ -54,10 +54,12 @@ migration:
 """
 
 # ~4 wall seconds flat out (--speed max): Ctrl-C must not wait for the end of it.
+# Long enough in wall time at --speed max that a Ctrl-C lands mid-save (a run with
+# nothing to pace walks whole passes in a few spans: 4 GiB now ends within ~0.3 s).
 BIG = """\
 name: big
 guest:
-  memory: 4GiB
+  memory: 32GiB
   workloads:
     - {kind: uniform, rate: 64MiB/s}
 migration:
