@@ -81,6 +81,13 @@ class StreamWriter(ClosesOnExit):
         self._next = 0
         self._executor: ThreadPoolExecutor | None = None
 
+    @property
+    def expands_pages(self) -> bool:
+        """Whether ``write_page_data`` expands every page to its 4 KiB on the caller's
+        thread (a byte sink: a file, a socket, a hash), rather than counting or handing
+        records over."""
+        return not self._counting and not self._records
+
     # ---- plumbing ----------------------------------------------------------------
 
     def _emit(self, data) -> None:

@@ -92,6 +92,10 @@ class SaveContext:
         await asyncio.sleep(0)
 
 
+#: Most batches of PAGE_DATA expanded to bytes between two turns of the event loop
+#: (256 MiB of pages, a few tenths of a second).
+EXPAND_BATCHES = 64
+
 @dataclass(frozen=True, slots=True)
 class CheckedSpan:
     """A run of batches the domain served, checked: its PFNs and type nibbles, the
@@ -288,7 +292,7 @@ class PassSender:
                 if served.batches:
                     span = self._check_span(pfns, served)
                     before = self.current
-                    self._account_span(span)
+                    await self._account_span(span)
                     await self._publish_span(span, before, entries)
                     k += served.batches
                     continue
@@ -319,9 +323,25 @@ class PassSender:
         return CheckedSpan(pfns=pfns, nibbles=nib, counts=counts, data=dpb, tokens=tokens, times=times,
                            record_bytes=page_data_record_bytes(counts, dpb))
 
-    def _account_span(self, span: CheckedSpan) -> None:
-        """The span's PAGE_DATA records in one write, and the pass's counts."""
-        written = self.ctx.writer.write_page_data(span.pfns, span.nibbles, span.tokens)
+    async def _account_span(self, span: CheckedSpan) -> None:
+        """The span's PAGE_DATA records, and the pass's counts. Written in one call,
+        unless every page is expanded to bytes here (a stream to a file or a socket):
+        then at most EXPAND_BATCHES batches between two turns of the event loop, so a
+        long span does not hold heartbeats, Ctrl-C and the screen for seconds (the
+        same records either way: each batch is its own PAGE_DATA record)."""
+        writer = self.ctx.writer
+        nb = span.counts.size
+        if not writer.expands_pages or nb <= EXPAND_BATCHES:
+            written = writer.write_page_data(span.pfns, span.nibbles, span.tokens)
+        else:
+            written = 0
+            tok = np.concatenate(([0], np.cumsum(span.data)))
+            for b in range(0, nb, EXPAND_BATCHES):
+                e = min(b + EXPAND_BATCHES, nb)
+                p0, p1 = b * MAX_BATCH_SIZE, min(e * MAX_BATCH_SIZE, span.pfns.size)
+                written += writer.write_page_data(span.pfns[p0:p1], span.nibbles[p0:p1],
+                                                  span.tokens[int(tok[b]):int(tok[e])])
+                await asyncio.sleep(0)
         if written != int(span.record_bytes.sum()):
             raise MigrationFailed(f"a span's PAGE_DATA records took {written} bytes, "
                                   f"not {int(span.record_bytes.sum())}")

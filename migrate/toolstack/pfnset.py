@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hypervisor.p2m import chunk_pieces
+from hypervisor.runs import chunk_pieces
 
 
 class PfnSet:
