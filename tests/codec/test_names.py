@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import enum
 import importlib
+import sys
 import typing
 
 import pytest
@@ -87,7 +88,8 @@ PINNED = [
 
 #: The modules whose every dataclass and enum is a message (the hypervisor's ABI, the
 #: events, the actors' messages): each must have a wire name.
-MESSAGE_MODULES = ("hypervisor.abi", "migrate.events.types", "migrate.actors.messages")
+MESSAGE_MODULES = ("hypervisor.abi.xen", "hypervisor.abi.ops", "hypervisor.abi.results", "guest.events",
+                   "migrate.events.types", "migrate.actors.messages")
 
 
 def _is_wire_type(cls) -> bool:
@@ -103,9 +105,12 @@ def _named_types(hint) -> set[type]:
 
 
 def _subclasses(cls: type) -> set[type]:
+    """The subclasses of ``cls`` that their module defines. (``@dataclass(slots=True)``
+    builds a new class; the one it replaced can linger in ``__subclasses__``.)"""
     out = set()
     for sub in cls.__subclasses__():
-        out |= {sub} | _subclasses(sub)
+        if getattr(sys.modules[sub.__module__], sub.__qualname__, None) is sub:
+            out |= {sub} | _subclasses(sub)
     return out
 
 

@@ -99,7 +99,7 @@ def last_batch(rec: Recorder) -> list:
 async def test_run_1s_verdict_replayed_into_run_2_or_to_an_idle_watcher_changes_no_verdict(mqtt_broker, tmp_path,
                                                                                            caplog):
     from migrate.cli.broker import watch_run
-    from migrate.ui.dashboard import Dashboard
+    from migrate.events.fold import RunFold
 
     good, bad = small(tmp_path, "fixed"), small(tmp_path, "pre-fix")
     cfg = cfg_for(mqtt_broker)
@@ -113,9 +113,9 @@ async def test_run_1s_verdict_replayed_into_run_2_or_to_an_idle_watcher_changes_
         assert any(b"MigrationFinished" in bytes(m.payload) for m in ending)
 
         # A fresh watcher, no run going, fed run 1's batches (and all else of run 1).
-        idle = Dashboard()
+        idle = RunFold()
         ready = asyncio.Event()
-        lonely = asyncio.ensure_future(watch_run(cfg, "class", dashboard=idle, ready=ready))
+        lonely = asyncio.ensure_future(watch_run(cfg, "class", listener=idle, ready=ready))
         await asyncio.wait_for(ready.wait(), 10)
         await rec.replay(ending)
         await asyncio.sleep(0.5)
@@ -125,7 +125,7 @@ async def test_run_1s_verdict_replayed_into_run_2_or_to_an_idle_watcher_changes_
         # Run 2 (pre-fix: pages go missing), watched, with run 1's ending replayed into it,
         # then all of run 1 and what was seen of run 2 so far, shuffled, over and over.
         ready = asyncio.Event()
-        watcher = asyncio.ensure_future(watch_run(cfg, "class", dashboard=Dashboard(), ready=ready))
+        watcher = asyncio.ensure_future(watch_run(cfg, "class", listener=RunFold(), ready=ready))
         await asyncio.wait_for(ready.wait(), 10)
         gate = Gate()
         run2 = asyncio.ensure_future(actors.remote_run(bad, RunOptions(), broker=cfg, run_id="class", pacer=gate))
@@ -235,7 +235,7 @@ async def test_a_past_hypervisors_claim_and_heartbeats_replayed_neither_squat_no
 
 async def test_a_watcher_that_joined_late_gives_no_verdict(mqtt_broker):
     from migrate.cli.broker import watch_run
-    from migrate.ui.dashboard import Dashboard
+    from migrate.events.fold import RunFold
 
     sc = scenario("idle")
     cfg = cfg_for(mqtt_broker)
@@ -245,7 +245,7 @@ async def test_a_watcher_that_joined_late_gives_no_verdict(mqtt_broker):
     await asyncio.wait_for(gate.reached.wait(), 15)
     await asyncio.sleep(0.3)                    # the run's first event batches are out
     ready = asyncio.Event()
-    watcher = asyncio.ensure_future(watch_run(cfg, "late", dashboard=Dashboard(), ready=ready))
+    watcher = asyncio.ensure_future(watch_run(cfg, "late", listener=RunFold(), ready=ready))
     await asyncio.wait_for(ready.wait(), 10)
     gate.opened.set()
     assert (await asyncio.wait_for(run, 60)).ok
@@ -259,13 +259,13 @@ async def test_a_watcher_that_joined_late_gives_no_verdict(mqtt_broker):
 
 async def test_an_insecure_watcher_or_actor_on_a_sealed_run_is_named_in_one_line(mqtt_broker, caplog):
     from migrate.cli.broker import watch_run
-    from migrate.ui.dashboard import Dashboard
+    from migrate.events.fold import RunFold
 
     sealed = cfg_for(mqtt_broker)
     loose = parse_broker_url(mqtt_broker.url, timeout=1.0, insecure=True)
     # A watcher --insecure, started first: the sealed actors' arrival stops it, named.
     ready = asyncio.Event()
-    watcher = asyncio.ensure_future(watch_run(loose, "mix", dashboard=Dashboard(), ready=ready))
+    watcher = asyncio.ensure_future(watch_run(loose, "mix", listener=RunFold(), ready=ready))
     await asyncio.wait_for(ready.wait(), 10)
     hv_t = await connect(sealed, "mix", "hypervisor")
     await hv_t.claim()
@@ -273,7 +273,7 @@ async def test_an_insecure_watcher_or_actor_on_a_sealed_run_is_named_in_one_line
         await asyncio.wait_for(watcher, 5)
     # Started after: refused at once.
     with pytest.raises(RunRefused, match="is sealed with a run key"):
-        await asyncio.wait_for(watch_run(loose, "mix", dashboard=Dashboard()), 5)
+        await asyncio.wait_for(watch_run(loose, "mix", listener=RunFold()), 5)
     # An --insecure guest on the sealed run: the sealed hypervisor names it, once.
     g_t = await connect(loose, "mix", "guest")
     try:
@@ -288,7 +288,7 @@ async def test_an_insecure_watcher_or_actor_on_a_sealed_run_is_named_in_one_line
     # What sealed actors leave on the run id when they go (their retained "gone") does
     # not stop a later --insecure run there.
     with pytest.raises(asyncio.TimeoutError):
-        await asyncio.wait_for(watch_run(loose, "mix", dashboard=Dashboard()), 1.0)
+        await asyncio.wait_for(watch_run(loose, "mix", listener=RunFold()), 1.0)
 
 
 # ----------------------------------------------------------------------------- the admission rules
