@@ -14,8 +14,9 @@ EXAMPLE_PACKAGES = {
 }
 
 setup(
-    # Every package below the card's three top-level ones (a listed subset once left
-    # migrate.view out of the wheel: CI now installs the wheel and runs xmig from it).
+    # Every package below the card's three top-level ones, found rather than listed (a
+    # listed subset once left a package out of the wheel: CI now installs the wheel and
+    # runs xmig from it).
     packages=find_packages(include=["hypervisor*", "guest*", "migrate*"]) + list(EXAMPLE_PACKAGES),
     package_dir=EXAMPLE_PACKAGES,
     package_data={

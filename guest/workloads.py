@@ -1,7 +1,7 @@
 """Page-write workloads: which RAM pages a guest's vCPUs write, tick by tick.
 
-Mirrors the synthetic dirtiers used to characterise precopy (the README's "Scenario
-files" lists them): mig_mon's ``mm_dirty -p random|sequential|once``,
+Mirrors the synthetic dirtiers used to characterise precopy (the manual's
+``docs/scenarios.md`` lists them): mig_mon's ``mm_dirty -p random|sequential|once``,
 a hot set (a writable working set, "80 % of accesses to 20 % of data"), YCSB's Zipfian
 distribution (constant 0.99), and replay of a recorded ``(time, gfn)`` trace.
 

@@ -1,7 +1,7 @@
 """Frame contents: a 64-bit content token per machine frame, and its 4 KiB expansion.
 
 Xen's frames hold 4 KiB of bytes; holding that for a guest of hundreds of GiB would not
-fit in memory, so the model keeps one token per frame (README, "How it is built") and
+fit in memory, so the model keeps one token per frame (docs/architecture.md, "Compact state") and
 expands it deterministically whenever real bytes are needed (the stream's PAGE_DATA,
 the restore side's copy or memcmp). Token 0 is a scrubbed, all-zero page, which is what
 Xen hands a guest from populate_physmap.

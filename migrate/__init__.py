@@ -1,1 +1,1 @@
-"""The xmig toolstack: precopy engine, stream v2, restore, transports, dashboard and CLI."""
+"""The xmig toolstack: precopy engine, stream v2, restore, transports, the app and CLI."""

@@ -1,6 +1,6 @@
 """A real Mosquitto for the MQTT tests: one per test, on a free loopback port.
 
-The config: TCP_NODELAY (the README's MQTT section asks it of every broker: else Nagle + delayed
+The config: TCP_NODELAY (``docs/mqtt.md`` asks it of every broker: else Nagle + delayed
 ACK make each QoS 1 round trip ~88 ms), no queue limit (else Mosquitto silently drops
 messages for a slow subscriber), no persistence, the log on stdout (it drops
 privileges and cannot write a log file in a root-owned folder).
@@ -137,9 +137,10 @@ def start_tls_broker(tmp_path: Path, username: str, password: str) -> Broker:
         subprocess.run(cmd, cwd=d, check=True, capture_output=True)
 
     # What Python 3.13's strict X.509 checking (VERIFY_X509_STRICT) wants, and what the
-    # README asks of a class CA: a CA marked critical CA:TRUE with keyUsage
-    # keyCertSign/cRLSign; a server certificate with the broker's address in its SAN,
-    # keyUsage and extendedKeyUsage serverAuth, and key identifiers linking the two.
+    # manual (docs/mqtt.md, "Untrusted brokers") asks of a class CA: a CA marked
+    # critical CA:TRUE with keyUsage keyCertSign/cRLSign; a server certificate with the
+    # broker's address in its SAN, keyUsage and extendedKeyUsage serverAuth, and key
+    # identifiers linking the two.
     run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=xmig test CA",
         "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
         "-addext", "subjectKeyIdentifier=hash", "-keyout", "ca.key", "-out", "ca.pem")

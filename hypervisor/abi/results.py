@@ -85,7 +85,7 @@ class HypervisorStats:
     host_free_frames: int
     dropped_writes: int         # guest writes to non-RAM / read-only GFNs
     write_faults: int           # first writes to ram_logdirty GFNs
-    # additions beyond CONTRACTS.md
+    # additions beyond docs/CONTRACTS.md
     logdirty_levels: tuple[int, int, int, int] = (0, 0, 0, 0)   # nodes at L4, L3, L2, L1
     pod_failures: int = 0       # demand-populates that found the PoD cache empty
     orphaned_frames: int = 0    # frames unmapped but still the domain's

@@ -2,7 +2,7 @@
 
 Xen has no such file; ``xl migrate`` only logs text. This is xmig's own format, so a
 run can be replayed, explained page by page and compared on another machine. The file
-is the very stream the dashboard, the report and the plots consume live::
+is the very stream the app, the report and the plots consume live::
 
     b"XMIGEVTS" | u16 format version | u16 0 | u32 header length | header (JSON, UTF-8)
     | zero padding to 8

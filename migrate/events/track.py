@@ -1,7 +1,7 @@
 """Following pages through a migration: the whole-run page ledger and one page's story.
 
 Both are consumers of the event stream (live or read back from ``--record``), like the
-dashboard and the report. They mirror no Xen file; they tell, in Xen's terms, what the
+app and the report. They mirror no Xen file; they tell, in Xen's terms, what the
 seed patch 98fccdf0ac changes for a page: which P2M call site
 (``p2m_remove_page``, ``set_typed_p2m_entry``, ``pod_decrease_reservation``,
 ``guest_physmap_add_entry``) touched its log-dirty bit, whether a CLEAN handed it to the

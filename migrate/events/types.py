@@ -1,4 +1,4 @@
-"""The one event stream every consumer reads: dashboard, reports, CSV, plots, MQTT.
+"""The one event stream every consumer reads: the app, reports, CSV, plots, MQTT.
 
 Mirrors what Xen's saver reports through ``xc_report_progress_single`` /
 ``xc_report_progress_step`` ("Frames iteration N", "Domain now suspended",
@@ -6,7 +6,7 @@ Mirrors what Xen's saver reports through ``xc_report_progress_single`` /
 events, all stamped with virtual time ``t`` (seconds).
 
 ``RoundStats`` and ``Totals`` are the single definition of per-pass and whole-run
-numbers; the JSON report, the CSV and the dashboard all read them.
+numbers; the JSON report, the CSV and the app all read them.
 
 Every event, and every value one carries, is a frozen dataclass: a listener cannot
 change what the next listener sees, and a pass's numbers are a new ``RoundStats`` each

@@ -22,7 +22,8 @@ and pass measurements the engine feeds them (Xen's loop in ``xg_sr_save.c``:
 ``send_memory_live`` then ``suspend_and_send_dirty``); the end records are counted by
 the stream writer itself. So ``predict(scenario)`` is what the simulator must give,
 round by round, when the guest's writes are spread in time as the model assumes (the
-default ``guest.write_timing: continuous``); ``tests/test_model.py`` pins that.
+default ``guest.write_timing: continuous``); ``tests/toolstack/test_analytic.py``
+pins that.
 
 Scope: one ``uniform`` or wrapping ``sequential`` workload (over any region) in a flat guest (RAM pages
 ``[0, p2m_size)``, no holes, no balloon, no PoD); the ``xen`` and ``downtime``

@@ -86,7 +86,7 @@ class SaveContext:
 
     async def pause_point(self) -> None:
         """Between batches: pace virtual time against wall time, and always let the
-        event loop run (Ctrl-C, the dashboard, an MQTT client's keep-alives)."""
+        event loop run (Ctrl-C, the app, an MQTT client's keep-alives)."""
         if self.pacer is not None:
             await self.pacer.pace(self.now)
         await asyncio.sleep(0)

@@ -45,7 +45,7 @@ from migrate.ui.playback import PlayControl, PlayInput, Playback
 from migrate.ui.screens import (CompareScreen, HelpScreen, LiveRunScreen, ModeScreen, ReplayScreen, RunChanged,
                                 WatchScreen)
 
-MIN_SIZE = (80, 24)           # the README's minimum terminal size
+MIN_SIZE = (80, 24)           # the smallest terminal the app is made for (docs/walkthrough.md)
 #: Wall seconds the app holds each batch with XTAB entries after pass 1 (pre-fix's
 #: leftover dirty bits: 3,357 in balloon.yaml's pass 2, only ~4 batches).
 XTAB_LATE_HOLD_S = 0.4

@@ -1,8 +1,9 @@
 """The interactive side of ``xmig run``, ``compare``, ``watch`` and ``replay``: build the
 app for the command, run it in the terminal, hand back what the command reports.
 
-The commands themselves (``migrate/cli/main.py``, ``migrate/cli/broker.py``) keep their
-options, checks, reports and plain output; they call here only when a person watches.
+The commands themselves (``migrate/cli/run.py``, ``compare.py``, ``teach.py``,
+``broker.py``) keep their options, checks, reports and plain output; they call here
+only when a person watches.
 """
 
 from __future__ import annotations

@@ -488,7 +488,7 @@ def _runs(a) -> np.ndarray:
 class GfnMapRecorder:
     """Snapshots ``GfnMap.cells()`` at every ``PassEnded`` for the plot's map-over-passes.
 
-    Pass an existing map (e.g. the dashboard's) to share its memory: the recorder then
+    Pass an existing map (e.g. the app's) to share its memory: the recorder then
     only snapshots and the map must be subscribed to the bus *before* the recorder. With
     no map it makes and feeds its own.
     """

@@ -1,6 +1,6 @@
 """``--plot``: pages sent per pass for each run, and the GFN map over passes.
 
-A consumer of the same event stream as the dashboard: the per-pass numbers are the
+A consumer of the same event stream as the app and the progress lines: the per-pass numbers are the
 report's ``rounds`` (``RoundStats``), the map rows are ``GfnMapRecorder`` snapshots
 taken at each ``PassEnded``. matplotlib is an optional extra, imported only here.
 """

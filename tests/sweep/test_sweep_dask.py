@@ -1,6 +1,6 @@
 """``xmig sweep --scheduler``: the same sweep on a real Dask cluster, a ``dask scheduler``
-and ``dask worker`` processes started here on free loopback ports, as the README tells
-a user to start them. The results file must be the local engine's, byte for byte, even
+and ``dask worker`` processes started here on free loopback ports, as ``docs/sweeps.md``
+tells a user to start them. The results file must be the local engine's, byte for byte, even
 when a worker is killed in the middle of the sweep.
 """
 

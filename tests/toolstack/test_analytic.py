@@ -15,7 +15,8 @@ deviation near 3 pages (0.15 % of the round). The sequential writer has none. Ev
 decision the policy takes on a dirty count is at least 5 % away from flipping in the
 model (asserted), so the simulator cannot stop one round earlier or later on noise.
 
-``python -m tests.toolstack.test_analytic`` prints the README's table.
+``python -m tests.toolstack.test_analytic`` prints the table in
+``docs/architecture.md`` ("Against the analytic model").
 """
 
 from __future__ import annotations
@@ -147,8 +148,8 @@ def test_scenarios_outside_the_model_are_refused():
 
 
 def table() -> str:
-    """The README's table: worst round error and downtime error per case, under both
-    write timings."""
+    """The table in docs/architecture.md: worst round error and downtime error per case,
+    under both write timings."""
     lines = ["| λ | writer | policy | rounds | worst round, continuous | downtime, continuous "
              "| worst round, tick | downtime, tick |", "|---|---|---|---|---|---|---|---|"]
     for lam, kind, policy, params in CASES:

@@ -20,7 +20,7 @@ from migrate.stream import (
     TcpSink,
 )
 
-domain = pytest.importorskip("hypervisor.domain", reason="hypervisor/domain.py not written yet")
+domain = pytest.importorskip("hypervisor.domain", reason="hypervisor.domain (the Hypervisor facade) does not import")
 
 NOTAB, XTAB, BROKEN, XALLOC = PFInfo.NOTAB, PFInfo.XTAB, PFInfo.BROKEN, PFInfo.XALLOC
 
