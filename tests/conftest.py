@@ -60,3 +60,29 @@ def recorded_run(tmp_path_factory) -> RecordedRun:
 def small_hv():
     """A 64-GFN HVM domain on 1000 host frames, fixed behaviour, log-dirty enabled."""
     return make_hv()
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A folder on a tiny tmpfs with no room left (one file, ``filler``, holds it all):
+    what a full disk looks like to xmig. Skips where a tmpfs cannot be mounted."""
+    import os
+    import subprocess
+
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while os.write(fd, b"x" * 512):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)

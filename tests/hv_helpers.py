@@ -1,5 +1,7 @@
-"""Helpers shared by the hypervisor tests: small domains, CLEAN/PEEK shorthands and a
-scripted fake guest."""
+"""Helpers shared by the hypervisor tests: small domains, CLEAN/PEEK shorthands, a
+scripted fake guest, and events as plain values to compare."""
+
+import dataclasses
 
 import numpy as np
 
@@ -41,3 +43,14 @@ class ScriptedGuest:
         for op in self.script:
             if t0 <= op.t < t1:
                 self.results.append((op, (yield op)))
+
+
+def plain(v):
+    """An event's field as plain values (arrays as lists, effects as tuples of them)."""
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, tuple):
+        return tuple(plain(x) for x in v)
+    if dataclasses.is_dataclass(v):
+        return (type(v).__name__,) + tuple(plain(getattr(v, f.name)) for f in dataclasses.fields(v))
+    return v

@@ -121,6 +121,20 @@ def quiet_closed_socket_noise(loop: asyncio.AbstractEventLoop) -> None:
         loop.set_exception_handler(handler)
 
 
+class _LateAckNoise(logging.Filter):
+    """aiomqtt logs a traceback when a SUBACK or UNSUBACK comes back for a request this
+    process stopped waiting for (a stop signal while an actor subscribes at start-up):
+    nothing is wrong with the run, so it stays out of the user's terminal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith("Unexpected message ID")
+                    and "subscribe callback" in record.msg)
+
+
+PAHO_LOG = logging.getLogger("xmig.mqtt.paho")
+PAHO_LOG.addFilter(_LateAckNoise())
+
+
 def tls_context(cfg: BrokerConfig) -> ssl.SSLContext | None:
     """The TLS context of an ``mqtts://`` broker (None for ``mqtt://``)."""
     if not cfg.tls:
@@ -157,7 +171,7 @@ async def make_client(cfg: BrokerConfig, client_id: str, stack: contextlib.Async
         keepalive=cfg.keepalive, timeout=max(cfg.timeout, 1.0), tls_context=tls_context(cfg),
         tls_insecure=cfg.tls_insecure if cfg.tls else None,
         socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-        logger=logging.getLogger("xmig.mqtt.paho"),
+        logger=PAHO_LOG,
     )
     client.pending_calls_threshold = 1000
     try:

@@ -237,24 +237,9 @@ def test_error_lines_are_never_read_as_rich_markup_or_emoji(tmp_path):
 
 # --------------------------------------------------------------------------- --record on a full disk
 
-def test_record_on_a_full_disk_names_option_and_path_and_leaves_no_empty_file(tmp_path):
-    mnt = tmp_path / "full"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(mnt)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here")
-    try:
-        fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT)
-        try:
-            while os.write(fd, b"x" * 512):
-                pass
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-        (tmp_path / "s.yaml").write_text(SMALL)
-        res = xmig("run", "--guest", "s.yaml", "--no-dashboard", "--record", mnt / "r.events", cwd=tmp_path)
-        one_error_line(res, "--record", str(mnt / "r.events"), "No space left on device", "removed")
-        assert sorted(p.name for p in mnt.iterdir()) == ["filler"]
-    finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True)
+def test_record_on_a_full_disk_names_option_and_path_and_leaves_no_empty_file(tmp_path, full_disk):
+    mnt = full_disk
+    (tmp_path / "s.yaml").write_text(SMALL)
+    res = xmig("run", "--guest", "s.yaml", "--no-dashboard", "--record", mnt / "r.events", cwd=tmp_path)
+    one_error_line(res, "--record", str(mnt / "r.events"), "No space left on device", "removed")
+    assert sorted(p.name for p in mnt.iterdir()) == ["filler"]

@@ -4,7 +4,6 @@ seeded in bulk (``guest.keyed_rng``), and the guest's writes are ordered and mer
 without a full sort; each gives the same numbers, state, events and writes as the
 path it short-cuts."""
 
-import dataclasses
 
 import numpy as np
 import pytest
@@ -18,16 +17,9 @@ from guest.balloon import Balloon
 from hypervisor.abi import ShadowOp
 from hypervisor.domain import Hypervisor
 
+from tests.hv_helpers import plain as _plain
 
-def _plain(v):
-    """An event's field as plain values (arrays as lists, effects as tuples of them)."""
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, tuple):
-        return tuple(_plain(x) for x in v)
-    if dataclasses.is_dataclass(v):
-        return (type(v).__name__,) + tuple(_plain(getattr(v, f.name)) for f in dataclasses.fields(v))
-    return v
+
 
 
 @settings(max_examples=40, deadline=None)

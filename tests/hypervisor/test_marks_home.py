@@ -3,7 +3,6 @@ site's mark, on the per-call paths and the run paths alike, is made there, and a
 served at once leaves the bitmap, the counters and the effects the calls served one by
 one leave, in both behaviours and with the sites switched one at a time."""
 
-import dataclasses
 import pathlib
 import re
 
@@ -15,6 +14,7 @@ from hypervisor import marks
 from hypervisor.abi import FIX_SITES, FixSite, MemoryOpServed, P2MType
 
 from tests.hv_helpers import a, clean, make_hv
+from tests.hv_helpers import plain as _plain
 
 BOTH = pytest.mark.parametrize("behaviour", ["fixed", "pre-fix"])
 
@@ -38,14 +38,6 @@ def sites_seen(monkeypatch):
     return seen
 
 
-def _plain(v):
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, tuple):
-        return tuple(_plain(x) for x in v)
-    if dataclasses.is_dataclass(v):
-        return (type(v).__name__,) + tuple(_plain(getattr(v, f.name)) for f in dataclasses.fields(v))
-    return v
 
 
 def _bits(hv, pages=1 << 12):

@@ -14,6 +14,7 @@ from hypervisor.abi import (EBUSY, ENOMEM, DecreaseReservationRun, HypercallResu
 from hypervisor.domain import Hypervisor
 
 from tests.hv_helpers import a, clean, make_hv, peek
+from tests.hv_helpers import plain as _plain
 
 
 def one_by_one(call, gfns, sizes):
@@ -27,15 +28,6 @@ def one_by_one(call, gfns, sizes):
     return out
 
 
-def _plain(v):
-    """An event's field as plain values (arrays as lists, effects as tuples of them)."""
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, tuple):
-        return tuple(_plain(x) for x in v)
-    if dataclasses.is_dataclass(v):
-        return (type(v).__name__,) + tuple(_plain(getattr(v, f.name)) for f in dataclasses.fields(v))
-    return v
 
 
 def events_of(hv):
