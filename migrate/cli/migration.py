@@ -104,7 +104,7 @@ def one_run(scenario, opts, *, dashboard: bool, speed: Optional[float], console,
         from migrate.ui.commands import interactive_run
 
         return interactive_run(scenario, opts, speed=speed, guided=guided, record_map=record_map, run=run,
-                               listeners=listeners)
+                               listeners=listeners, detail=detail)
     from migrate.events import EventBus
     from migrate.ui.progress import PlainProgress
 

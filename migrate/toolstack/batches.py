@@ -56,6 +56,10 @@ class Pacer(Protocol):
 
     async def pace(self, virtual_t: float) -> None: ...
 
+    def per_batch(self) -> bool:
+        """Whether the view wants the save batch by batch now (a pace to keep, a pause,
+        a recording): else spans run as long as the engine allows, as with no pacer."""
+
 
 @dataclass(slots=True, eq=False)
 class SaveContext:
@@ -90,6 +94,14 @@ class SaveContext:
         if self.pacer is not None:
             await self.pacer.pace(self.now)
         await asyncio.sleep(0)
+
+    def live_view(self) -> bool:
+        """Batch by batch (one BatchSent each, spans ending at sampling points) for a
+        pacer that wants it now; a flat-out view gets what an unpaced run gets."""
+        if self.pacer is None:
+            return False
+        per_batch = getattr(self.pacer, "per_batch", None)     # a pacer that does not say wants it
+        return per_batch is None or bool(per_batch())
 
 
 #: Most batches of PAGE_DATA expanded to bytes between two turns of the event loop
@@ -275,9 +287,9 @@ class PassSender:
         ctx = self.ctx
         n = len(stretch)
         k = 0
-        live_view = ctx.pacer is not None
-        cap = COUNTER_SAMPLE_BATCHES if live_view else self._plan.span_max
         while k < n:
+            live_view = ctx.live_view()          # asked per span: the speed can change
+            cap = COUNTER_SAMPLE_BATCHES if live_view else self._plan.span_max
             if self.spans:
                 ask = min(n - k, self._span_ask, cap)
                 if live_view:
@@ -293,7 +305,7 @@ class PassSender:
                     span = self._check_span(pfns, served)
                     before = self.current
                     await self._account_span(span)
-                    await self._publish_span(span, before, entries)
+                    await self._publish_span(span, before, entries, live_view)
                     k += served.batches
                     continue
             await self._batch(stretch.batch(k), entries)
@@ -353,8 +365,8 @@ class PassSender:
         self.current = self.current.added(pages_sent=pages, xtab_sent=xtab, broken_sent=broken, bytes=written,
                                           batches=span.counts.size, pfns_walked=span.pfns.size)
 
-    async def _publish_span(self, span: CheckedSpan, before: RoundStats, entries: int) -> None:
-        """BatchSent events for a span (one per batch with a pacer, a live view; else
+    async def _publish_span(self, span: CheckedSpan, before: RoundStats, entries: int, live_view: bool) -> None:
+        """BatchSent events for a span (one per batch for a live view; else
         one per run of at most COUNTER_SAMPLE_BATCHES batches), the clock moved batch by
         batch, and the hypervisor's counters sampled at the span's end when it crossed
         a sampling point (with a pacer spans end at those points)."""
@@ -362,7 +374,7 @@ class PassSender:
         nb = span.counts.size
         b0, walked0 = before.batches, before.pfns_walked
         idx = np.arange(1, nb + 1)
-        if ctx.pacer is None:
+        if not live_view:
             ends = idx[((b0 + idx) % COUNTER_SAMPLE_BATCHES == 0) | (idx == nb)].tolist()
         else:
             ends = idx.tolist()

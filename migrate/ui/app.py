@@ -122,13 +122,13 @@ class XmigApp(App):
 
     @classmethod
     def for_run(cls, scenario, opts, *, speed: float | None, guided: bool = False,
-                run=None, listeners: tuple = ()) -> "XmigApp":
+                run=None, listeners: tuple = (), detail: bool = False) -> "XmigApp":
         """``xmig run``: ``run(scenario, opts, bus=, pacer=)`` defaults to ``run_scenario``;
         ``listeners`` are subscribed to the run's bus too (e.g. the plot's recorder)."""
         from migrate.run.runner import run_scenario
 
         run = run or run_scenario
-        pb = Playback(speed)
+        pb = Playback(speed, detail=detail)
 
         async def produce(app: "XmigApp"):
             bus = EventBus()

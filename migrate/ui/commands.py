@@ -8,20 +8,20 @@ only when a person watches.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 from migrate.ui.app import XmigApp, run_app
 
 
 def interactive_run(scenario, opts, *, speed: float | None, guided: bool = False, record_map: bool = False,
-                    run=None, listeners=()):
+                    run=None, listeners=(), detail: bool = False):
     """One migration in the app (``run(scenario, opts, bus=, pacer=)``, by default in
     this process). Returns (result, interrupted, recorder) like ``cli._one_run``:
     ``interrupted`` when ``q`` aborted a migration still running."""
     from migrate.ui.gfnmap import GfnMapRecorder
 
     recorder = GfnMapRecorder() if record_map else None
-    app = XmigApp.for_run(scenario, opts, speed=speed, guided=guided, run=run,
+    app = XmigApp.for_run(scenario, opts, speed=speed, guided=guided, run=run, detail=detail,
                           listeners=tuple(listeners) + ((recorder,) if recorder is not None else ()))
     result = run_app(app)[0]
     interrupted = result is not None and result.save.outcome == "aborted"

@@ -45,6 +45,11 @@ class Pacer:
     def reset(self) -> None:
         self._wall0 = None
 
+    def per_batch(self) -> bool:
+        """A bare pacer is asked for by whoever wants the save batch by batch (a
+        ``--record``, a ``--track``, a pace to keep): always."""
+        return True
+
     async def pace(self, virtual_t: float) -> None:
         if self.speed is None:
             return
@@ -73,9 +78,11 @@ def default_tty_speed() -> float:
 class Playback(Pacer):
     """``Pacer`` with pause / resume, speed steps and slow-motion holds."""
 
-    def __init__(self, speed: float | None, *, hold_s: float = 0.03,
+    def __init__(self, speed: float | None, *, hold_s: float = 0.03, detail: bool = False,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], Any] = asyncio.sleep):
         super().__init__(speed, clock=clock, sleep=sleep)
+        #: a listener wants the save batch by batch even flat out (``--record``, ``--track``)
+        self.detail = bool(detail)
         self.hold_s = float(hold_s)
         self.paused = False
         self._resume: asyncio.Event | None = None
@@ -125,6 +132,12 @@ class Playback(Pacer):
         else:
             self.set_speed(order[max(idx, 0)])
         return self.speed
+
+    def per_batch(self) -> bool:
+        """Flat out (``--speed max``) with nothing recorded, the save runs in spans as
+        an unpaced run does (the screen redraws at its own rate anyway); a pace, a pause
+        or a recording makes it batch by batch again from the next span."""
+        return self.detail or self.speed is not None or self.paused
 
     def hold(self, seconds: float | None = None) -> None:
         """Slow motion: the virtual clock stands still for ``seconds`` more wall time,

@@ -154,3 +154,47 @@ async def test_pacer_re_anchors_after_falling_far_behind():
 def test_pacer_refuses_non_positive_speed():
     with pytest.raises(ValueError, match="positive"):
         Pacer(0)
+
+
+# ----------------------------------------------------------------------------- batch by batch or in spans
+
+
+def test_a_flat_out_playback_lets_the_save_run_in_spans_and_a_pace_pause_or_recording_does_not():
+    from migrate.ui.playback import Pacer
+
+    assert Pacer(None).per_batch()                 # asked for by a --record or a --track
+    flat = Playback(None)
+    assert not flat.per_batch()
+    flat.pause()
+    assert flat.per_batch()
+    flat.resume()
+    flat.set_speed(0.4)
+    assert flat.per_batch()
+    assert Playback(None, detail=True).per_batch()
+
+
+def test_the_app_flat_out_gets_the_events_an_unpaced_run_gets_and_the_same_report():
+    import asyncio
+    import json
+    from pathlib import Path
+
+    from migrate.events import BatchSent, EventBus
+    from migrate.run.report import build_report
+    from migrate.run.runner import RunOptions, run_scenario
+    from migrate.run.scenario import load_scenario
+    from migrate.ui.playback import Pacer
+
+    sc = load_scenario(Path(__file__).resolve().parents[2] / "examples" / "balloon.yaml")
+
+    def run(pacer):
+        bus, sizes = EventBus(), []
+        bus.subscribe(lambda ev: sizes.append(len(ev.pfns)) if isinstance(ev, BatchSent) else None)
+        res = asyncio.run(run_scenario(sc, RunOptions(), bus=bus, pacer=pacer))
+        rep = build_report(res)
+        rep.pop("wall", None)
+        return json.dumps(rep, sort_keys=True, default=str), sizes
+
+    unpaced, flat, batchwise = run(None), run(Playback(None)), run(Pacer(None))
+    assert flat == unpaced
+    assert max(batchwise[1]) <= 1024 < max(flat[1])
+    assert batchwise[0] == flat[0]
