@@ -53,6 +53,9 @@ XTAB_LATE_HOLD_S = 0.4
 SLOW_SHOWN_S = 0.5
 #: At most one redraw per this many wall seconds.
 FRAME_S = 1 / 10
+#: ... and flat out (``--speed max``, not paused), where the picture moves faster than
+#: anyone reads it: a frame costs 20-40 ms at 160x50, the run's own pace is the point.
+FRAME_FLAT_OUT_S = 1 / 4
 
 
 class EventFeed:
@@ -214,7 +217,10 @@ class XmigApp(App):
             idx, ev = await self.queue.get()
             if idx < 0:
                 self.done = True
-                self.changed(status=True)
+                self.status_seq += 1
+                if self._post_timer is not None:     # the last frame now, not a frame later
+                    self._post_timer.stop()
+                self._post_changed()
                 continue
             while self.paused:
                 self._view_resume.clear()
@@ -252,11 +258,16 @@ class XmigApp(App):
         replayed flat out moves faster than a terminal can show)."""
         if status:
             self.status_seq += 1
-        wait = self._last_post + FRAME_S - time.monotonic()
+        wait = self._last_post + self._frame_s() - time.monotonic()
         if wait <= 0:
             self._post_changed()
         elif self._post_timer is None:
             self._post_timer = self.set_timer(wait, self._post_changed)
+
+    def _frame_s(self) -> float:
+        pb = self.playback
+        flat_out = pb is not None and pb.speed is None and not pb.paused
+        return FRAME_FLAT_OUT_S if flat_out else FRAME_S
 
     def _post_changed(self) -> None:
         self._post_timer = None

@@ -198,3 +198,17 @@ def test_the_app_flat_out_gets_the_events_an_unpaced_run_gets_and_the_same_repor
     assert flat == unpaced
     assert max(batchwise[1]) <= 1024 < max(flat[1])
     assert batchwise[0] == flat[0]
+
+
+def test_the_app_redraws_less_often_flat_out_than_at_a_pace_or_paused():
+    from migrate.ui.app import FRAME_FLAT_OUT_S, FRAME_S, XmigApp
+    from migrate.ui.model import RunView
+
+    pb = Playback(None)
+    app = XmigApp([RunView("")], [], mode="replay", playback=pb)
+    assert app._frame_s() == FRAME_FLAT_OUT_S > FRAME_S
+    pb.pause()
+    assert app._frame_s() == FRAME_S
+    pb.resume()
+    pb.set_speed(0.4)
+    assert app._frame_s() == FRAME_S
