@@ -11,7 +11,7 @@ to its panels.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -24,8 +24,20 @@ from migrate.ui.panels import (BalloonPanel, CaptionPanel, CompareTable, HeaderP
                                PassPanel, PassTablePanel, RunPanel, StoryPanel)
 
 if TYPE_CHECKING:
-    from migrate.ui.app import XmigApp
+    from rich.text import Text
+
     from migrate.ui.model import RunView
+
+
+class ModeHost(Protocol):
+    """What a mode's screen asks of the app that shows it (``XmigApp``): the header's
+    status and its version, and a refresh of the keys shown."""
+
+    status_seq: int
+
+    def status_text(self, short: bool = False) -> "Text": ...
+
+    def refresh_bindings(self) -> None: ...
 
 WIDE = 120                    # from here on the balloon and hypervisor panels have room
 TALL = 36
@@ -88,7 +100,7 @@ class HelpScreen(ModalScreen):
 class ModeScreen(Screen):
     """What every mode's screen shares: its panels, following the runs they draw."""
 
-    app: "XmigApp"
+    app: ModeHost
 
     def __init__(self) -> None:
         super().__init__()
