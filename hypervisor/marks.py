@@ -90,30 +90,33 @@ def _dirty_now(d, gfns: np.ndarray) -> np.ndarray | None:
     return d.logdirty.is_dirty(gfns)
 
 
-def remove(d, gfns: np.ndarray, site: FixSite) -> SiteMark:
-    """``gfns`` leave the P2M at ``site``: with the fix, paging_mark_pfn_clean each
-    (next to set_gpfn_from_mfn(INVALID_M2P_ENTRY)). Never allocates a tree node."""
+def _mark(d, gfns: np.ndarray, site: FixSite, change: str) -> SiteMark:
+    """The one mark both directions make: when ``site`` is fixed and log-dirty is on,
+    flip the bits of ``gfns`` (clean on REMOVE, dirty on ADD) and count the flips."""
     fixed = d.fixed[site]
     was = _dirty_now(d, gfns)
     marking = fixed and d.log_dirty_enabled
     n = 0
     if marking and gfns.size:
-        n = d.logdirty.mark_clean(gfns)
-        d.marks_clean += n
-    return SiteMark(FixSite(site).value, REMOVE, fixed, gfns, was, n, marking)
+        if change == REMOVE:
+            n = d.logdirty.mark_clean(gfns)
+            d.marks_clean += n
+        else:
+            n = d.logdirty.mark_dirty(gfns)
+            d.marks_dirty += n
+    return SiteMark(FixSite(site).value, change, fixed, gfns, was, n, marking)
+
+
+def remove(d, gfns: np.ndarray, site: FixSite) -> SiteMark:
+    """``gfns`` leave the P2M at ``site``: with the fix, paging_mark_pfn_clean each
+    (next to set_gpfn_from_mfn(INVALID_M2P_ENTRY)). Never allocates a tree node."""
+    return _mark(d, gfns, site, REMOVE)
 
 
 def add(d, gfns: np.ndarray, site: FixSite = FixSite.GUEST_PHYSMAP_ADD_ENTRY) -> SiteMark:
     """``gfns`` enter the P2M at ``site`` (p2m_add_page): with the fix,
     paging_mark_pfn_dirty each. Call it once the entries are set."""
-    fixed = d.fixed[site]
-    was = _dirty_now(d, gfns)
-    marking = fixed and d.log_dirty_enabled
-    n = 0
-    if marking and gfns.size:
-        n = d.logdirty.mark_dirty(gfns)
-        d.marks_dirty += n
-    return SiteMark(FixSite(site).value, ADD, fixed, gfns, was, n, marking)
+    return _mark(d, gfns, site, ADD)
 
 
 def removed(d, gfns: np.ndarray, site: FixSite) -> None:
