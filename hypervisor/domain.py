@@ -31,7 +31,8 @@ from .abi import (ENOMEM, INVALID_MFN, IS_POD, IS_RAM, MAX_GFN, DomainLayout, Gf
                   site_behaviours)
 from .frames import HostFrames
 from .logdirty import LogDirtyTree
-from .p2m import GET_BLOCK, M2P, P2M
+from .chunked import GET_BLOCK
+from .p2m import M2P, P2M
 from .physmap import set_frames
 from .pod import PoDCache
 from .runs import sorted_unique

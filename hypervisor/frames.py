@@ -12,7 +12,7 @@ order. Memory is O(freed frames) (4 bytes each: MFNs are below 2^32, the host li
 so a host limit of billions of frames costs nothing up front.
 
 Frame contents are one 64-bit content token per MFN (``content.py`` expands a token to
-its 4 KiB page), held in a :class:`~hypervisor.p2m.ChunkedArray`: 8 bytes per MFN.
+its 4 KiB page), held in a :class:`~hypervisor.chunked.ChunkedArray`: 8 bytes per MFN.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from __future__ import annotations
 import numpy as np
 
 from .abi import ENOMEM, HOST_FRAMES_MAX, XenError
-from .p2m import ChunkedArray, run_start
+from .chunked import ChunkedArray
+from .runs import run_start
 from .tables import run_array
 
 

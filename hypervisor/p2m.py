@@ -27,13 +27,12 @@ from __future__ import annotations
 import numpy as np
 
 from .abi import INVALID_M2P_ENTRY, INVALID_MFN, IS_RAM, MAX_GFN, P2MType
-from .chunked import GET_BLOCK, ChunkedArray
+from .chunked import ChunkedArray
 from .linear_chunked import LinearChunkedArray
-from .runs import CHUNK, CHUNK_BITS, chunk_pieces, run_start
+from .runs import CHUNK, run_start
 from .tables import add_where, lookup, run_array, uniform_byte
 
-__all__ = ["P2M", "M2P", "M2P_LOW_MAX", "CHUNK", "CHUNK_BITS", "GET_BLOCK", "ChunkedArray", "LinearChunkedArray",
-           "chunk_pieces", "run_start"]
+__all__ = ["P2M", "M2P", "M2P_LOW_MAX"]
 
 
 class P2M:

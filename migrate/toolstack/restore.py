@@ -42,9 +42,6 @@ from migrate.stream.records import (RECORD_RULES, Phase, Record, RecordOrder, St
 from migrate.stream.sinks import receive_stream
 from migrate.toolstack.pfnset import PfnSet
 
-#: The name tests/hypervisor know the populated set by.
-_PfnSet = PfnSet
-
 if TYPE_CHECKING:
     import asyncio
 

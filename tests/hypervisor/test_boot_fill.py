@@ -11,7 +11,7 @@ import guest.workloads as workloads
 from hypervisor.abi import DomainLayout, GfnRuns
 from hypervisor.domain import Hypervisor
 from hypervisor.frames import HostFrames
-from hypervisor.p2m import LinearChunkedArray
+from hypervisor.linear_chunked import LinearChunkedArray
 
 
 @st.composite

@@ -8,7 +8,9 @@ import pytest
 
 from hypervisor.abi import INVALID_MFN, DomainLayout
 from hypervisor.domain import Hypervisor
-from hypervisor.p2m import CHUNK, GET_BLOCK, ChunkedArray, LinearChunkedArray
+from hypervisor.chunked import GET_BLOCK, ChunkedArray
+from hypervisor.linear_chunked import LinearChunkedArray
+from hypervisor.runs import CHUNK
 
 
 def _mixed_linear():

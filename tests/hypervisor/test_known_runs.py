@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from hypervisor.p2m import ChunkedArray, run_start
+from hypervisor.chunked import ChunkedArray
+from hypervisor.runs import run_start
 from hypervisor.tables import known_run, run_array
 
 

@@ -5,7 +5,9 @@ import pytest
 
 from hypervisor.abi import ENOMEM, INVALID_MFN, MAX_GFN, P2MType, XenError
 from hypervisor.frames import HostFrames
-from hypervisor.p2m import CHUNK, M2P, P2M, ChunkedArray
+from hypervisor.chunked import ChunkedArray
+from hypervisor.p2m import M2P, P2M
+from hypervisor.runs import CHUNK
 
 
 def test_absent_chunks_read_as_default():
@@ -103,9 +105,9 @@ def test_m2p_holds_every_gfn_in_4_bytes_with_a_high_part_only_beyond_2_32():
 
 
 def test_restorer_populated_set_is_one_bit_per_pfn():
-    from migrate.toolstack.restore import _PfnSet
+    from migrate.toolstack.pfnset import PfnSet
 
-    s = _PfnSet()
+    s = PfnSet()
     a = np.array([0, 1, 7, 8, 32767, 32768, 1 << 39], dtype=np.int64)
     s.add(a)
     s.add(np.array([5, 6], dtype=np.int64))
@@ -117,7 +119,7 @@ def test_restorer_populated_set_is_one_bit_per_pfn():
 
 
 def test_linear_chunked_array_matches_a_plain_array_and_stays_compact_for_runs():
-    from hypervisor.p2m import LinearChunkedArray
+    from hypervisor.linear_chunked import LinearChunkedArray
 
     size = 3 * CHUNK
     a = LinearChunkedArray(np.uint32, INVALID_MFN)
@@ -172,11 +174,11 @@ def test_built_domain_holds_mfns_and_m2p_as_runs():
 
 
 def test_restorer_populated_set_answers_alike_in_any_order():
-    from migrate.toolstack.restore import _PfnSet
+    from migrate.toolstack.pfnset import PfnSet
 
     rng = np.random.default_rng(5)
     pfns = np.unique(rng.integers(0, 1 << 17, 3000))
-    s = _PfnSet()
+    s = PfnSet()
     s.add(rng.permutation(pfns[::2]))                     # unsorted, across leaves
     s.add(pfns[1::2][:100])                               # ascending, across leaves
     s.add(np.arange(40000, 40010, dtype=np.int64)[np.isin(np.arange(40000, 40010), pfns, invert=True)])
@@ -190,7 +192,7 @@ def test_restorer_populated_set_answers_alike_in_any_order():
 
 
 def test_linear_chunked_array_long_runs_stay_runs_only_when_they_join():
-    from hypervisor.p2m import LinearChunkedArray
+    from hypervisor.linear_chunked import LinearChunkedArray
 
     size = 4 * CHUNK
     a = LinearChunkedArray(np.uint32, INVALID_MFN)
@@ -225,7 +227,7 @@ def test_increasing_sets_and_gets_across_chunks_match_a_plain_array():
     # increasing index arrays spanning chunks, with gaps, are set and read a chunk's
     # part at a time; the result is what a plain array holds, and a chunk whose part
     # is one run with one base stays a run.
-    from hypervisor.p2m import LinearChunkedArray
+    from hypervisor.linear_chunked import LinearChunkedArray
 
     size = 4 * CHUNK
     lin = LinearChunkedArray(np.uint32, INVALID_MFN)
@@ -260,7 +262,7 @@ def test_increasing_sets_and_gets_across_chunks_match_a_plain_array():
 def test_decreasing_sets_match_a_plain_array_and_keep_runs():
     # The balloon hands GFNs back highest first: a large strictly decreasing set goes
     # in reverse (same entries), so an unmap from the top of a run keeps the run.
-    from hypervisor.p2m import LinearChunkedArray
+    from hypervisor.linear_chunked import LinearChunkedArray
 
     size = 3 * CHUNK
     lin = LinearChunkedArray(np.uint32, INVALID_MFN)

@@ -11,7 +11,10 @@ from hypothesis import strategies as st
 
 from hypervisor.abi import INVALID_MFN, MAX_GFN, DomainLayout, P2MType
 from hypervisor.domain import Hypervisor
-from hypervisor.p2m import CHUNK, M2P, M2P_LOW_MAX, P2M, ChunkedArray, LinearChunkedArray, run_start
+from hypervisor.chunked import ChunkedArray
+from hypervisor.linear_chunked import LinearChunkedArray
+from hypervisor.p2m import M2P, M2P_LOW_MAX, P2M
+from hypervisor.runs import CHUNK, run_start
 
 
 def _twins(prep):

@@ -296,7 +296,7 @@ def test_run_of_records_is_refused_at_the_record_that_spreads_too_far(order):
     # is the one refused (the run path finds each chunk's first entry without
     # per-entry chunk numbers when the PFNs ascend, and by sorting when not).
     from hypervisor.domain import Hypervisor
-    from hypervisor.p2m import CHUNK
+    from hypervisor.runs import CHUNK
 
     dense = np.arange(10 * 1024, dtype=np.int64)
     spread = [np.sort(np.repeat(np.arange(1 + 30 * r, 31 + 30 * r) * CHUNK, 35)[:1024] + np.arange(1024) % 35)

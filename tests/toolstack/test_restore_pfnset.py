@@ -46,7 +46,7 @@ def test_a_run_of_records_restores_what_the_records_one_by_one_restore(xtab_ever
     # every record is applied on its own.
     from hypervisor.abi import DomainLayout
     from hypervisor.domain import Hypervisor
-    from hypervisor.p2m import CHUNK
+    from hypervisor.runs import CHUNK
     from migrate.toolstack.restore import Restorer
     from hypervisor.abi import PFInfo
 

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from hypervisor.abi import MAX_GFN, DomainLayout, P2MType, PFInfo, ShadowOp, XenError
 from hypervisor.domain import Hypervisor
 from hypervisor.frames import HostFrames
-from hypervisor.p2m import CHUNK, LinearChunkedArray
+from hypervisor.linear_chunked import LinearChunkedArray
+from hypervisor.runs import CHUNK
 from migrate.toolstack.restore import Restorer
 from migrate.stream.records import type_counts
 
@@ -326,7 +327,7 @@ def test_a_run_of_one_type_counts_its_records_as_a_run_of_mixed_types_does(secon
     # Of one type throughout, a run's per-record kept entries and data pages are the
     # record sizes (or none) without a pass; they feed the P2M-chunk allowance, so a
     # run that reaches the allowance fails, or not, exactly as a mixed run does.
-    from hypervisor.p2m import CHUNK_BITS
+    from hypervisor.runs import CHUNK_BITS
     from migrate.stream.format import StreamError
 
     n1 = 5 * 1024 + 300                        # the last record short
