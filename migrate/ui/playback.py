@@ -107,6 +107,7 @@ class Playback(Pacer):
 
     def pause(self) -> None:
         if not self.paused:
+            self.cut_read()             # the pause holds the screen from here, as long as it lasts
             self._paused_at = self._clock()
         self.paused = True
 
