@@ -121,8 +121,9 @@ class Stepping:
                 return
             live = self.host.views[0]
             at = len(steps) - 1
-            if steps[at].version == live.version and at > 0:
-                at -= 1                     # the newest is what the screen shows already
+            shown = live.caption.text if live.caption is not None else None
+            if at > 0 and (steps[at].version == live.version or steps[at].label == shown):
+                at -= 1                     # the newest is the moment the screen shows already
             if not self.host.paused:
                 self.host.action_toggle_pause()
             self._live = live
