@@ -21,8 +21,11 @@ transition table in ``playback.py``.
 Keys: space pause/resume, ``n`` next event of interest, ``+``/``-`` speed, ``d``
 details (balloon and hypervisor panels when the terminal is small), ``t`` the tracked
 GFN's story (``--track``; beside the map from 120x36, behind ``t`` below), ``[``/``]`` and
-``1``-``9`` seek to a pass (replay), ``g`` guided on/off, ``?`` help, ``q`` quit (a
-migration in flight is aborted cleanly: the source domain resumes).
+``1``-``9`` seek to a pass (replay), ``[``/``]`` step back and forth over the events of
+interest so far (a live or watched run: ``history.py``), ``g`` guided on/off, ``?`` help
+(the run pauses while it is shown), ``q`` quit (a migration in flight is aborted cleanly:
+the source domain resumes). At a pace, each event of interest holds the run
+``playback.READ_S`` wall seconds, so it can be read.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from textual.binding import Binding
 from hypervisor.abi import PFINFO_HAS_DATA
 
 from migrate.events import BatchSent, Event, EventBus
+from migrate.ui.history import Stepping
 from migrate.ui.model import RunView, pass_starts
 from migrate.ui.playback import PlayControl, PlayInput, Playback
 from migrate.ui.screens import (CompareScreen, HelpScreen, LiveRunScreen, ModeScreen, ReplayScreen, RunChanged,
@@ -114,6 +118,7 @@ class XmigApp(App):
         self._post_timer = None
         self._last_post = float("-inf")
         self._quitting = False
+        self.stepping = Stepping(self, enabled=mode in ("run", "watch"))
         self.main: ModeScreen = self._mode_screen()
 
     def _mode_screen(self) -> ModeScreen:
@@ -226,6 +231,8 @@ class XmigApp(App):
                 self._view_resume.clear()
                 await self._view_resume.wait()
             self.deliver(idx, ev)
+            if self.playback is not None:
+                await self.playback.reading()     # an event of interest's time on screen
 
     def deliver(self, idx: int, ev: Event) -> None:
         """Fold one event into its run's view; pause at interesting moments when asked."""
@@ -242,8 +249,11 @@ class XmigApp(App):
             elif nib.size and self.playback.slowing():
                 self.playback.settle()
                 status = True
+        self.stepping.fed(idx, ev, cap)
         if cap is not None and cap.interesting:
             self._send(PlayInput.STOP if self.guided else PlayInput.MARK)
+            if self.playback is not None and not self.paused:
+                self.playback.hold_to_read(cap.t, cap.text)
         self.changed(status=status)
 
     def _slow_until_shown(self) -> None:
@@ -285,6 +295,7 @@ class XmigApp(App):
             if self.playback is not None and self.mode != "watch":
                 (self.playback.pause if self.paused else self.playback.resume)()
             if not self.paused:
+                self.stepping.live()
                 self._view_resume.set()
             self.changed(status=True)
 
@@ -295,7 +306,7 @@ class XmigApp(App):
     def status_text(self, short: bool = False) -> Text:
         """The header's status; ``short`` drops the hints so it fits one line at 80
         columns (the help, ``?``, has them)."""
-        t = Text()
+        t = self.stepping.status(short)
         if self.done:
             t.append(" finished: q quits ", style="bold black on green")
         elif self.paused:
@@ -324,7 +335,12 @@ class XmigApp(App):
         self._send(PlayInput.TOGGLE)
 
     def action_step(self) -> None:
+        if self.playback is not None:
+            self.playback.cut_read()
         self._send(PlayInput.STEP)
+
+    def action_history(self, d: int) -> None:
+        self.stepping.step(d)
 
     def action_faster(self) -> None:
         if self.playback is not None:
@@ -341,7 +357,15 @@ class XmigApp(App):
         self.changed(status=True)
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen())
+        """The help; the run pauses while it is shown (and resumes if it was playing)."""
+        was_playing = not self.paused
+        if was_playing:
+            self._send(PlayInput.TOGGLE)
+
+        def closed(_: Any = None) -> None:
+            if was_playing and self.paused:
+                self._send(PlayInput.TOGGLE)
+        self.push_screen(HelpScreen(), closed)
 
     async def action_seek(self, delta: int) -> None:
         if self.replay is None:

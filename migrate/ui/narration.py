@@ -11,12 +11,15 @@ A ``Narrator`` is a listener that reads the same ``GfnMap`` the screen draws (it
 fed after the map), so a caption never states a number the map does not show, and asks
 the run's state (``migrate/events/fold.py``, fed before it) whether each call site runs
 the fixed code: a run whose sites are mixed is told site by site.
-``Caption.interesting`` marks the moments ``--guided`` stops at and ``n`` steps to.
+``Caption.interesting`` marks the moments ``--guided`` stops at and ``n`` steps to (and the
+playback holds on screen to be read); ``Caption.sites`` names the call sites of the patch
+whose work the moment shows, found from the hypervisor's own account of each memory op
+(``MemoryOp.sites``: each ``LogDirtyEffect.site``), for the patch panel (``patch.py``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -28,6 +31,7 @@ from migrate.ui.gfnmap import GfnMap
 from hypervisor.abi import PFINFO_HAS_DATA, FixSite, XenBehaviour
 
 PAGE = 4096
+_FIX_SITES = frozenset(FixSite)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +40,7 @@ class Caption:
     text: str
     interesting: bool = False
     slow: bool = False          # a short moment the playback shows in slow motion
+    sites: tuple[str, ...] = ()  # the patch's call sites whose work this moment shows
 
     def line(self) -> str:
         return f"t={self.t:.2f} s {self.text}"
@@ -71,11 +76,23 @@ class Narrator:
         self._added_since_pass = 0
         self._xtab_told = False
         self._iteration = 0
+        # the call sites that acted, per change ("remove" / "add"): in the latest memory
+        # op that went through them, and since the current pass started
+        self._acted: dict[str, tuple[str, ...]] = {}
+        self._acted_in_pass: dict[str, None] = {}
 
     def __call__(self, ev: Event) -> Caption | None:
         if self._own is not None:
             self._own(ev)
+        move = self._move
+        self._see_sites(ev)
         cap = self._caption(ev)
+        if cap is not None and cap.interesting:
+            sites = self._acting(ev, move)
+            if sites:
+                cap = replace(cap, sites=sites)
+        if isinstance(ev, PassStarted):
+            self._acted_in_pass.clear()
         if cap is not None:
             self.captions.append(cap)
             if len(self.captions) > self.keep:
@@ -91,6 +108,41 @@ class Narrator:
     @property
     def last(self) -> Caption | None:
         return self.captions[-1] if self.captions else None
+
+    # ------------------------------------------------------------------ the sites that acted
+
+    def _see_sites(self, ev: Event) -> None:
+        if not isinstance(ev, MemoryOp):
+            return
+        acted: dict[str, dict[str, None]] = {}
+        for eff in getattr(ev, "sites", ()):
+            if eff.site in _FIX_SITES and eff.gfns.size:
+                acted.setdefault(eff.change, {})[eff.site] = None
+                self._acted_in_pass[eff.site] = None
+        for change, sites in acted.items():
+            self._acted[change] = tuple(sites)
+
+    def _acting(self, ev: Event, move: dict[str, Any] | None) -> tuple[str, ...]:
+        """Which call sites' work an interesting moment shows: the balloon's moves the
+        site its direction goes through; a pass, the sites that acted before it; the
+        XTAB of a later pass, the removing site that left the bits; a diverged
+        destination, the adding site."""
+        removed = self._acted.get("remove", ())
+        added = self._acted.get("add", ())
+        if isinstance(ev, BalloonTarget):
+            out = int(ev.target_pages) < int(ev.current_pages)
+            return (removed or (FixSite.P2M_REMOVE_PAGE.value,)) if out else \
+                (added or (FixSite.GUEST_PHYSMAP_ADD_ENTRY.value,))
+        if isinstance(ev, (MemoryOp, BalloonMoved)) and move is not None:
+            return removed if move["out"] else added
+        if isinstance(ev, PassStarted):
+            return tuple(self._acted_in_pass)
+        if isinstance(ev, (BatchSent, PassEnded)):
+            it = ev.iteration if isinstance(ev, BatchSent) else ev.stats.iteration
+            return removed if it > 1 else ()
+        if isinstance(ev, VerifyDone) and not ev.stats.ok:
+            return added
+        return ()
 
     # ------------------------------------------------------------------ rules
 

@@ -5,9 +5,12 @@ decides how fast it runs against the wall clock: ``Pacer`` (``--speed``) keeps
 ``speed`` virtual seconds per wall second, and ``Playback`` adds what a person needs:
 pause (virtual time stops because the engine waits here), a new speed, and
 *holds*: the app asks the virtual clock to stand still a little longer around a moment
-too short to see (the ~10 ms XTAB walk of a ballooned region). A hold or a pause moves
-the pace's anchor, so every run paced by the same playback (compare's two) waits alike
-and nothing rushes by afterwards to catch up. The screen says when it slows down.
+too short to see (the ~10 ms XTAB walk of a ballooned region), and for ``READ_S`` wall
+seconds at each event of interest, so its caption can be read (``hold_to_read``; the
+app's view waits as long, ``reading``). A hold or a pause moves the pace's anchor, so
+every run paced by the same playback (compare's two) waits alike and nothing rushes by
+afterwards to catch up. Flat out (``--speed max``) nothing is held; a run without the app
+(``--no-dashboard``) has a bare ``Pacer`` and never holds. The screen says when it slows down.
 """
 
 from __future__ import annotations
@@ -71,8 +74,13 @@ SPEEDS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 1.0, 2.0, 5.0, 10.0, None)   # None: 
 def default_tty_speed() -> float:
     """Virtual seconds per wall second when a person watches: examples/balloon.yaml
     (~9.6 s of virtual time from the start of the save) then lasts ~25 s, ~30 s with the
-    slow-motion holds."""
+    slow-motion holds, plus ``READ_S`` for each of its ~12 events of interest."""
     return 0.4
+
+
+#: Wall seconds each event of interest stays on screen at a pace (not flat out): long
+#: enough to read a two-line caption (issue 23: 0.47 s was too short).
+READ_S = 3.0
 
 
 class Playback(Pacer):
@@ -89,11 +97,17 @@ class Playback(Pacer):
         self._paused_at = 0.0
         self.held = 0.0             # wall seconds spent in holds (shown on screen)
         self.last_hold_wall = -1.0  # clock() of the last hold
+        self.read_s = READ_S
+        #: every hold to read asked for: (virtual t, what was shown, wall seconds)
+        self.reads: list[tuple[float, str, float]] = []
+        self._read_until = float("-inf")
+        self._read_cut: asyncio.Event | None = None
 
     # ------------------------------------------------------------------ controls
 
     def pause(self) -> None:
         if not self.paused:
+            self.cut_read()             # the pause holds the screen from here, as long as it lasts
             self._paused_at = self._clock()
         self.paused = True
 
@@ -111,6 +125,8 @@ class Playback(Pacer):
 
     def set_speed(self, speed: float | None) -> None:
         self.speed = None if speed is None else float(speed)
+        if self.speed is None:
+            self.cut_read()
         self.reset()
 
     def faster(self) -> float | None:
@@ -157,6 +173,44 @@ class Playback(Pacer):
         """The moment that was slowed is over (the saver is sending data again): the
         screen stops saying ``slow motion`` at once."""
         self.last_hold_wall = -1.0
+
+    # ------------------------------------------------------------------ time to read
+
+    def hold_to_read(self, t: float = 0.0, what: str = "") -> float:
+        """An event of interest is on screen (its caption, the map as it stands): the
+        virtual clock stands still ``read_s`` wall seconds, as a slow-motion hold does,
+        and ``reading`` keeps the view on it as long. Flat out: nothing. Returns the hold."""
+        if self.speed is None or self.read_s <= 0:
+            return 0.0
+        self._read_until = self._clock() + self.read_s
+        if self._wall0 is not None:
+            self._wall0 += self.read_s
+        self.reads.append((float(t), what, self.read_s))
+        return self.read_s
+
+    async def reading(self) -> None:
+        """Wait until the event of interest shown last has had its time on screen (or
+        the person moved on: ``cut_read``)."""
+        left = self._read_until - self._clock()
+        if left <= 0:
+            return
+        cut = self._read_cut = asyncio.Event()
+        waits = [asyncio.ensure_future(self._sleep(left)), asyncio.ensure_future(cut.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    def cut_read(self) -> None:
+        """The person moved on (``n``, a seek, flat out): the rest of the hold to read is
+        given back to the run at once."""
+        left = self._read_until - self._clock()
+        if left > 0 and self._wall0 is not None:
+            self._wall0 -= left
+        self._read_until = float("-inf")
+        if self._read_cut is not None:
+            self._read_cut.set()
 
     # ------------------------------------------------------------------ the engine side
 
@@ -217,5 +271,5 @@ class PlayControl:
         return self.state == PlayState.PAUSED
 
 
-__all__ = ["Pacer", "PlayControl", "PlayInput", "PlayState", "Playback", "SPEEDS", "TRANSITIONS",
+__all__ = ["Pacer", "PlayControl", "PlayInput", "PlayState", "Playback", "READ_S", "SPEEDS", "TRANSITIONS",
            "default_tty_speed"]

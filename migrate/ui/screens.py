@@ -22,6 +22,7 @@ from textual.widgets import Footer, Static
 
 from migrate.ui.panels import (BalloonPanel, CaptionPanel, CompareTable, HeaderPanel, HypervisorPanel, MapPanel,
                                PassPanel, PassTablePanel, RunPanel, StoryPanel)
+from migrate.ui.patch import PatchPanel
 
 if TYPE_CHECKING:
     from rich.text import Text
@@ -74,7 +75,9 @@ HELP = """\
   d       details: balloon and hypervisor panels (small terminals)
   t       the tracked GFN's story (--track; small terminals)
   [ / ]   replay: previous / next pass;  1-9: seek to pass N
-  ?       this help
+          live: step back / forth over the events of interest so far
+          (the run pauses; ] past the newest goes live again)
+  ?       this help (the run pauses while it is shown)
   q       quit (a migration in flight is aborted; the report is written)
 
 [b]the map[/b]: one glyph per group of GFNs, coloured by the most telling
@@ -162,6 +165,10 @@ class RunScreen(ModeScreen):
     RunScreen .small .story { display: none; }
     RunScreen .small.storyview .story { display: block; width: 1fr; }
     RunScreen .small.storyview .map, RunScreen .small.storyview .table { display: none; }
+    RunScreen #capline { height: auto; }
+    RunScreen #capline .caption { width: 1fr; }
+    RunScreen .small #capline { layout: vertical; }
+    RunScreen .small .patch { width: 1fr; height: 1; border: none; }
     """
     BINDINGS = keys(Binding("d", "details", "details"), Binding("t", "story", "story"))
 
@@ -173,7 +180,9 @@ class RunScreen(ModeScreen):
         view = self.view
         with Vertical(id="top", classes="untracked"):
             yield self._add(HeaderPanel(view, self.app.status_text, classes="header", id="header"))
-            yield self._add(CaptionPanel(view, classes="caption", id="caption"))
+            with Horizontal(id="capline"):      # the caption, and the patch's call site beside it
+                yield self._add(CaptionPanel(view, classes="caption", id="caption"))
+                yield self._add(PatchPanel(view, classes="patch", id="patch"))
             yield self._add(PassPanel(view, classes="pass", id="pass"))
             with Horizontal(id="body"):
                 with Vertical(classes="main"):
@@ -220,12 +229,21 @@ class RunScreen(ModeScreen):
             self.redraw()
 
 
+#: ``[`` / ``]`` in a live or watched run: step over its history (``history.py``)
+STEP_KEYS = [Binding("left_square_bracket", "app.history(-1)", "back", show=False),
+             Binding("right_square_bracket", "app.history(1)", "forth", show=False)]
+
+
 class LiveRunScreen(RunScreen):
     """``xmig run``: the engine runs in this process, paced by the playback."""
+
+    BINDINGS = STEP_KEYS
 
 
 class WatchScreen(RunScreen):
     """``xmig watch``: the events of a run on a broker; pausing holds only the view."""
+
+    BINDINGS = STEP_KEYS
 
 
 class ReplayScreen(RunScreen):
