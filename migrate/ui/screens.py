@@ -74,6 +74,7 @@ HELP = """\
   d       details: balloon and hypervisor panels (small terminals)
   t       the tracked GFN's story (--track; small terminals)
   [ / ]   replay: previous / next pass;  1-9: seek to pass N
+  s       save this screen as SVG (slides: ./xmig-slides/)
   ?       this help
   q       quit (a migration in flight is aborted; the report is written)
 
