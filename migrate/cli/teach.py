@@ -148,12 +148,16 @@ def register(app: typer.Typer) -> None:
 
         log = read_log(events)
         console = Console()
-        live = console.is_terminal and not no_dashboard
+        from migrate.cli.serve import served
+
+        live = (console.is_terminal or served()) and not no_dashboard
         pace = _default_speed(speed, live)
         if live:
             from migrate.ui.commands import interactive_replay
 
             interactive_replay(log.events, speed=pace, guided=guided)
+            if served():            # xmig serve: stdout is the browser's pipe, no summary
+                raise typer.Exit(EXIT_OK)
             fold = fold_events(log.events)
         else:
             from migrate.ui.progress import PlainProgress
