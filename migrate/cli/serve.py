@@ -118,6 +118,7 @@ def make_server(command: str, host: str, port: int, max_clients: int, templates:
             super().__init__(command, host=host, port=port, title=title, templates_path=templates)
             self.max_clients = max_clients
             self.active = 0
+            self.sessions: set[asyncio.Task] = set()      # one per tab, each with its app process
 
         def full(self) -> web.Response:
             return web.Response(status=503, text=FULL_PAGE.format(n=self.max_clients), content_type="text/html")
@@ -132,10 +133,20 @@ def make_server(command: str, host: str, port: int, max_clients: int, templates:
             if self.active >= self.max_clients:
                 return self.full()
             self.active += 1
+            task = asyncio.current_task()
+            self.sessions.add(task)
             try:
                 return await super().handle_websocket(request)
             finally:
                 self.active -= 1
+                self.sessions.discard(task)
+
+        async def on_shutdown(self, app) -> None:
+            """Ctrl-C or SIGTERM: every tab's session is cancelled, which tells its app
+            to quit, instead of aiohttp waiting a minute for open websockets."""
+            for task in list(self.sessions):
+                task.cancel()
+            await asyncio.gather(*self.sessions, return_exceptions=True)
 
         async def on_startup(self, app) -> None:
             """textual-serve's banner is replaced by one line, printed once listening."""
@@ -153,7 +164,7 @@ def make_server(command: str, host: str, port: int, max_clients: int, templates:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self.request_exit)
             web.run_app(self._make_app(), host=host, port=port, handle_signals=False, loop=loop,
-                        print=self.listening)
+                        shutdown_timeout=2, print=self.listening)
 
     return BoundedServer()
 
