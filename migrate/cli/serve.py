@@ -102,9 +102,12 @@ def check_served_args(args: list[str]) -> None:
         files = [a for a in args[1:] if not a.startswith("-")]
         if not files:
             raise UsageError("replay: expected the event log to serve (xmig serve replay run.events)")
-        from migrate.cli.teach import read_log
+        from migrate.events.log import EventLogError, read_event_log
 
-        read_log(Path(files[0]))
+        try:
+            read_event_log(Path(files[0]))
+        except EventLogError as exc:
+            raise UsageError(str(exc)) from None
 
 
 def make_server(command: str, host: str, port: int, max_clients: int, templates: Path, title: str):

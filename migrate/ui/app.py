@@ -40,7 +40,7 @@ from textual.binding import Binding
 from hypervisor.abi import PFINFO_HAS_DATA
 
 from migrate.events import BatchSent, Event, EventBus
-from migrate.ui.export import SlideKeys
+from migrate.ui.slides import SlideKeys
 from migrate.ui.model import RunView, pass_starts
 from migrate.ui.playback import PlayControl, PlayInput, Playback
 from migrate.ui.screens import (CompareScreen, HelpScreen, LiveRunScreen, ModeScreen, ReplayScreen, RunChanged,

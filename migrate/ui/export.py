@@ -1,5 +1,5 @@
-"""Slides from the teaching app: the screen as an SVG, live (key ``s``) or from a
-recorded run without a terminal (``xmig replay run.events --export DIR --at pass:2``).
+"""Slides from a recorded run without a terminal: ``xmig replay run.events --export DIR
+--at pass:2`` (the key ``s`` of the live app is ``migrate/ui/slides.py``).
 
 Xen has no counterpart. A moment names a point of the save as ``xg_sr_save.c`` walks it
 (the end of a pass of ``send_memory_live``, the suspend of ``suspend_and_send_dirty``)
@@ -14,13 +14,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from migrate.events import (BalloonDirection, BalloonMoved, BalloonReached, BalloonStalled, BalloonTarget, Event,
                             PassEnded, PassPhase, Phase, PhaseChanged)
-
-if TYPE_CHECKING:
-    from migrate.ui.app import XmigApp
 
 #: The named moments ``--at`` knows, with what each one is.
 NAMED = {
@@ -31,7 +27,6 @@ NAMED = {
 }
 MOMENT_HELP = ("pass:N (end of pass N), t:SECONDS (virtual time), "
                + ", ".join(NAMED) + " (inflate:2 and deflate:2 for the second one)")
-SLIDES_DIR = "xmig-slides"          # where the key s saves, under the current directory
 
 _SIZE = re.compile(r"^(\d+)x(\d+)$")
 
@@ -130,43 +125,6 @@ def moment_index(events: list[Event], m: Moment) -> int:
     return ends[n - 1] + 1
 
 
-def _unused(path: Path) -> Path:
-    """``path``, or ``stem-2.svg``, ``stem-3.svg``... if it is taken."""
-    n = 2
-    out = path
-    while out.exists():
-        out = path.with_name(f"{path.stem}-{n}{path.suffix}")
-        n += 1
-    return out
-
-
-class SlideKeys:
-    """The app's key ``s``: save the screen as it is now as an SVG. In a terminal it
-    goes to ``./xmig-slides/``; in a browser (``xmig serve``) the browser downloads it."""
-
-    def slide_name(self: "XmigApp") -> str:
-        cur = self.views[0].state.current if self.views else None
-        t = max((float(v.state.t) for v in self.views), default=0.0)
-        where = f"-pass{cur.iteration}" if cur is not None else ""
-        w, h = self.size
-        return f"xmig-{self.mode}{where}-t{t:.2f}s-{w}x{h}.svg"
-
-    def action_save_slide(self: "XmigApp") -> None:
-        name = self.slide_name()
-        if self.is_web:
-            self.deliver_screenshot(filename=name)
-            self.notify(f"slide {name}: your browser downloads it", timeout=4)
-            return
-        try:
-            out = _unused(Path.cwd() / SLIDES_DIR / name)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(self.export_screenshot(title=f"xmig {self.mode}"), encoding="utf-8")
-        except OSError as exc:
-            self.notify(f"could not save the slide: {exc}", severity="error", timeout=6)
-            return
-        self.notify(f"saved {out}", timeout=4)
-
-
 async def export_frames(events: list[Event], moments: list[Moment], sizes: list[tuple[int, int]],
                         out_dir: Path, *, text: bool = True) -> list[Path]:
     """Draw the replay's screen at each moment and size, headless; write
@@ -203,5 +161,4 @@ async def export_frames(events: list[Event], moments: list[Moment], sizes: list[
     return written
 
 
-__all__ = ["MOMENT_HELP", "Moment", "NAMED", "SLIDES_DIR", "SlideKeys", "export_frames", "moment_index",
-           "parse_moment", "parse_size"]
+__all__ = ["MOMENT_HELP", "Moment", "NAMED", "export_frames", "moment_index", "parse_moment", "parse_size"]

@@ -7,7 +7,7 @@ import pytest
 
 from migrate.events.log import read_event_log
 from migrate.ui.app import XmigApp
-from migrate.ui.export import SLIDES_DIR
+from migrate.ui.slides import SLIDES_DIR
 
 
 @pytest.mark.parametrize("size", [(80, 24), (200, 60)])
