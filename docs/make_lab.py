@@ -28,7 +28,7 @@ TRACK = "0x30060"
 AXIS = "guest.balloon.schedule[1].at"
 SWEEP = f"""\
 name: lab-deflate
-base: examples/balloon.yaml
+base: balloon.yaml                # beside this file, in examples/
 axes:
   {AXIS}: [5s, 7s, 8s, 9s, 9.25s, 10s, 11s]
   migration.xen_behaviour: [fixed, pre-fix]
@@ -83,8 +83,8 @@ def measure(folder: Path) -> dict:
         runs[b] = figures(json.loads((folder / f"{b}.json").read_text()), res.returncode)
     stories = {b: xmig(folder, "explain", f"{b}.events", "--gfn", TRACK).stdout.strip().splitlines()
                for b in ("fixed", "pre-fix")}
-    (folder / "lab-deflate.yaml").write_text(SWEEP)
-    xmig(folder, "sweep", "lab-deflate.yaml", "--out", "deflate.csv", "--workers", "2")
+    (folder / "examples" / "lab-deflate.yaml").write_text(SWEEP)
+    xmig(folder, "sweep", "examples/lab-deflate.yaml", "--out", "deflate.csv", "--workers", "2")
     with open(folder / "deflate.csv", newline="") as f:
         sweep = list(csv.DictReader(f))
     shots = xmig(folder, "replay", "pre-fix.events", "--export", "slides", "--at", "pass:2", "--at", "deflate",
@@ -173,14 +173,14 @@ Expected last lines: under `pre-fix`, *destination: {fate["pre-fix"]}*; under `f
 
 ## Exercise 3: when does the deflate hurt? (a sweep)
 
-Save this as `lab-deflate.yaml` beside the `examples` folder:
+Save this as `examples/lab-deflate.yaml`, beside `balloon.yaml`:
 
 ```yaml
 {SWEEP.rstrip()}
 ```
 
 ```sh
-xmig sweep lab-deflate.yaml --out deflate.csv --summary '{AXIS}'
+xmig sweep examples/lab-deflate.yaml --out deflate.csv --summary '{AXIS}'
 ```
 
 Fourteen runs, seed 1 (a few seconds on two cores). Expected:
