@@ -315,7 +315,9 @@ def register(app: typer.Typer) -> None:
                 usage(str(exc))
             recorder = EventRecorder(record, {"watched_run": run, "broker": cfg.display})
         try:
-            if console.is_terminal and not no_dashboard:
+            from migrate.cli.serve import served
+
+            if (console.is_terminal or served()) and not no_dashboard:
                 from migrate.ui.commands import interactive_watch  # the teaching app
 
                 outcome = interactive_watch(lambda listener: watch_run(cfg, run, listener=listener, also=recorder))

@@ -20,6 +20,7 @@ from migrate.cli import broker as cli_broker
 from migrate.cli import compare as cli_compare
 from migrate.cli import examples as cli_examples
 from migrate.cli import run as cli_run
+from migrate.cli import serve as cli_serve
 from migrate.cli import stream as cli_stream
 from migrate.cli import sweep as cli_sweep
 from migrate.cli import teach as cli_teach
@@ -101,6 +102,7 @@ cli_broker.register(app)
 cli_teach.register(app)
 cli_sweep.register(app)  # ``xmig sweep`` (parameter studies)
 cli_examples.register(app)  # ``xmig examples`` (the shipped scenarios)
+cli_serve.register(app)     # ``xmig serve`` (the app in web browsers)
 
 
 def main() -> None:

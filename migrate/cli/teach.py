@@ -60,6 +60,37 @@ def explain_text(log, gfn: int) -> str:
     return "\n".join(lines)
 
 
+def export_frames_cli(events: Path, out: Optional[Path], at: list[str], size: list[str]) -> None:
+    """``xmig replay --export DIR``: check every moment and size first (one line, exit
+    2), then draw the frames headless and name each file written."""
+    import asyncio
+
+    from migrate.cli.common import UsageError
+    from migrate.ui.export import export_frames, moment_index, parse_moment, parse_size
+
+    if out is None:
+        raise UsageError("--at and --size go with --export DIR (the folder the frames are written to)")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--export: {out} exists and is not a folder")
+    log = read_log(events)
+    try:
+        moments = [parse_moment(a) for a in (at or ["end"])]
+        sizes = [parse_size(s) for s in (size or ["80x24"])]
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    for m in moments:
+        try:
+            moment_index(log.events, m)
+        except ValueError as exc:            # a moment this recording does not have
+            raise UsageError(f"{events}: {exc}") from None
+    try:
+        written = asyncio.run(export_frames(log.events, moments, sizes, out))
+    except OSError as exc:
+        raise UsageError(f"--export: cannot write into {out}: {exc.strerror or exc}") from None
+    for path in written:
+        print(f"wrote {path}")
+
+
 def print_stories(console, story) -> None:
     """After a run's summary: the story of each tracked GFN."""
     for g in story.lines:
@@ -94,11 +125,21 @@ def register(app: typer.Typer) -> None:
         no_dashboard: bool = typer.Option(False, "--no-dashboard", help="Plain progress lines and the summary, as the live run printed them."),
         speed: Optional[str] = typer.Option(None, help="Virtual seconds per wall second, or 'max'. Default: 0.4 in the interactive app, max otherwise."),
         guided: bool = typer.Option(False, "--guided", help="In the app: pause at every event of interest until a key is pressed."),
+        export: Optional[Path] = typer.Option(None, "--export", metavar="DIR", help="Write the app's screen at each --at moment into DIR as SVG (and its text as .txt), without a terminal, then exit."),
+        at: list[str] = typer.Option([], "--at", metavar="MOMENT", help="With --export, repeatable: pass:N (end of pass N), t:SECONDS, inflate, deflate, switchover, end (default: end)."),
+        size: list[str] = typer.Option([], "--size", metavar="COLSxROWS", help="With --export, repeatable: the screen size of the frames (default 80x24)."),
     ) -> None:
         """Play a recorded run through the same consumers a live run feeds: the same
         progress lines and summary (piped or --no-dashboard), or the dashboard on a
-        terminal. Exit code as the live run: 0 completed and verified, 1 otherwise."""
+        terminal. Exit code as the live run: 0 completed and verified, 1 otherwise.
+
+        With --export DIR: slides, no terminal needed; e.g. --export slides --at pass:2
+        --at deflate --size 80x24 --size 160x50. Exit 0 once every frame is written."""
         from rich.console import Console
+
+        if export is not None or at or size:
+            export_frames_cli(events, export, at, size)
+            raise typer.Exit(EXIT_OK)
 
         from migrate.cli.common import _default_speed, _print_summary
         from migrate.events.fold import fold_events
@@ -107,12 +148,16 @@ def register(app: typer.Typer) -> None:
 
         log = read_log(events)
         console = Console()
-        live = console.is_terminal and not no_dashboard
+        from migrate.cli.serve import served
+
+        live = (console.is_terminal or served()) and not no_dashboard
         pace = _default_speed(speed, live)
         if live:
             from migrate.ui.commands import interactive_replay
 
             interactive_replay(log.events, speed=pace, guided=guided)
+            if served():            # xmig serve: stdout is the browser's pipe, no summary
+                raise typer.Exit(EXIT_OK)
             fold = fold_events(log.events)
         else:
             from migrate.ui.progress import PlainProgress
@@ -138,4 +183,4 @@ def register(app: typer.Typer) -> None:
         raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED)
 
 
-__all__ = ["register", "explain_text", "parse_gfn", "print_stories", "read_log"]
+__all__ = ["register", "export_frames_cli", "explain_text", "parse_gfn", "print_stories", "read_log"]

@@ -44,6 +44,7 @@ from hypervisor.abi import PFINFO_HAS_DATA
 
 from migrate.events import BatchSent, Event, EventBus
 from migrate.ui.history import Stepping
+from migrate.ui.slides import SlideKeys
 from migrate.ui.model import RunView, pass_starts
 from migrate.ui.playback import PlayControl, PlayInput, Playback
 from migrate.ui.screens import (CompareScreen, HelpScreen, LiveRunScreen, ModeScreen, ReplayScreen, RunChanged,
@@ -89,13 +90,13 @@ class Replay:
         self.starts = pass_starts(self.events)
 
 
-class XmigApp(App):
+class XmigApp(SlideKeys, App):
     """The app; build it with ``for_run``, ``for_compare``, ``for_watch`` or ``for_replay``."""
 
     TITLE = "xmig"
     ENABLE_COMMAND_PALETTE = False     # its footer entry would push "q quit" off 80 columns
     #: each mode's keys are its screen's (``screens.keys``); Ctrl-C quits as ``q`` does
-    BINDINGS = [Binding("ctrl+c", "quit_run", "quit", show=False)]
+    BINDINGS = [Binding("ctrl+c", "quit_run", "quit", show=False), Binding("s", "save_slide", "slide", show=False)]
     def __init__(self, views: list[RunView], producers: list[Producer], *, mode: str,
                  playback: Playback | None = None, guided: bool = False, replay: Replay | None = None):
         super().__init__()

@@ -77,6 +77,7 @@ HELP = """\
   [ / ]   replay: previous / next pass;  1-9: seek to pass N
           live: step back / forth over the events of interest so far
           (the run pauses; ] past the newest goes live again)
+  s       save this screen as SVG (slides: ./xmig-slides/)
   ?       this help (the run pauses while it is shown)
   q       quit (a migration in flight is aborted; the report is written)
 
