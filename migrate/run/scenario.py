@@ -35,7 +35,7 @@ from hypervisor.abi import FIX_SITES
 from guest.units import Bandwidth, Duration, Rate
 from migrate.errors import UsageError
 
-__all__ = ["Scenario", "LinkConfig", "MigrationConfig", "ScenarioError", "load_scenario",
+__all__ = ["Scenario", "LinkConfig", "CheckpointConfig", "MigrationConfig", "ScenarioError", "load_scenario",
            "parse_scenario", "scenario_json_schema", "SCHEMA_PATH"]
 
 SCHEMA_PATH = Path(__file__).with_name("scenario.schema.json")
@@ -81,6 +81,24 @@ class LinkConfig(_Model):
         return self
 
 
+class CheckpointConfig(_Model):
+    """A checkpointed (Remus) stream: after the live migration the primary keeps running
+    and, ``interval`` after each checkpoint the backup committed, is paused again to
+    send what it dirtied (xg_sr_save.c's checkpointed ``save()`` loop; libxl_remus.c's
+    interval timer). At ``failover`` the primary fails and the backup takes over from
+    the last checkpoint it committed, which the verify then checks. See
+    ``docs/checkpoint.md``."""
+
+    interval: Duration
+    failover: Duration
+
+    @model_validator(mode="after")
+    def _positive_interval(self) -> "CheckpointConfig":
+        if not self.interval > 0:
+            raise field_error("interval", "a duration above zero like 200ms", self.interval)
+        return self
+
+
 class MigrationConfig(_Model):
     """When and how the toolstack migrates the guest.
 
@@ -104,6 +122,8 @@ class MigrationConfig(_Model):
     run of batches between two guest hypercalls at once, ``reference`` makes the two
     calls of every batch one by one, as ``write_batch`` does; both give the same stream
     and the same report (the reference is what tests hold the span engine to).
+    ``checkpoint`` (``{interval: 200ms, failover: 12s}``) makes the stream a
+    checkpointed (Remus) one that replicates the guest until the failover.
     """
 
     start: Duration = 1.0
@@ -116,6 +136,7 @@ class MigrationConfig(_Model):
     stats_overflow: Literal["truncate", "saturate"] = "truncate"
     switchover: Literal["live", "stopped"] = "live"
     engine: Literal["span", "reference"] = "span"
+    checkpoint: CheckpointConfig | None = None
 
     @field_validator("xen_behaviour", mode="before")
     @classmethod
@@ -160,6 +181,18 @@ class Scenario(_Model):
                 raise field_error(f"migration.{name}",
                                   f"at most {MAX_TICKS:,} guest ticks ({MAX_TICKS * self.guest.tick:g}s with "
                                   f"guest.tick {self.guest.tick:g}s)", f"{value:g}s")
+        ckpt = self.migration.checkpoint
+        if ckpt is not None:
+            if ckpt.failover / self.guest.tick > MAX_TICKS:
+                raise field_error("migration.checkpoint.failover",
+                                  f"at most {MAX_TICKS:,} guest ticks ({MAX_TICKS * self.guest.tick:g}s with "
+                                  f"guest.tick {self.guest.tick:g}s)", f"{ckpt.failover:g}s")
+            if not ckpt.failover > self.migration.start:
+                raise field_error("migration.checkpoint.failover",
+                                  f"a time after migration.start ({self.migration.start:g}s)", f"{ckpt.failover:g}s")
+            if self.migration.deadline is not None:
+                raise field_error("migration.deadline", "no deadline with migration.checkpoint (a replication "
+                                  "runs until its failover)", f"{self.migration.deadline:g}s")
         return self
 
 
