@@ -33,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from migrate.errors import MigrationFailed
+from migrate.errors import MigrationAborted, MigrationFailed
 from migrate.events import PassPhase, Phase, RoundStats, VerifyStats
 
 if TYPE_CHECKING:
@@ -131,7 +131,15 @@ class Remus:
             ctx.now = next_at
             number += 1
             t_suspend = ctx.now
-            rnd = await self._send_domain_memory_checkpointed(number)
+            try:
+                rnd = await self._send_domain_memory_checkpointed(number)
+            except MigrationAborted:
+                # The primary failed mid-pass: what it sent of this checkpoint is held
+                # by the backup and dropped.
+                e.sender.cut_short()
+                self.state.in_flight = number
+                self._note()
+                break
         if not self.state.commits:
             raise MigrationFailed(
                 f"failover at {opts.failover:g} s came before the first checkpoint was committed: the "
@@ -183,4 +191,10 @@ class Remus:
         clean = await e._read_dirty_bitmap(iteration, final=True)
         rnd = RoundStats(iteration=iteration, phase=PassPhase.CHECKPOINT, start_s=ctx.now,
                          dirty_count=int(clean.stats.dirty_count))
-        return await e.sender.send_dirty_pages(rnd, clean.bitmap.pfns())
+        # The pass stops where the primary fails (the saver's deadline check, at the
+        # failover time; a scenario's own deadline is refused with checkpointing).
+        ctx.deadline = self.options.failover - ctx.t_start
+        try:
+            return await e.sender.send_dirty_pages(rnd, clean.bitmap.pfns())
+        finally:
+            ctx.deadline = None
