@@ -82,12 +82,9 @@ class LinkConfig(_Model):
 
 
 class CheckpointConfig(_Model):
-    """A checkpointed (Remus) stream: after the live migration the primary keeps running
-    and, ``interval`` after each checkpoint the backup committed, is paused again to
-    send what it dirtied (xg_sr_save.c's checkpointed ``save()`` loop; libxl_remus.c's
-    interval timer). At ``failover`` the primary fails and the backup takes over from
-    the last checkpoint it committed, which the verify then checks. See
-    ``docs/checkpoint.md``."""
+    """A checkpointed (Remus) stream (xg_sr_save.c, docs/checkpoint.md): the primary is
+    paused ``interval`` after each commit to send what it dirtied; at ``failover`` the
+    backup takes over from its last committed checkpoint, which the verify checks."""
 
     interval: Duration
     failover: Duration
@@ -122,8 +119,7 @@ class MigrationConfig(_Model):
     run of batches between two guest hypercalls at once, ``reference`` makes the two
     calls of every batch one by one, as ``write_batch`` does; both give the same stream
     and the same report (the reference is what tests hold the span engine to).
-    ``checkpoint`` (``{interval: 200ms, failover: 12s}``) makes the stream a
-    checkpointed (Remus) one that replicates the guest until the failover.
+    ``checkpoint`` (``{interval: 200ms, failover: 12s}``) makes it a Remus replication.
     """
 
     start: Duration = 1.0
@@ -183,13 +179,9 @@ class Scenario(_Model):
                                   f"guest.tick {self.guest.tick:g}s)", f"{value:g}s")
         ckpt = self.migration.checkpoint
         if ckpt is not None:
-            if ckpt.failover / self.guest.tick > MAX_TICKS:
-                raise field_error("migration.checkpoint.failover",
-                                  f"at most {MAX_TICKS:,} guest ticks ({MAX_TICKS * self.guest.tick:g}s with "
-                                  f"guest.tick {self.guest.tick:g}s)", f"{ckpt.failover:g}s")
-            if not ckpt.failover > self.migration.start:
-                raise field_error("migration.checkpoint.failover",
-                                  f"a time after migration.start ({self.migration.start:g}s)", f"{ckpt.failover:g}s")
+            if not self.migration.start < ckpt.failover <= MAX_TICKS * self.guest.tick:
+                raise field_error("migration.checkpoint.failover", f"a time after migration.start "
+                                  f"({self.migration.start:g}s), at most {MAX_TICKS:,} guest ticks", f"{ckpt.failover:g}s")
             if self.migration.deadline is not None:
                 raise field_error("migration.deadline", "no deadline with migration.checkpoint (a replication "
                                   "runs until its failover)", f"{self.migration.deadline:g}s")

@@ -31,13 +31,14 @@ also leaves the backup at its last checkpoint), so the file is a whole v2 stream
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable
+
+import numpy as np
 
 from migrate.errors import MigrationAborted, MigrationFailed
 from migrate.events import PassPhase, Phase, RoundStats, VerifyStats
-
-if TYPE_CHECKING:
-    from migrate.toolstack.save import PrecopyEngine
+from migrate.stream.format import RecType
+from migrate.stream.records import Record
 
 #: Checks the backup against the paused primary at a commit (the runner's whole-domain
 #: verify at virtual time ``t``).
@@ -98,10 +99,11 @@ class Replication:
 
 
 class Remus:
-    """The checkpoint loop of ``save()`` for a REMUS stream, run by the engine once
-    ``send_domain_memory_live`` has sent the final pass (the primary is suspended)."""
+    """The checkpoint loop of ``save()`` for a REMUS stream, run by the engine (a
+    ``save.PrecopyEngine``, whose stages it shares) once ``send_domain_memory_live``
+    has sent the final pass (the primary is suspended)."""
 
-    def __init__(self, engine: PrecopyEngine, options: CheckpointOptions, on_commit: CommitCheck | None = None):
+    def __init__(self, engine: Any, options: CheckpointOptions, on_commit: CommitCheck | None = None):
         self.engine = engine
         self.options = options
         self.on_commit = on_commit
@@ -198,3 +200,76 @@ class Remus:
             return await e.sender.send_dirty_pages(rnd, clean.bitmap.pfns())
         finally:
             ctx.deadline = None
+
+
+class HeldRecords:
+    """The backup's side: ``buffer_all_records`` (xg_sr_restore.c). Past the first
+    CHECKPOINT the restorer holds each call that would apply records, with its own
+    copies of the arrays it was handed, until the next CHECKPOINT ``replay``s them;
+    ``records`` counts those held (dropped if the stream ends first)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Callable[..., None], tuple, dict]] = []
+        self.records = 0
+
+    def hold(self, fn: Callable[..., None], args: tuple, kw: dict | None = None, *, records: int = 1) -> None:
+        self.calls.append((fn, tuple(_own(a) for a in args), {**(kw or {}), "records": records}))
+        self.records += int(records)
+
+    def replay(self) -> None:
+        for fn, args, kw in self.calls:
+            fn(*args, **kw)
+        self.calls, self.records = [], 0
+
+
+def _own(a: Any) -> Any:
+    """A copy of an array (or of a PAGE_DATA record's arrays) a caller may reuse."""
+    if isinstance(a, np.ndarray):
+        return a.copy()
+    if isinstance(a, Record) and a.pfns is not None:
+        return Record(a.type, body=a.body, pfns=np.array(a.pfns), nibbles=np.array(a.nibbles),
+                      tokens=np.array(a.tokens), length=a.length, index=a.index, offset=a.offset,
+                      corrupt_pfns=a.corrupt_pfns)
+    return a
+
+
+class CheckpointedRestore:
+    """The checkpointed half of ``restore.Restorer`` (xg_sr_restore.c): its
+    ``handle_checkpoint`` and ``remus_failover``, over the restorer's ``_held``."""
+
+    _held: HeldRecords | None
+
+    def _hold(self, fn: Callable[..., None], args: tuple, kw: dict | None = None, *, records: int = 1) -> bool:
+        """Past the first CHECKPOINT, hold this call until the next one (True)."""
+        if self._held is None:
+            return False
+        self._held.hold(fn, args, kw, records=records)
+        return True
+
+    def _apply(self, rec: Record, *, from_stream: bool, records: int = 1) -> None:
+        """The restorer's ``_apply_now``, or held; END and CHECKPOINT are never held."""
+        if rec.type in (RecType.END, RecType.CHECKPOINT) or \
+                not self._hold(self._apply_now, (rec,), {"from_stream": from_stream}, records=records):
+            self._apply_now(rec, from_stream=from_stream, records=records)
+
+    def _drop_held(self) -> None:
+        """The stream ended after the last CHECKPOINT: what it carried since is dropped."""
+        if self._held is not None:
+            self.result.records_discarded += self._held.records
+        self._held = None
+
+    def _checkpoint(self) -> None:
+        """handle_checkpoint: apply what was held since the last CHECKPOINT (the first
+        only starts holding); the backup is consistent again."""
+        held, self._held = self._held, None
+        if held is not None:
+            held.replay()
+        self.flush()
+        self._held, self.result.checkpoints = HeldRecords(), self.result.checkpoints + 1
+
+    def _fail_over(self) -> None:
+        """The input ended without END past the first CHECKPOINT: the backup takes over
+        from its last checkpoint (``remus_failover``), a complete restore."""
+        if not self._failed and not self._done and self._held is not None:
+            self._drop_held()
+            self._done = self.result.complete = True

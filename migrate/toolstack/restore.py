@@ -46,6 +46,7 @@ from migrate.stream.parser import StreamParser
 from migrate.stream.records import (RECORD_RULES, Phase, Record, RecordOrder, Step, check_page_data, not_handled,
                              page_data_records, type_counts)
 from migrate.stream.sinks import receive_stream
+from migrate.toolstack.checkpoint import CheckpointedRestore
 from migrate.toolstack.pfnset import PfnSet
 
 if TYPE_CHECKING:
@@ -121,7 +122,7 @@ def _spans_run(pfns: np.ndarray) -> bool:
     return pfns.size > 0 and int(pfns[-1]) - int(pfns[0]) == pfns.size - 1
 
 
-class Restorer:
+class Restorer(CheckpointedRestore):
     """Applies a v2 stream's records to ``dest_hv`` (a ``hypervisor.domain.Hypervisor``
     built empty, or with whatever the destination already holds).
 
@@ -136,11 +137,8 @@ class Restorer:
         self.hv = dest_hv
         self.pfn_limit = pfn_limit
         self.on_record = on_record
-        self.checkpointed = checkpointed
         self.result = RestoreResult(checkpointed=checkpointed)
-        #: buffer_all_records: None until the first CHECKPOINT, then the calls held
-        #: until the next one.
-        self._held: list[tuple[Callable[..., None], tuple, dict]] | None = None
+        self.checkpointed, self._held = checkpointed, None   # _held: buffer_all_records (checkpoint.py)
         self._records: Counter[str] = Counter()
         self._parser: StreamParser | None = None
         self._populated = PfnSet()
@@ -180,9 +178,8 @@ class Restorer:
         """``records`` PAGE_DATA records holding only XTAB entries for PFNs [lo, hi)
         (a hole the saver walked): nothing to populate, only counted."""
         self._check_open()
-        if self._hold(self._skip_xtab_run, (lo, hi, records)):
-            return
-        self._skip_xtab_run(lo, hi, records)
+        if not self._hold(self._skip_xtab_run, (lo, hi), records=records):
+            self._skip_xtab_run(lo, hi, records)
 
     def _skip_xtab_run(self, lo: int, hi: int, records: int) -> None:
         self._order.infer(Phase.MEMORY)
@@ -206,12 +203,8 @@ class Restorer:
                     records=-(-pfns.size // MAX_BATCH_SIZE))
 
     def finish(self) -> RestoreResult:
-        """End of input: a restore that has not seen END is reported incomplete (in a
-        checkpointed stream past its first CHECKPOINT, the backup fails over to the
-        last checkpoint instead, as ``remus_failover`` does)."""
-        if not self._failed and not self._done and self._held is not None:
-            self._drop_held()
-            self._done = self.result.complete = True
+        """End of input: a restore that has not seen END (nor failed over) is incomplete."""
+        self._fail_over()
         if not self._failed and not self._done:
             msg = "stream ended before its END record"
             if self._parser is not None:
@@ -294,47 +287,9 @@ class Restorer:
     def _sync(self) -> None:
         self.result.records = dict(self._records)
 
-    def _hold(self, fn: Callable[..., None], args: tuple, kw: dict | None = None) -> bool:
-        """Past a checkpointed stream's first CHECKPOINT, hold this call (with its own
-        copies of the arrays it was handed) until the next CHECKPOINT; False when the
-        restore applies records as they come."""
-        if self._held is None:
-            return False
-        copied = tuple(a.copy() if isinstance(a, np.ndarray) else a for a in args)
-        self._held.append((fn, copied, kw or {}))
-        return True
-
-    def _drop_held(self) -> None:
-        """The stream ended after the last CHECKPOINT: what it carried since is dropped."""
-        if self._held:
-            self.result.records_discarded += sum(
-                int(kw.get("records", 1)) if fn is not self._skip_xtab_run else int(args[2])
-                for fn, args, kw in self._held)
-        self._held = None
-
-    def _checkpoint(self) -> None:
-        """handle_checkpoint: apply every record held since the last CHECKPOINT (the
-        first one only starts holding); the backup is now consistent."""
-        held, self._held = self._held, None
-        for fn, args, kw in held or ():
-            fn(*args, **kw)
-        self.flush()
-        self._held = []
-        self.result.checkpoints += 1
-
-    def _apply(self, rec: Record, *, from_stream: bool, records: int = 1) -> None:
+    def _apply_now(self, rec: Record, *, from_stream: bool, records: int = 1) -> None:
         """Apply ``rec`` (or ``records`` PAGE_DATA records carried as one, see
         ``apply_page_data_run``); a failure fails the restore, naming the record."""
-        if rec.type not in (RecType.END, RecType.CHECKPOINT) and self._held is not None:
-            if rec.type == RecType.PAGE_DATA:
-                rec = Record(rec.type, body=rec.body, pfns=np.array(rec.pfns), nibbles=np.array(rec.nibbles),
-                             tokens=np.array(rec.tokens), length=rec.length, index=rec.index, offset=rec.offset,
-                             corrupt_pfns=rec.corrupt_pfns)
-            self._held.append((self._apply_now, (rec,), {"from_stream": from_stream, "records": records}))
-            return
-        self._apply_now(rec, from_stream=from_stream, records=records)
-
-    def _apply_now(self, rec: Record, *, from_stream: bool, records: int = 1) -> None:
         try:
             self._process(rec, from_stream, records)
         except StreamError as e:
