@@ -128,6 +128,16 @@ def _extract(deb: Path, into: Path) -> None:
     tmp.rename(into)
 
 
+def _download() -> subprocess.CompletedProcess:
+    """``apt-get download`` the package into the cache's folder; on a fresh machine
+    whose package lists are empty, ``apt-get update`` first (CI runs as root)."""
+    got = subprocess.run(["apt-get", "download", PACKAGE], cwd=CACHE.parent, capture_output=True, text=True)
+    if got.returncode != 0 and os.geteuid() == 0:
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, text=True)
+        got = subprocess.run(["apt-get", "download", PACKAGE], cwd=CACHE.parent, capture_output=True, text=True)
+    return got
+
+
 @pytest.fixture(scope="session")
 def xen_verifier() -> tuple[Path, Path]:
     """(verify-stream-v2, its PYTHONPATH), from the cache, else from the package fetched
@@ -136,7 +146,7 @@ def xen_verifier() -> tuple[Path, Path]:
         CACHE.parent.mkdir(parents=True, exist_ok=True)
         deb = next(iter(sorted(glob.glob(str(CACHE.parent / f"{PACKAGE}_*.deb")))), None)
         if deb is None:
-            got = subprocess.run(["apt-get", "download", PACKAGE], cwd=CACHE.parent, capture_output=True, text=True)
+            got = _download()
             deb = next(iter(sorted(glob.glob(str(CACHE.parent / f"{PACKAGE}_*.deb")))), None)
             if deb is None:
                 pytest.fail(f"Xen's stream verifier is not in {CACHE} and `apt-get download {PACKAGE}` failed "
