@@ -177,3 +177,73 @@ def test_bad_checkpoint_fields_name_the_field(migration, where):
     with pytest.raises(ScenarioError) as err:
         parse_scenario(data, "x.yaml")
     assert str(err.value).startswith(f"x.yaml: {where}: expected"), str(err.value)
+
+
+# ------------------------------------------------------------------ where users see it
+
+def test_xmig_run_prints_the_commits_the_failover_and_its_verify(xmig, tmp_path):
+    pre = xmig("run", "--guest", "examples/checkpoint.yaml", "-b", "pre-fix", "--no-dashboard",
+               "--report", tmp_path / "pre.json")
+    assert pre.returncode == 1, pre.stderr          # the backup misses pages
+    out = pre.stdout
+    assert "xmig: checkpoint: checkpoint 0 committed at t=" in out
+    assert "xmig: failover: primary failed at t=10.000 s: the backup takes over from checkpoint" in out
+    assert "xmig: verify: FAILED, missing 25894, stale 0, extra 0" in out
+    assert out.index("xmig: failover:") < out.index("xmig: verify:")
+    assert "Checkpointed save" in out
+    fixed = xmig("run", "--guest", "examples/checkpoint.yaml", "--no-dashboard")
+    assert fixed.returncode == 0, fixed.stderr
+    assert "xmig: verify: OK, missing 0, stale 0, extra 0" in fixed.stdout
+
+
+def test_a_bad_checkpoint_field_is_one_line_and_exit_2(xmig, tmp_path):
+    (tmp_path / "bad.yaml").write_text("guest: {memory: 16MiB}\n"
+                                       "migration: {start: 10ms, checkpoint: {interval: fast, failover: 1s}}\n")
+    res = xmig("run", "--guest", "bad.yaml", "--no-dashboard", cwd=tmp_path)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.stderr
+    assert "bad.yaml" in lines[0] and "migration.checkpoint.interval" in lines[0] and "expected" in lines[0]
+
+
+def test_the_app_captions_each_commit_and_the_failover():
+    """The teaching view's caption (migrate/ui/narration.py) for the replication."""
+    from migrate.ui.gfnmap import GfnMap
+    from migrate.ui.narration import Narrator
+
+    bus = EventBus()
+    gfnmap = GfnMap(max_cells=4096)
+    narrator = Narrator(gfnmap, keep=10_000)
+    bus.subscribe(gfnmap.on_event)
+    bus.subscribe(narrator)
+    result = asyncio.run(run_scenario(_scenario(4.4, "pre-fix"), RunOptions(), bus=bus))
+    commits = [c for c in narrator.captions if c.text.startswith("checkpoint ")]
+    assert len(commits) == build_report(result)["checkpoint"]["checkpoints"]
+    assert "the backup applied the checkpoint's records at once" in commits[0].text
+    # The first commit whose backup lacks pages is a moment to stop at; consistent ones are not.
+    behind = [c for c in commits if "missing" in c.text]
+    assert behind and all(c.interesting for c in behind) and not any(c.interesting for c in commits[:2])
+    failover = [c for c in narrator.captions if c.text.startswith("failover: ")]
+    assert len(failover) == 1 and failover[0].interesting
+    assert "the backup takes over from checkpoint" in failover[0].text
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 50)])
+async def test_the_app_runs_a_replication_to_its_failover(size):
+    """The Textual app (pilot) on a checkpointed run: the failover caption is told, and
+    the destination line states the report's verify of the backup."""
+    from migrate.ui.app import XmigApp
+    from tests.ui.test_app import shown, until
+
+    app = XmigApp.for_run(_scenario(4.4, "pre-fix"), RunOptions(), speed=None)
+    async with app.run_test(size=size) as pilot:
+        await until(pilot, lambda: app.done, timeout=120)
+        texts = [c.text for c in app.views[0].narrator.captions]
+        assert any(t.startswith("failover: primary failed at t=4.400 s") for t in texts)
+        missing = app.views[0].state.verify.missing_pages
+        assert missing > 0
+        assert f"{missing:,} missing" in app.screen_text()
+        for pid in ("header", "caption", "table", "map"):
+            assert shown(app, pid), pid
+        await pilot.press("q")
+    assert app.return_value[0].verify.missing_pages == missing
