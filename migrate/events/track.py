@@ -167,7 +167,8 @@ _FINAL_WORDS = {
 }
 FINAL_STATES = frozenset(PageFate)
 #: How a line names the pass a page is in.
-_PASS_WORDS = {PassPhase.LIVE: "pass", PassPhase.FINAL: "final pass", PassPhase.VERIFY: "VERIFY pass"}
+_PASS_WORDS = {PassPhase.LIVE: "pass", PassPhase.FINAL: "final pass", PassPhase.VERIFY: "VERIFY pass",
+               PassPhase.CHECKPOINT: "checkpoint"}
 
 
 def _in_runs(runs: np.ndarray, gfn: int) -> bool:

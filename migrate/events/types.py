@@ -53,12 +53,14 @@ class Outcome(StrEnum):
 
 class PassPhase(StrEnum):
     """Which pass of the save loop: a live precopy pass, the final pass with the domain
-    suspended, or the verify pass (xg_sr_save.c's ``verify_frames``: a VERIFY record,
-    then every page again)."""
+    suspended, the verify pass (xg_sr_save.c's ``verify_frames``: a VERIFY record,
+    then every page again), or one checkpoint of a checkpointed (Remus) stream
+    (``send_domain_memory_checkpointed``: suspend, CLEAN, send what was dirtied)."""
 
     LIVE = "live"
     FINAL = "final"
     VERIFY = "verify"
+    CHECKPOINT = "checkpoint"
 
 
 class Phase(StrEnum):
@@ -72,6 +74,8 @@ class Phase(StrEnum):
     RESUMED = "resumed"
     DONE = "done"
     ABORTED = "aborted"
+    CHECKPOINT = "checkpoint"     # a CHECKPOINT record committed a consistent backup
+    FAILOVER = "failover"         # the primary failed: the backup takes over
 
 
 class Switchover(StrEnum):

@@ -61,8 +61,12 @@ def build_report(res: RunResult) -> dict[str, Any]:
         "xen_behaviour_sites": res.sites,
         "pages": _pages(res),
     }
-    if s.final_stats:
-        report["verify_pass"] = s.final_stats
+    final = dict(s.final_stats)
+    checkpoint = final.pop("checkpoint", None)      # a checkpointed stream's replication
+    if final:
+        report["verify_pass"] = final
+    if checkpoint is not None:
+        report["checkpoint"] = checkpoint
     if res.broker is not None:
         report["broker"] = res.broker
     return report

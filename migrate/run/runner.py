@@ -22,6 +22,7 @@ from hypervisor.abi import DomainLayout, behaviour_label, site_behaviours
 from hypervisor.domain import Hypervisor
 
 from migrate.toolstack.control import LocalSource, SourceSide
+from migrate.toolstack.checkpoint import CheckpointOptions
 from migrate.toolstack.save import PrecopyEngine, SaveOptions, SaveResult
 from migrate.events import (EventBus, MigrationFinished, Outcome, PageFate, RunStarted, RunSummary, TrackedFinal,
                             VerifyDone, VerifyStats)
@@ -248,14 +249,24 @@ async def _run(scenario, opts, settings: RunSettings, bus, pacer, source, frames
     # Destination: an empty domain that the restorer populates from the stream.
     dst = Hypervisor(host_frames=frames, behaviour=behaviour, record_events=False)
     dst.build(DomainLayout(ram_gfns=np.empty(0, dtype=np.int64)))
-    restorer = Restorer(dst)
-    sink = open_sink(opts.stream, restorer)
     mig = scenario.migration
+    ckpt = mig.checkpoint
+    restorer = Restorer(dst, checkpointed=ckpt is not None)
+    sink = open_sink(opts.stream, restorer)
     options = SaveOptions(verify=settings.verify, tolerate_vanished=mig.tolerate_vanished,
                           stats_overflow=mig.stats_overflow, deadline=mig.deadline,
-                          switchover=mig.switchover, engine=mig.engine)
+                          switchover=mig.switchover, engine=mig.engine,
+                          checkpoint=None if ckpt is None else CheckpointOptions(float(ckpt.interval),
+                                                                                 float(ckpt.failover)))
+    at_commit: dict[str, Any] = {}
+
+    async def on_commit(t: float) -> VerifyStats:
+        """A checkpoint committed: the backup against the paused primary."""
+        at_commit["verify"], at_commit["counts"] = await _verify(source.control, dst, t, engine.result.p2m_size)
+        return at_commit["verify"]
+
     engine = PrecopyEngine(source.control, sink, settings.link, policy, bus, start=start, pacer=pacer,
-                           options=options)
+                           options=options, on_commit=on_commit)
     save = await engine.run()
     writer = engine.writer
 
@@ -269,7 +280,11 @@ async def _run(scenario, opts, settings: RunSettings, bus, pacer, source, frames
     digest = getattr(sink, "sha256", None)
     if digest:
         result.stream["sha256"] = digest
-    if save.outcome is Outcome.COMPLETED:
+    if save.outcome is Outcome.COMPLETED and ckpt is not None:
+        # The backup took over at the failover: it holds the last committed checkpoint.
+        result.verify, result.destination = at_commit["verify"], at_commit["counts"]
+        bus.publish(VerifyDone(t=save.t_end, stats=result.verify))
+    elif save.outcome is Outcome.COMPLETED:
         # The source is still suspended, so its memory is what it was at suspend.
         result.verify, counts = await _verify(source.control, dst, save.t_end, save.p2m_size)
         bus.publish(VerifyDone(t=save.t_end, stats=result.verify))

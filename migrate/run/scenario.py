@@ -35,7 +35,7 @@ from hypervisor.abi import FIX_SITES
 from guest.units import Bandwidth, Duration, Rate
 from migrate.errors import UsageError
 
-__all__ = ["Scenario", "LinkConfig", "MigrationConfig", "ScenarioError", "load_scenario",
+__all__ = ["Scenario", "LinkConfig", "CheckpointConfig", "MigrationConfig", "ScenarioError", "load_scenario",
            "parse_scenario", "scenario_json_schema", "SCHEMA_PATH"]
 
 SCHEMA_PATH = Path(__file__).with_name("scenario.schema.json")
@@ -81,6 +81,21 @@ class LinkConfig(_Model):
         return self
 
 
+class CheckpointConfig(_Model):
+    """A checkpointed (Remus) stream (xg_sr_save.c, docs/checkpoint.md): the primary is
+    paused ``interval`` after each commit to send what it dirtied; at ``failover`` the
+    backup takes over from its last committed checkpoint, which the verify checks."""
+
+    interval: Duration
+    failover: Duration
+
+    @model_validator(mode="after")
+    def _positive_interval(self) -> "CheckpointConfig":
+        if not self.interval > 0:
+            raise field_error("interval", "a duration above zero like 200ms", self.interval)
+        return self
+
+
 class MigrationConfig(_Model):
     """When and how the toolstack migrates the guest.
 
@@ -104,6 +119,7 @@ class MigrationConfig(_Model):
     run of batches between two guest hypercalls at once, ``reference`` makes the two
     calls of every batch one by one, as ``write_batch`` does; both give the same stream
     and the same report (the reference is what tests hold the span engine to).
+    ``checkpoint`` (``{interval: 200ms, failover: 12s}``) makes it a Remus replication.
     """
 
     start: Duration = 1.0
@@ -116,6 +132,7 @@ class MigrationConfig(_Model):
     stats_overflow: Literal["truncate", "saturate"] = "truncate"
     switchover: Literal["live", "stopped"] = "live"
     engine: Literal["span", "reference"] = "span"
+    checkpoint: CheckpointConfig | None = None
 
     @field_validator("xen_behaviour", mode="before")
     @classmethod
@@ -160,6 +177,14 @@ class Scenario(_Model):
                 raise field_error(f"migration.{name}",
                                   f"at most {MAX_TICKS:,} guest ticks ({MAX_TICKS * self.guest.tick:g}s with "
                                   f"guest.tick {self.guest.tick:g}s)", f"{value:g}s")
+        ckpt = self.migration.checkpoint
+        if ckpt is not None:
+            if not self.migration.start < ckpt.failover <= MAX_TICKS * self.guest.tick:
+                raise field_error("migration.checkpoint.failover", f"a time after migration.start "
+                                  f"({self.migration.start:g}s), at most {MAX_TICKS:,} guest ticks", f"{ckpt.failover:g}s")
+            if self.migration.deadline is not None:
+                raise field_error("migration.deadline", "no deadline with migration.checkpoint (a replication "
+                                  "runs until its failover)", f"{self.migration.deadline:g}s")
         return self
 
 

@@ -53,10 +53,13 @@ class StreamParser:
     records are skipped (counted in ``skipped``). With ``strict_pages`` (the default)
     a page that is not the expansion of any content token is an error; otherwise it
     is reported in ``Record.corrupt_pfns`` and its token is the page's first word.
+    ``checkpointed``: the stream is a checkpointed (Remus) one, so CHECKPOINT records
+    are accepted (in a plain stream they are refused, as ``handle_checkpoint`` does).
     """
 
-    def __init__(self, *, pfn_limit: int | None = None, strict_pages: bool = True):
+    def __init__(self, *, pfn_limit: int | None = None, strict_pages: bool = True, checkpointed: bool = False):
         self.pfn_limit = pfn_limit
+        self.checkpointed = checkpointed
         self.strict_pages = strict_pages
         self.image_header: ImageHeader | None = None
         self.domain_header: DomainHeader | None = None
@@ -233,7 +236,7 @@ class StreamParser:
             if rtype & REC_TYPE_OPTIONAL:
                 return  # skipped once its body has arrived
             self._fail(f"{self._where()}: unknown mandatory record type {rtype:#x}", **kw)
-        if not rule.handled:
+        if not rule.accepted(self.checkpointed):
             self._fail(f"{self._where()}: {rule.refusal or not_handled(rtype)}", **kw)
         if rule.body is Body.EMPTY and rlen != 0:
             self._fail(f"{self._where()}: body_length {rlen}, expected an empty record", **kw)

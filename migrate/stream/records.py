@@ -60,6 +60,7 @@ class Step(Enum):
     PAGE_DATA = "page_data"    # populate and copy (or verify) pages
     VERIFY = "verify"          # switch to verify mode
     END = "end"                # the restore is complete
+    CHECKPOINT = "checkpoint"  # apply the records buffered since the last one (Remus)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +74,9 @@ class RecordRule:
     version-2 image infers the record that opens it, as Xen does for
     STATIC_DATA_END). ``opens``: the phase this record starts. ``ends``: nothing may
     follow. ``keep``: the restorer stores ``decode(body)`` in this ``RestoreResult``
-    field.
+    field. ``checkpointed``: handled only in a checkpointed (Remus/COLO) stream, which
+    the restore is told it reads (``xc_domain_restore``'s ``stream_type``), as
+    ``handle_checkpoint`` refuses a CHECKPOINT in a plain one.
     """
 
     type: RecType
@@ -87,10 +90,16 @@ class RecordRule:
     step: Step = Step.NONE
     keep: tuple[str, Callable[[bytes], Any]] | None = None
     refusal: str | None = None
+    checkpointed: bool = False
 
     @property
     def name(self) -> str:
         return self.type.name
+
+    def accepted(self, checkpointed: bool) -> bool:
+        """Whether a restore of a plain (or, with ``checkpointed``, a checkpointed)
+        stream handles this record."""
+        return self.handled or (self.checkpointed and checkpointed)
 
 
 def _check_tsc_info(body: bytes) -> str | None:
@@ -142,7 +151,8 @@ RECORD_RULES: dict[int, RecordRule] = _rules(
     RecordRule(RecType.TOOLSTACK),
     RecordRule(RecType.X86_PV_VCPU_MSRS),
     RecordRule(RecType.VERIFY, handled=True, body=Body.EMPTY, step=Step.VERIFY),
-    RecordRule(RecType.CHECKPOINT, body=Body.EMPTY, refusal="found checkpoint in a non-checkpointed stream"),
+    RecordRule(RecType.CHECKPOINT, body=Body.EMPTY, refusal="found checkpoint in a non-checkpointed stream",
+               checkpointed=True, step=Step.CHECKPOINT),
     RecordRule(RecType.CHECKPOINT_DIRTY_PFN_LIST),
     RecordRule(RecType.STATIC_DATA_END, handled=True, body=Body.EMPTY, repeat=False, opens=Phase.MEMORY),
     RecordRule(RecType.X86_CPUID_POLICY, handled=True,

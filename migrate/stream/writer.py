@@ -292,6 +292,11 @@ class StreamWriter(ClosesOnExit):
     def write_verify(self) -> None:
         self.write_record(RecType.VERIFY)
 
+    def write_checkpoint(self) -> None:
+        """write_checkpoint_record (xg_sr_save.c): the empty CHECKPOINT record that ends
+        one checkpoint of a checkpointed stream."""
+        self.write_record(RecType.CHECKPOINT)
+
     def write_end(self) -> None:
         self.write_record(RecType.END)
 

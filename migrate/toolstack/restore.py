@@ -13,7 +13,13 @@ of ``xg_sr_restore_x86_hvm.c``:
   there (a mismatch is counted and listed, never fatal);
 * STATIC_DATA_END is inferred at the first PAGE_DATA of a version-2 image (and of
   records applied in-process without headers); a version-3 stream without one fails;
-* END completes the restore. Any error leaves ``complete=False`` with the message.
+* END completes the restore. Any error leaves ``complete=False`` with the message;
+* in a checkpointed (Remus) stream, told by ``checkpointed=True`` as Xen's restore is
+  told its ``stream_type``, the first CHECKPOINT starts ``buffer_all_records``: every
+  later record is held until the next CHECKPOINT applies them all
+  (``handle_checkpoint``), and those held when the stream ends (END, or a stream
+  broken off) are dropped, so the backup stays at its last checkpoint (``restore``'s
+  ``remus_failover``).
 
 Two ways in: ``feed(bytes)`` parses stream bytes incrementally (a TCP peer, an
 in-process ``CallbackSink``), ``apply(record)`` takes already-structured records
@@ -40,6 +46,7 @@ from migrate.stream.parser import StreamParser
 from migrate.stream.records import (RECORD_RULES, Phase, Record, RecordOrder, Step, check_page_data, not_handled,
                              page_data_records, type_counts)
 from migrate.stream.sinks import receive_stream
+from migrate.toolstack.checkpoint import CheckpointedRestore
 from migrate.toolstack.pfnset import PfnSet
 
 if TYPE_CHECKING:
@@ -89,6 +96,11 @@ class RestoreResult:
     #: no earlier pass sent arrive as the zeroed pages populate gives (not copied).
     pages_populated_by_verify: int = 0
     error: str | None = None
+    #: Checkpointed streams only (absent from ``as_dict`` otherwise): CHECKPOINT
+    #: records applied, and records held after the last one and dropped at failover.
+    checkpointed: bool = False
+    checkpoints: int = 0
+    records_discarded: int = 0
 
     @property
     def ok(self) -> bool:
@@ -97,6 +109,9 @@ class RestoreResult:
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["tsc_info"] = None if self.tsc_info is None else asdict(self.tsc_info)
+        if not self.checkpointed:
+            for name in ("checkpointed", "checkpoints", "records_discarded"):
+                del d[name]
         return d
 
 
@@ -107,7 +122,7 @@ def _spans_run(pfns: np.ndarray) -> bool:
     return pfns.size > 0 and int(pfns[-1]) - int(pfns[0]) == pfns.size - 1
 
 
-class Restorer:
+class Restorer(CheckpointedRestore):
     """Applies a v2 stream's records to ``dest_hv`` (a ``hypervisor.domain.Hypervisor``
     built empty, or with whatever the destination already holds).
 
@@ -118,11 +133,12 @@ class Restorer:
     """
 
     def __init__(self, dest_hv, *, pfn_limit: int | None = None,
-                 on_record: Callable[[Record], Any] | None = None):
+                 on_record: Callable[[Record], Any] | None = None, checkpointed: bool = False):
         self.hv = dest_hv
         self.pfn_limit = pfn_limit
         self.on_record = on_record
-        self.result = RestoreResult()
+        self.result = RestoreResult(checkpointed=checkpointed)
+        self.checkpointed, self._held = checkpointed, None   # _held: buffer_all_records (checkpoint.py)
         self._records: Counter[str] = Counter()
         self._parser: StreamParser | None = None
         self._populated = PfnSet()
@@ -143,7 +159,7 @@ class Restorer:
         """Parse stream bytes and apply every record they complete."""
         self._check_open()
         if self._parser is None:
-            self._parser = StreamParser(pfn_limit=self.pfn_limit)
+            self._parser = StreamParser(pfn_limit=self.pfn_limit, checkpointed=self.checkpointed)
         self.result.bytes_received += len(data)
         try:
             records = self._parser.feed(data)
@@ -162,6 +178,10 @@ class Restorer:
         """``records`` PAGE_DATA records holding only XTAB entries for PFNs [lo, hi)
         (a hole the saver walked): nothing to populate, only counted."""
         self._check_open()
+        if not self._hold(self._skip_xtab_run, (lo, hi), records=records):
+            self._skip_xtab_run(lo, hi, records)
+
+    def _skip_xtab_run(self, lo: int, hi: int, records: int) -> None:
         self._order.infer(Phase.MEMORY)
         self.result.static_data_end_inferred = self._order.inferred
         self.result.xtab_skipped += int(hi) - int(lo)
@@ -183,7 +203,8 @@ class Restorer:
                     records=-(-pfns.size // MAX_BATCH_SIZE))
 
     def finish(self) -> RestoreResult:
-        """End of input: a restore that has not seen END is reported incomplete."""
+        """End of input: a restore that has not seen END (nor failed over) is incomplete."""
+        self._fail_over()
         if not self._failed and not self._done:
             msg = "stream ended before its END record"
             if self._parser is not None:
@@ -266,7 +287,7 @@ class Restorer:
     def _sync(self) -> None:
         self.result.records = dict(self._records)
 
-    def _apply(self, rec: Record, *, from_stream: bool, records: int = 1) -> None:
+    def _apply_now(self, rec: Record, *, from_stream: bool, records: int = 1) -> None:
         """Apply ``rec`` (or ``records`` PAGE_DATA records carried as one, see
         ``apply_page_data_run``); a failure fails the restore, naming the record."""
         try:
@@ -294,7 +315,7 @@ class Restorer:
         rule = RECORD_RULES.get(rt)
         if rule is None and rt & REC_TYPE_OPTIONAL:
             return  # optional record: ignored
-        if rule is None or not rule.handled:
+        if rule is None or not rule.accepted(self.checkpointed):
             raise StreamError(f"{where}: {not_handled(rt)}")
         # Records applied in-process carry no image header: like a version-2 image,
         # their first PAGE_DATA implies STATIC_DATA_END.
@@ -314,8 +335,11 @@ class Restorer:
             self._verify = True
             self.result.verify = True
         elif rule.step is Step.END:
+            self._drop_held()
             self._done = True
             self.result.complete = True
+        elif rule.step is Step.CHECKPOINT:
+            self._checkpoint()
 
     def _page_data(self, rec: Record, where: str, from_stream: bool, records: int = 1) -> None:
         """One PAGE_DATA record, or ``records`` of them back to back (MAX_BATCH_SIZE

@@ -11,7 +11,10 @@ static data records), then ``send_domain_memory_live``, which reads as Xen's::
     verify_frames          (optional) a VERIFY record, every page again, PEEK
 
 then the end of the stream (``end_of_checkpoint``, END; ``cleanup`` turns log-dirty
-off). The passes themselves (``send_dirty_pages``, ``send_all_pages``,
+off). A checkpointed stream (``SaveOptions.checkpoint``) goes on from there as Remus
+does (``checkpoint.Remus``: a CHECKPOINT record, then a checkpoint per interval) until
+the failover, and only END follows; its VERIFY pass is not run (Xen runs
+``verify_frames`` for plain streams only). The passes themselves (``send_dirty_pages``, ``send_all_pages``,
 ``write_batch``) are ``batches.PassSender``'s; the engine writes the stream into the
 ``Sink`` it is given (``xc_domain_save``'s ``io_fd``) through its own ``StreamWriter``.
 
@@ -52,6 +55,7 @@ from migrate.events import (CleanDone, CleanOp, EventBus, MemoryOp, Outcome, Pas
                             RoundStats, SaveSetup, Switchover, Totals)
 from migrate.stream import Sink, StreamError, StreamWriter
 from migrate.toolstack.batches import Pacer, PassSender, SaveContext, SaveEngine
+from migrate.toolstack.checkpoint import CheckpointOptions, CommitCheck, Remus
 from migrate.toolstack.control import DomainControl
 from migrate.toolstack.link import LinkModel
 from migrate.toolstack.policy import Decision, Policy, PrecopyStats
@@ -82,6 +86,7 @@ class SaveOptions:
     switchover: Switchover = Switchover.LIVE
     engine: SaveEngine = SaveEngine.SPAN
     xen_version: tuple[int, int] = (4, 22)
+    checkpoint: CheckpointOptions | None = None     # a checkpointed (Remus) stream
 
     def __post_init__(self) -> None:
         self.stats_overflow = StatsOverflow(self.stats_overflow)
@@ -123,8 +128,9 @@ class PrecopyEngine:
 
     def __init__(self, domain: DomainControl, sink: Sink, link: LinkModel, policy: Policy,
                  bus: EventBus, *, start: float, options: SaveOptions | None = None,
-                 pacer: Pacer | None = None):
+                 pacer: Pacer | None = None, on_commit: CommitCheck | None = None):
         self.options = options or SaveOptions()
+        self.on_commit = on_commit
         self.writer = StreamWriter(sink)
         self.policy = policy
         self.ctx = SaveContext(domain=domain, writer=self.writer, link=link, bus=bus, now=float(start),
@@ -163,6 +169,8 @@ class PrecopyEngine:
         try:
             await self._setup()
             await self._send_domain_memory_live()
+            if self.options.checkpoint is not None:
+                await Remus(self, self.options.checkpoint, self.on_commit).run()
             await self._end_of_stream()
             res.outcome = Outcome.COMPLETED
         except MigrationAborted as exc:
@@ -200,19 +208,23 @@ class PrecopyEngine:
         await self._enable_logdirty()
         live = await self._send_memory_live()
         await self._suspend_and_send_dirty(live)
-        if self.options.verify:
+        if self.options.verify and self.options.checkpoint is None:
             await self._verify_frames(live)
 
     async def _end_of_stream(self) -> None:
-        """end_of_checkpoint() for HVM, then END; cleanup() turns log-dirty off."""
+        """end_of_checkpoint() for HVM, then END; cleanup() turns log-dirty off. (A
+        checkpointed stream wrote its last end_of_checkpoint with its last checkpoint.)"""
         ctx, writer = self.ctx, self.writer
         before = writer.bytes_written
-        writer.write_end_of_checkpoint()
+        checkpointed = self.options.checkpoint is not None
+        if not checkpointed:
+            writer.write_end_of_checkpoint()
         writer.write_end()
         ctx.now += ctx.link.transfer_time(writer.bytes_written - before)
         await ctx.domain.shadow_op(ctx.now, ShadowOp.OFF)
         self._logdirty_on = False
-        self.result.t_last_byte = ctx.now + ctx.link.latency
+        if not checkpointed:
+            self.result.t_last_byte = ctx.now + ctx.link.latency
         writer.close()
         self._phase(Phase.DONE, "End of stream")
 

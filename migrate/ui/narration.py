@@ -189,6 +189,8 @@ class Narrator:
             # the saver's own words for it ("Domain now suspended") say no more than this
             return Caption(t, "the policy ends the live passes: the domain is suspended, "
                               "downtime starts", interesting=True)
+        if isinstance(ev, PhaseChanged) and ev.phase in (Phase.CHECKPOINT, Phase.FAILOVER):
+            return _replication(ev)
         if isinstance(ev, RunStarted):
             runs = np.asarray(ev.populated, dtype=np.int64).reshape(-1, 2)
             pod = int((runs[:, 1] - runs[:, 0]).sum()) - int(ev.guest_pages)
@@ -335,3 +337,14 @@ class Narrator:
 
 
 __all__ = ["Caption", "Narrator"]
+
+
+def _replication(ev: PhaseChanged) -> Caption:
+    """A checkpointed (Remus) stream's commit, or its failover (``toolstack/checkpoint.py``)."""
+    if ev.phase == Phase.FAILOVER:
+        return Caption(float(ev.t), f"failover: {ev.detail}; the backup is checked against the primary "
+                                    "as it stood at that checkpoint", interesting=True)
+    behind = "missing" in ev.detail
+    return Caption(float(ev.t), f"{ev.detail}: the primary was paused, sent what it dirtied and a CHECKPOINT "
+                                "record, and runs again; the backup applied the checkpoint's records at once",
+                   interesting=behind)

@@ -177,6 +177,8 @@ class PlainProgress:
                 self._line(f"xc: error: Save failed: {ev.detail}" if ev.detail else "xc: error: Save failed", ev.t)
             elif ev.phase == Phase.RESUMED:
                 self._line(f"xc: info: {ev.detail or 'source domain resumed'}", ev.t)
+            elif ev.phase in (Phase.CHECKPOINT, Phase.FAILOVER):
+                self._line(f"xmig: {ev.phase}: {ev.detail}", ev.t)
         elif isinstance(ev, RunStarted):
             params = dict(ev.policy_params or {})
             ptxt = ev.policy + (" (" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")" if params else "")
@@ -224,6 +226,8 @@ class PlainProgress:
             return "Frames verify"
         if phase == "final":
             return f"Frames iteration {iteration} (final)"
+        if phase == "checkpoint":
+            return f"Checkpointed save {iteration}"
         if self.max_iterations is not None:
             return f"Frames iteration {iteration} of {self.max_iterations}"
         return f"Frames iteration {iteration}"
