@@ -25,7 +25,7 @@ from hypervisor.abi import PFINFO_HAS_DATA, XenBehaviour
 
 from migrate.events.track import PageLedger
 from migrate.events.types import (BalloonMoved, BalloonNote, BalloonStalled, BalloonTarget, BatchSent, CleanDone,
-                                  CountersSampled, Event, MemoryOp, MigrationFinished, Outcome, PassEnded,
+                                  CleanOp, CountersSampled, Event, MemoryOp, MigrationFinished, Outcome, PassEnded,
                                   PassPhase, PassStarted, Phase, PhaseChanged, RoundStats, RunStarted, RunSummary,
                                   SaveSetup, VerifyDone, VerifyStats, balloon_moves)
 
@@ -199,6 +199,11 @@ class RunFold:
                 s.current.walked = int(ev.stats.pfns_walked)
         elif isinstance(ev, CleanDone):
             s.last_clean = ev
+            if ev.op == CleanOp.CLEAN and "dirty_count" in s.counters:
+                # A completed CLEAN zeroes the stats it reported (paging_log_dirty_op in
+                # xen/arch/x86/mm/paging.c); PEEK leaves them. Until the next sample the
+                # hypervisor's dirty_count is 0, not the last sample's.
+                s.counters = {**s.counters, "dirty_count": 0}
         elif isinstance(ev, PhaseChanged):
             s.phase, s.phase_detail = str(ev.phase), ev.detail
             if ev.phase == Phase.SUSPENDED and s.t_suspend is None:
