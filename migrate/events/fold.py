@@ -110,6 +110,8 @@ class RunState:
     balloon: BalloonState = field(default_factory=BalloonState)
     counters: dict[str, Any] = field(default_factory=dict)
     nodes_peak: int = 0
+    leftover_bits: int = 0        # the report's pages.leftover_bits so far (pre-fix)
+    unmarked_additions: int = 0   # the report's pages.unmarked_additions so far (pre-fix)
     verify: VerifyStats | None = None
     outcome: str = ""
     message: str = ""
@@ -185,6 +187,9 @@ class RunFold:
             nodes = s.counters.get("logdirty_nodes_peak", s.counters.get("logdirty_nodes", 0))
             s.nodes_peak = max(s.nodes_peak, int(nodes or 0))
         elif isinstance(ev, MemoryOp):
+            left, unmarked = ev.left_behind()
+            s.leftover_bits += left
+            s.unmarked_additions += unmarked
             self._memory_op(ev)
         elif isinstance(ev, BalloonNote):
             self._balloon_note(ev)

@@ -304,6 +304,11 @@ class MemoryOp(Event):
         """GFNs this op added to the P2M with no dirty bit (pre-fix)."""
         return _cat([s.unmarked for s in self.sites])
 
+    def left_behind(self) -> tuple[int, int]:
+        """``(leftover bits, unmarked additions)`` this op leaves (pre-fix): what the
+        report's ``pages.leftover_bits`` and ``pages.unmarked_additions`` add up."""
+        return (sum(int(s.leftover.size) for s in self.sites), sum(int(s.unmarked.size) for s in self.sites))
+
 
 def balloon_moves(ev: MemoryOp) -> tuple[int, int]:
     """``(pages out, pages back)`` a balloon op moves: what a pass's ``balloon_out`` /
