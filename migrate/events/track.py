@@ -207,9 +207,6 @@ class PageStory:
                 if g in self.lines:
                     self._writes(g, ev, i)
         elif isinstance(ev, MemoryOp):
-            left, unmarked = ev.left_behind()
-            self.leftover_bits += left
-            self.unmarked_additions += unmarked
             for s in ev.sites:
                 for g in self._hits(s.gfns).tolist():
                     self._site(g, ev, s)
