@@ -226,6 +226,11 @@ class RunFold:
             s.p2m_size = int(ev.p2m_size)
         elif isinstance(ev, RunSummary):
             s.summary = ev
+            if ev.hypervisor:
+                # The report's counters, read after cleanup's OFF freed the log-dirty
+                # tree: the last word, where the last sample was taken before it.
+                s.counters = dict(ev.hypervisor)
+                s.nodes_peak = max(s.nodes_peak, int(s.counters.get("logdirty_nodes_peak", 0) or 0))
             if not s.scenario:               # a watcher that joined late learns the names here
                 self._names(ev)
         elif isinstance(ev, VerifyDone):
