@@ -164,10 +164,11 @@ def _plain(v: Any) -> Any:
 
 def check_run(header: dict[str, Any], events: list[_events.Event]) -> None:
     """Refuse a log whose events contradict each other or its header: one run (each of
-    RunStarted, VerifyDone, TrackedFinal, RunSummary, MigrationFinished at most once,
-    RunStarted before the rest, nothing after MigrationFinished), the header's run
-    facts equal to RunStarted's, RunSummary and MigrationFinished agreeing with them,
-    and each tracked GFN's final state agreeing with the VERIFY verdict. A recording is
+    RunStarted, VerifyDone, VerifySets, TrackedFinal, RunSummary, MigrationFinished at
+    most once, RunStarted before the rest, nothing after MigrationFinished), the header's
+    run facts equal to RunStarted's, RunSummary and MigrationFinished agreeing with them,
+    and each tracked GFN's final state and the verify's sets agreeing with the VERIFY
+    verdict. A recording is
     a claim, not a proof: this catches an edited log, not one forged consistently
     (re-run the header's scenario_text to check that). Raises ValueError."""
     seen: dict[type, int] = {}
@@ -205,7 +206,6 @@ def check_run(header: dict[str, Any], events: list[_events.Event]) -> None:
         if done is not None and done.outcome != summary.outcome:
             raise ValueError(f"MigrationFinished.outcome is {done.outcome!r} but RunSummary says "
                              f"{summary.outcome!r}")
-    _check_verify_sets(first.get(_events.VerifyDone), first.get(_events.VerifySets))
     final = first.get(_events.TrackedFinal)
     if final is not None:
         if sorted(int(g) for g in final.gfns) != sorted(facts["tracked"]):
@@ -218,6 +218,7 @@ def check_run(header: dict[str, Any], events: list[_events.Event]) -> None:
                 if n > count:
                     raise ValueError(f"TrackedFinal says {n} tracked GFN(s) {state} but VerifyDone "
                                      f"counts {count} {state} pages")
+    _check_verify_sets(first.get(_events.VerifyDone), first.get(_events.VerifySets))
 
 
 def _check_verify_sets(verify, sets) -> None:
