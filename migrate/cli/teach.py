@@ -119,7 +119,8 @@ def register(app: typer.Typer) -> None:
         """Tell, one line per event with its virtual time, what happened to one GFN: the
         guest's writes, P2M removals and additions and which Xen call site touched its
         log-dirty bit, the CLEANs that returned it, the type query and the pass that sent
-        it, and (for a GFN recorded with --track) its final state at the destination.
+        it, and its final state at the destination: for a GFN recorded with --track its
+        own, for any other what the whole-domain verify found (missing, stale, or neither).
 
         Example: xmig run --guest examples/balloon.yaml --behaviour pre-fix
         --record run.events --track 196704; then xmig explain run.events --gfn 196704"""

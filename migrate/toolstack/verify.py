@@ -6,7 +6,9 @@ outcomes of the P2M/log-dirty bug are counted separately:
 missing (RAM at the source, never populated at the destination: an added GFN never
 marked dirty), stale (populated at both, contents differ: a page sent, then changed
 unlogged), and extra (populated at the destination but ballooned out at the source:
-the restore side never unpopulates, see ``xg_sr_restore.c``).
+the restore side never unpopulates, see ``xg_sr_restore.c``). Besides the counts, the
+missing and stale GFNs themselves are kept as runs (bounded) for the event log's
+``VerifySets``, so a page nobody tracked can still be explained.
 """
 
 from __future__ import annotations
