@@ -68,6 +68,8 @@ def test_stopped_before_pass_1_sends_all_memory_suspended():
     assert res.save.totals.iterations == 0
     assert res.ok
     assert res.save.rounds[0].pages_sent == res.destination["source_ram_pages"]
+    # send_all_pages is told p2m_size, as the held set is every PFN
+    assert res.save.rounds[0].dirty_count == res.save.p2m_size
     assert res.save.totals.downtime_s == pytest.approx(res.save.totals.total_time_s, abs=1e-3)
 
 
