@@ -12,6 +12,7 @@ rate           ``20MiB/s`` ``5000pages/s``, or a number      pages per second (f
                of pages per second
 bandwidth      ``1Gbit/s`` ``10Gbps`` ``100MB/s`` ``1GiB/s``  bytes per second (float)
                or a number of bytes per second
+               (``125000000``, ``125e6``, ``1.25e8``)
 duration       ``250ms`` ``2s`` ``1.5min`` ``20us`` ``1h``   seconds (float)
                or a number of seconds
 =============  ==========================================  ===========================
@@ -52,7 +53,7 @@ __all__ = [
 
 SIZE_EXPECTED = "a size like 512MiB, 4GiB or 1000pages"
 RATE_EXPECTED = "a rate like 20MiB/s or 5000pages/s"
-BANDWIDTH_EXPECTED = "a bandwidth like 1Gbit/s, 10Gbps or 100MB/s"
+BANDWIDTH_EXPECTED = "a bandwidth like 1Gbit/s, 100MB/s or 125e6 (bytes/s)"
 DURATION_EXPECTED = "a duration like 250ms, 2s or 1.5min"
 
 
@@ -150,11 +151,15 @@ def _rate_with_unit(num: float, unit: str) -> float | None:
             mult = _BYTE_UNITS.get(base)
             if mult is not None:
                 return num * mult / PAGE_SIZE
-    return None
+    return num if unit == "" else None     # a bare number (``2e3`` in YAML is a string): pages/s
 
 
 def _bandwidth_with_unit(num: float, unit: str) -> float | None:
     bps = None
+    if unit == "":
+        # A bare number in a string is bytes/s, as a bare YAML number is: YAML 1.1
+        # reads ``125e6`` (no dot) as a string, so it must not be refused for that.
+        bps = num
     m = re.fullmatch(r"([kKMGT]?)(?:bit/s|bps|b/s)", unit)
     if m:
         bps = num * _BIT_PREFIX[m.group(1)] / 8.0
@@ -235,8 +240,8 @@ def _validator(parse, expected):
 
 
 _SIZE_PATTERN = r"^\s*[0-9.]+(e[+-]?[0-9]+)?\s*(B|bytes?|[KMGT]|[kK]iB|[MGT]iB|[kKMGT]B|pages?)?\s*$"
-_RATE_PATTERN = r"^\s*[0-9.]+(e[+-]?[0-9]+)?\s*([kKMGT]|[kK]iB|[MGT]iB|[kKMGT]B|B|pages?)(/s|ps)\s*$"
-_BW_PATTERN = r"^\s*[0-9.]+(e[+-]?[0-9]+)?\s*([kKMGT]?(bit/s|bps|b/s)|([KMGT]iB|[kKMGT]B|B)(/s|ps))\s*$"
+_RATE_PATTERN = r"^\s*[0-9.]+([eE][+-]?[0-9]+)?\s*(([kKMGT]|[kK]iB|[MGT]iB|[kKMGT]B|B|pages?)(/s|ps))?\s*$"
+_BW_PATTERN = r"^\s*[0-9.]+([eE][+-]?[0-9]+)?\s*([kKMGT]?(bit/s|bps|b/s)|([KMGT]iB|[kKMGT]B|B)(/s|ps))?\s*$"
 _DURATION_PATTERN = r"^\s*[0-9.]+(e[+-]?[0-9]+)?\s*(s|secs?|seconds?|ms|us|µs|μs|ns|mins?|minutes?|h|hours?)?\s*$"
 
 
@@ -257,7 +262,8 @@ Rate = Annotated[float, _validator(parse_rate, RATE_EXPECTED),
                          _RATE_PATTERN)]
 #: Bytes per second (float). ``1Gbit/s``, ``10Gbps``, ``100MB/s`` or a number of bytes/s.
 Bandwidth = Annotated[float, _validator(parse_bandwidth, BANDWIDTH_EXPECTED),
-                      _schema("A bandwidth: bytes per second, or a string like 1Gbit/s, 10Gbps or 100MB/s.",
+                      _schema("A bandwidth: bytes per second (125e6 or 1.25e8), or a string like 1Gbit/s, "
+                              "10Gbps or 100MB/s.",
                               _BW_PATTERN, minimum_exclusive=True)]
 #: Seconds (float). ``250ms``, ``2s``, ``1.5min``, ``20us`` or a number of seconds.
 Duration = Annotated[float, _validator(parse_duration, DURATION_EXPECTED),

@@ -128,6 +128,13 @@ def _compare_table(labels: list[str], reps: list[dict[str, Any]]):
     row("stream bytes", lambda r: f"{r['totals']['bytes']:,}")
     row("total time (virtual s)", lambda r: f"{r['totals']['total_time_s']:.3f}")
     row("downtime (virtual ms)", lambda r: f"{r['totals']['downtime_s'] * 1000:.1f}")
+    def pages(r, k):
+        n = (r.get("pages") or {}).get(k)
+        return "-" if n is None else f"{n:,}"
+
+    # the app's compare rows of the same names show these same report numbers
+    row("leftover bits", lambda r: pages(r, "leftover_bits"))
+    row("lost additions", lambda r: pages(r, "unmarked_additions"))
     row("missing pages", lambda r: v(r, "missing_pages"))
     row("stale pages", lambda r: v(r, "stale_pages"))
     row("extra pages", lambda r: v(r, "extra_pages"))

@@ -46,15 +46,27 @@ def explain_text(log, gfn: int) -> str:
     """The life story of ``gfn`` in a read event log, one line per event."""
     from migrate.events.track import PageStory
 
+    from migrate.events import VerifySets
+
     story = PageStory([gfn])
+    sets = None
     for ev in log.events:
         story(ev)
+        if isinstance(ev, VerifySets):
+            sets = ev
     lines = []
+    final = None if gfn in log.tracked else _untracked_final(log.events, sets, gfn)
     if gfn not in log.tracked:
-        lines.append(f"note: GFN {gfn:#x} was not tracked when this run was recorded, so its writes and "
-                     "its final state at the destination are unknown (record with --track "
-                     f"{gfn})")
+        if final is None:
+            lines.append(f"note: GFN {gfn:#x} was not tracked when this run was recorded, so its writes and "
+                         "its final state at the destination are unknown (record with --track "
+                         f"{gfn})")
+        else:
+            lines.append(f"note: GFN {gfn:#x} was not tracked when this run was recorded, so its writes are "
+                         f"unknown; its final state is the verify's (record with --track {gfn} for more)")
     lines.append(story.text(gfn))
+    if final is not None:
+        lines.append(final)
     if not log.complete:
         lines.append("note: the recording was cut short; the story ends where it stops")
     return "\n".join(lines)
@@ -91,6 +103,34 @@ def export_frames_cli(events: Path, out: Optional[Path], at: list[str], size: li
         print(f"wrote {path}")
 
 
+#: An untracked GFN's end, as the whole-domain verify saw it (``VerifySets``).
+_VERIFY_WORDS = {
+    "missing": "destination: MISSING, the verify lists it (RAM at the source, never populated at the destination)",
+    "stale": "destination: STALE, the verify lists it (the destination holds older contents than the source)",
+    "ok": "destination: not missing and not stale, the verify found it at both ends alike or at neither",
+}
+
+
+def _untracked_final(events, sets, gfn: int) -> str | None:
+    """The last line of an untracked GFN's story from the verify's sets (a
+    ``VerifySets`` event; with none, a ``VerifyDone`` that found no missing and no stale
+    page), or None where the log cannot tell (a recording older than VerifySets, or a
+    set cut short before this GFN)."""
+    from migrate.events import PageFate, VerifyDone
+
+    done = next((ev for ev in events if isinstance(ev, VerifyDone)), None)
+    if done is None:
+        return None
+    if sets is None:
+        clean = done.stats.missing_pages == 0 and done.stats.stale_pages == 0
+        fate, t = (PageFate.OK if clean else None), done.t
+    else:
+        fate, t = sets.fate(gfn), sets.t
+    if fate is None:
+        return None
+    return f"t={t:10.6f} s  {_VERIFY_WORDS[fate.value]}"
+
+
 def print_stories(console, story) -> None:
     """After a run's summary: the story of each tracked GFN."""
     for g in story.lines:
@@ -110,7 +150,8 @@ def register(app: typer.Typer) -> None:
         """Tell, one line per event with its virtual time, what happened to one GFN: the
         guest's writes, P2M removals and additions and which Xen call site touched its
         log-dirty bit, the CLEANs that returned it, the type query and the pass that sent
-        it, and (for a GFN recorded with --track) its final state at the destination.
+        it, and its final state at the destination: for a GFN recorded with --track its
+        own, for any other what the whole-domain verify found (missing, stale, or neither).
 
         Example: xmig run --guest examples/balloon.yaml --behaviour pre-fix
         --record run.events --track 196704; then xmig explain run.events --gfn 196704"""

@@ -95,6 +95,7 @@ WIRE_NAMES: dict[str, str] = {
     "migrate.events.TrackedFinal": "migrate.events.types:TrackedFinal",
     "migrate.events.TrackedWrites": "migrate.events.types:TrackedWrites",
     "migrate.events.VerifyDone": "migrate.events.types:VerifyDone",
+    "migrate.events.VerifySets": "migrate.events.types:VerifySets",
     "migrate.events.VerifyStats": "migrate.events.types:VerifyStats",
     "migrate.link.LinkModel": "migrate.toolstack.link:LinkModel",
 }
@@ -124,6 +125,7 @@ EVENT_LOG_NAMES: frozenset[str] = frozenset({
     "migrate.events.TrackedFinal",
     "migrate.events.TrackedWrites",
     "migrate.events.VerifyDone",
+    "migrate.events.VerifySets",
     "migrate.events.VerifyStats",
 })
 

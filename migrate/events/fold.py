@@ -25,7 +25,7 @@ from hypervisor.abi import PFINFO_HAS_DATA, XenBehaviour
 
 from migrate.events.track import PageLedger
 from migrate.events.types import (BalloonMoved, BalloonNote, BalloonStalled, BalloonTarget, BatchSent, CleanDone,
-                                  CountersSampled, Event, MemoryOp, MigrationFinished, Outcome, PassEnded,
+                                  CleanOp, CountersSampled, Event, MemoryOp, MigrationFinished, Outcome, PassEnded,
                                   PassPhase, PassStarted, Phase, PhaseChanged, RoundStats, RunStarted, RunSummary,
                                   SaveSetup, VerifyDone, VerifyStats, balloon_moves)
 
@@ -110,6 +110,8 @@ class RunState:
     balloon: BalloonState = field(default_factory=BalloonState)
     counters: dict[str, Any] = field(default_factory=dict)
     nodes_peak: int = 0
+    leftover_bits: int = 0        # the report's pages.leftover_bits so far (pre-fix)
+    unmarked_additions: int = 0   # the report's pages.unmarked_additions so far (pre-fix)
     verify: VerifyStats | None = None
     outcome: str = ""
     message: str = ""
@@ -185,6 +187,9 @@ class RunFold:
             nodes = s.counters.get("logdirty_nodes_peak", s.counters.get("logdirty_nodes", 0))
             s.nodes_peak = max(s.nodes_peak, int(nodes or 0))
         elif isinstance(ev, MemoryOp):
+            left, unmarked = ev.left_behind()
+            s.leftover_bits += left
+            s.unmarked_additions += unmarked
             self._memory_op(ev)
         elif isinstance(ev, BalloonNote):
             self._balloon_note(ev)
@@ -199,6 +204,11 @@ class RunFold:
                 s.current.walked = int(ev.stats.pfns_walked)
         elif isinstance(ev, CleanDone):
             s.last_clean = ev
+            if ev.op == CleanOp.CLEAN and "dirty_count" in s.counters:
+                # A completed CLEAN zeroes the stats it reported (paging_log_dirty_op in
+                # xen/arch/x86/mm/paging.c); PEEK leaves them. Until the next sample the
+                # hypervisor's dirty_count is 0, not the last sample's.
+                s.counters = {**s.counters, "dirty_count": 0}
         elif isinstance(ev, PhaseChanged):
             s.phase, s.phase_detail = str(ev.phase), ev.detail
             if ev.phase == Phase.SUSPENDED and s.t_suspend is None:
@@ -216,6 +226,11 @@ class RunFold:
             s.p2m_size = int(ev.p2m_size)
         elif isinstance(ev, RunSummary):
             s.summary = ev
+            if ev.hypervisor:
+                # The report's counters, read after cleanup's OFF freed the log-dirty
+                # tree: the last word, where the last sample was taken before it.
+                s.counters = dict(ev.hypervisor)
+                s.nodes_peak = max(s.nodes_peak, int(s.counters.get("logdirty_nodes_peak", 0) or 0))
             if not s.scenario:               # a watcher that joined late learns the names here
                 self._names(ev)
         elif isinstance(ev, VerifyDone):

@@ -114,6 +114,9 @@ class PageLedger:
                 if self._unmarked:
                     self.unmarked_sent += self._unmarked.drop(pfns[data])
         elif isinstance(ev, MemoryOp):
+            left, unmarked = ev.left_behind()
+            self.leftover_bits += left
+            self.unmarked_additions += unmarked
             for s in ev.sites:
                 if s.cleared:
                     self.cleared[s.site] = self.cleared.get(s.site, 0) + int(s.cleared)
@@ -123,10 +126,8 @@ class PageLedger:
                     # back in the P2M: no longer a leftover; a new page to be sent
                     self._leftover.drop(s.gfns)
                 if s.leftover.size:
-                    self.leftover_bits += int(s.leftover.size)
                     self._leftover.add(s.leftover)
                 if s.unmarked.size:
-                    self.unmarked_additions += int(s.unmarked.size)
                     self._unmarked.add(s.unmarked)
                 elif s.change == "remove" and self._unmarked:
                     self._unmarked.drop(s.gfns)

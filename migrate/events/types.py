@@ -308,6 +308,11 @@ class MemoryOp(Event):
         """GFNs this op added to the P2M with no dirty bit (pre-fix)."""
         return _cat([s.unmarked for s in self.sites])
 
+    def left_behind(self) -> tuple[int, int]:
+        """``(leftover bits, unmarked additions)`` this op leaves (pre-fix): what the
+        report's ``pages.leftover_bits`` and ``pages.unmarked_additions`` add up."""
+        return (sum(int(s.leftover.size) for s in self.sites), sum(int(s.unmarked.size) for s in self.sites))
+
 
 def balloon_moves(ev: MemoryOp) -> tuple[int, int]:
     """``(pages out, pages back)`` a balloon op moves: what a pass's ``balloon_out`` /
@@ -421,6 +426,41 @@ class VerifyDone(Event):
     stats: VerifyStats
 
 
+#: Most ``[start, end)`` runs a ``VerifySets`` keeps of each set (1 MiB of runs at most,
+#: whatever the guest's size): a set of more runs keeps its first ones and says so.
+MAX_VERIFY_RUNS = 1 << 16
+
+
+@dataclass(frozen=True, slots=True)
+class VerifySets(Event):
+    """The GFNs the verify found missing and stale (``VerifyDone`` has their counts), as
+    sorted, disjoint ``[start, end)`` runs (k x 2), so the fate of a GFN nobody tracked
+    can still be told (``xmig explain``). Published right after ``VerifyDone`` when
+    either set is non-empty. A set of more than ``MAX_VERIFY_RUNS`` runs keeps its first
+    ones, ``*_complete`` False: past its last run that set does not know."""
+
+    missing: np.ndarray
+    stale: np.ndarray
+    missing_complete: bool = True
+    stale_complete: bool = True
+
+    def fate(self, gfn: int) -> PageFate | None:
+        """MISSING or STALE when a set holds ``gfn``, OK when neither does (the verify
+        found it neither; it may still be extra or absent), None when a set that was
+        cut short could hold it."""
+        g = int(gfn)
+        for runs, fate in ((self.missing, PageFate.MISSING), (self.stale, PageFate.STALE)):
+            r = np.asarray(runs, dtype=np.int64).reshape(-1, 2)
+            i = int(np.searchsorted(r[:, 0], g, side="right")) - 1
+            if i >= 0 and g < int(r[i, 1]):
+                return fate
+        for runs, complete in ((self.missing, self.missing_complete), (self.stale, self.stale_complete)):
+            r = np.asarray(runs, dtype=np.int64).reshape(-1, 2)
+            if not complete and (r.shape[0] == 0 or g >= int(r[-1, 1])):
+                return None
+        return PageFate.OK
+
+
 @dataclass(frozen=True, slots=True)
 class TrackedFinal(Event):
     """Each tracked GFN at the end, destination against the suspended source (see
@@ -495,6 +535,6 @@ __all__ = [
     "Outcome", "PassPhase", "Phase", "Switchover", "CleanOp", "BalloonDirection", "PageFate", "RoundStats", "Totals", "VerifyStats", "Event", "RunStarted", "SaveSetup",
     "PhaseChanged", "PassStarted", "BatchSent", "PassEnded", "CleanDone", "MemoryOp", "balloon_moves",
     "TrackedWrites", "BalloonNote", "BalloonTarget", "BalloonMoved", "BalloonReached", "BalloonStalled",
-    "balloon_note", "CountersSampled", "VerifyDone", "TrackedFinal", "RunSummary", "MigrationFinished",
+    "balloon_note", "CountersSampled", "VerifyDone", "VerifySets", "MAX_VERIFY_RUNS", "TrackedFinal", "RunSummary", "MigrationFinished",
     "Listener", "EventBus",
 ]

@@ -130,6 +130,17 @@ def check_event(ev: _events.Event) -> None:
         if bad:
             raise ValueError(f"{name}.states: expected one of {', '.join(sorted(FINAL_STATES))}, "
                              f"found {sorted(bad)[0][:40]!r}")
+    elif isinstance(ev, _events.VerifySets):
+        for k in ("missing", "stale"):
+            r = getattr(ev, k)
+            if r.size and (r.ndim != 2 or r.shape[1] != 2 or r.dtype.kind not in "iu"):
+                raise ValueError(f"{name}.{k}: expected [start, end) GFN runs (k x 2), found shape {r.shape}")
+            r = r.reshape(-1, 2).astype(np.int64)
+            if r.shape[0] > _events.MAX_VERIFY_RUNS:
+                raise ValueError(f"{name}.{k}: expected at most {_events.MAX_VERIFY_RUNS} runs, found {r.shape[0]}")
+            if r.size and ((r[:, 0] < 0).any() or (r[:, 1] <= r[:, 0]).any() or int(r[-1, 1]) > MAX_GFN + 1
+                           or (r[1:, 0] <= r[:-1, 1]).any()):
+                raise ValueError(f"{name}.{k}: expected sorted, disjoint, non-empty GFN runs below {MAX_GFN + 1:#x}")
     elif isinstance(ev, _events.VerifyDone):
         st = ev.stats
         if min(st.missing_pages, st.stale_pages, st.extra_pages) < 0:
@@ -141,7 +152,7 @@ def check_event(ev: _events.Event) -> None:
 
 #: The facts the recorder copies from RunStarted into the header (EventRecorder.__call__).
 _HEADER_FACTS = ("scenario", "seed", "behaviour", "sites", "policy", "policy_params", "tracked")
-_ONCE = (_events.RunStarted, _events.VerifyDone, _events.TrackedFinal, _events.RunSummary,
+_ONCE = (_events.RunStarted, _events.VerifyDone, _events.VerifySets, _events.TrackedFinal, _events.RunSummary,
          _events.MigrationFinished)
 
 
@@ -153,10 +164,11 @@ def _plain(v: Any) -> Any:
 
 def check_run(header: dict[str, Any], events: list[_events.Event]) -> None:
     """Refuse a log whose events contradict each other or its header: one run (each of
-    RunStarted, VerifyDone, TrackedFinal, RunSummary, MigrationFinished at most once,
-    RunStarted before the rest, nothing after MigrationFinished), the header's run
-    facts equal to RunStarted's, RunSummary and MigrationFinished agreeing with them,
-    and each tracked GFN's final state agreeing with the VERIFY verdict. A recording is
+    RunStarted, VerifyDone, VerifySets, TrackedFinal, RunSummary, MigrationFinished at
+    most once, RunStarted before the rest, nothing after MigrationFinished), the header's
+    run facts equal to RunStarted's, RunSummary and MigrationFinished agreeing with them,
+    and each tracked GFN's final state and the verify's sets agreeing with the VERIFY
+    verdict. A recording is
     a claim, not a proof: this catches an edited log, not one forged consistently
     (re-run the header's scenario_text to check that). Raises ValueError."""
     seen: dict[type, int] = {}
@@ -206,6 +218,22 @@ def check_run(header: dict[str, Any], events: list[_events.Event]) -> None:
                 if n > count:
                     raise ValueError(f"TrackedFinal says {n} tracked GFN(s) {state} but VerifyDone "
                                      f"counts {count} {state} pages")
+    _check_verify_sets(first.get(_events.VerifyDone), first.get(_events.VerifySets))
+
+
+def _check_verify_sets(verify, sets) -> None:
+    """VerifySets holds as many pages as VerifyDone counts (no more, when cut short)."""
+    if sets is None:
+        return
+    if verify is None:
+        raise ValueError("a VerifySets without the run's VerifyDone")
+    st = verify.stats
+    for k, count, complete in (("missing", st.missing_pages, sets.missing_complete),
+                               ("stale", st.stale_pages, sets.stale_complete)):
+        r = np.asarray(getattr(sets, k), dtype=np.int64).reshape(-1, 2)
+        n = int((r[:, 1] - r[:, 0]).sum())
+        if n > count or (complete and n != count):
+            raise ValueError(f"VerifySets.{k} holds {n} GFNs but VerifyDone counts {count} {k} pages")
 
 
 __all__ = ["check_event", "check_run"]

@@ -146,7 +146,7 @@ async def _verify(control, dst: Hypervisor, t: float, p2m_size: int):
         acc.add(sg, st, dg, dt)
         src_pages += int(sg.size)
         dst_pages += int(dg.size)
-    return acc.result(), {"populated_pages": dst_pages, "source_ram_pages": src_pages}
+    return acc, {"populated_pages": dst_pages, "source_ram_pages": src_pages}
 
 
 def _window_digests(dst: Hypervisor, windows: list[tuple[int, int]]) -> list[tuple[int, bytes]]:
@@ -286,8 +286,12 @@ async def _run(scenario, opts, settings: RunSettings, bus, pacer, source, frames
         bus.publish(VerifyDone(t=save.t_end, stats=result.verify))
     elif save.outcome is Outcome.COMPLETED:
         # The source is still suspended, so its memory is what it was at suspend.
-        result.verify, counts = await _verify(source.control, dst, save.t_end, save.p2m_size)
+        checked, counts = await _verify(source.control, dst, save.t_end, save.p2m_size)
+        result.verify = checked.result()
         bus.publish(VerifyDone(t=save.t_end, stats=result.verify))
+        sets = checked.sets(save.t_end)      # which GFNs, for explain (only when any)
+        if sets is not None:
+            bus.publish(sets)
         result.destination = counts
         if tracked:
             bus.publish(TrackedFinal(t=save.t_end, gfns=np.array(tracked, dtype=np.int64),

@@ -223,14 +223,15 @@ def precopy(writer: Writer, p2m_size: int, link: LinkModel, policy: Policy, *, t
         raise ModelError("the policy aborted the precopy loop")
 
     res.t_suspend = now                            # suspend_and_send_dirty
-    final = writer.distinct(now - since)
+    final = reported = writer.distinct(now - since)
     now += walk
     if held is not None:
+        reported = final + held               # dirty_count + nr_deferred_pages, as the engine
         final = held + final - held * final / writer.pages   # the union of two independent sets
     if held is not None and x == 0:          # stopped before pass 1: everything, suspended
-        send(x + 1, PassPhase.FINAL, final, float(p2m_size), True)
+        send(x + 1, PassPhase.FINAL, float(p2m_size), float(p2m_size), True)
     else:
-        send(x + 1, PassPhase.FINAL, final, final, False)
+        send(x + 1, PassPhase.FINAL, reported, final, False)
     now += link.transfer_time(_end_bytes())
     res.t_last_byte = now + link.latency
     return res

@@ -36,7 +36,9 @@ Departures from Xen, each a named option (``SaveOptions``):
   set the last CLEAN returned is not sent live (Xen's ``send_memory_live`` sends it
   before it looks at the decision again); the domain is suspended first and that set,
   with whatever the final CLEAN adds, is sent while it is paused, as QEMU's
-  ``migration_completion`` and SimGrid's migration model do. ``live`` is Xen's.
+  ``migration_completion`` and SimGrid's migration model do. ``live`` is Xen's. The
+  paused pass's ``dirty_count`` is the final CLEAN's plus the held set's size, as
+  suspend_and_send_dirty adds ``nr_deferred_pages``.
 """
 
 from __future__ import annotations
@@ -290,7 +292,7 @@ class PrecopyEngine:
         clean = await self._read_dirty_bitmap(live.iterations + 1, final=True)
         final_pfns = clean.bitmap.pfns()
         rnd = RoundStats(iteration=live.iterations + 1, phase=PassPhase.FINAL, start_s=ctx.now,
-                         dirty_count=int(clean.stats.dirty_count))
+                         dirty_count=self._final_entries(int(clean.stats.dirty_count), live))
         self._phase(Phase.FINAL)
         if live.held is None:
             await self.sender.send_all_pages(rnd)
@@ -298,6 +300,16 @@ class PrecopyEngine:
         if live.held.size:
             final_pfns = np.union1d(live.held, final_pfns)
         await self.sender.send_dirty_pages(rnd, final_pfns)
+
+    def _final_entries(self, dirty_count: int, live: LiveEnd) -> int:
+        """What the paused pass is told to expect, as suspend_and_send_dirty counts it:
+        the final CLEAN's ``dirty_count`` plus ``nr_deferred_pages``. The set
+        ``switchover=stopped`` held back plays the deferred pages' part (OR'd into the
+        bitmap, counted on top, overlap and all); held back before pass 1 means every
+        PFN, and send_all_pages is told ``p2m_size``."""
+        if live.held is None:
+            return self.ctx.p2m_size
+        return dirty_count + int(live.held.size)
 
     async def _verify_frames(self, live: LiveEnd) -> None:
         """verify_frames(): a VERIFY record, send_all_pages again, PEEK for the stats."""

@@ -6,7 +6,9 @@ outcomes of the P2M/log-dirty bug are counted separately:
 missing (RAM at the source, never populated at the destination: an added GFN never
 marked dirty), stale (populated at both, contents differ: a page sent, then changed
 unlogged), and extra (populated at the destination but ballooned out at the source:
-the restore side never unpopulates, see ``xg_sr_restore.c``).
+the restore side never unpopulates, see ``xg_sr_restore.c``). Besides the counts, the
+missing and stale GFNs themselves are kept as runs (bounded) for the event log's
+``VerifySets``, so a page nobody tracked can still be explained.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ import hashlib
 
 import numpy as np
 
+from hypervisor.runs import gfn_runs
 from hypervisor.tables import known_run
 
-from migrate.events import PageFate, VerifyStats
+from migrate.events import MAX_VERIFY_RUNS, PageFate, VerifySets, VerifyStats
 
 SAMPLE = 16
 #: The fates a whole-domain check counts (a page at both ends with the same contents
@@ -59,12 +62,17 @@ class VerifyAccumulator:
     def __init__(self) -> None:
         self.counts: dict[PageFate, int] = dict.fromkeys(_COUNTED, 0)
         self.samples: dict[PageFate, list[int]] = {fate: [] for fate in _COUNTED}
+        # The missing and stale GFNs as runs (the ranges come in increasing GFN order),
+        # at most MAX_VERIFY_RUNS of each: the event log's VerifySets.
+        self._runs: dict[PageFate, _RunList] = {PageFate.MISSING: _RunList(), PageFate.STALE: _RunList()}
 
     def _note(self, fate: PageFate, gfns: np.ndarray) -> None:
         self.counts[fate] += int(gfns.size)
         room = SAMPLE - len(self.samples[fate])
         if room > 0 and gfns.size:
             self.samples[fate].extend(int(x) for x in gfns[:room])
+        if fate in self._runs and gfns.size:
+            self._runs[fate].add(gfns)
 
     def add(self, sg, st, dg, dt) -> None:
         """One GFN range of both sides; each side sorted by GFN, unique."""
@@ -98,9 +106,50 @@ class VerifyAccumulator:
         matched[pos[found]] = True
         self._note(PageFate.EXTRA, dg[~matched])
 
+    def sets(self, t: float) -> VerifySets | None:
+        """The missing and stale sets as a ``VerifySets`` event at ``t``; None when both
+        are empty (nothing to tell that ``VerifyDone``'s counts do not)."""
+        m, st = self._runs[PageFate.MISSING], self._runs[PageFate.STALE]
+        if not (m.parts or st.parts):
+            return None
+        return VerifySets(t=t, missing=m.array(), stale=st.array(), missing_complete=m.complete,
+                          stale_complete=st.complete)
+
     def result(self) -> VerifyStats:
         n, sample = self.counts, self.samples
         return VerifyStats(ok=n[PageFate.MISSING] == 0 and n[PageFate.STALE] == 0,
                            missing_pages=n[PageFate.MISSING], stale_pages=n[PageFate.STALE],
                            extra_pages=n[PageFate.EXTRA], missing_sample=list(sample[PageFate.MISSING]),
                            stale_sample=list(sample[PageFate.STALE]), extra_sample=list(sample[PageFate.EXTRA]))
+
+
+class _RunList:
+    """Sorted GFNs, added in increasing order, kept as at most MAX_VERIFY_RUNS
+    ``[start, end)`` runs; a run that continues the last one joins it."""
+
+    def __init__(self) -> None:
+        self.parts: list[np.ndarray] = []
+        self.n = 0
+        self.complete = True
+
+    def add(self, gfns: np.ndarray) -> None:
+        if not self.complete:
+            return
+        runs = gfn_runs(gfns)
+        if self.parts and runs.shape[0] and int(self.parts[-1][-1, 1]) == int(runs[0, 0]):
+            last = self.parts[-1].copy()
+            last[-1, 1] = runs[0, 1]
+            self.parts[-1] = last
+            runs = runs[1:]
+        room = MAX_VERIFY_RUNS - self.n
+        if runs.shape[0] > room:
+            runs = runs[:room]
+            self.complete = False
+        if runs.shape[0]:
+            self.parts.append(runs)
+            self.n += int(runs.shape[0])
+
+    def array(self) -> np.ndarray:
+        if not self.parts:
+            return np.empty((0, 2), dtype=np.int64)
+        return np.concatenate(self.parts)

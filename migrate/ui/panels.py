@@ -373,8 +373,10 @@ COMPARE_ROWS = (
     ("data pages sent", lambda v: f"{_live_totals(v)['data']:,}"),
     ("XTAB entries", lambda v: f"{_live_totals(v)['xtab']:,}"),
     ("MiB sent", lambda v: f"{_live_totals(v)['bytes'] / (1 << 20):.1f}"),
-    ("leftover bits", lambda v: f"{v.gfnmap.totals()['leftover']:,}"),
-    ("lost additions", lambda v: f"{v.gfnmap.totals()['lost']:,}"),
+    # The report's pages.leftover_bits and pages.unmarked_additions (whole-run counts),
+    # not the map's glyphs: the map shows what is pending now, and ends at 0.
+    ("leftover bits", lambda v: f"{v.state.leftover_bits:,}"),
+    ("lost additions", lambda v: f"{v.state.unmarked_additions:,}"),
     ("missing", lambda v: _verify_num(v, "missing_pages")),
     ("stale", lambda v: _verify_num(v, "stale_pages")),
 )

@@ -98,6 +98,13 @@ def _mutations():
         "populated_not_runs": (lambda h, evs: (h, _edit(evs, E.RunStarted, populated=np.arange(7))),
                                ("RunStarted.populated",)),
         "time_nan": (lambda h, evs: (h, _edit(evs, E.PhaseChanged, t=float("nan"))), ("finite time",)),
+        # the verify's sets must hold what VerifyDone counts, as sorted disjoint runs
+        "verify_sets_short": (lambda h, evs: (h, _edit(evs, E.VerifySets, missing=np.array([[0, 1]]))),
+                              ("VerifySets.missing holds 1 GFNs",)),
+        "verify_sets_overlap": (lambda h, evs: (h, _edit(evs, E.VerifySets, missing=np.array([[0, 5], [3, 9]]))),
+                                ("VerifySets.missing", "sorted, disjoint")),
+        "verify_sets_twice": (lambda h, evs: (h, evs[:_first(evs, E.VerifySets) + 1] + evs[_first(evs, E.VerifySets):]),
+                              ("a second VerifySets",)),
     }
 
 

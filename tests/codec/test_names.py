@@ -82,6 +82,7 @@ PINNED = [
     "migrate.events.TrackedFinal",
     "migrate.events.TrackedWrites",
     "migrate.events.VerifyDone",
+    "migrate.events.VerifySets",
     "migrate.events.VerifyStats",
     "migrate.link.LinkModel",
 ]

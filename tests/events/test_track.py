@@ -134,12 +134,15 @@ def test_explain_tells_a_ballooned_page_s_life(logs, example, behaviour, expecte
     assert out.stdout.rstrip("\n") == expected
 
 
-def test_explain_of_an_untracked_gfn_says_what_it_cannot_know(logs):
+def test_explain_of_an_untracked_gfn_says_what_it_cannot_know_and_what_the_verify_knows(logs):
     path = logs("balloon", "pre-fix")
     out = xmig("explain", path, "--gfn", "196705")
     assert out.returncode == 0
     assert out.stdout.startswith("note: GFN 0x30061 was not tracked")
-    assert "P2M remove by p2m_remove_page" in out.stdout and "destination:" not in out.stdout
+    assert "P2M remove by p2m_remove_page" in out.stdout
+    assert "its writes are unknown; its final state is the verify's" in out.stdout
+    # the log carries the verify's missing set (VerifySets): 0x30061 is in it
+    assert "destination: MISSING, the verify lists it" in out.stdout.rstrip().splitlines()[-1]
     bad = xmig("explain", path, "--gfn", "lots")
     assert bad.returncode == 2 and bad.stderr.startswith("xmig: error: --gfn: expected a GFN")
 

@@ -31,6 +31,23 @@ def test_bandwidths_parse_to_bytes_per_second(text, bps):
     assert parse_bandwidth(text) == pytest.approx(bps)
 
 
+@pytest.mark.parametrize("text", ["125e6", "125E6", "1.25e8", "125000000", " 125e6 ", 125e6, 125000000, "125e6B/s"])
+def test_a_bandwidth_may_be_a_plain_number_of_bytes_per_second(text):
+    """``bandwidth: 125e6`` in YAML is the string "125e6" (YAML 1.1 wants a dot in a
+    float): it means 125e6 bytes/s, as the number 125000000 does."""
+    assert parse_bandwidth(text) == 125e6
+
+
+def test_a_bandwidth_over_the_limit_is_refused_with_the_limit_named():
+    with pytest.raises(UnitError, match="at most 100Tbit/s"):
+        parse_bandwidth("1e14")
+
+
+@pytest.mark.parametrize("text", ["2e3", "2000", "2000.0"])
+def test_a_rate_may_be_a_plain_number_of_pages_per_second(text):
+    assert parse_rate(text) == 2000.0
+
+
 @pytest.mark.parametrize("text,seconds", [
     ("250ms", 0.25), ("2s", 2.0), ("1.5min", 90.0), ("20us", 20e-6), ("1h", 3600.0), (3, 3.0), ("50µs", 50e-6),
 ])
@@ -45,8 +62,14 @@ def test_durations_parse_to_seconds(text, seconds):
     (parse_size, True, "a size like 512MiB, 4GiB or 1000pages"),
     (parse_rate, "fast", "a rate like 20MiB/s or 5000pages/s"),
     (parse_rate, "20MiB", "a rate like 20MiB/s or 5000pages/s"),
-    (parse_bandwidth, "1 gigabit", "a bandwidth like 1Gbit/s, 10Gbps or 100MB/s"),
-    (parse_bandwidth, 0, "a bandwidth like 1Gbit/s, 10Gbps or 100MB/s"),
+    (parse_bandwidth, "1 gigabit", "a bandwidth like 1Gbit/s, 100MB/s or 125e6 (bytes/s)"),
+    (parse_bandwidth, 0, "a bandwidth like 1Gbit/s, 100MB/s or 125e6 (bytes/s)"),
+    (parse_bandwidth, "0", "a bandwidth like 1Gbit/s, 100MB/s or 125e6 (bytes/s)"),
+    (parse_bandwidth, "0e3", "a bandwidth like 1Gbit/s, 100MB/s or 125e6 (bytes/s)"),
+    (parse_bandwidth, "-125e6", "a bandwidth like 1Gbit/s, 100MB/s or 125e6 (bytes/s)"),
+    (parse_bandwidth, "125e6 bananas", "a bandwidth like 1Gbit/s, 100MB/s or 125e6 (bytes/s)"),
+    (parse_bandwidth, "1e999", "a bandwidth like 1Gbit/s, 100MB/s or 125e6 (bytes/s)"),
+    (parse_bandwidth, "e6", "a bandwidth like 1Gbit/s, 100MB/s or 125e6 (bytes/s)"),
     (parse_duration, "soon", "a duration like 250ms, 2s or 1.5min"),
     (parse_duration, "5 parsecs", "a duration like 250ms, 2s or 1.5min"),
 ])

@@ -101,6 +101,10 @@ def test_the_stopped_switchover_follows_the_model_too(kind):
     assert min(m.margins) >= 0.05 and m.rounds[-1].phase == "final"
     assert len(m.rounds) == len(predict(model_scenario(lam, kind, policy, params)).rounds) - 1
     assert max(abs(e) for e in errs) < TOLERANCE and abs(down) < TOLERANCE
+    # The paused pass's dirty_count: the final CLEAN's plus the held set (as Xen adds
+    # nr_deferred_pages), in the model as in the engine.
+    assert save.rounds[-1].dirty_count == pytest.approx(m.rounds[-1].dirty_count, rel=TOLERANCE)
+    assert save.rounds[-1].dirty_count >= save.rounds[-1].pages_sent
 
 
 @pytest.mark.parametrize("kind", ["uniform", "sequential"])
