@@ -575,11 +575,6 @@ def write_json_schema(path: str | Path = SCHEMA_PATH) -> None:
     Path(path).write_text(json.dumps(scenario_json_schema(), indent=2) + "\n", encoding="utf-8")
 
 
-if __name__ == "__main__":
-    write_json_schema()
-    print(f"wrote {SCHEMA_PATH}")
-
-
 def check_scenario_policy(scenario, guest: Path, override: str | None,
                            allowed: frozenset[str] = frozenset()) -> None:
     """The scenario's own policy and parameters, checked before anything runs, with the
@@ -597,3 +592,8 @@ def check_scenario_policy(scenario, guest: Path, override: str | None,
         field = (f"migration.policy_params.{exc.field}" if exc.field
                  else "migration.policy_params" if "parameter" in str(exc) else "migration.policy")
         raise UsageError(f"{guest}: {field}: {exc}") from None
+
+
+if __name__ == "__main__":
+    write_json_schema()
+    print(f"wrote {SCHEMA_PATH}")
