@@ -38,6 +38,8 @@ PINNED = [
     "hypervisor.abi.PopulatePhysmap",
     "hypervisor.abi.PopulatePhysmapRun",
     "hypervisor.abi.RemoveFromPhysmap",
+    "hypervisor.abi.MemoryMapping",
+    "hypervisor.abi.ForeignMapping",
     "hypervisor.abi.SetTypedEntry",
     "hypervisor.abi.ShadowOp",
     "hypervisor.abi.ShadowStats",
