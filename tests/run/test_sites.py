@@ -87,3 +87,39 @@ def test_set_typed_turns_its_gfns_into_xtab_in_both_behaviours():
     pre, fixed = report("set-typed", "pre-fix"), report("set-typed", "fixed")
     assert pre["rounds"][0]["xtab_sent"] == fixed["rounds"][0]["xtab_sent"] > 0
     assert pre["totals"]["xtab_sent"] - fixed["totals"]["xtab_sent"] == pre["pages"]["leftover_sent_as_xtab"]
+
+
+# ----------------------------------------------------------------------------- the README's table
+
+README_ROWS = {"remove-page": "balloon inflate", "set-typed": "MMIO BAR over RAM", "pod-steal": "PoD cache steals RAM",
+               "physmap-add": "balloon deflate"}
+
+
+def table_numbers(name: str) -> tuple[int, int, int]:
+    """The README's three numbers for an example: its symptom under pre-fix, with its
+    site alone fixed, and fixed."""
+    removal = SITES[name][1]
+    key = "wasted_xtab" if removal else "missing_or_stale"
+    return tuple(symptom(report(name, how), removal)[key] for how in ("pre-fix", "only", "fixed"))
+
+
+def table_row(name: str) -> str:
+    site, removal = SITES[name]
+    what = "XTAB resent for GFNs gone" if removal else "pages missing or stale at the destination"
+    nums = " | ".join(f"{n:,}" for n in table_numbers(name))
+    return f"| `sites/{name}.yaml` ({README_ROWS[name]}) | {what} (`{site}`) | {nums} |"
+
+
+def test_the_readme_table_of_the_four_call_sites_gives_the_reports_numbers():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    for name in SITES:
+        assert table_row(name) in text, f"regenerate with: python -m tests.run.test_sites --table\n{table_row(name)}"
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--table"]:
+        sys.exit("usage: python -m tests.run.test_sites --table")
+    for n in ("remove-page", "set-typed", "pod-steal", "physmap-add"):
+        print(table_row(n))
