@@ -281,7 +281,8 @@ class Guest:
             return _EMPTY_F64, _EMPTY_I64, _EMPTY_U64
         nk = self.next_active_tick(k)
         if nk is not None and nk < k_to:
-            raise ValueError(f"the balloon driver acts (or a mapping changes) at tick {nk}, inside the window [{k}, {k_to})")
+            raise ValueError(f"the balloon driver acts (or a mapping changes) at tick {nk}, "
+                             f"inside the window [{k}, {k_to})")
         parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]] = []
         self._collect(k, k_to, parts)
         merged = self._merge(parts)

@@ -65,8 +65,8 @@ def decrease_reservation(d, gfns, t: float) -> HypercallResult:
 
     Per extent: p2m_pod_decrease_reservation first (PoD entries dropped, RAM stolen
     into a short PoD cache, and a cache left larger than the outstanding entries
-    trimmed to them, its frames back to the host), else guest_remove_page -> p2m_remove_entry, the frame
-    going back to the host. Stops at the first failure (-ENOENT for a hole or
+    trimmed to them, its frames back to the host), else guest_remove_page ->
+    p2m_remove_entry, the frame going back to the host. Stops at the first failure (-ENOENT for a hole or
     mmio_dm, -EPERM for special entries); returns the number of extents done."""
     g = _i64(gfns)
     n = g.size

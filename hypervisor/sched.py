@@ -25,8 +25,8 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from .abi import (EINVAL, AddToPhysmap, DecreaseReservation, DecreaseReservationRun, ForeignMapping, GuestOp,
-                  HypercallResult, MemoryMapping, MemoryWrites, PopulatePhysmap, PopulatePhysmapRun, RemoveFromPhysmap, SchedOp, SetTypedEntry, XenError,
-                  write_arrays)
+                  HypercallResult, MemoryMapping, MemoryWrites, PopulatePhysmap, PopulatePhysmapRun,
+                  RemoveFromPhysmap, SchedOp, SetTypedEntry, XenError, write_arrays)
 
 
 class MemoryOps(Protocol):

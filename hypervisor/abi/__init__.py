@@ -40,7 +40,8 @@ __all__ = [
     "ENOENT", "ESRCH", "EPERM", "E2BIG", "EEXIST", "XenBehaviour", "FixSite", "FIX_SITES", "MemoryOpKind",
     "POD_DEMAND_POPULATE", "site_behaviours", "behaviour_label", "MemoryWrites", "write_arrays",
     "DecreaseReservation", "PopulatePhysmap", "DecreaseReservationRun", "PopulatePhysmapRun", "AddToPhysmap",
-    "RemoveFromPhysmap", "SetTypedEntry", "MemoryMapping", "ForeignMapping", "GuestOp", "Hypercall", "HypercallResult", "run_bounds", "all_done",
+    "RemoveFromPhysmap", "SetTypedEntry", "MemoryMapping", "ForeignMapping", "GuestOp", "Hypercall",
+    "HypercallResult", "run_bounds", "all_done",
     "GfnRuns", "DomainLayout", "LogDirtyEffect", "ShadowStats", "ShadowOpResult", "HypervisorStats",
     "SpanServed", "SchedOp", "LogDirtyOp", "HypervisorEvent", "MemoryOpServed", "DomainStateChanged",
     "LogDirtyOpServed", "TrackedWritesSeen"

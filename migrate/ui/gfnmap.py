@@ -213,8 +213,9 @@ class GfnMap:
                     self._removed(gfns, np.asarray(ev.leftover, dtype=np.int64) if sites else None)
                 else:
                     self._added(gfns, np.asarray(ev.unmarked, dtype=np.int64) if sites else None)
-            elif ev.rc == 0 and ev.op in _TYPED_OVER_RAM:
-                # An MMIO or foreign mapping: the GFNs leave RAM as a balloon's do.
+            elif ev.op in _TYPED_OVER_RAM:
+                # An MMIO or foreign mapping: the GFNs it changed (all of them, or those
+                # before the one it refused) leave RAM as a balloon's do.
                 self._removed(np.asarray(ev.gfns, dtype=np.int64), np.asarray(ev.leftover, dtype=np.int64))
         elif isinstance(ev, PassStarted):
             self._in_ignored_pass = ev.phase == "verify" and not self.track_verify
