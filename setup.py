@@ -5,12 +5,13 @@ and travel in the wheel as the package data ``migrate.examples`` so that an inst
 
 from setuptools import find_packages, setup
 
-# The checkout's examples/ folder and its two sub-folders, mapped into the migrate
+# The checkout's examples/ folder and its sub-folders, mapped into the migrate
 # package; find_packages cannot see them (they are data, with no __init__.py).
 EXAMPLE_PACKAGES = {
     "migrate.examples": "examples",
     "migrate.examples.sweeps": "examples/sweeps",
     "migrate.examples.mosquitto": "examples/mosquitto",
+    "migrate.examples.sites": "examples/sites",
 }
 
 setup(
@@ -25,5 +26,6 @@ setup(
         "migrate.examples": ["*.yaml"],
         "migrate.examples.sweeps": ["*.yaml"],
         "migrate.examples.mosquitto": ["README.md", "acl", "*.conf"],
+        "migrate.examples.sites": ["*.yaml"],
     },
 )

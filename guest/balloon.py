@@ -23,7 +23,8 @@ PoD boot (Xen's ``p2m-pod.c``): a guest built with ``memory < maxmem`` sees ``ma
 of RAM, all of it populate-on-demand, backed by a PoD cache of ``memory`` frames. Its
 balloon driver must inflate down to ``memory`` before it touches more pages than the
 cache holds, or Xen has to crash the domain. The model does that at the guest's first
-tick, before any write and without the rate limit.
+tick, before any write and without the rate limit (or at ``boot_at``: a driver that
+starts late, while the guest already touches pages).
 
 Ownership is one bool per RAM page, shared with the guest (``Guest.owned``); the
 ballooned-pages list holds int32/int64 page indices in chunks. No per-page Python loops.
@@ -79,7 +80,9 @@ class Balloon:
         self.current = int(self.nr_pages)           # pages the guest owns
         steps: list[_Step] = []
         if cfg.pod:
-            steps.append(_Step(0, 0.0, int(cfg.memory_pages), "boot (PoD: memory < maxmem)", True))
+            at = float(self.cfg.boot_at)
+            steps.append(_Step(int(math.ceil(at / self.tick - 1e-9)), at, int(cfg.memory_pages),
+                               "boot (PoD: memory < maxmem)", True))
         for at, tgt in cfg.balloon_targets():
             steps.append(_Step(int(math.ceil(at / self.tick - 1e-9)), at, int(tgt), "schedule", False))
         self.steps = steps

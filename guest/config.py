@@ -38,7 +38,7 @@ from .units import (SIZE_EXPECTED, Duration, Rate, Size, UnitError, format_size,
 __all__ = [
     "Share", "RelativeSize", "Region", "GfnRange", "LayoutConfig", "IdleWorkload",
     "UniformWorkload", "HotsetWorkload", "ZipfWorkload", "SequentialWorkload",
-    "OnceWorkload", "TraceWorkload", "Workload", "BalloonStep", "BalloonConfig",
+    "OnceWorkload", "TraceWorkload", "Workload", "BalloonStep", "BalloonConfig", "MappingStep",
     "GuestConfig", "field_error", "WORKLOAD_KINDS", "resolve_region",
 ]
 
@@ -367,6 +367,9 @@ class BalloonConfig(_Model):
     ``region`` is where inflation takes pages from (default: all RAM but the layout's
     high pages). After a deflate, ``reuse_share`` of the returned pages are written
     within ``reuse_within``, as a guest reuses the memory it gets back.
+    ``boot_at`` (a PoD guest only) is when the driver first goes for its boot target
+    (default: the first tick); until then the PoD cache is short of the guest's PoD
+    entries, and pages the guest touches are populated from it.
     """
 
     schedule: list[BalloonStep] = Field(default_factory=list)
@@ -375,6 +378,21 @@ class BalloonConfig(_Model):
     region: Region | None = None
     reuse_share: float = Field(0.5, ge=0.0, le=1.0)
     reuse_within: Duration = 0.5
+    boot_at: Duration = 0.0
+
+
+# -------------------------------------------------------------------------- mappings
+
+class MappingStep(_Model):
+    """A mapping placed over ``gfns`` at ``at`` and removed at ``until`` (kept to the
+    end when unset): ``mmio``, a device's BAR (XEN_DOMCTL_memory_mapping), or
+    ``foreign``, another domain's frames (XENMEM_acquire_resource); see
+    ``guest.mappings``."""
+
+    at: Duration
+    kind: Literal["mmio", "foreign"]
+    gfns: GfnRange
+    until: Duration | None = None
 
 
 # ----------------------------------------------------------------------------- guest
@@ -409,6 +427,7 @@ class GuestConfig(_Model):
     layout: LayoutConfig = Field(default_factory=LayoutConfig)
     workloads: list[Workload] = Field(default_factory=list)
     balloon: BalloonConfig = Field(default_factory=BalloonConfig)
+    mappings: list[MappingStep] = Field(default_factory=list)
 
     @property
     def memory_pages(self) -> int:
@@ -485,7 +504,29 @@ class GuestConfig(_Model):
             target = t_bytes >> PAGE_SHIFT
         if self.balloon.reuse_within < 0 or not math.isfinite(self.balloon.reuse_within):
             raise field_error("balloon.reuse_within", "a duration", self.balloon.reuse_within)
+        self._check_boot_and_mappings()
         return self
+
+    def _check_boot_and_mappings(self) -> None:
+        b = self.balloon
+        if b.boot_at and not self.pod:
+            raise field_error("balloon.boot_at", "no boot_at unless the guest boots populate-on-demand "
+                              "(memory below maxmem)", f"{b.boot_at:g}s")
+        if b.schedule and b.boot_at > b.schedule[0].at:
+            raise field_error("balloon.boot_at", f"a time no later than the first step's {b.schedule[0].at:g}s",
+                              f"{b.boot_at:g}s")
+        for i, m in enumerate(self.mappings):
+            if m.gfns.stop - 1 > MAX_GFN:
+                raise field_error(f"mappings[{i}].gfns", f"a range below GFN {MAX_GFN:#x}",
+                                  f"end GFN {m.gfns.stop - 1:#x}")
+            if m.until is not None and m.until <= m.at:
+                raise field_error(f"mappings[{i}].until", f"a time after at ({m.at:g}s)", f"{m.until:g}s")
+            for j, o in enumerate(self.mappings[:i]):
+                if (m.gfns.first < o.gfns.stop and o.gfns.first < m.gfns.stop
+                        and (o.until is None or m.at < o.until) and (m.until is None or o.at < m.until)):
+                    raise field_error(f"mappings[{i}].gfns", f"GFNs no other mapping holds at the same time "
+                                      f"(mappings[{j}] holds {o.gfns.first:#x}-{o.gfns.stop - 1:#x})",
+                                      f"{m.gfns.first:#x}-{m.gfns.stop - 1:#x}")
 
     def balloon_targets(self) -> list[tuple[float, int]]:
         """The schedule resolved to ``(at_seconds, absolute_target_pages)``."""

@@ -21,7 +21,9 @@ guest's operations (``hypervisor.abi`` GuestOps) in time order:
 * all writes between two hypercalls come out as one ``MemoryWrites`` in time order
   (per-write ``times``, stamped ``max(last write's time, t0)``); the driver sends
   back ``None``;
-* writes only touch pages the guest owns at that moment (never a ballooned-out GFN):
+* mappings (``guest.mappings``) change after the balloon driver's turn in a tick;
+* writes only touch pages the guest owns at that moment (never a ballooned-out GFN,
+  nor RAM a mapping took):
   the guest keeps one bool per RAM page and filters at emission time.
 
 Randomness is keyed by (seed, workload, epoch of ticks), so the ops for ``[0, t)`` are
@@ -43,6 +45,7 @@ from .balloon import REUSE_KEY, Balloon
 from .config import GuestConfig
 from .events import GuestEvent
 from .layout import GuestLayout
+from .mappings import Mappings
 from .workloads import (BootTokens, hashed_fracs, initial_tokens, make_workload, tick_starts, time_order,
                         times_in_ticks, write_tokens)
 
@@ -105,6 +108,7 @@ class Guest:
         self.events: list[GuestEvent] = []
         self.stats = GuestStats()
         self.balloon = Balloon(config, self.map, self.owned, self.seed, self._emit)
+        self.mappings = Mappings(config, self.map, self.owned)
         self.workloads = [make_workload(w, i, self.seed, self.nr_pages, self.tick, self.map.gfn_to_page,
                                         config.write_timing)
                           for i, w in enumerate(config.workloads)]
@@ -150,8 +154,14 @@ class Guest:
 
     def next_call_tick(self) -> int | None:
         """The first tick, from the next unrun one, at which the guest may make a
-        hypercall (its balloon driver acts); None when nothing is scheduled."""
-        return self.balloon.next_active_tick(self._next_tick)
+        hypercall (its balloon driver acts, or a mapping changes); None when nothing is
+        scheduled."""
+        return self.next_active_tick(self._next_tick)
+
+    def next_active_tick(self, k: int) -> int | None:
+        """The first tick ``>= k`` at which the balloon driver acts or a mapping changes."""
+        nb, nm = self.balloon.next_active_tick(k), self.mappings.next_active_tick(k)
+        return nb if nm is None else nm if nb is None else min(nb, nm)
 
     def ticks_by(self, t) -> np.ndarray:
         """For each time in ``t``, the tick a request at that time runs the guest up to
@@ -159,8 +169,9 @@ class Guest:
         return ticks_at_or_after(t, self.tick)
 
     def balloon_acts_at(self, k: int) -> bool:
-        """Does the balloon driver act at tick ``k`` (a span there makes hypercalls)?"""
-        return self.balloon.next_active_tick(k) == k
+        """Does the guest make hypercalls at tick ``k`` (its balloon driver acts, or a
+        mapping changes)?"""
+        return self.next_active_tick(k) == k
 
     def requeue_events(self, events: list) -> None:
         """Put back events drained too early, ahead of any newer ones."""
@@ -180,14 +191,17 @@ class Guest:
         k = self._start(t0)
         k_end = self._tick_at_or_after(t1)
         while k < k_end:
-            nk = self.balloon.next_active_tick(k)
+            nk = self.next_active_tick(k)
             if nk == k:
                 if parts:
                     op = self._flush(parts, t0)
                     parts = []
                     if op is not None:
                         yield op
-                yield from self.balloon.step(k, max(k * self.tick, t0))
+                if self.balloon.next_active_tick(k) == k:
+                    yield from self.balloon.step(k, max(k * self.tick, t0))
+                if self.mappings.next_active_tick(k) == k:
+                    yield from self.mappings.step(k, max(k * self.tick, t0))
                 seg_end = k + 1
             else:
                 seg_end = k_end if nk is None else min(nk, k_end)
@@ -246,7 +260,7 @@ class Guest:
         """``(K, next_active)`` for a write window starting at tick ``k``: ``K`` is at most
         ``k + max_ticks`` and no later than the balloon driver's next active tick
         (``next_active``, None if it has nothing scheduled)."""
-        nk = self.balloon.next_active_tick(k)
+        nk = self.next_active_tick(k)
         end = k + max(1, int(max_ticks))
         return (end if nk is None else min(nk, end)), nk
 
@@ -265,9 +279,10 @@ class Guest:
         k_to = int(k_to)
         if k_to <= k:
             return _EMPTY_F64, _EMPTY_I64, _EMPTY_U64
-        nk = self.balloon.next_active_tick(k)
+        nk = self.next_active_tick(k)
         if nk is not None and nk < k_to:
-            raise ValueError(f"the balloon driver acts at tick {nk}, inside the window [{k}, {k_to})")
+            raise ValueError(f"the balloon driver acts (or a mapping changes) at tick {nk}, "
+                             f"inside the window [{k}, {k_to})")
         parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]] = []
         self._collect(k, k_to, parts)
         merged = self._merge(parts)
@@ -280,7 +295,7 @@ class Guest:
         (ties keep the parts' order: by workload, then reuse)."""
         gparts, tparts, kparts = [], [], []
         # With nothing ballooned out the guest owns every page: no filter to gather.
-        every_page = self.balloon.ballooned == 0
+        every_page = self.balloon.ballooned == 0 and self.mappings.lost == 0
         for ticks, pages, times, key in parts:
             keep = None if every_page else self.owned[pages]
             n_keep = pages.size if keep is None else int(np.count_nonzero(keep))
@@ -316,13 +331,14 @@ class Guest:
         """What a ``run`` can change (ownership, the balloon driver, events, stats, the
         next tick; not the workloads' caches, which only memoise), for ``restore``."""
         return (self.owned.copy(), self.balloon.snapshot(), list(self.events), dataclasses.replace(self.stats),
-                self._next_tick)
+                self._next_tick, self.mappings.snapshot())
 
     def restore(self, cp) -> None:
         """Put the guest back as it was at ``checkpoint`` (once per checkpoint)."""
-        owned, bs, events, stats, next_tick = cp
+        owned, bs, events, stats, next_tick, ms = cp
         self.owned[:] = owned
         self.balloon.restore(bs)
+        self.mappings.restore(ms)
         self.events = events
         self.stats = stats
         self._next_tick = next_tick

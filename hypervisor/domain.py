@@ -366,6 +366,16 @@ class Hypervisor:
         """set_typed_p2m_entry: map ``p2m_type`` (mmio_direct or map_foreign) over ``gfn``."""
         return physmap.set_typed_p2m_entry(self.domain, gfn, p2m_type, self.domain.at(t))
 
+    def memory_mapping(self, first_gfn: int, nr: int, add: bool = True, *,
+                       t: float | None = None) -> HypercallResult:
+        """XEN_DOMCTL_memory_mapping from the device model: MMIO over (or off) a GFN range."""
+        return domctl.memory_mapping(self.domain, self.domain.at(t), first_gfn, nr, add)
+
+    def foreign_mapping(self, first_gfn: int, nr: int, add: bool = True, *,
+                        t: float | None = None) -> HypercallResult:
+        """XENMEM_acquire_resource into the domain's own physmap (or remove_from_physmap)."""
+        return memory.foreign_mapping(self.domain, domctl.gfn_range(first_gfn, nr), nr, add, self.domain.at(t))
+
     # ================================================================ toolstack domctls (domctl.c)
 
     def shadow_op(self, t: float, op: int, *, mode: int = 0, pages: int = 0, want_bitmap: bool = True,

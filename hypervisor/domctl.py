@@ -5,7 +5,8 @@ Mirrors ``xen/arch/x86/domctl.c`` and ``xen/common/domctl.c``: XEN_DOMCTL_shadow
 HAP's ``hap_enable_log_dirty`` / ``hap_clean_dirty_bitmap`` in
 ``xen/arch/x86/mm/hap/hap.c``), XEN_DOMCTL_getpageframeinfo3,
 XEN_DOMCTL_pausedomain / unpausedomain, domain_resume, and
-XENMEM_maximum_gpfn (``domain_get_maximum_gpfn``); and the mappings a toolstack makes
+XENMEM_maximum_gpfn (``domain_get_maximum_gpfn``), XEN_DOMCTL_memory_mapping
+(``map_mmio_regions`` / ``unmap_mmio_regions``, ``xen/arch/x86/mm/p2m.c``); and the mappings a toolstack makes
 of a domain's frames (``xenforeignmemory_map``: read-only at the source, read-write
 where a restore copies pages in). Every function takes the domain (``domain.Domain``).
 """
@@ -16,9 +17,10 @@ import numpy as np
 
 from . import marks
 from .abi import (E2BIG, EINVAL, ENOENT, IS_MAPPABLE, MAX_BATCH_SIZE, MAX_GFN, PFINFO_LTAB_SHIFT, PFINFO_OF_TYPE,
-                  SHADOW_LOGDIRTY_FINAL, LogDirtyOp, P2MType, ShadowOp, ShadowOpResult, XenError)
+                  SHADOW_LOGDIRTY_FINAL, HypercallResult, LogDirtyOp, MemoryOpKind, P2MType, ShadowOp,
+                  ShadowOpResult, XenError)
 from .logdirty import TREE_PFNS
-from .physmap import populate_pod_in
+from .physmap import clear_mmio_entries, populate_pod_in, set_typed_entries
 from .runs import last_wins
 from .tables import lookup
 
@@ -140,6 +142,33 @@ def write_pages(d, pfns, tokens, run: bool = False) -> None:
     d.write_contents(p, tok, run)
     # A writable foreign mapping marks the page dirty when dropped (paging_mark_dirty).
     marks.mark_dirty(d, p)
+
+
+def gfn_range(first_gfn: int, nr: int) -> np.ndarray | None:
+    """The GFNs ``[first_gfn, first_gfn + nr)``, or None when the range is empty or
+    leaves the GFN space (the domctl's -EINVAL)."""
+    first_gfn, nr = int(first_gfn), int(nr)
+    if nr < 1 or first_gfn < 0 or first_gfn + nr - 1 > MAX_GFN:
+        return None
+    return np.arange(first_gfn, first_gfn + nr, dtype=np.int64)
+
+
+def memory_mapping(d, t: float, first_gfn: int, nr: int, add: bool) -> HypercallResult:
+    """XEN_DOMCTL_memory_mapping (xen/common/domctl.c): ``add`` is map_mmio_regions,
+    set_mmio_p2m_entry -> set_typed_p2m_entry(p2m_mmio_direct) per GFN (RAM there
+    loses its M2P entry and, with the fix, its dirty bit); otherwise
+    unmap_mmio_regions, clear_mmio_p2m_entry per GFN. Order-0 entries; libxc's
+    xc_domain_memory_mapping repeats the domctl until the range is done, so one call
+    here is the whole range, stopping at the first GFN refused."""
+    g = gfn_range(first_gfn, nr)
+    if g is None:
+        k, errno, done = 0, EINVAL, np.empty(0, dtype=np.int64)
+    else:
+        k, errno = set_typed_entries(d, g, P2MType.mmio_direct) if add else clear_mmio_entries(d, g)
+        done = g[:k]
+    kind = MemoryOpKind.MAP_MMIO_REGIONS if add else MemoryOpKind.UNMAP_MMIO_REGIONS
+    d.trace.memory_op(kind, int(nr), -errno if errno else k, done, t)
+    return HypercallResult(rc=-errno if errno else 0, done=done.copy(), errno=errno)
 
 
 def max_gpfn(d) -> int:

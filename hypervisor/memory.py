@@ -23,7 +23,7 @@ from . import marks
 from .abi import (EBUSY, EINVAL, ENOENT, ENOMEM, EPERM, INVALID_M2P_ENTRY, INVALID_MFN, IS_MAPPABLE, IS_POD,
                   IS_SPECIAL, MAX_GFN, FixSite, HypercallResult, MemoryOpKind, MemoryOpServed, P2MType, XenError,
                   run_bounds)
-from .physmap import REMOVABLE, map_ram, populate_pod_in, set_frames, unmap
+from .physmap import REMOVABLE, map_ram, populate_pod_in, remove_foreign_entries, set_frames, set_typed_entries, unmap
 from .pod import decrease_plan
 from .runs import first_repeat, first_true, monotone, sorted_unique
 from .tables import lookup
@@ -64,8 +64,9 @@ def decrease_reservation(d, gfns, t: float) -> HypercallResult:
     """XENMEM_decrease_reservation (balloon inflate), order-0 extents.
 
     Per extent: p2m_pod_decrease_reservation first (PoD entries dropped, RAM stolen
-    into a short PoD cache), else guest_remove_page -> p2m_remove_entry, the frame
-    going back to the host. Stops at the first failure (-ENOENT for a hole or
+    into a short PoD cache, and a cache left larger than the outstanding entries
+    trimmed to them, its frames back to the host), else guest_remove_page ->
+    p2m_remove_entry, the frame going back to the host. Stops at the first failure (-ENOENT for a hole or
     mmio_dm, -EPERM for special entries); returns the number of extents done."""
     g = _i64(gfns)
     n = g.size
@@ -83,6 +84,11 @@ def decrease_reservation(d, gfns, t: float) -> HypercallResult:
         # fix mark clean), then p2m_pod_cache_add.
         unmap(d, g[steal], mfns[steal].astype(np.int64), FixSite.POD_DECREASE_RESERVATION, types[steal])
         d.pod.add(mfns[steal])
+    if is_pod.any() or steal.any():
+        # out_entry_check: liabilities below assets -> p2m_pod_set_cache_target(entry_count).
+        spare = d.pod.count - int(d.p2m.type_counts[P2MType.populate_on_demand])
+        if spare > 0:
+            d.frames.free(d.pod.take(spare))
     rest = ~(is_pod | steal)
     if rest.all():                 # the usual case: no PoD in the domain
         rm = mfns.astype(np.int64)
@@ -229,6 +235,27 @@ def remove_from_physmap(d, gfn: int, t: float) -> HypercallResult:
             rc = 0
     d.trace.memory_op(MemoryOpKind.REMOVE_FROM_PHYSMAP, 1, rc, [gfn] if rc == 0 else [], t)
     return HypercallResult(rc=rc, done=np.array([gfn] if rc == 0 else [], dtype=np.int64), errno=-rc)
+
+
+def foreign_mapping(d, g: np.ndarray | None, nr: int, add: bool, t: float) -> HypercallResult:
+    """Foreign frames in the domain's own physmap at GFNs ``g`` (``domctl.gfn_range``;
+    None: -EINVAL). ``add``: XENMEM_acquire_resource from a translated caller, which
+    calls set_foreign_p2m_entry -> set_typed_p2m_entry(p2m_map_foreign) for each frame
+    straight over what the GFN held (RAM there loses its M2P entry and, with the fix,
+    its dirty bit). Not ``add``: XENMEM_remove_from_physmap of each GFN, which drops a
+    foreign entry without a mark (``remove_foreign_entries``).
+
+    (The other foreign path, XENMEM_add_to_physmap with XENMAPSPACE_gmfn_foreign,
+    p2m.c's p2m_add_foreign, first frees RAM at the GFN with guest_remove_page, so its
+    clean mark is p2m_remove_page's and set_typed_p2m_entry only ever meets a hole.)"""
+    if g is None:
+        k, errno, done = 0, EINVAL, np.empty(0, dtype=np.int64)
+    else:
+        k, errno = set_typed_entries(d, g, P2MType.map_foreign) if add else remove_foreign_entries(d, g)
+        done = g[:k]
+    kind = MemoryOpKind.ACQUIRE_RESOURCE if add else MemoryOpKind.REMOVE_FROM_PHYSMAP
+    d.trace.memory_op(kind, int(nr), -errno if errno else k, done, t)
+    return HypercallResult(rc=-errno if errno else 0, done=done.copy(), errno=errno)
 
 
 # ==================================================================== runs of calls

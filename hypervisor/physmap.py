@@ -2,7 +2,9 @@
 
 Mirrors ``xen/arch/x86/mm/p2m.c``: ``p2m_remove_entry`` (M2P invalid, the fix's clean
 mark, P2M invalid), ``p2m_add_page`` (P2M and M2P set, ram_rw, the fix's dirty mark) and
-``set_typed_p2m_entry`` (an MMIO / foreign entry over what was there); the
+``set_typed_p2m_entry`` (an MMIO / foreign entry over what was there), with the two
+ways such an entry goes again (``clear_mmio_p2m_entry``; a foreign entry through
+``p2m_remove_entry``, which leaves special types unmarked); the
 ``get_page_from_gfn(P2M_ALLOC)`` lookup, which demand-populates PoD entries
 (``p2m_pod_demand_populate``, ``xen/arch/x86/mm/p2m-pod.c``); and the guest's writes
 under HAP (``hvm_hap_nested_page_fault``, ``xen/arch/x86/hvm/hvm.c``): the first write
@@ -15,9 +17,9 @@ from __future__ import annotations
 import numpy as np
 
 from . import marks
-from .abi import (EBUSY, EINVAL, ENOMEM, INVALID_M2P_ENTRY, INVALID_MFN, IS_GUEST_WRITABLE, IS_POD, IS_RAM,
-                  IS_SPECIAL, MAX_GFN, FixSite, HypercallResult, MemoryOpKind, P2MType)
-from .runs import last_wins, run_start, sorted_unique
+from .abi import (EINVAL, ENOENT, ENOMEM, EPERM, INVALID_M2P_ENTRY, INVALID_MFN, IS_GUEST_WRITABLE, IS_POD,
+                  IS_RAM, IS_SPECIAL, MAX_GFN, FixSite, HypercallResult, MemoryOpKind, P2MType)
+from .runs import first_true, last_wins, run_start, sorted_unique
 from .tables import lookup
 
 _EMPTY = np.empty(0, dtype=np.int64)
@@ -97,27 +99,74 @@ def populate_pod_in(d, g: np.ndarray, types: np.ndarray, t: float) -> np.ndarray
     return types
 
 
+def set_typed_entries(d, gfns: np.ndarray, nt: int) -> tuple[int, int]:
+    """set_typed_p2m_entry (p2m.c) of order-0 entries, one GFN after another, as
+    map_mmio_regions (``set_mmio_p2m_entry``) and acquire_resource
+    (``set_foreign_p2m_entry``) call it: ``(entries done, errno)``, stopping at the
+    first GFN it refuses. Over a special entry only the identical mapping is accepted
+    (a no-op); anything else Xen refuses with -EPERM after crashing the domain (the
+    crash is not modelled: the call stops there). Over RAM (p2m_is_ram): the old frame's M2P entry
+    goes and, with the fix, the GFN is marked clean; the frame itself is not freed (it
+    stays the domain's, as after remove_from_physmap: ``orphaned_frames``). Over a PoD
+    entry: one outstanding PoD entry less (the P2M's PoD count)."""
+    n = gfns.size
+    types, mfns = d.p2m.get(gfns)
+    special = lookup(IS_SPECIAL, types)
+    bad = special & (types != nt)
+    k = first_true(bad)
+    errno = 0
+    if k < n:
+        errno = EPERM
+    g, types, mfns = gfns[:k], types[:k], mfns[:k]
+    change = ~special[:k]
+    if change.any():
+        if not change.all():
+            g, types, mfns = g[change], types[change], mfns[change]
+        ram = lookup(IS_RAM, types)
+        if ram.any():
+            old = mfns[ram].astype(np.int64)
+            d.m2p.set(old, INVALID_M2P_ENTRY)
+            marks.removed(d, g[ram], FixSite.SET_TYPED_P2M_ENTRY)
+            d.orphaned_frames += int(old.size)
+        d.p2m.set(g, nt, INVALID_MFN, old=types)
+    return k, errno
+
+
+def clear_mmio_entries(d, gfns: np.ndarray) -> tuple[int, int]:
+    """clear_mmio_p2m_entry (p2m.c) of order-0 entries, as unmap_mmio_regions calls it:
+    each must be p2m_mmio_direct (else -EINVAL, stopping there) and becomes p2m_invalid:
+    a hole. No mark: nothing the saver could send leaves, and the RAM the mapping
+    covered does not come back. ``(entries done, errno)``."""
+    types = d.p2m.get_types(gfns)
+    k = first_true(types != P2MType.mmio_direct)
+    if k:
+        d.p2m.set(gfns[:k], P2MType.invalid, INVALID_MFN, old=types[:k])
+    return k, (EINVAL if k < gfns.size else 0)
+
+
+def remove_foreign_entries(d, gfns: np.ndarray) -> tuple[int, int]:
+    """XENMEM_remove_from_physmap of foreign entries (memory.c: get_page_from_gfn gives
+    the foreign page, guest_physmap_remove_page -> p2m_remove_entry): a special type
+    keeps its M2P entry and gets no mark (p2m_remove_entry skips p2m_is_special), the
+    GFN becomes p2m_invalid. Stops at the first GFN that is not map_foreign (-ENOENT).
+    ``(entries done, errno)``."""
+    types = d.p2m.get_types(gfns)
+    k = first_true(types != P2MType.map_foreign)
+    if k:
+        d.p2m.set(gfns[:k], P2MType.invalid, INVALID_MFN, old=types[:k])
+    return k, (ENOENT if k < gfns.size else 0)
+
+
 def set_typed_p2m_entry(d, gfn: int, p2m_type: int, t: float) -> HypercallResult:
-    """set_typed_p2m_entry: map ``p2m_type`` (mmio_direct or map_foreign) over ``gfn``.
-    RAM that was there is freed (M2P invalid, clean with the fix); a PoD entry is
-    simply dropped from entry_count."""
+    """set_typed_p2m_entry of one GFN (``set_typed_entries``): map ``p2m_type``
+    (mmio_direct or map_foreign) over ``gfn``."""
     gfn, nt = int(gfn), int(p2m_type)
     rc = 0
     if nt not in (P2MType.mmio_direct, P2MType.map_foreign) or not 0 <= gfn <= MAX_GFN:
         rc = -EINVAL
     else:
-        G = np.array([gfn], dtype=np.int64)
-        (ot,), (m,) = d.p2m.get(G)
-        if IS_SPECIAL[ot]:
-            # An identical mapping is fine; anything else crashes the domain in Xen.
-            rc = 0 if ot == nt else -EBUSY
-        else:
-            if REMOVABLE[ot]:
-                mm = np.array([m], dtype=np.int64)
-                d.m2p.set(mm, INVALID_M2P_ENTRY)
-                marks.removed(d, G, FixSite.SET_TYPED_P2M_ENTRY)
-                d.frames.free(mm)
-            d.p2m.set(G, nt, INVALID_MFN)
+        k, errno = set_typed_entries(d, np.array([gfn], dtype=np.int64), nt)
+        rc = -errno if k == 0 else 0
     done = [gfn] if rc == 0 else []
     d.trace.memory_op(MemoryOpKind.SET_TYPED_P2M_ENTRY, 1, rc, done, t)
     return HypercallResult(rc=rc, done=np.array(done, dtype=np.int64), errno=-rc)

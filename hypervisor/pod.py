@@ -9,8 +9,10 @@ P2M_ALLOC) takes a frame from the cache, maps it ``p2m_ram_rw`` and marks the GF
 do it). The balloon driver gives PoD entries back through decrease_reservation, which
 first runs ``p2m_pod_decrease_reservation``: PoD entries in the range just become
 invalid, and while the cache is short of the outstanding entries
-(``entry_count > count``) real RAM pages in the range are stolen into the cache (marked
-clean with the fix). The Hypervisor (domain.py) applies the plan computed here.
+(``entry_count > count``, whatever the range holds) real RAM pages in the range are
+stolen into the cache (marked clean with the fix); a cache left larger than the
+outstanding entries is trimmed to them (``out_entry_check``). ``memory.py`` applies the
+plan computed here.
 
 Not modelled: the zero-page sweep (``p2m_pod_zero_check`` / emergency sweep); an empty
 cache at demand-populate time, where Xen crashes the domain, is counted instead.

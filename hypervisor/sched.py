@@ -24,9 +24,9 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from .abi import (EINVAL, AddToPhysmap, DecreaseReservation, DecreaseReservationRun, GuestOp, HypercallResult,
-                  MemoryWrites, PopulatePhysmap, PopulatePhysmapRun, RemoveFromPhysmap, SchedOp, SetTypedEntry, XenError,
-                  write_arrays)
+from .abi import (EINVAL, AddToPhysmap, DecreaseReservation, DecreaseReservationRun, ForeignMapping, GuestOp,
+                  HypercallResult, MemoryMapping, MemoryWrites, PopulatePhysmap, PopulatePhysmapRun,
+                  RemoveFromPhysmap, SchedOp, SetTypedEntry, XenError, write_arrays)
 
 
 class MemoryOps(Protocol):
@@ -40,6 +40,8 @@ class MemoryOps(Protocol):
     def add_to_physmap(self, src: int, dst: int, *, t: float) -> HypercallResult: ...
     def remove_from_physmap(self, gfn: int, *, t: float) -> HypercallResult: ...
     def set_typed_p2m_entry(self, gfn: int, p2m_type: Any, *, t: float) -> HypercallResult: ...
+    def memory_mapping(self, first_gfn: int, nr: int, add: bool, *, t: float) -> HypercallResult: ...
+    def foreign_mapping(self, first_gfn: int, nr: int, add: bool, *, t: float) -> HypercallResult: ...
 
 _EMPTY_F64 = np.empty(0, dtype=np.float64)
 _EMPTY_I64 = np.empty(0, dtype=np.int64)
@@ -203,6 +205,10 @@ class VcpuScheduler:
                 return d.remove_from_physmap(gfn, t=float(t))
             case SetTypedEntry(t=t, gfn=gfn, p2m_type=p2m_type):
                 return d.set_typed_p2m_entry(gfn, p2m_type, t=float(t))
+            case MemoryMapping(t=t, first_gfn=g0, nr=nr, add=add):
+                return d.memory_mapping(g0, nr, add, t=float(t))
+            case ForeignMapping(t=t, first_gfn=g0, nr=nr, add=add):
+                return d.foreign_mapping(g0, nr, add, t=float(t))
         raise TypeError(f"not a guest operation: {op!r}")
 
     def pause(self, t: float) -> None:

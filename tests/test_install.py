@@ -61,8 +61,10 @@ def test_the_installed_xmig_helps_lists_copies_and_migrates(installed):
     assert "xmig: watch Xen live-migrate a guest" in _run([xmig, "--help"], work, env).stdout
     listing = _run([xmig, "examples"], work, env).stdout
     assert "balloon" in listing and "sweeps/balloon-deflate-sweep" in listing
+    assert all(f"sites/{n}" in listing for n in ("remove-page", "set-typed", "pod-steal", "physmap-add"))
     _run([xmig, "examples", "copy"], work, env)
-    for name in ("balloon.yaml", "idle.yaml", "sweeps/balloon-deflate-sweep.yaml", "mosquitto/acl"):
+    for name in ("balloon.yaml", "idle.yaml", "sweeps/balloon-deflate-sweep.yaml", "mosquitto/acl",
+                 "sites/set-typed.yaml"):
         assert (work / "examples" / name).read_bytes() == (ROOT / "examples" / name).read_bytes()
     run = _run([xmig, "run", "--guest", "examples/idle.yaml", "--no-dashboard"], work, env)
     assert "verify: OK" in run.stdout

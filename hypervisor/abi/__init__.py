@@ -23,7 +23,8 @@ from .xen import (PAGE_SHIFT, PAGE_SIZE, MAX_GFN, INVALID_MFN, HOST_FRAMES_MAX, 
     ENOMEM, EBUSY, ENOENT, ESRCH, EPERM, E2BIG, EEXIST, XenBehaviour, FixSite, FIX_SITES, MemoryOpKind,
     POD_DEMAND_POPULATE, site_behaviours, behaviour_label)
 from .ops import (MemoryWrites, write_arrays, DecreaseReservation, PopulatePhysmap, DecreaseReservationRun,
-    PopulatePhysmapRun, AddToPhysmap, RemoveFromPhysmap, SetTypedEntry, GuestOp, Hypercall, HypercallResult,
+    PopulatePhysmapRun, AddToPhysmap, RemoveFromPhysmap, SetTypedEntry, MemoryMapping,
+    ForeignMapping, GuestOp, Hypercall, HypercallResult,
     run_bounds, all_done, GfnRuns, DomainLayout)
 from .results import (LogDirtyEffect, ShadowStats, ShadowOpResult, HypervisorStats, SpanServed, SchedOp,
     LogDirtyOp, HypervisorEvent, MemoryOpServed, DomainStateChanged, LogDirtyOpServed, TrackedWritesSeen)
@@ -39,7 +40,8 @@ __all__ = [
     "ENOENT", "ESRCH", "EPERM", "E2BIG", "EEXIST", "XenBehaviour", "FixSite", "FIX_SITES", "MemoryOpKind",
     "POD_DEMAND_POPULATE", "site_behaviours", "behaviour_label", "MemoryWrites", "write_arrays",
     "DecreaseReservation", "PopulatePhysmap", "DecreaseReservationRun", "PopulatePhysmapRun", "AddToPhysmap",
-    "RemoveFromPhysmap", "SetTypedEntry", "GuestOp", "Hypercall", "HypercallResult", "run_bounds", "all_done",
+    "RemoveFromPhysmap", "SetTypedEntry", "MemoryMapping", "ForeignMapping", "GuestOp", "Hypercall",
+    "HypercallResult", "run_bounds", "all_done",
     "GfnRuns", "DomainLayout", "LogDirtyEffect", "ShadowStats", "ShadowOpResult", "HypervisorStats",
     "SpanServed", "SchedOp", "LogDirtyOp", "HypervisorEvent", "MemoryOpServed", "DomainStateChanged",
     "LogDirtyOpServed", "TrackedWritesSeen"

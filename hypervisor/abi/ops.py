@@ -119,10 +119,39 @@ class SetTypedEntry:
     p2m_type: int
 
 
+@dataclass(frozen=True, slots=True)
+class MemoryMapping:
+    """XEN_DOMCTL_memory_mapping, made by the guest's device model (a passed-through
+    device's BAR): ``add`` maps MMIO frames at GFNs ``[first_gfn, first_gfn + nr)``
+    (map_mmio_regions -> set_mmio_p2m_entry -> set_typed_p2m_entry, p2m_mmio_direct,
+    over whatever RAM was there); not ``add`` unmaps them (unmap_mmio_regions ->
+    clear_mmio_p2m_entry: the GFNs become holes). The answer: ``rc`` 0 or -errno,
+    ``done`` the GFNs changed (a prefix)."""
+
+    t: float
+    first_gfn: int
+    nr: int
+    add: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ForeignMapping:
+    """Another domain's frames mapped into this domain's own physmap at GFNs
+    ``[first_gfn, first_gfn + nr)``: ``add`` is XENMEM_acquire_resource from a
+    translated caller (memory.c: set_foreign_p2m_entry per frame, straight over
+    whatever was there); not ``add`` is XENMEM_remove_from_physmap of each. The answer
+    as ``MemoryMapping``'s."""
+
+    t: float
+    first_gfn: int
+    nr: int
+    add: bool = True
+
+
 GuestOp = (MemoryWrites | DecreaseReservation | PopulatePhysmap | DecreaseReservationRun | PopulatePhysmapRun
-           | AddToPhysmap | RemoveFromPhysmap | SetTypedEntry)
+           | AddToPhysmap | RemoveFromPhysmap | SetTypedEntry | MemoryMapping | ForeignMapping)
 Hypercall = (DecreaseReservation | PopulatePhysmap | DecreaseReservationRun | PopulatePhysmapRun | AddToPhysmap
-             | RemoveFromPhysmap | SetTypedEntry)
+             | RemoveFromPhysmap | SetTypedEntry | MemoryMapping | ForeignMapping)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +179,8 @@ def run_bounds(sizes, n: int) -> np.ndarray:
 
 def all_done(op) -> HypercallResult | list[HypercallResult] | None:
     """What Xen answers a balloon hypercall, or a run of them, that does every extent
-    it is asked (a run: one full result per call); None for any other op."""
+    it is asked (a run: one full result per call), or a mapping that maps (or unmaps)
+    every GFN; None for any other op."""
     if isinstance(op, (DecreaseReservation, PopulatePhysmap)):
         gfns = np.asarray(op.gfns, dtype=np.int64)
         return HypercallResult(rc=int(gfns.size), done=gfns)
@@ -158,6 +188,9 @@ def all_done(op) -> HypercallResult | list[HypercallResult] | None:
         gfns = np.asarray(op.gfns, dtype=np.int64)
         b = run_bounds(op.sizes, gfns.size).tolist()
         return [HypercallResult(rc=hi - lo, done=gfns[lo:hi]) for lo, hi in zip(b[:-1], b[1:])]
+    if isinstance(op, (MemoryMapping, ForeignMapping)):
+        return HypercallResult(rc=0, done=np.arange(int(op.first_gfn), int(op.first_gfn) + int(op.nr),
+                                                    dtype=np.int64))
     return None
 
 

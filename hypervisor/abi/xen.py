@@ -228,6 +228,11 @@ class MemoryOpKind(StrEnum):
     REMOVE_FROM_PHYSMAP = "remove_from_physmap"
     SET_TYPED_P2M_ENTRY = "set_typed_p2m_entry"
     POD_POPULATE = "pod_populate"
+    #: XEN_DOMCTL_memory_mapping (domctl.c), add and remove (p2m.c's two functions).
+    MAP_MMIO_REGIONS = "map_mmio_regions"
+    UNMAP_MMIO_REGIONS = "unmap_mmio_regions"
+    #: XENMEM_acquire_resource into the caller's own physmap (memory.c).
+    ACQUIRE_RESOURCE = "acquire_resource"
 
 #: Where a P2M change touches the log-dirty bitmap outside the patch: a PoD entry
 #: demand-populated (p2m_pod_demand_populate) was always marked dirty.

@@ -142,7 +142,7 @@ class GuestActor:
             if acts:
                 seg = j + 1
             else:
-                nk = g.balloon.next_active_tick(j)
+                nk = g.next_active_tick(j)
                 seg = k_to if nk is None else min(nk, k_to)
             ops = self._spec_ops(g.run(t, seg * g.tick))
             if ops is None:
@@ -154,7 +154,7 @@ class GuestActor:
                 steps.append((j, [op for op in ops if not isinstance(op, MemoryWrites)]))
             t, j = seg * g.tick, seg
         self.spec = (cp, None, None)
-        return WriteWindow(k, k_to, *write_arrays(writes), ev, g.balloon.next_active_tick(k_to), steps,
+        return WriteWindow(k, k_to, *write_arrays(writes), ev, g.next_active_tick(k_to), steps,
                            g.drain_events())
 
     def _replay(self, results: list, n: int, log=(), t0: float | None = None, t1: float | None = None):

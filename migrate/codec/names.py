@@ -42,6 +42,8 @@ WIRE_NAMES: dict[str, str] = {
     "hypervisor.abi.PopulatePhysmapRun": "hypervisor.abi.ops:PopulatePhysmapRun",
     "hypervisor.abi.RemoveFromPhysmap": "hypervisor.abi.ops:RemoveFromPhysmap",
     "hypervisor.abi.SetTypedEntry": "hypervisor.abi.ops:SetTypedEntry",
+    "hypervisor.abi.MemoryMapping": "hypervisor.abi.ops:MemoryMapping",
+    "hypervisor.abi.ForeignMapping": "hypervisor.abi.ops:ForeignMapping",
     "hypervisor.abi.ShadowOp": "hypervisor.abi.xen:ShadowOp",
     "hypervisor.abi.ShadowStats": "hypervisor.abi.results:ShadowStats",
     "hypervisor.abi.XenBehaviour": "hypervisor.abi.xen:XenBehaviour",

@@ -155,7 +155,10 @@ _OP_WORDS = {MemoryOpKind.DECREASE_RESERVATION: "balloon inflate (decrease_reser
              MemoryOpKind.ADD_TO_PHYSMAP: "add_to_physmap",
              MemoryOpKind.REMOVE_FROM_PHYSMAP: "remove_from_physmap",
              MemoryOpKind.SET_TYPED_P2M_ENTRY: "set_typed_p2m_entry",
-             MemoryOpKind.POD_POPULATE: "PoD demand populate"}
+             MemoryOpKind.POD_POPULATE: "PoD demand populate",
+             MemoryOpKind.MAP_MMIO_REGIONS: "MMIO mapped over it (XEN_DOMCTL_memory_mapping)",
+             MemoryOpKind.UNMAP_MMIO_REGIONS: "MMIO unmapped (XEN_DOMCTL_memory_mapping)",
+             MemoryOpKind.ACQUIRE_RESOURCE: "foreign frame mapped over it (acquire_resource)"}
 
 #: Each fate a tracked GFN can meet (migrate.events.TrackedFinal), in words.
 _FINAL_WORDS = {

@@ -47,6 +47,9 @@ from hypervisor.abi import PFINFO_HAS_DATA
 from migrate.events import (BatchSent, Event, MemoryOp, PassEnded, PassStarted, RunStarted, SaveSetup,
                       VerifyDone)
 
+#: MemoryOps whose GFNs leave RAM through set_typed_p2m_entry (p2m.c).
+_TYPED_OVER_RAM = ("map_mmio_regions", "acquire_resource")
+
 # displayed states: the value is also the priority a cell uses to pick its colour
 UNPOPULATED = 0
 SENT = 1
@@ -210,6 +213,10 @@ class GfnMap:
                     self._removed(gfns, np.asarray(ev.leftover, dtype=np.int64) if sites else None)
                 else:
                     self._added(gfns, np.asarray(ev.unmarked, dtype=np.int64) if sites else None)
+            elif ev.op in _TYPED_OVER_RAM:
+                # An MMIO or foreign mapping: the GFNs it changed (all of them, or those
+                # before the one it refused) leave RAM as a balloon's do.
+                self._removed(np.asarray(ev.gfns, dtype=np.int64), np.asarray(ev.leftover, dtype=np.int64))
         elif isinstance(ev, PassStarted):
             self._in_ignored_pass = ev.phase == "verify" and not self.track_verify
             if not self._in_ignored_pass:

@@ -32,6 +32,11 @@ from hypervisor.abi import PFINFO_HAS_DATA, FixSite, XenBehaviour
 
 PAGE = 4096
 _FIX_SITES = frozenset(FixSite)
+#: The mapping scenes' operations (set_typed_p2m_entry and its undoing), in words.
+_MAPPING_OPS = {"map_mmio_regions": "XEN_DOMCTL_memory_mapping (MMIO BAR)",
+                "unmap_mmio_regions": "XEN_DOMCTL_memory_mapping (unmap)",
+                "acquire_resource": "XENMEM_acquire_resource (foreign frames)"}
+_MAPPED = ("map_mmio_regions", "acquire_resource")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +67,8 @@ def _tally() -> dict[str, Any]:
 
 class Narrator:
     """Event listener turning the stream into ``Caption``s (``captions``, newest last)."""
+
+    _steal_told: int | None = None     # the balloon move whose PoD steal was told (its id)
 
     def __init__(self, gfnmap: GfnMap, run: RunState | None = None, *, keep: int = 200):
         self.gfnmap = gfnmap
@@ -170,7 +177,9 @@ class Narrator:
                 self._removed_since_pass += int(ev.rc)
             elif ev.rc > 0 and ev.op == "populate_physmap":
                 self._added_since_pass += int(ev.rc)
-            return self._move_done(float(ev.t))
+            if ev.op in _MAPPING_OPS:
+                return self._mapping(ev)
+            return self._move_done(float(ev.t)) or self._pod_steal(ev)
         if isinstance(ev, BalloonNote):
             return self._balloon(ev)
         if isinstance(ev, PassStarted):
@@ -206,6 +215,38 @@ class Narrator:
         if isinstance(ev, MigrationFinished) and ev.outcome != Outcome.COMPLETED:
             return Caption(t, f"migration {ev.outcome}: {ev.message}", interesting=True)
         return None
+
+    def _mapping(self, ev: MemoryOp) -> Caption | None:
+        """An MMIO BAR or foreign frames mapped over RAM (set_typed_p2m_entry), or off."""
+        gfns = np.asarray(ev.gfns, dtype=np.int64)
+        if ev.rc < 0 or not gfns.size:
+            return Caption(float(ev.t), f"{_MAPPING_OPS[ev.op]} refused (rc={ev.rc}) after {gfns.size:,} GFNs")
+        where = f"GFNs {int(gfns[0]):#x}-{int(gfns[-1]):#x}"
+        if ev.op not in _MAPPED:
+            return Caption(float(ev.t), f"{_MAPPING_OPS[ev.op]} takes the mapping off {where}: they are holes "
+                                        "now (the RAM does not come back; no mark either way)")
+        typed = [e for e in ev.sites if e.site == FixSite.SET_TYPED_P2M_ENTRY]
+        ram = sum(int(e.gfns.size) for e in typed)
+        text = (f"{_MAPPING_OPS[ev.op]} maps {_size(gfns.size)} over {where}: set_typed_p2m_entry replaces "
+                f"{ram:,} RAM entries, which the saver now finds XTAB")
+        if typed and self._fixed(FixSite.SET_TYPED_P2M_ENTRY):
+            text += f"; the fix marks them clean ({sum(int(e.cleared) for e in typed):,} dirty bits cleared)"
+        elif typed:
+            left = sum(int(e.leftover.size) for e in typed)
+            text += f"; pre-fix {left:,} dirty bits stay, and the next CLEAN hands them to the saver"
+        return Caption(float(ev.t), text, interesting=True, slow=True)
+
+    def _pod_steal(self, ev: MemoryOp) -> Caption | None:
+        """Once per balloon move: the PoD cache steals the RAM an inflate hands back."""
+        stolen = [e for e in getattr(ev, "sites", ()) if e.site == FixSite.POD_DECREASE_RESERVATION]
+        if not stolen or self._steal_told == id(self._move):
+            return None
+        self._steal_told = id(self._move)
+        how = ("the fix marks each stolen GFN clean" if self._fixed(FixSite.POD_DECREASE_RESERVATION)
+               else "pre-fix a stolen GFN's dirty bit stays, to be sent as XTAB")
+        return Caption(float(ev.t), "the PoD cache is short of its entries (entry_count > count): "
+                                    "p2m_pod_decrease_reservation steals the RAM the balloon hands back into "
+                                    f"the cache instead of freeing it; {how}", interesting=True, slow=True)
 
     def _balloon(self, ev: BalloonNote) -> Caption | None:
         t = float(ev.t)

@@ -81,13 +81,15 @@ def test_add_to_physmap_old_destination_cleaned_only_when_fixed(behaviour):
 
 
 @BOTH
-def test_set_typed_p2m_entry_over_ram_frees_and_cleans_only_when_fixed(behaviour):
+def test_set_typed_p2m_entry_over_ram_orphans_the_frame_and_cleans_only_when_fixed(behaviour):
+    """p2m.c's set_typed_p2m_entry over RAM drops the old frame's M2P entry but does not
+    free it: the frame stays the domain's, like remove_from_physmap's."""
     hv = make_hv(behaviour)
     free0 = hv.stats.host_free_frames
     hv.guest_write(a(9), a(1))
     res = hv.set_typed_p2m_entry(9, P2MType.mmio_direct)
     assert res.rc == 0 and hv.p2m_types(a(9))[0] == P2MType.mmio_direct
-    assert hv.stats.host_free_frames == free0 + 1
+    assert hv.stats.host_free_frames == free0 and hv.stats.orphaned_frames == 1
     assert dirty(hv) == ([] if behaviour == "fixed" else [9])
     assert hv.getpageframeinfo3(hv.now, a(9))[0] >> 28 == 0xF
 

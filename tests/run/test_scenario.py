@@ -104,8 +104,8 @@ def test_message_format_matches_the_documented_example():
 def test_unknown_key_suggests_the_close_one(tmp_path):
     e = error_of(tmp_path, "guest:\n  memory: 256MiB\n  wrkloads: []\n")
     assert str(e) == (f"{tmp_path / 'x.yaml'}: guest.wrkloads: unknown key 'wrkloads'; did you mean "
-                      "'workloads'? (expected one of the keys of guest: balloon, host_memory, layout, maxmem, "
-                      "memory, tick, workloads, write_timing)")
+                      "'workloads'? (expected one of the keys of guest: balloon, host_memory, layout, mappings, "
+                      "maxmem, memory, tick, workloads, write_timing)")
     assert e.suggestion == "workloads" and e.line == 3
 
 
