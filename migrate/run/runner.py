@@ -262,8 +262,8 @@ async def _run(scenario, opts, settings: RunSettings, bus, pacer, source, frames
 
     async def on_commit(t: float) -> VerifyStats:
         """A checkpoint committed: the backup against the paused primary."""
-        at_commit["verify"], at_commit["counts"] = await _verify(source.control, dst, t, engine.result.p2m_size)
-        return at_commit["verify"]
+        at_commit["checked"], at_commit["counts"] = await _verify(source.control, dst, t, engine.result.p2m_size)
+        return at_commit["checked"].result()
 
     engine = PrecopyEngine(source.control, sink, settings.link, policy, bus, start=start, pacer=pacer,
                            options=options, on_commit=on_commit)
@@ -280,20 +280,20 @@ async def _run(scenario, opts, settings: RunSettings, bus, pacer, source, frames
     digest = getattr(sink, "sha256", None)
     if digest:
         result.stream["sha256"] = digest
-    if save.outcome is Outcome.COMPLETED and ckpt is not None:
-        # The backup took over at the failover: it holds the last committed checkpoint.
-        result.verify, result.destination = at_commit["verify"], at_commit["counts"]
-        bus.publish(VerifyDone(t=save.t_end, stats=result.verify))
-    elif save.outcome is Outcome.COMPLETED:
-        # The source is still suspended, so its memory is what it was at suspend.
-        checked, counts = await _verify(source.control, dst, save.t_end, save.p2m_size)
+    if save.outcome is Outcome.COMPLETED:
+        if ckpt is not None:
+            # The backup took over at the failover: it holds the last committed checkpoint.
+            checked, counts = at_commit["checked"], at_commit["counts"]
+        else:
+            # The source is still suspended, so its memory is what it was at suspend.
+            checked, counts = await _verify(source.control, dst, save.t_end, save.p2m_size)
         result.verify = checked.result()
         bus.publish(VerifyDone(t=save.t_end, stats=result.verify))
         sets = checked.sets(save.t_end)      # which GFNs, for explain (only when any)
         if sets is not None:
             bus.publish(sets)
         result.destination = counts
-        if tracked:
+        if tracked and ckpt is None:
             bus.publish(TrackedFinal(t=save.t_end, gfns=np.array(tracked, dtype=np.int64),
                                      states=await _final_states(source.control, dst, save.t_end, tracked)))
     result.guest = {"ram_pages_at_start": info.ram_pages}
