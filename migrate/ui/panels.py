@@ -41,10 +41,12 @@ class RunPanel(Widget):
         super().__init__(**kw)
         self.view = view
         self._shape: Any = None
+        self._key: Any = None
 
     def set_view(self, view: RunView) -> None:
         self.view = view
         self._shape = None
+        self._key = None
         self.refresh(layout=True)
         self.follow()
 
@@ -55,7 +57,16 @@ class RunPanel(Widget):
         """What the panel's height depends on (None: a fixed or fractional height)."""
         return None
 
+    def content_key(self) -> Any:
+        """All the panel draws from, where that is cheap to compare (None: redraw on
+        every move of the run): a run that moved without changing it costs no frame."""
+        return None
+
     def watch_version(self) -> None:
+        key = self.content_key()
+        if key is not None and key == self._key:
+            return
+        self._key = key
         shape = self.shape()
         self.refresh(layout=shape != self._shape)
         self._shape = shape
@@ -94,9 +105,10 @@ class HeaderPanel(RunPanel):
         wide = self.content_size.width >= 100
         t = Text(no_wrap=False)
         if not s.scenario:
-            # joined after the run's first event: its names come with its summary
-            t.append("joined after the start: scenario, seed and behaviour arrive with the run's end",
-                     style="italic")
+            # before the run's first event, or joined after it with no snapshot of the
+            # run so far (migrate/transport/snapshot.py): its names come with its summary
+            t.append("joined after the start: scenario, seed and behaviour arrive with the run's end"
+                     if self.view.events_seen else "waiting for the run to start", style="italic")
             t.append("\n")
         t.append(f"{s.scenario or '?'}", style="bold cyan")
         t.append(f"  seed {s.seed if s.seed is not None else '?'}  ")
@@ -165,7 +177,7 @@ class PassTablePanel(RunPanel):
 
     def shape(self) -> Any:
         s = self.view.state
-        return (len(s.rounds), s.in_pass)
+        return min(len(s.rounds) + s.in_pass, self.max_rows)   # the rows shown: a pass ending keeps them
 
     def render(self) -> RenderableType:
         w = self.content_size.width
@@ -201,6 +213,11 @@ class BalloonPanel(RunPanel):
         b = self.view.state.balloon
         return (len(b.recent), bool(b.stalled))
 
+    def content_key(self) -> Any:
+        b = self.view.state.balloon
+        return (b.target, b.pages_out, b.decrease_ops, b.decrease_pages, b.populate_ops, b.populate_pages,
+                b.stalled, tuple(b.recent), self.view.state.balloon_during_passes)
+
     def render(self) -> RenderableType:
         b = self.view.state.balloon
         g = Table.grid(padding=(0, 1))
@@ -235,6 +252,12 @@ class HypervisorPanel(RunPanel):
     def shape(self) -> Any:
         s = self.view.state
         return (tuple(s.counters), s.last_clean is None)
+
+    def content_key(self) -> Any:
+        s = self.view.state
+        lc = s.last_clean
+        return (tuple(s.counters.items()), s.nodes_peak,
+                lc and (float(lc.t), lc.op, lc.final, lc.dirty_count, lc.fault_count))
 
     def render(self) -> RenderableType:
         s = self.view.state
@@ -315,7 +338,14 @@ class CaptionPanel(RunPanel):
     DEFAULT_CSS = "CaptionPanel { height: auto; max-height: 3; padding: 0 1; }"
 
     def shape(self) -> Any:
-        return self.view.caption
+        # its height: the lines the caption wraps to (not the caption itself, so a new
+        # caption of the same height costs no new layout)
+        cap = self.view.caption
+        return cap and min(-(-len(cap.line()) // max(self.content_size.width, 1)), 3)
+
+    def content_key(self) -> Any:
+        cap = self.view.caption
+        return cap and (cap.line(), cap.interesting)
 
     def render(self) -> RenderableType:
         cap = self.view.caption
