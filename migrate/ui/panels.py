@@ -145,6 +145,11 @@ class PassPanel(RunPanel):
 
     DEFAULT_CSS = "PassPanel { height: 2; padding: 0 1; }"
 
+    def content_key(self) -> Any:
+        s, cur = self.view.state, self.view.state.current
+        return cur and (cur.iteration, cur.phase, cur.walked, cur.entries, cur.pages, cur.xtab, cur.bytes,
+                        cur.dirty_count, s.in_pass)
+
     def render(self) -> RenderableType:
         s = self.view.state
         cur = s.current
@@ -179,6 +184,10 @@ class PassTablePanel(RunPanel):
         s = self.view.state
         return min(len(s.rounds) + s.in_pass, self.max_rows)   # the rows shown: a pass ending keeps them
 
+    def content_key(self) -> Any:
+        s = self.view.state
+        return (len(s.rounds), s.rounds[-1] if s.rounds else None, s.live_round())
+
     def render(self) -> RenderableType:
         w = self.content_size.width
         s = self.view.state
@@ -191,6 +200,9 @@ class MapPanel(RunPanel):
 
     DEFAULT_CSS = ("MapPanel { height: 1fr; min-height: 5; border: round $primary; "
                    "border-title-align: left; }")
+
+    def content_key(self) -> Any:
+        return self.view.map_version
 
     def render(self) -> RenderableType:
         w, h = self.content_size.width, self.content_size.height
@@ -341,7 +353,9 @@ class CaptionPanel(RunPanel):
         # its height: the lines the caption wraps to (not the caption itself, so a new
         # caption of the same height costs no new layout)
         cap = self.view.caption
-        return cap and min(-(-len(cap.line()) // max(self.content_size.width, 1)), 3)
+        if cap is None:
+            return None
+        return min(len(Text(cap.line()).wrap(self.app.console, max(self.content_size.width, 1))), 3)
 
     def content_key(self) -> Any:
         cap = self.view.caption
