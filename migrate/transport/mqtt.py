@@ -48,7 +48,7 @@ from migrate.transport import runkey
 from migrate.transport.admission import DROP_REASONS, Admission
 from migrate.transport.base import DEFAULT_TIMEOUT, Handler, Transport, _Peers, _raise_reply, _wait_reply, check_run_id
 from migrate.transport.requests import serve_requests
-from migrate.transport.snapshot import JOIN_WAIT_S, LateJoin, SnapshotError, read_snapshot
+from migrate.transport.snapshot import SnapshotSide
 from migrate.transport.connection import BrokerConfig, make_client, parse_broker_url, quiet_closed_socket_noise, reason
 
 log = logging.getLogger("xmig.mqtt")
@@ -83,10 +83,8 @@ class EventBatches:
         return self.first.get(actor) == 1
 
 
-class MqttTransport(Transport):
+class MqttTransport(SnapshotSide, Transport):
     """One aiomqtt client = one actor on one run."""
-
-    keeps_snapshots = True
 
     def __init__(self, config: BrokerConfig, run_id: str, actor: str):
         if config.key is None and not config.insecure:
@@ -119,10 +117,7 @@ class MqttTransport(Transport):
         self._inflight: set[asyncio.Task] = set()
         self._event_seq = 0
         self.batches = EventBatches()
-        self._joins: dict[str, LateJoin] = {}          # actor -> how this watcher joins its batches
-        self._held_snapshots: dict[str, tuple[str, bytes]] = {}   # sender -> (topic, payload) not yet judged
-        self._watchers: set[str] = set()
-        self._watcher_cbs: list[Callable[[str], None]] = []
+        self._init_snapshots()
 
     @property
     def events_missed(self) -> collections.Counter:
@@ -148,9 +143,6 @@ class MqttTransport(Transport):
 
     def t_events(self, actor: str) -> str:
         return f"{self.prefix}/events/{actor}"
-
-    def t_snapshot(self, actor: str) -> str:
-        return f"{self.prefix}/snapshot/{actor}"
 
     def t_sync(self) -> str:
         # The user name in it lets a broker ACL give each account only its own
@@ -349,9 +341,7 @@ class MqttTransport(Transport):
             self._presence(parts[3], parts[4], payload, topic)
         elif kind == "proof":
             self.gate.heard(sender, payload, topic, parts[3])
-            held = self._held_snapshots.pop(sender, None)
-            if held is not None:
-                self._snapshot(held[0].split("/"), *held)
+            self._proved(sender)
             self.peers.changed.set()
             self.peers.changed = asyncio.Event()
         elif kind == "sync":
@@ -373,64 +363,6 @@ class MqttTransport(Transport):
             tag = runkey.tag_of(msg.payload) if self.key is not None else b""
             self._requests.put_nowait((msg, sender, payload, tag))
 
-    def _events(self, actor: str, payload: bytes, topic: str) -> None:
-        batch = self._decode(payload, topic)
-        if not (isinstance(batch, dict) and isinstance(batch.get("events"), list)):
-            if batch is not None:
-                self._drop("malformed", topic, "not an event batch")
-            return
-        join = self._joins.get(actor)
-        if join is not None and not join.decided:
-            join.batch(batch.get("seq"), batch["events"])
-            if join.decided:
-                self._joined(actor)
-            elif len(join.held) == 1:
-                asyncio.get_running_loop().call_later(JOIN_WAIT_S, self._give_up, actor)
-            return
-        if join is not None:
-            join.batch(batch.get("seq"), batch["events"])
-            return
-        self._show(actor, batch.get("seq"), batch["events"])
-
-    def _show(self, actor: str, seq, events: list) -> None:
-        self.batches.count(actor, seq)
-        for cb in self._event_cbs.get(actor, ()):
-            cb(events)
-
-    def _snapshot(self, parts: list[str], topic: str, payload) -> None:
-        """A snapshot of ``parts[3]``'s batches: judged once its sender proved itself to
-        us (a retained one arrives before that), taken if it joins up with the live ones."""
-        join = self._joins.get(parts[3])
-        if join is None or join.decided or not payload:
-            return                     # (an empty one: the run ended and cleared it)
-        if not self.gate.proven_now(payload):
-            if len(self._held_snapshots) < 16:
-                self._held_snapshots[runkey.sender_of(payload) or ""] = (topic, bytes(payload))
-            return
-        opened = self.gate.open(topic, "snapshot", parts, payload)
-        if opened is None:
-            return
-        try:
-            snap = read_snapshot(opened[1])
-        except (SnapshotError, wire.WireError) as exc:
-            self._drop("malformed", topic, f"not a snapshot: {exc}")
-            return
-        if join.snapshot(snap):
-            self._joined(parts[3])
-
-    def _give_up(self, actor: str) -> None:
-        join = self._joins.get(actor)
-        if join is not None and not join.decided:
-            join.give_up()
-            self._joined(actor)
-
-    def _joined(self, actor: str) -> None:
-        """This watcher knows where it stands in ``actor``'s batches: no more snapshots."""
-        self._held_snapshots.clear()
-        if self._client is not None and not self._closed:
-            task = asyncio.ensure_future(self._client.unsubscribe(self.t_snapshot(actor)))
-            task.add_done_callback(lambda done: done.cancelled() or done.exception())
-
     def _presence(self, actor: str, cid: str, payload: bytes, topic: str) -> None:
         """A hello or a claim (the client is on the run), or "gone" (its will, or its goodbye)."""
         claim = self._decode(payload, topic)
@@ -442,13 +374,8 @@ class MqttTransport(Transport):
             # Our proof also tells a client that has just joined that we are live at once
             # (it would otherwise wait for our next heartbeat).
             self._prove()
-        if actor == "watch" and claim.get("client") == cid and cid not in self._watchers \
-                and cid not in self.peers.gone:
-            # A watcher's claim comes after it subscribed to the events: a snapshot
-            # taken from now on joins up with the batches it will get.
-            self._watchers.add(cid)
-            for cb in list(self._watcher_cbs):
-                cb(cid)
+        if actor == "watch" and claim.get("client") == cid and cid not in self.peers.gone:
+            self._watcher_claimed(cid)
 
     # ---------------------------------------------------------------- RPC
 
@@ -542,27 +469,10 @@ class MqttTransport(Transport):
                                    qos=1)
         return self._event_seq
 
-    async def publish_snapshot(self, payload: bytes | None) -> None:
-        if self.peers.broken is not None:
-            raise self.peers.broken
-        topic = self.t_snapshot(self.actor)
-        await self._client.publish(topic, self._seal(topic, payload) if payload else b"", qos=1, retain=True)
-
-    def watchers(self) -> set[str]:
-        return set(self._watchers)
-
-    def on_watcher(self, callback: Callable[[str], None]) -> None:
-        self._watcher_cbs.append(callback)
-
     async def subscribe_events(self, actor: str, callback: Callable[[list], None], *, join: bool = False) -> None:
         self._event_cbs.setdefault(actor, []).append(callback)
-        if join and actor not in self._joins:
-            # The actor gone: nothing more will come, show what is held (before anyone
-            # hears that it went).
-            self.peers.lost_callbacks.insert(0, lambda who, _exc: who in (actor, "*") and self._give_up(actor))
-            self._joins[actor] = LateJoin(self.client_id, lambda seq, events: [cb(events) for cb in
-                                                                             self._event_cbs.get(actor, ())],
-                                          lambda seq: self.batches.count(actor, seq))
+        if join:
+            self._start_join(actor)
         await self._client.subscribe(self.t_events(actor), qos=1)
         if join:
             await self._client.subscribe(self.t_snapshot(actor), qos=1)

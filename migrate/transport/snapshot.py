@@ -26,12 +26,14 @@ is dropped and counted as any other message. The toolstack clears it when its ru
 
 from __future__ import annotations
 
+import asyncio
 import time
 import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from migrate.codec import wire
+from migrate.transport import runkey
 
 #: Most bytes a snapshot decompresses to (one frame's own bound, ``wire.MAX_DECODED_BYTES``).
 MAX_SNAPSHOT_BYTES = wire.MAX_DECODED_BYTES
@@ -191,5 +193,117 @@ class LateJoin:
         self._feed(seq, events)
 
 
+class SnapshotSide:
+    """The snapshot's side of ``MqttTransport`` (a mixin): the toolstack publishes it and
+    hears watchers join; a watcher joins an actor's batches through a ``LateJoin``."""
+
+    keeps_snapshots = True
+
+    def _init_snapshots(self) -> None:
+        self._joins: dict[str, LateJoin] = {}                      # actor -> how we join its batches
+        self._held_snapshots: dict[str, tuple[str, bytes]] = {}   # sender -> (topic, payload) to judge
+        self._watchers: set[str] = set()
+        self._watcher_cbs: list[Callable[[str], None]] = []
+
+    def t_snapshot(self, actor: str) -> str:
+        return f"{self.prefix}/snapshot/{actor}"
+
+    # ---------------------------------------------------------------- the toolstack
+
+    async def publish_snapshot(self, payload: bytes | None) -> None:
+        if self.peers.broken is not None:
+            raise self.peers.broken
+        topic = self.t_snapshot(self.actor)
+        await self._client.publish(topic, self._seal(topic, payload) if payload else b"", qos=1, retain=True)
+
+    def watchers(self) -> set[str]:
+        return set(self._watchers)
+
+    def on_watcher(self, callback: Callable[[str], None]) -> None:
+        self._watcher_cbs.append(callback)
+
+    def _watcher_claimed(self, cid: str) -> None:
+        """A watcher's claim comes after it subscribed to the events: a snapshot taken
+        from now on joins up with the batches it will get."""
+        if cid not in self._watchers:
+            self._watchers.add(cid)
+            for cb in list(self._watcher_cbs):
+                cb(cid)
+
+    # ---------------------------------------------------------------- a watcher
+
+    def _start_join(self, actor: str) -> None:
+        if actor in self._joins:
+            return
+        # The actor gone: nothing more will come; show what is held (before anyone
+        # hears that it went).
+        self.peers.lost_callbacks.insert(0, lambda who, _exc: who in (actor, "*") and self._give_up(actor))
+        self._joins[actor] = LateJoin(self.client_id,
+                                      lambda seq, events: [cb(events) for cb in self._event_cbs.get(actor, ())],
+                                      lambda seq: self.batches.count(actor, seq))
+
+    def _events(self, actor: str, payload: bytes, topic: str) -> None:
+        """An event batch of ``actor``: to the callbacks, through its ``LateJoin`` if
+        this client joins its batches."""
+        batch = self._decode(payload, topic)
+        if not (isinstance(batch, dict) and isinstance(batch.get("events"), list)):
+            if batch is not None:
+                self._drop("malformed", topic, "not an event batch")
+            return
+        seq, events = batch.get("seq"), batch["events"]
+        join = self._joins.get(actor)
+        if join is None:
+            self.batches.count(actor, seq)
+            for cb in self._event_cbs.get(actor, ()):
+                cb(events)
+            return
+        was = join.decided
+        join.batch(seq, events)
+        if join.decided and not was:
+            self._joined(actor)
+        elif not join.decided and len(join.held) == 1:
+            asyncio.get_running_loop().call_later(JOIN_WAIT_S, self._give_up, actor)
+
+    def _snapshot(self, parts: list[str], topic: str, payload) -> None:
+        """A snapshot of ``parts[3]``'s batches: judged once its sender proved itself to
+        us (a retained one arrives before that), taken if it joins up with the live ones."""
+        join = self._joins.get(parts[3])
+        if join is None or join.decided or not payload:
+            return                     # (an empty one: the run ended and cleared it)
+        if not self.gate.proven_now(payload):
+            if len(self._held_snapshots) < 16:
+                self._held_snapshots[runkey.sender_of(payload) or ""] = (topic, bytes(payload))
+            return
+        opened = self.gate.open(topic, "snapshot", parts, payload)
+        if opened is None:
+            return
+        try:
+            snap = read_snapshot(opened[1])
+        except (SnapshotError, wire.WireError) as exc:
+            self._drop("malformed", topic, f"not a snapshot: {exc}")
+            return
+        if join.snapshot(snap):
+            self._joined(parts[3])
+
+    def _proved(self, sender: str) -> None:
+        """``sender`` proved itself: judge the snapshot of it we held."""
+        held = self._held_snapshots.pop(sender, None)
+        if held is not None:
+            self._snapshot(held[0].split("/"), *held)
+
+    def _give_up(self, actor: str) -> None:
+        join = self._joins.get(actor)
+        if join is not None and not join.decided:
+            join.give_up()
+            self._joined(actor)
+
+    def _joined(self, actor: str) -> None:
+        """This watcher knows where it stands in ``actor``'s batches: no more snapshots."""
+        self._held_snapshots.clear()
+        if self._client is not None and not self._closed:
+            task = asyncio.ensure_future(self._client.unsubscribe(self.t_snapshot(actor)))
+            task.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+
 __all__ = ["JOIN_WAIT_S", "LateJoin", "MAX_SNAPSHOT_BYTES", "REFRESH_S", "Snapshot", "SnapshotError",
-           "SnapshotWriter", "read_snapshot"]
+           "SnapshotSide", "SnapshotWriter", "read_snapshot"]
