@@ -6,7 +6,6 @@ refused; the snapshot is cleared when the run ends. All over a real Mosquitto.""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
@@ -31,22 +30,28 @@ def without_wall(rep: dict) -> dict:
 
 
 class Watched:
-    """A watcher's RunView and fold, and when it first knew the run's names and map."""
+    """A watcher's RunView and fold; the first event it folded, and whether it knew the
+    run's names and map by the time it had caught up with virtual time ``catch_up``."""
 
     def __init__(self) -> None:
         from migrate.events.fold import RunFold
 
         self.view = RunView("")
         self.fold = RunFold()
-        self.named_at: float | None = None
+        self.first = None
+        self.catch_up: float | None = None
+        self.caught_up_knowing: bool | None = None
+
+    def knows(self) -> bool:
+        s = self.view.state
+        return bool(s.scenario and s.seed is not None and s.behaviour and self.view.gfnmap.totals()["sent"] > 0)
 
     def __call__(self, ev) -> None:
+        self.first = self.first or ev
         self.view(ev)
         self.fold(ev)
-        s = self.view.state
-        if self.named_at is None and s.scenario and s.seed is not None and s.behaviour \
-                and self.view.gfnmap.counts().sum() > 0:
-            self.named_at = time.monotonic()
+        if self.catch_up is not None and self.caught_up_knowing is None and self.view.state.t >= self.catch_up:
+            self.caught_up_knowing = self.knows()
 
 
 async def paced_run(cfg, run: str, behaviour: str, speed: float):
@@ -66,17 +71,20 @@ async def test_a_watcher_joining_mid_run_sees_the_run_at_once_and_ends_with_the_
     w_early = asyncio.ensure_future(watch_run(cfg, "late", listener=early, ready=ready))
     await asyncio.wait_for(ready.wait(), 10)
     rem, hv, g = await paced_run(cfg, "late", "pre-fix", speed=3.0)       # ~3.5 s of wall
-    while early.view.state.rounds == [] and not rem.done():                # well into the run: pass 1 is over
+    while early.view.state.t < 4.0 and not rem.done():      # mid pass 1, the balloon inflated (~2 s left)
         await asyncio.sleep(0.05)
     assert not rem.done()
-    joined = time.monotonic()
+    late.catch_up = early.view.state.t          # where the run stood when the late watcher came
     w_late = asyncio.ensure_future(watch_run(cfg, "late", listener=late))
     result = await asyncio.wait_for(rem, 30)
     outcomes = await asyncio.wait_for(asyncio.gather(w_early, w_late), 10)
     await asyncio.gather(hv, g)
     # Both the early and the late watcher give the run's own verdict: neither "joined late".
     assert all(o.startswith("completed, but the destination diverged") for o in outcomes), outcomes
-    assert late.named_at is not None and late.named_at - joined < 1.0, late.named_at and late.named_at - joined
+    # It started from the run's first event (the snapshot), and by the time it had caught
+    # up with where the run stood when it came, it showed the names and a non-empty map.
+    assert type(late.first).__name__ == "RunStarted"
+    assert late.caught_up_knowing is True
     assert late.view.state.scenario == "balloon" and late.view.state.behaviour == "pre-fix"
     expected = without_wall(build_report(result))
     for w in (early, late):
@@ -111,7 +119,7 @@ async def test_a_forged_or_unsealed_retained_snapshot_is_refused_and_the_real_on
 
     cfg = cfg_for(mqtt_broker)
     rem, hv, g = await paced_run(cfg, "forge", "fixed", speed=3.0)
-    await asyncio.sleep(1.5)
+    await asyncio.sleep(1.5)                     # into the run (a few batches out), not a check
     assert not rem.done()
     topic = "xmig/forge/snapshot/toolstack"
     fake = SnapshotWriter()
@@ -146,14 +154,12 @@ async def test_a_forged_or_unsealed_retained_snapshot_is_refused_and_the_real_on
     got = []
     async with aiomqtt.Client("127.0.0.1", mqtt_broker.port) as cli:
         await cli.subscribe(topic)
-
-        async def first():
-            async for msg in cli.messages:
-                got.append(msg.payload)
-                return
-
-        with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(first(), 1.0)
+        await cli.subscribe("check/after")
+        await cli.publish("check/after", b"x", qos=1)     # the broker sends retained ones before it
+        async for msg in cli.messages:
+            if str(msg.topic) == "check/after":
+                break
+            got.append(msg.payload)
     assert got == []
 
 
