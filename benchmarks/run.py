@@ -26,7 +26,11 @@ against a baseline measured in the same run:
   SLOWER`` when its net CPU seconds are more than 1.2x the library path's (CPU seconds,
   because other work on the cores moves them far less than wall time); its ratio to
   the floor is of those net CPU seconds;
-- ``balloon.yaml`` over MQTT against the same run embedded (``bench_mqtt.py``).
+- ``balloon.yaml`` over MQTT against the same run embedded (``bench_mqtt.py``);
+- the teaching app flat out (``xmig run --speed max`` in a pseudo-terminal at 80x24
+  and 160x50) against ``xmig run --no-dashboard``, CPU seconds of each process
+  (``balloon.yaml`` and a 16 GiB variant; goal, issue 22: at most 1.5x; ``--app``
+  runs only these).
 
 Goals (issue 22): a 16 MiB ``xmig run --no-dashboard`` under 0.6 s and ``xmig --help``
 under 0.3 s of process wall; through the command line the 64 GiB guest within 10x of
@@ -159,14 +163,14 @@ def _xmig() -> list[str]:
     return [sys.executable, "-m", "migrate"]
 
 
-def timed_process(cmd: list[str], timeout: float = 1800) -> tuple[float, float, int, float]:
+def timed_process(cmd: list[str], timeout: float = 1800, env: dict | None = None) -> tuple[float, float, int, float]:
     """Run ``cmd`` (stdout and stderr to a file, as when piped):
     (wall seconds, peak RSS MiB of that process, exit status, its CPU seconds). The CPU
     seconds (user + system) move much less than the wall when other work shares the
     cores."""
     with tempfile.TemporaryFile() as out:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
         try:
             _, status, usage = os.wait4(proc.pid, 0)
         except BaseException:
@@ -276,6 +280,39 @@ def mqtt_cases() -> list[dict]:
     return out
 
 
+#: Issue 22: the app at ``--speed max`` costs at most this many times a ``--no-dashboard`` run.
+APP_GOAL_RATIO = 1.5
+
+
+def app_cases(d: Path, sizes=((80, 24), (160, 50)), repeats: int = 2) -> list[dict]:
+    """The teaching app flat out (``xmig run --speed max`` in a pseudo-terminal, q once
+    it says finished) against ``xmig run --no-dashboard`` of the same scenario, CPU
+    seconds of each whole process (best of ``repeats``): ``balloon.yaml`` and the same
+    scenario with a 16 GiB guest."""
+    import yaml
+
+    from benchmarks.bench_watch import app_cpu, user_env
+
+    big = yaml.safe_load((ROOT / "examples" / "balloon.yaml").read_text())
+    big["name"], big["guest"]["memory"] = "balloon-16g", "16GiB"
+    big_path = d / "balloon-16g.yaml"
+    big_path.write_text(json.dumps(big))                # JSON is YAML
+    rows = []
+    env = user_env()         # the tree's bytecode written and reused, as an install has it
+    app_cpu(_xmig() + ["run", "--guest", str(big_path), "--speed", "max"], sizes[0], env=env)   # writes it
+    for label, path in (("balloon.yaml", ROOT / "examples" / "balloon.yaml"), ("balloon.yaml, 16 GiB", big_path)):
+        plain = min(timed_process(_xmig() + ["run", "--guest", str(path), "--no-dashboard"], env=env)[3]
+                    for _ in range(repeats))
+        for cols, lines in sizes:
+            cpu = min(app_cpu(_xmig() + ["run", "--guest", str(path), "--speed", "max"], (cols, lines), env=env)
+                      for _ in range(repeats))
+            rows.append({"name": f"app --speed max, {label}, {cols}x{lines}", "wall": cpu, "cpu": cpu,
+                         "plain_cpu": plain, "app_ratio": cpu / plain,
+                         "note": f"CPU {cpu:.3f} s = {cpu / plain:.2f}x --no-dashboard's {plain:.3f} s "
+                                 f"(goal <= {APP_GOAL_RATIO}x: {'met' if cpu / plain <= APP_GOAL_RATIO else 'MISSED'})"})
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -284,6 +321,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", help="only these hot-set sizes in GiB, e.g. 1,64 (no micro, sparse or MQTT cases)")
     ap.add_argument("--no-cli", action="store_true", help="the library path only (no xmig processes)")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON")
+    ap.add_argument("--app", action="store_true", help="only the app against --no-dashboard (issue 22)")
     args = ap.parse_args(argv)
     if args.child:
         _case_child(args.child)
@@ -318,6 +356,11 @@ def main(argv=None) -> int:
 
     print(f"cores: {os.cpu_count()}, load average: {os.getloadavg()[0]:.1f}")
     print(f"{'case':<44} {'wall s':>9} {'RSS MiB':>8} {'pages/wall s':>12} {'floor s':>10} {'ratio':>8}  notes")
+    if args.app:
+        with tempfile.TemporaryDirectory(prefix="xmig-bench-") as tmp:
+            for row in app_cases(Path(tmp)):
+                show(row)
+        return 0
     with tempfile.TemporaryDirectory(prefix="xmig-bench-") as tmp:
         d = Path(tmp)
         startup = (0.0, 0.0)
@@ -353,6 +396,9 @@ def main(argv=None) -> int:
                 if "error" not in crow:
                     crow["populated"] = row.get("populated")
                     cli_sweep.append(crow)
+        if args.sizes is None and not args.no_cli:
+            for row in app_cases(d):
+                show(row)
         if args.sizes is None and not args.quick:
             for row in mqtt_cases():
                 show(row)

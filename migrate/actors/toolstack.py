@@ -17,8 +17,9 @@ from hypervisor.tables import lookup
 
 from migrate.toolstack.control import SourceInfo, next_span_ask
 from migrate.errors import PeerLost, TransportError
-from migrate.events import Event, EventBus
+from migrate.events import Event, EventBus, PassEnded, PassStarted
 from migrate.transport.base import Transport
+from migrate.transport.snapshot import SnapshotWriter
 
 from migrate.actors.guest import scenario_digest
 from migrate.actors.messages import BootElided, Served
@@ -218,7 +219,10 @@ class RemoteDomain:
 
 
 class EventPublisher:
-    """Bus listener that republishes every event on ``events/<actor>`` in batches."""
+    """Bus listener that republishes every event on ``events/<actor>`` in batches and,
+    where watchers can join late (a broker), keeps the run's snapshot beside them
+    (``migrate.transport.snapshot``): refreshed when a pass starts or ends, at most
+    about once a second otherwise, at once when a watcher joins, cleared at the end."""
 
     def __init__(self, transport: Transport, *, interval: float = EVENT_FLUSH_S, max_batch: int = EVENT_FLUSH_N):
         self.transport = transport
@@ -229,7 +233,16 @@ class EventPublisher:
         self._closing = False
         self.failed: BaseException | None = None
         self.published = 0
+        self.snapshot = SnapshotWriter() if transport.keeps_snapshots else None
+        self.snapshots = 0            # snapshots published
+        self._joiner = False          # a watcher joined since the last snapshot
+        if self.snapshot is not None:
+            transport.on_watcher(self._watcher_joined)
         self._task = asyncio.ensure_future(self._loop())
+
+    def _watcher_joined(self, _cid: str) -> None:
+        self._joiner = True
+        self._wake.set()
 
     def __call__(self, ev: Event) -> None:
         self._buf.append(ev)
@@ -242,14 +255,31 @@ class EventPublisher:
                 await asyncio.wait_for(self._wake.wait(), self.interval)
             self._wake.clear()
             batch, self._buf = self._buf, []
-            if batch and self.failed is None:
+            if (batch or self._joiner) and self.failed is None:
                 try:
-                    await self.transport.publish_events(batch)
-                    self.published += len(batch)
+                    if batch:
+                        seq = await self.transport.publish_events(batch)
+                        self.published += len(batch)
+                    if self.snapshot is not None:
+                        await self._refresh(seq if batch else None, batch)
                 except Exception as exc:   # watchers are best effort; the run goes on
                     self.failed = exc
             if self._closing and not self._buf:
+                if self.snapshots and self.failed is None:
+                    # The run is over: a watcher coming now has nothing to join.
+                    with contextlib.suppress(Exception):
+                        await self.transport.publish_snapshot(None)
                 return
+
+    async def _refresh(self, seq: int | None, batch: list[Event]) -> None:
+        snap = self.snapshot
+        if seq is not None:
+            snap.add(seq, batch)
+        now = self._joiner or any(isinstance(ev, (PassStarted, PassEnded)) for ev in batch)
+        if snap.due(now=now):
+            self._joiner = False
+            await self.transport.publish_snapshot(snap.payload(self.transport.watchers()))
+            self.snapshots += 1
 
     async def close(self) -> None:
         self._closing = True

@@ -134,7 +134,7 @@ async def watch(transport: Transport, listener: Callable[[Event], None], *,
             done.set_result(f"stopped: {exc}")
 
     transport.on_peer_lost(lost)
-    await transport.subscribe_events("toolstack", on_batch)
+    await transport.subscribe_events("toolstack", on_batch, join=True)
     await transport.claim()
     if ready is not None:
         ready.set()

@@ -294,12 +294,13 @@ def register(app: typer.Typer) -> None:
         """The teaching app on a migration on the broker, fed only by its event topics
         (piped or --no-dashboard: progress lines, then the run's report rebuilt from them).
 
-        Start it before `xmig run --broker`; it ends with the run: exit 0 only if the
+        Start it before or during `xmig run --broker` (a watcher that joins late starts
+        from the run's sealed snapshot); it ends with the run: exit 0 only if the
         migration completed and the destination was verified equal to the source, every
-        event batch from the start having arrived, sealed with the run key; 1 if it
-        failed, the destination diverged, events were missed (a watcher that joined after
-        the run began), it ran --insecure, or the toolstack was lost; 2 if it cannot
-        watch (no broker, or --insecure on a run sealed with a run key)."""
+        event batch from the start having arrived (live or in the snapshot), sealed with
+        the run key; 1 if it failed, the destination diverged, events were missed, it ran
+        --insecure, or the toolstack was lost; 2 if it cannot watch (no broker, or
+        --insecure on a run sealed with a run key)."""
         from rich.console import Console
 
         cfg, run = broker.config, broker.run

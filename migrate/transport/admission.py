@@ -56,7 +56,7 @@ DROP_REASONS = {
 }
 
 #: The kinds of message (by topic) that belong to a session: the run itself.
-SESSION_KINDS = ("rpc", "reply", "events")
+SESSION_KINDS = ("rpc", "reply", "events", "snapshot")
 
 
 def actor_of(client_id: str) -> str:
@@ -118,6 +118,14 @@ class Admission:
 
     def drop_summary(self) -> str:
         return ", ".join(f"{n} {r}" for r, n in sorted(self.dropped.items()))
+
+    def proven_now(self, payload) -> bool:
+        """Has the sender named in this sealed ``payload`` proved itself live to us (so
+        its retained state can be judged now, not dropped as unproven)?"""
+        if self.key is None or not runkey.is_sealed(payload):
+            return True
+        sender = runkey.sender_of(payload)
+        return sender in self.proven and sender not in self.peers.gone
 
     def heard(self, sender: str | None, payload: bytes, topic: str, actor: str) -> None:
         """A heartbeat or a proof of ``sender`` (of ``actor``): it is live now."""
@@ -196,6 +204,11 @@ class Admission:
         if kind in SESSION_KINDS and (opened.session != self.session or self.session == runkey.NO_SESSION):
             self.drop("other-session", topic, sender[:60])
             return None
+        if kind == "snapshot":
+            # State, not a stream (retained, so sealed before the sender's proof): its
+            # session and freshness stand for it; an older one of the session says
+            # which batches it holds, so it cannot make a watcher count one twice.
+            return sender, bytes(opened.payload)
         if not self.window.accept(sender, opened.seq):
             self.drop("replayed", topic)
             return None
@@ -204,7 +217,7 @@ class Admission:
     def _right_sender(self, kind: str, parts: list[str], sender: str) -> bool:
         if kind == "presence":
             return sender == parts[4] and actor_of(sender) == parts[3]
-        if kind in ("alive", "events", "proof"):
+        if kind in ("alive", "events", "proof", "snapshot"):
             return actor_of(sender) == parts[3]
         if kind == "reply":
             return actor_of(sender) == parts[2]

@@ -78,11 +78,29 @@ class Transport:
     async def wait_for_peer(self, actor: str, timeout: float) -> None:
         raise NotImplementedError
 
-    async def publish_events(self, items: list) -> None:
+    async def publish_events(self, items: list) -> int:
+        """Publish a batch of events; returns its number (1 for the first)."""
         raise NotImplementedError
 
-    def subscribe_events(self, actor: str, callback: Callable[[list], None]) -> Awaitable[None]:
+    def subscribe_events(self, actor: str, callback: Callable[[list], None], *, join: bool = False) -> Awaitable[None]:
+        """``callback(events)`` for each batch ``actor`` publishes; with ``join``, a
+        watcher that comes late starts from the run's snapshot where the transport
+        keeps one (``migrate.transport.snapshot``)."""
         raise NotImplementedError
+
+    async def publish_snapshot(self, payload: bytes | None) -> None:
+        """Keep ``payload`` as the run's snapshot for late watchers (None: clear it).
+        Only where watchers can join late (a broker); here: nothing."""
+
+    def watchers(self) -> set[str]:
+        """The watchers seen on the run (a snapshot names those it was taken for)."""
+        return set()
+
+    def on_watcher(self, callback: Callable[[str], None]) -> None:
+        """``callback(client id)`` when a watcher joins the run (where one can)."""
+
+    #: Does this transport keep a snapshot for watchers that join late?
+    keeps_snapshots = False
 
     def rejected(self) -> dict | None:
         """What this transport kept out of the run (a broker's strangers), for the
@@ -278,12 +296,14 @@ class InProcessTransport(Transport):
         finally:
             self.peers.pending.pop(key, None)
 
-    async def publish_events(self, items: list) -> None:
+    async def publish_events(self, items: list) -> int:
+        self._event_seq = getattr(self, "_event_seq", 0) + 1
         payload = self.hub._pass({"events": items})
         for cb in list(self.hub.event_subs.get(self.actor, ())):
             cb(self.hub._pass(payload)["events"] if self.hub.codec else list(items))
+        return self._event_seq
 
-    async def subscribe_events(self, actor: str, callback: Callable[[list], None]) -> None:
+    async def subscribe_events(self, actor: str, callback: Callable[[list], None], *, join: bool = False) -> None:
         self.hub.event_subs.setdefault(actor, []).append(callback)
 
     def on_peer_lost(self, callback: Callable[[str, PeerLost], None]) -> None:

@@ -7,6 +7,8 @@ aiomqtt, MQTT v5. Topics, all under ``xmig/<run-id>/``::
       <actor>/rpc                 requests (QoS 1; v5 response topic + correlation data)
       <actor>/reply/<client-id>   replies to one client (QoS 1)
       events/<actor>              event batches (QoS 1, in order)
+      snapshot/<actor>            the run so far, for a watcher that joins late
+                                  (retained, refreshed; ``migrate.transport.snapshot``)
       alive/<actor>               heartbeats (QoS 0, every ``heartbeat`` s)
       presence/<actor>/<client>   a hello (at start) and the retained claim, each with
                                   the client's fresh challenge; the client's will
@@ -46,6 +48,7 @@ from migrate.transport import runkey
 from migrate.transport.admission import DROP_REASONS, Admission
 from migrate.transport.base import DEFAULT_TIMEOUT, Handler, Transport, _Peers, _raise_reply, _wait_reply, check_run_id
 from migrate.transport.requests import serve_requests
+from migrate.transport.snapshot import SnapshotSide
 from migrate.transport.connection import BrokerConfig, make_client, parse_broker_url, quiet_closed_socket_noise, reason
 
 log = logging.getLogger("xmig.mqtt")
@@ -80,7 +83,7 @@ class EventBatches:
         return self.first.get(actor) == 1
 
 
-class MqttTransport(Transport):
+class MqttTransport(SnapshotSide, Transport):
     """One aiomqtt client = one actor on one run."""
 
     def __init__(self, config: BrokerConfig, run_id: str, actor: str):
@@ -114,6 +117,7 @@ class MqttTransport(Transport):
         self._inflight: set[asyncio.Task] = set()
         self._event_seq = 0
         self.batches = EventBatches()
+        self._init_snapshots()
 
     @property
     def events_missed(self) -> collections.Counter:
@@ -314,6 +318,9 @@ class MqttTransport(Transport):
         elif kind == "events" and len(parts) == 4:
             if not self._event_cbs.get(parts[3]):
                 return
+        elif kind == "snapshot" and len(parts) == 4:
+            self._snapshot(parts, topic, msg.payload)
+            return
         elif len(parts) == 5 and parts[3] == "reply":
             kind = "reply"
         elif len(parts) == 4 and parts[3] == "rpc" and parts[2] == self.actor:
@@ -334,6 +341,7 @@ class MqttTransport(Transport):
             self._presence(parts[3], parts[4], payload, topic)
         elif kind == "proof":
             self.gate.heard(sender, payload, topic, parts[3])
+            self._proved(sender)
             self.peers.changed.set()
             self.peers.changed = asyncio.Event()
         elif kind == "sync":
@@ -355,16 +363,6 @@ class MqttTransport(Transport):
             tag = runkey.tag_of(msg.payload) if self.key is not None else b""
             self._requests.put_nowait((msg, sender, payload, tag))
 
-    def _events(self, actor: str, payload: bytes, topic: str) -> None:
-        batch = self._decode(payload, topic)
-        if not (isinstance(batch, dict) and isinstance(batch.get("events"), list)):
-            if batch is not None:
-                self._drop("malformed", topic, "not an event batch")
-            return
-        self.batches.count(actor, batch.get("seq"))
-        for cb in self._event_cbs.get(actor, ()):
-            cb(batch["events"])
-
     def _presence(self, actor: str, cid: str, payload: bytes, topic: str) -> None:
         """A hello or a claim (the client is on the run), or "gone" (its will, or its goodbye)."""
         claim = self._decode(payload, topic)
@@ -376,6 +374,8 @@ class MqttTransport(Transport):
             # Our proof also tells a client that has just joined that we are live at once
             # (it would otherwise wait for our next heartbeat).
             self._prove()
+        if actor == "watch" and claim.get("client") == cid and cid not in self.peers.gone:
+            self._watcher_claimed(cid)
 
     # ---------------------------------------------------------------- RPC
 
@@ -460,17 +460,22 @@ class MqttTransport(Transport):
 
     # ---------------------------------------------------------------- events
 
-    async def publish_events(self, items: list) -> None:
+    async def publish_events(self, items: list) -> int:
         if self.peers.broken is not None:
             raise self.peers.broken
         self._event_seq += 1
         topic = self.t_events(self.actor)
         await self._client.publish(topic, self._seal(topic, wire.encode({"seq": self._event_seq, "events": items})),
                                    qos=1)
+        return self._event_seq
 
-    async def subscribe_events(self, actor: str, callback: Callable[[list], None]) -> None:
+    async def subscribe_events(self, actor: str, callback: Callable[[list], None], *, join: bool = False) -> None:
         self._event_cbs.setdefault(actor, []).append(callback)
+        if join:
+            self._start_join(actor)
         await self._client.subscribe(self.t_events(actor), qos=1)
+        if join:
+            await self._client.subscribe(self.t_snapshot(actor), qos=1)
 
     def on_peer_lost(self, callback: Callable[[str, PeerLost], None]) -> None:
         self.peers.lost_callbacks.append(callback)

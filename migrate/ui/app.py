@@ -60,7 +60,10 @@ SLOW_SHOWN_S = 0.5
 FRAME_S = 1 / 10
 #: ... and flat out (``--speed max``, not paused), where the picture moves faster than
 #: anyone reads it: a frame costs 20-40 ms at 160x50, the run's own pace is the point.
-FRAME_FLAT_OUT_S = 1 / 4
+FRAME_FLAT_OUT_S = 1 / 2
+#: ... and watching a run on a broker: a class of watchers on one machine each pays for
+#: every frame, and the run's own events come in batches a twentieth of a second apart.
+FRAME_WATCH_S = 1 / 2
 
 
 class EventFeed:
@@ -278,6 +281,8 @@ class XmigApp(SlideKeys, App):
     def _frame_s(self) -> float:
         pb = self.playback
         flat_out = pb is not None and pb.speed is None and not pb.paused
+        if self.mode == "watch":
+            return FRAME_WATCH_S
         return FRAME_FLAT_OUT_S if flat_out else FRAME_S
 
     def _post_changed(self) -> None:

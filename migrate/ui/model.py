@@ -10,11 +10,15 @@ into a fresh ``RunView`` to seek.
 
 from __future__ import annotations
 
-from migrate.events import Event, PassPhase, PassStarted, RunStarted
+from migrate.events import BatchSent, Event, MemoryOp, PassPhase, PassStarted, RunStarted, SaveSetup, VerifyDone
 from migrate.events.fold import RunFold, RunState
 from migrate.ui.gfnmap import GfnMap
 from migrate.events.track import PageStory
 from migrate.ui.narration import Caption, Narrator
+
+
+#: The events ``GfnMap`` folds (``gfnmap.GfnMap.__call__``); no other moves the map.
+_MAP_EVENTS = (BatchSent, MemoryOp, PassStarted, RunStarted, SaveSetup, VerifyDone)
 
 
 class RunView:
@@ -29,6 +33,7 @@ class RunView:
         self.story: PageStory | None = None     # the tracked GFNs' stories (--track)
         self.events_seen = 0
         self.version = 0           # bumped on every event: panels redraw when it moved
+        self.map_version = 0       # bumped on the events the GFN map folds (its panel's key)
 
     @property
     def state(self) -> RunState:
@@ -40,6 +45,8 @@ class RunView:
         if self.story is not None:
             self.story(ev)
         self.gfnmap(ev)
+        if isinstance(ev, _MAP_EVENTS):
+            self.map_version += 1
         self.run(ev)
         self.events_seen += 1
         self.version += 1

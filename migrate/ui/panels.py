@@ -41,10 +41,12 @@ class RunPanel(Widget):
         super().__init__(**kw)
         self.view = view
         self._shape: Any = None
+        self._key: Any = None
 
     def set_view(self, view: RunView) -> None:
         self.view = view
         self._shape = None
+        self._key = None
         self.refresh(layout=True)
         self.follow()
 
@@ -55,7 +57,16 @@ class RunPanel(Widget):
         """What the panel's height depends on (None: a fixed or fractional height)."""
         return None
 
+    def content_key(self) -> Any:
+        """All the panel draws from, where that is cheap to compare (None: redraw on
+        every move of the run): a run that moved without changing it costs no frame."""
+        return None
+
     def watch_version(self) -> None:
+        key = self.content_key()
+        if key is not None and key == self._key:
+            return
+        self._key = key
         shape = self.shape()
         self.refresh(layout=shape != self._shape)
         self._shape = shape
@@ -94,9 +105,10 @@ class HeaderPanel(RunPanel):
         wide = self.content_size.width >= 100
         t = Text(no_wrap=False)
         if not s.scenario:
-            # joined after the run's first event: its names come with its summary
-            t.append("joined after the start: scenario, seed and behaviour arrive with the run's end",
-                     style="italic")
+            # before the run's first event, or joined after it with no snapshot of the
+            # run so far (migrate/transport/snapshot.py): its names come with its summary
+            t.append("joined after the start: scenario, seed and behaviour arrive with the run's end"
+                     if self.view.events_seen else "waiting for the run to start", style="italic")
             t.append("\n")
         t.append(f"{s.scenario or '?'}", style="bold cyan")
         t.append(f"  seed {s.seed if s.seed is not None else '?'}  ")
@@ -133,6 +145,11 @@ class PassPanel(RunPanel):
 
     DEFAULT_CSS = "PassPanel { height: 2; padding: 0 1; }"
 
+    def content_key(self) -> Any:
+        s, cur = self.view.state, self.view.state.current
+        return cur and (cur.iteration, cur.phase, cur.walked, cur.entries, cur.pages, cur.xtab, cur.bytes,
+                        cur.dirty_count, s.in_pass)
+
     def render(self) -> RenderableType:
         s = self.view.state
         cur = s.current
@@ -165,7 +182,11 @@ class PassTablePanel(RunPanel):
 
     def shape(self) -> Any:
         s = self.view.state
-        return (len(s.rounds), s.in_pass)
+        return min(len(s.rounds) + s.in_pass, self.max_rows)   # the rows shown: a pass ending keeps them
+
+    def content_key(self) -> Any:
+        s = self.view.state
+        return (len(s.rounds), s.rounds[-1] if s.rounds else None, s.live_round())
 
     def render(self) -> RenderableType:
         w = self.content_size.width
@@ -179,6 +200,9 @@ class MapPanel(RunPanel):
 
     DEFAULT_CSS = ("MapPanel { height: 1fr; min-height: 5; border: round $primary; "
                    "border-title-align: left; }")
+
+    def content_key(self) -> Any:
+        return self.view.map_version
 
     def render(self) -> RenderableType:
         w, h = self.content_size.width, self.content_size.height
@@ -200,6 +224,11 @@ class BalloonPanel(RunPanel):
     def shape(self) -> Any:
         b = self.view.state.balloon
         return (len(b.recent), bool(b.stalled))
+
+    def content_key(self) -> Any:
+        b = self.view.state.balloon
+        return (b.target, b.pages_out, b.decrease_ops, b.decrease_pages, b.populate_ops, b.populate_pages,
+                b.stalled, tuple(b.recent), self.view.state.balloon_during_passes)
 
     def render(self) -> RenderableType:
         b = self.view.state.balloon
@@ -235,6 +264,12 @@ class HypervisorPanel(RunPanel):
     def shape(self) -> Any:
         s = self.view.state
         return (tuple(s.counters), s.last_clean is None)
+
+    def content_key(self) -> Any:
+        s = self.view.state
+        lc = s.last_clean
+        return (tuple(s.counters.items()), s.nodes_peak,
+                lc and (float(lc.t), lc.op, lc.final, lc.dirty_count, lc.fault_count))
 
     def render(self) -> RenderableType:
         s = self.view.state
@@ -315,7 +350,16 @@ class CaptionPanel(RunPanel):
     DEFAULT_CSS = "CaptionPanel { height: auto; max-height: 3; padding: 0 1; }"
 
     def shape(self) -> Any:
-        return self.view.caption
+        # its height: the lines the caption wraps to (not the caption itself, so a new
+        # caption of the same height costs no new layout)
+        cap = self.view.caption
+        if cap is None:
+            return None
+        return min(len(Text(cap.line()).wrap(self.app.console, max(self.content_size.width, 1))), 3)
+
+    def content_key(self) -> Any:
+        cap = self.view.caption
+        return cap and (cap.line(), cap.interesting)
 
     def render(self) -> RenderableType:
         cap = self.view.caption
