@@ -1,0 +1,297 @@
+"""The GFN map as a person reads it: pooled in proportion, zoomed, holes folded, the
+tracked GFNs marked.
+
+``GfnMap`` (``gfnmap.py``) keeps the per-PFN states; this module decides what a screen
+of ``width`` x ``height`` characters shows of them. The address space is the saver's
+``[0, p2m_size)`` (``xg_sr_save.c`` walks every PFN of it); what the guest's layout
+leaves unpopulated at boot (libxc's ``meminit_hvm`` holes: the VGA hole, the MMIO hole,
+the gap below the special pages) is a *hole*, drawn apart from GFNs the balloon gave
+back, and a long hole may be folded into one marked row so populated memory keeps its
+room.
+
+Pooling is honest: a glyph that stands for many GFNs shows one of its GFNs' states,
+chosen so that, along the map, the glyphs of each state are in proportion to its GFNs
+(``share_states``: a running tally per state, rounded; a glyph never shows a state none
+of its GFNs is in). So 3,357 leftover bits in a 65,536-GFN balloon region light about
+5 % of that region's glyphs, not all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from rich.console import Group, RenderableType
+from rich.text import Text
+
+from migrate.ui.gfnmap import LEGEND, NSTATES, PENDING, SENT, UNPOPULATED, GfnMap
+
+#: A hole at least this share of the address space gets folded into one row.
+FOLD_SHARE = 1 / 8
+#: Each zoom step divides the GFNs per glyph by this.
+ZOOM_STEP = 4
+TRACKED_STYLE = "reverse"
+TARGET_STYLE = "reverse underline"
+
+
+def share_states(counts: np.ndarray) -> np.ndarray:
+    """One state per row of ``counts`` ((n, NSTATES) GFNs per state), in proportion.
+
+    Each state keeps a running total of its share (in glyphs); a glyph goes to a state
+    whose rounded total steps up there (the rarest in that cell when several do), else
+    to the cell's largest state. Over a stretch of glyphs a state's glyphs number its
+    share of the GFNs, rounded; an empty row gives -1."""
+    n = counts.shape[0]
+    if not n:
+        return np.zeros(0, dtype=np.int8)
+    size = counts.sum(axis=1, keepdims=True)
+    f = counts / np.maximum(size, 1)
+    tally = np.floor(np.cumsum(f, axis=0) + 0.5)
+    fires = np.diff(tally, axis=0, prepend=np.zeros((1, counts.shape[1]))) > 0
+    # among states stepping up here, the rarest in this cell; else the largest
+    tie = np.arange(counts.shape[1]) * 1e-9          # ties go to the higher state
+    score = np.where(fires, 2.0 - f, f) + tie
+    score[f == 0] = -1.0
+    out = np.argmax(score, axis=1).astype(np.int8)
+    out[size[:, 0] == 0] = -1
+    return out
+
+
+def holes(gm: GfnMap) -> np.ndarray:
+    """(k, 2) [lo, hi) runs of ``[0, p2m_size)`` neither populated nor ballooned at the
+    run's start (``RunStarted``): the guest layout's holes."""
+    runs = [r for r in (gm._populated, gm._ballooned) if r.size]
+    if not gm.p2m_size:
+        return np.empty((0, 2), dtype=np.int64)
+    if not runs:
+        return np.array([[0, gm.p2m_size]], dtype=np.int64)
+    r = np.vstack(runs)
+    r = r[np.argsort(r[:, 0], kind="stable")]
+    out, at = [], 0
+    for lo, hi in r:
+        if lo > at:
+            out.append((at, min(int(lo), gm.p2m_size)))
+        at = max(at, int(hi))
+    if at < gm.p2m_size:
+        out.append((at, gm.p2m_size))
+    return np.array([x for x in out if x[1] > x[0]], dtype=np.int64).reshape(-1, 2)
+
+
+@dataclass
+class MapRow:
+    lo: int                        # first GFN of the row
+    states: np.ndarray | None      # one state per glyph; None: a folded hole
+    hi: int = 0                    # folded hole: its end
+    marks: dict[int, str] = field(default_factory=dict)   # glyph index -> style
+
+
+@dataclass
+class MapFrame:
+    """What one drawing of the map holds: its rows, GFNs per glyph and the zoom."""
+
+    rows: list[MapRow]
+    cell: int
+    columns: int
+    zoom: int
+    levels: int
+    folded: list[tuple[int, int]]
+    columns_for: int = 0           # the panel width it was drawn for (MapPanel)
+
+
+def zoom_cells(gm: GfnMap, fit_cell: int) -> list[int]:
+    """GFNs per glyph at each zoom level: the fitted size, then divided by ZOOM_STEP
+    down to one GFN a glyph (per-PFN model), or the map's own cell (per-cell model)."""
+    floor = 1 if gm.dense else gm.cell_pfns
+    out = [fit_cell]
+    while out[-1] > floor:
+        out.append(max(out[-1] // ZOOM_STEP, floor))
+    return out
+
+
+def _pooled(gm: GfnMap, lo: int, hi: int, cell: int) -> np.ndarray:
+    """(n, NSTATES) counts of glyphs of ``cell`` GFNs over [lo, hi)."""
+    n = -(-(hi - lo) // cell)
+    if not n:
+        return np.zeros((0, NSTATES), dtype=np.int64)
+    cp = gm.cell_pfns
+    if cell % cp == 0 and lo % cp == 0:
+        c = gm.counts()[lo // cp: -(-hi // cp)]
+        k = cell // cp
+        pad = n * k - c.shape[0]
+        if pad > 0:
+            c = np.vstack([c, np.zeros((pad, NSTATES), dtype=c.dtype)])
+        return c[: n * k].reshape(n, k, NSTATES).sum(axis=1)
+    st = gm.states(np.arange(lo, hi, dtype=np.int64)).astype(np.int64)
+    idx = (np.arange(hi - lo, dtype=np.int64) // cell) * NSTATES + st
+    return np.bincount(idx, minlength=n * NSTATES)[: n * NSTATES].reshape(n, NSTATES)
+
+
+def _mark(rows: list[MapRow], cell: int, columns: int, gfns, style: str) -> None:
+    for g in gfns:
+        for r in rows:
+            if r.states is not None and r.lo <= g < r.lo + r.states.size * cell:
+                r.marks[(int(g) - r.lo) // cell] = style
+
+
+def layout(gm: GfnMap, width: int, budget: int, *, zoom: int = 0, centre: int | None = None,
+           tracked=(), target: int | None = None, prefer: int | None = None) -> MapFrame:
+    """Rows for a map ``width`` glyphs wide in at most ``budget`` rows (best effort: at
+    least one row per segment). Zoom 0 fits the whole space, long holes folded; zoom
+    ``z`` shows a window of glyphs ZOOM_STEP**z times finer, centred on ``centre``."""
+    cp = gm.cell_pfns
+    columns = max(width, 8)
+    folds = [(int(-(-lo // cp) * cp), int(hi // cp * cp)) for lo, hi in holes(gm)
+             if hi - lo >= FOLD_SHARE * gm.p2m_size]
+    folds = [(lo, hi) for lo, hi in folds if hi - lo >= 2 * cp and (lo, hi) != (0, gm.p2m_size)]
+    segs, at = [], 0
+    for lo, hi in folds:
+        if lo > at:
+            segs.append((at, lo))
+        at = hi
+    if at < gm.p2m_size:
+        segs.append((at, gm.p2m_size))
+    room = max(budget - len(folds), len(segs))
+
+    def fits(cell: int) -> bool:
+        return sum(-(-(hi - lo) // (cell * columns)) for lo, hi in segs) <= room
+
+    cell = cp
+    while not fits(cell) and cell < gm.p2m_size:
+        cell *= 2
+    if prefer == 2 * cell:
+        cell = prefer      # one step coarser than needed: keep it (no flicker of scale)
+    levels = zoom_cells(gm, cell)
+    zoom = zoom % len(levels)
+    rows: list[MapRow] = []
+    if zoom == 0:
+        parts = sorted([(lo, hi, False) for lo, hi in segs] + [(lo, hi, True) for lo, hi in folds])
+        for lo, hi, fold in parts:
+            if fold:
+                rows.append(MapRow(lo, None, hi))
+                continue
+            states = share_states(_pooled(gm, lo, hi, cell))
+            for r0 in range(0, states.size, columns):
+                rows.append(MapRow(lo + r0 * cell, states[r0:r0 + columns]))
+    else:
+        cell = levels[zoom]
+        span = cell * columns
+        nrows = max(budget, 1)
+        c = gm.p2m_size // 2 if centre is None else int(centre)
+        first = max(min(c // span - nrows // 2, -(-gm.p2m_size // span) - nrows), 0)
+        lo, hi = first * span, min((first + nrows) * span, gm.p2m_size)
+        states = share_states(_pooled(gm, lo, hi, cell))
+        for r0 in range(0, states.size, columns):
+            rows.append(MapRow(lo + r0 * cell, states[r0:r0 + columns]))
+    _mark(rows, cell, columns, tracked, TRACKED_STYLE)
+    if target is not None:
+        _mark(rows, cell, columns, (target,), TARGET_STYLE)
+    return MapFrame(rows, cell, columns, zoom, len(levels), folds)
+
+
+_GLYPH = {e.state: (e.glyph, e.colour) for e in LEGEND}
+_GLYPH[-1] = (" ", "")
+
+
+def render_frame(gm: GfnMap, frame: MapFrame, label: int) -> Text:
+    lines = Text(no_wrap=True, overflow="crop")
+    for i, r in enumerate(frame.rows):
+        if i:
+            lines.append("\n")
+        lines.append(f"{r.lo:0{label - 1}x} ", style="dim")
+        if r.states is None:
+            lines.append(f"┄┄ hole {r.lo:#x}-{r.hi - 1:#x} folded ({r.hi - r.lo:,} GFNs) ┄┄",
+                         style="italic grey50")
+            continue
+        row = r.states
+        cut = sorted(set((np.flatnonzero(np.diff(row)) + 1).tolist())
+                     | {m for m in r.marks} | {m + 1 for m in r.marks})
+        start = 0
+        for end in [c for c in cut if 0 < c < row.size] + [row.size]:
+            g, colour = _GLYPH[int(row[start])]
+            style = colour
+            if start in r.marks:
+                style = f"{colour} {r.marks[start]}".strip()
+            lines.append(g * (end - start), style=style)
+            start = end
+    return lines
+
+
+def legend_lines(gm: GfnMap, frame: MapFrame | None, width: int, *, tracked=()) -> list[Text]:
+    """Legend entries (glyph, name, PFN count) of the states present, then how to read
+    a glyph (GFNs per glyph, zoom), packed into lines no wider than ``width``."""
+    totals = gm.totals()
+    entries = []
+    for e in LEGEND:
+        n = totals[e.name]
+        if n or e.state in (SENT, PENDING):
+            t = Text()
+            t.append(e.glyph, style=e.colour)
+            t.append(f" {'hole' if e.state == UNPOPULATED else e.name} {n:,}")
+            entries.append(t)
+    if gm.unplaced_stale:
+        entries.append(Text(f"({gm.unplaced_stale:,} stale drawn as sent: written unlogged)", style="dim"))
+    if tracked:
+        t = Text()
+        t.append("▮", style=TRACKED_STYLE)
+        t.append(" tracked")
+        entries.append(t)
+    if frame is not None:
+        if frame.cell > 1:
+            how = f"1 glyph = {frame.cell:,} GFNs, states in proportion"
+        else:
+            how = "1 glyph = 1 GFN"
+        if frame.levels > 1:
+            how += f"  zoom {frame.zoom + 1}/{frame.levels} (z, j: jump)"
+        entries.append(Text(how, style="dim"))
+    lines: list[Text] = [Text()]
+    for t in entries:
+        if lines[-1].cell_len and lines[-1].cell_len + 2 + t.cell_len > width:
+            lines.append(Text())
+        if lines[-1].cell_len:
+            lines[-1].append("  ")
+        lines[-1].append_text(t)
+    return lines
+
+
+def render_map(gm: GfnMap, *, width: int | None = None, height: int | None = None, zoom: int = 0,
+               centre: int | None = None, tracked=(), target: int | None = None,
+               reserve: int = 0, prefer: int | None = None) -> tuple[RenderableType, MapFrame | None]:
+    """The map in ``width`` x ``height`` characters: rows labelled with their first GFN
+    (hex), then the legend. ``reserve`` lines are kept free of map rows whatever the
+    legend needs, so the scale does not move when the legend wraps differently."""
+    if not gm.ncells:
+        return Text("no address space yet", style="dim"), None
+    label = len(f"{gm.p2m_size:x}") + 1
+    w = width or 100
+    columns = min(max(w - label, 8), 256) if width is not None else gm.columns
+    probe = legend_lines(gm, MapFrame([], gm.cell_pfns, columns, 0, 2, []), w, tracked=tracked)
+    budget = 10 ** 9 if height is None else max(height - max(len(probe), reserve), 1)
+    frame = layout(gm, columns, budget, zoom=zoom, centre=centre, tracked=tracked, target=target,
+                       prefer=prefer)
+    lines = legend_lines(gm, frame, w, tracked=tracked)
+    if height is not None and len(lines) > max(len(probe), reserve) and budget > 1:
+        frame = layout(gm, columns, budget - 1, zoom=zoom, centre=centre, tracked=tracked, target=target,
+                       prefer=prefer)
+        lines = legend_lines(gm, frame, w, tracked=tracked)
+    legend = Text(no_wrap=True, overflow="crop")
+    for i, ln in enumerate(lines):
+        if i:
+            legend.append("\n")
+        legend.append_text(ln)
+    return Group(render_frame(gm, frame, label), legend), frame
+
+
+def parse_gfn(text: str, p2m_size: int) -> int:
+    """A GFN typed by a person: hex with 0x, or decimal; inside [0, p2m_size)."""
+    s = text.strip().lower().replace("_", "")
+    try:
+        g = int(s, 16) if s.startswith("0x") else int(s, 10)
+    except ValueError:
+        raise ValueError(f"not a GFN: {text!r} (expected 0x30060 or 196704)") from None
+    if not 0 <= g < max(p2m_size, 1):
+        raise ValueError(f"GFN {g:#x} is outside the address space [0, {p2m_size:#x})")
+    return g
+
+
+__all__ = ["FOLD_SHARE", "MapFrame", "MapRow", "ZOOM_STEP", "holes", "layout", "legend_lines", "parse_gfn",
+           "render_map", "share_states", "zoom_cells"]
