@@ -11,8 +11,8 @@ room.
 
 Pooling is honest: a glyph that stands for many GFNs shows one of its GFNs' states,
 chosen so that, along the map, the glyphs of each state are in proportion to its GFNs
-(``share_states``: a running tally per state, rounded; a glyph never shows a state none
-of its GFNs is in). So 3,357 leftover bits in a 65,536-GFN balloon region light about
+(``gfnmap.share_states``: a running tally per state, rounded; a glyph never shows a
+state none of its GFNs is in). So 3,357 leftover bits in a 65,536-GFN balloon region light about
 5 % of that region's glyphs, not all of them.
 """
 
@@ -24,7 +24,7 @@ import numpy as np
 from rich.console import Group, RenderableType
 from rich.text import Text
 
-from migrate.ui.gfnmap import LEGEND, NSTATES, PENDING, SENT, UNPOPULATED, GfnMap
+from migrate.ui.gfnmap import LEGEND, NSTATES, PENDING, SENT, UNPOPULATED, GfnMap, share_states
 
 #: A hole at least this share of the address space gets folded into one row.
 FOLD_SHARE = 1 / 8
@@ -32,29 +32,6 @@ FOLD_SHARE = 1 / 8
 ZOOM_STEP = 4
 TRACKED_STYLE = "reverse"
 TARGET_STYLE = "reverse underline"
-
-
-def share_states(counts: np.ndarray) -> np.ndarray:
-    """One state per row of ``counts`` ((n, NSTATES) GFNs per state), in proportion.
-
-    Each state keeps a running total of its share (in glyphs); a glyph goes to a state
-    whose rounded total steps up there (the rarest in that cell when several do), else
-    to the cell's largest state. Over a stretch of glyphs a state's glyphs number its
-    share of the GFNs, rounded; an empty row gives -1."""
-    n = counts.shape[0]
-    if not n:
-        return np.zeros(0, dtype=np.int8)
-    size = counts.sum(axis=1, keepdims=True)
-    f = counts / np.maximum(size, 1)
-    tally = np.floor(np.cumsum(f, axis=0) + 0.5)
-    fires = np.diff(tally, axis=0, prepend=np.zeros((1, counts.shape[1]))) > 0
-    # among states stepping up here, the rarest in this cell; else the largest
-    tie = np.arange(counts.shape[1]) * 1e-9          # ties go to the higher state
-    score = np.where(fires, 2.0 - f, f) + tie
-    score[f == 0] = -1.0
-    out = np.argmax(score, axis=1).astype(np.int8)
-    out[size[:, 0] == 0] = -1
-    return out
 
 
 def holes(gm: GfnMap) -> np.ndarray:
@@ -294,4 +271,4 @@ def parse_gfn(text: str, p2m_size: int) -> int:
 
 
 __all__ = ["FOLD_SHARE", "MapFrame", "MapRow", "ZOOM_STEP", "holes", "layout", "legend_lines", "parse_gfn",
-           "render_map", "share_states", "zoom_cells"]
+           "render_map", "zoom_cells"]

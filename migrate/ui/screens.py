@@ -73,13 +73,17 @@ HELP = """\
   g       guided: pause at every event of interest
   d       details: balloon and hypervisor panels (small terminals)
   t       the tracked GFN's story (--track; small terminals)
+  z       zoom the map in, down to one GFN a glyph, then back out
+  j       jump: centre a GFN on the map, one GFN a glyph
   [ / ]   replay: previous / next pass;  1-9: seek to pass N
   ?       this help
   q       quit (a migration in flight is aborted; the report is written)
 
-[b]the map[/b]: one glyph per group of GFNs, coloured by the most telling
-state in it. The legend counts PFNs; missing and stale are the
-destination's, after the end. Press any key to close."""
+[b]the map[/b]: one glyph per group of GFNs; along the map each state
+gets glyphs in proportion to its GFNs (a glyph never shows a state
+none of its GFNs is in). Tracked GFNs are in reverse video; a long
+hole is folded into one row. The legend counts PFNs; missing and stale
+are the destination's, after the end. Press any key to close."""
 
 
 class HelpScreen(ModalScreen):
@@ -163,7 +167,8 @@ class RunScreen(ModeScreen):
     RunScreen .small.storyview .story { display: block; width: 1fr; }
     RunScreen .small.storyview .map, RunScreen .small.storyview .table { display: none; }
     """
-    BINDINGS = keys(Binding("d", "details", "details"), Binding("t", "story", "story"))
+    BINDINGS = keys(Binding("d", "details", "details"), Binding("t", "story", "story"),
+                    Binding("z", "zoom", "zoom"), Binding("j", "jump", "jump", show=False))
 
     def __init__(self, view: "RunView") -> None:
         super().__init__()
@@ -212,6 +217,17 @@ class RunScreen(ModeScreen):
 
     def action_details(self) -> None:
         self.query_one("#top").toggle_class("details")
+
+    def action_zoom(self) -> None:
+        self.query_one(MapPanel).cycle_zoom()
+
+    def action_jump(self) -> None:
+        from migrate.ui.jump import JumpScreen
+
+        def centre(gfn: int | None) -> None:
+            if gfn is not None:
+                self.query_one(MapPanel).jump(gfn)
+        self.app.push_screen(JumpScreen(self.view.gfnmap.p2m_size), centre)
 
     def action_story(self) -> None:
         """Small terminals: the tracked GFN's story in place of the pass table and map."""
