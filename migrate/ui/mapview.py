@@ -76,12 +76,19 @@ class MapFrame:
 
 
 def zoom_cells(gm: GfnMap, fit_cell: int) -> list[int]:
-    """GFNs per glyph at each zoom level: the fitted size, then divided by ZOOM_STEP
-    down to one GFN a glyph (per-PFN model), or the map's own cell (per-cell model)."""
+    """GFNs per glyph at each zoom level: the fitted size, then the powers of ZOOM_STEP
+    below it down to one GFN a glyph (per-PFN model), or the map's own cell (per-cell
+    model)."""
     floor = 1 if gm.dense else gm.cell_pfns
     out = [fit_cell]
-    while out[-1] > floor:
-        out.append(max(out[-1] // ZOOM_STEP, floor))
+    step = 1
+    while step * ZOOM_STEP < fit_cell:
+        step *= ZOOM_STEP
+    while step >= floor and step < out[-1]:
+        out.append(step)
+        step //= ZOOM_STEP
+    if out[-1] > floor:
+        out.append(floor)
     return out
 
 
@@ -132,11 +139,15 @@ def layout(gm: GfnMap, width: int, budget: int, *, zoom: int = 0, centre: int | 
     def fits(cell: int) -> bool:
         return sum(-(-(hi - lo) // (cell * columns)) for lo, hi in segs) <= room
 
-    cell = cp
-    while not fits(cell) and cell < gm.p2m_size:
-        cell *= 2
-    if prefer == 2 * cell:
-        cell = prefer      # one step coarser than needed: keep it (no flicker of scale)
+    # the finest whole number of the map's cells a glyph that fits (not only powers of
+    # two: a power of two can leave half the panel empty)
+    total = sum(hi - lo for lo, hi in segs)
+    k = max(-(-total // (cp * columns * room)), 1)
+    while not fits(k * cp) and k * cp < gm.p2m_size:
+        k += 1
+    cell = k * cp
+    if prefer is not None and cell < prefer <= 2 * cell and prefer % cp == 0 and fits(prefer):
+        cell = prefer      # a little coarser than needed: keep it (the scale does not flicker)
     levels = zoom_cells(gm, cell)
     zoom = zoom % len(levels)
     rows: list[MapRow] = []

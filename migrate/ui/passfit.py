@@ -100,6 +100,8 @@ FITS = (
     (True, True, ("pfns_walked", "time", "balloon")),
     (True, True, ("pfns_walked", "time", "balloon", "bytes")),
     (True, True, ("pfns_walked", "time", "balloon", "bytes", "dirty_count")),
+    (True, True, ("pfns_walked", "time", "balloon", "bytes", "dirty_count", "phase")),
+    (True, True, ("pfns_walked", "time", "balloon", "bytes", "dirty_count", "phase", "xtab_sent")),
 )
 
 
@@ -107,29 +109,39 @@ def _round_dict(r) -> dict[str, Any]:
     return dict(r) if isinstance(r, dict) else r.as_dict()
 
 
-def fitted_cells(rows: list[dict[str, Any]], width: int) -> tuple[list[Column], list[list[str]], bool]:
+def fitted_cells(rows: list[dict[str, Any]], width: int) -> tuple[list[Column], list[list[str]], bool] | None:
     """The columns, the cell texts and whether the compact names are used: the first
-    of ``FITS`` whose widest row fits in ``width``, else the last."""
+    of ``FITS`` whose widest row fits in ``width``; None when none does."""
     for compact, ab, drop in FITS:
         cols = [c for c in COLUMNS if c.key not in drop]
         cells = [[c.cell(r, compact, ab) for c in cols] for r in rows]
         names = [c.short if compact else c.wide for c in cols]
         widths = [max([len(n)] + [len(row[i]) for row in cells]) for i, n in enumerate(names)]
         if sum(widths) + GAP * (len(cols) - 1) <= width:
-            break
-    return cols, cells, compact
+            return cols, cells, compact
+    return None
 
 
-def fit_pass_table(rounds: Iterable, *, live=None, max_rows: int | None = None, width: int) -> Table:
-    """One row per pass, the pass in flight in italics, fitted to ``width`` columns."""
+def shown_rows(rounds: Iterable, *, live=None, max_rows: int | None = None) -> tuple[list[dict], str | None]:
+    """The passes the table shows (the latest ``max_rows``, the one in flight last) and
+    the caption that says how many earlier ones it leaves out."""
     rows = [_round_dict(r) for r in rounds]
     caption = None
     if max_rows is not None and len(rows) + (live is not None) > max_rows:
         keep = max(max_rows - (live is not None) - 1, 1)
         caption = f"… {len(rows) - keep} earlier passes not shown"
         rows = rows[-keep:]
-    every = rows + ([_round_dict(live)] if live is not None else [])
-    cols, cells, compact = fitted_cells(every, width)
+    return rows + ([_round_dict(live)] if live is not None else []), caption
+
+
+def fit_pass_table(rounds: Iterable, *, live=None, max_rows: int | None = None, width: int) -> Table | Text:
+    """One row per pass, the pass in flight in italics, fitted to ``width`` columns
+    (a one-line note when not even ``#`` and ``data`` fit)."""
+    every, caption = shown_rows(rounds, live=live, max_rows=max_rows)
+    fit = fitted_cells(every, width)
+    if fit is None:
+        return Text("(too narrow)", style="dim", no_wrap=True, overflow="crop")
+    cols, cells, compact = fit
     tbl = Table(box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False, pad_edge=False, caption=caption,
                 caption_justify="left")
     for c in cols:
@@ -141,4 +153,4 @@ def fit_pass_table(rounds: Iterable, *, live=None, max_rows: int | None = None, 
     return tbl
 
 
-__all__ = ["COLUMNS", "FITS", "abbrev", "fit_pass_table", "fitted_cells", "parse_abbrev"]
+__all__ = ["COLUMNS", "FITS", "abbrev", "fit_pass_table", "fitted_cells", "parse_abbrev", "shown_rows"]

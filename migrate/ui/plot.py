@@ -100,7 +100,7 @@ def write_plot(path: str | Path, runs: list[dict[str, Any]]) -> Path:
         step = max(ncells // 8, 1)
         xt = np.arange(0, ncells + 1, step)
         ax.set_xticks(xt - 0.5, [f"{int(c) * cell:#x}" for c in xt], fontsize="small")
-        ax.set_xlabel(f"GFN ({cell} PFNs per cell)")
+        ax.set_xlabel(f"GFN ({cell} PFNs per cell, states in proportion to their PFNs)")
         ax.set_title(f"GFN map at each pass end: {_label(runs[i], i)}")
     if maps:
         from matplotlib.patches import Patch
