@@ -28,6 +28,9 @@ from migrate.ui.gfnmap import LEGEND, NSTATES, PENDING, SENT, UNPOPULATED, GfnMa
 
 #: A hole at least this share of the address space gets folded into one row.
 FOLD_SHARE = 1 / 8
+#: Up to this p2m_size (per-PFN model) a glyph may stand for any number of GFNs, so
+#: the map fills its panel; above it, a whole number of the map's cells (cheaper).
+FINE_LIMIT = 1 << 21
 #: Each zoom step divides the GFNs per glyph by this.
 ZOOM_STEP = 4
 TRACKED_STYLE = "reverse"
@@ -72,6 +75,7 @@ class MapFrame:
     zoom: int
     levels: int
     folded: list[tuple[int, int]]
+    budget: int = 0                # the rows it was given
     columns_for: int = 0           # the panel width it was drawn for (MapPanel)
 
 
@@ -118,11 +122,12 @@ def _mark(rows: list[MapRow], cell: int, columns: int, gfns, style: str) -> None
 
 
 def layout(gm: GfnMap, width: int, budget: int, *, zoom: int = 0, centre: int | None = None,
-           tracked=(), target: int | None = None, prefer: int | None = None) -> MapFrame:
+           tracked=(), target: int | None = None, prefer: tuple[int, int] | None = None) -> MapFrame:
     """Rows for a map ``width`` glyphs wide in at most ``budget`` rows (best effort: at
     least one row per segment). Zoom 0 fits the whole space, long holes folded; zoom
     ``z`` shows a window of glyphs ZOOM_STEP**z times finer, centred on ``centre``."""
-    cp = gm.cell_pfns
+    # a glyph is a whole number of the map's cells; a small per-PFN map may take any size
+    cp = 1 if gm.dense and gm.p2m_size <= FINE_LIMIT else gm.cell_pfns
     columns = max(width, 8)
     folds = [(int(-(-lo // cp) * cp), int(hi // cp * cp)) for lo, hi in holes(gm)
              if hi - lo >= FOLD_SHARE * gm.p2m_size]
@@ -146,8 +151,10 @@ def layout(gm: GfnMap, width: int, budget: int, *, zoom: int = 0, centre: int | 
     while not fits(k * cp) and k * cp < gm.p2m_size:
         k += 1
     cell = k * cp
-    if prefer is not None and cell < prefer <= 2 * cell and prefer % cp == 0 and fits(prefer):
-        cell = prefer      # a little coarser than needed: keep it (the scale does not flicker)
+    if prefer is not None and abs(prefer[1] - budget) <= 1 and cell < prefer[0] <= 2 * cell and fits(prefer[0]):
+        # one row more room than when it was chosen: keep the scale (a header or caption
+        # that wraps and unwraps does not make the map flicker)
+        cell = prefer[0]
     levels = zoom_cells(gm, cell)
     zoom = zoom % len(levels)
     rows: list[MapRow] = []
@@ -173,7 +180,7 @@ def layout(gm: GfnMap, width: int, budget: int, *, zoom: int = 0, centre: int | 
     _mark(rows, cell, columns, tracked, TRACKED_STYLE)
     if target is not None:
         _mark(rows, cell, columns, (target,), TARGET_STYLE)
-    return MapFrame(rows, cell, columns, zoom, len(levels), folds)
+    return MapFrame(rows, cell, columns, zoom, len(levels), folds, budget)
 
 
 _GLYPH = {e.state: (e.glyph, e.colour) for e in LEGEND}
@@ -204,33 +211,20 @@ def render_frame(gm: GfnMap, frame: MapFrame, label: int) -> Text:
     return lines
 
 
-def legend_lines(gm: GfnMap, frame: MapFrame | None, width: int, *, tracked=()) -> list[Text]:
-    """Legend entries (glyph, name, PFN count) of the states present, then how to read
-    a glyph (GFNs per glyph, zoom), packed into lines no wider than ``width``."""
-    totals = gm.totals()
-    entries = []
-    for e in LEGEND:
-        n = totals[e.name]
-        if n or e.state in (SENT, PENDING):
-            t = Text()
-            t.append(e.glyph, style=e.colour)
-            t.append(f" {'hole' if e.state == UNPOPULATED else e.name} {n:,}")
-            entries.append(t)
-    if gm.unplaced_stale:
-        entries.append(Text(f"({gm.unplaced_stale:,} stale drawn as sent: written unlogged)", style="dim"))
-    if tracked:
-        t = Text()
-        t.append("▮", style=TRACKED_STYLE)
-        t.append(" tracked")
-        entries.append(t)
-    if frame is not None:
-        if frame.cell > 1:
-            how = f"1 glyph = {frame.cell:,} GFNs, states in proportion"
-        else:
-            how = "1 glyph = 1 GFN"
-        if frame.levels > 1:
-            how += f"  zoom {frame.zoom + 1}/{frame.levels} (z, j: jump)"
-        entries.append(Text(how, style="dim"))
+#: The states a map can show while the passes run (missing and stale come with the end):
+#: the legend's room is kept for all of them, so a state that appears does not rescale.
+LIVE_STATES = tuple(e.state for e in LEGEND if e.name not in ("missing", "stale"))
+
+
+def scale_text(frame: MapFrame) -> str:
+    """How to read a glyph: GFNs per glyph and the zoom."""
+    how = f"1 glyph = {frame.cell:,} GFNs, in proportion" if frame.cell > 1 else "1 glyph = 1 GFN"
+    if frame.levels > 1:
+        how += f"; zoom {frame.zoom + 1}/{frame.levels} (z, j)"
+    return how
+
+
+def _pack(entries: list[Text], width: int) -> list[Text]:
     lines: list[Text] = [Text()]
     for t in entries:
         if lines[-1].cell_len and lines[-1].cell_len + 2 + t.cell_len > width:
@@ -241,26 +235,55 @@ def legend_lines(gm: GfnMap, frame: MapFrame | None, width: int, *, tracked=()) 
     return lines
 
 
+def _entry(e, n: int) -> Text:
+    t = Text()
+    t.append(e.glyph, style=e.colour)
+    t.append(f" {'hole' if e.state == UNPOPULATED else e.name} {n:,}")
+    return t
+
+
+def legend_lines(gm: GfnMap, frame: MapFrame | None, width: int, *, tracked=(), scale: bool = True,
+                 worst: bool = False) -> list[Text]:
+    """Legend entries (glyph, name, PFN count) of the states present, then (``scale``)
+    how to read a glyph, packed into lines no wider than ``width``. ``worst``: the
+    lines every live state would take at full counts (the room kept for the legend)."""
+    totals = gm.totals()
+    if worst:
+        entries = [_entry(e, gm.p2m_size) for e in LEGEND if e.state in LIVE_STATES]
+    else:
+        entries = [_entry(e, totals[e.name]) for e in LEGEND if totals[e.name] or e.state in (SENT, PENDING)]
+    if gm.unplaced_stale and not worst:
+        entries.append(Text(f"({gm.unplaced_stale:,} stale drawn as sent: written unlogged)", style="dim"))
+    if tracked:
+        t = Text()
+        t.append("▮", style=TRACKED_STYLE)
+        t.append(" tracked")
+        entries.append(t)
+    if frame is not None and scale:
+        entries.append(Text(scale_text(frame), style="dim"))
+    return _pack(entries, width)
+
+
 def render_map(gm: GfnMap, *, width: int | None = None, height: int | None = None, zoom: int = 0,
-               centre: int | None = None, tracked=(), target: int | None = None,
-               reserve: int = 0, prefer: int | None = None) -> tuple[RenderableType, MapFrame | None]:
+               centre: int | None = None, tracked=(), target: int | None = None, scale: bool = True,
+               prefer: tuple[int, int] | None = None) -> tuple[RenderableType, MapFrame | None]:
     """The map in ``width`` x ``height`` characters: rows labelled with their first GFN
-    (hex), then the legend. ``reserve`` lines are kept free of map rows whatever the
-    legend needs, so the scale does not move when the legend wraps differently."""
+    (hex), then the legend (with the scale line unless ``scale`` is False: the panel
+    puts it in its border). The legend's room is kept for every live state, so the map's
+    scale does not move when a state appears or the legend wraps differently."""
     if not gm.ncells:
         return Text("no address space yet", style="dim"), None
     label = len(f"{gm.p2m_size:x}") + 1
     w = width or 100
     columns = min(max(w - label, 8), 256) if width is not None else gm.columns
-    probe = legend_lines(gm, MapFrame([], gm.cell_pfns, columns, 0, 2, []), w, tracked=tracked)
-    budget = 10 ** 9 if height is None else max(height - max(len(probe), reserve), 1)
-    frame = layout(gm, columns, budget, zoom=zoom, centre=centre, tracked=tracked, target=target,
-                       prefer=prefer)
-    lines = legend_lines(gm, frame, w, tracked=tracked)
-    if height is not None and len(lines) > max(len(probe), reserve) and budget > 1:
-        frame = layout(gm, columns, budget - 1, zoom=zoom, centre=centre, tracked=tracked, target=target,
-                       prefer=prefer)
-        lines = legend_lines(gm, frame, w, tracked=tracked)
+    dummy = MapFrame([], gm.cell_pfns, columns, 0, 2, [])
+    room = len(legend_lines(gm, dummy, w, tracked=tracked, scale=scale, worst=True))
+    budget = 10 ** 9 if height is None else max(height - room, 1)
+    lines = legend_lines(gm, dummy, w, tracked=tracked, scale=scale)
+    if height is not None and len(lines) > room:           # the end's states: the legend comes first
+        budget = max(height - len(lines), 1)
+    frame = layout(gm, columns, budget, zoom=zoom, centre=centre, tracked=tracked, target=target, prefer=prefer)
+    lines = legend_lines(gm, frame, w, tracked=tracked, scale=scale)
     legend = Text(no_wrap=True, overflow="crop")
     for i, ln in enumerate(lines):
         if i:
@@ -282,4 +305,4 @@ def parse_gfn(text: str, p2m_size: int) -> int:
 
 
 __all__ = ["FOLD_SHARE", "MapFrame", "MapRow", "ZOOM_STEP", "holes", "layout", "legend_lines", "parse_gfn",
-           "render_map", "zoom_cells"]
+           "render_map", "scale_text", "zoom_cells"]

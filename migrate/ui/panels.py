@@ -163,9 +163,13 @@ class PassTablePanel(RunPanel):
                    "padding: 0 1; }")
     max_rows = reactive(12, layout=True)
 
-    def shape(self) -> Any:
-        s = self.view.state
-        return (len(s.rounds), s.in_pass)
+    def on_mount(self) -> None:
+        self.watch_max_rows(self.max_rows)
+
+    def watch_max_rows(self, rows: int) -> None:
+        # the rows it may take are kept from the start (border, header, rule, rows): the
+        # map below keeps its scale as passes are added
+        self.styles.height = rows + 4
 
     def render(self) -> RenderableType:
         from migrate.ui.passfit import fit_pass_table
@@ -180,7 +184,7 @@ class MapPanel(RunPanel):
     zooms in towards ``centre`` (a jumped-to GFN, else the middle), ``j`` jumps."""
 
     DEFAULT_CSS = ("MapPanel { height: 1fr; min-height: 5; border: round $primary; "
-                   "border-title-align: left; }")
+                   "border-title-align: left; border-subtitle-align: right; border-subtitle-color: $text-muted; }")
     zoom = reactive(0)
     centre: reactive[int | None] = reactive(None)
 
@@ -189,18 +193,21 @@ class MapPanel(RunPanel):
         self.frame = None
 
     def render(self) -> RenderableType:
-        from migrate.ui.mapview import render_map
+        from migrate.ui.mapview import render_map, scale_text
 
         w, h = self.content_size.width, self.content_size.height
         story = self.view.story
         tracked = tuple(int(g) for g in story.gfns) if story is not None else ()
         # the scale last drawn stays while it still fits this width: a line more or less
         # above (a header or caption that wraps) does not rescale the map
-        prefer = self.frame.cell if self.frame is not None and self.frame.columns_for == w else None
+        f = self.frame
+        prefer = (f.cell, f.budget) if f is not None and f.columns_for == w and f.zoom == 0 else None
         out, self.frame = render_map(self.view.gfnmap, width=max(w, 16), height=max(h, 3), zoom=self.zoom,
-                                     centre=self.centre, tracked=tracked, target=self.centre, prefer=prefer)
+                                     centre=self.centre, tracked=tracked, target=self.centre, prefer=prefer,
+                                     scale=False)
         if self.frame is not None:
             self.frame.columns_for = w
+            self.border_subtitle = scale_text(self.frame)
         if self.frame is not None and self.frame.zoom != self.zoom:
             self.zoom = self.frame.zoom
         return out

@@ -63,7 +63,8 @@ def columns_now(app) -> list[str]:
 
 def check_map(app) -> None:
     text = "\n".join(screen_lines(app))
-    assert "1 glyph =" in text, "the map's legend was pushed off screen"
+    assert "1 glyph =" in text, "the map's scale is not shown"
+    assert "█ sent" in text, "the map's legend was pushed off screen"
 
 
 @pytest.fixture
@@ -108,3 +109,26 @@ async def test_a_live_run_shrunk_from_120x40_to_80x24_never_cuts_a_number(prefix
         await pilot.resize_terminal(30, 24)        # narrower than the app is made for
         await pilot.pause(0.3)
         check_table(app, result)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=lambda s: f"{s[0]}x{s[1]}")
+async def test_the_maps_scale_holds_while_captions_and_passes_come_and_go(size, prefix):
+    """Captions of one, two and three lines and a pass table that fills up do not
+    rescale the map: its height is kept for it from the start."""
+    events, _ = prefix
+    app = XmigApp.for_replay(events, speed=6.0)
+    scales, captions = set(), set()
+    async with app.run_test(size=size) as pilot:
+        panel = app.screen.query_one("#map")
+        await until(pilot, lambda: app.views[0].state.p2m_size and panel.frame is not None)
+        while True:
+            await pilot.pause(0.05)
+            if app.views[0].gfnmap.finished:           # the destination's view may take its own
+                break
+            if panel.frame is not None:
+                scales.add(panel.frame.cell)
+            cap = app.views[0].caption
+            if cap is not None:
+                captions.add(len(cap.line()) // (size[0] - 2) + 1)
+    assert len(captions) >= 2                  # captions did wrap to different heights
+    assert len(scales) == 1, scales
