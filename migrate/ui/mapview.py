@@ -216,12 +216,16 @@ def render_frame(gm: GfnMap, frame: MapFrame, label: int) -> Text:
 LIVE_STATES = tuple(e.state for e in LEGEND if e.name not in ("missing", "stale"))
 
 
-def scale_text(frame: MapFrame) -> str:
-    """How to read a glyph: GFNs per glyph and the zoom."""
-    how = f"1 glyph = {frame.cell:,} GFNs, in proportion" if frame.cell > 1 else "1 glyph = 1 GFN"
-    if frame.levels > 1:
-        how += f"; zoom {frame.zoom + 1}/{frame.levels} (z, j)"
-    return how
+def scale_text(frame: MapFrame, width: int = 1000) -> str:
+    """How to read a glyph: GFNs per glyph, pooled in proportion, and the zoom; the
+    longest of these that fits in ``width``."""
+    one = frame.cell == 1
+    zoom = f"zoom {frame.zoom + 1}/{frame.levels}" if frame.levels > 1 else ""
+    head = "1 glyph = 1 GFN" if one else f"1 glyph = {frame.cell:,} GFNs"
+    tries = [f"{head}{'' if one else ', in proportion'}" + (f"; {zoom} (z, j)" if zoom else ""),
+             f"{head}{'' if one else ', in proportion'}" + (f"; {zoom}" if zoom else ""),
+             f"{head}{'' if one else ' in proportion'}", head]
+    return next((t for t in tries if len(t) <= width), head)
 
 
 def _pack(entries: list[Text], width: int) -> list[Text]:

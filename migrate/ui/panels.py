@@ -163,19 +163,38 @@ class PassTablePanel(RunPanel):
                    "padding: 0 1; }")
     max_rows = reactive(12, layout=True)
 
-    def on_mount(self) -> None:
-        self.watch_max_rows(self.max_rows)
+    _kept = 0
 
-    def watch_max_rows(self, rows: int) -> None:
-        # the rows it may take are kept from the start (border, header, rule, rows): the
-        # map below keeps its scale as passes are added
-        self.styles.height = rows + 4
+    def kept_rows(self) -> int:
+        """The pass rows it keeps room for: as many as the policy can run (``xen``: its
+        ``max_iterations`` live passes and the final one), at most ``max_rows``."""
+        n = (self.view.state.policy_params or {}).get("max_iterations")
+        want = int(n) + 1 if isinstance(n, int) and n > 0 else self.max_rows
+        return max(min(self.max_rows, want), 1)
+
+    def _keep_room(self) -> None:
+        # the room is kept from the start (border, header, rule, rows): the map below
+        # keeps its scale as passes are added
+        kept = self.kept_rows()
+        if kept != self._kept:
+            self._kept = kept
+            self.styles.height = kept + 4
+
+    def on_mount(self) -> None:
+        self._keep_room()
+
+    def watch_max_rows(self) -> None:
+        self._keep_room()
+
+    def watch_version(self) -> None:
+        self._keep_room()
+        super().watch_version()
 
     def render(self) -> RenderableType:
         from migrate.ui.passfit import fit_pass_table
 
         s = self.view.state
-        return fit_pass_table(s.rounds, live=s.live_round(), max_rows=self.max_rows,
+        return fit_pass_table(s.rounds, live=s.live_round(), max_rows=self._kept or self.max_rows,
                               width=max(self.content_size.width, 1))
 
 
@@ -207,7 +226,7 @@ class MapPanel(RunPanel):
                                      scale=False)
         if self.frame is not None:
             self.frame.columns_for = w
-            self.border_subtitle = scale_text(self.frame)
+            self.border_subtitle = scale_text(self.frame, w - 4)
         if self.frame is not None and self.frame.zoom != self.zoom:
             self.zoom = self.frame.zoom
         return out

@@ -56,7 +56,7 @@ def columns_now(app) -> list[str]:
 
     state = app.views[0].state
     panel = app.screen.query_one("#table")
-    rows, _ = shown_rows(state.rounds, live=state.live_round(), max_rows=panel.max_rows)
+    rows, _ = shown_rows(state.rounds, live=state.live_round(), max_rows=panel.kept_rows())
     cols, _, compact = fitted_cells(rows, panel.content_size.width)
     return [(c.short if compact else c.wide).replace("time s", "time_s").replace("bal -/+", "bal") for c in cols]
 
