@@ -210,6 +210,7 @@ class MapPanel(RunPanel):
     def __init__(self, view: RunView, **kw: Any):
         super().__init__(view, **kw)
         self.frame = None
+        self._subtitle = ""
 
     def render(self) -> RenderableType:
         from migrate.ui.mapview import render_map, scale_text
@@ -226,7 +227,11 @@ class MapPanel(RunPanel):
                                      scale=False)
         if self.frame is not None:
             self.frame.columns_for = w
-            self.border_subtitle = scale_text(self.frame, w - 4)
+            sub = scale_text(self.frame, w - 4)
+            if sub != self._subtitle:
+                # the border is drawn from the frame just made: draw again once it is set
+                self._subtitle = self.border_subtitle = sub
+                self.call_after_refresh(self.refresh)
         if self.frame is not None and self.frame.zoom != self.zoom:
             self.zoom = self.frame.zoom
         return out

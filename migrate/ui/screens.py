@@ -56,6 +56,10 @@ def keys(*extra: Binding) -> list[Binding]:
             Binding("q", "app.quit_run", "quit")]
 
 
+#: the map's keys (``mapview.py``): zoom one level finer, jump to a GFN
+MAP_KEYS = (Binding("z", "zoom", "zoom"), Binding("j", "jump", "jump", show=False))
+
+
 class RunChanged(Message):
     """A run's view moved (events folded) or the app's status did: redraw what changed.
     One still queued is replaced by the newer one, so a burst costs one redraw."""
@@ -131,6 +135,23 @@ class ModeScreen(Screen):
                 p.max_rows = rows
         self.app.refresh_bindings()
 
+    def action_zoom(self) -> None:
+        """``z``: every map one zoom level finer (the whole space after the finest)."""
+        for m in self.query(MapPanel):
+            m.cycle_zoom()
+
+    def action_jump(self) -> None:
+        """``j``: ask for a GFN, then centre it on every map at one GFN a glyph."""
+        from migrate.ui.jump import JumpScreen
+
+        maps = list(self.query(MapPanel))
+
+        def centre(gfn: int | None) -> None:
+            for m in maps if gfn is not None else ():
+                m.jump(gfn)
+        if maps:
+            self.app.push_screen(JumpScreen(maps[0].view.gfnmap.p2m_size), centre)
+
     def on_run_changed(self, message: RunChanged) -> None:
         self.redraw()
 
@@ -167,8 +188,7 @@ class RunScreen(ModeScreen):
     RunScreen .small.storyview .story { display: block; width: 1fr; }
     RunScreen .small.storyview .map, RunScreen .small.storyview .table { display: none; }
     """
-    BINDINGS = keys(Binding("d", "details", "details"), Binding("t", "story", "story"),
-                    Binding("z", "zoom", "zoom"), Binding("j", "jump", "jump", show=False))
+    BINDINGS = keys(Binding("d", "details", "details"), Binding("t", "story", "story"), *MAP_KEYS)
 
     def __init__(self, view: "RunView") -> None:
         super().__init__()
@@ -218,17 +238,6 @@ class RunScreen(ModeScreen):
     def action_details(self) -> None:
         self.query_one("#top").toggle_class("details")
 
-    def action_zoom(self) -> None:
-        self.query_one(MapPanel).cycle_zoom()
-
-    def action_jump(self) -> None:
-        from migrate.ui.jump import JumpScreen
-
-        def centre(gfn: int | None) -> None:
-            if gfn is not None:
-                self.query_one(MapPanel).jump(gfn)
-        self.app.push_screen(JumpScreen(self.view.gfnmap.p2m_size), centre)
-
     def action_story(self) -> None:
         """Small terminals: the tracked GFN's story in place of the pass table and map."""
         if self.view.story is not None:
@@ -264,7 +273,7 @@ class CompareScreen(ModeScreen):
     CompareScreen .small .run .pass, CompareScreen .small .run .table,
     CompareScreen .small .run .caption { display: none; }
     """
-    BINDINGS = keys()
+    BINDINGS = keys(*MAP_KEYS)
 
     def __init__(self, views: list["RunView"]) -> None:
         super().__init__()
