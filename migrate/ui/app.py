@@ -21,7 +21,8 @@ transition table in ``playback.py``.
 Keys: space pause/resume, ``n`` next event of interest, ``+``/``-`` speed, ``d``
 details (balloon and hypervisor panels when the terminal is small), ``t`` the tracked
 GFN's story (``--track``; beside the map from 120x36, behind ``t`` below), ``[``/``]`` and
-``1``-``9`` seek to a pass (replay), ``g`` guided on/off, ``?`` help, ``q`` quit (a
+``1``-``9`` seek to a pass (replay), ``g`` guided on/off, ``z`` zoom the map and ``j`` jump
+to a GFN (``mapview.py``), ``?`` help, ``q`` quit (a
 migration in flight is aborted cleanly: the source domain resumes).
 """
 

@@ -202,6 +202,10 @@ class GfnMap:
         self._counts = np.zeros((n, NSTATES), dtype=np.int64)
         self._counts[:, UNPOPULATED] = self._sizes
         self._stale = np.zeros(n, dtype=bool)
+        # cells whose counts moved since fine_counts last looked (see there)
+        self._changed = np.ones(n, dtype=bool)
+        self._fine: np.ndarray | None = None
+        self._fine_g = 0
         if self.dense:
             self._state = np.zeros(n * self.cell_pfns, dtype=np.uint8)
         else:
@@ -429,6 +433,7 @@ class GfnMap:
                 pad = self.ncells * self.cell_pfns - self.p2m_size
                 if pad and self._stale[-1]:
                     self._counts[-1, UNPOPULATED] -= pad
+                self._changed |= self._stale
                 self._stale[:] = False
             return self._counts
         c = self._counts
@@ -482,6 +487,38 @@ class GfnMap:
         lut = _DISPLAY_END if self.finished else _DISPLAY
         return lut[self._state[np.asarray(pfns, dtype=np.int64)]].astype(np.int8)
 
+    def fine_counts(self, g: int) -> np.ndarray:
+        """(ncells * cell_pfns / g, NSTATES) PFNs per state in blocks of ``g`` PFNs
+        (``g`` divides ``cell_pfns``; per-PFN model), kept between calls and refreshed
+        only for the cells that changed: what lets the screen pool glyphs of any
+        multiple of ``g`` GFNs without a pass over every PFN per frame. PFNs past
+        ``p2m_size`` count as unpopulated."""
+        if not self.dense:
+            raise ValueError("per-PFN states are not kept for p2m_size above the dense limit")
+        self.counts()                                   # flushes the stale cells into _changed
+        k = self.cell_pfns // g
+        if self._fine is None or self._fine_g != g:
+            self._fine = np.zeros((self.ncells * k, NSTATES), dtype=np.int64)
+            self._fine_g = g
+            self._changed[:] = True
+        changed = np.flatnonzero(self._changed)
+        self._changed[:] = False
+        lut = _DISPLAY_END if self.finished else _DISPLAY
+        step = max(1, (1 << 22) // self.cell_pfns)      # at most ~4 Mi PFNs at a time
+        for at in range(0, changed.size, step):
+            sel = changed[at:at + step]
+            disp = lut[self._state.reshape(self.ncells, self.cell_pfns)[sel]].reshape(-1, g).astype(np.int64)
+            disp += (np.arange(disp.shape[0], dtype=np.int64) * NSTATES)[:, None]
+            cnt = np.bincount(disp.ravel(), minlength=disp.shape[0] * NSTATES).reshape(-1, NSTATES)
+            self._fine[(sel[:, None] * k + np.arange(k)).ravel()] = cnt
+        return self._fine
+
+    def states_range(self, lo: int, hi: int) -> np.ndarray:
+        """Displayed state of the PFNs in [lo, hi) (per-PFN model only)."""
+        if not self.dense:
+            raise ValueError("per-PFN states are not kept for p2m_size above the dense limit")
+        return (_DISPLAY_END if self.finished else _DISPLAY)[self._state[lo:hi]]
+
     def totals(self) -> dict[str, int]:
         """PFNs per displayed state over the whole map.
 
@@ -504,6 +541,24 @@ class GfnMap:
             return 0
         placed = int(self.counts()[:, STALE].sum())
         return max(int(self.verify.stale_pages) - placed, 0)
+
+    def holes(self) -> np.ndarray:
+        """(k, 2) [lo, hi) runs of ``[0, p2m_size)`` neither populated nor ballooned at
+        the run's start (``RunStarted``): the guest layout's holes (libxc's
+        ``meminit_hvm`` leaves the VGA hole, the MMIO hole, the gap below the special
+        pages), which the saver lists as XTAB in pass 1."""
+        if not self.p2m_size:
+            return np.empty((0, 2), dtype=np.int64)
+        r = np.vstack([self._populated, self._ballooned])
+        r = r[np.argsort(r[:, 0], kind="stable")]
+        out, at = [], 0
+        for lo, hi in r.tolist():
+            if lo > at:
+                out.append((at, min(lo, self.p2m_size)))
+            at = max(at, hi)
+        if at < self.p2m_size:
+            out.append((at, self.p2m_size))
+        return np.array([x for x in out if x[1] > x[0]], dtype=np.int64).reshape(-1, 2)
 
     def geometry(self) -> dict[str, int]:
         return {"p2m_size": self.p2m_size, "cell_pfns": self.cell_pfns, "ncells": self.ncells,

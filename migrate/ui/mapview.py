@@ -22,15 +22,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from rich.console import Group, RenderableType
-from rich.text import Text
+from rich.text import Span, Text
 
 from migrate.ui.gfnmap import LEGEND, NSTATES, PENDING, SENT, UNPOPULATED, GfnMap, share_states
 
 #: A hole at least this share of the address space gets folded into one row.
 FOLD_SHARE = 1 / 8
-#: Up to this p2m_size (per-PFN model) a glyph may stand for any number of GFNs, so
-#: the map fills its panel; above it, a whole number of the map's cells (cheaper).
+#: Up to this p2m_size (per-PFN model) a glyph may stand for finer blocks than the
+#: map's cells, so the map fills its panel; above it, a whole number of cells.
 FINE_LIMIT = 1 << 21
+#: ... in blocks of this fraction of the map's cell (kept counted by the map).
+FINE_BLOCKS = 16
 #: Each zoom step divides the GFNs per glyph by this.
 ZOOM_STEP = 4
 TRACKED_STYLE = "reverse"
@@ -38,23 +40,8 @@ TARGET_STYLE = "reverse underline"
 
 
 def holes(gm: GfnMap) -> np.ndarray:
-    """(k, 2) [lo, hi) runs of ``[0, p2m_size)`` neither populated nor ballooned at the
-    run's start (``RunStarted``): the guest layout's holes."""
-    runs = [r for r in (gm._populated, gm._ballooned) if r.size]
-    if not gm.p2m_size:
-        return np.empty((0, 2), dtype=np.int64)
-    if not runs:
-        return np.array([[0, gm.p2m_size]], dtype=np.int64)
-    r = np.vstack(runs)
-    r = r[np.argsort(r[:, 0], kind="stable")]
-    out, at = [], 0
-    for lo, hi in r:
-        if lo > at:
-            out.append((at, min(int(lo), gm.p2m_size)))
-        at = max(at, int(hi))
-    if at < gm.p2m_size:
-        out.append((at, gm.p2m_size))
-    return np.array([x for x in out if x[1] > x[0]], dtype=np.int64).reshape(-1, 2)
+    """The guest layout's holes (``GfnMap.holes``)."""
+    return gm.holes()
 
 
 @dataclass
@@ -96,12 +83,30 @@ def zoom_cells(gm: GfnMap, fit_cell: int) -> list[int]:
     return out
 
 
+def fine_grain(gm: GfnMap) -> int:
+    """GFNs per block the screen pools from (``GfnMap.fine_counts``): a glyph is a
+    whole number of blocks, so a small per-PFN map fills its panel."""
+    return max(gm.cell_pfns // FINE_BLOCKS, 1) if gm.dense and gm.p2m_size <= FINE_LIMIT else gm.cell_pfns
+
+
 def _pooled(gm: GfnMap, lo: int, hi: int, cell: int) -> np.ndarray:
     """(n, NSTATES) counts of glyphs of ``cell`` GFNs over [lo, hi)."""
     n = -(-(hi - lo) // cell)
     if not n:
         return np.zeros((0, NSTATES), dtype=np.int64)
     cp = gm.cell_pfns
+    g = fine_grain(gm)
+    if cell % cp and cell % g == 0 and lo % g == 0 and gm.dense:
+        c = gm.fine_counts(g)[lo // g: -(-hi // g)]
+        k = cell // g
+        pad = n * k - c.shape[0]
+        if pad > 0:
+            c = np.vstack([c, np.zeros((pad, NSTATES), dtype=c.dtype)])
+        out = c[: n * k].reshape(n, k, NSTATES).sum(axis=1)
+        over = -(-hi // g) * g - hi                      # PFNs past hi in the last block
+        if over and hi == gm.p2m_size:
+            out[-1, UNPOPULATED] -= over
+        return out
     if cell % cp == 0 and lo % cp == 0:
         c = gm.counts()[lo // cp: -(-hi // cp)]
         k = cell // cp
@@ -109,9 +114,11 @@ def _pooled(gm: GfnMap, lo: int, hi: int, cell: int) -> np.ndarray:
         if pad > 0:
             c = np.vstack([c, np.zeros((pad, NSTATES), dtype=c.dtype)])
         return c[: n * k].reshape(n, k, NSTATES).sum(axis=1)
-    st = gm.states(np.arange(lo, hi, dtype=np.int64)).astype(np.int64)
-    idx = (np.arange(hi - lo, dtype=np.int64) // cell) * NSTATES + st
-    return np.bincount(idx, minlength=n * NSTATES)[: n * NSTATES].reshape(n, NSTATES)
+    st = np.full(n * cell, NSTATES, dtype=np.int64)      # NSTATES: past the end
+    st[: hi - lo] = gm.states_range(lo, hi)
+    idx = st.reshape(n, cell) + (np.arange(n, dtype=np.int64) * (NSTATES + 1))[:, None]
+    out = np.bincount(idx.ravel(), minlength=n * (NSTATES + 1)).reshape(n, NSTATES + 1)
+    return out[:, :NSTATES]
 
 
 def _mark(rows: list[MapRow], cell: int, columns: int, gfns, style: str) -> None:
@@ -127,7 +134,7 @@ def layout(gm: GfnMap, width: int, budget: int, *, zoom: int = 0, centre: int | 
     least one row per segment). Zoom 0 fits the whole space, long holes folded; zoom
     ``z`` shows a window of glyphs ZOOM_STEP**z times finer, centred on ``centre``."""
     # a glyph is a whole number of the map's cells; a small per-PFN map may take any size
-    cp = 1 if gm.dense and gm.p2m_size <= FINE_LIMIT else gm.cell_pfns
+    cp = fine_grain(gm)
     columns = max(width, 8)
     folds = [(int(-(-lo // cp) * cp), int(hi // cp * cp)) for lo, hi in holes(gm)
              if hi - lo >= FOLD_SHARE * gm.p2m_size]
@@ -183,32 +190,84 @@ def layout(gm: GfnMap, width: int, budget: int, *, zoom: int = 0, centre: int | 
     return MapFrame(rows, cell, columns, zoom, len(levels), folds, budget)
 
 
-_GLYPH = {e.state: (e.glyph, e.colour) for e in LEGEND}
-_GLYPH[-1] = (" ", "")
+_CHARS = np.array([" "] + [next(e.glyph for e in LEGEND if e.state == k) for k in range(NSTATES)])
+_STYLES = [""] + [next(e.colour for e in LEGEND if e.state == k) for k in range(NSTATES)]
+
+
+def row_runs(frame: MapFrame, label: int) -> list[list[tuple[str, str]]]:
+    """Each row as (text, style) runs: its label, then one run per stretch of a state
+    (a mark is a run of its own). What both drawings below are made from."""
+    out = []
+    for r in frame.rows:
+        runs = [(f"{r.lo:0{label - 1}x} ", "dim")]
+        if r.states is None:
+            runs.append((f"┄┄ hole {r.lo:#x}-{r.hi - 1:#x} folded ({r.hi - r.lo:,} GFNs) ┄┄", "italic grey50"))
+            out.append(runs)
+            continue
+        row = r.states.astype(np.int64) + 1          # -1 (nothing) -> 0
+        cuts = np.flatnonzero(np.diff(row)) + 1
+        if r.marks:
+            m = np.array([k for k in r.marks if k < row.size], dtype=np.int64)
+            cuts = np.union1d(cuts, np.concatenate([m, m + 1]))
+            cuts = cuts[(cuts > 0) & (cuts < row.size)]
+        starts = [0] + cuts.tolist()
+        ends = cuts.tolist() + [row.size]
+        glyphs = "".join(_CHARS[row].tolist())
+        for a, b, k in zip(starts, ends, row[starts].tolist()):
+            style = _STYLES[k]
+            if a in r.marks:
+                style = f"{style} {r.marks[a]}".strip()
+            runs.append((glyphs[a:b], style))
+        out.append(runs)
+    return out
 
 
 def render_frame(gm: GfnMap, frame: MapFrame, label: int) -> Text:
-    lines = Text(no_wrap=True, overflow="crop")
-    for i, r in enumerate(frame.rows):
+    """The rows as one ``Text`` (for plain text and tests; the app draws strips)."""
+    parts: list[str] = []
+    spans: list[Span] = []
+    pos = 0
+    for i, runs in enumerate(row_runs(frame, label)):
         if i:
-            lines.append("\n")
-        lines.append(f"{r.lo:0{label - 1}x} ", style="dim")
-        if r.states is None:
-            lines.append(f"┄┄ hole {r.lo:#x}-{r.hi - 1:#x} folded ({r.hi - r.lo:,} GFNs) ┄┄",
-                         style="italic grey50")
-            continue
-        row = r.states
-        cut = sorted(set((np.flatnonzero(np.diff(row)) + 1).tolist())
-                     | {m for m in r.marks} | {m + 1 for m in r.marks})
-        start = 0
-        for end in [c for c in cut if 0 < c < row.size] + [row.size]:
-            g, colour = _GLYPH[int(row[start])]
-            style = colour
-            if start in r.marks:
-                style = f"{colour} {r.marks[start]}".strip()
-            lines.append(g * (end - start), style=style)
-            start = end
-    return lines
+            parts.append("\n")
+            pos += 1
+        for text, style in runs:
+            parts.append(text)
+            if style:
+                spans.append(Span(pos, pos + len(text), style))
+            pos += len(text)
+    return Text("".join(parts), spans=spans, no_wrap=True, overflow="crop")
+
+
+def map_strips(gm: GfnMap, *, width: int, height: int, zoom: int = 0, centre: int | None = None,
+               tracked=(), target: int | None = None, prefer: tuple[int, int] | None = None,
+               console=None, base=None):
+    """The map as Textual strips, one per line of ``width`` x ``height``, built from
+    segments directly: a dithered row has hundreds of runs, and going through a rich
+    ``Text`` costs a style merge per run. Returns (strips, frame)."""
+    from rich.segment import Segment
+    from rich.style import Style
+    from textual.strip import Strip
+
+    if not gm.ncells:
+        return [Strip([Segment("no address space yet", Style(dim=True))])], None
+    label = len(f"{gm.p2m_size:x}") + 1
+    frame, legend = _fit(gm, width, height, zoom=zoom, centre=centre, tracked=tracked, target=target,
+                         prefer=prefer, scale=False)
+    cache: dict[str, Style] = {}
+
+    def style(name: str) -> Style:
+        if name not in cache:
+            cache[name] = (base + Style.parse(name)) if base is not None else Style.parse(name)
+        return cache[name]
+
+    # every glyph is one cell wide: each strip's length is known, no measuring per run
+    strips = [Strip([Segment(t, style(s)) for t, s in runs], sum(len(t) for t, _ in runs))
+              for runs in row_runs(frame, label)]
+    for ln in legend:
+        segs = list(ln.render(console)) if console is not None else [Segment(ln.plain)]
+        strips.append(Strip(segs).crop(0, width))
+    return strips[:max(height, 1)], frame
 
 
 #: The states a map can show while the passes run (missing and stale come with the end):
@@ -268,26 +327,34 @@ def legend_lines(gm: GfnMap, frame: MapFrame | None, width: int, *, tracked=(), 
     return _pack(entries, width)
 
 
-def render_map(gm: GfnMap, *, width: int | None = None, height: int | None = None, zoom: int = 0,
-               centre: int | None = None, tracked=(), target: int | None = None, scale: bool = True,
-               prefer: tuple[int, int] | None = None) -> tuple[RenderableType, MapFrame | None]:
-    """The map in ``width`` x ``height`` characters: rows labelled with their first GFN
-    (hex), then the legend (with the scale line unless ``scale`` is False: the panel
-    puts it in its border). The legend's room is kept for every live state, so the map's
-    scale does not move when a state appears or the legend wraps differently."""
-    if not gm.ncells:
-        return Text("no address space yet", style="dim"), None
+def _fit(gm: GfnMap, width: int, height: int | None, *, zoom: int, centre, tracked, target, prefer,
+         scale: bool) -> tuple[MapFrame, list[Text]]:
+    """The frame for ``width`` columns of text and ``height`` lines, and its legend. The
+    legend's room is kept for every live state, so the map's scale does not move when a
+    state appears or the legend wraps differently."""
     label = len(f"{gm.p2m_size:x}") + 1
-    w = width or 100
-    columns = min(max(w - label, 8), 256) if width is not None else gm.columns
+    columns = min(max(width - label, 8), 256)
     dummy = MapFrame([], gm.cell_pfns, columns, 0, 2, [])
-    room = len(legend_lines(gm, dummy, w, tracked=tracked, scale=scale, worst=True))
+    room = len(legend_lines(gm, dummy, width, tracked=tracked, scale=scale, worst=True))
     budget = 10 ** 9 if height is None else max(height - room, 1)
-    lines = legend_lines(gm, dummy, w, tracked=tracked, scale=scale)
+    lines = legend_lines(gm, dummy, width, tracked=tracked, scale=scale)
     if height is not None and len(lines) > room:           # the end's states: the legend comes first
         budget = max(height - len(lines), 1)
     frame = layout(gm, columns, budget, zoom=zoom, centre=centre, tracked=tracked, target=target, prefer=prefer)
-    lines = legend_lines(gm, frame, w, tracked=tracked, scale=scale)
+    return frame, legend_lines(gm, frame, width, tracked=tracked, scale=scale)
+
+
+def render_map(gm: GfnMap, *, width: int | None = None, height: int | None = None, zoom: int = 0,
+               centre: int | None = None, tracked=(), target: int | None = None, scale: bool = True,
+               prefer: tuple[int, int] | None = None) -> tuple[RenderableType, MapFrame | None]:
+    """The map in ``width`` x ``height`` characters as a rich renderable: rows labelled
+    with their first GFN (hex), then the legend (with the scale line unless ``scale`` is
+    False: the panel puts it in its border)."""
+    if not gm.ncells:
+        return Text("no address space yet", style="dim"), None
+    label = len(f"{gm.p2m_size:x}") + 1
+    frame, lines = _fit(gm, width or 100, height, zoom=zoom, centre=centre, tracked=tracked, target=target,
+                        prefer=prefer, scale=scale)
     legend = Text(no_wrap=True, overflow="crop")
     for i, ln in enumerate(lines):
         if i:
@@ -308,5 +375,5 @@ def parse_gfn(text: str, p2m_size: int) -> int:
     return g
 
 
-__all__ = ["FOLD_SHARE", "MapFrame", "MapRow", "ZOOM_STEP", "holes", "layout", "legend_lines", "parse_gfn",
-           "render_map", "scale_text", "zoom_cells"]
+__all__ = ["FOLD_SHARE", "MapFrame", "MapRow", "ZOOM_STEP", "holes", "layout", "legend_lines", "map_strips",
+           "parse_gfn", "render_map", "row_runs", "scale_text", "zoom_cells"]

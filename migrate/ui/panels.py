@@ -211,30 +211,56 @@ class MapPanel(RunPanel):
         super().__init__(view, **kw)
         self.frame = None
         self._subtitle = ""
+        self._key: Any = None
+        self._strips: list = []
 
-    def render(self) -> RenderableType:
-        from migrate.ui.mapview import render_map, scale_text
-
-        w, h = self.content_size.width, self.content_size.height
+    def _args(self, w: int) -> dict[str, Any]:
         story = self.view.story
-        tracked = tuple(int(g) for g in story.gfns) if story is not None else ()
+        f = self.frame
         # the scale last drawn stays while it still fits this width: a line more or less
         # above (a header or caption that wraps) does not rescale the map
-        f = self.frame
         prefer = (f.cell, f.budget) if f is not None and f.columns_for == w and f.zoom == 0 else None
-        out, self.frame = render_map(self.view.gfnmap, width=max(w, 16), height=max(h, 3), zoom=self.zoom,
-                                     centre=self.centre, tracked=tracked, target=self.centre, prefer=prefer,
-                                     scale=False)
-        if self.frame is not None:
-            self.frame.columns_for = w
-            sub = scale_text(self.frame, w - 4)
-            if sub != self._subtitle:
-                # the border is drawn from the frame just made: draw again once it is set
-                self._subtitle = self.border_subtitle = sub
-                self.call_after_refresh(self.refresh)
-        if self.frame is not None and self.frame.zoom != self.zoom:
-            self.zoom = self.frame.zoom
-        return out
+        return dict(zoom=self.zoom, centre=self.centre, target=self.centre, prefer=prefer,
+                    tracked=tuple(int(g) for g in story.gfns) if story is not None else ())
+
+    def _draw(self) -> None:
+        """The strips for the panel as it is now (once per change of run, size or zoom)."""
+        from migrate.ui.mapview import map_strips, scale_text
+
+        w, h = self.size
+        key = (self.view.version, w, h, self.zoom, self.centre)
+        if key == self._key:
+            return
+        self._key = key
+        self._strips, frame = map_strips(self.view.gfnmap, width=max(w, 16), height=max(h, 1),
+                                         console=self.app.console, base=self.rich_style, **self._args(w))
+        self.frame = frame
+        if frame is None:
+            return
+        frame.columns_for = w
+        sub = scale_text(frame, w - 4)
+        if sub != self._subtitle:
+            # the border is drawn with the content: draw again once it is set
+            self._subtitle = self.border_subtitle = sub
+            self.call_after_refresh(self.refresh)
+        if frame.zoom != self.zoom:
+            self.zoom = frame.zoom
+
+    def render_line(self, y: int):
+        from textual.strip import Strip
+
+        self._draw()
+        w = self.size.width
+        if y < len(self._strips):
+            return self._strips[y].apply_style(self.rich_style).crop_extend(0, w, self.rich_style)
+        return Strip.blank(w, self.rich_style)
+
+    def render(self) -> RenderableType:
+        """The same map as a rich renderable (``plain()``: tests and screen readers)."""
+        from migrate.ui.mapview import render_map
+
+        w, h = self.content_size.width, self.content_size.height
+        return render_map(self.view.gfnmap, width=max(w, 16), height=max(h, 3), scale=False, **self._args(w))[0]
 
     def cycle_zoom(self) -> None:
         """One step finer; from one GFN a glyph back to the whole space."""
