@@ -11,7 +11,7 @@ room.
 
 Pooling is honest: a glyph that stands for many GFNs shows one of its GFNs' states,
 chosen so that, along the map, the glyphs of each state are in proportion to its GFNs
-(``gfnmap.share_states``: a running tally per state, rounded; a glyph never shows a
+(``pooling.share_states``: a running tally per state, rounded; a glyph never shows a
 state none of its GFNs is in). So 3,357 leftover bits in a 65,536-GFN balloon region light about
 5 % of that region's glyphs, not all of them.
 """
@@ -24,7 +24,8 @@ import numpy as np
 from rich.console import Group, RenderableType
 from rich.text import Span, Text
 
-from migrate.ui.gfnmap import LEGEND, NSTATES, PENDING, SENT, UNPOPULATED, GfnMap, share_states
+from migrate.ui.gfnmap import LEGEND, NSTATES, PENDING, SENT, UNPOPULATED, GfnMap
+from migrate.ui.pooling import share_states
 
 #: A hole at least this share of the address space gets folded into one row.
 FOLD_SHARE = 1 / 8

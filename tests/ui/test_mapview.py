@@ -16,7 +16,8 @@ from migrate.events import EventBus, MemoryOp, PassEnded, PassStarted, RunStarte
 from migrate.run.runner import RunOptions, run_scenario
 from migrate.run.scenario import load_scenario
 from migrate.ui.gfnmap import (BALLOONED, LEFTOVER, MISSING, NSTATES, SENT, UNPOPULATED, XTAB, GfnMap,
-                               GfnMapRecorder, share_states)
+                               GfnMapRecorder)
+from migrate.ui.pooling import share_states
 from migrate.ui.mapview import holes, layout, parse_gfn, render_map
 from migrate.ui.model import RunView
 
@@ -56,7 +57,7 @@ def test_a_pooled_glyph_shows_its_states_in_proportion_never_one_it_lacks():
     counts[150:, :] = 0
     counts[150:, SENT] = 100
     s = share_states(counts)
-    assert np.count_nonzero(s == LEFTOVER) == 150 * 5 // 100 + 1 or np.count_nonzero(s == LEFTOVER) == 7
+    assert abs(np.count_nonzero(s == LEFTOVER) - 150 * 0.05) <= 1     # 7.5 glyphs' worth
     assert set(s[150:].tolist()) == {SENT}                 # a pure cell shows its one state
     assert set(s[:150].tolist()) <= {BALLOONED, LEFTOVER}  # never a state the cell lacks
 
