@@ -525,22 +525,25 @@ class GfnMap:
         the run's start (``RunStarted``): the guest layout's holes (libxc's
         ``meminit_hvm`` leaves the VGA hole, the MMIO hole, the gap below the special
         pages), which the saver lists as XTAB in pass 1."""
-        if not self.p2m_size:
-            return np.empty((0, 2), dtype=np.int64)
-        r = np.vstack([self._populated, self._ballooned])
-        r = r[np.argsort(r[:, 0], kind="stable")]
-        out, at = [], 0
-        for lo, hi in r.tolist():
-            if lo > at:
-                out.append((at, min(lo, self.p2m_size)))
-            at = max(at, hi)
-        if at < self.p2m_size:
-            out.append((at, self.p2m_size))
-        return np.array([x for x in out if x[1] > x[0]], dtype=np.int64).reshape(-1, 2)
+        return _gaps(np.vstack([self._populated, self._ballooned]), self.p2m_size)
 
     def geometry(self) -> dict[str, int]:
         return {"p2m_size": self.p2m_size, "cell_pfns": self.cell_pfns, "ncells": self.ncells,
                 "columns": self.columns, "rows": self.rows}
+
+
+def _gaps(runs: np.ndarray, size: int) -> np.ndarray:
+    """(k, 2) [lo, hi) runs of ``[0, size)`` that no run of ``runs`` covers."""
+    if not size:
+        return np.empty((0, 2), dtype=np.int64)
+    out, at = [], 0
+    for lo, hi in runs[np.argsort(runs[:, 0], kind="stable")].tolist():
+        if lo > at:
+            out.append((at, min(lo, size)))
+        at = max(at, hi)
+    if at < size:
+        out.append((at, size))
+    return np.array([x for x in out if x[1] > x[0]], dtype=np.int64).reshape(-1, 2)
 
 
 def _runs(a) -> np.ndarray:

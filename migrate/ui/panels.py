@@ -213,13 +213,15 @@ class MapPanel(RunPanel):
         self._subtitle = ""
         self._key: Any = None
         self._strips: list = []
+        self._fit = None                   # the last frame of the whole space
 
     def _args(self, w: int) -> dict[str, Any]:
         story = self.view.story
-        f = self.frame
-        # the scale last drawn stays while it still fits this width: a line more or less
-        # above (a header or caption that wraps) does not rescale the map
-        prefer = (f.cell, f.budget) if f is not None and f.columns_for == w and f.zoom == 0 else None
+        # the whole map's scale last drawn stays while it still fits this width: a line
+        # more or less above (a header or caption that wraps), or a zoom in and back
+        # out, does not rescale it
+        f = self._fit
+        prefer = (f.cell, f.budget) if f is not None and f.columns_for == w else None
         return dict(zoom=self.zoom, centre=self.centre, target=self.centre, prefer=prefer,
                     tracked=tuple(int(g) for g in story.gfns) if story is not None else ())
 
@@ -238,6 +240,8 @@ class MapPanel(RunPanel):
         if frame is None:
             return
         frame.columns_for = w
+        if frame.zoom == 0:
+            self._fit = frame
         sub = scale_text(frame, w - 4)
         if sub != self._subtitle:
             # the border is drawn with the content: draw again once it is set
