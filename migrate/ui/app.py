@@ -22,10 +22,11 @@ Keys: space pause/resume, ``n`` next event of interest, ``+``/``-`` speed, ``d``
 details (balloon and hypervisor panels when the terminal is small), ``t`` the tracked
 GFN's story (``--track``; beside the map from 120x36, behind ``t`` below), ``[``/``]`` and
 ``1``-``9`` seek to a pass (replay), ``[``/``]`` step back and forth over the events of
-interest so far (a live or watched run: ``history.py``), ``g`` guided on/off, ``?`` help
-(the run pauses while it is shown), ``q`` quit (a migration in flight is aborted cleanly:
-the source domain resumes). At a pace, each event of interest holds the run
-``playback.READ_S`` wall seconds, so it can be read.
+interest so far (a live or watched run: ``history.py``), ``g`` guided on/off, ``z`` zoom
+the map and ``j`` jump to a GFN (``mapview.py``), ``?`` help (the run pauses while it is
+shown), ``q`` quit (a migration in flight is aborted cleanly: the source domain resumes).
+At a pace, each event of interest holds the run ``playback.READ_S`` wall seconds, so it
+can be read.
 """
 
 from __future__ import annotations

@@ -25,10 +25,13 @@ these states (they never overlap):
 - after ``VerifyDone``, the destination: ``missing`` (RAM at the source, never sent) and
   ``stale`` (sent before it was added back with new contents).
 
-A cell shows, by default, the highest-priority state any of its PFNs is in
-(``mode="priority"``, priority = the state's number: one visited ballooned page is enough
-to light a cell, which is what makes the pre-fix waste visible), or the state most of its
-PFNs are in (``mode="majority"``, ties to the higher priority).
+A cell shows, by default, one of its PFNs' states chosen so that along the map each
+state's cells are in proportion to its PFNs (``mode="share"``, ``share_states``: 3,357
+leftover bits in a 65,536-GFN balloon region light about 5 % of its cells, and a cell
+never shows a state none of its PFNs is in). ``mode="priority"`` gives the
+highest-priority state any of its PFNs is in (priority = the state's number: one visited
+page lights a cell, which overstates), ``mode="majority"`` the state most of its PFNs
+are in (ties to the higher priority).
 
 Sparse huge guests (``p2m_size > dense_limit``, e.g. 2^32 for a 16 TiB address space)
 keep only per-cell counts, updated approximately from the same events: O(cells) memory,
@@ -46,6 +49,7 @@ from hypervisor.abi import PFINFO_HAS_DATA
 
 from migrate.events import (BatchSent, Event, MemoryOp, PassEnded, PassStarted, RunStarted, SaveSetup,
                       VerifyDone)
+from migrate.ui.pooling import share_states
 
 #: MemoryOps whose GFNs leave RAM through set_typed_p2m_entry (p2m.c).
 _TYPED_OVER_RAM = ("map_mmio_regions", "acquire_resource")
@@ -143,10 +147,10 @@ class GfnMap:
     state_names = STATE_NAMES
 
     def __init__(self, p2m_size: int | None = None, *, columns: int = 64, max_cells: int = 1024,
-                 dense_limit: int = DENSE_LIMIT, mode: str = "priority",
+                 dense_limit: int = DENSE_LIMIT, mode: str = "share",
                  track_verify: bool = False):
-        if mode not in ("priority", "majority"):
-            raise ValueError(f"GfnMap mode must be 'priority' or 'majority', not {mode!r}")
+        if mode not in ("share", "priority", "majority"):
+            raise ValueError(f"GfnMap mode must be 'share', 'priority' or 'majority', not {mode!r}")
         self.columns = int(columns)
         self.max_cells = int(max_cells)
         self.dense_limit = int(dense_limit)
@@ -179,6 +183,10 @@ class GfnMap:
         self._counts = np.zeros((n, NSTATES), dtype=np.int64)
         self._counts[:, UNPOPULATED] = self._sizes
         self._stale = np.zeros(n, dtype=bool)
+        # cells whose counts moved since fine_counts last looked (see there)
+        self._changed = np.ones(n, dtype=bool)
+        self._fine: np.ndarray | None = None
+        self._fine_g = 0
         if self.dense:
             self._state = np.zeros(n * self.cell_pfns, dtype=np.uint8)
         else:
@@ -410,6 +418,7 @@ class GfnMap:
                 pad = self.ncells * self.cell_pfns - self.p2m_size
                 if pad and self._stale[-1]:
                     self._counts[-1, UNPOPULATED] -= pad
+                self._changed |= self._stale
                 self._stale[:] = False
             return self._counts
         c = self._counts
@@ -426,6 +435,8 @@ class GfnMap:
         c = self.counts()
         if not self.ncells:
             return np.zeros(0, dtype=np.int8)
+        if self.mode == "share":
+            return share_states(c)
         if self.mode == "priority":
             present = c > 0
             # highest state index with a nonzero count
@@ -442,6 +453,8 @@ class GfnMap:
         if pad:
             c = np.vstack([c, np.zeros((pad, NSTATES), dtype=c.dtype)])
         c = c.reshape(-1, k, NSTATES).sum(axis=1)
+        if self.mode == "share":
+            return share_states(c)
         if self.mode == "priority":
             return (NSTATES - 1 - np.argmax((c > 0)[:, ::-1], axis=1)).astype(np.int8)
         return (NSTATES - 1 - np.argmax(c[:, ::-1], axis=1)).astype(np.int8)
@@ -458,6 +471,38 @@ class GfnMap:
             raise ValueError("per-PFN states are not kept for p2m_size above the dense limit")
         lut = _DISPLAY_END if self.finished else _DISPLAY
         return lut[self._state[np.asarray(pfns, dtype=np.int64)]].astype(np.int8)
+
+    def fine_counts(self, g: int) -> np.ndarray:
+        """(ncells * cell_pfns / g, NSTATES) PFNs per state in blocks of ``g`` PFNs
+        (``g`` divides ``cell_pfns``; per-PFN model), kept between calls and refreshed
+        only for the cells that changed: what lets the screen pool glyphs of any
+        multiple of ``g`` GFNs without a pass over every PFN per frame. PFNs past
+        ``p2m_size`` count as unpopulated."""
+        if not self.dense:
+            raise ValueError("per-PFN states are not kept for p2m_size above the dense limit")
+        self.counts()                                   # flushes the stale cells into _changed
+        k = self.cell_pfns // g
+        if self._fine is None or self._fine_g != g:
+            self._fine = np.zeros((self.ncells * k, NSTATES), dtype=np.int64)
+            self._fine_g = g
+            self._changed[:] = True
+        changed = np.flatnonzero(self._changed)
+        self._changed[:] = False
+        lut = _DISPLAY_END if self.finished else _DISPLAY
+        step = max(1, (1 << 22) // self.cell_pfns)      # at most ~4 Mi PFNs at a time
+        for at in range(0, changed.size, step):
+            sel = changed[at:at + step]
+            disp = lut[self._state.reshape(self.ncells, self.cell_pfns)[sel]].reshape(-1, g).astype(np.int64)
+            disp += (np.arange(disp.shape[0], dtype=np.int64) * NSTATES)[:, None]
+            cnt = np.bincount(disp.ravel(), minlength=disp.shape[0] * NSTATES).reshape(-1, NSTATES)
+            self._fine[(sel[:, None] * k + np.arange(k)).ravel()] = cnt
+        return self._fine
+
+    def states_range(self, lo: int, hi: int) -> np.ndarray:
+        """Displayed state of the PFNs in [lo, hi) (per-PFN model only)."""
+        if not self.dense:
+            raise ValueError("per-PFN states are not kept for p2m_size above the dense limit")
+        return (_DISPLAY_END if self.finished else _DISPLAY)[self._state[lo:hi]]
 
     def totals(self) -> dict[str, int]:
         """PFNs per displayed state over the whole map.
@@ -482,9 +527,30 @@ class GfnMap:
         placed = int(self.counts()[:, STALE].sum())
         return max(int(self.verify.stale_pages) - placed, 0)
 
+    def holes(self) -> np.ndarray:
+        """(k, 2) [lo, hi) runs of ``[0, p2m_size)`` neither populated nor ballooned at
+        the run's start (``RunStarted``): the guest layout's holes (libxc's
+        ``meminit_hvm`` leaves the VGA hole, the MMIO hole, the gap below the special
+        pages), which the saver lists as XTAB in pass 1."""
+        return _gaps(np.vstack([self._populated, self._ballooned]), self.p2m_size)
+
     def geometry(self) -> dict[str, int]:
         return {"p2m_size": self.p2m_size, "cell_pfns": self.cell_pfns, "ncells": self.ncells,
                 "columns": self.columns, "rows": self.rows}
+
+
+def _gaps(runs: np.ndarray, size: int) -> np.ndarray:
+    """(k, 2) [lo, hi) runs of ``[0, size)`` that no run of ``runs`` covers."""
+    if not size:
+        return np.empty((0, 2), dtype=np.int64)
+    out, at = [], 0
+    for lo, hi in runs[np.argsort(runs[:, 0], kind="stable")].tolist():
+        if lo > at:
+            out.append((at, min(lo, size)))
+        at = max(at, hi)
+    if at < size:
+        out.append((at, size))
+    return np.array([x for x in out if x[1] > x[0]], dtype=np.int64).reshape(-1, 2)
 
 
 def _runs(a) -> np.ndarray:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from rich.console import Group, RenderableType
 from rich.progress_bar import ProgressBar
 from rich.table import Table
@@ -23,9 +22,9 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from migrate.ui.gfnmap import LEGEND, PENDING, SENT, GfnMap
+from migrate.ui.gfnmap import GfnMap
 from migrate.ui.model import RunView
-from migrate.ui.progress import pass_table, policy_text, size_text
+from migrate.ui.progress import policy_text, size_text
 
 PAGE = 4096
 
@@ -173,40 +172,133 @@ class PassPanel(RunPanel):
 
 
 class PassTablePanel(RunPanel):
-    """One row per pass; compact (8 columns) below 96 columns of width, the latest
-    ``max_rows`` passes when the terminal is short."""
+    """One row per pass, fitted to the width (``passfit.py``: compact names, then
+    abbreviated counts, then fewer columns; never a cut number), the latest ``max_rows``
+    passes when the terminal is short."""
 
     DEFAULT_CSS = ("PassTablePanel { height: auto; border: round $primary; border-title-align: left; "
                    "padding: 0 1; }")
     max_rows = reactive(12, layout=True)
 
-    def shape(self) -> Any:
-        s = self.view.state
-        return min(len(s.rounds) + s.in_pass, self.max_rows)   # the rows shown: a pass ending keeps them
-
     def content_key(self) -> Any:
         s = self.view.state
         return (len(s.rounds), s.rounds[-1] if s.rounds else None, s.live_round())
 
+    _kept = 0
+
+    def kept_rows(self) -> int:
+        """The pass rows it keeps room for: as many as the policy can run (``xen``: its
+        ``max_iterations`` live passes and the final one), at most ``max_rows``."""
+        n = (self.view.state.policy_params or {}).get("max_iterations")
+        want = int(n) + 1 if isinstance(n, int) and n > 0 else self.max_rows
+        return max(min(self.max_rows, want), 1)
+
+    def _keep_room(self) -> None:
+        # the room is kept from the start (border, header, rule, rows): the map below
+        # keeps its scale as passes are added
+        kept = self.kept_rows()
+        if kept != self._kept:
+            self._kept = kept
+            self.styles.height = kept + 4
+
+    def on_mount(self) -> None:
+        self._keep_room()
+
+    def watch_max_rows(self) -> None:
+        self._keep_room()
+
+    def watch_version(self) -> None:
+        self._keep_room()
+        super().watch_version()
+
     def render(self) -> RenderableType:
-        w = self.content_size.width
+        from migrate.ui.passfit import fit_pass_table
+
         s = self.view.state
-        return pass_table(s.rounds, live=s.live_round(), max_rows=self.max_rows, compact=w < 96,
-                          narrow=w < 62, title=None)
+        return fit_pass_table(s.rounds, live=s.live_round(), max_rows=self._kept or self.max_rows,
+                              width=max(self.content_size.width, 1))
 
 
 class MapPanel(RunPanel):
-    """The GFN map, pooled to fit the panel, with its legend."""
+    """The GFN map, pooled to fit the panel (``mapview.py``), with its legend; ``z``
+    zooms in towards ``centre`` (a jumped-to GFN, else the middle), ``j`` jumps."""
 
     DEFAULT_CSS = ("MapPanel { height: 1fr; min-height: 5; border: round $primary; "
-                   "border-title-align: left; }")
+                   "border-title-align: left; border-subtitle-align: right; border-subtitle-color: $text-muted; }")
+    zoom = reactive(0)
+    centre: reactive[int | None] = reactive(None)
+
+    def __init__(self, view: RunView, **kw: Any):
+        super().__init__(view, **kw)
+        self.frame = None
+        self._subtitle = ""
+        self._key: Any = None
+        self._strips: list = []
+        self._fit = None                   # the last frame of the whole space
+
+    def _args(self, w: int) -> dict[str, Any]:
+        story = self.view.story
+        # the whole map's scale last drawn stays while it still fits this width: a line
+        # more or less above (a header or caption that wraps), or a zoom in and back
+        # out, does not rescale it
+        f = self._fit
+        prefer = (f.cell, f.budget) if f is not None and f.columns_for == w else None
+        return dict(zoom=self.zoom, centre=self.centre, target=self.centre, prefer=prefer,
+                    tracked=tuple(int(g) for g in story.gfns) if story is not None else ())
+
+    def _draw(self) -> None:
+        """The strips for the panel as it is now (once per change of run, size or zoom)."""
+        from migrate.ui.mapview import map_strips, scale_text
+
+        w, h = self.size
+        key = (self.view.version, w, h, self.zoom, self.centre)
+        if key == self._key:
+            return
+        self._key = key
+        self._strips, frame = map_strips(self.view.gfnmap, width=max(w, 16), height=max(h, 1),
+                                         console=self.app.console, base=self.rich_style, **self._args(w))
+        self.frame = frame
+        if frame is None:
+            return
+        frame.columns_for = w
+        if frame.zoom == 0:
+            self._fit = frame
+        sub = scale_text(frame, w - 4)
+        if sub != self._subtitle:
+            # the border is drawn with the content: draw again once it is set
+            self._subtitle = self.border_subtitle = sub
+            self.call_after_refresh(self.refresh)
+        if frame.zoom != self.zoom:
+            self.zoom = frame.zoom
+
+    def render_line(self, y: int):
+        from textual.strip import Strip
+
+        self._draw()
+        w = self.size.width
+        if y < len(self._strips):
+            return self._strips[y].apply_style(self.rich_style).crop_extend(0, w, self.rich_style)
+        return Strip.blank(w, self.rich_style)
 
     def content_key(self) -> Any:
         return self.view.map_version
 
     def render(self) -> RenderableType:
+        """The same map as a rich renderable (``plain()``: tests and screen readers)."""
+        from migrate.ui.mapview import render_map
+
         w, h = self.content_size.width, self.content_size.height
-        return render_gfnmap(self.view.gfnmap, width=max(w, 16), height=max(h, 3))
+        return render_map(self.view.gfnmap, width=max(w, 16), height=max(h, 3), scale=False, **self._args(w))[0]
+
+    def cycle_zoom(self) -> None:
+        """One step finer; from one GFN a glyph back to the whole space."""
+        levels = self.frame.levels if self.frame is not None else 1
+        self.zoom = (self.zoom + 1) % max(levels, 1)
+
+    def jump(self, gfn: int) -> None:
+        """Centre ``gfn`` at one GFN a glyph (the finest zoom)."""
+        self.centre = int(gfn)
+        self.zoom = (self.frame.levels - 1) if self.frame is not None else 0
 
     def title(self) -> str:
         gm = self.view.gfnmap
@@ -347,15 +439,8 @@ def _story_style(text: str) -> str:
 class CaptionPanel(RunPanel):
     """The latest caption: what just happened, in plain words."""
 
-    DEFAULT_CSS = "CaptionPanel { height: auto; max-height: 3; padding: 0 1; }"
-
-    def shape(self) -> Any:
-        # its height: the lines the caption wraps to (not the caption itself, so a new
-        # caption of the same height costs no new layout)
-        cap = self.view.caption
-        if cap is None:
-            return None
-        return min(len(Text(cap.line()).wrap(self.app.console, max(self.content_size.width, 1))), 3)
+    #: three lines always, however many the caption takes: the map below keeps its scale
+    DEFAULT_CSS = "CaptionPanel { height: 3; padding: 0 1; }"
 
     def content_key(self) -> Any:
         cap = self.view.caption
@@ -430,65 +515,10 @@ COMPARE_ROWS = (
 
 
 def render_gfnmap(gmap: GfnMap, *, width: int | None = None, height: int | None = None) -> RenderableType:
-    """The GFN map as coloured glyph cells, row labels (first GFN, hex) and a legend.
+    """The whole GFN map in ``width`` x ``height`` characters (``mapview.render_map``)."""
+    from migrate.ui.mapview import render_map
 
-    ``width`` x ``height`` (characters) bound the drawing: adjacent cells are pooled
-    (``GfnMap.cells_binned``) until the rows fit, so a small terminal shows the same map
-    with fewer, wider cells. The legend lists every state present, with its count in PFNs."""
-    if not gmap.ncells:
-        return Text("no address space yet", style="dim")
-    label = len(f"{gmap.p2m_size:x}") + 1
-    legend_lines = _legend_lines(gmap, gmap.totals(), (width or 100))
-    columns = gmap.columns
-    if width is not None:
-        columns = min(max(width - label, 8), 128)       # any width: rows need not be round
-    rows_budget = None if height is None else max(height - len(legend_lines), 1)
-    k = 1
-    while rows_budget is not None and -(-gmap.ncells // (k * columns)) > rows_budget and k < gmap.ncells:
-        k *= 2
-    cells = gmap.cells_binned(k)
-    step = k * gmap.cell_pfns
-    lines = Text(no_wrap=True, overflow="crop")
-    glyph = {e.state: (e.glyph, e.colour) for e in LEGEND}
-    for r in range(-(-cells.size // columns)):
-        row = cells[r * columns:(r + 1) * columns]
-        lines.append(f"{r * columns * step:0{label - 1}x} ", style="dim")
-        # runs of one state become one styled span: cheap to render
-        cut = np.flatnonzero(np.diff(row)) + 1
-        for seg in np.split(row, cut):
-            g, colour = glyph[int(seg[0])]
-            lines.append(g * seg.size, style=colour)
-        lines.append("\n")
-    lines.rstrip()
-    legend = Text(no_wrap=True, overflow="crop")
-    for i, ln in enumerate(legend_lines):
-        if i:
-            legend.append("\n")
-        legend.append_text(ln)
-    return Group(lines, legend)
-
-
-def _legend_lines(gmap: GfnMap, totals: dict[str, int], width: int) -> list[Text]:
-    """Legend entries (glyph, name, PFN count) of the states present, packed into lines
-    no wider than ``width``; an entry is never split."""
-    entries = []
-    for e in LEGEND:
-        n = totals[e.name]
-        if n or e.state in (SENT, PENDING):
-            t = Text()
-            t.append(e.glyph, style=e.colour)
-            t.append(f" {e.name} {n:,}")
-            entries.append(t)
-    if gmap.unplaced_stale:
-        entries.append(Text(f"({gmap.unplaced_stale:,} stale drawn as sent: written unlogged)", style="dim"))
-    lines: list[Text] = [Text()]
-    for t in entries:
-        if lines[-1].cell_len and lines[-1].cell_len + 2 + t.cell_len > width:
-            lines.append(Text())
-        if lines[-1].cell_len:
-            lines[-1].append("  ")
-        lines[-1].append_text(t)
-    return lines
+    return render_map(gmap, width=width, height=height)[0]
 
 
 __all__ = ["BalloonPanel", "CaptionPanel", "CompareTable", "HeaderPanel", "HypervisorPanel", "MapPanel",

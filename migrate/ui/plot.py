@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from migrate.ui.gfnmap import LEGEND, NSTATES, STATE_NAMES
+from migrate.ui.gfnmap import LEGEND, NSTATES, STATE_NAMES, UNPOPULATED
 
 from migrate.run.outputs import MISSING, PlotError, load_matplotlib  # noqa: F401  (one home: sweeps plot too)
 
@@ -100,11 +100,12 @@ def write_plot(path: str | Path, runs: list[dict[str, Any]]) -> Path:
         step = max(ncells // 8, 1)
         xt = np.arange(0, ncells + 1, step)
         ax.set_xticks(xt - 0.5, [f"{int(c) * cell:#x}" for c in xt], fontsize="small")
-        ax.set_xlabel(f"GFN ({cell} PFNs per cell)")
+        ax.set_xlabel(f"GFN ({cell} PFNs per cell, states in proportion to their PFNs)")
         ax.set_title(f"GFN map at each pass end: {_label(runs[i], i)}")
     if maps:
         from matplotlib.patches import Patch
-        handles = [Patch(color=by_state[s].rgb, label=STATE_NAMES[s]) for s in reversed(range(NSTATES))]
+        handles = [Patch(color=by_state[s].rgb, label="hole" if s == UNPOPULATED else STATE_NAMES[s])
+                   for s in reversed(range(NSTATES))]
         axes[-1].legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.25),
                         ncols=NSTATES, fontsize="small", frameon=False)
 

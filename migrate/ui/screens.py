@@ -57,6 +57,10 @@ def keys(*extra: Binding) -> list[Binding]:
             Binding("q", "app.quit_run", "quit")]
 
 
+#: the map's keys (``mapview.py``): zoom one level finer, jump to a GFN
+MAP_KEYS = (Binding("z", "zoom", "zoom"), Binding("j", "jump", "jump", show=False))
+
+
 class RunChanged(Message):
     """A run's view moved (events folded) or the app's status did: redraw what changed.
     One still queued is replaced by the newer one, so a burst costs one redraw."""
@@ -74,6 +78,8 @@ HELP = """\
   g       guided: pause at every event of interest
   d       details: balloon and hypervisor panels (small terminals)
   t       the tracked GFN's story (--track; small terminals)
+  z       zoom the map in, down to one GFN a glyph, then back out
+  j       jump: centre a GFN on the map, one GFN a glyph
   [ / ]   replay: previous / next pass;  1-9: seek to pass N
           live: step back / forth over the events of interest so far
           (the run pauses; ] past the newest goes live again)
@@ -81,9 +87,11 @@ HELP = """\
   ?       this help (the run pauses while it is shown)
   q       quit (a migration in flight is aborted; the report is written)
 
-[b]the map[/b]: one glyph per group of GFNs, coloured by the most telling
-state in it. The legend counts PFNs; missing and stale are the
-destination's, after the end. Press any key to close."""
+[b]the map[/b]: one glyph per group of GFNs; along the map each state
+gets glyphs in proportion to its GFNs (a glyph never shows a state
+none of its GFNs is in). Tracked GFNs are in reverse video; a long
+hole is folded into one row. The legend counts PFNs; missing and stale
+are the destination's, after the end. Press any key to close."""
 
 
 class HelpScreen(ModalScreen):
@@ -131,6 +139,23 @@ class ModeScreen(Screen):
                 p.max_rows = rows
         self.app.refresh_bindings()
 
+    def action_zoom(self) -> None:
+        """``z``: every map one zoom level finer (the whole space after the finest)."""
+        for m in self.query(MapPanel):
+            m.cycle_zoom()
+
+    def action_jump(self) -> None:
+        """``j``: ask for a GFN, then centre it on every map at one GFN a glyph."""
+        from migrate.ui.jump import JumpScreen
+
+        maps = list(self.query(MapPanel))
+
+        def centre(gfn: int | None) -> None:
+            for m in maps if gfn is not None else ():
+                m.jump(gfn)
+        if maps:
+            self.app.push_screen(JumpScreen(maps[0].view.gfnmap.p2m_size), centre)
+
     def on_run_changed(self, message: RunChanged) -> None:
         self.redraw()
 
@@ -171,7 +196,7 @@ class RunScreen(ModeScreen):
     RunScreen .small #capline { layout: vertical; }
     RunScreen .small .patch { width: 1fr; height: 1; border: none; }
     """
-    BINDINGS = keys(Binding("d", "details", "details"), Binding("t", "story", "story"))
+    BINDINGS = keys(Binding("d", "details", "details"), Binding("t", "story", "story"), *MAP_KEYS)
 
     def __init__(self, view: "RunView") -> None:
         super().__init__()
@@ -267,7 +292,7 @@ class CompareScreen(ModeScreen):
     CompareScreen .small .run .pass, CompareScreen .small .run .table,
     CompareScreen .small .run .caption { display: none; }
     """
-    BINDINGS = keys()
+    BINDINGS = keys(*MAP_KEYS)
 
     def __init__(self, views: list["RunView"]) -> None:
         super().__init__()
