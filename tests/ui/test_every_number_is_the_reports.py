@@ -110,7 +110,7 @@ def _check_screen(app, rep: dict, large: bool) -> None:
     assert f"sent {pages['destination']['current']:,}" in legend
     assert (f"missing {v['missing_pages']:,}" in legend) == (v["missing_pages"] > 0)
     holes = rep["p2m_size"] - rep["destination"]["source_ram_pages"]
-    assert f"unpopulated {holes:,}" in legend
+    assert f"hole {holes:,}" in legend
     last = rep["rounds"][-1]
     pane = app.query_one("#pass").plain()
     assert f"{last['pfns_walked']:,}/{last['pfns_walked']:,} PFNs  data {last['pages_sent']:,}  XTAB " \
