@@ -82,6 +82,8 @@ class SaveOptions:
     switchover: Switchover = Switchover.LIVE
     engine: SaveEngine = SaveEngine.SPAN
     xen_version: tuple[int, int] = (4, 22)
+    #: the HVM params the builder set (SourceInfo.hvm_params); None: the stream's defaults
+    hvm_params: tuple[tuple[int, int], ...] | None = None
 
     def __post_init__(self) -> None:
         self.stats_overflow = StatsOverflow(self.stats_overflow)
@@ -207,7 +209,7 @@ class PrecopyEngine:
         """end_of_checkpoint() for HVM, then END; cleanup() turns log-dirty off."""
         ctx, writer = self.ctx, self.writer
         before = writer.bytes_written
-        writer.write_end_of_checkpoint()
+        writer.write_end_of_checkpoint(hvm_params=self.options.hvm_params)
         writer.write_end()
         ctx.now += ctx.link.transfer_time(writer.bytes_written - before)
         await ctx.domain.shadow_op(ctx.now, ShadowOp.OFF)
