@@ -31,7 +31,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PlainSerializer, PlainValida
 from pydantic_core import PydanticCustomError
 
 from hypervisor.abi import HOST_FRAMES_MAX, MAX_GFN, PAGE_SHIFT, PAGE_SIZE
-from .layout import GuestLayout, LayoutError, default_holes
+from .layout import LAYOUT_KINDS, GuestLayout, LayoutError, default_holes
 from .units import (SIZE_EXPECTED, Duration, Rate, Size, UnitError, format_size,
                     parse_size, unit_error)
 
@@ -231,7 +231,7 @@ class LayoutConfig(_Model):
     """
 
     kind: Literal["libxc", "compact"] = "libxc"
-    holes: list[GfnRange] = Field(default=None, json_schema_extra={"default": None})  # type: ignore[assignment]
+    holes: list[GfnRange] | None = None
     mmio: list[GfnRange] = Field(default_factory=list)
     high_pages: list[Gfn] = Field(default_factory=list)
 
@@ -250,6 +250,12 @@ class LayoutConfig(_Model):
         if self.holes is None:    # frozen model: the kind's default holes, set once, here
             object.__setattr__(self, "holes", [GfnRange(start=a, end=b) for a, b in default_holes(self.kind)])
         return self
+
+
+def _layout_or_kind(schema: dict) -> None:
+    """The schema of ``guest.layout``: the layout, or just its kind's name."""
+    ref = schema.pop("$ref", None) or schema.pop("allOf")[0]["$ref"]
+    schema["anyOf"] = [{"$ref": ref}, {"enum": list(LAYOUT_KINDS), "type": "string"}]
 
 
 # ------------------------------------------------------------------------- workloads
@@ -419,7 +425,7 @@ class GuestConfig(_Model):
     host_memory: Size | None = None
     tick: Duration = 0.01
     write_timing: Literal["continuous", "tick"] = "continuous"
-    layout: LayoutConfig = Field(default_factory=LayoutConfig)
+    layout: LayoutConfig = Field(default_factory=LayoutConfig, json_schema_extra=_layout_or_kind)
     workloads: list[Workload] = Field(default_factory=list)
     balloon: BalloonConfig = Field(default_factory=BalloonConfig)
 

@@ -462,7 +462,7 @@ class Hypervisor:
         """``(k, 2)`` GFN runs within [lo, hi) outside which no P2M entry has ever been
         set (the P2M's never-allocated chunks). Not a Xen call: the engine uses it to
         account, in bulk, the all-XTAB batches Xen's saver walks through such holes."""
-        return self.domain.p2m.types.present_runs(int(lo), int(hi))
+        return self.domain.p2m.ever_set_runs(int(lo), int(hi))
 
     @property
     def stats(self) -> HypervisorStats:
