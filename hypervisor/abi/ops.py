@@ -227,5 +227,6 @@ class DomainLayout:
     pod_gfns: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     pod_cache_pages: int = 0
     mmio_gfns: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
-    special_gfns: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
-    hvm_params: tuple[tuple[int, int], ...] = ()
+    special_gfns: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64),
+                                     metadata={"wire": "when_set"})
+    hvm_params: tuple[tuple[int, int], ...] = field(default=(), metadata={"wire": "when_set"})

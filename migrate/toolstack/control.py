@@ -152,9 +152,9 @@ class SourceInfo:
     ballooned: np.ndarray     # (k, 2) runs of those the guest has given back by ``start``
     ram_pages: int            # RAM pages in the P2M at ``start``
     #: (k, 2) runs of the builder's special pages (libxc's layout; not the guest's RAM)
-    special: np.ndarray = field(default_factory=lambda: np.empty((0, 2), np.int64))
+    special: np.ndarray = field(default_factory=lambda: np.empty((0, 2), np.int64), metadata={"wire": "when_set"})
     #: the HVM params the builder set (HVMOP_get_param), for the stream's HVM_PARAMS
-    hvm_params: tuple[tuple[int, int], ...] = ()
+    hvm_params: tuple[tuple[int, int], ...] = field(default=(), metadata={"wire": "when_set"})
 
 
 def source_info(hv, layout) -> SourceInfo:
