@@ -262,8 +262,11 @@ class Narrator:
         return Caption(t, ". ".join(parts), interesting=interesting)
 
     def _batch(self, ev: BatchSent) -> Caption | None:
-        text = self._xtab.caption(ev, self._walk_all, self._fixed)
-        return None if text is None else Caption(float(ev.t), text, interesting=True, slow=True)
+        said = self._xtab.caption(ev, self._walk_all, self._fixed)
+        if said is None:
+            return None
+        kind, text = said     # a layout hole is every run's background: told, not stopped at
+        return Caption(float(ev.t), text, interesting=kind != "hole", slow=kind != "hole")
 
     def _verify(self, ev: VerifyDone) -> Caption:
         v = ev.stats

@@ -61,8 +61,9 @@ class XtabTeller:
         g = np.asarray(gfns, dtype=np.int64).reshape(-1)
         return ~_in_runs(self._owned, g)
 
-    def caption(self, ev, walk_all: bool, fixed) -> str | None:
-        """The words for a BatchSent ``ev`` (None: nothing new to say this pass).
+    def caption(self, ev, walk_all: bool, fixed) -> tuple[str, str] | None:
+        """``(kind, words)`` for a BatchSent ``ev`` (None: nothing new to say this pass);
+        kind is ``hole``, ``balloon`` or ``leftover``.
         ``walk_all``: this pass walks every PFN below p2m_size (pass 1);
         ``fixed(site)``: does the run run the fixed code at that site."""
         if ev.hole is not None:           # a never-mapped range walked in bulk
@@ -94,11 +95,11 @@ class XtabTeller:
                                      f"{int(pfns[~hole][0]):#x}): getpageframeinfo3 says XTAB, the "
                                      "stream gets the PFN and no data")
 
-    def _once(self, kind: str, text: str) -> str | None:
+    def _once(self, kind: str, text: str) -> tuple[str, str] | None:
         if kind in self._told:
             return None
         self._told.add(kind)
-        return text
+        return kind, text
 
 
 __all__ = ["XtabTeller", "PASS1_WORTHY"]
