@@ -460,7 +460,7 @@ class Hypervisor:
 
     def mapped_runs(self, lo: int, hi: int) -> np.ndarray:
         """``(k, 2)`` GFN runs within [lo, hi) outside which no P2M entry has ever been
-        set (the P2M's never-allocated chunks). Not a Xen call: the engine uses it to
+        set (whole 1024-GFN blocks, ``P2M.ever_set_runs``). Not a Xen call: the engine uses it to
         account, in bulk, the all-XTAB batches Xen's saver walks through such holes."""
         return self.domain.p2m.ever_set_runs(int(lo), int(hi))
 
