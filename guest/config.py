@@ -31,7 +31,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PlainSerializer, PlainValida
 from pydantic_core import PydanticCustomError
 
 from hypervisor.abi import HOST_FRAMES_MAX, MAX_GFN, PAGE_SHIFT, PAGE_SIZE
-from .layout import GuestLayout, LayoutError
+from .layout import LAYOUT_KINDS, GuestLayout, LayoutError, default_holes
 from .units import (SIZE_EXPECTED, Duration, Rate, Size, UnitError, format_size,
                     parse_size, unit_error)
 
@@ -214,29 +214,48 @@ class GfnRange(_Model):
         return self.end if self.end is not None else self.start + int(self.size or 0)
 
 
-def _default_holes() -> list[GfnRange]:
-    # The legacy VGA/option-ROM hole (640 KiB - 1 MiB) and hvmloader's default MMIO hole
-    # below 4 GiB (HVM_BELOW_4G_MMIO_START, 0xF0000000): RAM is relocated above 4 GiB.
-    return [GfnRange(start=0xA0, end=0x100), GfnRange(start=0xF0000, end=0x100000)]
-
-
 class LayoutConfig(_Model):
     """Where the guest's RAM sits in GFN space (what the domain builder lays out).
 
-    RAM fills GFNs from 0 upwards, skipping ``holes`` (no P2M entry: XTAB in a save) and
+    ``kind`` picks the builder: ``libxc`` (default) is libxc's HVM layout (the VGA hole
+    0xA0-0xBF, the special pages populated at 0xFEFF0-0xFEFFF, the HVM params pointing
+    at them); ``compact`` is xmig's earlier one (a hole 0xA0-0xFF, no special pages).
+    ``layout: compact`` is short for ``layout: {kind: compact}``. See ``guest.layout``.
+
+    RAM fills GFNs from 0 upwards, skipping ``holes`` (no P2M entry: XTAB in a save;
+    unset, the kind's: the low hole and hvmloader's MMIO hole 0xF0000-0xFFFFF) and
     ``mmio`` ranges (mmio_direct entries: XTAB too); ``high_pages`` are extra RAM pages
     at the given GFNs (say a page just under 16 TiB, GFN 0xFFFFFFFF) that stretch
-    ``p2m_size`` and the log-dirty tree. They count towards ``memory``.
+    ``p2m_size`` and the log-dirty tree. They count towards ``memory``; the special
+    pages do not.
     """
 
-    holes: list[GfnRange] = Field(default_factory=_default_holes)
+    kind: Literal["libxc", "compact"] = "libxc"
+    holes: list[GfnRange] | None = None
     mmio: list[GfnRange] = Field(default_factory=list)
     high_pages: list[Gfn] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_alone(cls, v: Any) -> Any:
+        return {"kind": v} if isinstance(v, str) else v
 
     @field_validator("mmio", mode="before")
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
         return [v] if isinstance(v, dict) else v
+
+    @model_validator(mode="after")
+    def _kind_holes(self) -> "LayoutConfig":
+        if self.holes is None:    # frozen model: the kind's default holes, set once, here
+            object.__setattr__(self, "holes", [GfnRange(start=a, end=b) for a, b in default_holes(self.kind)])
+        return self
+
+
+def _layout_or_kind(schema: dict) -> None:
+    """The schema of ``guest.layout``: the layout, or just its kind's name."""
+    ref = schema.pop("$ref", None) or schema.pop("allOf")[0]["$ref"]
+    schema["anyOf"] = [{"$ref": ref}, {"enum": list(LAYOUT_KINDS), "type": "string"}]
 
 
 # ------------------------------------------------------------------------- workloads
@@ -424,7 +443,7 @@ class GuestConfig(_Model):
     host_memory: Size | None = None
     tick: Duration = 0.01
     write_timing: Literal["continuous", "tick"] = "continuous"
-    layout: LayoutConfig = Field(default_factory=LayoutConfig)
+    layout: LayoutConfig = Field(default_factory=LayoutConfig, json_schema_extra=_layout_or_kind)
     workloads: list[Workload] = Field(default_factory=list)
     balloon: BalloonConfig = Field(default_factory=BalloonConfig)
     mappings: list[MappingStep] = Field(default_factory=list)

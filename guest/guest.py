@@ -118,17 +118,20 @@ class Guest:
     def layout(self) -> DomainLayout:
         """What the domain builder lays out: RAM with initial contents, or (PoD boot)
         PoD entries for the low RAM backed by a cache of ``memory`` frames; high pages
-        are always real RAM; MMIO ranges become mmio_direct."""
+        are always real RAM; MMIO ranges become mmio_direct; the builder's special pages
+        (libxc's layout) are populated beside the guest's RAM, outside the PoD target,
+        with the HVM params pointing at them."""
         mmio = self.map.mmio_gfns()
+        builder = dict(special_gfns=self.map.special.copy(), hvm_params=self.map.hvm_params())
         if self.config.pod:
             low = self.map.page_to_gfn(np.arange(self.map.n_low, dtype=np.int64))
             high = self.map.high_pages.copy()
             return DomainLayout(ram_gfns=high, ram_tokens=initial_tokens(self.seed, high),
                                 pod_gfns=low,
                                 pod_cache_pages=max(0, self.config.memory_pages - high.size),
-                                mmio_gfns=mmio)
+                                mmio_gfns=mmio, **builder)
         ram = self.map.ram_runs()      # runs and lazy contents: no per-page arrays
-        return DomainLayout(ram_gfns=ram, ram_tokens=BootTokens(self.seed, ram), mmio_gfns=mmio)
+        return DomainLayout(ram_gfns=ram, ram_tokens=BootTokens(self.seed, ram), mmio_gfns=mmio, **builder)
 
     # ------------------------------------------------------------------ running
     def _tick_at_or_after(self, t: float) -> int:

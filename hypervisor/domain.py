@@ -89,6 +89,8 @@ class Domain:
         #: The vCPUs' scheduling and the domain's virtual clock.
         self.sched = VcpuScheduler(ops, self.trace.state_changed)
         self.built = False
+        #: HVMOP_set_param values the builder set (index -> value).
+        self.hvm_params: dict[int, int] = {}
         # counters
         self.marks_dirty = 0
         self.marks_clean = 0
@@ -134,7 +136,8 @@ class Domain:
             ram = _i64(ram)
         pod = _i64(layout.pod_gfns)
         mmio = _i64(layout.mmio_gfns)
-        for name, arr in (("ram_gfns", ram), ("pod_gfns", pod), ("mmio_gfns", mmio)):
+        special = _i64(layout.special_gfns)
+        for name, arr in (("ram_gfns", ram), ("pod_gfns", pod), ("mmio_gfns", mmio), ("special_gfns", special)):
             if not isinstance(arr, np.ndarray):
                 continue
             if arr.size and (int(arr.min()) < 0 or int(arr.max()) > MAX_GFN):
@@ -143,7 +146,7 @@ class Domain:
             if arr.size > 1 and not (arr[1:] > arr[:-1]).all() and sorted_unique(arr).size != arr.size:
                 raise ValueError(f"layout {name} has repeated GFNs")
         n_ram = int(ram.size)
-        need = n_ram + int(layout.pod_cache_pages)
+        need = n_ram + int(layout.pod_cache_pages) + int(special.size)
         if need > self.frames.free_frames:
             raise XenError(ENOMEM, f"domain needs {need} frames, host has {self.frames.free_frames}")
         tok = layout.ram_tokens
@@ -170,6 +173,13 @@ class Domain:
         self.p2m.set(pod, P2MType.populate_on_demand, INVALID_MFN)
         self.pod.add(self.frames.alloc(int(layout.pod_cache_pages)))
         self.p2m.set(mmio, P2MType.mmio_direct, INVALID_MFN)
+        if special.size:
+            # alloc_magic_pages_hvm: populate_physmap of the special pages, then
+            # xc_clear_domain_pages (fresh frames are scrubbed: token 0).
+            if (self.p2m.get_types(special) != P2MType.invalid).any():
+                raise ValueError("layout special_gfns must not overlap ram_gfns, pod_gfns or mmio_gfns")
+            set_frames(self, special, P2MType.ram_rw, self.frames.alloc(special.size))
+        self.hvm_params = {int(i): int(v) for i, v in layout.hvm_params}
         self.built = True
 
 
@@ -415,6 +425,10 @@ class Hypervisor:
         """domain_get_maximum_gpfn: p2m->max_mapped_pfn (never lowered)."""
         return domctl.max_gpfn(self.domain)
 
+    def hvm_params(self) -> tuple[tuple[int, int], ...]:
+        """HVMOP_get_param of every param the builder set, as ``(index, value)``."""
+        return tuple(self.domain.hvm_params.items())
+
     # ================================================================ destination side
 
     def populate_physmap_exact(self, pfns, *, run: bool = False) -> None:
@@ -456,9 +470,9 @@ class Hypervisor:
 
     def mapped_runs(self, lo: int, hi: int) -> np.ndarray:
         """``(k, 2)`` GFN runs within [lo, hi) outside which no P2M entry has ever been
-        set (the P2M's never-allocated chunks). Not a Xen call: the engine uses it to
+        set (whole 1024-GFN blocks, ``P2M.ever_set_runs``). Not a Xen call: the engine uses it to
         account, in bulk, the all-XTAB batches Xen's saver walks through such holes."""
-        return self.domain.p2m.types.present_runs(int(lo), int(hi))
+        return self.domain.p2m.ever_set_runs(int(lo), int(hi))
 
     @property
     def stats(self) -> HypervisorStats:

@@ -34,6 +34,9 @@ from .tables import add_where, lookup, run_array, uniform_byte
 
 __all__ = ["P2M", "M2P", "M2P_LOW_MAX"]
 
+#: GFNs per ``P2M.touched`` flag: a saver's batch (MAX_BATCH_SIZE, 1024).
+BLOCK_BITS = 10
+
 
 class P2M:
     """Per-GFN p2m type (uint8) and MFN (uint32), with a per-type entry histogram."""
@@ -44,6 +47,11 @@ class P2M:
         #: Entries per p2m type (p2m_invalid's count is relative: default entries are not held).
         self.type_counts = np.zeros(16, dtype=np.int64)
         self.max_mapped_pfn = -1
+        #: One flag per block of BLOCK GFNs (a saver's batch): has any entry in it ever
+        #: been set? A block never set is all XTAB to a saver, which may walk it in bulk
+        #: (``ever_set_runs``); finer than the tables' 2^18-GFN chunks, so the gap between
+        #: a guest's RAM and libxc's special pages is such a walk, not batch after batch.
+        self.touched = ChunkedArray(np.uint8, 0)
 
     def get(self, gfns) -> tuple[np.ndarray, np.ndarray]:
         """p2m_get_entry over an array: ``(types uint8, mfns uint32)``; GFNs outside
@@ -89,6 +97,7 @@ class P2M:
         if old is None:
             old = self.types.get(g)
         self._uncount(old)
+        self._touch(g)
         if np.ndim(types) == 0:                    # one type for all (every caller here)
             t = int(types)
             self.type_counts[t] += g.size
@@ -113,10 +122,41 @@ class P2M:
         self._uncount(self.types.get_run(g0, n) if old is None else old)
         t = int(t)
         self.type_counts[t] += n
+        b0 = g0 >> BLOCK_BITS
+        self.touched.set_run(b0, ((g0 + n - 1) >> BLOCK_BITS) - b0 + 1, 1)
         self.types.set_run(g0, n, t)
         self.mfns.set_linear(g0, n, m0)
         if t != P2MType.invalid:
             self.max_mapped_pfn = max(self.max_mapped_pfn, g0 + n - 1)
+
+    def _touch(self, g: np.ndarray) -> None:
+        b = g >> BLOCK_BITS
+        if b.size > 1:
+            if (b[1:] >= b[:-1]).all():        # ascending (almost every caller): no sort
+                b = b[np.concatenate(([True], b[1:] != b[:-1]))]
+            else:
+                b = np.unique(b)
+        self.touched.set(b, 1)
+
+    def ever_set_runs(self, lo: int, hi: int) -> np.ndarray:
+        """``(k, 2)`` GFN runs within [lo, hi), in whole blocks (clipped to [lo, hi)),
+        outside which no entry has ever been set."""
+        if hi <= lo:
+            return np.empty((0, 2), dtype=np.int64)
+        b_lo, b_hi = lo >> BLOCK_BITS, ((hi - 1) >> BLOCK_BITS) + 1
+        parts = []
+        for base, row in self.touched.chunks(b_lo, b_hi):
+            idx = np.flatnonzero(row) + base
+            idx = idx[(idx >= b_lo) & (idx < b_hi)]
+            if idx.size:
+                parts.append(idx)
+        if not parts:
+            return np.empty((0, 2), dtype=np.int64)
+        idx = np.concatenate(parts)
+        breaks = np.flatnonzero(np.diff(idx) != 1) + 1
+        starts = np.concatenate(([idx[0]], idx[breaks])) << BLOCK_BITS
+        ends = (np.concatenate((idx[breaks - 1], [idx[-1]])) + 1) << BLOCK_BITS
+        return np.stack([np.maximum(starts, lo), np.minimum(ends, hi)], axis=1).astype(np.int64)
 
     def _uncount(self, old: np.ndarray) -> None:
         """Take entries of the types ``old`` out of the histogram."""

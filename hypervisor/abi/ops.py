@@ -249,6 +249,10 @@ class DomainLayout:
     ``pod_gfns`` become populate_on_demand entries backed by a PoD cache of
     ``pod_cache_pages`` frames (Xen's PoD target); ``mmio_gfns`` become mmio_direct
     entries (XTAB in a save). Everything else is a hole (p2m_invalid).
+    ``special_gfns`` are the builder's own pages (``xg_dom_x86.c``:
+    ``alloc_magic_pages_hvm`` populates and clears them): RAM frames, zero-filled, that
+    are not the guest's RAM; ``hvm_params`` the ``(index, value)`` pairs it sets
+    (``xc_hvm_param_set``), which a saver reads back for its HVM_PARAMS record.
     """
 
     ram_gfns: np.ndarray | GfnRuns
@@ -256,3 +260,6 @@ class DomainLayout:
     pod_gfns: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     pod_cache_pages: int = 0
     mmio_gfns: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    special_gfns: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64),
+                                     metadata={"wire": "when_set"})
+    hvm_params: tuple[tuple[int, int], ...] = field(default=(), metadata={"wire": "when_set"})

@@ -48,6 +48,15 @@ from hypervisor.abi import XenError
 
 from migrate.codec import names
 
+
+def _left_out(f: dataclasses.Field, x: Any) -> bool:
+    """A field added after frames were recorded carries ``metadata={"wire": "when_set"}``
+    and is left out of a frame while empty (its default), so a frame an earlier xmig
+    wrote encodes again to the same bytes; decoding fills in the default."""
+    if f.metadata.get("wire") != "when_set":
+        return False
+    return x is None or (np.size(x) == 0 if isinstance(x, np.ndarray) else len(x) == 0)
+
 #: Bumped whenever a frame or a message changes incompatibly; both peers must agree.
 #: (2: narrowed integer arrays; spans served ahead and speculated guest windows.)
 PROTOCOL_VERSION = 2
@@ -228,7 +237,8 @@ class _Encoder:
         if dataclasses.is_dataclass(v) and not isinstance(v, type):
             cls = type(v)
             name = type_name(cls)
-            return {"$c": name, "f": {f.name: self.value(getattr(v, f.name)) for f in dataclasses.fields(v)}}
+            return {"$c": name, "f": {f.name: self.value(x) for f in dataclasses.fields(v)
+                                      if not _left_out(f, x := getattr(v, f.name))}}
         if callable(getattr(v, "pfns", None)) and hasattr(v, "pages"):
             return {"$bm": int(v.pages), "pfns": self.array(np.asarray(v.pfns(), dtype=np.int64))}
         raise TypeError(f"cannot put a {type(v).__name__} on the wire")

@@ -229,6 +229,8 @@ class PageStory:
                     state = "ballooned out (not in the P2M)"
                 elif _in_runs(ev.populated, g):
                     state = "RAM in the P2M"
+                elif _in_runs(ev.special, g):
+                    state = "a special page of the domain builder (populated, not the guest's RAM)"
                 else:
                     state = "a hole (never populated)"
                 self._say(g, ev.t, f"migration starts ({ev.behaviour}): GFN {g:#x} is {state}")

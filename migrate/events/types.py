@@ -207,6 +207,10 @@ class RunStarted(Event):
     sites: dict[FixSite, XenBehaviour] = field(default_factory=dict)
     #: GFNs followed one by one (``--track``): TrackedWrites and TrackedFinal name them
     tracked: tuple[int, ...] = ()
+    #: (k, 2) int64 runs of the builder's special pages (libxc's layout): populated, but
+    #: not the guest's RAM. A GFN below p2m_size in none of populated, ballooned and
+    #: special is a hole of the layout (or MMIO): pass 1 sends it as XTAB.
+    special: np.ndarray = field(default_factory=lambda: np.empty((0, 2), np.int64), metadata={"wire": "when_set"})
 
     def __post_init__(self) -> None:
         _coerce(self, behaviour=XenBehaviour)

@@ -27,8 +27,9 @@ def predict(scenario, *, policy: Policy | None = None) -> ModelResult:
     lay = GuestLayout(g.layout, g.maxmem_pages)
     pages = lay.nr_pages
     p2m_size = int(lay.ram_gfns()[-1]) + 1
-    if p2m_size != pages or lay.mmio_gfns().size:
-        raise ModelError("the model needs a flat guest (layout: {holes: []}): RAM pages 0..N-1")
+    if p2m_size != pages or lay.mmio_gfns().size or lay.special.size:
+        raise ModelError("the model needs a flat guest (layout: {kind: compact, holes: []}): RAM pages "
+                         "0..N-1 and no special pages")
     settings = run_settings(scenario, RunOptions())      # the link and policy a run uses
     if policy is None:
         policy = make_policy(settings.policy, settings.policy_params, p2m_size=p2m_size)

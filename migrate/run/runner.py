@@ -20,6 +20,7 @@ import numpy as np
 
 from hypervisor.abi import DomainLayout, behaviour_label, site_behaviours
 from hypervisor.domain import Hypervisor
+from guest.layout import special_pages
 
 from migrate.toolstack.control import LocalSource, SourceSide
 from migrate.toolstack.checkpoint import CheckpointOptions
@@ -81,7 +82,8 @@ def host_frames_for(scenario: Scenario) -> int:
     for maxmem plus a little (so a balloon can always deflate back to maxmem)."""
     g = scenario.guest
     if g.host_memory:
-        return int(g.host_memory) // 4096
+        # host_memory is for the guest's RAM; the builder's special pages come on top.
+        return int(g.host_memory) // 4096 + special_pages(g.layout.kind)
     return int(g.maxmem) // 4096 + 4096
 
 
@@ -244,7 +246,8 @@ async def _run(scenario, opts, settings: RunSettings, bus, pacer, source, frames
     bus.publish(RunStarted(t=start, scenario=scenario.name, seed=seed, behaviour=behaviour_label(sites),
                            policy=policy.name, policy_params=policy.params(),
                            guest_pages=info.guest_pages, populated=info.populated,
-                           ballooned=info.ballooned, sites=dict(sites), tracked=tracked))
+                           ballooned=info.ballooned, sites=dict(sites), tracked=tracked,
+                           special=info.special))
 
     # Destination: an empty domain that the restorer populates from the stream.
     dst = Hypervisor(host_frames=frames, behaviour=behaviour, record_events=False)
@@ -257,7 +260,8 @@ async def _run(scenario, opts, settings: RunSettings, bus, pacer, source, frames
                           stats_overflow=mig.stats_overflow, deadline=mig.deadline,
                           switchover=mig.switchover, engine=mig.engine,
                           checkpoint=None if ckpt is None else CheckpointOptions(float(ckpt.interval),
-                                                                                 float(ckpt.failover)))
+                                                                                 float(ckpt.failover)),
+                          hvm_params=tuple(tuple(p) for p in info.hvm_params) or None)
     at_commit: dict[str, Any] = {}
 
     async def on_commit(t: float) -> VerifyStats:

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import struct
 
+from hypervisor.abi.hvm import (HVM_PARAM_ACPI_IOPORTS_LOCATION, HVM_PARAM_BUFIOREQ_PFN,  # noqa: F401
+    HVM_PARAM_CONSOLE_PFN, HVM_PARAM_IDENT_PT, HVM_PARAM_IOREQ_PFN, HVM_PARAM_NR_IOREQ_SERVER_PAGES,
+    HVM_PARAM_STORE_PFN)
+
 from migrate.stream.format import CPUID_LEAF, MSR_ENTRY
 
 # A plausible, fixed CPU policy for an x86 HVM guest (xen_cpuid_leaf_t entries,
@@ -32,14 +36,8 @@ _DEFAULT_MSR = (
     (0x0000010A, 0, 0x000000000000000B),  # MSR_ARCH_CAPABILITIES
 )
 
-#: HVM_PARAM_* indices Xen's write_hvm_params sends (xen/include/public/hvm/params.h).
-HVM_PARAM_STORE_PFN = 1
-HVM_PARAM_IOREQ_PFN = 5
-HVM_PARAM_BUFIOREQ_PFN = 6
-HVM_PARAM_IDENT_PT = 12
-HVM_PARAM_CONSOLE_PFN = 17
-HVM_PARAM_ACPI_IOPORTS_LOCATION = 19
-HVM_PARAM_NR_IOREQ_SERVER_PAGES = 33
+# HVM_PARAM_* indices (xen/include/public/hvm/params.h) live with the hypervisor's ABI,
+# which holds the values; re-exported here for the stream's readers.
 
 
 def default_cpuid_policy() -> bytes:
@@ -53,7 +51,9 @@ def default_msr_policy() -> bytes:
 
 
 def default_hvm_params(max_gpfn: int = 0xFEFFF) -> list[tuple[int, int]]:
-    """HVM params a freshly built HVM guest has non-zero (special pages below 4 GiB)."""
+    """The HVM params a stream carries when the saver is given none: those of the
+    ``compact`` layout (``guest.layout``), whose special pages are not populated. A
+    guest built with libxc's layout sets its own (``GuestLayout.hvm_params``)."""
     special = 0xFEFF0
     return [
         (HVM_PARAM_STORE_PFN, special + 0x1),

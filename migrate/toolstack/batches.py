@@ -176,8 +176,8 @@ class PassSender:
     async def send_all_pages(self, rnd: RoundStats) -> RoundStats:
         """send_all_pages(): every PFN below p2m_size, in batches [k*1024, (k+1)*1024).
 
-        Where the P2M has never held an entry (whole never-allocated chunks of the
-        model's P2M) every batch is all XTAB: those batches are accounted in bulk, with
+        Where the P2M has never held an entry (whole 1024-GFN blocks of the model's
+        P2M, ``mapped_runs``) every batch is all XTAB: those batches are accounted in bulk, with
         the same records, bytes and virtual time Xen's saver spends on them, but no
         per-batch calls, so memory and time follow what is populated, not p2m_size.
         After each bulk span the sender checks that the span is still unmapped; a GFN

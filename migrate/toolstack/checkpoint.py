@@ -158,7 +158,7 @@ class Remus:
         e = self.engine
         ctx, writer = e.ctx, e.writer
         before = writer.bytes_written
-        writer.write_end_of_checkpoint()
+        writer.write_end_of_checkpoint(hvm_params=e.options.hvm_params)
         ctx.now += ctx.link.transfer_time(writer.bytes_written - before)
         arrives = ctx.now + ctx.link.transfer_time(8) + ctx.link.latency
         if arrives > self.options.failover:

@@ -11,7 +11,7 @@ consumer sees balloon operations in virtual-time order with the toolstack's own.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -151,6 +151,10 @@ class SourceInfo:
     populated: np.ndarray     # (k, 2) [start, end) runs of the boot layout (RAM + PoD)
     ballooned: np.ndarray     # (k, 2) runs of those the guest has given back by ``start``
     ram_pages: int            # RAM pages in the P2M at ``start``
+    #: (k, 2) runs of the builder's special pages (libxc's layout; not the guest's RAM)
+    special: np.ndarray = field(default_factory=lambda: np.empty((0, 2), np.int64), metadata={"wire": "when_set"})
+    #: the HVM params the builder set (HVMOP_get_param), for the stream's HVM_PARAMS
+    hvm_params: tuple[tuple[int, int], ...] = field(default=(), metadata={"wire": "when_set"})
 
 
 def source_info(hv, layout) -> SourceInfo:
@@ -178,7 +182,9 @@ def source_info(hv, layout) -> SourceInfo:
     return SourceInfo(p2m_size=int(hv.max_gpfn()) + 1, guest_pages=int(ram.size),
                       populated=merge_runs(*populated) if populated else np.empty((0, 2), np.int64),
                       ballooned=merge_runs(*ballooned) if ballooned else np.empty((0, 2), np.int64),
-                      ram_pages=int(hv.stats.populated_pages))
+                      ram_pages=int(hv.stats.populated_pages),
+                      special=gfn_runs(np.asarray(getattr(layout, "special_gfns", ()), dtype=np.int64)),
+                      hvm_params=tuple(hv.hvm_params()))
 
 
 INFO_SLICE = 1 << 20

@@ -89,6 +89,8 @@ class SaveOptions:
     engine: SaveEngine = SaveEngine.SPAN
     xen_version: tuple[int, int] = (4, 22)
     checkpoint: CheckpointOptions | None = None     # a checkpointed (Remus) stream
+    #: the HVM params the builder set (SourceInfo.hvm_params); None: the stream's defaults
+    hvm_params: tuple[tuple[int, int], ...] | None = None
 
     def __post_init__(self) -> None:
         self.stats_overflow = StatsOverflow(self.stats_overflow)
@@ -220,7 +222,7 @@ class PrecopyEngine:
         before = writer.bytes_written
         checkpointed = self.options.checkpoint is not None
         if not checkpointed:
-            writer.write_end_of_checkpoint()
+            writer.write_end_of_checkpoint(hvm_params=self.options.hvm_params)
         writer.write_end()
         ctx.now += ctx.link.transfer_time(writer.bytes_written - before)
         await ctx.domain.shadow_op(ctx.now, ShadowOp.OFF)

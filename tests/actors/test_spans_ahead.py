@@ -99,7 +99,10 @@ async def test_a_balloon_moving_is_served_in_a_few_round_trips_with_the_same_rep
     assert comparable(rem) == comparable(emb)
     spans = sum(r.batches for r in rem.save.rounds if r.phase != "verify")
     n_span_calls = calls.count("serve_span")
-    assert control.span_batches == spans
+    # Pass 1 walks the hole of libxc's layout (above RAM's last block, 0x40000-0x403ff,
+    # up to the special pages' block, 0xfec00-0xfefff) in bulk: no span serves those.
+    hole_batches = (0xFEC00 - 0x40400) // 1024
+    assert control.span_batches == spans - hole_batches
     assert n_span_calls <= 10, calls
 
 

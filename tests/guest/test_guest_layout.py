@@ -11,14 +11,32 @@ def cfg(**kw):
     return GuestConfig.model_validate(kw)
 
 
-def test_default_layout_skips_the_vga_hole_and_the_mmio_hole_below_4g():
+def test_default_layout_is_libxc_with_the_vga_hole_the_mmio_hole_and_the_special_pages():
     g = Guest(cfg(memory="4GiB"), seed=1)
-    ram = np.asarray(g.layout().ram_gfns)     # runs, read whole here
+    lay = g.layout()
+    ram = np.asarray(lay.ram_gfns)     # runs, read whole here
     assert ram.size == 1 << 20 and np.all(np.diff(ram) > 0)
-    assert not np.any((ram >= 0xA0) & (ram < 0x100))
+    assert not np.any((ram >= 0xA0) & (ram < 0xC0)) and np.all(np.isin(np.arange(0xC0, 0x100), ram))
     assert not np.any((ram >= 0xF0000) & (ram < 0x100000))
-    # what the two holes displace (0x10000 + 0x60 pages) is relocated above 4 GiB
-    assert ram[-1] == 0x100000 + (0x10000 + 0x60) - 1
+    # what the two holes displace (0x10000 + 0x20 pages) is relocated above 4 GiB
+    assert ram[-1] == 0x100000 + (0x10000 + 0x20) - 1
+    # xg_dom_x86.c: special_pfn(x) = X86_HVM_END_SPECIAL_REGION (0xff000) - 8 + x, and
+    # the 8 ioreq server pages just below them
+    assert lay.special_gfns.tolist() == list(range(0xFF000 - 16, 0xFF000))
+    params = dict(lay.hvm_params)
+    assert params[1] == 0xFF000 - 8 + 4 and params[5] == 0xFF000 - 8 + 5 and params[6] == 0xFF000 - 8 + 3
+    assert params[17] == 0xFF000 - 1 and params[12] == (0xFF000 - 2) << 12
+    assert params[32] == 0xFF000 - 16 and params[33] == 8
+
+
+def test_compact_layout_keeps_the_96_pfn_low_hole_and_no_special_pages():
+    for layout in ("compact", {"kind": "compact"}):
+        g = Guest(cfg(memory="4GiB", layout=layout), seed=1)
+        lay = g.layout()
+        ram = np.asarray(lay.ram_gfns)
+        assert not np.any((ram >= 0xA0) & (ram < 0x100))
+        assert ram[-1] == 0x100000 + (0x10000 + 0x60) - 1
+        assert lay.special_gfns.size == 0 and lay.hvm_params == ()
     # page -> GFN over the three runs (compared run by run), in any order
     idx = np.random.default_rng(1).permutation(ram.size)
     assert g.map._page0.size == 3 and np.array_equal(g.map.page_to_gfn(idx), ram[idx])
@@ -78,12 +96,12 @@ def test_builder_takes_the_lazy_layout_like_the_whole_arrays_and_checks_its_runs
     lay = Guest(cfg(memory="1GiB", maxmem="1GiB"), seed=5).layout()
     assert isinstance(lay.ram_gfns, GfnRuns)
     eager = DomainLayout(ram_gfns=np.asarray(lay.ram_gfns), ram_tokens=np.asarray(lay.ram_tokens),
-                         mmio_gfns=lay.mmio_gfns)
+                         mmio_gfns=lay.mmio_gfns, special_gfns=lay.special_gfns)
     a, b = Hypervisor(host_frames=1 << 19), Hypervisor(host_frames=1 << 19)
     a.build(lay)
     b.build(eager)
     ga, ta = a.snapshot()
     gb, tb = b.snapshot()
-    assert np.array_equal(ga, gb) and np.array_equal(ta, tb) and ga.size == 1 << 18
+    assert np.array_equal(ga, gb) and np.array_equal(ta, tb) and ga.size == (1 << 18) + 16
     with pytest.raises(ValueError, match="ascending and apart"):
         Hypervisor(host_frames=100).build(DomainLayout(ram_gfns=GfnRuns(np.array([0, 5]), np.array([10, 2]))))

@@ -17,7 +17,7 @@ from hypervisor.abi import ShadowOp
 from hypervisor.domain import Hypervisor
 
 TICK = 0.01
-CFG = GuestConfig.model_validate({"memory": "64MiB", "layout": {"holes": []},
+CFG = GuestConfig.model_validate({"memory": "64MiB", "layout": {"kind": "compact", "holes": []},
                                   "workloads": [{"kind": "uniform", "rate": "20000pages/s"}]})
 P2M = CFG.memory_pages
 

@@ -288,3 +288,16 @@ def test_decreasing_sets_match_a_plain_array_and_keep_runs():
         ref_l[idx], ref_t[idx] = v, t
     every = np.arange(size)
     assert (lin.get(every) == ref_l).all() and (types.get(every) == ref_t).all()
+
+
+def test_ever_set_runs_are_whole_blocks_that_outlive_a_removal():
+    """A saver may walk in bulk only where no entry was ever set: a removed GFN keeps its
+    1024-GFN block marked (the guest may populate it again), never-touched blocks do not."""
+    p = P2M()
+    p.set_run(0, 0x20, P2MType.ram_rw, 100)                       # block 0
+    p.set(np.array([0xFEFF0, 0xFEFFF]), P2MType.ram_rw, np.array([7, 8]))   # block 0x3fb
+    p.set(np.array([0x5000]), P2MType.ram_rw, np.array([9]))       # block 0x14 ...
+    p.set(np.array([0x5000]), P2MType.invalid, np.array([INVALID_MFN]))  # ... then removed
+    assert p.ever_set_runs(0, 0xFF000).tolist() == [[0, 0x400], [0x5000, 0x5400], [0xFEC00, 0xFF000]]
+    assert p.ever_set_runs(0x10, 0x5100).tolist() == [[0x10, 0x400], [0x5000, 0x5100]]
+    assert p.ever_set_runs(0x400, 0x5000).size == 0

@@ -54,7 +54,7 @@ def model_scenario(lam: float, kind: str, policy: str, params: dict, timing: str
     rate = lam * BANDWIDTH / 4096
     return parse_scenario({
         "name": f"model-{kind}-{lam}", "seed": 3,
-        "guest": {"memory": "1GiB", "layout": {"holes": []}, "write_timing": timing,
+        "guest": {"memory": "1GiB", "layout": {"kind": "compact", "holes": []}, "write_timing": timing,
                   "workloads": [{"kind": kind, "rate": f"{rate:.3f}pages/s"}]},
         "link": {"bandwidth": "10Gbit/s", "latency": "1ms"},
         "migration": {"start": "100ms", "policy": policy, "policy_params": params},

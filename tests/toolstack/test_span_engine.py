@@ -74,7 +74,8 @@ def _uniform(lam: float, policy: str) -> dict:
     rate = int(lam * bandwidth / 4096)
     params = {"downtime_limit": "30ms"} if policy == "downtime" else {}
     return {"name": f"lambda-{lam}", "seed": 5,
-            "guest": {"memory": "64MiB", "workloads": [{"kind": "uniform", "rate": f"{rate}pages/s"}]},
+            "guest": {"memory": "64MiB", "layout": "compact",       # flat: every pass is batches
+                      "workloads": [{"kind": "uniform", "rate": f"{rate}pages/s"}]},
             "link": {"bandwidth": f"{bandwidth}B/s"},
             "migration": {"start": "50ms", "policy": policy, "policy_params": params}}
 

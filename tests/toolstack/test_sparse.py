@@ -16,7 +16,7 @@ from migrate.stream import read_stream, RecType, split_pfn_words  # noqa: F401
 def sparse(high, memory="8MiB", workloads=None, **mig):
     return parse_scenario({
         "name": "sparse", "seed": 3,
-        "guest": {"memory": memory, "layout": {"holes": [], "high_pages": list(high)},
+        "guest": {"memory": memory, "layout": {"kind": "compact", "holes": [], "high_pages": list(high)},
                   "workloads": workloads or [{"kind": "idle"}]},
         "migration": {"start": "100ms", "stats_overflow": "saturate", **mig},
     })

@@ -37,13 +37,13 @@ def _passes(result):
 
 def test_stopped_sends_the_pending_set_suspended_and_bounds_the_downtime():
     """webserver.yaml with QEMU's rule (50 ms): the policy stops at the top of
-    iteration 4 with 1,104 dirty pages. Live (Xen) still sends them running and suspends
-    for the 294 dirtied meanwhile; stopped suspends first and sends the 1,104."""
+    iteration 4 with 1,117 dirty pages. Live (Xen) still sends them running and suspends
+    for the 298 dirtied meanwhile; stopped suspends first and sends the 1,117."""
     policy = {"policy": "downtime", "policy_params": {"downtime_limit": 0.05}}
     live, _ = _run("webserver", switchover="live", **policy)
     stopped, _ = _run("webserver", switchover="stopped", **policy)
-    assert _passes(live)[3:] == [(4, "live", 1104), (5, "final", 294)]
-    assert _passes(stopped)[3:] == [(4, "final", 1104)]
+    assert _passes(live)[3:] == [(4, "live", 1117), (5, "final", 298)]
+    assert _passes(stopped)[3:] == [(4, "final", 1117)]
     assert _passes(stopped)[:3] == _passes(live)[:3]
     assert live.ok and stopped.ok
     # Stopped: the downtime is the pending set over the link, which the policy bounded.

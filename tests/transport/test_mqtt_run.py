@@ -517,7 +517,8 @@ async def test_spans_save_round_trips_and_keep_the_report(monkeypatch):
     emb = await run_scenario(sc, RunOptions())
     rem, control = await _in_process_remote(sc, RunOptions(), monkeypatch)
     assert comparable(rem) == comparable(emb)
-    batches = sum(r.batches for r in rem.save.rounds)
+    # the batches pass 1 walks in bulk through libxc's hole (0x40400-0xfebff) need no span
+    batches = sum(r.batches for r in rem.save.rounds) - (0xFEC00 - 0x40400) // 1024
     assert control.span_batches > batches // 2
     assert control.rpcs < batches // 4
 
@@ -563,7 +564,7 @@ async def test_watch_records_the_events_with_their_call_site_effects(mqtt_broker
     hv, g = await start_actor_tasks(cfg, "rec", sc)
     rem = await actors.remote_run(sc, RunOptions(behaviour="pre-fix"), broker=cfg, run_id="rec")
     # pre-fix: the watcher trusts only a verified destination
-    assert (await asyncio.wait_for(watcher, 5)).startswith("completed, but the destination diverged: 44868 missing")
+    assert (await asyncio.wait_for(watcher, 5)).startswith("completed, but the destination diverged: 42576 missing")
     rec.close()
     await asyncio.gather(hv, g)
     log = read_event_log(tmp_path / "w.events")

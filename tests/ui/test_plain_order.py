@@ -46,7 +46,7 @@ def test_balloon_lines_and_pass_ends_come_in_virtual_time_order(balloon_verify):
     i = next(k for k, s in enumerate(lines) if "target 196608 pages" in s)
     assert "decrease_reservation" in lines[i + 1]
     # balloon ops served while pass 3 was ending (the guest runs on at the next CLEAN)
-    j = next(k for k, s in enumerate(lines) if s.startswith("xmig: balloon: t=9.440"))
+    j = next(k for k, s in enumerate(lines) if s.startswith("xmig: balloon: t=9.540"))
     assert lines[j + 1].startswith("xc: progress: Frames iteration 3 of 5:")
 
 
@@ -58,13 +58,13 @@ def test_a_turn_of_xens_loop_that_sent_nothing_is_explained():
 
 
 def test_verify_says_where_the_missing_pages_went(balloon_verify):
-    """pre-fix balloon.yaml ends with 44,868 missing pages; the VERIFY pass populates
-    them (zeroed, compared, not copied), so 8,750 show as stale and the rest match."""
+    """pre-fix balloon.yaml ends with 42,576 missing pages; the VERIFY pass populates
+    them (zeroed, compared, not copied), so 10,258 show as stale and the rest match."""
     lines, res = balloon_verify
-    assert res.verify.missing_pages == 0 and res.verify.stale_pages == 8750
-    assert res.restore["pages_populated_by_verify"] == 44868
+    assert res.verify.missing_pages == 0 and res.verify.stale_pages == 10258
+    assert res.restore["pages_populated_by_verify"] == 42576
     note = next(s for s in lines if s.startswith("xmig: verify: the VERIFY pass populated"))
-    assert "populated 44868 pages no earlier pass sent" in note and "saw 8750 mismatching" in note
+    assert "populated 42576 pages no earlier pass sent" in note and "saw 10258 mismatching" in note
 
 
 def test_plain_summary_never_wraps_a_row(balloon_verify):
@@ -73,7 +73,7 @@ def test_plain_summary_never_wraps_a_row(balloon_verify):
     print_summary(build_report(res), out)
     text = out.getvalue()
     totals = [s for s in text.splitlines() if s.startswith("totals:")]
-    assert len(totals) == 1 and totals[0].endswith("downtime 9.239 s")
+    assert len(totals) == 1 and totals[0].endswith("downtime 9.348 s")
     assert len(totals[0]) > 80 and all(s == s.rstrip() for s in text.splitlines())
 
 
@@ -95,4 +95,4 @@ def test_a_per_site_behaviour_is_stated_in_the_output_and_the_report():
     assert rep["behaviour"] == "mixed" and rep["xen_behaviour_sites"] == sites
     # the removal site alone: pass 2's XTAB leftovers are gone, the additions still lost
     assert rep["pages"]["cleared_by_fix"] == {"p2m_remove_page": 3357}
-    assert rep["totals"]["xtab_sent"] == 65632 and rep["verify"]["missing_pages"] == 44847
+    assert rep["totals"]["xtab_sent"] == 847856 and rep["verify"]["missing_pages"] == 42540
