@@ -275,6 +275,10 @@ class EventPublisher:
         snap = self.snapshot
         if seq is not None:
             snap.add(seq, batch)
+        # A snapshot names the watchers it was taken for, so with none claimed yet it
+        # would be no use to anyone: it is kept (compressed), not published.
+        if not (self._joiner or self.transport.watchers()):
+            return
         now = self._joiner or any(isinstance(ev, (PassStarted, PassEnded)) for ev in batch)
         if snap.due(now=now):
             self._joiner = False

@@ -236,7 +236,8 @@ class GfnMap:
             self.verify = ev.stats
             self._stale[:] = True
         elif isinstance(ev, RunStarted):
-            self._populated = _runs(ev.populated)
+            # the builder's special pages (libxc's layout) are populated RAM the saver sends
+            self._populated = np.vstack([_runs(ev.populated), _runs(ev.special)])
             self._ballooned = _runs(ev.ballooned)
             if self.p2m_size == 0:
                 ends = [r[:, 1].max() for r in (self._populated, self._ballooned) if r.size]
