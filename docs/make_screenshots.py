@@ -4,45 +4,37 @@ repository's root:
 
     python docs/make_screenshots.py
 
-It plays the run headless (Textual's pilot) with --guided-like stepping: the engine
-runs flat out and the app pauses itself when pass 2 ends, then saves an SVG."""
+It does what a lecturer preparing slides would: records the run with ``xmig run
+--record`` and draws the frames headless with ``xmig replay --export --at pass:2``."""
 
 from __future__ import annotations
 
-import asyncio
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
-from migrate.events import PassEnded
-from migrate.run.runner import RunOptions
-from migrate.run.scenario import load_scenario
-from migrate.ui.app import XmigApp
-
 ROOT = Path(__file__).resolve().parent.parent
-
-
-async def shot(size: tuple[int, int], out: Path) -> None:
-    app = XmigApp.for_run(load_scenario(ROOT / "examples" / "balloon.yaml"),
-                          RunOptions(behaviour="pre-fix", track=(0x30060,)), speed=None)
-    deliver = app.deliver
-
-    def stop_after_pass_2(idx, ev):
-        deliver(idx, ev)
-        if isinstance(ev, PassEnded) and ev.stats.iteration == 2:
-            app._pause(True)
-
-    app.deliver = stop_after_pass_2
-    async with app.run_test(size=size) as pilot:
-        while not (app.paused and app.views[0].state.rounds and len(app.views[0].state.rounds) >= 2):
-            await pilot.pause(0.05)
-        await pilot.pause(0.3)
-        app.save_screenshot(filename=out.name, path=str(out.parent))
-        await pilot.press("q")
-    print(f"wrote {out}")
+XMIG = [sys.executable, "-m", "migrate.cli.main"]
+SIZES = ("80x24", "160x50")
 
 
 def main() -> None:
-    for size in ((80, 24), (160, 50)):
-        asyncio.run(shot(size, ROOT / "docs" / f"app-{size[0]}x{size[1]}-prefix-pass2.svg"))
+    with tempfile.TemporaryDirectory() as tmp:
+        events = Path(tmp) / "run.events"
+        subprocess.run([*XMIG, "run", "--guest", str(ROOT / "examples" / "balloon.yaml"), "--behaviour", "pre-fix",
+                        "--track", "0x30060", "--no-dashboard", "--record", str(events)],
+                       check=False, stdout=subprocess.DEVNULL)      # exit 1: the pre-fix run diverges
+        frames = Path(tmp) / "frames"
+        sizes = [a for s in SIZES for a in ("--size", s)]
+        subprocess.run([*XMIG, "replay", str(events), "--export", str(frames), "--at", "pass:2", *sizes],
+                       check=True, stdout=subprocess.DEVNULL)
+        for size in SIZES:
+            src = next(frames.glob(f"pass-2-{size}.svg"), None) or next(frames.glob(f"*{size}.svg"))
+            out = ROOT / "docs" / f"app-{size}-prefix-pass2.svg"
+            shutil.copyfile(src, out)
+            print(f"wrote {out}")
 
 
 if __name__ == "__main__":
