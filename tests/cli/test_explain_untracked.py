@@ -15,7 +15,7 @@ NEITHER_LINE = "destination: not missing and not stale"
 
 def test_an_untracked_missing_gfn_is_explained_as_missing(recorded_run):
     rep = recorded_run.report_json()
-    assert rep["verify"]["missing_pages"] == 44868
+    assert rep["verify"]["missing_pages"] == 42576
     untracked = [g for g in rep["verify"]["missing_sample"] if g != recorded_run.tracked]
     for g in untracked[:3] + [hex(untracked[-1])]:
         out = xmig("explain", recorded_run.events, "--gfn", g)

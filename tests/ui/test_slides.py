@@ -25,7 +25,7 @@ async def test_s_saves_the_screen_as_svg_and_names_the_file(size, recorded_run, 
         notes = [str(n.message) for n in app._notifications]
         await pilot.press("q")
     w, h = size
-    assert [p.name for p in saved] == [f"xmig-replay-pass6-t10.62s-{w}x{h}-2.svg",
-                                       f"xmig-replay-pass6-t10.62s-{w}x{h}.svg"]
+    assert [p.name for p in saved] == [f"xmig-replay-pass6-t10.85s-{w}x{h}-2.svg",
+                                       f"xmig-replay-pass6-t10.85s-{w}x{h}.svg"]
     assert saved[1].read_text().startswith("<svg") and "GFN" in saved[1].read_text()
     assert notes == [f"saved {saved[1]}", f"saved {saved[0]}"]
