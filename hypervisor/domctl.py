@@ -20,7 +20,7 @@ from .abi import (E2BIG, EINVAL, ENOENT, IS_MAPPABLE, MAX_BATCH_SIZE, MAX_GFN, P
                   SHADOW_LOGDIRTY_FINAL, HypercallResult, LogDirtyOp, MemoryOpKind, P2MType, ShadowOp,
                   ShadowOpResult, XenError)
 from .logdirty import TREE_PFNS
-from .physmap import clear_mmio_entries, populate_pod_in, set_typed_entries
+from .physmap import clear_mmio_entries, mapping_call, populate_pod_in, set_typed_entries
 from .runs import last_wins
 from .tables import lookup
 
@@ -160,15 +160,11 @@ def memory_mapping(d, t: float, first_gfn: int, nr: int, add: bool) -> Hypercall
     unmap_mmio_regions, clear_mmio_p2m_entry per GFN. Order-0 entries; libxc's
     xc_domain_memory_mapping repeats the domctl until the range is done, so one call
     here is the whole range, stopping at the first GFN refused."""
-    g = gfn_range(first_gfn, nr)
-    if g is None:
-        k, errno, done = 0, EINVAL, np.empty(0, dtype=np.int64)
-    else:
-        k, errno = set_typed_entries(d, g, P2MType.mmio_direct) if add else clear_mmio_entries(d, g)
-        done = g[:k]
-    kind = MemoryOpKind.MAP_MMIO_REGIONS if add else MemoryOpKind.UNMAP_MMIO_REGIONS
-    d.trace.memory_op(kind, int(nr), -errno if errno else k, done, t)
-    return HypercallResult(rc=-errno if errno else 0, done=done.copy(), errno=errno)
+    if add:
+        return mapping_call(d, gfn_range(first_gfn, nr), nr, lambda g: set_typed_entries(d, g, P2MType.mmio_direct),
+                            MemoryOpKind.MAP_MMIO_REGIONS, t)
+    return mapping_call(d, gfn_range(first_gfn, nr), nr, lambda g: clear_mmio_entries(d, g),
+                        MemoryOpKind.UNMAP_MMIO_REGIONS, t)
 
 
 def max_gpfn(d) -> int:

@@ -23,7 +23,7 @@ from . import marks
 from .abi import (EBUSY, EINVAL, ENOENT, ENOMEM, EPERM, INVALID_M2P_ENTRY, INVALID_MFN, IS_MAPPABLE, IS_POD,
                   IS_SPECIAL, MAX_GFN, FixSite, HypercallResult, MemoryOpKind, MemoryOpServed, P2MType, XenError,
                   run_bounds)
-from .physmap import REMOVABLE, map_ram, populate_pod_in, remove_foreign_entries, set_frames, set_typed_entries, unmap
+from .physmap import REMOVABLE, map_ram, mapping_call, populate_pod_in, remove_foreign_entries, set_frames, set_typed_entries, unmap
 from .pod import decrease_plan
 from .runs import first_repeat, first_true, monotone, sorted_unique
 from .tables import lookup
@@ -248,14 +248,10 @@ def foreign_mapping(d, g: np.ndarray | None, nr: int, add: bool, t: float) -> Hy
     (The other foreign path, XENMEM_add_to_physmap with XENMAPSPACE_gmfn_foreign,
     p2m.c's p2m_add_foreign, first frees RAM at the GFN with guest_remove_page, so its
     clean mark is p2m_remove_page's and set_typed_p2m_entry only ever meets a hole.)"""
-    if g is None:
-        k, errno, done = 0, EINVAL, np.empty(0, dtype=np.int64)
-    else:
-        k, errno = set_typed_entries(d, g, P2MType.map_foreign) if add else remove_foreign_entries(d, g)
-        done = g[:k]
-    kind = MemoryOpKind.ACQUIRE_RESOURCE if add else MemoryOpKind.REMOVE_FROM_PHYSMAP
-    d.trace.memory_op(kind, int(nr), -errno if errno else k, done, t)
-    return HypercallResult(rc=-errno if errno else 0, done=done.copy(), errno=errno)
+    if add:
+        return mapping_call(d, g, nr, lambda gs: set_typed_entries(d, gs, P2MType.map_foreign),
+                            MemoryOpKind.ACQUIRE_RESOURCE, t)
+    return mapping_call(d, g, nr, lambda gs: remove_foreign_entries(d, gs), MemoryOpKind.REMOVE_FROM_PHYSMAP, t)
 
 
 # ==================================================================== runs of calls

@@ -157,6 +157,20 @@ def remove_foreign_entries(d, gfns: np.ndarray) -> tuple[int, int]:
     return k, (ENOENT if k < gfns.size else 0)
 
 
+def mapping_call(d, g: np.ndarray | None, nr: int, entries, kind: MemoryOpKind, t: float) -> HypercallResult:
+    """One mapping hypercall over GFNs ``g`` (None: a bad range, -EINVAL): ``entries(g)``
+    does the P2M part (``set_typed_entries``, ``clear_mmio_entries``,
+    ``remove_foreign_entries``: ``(entries done, errno)``); the call is traced as ``kind``
+    with Xen's answer, 0 or the first refusal's -errno."""
+    if g is None:
+        k, errno, done = 0, EINVAL, np.empty(0, dtype=np.int64)
+    else:
+        k, errno = entries(g)
+        done = g[:k]
+    d.trace.memory_op(kind, int(nr), -errno if errno else k, done, t)
+    return HypercallResult(rc=-errno if errno else 0, done=done.copy(), errno=errno)
+
+
 def set_typed_p2m_entry(d, gfn: int, p2m_type: int, t: float) -> HypercallResult:
     """set_typed_p2m_entry of one GFN (``set_typed_entries``): map ``p2m_type``
     (mmio_direct or map_foreign) over ``gfn``."""

@@ -13,8 +13,7 @@ from migrate import actors
 from migrate.run.report import build_report
 from migrate.run.runner import RunOptions, run_scenario
 from migrate.run.scenario import load_scenario
-from migrate.transport.base import InProcessHub, InProcessTransport
-from tests.transport.test_mqtt_run import cfg_for, start_actor_tasks
+from tests.transport.test_mqtt_run import cfg_for, in_process_run, start_actor_tasks
 
 SITES = Path(__file__).resolve().parents[2] / "examples" / "sites"
 
@@ -31,11 +30,7 @@ async def test_the_codec_framed_actors_give_the_embedded_report(name):
     sc = load_scenario(SITES / f"{name}.yaml")
     opts = RunOptions(behaviour="pre-fix")
     emb = await run_scenario(sc, opts)
-    hub = InProcessHub(codec=True)
-    ts, hvt, gt = (InProcessTransport(hub, "local", a) for a in ("toolstack", "hypervisor", "guest"))
-    hv = asyncio.ensure_future(actors.serve_hypervisor(hvt))
-    g = asyncio.ensure_future(actors.serve_guest(sc, gt))
-    rem = await actors.remote_run(sc, opts, transport=ts)
+    rem, hv, g = await in_process_run(sc, opts)
     assert comparable(rem) == comparable(emb)
     assert await hv == "released" and await g == "released"
 

@@ -133,16 +133,22 @@ async def test_report_and_stream_over_mqtt_equal_the_embedded_run(mqtt_broker, t
     assert await asyncio.wait_for(g, 5) == "released"
 
 
+async def in_process_run(sc, opts):
+    """The three actors in one process over a codec-framed hub: the toolstack's result
+    and the hypervisor's and guest's serving tasks (each ends "released")."""
+    hub = InProcessHub(codec=True)
+    ts, hvt, gt = (InProcessTransport(hub, "local", a) for a in ("toolstack", "hypervisor", "guest"))
+    hv = asyncio.ensure_future(actors.serve_hypervisor(hvt))
+    g = asyncio.ensure_future(actors.serve_guest(sc, gt))
+    return await actors.remote_run(sc, opts, transport=ts), hv, g
+
+
 @pytest.mark.parametrize("name,behaviour", [("balloon", "pre-fix"), ("pod-boot", None), ("nonconverging", None)])
 async def test_in_process_transport_runs_the_same_code_paths_to_the_same_report(name, behaviour):
     sc = scenario(name)
     opts = RunOptions(behaviour=behaviour)
     emb = await run_scenario(sc, opts)
-    hub = InProcessHub(codec=True)
-    ts, hvt, gt = (InProcessTransport(hub, "local", a) for a in ("toolstack", "hypervisor", "guest"))
-    hv = asyncio.ensure_future(actors.serve_hypervisor(hvt))
-    g = asyncio.ensure_future(actors.serve_guest(sc, gt))
-    rem = await actors.remote_run(sc, opts, transport=ts)
+    rem, hv, g = await in_process_run(sc, opts)
     assert comparable(rem) == comparable(emb)
     if behaviour == "pre-fix":
         assert rem.verify is not None and not rem.verify.ok    # stale or missing pages, as embedded

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from migrate.ui.playback import TRANSITIONS, Pacer, PlayControl, PlayInput, Playback, PlayState
+from tests.ui.fake_clock import FakeClock
 
 
 class Clock:
@@ -96,18 +97,6 @@ def test_step_runs_to_the_next_event_of_interest_then_pauses():
 
 # ----------------------------------------------------------------------------- pacing
 
-
-class FakeClock:
-    def __init__(self):
-        self.now = 100.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, s: float) -> None:
-        self.sleeps.append(s)
-        self.now += s
 
 
 async def test_pacer_none_never_sleeps():

@@ -6,7 +6,6 @@ The holds are asserted as requested (a fake clock: no wall time is measured)."""
 
 from __future__ import annotations
 
-import asyncio
 
 import numpy as np
 import pytest
@@ -22,26 +21,11 @@ from migrate.ui.patch import MARK_FIXED, MARK_PRE_FIX, SITES, PatchPanel, site_l
 from migrate.ui.playback import READ_S, Playback
 
 from .test_app import EX, recorded, until
-
-
-class FakeClock:
-    """Wall time that moves only when slept; a sleep still yields to the loop."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, s: float) -> None:
-        self.sleeps.append(s)
-        self.now += s
-        await asyncio.sleep(0)
+from tests.ui.fake_clock import FakeClock
 
 
 def on_fake_clock(app: XmigApp) -> FakeClock:
-    clk = FakeClock()
+    clk = FakeClock(1000.0)
     app.playback._clock = clk
     app.playback._sleep = clk.sleep
     return clk
@@ -51,7 +35,7 @@ def on_fake_clock(app: XmigApp) -> FakeClock:
 
 
 async def test_a_hold_to_read_stops_the_virtual_clock_for_read_s_and_n_gives_it_back():
-    clk = FakeClock()
+    clk = FakeClock(1000.0)
     pb = Playback(0.4, clock=clk, sleep=clk.sleep)
     await pb.pace(1.0)                       # anchors
     assert pb.hold_to_read(1.0, "balloon inflates") == READ_S == 3.0
@@ -67,7 +51,7 @@ async def test_a_hold_to_read_stops_the_virtual_clock_for_read_s_and_n_gives_it_
 
 async def test_a_pause_takes_over_from_a_hold_to_read():
     """Paused 1 s into a hold for 10 s: the run resumes when the pause ends, not 2 s later."""
-    clk = FakeClock()
+    clk = FakeClock(1000.0)
     pb = Playback(0.4, clock=clk, sleep=clk.sleep)
     await pb.pace(1.0)
     pb.hold_to_read(1.0, "x")
@@ -80,7 +64,7 @@ async def test_a_pause_takes_over_from_a_hold_to_read():
 
 
 async def test_flat_out_nothing_is_held_to_read():
-    clk = FakeClock()
+    clk = FakeClock(1000.0)
     pb = Playback(None, clock=clk, sleep=clk.sleep)
     assert pb.hold_to_read(1.0, "x") == 0.0
     await pb.reading()
