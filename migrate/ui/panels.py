@@ -120,7 +120,8 @@ class HeaderPanel(RunPanel):
             t.append(f"  p2m_size {s.p2m_size:#x}", style="dim")
         t.append("\n")
         t.append(f"t={s.t:.3f} s  ", style="bold")
-        t.append("phase ")
+        if wide or s.verify is None:
+            t.append("phase ")          # narrow, with the verdict: the line must stay one line
         t.append(s.phase, style="bold magenta" if s.phase in ("suspended", "final") else "bold")
         if s.outcome:
             t.append(f"  {s.outcome.upper()}", style="bold green" if s.outcome == "completed" else "bold red")
@@ -132,10 +133,14 @@ class HeaderPanel(RunPanel):
                          f"{s.verify.stale_pages:,} stale", style="bold red")
         extra = self.status()
         if extra is not None and extra.plain:
-            if len(t.plain) - t.plain.rfind("\n") + len(extra.plain) > self.content_size.width:
+            room = self.content_size.width - (len(t.plain) - t.plain.rfind("\n"))
+            if len(extra.plain) + 1 > room:
                 extra = self.status(short=True)     # one line at 80 columns
-            t.append(" ")
-            t.append_text(extra)
+            if len(extra.plain) + 1 <= room or s.verify is None:
+                # a finished run's verdict keeps its line (the footer says q quits), so the
+                # map below keeps its scale
+                t.append(" ")
+                t.append_text(extra)
         return t
 
 

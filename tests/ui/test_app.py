@@ -509,3 +509,22 @@ def test_a_run_with_mixed_call_sites_is_narrated_site_by_site():
     assert "fixed: any of them that are dirty are marked clean" in inflate
     assert "pre-fix: none is marked dirty" in deflate
     assert any("none of the 65,536 ballooned GFNs is listed: the fix cleaned their bits" in c for c in caps)
+
+
+async def test_a_finished_runs_verdict_keeps_the_header_at_two_lines_and_the_maps_scale():
+    """At 80x24 the verdict (``destination DIVERGED: 42,576 missing, 0 stale``) takes the
+    header's second line whole: the status hint is dropped rather than wrapped to a third
+    line, which would take a row from the map and double its GFNs per glyph at the end."""
+    app = XmigApp.for_run(load_scenario(EX / "balloon.yaml"), RunOptions(behaviour="pre-fix"), speed=None)
+    scales = []
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: bool(app.views[0].state.rounds))
+        await pilot.pause(0.2)
+        scales.append(app.query_one("#map").frame.cell)
+        await until(pilot, lambda: app.done)
+        await pilot.pause(0.2)
+        header = app.query_one("#header").plain().rstrip("\n").splitlines()
+        scales.append(app.query_one("#map").frame.cell)
+    assert len(header) == 2, header
+    assert "destination DIVERGED: 42,576 missing, 0 stale" in header[1]
+    assert scales[0] == scales[1]
