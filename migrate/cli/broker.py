@@ -129,15 +129,28 @@ def _echo(text: str) -> None:
     print(f"xmig: {text}", file=sys.stderr, flush=True)
 
 
+#: How long a stopped actor's clean close may take before it is cancelled again.
+_RECANCEL_S = 3.0
+
+
 def _run_main(coro_fn) -> object:
     """asyncio.run with Ctrl-C, SIGTERM or SIGHUP cancelling the task (clean disconnect)."""
 
     async def main():
         loop = asyncio.get_running_loop()
         task = asyncio.ensure_future(coro_fn())
+
+        def stop() -> None:
+            # On Python 3.11 a cancel that lands as one of aiomqtt's own wait_for calls
+            # completes is lost (the actor would go on waiting for a toolstack): until
+            # the task ends, cancel it again every few seconds (past a clean close).
+            if not task.done():
+                task.cancel()
+                loop.call_later(_RECANCEL_S, stop)
+
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             try:
-                loop.add_signal_handler(sig, task.cancel)
+                loop.add_signal_handler(sig, stop)
             except (NotImplementedError, RuntimeError):
                 pass
         return await task
