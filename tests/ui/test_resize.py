@@ -67,6 +67,16 @@ def check_map(app) -> None:
     assert "█ sent" in text, "the map's legend was pushed off screen"
 
 
+@pytest.fixture(autouse=True)
+def no_holds_to_read(monkeypatch):
+    """Sizes are the subject here, not the 3 s each event of interest holds a paced run
+    (``playback.READ_S``, pinned in tests/ui/test_teaching.py): without the holds these
+    paced runs take seconds, not a minute each."""
+    from migrate.ui import playback
+
+    monkeypatch.setattr(playback, "READ_S", 0.0)
+
+
 @pytest.fixture
 def prefix():
     return recorded("balloon.yaml", "pre-fix")
