@@ -179,7 +179,7 @@ def layout(gm: GfnMap, width: int, budget: int, *, zoom: int = 0, centre: int | 
         cell = levels[zoom]
         span = cell * columns
         nrows = max(budget, 1)
-        c = gm.p2m_size // 2 if centre is None else int(centre)
+        c = _default_centre(gm, tracked) if centre is None else int(centre)
         first = max(min(c // span - nrows // 2, -(-gm.p2m_size // span) - nrows), 0)
         lo, hi = first * span, min((first + nrows) * span, gm.p2m_size)
         states = share_states(_pooled(gm, lo, hi, cell))
@@ -189,6 +189,24 @@ def layout(gm: GfnMap, width: int, budget: int, *, zoom: int = 0, centre: int | 
     if target is not None:
         _mark(rows, cell, columns, (target,), TARGET_STYLE)
     return MapFrame(rows, cell, columns, zoom, len(levels), folds, budget)
+
+
+
+def _default_centre(gm: GfnMap, tracked) -> int:
+    """Where a zoom looks when no GFN was jumped to: the first tracked GFN, else the
+    middle of the GFNs that are not holes (with libxc's layout the middle of the address
+    space is the long gap below the special pages)."""
+    if len(tracked):
+        return int(tracked[0])
+    holes = gm.holes()
+    edges = np.concatenate([[0], holes.reshape(-1), [gm.p2m_size]]).reshape(-1, 2)   # the runs between holes
+    sizes = np.maximum(edges[:, 1] - edges[:, 0], 0)
+    if not sizes.sum():
+        return gm.p2m_size // 2
+    half = sizes.sum() // 2
+    i = int(np.searchsorted(np.cumsum(sizes), half, side="right"))
+    i = min(i, len(sizes) - 1)
+    return int(edges[i, 0] + half - (np.cumsum(sizes)[i] - sizes[i]))
 
 
 _CHARS = np.array([" "] + [next(e.glyph for e in LEGEND if e.state == k) for k in range(NSTATES)])

@@ -213,3 +213,19 @@ def test_memory_ops_say_which_gfns_left_dirty():
     events, _ = recorded("balloon.yaml", "pre-fix")
     ops = [e for e in events if isinstance(e, MemoryOp) and e.op == "decrease_reservation"]
     assert sum(int(np.asarray(e.leftover).size) for e in ops) == 3357
+
+
+def test_a_zoom_with_no_gfn_jumped_to_looks_at_memory_not_at_the_layouts_gap():
+    """With libxc's layout the middle of a 1 GiB guest's address space is the gap below
+    the special pages: a zoom centres the middle of what is not a hole (or the tracked
+    GFN), so ``z`` shows pages, not a screen of holes."""
+    events, _ = recorded("balloon.yaml", "fixed")
+    view = view_until(events, lambda ev: isinstance(ev, RunStarted))
+    gm = view.gfnmap
+    levels = layout(gm, 72, 9).levels
+    for zoom in range(1, levels):
+        frame = layout(gm, 72, 9, zoom=zoom)
+        states = np.concatenate([r.states for r in frame.rows if r.states is not None])
+        assert (states != UNPOPULATED).any(), zoom
+    frame = layout(gm, 72, 9, zoom=levels - 1, tracked=(0x30060,))
+    assert frame.rows[0].lo <= 0x30060 < frame.rows[-1].lo + frame.columns * frame.cell
