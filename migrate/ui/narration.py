@@ -82,7 +82,7 @@ class Narrator:
         self._tally = {True: _tally(), False: _tally()}   # call-site effects: removals, additions
         self._removed_since_pass = 0
         self._added_since_pass = 0
-        self._xtab = XtabTeller()       # which XTAB a batch shows: holes, balloon gaps, leftover bits
+        self._xtab = XtabTeller(gfnmap)   # which XTAB a batch shows: holes, balloon gaps, leftover bits
         self._walk_all = False          # this pass walks every PFN (pass 1)
         self._iteration = 0
         # the call sites that acted, per change ("remove" / "add"): in the latest memory
@@ -203,7 +203,6 @@ class Narrator:
         if isinstance(ev, PhaseChanged) and ev.phase in (Phase.CHECKPOINT, Phase.FAILOVER):
             return _replication(ev)
         if isinstance(ev, RunStarted):
-            self._xtab.run_started(ev.populated, ev.special)
             runs = np.asarray(ev.populated, dtype=np.int64).reshape(-1, 2)
             pod = int((runs[:, 1] - runs[:, 0]).sum()) - int(ev.guest_pages)
             pages = f"{ev.guest_pages:,} RAM pages" + (

@@ -11,9 +11,10 @@
 * a later pass's XTAB: a GFN the CLEAN listed although it is no longer in the P2M, a
   dirty bit ``p2m_remove_page`` left set (pre-fix: the leftover bits).
 
-``XtabTeller`` knows the layout from the run's ``RunStarted`` (the runs of populated,
-ballooned and special GFNs: anything else below ``p2m_size`` is a hole) and says which
-of these a batch shows, once per kind per pass.
+``XtabTeller`` asks the GFN map which GFNs are holes of the layout (``GfnMap.holes``:
+from the run's ``RunStarted``, neither populated, special nor ballooned; the one
+definition the map draws too) and says which of these a batch shows, once per kind per
+pass.
 """
 
 from __future__ import annotations
@@ -25,11 +26,6 @@ from hypervisor.abi import PFINFO_HAS_DATA, FixSite
 #: In pass 1, fewer XTAB entries than this in a batch are not worth a word (a small
 #: hole such as the VGA hole's 32 PFNs); a bulk-walked hole always is.
 PASS1_WORTHY = 512
-
-
-def _runs(a) -> np.ndarray:
-    r = np.asarray(a if a is not None else (), dtype=np.int64).reshape(-1, 2)
-    return r[np.argsort(r[:, 0], kind="stable")] if r.size else r
 
 
 def _in_runs(runs: np.ndarray, g: np.ndarray) -> np.ndarray:
@@ -45,13 +41,9 @@ class XtabTeller:
     """Captions for XTAB entries: layout holes and balloon gaps in a walk of every PFN,
     leftover bits in later passes."""
 
-    def __init__(self) -> None:
-        self._owned = np.empty((0, 2), np.int64)     # populated or special at the start
+    def __init__(self, gfnmap) -> None:
+        self.gfnmap = gfnmap          # fed the same events first: its holes() are the layout's
         self._told: set[str] = set()
-
-    def run_started(self, populated, special=None) -> None:
-        both = np.concatenate([_runs(populated), _runs(special)])
-        self._owned = _runs(both)
 
     def pass_started(self) -> None:
         self._told = set()
@@ -59,7 +51,7 @@ class XtabTeller:
     def hole_gfns(self, gfns) -> np.ndarray:
         """Which of ``gfns`` are holes of the layout (never populated by the builder)."""
         g = np.asarray(gfns, dtype=np.int64).reshape(-1)
-        return ~_in_runs(self._owned, g)
+        return _in_runs(self.gfnmap.holes(), g)
 
     def caption(self, ev, walk_all: bool, fixed) -> tuple[str, str] | None:
         """``(kind, words)`` for a BatchSent ``ev`` (None: nothing new to say this pass);
