@@ -533,14 +533,14 @@ class GfnMap:
         the run's start (``RunStarted``): the guest layout's holes (libxc's
         ``meminit_hvm`` leaves the VGA hole, the MMIO hole, the gap below the special
         pages), which the saver lists as XTAB in pass 1."""
-        return _gaps(np.vstack([self._populated, self._ballooned]), self.p2m_size)
+        return gaps(np.vstack([self._populated, self._ballooned]), self.p2m_size)
 
     def geometry(self) -> dict[str, int]:
         return {"p2m_size": self.p2m_size, "cell_pfns": self.cell_pfns, "ncells": self.ncells,
                 "columns": self.columns, "rows": self.rows}
 
 
-def _gaps(runs: np.ndarray, size: int) -> np.ndarray:
+def gaps(runs: np.ndarray, size: int) -> np.ndarray:
     """(k, 2) [lo, hi) runs of ``[0, size)`` that no run of ``runs`` covers."""
     if not size:
         return np.empty((0, 2), dtype=np.int64)

@@ -24,7 +24,7 @@ import numpy as np
 from rich.console import Group, RenderableType
 from rich.text import Span, Text
 
-from migrate.ui.gfnmap import LEGEND, NSTATES, PENDING, SENT, UNPOPULATED, GfnMap
+from migrate.ui.gfnmap import LEGEND, NSTATES, PENDING, SENT, UNPOPULATED, GfnMap, gaps
 from migrate.ui.pooling import share_states
 
 #: A hole at least this share of the address space gets folded into one row.
@@ -198,15 +198,13 @@ def _default_centre(gm: GfnMap, tracked) -> int:
     space is the long gap below the special pages)."""
     if len(tracked):
         return int(tracked[0])
-    holes = gm.holes()
-    edges = np.concatenate([[0], holes.reshape(-1), [gm.p2m_size]]).reshape(-1, 2)   # the runs between holes
-    sizes = np.maximum(edges[:, 1] - edges[:, 0], 0)
-    if not sizes.sum():
+    free = gaps(gm.holes(), gm.p2m_size)            # the runs between the holes
+    ends = np.cumsum(free[:, 1] - free[:, 0])
+    if not free.size or not ends[-1]:
         return gm.p2m_size // 2
-    half = sizes.sum() // 2
-    i = int(np.searchsorted(np.cumsum(sizes), half, side="right"))
-    i = min(i, len(sizes) - 1)
-    return int(edges[i, 0] + half - (np.cumsum(sizes)[i] - sizes[i]))
+    half = int(ends[-1]) // 2
+    i = min(int(np.searchsorted(ends, half, side="right")), len(ends) - 1)
+    return int(free[i, 1] - (ends[i] - half))
 
 
 _CHARS = np.array([" "] + [next(e.glyph for e in LEGEND if e.state == k) for k in range(NSTATES)])
