@@ -102,6 +102,12 @@ def _stop_pool(pool: ProcessPoolExecutor) -> None:
             proc.terminate()
     for proc in procs:
         proc.join(timeout=5)
+    # Python 3.11's exit hook wakes the pool's manager thread through a pipe that thread
+    # closes as it ends; both at once give a "Bad file descriptor" traceback at exit.
+    # Once the thread has ended the hook sees the pipe closed and leaves it alone.
+    manager = getattr(pool, "_executor_manager_thread", None)
+    if manager is not None:
+        manager.join(timeout=5)
 
 
 # ---------------------------------------------------------------------------- dask
